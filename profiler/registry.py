@@ -1,0 +1,117 @@
+"""The one place where layer types are known: a rule per type, registered once.
+
+A rule answers, for one layer type and a known input shape (batch axis excluded): the output
+shape, the parameter count with its arithmetic, the multiply-accumulates per sample, what
+autograd keeps for backward, and how to build the equivalent ``torch.nn`` module. Adding a layer
+type means writing one rule and registering it; the tests are parametrized over ``all_rules()``,
+so a new rule is checked against real PyTorch the moment it exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from .args import Arg, LayerArgs
+from .errors import UnsupportedLayerError
+
+if TYPE_CHECKING:  # torch is imported lazily: predicting must not pay for it
+    import torch
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Facts about the model a rule may need besides its own arguments."""
+    data_format: str = "channels_last"  # where the channel axis is: last (Keras) or first (torch)
+    input_dtype: str = "float"          # "float" for real-valued inputs, "int64" for token ids
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameter count of one layer, split as Keras splits it, with the arithmetic shown."""
+    trainable: int = 0
+    non_trainable: int = 0
+    formula: str = ""
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.non_trainable
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A tensor autograd keeps from a layer's forward pass until its backward has run.
+
+    ``of`` is "input" or "output" when the layer keeps a tensor that exists anyway (no new
+    bytes unless nothing else holds it), or "new" for a tensor the op creates only to save it
+    (a dropout mask, pooling indices, normalisation statistics); ``elements`` and ``dtype`` size
+    a new one. ``dtype`` is "act" for the activations' dtype, otherwise a torch dtype name.
+    """
+    of: str
+    elements: int = 0
+    dtype: str = "act"
+    what: str = ""
+
+
+@dataclass(frozen=True)
+class Memory:
+    """How a layer's forward pass uses memory, beyond its output."""
+    output_is_view: bool = False              # Flatten, Reshape: the output shares the input's storage
+    saved: tuple[Saved, ...] = field(default_factory=tuple)  # kept for backward in training
+
+
+class Rule:
+    """Base rule: no parameters, shape preserved, no MACs, nothing saved. Override what differs."""
+
+    type_name: ClassVar[str] = ""
+    args: tuple[Arg, ...] = ()
+
+    def output_shape(self, a: LayerArgs, x: Shape, ctx: Context) -> Shape:
+        return x
+
+    def params(self, a: LayerArgs, x: Shape, ctx: Context) -> Params:
+        return Params()
+
+    def macs(self, a: LayerArgs, x: Shape, y: Shape, ctx: Context) -> int:
+        """Multiply-accumulates for one sample (the predictor multiplies by the batch)."""
+        return 0
+
+    def memory(self, a: LayerArgs, x: Shape, y: Shape, ctx: Context) -> Memory:
+        return Memory()
+
+    def build(self, a: LayerArgs, x: Shape, ctx: Context) -> "torch.nn.Module":
+        raise NotImplementedError(f"{self.type_name} has no torch builder")
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def register(rule: Rule | type[Rule]):
+    """Register a rule (an instance, or a class that takes no arguments). Names are unique."""
+    instance = rule() if isinstance(rule, type) else rule
+    name = instance.type_name
+    if not name:
+        raise ValueError(f"{rule!r} has no type_name")
+    if name in _RULES:
+        raise ValueError(f"a rule for {name} is registered already")
+    _RULES[name] = instance
+    return rule
+
+
+def rule_for(type_name: str) -> Rule:
+    _load_rules()
+    try:
+        return _RULES[type_name]
+    except KeyError:
+        raise UnsupportedLayerError(f"unknown layer type {type_name!r}",
+                                    expected="one of " + ", ".join(sorted(_RULES))) from None
+
+
+def all_rules() -> dict[str, Rule]:
+    _load_rules()
+    return dict(_RULES)
+
+
+def _load_rules() -> None:
+    from . import rules  # noqa: F401  (importing the package registers every rule)
