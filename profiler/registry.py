@@ -33,6 +33,7 @@ class Params:
     trainable: int = 0
     non_trainable: int = 0
     formula: str = ""
+    tensors: tuple[int, ...] = ()  # elements of each trainable tensor (default: one tensor of all)
 
     @property
     def total(self) -> int:
@@ -58,6 +59,7 @@ class Saved:
 class Memory:
     """How a layer's forward pass uses memory, beyond its output."""
     output_is_view: bool = False              # Flatten, Reshape: the output shares the input's storage
+    identity_in_eval: bool = False            # Dropout: in eval mode the input itself is returned
     saved: tuple[Saved, ...] = field(default_factory=tuple)  # kept for backward in training
 
 

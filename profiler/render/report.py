@@ -1,0 +1,109 @@
+"""A result (the dict saved as JSON) as a text or Markdown report.
+
+Renderers read the same dict that is saved, so a result file from another machine renders the same
+way as a fresh run.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import grid, units
+
+FIGURES = (
+    ("param_bytes", "parameters (+ buffers)"),
+    ("inference_peak_bytes", "inference peak"),
+    ("train_peak_bytes_sgd", "training step peak, SGD"),
+    ("train_peak_bytes_adam", "training step peak, Adam"),
+    ("train_first_step_peak_bytes_sgd", "first training step peak, SGD"),
+    ("train_first_step_peak_bytes_adam", "first training step peak, Adam"),
+)
+
+PEAKS = (("inference", "inference"), ("train_sgd", "training step, SGD"), ("train_adam", "training step, Adam"))
+
+
+def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = False) -> str:
+    layout: Callable = grid.markdown if markdown else grid.text
+    parts = [_title(result, markdown), _layers(result, layout, explain), _totals(result, markdown),
+             _memory(result, layout)]
+    if explain:
+        parts.append(_breakdowns(result, markdown))
+    if "machine_info" in result:
+        parts.append(_machine(result))
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _title(r: dict, markdown: bool) -> str:
+    opts = r.get("options", {})
+    bits = [f"batch {r['batch']}", r["dtype"], f"loss {r['loss']}"]
+    if "device" in opts:
+        bits.append(f"device {opts['device']}")
+    text = f'Model: "{r["model"]}" ({", ".join(bits)})'
+    return f"## {text}" if markdown else text
+
+
+def _layers(r: dict, layout: Callable, explain: bool) -> str:
+    measured = (r.get("measured") or {}).get("layer_activation_bytes") or {}
+    headers = ["Layer (type)", "Output Shape", "Param #", "Param bytes", "Activations", "MACs"]
+    if measured:
+        headers.append("Measured act.")
+    if explain:
+        headers.append("Arithmetic")
+    rows = []
+    for layer in r["layers"]:
+        row = [f"{layer['name']} ({layer['type']})", units.shape(layer["output_shape"]),
+               units.count(layer["params"]), units.nbytes(layer["param_bytes"]),
+               units.nbytes(layer["activation_bytes"]), units.si(layer["macs"])]
+        if measured:
+            row.append(units.nbytes(measured.get(layer["name"])))
+        if explain:
+            row.append(layer["formula"] or "no parameters")
+        rows.append(row)
+    right = [False, False, True, True, True, True] + [True] * bool(measured) + [False] * explain
+    return layout(headers, rows, right=right)
+
+
+def _totals(r: dict, markdown: bool) -> str:
+    t = r["totals"]
+    lines = [f"Total params: {units.count(t['params'])} ({units.nbytes(t['param_bytes'])})",
+             f"Trainable params: {units.count(t['trainable_params'])}",
+             f"Non-trainable params: {units.count(t['non_trainable_params'])}",
+             f"Multiply-accumulates per forward pass: {units.si(t['macs'])} ({units.count(t['macs'])})"]
+    return "\n".join(f"- {line}" for line in lines) if markdown else "\n".join(lines)
+
+
+def _memory(r: dict, layout: Callable) -> str:
+    predicted = r["predicted"]
+    measured = r.get("measured")
+    errors = r.get("relative_error") or {}
+    headers = ["Memory", "Predicted"] + (["Measured", "Error"] if measured else [])
+    rows = []
+    for key, label in FIGURES:
+        if key not in predicted and not (measured and key in measured):
+            continue
+        row = [label, units.nbytes(predicted.get(key))]
+        if measured:
+            row += [units.nbytes(measured.get(key)), units.percent(errors.get(key))]
+        rows.append(row)
+    if measured and measured.get("forward_ms") is not None:
+        spread = f" ± {measured['forward_ms_iqr'] / 2:.3f}" if measured.get("forward_ms_iqr") is not None else ""
+        rows.append(["forward time (median ± IQR/2)", "-", f"{measured['forward_ms']:.3f}{spread} ms", "-"])
+    return layout(headers, rows, right=[False] + [True] * (len(headers) - 1))
+
+
+def _breakdowns(r: dict, markdown: bool) -> str:
+    lines = ["Where each predicted peak happens and what is alive then:"]
+    for key, label in PEAKS:
+        peak = r.get("peaks", {}).get(key)
+        if not peak:
+            continue
+        parts = [f"{cat.replace('_', ' ')} {units.nbytes(n)}" for cat, n in peak["breakdown"].items() if n]
+        lines.append(f"{'- ' if markdown else '  '}{label}: {units.nbytes(peak['bytes'])} at {peak['at']} = "
+                     + " + ".join(parts))
+    return "\n".join(lines)
+
+
+def _machine(r: dict) -> str:
+    m = r["machine_info"]
+    gpus = ", ".join(g.get("name", "?") for g in m.get("gpus", [])) or "none"
+    return (f"Machine: {m.get('cpu_model', '?')}, {m.get('cores_logical', '?')} threads, "
+            f"RAM {units.nbytes(m.get('ram_bytes'))}, GPUs: {gpus}, torch {m.get('torch_version', '?')}")
