@@ -39,7 +39,7 @@ def spatial_output(spatial: tuple[int, ...], *, kernel: tuple[int, ...], strides
                 for n, k, s, d in zip(spatial, kernel, strides, dilation))
     if any(n <= 0 for n in out):
         spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
-        raise ShapeError(f"output size would be zero or negative ({_fmt(out)})", field="kernel_size",
+        raise ShapeError(f"output size would be zero or negative: {_fmt(out)}", field="kernel_size",
                          expected=f"a window of at most {_fmt(spatial)} with padding=\"{padding}\"",
                          received=f"kernel_size={_fmt(kernel)} (dilated span {_fmt(spans)})")
     return out

@@ -191,8 +191,8 @@ def _split_entry(index: int, entry: Any) -> tuple[str, Mapping[str, Any]]:
 
 def _auto_name(type_name: str, counters: dict[str, int], used: set[str]) -> str:
     """Keras 3's names: dense, dense_1, dense_2, ... (conv2d for Conv2D)."""
-    base = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", type_name).lower()
-    base = re.sub(r"_(\d)d\b", r"\1d", base)
+    base = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", type_name)
+    base = re.sub(r"([a-z])([A-Z])", r"\1_\2", base).lower()
     while True:
         count = counters.get(base, 0)
         counters[base] = count + 1

@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine (see README): `make profile` and `make test`.
+# Both create .venv, install modelsize into it, then run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first and only when the venv has none, so an existing (e.g. CUDA) build is kept.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup setup-test profile test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e .
+
+setup-test: setup
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+
+profile: setup
+	$(BIN)/modelsize profile $(ARGS)
+
+test: setup-test
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: setup-test
+	$(BIN)/python -m pytest benchmarks -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,148 @@
+"""``modelsize``: summary (predict), measure, profile (predict + measure + compare + save).
+
+The only module that prints. Bad input ends with one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from . import workflow
+from .dtypes import MODEL_DTYPES
+from .errors import ModelsizeError
+from .memory_model import LOSSES
+from .render.report import render
+
+EXIT_BAD_INPUT = 2
+EXIT_DOES_NOT_FIT = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ModelsizeError as error:
+        print(f"modelsize: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+def _summary(args: argparse.Namespace) -> int:
+    spec = workflow.resolve_spec(args.spec)
+    result = workflow.summary(spec, batch=args.batch, dtype=args.dtype, loss=args.loss,
+                              device_kind=args.device_kind)
+    _emit(result, args)
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from .devices import DoesNotFit
+    spec = workflow.resolve_spec(args.spec)
+    try:
+        measured, options = workflow.measure(spec, **_measure_options(args))
+    except DoesNotFit as error:
+        print(f"modelsize: {spec.name} at batch {args.batch} does not fit: {error}", file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
+    result = {"model": spec.name, "options": options, "measured": measured}
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(json.dumps(result, indent=2))  # measured figures alone have no table of their own yet
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .devices import DoesNotFit
+    from .results import save
+    spec = workflow.resolve_spec(args.spec)
+    try:
+        result = workflow.profile(spec, **_measure_options(args))
+    except DoesNotFit as error:
+        print(f"modelsize: {spec.name} at batch {args.batch} does not fit: {error}", file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
+    if not args.no_save:
+        path = save(result, args.results_dir)
+        result["saved_to"] = str(path)
+    _emit(result, args)
+    if "saved_to" in result and args.format != "json":
+        print(f"Saved: {result['saved_to']}")
+    return 0
+
+
+def _emit(result: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(result, markdown=args.format == "markdown", explain=args.explain), end="")
+
+
+def _measure_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"batch": args.batch, "dtype": args.dtype, "loss": args.loss, "device": args.device,
+            "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads}
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelsize",
+        description="Predict a model's parameters, MACs and memory layer by layer; measure them in "
+                    "PyTorch; compare.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False) -> None:
+        sub.add_argument("spec", nargs="?" if spec_optional else None,
+                         help="a .yaml/.json model spec, or a built-in model "
+                              "(digits, digits-theano, dense-514, conv-224)"
+                              + ("; default: digits, the seed's 28×28 classifier" if spec_optional else ""))
+        sub.add_argument("--batch", type=_positive, default=32, help="batch size (default 32)")
+        sub.add_argument("--dtype", choices=MODEL_DTYPES, default="float32")
+        sub.add_argument("--loss", choices=LOSSES, default="cross_entropy",
+                         help="training-step loss: cross_entropy (integer targets over the last axis, "
+                              "every position) or mse")
+        sub.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+        sub.add_argument("--explain", action="store_true",
+                         help="show each layer's parameter arithmetic and what makes up each peak")
+
+    def measuring(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                         help="default: cuda when available, else cpu")
+        sub.add_argument("--warmup", type=int, default=3, help="untimed forward passes first (default 3)")
+        sub.add_argument("--repeats", type=_positive, default=20, help="timed forward passes (default 20)")
+        sub.add_argument("--threads", type=_positive, default=None,
+                         help="CPU threads for torch (default: torch's own choice), recorded in results")
+
+    summary = commands.add_parser("summary", help="predict without building the model")
+    common(summary)
+    summary.add_argument("--device-kind", choices=("cpu", "cuda"), default="cpu",
+                         help="predict for this kind of device (optimizer kernels differ)")
+    summary.set_defaults(run=_summary)
+
+    measure = commands.add_parser("measure", help="build the model in PyTorch and measure it")
+    common(measure)
+    measuring(measure)
+    measure.set_defaults(run=_measure)
+
+    profile = commands.add_parser("profile", help="predict, measure, compare and save a result")
+    common(profile, spec_optional=True)
+    measuring(profile)
+    profile.add_argument("--results-dir", default="results/runs", help="where result JSON files go")
+    profile.add_argument("--no-save", action="store_true", help="do not write a result file")
+    profile.set_defaults(run=_profile)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Saving results: one JSON file a run, written whole or not at all."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def relative_errors(predicted: dict[str, Any], measured: dict[str, Any]) -> dict[str, float | None]:
+    """(predicted − measured) / measured for every figure both sides have; None where unmeasured."""
+    errors: dict[str, float | None] = {}
+    for key, value in predicted.items():
+        real = measured.get(key)
+        if isinstance(value, (int, float)) and isinstance(real, (int, float)) and real:
+            errors[key] = (value - real) / real
+        elif key in measured:
+            errors[key] = None
+    return errors
+
+
+def file_name(result: dict[str, Any], now: datetime) -> str:
+    options = result.get("options", {})
+    parts = [now.strftime("%Y%m%dT%H%M%S%fZ"), result.get("model", "model"),
+             options.get("device", "predicted"), result.get("dtype", ""), f"b{result.get('batch', '')}"]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(p for p in parts if p)) + ".json"
+
+
+def save(result: dict[str, Any], directory: str | Path) -> Path:
+    """Write ``result`` atomically (temporary file, fsync, rename); never overwrites another run."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(timezone.utc)
+    result = {"schema_version": SCHEMA_VERSION, "datetime": now.isoformat(), **result}
+    target = directory / file_name(result, now)
+    text = json.dumps(result, indent=2, sort_keys=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".partial-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if target.exists():
+            raise FileExistsError(target)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

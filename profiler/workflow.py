@@ -1,0 +1,65 @@
+"""The three jobs behind the CLI — predict, measure, profile — as functions returning result dicts."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import models
+from .errors import SpecError
+from .predict import predict
+from .results import relative_errors
+from .spec import ModelSpec, load
+
+
+def resolve_spec(spec: str | None) -> ModelSpec:
+    """A spec file's path, or the name of a built-in model (default: the seed's digit classifier)."""
+    if spec is None:
+        return models.builtin(models.DEFAULT)
+    if Path(spec).exists() or spec.endswith((".yaml", ".yml", ".json")) or "/" in spec:
+        return load(spec)
+    if spec in models.names():
+        return models.builtin(spec)
+    raise SpecError("no such file or built-in model", source=spec,
+                    expected="a .yaml/.json spec or one of " + ", ".join(models.names()))
+
+
+def token_range(spec: ModelSpec) -> int | None:
+    """Token ids fed to a model that starts with Embedding are drawn below its input_dim."""
+    first = spec.layers[0]
+    return first.args.input_dim if first.type == "Embedding" else None
+
+
+def summary(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str = "cpu") -> dict[str, Any]:
+    return predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind).as_dict()
+
+
+def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
+            warmup: int, repeats: int, threads: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build the model on the device and measure it: (measured figures, options used)."""
+    from .build import build
+    from .devices import get_device
+    from .runner import measure as run
+
+    target = get_device(device)
+    module = build(spec, dtype=dtype, device=target.torch_device)
+    measurement = run(module, input_shape=(batch, *spec.input_shape), input_dtype=spec.input_dtype,
+                      int_high=token_range(spec), dtype=dtype, device=target, loss=loss,
+                      warmup=warmup, repeats=repeats, threads=threads)
+    measured = measurement.as_dict()
+    options = {"device": target.name, "batch": batch, "dtype": dtype, "loss": loss, "warmup": warmup,
+               "repeats": repeats, "threads": measured.get("threads", threads)}
+    return measured, options
+
+
+def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
+            warmup: int, repeats: int, threads: int | None) -> dict[str, Any]:
+    """Predict, measure and compare: the whole result, ready to save and render."""
+    from .machine import machine_info
+
+    measured, options = measure(spec, batch=batch, dtype=dtype, loss=loss, device=device,
+                                warmup=warmup, repeats=repeats, threads=threads)
+    device_kind = "cuda" if options["device"].startswith("cuda") else "cpu"
+    result = summary(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind)
+    result.update(options=options, spec=spec.as_dict(), machine_info=machine_info(), measured=measured,
+                  relative_error=relative_errors(result["predicted"], measured))
+    return result

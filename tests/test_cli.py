@@ -1,0 +1,70 @@
+"""The command line: JSON keys, one-line errors with exit status 2, no traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from profiler.cli import main
+
+BAD = {
+    "unknown_layer.yaml": ("input_shape: [4]\nlayers:\n  - Dense: {units: 2}\n  - Blah: {}\n",
+                           r"unknown_layer\.yaml: layer 1 \(Blah \"blah\"\): unknown layer type"),
+    "missing_arg.yaml": ("input_shape: [4]\nlayers:\n  - Dense: {activation: relu}\n",
+                         r"missing_arg\.yaml: layer 0 \(Dense \"dense\"\): field 'units': missing required"),
+    "wrong_type.yaml": ("input_shape: [4]\nlayers:\n  - Dense: {units: ten}\n",
+                        r"wrong_type\.yaml: layer 0 \(Dense \"dense\"\): field 'units'"),
+    "big_kernel.yaml": ("input_shape: [8, 8, 3]\nlayers:\n  - Conv2D: {filters: 4, kernel_size: 9, name: c1}\n",
+                        r"big_kernel\.yaml: layer 0 \(Conv2D \"c1\"\): field 'kernel_size'"),
+    "negative.yaml": ("input_shape: [8, 8, 3]\nlayers:\n  - Conv2D: {filters: -4, kernel_size: 3}\n",
+                      r"negative\.yaml: layer 0 \(Conv2D \"conv2d\"\): field 'filters'"),
+    "broken.yaml": ("input_shape: [8, 8\nlayers:\n", r"broken\.yaml: malformed YAML"),
+    "broken.json": ('{"input_shape": [8], "layers": [}', r"broken\.json: malformed JSON at line 1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, name):
+    text, pattern = BAD[name]
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["summary", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert __import__("re").search(pattern, err), err
+
+
+def test_missing_file(capsys):
+    assert main(["summary", "no/such/model.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "modelsize: error: no/such/model.yaml: no such file"
+
+
+def test_json_output_has_the_documented_keys(capsys):
+    assert main(["summary", "digits", "--format", "json", "--batch", "8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    dense = out["layers"][1]
+    assert {k: dense[k] for k in ("name", "type", "output_shape", "params", "trainable_params", "formula")} == {
+        "name": "dense", "type": "Dense", "output_shape": [None, 10], "params": 7850,
+        "trainable_params": 7850, "formula": "10 × (784 + 1) = 7,850"}
+    assert out["totals"]["params"] == 7850 and out["totals"]["param_bytes"] == 31400
+    assert {"param_bytes", "inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam"} <= set(out["predicted"])
+
+
+def test_text_and_markdown_render(capsys):
+    assert main(["summary", "conv-224", "--explain"]) == 0
+    text = capsys.readouterr().out
+    assert "conv2d (Conv2D)" in text and "(None, 222, 222, 32)" in text and "896" in text
+    assert "32 × (3 × 3×3 + 1) = 896" in text
+    assert main(["summary", "dense-514", "--format", "markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| dense (Dense) | (None, 514) | 264,710 |" in md and "397,065" in md
+
+
+def test_module_entry_point_reports_errors_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input_shape: [4]\nlayers:\n  - Dense: {units: 0}\n")
+    run = subprocess.run([sys.executable, "-m", "profiler", "summary", str(bad)], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert "field 'units'" in run.stderr
