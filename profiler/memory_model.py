@@ -31,6 +31,7 @@ class Op:
     saved: tuple[Saved, ...] = ()      # kept for backward when autograd records the op
     param_bytes: int = 0               # trainable parameters (their gradients have the same size)
     param_tensors: tuple[int, ...] = ()  # bytes of each trainable parameter tensor
+    fused: bool = False                # runs inside the previous op's layer (a fused activation)
 
 
 @dataclass(frozen=True)
@@ -87,24 +88,14 @@ class Setting:
 def inference_peak(ops: Iterable[Op], s: Setting) -> Peak:
     """``model.eval()``; under ``no_grad``: ``out = model(x)``, with model and input alive.
 
-    Nothing is saved; an op's input dies when the op returns unless the caller holds it (the model
-    input) — so the peak is the largest input + output pair over the chain.
+    Nothing is saved; a layer's input dies when the layer returns unless the caller holds it (the
+    model input).
     """
     ops = list(ops)
-    act = itemsize(s.dtype)
     t = Timeline()
     t.alloc("params", sum(op.param_bytes for op in ops) + s.buffer_bytes, "parameters")
     t.alloc("input", s.input_bytes, "inputs")
-    current = "input"
-    for k, op in enumerate(ops):
-        t.note(f"forward {op.name}")
-        if op.out_is_view or op.identity_in_eval:
-            continue
-        out = f"act{k}"
-        t.alloc(out, op.out_elements * act, "activations")
-        if current != "input":
-            t.free(current)
-        current = out
+    _forward(t, ops, s, training=False)
     return t.peak
 
 
@@ -128,84 +119,19 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
             if op.param_bytes:
                 t.free(f"grad{k}")
 
-    # Forward: an op is recorded by autograd once anything before it, or its own weights, needs grad.
-    holders: dict[str, set[str]] = {"input": {"caller"}}
-    recorded: list[bool] = []
-    needs_grad = False
-    current = "input"
-
-    def release(key: str, holder: str) -> None:
-        holders[key].discard(holder)
-        if not holders[key]:
-            del holders[key]
-            t.free(key)
-
-    for k, op in enumerate(ops):
-        t.note(f"forward {op.name}")
-        records = needs_grad or op.param_bytes > 0
-        recorded.append(records)
-        if op.out_is_view:
-            out = current
-        else:
-            out = f"act{k}"
-            t.alloc(out, op.out_elements * act, "activations")
-            holders[out] = set()
-        holders[out].add("flow")
-        if records:
-            for i, saved in enumerate(op.saved):
-                if saved.of == "new":
-                    key = f"saved{k}.{i}"
-                    dtype_size = act if saved.dtype == "act" else itemsize(saved.dtype)
-                    t.alloc(key, saved.elements * s.batch * dtype_size, "activations")
-                    holders[key] = {f"op{k}"}
-                else:
-                    holders[current if saved.of == "input" else out].add(f"op{k}")
-        if not op.out_is_view:
-            release(current, "flow")
-        current = out
-        needs_grad = records
-
+    holders, recorded = _forward(t, ops, s, training=True)
     out_elements = ops[-1].out_elements
-    holders[current].add("caller")          # `out` lives until the step ends
-    holders[current].discard("flow")
     t.note(f"loss ({s.loss})")
     if s.loss == "cross_entropy":
         t.alloc("log_probs", out_elements * act, "activations")   # log_softmax keeps its result
+        t.alloc("total_weight", act, "activations")               # nll_loss keeps its weight sum
     else:
         t.alloc("squared_error", out_elements * act, "temporaries")  # unreduced (out - y)², then mean
         t.free("squared_error")
     t.alloc("loss", act, "activations")
 
-    if needs_grad:
-        t.note("backward (loss)")
-        if s.loss == "cross_entropy":
-            # nll_loss_backward makes d loss/d log_probs; log_softmax_backward turns it into d out
-            t.alloc("grad_log_probs", out_elements * act, "temporaries")
-            t.alloc("grad_out", out_elements * act, "temporaries")
-            t.free("grad_log_probs")
-            t.free("log_probs")
-        else:
-            t.alloc("grad_out", out_elements * act, "temporaries")
-        grad = "grad_out"
-        for k in range(len(ops) - 1, -1, -1):
-            op = ops[k]
-            if not recorded[k]:
-                break
-            t.note(f"backward {op.name}")
-            if op.param_bytes:
-                t.alloc(f"grad{k}", op.param_bytes, "gradients")
-            input_needs_grad = k > 0 and recorded[k - 1]
-            grad_in = grad if op.out_is_view else None
-            if input_needs_grad and not op.out_is_view:
-                grad_in = f"grad_in{k}"
-                t.alloc(grad_in, op.in_elements * act, "temporaries")
-            for key in [key for key, who in holders.items() if f"op{k}" in who]:
-                release(key, f"op{k}")
-            if grad_in != grad:
-                t.free(grad)
-            grad = grad_in
-            if grad is None:
-                break
+    if any(recorded):
+        _backward(t, ops, s, holders, recorded)
 
     t.note(f"optimizer step ({optimizer})")
     if first_step:
@@ -213,6 +139,107 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
     for i, nbytes in enumerate(_optimizer_temporaries(optimizer, tensors, s.foreach)):
         t.alloc(f"opt_tmp{i}", nbytes, "temporaries")
     return t.peak
+
+
+class _Holders:
+    """Who keeps each activation alive: the layer running, autograd (per op), the caller."""
+
+    def __init__(self, t: Timeline):
+        self.t = t
+        self.by_key: dict[str, set[str]] = {"input": {"caller"}}
+
+    def hold(self, key: str, who: str) -> None:
+        self.by_key.setdefault(key, set()).add(who)
+
+    def release(self, key: str, who: str) -> None:
+        holders = self.by_key.get(key)
+        if holders is None or who not in holders:
+            return
+        holders.discard(who)
+        if not holders:
+            del self.by_key[key]
+            self.t.free(key)
+
+    def held_by(self, who: str) -> list[str]:
+        return [key for key, holders in self.by_key.items() if who in holders]
+
+
+def _forward(t: Timeline, ops: list[Op], s: Setting, *, training: bool) -> tuple[_Holders, list[bool]]:
+    """Run the ops; return who holds what afterwards and which ops autograd recorded.
+
+    A layer's input stays alive until the whole layer returns (the caller's frame holds it), so an
+    activation fused into a layer runs while the layer's input and pre-activation are both alive.
+    An op is recorded by autograd once anything before it, or its own weights, needs a gradient.
+    """
+    act = itemsize(s.dtype)
+    holders = _Holders(t)
+    recorded: list[bool] = []
+    needs_grad = False
+    current = "input"
+    holders.hold(current, "layer")
+    for k, op in enumerate(ops):
+        t.note(f"forward {op.name}")
+        records = training and (needs_grad or op.param_bytes > 0)
+        recorded.append(records)
+        if op.out_is_view or (op.identity_in_eval and not training):
+            out = current
+        else:
+            out = f"act{k}"
+            t.alloc(out, op.out_elements * act, "activations")
+        holders.hold(out, "layer")
+        if records:
+            for i, saved in enumerate(op.saved):
+                if saved.of == "new":
+                    key = f"saved{k}.{i}"
+                    size = act if saved.dtype == "act" else itemsize(saved.dtype)
+                    t.alloc(key, saved.elements * s.batch * size, "activations")
+                    holders.hold(key, f"op{k}")
+                else:
+                    holders.hold(current if saved.of == "input" else out, f"op{k}")
+        last_of_layer = k + 1 == len(ops) or not ops[k + 1].fused
+        if last_of_layer:  # the layer returns: its input and intermediates lose the frame's hold
+            for key in holders.held_by("layer"):
+                if key != out:
+                    holders.release(key, "layer")
+        current = out
+        needs_grad = needs_grad or records
+    holders.hold(current, "caller")      # `out` lives until the step ends
+    holders.release(current, "layer")
+    return holders, recorded
+
+
+def _backward(t: Timeline, ops: list[Op], s: Setting, holders: _Holders, recorded: list[bool]) -> None:
+    """Gradients flow back op by op; each op's saved tensors are freed once its backward has run."""
+    act = itemsize(s.dtype)
+    out_elements = ops[-1].out_elements
+    t.note("backward (loss)")
+    if s.loss == "cross_entropy":
+        # nll_loss_backward makes d loss/d log_probs; log_softmax_backward turns it into d out
+        t.alloc("grad_log_probs", out_elements * act, "temporaries")
+        t.alloc("grad_out", out_elements * act, "temporaries")
+        t.free("grad_log_probs")
+        t.free("log_probs")
+    else:
+        t.alloc("grad_out", out_elements * act, "temporaries")
+    grad: str | None = "grad_out"
+    for k in range(len(ops) - 1, -1, -1):
+        op = ops[k]
+        if not recorded[k] or grad is None:
+            break
+        t.note(f"backward {op.name}")
+        if op.param_bytes:
+            t.alloc(f"grad{k}", op.param_bytes, "gradients")
+        input_needs_grad = k > 0 and recorded[k - 1]
+        grad_in = None
+        if input_needs_grad:
+            grad_in = grad if op.out_is_view else f"grad_in{k}"
+            if grad_in != grad:
+                t.alloc(grad_in, op.in_elements * act, "temporaries")
+        for key in holders.held_by(f"op{k}"):
+            holders.release(key, f"op{k}")
+        if grad_in != grad:
+            t.free(grad)
+        grad = grad_in
 
 
 def optimizer_state_bytes(optimizer: str, tensors: list[int]) -> int:

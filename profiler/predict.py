@@ -179,4 +179,4 @@ def _ops_of(t: TracedLayer, params: Params, memory: Memory, batch: int, act: int
     act_args = LayerArgs({"activation": activation})
     act_memory = rule_for("Activation").memory(act_args, t.output_shape, t.output_shape, ctx)
     return [main, Op(name=f"{t.spec.name}/{activation}", in_elements=y, out_elements=y,
-                     saved=act_memory.saved)]
+                     saved=act_memory.saved, fused=True)]
