@@ -9,7 +9,7 @@ gradients, optimizer state), and a training step is the steady-state step
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 from .dtypes import itemsize
@@ -45,27 +45,28 @@ class Peak:
         return {"bytes": self.bytes, "at": self.at, "breakdown": dict(self.breakdown)}
 
 
-@dataclass
 class Timeline:
     """Allocations and frees in program order; remembers the peak and its make-up."""
-    live: dict[str, tuple[str, int]] = field(default_factory=dict)
-    current: int = 0
-    peak: Peak = field(default_factory=lambda: Peak(0, "start", {c: 0 for c in CATEGORIES}))
-    phase: str = "start"
+
+    def __init__(self) -> None:
+        self.live: dict[str, tuple[str, int]] = {}
+        self.by_category = {c: 0 for c in CATEGORIES}
+        self.current = 0
+        self.phase = "start"
+        self.peak = Peak(0, self.phase, dict(self.by_category))
 
     def alloc(self, key: str, nbytes: int, category: str) -> None:
         if key in self.live:
             raise KeyError(f"{key} is allocated twice")
         self.live[key] = (category, nbytes)
+        self.by_category[category] += nbytes
         self.current += nbytes
         if self.current > self.peak.bytes:
-            breakdown = {c: 0 for c in CATEGORIES}
-            for cat, size in self.live.values():
-                breakdown[cat] += size
-            self.peak = Peak(self.current, self.phase, breakdown)
+            self.peak = Peak(self.current, self.phase, dict(self.by_category))
 
     def free(self, key: str) -> None:
-        _, nbytes = self.live.pop(key)
+        category, nbytes = self.live.pop(key)
+        self.by_category[category] -= nbytes
         self.current -= nbytes
 
     def note(self, phase: str) -> None:
@@ -146,22 +147,26 @@ class _Holders:
 
     def __init__(self, t: Timeline):
         self.t = t
-        self.by_key: dict[str, set[str]] = {"input": {"caller"}}
+        self.by_key: dict[str, set[str]] = {}
+        self.by_holder: dict[str, set[str]] = {}
+        self.hold("input", "caller")
 
     def hold(self, key: str, who: str) -> None:
         self.by_key.setdefault(key, set()).add(who)
+        self.by_holder.setdefault(who, set()).add(key)
 
     def release(self, key: str, who: str) -> None:
         holders = self.by_key.get(key)
         if holders is None or who not in holders:
             return
         holders.discard(who)
+        self.by_holder[who].discard(key)
         if not holders:
             del self.by_key[key]
             self.t.free(key)
 
     def held_by(self, who: str) -> list[str]:
-        return [key for key, holders in self.by_key.items() if who in holders]
+        return sorted(self.by_holder.get(who, ()))
 
 
 def _forward(t: Timeline, ops: list[Op], s: Setting, *, training: bool) -> tuple[_Holders, list[bool]]:
