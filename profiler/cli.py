@@ -47,11 +47,9 @@ def _measure(args: argparse.Namespace) -> int:
     except DoesNotFit as error:
         print(f"modelsize: {spec.name} at batch {args.batch} does not fit: {error}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
-    result = {"model": spec.name, "options": options, "measured": measured}
-    if args.format == "json":
-        print(json.dumps(result, indent=2))
-    else:
-        print(json.dumps(result, indent=2))  # measured figures alone have no table of their own yet
+    from .machine import machine_info
+    result = {"model": spec.name, "options": options, "machine_info": machine_info(), "measured": measured}
+    _emit(result, args)
     return 0
 
 

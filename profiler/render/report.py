@@ -23,8 +23,10 @@ PEAKS = (("inference", "inference"), ("train_sgd", "training step, SGD"), ("trai
 
 def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = False) -> str:
     layout: Callable = grid.markdown if markdown else grid.text
-    parts = [_title(result, markdown), _layers(result, layout, explain), _totals(result, markdown),
-             _memory(result, layout)]
+    parts = [_title(result, markdown)]
+    if "layers" in result:
+        parts += [_layers(result, layout, explain), _totals(result, markdown)]
+    parts.append(_memory(result, layout))
     if explain:
         parts.append(_breakdowns(result, markdown))
     if "machine_info" in result:
@@ -34,7 +36,8 @@ def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = Fa
 
 def _title(r: dict, markdown: bool) -> str:
     opts = r.get("options", {})
-    bits = [f"batch {r['batch']}", r["dtype"], f"loss {r['loss']}"]
+    bits = [f"batch {opts.get('batch', r.get('batch'))}", opts.get("dtype", r.get("dtype")),
+            f"loss {opts.get('loss', r.get('loss'))}"]
     if "device" in opts:
         bits.append(f"device {opts['device']}")
     text = f'Model: "{r["model"]}" ({", ".join(bits)})'
@@ -72,21 +75,22 @@ def _totals(r: dict, markdown: bool) -> str:
 
 
 def _memory(r: dict, layout: Callable) -> str:
-    predicted = r["predicted"]
+    predicted = r.get("predicted")
     measured = r.get("measured")
     errors = r.get("relative_error") or {}
-    headers = ["Memory", "Predicted"] + (["Measured", "Error"] if measured else [])
+    columns = [("Predicted", predicted)] * bool(predicted) + [("Measured", measured)] * bool(measured)
+    with_error = bool(predicted and measured)
+    headers = ["Memory", *(name for name, _ in columns)] + ["Error"] * with_error
     rows = []
     for key, label in FIGURES:
-        if key not in predicted and not (measured and key in measured):
+        if not any(key in figures for _, figures in columns):
             continue
-        row = [label, units.nbytes(predicted.get(key))]
-        if measured:
-            row += [units.nbytes(measured.get(key)), units.percent(errors.get(key))]
-        rows.append(row)
+        row = [label, *(units.nbytes(figures.get(key)) for _, figures in columns)]
+        rows.append(row + [units.percent(errors.get(key))] * with_error)
     if measured and measured.get("forward_ms") is not None:
         spread = f" ± {measured['forward_ms_iqr'] / 2:.3f}" if measured.get("forward_ms_iqr") is not None else ""
-        rows.append(["forward time (median ± IQR/2)", "-", f"{measured['forward_ms']:.3f}{spread} ms", "-"])
+        time = f"{measured['forward_ms']:.3f}{spread} ms"
+        rows.append(["forward time (median ± IQR/2)", *("-" * bool(predicted)), time, *("-" * with_error)])
     return layout(headers, rows, right=[False] + [True] * (len(headers) - 1))
 
 
