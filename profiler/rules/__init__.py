@@ -1,2 +1,2 @@
 """Every layer rule. Importing this package registers them all (see ``profiler.registry``)."""
-from . import core  # noqa: F401
+from . import conv, core, normalization, pooling  # noqa: F401

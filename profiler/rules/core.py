@@ -79,3 +79,85 @@ class Activation(Rule):
     def build(self, a, x, ctx):
         from .modules import activation
         return activation(a.activation)
+
+
+@register
+class Dropout(Rule):
+    """Zero each element with probability ``rate`` in training, scale the rest by 1/(1 − rate).
+
+    Inference is the identity. In training autograd keeps the mask: PyTorch's fused kernel
+    (CUDA) keeps a bool mask the size of the output, which is what ``memory`` reports; on the CPU
+    PyTorch multiplies by a noise tensor of the activations' dtype instead (bigger than predicted).
+    """
+    type_name = "Dropout"
+    args = (Arg("rate", rate),)
+
+    def memory(self, a, x, y, ctx):
+        if a.rate == 0:  # torch returns its input unchanged
+            return Memory(output_is_view=True)
+        return Memory(identity_in_eval=True,
+                      saved=(Saved("new", elements=prod(y), dtype="bool", what="dropout mask"),))
+
+    def build(self, a, x, ctx):
+        from torch import nn
+        return nn.Dropout(p=a.rate)
+
+
+@register
+class Reshape(Rule):
+    """Give the same elements a new shape (batch axis untouched); -1 once stands for the rest."""
+    type_name = "Reshape"
+    args = (Arg("target_shape", shape),)
+
+    def output_shape(self, a, x, ctx):
+        total = prod(x)
+        target = a.target_shape
+        if -1 in target:
+            known = prod(n for n in target if n != -1)
+            if total % known:
+                raise ShapeError("the input's elements do not divide evenly for the -1 axis",
+                                 field="target_shape",
+                                 expected=f"a shape whose known sizes divide {total:,} (input {shape_text(x)})",
+                                 received=f"target_shape={a.target_shape} (known sizes multiply to {known:,})")
+            target = tuple(total // known if n == -1 else n for n in target)
+        if prod(target) != total:
+            raise ShapeError("the number of elements would change", field="target_shape",
+                             expected=f"a shape of {total:,} elements (input {shape_text(x)})",
+                             received=f"target_shape={a.target_shape} ({prod(target):,} elements)")
+        return target
+
+    def memory(self, a, x, y, ctx):
+        return Memory(output_is_view=True)
+
+    def build(self, a, x, ctx):
+        from .modules import Reshape as ReshapeModule
+        return ReshapeModule(self.output_shape(a, x, ctx))
+
+
+@register
+class Embedding(Rule):
+    """Look up one row of an (input_dim × output_dim) table per integer token id.
+
+    The input holds token ids (any shape); the output appends ``output_dim``. A lookup is a
+    copy, not arithmetic: no MACs. Backward keeps the ids (the input) to scatter the gradient.
+    """
+    type_name = "Embedding"
+    args = (Arg("input_dim", positive_int), Arg("output_dim", positive_int))
+
+    def output_shape(self, a, x, ctx):
+        if len(x) < 1:
+            raise ShapeError("Embedding needs at least one axis of token ids",
+                             expected="a shape like (sequence_length,)", received=f"shape {shape_text(x)}")
+        return (*x, a.output_dim)
+
+    def params(self, a, x, ctx):
+        # one output_dim-long row per token id
+        total = a.input_dim * a.output_dim
+        return Params(total, formula=f"{a.input_dim:,} × {a.output_dim:,} = {total:,}")
+
+    def memory(self, a, x, y, ctx):
+        return Memory(saved=(Saved("input", what="token ids"),))
+
+    def build(self, a, x, ctx):
+        from torch import nn
+        return nn.Embedding(a.input_dim, a.output_dim)

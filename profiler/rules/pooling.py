@@ -1,0 +1,151 @@
+"""MaxPooling1D/2D/3D, AveragePooling1D/2D/3D, GlobalAveragePooling1D/2D/3D.
+
+Keras semantics (``keras/src/layers/pooling/base_pooling.py``): ``strides`` defaults to
+``pool_size``; "valid" keeps full windows only, "same" gives ceil(length / stride) and pads as
+TensorFlow does, the odd element after. Padding never takes part: max pooling ignores it
+(torch: pad with −inf) and average pooling divides by the number of real elements in each
+window (torch: ``count_include_pad=False``, or ``PaddedAvgPool`` when the padding is uneven).
+
+MACs convention: pooling has no multiplications; one comparison (max) or one add (average) per
+window element is counted as one MAC, i.e. output elements × prod(pool_size). Global average
+pooling counts one add per input element.
+"""
+from __future__ import annotations
+
+from math import prod
+
+from ..args import Arg, boolean, choice, int_tuple, optional
+from ..errors import ShapeError
+from ..registry import Memory, Rule, Saved, register
+from ..shapes import join_channels, same_padding, shape_text, spatial_output, split_channels
+
+
+def _expect_spatial_rank(type_name: str, rank: int, x, ctx) -> None:
+    if len(x) != rank + 1:
+        layout = "(steps, channels)" if rank == 1 else f"{rank} spatial axes and channels"
+        raise ShapeError(f"input has the wrong number of axes for {type_name}",
+                         expected=f"{rank + 1} axes besides the batch: {layout} ({ctx.data_format})",
+                         received=f"shape {shape_text(x)}")
+
+
+class PoolRule(Rule):
+    """A max or average over a sliding ``pool_size`` window on each spatial axis, per channel."""
+
+    def __init__(self, type_name: str, rank: int, kind: str):
+        self.type_name = type_name  # type: ignore[misc]  (per instance: one rule per rank)
+        self.rank = rank
+        self.kind = kind  # "max" or "average"
+        self.args = (
+            Arg("pool_size", int_tuple(rank), (2,) * rank),
+            Arg("strides", optional(int_tuple(rank)), None),
+            Arg("padding", choice("valid", "same"), "valid"),
+        )
+
+    def _strides(self, a) -> tuple[int, ...]:
+        return a.pool_size if a.strides is None else a.strides
+
+    def _pads(self, a, spatial) -> tuple[tuple[int, int], ...]:
+        if a.padding == "valid":
+            return tuple((0, 0) for _ in spatial)
+        return tuple(same_padding(n, kernel=k, stride=s)
+                     for n, k, s in zip(spatial, a.pool_size, self._strides(a)))
+
+    def _native(self, a, spatial, pads) -> bool:
+        """Can torch's own pooling pad as Keras does? Only evenly; and torch's avg_pool3d also
+        refuses an input smaller than the window even when the padding would make it fit."""
+        if any(b != e for b, e in pads):
+            return False
+        return not (self.kind == "average" and self.rank == 3
+                    and any(n < k for n, k in zip(spatial, a.pool_size)))
+
+    def output_shape(self, a, x, ctx):
+        _expect_spatial_rank(self.type_name, self.rank, x, ctx)
+        spatial, channels = split_channels(x, ctx.data_format)
+        try:
+            out = spatial_output(spatial, kernel=a.pool_size, strides=self._strides(a), padding=a.padding)
+        except ShapeError as e:  # same check, but the field here is pool_size
+            raise ShapeError(e.what, field="pool_size", expected=e.expected,
+                             received=(e.received or "").replace("kernel_size", "pool_size")) from None
+        return join_channels(out, channels, ctx.data_format)
+
+    def macs(self, a, x, y, ctx):
+        # one comparison (max) or add (average) per window element
+        return prod(y) * prod(a.pool_size)
+
+    def memory(self, a, x, y, ctx):
+        spatial, channels = split_channels(x, ctx.data_format)
+        pads = self._pads(a, spatial)
+        native = self._native(a, spatial, pads)
+        padded = channels * prod(n + b + e for n, (b, e) in zip(spatial, pads))
+        if self.kind == "max":
+            # max_pool*_with_indices keeps its input and the argmax indices (int64, one per output)
+            kept = Saved("input", what="pooling input") if native else Saved("new", elements=padded, what="−inf-padded input")
+            return Memory(saved=(kept, Saved("new", elements=prod(y), dtype="int64", what="argmax indices")))
+        if native:  # avg_pool keeps its input
+            return Memory(saved=(Saved("input", what="pooling input"),))
+        # PaddedAvgPool: the padded input, and the sum it divides (the per-window share is tiny)
+        return Memory(saved=(Saved("new", elements=padded, what="zero-padded input"),
+                             Saved("new", elements=prod(y), what="window sums")))
+
+    def build(self, a, x, ctx):
+        from torch import nn
+
+        from .conv import _torch_pad_order
+        from .modules import ChannelsLast, PaddedAvgPool
+        spatial, _ = split_channels(x, ctx.data_format)
+        strides = self._strides(a)
+        pads = self._pads(a, spatial)
+        native = self._native(a, spatial, pads)
+        before = tuple(b for b, _ in pads)
+        layer: nn.Module
+        if self.kind == "max":
+            pool_cls = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[self.rank]
+            if native:  # torch's own padding is −inf for max pooling
+                layer = pool_cls(a.pool_size, strides, padding=before)
+            else:
+                pad_cls = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[self.rank]
+                layer = nn.Sequential(pad_cls(_torch_pad_order(pads), float("-inf")),
+                                      pool_cls(a.pool_size, strides))
+        else:
+            pool_cls = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[self.rank]
+            if native:
+                layer = pool_cls(a.pool_size, strides, padding=before, count_include_pad=False)
+            else:
+                layer = PaddedAvgPool(self.rank, a.pool_size, strides, _torch_pad_order(pads))
+        if ctx.data_format == "channels_last":
+            layer = ChannelsLast(layer)
+        return layer
+
+
+class GlobalAveragePoolRule(Rule):
+    """The mean over every spatial axis, per channel; ``keepdims`` keeps them with size 1.
+
+    MACs: one add per input element. Backward of a mean keeps nothing but the input's shape.
+    """
+
+    def __init__(self, type_name: str, rank: int):
+        self.type_name = type_name  # type: ignore[misc]
+        self.rank = rank
+        self.args = (Arg("keepdims", boolean, False),)
+
+    def output_shape(self, a, x, ctx):
+        _expect_spatial_rank(self.type_name, self.rank, x, ctx)
+        _, channels = split_channels(x, ctx.data_format)
+        if a.keepdims:
+            return join_channels((1,) * self.rank, channels, ctx.data_format)
+        return (channels,)
+
+    def macs(self, a, x, y, ctx):
+        return prod(x)
+
+    def build(self, a, x, ctx):
+        from .modules import Mean
+        # axes of the batched tensor in the spec's own layout
+        first = 2 if ctx.data_format == "channels_first" else 1
+        return Mean(tuple(range(first, first + self.rank)), keepdim=a.keepdims)
+
+
+for _rank in (1, 2, 3):
+    register(PoolRule(f"MaxPooling{_rank}D", _rank, "max"))
+    register(PoolRule(f"AveragePooling{_rank}D", _rank, "average"))
+    register(GlobalAveragePoolRule(f"GlobalAveragePooling{_rank}D", _rank))

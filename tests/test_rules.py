@@ -1,0 +1,528 @@
+"""Every registered rule against real PyTorch, exact Keras numbers, and error messages.
+
+A rule without a strategy in STRATEGIES fails ``test_every_rule_has_a_strategy``; a rule with one
+is checked by ``test_rule_matches_torch`` on drawn arguments and shapes.
+"""
+from __future__ import annotations
+
+from itertools import product
+from math import prod
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from profiler.args import parse_args
+from profiler.errors import ShapeError, SpecError
+from profiler.registry import Context, Memory, all_rules, rule_for
+from profiler.shapes import join_channels, same_padding
+
+FORMATS = st.sampled_from(["channels_last", "channels_first"])
+ACTIVATIONS = st.sampled_from(["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu"])
+
+
+def _maybe(draw, args: dict, name: str, strategy) -> None:
+    """Give an optional argument sometimes, so that defaults are exercised too."""
+    if draw(st.booleans()):
+        args[name] = draw(strategy)
+
+
+def _ints(draw, rank: int, lo: int, hi: int) -> tuple[int, ...]:
+    return tuple(draw(st.integers(lo, hi)) for _ in range(rank))
+
+
+def _as_arg(draw, values: tuple[int, ...]):
+    """Keras accepts an int for equal values on every axis, or a list."""
+    if len(set(values)) == 1 and draw(st.booleans()):
+        return values[0]
+    return list(values)
+
+
+@st.composite
+def dense(draw):
+    x = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
+    args = {"units": draw(st.integers(1, 8))}
+    _maybe(draw, args, "activation", ACTIVATIONS)
+    _maybe(draw, args, "use_bias", st.booleans())
+    return args, x, draw(FORMATS)
+
+
+@st.composite
+def any_shape(draw, args_strategy=st.just({})):
+    x = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    return draw(args_strategy), x, draw(FORMATS)
+
+
+@st.composite
+def reshape(draw):
+    x = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=4)))
+    # regroup the input's sizes in a shuffled order, merging some neighbours
+    sizes = draw(st.permutations(list(x)))
+    target: list[int] = []
+    for n in sizes:
+        if target and draw(st.booleans()):
+            target[-1] *= n
+        else:
+            target.append(n)
+    if draw(st.booleans()):
+        target[draw(st.integers(0, len(target) - 1))] = -1
+    return {"target_shape": target}, x, draw(FORMATS)
+
+
+@st.composite
+def embedding(draw):
+    x = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=2)))
+    args = {"input_dim": draw(st.integers(1, 30)), "output_dim": draw(st.integers(1, 8))}
+    return args, x, draw(FORMATS)
+
+
+@st.composite
+def conv(draw, rank: int):
+    fmt = draw(FORMATS)
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    channels = groups * draw(st.integers(1, 2))
+    kernel = _ints(draw, rank, 1, 4)
+    if draw(st.booleans()):  # Keras refuses strides > 1 with dilation_rate > 1: draw one of them
+        strides, dilation = _ints(draw, rank, 1, 3), (1,) * rank
+    else:
+        strides, dilation = (1,) * rank, _ints(draw, rank, 1, 3)
+    paddings = ["valid", "same", "causal"] if rank == 1 else ["valid", "same"]
+    padding = draw(st.sampled_from(paddings))
+    spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    top = 12 if rank < 3 else 2
+    spatial = tuple(draw(st.integers(span if padding == "valid" else 1, span + top)) for span in spans)
+    args = {"filters": groups * draw(st.integers(1, 3)), "kernel_size": _as_arg(draw, kernel)}
+    for name, value, default in (("strides", strides, 1), ("dilation_rate", dilation, 1),
+                                 ("groups", groups, 1), ("padding", padding, "valid")):
+        if value != default and value != (default,) * rank or draw(st.booleans()):
+            args[name] = _as_arg(draw, value) if isinstance(value, tuple) else value
+    _maybe(draw, args, "activation", ACTIVATIONS)
+    _maybe(draw, args, "use_bias", st.booleans())
+    return args, join_channels(spatial, channels, fmt), fmt
+
+
+@st.composite
+def pool(draw, rank: int):
+    fmt = draw(FORMATS)
+    size = _ints(draw, rank, 1, 3)
+    padding = draw(st.sampled_from(["valid", "same"]))
+    args: dict = {}
+    if size != (2,) * rank or draw(st.booleans()):
+        args["pool_size"] = _as_arg(draw, size)
+    if draw(st.booleans()):
+        args["strides"] = _as_arg(draw, _ints(draw, rank, 1, 3))
+    if padding != "valid" or draw(st.booleans()):
+        args["padding"] = padding
+    top = 9 if rank < 3 else 3
+    spatial = tuple(draw(st.integers(k if padding == "valid" else 1, k + top)) for k in size)
+    return args, join_channels(spatial, draw(st.integers(1, 4)), fmt), fmt
+
+
+@st.composite
+def global_pool(draw, rank: int):
+    fmt = draw(FORMATS)
+    args: dict = {}
+    _maybe(draw, args, "keepdims", st.booleans())
+    spatial = _ints(draw, rank, 1, 5)
+    return args, join_channels(spatial, draw(st.integers(1, 4)), fmt), fmt
+
+
+@st.composite
+def batch_norm(draw):
+    fmt = draw(FORMATS)
+    x = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    args: dict = {}
+    axis = draw(st.sampled_from([None, "first", "last", "negative"]))
+    if axis == "first":
+        args["axis"] = 1
+    elif axis == "last":
+        args["axis"] = len(x)
+    elif axis == "negative":
+        args["axis"] = -1
+    _maybe(draw, args, "momentum", st.floats(0, 1))
+    _maybe(draw, args, "epsilon", st.sampled_from([1e-3, 1e-5, 0.1]))
+    _maybe(draw, args, "center", st.booleans())
+    _maybe(draw, args, "scale", st.booleans())
+    return args, x, fmt
+
+
+@st.composite
+def layer_norm(draw):
+    x = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    args: dict = {}
+    trailing = draw(st.integers(1, len(x)))
+    axes = list(range(len(x) - trailing + 1, len(x) + 1))  # Keras's numbering: batch is 0
+    choice = draw(st.sampled_from(["default", "positive", "negative"]))
+    if choice == "positive":
+        args["axis"] = axes if len(axes) > 1 else axes[0]
+    elif choice == "negative":
+        args["axis"] = [a - len(x) - 1 for a in axes]
+    _maybe(draw, args, "epsilon", st.sampled_from([1e-3, 1e-5]))
+    _maybe(draw, args, "center", st.booleans())
+    _maybe(draw, args, "scale", st.booleans())
+    return args, x, draw(FORMATS)
+
+
+STRATEGIES = {
+    "Dense": dense(),
+    "Flatten": any_shape(),
+    "Activation": any_shape(st.fixed_dictionaries({"activation": ACTIVATIONS})),
+    "Dropout": any_shape(st.fixed_dictionaries({"rate": st.floats(0, 0.9)})),
+    "Reshape": reshape(),
+    "Embedding": embedding(),
+    "Conv1D": conv(1),
+    "Conv2D": conv(2),
+    "Conv3D": conv(3),
+    "MaxPooling1D": pool(1),
+    "MaxPooling2D": pool(2),
+    "MaxPooling3D": pool(3),
+    "AveragePooling1D": pool(1),
+    "AveragePooling2D": pool(2),
+    "AveragePooling3D": pool(3),
+    "GlobalAveragePooling1D": global_pool(1),
+    "GlobalAveragePooling2D": global_pool(2),
+    "GlobalAveragePooling3D": global_pool(3),
+    "BatchNormalization": batch_norm(),
+    "LayerNormalization": layer_norm(),
+}
+
+
+def test_every_rule_has_a_strategy():
+    missing = sorted(set(all_rules()) - set(STRATEGIES))
+    assert not missing, f"add a hypothesis strategy for {missing} to STRATEGIES"
+
+
+def _input(name: str, args, x: tuple[int, ...]) -> torch.Tensor:
+    if name == "Embedding":
+        return torch.randint(0, args.input_dim, (2, *x))
+    return torch.randn(2, *x)
+
+
+@pytest.mark.parametrize("name", sorted(all_rules()))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_rule_matches_torch(name, data):
+    if name not in STRATEGIES:
+        pytest.fail(f"no hypothesis strategy for {name} in STRATEGIES")
+    given_args, x, fmt = data.draw(STRATEGIES[name], label="args, shape, data_format")
+    rule = rule_for(name)
+    ctx = Context(data_format=fmt, input_dtype="int64" if name == "Embedding" else "float")
+    a = parse_args(rule.args, given_args)
+    y = rule.output_shape(a, x, ctx)
+    p = rule.params(a, x, ctx)
+    macs = rule.macs(a, x, y, ctx)
+    assert isinstance(macs, int) and not isinstance(macs, bool) and macs >= 0
+    assert isinstance(rule.memory(a, x, y, ctx), Memory)
+    if p.total:
+        assert f"{p.total:,}" in p.formula
+
+    module = rule.build(a, x, ctx)
+    assert sum(t.numel() for t in module.parameters()) == p.trainable
+    assert sum(t.numel() for t in module.buffers()) == p.non_trainable
+    if p.tensors:  # the trainable tensors one by one, for the optimizer's per-tensor state
+        assert sorted(p.tensors) == sorted(t.numel() for t in module.parameters())
+    inputs = _input(name, a, x)
+    module.eval()
+    with torch.no_grad():
+        out = module(inputs)
+    assert tuple(out.shape) == (2, *y)
+    # the training path runs too (BatchNorm's own statistics update, Dropout's mask)
+    module.train()
+    out = module(inputs)
+    assert tuple(out.shape) == (2, *y)
+    if out.requires_grad:
+        out.sum().backward()
+
+
+# --- exact Keras numbers ------------------------------------------------------------------
+
+def predict(name: str, spec: dict, x: tuple[int, ...], data_format: str = "channels_last"):
+    rule = rule_for(name)
+    ctx = Context(data_format=data_format)
+    a = parse_args(rule.args, spec)
+    return rule.output_shape(a, x, ctx), rule.params(a, x, ctx)
+
+
+def test_dense_mnist():
+    y, p = predict("Dense", {"units": 10}, (784,))
+    assert y == (10,)
+    assert p.trainable == 7850 and p.non_trainable == 0  # 10 × (784 + 1)
+    assert p.formula == "10 × (784 + 1) = 7,850"
+
+
+@pytest.mark.parametrize("units, inputs, expected", [
+    (514, 514, 264_710),  # 514 × (514 + 1)
+    (257, 514, 132_355),  # 257 × (514 + 1)
+])
+def test_dense_counts(units, inputs, expected):
+    assert predict("Dense", {"units": units}, (inputs,))[1].trainable == expected
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_conv2d_chain(data_format):
+    x = join_channels((224, 224), 3, data_format)
+    expected = [(32, 896, 222),      # 32 × (3 × 3×3 + 1)
+                (64, 18_496, 220),   # 64 × (32 × 3×3 + 1)
+                (128, 73_856, 218)]  # 128 × (64 × 3×3 + 1)
+    for filters, params, size in expected:
+        x, p = predict("Conv2D", {"filters": filters, "kernel_size": 3}, x, data_format)
+        assert x == join_channels((size, size), filters, data_format)
+        assert p.trainable == params
+    assert predict("Conv2D", {"filters": 32, "kernel_size": 3}, (224, 224, 3))[1].formula \
+        == "32 × (3 × 3×3 + 1) = 896"
+    if data_format == "channels_last":
+        y, p = predict("Dense", {"units": 10}, x)
+        assert y == (218, 218, 10) and p.trainable == 1290  # 10 × (128 + 1)
+
+
+def test_conv2d_macs():
+    rule = rule_for("Conv2D")
+    a = parse_args(rule.args, {"filters": 32, "kernel_size": 3})
+    # 222·222 positions × 32 filters × 3 channels × 3·3 kernel
+    assert rule.macs(a, (224, 224, 3), (222, 222, 32), Context()) == 222 * 222 * 32 * 3 * 9
+
+
+def test_conv_groups_and_no_bias():
+    y, p = predict("Conv2D", {"filters": 8, "kernel_size": [3, 1], "groups": 4, "use_bias": False},
+                   (10, 10, 4))
+    assert y == (8, 10, 8)
+    assert p.trainable == 8 * (1 * 3 * 1)
+    assert p.formula == "8 × (1 × 3×1) = 24"
+
+
+def test_batch_norm_counts():
+    y, p = predict("BatchNormalization", {}, (8, 8, 16))
+    assert y == (8, 8, 16)
+    assert (p.trainable, p.non_trainable) == (32, 32)  # gamma, beta; moving mean, variance
+    assert p.formula == "4 × 16 = 64 (32 trainable: gamma, beta; 32 non-trainable: moving mean, variance)"
+    _, p = predict("BatchNormalization", {"scale": False}, (8, 8, 16))
+    assert (p.trainable, p.non_trainable) == (16, 32)
+    _, p = predict("BatchNormalization", {}, (16, 8, 8), "channels_first")
+    assert (p.trainable, p.non_trainable) == (32, 32)
+    _, p = predict("BatchNormalization", {"axis": -1}, (16, 8, 5), "channels_first")
+    assert (p.trainable, p.non_trainable) == (10, 10)  # Keras: axis=-1 is the last axis
+
+
+def test_layer_norm_counts():
+    _, p = predict("LayerNormalization", {}, (10, 64))
+    assert p.trainable == 128 and p.formula == "2 × 64 = 128 (gamma, beta)"
+    _, p = predict("LayerNormalization", {"axis": [-2, -1]}, (10, 64))
+    assert p.trainable == 2 * 640
+
+
+def test_embedding_and_reshape():
+    y, p = predict("Embedding", {"input_dim": 1000, "output_dim": 64}, (20,))
+    assert y == (20, 64) and p.trainable == 64_000 and p.formula == "1,000 × 64 = 64,000"
+    assert predict("Reshape", {"target_shape": [-1, 4]}, (2, 6))[0] == (3, 4)
+
+
+def test_pooling_shapes():
+    assert predict("MaxPooling2D", {}, (7, 7, 3))[0] == (3, 3, 3)
+    assert predict("MaxPooling2D", {"padding": "same"}, (7, 7, 3))[0] == (4, 4, 3)
+    assert predict("AveragePooling1D", {"pool_size": 3, "strides": 1}, (10, 2))[0] == (8, 2)
+    assert predict("GlobalAveragePooling2D", {}, (5, 5, 8))[0] == (8,)
+    assert predict("GlobalAveragePooling2D", {"keepdims": True}, (8, 5, 5), "channels_first")[0] == (8, 1, 1)
+
+
+# --- Keras's numerics where torch differs by default ------------------------------------
+
+def build(name: str, spec: dict, x: tuple[int, ...], data_format: str = "channels_last"):
+    rule = rule_for(name)
+    return rule.build(parse_args(rule.args, spec), x, Context(data_format=data_format)).eval()
+
+
+def test_conv_same_pads_after_like_tensorflow():
+    conv = build("Conv1D", {"filters": 1, "kernel_size": 3, "strides": 2, "padding": "same",
+                            "use_bias": False}, (4, 1))
+    torch.nn.init.ones_(next(conv.parameters()))
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1)
+    # TensorFlow pads (0, 1): windows [1, 2, 3] and [3, 4, 0]
+    assert conv(x).flatten().tolist() == [6.0, 7.0]
+
+
+def test_conv_causal_pads_before():
+    conv = build("Conv1D", {"filters": 1, "kernel_size": 2, "padding": "causal", "use_bias": False},
+                 (3, 1))
+    torch.nn.init.ones_(next(conv.parameters()))
+    x = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1)
+    assert conv(x).flatten().tolist() == [1.0, 3.0, 5.0]  # windows [0, 1], [1, 2], [2, 3]
+
+
+def test_average_pooling_same_excludes_padding():
+    pool = build("AveragePooling1D", {"padding": "same"}, (3, 1))
+    x = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1)
+    assert pool(x).flatten().tolist() == [1.5, 3.0]  # the last window holds 3 and padding
+
+
+def test_max_pooling_same_ignores_padding():
+    pool = build("MaxPooling1D", {"padding": "same"}, (3, 1))
+    x = torch.tensor([-1.0, -2.0, -3.0]).view(1, 3, 1)
+    assert pool(x).flatten().tolist() == [-1.0, -3.0]
+
+
+def test_batch_norm_running_stats_follow_keras():
+    bn = build("BatchNormalization", {"momentum": 0.9}, (3, 4)).train()
+    x = torch.randn(5, 3, 4)
+    bn(x)
+    state = bn.state_dict()
+    assert [k.rsplit(".", 1)[-1] for k in state] == ["weight", "bias", "running_mean", "running_var"]
+    # Keras: moving = 0.9·moving + 0.1·batch statistic, with the biased variance
+    mean = x.mean(dim=(0, 1))
+    var = x.var(dim=(0, 1), correction=0)
+    torch.testing.assert_close(state["inner.running_mean"], 0.1 * mean)
+    torch.testing.assert_close(state["inner.running_var"], 0.9 + 0.1 * var)
+    bn.inner.reset_parameters()  # torch's reset must cope without the counter
+    assert bn.inner.running_var.tolist() == [1.0] * 4
+    bn.load_state_dict(state)
+
+
+# --- sliding windows against a naive reference of Keras's semantics ----------------------
+
+def _windows(spatial, out, kernel, strides, dilation, pads):
+    """For each output position, the input positions of its window that lie inside the input
+    (TensorFlow's padding: window o starts at o·stride − before; padded positions are absent)."""
+    for o in product(*map(range, out)):
+        taps = []
+        for k in product(*map(range, kernel)):
+            pos = tuple(oi * s - b + ki * d for oi, s, (b, _), ki, d in zip(o, strides, pads, k, dilation))
+            if all(0 <= p < n for p, n in zip(pos, spatial)):
+                taps.append((k, pos))
+        yield o, taps
+
+
+def _channels_first(t: torch.Tensor, fmt: str) -> torch.Tensor:
+    """A batched tensor in the spec's layout → channels first."""
+    return t if fmt == "channels_first" else t.movedim(-1, 1)
+
+
+def _pads(a, spatial, rank, strides):
+    if a.padding == "valid":
+        return [(0, 0)] * rank
+    if a.padding == "causal":
+        return [(d * (k - 1), 0) for k, d in zip(a.kernel_size, a.dilation_rate)]
+    dilation = getattr(a, "dilation_rate", (1,) * rank)
+    kernel = getattr(a, "kernel_size", None) or a.pool_size
+    return [same_padding(n, kernel=k, stride=s, dilation=d)
+            for n, k, s, d in zip(spatial, kernel, strides, dilation)]
+
+
+WINDOW_RULES = ["Conv1D", "Conv2D", "Conv3D", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+                "AveragePooling1D", "AveragePooling2D", "AveragePooling3D"]
+
+
+@pytest.mark.parametrize("name", WINDOW_RULES)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_window_values_match_keras_semantics(name, data):
+    given_args, x, fmt = data.draw(STRATEGIES[name], label="args, shape, data_format")
+    rule = rule_for(name)
+    ctx = Context(data_format=fmt)
+    a = parse_args(rule.args, given_args)
+    y = rule.output_shape(a, x, ctx)
+    module = rule.build(a, x, ctx).eval()
+    inputs = torch.randn(1, *x, dtype=torch.float64)
+    with torch.no_grad():
+        got = _channels_first(module.double()(inputs), fmt)[0]
+    xs = _channels_first(inputs, fmt)[0]
+    rank = xs.dim() - 1
+    spatial, out = tuple(xs.shape[1:]), tuple(got.shape[1:])
+    assert out == tuple(y[1:] if fmt == "channels_first" else y[:-1])
+    expected = torch.zeros_like(got)
+    if name.startswith("Conv"):
+        conv = next(m for m in module.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
+        w, bias = conv.weight.double(), conv.bias
+        per_group, out_per_group = w.shape[1], a.filters // a.groups
+        pads = _pads(a, spatial, rank, a.strides)
+        for o, taps in _windows(spatial, out, a.kernel_size, a.strides, a.dilation_rate, pads):
+            for f in range(a.filters):
+                first = f // out_per_group * per_group
+                total = sum((w[(f, slice(None), *k)] * xs[(slice(first, first + per_group), *pos)]).sum()
+                            for k, pos in taps)
+                expected[(f, *o)] = total + (bias[f] if bias is not None else 0)
+        expected = {"linear": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid,
+                    "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
+                    "silu": torch.nn.functional.silu}.get(a.activation, lambda t: t)(expected)
+        if a.activation == "softmax":  # Keras's softmax: over the last axis of the spec's layout
+            expected = _channels_first(
+                torch.softmax((expected[None] if fmt == "channels_first" else expected[None].movedim(1, -1)), -1),
+                fmt)[0]
+    else:
+        strides = a.pool_size if a.strides is None else a.strides
+        pads = _pads(a, spatial, rank, strides)
+        for o, taps in _windows(spatial, out, a.pool_size, strides, (1,) * rank, pads):
+            values = torch.stack([xs[(slice(None), *pos)] for _, pos in taps])
+            expected[(slice(None), *o)] = values.amax(0) if name.startswith("Max") else values.mean(0)
+    torch.testing.assert_close(got, expected)
+
+
+# --- errors --------------------------------------------------------------------------------
+
+def test_kernel_larger_than_input():
+    with pytest.raises(ShapeError, match=r"kernel_size.*Received kernel_size=\(5, 5\)"):
+        predict("Conv2D", {"filters": 4, "kernel_size": 5}, (4, 4, 3))
+
+
+def test_pool_larger_than_input():
+    with pytest.raises(ShapeError, match=r"pool_size"):
+        predict("MaxPooling2D", {"pool_size": 5}, (4, 4, 3))
+
+
+@pytest.mark.parametrize("filters", [0, -3, 2.5, "8"])
+def test_bad_filters(filters):
+    with pytest.raises(SpecError, match=r"field 'filters'.*positive integer"):
+        predict("Conv2D", {"filters": filters, "kernel_size": 3}, (8, 8, 3))
+
+
+def test_unknown_activation():
+    with pytest.raises(SpecError, match=r"field 'activation'.*unknown value.*Received 'swishy'"):
+        predict("Dense", {"units": 4, "activation": "swishy"}, (8,))
+
+
+@pytest.mark.parametrize("target", [[5, 5], [-1, 7]])
+def test_reshape_wrong_element_count(target):
+    with pytest.raises(ShapeError, match=r"field 'target_shape'.*24 elements|field 'target_shape'.*divide"):
+        predict("Reshape", {"target_shape": target}, (4, 6))
+
+
+def test_groups_must_divide():
+    with pytest.raises(SpecError, match=r"field 'groups'.*filters"):
+        predict("Conv2D", {"filters": 6, "kernel_size": 3, "groups": 4}, (8, 8, 4))
+    with pytest.raises(ShapeError, match=r"field 'groups'.*channels"):
+        predict("Conv2D", {"filters": 6, "kernel_size": 3, "groups": 2}, (8, 8, 3))
+
+
+def test_strides_with_dilation_refused():
+    with pytest.raises(SpecError, match=r"strides > 1.*dilation_rate > 1"):
+        predict("Conv1D", {"filters": 2, "kernel_size": 3, "strides": 2, "dilation_rate": 2}, (10, 1))
+
+
+def test_wrong_rank():
+    with pytest.raises(ShapeError, match=r"wrong number of axes for Conv2D.*Expected 3 axes"):
+        predict("Conv2D", {"filters": 2, "kernel_size": 3}, (10, 10))
+    with pytest.raises(ShapeError, match=r"wrong number of axes for MaxPooling1D"):
+        predict("MaxPooling1D", {}, (10, 10, 3))
+
+
+def test_unknown_argument():
+    with pytest.raises(SpecError, match=r"field 'kernel'.*unknown argument"):
+        predict("Conv2D", {"filters": 2, "kernel": 3}, (8, 8, 3))
+
+
+def test_batch_norm_middle_axis_refused():
+    with pytest.raises(ShapeError, match=r"field 'axis'"):
+        predict("BatchNormalization", {"axis": 2}, (4, 5, 6))
+
+
+def test_layer_norm_leading_axis_refused():
+    with pytest.raises(ShapeError, match=r"field 'axis'.*trailing"):
+        predict("LayerNormalization", {"axis": 1}, (4, 5))
+
+
+def test_every_parameter_counts_as_predicted_for_large_rules():
+    """Element counts only: no forward pass, just the built module's parameters."""
+    rule = rule_for("Conv2D")
+    a = parse_args(rule.args, {"filters": 64, "kernel_size": 3})
+    module = rule.build(a, (224, 224, 32), Context())
+    assert sum(t.numel() for t in module.parameters()) == 18_496
+    assert prod(next(module.parameters()).shape) == 64 * 32 * 9
