@@ -197,7 +197,8 @@ def _forward(t: Timeline, ops: list[Op], s: Setting, *, training: bool) -> tuple
                 if saved.of == "new":
                     key = f"saved{k}.{i}"
                     size = act if saved.dtype == "act" else itemsize(saved.dtype)
-                    t.alloc(key, saved.elements * s.batch * size, "activations")
+                    count = saved.elements * (s.batch if saved.per_sample else 1)
+                    t.alloc(key, count * size, "activations")
                     holders.hold(key, f"op{k}")
                 else:
                     holders.hold(current if saved.of == "input" else out, f"op{k}")

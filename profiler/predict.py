@@ -5,7 +5,7 @@ integer arithmetic.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 from .args import LayerArgs
@@ -137,7 +137,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     if loss not in LOSSES:
         raise SpecError("unknown loss", field="loss", expected=" or ".join(LOSSES), received=repr(loss))
     traced = trace(spec)
-    ctx = spec.context
+    ctx = replace(spec.context, device_kind=device_kind)
     act = itemsize(dtype)
     rows, ops, buffers = [], [], 0
     for t in traced:

@@ -25,6 +25,7 @@ class Context:
     """Facts about the model a rule may need besides its own arguments."""
     data_format: str = "channels_last"  # where the channel axis is: last (Keras) or first (torch)
     input_dtype: str = "float"          # "float" for real-valued inputs, "int64" for token ids
+    device_kind: str = "cpu"            # kernels differ by device ("cpu" or "cuda"), and so does memory
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Saved:
     elements: int = 0
     dtype: str = "act"
     what: str = ""
+    per_sample: bool = True  # elements scale with the batch (False: per-channel statistics)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ class Dense(Rule):
         # units × (inputs + 1): one weight per input and one bias per unit
         n_in = x[-1]
         if a.use_bias:
-            return Params(a.units * (n_in + 1), formula=f"{a.units:,} × ({n_in:,} + 1) = {a.units * (n_in + 1):,}")
+            return Params(a.units * (n_in + 1), formula=f"{a.units:,} × ({n_in:,} + 1) = {a.units * (n_in + 1):,}",
+                          tensors=(a.units * n_in, a.units))
         return Params(a.units * n_in, formula=f"{a.units:,} × {n_in:,} = {a.units * n_in:,}")
 
     def macs(self, a, x, y, ctx):
@@ -43,7 +44,7 @@ class Dense(Rule):
 
     def memory(self, a, x, y, ctx):
         # addmm keeps its input for the weight gradient (the weight itself is a parameter)
-        return Memory(saved=(Saved("input", what="matmul input"),) + activation_memory(a.activation))
+        return Memory(saved=(Saved("input", what="matmul input"),))
 
     def build(self, a, x, ctx):
         from torch import nn
@@ -86,8 +87,8 @@ class Dropout(Rule):
     """Zero each element with probability ``rate`` in training, scale the rest by 1/(1 − rate).
 
     Inference is the identity. In training autograd keeps the mask: PyTorch's fused kernel
-    (CUDA) keeps a bool mask the size of the output, which is what ``memory`` reports; on the CPU
-    PyTorch multiplies by a noise tensor of the activations' dtype instead (bigger than predicted).
+    (CUDA) keeps a bool mask the size of the output; on the CPU PyTorch multiplies by a noise
+    tensor of the activations' dtype instead, and keeps that.
     """
     type_name = "Dropout"
     args = (Arg("rate", rate),)
@@ -95,8 +96,9 @@ class Dropout(Rule):
     def memory(self, a, x, y, ctx):
         if a.rate == 0:  # torch returns its input unchanged
             return Memory(output_is_view=True)
+        mask = "bool" if ctx.device_kind == "cuda" else "act"
         return Memory(identity_in_eval=True,
-                      saved=(Saved("new", elements=prod(y), dtype="bool", what="dropout mask"),))
+                      saved=(Saved("new", elements=prod(y), dtype=mask, what="dropout mask"),))
 
     def build(self, a, x, ctx):
         from torch import nn

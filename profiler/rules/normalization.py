@@ -107,8 +107,8 @@ class BatchNormalization(Rule):
         # the mean and 1/std are per batch, not per sample; the memory model scales ``elements``
         # by the batch, so they are overstated (by a few KiB at most)
         saved = [Saved("input", what="batch norm input"),
-                 Saved("new", elements=c, dtype="float32", what="batch mean"),
-                 Saved("new", elements=c, dtype="float32", what="batch 1/std")]
+                 Saved("new", elements=c, dtype="float32", what="batch mean", per_sample=False),
+                 Saved("new", elements=c, dtype="float32", what="batch 1/std", per_sample=False)]
         if a.scale != a.center and a.scale:
             # a separate scale multiplies the normalised tensor and keeps it
             saved.append(Saved("new", elements=prod(x), what="normalised input"))
