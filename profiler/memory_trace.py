@@ -1,0 +1,250 @@
+"""Exact CPU memory measurement, at two levels.
+
+The CPU has no allocator statistics like CUDA's ``max_memory_allocated``, and the process RSS says
+nothing useful about one step (pages are reused, returned late, or never touched). Two exact
+methods replace it:
+
+- :func:`allocator_peak` records every allocation and free of the c10 CPU allocator with the
+  PyTorch profiler (``profile_memory=True``), replays them in time order and returns the highest
+  point above what was alive before. It sees everything a kernel allocates, temporaries inside the
+  kernel included: it is the CPU counterpart of ``max_memory_allocated``.
+- :class:`TensorTracker` is a dispatch mode that sees every tensor an operator returns, counts each
+  new storage once and subtracts it when the storage is freed. It misses what kernels allocate and
+  free internally, but it knows which phase and which module created each tensor. The difference
+  between the two peaks is the kernels' workspace.
+
+Both see the backward pass: autograd runs CPU backward operators on the calling thread with the
+caller's profiler and dispatch-mode state.
+"""
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+MEMORY_EVENT = "[memory]"           # name the profiler gives allocation and free events
+OUTSIDE = "(outside modules)"       # module label of operators run outside any module's forward
+ROOT = "(root)"                     # module label of the root module's own operators
+
+
+@dataclass(frozen=True)
+class AllocatorPeak:
+    """Allocator bytes relative to what was alive before the function ran."""
+    peak_bytes: int   # highest prefix sum of allocations minus frees (0 if it never rose)
+    net_bytes: int    # allocated minus freed at the end
+    events: int       # allocation and free events replayed
+
+
+def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
+    """Run ``fn`` once under the profiler and replay the CPU allocator's events in time order.
+
+    Each ``[memory]`` event carries the bytes allocated (positive) or freed (negative); frees of
+    tensors alive before ``fn`` make the running sum go below zero, which is right: the peak is
+    measured from what was alive at the start. But such a free is reported only if its block was
+    allocated while memory profiling was on: the CPU allocator records block sizes only then, and
+    otherwise logs "Memory block of unknown size was allocated before the profiling started" and
+    reports nothing. So whatever ``fn`` may free must have been created under the profiler too
+    (the runner creates gradients and optimizer state in profiled steps); a gradient made by an
+    unprofiled warm-up step and freed by ``zero_grad(set_to_none=True)`` would otherwise never be
+    subtracted, and the peak would be too high by its size.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in _raw_events(prof)
+              if e.name() == MEMORY_EVENT and e.device_type() == DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())   # stable: same-time events keep recorded order
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return AllocatorPeak(peak_bytes=peak, net_bytes=current, events=len(events))
+
+
+def _raw_events(prof: profile) -> list[Any]:
+    try:
+        return list(prof.profiler.kineto_results.events())
+    except AttributeError as err:   # the private layout moved in another torch version
+        raise RuntimeError(f"torch {torch.__version__}: the profiler's raw events are not where "
+                           "profiler.memory_trace expects them (prof.profiler.kineto_results)"
+                           ) from err
+
+
+@dataclass
+class _Live:
+    nbytes: int
+    phase: str
+    module: str
+
+
+class TensorTracker(TorchDispatchMode):
+    """Live bytes of tensor storages, with the phase and module that created each one.
+
+    ``alive`` lists tensors that exist before tracking starts (parameters, gradients, optimizer
+    state, inputs): their storages are counted in the baseline and subtracted when freed, so
+    ``current_bytes`` and ``peak_bytes`` are absolute tensor-level figures comparable with an
+    allocator peak that counts everything alive. A storage returned by an operator is new unless it
+    is already known or belongs to one of the operator's inputs (views, in-place results).
+
+    The current module is the innermost one whose forward is running, followed with the *global*
+    module hooks: per-module hooks would change code paths (``TransformerEncoderLayer`` leaves its
+    fast path when a module has hooks). The runner names phases with :meth:`set_phase`; leaving a
+    phase records what it created that is still alive (``retained``), which for the forward pass is
+    what autograd saved for backward plus the output.
+
+    What it cannot see: kernel-internal buffers (a fused operator such as
+    ``_transformer_encoder_layer_fwd`` shows only its output), and tensors made by ``torch.tensor``
+    (its constructor skips the Python dispatch key; Adam's 4-byte ``step`` tensors are one case).
+    And a dispatch mode changes a run a little: scalar arguments are wrapped in small tensors, and
+    composite operators and autograd take their out-of-place branches (``linear`` adds its bias out
+    of place, gradient accumulation is out of place), so compare it with an allocator peak of the
+    same tracked run.
+    """
+
+    def __init__(self, root: torch.nn.Module | None = None, alive: Iterable[torch.Tensor] = (),
+                 phase: str | None = "forward"):
+        super().__init__()
+        self._names: dict[int, str] = {}
+        if root is not None:
+            self._names = {id(m): (name or ROOT) for name, m in root.named_modules()}
+        self._live: dict[int, _Live] = {}
+        self._finalizers: list[weakref.finalize] = []
+        self._stack: list[torch.nn.Module] = []
+        self._hooks: list[Any] = []
+        self.phase = phase
+        self.current_bytes = 0
+        self.peak_bytes = 0
+        self.peak_phase = phase
+        #: phase → module → bytes of the storages created there
+        self.created: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        #: phase → module → bytes created in that phase and still alive when it ended
+        self.retained: dict[str, dict[str, int]] = {}
+        # Registered now and not kept: a reference held here would keep a gradient alive that
+        # zero_grad(set_to_none=True) is meant to free.
+        self._seed(alive)
+        self.baseline_bytes = self.peak_bytes = self.current_bytes
+
+    def _seed(self, alive: Iterable[torch.Tensor]) -> None:
+        for tensor in alive:
+            storage = _storage(tensor)
+            if storage is not None and id(storage) not in self._live:
+                self._add(storage, count=False)
+
+    # -- context -----------------------------------------------------------------------------
+    def __enter__(self) -> "TensorTracker":
+        self.baseline_bytes = self.peak_bytes = self.current_bytes
+        self._hooks = [
+            torch.nn.modules.module.register_module_forward_pre_hook(self._enter_module),
+            torch.nn.modules.module.register_module_forward_hook(self._leave_module,
+                                                                 always_call=True),
+        ]
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self.set_phase(None)
+        self.close()
+
+    def close(self) -> None:
+        """Stop counting frees (storages outlive the tracker); ``__exit__`` calls it."""
+        for finalizer in self._finalizers:
+            finalizer.detach()
+        self._finalizers = []
+
+    def set_phase(self, phase: str | None) -> None:
+        """Start a new phase (``None`` ends the current one); records what the old one retained."""
+        if phase == self.phase:
+            return
+        if self.phase is not None:
+            self.retained[self.phase] = self.live_created_in(self.phase)
+        self.phase = phase
+
+    def live_created_in(self, phase: str) -> dict[str, int]:
+        """Module → bytes of storages created in ``phase`` that are alive now."""
+        out: dict[str, int] = defaultdict(int)
+        for live in self._live.values():
+            if live.phase == phase:
+                out[live.module] += live.nbytes
+        return dict(out)
+
+    def created_in(self, phase: str) -> dict[str, int]:
+        return dict(self.created.get(phase, {}))
+
+    # -- module stack ------------------------------------------------------------------------
+    def _enter_module(self, module: torch.nn.Module, args: object) -> None:
+        self._stack.append(module)
+
+    def _leave_module(self, module: torch.nn.Module, args: object, output: object) -> None:
+        while self._stack:
+            if self._stack.pop() is module:
+                break
+
+    def _module_label(self) -> str:
+        if not self._stack:
+            return OUTSIDE
+        module = self._stack[-1]
+        return self._names.get(id(module)) or f"({type(module).__name__})"
+
+    # -- storages ----------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(s) for s in map(_storage, _tensors((args, kwargs))) if s is not None}
+        for tensor in _tensors(out):
+            storage = _storage(tensor)
+            if storage is None or id(storage) in inputs:
+                continue
+            known = self._live.get(id(storage))
+            if known is None:
+                self._add(storage, count=True)
+            elif known.nbytes != storage.nbytes():   # resized in place (out= variants)
+                self._change(known.nbytes, storage.nbytes())
+                known.nbytes = storage.nbytes()
+        return out
+
+    def _add(self, storage: torch.UntypedStorage, *, count: bool) -> None:
+        nbytes = storage.nbytes()
+        if nbytes == 0:
+            return
+        key = id(storage)
+        module = self._module_label() if count else "(alive before)"
+        phase = (self.phase or "(no phase)") if count else "(alive before)"
+        self._live[key] = _Live(nbytes, phase, module)
+        self._finalizers.append(weakref.finalize(storage, self._free, key))
+        if count:
+            self.created[phase][module] += nbytes
+        self._change(0, nbytes)
+
+    def _free(self, key: int) -> None:
+        live = self._live.pop(key, None)
+        if live is not None:
+            self._change(live.nbytes, 0)
+
+    def _change(self, old: int, new: int) -> None:
+        self.current_bytes += new - old
+        if self.current_bytes > self.peak_bytes:
+            self.peak_bytes = self.current_bytes
+            self.peak_phase = self.phase
+
+
+def _tensors(tree: object) -> list[torch.Tensor]:
+    return [x for x in tree_flatten(tree)[0] if isinstance(x, torch.Tensor)]
+
+
+def _storage(tensor: torch.Tensor) -> torch.UntypedStorage | None:
+    """The tensor's storage, or ``None`` for tensors without one (sparse, nested, meta)."""
+    if tensor.device.type == "meta":
+        return None
+    try:
+        return tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None

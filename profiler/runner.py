@@ -1,0 +1,450 @@
+"""Measure a torch module: parameter bytes, memory peaks of inference and training, forward time.
+
+The runner takes a plain ``torch.nn.Module`` and knows nothing of specs. Its definitions are the
+ones ``profiler.memory_model`` predicts:
+
+Inference
+    ``model.eval()``, then under ``torch.no_grad()`` one call ``out = model(x)``, with the model
+    and the input alive. The peak counts everything alive: parameters, buffers, input, output and
+    whatever the forward pass allocates on the way.
+
+Training step
+    ``model.train()``; with the model, input, target and the optimizer's state already alive, one
+    call of ``opt.zero_grad(set_to_none=True); out = model(x); loss = loss_fn(out, y);
+    loss.backward(); opt.step()``, where ``out`` and ``loss`` live until the step ends. The
+    reported peak is the *steady* step, as in a training loop: one step runs first (its peak is
+    reported separately as the first step's, with a fresh optimizer and no gradients yet) and the
+    next one is measured, so gradients and optimizer state exist before it starts.
+
+Optimizers: ``torch.optim.SGD(lr=0.01)`` and ``torch.optim.Adam()`` with defaults (whether Adam
+used its ``foreach`` implementation is recorded). Losses: ``cross_entropy`` reshapes an output of
+shape (N, ..., C) to (-1, C) against int64 targets of shape (N, ...), every position counted;
+``mse`` compares with a float target of the output's shape.
+
+Peaks are allocator-level and count everything alive. On the CPU the baseline is the bytes of the
+unique storages alive before the measured call (parameters, buffers, gradients, optimizer state,
+input, target), and :func:`profiler.memory_trace.allocator_peak` adds the highest point reached
+above it. Each measured call is then repeated from the same state under the
+:class:`~profiler.memory_trace.TensorTracker`, which gives the tensor-level peak and the bytes each
+module and phase created; ``workspace = allocator peak − tensor peak`` of that tracked call is
+what kernels allocate internally (on CUDA it also holds the allocator's rounding to 512-byte
+blocks). The tracked call is separate because a dispatch mode slightly changes what PyTorch
+allocates (see ``_tracked_run``); the reported allocator peaks come from the plain calls.
+
+Inputs and targets are random with a fixed seed (``seed`` also seeds torch's global generator, for
+dropout). Timing runs after all memory measurements, so it cannot disturb them. The module is
+moved to the device and dtype in place, and left without gradients.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+from functools import partial
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .devices import Device, DoesNotFit, PeakReading, get_device, oom_guard
+from .errors import ModelsizeError
+from .memory_trace import TensorTracker
+from .timing import time_fn
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+INPUT_DTYPES = ("float", "int64")
+LOSSES = ("cross_entropy", "mse")
+OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]] = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
+    "adam": lambda params: torch.optim.Adam(params),
+}
+PHASES = ("forward", "backward", "optimizer")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one model measured on one device at one batch size. Bytes are exact integers.
+
+    Fields ending in ``_sgd`` / ``_adam`` are ``None`` when that optimizer was not measured.
+    """
+    device: str
+    dtype: str
+    batch: int
+    input_shape: tuple[int, ...]
+    param_bytes: int                      # parameters + buffers, unique storages
+    inference_peak_bytes: int             # allocator level, everything alive counted
+    inference_tensor_peak_bytes: int      # tensor level (TensorTracker)
+    inference_workspace_bytes: int        # allocator − tensor, both of the tracked run
+    train_peak_bytes_sgd: int | None      # steady step
+    train_peak_bytes_adam: int | None
+    train_tensor_peak_bytes_sgd: int | None
+    train_tensor_peak_bytes_adam: int | None
+    train_workspace_bytes_sgd: int | None
+    train_workspace_bytes_adam: int | None
+    train_first_step_peak_bytes_sgd: int | None     # fresh optimizer, no gradients yet
+    train_first_step_peak_bytes_adam: int | None
+    train_first_step_tensor_peak_bytes_sgd: int | None
+    train_first_step_tensor_peak_bytes_adam: int | None
+    train_first_step_workspace_bytes_sgd: int | None
+    train_first_step_workspace_bytes_adam: int | None
+    train_baseline_bytes_sgd: int | None  # alive before the steady step: params, grads, state, x, y
+    train_baseline_bytes_adam: int | None
+    adam_foreach: bool | None             # whether Adam ran its foreach (multi-tensor) kernels
+    activation_bytes: dict[str, int]      # module → bytes created in the training forward pass
+    saved_activation_bytes: dict[str, int]  # module → of those, bytes alive when backward starts
+    phase_bytes: dict[str, dict[str, int]]  # optimizer → phase → bytes created in a steady step
+    max_memory_reserved_bytes: int | None  # CUDA caching allocator; None on the CPU
+    forward_ms: float                     # median of the timed inference forward passes
+    forward_ms_iqr: float
+    forward_ms_min: float
+    forward_ms_max: float
+    repeats: int
+    warmup: int
+    threads: int                          # torch.get_num_threads() during the measurement
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input_shape"] = list(self.input_shape)
+        return out
+
+
+def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtype: str = "float",
+            int_high: int | None = None, dtype: str = "float32",
+            device: Device | str | None = None, loss: str = "cross_entropy",
+            optimizers: Iterable[str] = ("sgd", "adam"), warmup: int = 3, repeats: int = 20,
+            threads: int | None = None, seed: int = 0) -> Measurement:
+    """Measure ``module`` on ``device`` (see the module docstring for the definitions).
+
+    Raises :class:`~profiler.devices.DoesNotFit` when a phase runs out of memory; its ``phase``
+    names the phase and ``partial`` holds what was measured before.
+    """
+    input_shape = tuple(int(n) for n in input_shape)
+    optimizers = tuple(optimizers)
+    _check_arguments(input_shape, input_dtype, int_high, dtype, loss, optimizers, warmup, repeats,
+                     threads)
+    dev = device if isinstance(device, Device) else get_device(device)
+    so_far: dict[str, Any] = {}
+    previous_threads = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return _measure(module, dev, input_shape, input_dtype, int_high, dtype, loss, optimizers,
+                        warmup, repeats, seed, so_far)
+    except DoesNotFit as err:
+        err.partial = dict(so_far)
+        raise
+    finally:
+        torch.set_num_threads(previous_threads)
+        for p in module.parameters():   # a failed step may leave gradients behind
+            p.grad = None
+
+
+def _measure(module: torch.nn.Module, dev: Device, input_shape: tuple[int, ...],
+             input_dtype: str, int_high: int | None, dtype: str, loss: str,
+             optimizers: tuple[str, ...], warmup: int, repeats: int, seed: int,
+             so_far: dict[str, Any]) -> Measurement:
+    threads = torch.get_num_threads()
+    torch.manual_seed(seed)
+    gc.collect()
+    with oom_guard(dev.name, "loading the model"):
+        module.to(device=dev.torch_device, dtype=DTYPES[dtype])
+        x = _make_input(input_shape, input_dtype, int_high, DTYPES[dtype], dev.torch_device,
+                        seed)
+    so_far["param_bytes"] = param_bytes = storage_bytes(_model_tensors(module))
+    reserved: list[int] = []
+
+    # Inference. One untimed pass first: it gives the output's shape for the target, and on CUDA
+    # it creates the cuBLAS/cuDNN handles and workspaces outside the measurement.
+    module.eval()
+    with oom_guard(dev.name, "inference"):
+        with torch.no_grad():
+            probe = module(x)
+        out_shape, out_dtype = tuple(probe.shape), probe.dtype
+        del probe
+
+        def infer(mark: Callable[[str | None], None]) -> None:
+            mark("forward")
+            with torch.no_grad():
+                out = module(x)  # noqa: F841 - alive until the call returns, as in real use
+
+        reading = _allocator_run(dev, infer, [*_model_tensors(module), x])
+        tracked = _tracked_run(dev, module, infer, [*_model_tensors(module), x])
+    inference = _peaks(reading, *tracked)
+    if reading.reserved_bytes is not None:
+        reserved.append(reading.reserved_bytes)
+    so_far.update(inference_peak_bytes=inference[0], inference_tensor_peak_bytes=inference[1],
+                   inference_workspace_bytes=inference[2])
+
+    # Training.
+    y = _make_target(loss, out_shape, out_dtype, dev.torch_device, seed)
+    loss_fn = _loss_fn(loss)
+    params = [p for p in module.parameters() if p.requires_grad]
+    train: dict[str, dict[str, Any]] = {}
+    activations: dict[str, int] = {}
+    saved: dict[str, int] = {}
+    adam_foreach = None
+    module.train()
+    for name in optimizers:
+        with oom_guard(dev.name, f"training step with {name}"):
+            opt = _fresh_optimizer(name, params)
+            if name == "adam":
+                adam_foreach = _uses_foreach(opt, params)
+            step = partial(_train_step, module, opt, x, y, loss_fn)
+            first = _allocator_run(dev, step, _alive(module, opt, x, y))
+            steady = _allocator_run(dev, step, _alive(module, opt, x, y))
+            # The same two steps again, from the same start, tracked (see _tracked_run).
+            opt = _fresh_optimizer(name, params)
+            step = partial(_train_step, module, opt, x, y, loss_fn)
+            first_tracked = _tracked_run(dev, module, step, _alive(module, opt, x, y))
+            steady_tracked = _tracked_run(dev, module, step, _alive(module, opt, x, y))
+        tracker = steady_tracked[1]
+        reserved += [r.reserved_bytes for r in (first, steady) if r.reserved_bytes is not None]
+        train[name] = {"first": _peaks(first, *first_tracked),
+                       "steady": _peaks(steady, *steady_tracked),
+                       "baseline": steady.baseline_bytes,
+                       "phases": {phase: sum(tracker.created_in(phase).values())
+                                  for phase in PHASES}}
+        if not activations:
+            activations = tracker.created_in("forward")
+            saved = tracker.retained.get("forward", {})
+        so_far[f"train_peak_bytes_{name}"] = train[name]["steady"][0]
+        so_far[f"train_first_step_peak_bytes_{name}"] = train[name]["first"][0]
+        del opt, step, first_tracked, steady_tracked, tracker
+    del y
+
+    # Timing, after every memory measurement.
+    module.eval()
+
+    def forward() -> None:
+        with torch.no_grad():
+            module(x)
+
+    with oom_guard(dev.name, "timing"):
+        timing = time_fn(forward, dev, warmup=warmup, repeats=repeats)
+
+    def pick(name: str, when: str, index: int) -> int | None:
+        return train[name][when][index] if name in train else None
+
+    return Measurement(
+        device=dev.name, dtype=dtype, batch=input_shape[0], input_shape=input_shape,
+        param_bytes=param_bytes,
+        inference_peak_bytes=inference[0], inference_tensor_peak_bytes=inference[1],
+        inference_workspace_bytes=inference[2],
+        train_peak_bytes_sgd=pick("sgd", "steady", 0),
+        train_peak_bytes_adam=pick("adam", "steady", 0),
+        train_tensor_peak_bytes_sgd=pick("sgd", "steady", 1),
+        train_tensor_peak_bytes_adam=pick("adam", "steady", 1),
+        train_workspace_bytes_sgd=pick("sgd", "steady", 2),
+        train_workspace_bytes_adam=pick("adam", "steady", 2),
+        train_first_step_peak_bytes_sgd=pick("sgd", "first", 0),
+        train_first_step_peak_bytes_adam=pick("adam", "first", 0),
+        train_first_step_tensor_peak_bytes_sgd=pick("sgd", "first", 1),
+        train_first_step_tensor_peak_bytes_adam=pick("adam", "first", 1),
+        train_first_step_workspace_bytes_sgd=pick("sgd", "first", 2),
+        train_first_step_workspace_bytes_adam=pick("adam", "first", 2),
+        train_baseline_bytes_sgd=train["sgd"]["baseline"] if "sgd" in train else None,
+        train_baseline_bytes_adam=train["adam"]["baseline"] if "adam" in train else None,
+        adam_foreach=adam_foreach,
+        activation_bytes=activations, saved_activation_bytes=saved,
+        phase_bytes={name: result["phases"] for name, result in train.items()},
+        max_memory_reserved_bytes=max(reserved) if reserved else None,
+        forward_ms=timing.median_ms, forward_ms_iqr=timing.iqr_ms, forward_ms_min=timing.min_ms,
+        forward_ms_max=timing.max_ms, repeats=timing.repeats, warmup=timing.warmup,
+        threads=threads,
+    )
+
+
+def _train_step(module: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                mark: Callable[[str | None], None]) -> None:
+    """One training step; ``mark`` names the phase that starts (the tracker's ``set_phase``)."""
+    mark("optimizer")
+    opt.zero_grad(set_to_none=True)
+    mark("forward")
+    out = module(x)
+    loss = loss_fn(out, y)
+    mark("backward")
+    loss.backward()
+    mark("optimizer")
+    opt.step()
+
+
+def _fresh_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """A new optimizer without state, and no gradients: the start of training."""
+    for p in params:
+        p.grad = None
+    return OPTIMIZERS[name](params)
+
+
+def _no_phase(phase: str | None) -> None:
+    pass
+
+
+def _allocator_run(dev: Device, fn: Callable[[Callable[[str | None], None]], None],
+                   alive: Iterable[torch.Tensor]) -> PeakReading:
+    """One plain call of ``fn``: the device's allocator-level peak, everything alive counted.
+
+    ``alive`` is consumed here and no reference is kept, so the call can free what it frees in
+    real use (``zero_grad(set_to_none=True)`` frees the gradients).
+    """
+    baseline = storage_bytes(alive)
+    del alive
+    with _gc_paused():
+        return dev.peak(lambda: fn(_no_phase), baseline)
+
+
+def _tracked_run(dev: Device, module: torch.nn.Module,
+                 fn: Callable[[Callable[[str | None], None]], None],
+                 alive: Iterable[torch.Tensor]) -> tuple[PeakReading, TensorTracker]:
+    """One call of ``fn`` under the :class:`TensorTracker`, and the allocator peak of that call.
+
+    Workspace is taken within this one run (allocator peak − tensor peak, never negative): the
+    dispatch mode changes what it observes a little. It wraps scalar arguments in small tensors,
+    and composite operators and autograd take their out-of-place ("composite compliant") branches
+    when a dispatch mode is on (``linear`` adds its bias out of place, gradients for one input are
+    summed out of place), so a tracked run can allocate more than the plain one.
+    """
+    tracker = TensorTracker(module, alive, phase=None)
+    del alive
+
+    def tracked() -> None:
+        with tracker:
+            fn(tracker.set_phase)
+
+    try:
+        with _gc_paused():
+            reading = dev.peak(tracked, tracker.baseline_bytes)
+    finally:
+        tracker.close()
+    return reading, tracker
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No garbage collection during a measured call, so no unrelated tensor is freed in its middle.
+
+    Only reference counting frees objects then, as in a plain training loop between collections.
+    (Collecting first is not needed for correctness and costs ~0.2 s with torch loaded; ``measure``
+    collects once at its start.)
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _peaks(plain: PeakReading, tracked: PeakReading,
+           tracker: TensorTracker) -> tuple[int, int, int]:
+    """(allocator peak of the plain run, tensor peak, workspace of the tracked run)."""
+    return plain.peak_bytes, tracker.peak_bytes, tracked.peak_bytes - tracker.peak_bytes
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
+    """Bytes of the unique storages behind ``tensors`` (shared storages and views counted once)."""
+    seen: dict[tuple[str, int], int] = {}
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        storage = tensor.untyped_storage()
+        seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())
+
+
+def _model_tensors(module: torch.nn.Module) -> Iterator[torch.Tensor]:
+    yield from module.parameters()
+    yield from module.buffers()
+
+
+def _alive(module: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+           y: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Everything alive before a training step: model, gradients, optimizer state, input, target."""
+    yield from _model_tensors(module)
+    for p in module.parameters():
+        if p.grad is not None:
+            yield p.grad
+    for state in opt.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                yield value
+    yield x
+    yield y
+
+
+def _make_input(shape: tuple[int, ...], input_dtype: str, int_high: int | None,
+                dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if input_dtype == "int64":
+        assert int_high is not None
+        x = torch.randint(0, int_high, shape, dtype=torch.int64, generator=generator)
+    else:
+        x = torch.randn(shape, generator=generator).to(dtype)
+    return x.to(device)
+
+
+def _make_target(loss: str, out_shape: tuple[int, ...], out_dtype: torch.dtype,
+                 device: torch.device, seed: int) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(seed + 1)
+    if loss == "cross_entropy":
+        y = torch.randint(0, out_shape[-1], out_shape[:-1], dtype=torch.int64, generator=generator)
+    else:
+        y = torch.randn(out_shape, generator=generator).to(out_dtype)
+    return y.to(device)
+
+
+def _loss_fn(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if loss == "mse":
+        return F.mse_loss
+
+    def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+    return cross_entropy
+
+
+def _uses_foreach(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> bool | None:
+    """Adam's ``foreach=None`` means "let torch choose"; ask torch what it chooses here."""
+    chosen = opt.defaults.get("foreach")
+    if chosen is not None:
+        return bool(chosen)
+    try:
+        from torch.optim.optimizer import _default_to_fused_or_foreach
+        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+        return bool(foreach)
+    except (ImportError, TypeError):   # private helper: its place or signature may change
+        return None
+
+
+def _check_arguments(input_shape: tuple[int, ...], input_dtype: str, int_high: int | None,
+                     dtype: str, loss: str, optimizers: tuple[str, ...], warmup: int,
+                     repeats: int, threads: int | None) -> None:
+    if not input_shape or any(n < 1 for n in input_shape):
+        raise ModelsizeError("bad input shape", field="input_shape",
+                             expected="a tuple of positive sizes, batch first",
+                             received=repr(input_shape))
+    if input_dtype not in INPUT_DTYPES:
+        raise ModelsizeError("unknown input dtype", field="input_dtype",
+                             expected=" or ".join(map(repr, INPUT_DTYPES)),
+                             received=repr(input_dtype))
+    if input_dtype == "int64" and (int_high is None or int_high < 1):
+        raise ModelsizeError("integer inputs need an exclusive upper bound", field="int_high",
+                             expected="an integer >= 1", received=repr(int_high))
+    if dtype not in DTYPES:
+        raise ModelsizeError("unknown dtype", field="dtype",
+                             expected=" or ".join(map(repr, DTYPES)), received=repr(dtype))
+    if loss not in LOSSES:
+        raise ModelsizeError("unknown loss", field="loss", expected=" or ".join(map(repr, LOSSES)),
+                             received=repr(loss))
+    unknown = [name for name in optimizers if name not in OPTIMIZERS]
+    if unknown:
+        raise ModelsizeError("unknown optimizer", field="optimizers",
+                             expected=" or ".join(map(repr, OPTIMIZERS)), received=repr(unknown[0]))
+    for name, value, least in (("warmup", warmup, 0), ("repeats", repeats, 1),
+                               ("threads", threads, 1)):
+        if value is None and name == "threads":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ModelsizeError(f"bad number of {name}", field=name,
+                                 expected=f"an integer >= {least}", received=repr(value))
