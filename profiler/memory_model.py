@@ -32,6 +32,7 @@ class Op:
     param_bytes: int = 0               # trainable parameters (their gradients have the same size)
     param_tensors: tuple[int, ...] = ()  # bytes of each trainable parameter tensor
     fused: bool = False                # runs inside the previous op's layer (a fused activation)
+    layer: str = ""                    # the spec layer this op belongs to
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class _Holders:
         self.t = t
         self.by_key: dict[str, set[str]] = {}
         self.by_holder: dict[str, set[str]] = {}
+        self.origin: dict[str, str] = {}   # activation key -> layer that created it
         self.hold("input", "caller")
 
     def hold(self, key: str, who: str) -> None:
@@ -167,6 +169,20 @@ class _Holders:
 
     def held_by(self, who: str) -> list[str]:
         return sorted(self.by_holder.get(who, ()))
+
+
+def kept_for_backward(ops: Iterable[Op], s: Setting) -> dict[str, int]:
+    """Bytes each layer created in the training forward pass that are still alive when backward
+    starts: what autograd saved, plus the output the caller holds."""
+    ops = list(ops)
+    t = Timeline()
+    holders, _ = _forward(t, ops, s, training=True)
+    kept: dict[str, int] = {}
+    for key, (_, nbytes) in t.live.items():
+        if key in holders.origin:
+            layer = holders.origin[key]
+            kept[layer] = kept.get(layer, 0) + nbytes
+    return kept
 
 
 def _forward(t: Timeline, ops: list[Op], s: Setting, *, training: bool) -> tuple[_Holders, list[bool]]:
@@ -191,6 +207,7 @@ def _forward(t: Timeline, ops: list[Op], s: Setting, *, training: bool) -> tuple
         else:
             out = f"act{k}"
             t.alloc(out, op.out_elements * act, "activations")
+            holders.origin[out] = op.layer
         holders.hold(out, "layer")
         if records:
             for i, saved in enumerate(op.saved):
@@ -199,6 +216,7 @@ def _forward(t: Timeline, ops: list[Op], s: Setting, *, training: bool) -> tuple
                     size = act if saved.dtype == "act" else itemsize(saved.dtype)
                     count = saved.elements * (s.batch if saved.per_sample else 1)
                     t.alloc(key, count * size, "activations")
+                    holders.origin[key] = op.layer
                     holders.hold(key, f"op{k}")
                 else:
                     holders.hold(current if saved.of == "input" else out, f"op{k}")

@@ -18,6 +18,9 @@ caller's profiler and dispatch-mode state.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
@@ -55,7 +58,7 @@ def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
     unprofiled warm-up step and freed by ``zero_grad(set_to_none=True)`` would otherwise never be
     subtracted, and the peak would be too high by its size.
     """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = [e for e in _raw_events(prof)
               if e.name() == MEMORY_EVENT and e.device_type() == DeviceType.CPU]
@@ -65,6 +68,27 @@ def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
         current += event.nbytes()
         peak = max(peak, current)
     return AllocatorPeak(peak_bytes=peak, net_bytes=current, events=len(events))
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Kineto prints a "profiler_start/stop" line to the C-level stderr on every run; hide it.
+
+    Python exceptions are unaffected (they are raised, not written, inside the block).
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):   # no real stderr (e.g. captured): nothing to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _raw_events(prof: profile) -> list[Any]:

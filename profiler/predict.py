@@ -11,7 +11,8 @@ from math import prod
 from .args import LayerArgs
 from .dtypes import check_model_dtype, itemsize
 from .errors import ModelsizeError, SpecError
-from .memory_model import OPTIMIZERS, LOSSES, Op, Peak, Setting, inference_peak, optimizer_state_bytes, training_peak
+from .memory_model import (LOSSES, OPTIMIZERS, Op, Peak, Setting, inference_peak, kept_for_backward,
+                           training_peak)
 from .registry import Memory, Params, Rule, Shape, rule_for
 from .spec import LayerSpec, ModelSpec
 
@@ -53,7 +54,8 @@ class LayerRow:
     params: Params
     macs: int              # for the whole batch
     param_bytes: int
-    activation_bytes: int  # the layer's output for the batch (0 when it is a view)
+    output_bytes: int      # the layer's output for the batch (0 when it is a view of its input)
+    kept_bytes: int = 0    # what the layer leaves alive for backward in training (saved + output)
 
     def as_dict(self) -> dict:
         return {"index": self.index, "name": self.name, "type": self.type,
@@ -61,7 +63,7 @@ class LayerRow:
                 "params": self.params.total, "trainable_params": self.params.trainable,
                 "non_trainable_params": self.params.non_trainable, "formula": self.params.formula,
                 "macs": self.macs, "flops": 2 * self.macs, "param_bytes": self.param_bytes,
-                "activation_bytes": self.activation_bytes}
+                "output_bytes": self.output_bytes, "kept_for_backward_bytes": self.kept_bytes}
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
         target_bytes = batch * prod(out_shape) * act
     setting = Setting(batch=batch, dtype=dtype, input_bytes=input_bytes, target_bytes=target_bytes,
                       buffer_bytes=buffers, loss=loss, foreach=device_kind == "cuda")
+    kept = kept_for_backward(ops, setting)
+    rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in rows]
     return Prediction(
         spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(rows),
         inference=inference_peak(ops, setting),
@@ -170,7 +174,7 @@ def _ops_of(t: TracedLayer, params: Params, memory: Memory, batch: int, act: int
     """The layer as tensor operations; a fused ``activation`` argument is an op of its own."""
     x, y = prod(t.input_shape) * batch, prod(t.output_shape) * batch
     tensors = params.tensors or ((params.trainable,) if params.trainable else ())
-    main = Op(name=t.spec.name, in_elements=x, out_elements=y, out_is_view=memory.output_is_view,
+    main = Op(name=t.spec.name, layer=t.spec.name, in_elements=x, out_elements=y, out_is_view=memory.output_is_view,
               identity_in_eval=memory.identity_in_eval, saved=memory.saved,
               param_bytes=params.trainable * act, param_tensors=tuple(n * act for n in tensors))
     activation = t.spec.args.get("activation", "linear") if t.spec.type != "Activation" else "linear"
@@ -178,5 +182,5 @@ def _ops_of(t: TracedLayer, params: Params, memory: Memory, batch: int, act: int
         return [main]
     act_args = LayerArgs({"activation": activation})
     act_memory = rule_for("Activation").memory(act_args, t.output_shape, t.output_shape, ctx)
-    return [main, Op(name=f"{t.spec.name}/{activation}", in_elements=y, out_elements=y,
+    return [main, Op(name=f"{t.spec.name}/{activation}", layer=t.spec.name, in_elements=y, out_elements=y,
                      saved=act_memory.saved, fused=True)]

@@ -46,9 +46,19 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
                       int_high=token_range(spec), dtype=dtype, device=target, loss=loss,
                       warmup=warmup, repeats=repeats, threads=threads)
     measured = measurement.as_dict()
+    measured["layer_kept_for_backward_bytes"] = by_layer(measured.get("saved_activation_bytes", {}))
     options = {"device": target.name, "batch": batch, "dtype": dtype, "loss": loss, "warmup": warmup,
                "repeats": repeats, "threads": measured.get("threads", threads)}
     return measured, options
+
+
+def by_layer(module_bytes: dict[str, int]) -> dict[str, int]:
+    """Bytes per spec layer from bytes per torch module ("conv2d.0.inner" belongs to "conv2d")."""
+    totals: dict[str, int] = {}
+    for module, nbytes in module_bytes.items():
+        layer = module.split(".", 1)[0]
+        totals[layer] = totals.get(layer, 0) + nbytes
+    return totals
 
 
 def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,

@@ -45,23 +45,24 @@ def _title(r: dict, markdown: bool) -> str:
 
 
 def _layers(r: dict, layout: Callable, explain: bool) -> str:
-    measured = (r.get("measured") or {}).get("layer_activation_bytes") or {}
-    headers = ["Layer (type)", "Output Shape", "Param #", "Param bytes", "Activations", "MACs"]
-    if measured:
-        headers.append("Measured act.")
+    measured = (r.get("measured") or {}).get("layer_kept_for_backward_bytes")
+    headers = ["Layer (type)", "Output Shape", "Param #", "Param bytes", "Output", "Kept for backward", "MACs"]
+    if measured is not None:
+        headers.append("Kept (measured)")
     if explain:
         headers.append("Arithmetic")
     rows = []
     for layer in r["layers"]:
         row = [f"{layer['name']} ({layer['type']})", units.shape(layer["output_shape"]),
                units.count(layer["params"]), units.nbytes(layer["param_bytes"]),
-               units.nbytes(layer["activation_bytes"]), units.si(layer["macs"])]
-        if measured:
-            row.append(units.nbytes(measured.get(layer["name"])))
+               units.nbytes(layer["output_bytes"]), units.nbytes(layer["kept_for_backward_bytes"]),
+               units.si(layer["macs"])]
+        if measured is not None:
+            row.append(units.nbytes(measured.get(layer["name"], 0)))
         if explain:
             row.append(layer["formula"] or "no parameters")
         rows.append(row)
-    right = [False, False, True, True, True, True] + [True] * bool(measured) + [False] * explain
+    right = [False, False, True, True, True, True, True] + [True] * (measured is not None) + [False] * explain
     return layout(headers, rows, right=right)
 
 
@@ -109,5 +110,7 @@ def _breakdowns(r: dict, markdown: bool) -> str:
 def _machine(r: dict) -> str:
     m = r["machine_info"]
     gpus = ", ".join(g.get("name", "?") for g in m.get("gpus", [])) or "none"
-    return (f"Machine: {m.get('cpu_model', '?')}, {m.get('cores_logical', '?')} threads, "
-            f"RAM {units.nbytes(m.get('ram_bytes'))}, GPUs: {gpus}, torch {m.get('torch_version', '?')}")
+    threads = (r.get("measured") or {}).get("threads") or m.get("torch_threads", "?")
+    return (f"Machine: {m.get('cpu_model', '?')}, {m.get('cpu_physical_cores', '?')} cores / "
+            f"{m.get('cpu_logical_cores', '?')} logical, {threads} torch threads used, "
+            f"RAM {units.nbytes(m.get('total_ram_bytes'))}, GPUs: {gpus}, torch {m.get('torch_version', '?')}")
