@@ -285,11 +285,12 @@ def _optimizer_temporaries(optimizer: str, tensors: list[int], foreach: bool) ->
     """Scratch tensors alive together at the optimizer's worst moment.
 
     SGD updates in place. Adam, one tensor at a time (CPU): ``denom = (v.sqrt() / bc2).add_(eps)``
-    holds the sqrt and the quotient of the largest parameter together. Adam with foreach (CUDA):
+    holds the sqrt and the quotient of the largest parameter together, and the Python float ``bc2``
+    becomes a 0-d float64 tensor (8 B). Adam with foreach (CUDA):
     ``_foreach_sqrt`` makes one scratch tensor per parameter, all alive until the update.
     """
     if optimizer == "sgd" or not tensors:
         return []
     if foreach:
         return list(tensors)
-    return [max(tensors), max(tensors)]
+    return [max(tensors), max(tensors), 8]

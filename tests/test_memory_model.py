@@ -22,10 +22,11 @@ def test_digits_training_step_by_hand():
     assert sgd.bytes == params + grads + x + y + 1_280 + 4 + 4 + 1_280
     assert sgd.breakdown["gradients"] == grads and sgd.breakdown["optimizer_state"] == 0
     # Adam: exp_avg and exp_avg_sq (2 × 31,400) and a float32 step per tensor (2 × 4); its CPU
-    # update holds sqrt(v) and sqrt(v)/bc2 of the largest tensor (the 7,840-element weight) at once.
+    # update holds sqrt(v) and sqrt(v)/bc2 of the largest tensor (the 7,840-element weight) at once,
+    # with bc2 as a float64 scalar (8).
     adam = p.training["adam"]
     assert adam.breakdown["optimizer_state"] == 2 * params + 2 * 4
-    assert adam.bytes == params + grads + 2 * params + 8 + x + y + 1_280 + 4 + 4 + 2 * 7_840 * 4
+    assert adam.bytes == params + grads + 2 * params + 8 + x + y + 1_280 + 4 + 4 + 2 * 7_840 * 4 + 8
     assert adam.at == "optimizer step (adam)"
 
 
@@ -38,5 +39,5 @@ def test_foreach_adam_on_cuda_holds_one_scratch_per_parameter():
     cpu = predict(builtin("dense-514"), batch=4, device_kind="cpu").training["adam"]
     cuda = predict(builtin("dense-514"), batch=4, device_kind="cuda").training["adam"]
     # CPU: 2 × the largest tensor (514 × 514); CUDA foreach: one scratch per parameter, all of them
-    assert cpu.breakdown["temporaries"] == 2 * 514 * 514 * 4
+    assert cpu.breakdown["temporaries"] == 2 * 514 * 514 * 4 + 8
     assert cuda.breakdown["temporaries"] == 397_065 * 4
