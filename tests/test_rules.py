@@ -188,6 +188,219 @@ STRATEGIES = {
 }
 
 
+RNN_ACTIVATIONS = st.sampled_from(["tanh", "sigmoid", "relu"])
+
+
+def _rnn_args(draw, kind: str) -> dict:
+    args: dict = {"units": draw(st.integers(1, 4))}
+    _maybe(draw, args, "activation", RNN_ACTIVATIONS)
+    if kind != "SimpleRNN":
+        _maybe(draw, args, "recurrent_activation", RNN_ACTIVATIONS)
+    _maybe(draw, args, "use_bias", st.booleans())
+    _maybe(draw, args, "return_sequences", st.booleans())
+    if kind == "GRU":
+        _maybe(draw, args, "reset_after", st.booleans())
+    return args
+
+
+@st.composite
+def recurrent(draw, kind: str):
+    x = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    return _rnn_args(draw, kind), x, draw(FORMATS)
+
+
+@st.composite
+def bidirectional(draw):
+    kind = draw(st.sampled_from(["SimpleRNN", "LSTM", "GRU"]))
+    args = {"layer": {kind: _rnn_args(draw, kind)}}
+    _maybe(draw, args, "merge_mode", st.sampled_from(["concat", "sum", "mul", "ave"]))
+    x = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    return args, x, draw(FORMATS)
+
+
+TIME_DISTRIBUTED_INNER = ["Dense", "Conv1D", "Conv2D", "MaxPooling1D", "BatchNormalization", "Flatten",
+                          "Dropout", "Activation", "LayerNormalization", "SimpleRNN", "PReLU", "Reshape"]
+
+
+@st.composite
+def time_distributed(draw):
+    inner = draw(st.sampled_from(TIME_DISTRIBUTED_INNER))
+    args, x, fmt = draw(STRATEGIES[inner])
+    return {"layer": {inner: args}}, (draw(st.integers(1, 3)), *x), fmt
+
+
+@st.composite
+def multi_head_attention(draw):
+    x = (draw(st.integers(1, 5)), draw(st.integers(1, 8)))
+    args: dict = {"num_heads": draw(st.integers(1, 3)), "key_dim": draw(st.integers(1, 4))}
+    _maybe(draw, args, "value_dim", st.integers(1, 5))
+    _maybe(draw, args, "use_bias", st.booleans())
+    _maybe(draw, args, "dropout", st.sampled_from([0.0, 0.3]))
+    _maybe(draw, args, "output_shape", st.one_of(st.integers(1, 6), st.lists(st.integers(1, 3), min_size=1, max_size=2)))
+    return args, x, draw(FORMATS)
+
+
+@st.composite
+def transformer_encoder(draw):
+    heads = draw(st.integers(1, 3))
+    x = (draw(st.integers(1, 4)), draw(st.integers(heads, 8)))
+    args: dict = {"intermediate_dim": draw(st.integers(1, 8)), "num_heads": heads}
+    _maybe(draw, args, "dropout", st.sampled_from([0.0, 0.2]))
+    _maybe(draw, args, "activation", ACTIVATIONS)
+    _maybe(draw, args, "layer_norm_epsilon", st.sampled_from([1e-5, 1e-3]))
+    _maybe(draw, args, "normalize_first", st.booleans())
+    return args, x, draw(FORMATS)
+
+
+@st.composite
+def depthwise(draw, separable: bool = False):
+    fmt = draw(FORMATS)
+    kernel = _ints(draw, 2, 1, 3)
+    strides, dilation = _ints(draw, 2, 1, 2), _ints(draw, 2, 1, 2)  # Keras allows both here
+    padding = draw(st.sampled_from(["valid", "same"]))
+    spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    spatial = tuple(draw(st.integers(span if padding == "valid" else 1, span + 5)) for span in spans)
+    args: dict = {"kernel_size": _as_arg(draw, kernel)}
+    if separable:
+        args["filters"] = draw(st.integers(1, 4))
+    for name, value in (("strides", strides), ("dilation_rate", dilation)):
+        if value != (1, 1) or draw(st.booleans()):
+            args[name] = _as_arg(draw, value)
+    if padding != "valid" or draw(st.booleans()):
+        args["padding"] = padding
+    _maybe(draw, args, "depth_multiplier", st.integers(1, 3))
+    _maybe(draw, args, "activation", ACTIVATIONS)
+    _maybe(draw, args, "use_bias", st.booleans())
+    return args, join_channels(spatial, draw(st.integers(1, 3)), fmt), fmt
+
+
+@st.composite
+def conv_transpose(draw, rank: int):
+    from profiler.rules.conv import transpose_output_length
+    fmt = draw(FORMATS)
+    kernel = _ints(draw, rank, 1, 3)
+    if draw(st.booleans()):
+        strides, dilation = _ints(draw, rank, 1, 3), (1,) * rank
+    else:
+        strides, dilation = (1,) * rank, _ints(draw, rank, 1, 2)
+    padding = draw(st.sampled_from(["valid", "same"]))
+    spatial = _ints(draw, rank, 1, 4 if rank < 3 else 2)
+    output_padding = None
+    if draw(st.booleans()):
+        output_padding = tuple(draw(st.integers(0, s - 1)) for s in strides)
+        if any(transpose_output_length(n, kernel=k, stride=s, padding=padding, output_padding=p, dilation=d) <= 0
+               for n, k, s, p, d in zip(spatial, kernel, strides, output_padding, dilation)):
+            output_padding = None
+    args: dict = {"filters": draw(st.integers(1, 3)), "kernel_size": _as_arg(draw, kernel)}
+    for name, value in (("strides", strides), ("dilation_rate", dilation)):
+        if value != (1,) * rank or draw(st.booleans()):
+            args[name] = _as_arg(draw, value)
+    if padding != "valid" or draw(st.booleans()):
+        args["padding"] = padding
+    if output_padding is not None:
+        args["output_padding"] = _as_arg(draw, output_padding)
+    _maybe(draw, args, "activation", ACTIVATIONS)
+    _maybe(draw, args, "use_bias", st.booleans())
+    return args, join_channels(spatial, draw(st.integers(1, 3)), fmt), fmt
+
+
+@st.composite
+def upsampling(draw, rank: int):
+    fmt = draw(FORMATS)
+    args: dict = {}
+    if rank == 1:
+        _maybe(draw, args, "size", st.integers(1, 3))
+        return args, (draw(st.integers(1, 4)), draw(st.integers(1, 3))), fmt
+    if draw(st.booleans()):
+        args["size"] = _as_arg(draw, _ints(draw, 2, 1, 3))
+    _maybe(draw, args, "interpolation", st.sampled_from(["nearest", "bilinear"]))
+    return args, join_channels(_ints(draw, 2, 1, 4), draw(st.integers(1, 3)), fmt), fmt
+
+
+def _pair_arg(draw, hi: int):
+    before, after = draw(st.integers(0, hi)), draw(st.integers(0, hi))
+    return before if before == after and draw(st.booleans()) else [before, after]
+
+
+@st.composite
+def zero_padding(draw, rank: int):
+    fmt = draw(FORMATS)
+    args: dict = {}
+    if rank == 1:
+        if draw(st.booleans()):
+            args["padding"] = _pair_arg(draw, 3)
+        return args, join_channels((draw(st.integers(1, 4)),), draw(st.integers(1, 3)), fmt), fmt
+    form = draw(st.sampled_from(["default", "int", "per_axis", "pairs"]))
+    if form == "int":
+        args["padding"] = draw(st.integers(0, 2))
+    elif form == "per_axis":
+        args["padding"] = [draw(st.integers(0, 2)), draw(st.integers(0, 2))]
+    elif form == "pairs":
+        args["padding"] = [_pair_arg(draw, 2), _pair_arg(draw, 2)]
+    return args, join_channels(_ints(draw, 2, 1, 4), draw(st.integers(1, 3)), fmt), fmt
+
+
+@st.composite
+def cropping(draw):
+    fmt = draw(FORMATS)
+    spatial = _ints(draw, 2, 1, 6)
+    pairs = []
+    for n in spatial:
+        before = draw(st.integers(0, n - 1))
+        pairs.append([before, draw(st.integers(0, n - 1 - before))])
+    args: dict = {}
+    if draw(st.booleans()):
+        args["cropping"] = pairs
+    return args, join_channels(spatial, draw(st.integers(1, 3)), fmt), fmt
+
+
+@st.composite
+def permute(draw):
+    x = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=4)))
+    dims = draw(st.permutations(list(range(1, len(x) + 1))))
+    return {"dims": dims}, x, draw(FORMATS)
+
+
+@st.composite
+def prelu(draw):
+    x = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=4)))
+    args: dict = {}
+    if draw(st.booleans()):
+        shared = sorted(draw(st.sets(st.integers(1, len(x)), min_size=1)))
+        args["shared_axes"] = shared[0] if len(shared) == 1 and draw(st.booleans()) else shared
+    return args, x, draw(FORMATS)
+
+
+STRATEGIES.update({
+    "SimpleRNN": recurrent("SimpleRNN"),
+    "LSTM": recurrent("LSTM"),
+    "GRU": recurrent("GRU"),
+    "Bidirectional": bidirectional(),
+    "TimeDistributed": time_distributed(),
+    "MultiHeadAttention": multi_head_attention(),
+    "TransformerEncoder": transformer_encoder(),
+    "DepthwiseConv2D": depthwise(),
+    "SeparableConv2D": depthwise(separable=True),
+    "Conv1DTranspose": conv_transpose(1),
+    "Conv2DTranspose": conv_transpose(2),
+    "Conv3DTranspose": conv_transpose(3),
+    "UpSampling1D": upsampling(1),
+    "UpSampling2D": upsampling(2),
+    "ZeroPadding1D": zero_padding(1),
+    "ZeroPadding2D": zero_padding(2),
+    "Cropping2D": cropping(),
+    "Permute": permute(),
+    "RepeatVector": st.tuples(st.fixed_dictionaries({"n": st.integers(1, 4)}),
+                              st.tuples(st.integers(1, 5)), FORMATS),
+    "PReLU": prelu(),
+    "LeakyReLU": any_shape(st.fixed_dictionaries({}, optional={"negative_slope": st.sampled_from([0.0, 0.01, 0.3])})),
+    "ELU": any_shape(st.fixed_dictionaries({}, optional={"alpha": st.sampled_from([0.5, 1.0, 2.0])})),
+    "GlobalMaxPooling1D": global_pool(1),
+    "GlobalMaxPooling2D": global_pool(2),
+    "GlobalMaxPooling3D": global_pool(3),
+})
+
+
 def test_every_rule_has_a_strategy():
     missing = sorted(set(all_rules()) - set(STRATEGIES))
     assert not missing, f"add a hypothesis strategy for {missing} to STRATEGIES"
@@ -233,6 +446,71 @@ def test_rule_matches_torch(name, data):
     assert tuple(out.shape) == (2, *y)
     if out.requires_grad:
         out.sum().backward()
+
+
+def _kept_for_backward(module: torch.nn.Module, inputs: torch.Tensor):
+    """Run ``module`` in training mode and sort what autograd saves by storage: the input's, the
+    output's, and the bytes of every other storage (parameters and buffers left out)."""
+    own = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(inputs)
+    kinds = {"input": inputs.untyped_storage().data_ptr(), "output": out.untyped_storage().data_ptr()}
+    found = {kind for kind, ptr in kinds.items() if ptr in storages}
+    new = sum(n for ptr, n in storages.items() if ptr not in kinds.values())
+    return out, found, new
+
+
+def _predicted_kept(rule, a, x, y, ctx, batch: int):
+    """The same from the rule: ``memory().saved``, plus a fused ``activation`` argument's saves
+    (the predictor runs it as an op of its own; here it runs inside the module)."""
+    from profiler.dtypes import itemsize
+    from profiler.rules.core import ACTIVATION_SAVES
+    memory = rule.memory(a, x, y, ctx)
+    found, new = set(), 0
+    for saved in memory.saved:
+        if saved.of == "new":
+            size = 4 if saved.dtype == "act" else itemsize(saved.dtype)
+            new += saved.elements * (batch if saved.per_sample else 1) * size
+        else:
+            found.add(saved.of)
+    activation = a.get("activation", "linear")
+    if rule.type_name != "Activation" and not getattr(rule, "internal_activation", False):
+        for of in ACTIVATION_SAVES.get(activation, ()):
+            if of == "output":
+                found.add("output")
+            else:  # the pre-activation result: a tensor of its own inside the module
+                new += batch * prod(y) * 4
+    if memory.output_is_view and "output" in found:  # the output is the input's storage
+        found = (found - {"output"}) | {"input"}
+    return found, new
+
+
+@pytest.mark.parametrize("name", sorted(all_rules()))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_memory_matches_what_autograd_saves(name, data):
+    """``memory()`` against the tensors autograd really keeps in the built module (CPU)."""
+    given_args, x, fmt = data.draw(STRATEGIES[name], label="args, shape, data_format")
+    rule = rule_for(name)
+    ctx = Context(data_format=fmt, input_dtype="int64" if name == "Embedding" else "float")
+    a = parse_args(rule.args, given_args)
+    y = rule.output_shape(a, x, ctx)
+    module = rule.build(a, x, ctx).train()
+    inputs = _input(name, a, x)
+    if inputs.is_floating_point():
+        inputs.requires_grad_(True)  # as in the middle of a network
+    out, found, new = _kept_for_backward(module, inputs)
+    assert (found, new) == _predicted_kept(rule, a, x, y, ctx, batch=2)
+    if not rule.memory(a, x, y, ctx).output_is_view:
+        assert out.is_contiguous()
 
 
 # --- exact Keras numbers ------------------------------------------------------------------

@@ -1,15 +1,17 @@
-"""Conv1D, Conv2D, Conv3D: one rule, instantiated per rank.
+"""Conv1D/2D/3D, DepthwiseConv2D, SeparableConv2D, Conv1DTranspose/2D/3D: one rule per family,
+instantiated per rank.
 
 Keras semantics (``keras/src/layers/convolutional/base_conv.py``): ``filters`` and the input's
 channels must both divide by ``groups``; ``strides > 1`` together with ``dilation_rate > 1`` is
 refused; "same" gives ceil(length / stride) and, as TensorFlow, pads the odd element *after*.
 Conv1D also takes Keras's "causal": pad ``dilation × (kernel − 1)`` before, nothing after.
+Keras's depthwise and separable convolutions do not refuse strides with dilation.
 """
 from __future__ import annotations
 
 from math import prod
 
-from ..args import Arg, boolean, choice, int_tuple, positive_int
+from ..args import Arg, boolean, choice, int_tuple, optional, positive_int
 from ..errors import ShapeError, SpecError
 from ..registry import Memory, Params, Rule, Saved, register
 from ..shapes import join_channels, same_padding, shape_text, spatial_output, split_channels
@@ -50,6 +52,12 @@ class ConvRule(Rule):
                             field="strides", expected="strides=1 or dilation_rate=1",
                             received=f"strides={a.strides} and dilation_rate={a.dilation_rate}")
 
+    def _out_channels(self, a, channels: int) -> int:
+        return a.filters
+
+    def _groups(self, a, channels: int) -> int:
+        return a.groups
+
     def _split(self, a, x, ctx) -> tuple[tuple[int, ...], int]:
         self._check_args(a)
         if len(x) != self.rank + 1:
@@ -58,7 +66,7 @@ class ConvRule(Rule):
                              expected=f"{self.rank + 1} axes besides the batch: {layout} ({ctx.data_format})",
                              received=f"shape {shape_text(x)}")
         spatial, channels = split_channels(x, ctx.data_format)
-        if channels % a.groups:
+        if channels % self._groups(a, channels):
             raise ShapeError("the input's channels must divide evenly by groups", field="groups",
                              expected=f"a divisor of the {channels} input channels",
                              received=f"groups={a.groups}")
@@ -75,12 +83,12 @@ class ConvRule(Rule):
 
     # --- predictions ---------------------------------------------------------------------
     def output_shape(self, a, x, ctx):
-        spatial, _ = self._split(a, x, ctx)
+        spatial, channels = self._split(a, x, ctx)
         # "causal" has the same output length as "same": ceil(length / stride)
         padding = "same" if a.padding == "causal" else a.padding
         out = spatial_output(spatial, kernel=a.kernel_size, strides=a.strides, padding=padding,
                              dilation=a.dilation_rate)
-        return join_channels(out, a.filters, ctx.data_format)
+        return join_channels(out, self._out_channels(a, channels), ctx.data_format)
 
     def params(self, a, x, ctx):
         _, channels = self._split(a, x, ctx)
@@ -111,25 +119,34 @@ class ConvRule(Rule):
         # (a fused ``activation`` is the predictor's own op, with the Activation rule's memory)
         return Memory(saved=(kept,))
 
-    def build(self, a, x, ctx):
+    def _windowed(self, a, channels: int, out_channels: int, groups: int, pads, bias: bool):
+        """torch's convolution with Keras's padding: its own when even, else a pad before it."""
+        from torch import nn
+        conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[self.rank]
+        even = all(b == e for b, e in pads)
+        conv = conv_cls(channels, out_channels, a.kernel_size, stride=a.strides,
+                        padding=tuple(b for b, _ in pads) if even else 0,
+                        dilation=a.dilation_rate, groups=groups, bias=bias)
+        if even:
+            return [conv]
+        # torch pads both sides alike; TensorFlow puts the odd element after
+        pad_cls = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[self.rank]
+        return [pad_cls(_torch_pad_order(pads), 0.0), conv]
+
+    def _finish(self, a, parts, ctx):
         from torch import nn
 
         from .modules import ChannelsLast, with_activation
-        spatial, channels = self._split(a, x, ctx)
-        pads = self._pads(a, spatial)
-        conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[self.rank]
-        even = all(b == e for b, e in pads)
-        conv = conv_cls(channels, a.filters, a.kernel_size, stride=a.strides,
-                        padding=tuple(b for b, _ in pads) if even else 0,
-                        dilation=a.dilation_rate, groups=a.groups, bias=a.use_bias)
-        layer: nn.Module = conv
-        if not even:
-            # torch pads both sides alike; TensorFlow puts the odd element after
-            pad_cls = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[self.rank]
-            layer = nn.Sequential(pad_cls(_torch_pad_order(pads), 0.0), conv)
+        layer: nn.Module = parts[0] if len(parts) == 1 else nn.Sequential(*parts)
         if ctx.data_format == "channels_last":
             layer = ChannelsLast(layer)
         return with_activation(layer, a.activation)
+
+    def build(self, a, x, ctx):
+        spatial, channels = self._split(a, x, ctx)
+        parts = self._windowed(a, channels, self._out_channels(a, channels), self._groups(a, channels),
+                               self._pads(a, spatial), a.use_bias)
+        return self._finish(a, parts, ctx)
 
 
 def _torch_pad_order(pads: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
@@ -140,3 +157,253 @@ def _torch_pad_order(pads: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
 register(ConvRule("Conv1D", rank=1))
 register(ConvRule("Conv2D", rank=2))
 register(ConvRule("Conv3D", rank=3))
+
+
+class DepthwiseConvRule(ConvRule):
+    """Each input channel convolved with its own ``depth_multiplier`` kernels.
+
+    torch: a convolution with groups = in_channels and in_channels × depth_multiplier outputs
+    (output channel c·depth_multiplier + m, Keras's order). Parameters: in_channels ×
+    depth_multiplier × (prod(kernel_size) + 1 bias). MACs per sample: prod(output spatial) ×
+    in_channels × depth_multiplier × prod(kernel_size).
+    """
+
+    def __init__(self, type_name: str, rank: int):
+        super().__init__(type_name, rank)
+        self.args = (
+            Arg("kernel_size", int_tuple(rank)),
+            Arg("strides", int_tuple(rank), (1,) * rank),
+            Arg("padding", choice("valid", "same"), "valid"),
+            Arg("depth_multiplier", positive_int, 1),
+            Arg("dilation_rate", int_tuple(rank), (1,) * rank),
+            activation_arg,
+            Arg("use_bias", boolean, True),
+        )
+
+    def _check_args(self, a) -> None:
+        pass
+
+    def _out_channels(self, a, channels: int) -> int:
+        return channels * a.depth_multiplier
+
+    def _groups(self, a, channels: int) -> int:
+        return channels
+
+    def params(self, a, x, ctx):
+        _, channels = self._split(a, x, ctx)
+        # in_channels × depth_multiplier kernels, one bias each
+        outs = channels * a.depth_multiplier
+        kernel = "×".join(map(str, a.kernel_size))
+        weights = outs * prod(a.kernel_size)
+        if a.use_bias:
+            return Params(weights + outs, formula=f"{channels:,} × {a.depth_multiplier} × ({kernel} + 1) = {weights + outs:,}",
+                          tensors=(weights, outs))
+        return Params(weights, formula=f"{channels:,} × {a.depth_multiplier} × {kernel} = {weights:,}")
+
+    def macs(self, a, x, y, ctx):
+        out_spatial, outs = split_channels(y, ctx.data_format)
+        return prod(out_spatial) * outs * prod(a.kernel_size)
+
+
+class SeparableConvRule(DepthwiseConvRule):
+    """A depthwise convolution (no bias) followed by a 1×1 convolution to ``filters`` (with bias).
+
+    Parameters: in_channels × depth_multiplier × prod(kernel_size) (depthwise) + in_channels ×
+    depth_multiplier × filters (pointwise) + filters (bias). MACs: both convolutions. Backward
+    keeps the (padded) input and the depthwise result, which the pointwise convolution reads.
+    """
+
+    def __init__(self, type_name: str, rank: int):
+        super().__init__(type_name, rank)
+        self.args = (Arg("filters", positive_int), *self.args)
+
+    def output_shape(self, a, x, ctx):
+        spatial, _ = split_channels(super().output_shape(a, x, ctx), ctx.data_format)
+        return join_channels(spatial, a.filters, ctx.data_format)
+
+    def params(self, a, x, ctx):
+        _, channels = self._split(a, x, ctx)
+        middle = channels * a.depth_multiplier
+        depthwise, pointwise = middle * prod(a.kernel_size), middle * a.filters
+        bias = a.filters if a.use_bias else 0
+        total = depthwise + pointwise + bias
+        kernel = "×".join(map(str, a.kernel_size))
+        text = f"{channels:,} × {a.depth_multiplier} × {kernel} + {middle:,} × {a.filters:,}"
+        text += f" + {a.filters:,}" if a.use_bias else ""
+        tensors = (depthwise, pointwise, bias) if a.use_bias else (depthwise, pointwise)
+        return Params(total, formula=f"{text} = {total:,}", tensors=tensors)
+
+    def macs(self, a, x, y, ctx):
+        _, channels = split_channels(x, ctx.data_format)
+        out_spatial, _ = split_channels(y, ctx.data_format)
+        middle = channels * a.depth_multiplier
+        return prod(out_spatial) * middle * (prod(a.kernel_size) + a.filters)
+
+    def memory(self, a, x, y, ctx):
+        out_spatial, _ = split_channels(y, ctx.data_format)
+        _, channels = split_channels(x, ctx.data_format)
+        depthwise = Saved("new", elements=prod(out_spatial) * channels * a.depth_multiplier,
+                          what="depthwise result")
+        return Memory(saved=(*super().memory(a, x, y, ctx).saved, depthwise))
+
+    def build(self, a, x, ctx):
+        from torch import nn
+        spatial, channels = self._split(a, x, ctx)
+        middle = channels * a.depth_multiplier
+        parts = self._windowed(a, channels, middle, channels, self._pads(a, spatial), bias=False)
+        pointwise_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[self.rank]
+        parts.append(pointwise_cls(middle, a.filters, 1, bias=a.use_bias))
+        return self._finish(a, parts, ctx)
+
+
+register(DepthwiseConvRule("DepthwiseConv2D", rank=2))
+register(SeparableConvRule("SeparableConv2D", rank=2))
+
+
+def transpose_output_length(length: int, *, kernel: int, stride: int, padding: str,
+                            output_padding: int | None = None, dilation: int = 1) -> int:
+    """Keras's transposed-convolution length (``_get_output_shape_given_tf_padding``).
+
+    >>> transpose_output_length(5, kernel=3, stride=2, padding="same")
+    10
+    >>> transpose_output_length(5, kernel=3, stride=2, padding="valid")
+    11
+    >>> transpose_output_length(5, kernel=1, stride=3, padding="valid")  # max(kernel, stride)
+    15
+    >>> transpose_output_length(5, kernel=3, stride=2, padding="same", output_padding=0)
+    9
+    """
+    span = dilation * (kernel - 1) + 1
+    if padding == "valid":
+        extra = max(span, stride) - span if output_padding is None else output_padding
+        return (length - 1) * stride + span + extra
+    if output_padding is None:
+        return length * stride
+    return (length - 1) * stride + span % 2 + output_padding
+
+
+def transpose_crops(*, kernel: int, stride: int, padding: str, output_padding: int | None = None,
+                    dilation: int = 1) -> tuple[int, int]:
+    """(before, after) to cut from torch's unpadded transposed convolution, of length
+    (length − 1)·stride + span, to get Keras's; negative: zeros to add. From Keras's conversion
+    to JAX's padding (``_convert_conv_transpose_padding_args_from_keras_to_jax``).
+
+    >>> transpose_crops(kernel=3, stride=2, padding="same")
+    (0, 1)
+    >>> transpose_crops(kernel=1, stride=3, padding="valid")
+    (0, -2)
+    """
+    span = dilation * (kernel - 1) + 1
+    if padding == "valid":
+        extra = max(span, stride) - span if output_padding is None else output_padding
+        before, after = span - 1, span - 1 + extra
+    else:
+        total = stride + span - 2 if output_padding is None else span + span % 2 - 2 + output_padding
+        before = min(total // 2 + total % 2, span - 1)
+        after = total - before
+    return span - 1 - before, span - 1 - after
+
+
+class ConvTransposeRule(Rule):
+    """The gradient of a convolution: every input element scatters ``kernel_size`` × ``filters``.
+
+    Output length per axis, as Keras computes it: "valid" (input − 1) × stride + max(span, stride),
+    "same" input × stride, and with ``output_padding`` (input − 1) × stride + span + output_padding
+    ("valid") or (input − 1) × stride + span % 2 + output_padding ("same"), span being the
+    dilated kernel. Parameters: filters × (in_channels × prod(kernel_size) + 1 bias).
+    MACs per sample: prod(input spatial) × in_channels × filters × prod(kernel_size).
+
+    torch's ConvTranspose cuts padding evenly and can extend only the end, so where Keras cuts
+    unevenly (e.g. "same", stride 2, kernel 3) the module runs it unpadded, then crops or
+    zero-extends each side and adds the bias (``modules.CroppedConvTranspose``).
+    Backward keeps the input either way.
+    """
+
+    def __init__(self, type_name: str, rank: int):
+        self.type_name = type_name  # type: ignore[misc]
+        self.rank = rank
+        self.args = (
+            Arg("filters", positive_int),
+            Arg("kernel_size", int_tuple(rank)),
+            Arg("strides", int_tuple(rank), (1,) * rank),
+            Arg("padding", choice("valid", "same"), "valid"),
+            Arg("output_padding", optional(int_tuple(rank, minimum=0)), None),
+            Arg("dilation_rate", int_tuple(rank), (1,) * rank),
+            activation_arg,
+            Arg("use_bias", boolean, True),
+        )
+
+    def _split(self, a, x, ctx):
+        if max(a.strides) > 1 and max(a.dilation_rate) > 1:
+            raise SpecError("strides > 1 is not supported together with dilation_rate > 1 (as in Keras)",
+                            field="strides", expected="strides=1 or dilation_rate=1",
+                            received=f"strides={a.strides} and dilation_rate={a.dilation_rate}")
+        if a.output_padding is not None and any(p >= s for p, s in zip(a.output_padding, a.strides)):
+            raise SpecError("output_padding must be smaller than strides on every axis (as in Keras)",
+                            field="output_padding", expected=f"values < strides={a.strides}",
+                            received=f"output_padding={a.output_padding}")
+        if len(x) != self.rank + 1:
+            layout = "(steps, channels)" if self.rank == 1 else f"{self.rank} spatial axes and channels"
+            raise ShapeError(f"input has the wrong number of axes for {self.type_name}",
+                             expected=f"{self.rank + 1} axes besides the batch: {layout} ({ctx.data_format})",
+                             received=f"shape {shape_text(x)}")
+        return split_channels(x, ctx.data_format)
+
+    def _per_axis(self, a):
+        ops = a.output_padding or (None,) * self.rank
+        return [dict(kernel=k, stride=s, padding=a.padding, output_padding=p, dilation=d)
+                for k, s, p, d in zip(a.kernel_size, a.strides, ops, a.dilation_rate)]
+
+    def output_shape(self, a, x, ctx):
+        spatial, _ = self._split(a, x, ctx)
+        out = tuple(transpose_output_length(n, **axis) for n, axis in zip(spatial, self._per_axis(a)))
+        if any(n <= 0 for n in out):
+            raise ShapeError(f"output size would be zero: {out}", field="output_padding",
+                             expected="an output_padding of at least 1 with an even kernel and padding=\"same\" on a length-1 axis",
+                             received=f"output_padding={a.output_padding}, kernel_size={a.kernel_size}")
+        return join_channels(out, a.filters, ctx.data_format)
+
+    def params(self, a, x, ctx):
+        _, channels = self._split(a, x, ctx)
+        # filters × (in_channels × kernel + 1): as a convolution's, with in and out swapped
+        weights = a.filters * channels * prod(a.kernel_size)
+        kernel = "×".join(map(str, a.kernel_size))
+        if a.use_bias:
+            return Params(weights + a.filters, formula=f"{a.filters:,} × ({channels:,} × {kernel} + 1) = {weights + a.filters:,}",
+                          tensors=(weights, a.filters))
+        return Params(weights, formula=f"{a.filters:,} × ({channels:,} × {kernel}) = {weights:,}")
+
+    def macs(self, a, x, y, ctx):
+        spatial, channels = split_channels(x, ctx.data_format)
+        return prod(spatial) * channels * a.filters * prod(a.kernel_size)
+
+    def memory(self, a, x, y, ctx):
+        return Memory(saved=(Saved("input", what="transposed convolution input"),))
+
+    def build(self, a, x, ctx):
+        from torch import nn
+
+        from .modules import ChannelsLast, CroppedConvTranspose, with_activation
+        _, channels = self._split(a, x, ctx)
+        crops = [transpose_crops(**axis) for axis in self._per_axis(a)]
+        conv_cls = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[self.rank]
+        # torch's own: crop c before and c − p after, 0 <= p < max(stride, dilation) (output_padding)
+        native = all(b >= 0 and 0 <= b - e < max(s, d)
+                     for (b, e), s, d in zip(crops, a.strides, a.dilation_rate))
+        layer: nn.Module
+        if native:
+            layer = conv_cls(channels, a.filters, a.kernel_size, stride=a.strides,
+                             padding=tuple(b for b, _ in crops),
+                             output_padding=tuple(b - e for b, e in crops),
+                             dilation=a.dilation_rate, bias=a.use_bias)
+        else:
+            conv = conv_cls(channels, a.filters, a.kernel_size, stride=a.strides,
+                            dilation=a.dilation_rate, bias=False)
+            layer = CroppedConvTranspose(conv, tuple(crops), a.use_bias)
+        if ctx.data_format == "channels_last":
+            layer = ChannelsLast(layer)
+        return with_activation(layer, a.activation)
+
+
+for _rank in (1, 2, 3):
+    register(ConvTransposeRule(f"Conv{_rank}DTranspose", rank=_rank))

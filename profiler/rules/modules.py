@@ -13,7 +13,10 @@ class ChannelsLast(nn.Module):
 
     ``permute`` gives a view; a 4-d view of an NHWC tensor is a channels_last-strided NCHW
     tensor, which convolutions and pooling accept as it is, and the result permuted back is
-    again a contiguous channels-last tensor.
+    again a contiguous channels-last tensor. 3-d tensors have no channels_last memory format:
+    there (and wherever the inner module returns a channels-first result) the result is copied
+    to a contiguous tensor, so that the next layer gets a dense input and keeps that input
+    itself for backward rather than a copy it would make.
     """
 
     def __init__(self, inner: nn.Module):
@@ -24,7 +27,7 @@ class ChannelsLast(nn.Module):
         rank = x.dim()
         to_first = (0, rank - 1, *range(1, rank - 1))
         to_last = (0, *range(2, rank), 1)
-        return self.inner(x.permute(to_first)).permute(to_last)
+        return self.inner(x.permute(to_first)).permute(to_last).contiguous()
 
 
 ACTIVATIONS = {
@@ -561,7 +564,7 @@ class TransformerEncoder(nn.Module):
         self.attention_dropout = nn.Dropout(dropout)
         self.feedforward_norm = nn.LayerNorm(width, eps=layer_norm_epsilon)
         self.intermediate = nn.Linear(width, intermediate_dim)
-        self.intermediate_activation = globals()["activation"](activation)
+        self.intermediate_activation = ACTIVATIONS[activation]()
         self.output = nn.Linear(intermediate_dim, width)
         self.feedforward_dropout = nn.Dropout(dropout)
 
@@ -580,3 +583,45 @@ class TransformerEncoder(nn.Module):
         if not self.normalize_first:
             x = self.feedforward_norm(x)
         return x
+
+
+class GraphModel(nn.Module):
+    """Run a spec's layer calls in order, each value freed after the layer that reads it last.
+
+    Freeing after the last reader is what the memory model predicts (and what nn.Sequential does
+    for a chain). Several inputs come as positional arguments; several outputs return a tuple.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], *, inputs: list[str],
+                 calls: list[tuple[str, str, tuple[tuple[str, int], ...]]], outputs: list[tuple[str, int]]):
+        super().__init__()
+        self.layers = nn.ModuleDict(layers)
+        self.input_names = list(inputs)
+        self.calls = list(calls)
+        self.output_refs = list(outputs)
+        keep = {ref[0] for ref in outputs}
+        last: dict[str, int] = {}
+        for k, (_, _, refs) in enumerate(calls):
+            for name, _ in refs:
+                last[name] = k
+        self.drop_after = [[name for name, k2 in last.items() if k2 == k and name not in keep]
+                           for k in range(len(calls))]
+
+    def forward(self, *xs: torch.Tensor):
+        values: dict[str, object] = dict(zip(self.input_names, xs))
+        del xs
+        for k, (node, layer, refs) in enumerate(self.calls):
+            args = [_pick(values[name], index) for name, index in refs]
+            values[node] = self.layers[layer](*args)
+            del args
+            for name in self.drop_after[k]:
+                if name not in self.input_names:
+                    del values[name]
+        outs = tuple(_pick(values[name], index) for name, index in self.output_refs)
+        return outs[0] if len(outs) == 1 else outs
+
+
+def _pick(value, index: int):
+    if isinstance(value, (tuple, list)):
+        return value[index]
+    return value

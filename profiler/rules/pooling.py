@@ -1,4 +1,4 @@
-"""MaxPooling1D/2D/3D, AveragePooling1D/2D/3D, GlobalAveragePooling1D/2D/3D.
+"""MaxPooling1D/2D/3D, AveragePooling1D/2D/3D, GlobalAveragePooling1D/2D/3D, GlobalMaxPooling1D/2D/3D.
 
 Keras semantics (``keras/src/layers/pooling/base_pooling.py``): ``strides`` defaults to
 ``pool_size``; "valid" keeps full windows only, "same" gives ceil(length / stride) and pads as
@@ -8,7 +8,7 @@ window (torch: ``count_include_pad=False``, or ``PaddedAvgPool`` when the paddin
 
 MACs convention: pooling has no multiplications; one comparison (max) or one add (average) per
 window element is counted as one MAC, i.e. output elements × prod(pool_size). Global average
-pooling counts one add per input element.
+pooling counts one add per input element, global max pooling one comparison per input element.
 """
 from __future__ import annotations
 
@@ -83,9 +83,12 @@ class PoolRule(Rule):
             return Memory(saved=(kept, Saved("new", elements=prod(y), dtype="int64", what="argmax indices")))
         if native:  # avg_pool keeps its input
             return Memory(saved=(Saved("input", what="pooling input"),))
-        # PaddedAvgPool: the padded input, and the sum it divides (the per-window share is tiny)
+        # PaddedAvgPool: the padded input (kept by the pooling) and the per-window share of real
+        # elements (kept by the division; one per output position, shared by the batch)
+        out_spatial, _ = split_channels(y, ctx.data_format)
         return Memory(saved=(Saved("new", elements=padded, what="zero-padded input"),
-                             Saved("new", elements=prod(y), what="window sums")))
+                             Saved("new", elements=prod(out_spatial), per_sample=False,
+                                   what="per-window share of real elements")))
 
     def build(self, a, x, ctx):
         from torch import nn
@@ -145,7 +148,24 @@ class GlobalAveragePoolRule(Rule):
         return Mean(tuple(range(first, first + self.rank)), keepdim=a.keepdims)
 
 
+class GlobalMaxPoolRule(GlobalAveragePoolRule):
+    """The maximum over every spatial axis, per channel; ``keepdims`` keeps them with size 1.
+
+    MACs: one comparison per input element. Backward of ``amax`` keeps its input and its result
+    (to find where the maxima were).
+    """
+
+    def memory(self, a, x, y, ctx):
+        return Memory(saved=(Saved("input", what="pooling input"), Saved("output", what="maxima")))
+
+    def build(self, a, x, ctx):
+        from .modules import Max
+        first = 2 if ctx.data_format == "channels_first" else 1
+        return Max(tuple(range(first, first + self.rank)), keepdim=a.keepdims)
+
+
 for _rank in (1, 2, 3):
     register(PoolRule(f"MaxPooling{_rank}D", _rank, "max"))
     register(PoolRule(f"AveragePooling{_rank}D", _rank, "average"))
     register(GlobalAveragePoolRule(f"GlobalAveragePooling{_rank}D", _rank))
+    register(GlobalMaxPoolRule(f"GlobalMaxPooling{_rank}D", _rank))

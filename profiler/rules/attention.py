@@ -1,0 +1,211 @@
+"""MultiHeadAttention (Keras) and TransformerEncoder (keras_hub).
+
+Both take one input of shape (steps, features) and attend over it: query = value = key. The
+attention rule works on a (query, value, key) triple of shapes throughout (``_inputs``), so that
+separate value and key inputs need only a new way to receive them.
+
+MACs per sample, with T query steps, S key/value steps, H heads: the four projections, the
+scores Q·Kᵀ (H × T × S × key_dim) and the weighted sum of values (H × T × S × value_dim).
+Scaling, softmax and dropout count nothing, as for the Activation rule.
+"""
+from __future__ import annotations
+
+from math import prod
+from typing import Any
+
+from ..args import Arg, boolean, choice, number, optional, positive_int, rate
+from ..errors import ShapeError, SpecError
+from ..registry import Memory, Params, Rule, Saved, register
+from ..shapes import shape_text
+from .core import ACTIVATION_NAMES, ACTIVATION_SAVES
+
+
+def _output_shape(field: str, value: Any) -> tuple[int, ...]:
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(items, (list, tuple)) or not items
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items)):
+        raise SpecError("must be a positive integer or a list of them", field=field,
+                        received=f"{value!r} ({type(value).__name__})")
+    return tuple(items)
+
+
+def _epsilon(field: str, value: Any) -> float:
+    value = number(field, value)
+    if value <= 0:
+        raise SpecError("must be a positive number", field=field, received=repr(value))
+    return value
+
+
+def _sequence(x, what: str) -> tuple[int, int]:
+    if len(x) != 2:
+        raise ShapeError(f"input has the wrong number of axes for {what}",
+                         expected="2 axes besides the batch: (steps, features)",
+                         received=f"shape {shape_text(x)}")
+    return x
+
+
+def attention_saves(*, t: int, s: int, heads: int, key_dim: int, value_dim: int, dropout: float,
+                    device_kind: str) -> tuple[Saved, ...]:
+    """What ``modules.MultiHeadAttention`` keeps for backward beyond its inputs, per sample:
+    the scaled queries and the keys (read by Q·Kᵀ), the softmax result, the values and the
+    heads' concatenated results (read by the output projection); with dropout also its mask
+    (CPU: a noise tensor of the activations' dtype; CUDA: bool) and the dropped probabilities."""
+    scores = heads * t * s
+    saved = [Saved("new", elements=heads * key_dim * (t + s), what="scaled queries and keys"),
+             Saved("new", elements=scores, what="attention probabilities (softmax result)"),
+             Saved("new", elements=heads * value_dim * (s + t), what="values and attention results")]
+    if dropout > 0:
+        saved += [Saved("new", elements=scores, dtype="bool" if device_kind == "cuda" else "act",
+                        what="attention dropout mask"),
+                  Saved("new", elements=scores, what="probabilities after dropout")]
+    return tuple(saved)
+
+
+@register
+class MultiHeadAttention(Rule):
+    """Keras's MultiHeadAttention, as self-attention over one (steps, features) input.
+
+    Per head: queries and keys of ``key_dim``, values of ``value_dim`` (default key_dim), softmax
+    of Q·Kᵀ/√key_dim over the keys, dropout on those probabilities; the heads' results are
+    projected to ``output_shape`` (default: the query's features). key_dim × num_heads need not
+    equal the features. Parameters: query, key, value and output kernels, each with a bias
+    unless use_bias=False:
+    (q + 1) × H × key_dim + (k + 1) × H × key_dim + (v + 1) × H × value_dim + (H × value_dim + 1) × out.
+    """
+    type_name = "MultiHeadAttention"
+    args = (Arg("num_heads", positive_int), Arg("key_dim", positive_int),
+            Arg("value_dim", optional(positive_int), None), Arg("dropout", rate, 0.0),
+            Arg("use_bias", boolean, True), Arg("output_shape", optional(_output_shape), None))
+
+    def _inputs(self, x) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(query, value, key) shapes: one input for all three, for now."""
+        x = _sequence(x, "MultiHeadAttention (self-attention on one input)")
+        return x, x, x
+
+    def _dims(self, a, x):
+        query, value, key = self._inputs(x)
+        vd = a.value_dim or a.key_dim
+        out = a.output_shape or (query[-1],)
+        return query, value, key, vd, out
+
+    def output_shape(self, a, x, ctx):
+        query, _, _, _, out = self._dims(a, x)
+        return (query[0], *out)
+
+    def counts(self, a, x) -> list[tuple[str, int, int, str]]:
+        """(name, kernel elements, bias elements, arithmetic) of each projection."""
+        query, value, key, vd, out = self._dims(a, x)
+        h, kd, b = a.num_heads, a.key_dim, a.use_bias
+        n_out = prod(out)
+        out_text = "×".join(map(str, out))
+        one = " + 1" if b else ""
+
+        def proj(name, features, dim):
+            return (name, features * h * dim, h * dim * b, f"({features:,}{one}) × {h}×{dim}")
+
+        return [proj("query", query[-1], kd), proj("key", key[-1], kd), proj("value", value[-1], vd),
+                ("output", h * vd * n_out, n_out * b, f"({h}×{vd}{one}) × {out_text}")]
+
+    def params(self, a, x, ctx):
+        parts = self.counts(a, x)
+        total = sum(k + b for _, k, b, _ in parts)
+        text = "; ".join(f"{name} {expr} = {k + b:,}" for name, k, b, expr in parts)
+        tensors = tuple(n for _, k, b, _ in parts for n in (k, b) if n)
+        return Params(total, formula=f"{text}; total {total:,}", tensors=tensors)
+
+    def macs(self, a, x, y, ctx):
+        query, value, key, vd, out = self._dims(a, x)
+        t, s, h, kd = query[0], value[0], a.num_heads, a.key_dim
+        projections = h * (t * query[1] * kd + s * key[1] * kd + s * value[1] * vd + t * vd * prod(out))
+        return projections + h * t * s * (kd + vd)
+
+    def memory(self, a, x, y, ctx):
+        query, value, _, vd, _ = self._dims(a, x)
+        saved = attention_saves(t=query[0], s=value[0], heads=a.num_heads, key_dim=a.key_dim,
+                                value_dim=vd, dropout=a.dropout, device_kind=ctx.device_kind)
+        return Memory(saved=(Saved("input", what="input (query, key and value projections)"), *saved))
+
+    def build(self, a, x, ctx):
+        from .modules import MultiHeadAttention as MultiHeadAttentionModule
+        query, value, key, vd, out = self._dims(a, x)
+        return MultiHeadAttentionModule(query[-1], value[-1], key[-1], num_heads=a.num_heads,
+                                        key_dim=a.key_dim, value_dim=vd, output_shape=out,
+                                        use_bias=a.use_bias, dropout=a.dropout)
+
+
+@register
+class TransformerEncoder(Rule):
+    """keras_hub.layers.TransformerEncoder: self-attention, then a feed-forward network.
+
+    With W the input's features: MultiHeadAttention with ``num_heads`` heads of key_dim =
+    value_dim = W // num_heads, output W; dropout; residual; LayerNormalization. Then Dense
+    (``intermediate_dim``, ``activation``), Dense (W), dropout, residual, LayerNormalization.
+    ``normalize_first`` normalises before each block instead of after (GPT-2 style). ``dropout``
+    is used in the attention and after both blocks, as in keras_hub.
+
+    Parameters: attention 3 × (W + 1) × H × key_dim + (H × key_dim + 1) × W, two layer norms
+    2 × 2 × W, feed-forward (W + 1) × intermediate + (intermediate + 1) × W.
+    MACs: the attention's, both Dense layers', and 3 per element for each layer norm.
+    """
+    type_name = "TransformerEncoder"
+    internal_activation = True
+    args = (Arg("intermediate_dim", positive_int), Arg("num_heads", positive_int),
+            Arg("dropout", rate, 0.0), Arg("activation", choice(*ACTIVATION_NAMES), "relu"),
+            Arg("layer_norm_epsilon", _epsilon, 1e-5), Arg("normalize_first", boolean, False))
+
+    def _dims(self, a, x) -> tuple[int, int, int]:
+        steps, width = _sequence(x, "TransformerEncoder")
+        key_dim = width // a.num_heads
+        if key_dim == 0:
+            raise ShapeError("the attention's key_dim (features // num_heads) would be zero",
+                             field="num_heads", expected=f"num_heads <= {width}, the input's features",
+                             received=f"num_heads={a.num_heads}")
+        return steps, width, key_dim
+
+    def output_shape(self, a, x, ctx):
+        self._dims(a, x)
+        return x
+
+    def params(self, a, x, ctx):
+        _, w, kd = self._dims(a, x)
+        h, i = a.num_heads, a.intermediate_dim
+        attention = 3 * (w + 1) * h * kd + (h * kd + 1) * w
+        norms = 2 * 2 * w
+        feedforward = (w + 1) * i + (i + 1) * w
+        total = attention + norms + feedforward
+        formula = (f"attention 3 × ({w:,} + 1) × {h}×{kd} + ({h}×{kd} + 1) × {w:,} = {attention:,}; "
+                   f"layer norms 2 × 2 × {w:,} = {norms:,}; "
+                   f"feed-forward ({w:,} + 1) × {i:,} + ({i:,} + 1) × {w:,} = {feedforward:,}; total {total:,}")
+        tensors = (w * h * kd, h * kd) * 3 + (h * kd * w, w) + (w,) * 4 + (w * i, i, i * w, w)
+        return Params(total, formula=formula, tensors=tensors)
+
+    def macs(self, a, x, y, ctx):
+        s, w, kd = self._dims(a, x)
+        h, i = a.num_heads, a.intermediate_dim
+        attention = h * s * kd * (4 * w + 2 * s)
+        return attention + 2 * s * w * i + 2 * 3 * s * w
+
+    def memory(self, a, x, y, ctx):
+        s, w, kd = self._dims(a, x)
+        i = a.intermediate_dim
+        saved = [Saved("input", what="input (first layer norm or attention projections)"),
+                 *attention_saves(t=s, s=s, heads=a.num_heads, key_dim=kd, value_dim=kd,
+                                  dropout=a.dropout, device_kind=ctx.device_kind),
+                 # post-norm: the two sums normalised and the first norm's result;
+                 # pre-norm: the first norm's result, the first sum and the second norm's result
+                 Saved("new", elements=3 * s * w, what="residual sums and normalised tensors"),
+                 Saved("new", elements=4 * s, dtype="float32", what="layer norms' mean and 1/std per step"),
+                 Saved("new", elements=s * i * (1 + (ACTIVATION_SAVES[a.activation] == ("input",))),
+                       what=f"feed-forward {a.activation} result (and input)")]
+        if a.dropout > 0:
+            mask = "bool" if ctx.device_kind == "cuda" else "act"
+            saved.append(Saved("new", elements=2 * s * w, dtype=mask, what="dropout masks after both blocks"))
+        return Memory(saved=tuple(saved))
+
+    def build(self, a, x, ctx):
+        from .modules import TransformerEncoder as TransformerEncoderModule
+        _, w, _ = self._dims(a, x)
+        return TransformerEncoderModule(w, intermediate_dim=a.intermediate_dim, num_heads=a.num_heads,
+                                        dropout=a.dropout, activation=a.activation,
+                                        layer_norm_epsilon=a.layer_norm_epsilon,
+                                        normalize_first=a.normalize_first)

@@ -1,0 +1,244 @@
+"""SimpleRNN, LSTM, GRU, and the wrappers Bidirectional and TimeDistributed.
+
+Keras semantics (``keras/src/layers/rnn/``): the input is (steps, features); the output is the
+last state (units,), or every state (steps, units) with ``return_sequences``. Keras keeps one
+bias per gate (two for a GRU with ``reset_after``, its default: input and recurrent biases).
+
+torch's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` always carry two biases per gate and have no GRU with
+reset_after=False, so the torch module (``modules.KerasRecurrent``) holds Keras's three tensors in
+Keras's layout and runs the cell step by step: one matrix product for the input projection of
+every step, then per step a recurrent matrix product and the gates. Its backward keeps, besides
+the input: per step the previous state and each gate's activation output (details per cell in
+``_cell_saves``). The activations are limited to tanh, sigmoid and relu: all three keep their
+result for backward, which keeps that arithmetic exact.
+
+``activation`` in these layers acts inside the cell, not on the layer's output: the rules set
+``internal_activation`` so that it is not taken for a fused output activation.
+
+MACs per sample: the matrix products, steps × gates × units × (features + units), plus the
+element-wise gate products per step and unit (LSTM: f·c, i·g, o·tanh(c), 3; GRU: r times the
+recurrent part and the final interpolation, 2; SimpleRNN: none).
+"""
+from __future__ import annotations
+
+from math import prod
+
+from ..args import Arg, boolean, choice, nested_layer, positive_int
+from ..errors import ShapeError
+from ..registry import Memory, Params, Rule, Saved, register, rule_for
+from ..shapes import shape_text
+from .core import ACTIVATION_SAVES
+
+RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "relu")
+GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
+GATE_PRODUCTS = {"SimpleRNN": 0, "LSTM": 3, "GRU": 2}
+
+
+def _sequence(type_name: str, x) -> tuple[int, int]:
+    if len(x) != 2:
+        raise ShapeError(f"input has the wrong number of axes for {type_name}",
+                         expected="2 axes besides the batch: (steps, features)",
+                         received=f"shape {shape_text(x)}")
+    return x
+
+
+class RecurrentRule(Rule):
+    """One recurrent layer type (SimpleRNN, LSTM or GRU); see the module's docstring."""
+
+    internal_activation = True
+
+    def __init__(self, type_name: str):
+        self.type_name = type_name  # type: ignore[misc]
+        self.gates = GATES[type_name]
+        args = [Arg("units", positive_int),
+                Arg("activation", choice(*RECURRENT_ACTIVATIONS), "tanh")]
+        if type_name != "SimpleRNN":
+            args.append(Arg("recurrent_activation", choice(*RECURRENT_ACTIVATIONS), "sigmoid"))
+        args += [Arg("use_bias", boolean, True), Arg("return_sequences", boolean, False)]
+        if type_name == "GRU":
+            args.append(Arg("reset_after", boolean, True))
+        self.args = tuple(args)
+
+    def _two_biases(self, a) -> bool:
+        return self.type_name == "GRU" and a.use_bias and a.reset_after
+
+    def output_shape(self, a, x, ctx):
+        steps, _ = _sequence(self.type_name, x)
+        return (steps, a.units) if a.return_sequences else (a.units,)
+
+    def count(self, a, x) -> tuple[str, int, tuple[int, ...]]:
+        """(arithmetic, total, elements of each tensor): kernel, recurrent kernel, bias."""
+        _, features = _sequence(self.type_name, x)
+        g, u = self.gates, a.units
+        kernel, recurrent = features * g * u, u * g * u
+        biases = (2 if self._two_biases(a) else 1) * g * u if a.use_bias else 0
+        # gates × (units × (features + units) + biases per gate)
+        head = f"{g} × " if g > 1 else ""
+        core = f"{u:,} × ({features:,} + {u:,})"
+        if not a.use_bias:
+            expr = f"{head}{core}"
+        else:
+            bias = f"2 × {u:,}" if self._two_biases(a) else f"{u:,}"
+            expr = f"{head}({core} + {bias})" if g > 1 else f"{core} + {bias}"
+        tensors = (kernel, recurrent, biases) if a.use_bias else (kernel, recurrent)
+        return expr, kernel + recurrent + biases, tensors
+
+    def params(self, a, x, ctx):
+        expr, total, tensors = self.count(a, x)
+        note = " (input and recurrent bias per gate, reset_after)" if self._two_biases(a) else ""
+        return Params(total, formula=f"{expr} = {total:,}{note}", tensors=tensors)
+
+    def macs(self, a, x, y, ctx):
+        steps, features = _sequence(self.type_name, x)
+        u = a.units
+        return steps * (self.gates * u * (features + u) + GATE_PRODUCTS[self.type_name] * u)
+
+    def cell_saves(self, a, steps: int) -> tuple[int, bool]:
+        """(elements kept for backward per sample besides the final state, whether the cell keeps
+        its final state too).
+
+        Per step and unit: SimpleRNN the previous state (1; the activation keeps the new state,
+        which is the next step's previous one, so only the last is extra). LSTM the previous h
+        and c, the four gate activations and tanh(c): 7. GRU with reset_after: the previous
+        state, the recurrent product of all three gates (kept whole by the slice r multiplies),
+        the z and r activations and the candidate: 7. GRU without: the previous state, z and r,
+        r·h (read by the recurrent product) and the candidate: 5.
+        """
+        per_step = {"SimpleRNN": 1, "LSTM": 7}.get(self.type_name)
+        if per_step is None:
+            per_step = 7 if a.reset_after else 5
+        return steps * per_step * a.units, self.type_name == "SimpleRNN"
+
+    def memory(self, a, x, y, ctx):
+        steps, _ = _sequence(self.type_name, x)
+        kept, final_kept = self.cell_saves(a, steps)
+        saved = [Saved("input", what="input (input projection)")]
+        if final_kept and not a.return_sequences:
+            saved.append(Saved("output", what="last state (activation result)"))
+        elif final_kept:
+            kept += a.units
+        saved.append(Saved("new", elements=kept, what="states and gate activations of every step"))
+        return Memory(saved=tuple(saved))
+
+    def module(self, a, x, *, backward: bool = False):
+        from .modules import KerasRecurrent
+        _, features = _sequence(self.type_name, x)
+        return KerasRecurrent(self.type_name, features, a.units, activation=a.activation,
+                              recurrent_activation=a.get("recurrent_activation", "sigmoid"),
+                              use_bias=a.use_bias, reset_after=a.get("reset_after", False),
+                              return_sequences=a.return_sequences, backward=backward)
+
+    def build(self, a, x, ctx):
+        return self.module(a, x)
+
+
+for _name in GATES:
+    register(RecurrentRule(_name))
+
+
+@register
+class Bidirectional(Rule):
+    """A recurrent layer run forwards and a copy of it run backwards, the outputs merged.
+
+    ``layer`` is the recurrent layer, written as in a spec (``{LSTM: {units: 8}}``); the backward
+    copy has the same arguments and its own weights. With ``return_sequences`` the backward
+    outputs are put back in input order before merging (Keras's Bidirectional does the same).
+    merge_mode: concat (the last axis doubles), sum, mul or ave.
+
+    Parameters and MACs: twice the wrapped layer's. Backward keeps what both cells keep (they
+    read the same input), and for ``mul`` both outputs.
+    """
+    type_name = "Bidirectional"
+    internal_activation = True
+    args = (Arg("layer", nested_layer(*GATES)),
+            Arg("merge_mode", choice("concat", "sum", "mul", "ave"), "concat"))
+
+    def _inner(self, a) -> RecurrentRule:
+        return rule_for(a.layer.type)  # type: ignore[return-value]
+
+    def output_shape(self, a, x, ctx):
+        y = self._inner(a).output_shape(a.layer.args, x, ctx)
+        return (*y[:-1], 2 * y[-1]) if a.merge_mode == "concat" else y
+
+    def params(self, a, x, ctx):
+        expr, total, tensors = self._inner(a).count(a.layer.args, x)
+        return Params(2 * total, formula=f"2 × ({expr}) = {2 * total:,} (forward and backward {a.layer.type})",
+                      tensors=tensors * 2)
+
+    def macs(self, a, x, y, ctx):
+        inner = self._inner(a)
+        return 2 * inner.macs(a.layer.args, x, inner.output_shape(a.layer.args, x, ctx), ctx)
+
+    def memory(self, a, x, y, ctx):
+        inner, args = self._inner(a), a.layer.args
+        steps, _ = _sequence(a.layer.type, x)
+        kept, final_kept = inner.cell_saves(args, steps)
+        per_direction = kept + (args.units if final_kept else 0)
+        total = 2 * per_direction
+        if a.merge_mode == "mul":  # a · b keeps both outputs
+            if args.return_sequences:
+                total += 2 * steps * args.units
+            elif not final_kept:
+                total += 2 * args.units
+        return Memory(saved=(Saved("input", what="input (both input projections)"),
+                             Saved("new", elements=total, what="states and gate activations, both directions")))
+
+    def build(self, a, x, ctx):
+        from .modules import Bidirectional as BidirectionalModule
+        inner = self._inner(a)
+        return BidirectionalModule(inner.module(a.layer.args, x), inner.module(a.layer.args, x, backward=True),
+                                   a.merge_mode)
+
+
+@register
+class TimeDistributed(Rule):
+    """Apply one layer to every step: the input's first axis (after the batch) is the steps.
+
+    ``layer`` is any registered layer, written as in a spec (``{Dense: {units: 8}}``); it sees
+    each step as a sample of shape input[1:]. The torch module folds the steps into the batch
+    (a view) and unfolds the result. Parameters: the wrapped layer's, once (shared by every step).
+    MACs and what backward keeps: the wrapped layer's, steps times (per-channel statistics once).
+    """
+    type_name = "TimeDistributed"
+    args = (Arg("layer", nested_layer()),)
+
+    def _inner(self, a, x):
+        if len(x) < 2:
+            raise ShapeError("TimeDistributed needs a steps axis and at least one more",
+                             expected="a shape like (steps, features)", received=f"shape {shape_text(x)}")
+        return rule_for(a.layer.type), a.layer.args, x[1:]
+
+    def output_shape(self, a, x, ctx):
+        rule, args, step = self._inner(a, x)
+        return (x[0], *rule.output_shape(args, step, ctx))
+
+    def params(self, a, x, ctx):
+        rule, args, step = self._inner(a, x)
+        p = rule.params(args, step, ctx)
+        if not p.total:
+            return p
+        return Params(p.trainable, p.non_trainable, tensors=p.tensors,
+                      formula=f"{p.formula} (one {a.layer.type} for all {x[0]:,} steps)")
+
+    def macs(self, a, x, y, ctx):
+        rule, args, step = self._inner(a, x)
+        return x[0] * rule.macs(args, step, y[1:], ctx)
+
+    def memory(self, a, x, y, ctx):
+        rule, args, step = self._inner(a, x)
+        inner = rule.memory(args, step, y[1:], ctx)
+        saved = [Saved(s.of, s.elements * (x[0] if s.per_sample else 1), s.dtype, s.what, s.per_sample)
+                 for s in inner.saved]
+        # the wrapped layer's own activation argument runs inside this layer's module
+        act = args.get("activation", "linear")
+        if a.layer.type != "Activation" and not getattr(rule, "internal_activation", False):
+            for of in ACTIVATION_SAVES.get(act, ()):
+                saved.append(Saved("output", what=f"{act} output") if of == "output"
+                             else Saved("new", elements=prod(y), what=f"{act} input"))
+        return Memory(output_is_view=inner.output_is_view, identity_in_eval=inner.identity_in_eval,
+                      saved=tuple(saved))
+
+    def build(self, a, x, ctx):
+        from .modules import TimeDistributed as TimeDistributedModule
+        rule, args, step = self._inner(a, x)
+        return TimeDistributedModule(rule.build(args, step, ctx))
