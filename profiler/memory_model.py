@@ -22,17 +22,24 @@ LOSSES = ("cross_entropy", "mse")
 
 @dataclass(frozen=True)
 class Op:
-    """One tensor operation of the forward pass, as the memory model sees it (batch included)."""
+    """One tensor operation of the forward pass, as the memory model sees it (batch included).
+
+    Values are named: ``inputs`` are the names of the tensors the op reads (model inputs or
+    earlier ops' outputs) and ``output`` the name of the tensor it makes.
+    """
     name: str
-    in_elements: int
+    inputs: tuple[str, ...]
+    output: str
+    in_elements: tuple[int, ...]       # elements of each input
     out_elements: int
-    out_is_view: bool = False          # output shares its input's storage
+    out_is_view: bool = False          # output shares its (first) input's storage
     identity_in_eval: bool = False     # returns its input unchanged in eval mode (Dropout)
     saved: tuple[Saved, ...] = ()      # kept for backward when autograd records the op
     param_bytes: int = 0               # trainable parameters (their gradients have the same size)
     param_tensors: tuple[int, ...] = ()  # bytes of each trainable parameter tensor
     fused: bool = False                # runs inside the previous op's layer (a fused activation)
     layer: str = ""                    # the spec layer this op belongs to
+    grad_passthrough: bool = False     # input gradients are the output gradient itself (Add, views)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,8 @@ class Setting:
     """What the prediction is for: sizes that do not depend on the layers."""
     batch: int
     dtype: str
-    input_bytes: int
+    inputs: dict[str, int]     # model input name -> bytes
+    outputs: tuple[str, ...]   # values the model returns
     target_bytes: int
     buffer_bytes: int          # non-trainable state (BatchNorm's moving statistics)
     loss: str = "cross_entropy"
@@ -90,14 +98,13 @@ class Setting:
 def inference_peak(ops: Iterable[Op], s: Setting) -> Peak:
     """``model.eval()``; under ``no_grad``: ``out = model(x)``, with model and input alive.
 
-    Nothing is saved; a layer's input dies when the layer returns unless the caller holds it (the
-    model input).
+    Nothing is saved; a tensor dies after the layer that reads it last has returned, unless the
+    caller holds it (model inputs and outputs).
     """
     ops = list(ops)
     t = Timeline()
     t.alloc("params", sum(op.param_bytes for op in ops) + s.buffer_bytes, "parameters")
-    t.alloc("input", s.input_bytes, "inputs")
-    _forward(t, ops, s, training=False)
+    _Forward(t, ops, s, training=False).run()
     return t.peak
 
 
@@ -109,31 +116,30 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
     tensors = [n for op in ops for n in op.param_tensors]
     t = Timeline()
     t.alloc("params", trainable + s.buffer_bytes, "parameters")
-    t.alloc("input", s.input_bytes, "inputs")
     t.alloc("target", s.target_bytes, "inputs")
     if not first_step:
         _alloc_optimizer_state(t, optimizer, tensors)
-        for k, op in enumerate(ops):
-            if op.param_bytes:
-                t.alloc(f"grad{k}", op.param_bytes, "gradients")
+        t.alloc("grads", trainable, "gradients")
+    forward = _Forward(t, ops, s, training=True)
+    if not first_step:
         t.note("zero_grad")
-        for k, op in enumerate(ops):
-            if op.param_bytes:
-                t.free(f"grad{k}")
+        t.free("grads")
+    forward.run()
 
-    holders, recorded = _forward(t, ops, s, training=True)
-    out_elements = ops[-1].out_elements
     t.note(f"loss ({s.loss})")
-    if s.loss == "cross_entropy":
-        t.alloc("log_probs", out_elements * act, "activations")   # log_softmax keeps its result
-        t.alloc("total_weight", act, "activations")               # nll_loss keeps its weight sum
-    else:
-        t.alloc("squared_error", out_elements * act, "temporaries")  # unreduced (out - y)², then mean
-        t.free("squared_error")
-    t.alloc("loss", act, "activations")
+    for out in s.outputs:
+        elements = forward.elements[out]
+        if s.loss == "cross_entropy":
+            t.alloc(f"log_probs:{out}", elements * act, "activations")  # log_softmax keeps its result
+            t.alloc(f"total_weight:{out}", act, "activations")          # nll_loss keeps its weight sum
+        else:
+            t.alloc("squared_error", elements * act, "temporaries")     # unreduced (out - y)², then mean
+            t.free("squared_error")
+        t.alloc(f"loss:{out}", act, "activations")
+    if len(s.outputs) > 1:
+        t.alloc("loss", act, "activations")                            # the sum of the outputs' losses
 
-    if any(recorded):
-        _backward(t, ops, s, holders, recorded)
+    _backward(t, ops, s, forward)
 
     t.note(f"optimizer step ({optimizer})")
     if first_step:
@@ -143,127 +149,179 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
     return t.peak
 
 
-class _Holders:
-    """Who keeps each activation alive: the layer running, autograd (per op), the caller."""
-
-    def __init__(self, t: Timeline):
-        self.t = t
-        self.by_key: dict[str, set[str]] = {}
-        self.by_holder: dict[str, set[str]] = {}
-        self.origin: dict[str, str] = {}   # activation key -> layer that created it
-        self.hold("input", "caller")
-
-    def hold(self, key: str, who: str) -> None:
-        self.by_key.setdefault(key, set()).add(who)
-        self.by_holder.setdefault(who, set()).add(key)
-
-    def release(self, key: str, who: str) -> None:
-        holders = self.by_key.get(key)
-        if holders is None or who not in holders:
-            return
-        holders.discard(who)
-        self.by_holder[who].discard(key)
-        if not holders:
-            del self.by_key[key]
-            self.t.free(key)
-
-    def held_by(self, who: str) -> list[str]:
-        return sorted(self.by_holder.get(who, ()))
-
-
 def kept_for_backward(ops: Iterable[Op], s: Setting) -> dict[str, int]:
     """Bytes each layer created in the training forward pass that are still alive when backward
-    starts: what autograd saved, plus the output the caller holds."""
-    ops = list(ops)
+    starts: what autograd saved, plus the outputs the caller holds."""
     t = Timeline()
-    holders, _ = _forward(t, ops, s, training=True)
+    forward = _Forward(t, list(ops), s, training=True)
+    forward.run()
     kept: dict[str, int] = {}
     for key, (_, nbytes) in t.live.items():
-        if key in holders.origin:
-            layer = holders.origin[key]
+        if key in forward.origin:
+            layer = forward.origin[key]
             kept[layer] = kept.get(layer, 0) + nbytes
     return kept
 
 
-def _forward(t: Timeline, ops: list[Op], s: Setting, *, training: bool) -> tuple[_Holders, list[bool]]:
-    """Run the ops; return who holds what afterwards and which ops autograd recorded.
+class _Forward:
+    """The forward pass over a graph of ops, tracking who keeps each storage alive.
 
-    A layer's input stays alive until the whole layer returns (the caller's frame holds it), so an
-    activation fused into a layer runs while the layer's input and pre-activation are both alive.
-    An op is recorded by autograd once anything before it, or its own weights, needs a gradient.
+    Holders of a storage: the caller (model inputs and outputs), the running graph (a value is
+    held until the layer that reads it last has returned — so an activation fused into a layer
+    runs while the layer's inputs and pre-activation are both alive), and autograd (per op, for
+    what the op saved). A storage is freed when its last holder lets go.
     """
-    act = itemsize(s.dtype)
-    holders = _Holders(t)
-    recorded: list[bool] = []
-    needs_grad = False
-    current = "input"
-    holders.hold(current, "layer")
-    for k, op in enumerate(ops):
-        t.note(f"forward {op.name}")
-        records = training and (needs_grad or op.param_bytes > 0)
-        recorded.append(records)
-        if op.out_is_view or (op.identity_in_eval and not training):
-            out = current
+
+    def __init__(self, t: Timeline, ops: list[Op], s: Setting, *, training: bool):
+        self.t, self.ops, self.s, self.training = t, ops, s, training
+        self.act = itemsize(s.dtype)
+        self.storage: dict[str, str] = {}          # value -> storage key (views share one)
+        self.elements: dict[str, int] = {}
+        self.holders: dict[str, set[str]] = {}     # storage -> holders
+        self.held: dict[str, set[str]] = {}        # holder -> storages
+        self.origin: dict[str, str] = {}           # storage -> layer that created it
+        self.requires_grad: dict[str, bool] = {}
+        self.recorded: list[bool] = []
+        for name, nbytes in s.inputs.items():
+            t.alloc(name, nbytes, "inputs")
+            self.storage[name] = name
+            self.requires_grad[name] = False
+            self.hold(name, "caller")
+
+    def hold(self, key: str, who: str) -> None:
+        self.holders.setdefault(key, set()).add(who)
+        self.held.setdefault(who, set()).add(key)
+
+    def release(self, key: str, who: str) -> None:
+        holders = self.holders.get(key)
+        if holders is None or who not in holders:
+            return
+        holders.discard(who)
+        self.held[who].discard(key)
+        if not holders:
+            del self.holders[key]
+            self.t.free(key)
+
+    def release_all(self, who: str) -> None:
+        for key in sorted(self.held.get(who, ())):
+            self.release(key, who)
+
+    def run(self) -> None:
+        last_read = {}
+        layer_end = self._layer_ends()
+        for k, op in enumerate(self.ops):
+            for value in op.inputs:
+                last_read[value] = layer_end[k]
+        for k, op in enumerate(self.ops):
+            self.t.note(f"forward {op.name}")
+            self._run_op(k, op)
+            if layer_end[k] == k:   # the layer returns: values it read last are let go
+                for value in {v for j in range(self._layer_start(k), k + 1) for v in self.ops[j].inputs}:
+                    if last_read[value] == k:
+                        self.release(self.storage[value], f"graph:{value}")
+        for value in self.s.outputs:
+            self.hold(self.storage[value], "caller")
+            self.release(self.storage[value], f"graph:{value}")
+
+    def _run_op(self, k: int, op: Op) -> None:
+        records = self.training and (op.param_bytes > 0 or any(self.requires_grad[v] for v in op.inputs))
+        self.recorded.append(records)
+        if op.out_is_view or (op.identity_in_eval and not self.training):
+            key = self.storage[op.inputs[0]]
         else:
-            out = f"act{k}"
-            t.alloc(out, op.out_elements * act, "activations")
-            holders.origin[out] = op.layer
-        holders.hold(out, "layer")
-        if records:
-            for i, saved in enumerate(op.saved):
-                if saved.of == "new":
-                    key = f"saved{k}.{i}"
-                    size = act if saved.dtype == "act" else itemsize(saved.dtype)
-                    count = saved.elements * (s.batch if saved.per_sample else 1)
-                    t.alloc(key, count * size, "activations")
-                    holders.origin[key] = op.layer
-                    holders.hold(key, f"op{k}")
-                else:
-                    holders.hold(current if saved.of == "input" else out, f"op{k}")
-        last_of_layer = k + 1 == len(ops) or not ops[k + 1].fused
-        if last_of_layer:  # the layer returns: its input and intermediates lose the frame's hold
-            for key in holders.held_by("layer"):
-                if key != out:
-                    holders.release(key, "layer")
-        current = out
-        needs_grad = needs_grad or records
-    holders.hold(current, "caller")      # `out` lives until the step ends
-    holders.release(current, "layer")
-    return holders, recorded
+            key = op.output
+            self.t.alloc(key, op.out_elements * self.act, "activations")
+            self.origin[key] = op.layer
+        self.storage[op.output] = key
+        self.elements[op.output] = op.out_elements
+        self.requires_grad[op.output] = records
+        self.hold(key, f"graph:{op.output}")
+        if not records:
+            return
+        for i, saved in enumerate(op.saved):
+            if saved.of == "new":
+                new = f"{op.output}.saved{i}"
+                size = self.act if saved.dtype == "act" else itemsize(saved.dtype)
+                count = saved.elements * (self.s.batch if saved.per_sample else 1)
+                self.t.alloc(new, count * size, "activations")
+                self.origin[new] = op.layer
+                self.hold(new, f"op{k}")
+            else:
+                values = {"input": op.inputs[:1], "inputs": op.inputs, "output": (op.output,)}[saved.of]
+                for value in values:
+                    self.hold(self.storage[value], f"op{k}")
+
+    def _layer_ends(self) -> list[int]:
+        ends = [0] * len(self.ops)
+        end = len(self.ops) - 1
+        for k in range(len(self.ops) - 1, -1, -1):
+            ends[k] = end
+            if not self.ops[k].fused:
+                end = k - 1
+        return ends
+
+    def _layer_start(self, k: int) -> int:
+        while k > 0 and self.ops[k].fused:
+            k -= 1
+        return k
 
 
-def _backward(t: Timeline, ops: list[Op], s: Setting, holders: _Holders, recorded: list[bool]) -> None:
-    """Gradients flow back op by op; each op's saved tensors are freed once its backward has run."""
+def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None:
+    """Gradients flow back op by op in reverse order; an op's saved tensors are freed once its
+    backward has run, and a gradient reaching a value twice is added in place."""
     act = itemsize(s.dtype)
-    out_elements = ops[-1].out_elements
+    grads: dict[str, str] = {}          # value -> gradient storage
+    refs: dict[str, int] = {}           # gradient storage -> values using it
+
+    def give(value: str, key: str) -> None:
+        grads[value] = key
+        refs[key] = refs.get(key, 0) + 1
+
+    def drop(value: str) -> None:
+        key = grads.pop(value)
+        refs[key] -= 1
+        if not refs[key]:
+            del refs[key]
+            t.free(key)
+
     t.note("backward (loss)")
-    if s.loss == "cross_entropy":
-        # nll_loss_backward makes d loss/d log_probs; log_softmax_backward turns it into d out
-        t.alloc("grad_log_probs", out_elements * act, "temporaries")
-        t.alloc("grad_out", out_elements * act, "temporaries")
-        t.free("grad_log_probs")
-        t.free("log_probs")
-    else:
-        t.alloc("grad_out", out_elements * act, "temporaries")
-    grad: str | None = "grad_out"
+    for out in s.outputs:
+        if not forward.requires_grad[out]:
+            continue
+        elements = forward.elements[out]
+        if s.loss == "cross_entropy":
+            # nll_loss_backward makes d loss/d log_probs; log_softmax_backward turns it into d out
+            t.alloc(f"grad_log_probs:{out}", elements * act, "temporaries")
+            t.alloc(f"grad:{out}", elements * act, "temporaries")
+            t.free(f"grad_log_probs:{out}")
+            t.free(f"log_probs:{out}")
+        else:
+            t.alloc(f"grad:{out}", elements * act, "temporaries")
+        give(out, f"grad:{out}")
     for k in range(len(ops) - 1, -1, -1):
         op = ops[k]
-        if not recorded[k] or grad is None:
-            break
+        if not forward.recorded[k] or op.output not in grads:
+            continue
         t.note(f"backward {op.name}")
         if op.param_bytes:
-            t.alloc(f"grad{k}", op.param_bytes, "gradients")
-        input_needs_grad = k > 0 and recorded[k - 1]
-        grad_in = None
-        if input_needs_grad:
-            grad_in = grad if op.out_is_view else f"grad_in{k}"
-            if grad_in != grad:
-                t.alloc(grad_in, op.in_elements * act, "temporaries")
-        for key in holders.held_by(f"op{k}"):
-            holders.release(key, f"op{k}")
-        if grad_in != grad:
-            t.free(grad)
-        grad = grad_in
+            t.alloc(f"grad:{op.layer}:{k}", op.param_bytes, "gradients")
+        for i, value in enumerate(op.inputs):
+            if not forward.requires_grad[value]:
+                continue
+            if op.out_is_view or op.grad_passthrough:
+                new = grads[op.output]
+            else:
+                new = f"grad_in:{k}:{i}"
+                t.alloc(new, op.in_elements[i] * act, "temporaries")
+            if value in grads:              # a second path: accumulated in place, then dropped
+                if new != grads[op.output]:
+                    t.free(new)
+            else:
+                give(value, new)
+        forward.release_all(f"op{k}")
+        drop(op.output)
+    for k in range(len(ops)):              # the graph is freed when backward ends
+        forward.release_all(f"op{k}")
 
 
 def optimizer_state_bytes(optimizer: str, tensors: list[int]) -> int:

@@ -10,56 +10,119 @@ from math import prod
 
 from .args import LayerArgs
 from .dtypes import check_model_dtype, itemsize
-from .errors import ModelsizeError, SpecError
+from .errors import ModelsizeError, ShapeError, SpecError
 from .memory_model import (LOSSES, OPTIMIZERS, Op, Peak, Setting, inference_peak, kept_for_backward,
                            training_peak)
 from .registry import Memory, Params, Rule, Shape, rule_for
-from .spec import LayerSpec, ModelSpec
+from .spec import LayerSpec, ModelSpec, Node
 
 
 @dataclass(frozen=True)
-class TracedLayer:
-    """A layer with its rule and the shapes flowing in and out (batch excluded)."""
-    index: int
-    spec: LayerSpec
-    rule: Rule
-    input_shape: Shape
-    output_shape: Shape
+class TracedNode:
+    """One call of a layer with the shapes flowing in and out (batch excluded).
+
+    A nested model's call carries the trace of its own nodes in ``inner``.
+    """
+    node: Node
+    rule: Rule | None              # None for a nested model
+    input_shapes: tuple[Shape, ...]
+    output_shapes: tuple[Shape, ...]
+    first_call: bool               # False when the layer was called before (shared weights)
+    name: str                      # qualified: "encoder/dense" inside a nested model
+    inner: tuple["TracedNode", ...] = ()
+    inner_spec: ModelSpec | None = None
+
+    @property
+    def layer(self) -> LayerSpec:
+        return self.node.layer
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.output_shapes[0]
+
+    @property
+    def rule_input(self):
+        """What the rule sees: one shape, or a tuple of shapes for a layer with several inputs."""
+        return self.input_shapes[0] if self.rule is None or self.rule.max_inputs == 1 else self.input_shapes
 
 
-def trace(spec: ModelSpec) -> list[TracedLayer]:
+def trace(spec: ModelSpec, *, prefix: str = "", input_shapes: dict[str, Shape] | None = None) -> list[TracedNode]:
     """Run shape inference through the model; errors name the file, layer and field."""
-    traced = []
-    x = spec.input_shape
+    shapes: dict[tuple[str, int], Shape] = {}
+    for spec_input in spec.inputs:
+        shape = spec_input.shape
+        if input_shapes is not None and input_shapes[spec_input.name] != shape:
+            raise ShapeError("a nested model's input does not match what it is given",
+                             field="inputs", expected=f"shape {shape}",
+                             received=f"shape {input_shapes[spec_input.name]}", source=spec.source)
+        shapes[(spec_input.name, 0)] = shape
     ctx = spec.context
-    for index, layer in enumerate(spec.layers):
-        rule = rule_for(layer.type)
+    traced, called = [], set()
+    for node in spec.nodes:
         try:
-            y = tuple(rule.output_shape(layer.args, x, ctx))
+            xs = []
+            for ref in node.inputs:
+                if ref not in shapes:
+                    raise SpecError("refers to an output the layer does not have", field="inputs",
+                                    received=f"{ref[0]}:{ref[1]}")
+                xs.append(shapes[ref])
+            first = node.layer.name not in called
+            called.add(node.layer.name)
+            if node.layer.model is not None:
+                nested = node.layer.model
+                if len(xs) != len(nested.inputs):
+                    raise SpecError("wrong number of inputs for the nested model", field="inputs",
+                                    expected=str(len(nested.inputs)), received=str(len(xs)))
+                inner = trace(nested, prefix=f"{prefix}{node.name}/",
+                              input_shapes={i.name: x for i, x in zip(nested.inputs, xs)})
+                by_name = {(t.node.name, k): y for t in inner for k, y in enumerate(t.output_shapes)}
+                outs = tuple(by_name[ref] for ref in nested.outputs)
+                item = TracedNode(node, None, tuple(xs), outs, first, prefix + node.name, tuple(inner), nested)
+            else:
+                rule = rule_for(node.layer.type)
+                if not rule.min_inputs <= len(xs) <= (rule.max_inputs or len(xs)):
+                    most = "or more" if rule.max_inputs is None else f"to {rule.max_inputs}"
+                    raise SpecError("wrong number of inputs", field="inputs",
+                                    expected=f"{rule.min_inputs} {most}" if rule.min_inputs != rule.max_inputs
+                                    else str(rule.min_inputs), received=str(len(xs)))
+                x = xs[0] if rule.max_inputs == 1 else tuple(xs)
+                y = tuple(rule.output_shape(node.layer.args, x, ctx))
+                item = TracedNode(node, rule, tuple(xs), (y,), first, prefix + node.name)
         except ModelsizeError as error:
-            raise error.located(source=spec.source, layer=layer.label(index))
-        traced.append(TracedLayer(index, layer, rule, x, y))
-        x = y
+            raise error.located(source=spec.source, layer=node.label())
+        for k, y in enumerate(item.output_shapes):
+            shapes[(node.name, k)] = y
+        traced.append(item)
     return traced
 
 
 @dataclass(frozen=True)
 class LayerRow:
-    """One row of the Keras-style table; raw integers only (renderers format them)."""
+    """One row of the Keras-style table (one call of a layer); raw integers only."""
     index: int
     name: str
     type: str
-    input_shape: Shape
-    output_shape: Shape
-    params: Params
+    input_shapes: tuple[Shape, ...]
+    output_shapes: tuple[Shape, ...]
+    params: Params                # zero on a second call of a shared layer
     macs: int              # for the whole batch
     param_bytes: int
     output_bytes: int      # the layer's output for the batch (0 when it is a view of its input)
     kept_bytes: int = 0    # what the layer leaves alive for backward in training (saved + output)
+    depth: int = 1         # 1 for the model's own layers, 2 inside a nested model, ...
+    connected_to: tuple[str, ...] = ()
+    layer: str = ""        # the layer called (differs from ``name`` on a shared layer's later calls)
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.output_shapes[0]
 
     def as_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "type": self.type,
-                "input_shape": [None, *self.input_shape], "output_shape": [None, *self.output_shape],
+        def batched(shapes):
+            return [[None, *shape] for shape in shapes] if len(shapes) > 1 else [None, *shapes[0]]
+        return {"index": self.index, "name": self.name, "layer": self.layer or self.name, "type": self.type,
+                "depth": self.depth, "connected_to": list(self.connected_to),
+                "input_shape": batched(self.input_shapes), "output_shape": batched(self.output_shapes),
                 "params": self.params.total, "trainable_params": self.params.trainable,
                 "non_trainable_params": self.params.non_trainable, "formula": self.params.formula,
                 "macs": self.macs, "flops": 2 * self.macs, "param_bytes": self.param_bytes,
@@ -81,24 +144,29 @@ class Prediction:
     target_bytes: int
 
     @property
+    def top(self) -> tuple[LayerRow, ...]:
+        """The model's own rows; a nested model's row already sums its inner rows."""
+        return tuple(r for r in self.rows if r.depth == 1)
+
+    @property
     def params(self) -> int:
-        return sum(r.params.total for r in self.rows)
+        return sum(r.params.total for r in self.top)
 
     @property
     def trainable_params(self) -> int:
-        return sum(r.params.trainable for r in self.rows)
+        return sum(r.params.trainable for r in self.top)
 
     @property
     def non_trainable_params(self) -> int:
-        return sum(r.params.non_trainable for r in self.rows)
+        return sum(r.params.non_trainable for r in self.top)
 
     @property
     def param_bytes(self) -> int:
-        return sum(r.param_bytes for r in self.rows)
+        return sum(r.param_bytes for r in self.top)
 
     @property
     def macs(self) -> int:
-        return sum(r.macs for r in self.rows)
+        return sum(r.macs for r in self.top)
 
     def memory(self) -> dict[str, int]:
         """The headline figures, under the names results and the CLI use."""
@@ -139,48 +207,114 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     if loss not in LOSSES:
         raise SpecError("unknown loss", field="loss", expected=" or ".join(LOSSES), received=repr(loss))
     traced = trace(spec)
-    ctx = replace(spec.context, device_kind=device_kind)
     act = itemsize(dtype)
-    rows, ops, buffers = [], [], 0
-    for t in traced:
-        a = t.spec.args
-        params = t.rule.params(a, t.input_shape, ctx)
-        memory = t.rule.memory(a, t.input_shape, t.output_shape, ctx)
-        macs = batch * t.rule.macs(a, t.input_shape, t.output_shape, ctx)
-        out_bytes = 0 if memory.output_is_view else batch * prod(t.output_shape) * act
-        rows.append(LayerRow(t.index, t.spec.name, t.spec.type, t.input_shape, t.output_shape,
-                             params, macs, params.total * act, out_bytes))
-        buffers += params.non_trainable * act
-        ops.extend(_ops_of(t, params, memory, batch, act, ctx))
-    out_shape = traced[-1].output_shape
-    input_bytes = batch * prod(spec.input_shape) * (itemsize("int64") if spec.input_dtype == "int64" else act)
+    plan = _Plan(batch=batch, act=act, device_kind=device_kind)
+    values = {i.name: i.name for i in spec.inputs}
+    plan.add(spec, traced, values, depth=1)
+    outputs = tuple(values[_ref_key(ref)] for ref in spec.outputs)
+    out_shapes = [plan.shapes[v] for v in outputs]
+    inputs = {i.name: batch * prod(i.shape) * (itemsize("int64") if i.dtype == "int64" else act)
+              for i in spec.inputs}
     if loss == "cross_entropy":   # integer class per position: every axis but the last
-        target_bytes = batch * prod(out_shape[:-1]) * itemsize("int64")
+        target_bytes = sum(batch * prod(shape[:-1]) * itemsize("int64") for shape in out_shapes)
     else:
-        target_bytes = batch * prod(out_shape) * act
-    setting = Setting(batch=batch, dtype=dtype, input_bytes=input_bytes, target_bytes=target_bytes,
-                      buffer_bytes=buffers, loss=loss, foreach=device_kind == "cuda")
-    kept = kept_for_backward(ops, setting)
-    rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in rows]
+        target_bytes = sum(batch * prod(shape) * act for shape in out_shapes)
+    setting = Setting(batch=batch, dtype=dtype, inputs=inputs, outputs=outputs, target_bytes=target_bytes,
+                      buffer_bytes=plan.buffer_bytes, loss=loss, foreach=device_kind == "cuda")
+    kept = kept_for_backward(plan.ops, setting)
+    rows = [replace(row, kept_bytes=_kept(row, kept)) for row in plan.rows]
     return Prediction(
         spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(rows),
-        inference=inference_peak(ops, setting),
-        training={o: training_peak(ops, setting, o) for o in OPTIMIZERS},
-        first_step={o: training_peak(ops, setting, o, first_step=True) for o in OPTIMIZERS},
-        input_bytes=input_bytes, target_bytes=target_bytes)
+        inference=inference_peak(plan.ops, setting),
+        training={o: training_peak(plan.ops, setting, o) for o in OPTIMIZERS},
+        first_step={o: training_peak(plan.ops, setting, o, first_step=True) for o in OPTIMIZERS},
+        input_bytes=sum(inputs.values()), target_bytes=target_bytes)
 
 
-def _ops_of(t: TracedLayer, params: Params, memory: Memory, batch: int, act: int, ctx) -> list[Op]:
-    """The layer as tensor operations; a fused ``activation`` argument is an op of its own."""
-    x, y = prod(t.input_shape) * batch, prod(t.output_shape) * batch
-    tensors = params.tensors or ((params.trainable,) if params.trainable else ())
-    main = Op(name=t.spec.name, layer=t.spec.name, in_elements=x, out_elements=y, out_is_view=memory.output_is_view,
-              identity_in_eval=memory.identity_in_eval, saved=memory.saved,
-              param_bytes=params.trainable * act, param_tensors=tuple(n * act for n in tensors))
-    activation = t.spec.args.get("activation", "linear") if t.spec.type != "Activation" else "linear"
-    if activation == "linear":
-        return [main]
-    act_args = LayerArgs({"activation": activation})
-    act_memory = rule_for("Activation").memory(act_args, t.output_shape, t.output_shape, ctx)
-    return [main, Op(name=f"{t.spec.name}/{activation}", layer=t.spec.name, in_elements=y, out_elements=y,
-                     saved=act_memory.saved, fused=True)]
+def _ref_key(ref: tuple[str, int]) -> str:
+    return ref[0] if ref[1] == 0 else f"{ref[0]}:{ref[1]}"
+
+
+def _kept(row: LayerRow, kept: dict[str, int]) -> int:
+    """A row's kept bytes; a nested model's row sums those of its inner layers."""
+    return sum(n for layer, n in kept.items() if layer == row.name or layer.startswith(row.name + "/"))
+
+
+class _Plan:
+    """Rows for the table and ops for the memory model, gathered in one pass over the trace."""
+
+    def __init__(self, *, batch: int, act: int, device_kind: str):
+        self.batch, self.act, self.device_kind = batch, act, device_kind
+        self.rows: list[LayerRow] = []
+        self.ops: list[Op] = []
+        self.shapes: dict[str, Shape] = {}
+        self.buffer_bytes = 0
+
+    def add(self, spec: ModelSpec, traced: list[TracedNode], values: dict[str, str], depth: int) -> None:
+        """``values`` maps names visible in ``spec`` (inputs, node outputs) to global value keys."""
+        ctx = replace(spec.context, device_kind=self.device_kind)
+        for name, key in values.items():
+            self.shapes.setdefault(key, next(i.shape for i in spec.inputs if i.name == name))
+        for t in traced:
+            inputs = tuple(values[_ref_key(ref)] for ref in t.node.inputs)
+            connected = tuple(_ref_key(ref) for ref in t.node.inputs)
+            if t.inner_spec is not None:
+                self._nested(t, inputs, connected, values, depth)
+                continue
+            a = t.layer.args
+            params = t.rule.params(a, t.rule_input, ctx) if t.first_call else Params(formula=f"shared with {t.layer.name}")
+            memory = t.rule.memory(a, t.rule_input, t.output_shape, ctx)
+            macs = self.batch * t.rule.macs(a, t.rule_input, t.output_shape, ctx)
+            out_bytes = 0 if memory.output_is_view else self.batch * prod(t.output_shape) * self.act
+            self.rows.append(LayerRow(t.node.index, t.name, t.layer.type, t.input_shapes, t.output_shapes,
+                                      params, macs, params.total * self.act, out_bytes, depth=depth,
+                                      connected_to=connected, layer=t.layer.name))
+            self.buffer_bytes += params.non_trainable * self.act
+            output = t.name
+            values[t.node.name] = output
+            self.shapes[output] = t.output_shape
+            self.ops.extend(self._ops(t, params, memory, inputs, output, ctx))
+
+    def _nested(self, t: TracedNode, inputs: tuple[str, ...], connected: tuple[str, ...],
+                values: dict[str, str], depth: int) -> None:
+        nested = t.inner_spec
+        first_row = len(self.rows)
+        inner_values = {i.name: key for i, key in zip(nested.inputs, inputs)}
+        if t.first_call:
+            self.add(nested, list(t.inner), inner_values, depth + 1)
+        else:  # a nested model called again: its ops run again, its parameters are not new
+            shadow = _Plan(batch=self.batch, act=self.act, device_kind=self.device_kind)
+            shadow.shapes = self.shapes
+            shadow.add(nested, list(t.inner), inner_values, depth + 1)
+            self.ops.extend(replace(op, param_bytes=0, param_tensors=()) for op in shadow.ops)
+        inner_rows = self.rows[first_row:]
+        inner_top = [r for r in inner_rows if r.depth == depth + 1]
+        params = Params(sum(r.params.trainable for r in inner_top), sum(r.params.non_trainable for r in inner_top),
+                        formula="sum of its layers" if t.first_call else f"shared with {t.layer.name}")
+        row = LayerRow(t.node.index, t.name, "Model", t.input_shapes, t.output_shapes, params,
+                       sum(r.macs for r in inner_top), params.total * self.act, 0, depth=depth,
+                       connected_to=connected, layer=t.layer.name)
+        self.rows.insert(first_row, row)
+        for k, ref in enumerate(nested.outputs):
+            key = inner_values[_ref_key(ref)]
+            values[t.node.name if k == 0 else f"{t.node.name}:{k}"] = key
+
+    def _ops(self, t: TracedNode, params: Params, memory: Memory, inputs: tuple[str, ...], output: str,
+             ctx) -> list[Op]:
+        """The layer as tensor operations; a fused ``activation`` argument is an op of its own."""
+        batch, act = self.batch, self.act
+        in_elements = tuple(prod(x) * batch for x in t.input_shapes)
+        y = prod(t.output_shape) * batch
+        tensors = params.tensors or ((params.trainable,) if params.trainable else ())
+        activation = t.layer.args.get("activation", "linear") if t.layer.type != "Activation" else "linear"
+        main_output = output if activation == "linear" else f"{output}/pre"
+        main = Op(name=t.name, layer=t.name, inputs=inputs, output=main_output, in_elements=in_elements,
+                  out_elements=y, out_is_view=memory.output_is_view, identity_in_eval=memory.identity_in_eval,
+                  saved=memory.saved, param_bytes=params.trainable * act,
+                  param_tensors=tuple(n * act for n in tensors), grad_passthrough=memory.grad_passthrough)
+        if activation == "linear":
+            return [main]
+        act_memory = rule_for("Activation").memory(LayerArgs({"activation": activation}), t.output_shape,
+                                                   t.output_shape, ctx)
+        return [main, Op(name=f"{t.name}/{activation}", layer=t.name, inputs=(main_output,), output=output,
+                         in_elements=(y,), out_elements=y, saved=act_memory.saved, fused=True)]

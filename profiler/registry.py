@@ -62,6 +62,7 @@ class Memory:
     """How a layer's forward pass uses memory, beyond its output."""
     output_is_view: bool = False              # Flatten, Reshape: the output shares the input's storage
     identity_in_eval: bool = False            # Dropout: in eval mode the input itself is returned
+    grad_passthrough: bool = False            # Add: each input's gradient is the output's gradient
     saved: tuple[Saved, ...] = field(default_factory=tuple)  # kept for backward in training
 
 
@@ -70,6 +71,8 @@ class Rule:
 
     type_name: ClassVar[str] = ""
     args: tuple[Arg, ...] = ()
+    min_inputs: ClassVar[int] = 1          # merge layers take several tensors:
+    max_inputs: ClassVar[int | None] = 1   # then x is a tuple of shapes (None: no upper bound)
 
     def output_shape(self, a: LayerArgs, x: Shape, ctx: Context) -> Shape:
         return x

@@ -336,23 +336,30 @@ class CroppedConvTranspose(nn.Module):
     torch's padding crops both sides alike and its ``output_padding`` extends only the end, which
     cannot express every Keras case. This runs torch's transposed convolution without padding,
     then crops each side by ``crops`` (before, after; a negative amount adds zeros), then adds
-    the bias, so that added positions hold the bias as in TensorFlow. Channels first.
+    the bias, so that added positions hold the bias as in TensorFlow. Channels first; the weight
+    is torch's (in_channels, filters, *kernel_size).
     """
 
-    def __init__(self, conv: nn.Module, crops: tuple[tuple[int, int], ...], use_bias: bool):
+    def __init__(self, in_channels: int, filters: int, kernel_size: tuple[int, ...], *,
+                 strides: tuple[int, ...], dilation: tuple[int, ...],
+                 crops: tuple[tuple[int, int], ...], use_bias: bool):
         super().__init__()
-        self.conv = conv
+        self.strides, self.dilation = tuple(strides), tuple(dilation)
         self.pads = tuple(-c for before_after in reversed(crops) for c in before_after)
-        self.bias = nn.Parameter(torch.zeros(conv.out_channels)) if use_bias else None
+        self.weight = nn.Parameter(torch.empty(in_channels, filters, *kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # torch's ConvTranspose default
+        self.bias = nn.Parameter(torch.zeros(filters)) if use_bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.pad(self.conv(x), self.pads)
+        conv = {3: nn.functional.conv_transpose1d, 4: nn.functional.conv_transpose2d,
+                5: nn.functional.conv_transpose3d}[x.dim()]
+        y = nn.functional.pad(conv(x, self.weight, None, self.strides, dilation=self.dilation), self.pads)
         if self.bias is not None:
             y = y + self.bias.view(-1, *([1] * (y.dim() - 2)))
         return y
 
     def extra_repr(self) -> str:
-        return f"pads={self.pads}"
+        return f"weight={tuple(self.weight.shape)}, strides={self.strides}, dilation={self.dilation}, pads={self.pads}"
 
 
 # --- recurrent --------------------------------------------------------------------------------
