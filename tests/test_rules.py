@@ -103,12 +103,12 @@ def conv(draw, rank: int):
 
 
 @st.composite
-def pool(draw, rank: int):
+def pool(draw, rank: int, kind: str = "max"):
     fmt = draw(FORMATS)
     size = _ints(draw, rank, 1, 3)
     padding = draw(st.sampled_from(["valid", "same"]))
     args: dict = {}
-    if size != (2,) * rank or draw(st.booleans()):
+    if size != (2,) * rank or kind == "average" or draw(st.booleans()):  # Keras: no default for average
         args["pool_size"] = _as_arg(draw, size)
     if draw(st.booleans()):
         args["strides"] = _as_arg(draw, _ints(draw, rank, 1, 3))
@@ -177,9 +177,9 @@ STRATEGIES = {
     "MaxPooling1D": pool(1),
     "MaxPooling2D": pool(2),
     "MaxPooling3D": pool(3),
-    "AveragePooling1D": pool(1),
-    "AveragePooling2D": pool(2),
-    "AveragePooling3D": pool(3),
+    "AveragePooling1D": pool(1, "average"),
+    "AveragePooling2D": pool(2, "average"),
+    "AveragePooling3D": pool(3, "average"),
     "GlobalAveragePooling1D": global_pool(1),
     "GlobalAveragePooling2D": global_pool(2),
     "GlobalAveragePooling3D": global_pool(3),
@@ -628,7 +628,7 @@ def test_conv_causal_pads_before():
 
 
 def test_average_pooling_same_excludes_padding():
-    pool = build("AveragePooling1D", {"padding": "same"}, (3, 1))
+    pool = build("AveragePooling1D", {"pool_size": 2, "padding": "same"}, (3, 1))
     x = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1)
     assert pool(x).flatten().tolist() == [1.5, 3.0]  # the last window holds 3 and padding
 
@@ -739,6 +739,11 @@ def test_window_values_match_keras_semantics(name, data):
 def test_kernel_larger_than_input():
     with pytest.raises(ShapeError, match=r"kernel_size.*Received kernel_size=\(5, 5\)"):
         predict("Conv2D", {"filters": 4, "kernel_size": 5}, (4, 4, 3))
+
+
+def test_average_pooling_needs_pool_size():
+    with pytest.raises(SpecError, match=r"field 'pool_size'.*missing"):
+        predict("AveragePooling2D", {}, (4, 4, 3))
 
 
 def test_pool_larger_than_input():

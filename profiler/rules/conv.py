@@ -397,9 +397,8 @@ class ConvTransposeRule(Rule):
                              output_padding=tuple(b - e for b, e in crops),
                              dilation=a.dilation_rate, bias=a.use_bias)
         else:
-            conv = conv_cls(channels, a.filters, a.kernel_size, stride=a.strides,
-                            dilation=a.dilation_rate, bias=False)
-            layer = CroppedConvTranspose(conv, tuple(crops), a.use_bias)
+            layer = CroppedConvTranspose(channels, a.filters, a.kernel_size, strides=a.strides,
+                                         dilation=a.dilation_rate, crops=tuple(crops), use_bias=a.use_bias)
         if ctx.data_format == "channels_last":
             layer = ChannelsLast(layer)
         return with_activation(layer, a.activation)

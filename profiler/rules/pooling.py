@@ -1,6 +1,7 @@
 """MaxPooling1D/2D/3D, AveragePooling1D/2D/3D, GlobalAveragePooling1D/2D/3D, GlobalMaxPooling1D/2D/3D.
 
-Keras semantics (``keras/src/layers/pooling/base_pooling.py``): ``strides`` defaults to
+Keras semantics (``keras/src/layers/pooling/base_pooling.py``): ``pool_size`` defaults to 2 on
+every axis for max pooling and must be given for average pooling; ``strides`` defaults to
 ``pool_size``; "valid" keeps full windows only, "same" gives ceil(length / stride) and pads as
 TensorFlow does, the odd element after. Padding never takes part: max pooling ignores it
 (torch: pad with −inf) and average pooling divides by the number of real elements in each
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from math import prod
 
-from ..args import Arg, boolean, choice, int_tuple, optional
+from ..args import REQUIRED, Arg, boolean, choice, int_tuple, optional
 from ..errors import ShapeError
 from ..registry import Memory, Rule, Saved, register
 from ..shapes import join_channels, same_padding, shape_text, spatial_output, split_channels
@@ -35,8 +36,9 @@ class PoolRule(Rule):
         self.type_name = type_name  # type: ignore[misc]  (per instance: one rule per rank)
         self.rank = rank
         self.kind = kind  # "max" or "average"
+        # Keras: max pooling defaults to windows of 2; average pooling has no default
         self.args = (
-            Arg("pool_size", int_tuple(rank), (2,) * rank),
+            Arg("pool_size", int_tuple(rank), (2,) * rank if kind == "max" else REQUIRED),
             Arg("strides", optional(int_tuple(rank)), None),
             Arg("padding", choice("valid", "same"), "valid"),
         )
