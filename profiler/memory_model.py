@@ -40,6 +40,9 @@ class Op:
     fused: bool = False                # runs inside the previous op's layer (a fused activation)
     layer: str = ""                    # the spec layer this op belongs to
     grad_passthrough: bool = False     # input gradients are the output gradient itself (Add, views)
+    holds_only: bool = False           # no computation: the caller's frame holds ``inputs`` until here
+    weights: str = ""                  # whose parameters the op uses (the layer's first call)
+    shared_call: bool = False          # a later call of a shared layer: its weights are counted already
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def inference_peak(ops: Iterable[Op], s: Setting) -> Peak:
     """
     ops = list(ops)
     t = Timeline()
-    t.alloc("params", sum(op.param_bytes for op in ops) + s.buffer_bytes, "parameters")
+    t.alloc("params", _trainable_bytes(ops) + s.buffer_bytes, "parameters")
     _Forward(t, ops, s, training=False).run()
     return t.peak
 
@@ -112,8 +115,8 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
     """One training step. Steady state: gradients and optimizer state exist from the step before."""
     ops = list(ops)
     act = itemsize(s.dtype)
-    trainable = sum(op.param_bytes for op in ops)
-    tensors = [n for op in ops for n in op.param_tensors]
+    trainable = _trainable_bytes(ops)
+    tensors = [n for op in ops if not op.shared_call for n in op.param_tensors]
     t = Timeline()
     t.alloc("params", trainable + s.buffer_bytes, "parameters")
     t.alloc("target", s.target_bytes, "inputs")
@@ -147,6 +150,10 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
     for i, nbytes in enumerate(_optimizer_temporaries(optimizer, tensors, s.foreach)):
         t.alloc(f"opt_tmp{i}", nbytes, "temporaries")
     return t.peak
+
+
+def _trainable_bytes(ops: list[Op]) -> int:
+    return sum(op.param_bytes for op in ops if not op.shared_call)
 
 
 def kept_for_backward(ops: Iterable[Op], s: Setting) -> dict[str, int]:
@@ -224,6 +231,9 @@ class _Forward:
             self.release(self.storage[value], f"graph:{value}")
 
     def _run_op(self, k: int, op: Op) -> None:
+        if op.holds_only:
+            self.recorded.append(False)
+            return
         records = self.training and (op.param_bytes > 0 or any(self.requires_grad[v] for v in op.inputs))
         self.recorded.append(records)
         if op.out_is_view or (op.identity_in_eval and not self.training):
@@ -303,8 +313,13 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None
         if not forward.recorded[k] or op.output not in grads:
             continue
         t.note(f"backward {op.name}")
-        if op.param_bytes:
-            t.alloc(f"grad:{op.layer}:{k}", op.param_bytes, "gradients")
+        key = f"weight_grad:{op.weights or op.layer}"
+        accumulating = bool(op.param_bytes) and key in t.live   # a shared layer's next gradient
+        if accumulating:
+            for i, nbytes in enumerate(op.param_tensors):
+                t.alloc(f"{key}:new{i}", nbytes, "temporaries")
+        elif op.param_bytes:
+            t.alloc(key, op.param_bytes, "gradients")
         for i, value in enumerate(op.inputs):
             if not forward.requires_grad[value]:
                 continue
@@ -320,6 +335,11 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None
                 give(value, new)
         forward.release_all(f"op{k}")
         drop(op.output)
+        if accumulating:   # AccumulateGrad: grad = grad + new, out of place, tensor by tensor
+            for i in reversed(range(len(op.param_tensors))):
+                t.alloc(f"{key}:sum{i}", op.param_tensors[i], "temporaries")
+                t.free(f"{key}:new{i}")
+                t.free(f"{key}:sum{i}")   # stands for the old gradient, which the sum replaces
     for k in range(len(ops)):              # the graph is freed when backward ends
         forward.release_all(f"op{k}")
 

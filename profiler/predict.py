@@ -262,7 +262,8 @@ class _Plan:
                 self._nested(t, inputs, connected, values, depth)
                 continue
             a = t.layer.args
-            params = t.rule.params(a, t.rule_input, ctx) if t.first_call else Params(formula=f"shared with {t.layer.name}")
+            weights = t.rule.params(a, t.rule_input, ctx)
+            params = weights if t.first_call else Params(formula=f"shared with {t.layer.name}")
             memory = t.rule.memory(a, t.rule_input, t.output_shape, ctx)
             macs = self.batch * t.rule.macs(a, t.rule_input, t.output_shape, ctx)
             out_bytes = 0 if memory.output_is_view else self.batch * prod(t.output_shape) * self.act
@@ -273,7 +274,8 @@ class _Plan:
             output = t.name
             values[t.node.name] = output
             self.shapes[output] = t.output_shape
-            self.ops.extend(self._ops(t, params, memory, inputs, output, ctx))
+            owner = t.name[:len(t.name) - len(t.node.name)] + t.layer.name
+            self.ops.extend(self._ops(t, weights, memory, inputs, output, ctx, owner))
 
     def _nested(self, t: TracedNode, inputs: tuple[str, ...], connected: tuple[str, ...],
                 values: dict[str, str], depth: int) -> None:
@@ -286,7 +288,12 @@ class _Plan:
             shadow = _Plan(batch=self.batch, act=self.act, device_kind=self.device_kind)
             shadow.shapes = self.shapes
             shadow.add(nested, list(t.inner), inner_values, depth + 1)
-            self.ops.extend(replace(op, param_bytes=0, param_tensors=()) for op in shadow.ops)
+            first = t.name[:len(t.name) - len(t.node.name)] + t.layer.name
+            self.ops.extend(replace(op, shared_call=True, weights=op.weights.replace(f"{t.name}/", f"{first}/", 1))
+                            for op in shadow.ops)
+        # the caller holds the nested model's inputs until it returns
+        self.ops.append(Op(name=f"{t.name}/return", layer=t.name, inputs=inputs, output="", in_elements=(),
+                           out_elements=0, holds_only=True))
         inner_rows = self.rows[first_row:]
         inner_top = [r for r in inner_rows if r.depth == depth + 1]
         params = Params(sum(r.params.trainable for r in inner_top), sum(r.params.non_trainable for r in inner_top),
@@ -300,7 +307,7 @@ class _Plan:
             values[t.node.name if k == 0 else f"{t.node.name}:{k}"] = key
 
     def _ops(self, t: TracedNode, params: Params, memory: Memory, inputs: tuple[str, ...], output: str,
-             ctx) -> list[Op]:
+             ctx, owner: str) -> list[Op]:
         """The layer as tensor operations; a fused ``activation`` argument is an op of its own."""
         batch, act = self.batch, self.act
         in_elements = tuple(prod(x) * batch for x in t.input_shapes)
@@ -311,7 +318,8 @@ class _Plan:
         main = Op(name=t.name, layer=t.name, inputs=inputs, output=main_output, in_elements=in_elements,
                   out_elements=y, out_is_view=memory.output_is_view, identity_in_eval=memory.identity_in_eval,
                   saved=memory.saved, param_bytes=params.trainable * act,
-                  param_tensors=tuple(n * act for n in tensors), grad_passthrough=memory.grad_passthrough)
+                  param_tensors=tuple(n * act for n in tensors), grad_passthrough=memory.grad_passthrough,
+                  weights=owner, shared_call=not t.first_call)
         if activation == "linear":
             return [main]
         act_memory = rule_for("Activation").memory(LayerArgs({"activation": activation}), t.output_shape,

@@ -118,17 +118,17 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
     Raises :class:`~profiler.devices.DoesNotFit` when a phase runs out of memory; its ``phase``
     names the phase and ``partial`` holds what was measured before.
     """
-    input_shape = tuple(int(n) for n in input_shape)
+    shapes, dtypes, highs = _input_lists(input_shape, input_dtype, int_high)
     optimizers = tuple(optimizers)
-    _check_arguments(input_shape, input_dtype, int_high, dtype, loss, optimizers, warmup, repeats,
-                     threads)
+    for shape, kind, high in zip(shapes, dtypes, highs):
+        _check_arguments(shape, kind, high, dtype, loss, optimizers, warmup, repeats, threads)
     dev = device if isinstance(device, Device) else get_device(device)
     so_far: dict[str, Any] = {}
     previous_threads = torch.get_num_threads()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        return _measure(module, dev, input_shape, input_dtype, int_high, dtype, loss, optimizers,
+        return _measure(module, dev, shapes, dtypes, highs, dtype, loss, optimizers,
                         warmup, repeats, seed, so_far)
     except DoesNotFit as err:
         err.partial = dict(so_far)
@@ -139,8 +139,8 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
             p.grad = None
 
 
-def _measure(module: torch.nn.Module, dev: Device, input_shape: tuple[int, ...],
-             input_dtype: str, int_high: int | None, dtype: str, loss: str,
+def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]],
+             dtypes: list[str], highs: list[int | None], dtype: str, loss: str,
              optimizers: tuple[str, ...], warmup: int, repeats: int, seed: int,
              so_far: dict[str, Any]) -> Measurement:
     threads = torch.get_num_threads()
@@ -148,8 +148,8 @@ def _measure(module: torch.nn.Module, dev: Device, input_shape: tuple[int, ...],
     gc.collect()
     with oom_guard(dev.name, "loading the model"):
         module.to(device=dev.torch_device, dtype=DTYPES[dtype])
-        x = _make_input(input_shape, input_dtype, int_high, DTYPES[dtype], dev.torch_device,
-                        seed)
+        x = tuple(_make_input(shape, kind, high, DTYPES[dtype], dev.torch_device, seed + 7 * k)
+                  for k, (shape, kind, high) in enumerate(zip(shapes, dtypes, highs)))
     so_far["param_bytes"] = param_bytes = storage_bytes(_model_tensors(module))
     reserved: list[int] = []
 
@@ -158,17 +158,17 @@ def _measure(module: torch.nn.Module, dev: Device, input_shape: tuple[int, ...],
     module.eval()
     with oom_guard(dev.name, "inference"):
         with torch.no_grad():
-            probe = module(x)
-        out_shape, out_dtype = tuple(probe.shape), probe.dtype
+            probe = _as_tuple(module(*x))
+        out_shapes = [(tuple(o.shape), o.dtype) for o in probe]
         del probe
 
         def infer(mark: Callable[[str | None], None]) -> None:
             mark("forward")
             with torch.no_grad():
-                out = module(x)  # noqa: F841 - alive until the call returns, as in real use
+                out = module(*x)  # noqa: F841 - alive until the call returns, as in real use
 
-        reading = _allocator_run(dev, infer, [*_model_tensors(module), x])
-        tracked = _tracked_run(dev, module, infer, [*_model_tensors(module), x])
+        reading = _allocator_run(dev, infer, [*_model_tensors(module), *x])
+        tracked = _tracked_run(dev, module, infer, [*_model_tensors(module), *x])
     inference = _peaks(reading, *tracked)
     if reading.reserved_bytes is not None:
         reserved.append(reading.reserved_bytes)
@@ -176,7 +176,8 @@ def _measure(module: torch.nn.Module, dev: Device, input_shape: tuple[int, ...],
                    inference_workspace_bytes=inference[2])
 
     # Training.
-    y = _make_target(loss, out_shape, out_dtype, dev.torch_device, seed)
+    y = tuple(_make_target(loss, shape, kind, dev.torch_device, seed + 1 + 7 * k)
+              for k, (shape, kind) in enumerate(out_shapes))
     loss_fn = _loss_fn(loss)
     params = [p for p in module.parameters() if p.requires_grad]
     train: dict[str, dict[str, Any]] = {}
@@ -217,7 +218,7 @@ def _measure(module: torch.nn.Module, dev: Device, input_shape: tuple[int, ...],
 
     def forward() -> None:
         with torch.no_grad():
-            module(x)
+            module(*x)
 
     with oom_guard(dev.name, "timing"):
         timing = time_fn(forward, dev, warmup=warmup, repeats=repeats)
@@ -226,7 +227,7 @@ def _measure(module: torch.nn.Module, dev: Device, input_shape: tuple[int, ...],
         return train[name][when][index] if name in train else None
 
     return Measurement(
-        device=dev.name, dtype=dtype, batch=input_shape[0], input_shape=input_shape,
+        device=dev.name, dtype=dtype, batch=shapes[0][0], input_shape=shapes[0],
         param_bytes=param_bytes,
         inference_peak_bytes=inference[0], inference_tensor_peak_bytes=inference[1],
         inference_workspace_bytes=inference[2],
@@ -254,15 +255,17 @@ def _measure(module: torch.nn.Module, dev: Device, input_shape: tuple[int, ...],
     )
 
 
-def _train_step(module: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+def _train_step(module: torch.nn.Module, opt: torch.optim.Optimizer, x: tuple[torch.Tensor, ...],
+                y: tuple[torch.Tensor, ...], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                 mark: Callable[[str | None], None]) -> None:
     """One training step; ``mark`` names the phase that starts (the tracker's ``set_phase``)."""
     mark("optimizer")
     opt.zero_grad(set_to_none=True)
     mark("forward")
-    out = module(x)
-    loss = loss_fn(out, y)
+    out = _as_tuple(module(*x))
+    loss = loss_fn(out[0], y[0])
+    for o, target in zip(out[1:], y[1:]):   # several outputs: their losses summed
+        loss = loss + loss_fn(o, target)
     mark("backward")
     loss.backward()
     mark("optimizer")
@@ -358,8 +361,8 @@ def _model_tensors(module: torch.nn.Module) -> Iterator[torch.Tensor]:
     yield from module.buffers()
 
 
-def _alive(module: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-           y: torch.Tensor) -> Iterator[torch.Tensor]:
+def _alive(module: torch.nn.Module, opt: torch.optim.Optimizer, x: tuple[torch.Tensor, ...],
+           y: tuple[torch.Tensor, ...]) -> Iterator[torch.Tensor]:
     """Everything alive before a training step: model, gradients, optimizer state, input, target."""
     yield from _model_tensors(module)
     for p in module.parameters():
@@ -369,8 +372,22 @@ def _alive(module: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
         for value in state.values():
             if isinstance(value, torch.Tensor):
                 yield value
-    yield x
-    yield y
+    yield from x
+    yield from y
+
+
+def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _input_lists(input_shape: Any, input_dtype: Any, int_high: Any
+                 ) -> tuple[list[tuple[int, ...]], list[str], list[int | None]]:
+    """One input (a shape of ints) or several (a list of shapes, with a dtype and bound each)."""
+    several = bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+    shapes = [tuple(int(n) for n in s) for s in input_shape] if several else [tuple(int(n) for n in input_shape)]
+    dtypes = list(input_dtype) if isinstance(input_dtype, (tuple, list)) else [input_dtype] * len(shapes)
+    highs = list(int_high) if isinstance(int_high, (tuple, list)) else [int_high] * len(shapes)
+    return shapes, dtypes, highs
 
 
 def _make_input(shape: tuple[int, ...], input_dtype: str, int_high: int | None,

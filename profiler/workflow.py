@@ -23,10 +23,11 @@ def resolve_spec(spec: str | None) -> ModelSpec:
                     expected="a .yaml/.json spec or one of " + ", ".join(models.names()))
 
 
-def token_range(spec: ModelSpec) -> int | None:
-    """Token ids fed to a model that starts with Embedding are drawn below its input_dim."""
-    first = spec.layers[0]
-    return first.args.input_dim if first.type == "Embedding" else None
+def token_range(spec: ModelSpec, input_name: str) -> int | None:
+    """Token ids are drawn below the smallest input_dim of the Embeddings that read them."""
+    dims = [node.layer.args.input_dim for node in spec.nodes
+            if node.layer.type == "Embedding" and (input_name, 0) in node.inputs]
+    return min(dims) if dims else None
 
 
 def summary(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str = "cpu") -> dict[str, Any]:
@@ -42,8 +43,9 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
 
     target = get_device(device)
     module = build(spec, dtype=dtype, device=target.torch_device)
-    measurement = run(module, input_shape=(batch, *spec.input_shape), input_dtype=spec.input_dtype,
-                      int_high=token_range(spec), dtype=dtype, device=target, loss=loss,
+    measurement = run(module, input_shape=[(batch, *i.shape) for i in spec.inputs],
+                      input_dtype=[i.dtype for i in spec.inputs],
+                      int_high=[token_range(spec, i.name) for i in spec.inputs], dtype=dtype, device=target, loss=loss,
                       warmup=warmup, repeats=repeats, threads=threads)
     measured = measurement.as_dict()
     measured["layer_kept_for_backward_bytes"] = by_layer(measured.get("saved_activation_bytes", {}))
@@ -56,7 +58,7 @@ def by_layer(module_bytes: dict[str, int]) -> dict[str, int]:
     """Bytes per spec layer from bytes per torch module ("conv2d.0.inner" belongs to "conv2d")."""
     totals: dict[str, int] = {}
     for module, nbytes in module_bytes.items():
-        layer = module.split(".", 1)[0]
+        layer = module.removeprefix("layers.").split(".", 1)[0]   # GraphModel keeps layers in .layers
         totals[layer] = totals.get(layer, 0) + nbytes
     return totals
 

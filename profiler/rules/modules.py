@@ -632,3 +632,34 @@ def _pick(value, index: int):
     if isinstance(value, (tuple, list)):
         return value[index]
     return value
+
+
+class Merge(nn.Module):
+    """Keras's element-wise merge layers over any number of inputs."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.how == "subtract":
+            return xs[0] - xs[1]
+        if self.how in ("maximum", "minimum"):
+            pick = torch.maximum if self.how == "maximum" else torch.minimum
+            out = pick(xs[0], xs[1])
+            for x in xs[2:]:
+                out = pick(out, x)
+            return out
+        out = xs[0] * xs[1] if self.how == "multiply" else xs[0] + xs[1]
+        for x in xs[2:]:
+            out = out * x if self.how == "multiply" else out + x
+        return out / len(xs) if self.how == "average" else out
+
+
+class Concat(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=self.dim)

@@ -1,0 +1,135 @@
+"""Merge layers: Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate.
+
+Each takes a tuple of input shapes. Element-wise merges broadcast as Keras does (axes of size 1
+stretch); their MACs count one operation per output element per extra input.
+"""
+from __future__ import annotations
+
+from math import prod
+
+from ..args import Arg, integer
+from ..errors import ShapeError
+from ..registry import Memory, Rule, Saved, register
+from ..shapes import shape_text
+
+
+def broadcast(shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """The common shape of element-wise inputs: equal ranks, each axis equal or 1.
+
+    >>> broadcast(((4, 1, 8), (4, 3, 8)))
+    (4, 3, 8)
+    """
+    rank = len(shapes[0])
+    if any(len(s) != rank for s in shapes):
+        raise ShapeError("inputs of an element-wise merge need the same number of axes", field="inputs",
+                         received=", ".join(shape_text(s) for s in shapes))
+    out = []
+    for axis in range(rank):
+        sizes = {s[axis] for s in shapes} - {1}
+        if len(sizes) > 1:
+            raise ShapeError(f"inputs differ on axis {axis + 1} and neither is 1", field="inputs",
+                             received=", ".join(shape_text(s) for s in shapes))
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+class ElementwiseRule(Rule):
+    """Shared arithmetic of the element-wise merges; ``combine`` names the torch function."""
+    min_inputs = 2
+    max_inputs = None
+    saves_inputs = False     # Multiply, Maximum, Minimum need their inputs for the gradient
+    passthrough = False      # Add hands the output's gradient to every input unchanged
+
+    def output_shape(self, a, x, ctx):
+        return broadcast(x)
+
+    def macs(self, a, x, y, ctx):
+        return (len(x) - 1) * prod(y)
+
+    def memory(self, a, x, y, ctx):
+        same = all(tuple(s) == tuple(y) for s in x)
+        saved = (Saved("inputs", what=f"{self.type_name} inputs"),) if self.saves_inputs else ()
+        return Memory(saved=saved, grad_passthrough=self.passthrough and same)
+
+    def build(self, a, x, ctx):
+        from .modules import Merge
+        return Merge(self.type_name.lower())
+
+
+@register
+class Add(ElementwiseRule):
+    """x₁ + x₂ + …"""
+    type_name = "Add"
+    passthrough = True
+
+
+@register
+class Subtract(ElementwiseRule):
+    """x₁ − x₂ (exactly two inputs)."""
+    type_name = "Subtract"
+    max_inputs = 2
+
+
+@register
+class Multiply(ElementwiseRule):
+    """x₁ · x₂ · … (element-wise)."""
+    type_name = "Multiply"
+    saves_inputs = True
+
+
+@register
+class Average(ElementwiseRule):
+    """(x₁ + x₂ + …) / n."""
+    type_name = "Average"
+
+    def macs(self, a, x, y, ctx):
+        return len(x) * prod(y)
+
+
+@register
+class Maximum(ElementwiseRule):
+    """Element-wise maximum."""
+    type_name = "Maximum"
+    saves_inputs = True
+
+
+@register
+class Minimum(ElementwiseRule):
+    """Element-wise minimum."""
+    type_name = "Minimum"
+    saves_inputs = True
+
+
+@register
+class Concatenate(Rule):
+    """Join along ``axis`` (Keras counts the batch as axis 0; the default -1 is the last)."""
+    type_name = "Concatenate"
+    args = (Arg("axis", integer, -1),)
+    min_inputs = 2
+    max_inputs = None
+
+    def output_shape(self, a, x, ctx):
+        axis = self._axis(a, x[0])
+        rest = {tuple(s[:axis] + s[axis + 1:]) for s in x}
+        if any(len(s) != len(x[0]) for s in x) or len(rest) != 1:
+            raise ShapeError(f"inputs must match on every axis but the one joined (axis {a.axis})",
+                             field="inputs", received=", ".join(shape_text(s) for s in x))
+        joined = sum(s[axis] for s in x)
+        return (*x[0][:axis], joined, *x[0][axis + 1:])
+
+    def memory(self, a, x, y, ctx):
+        # the gradient of each input is a slice (a view) of the output's gradient
+        return Memory(grad_passthrough=True)
+
+    def build(self, a, x, ctx):
+        from .modules import Concat
+        return Concat(self._axis(a, x[0]) + 1)
+
+    @staticmethod
+    def _axis(a, shape) -> int:
+        """The axis among the non-batch axes (0-based)."""
+        rank = len(shape) + 1
+        if not -rank <= a.axis < rank or a.axis % rank == 0:
+            raise ShapeError("axis is out of range or is the batch axis", field="axis",
+                             expected=f"1 to {rank - 1} or -1 to {-(rank - 1)}", received=str(a.axis))
+        return a.axis % rank - 1
