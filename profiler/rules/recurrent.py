@@ -21,10 +21,11 @@ recurrent part and the final interpolation, 2; SimpleRNN: none).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from math import prod
 
 from ..args import Arg, boolean, choice, nested_layer, positive_int
-from ..errors import ShapeError
+from ..errors import ModelsizeError, ShapeError
 from ..registry import Memory, Params, Rule, Saved, register, rule_for
 from ..shapes import shape_text
 from .core import ACTIVATION_SAVES
@@ -32,6 +33,18 @@ from .core import ACTIVATION_SAVES
 RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "relu")
 GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
 GATE_PRODUCTS = {"SimpleRNN": 0, "LSTM": 3, "GRU": 2}
+
+
+@contextmanager
+def _wrapped(type_name: str, on: str):
+    """Errors of a wrapped layer name the wrapper's field: ``layer.kernel_size``."""
+    try:
+        yield
+    except ModelsizeError as error:
+        error.field = f"layer.{error.field}" if error.field else "layer"
+        error.what = f"the wrapped {type_name} on {on}: {error.what}"
+        error.args = (error.message(),)
+        raise
 
 
 def _sequence(type_name: str, x) -> tuple[int, int]:
@@ -157,7 +170,8 @@ class Bidirectional(Rule):
         return rule_for(a.layer.type)  # type: ignore[return-value]
 
     def output_shape(self, a, x, ctx):
-        y = self._inner(a).output_shape(a.layer.args, x, ctx)
+        with _wrapped(a.layer.type, "the sequence"):
+            y = self._inner(a).output_shape(a.layer.args, x, ctx)
         return (*y[:-1], 2 * y[-1]) if a.merge_mode == "concat" else y
 
     def params(self, a, x, ctx):
@@ -210,7 +224,8 @@ class TimeDistributed(Rule):
 
     def output_shape(self, a, x, ctx):
         rule, args, step = self._inner(a, x)
-        return (x[0], *rule.output_shape(args, step, ctx))
+        with _wrapped(a.layer.type, "each step"):
+            return (x[0], *rule.output_shape(args, step, ctx))
 
     def params(self, a, x, ctx):
         rule, args, step = self._inner(a, x)
