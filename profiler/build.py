@@ -34,6 +34,8 @@ def _build(spec: ModelSpec, traced: list[TracedNode]):
             modules[t.layer.name] = _build(t.inner_spec, list(t.inner))
         else:
             modules[t.layer.name] = t.rule.build(t.layer.args, t.rule_input, spec.context)
+        if t.layer.name in spec.frozen:
+            modules[t.layer.name].requires_grad_(False)
     if spec.is_sequential:
         return nn.Sequential(modules)
     calls = [(t.node.name, t.layer.name, t.node.inputs) for t in traced]

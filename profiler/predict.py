@@ -250,7 +250,8 @@ class _Plan:
         self.shapes: dict[str, Shape] = {}
         self.buffer_bytes = 0
 
-    def add(self, spec: ModelSpec, traced: list[TracedNode], values: dict[str, str], depth: int) -> None:
+    def add(self, spec: ModelSpec, traced: list[TracedNode], values: dict[str, str], depth: int,
+            frozen: bool = False) -> None:
         """``values`` maps names visible in ``spec`` (inputs, node outputs) to global value keys."""
         ctx = replace(spec.context, device_kind=self.device_kind)
         for name, key in values.items():
@@ -259,10 +260,12 @@ class _Plan:
             inputs = tuple(values[_ref_key(ref)] for ref in t.node.inputs)
             connected = tuple(_ref_key(ref) for ref in t.node.inputs)
             if t.inner_spec is not None:
-                self._nested(t, inputs, connected, values, depth)
+                self._nested(t, inputs, connected, values, depth, frozen or t.layer.name in spec.frozen)
                 continue
             a = t.layer.args
             weights = t.rule.params(a, t.rule_input, ctx)
+            if frozen or t.layer.name in spec.frozen:   # Keras counts frozen weights as non-trainable
+                weights = Params(0, weights.total, f"{weights.formula} (frozen: not trained)")
             params = weights if t.first_call else Params(formula=f"shared with {t.layer.name}")
             memory = t.rule.memory(a, t.rule_input, t.output_shape, ctx)
             macs = self.batch * t.rule.macs(a, t.rule_input, t.output_shape, ctx)
@@ -278,16 +281,16 @@ class _Plan:
             self.ops.extend(self._ops(t, weights, memory, inputs, output, ctx, owner))
 
     def _nested(self, t: TracedNode, inputs: tuple[str, ...], connected: tuple[str, ...],
-                values: dict[str, str], depth: int) -> None:
+                values: dict[str, str], depth: int, frozen: bool) -> None:
         nested = t.inner_spec
         first_row = len(self.rows)
         inner_values = {i.name: key for i, key in zip(nested.inputs, inputs)}
         if t.first_call:
-            self.add(nested, list(t.inner), inner_values, depth + 1)
+            self.add(nested, list(t.inner), inner_values, depth + 1, frozen)
         else:  # a nested model called again: its ops run again, its parameters are not new
             shadow = _Plan(batch=self.batch, act=self.act, device_kind=self.device_kind)
             shadow.shapes = self.shapes
-            shadow.add(nested, list(t.inner), inner_values, depth + 1)
+            shadow.add(nested, list(t.inner), inner_values, depth + 1, frozen)
             first = t.name[:len(t.name) - len(t.node.name)] + t.layer.name
             self.ops.extend(replace(op, shared_call=True, weights=op.weights.replace(f"{t.name}/", f"{first}/", 1))
                             for op in shadow.ops)

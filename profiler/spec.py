@@ -70,6 +70,7 @@ class ModelSpec:
     outputs: tuple[Ref, ...]
     data_format: str = "channels_last"
     source: str = "<python>"     # where the spec came from, for error messages
+    frozen: frozenset[str] = frozenset()  # layers whose weights do not train (Keras trainable=False)
 
     @property
     def layers(self) -> tuple[LayerSpec, ...]:
@@ -108,7 +109,8 @@ class ModelSpec:
             return {"name": self.name, "input_shape": list(self.input_shape), "data_format": self.data_format,
                     "input_dtype": self.input_dtype,
                     "layers": [{n.layer.type: {"name": n.layer.name, **_plain(dict(n.layer.args))}}
-                               for n in self.nodes]}
+                               for n in self.nodes],
+                    **({"frozen": sorted(self.frozen)} if self.frozen else {})}
         entries, defined = [], set()
         for node in self.nodes:
             refs = [_ref_text(r) for r in node.inputs]
@@ -123,7 +125,8 @@ class ModelSpec:
             entries.append({node.layer.type: {**body, "inputs": refs}})
         return {"name": self.name, "data_format": self.data_format,
                 "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in self.inputs],
-                "layers": entries, "outputs": [_ref_text(r) for r in self.outputs]}
+                "layers": entries, "outputs": [_ref_text(r) for r in self.outputs],
+                **({"frozen": sorted(self.frozen)} if self.frozen else {})}
 
 
 def layer(type_name: str, /, **args: Any) -> dict[str, Any]:
@@ -160,6 +163,12 @@ def load(path: str | Path) -> ModelSpec:
     return loads(text, source=source, as_json=path.suffix.lower() == ".json")
 
 
+def _keras(data: Any, source: str) -> Any:
+    """A Keras ``model.to_json()`` document becomes a spec dict; anything else passes through."""
+    from . import keras_json
+    return keras_json.to_spec_dict(data, source=source) if keras_json.is_keras_json(data) else data
+
+
 def loads(text: str, *, source: str = "<string>", as_json: bool = False) -> ModelSpec:
     """Parse spec text; JSON when ``as_json``, otherwise YAML (a superset of JSON)."""
     try:
@@ -176,7 +185,7 @@ def loads(text: str, *, source: str = "<string>", as_json: bool = False) -> Mode
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or error.__class__.__name__
         raise SpecError(f"malformed YAML{where}: {problem}", source=source) from None
-    return from_dict(data, source=source)
+    return from_dict(_keras(data, source), source=source)
 
 
 def from_dict(data: Any, *, source: str = "<python>") -> ModelSpec:
@@ -187,7 +196,7 @@ def from_dict(data: Any, *, source: str = "<python>") -> ModelSpec:
         raise error.located(source=source)
 
 
-TOP_LEVEL = ("name", "input_shape", "input_dtype", "inputs", "layers", "outputs", "data_format")
+TOP_LEVEL = ("name", "input_shape", "input_dtype", "inputs", "layers", "outputs", "data_format", "frozen")
 
 
 def _from_dict(data: Any, source: str) -> ModelSpec:
@@ -211,8 +220,13 @@ def _from_dict(data: Any, source: str) -> ModelSpec:
     name = data.get("name") or ("model" if source.startswith("<") else Path(source).stem)
     if not isinstance(name, str):
         raise SpecError("must be a string", field="name", received=repr(name))
+    frozen = data.get("frozen", [])
+    known_layers = {n.layer.name for n in nodes}
+    if not isinstance(frozen, list) or not all(isinstance(f, str) and f in known_layers for f in frozen):
+        raise SpecError("must be a list of layer names", field="frozen", received=repr(frozen),
+                        expected="names among " + ", ".join(sorted(known_layers)))
     return ModelSpec(name=name, inputs=inputs, nodes=nodes, outputs=outputs, data_format=data_format,
-                     source=source)
+                     source=source, frozen=frozenset(frozen))
 
 
 def _shape(field: str, value: Any) -> tuple[int, ...]:
