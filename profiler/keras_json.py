@@ -464,8 +464,11 @@ def _entry(entry: Any, index: int, path: str) -> tuple[str, Any, str]:
     name = entry.get("name") or (cfg.get("name") if isinstance(cfg, Mapping) else None)
     if not isinstance(name, str) or not name:
         raise SpecError("the layer has no name", layer=f"{path}layer {index} ({cls})")
+    # Keras 3 writes registered_name null for its layers and the class name for its models; a
+    # class registered by a package ("package>Name") is custom code, whatever its name
     registered = entry.get("registered_name")
-    if isinstance(registered, str) and registered.split(">")[0] not in ("keras", "keras_hub", "keras_nlp"):
+    if (isinstance(registered, str) and registered != cls
+            and registered.split(">")[0] not in ("keras", "keras_hub", "keras_nlp")):
         raise UnsupportedLayerError(f"custom Keras class {registered!r}", layer=path + layer_label(index, cls, name),
                                     expected="one of " + ", ".join(supported_classes()))
     return cls, cfg, name
