@@ -4,7 +4,6 @@ against Keras's own counts and shapes, and the errors for what cannot be read.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from math import prod
@@ -212,6 +211,44 @@ def test_malformed_input():
     broken["config"]["layers"][3]["inbound_nodes"] = [[["nowhere", 0, 0, {}]]]
     with pytest.raises(SpecError, match="a reference to a layer that is not in the file: 'nowhere'"):
         to_spec_dict(broken, source="m.json")
+
+
+def test_keras_hub_transformer_encoder():
+    """keras_hub's TransformerEncoder as Keras 3 writes it (keras_hub is not needed to read it)."""
+    layer = {"module": "keras_hub.src.layers.modeling.transformer_encoder", "class_name": "TransformerEncoder",
+             "registered_name": "keras_hub>TransformerEncoder",
+             "config": {"name": "transformer_encoder", "trainable": True, "dtype": "float32",
+                        "intermediate_dim": 16, "num_heads": 2, "dropout": 0.1, "activation": "gelu",
+                        "layer_norm_epsilon": 1e-05, "kernel_initializer": {"module": "keras.initializers",
+                        "class_name": "GlorotUniform", "config": {"seed": None}, "registered_name": None},
+                        "bias_initializer": "zeros", "kernel_regularizer": None, "bias_regularizer": None,
+                        "activity_regularizer": None, "normalize_first": True},
+             "build_config": {"input_shape": [None, 6, 8]}}
+    data = _keras3_sequential(layer)
+    data["config"]["layers"][0]["config"]["batch_shape"] = [None, 6, 8]
+    # attention 4 × (8 × 8 + 8) = 288, two layer norms 2 × 16, feed-forward 8 × 16 + 16 and 16 × 8 + 8
+    assert rows_of(to_spec_dict(data, source="m.json")) == {"transformer_encoder": (600, 0, (6, 8))}
+
+
+def test_calls_modelsize_cannot_follow_are_refused():
+    data = _keras3_sequential(_layer("Dense", "dense", units=4))
+    del data["config"]["layers"][0]
+    with pytest.raises(SpecError, match=r"^m\.json: the model has no input shape"):
+        to_spec_dict(data, source="m.json")
+    attention = json.loads((KERAS2 / "functional-attention.json").read_text())
+    node = attention["config"]["layers"][1]["inbound_nodes"][0][0]
+    node[3] = {"value": ["tokens", 0, 0], "attention_mask": ["tokens", 0, 0]}
+    with pytest.raises(SpecError, match=r"layer 1 \(MultiHeadAttention \"attention\"\): field 'attention_mask': "
+                                        r"a tensor passed by keyword is not supported"):
+        to_spec_dict(attention, source="m.json")
+    node[3] = {"value": ["tokens", 0, 0], "return_attention_scores": True}
+    with pytest.raises(SpecError, match="field 'return_attention_scores': a call argument modelsize does not model"):
+        to_spec_dict(attention, source="m.json")
+    node[3] = {"value": ["tokens", 0, 0]}
+    attention["config"]["layers"][2]["inbound_nodes"] = [[["tokens", 0, 0, {}], ["_CONSTANT_VALUE", -1, 1.0, {}]]]
+    with pytest.raises(SpecError, match=r"layer 2 \(Add \"residual\"\): field 'inbound_nodes': a call argument "
+                                        r"that is not a layer's output"):
+        to_spec_dict(attention, source="m.json")
 
 
 def test_spec_load_reads_keras_json(tmp_path):
