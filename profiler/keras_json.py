@@ -159,7 +159,8 @@ class _Reader:
                     raise SpecError("an InputLayer can only come first in a Sequential model", layer=label)
                 shape, dtype = _input_layer(cfg, label)
                 continue
-            if shape is None and not layers and "batch_input_shape" in cfg:  # Keras 2: on the first layer
+            if shape is None and not layers and isinstance(cfg, Mapping) and "batch_input_shape" in cfg:
+                # Keras 2: the input shape on the first layer
                 shape = _batch_shape(cfg["batch_input_shape"], label, "batch_input_shape")
             if cls in MODEL_CLASSES:
                 spec = self.model(entry, path=label + " > ", build_shape=_build_shape(entry))
@@ -231,12 +232,13 @@ class _Reader:
         node_names: dict[tuple[str, int], str] = {}
         used = set(entries)
         first_call: dict[str, str] = {}
+        seen: dict[str, int] = {}
         for name, k in order:
+            seen[name] = seen.get(name, 0) + 1
             if name not in first_call:
                 node_names[(name, k)] = first_call[name] = name
                 continue
-            count = sum(1 for n in node_names if n[0] == name)
-            candidate = f"{name}_call{count}"
+            candidate = f"{name}_call{seen[name] - 1}"
             while candidate in used:
                 candidate += "_"
             used.add(candidate)
