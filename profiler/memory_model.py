@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .dtypes import itemsize
+from .optimizers import get as optimizer_model
 from .registry import Saved
 
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "inputs", "activations", "temporaries")
-OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("cross_entropy", "mse")
 
 
@@ -120,8 +120,10 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
     t = Timeline()
     t.alloc("params", trainable + s.buffer_bytes, "parameters")
     t.alloc("target", s.target_bytes, "inputs")
-    if not first_step:
+    model = optimizer_model(optimizer)
+    if not first_step or model.state_at_init:
         _alloc_optimizer_state(t, optimizer, tensors)
+    if not first_step:
         t.alloc("grads", trainable, "gradients")
     forward = _Forward(t, ops, s, training=True)
     if not first_step:
@@ -145,9 +147,9 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
     _backward(t, ops, s, forward)
 
     t.note(f"optimizer step ({optimizer})")
-    if first_step:
+    if first_step and not model.state_at_init:
         _alloc_optimizer_state(t, optimizer, tensors)
-    for i, nbytes in enumerate(_optimizer_temporaries(optimizer, tensors, s.foreach)):
+    for i, nbytes in enumerate(model.scratch_bytes(tensors, s.foreach, act)):
         t.alloc(f"opt_tmp{i}", nbytes, "temporaries")
     return t.peak
 
@@ -295,6 +297,7 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None
             t.free(key)
 
     t.note("backward (loss)")
+    t.alloc("grad_seed", act, "temporaries")   # backward() starts from ones_like(loss), kept to the end
     for out in s.outputs:
         if not forward.requires_grad[out]:
             continue
@@ -302,6 +305,7 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None
         if s.loss == "cross_entropy":
             # nll_loss_backward makes d loss/d log_probs; log_softmax_backward turns it into d out
             t.alloc(f"grad_log_probs:{out}", elements * act, "temporaries")
+            t.free(f"total_weight:{out}")
             t.alloc(f"grad:{out}", elements * act, "temporaries")
             t.free(f"grad_log_probs:{out}")
             t.free(f"log_probs:{out}")
@@ -342,33 +346,9 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None
                 t.free(f"{key}:sum{i}")   # stands for the old gradient, which the sum replaces
     for k in range(len(ops)):              # the graph is freed when backward ends
         forward.release_all(f"op{k}")
-
-
-def optimizer_state_bytes(optimizer: str, tensors: list[int]) -> int:
-    """SGD without momentum keeps nothing; Adam keeps exp_avg and exp_avg_sq plus a float32 step."""
-    if optimizer == "sgd":
-        return 0
-    return 2 * sum(tensors) + 4 * len(tensors)
+    t.free("grad_seed")
 
 
 def _alloc_optimizer_state(t: Timeline, optimizer: str, tensors: list[int]) -> None:
-    if optimizer == "adam":
-        for i, nbytes in enumerate(tensors):
-            t.alloc(f"exp_avg{i}", nbytes, "optimizer_state")
-            t.alloc(f"exp_avg_sq{i}", nbytes, "optimizer_state")
-            t.alloc(f"step{i}", 4, "optimizer_state")
-
-
-def _optimizer_temporaries(optimizer: str, tensors: list[int], foreach: bool) -> list[int]:
-    """Scratch tensors alive together at the optimizer's worst moment.
-
-    SGD updates in place. Adam, one tensor at a time (CPU): ``denom = (v.sqrt() / bc2).add_(eps)``
-    holds the sqrt and the quotient of the largest parameter together, and the Python float ``bc2``
-    becomes a 0-d float64 tensor (8 B). Adam with foreach (CUDA):
-    ``_foreach_sqrt`` makes one scratch tensor per parameter, all alive until the update.
-    """
-    if optimizer == "sgd" or not tensors:
-        return []
-    if foreach:
-        return list(tensors)
-    return [max(tensors), max(tensors), 8]
+    for i, nbytes in enumerate(optimizer_model(optimizer).state_bytes(tensors)):
+        t.alloc(f"optimizer_state{i}", nbytes, "optimizer_state")

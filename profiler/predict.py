@@ -10,8 +10,9 @@ from math import prod
 
 from .args import LayerArgs
 from .dtypes import check_model_dtype, itemsize
+from .optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
 from .errors import ModelsizeError, ShapeError, SpecError
-from .memory_model import (LOSSES, OPTIMIZERS, Op, Peak, Setting, inference_peak, kept_for_backward,
+from .memory_model import (LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward,
                            training_peak)
 from .registry import Memory, Params, Rule, Shape, rule_for
 from .spec import LayerSpec, ModelSpec, Node
@@ -199,13 +200,15 @@ class Prediction:
 
 
 def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: str = "cross_entropy",
-            device_kind: str = "cpu") -> Prediction:
+            device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> Prediction:
     """Everything modelsize can say about ``spec`` without building it."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise SpecError("must be a positive integer", field="batch", received=repr(batch))
     check_model_dtype(dtype)
     if loss not in LOSSES:
         raise SpecError("unknown loss", field="loss", expected=" or ".join(LOSSES), received=repr(loss))
+    for name in optimizers:
+        optimizer_model(name)
     traced = trace(spec)
     act = itemsize(dtype)
     plan = _Plan(batch=batch, act=act, device_kind=device_kind)
@@ -226,8 +229,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     return Prediction(
         spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(rows),
         inference=inference_peak(plan.ops, setting),
-        training={o: training_peak(plan.ops, setting, o) for o in OPTIMIZERS},
-        first_step={o: training_peak(plan.ops, setting, o, first_step=True) for o in OPTIMIZERS},
+        training={o: training_peak(plan.ops, setting, o) for o in optimizers},
+        first_step={o: training_peak(plan.ops, setting, o, first_step=True) for o in optimizers},
         input_bytes=sum(inputs.values()), target_bytes=target_bytes)
 
 
@@ -316,7 +319,8 @@ class _Plan:
         in_elements = tuple(prod(x) * batch for x in t.input_shapes)
         y = prod(t.output_shape) * batch
         tensors = params.tensors or ((params.trainable,) if params.trainable else ())
-        activation = t.layer.args.get("activation", "linear") if t.layer.type != "Activation" else "linear"
+        fused = t.layer.type != "Activation" and not t.rule.internal_activation
+        activation = t.layer.args.get("activation", "linear") if fused else "linear"
         main_output = output if activation == "linear" else f"{output}/pre"
         main = Op(name=t.name, layer=t.name, inputs=inputs, output=main_output, in_elements=in_elements,
                   out_elements=y, out_is_view=memory.output_is_view, identity_in_eval=memory.identity_in_eval,

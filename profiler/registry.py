@@ -71,6 +71,7 @@ class Rule:
 
     type_name: ClassVar[str] = ""
     args: tuple[Arg, ...] = ()
+    internal_activation: ClassVar[bool] = False  # its `activation` argument acts inside (RNN cells)
     min_inputs: ClassVar[int] = 1          # merge layers take several tensors:
     max_inputs: ClassVar[int | None] = 1   # then x is a tuple of shapes (None: no upper bound)
 

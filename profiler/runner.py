@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from functools import partial
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -49,15 +49,12 @@ import torch.nn.functional as F
 from .devices import Device, DoesNotFit, PeakReading, get_device, oom_guard
 from .errors import ModelsizeError
 from .memory_trace import TensorTracker
+from .optimizers import CATALOG as OPTIMIZERS
 from .timing import time_fn
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INPUT_DTYPES = ("float", "int64")
 LOSSES = ("cross_entropy", "mse")
-OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]] = {
-    "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
-    "adam": lambda params: torch.optim.Adam(params),
-}
 PHASES = ("forward", "backward", "optimizer")
 
 
@@ -101,10 +98,16 @@ class Measurement:
     repeats: int
     warmup: int
     threads: int                          # torch.get_num_threads() during the measurement
+    # every optimizer measured: name -> {steady/first allocator peak, tensor peak, workspace}
+    optimizer_peaks: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """Raw figures; each measured optimizer's as ``train_peak_bytes_<name>`` and so on."""
         out = asdict(self)
         out["input_shape"] = list(self.input_shape)
+        for name, peaks in out.pop("optimizer_peaks").items():
+            for key, value in peaks.items():
+                out[f"{key}_{name}"] = value
         return out
 
 
@@ -252,6 +255,12 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
         forward_ms=timing.median_ms, forward_ms_iqr=timing.iqr_ms, forward_ms_min=timing.min_ms,
         forward_ms_max=timing.max_ms, repeats=timing.repeats, warmup=timing.warmup,
         threads=threads,
+        optimizer_peaks={name: {
+            "train_peak_bytes": result["steady"][0], "train_tensor_peak_bytes": result["steady"][1],
+            "train_workspace_bytes": result["steady"][2], "train_first_step_peak_bytes": result["first"][0],
+            "train_first_step_tensor_peak_bytes": result["first"][1],
+            "train_first_step_workspace_bytes": result["first"][2], "train_baseline_bytes": result["baseline"]}
+            for name, result in train.items()},
     )
 
 
@@ -276,7 +285,7 @@ def _fresh_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim
     """A new optimizer without state, and no gradients: the start of training."""
     for p in params:
         p.grad = None
-    return OPTIMIZERS[name](params)
+    return OPTIMIZERS[name].make(params)
 
 
 def _no_phase(phase: str | None) -> None:

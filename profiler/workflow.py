@@ -6,6 +6,7 @@ from typing import Any
 
 from . import models
 from .errors import SpecError
+from .optimizers import DEFAULT as DEFAULT_OPTIMIZERS
 from .predict import predict
 from .results import relative_errors
 from .spec import ModelSpec, load
@@ -30,12 +31,15 @@ def token_range(spec: ModelSpec, input_name: str) -> int | None:
     return min(dims) if dims else None
 
 
-def summary(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str = "cpu") -> dict[str, Any]:
-    return predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind).as_dict()
+def summary(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str = "cpu",
+            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> dict[str, Any]:
+    return predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                   optimizers=optimizers).as_dict()
 
 
 def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
-            warmup: int, repeats: int, threads: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+            warmup: int, repeats: int, threads: int | None,
+            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the model on the device and measure it: (measured figures, options used)."""
     from .build import build
     from .devices import get_device
@@ -45,12 +49,14 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
     module = build(spec, dtype=dtype, device=target.torch_device)
     measurement = run(module, input_shape=[(batch, *i.shape) for i in spec.inputs],
                       input_dtype=[i.dtype for i in spec.inputs],
-                      int_high=[token_range(spec, i.name) for i in spec.inputs], dtype=dtype, device=target, loss=loss,
+                      int_high=[token_range(spec, i.name) for i in spec.inputs], dtype=dtype,
+                      device=target, loss=loss, optimizers=optimizers,
                       warmup=warmup, repeats=repeats, threads=threads)
     measured = measurement.as_dict()
     measured["layer_kept_for_backward_bytes"] = by_layer(measured.get("saved_activation_bytes", {}))
-    options = {"device": target.name, "batch": batch, "dtype": dtype, "loss": loss, "warmup": warmup,
-               "repeats": repeats, "threads": measured.get("threads", threads)}
+    options = {"device": target.name, "batch": batch, "dtype": dtype, "loss": loss,
+               "optimizers": list(optimizers), "warmup": warmup, "repeats": repeats,
+               "threads": measured.get("threads", threads)}
     return measured, options
 
 
@@ -64,14 +70,16 @@ def by_layer(module_bytes: dict[str, int]) -> dict[str, int]:
 
 
 def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
-            warmup: int, repeats: int, threads: int | None) -> dict[str, Any]:
+            warmup: int, repeats: int, threads: int | None,
+            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> dict[str, Any]:
     """Predict, measure and compare: the whole result, ready to save and render."""
     from .machine import machine_info
 
     measured, options = measure(spec, batch=batch, dtype=dtype, loss=loss, device=device,
-                                warmup=warmup, repeats=repeats, threads=threads)
+                                warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers)
     device_kind = "cuda" if options["device"].startswith("cuda") else "cpu"
-    result = summary(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind)
+    result = summary(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                     optimizers=optimizers)
     result.update(options=options, spec=spec.as_dict(), machine_info=machine_info(), measured=measured,
                   relative_error=relative_errors(result["predicted"], measured))
     return result

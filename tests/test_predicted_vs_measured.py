@@ -31,3 +31,15 @@ def test_bfloat16_parameter_bytes_are_exact():
     result = workflow.profile(builtin("dense-514"), batch=2, dtype="bfloat16", loss="cross_entropy",
                               device="cpu", warmup=0, repeats=1, threads=None)
     assert result["predicted"]["param_bytes"] == result["measured"]["param_bytes"] == 397_065 * 2
+
+
+@pytest.mark.parametrize("name, batch", [("digits", 16), ("dense-514", 4)])
+def test_every_optimizer_predicted_exactly(name, batch):
+    # State, gradients and each optimizer's scratch, first and steady step, to the byte.
+    from profiler.optimizers import CATALOG
+    names = tuple(CATALOG)
+    result = workflow.profile(builtin(name), batch=batch, dtype="float32", loss="cross_entropy", device="cpu",
+                              optimizers=names, warmup=0, repeats=1, threads=None)
+    for optimizer in names:
+        for key in (f"train_peak_bytes_{optimizer}", f"train_first_step_peak_bytes_{optimizer}"):
+            assert result["predicted"][key] == result["measured"][key], key

@@ -48,7 +48,10 @@ class ElementwiseRule(Rule):
 
     def memory(self, a, x, y, ctx):
         same = all(tuple(s) == tuple(y) for s in x)
-        saved = (Saved("inputs", what=f"{self.type_name} inputs"),) if self.saves_inputs else ()
+        saved: tuple[Saved, ...] = ()
+        if self.saves_inputs:   # pairwise: x₁·x₂ is kept as the left input of (x₁·x₂)·x₃, ...
+            partials = tuple(Saved("new", elements=prod(y), what="partial result") for _ in x[2:])
+            saved = (Saved("inputs", what=f"{self.type_name} inputs"),) + partials
         return Memory(saved=saved, grad_passthrough=self.passthrough and same)
 
     def build(self, a, x, ctx):
