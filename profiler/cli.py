@@ -13,6 +13,7 @@ from . import workflow
 from .dtypes import MODEL_DTYPES
 from .errors import ModelsizeError
 from .memory_model import LOSSES
+from .optimizers import CATALOG as OPTIMIZER_CATALOG, DEFAULT as DEFAULT_OPTIMIZERS
 from .render.report import render
 
 EXIT_BAD_INPUT = 2
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _summary(args: argparse.Namespace) -> int:
     spec = workflow.resolve_spec(args.spec)
     result = workflow.summary(spec, batch=args.batch, dtype=args.dtype, loss=args.loss,
-                              device_kind=args.device_kind)
+                              device_kind=args.device_kind, optimizers=args.optimizers)
     _emit(result, args)
     return 0
 
@@ -80,7 +81,16 @@ def _emit(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 def _measure_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"batch": args.batch, "dtype": args.dtype, "loss": args.loss, "device": args.device,
+            "optimizers": args.optimizers,
             "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads}
+
+
+def _optimizer_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in OPTIMIZER_CATALOG]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected names among {', '.join(OPTIMIZER_CATALOG)}, received {text!r}")
+    return names
 
 
 def _positive(text: str) -> int:
@@ -110,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--loss", choices=LOSSES, default="cross_entropy",
                          help="training-step loss: cross_entropy (integer targets over the last axis, "
                               "every position) or mse")
+        sub.add_argument("--optimizers", type=_optimizer_list, default=DEFAULT_OPTIMIZERS,
+                         help="training steps to predict and measure, comma-separated among "
+                              + ", ".join(OPTIMIZER_CATALOG) + " (default sgd,adam)")
         sub.add_argument("--format", choices=("text", "markdown", "json"), default="text")
         sub.add_argument("--explain", action="store_true",
                          help="show each layer's parameter arithmetic and what makes up each peak")

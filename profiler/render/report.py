@@ -9,16 +9,18 @@ from typing import Any, Callable
 
 from . import grid, units
 
+OPTIMIZER_LABELS = {"sgd": "SGD", "sgd_momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW",
+                    "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 FIGURES = (
     ("param_bytes", "parameters (+ buffers)"),
     ("inference_peak_bytes", "inference peak"),
-    ("train_peak_bytes_sgd", "training step peak, SGD"),
-    ("train_peak_bytes_adam", "training step peak, Adam"),
-    ("train_first_step_peak_bytes_sgd", "first training step peak, SGD"),
-    ("train_first_step_peak_bytes_adam", "first training step peak, Adam"),
+    *((f"train_peak_bytes_{o}", f"training step peak, {label}") for o, label in OPTIMIZER_LABELS.items()),
+    *((f"train_first_step_peak_bytes_{o}", f"first training step peak, {label}")
+      for o, label in OPTIMIZER_LABELS.items()),
 )
 
-PEAKS = (("inference", "inference"), ("train_sgd", "training step, SGD"), ("train_adam", "training step, Adam"))
+PEAKS = (("inference", "inference"),
+         *((f"train_{o}", f"training step, {label}") for o, label in OPTIMIZER_LABELS.items()))
 
 
 def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = False) -> str:
