@@ -76,7 +76,8 @@ def _emit(result: dict[str, Any], args: argparse.Namespace) -> None:
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
-        print(render(result, markdown=args.format == "markdown", explain=args.explain), end="")
+        print(render(result, markdown=args.format == "markdown", explain=args.explain,
+                     depth=getattr(args, "depth", None)), end="")
 
 
 def _measure_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="training steps to predict and measure, comma-separated among "
                               + ", ".join(OPTIMIZER_CATALOG) + " (default sgd,adam)")
         sub.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+        sub.add_argument("--depth", type=_positive, default=None,
+                         help="show nested models' layers down to this depth (1: only the model's own; "
+                              "default: all)")
         sub.add_argument("--explain", action="store_true",
                          help="show each layer's parameter arithmetic and what makes up each peak")
 

@@ -304,8 +304,9 @@ class _Plan:
         inner_top = [r for r in inner_rows if r.depth == depth + 1]
         params = Params(sum(r.params.trainable for r in inner_top), sum(r.params.non_trainable for r in inner_top),
                         formula="sum of its layers" if t.first_call else f"shared with {t.layer.name}")
+        out_bytes = sum(self.batch * prod(shape) * self.act for shape in t.output_shapes)
         row = LayerRow(t.node.index, t.name, "Model", t.input_shapes, t.output_shapes, params,
-                       sum(r.macs for r in inner_top), params.total * self.act, 0, depth=depth,
+                       sum(r.macs for r in inner_top), params.total * self.act, out_bytes, depth=depth,
                        connected_to=connected, layer=t.layer.name)
         self.rows.insert(first_row, row)
         for k, ref in enumerate(nested.outputs):

@@ -23,11 +23,13 @@ PEAKS = (("inference", "inference"),
          *((f"train_{o}", f"training step, {label}") for o, label in OPTIMIZER_LABELS.items()))
 
 
-def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = False) -> str:
+def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = False,
+           depth: int | None = None) -> str:
+    """``depth``: show layers nested that deep (1: the model's own layers; None: all)."""
     layout: Callable = grid.markdown if markdown else grid.text
     parts = [_title(result, markdown)]
     if "layers" in result:
-        parts += [_layers(result, layout, explain), _totals(result, markdown)]
+        parts += [_layers(result, layout, explain, depth), _totals(result, markdown)]
     parts.append(_memory(result, layout))
     if explain:
         parts.append(_breakdowns(result, markdown))
@@ -46,26 +48,46 @@ def _title(r: dict, markdown: bool) -> str:
     return f"## {text}" if markdown else text
 
 
-def _layers(r: dict, layout: Callable, explain: bool) -> str:
+def _layers(r: dict, layout: Callable, explain: bool, depth: int | None) -> str:
     measured = (r.get("measured") or {}).get("layer_kept_for_backward_bytes")
-    headers = ["Layer (type)", "Output Shape", "Param #", "Param bytes", "Output", "Kept for backward", "MACs"]
+    layers = [layer for layer in r["layers"] if depth is None or layer.get("depth", 1) <= depth]
+    columns: list[tuple[str, bool, Callable[[dict], str]]] = [
+        ("Layer (type)", False, lambda l: "  " * (l.get("depth", 1) - 1) + f"{l['name']} ({l['type']})"),
+        ("Output Shape", False, lambda l: _shapes(l["output_shape"])),
+        ("Param #", True, lambda l: units.count(l["params"])),
+        ("Param bytes", True, lambda l: units.nbytes(l["param_bytes"])),
+        ("Output", True, lambda l: units.nbytes(l["output_bytes"])),
+        ("Kept for backward", True, lambda l: units.nbytes(l["kept_for_backward_bytes"])),
+        ("MACs", True, lambda l: units.si(l["macs"])),
+    ]
+    if _branches(r["layers"]):
+        columns.append(("Connected to", False, lambda l: ", ".join(l.get("connected_to", []))))
     if measured is not None:
-        headers.append("Kept (measured)")
+        columns.append(("Kept (measured)", True, lambda l: units.nbytes(measured.get(l["name"], 0))))
     if explain:
-        headers.append("Arithmetic")
-    rows = []
-    for layer in r["layers"]:
-        row = [f"{layer['name']} ({layer['type']})", units.shape(layer["output_shape"]),
-               units.count(layer["params"]), units.nbytes(layer["param_bytes"]),
-               units.nbytes(layer["output_bytes"]), units.nbytes(layer["kept_for_backward_bytes"]),
-               units.si(layer["macs"])]
-        if measured is not None:
-            row.append(units.nbytes(measured.get(layer["name"], 0)))
-        if explain:
-            row.append(layer["formula"] or "no parameters")
-        rows.append(row)
-    right = [False, False, True, True, True, True, True] + [True] * (measured is not None) + [False] * explain
-    return layout(headers, rows, right=right)
+        columns.append(("Arithmetic", False, lambda l: l["formula"] or "no parameters"))
+    rows = [[cell(layer) for _, _, cell in columns] for layer in layers]
+    return layout([h for h, _, _ in columns], rows, right=[r for _, r, _ in columns])
+
+
+def _shapes(shape: list) -> str:
+    """(None, 10), or several shapes for a layer with several outputs."""
+    if shape and isinstance(shape[0], list):
+        return ", ".join(units.shape(s) for s in shape)
+    return units.shape(shape)
+
+
+def _branches(layers: list[dict]) -> bool:
+    """Whether the model is more than a chain, so that "Connected to" says something."""
+    previous = None
+    for layer in layers:
+        if layer.get("depth", 1) != 1:
+            continue
+        connected = layer.get("connected_to", [])
+        if previous is not None and connected != [previous] or len(connected) > 1:
+            return True
+        previous = layer["name"]
+    return False
 
 
 def _totals(r: dict, markdown: bool) -> str:
