@@ -1,0 +1,431 @@
+"""Summaries of a ``torch.nn.Module``: parameters, shapes, MACs and memory, without real weights.
+
+Users who arrive with a PyTorch model call :func:`summary` with the module, or with a factory that
+builds it (a function of no arguments, or ``"package.module:factory"`` via :func:`load_factory`).
+The result is a dict of the same shape as :meth:`profiler.predict.Prediction.as_dict`, so
+``profiler.render.report.render`` prints it as it prints a spec's prediction.
+
+Nothing real is allocated for the weights:
+
+- a factory is called under ``torch.device("meta")``, so its parameters are meta tensors;
+- a module that has real weights is never moved or changed (no ``.to``, no hooks left behind, its
+  ``state_dict`` untouched): its tree is copied with ``copy.deepcopy`` while every parameter,
+  buffer and tensor attribute is swapped for a meta tensor of the same shape, so no weight is
+  copied and tied parameters stay tied.
+
+Shapes and MACs come from one forward pass on the meta device (:mod:`profiler.module_trace`),
+memory peaks from replaying inference and training steps on fake CPU tensors
+(:mod:`profiler.module_memory`). Parameters are counted exactly from ``module.parameters()``
+(shared parameters once) plus ``module.buffers()`` as non-trainable.
+
+Rows form a tree, as torchinfo's ``depth``: the root is depth 0, its children depth 1, and so on.
+Modules deeper than ``depth`` are folded into their ancestor at ``depth``, whose row then covers its
+whole subtree; ``depth=None`` lists every leaf module (the flat per-leaf view). A module whose
+children are listed gets a row of its own only when it owns something itself: parameters it holds
+directly (``nn.MultiheadAttention.in_proj_weight``) or operators its own ``forward`` runs (a
+``torch.matmul`` between child layers); that row counts only its own part. So every column sums to
+the totals at every depth.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import torch
+from torch import nn
+
+from .dtypes import ITEMSIZE, MODEL_DTYPES
+from .errors import ModelsizeError
+from .memory_model import LOSSES
+from .module_memory import OPTIMIZERS, make_target, outputs, predict_memory
+from .module_trace import Trace, trace
+
+ROOT = "(root)"     # the name rows give the root module
+InputShape = Union[Sequence[int], Sequence[Sequence[int]]]
+INPUT_DTYPES = ("float", "int64", *MODEL_DTYPES)
+
+
+def load_factory(spec: str) -> Callable[[], nn.Module]:
+    """``"package.module:factory"`` -> the factory, a callable of no arguments.
+
+    This **imports** ``package.module`` (running its top-level code) and :func:`summary` then
+    **calls** the factory: only name code you trust. The attribute may be dotted
+    (``"pkg.models:Zoo.resnet50"``).
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelsizeError("bad factory", field="factory", expected='"package.module:factory"',
+                             received=repr(spec))
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelsizeError(f"cannot import {module_name!r}: {err}", field="factory",
+                             received=repr(spec)) from None
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ModelsizeError(f"module {module_name!r} has no attribute {attr!r}",
+                                 field="factory", received=repr(spec)) from None
+    if not callable(target):
+        raise ModelsizeError("the factory is not callable", field="factory",
+                             expected="a function or class that takes no arguments",
+                             received=f"{spec} = {type(target).__name__}")
+    return target
+
+
+def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: InputShape, *,
+            batch: int = 1, depth: int | None = None, input_dtype: str | Sequence[str] = "float",
+            dtype: str = "float32", loss: str = "cross_entropy", name: str | None = None,
+            optimizers: Sequence[str] = ("sgd", "adam")) -> dict[str, Any]:
+    """Everything modelsize can say about a torch module, as a result dict (see the module doc).
+
+    ``model`` is a module (left untouched), a factory of no arguments (called under the meta
+    device) or ``"package.module:factory"`` (imported and called: see :func:`load_factory`).
+    ``input_shape`` is one sample's shape, batch excluded, or a list of them for a module that
+    takes several inputs (``model(*inputs)``). ``input_dtype`` is ``"float"`` (the model's dtype),
+    ``"int64"`` (token ids) or a floating dtype name, or one of those per input. ``dtype`` is the
+    dtype the floating parameters and buffers are counted and run in (as ``module.to(dtype)``).
+    The loss is computed on the output; for a tuple output, on each of its tensors (summed).
+    """
+    shapes = _input_shapes(input_shape)
+    in_dtypes = _input_dtypes(input_dtype, len(shapes), dtype)
+    _check(batch, depth, dtype, loss, optimizers)
+    target_dtype = getattr(torch, dtype)
+
+    if isinstance(model, str):
+        name = name or model
+        model = load_factory(model)
+    if isinstance(model, nn.Module):
+        name = name or type(model).__name__
+        meta = _twin(model, _to_meta(target_dtype))
+    elif callable(model):
+        name = name or getattr(model, "__qualname__", repr(model))
+        with torch.device("meta"):
+            built = model()
+        if not isinstance(built, nn.Module):
+            raise ModelsizeError("the factory did not return a torch.nn.Module", field="factory",
+                                 received=type(built).__name__)
+        meta = built if _all_meta(built, target_dtype) else _twin(built, _to_meta(target_dtype))
+        del built
+    else:
+        raise ModelsizeError("cannot summarize this", field="model",
+                             expected="a torch.nn.Module, a factory or 'package.module:factory'",
+                             received=type(model).__name__)
+
+    names = {id(m): n for n, m in meta.named_modules()}
+    tree = _tree(meta)
+    meta.eval()
+    meta_inputs = [torch.empty((batch, *s), dtype=d, device="meta") for s, d in zip(shapes, in_dtypes)]
+    traced = _run(lambda: trace(meta, meta_inputs, names), "the forward pass on the meta device")
+    outs = outputs(traced.output) if optimizers else []
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        fake = _twin(meta, _to_fake)
+    fake_names = {id(m): n for n, m in fake.named_modules()}
+    with fake_mode:
+        fake_inputs = [torch.empty((batch, *s), dtype=d, device="cpu") for s, d in zip(shapes, in_dtypes)]
+        targets = [make_target(loss, o.shape, o.dtype) for o in outs]
+    memory = _run(lambda: predict_memory(fake, fake_inputs, targets, loss=loss, fake_mode=fake_mode,
+                                         names=fake_names, optimizers=optimizers),
+                  "replaying inference and training on fake tensors")
+
+    rows = _rows(tree, traced, memory.saved_bytes, depth, batch)
+    totals = _totals(tree, traced, batch, shapes, in_dtypes, targets)
+    predicted = {"param_bytes": totals["param_bytes"], "inference_peak_bytes": memory.inference.bytes}
+    peaks = {"inference": memory.inference.as_dict()}
+    for opt, peak in memory.training.items():
+        predicted[f"train_peak_bytes_{opt}"] = peak.bytes
+        peaks[f"train_{opt}"] = peak.as_dict()
+    for opt, peak in memory.first_step.items():
+        predicted[f"train_first_step_peak_bytes_{opt}"] = peak.bytes
+        peaks[f"train_first_step_{opt}"] = peak.as_dict()
+    return {
+        "model": name, "source": "torch", "batch": batch, "dtype": dtype, "loss": loss,
+        "device_kind": "cpu", "depth": depth,
+        "input_shape": [[None, *s] for s in shapes] if len(shapes) > 1 else [None, *shapes[0]],
+        "input_dtype": [str(d).removeprefix("torch.") for d in in_dtypes],
+        "layers": rows, "totals": totals, "predicted": predicted, "peaks": peaks,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _input_shapes(input_shape: InputShape) -> list[tuple[int, ...]]:
+    """One shape (a sequence of ints) or several (a sequence of sequences), batch excluded."""
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise ModelsizeError("bad input shape", field="input_shape",
+                             expected="a tuple of sizes (batch excluded) or a list of them",
+                             received=repr(input_shape))
+    several = len(input_shape) > 0 and all(isinstance(s, Sequence) for s in input_shape)
+    shapes = [tuple(s) for s in input_shape] if several else [tuple(input_shape)]  # type: ignore[arg-type]
+    for shape in shapes:
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+            raise ModelsizeError("bad input shape", field="input_shape",
+                                 expected="positive integer sizes, batch excluded",
+                                 received=repr(input_shape))
+    return shapes
+
+
+def _input_dtypes(input_dtype: str | Sequence[str], count: int, dtype: str) -> list[torch.dtype]:
+    names = [input_dtype] * count if isinstance(input_dtype, str) else list(input_dtype)
+    if len(names) != count:
+        raise ModelsizeError("one input dtype per input", field="input_dtype",
+                             expected=f"{count} dtype names", received=repr(input_dtype))
+    for n in names:
+        if n not in INPUT_DTYPES:
+            raise ModelsizeError("unknown input dtype", field="input_dtype",
+                                 expected=" or ".join(map(repr, INPUT_DTYPES)), received=repr(n))
+    return [getattr(torch, dtype if n == "float" else n) for n in names]
+
+
+def _check(batch: int, depth: int | None, dtype: str, loss: str, optimizers: Sequence[str]) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ModelsizeError("must be a positive integer", field="batch", received=repr(batch))
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        raise ModelsizeError("must be an integer >= 0 or None (every leaf)", field="depth",
+                             received=repr(depth))
+    if dtype not in MODEL_DTYPES:
+        raise ModelsizeError("unknown dtype", field="dtype", expected=" or ".join(MODEL_DTYPES),
+                             received=repr(dtype))
+    if loss not in LOSSES:
+        raise ModelsizeError("unknown loss", field="loss", expected=" or ".join(LOSSES),
+                             received=repr(loss))
+    unknown = [o for o in optimizers if o not in OPTIMIZERS]
+    if unknown:
+        raise ModelsizeError("unknown optimizer", field="optimizers",
+                             expected=" or ".join(OPTIMIZERS), received=repr(unknown[0]))
+
+
+def _run(fn: Callable[[], Any], what: str) -> Any:
+    """Run a pass; a failure names the pass (data-dependent code cannot run without data)."""
+    try:
+        return fn()
+    except ModelsizeError:
+        raise
+    except Exception as err:
+        raise ModelsizeError(f"{what} failed: {type(err).__name__}: {err}".split("\n")[0]) from err
+
+
+# ----------------------------------------------------------------------------------------------
+# Twins: the same module tree with other tensors
+
+
+def _twin(module: nn.Module, make: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+    """A deep copy of ``module`` whose tensors are ``make(tensor)``, made once per tensor.
+
+    ``copy.deepcopy`` reuses what its memo already holds, so the weights themselves are never
+    copied, a tensor reachable twice (tied weights, ``nn.LSTM._flat_weights``) maps to one new
+    tensor, and the original is only read.
+    """
+    memo: dict[int, Any] = {}
+    for m in module.modules():
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in m._parameters.values()):
+            raise ModelsizeError(f"{type(m).__name__} has uninitialized (lazy) parameters",
+                                 expected="a module whose parameters have shapes (run it once)")
+        for t in (*m._parameters.values(), *m._buffers.values(), *_tensor_attributes(m)):
+            if t is not None and id(t) not in memo:
+                memo[id(t)] = make(t)
+    return copy.deepcopy(module, memo)
+
+
+def _tensor_attributes(m: nn.Module) -> Iterable[torch.Tensor]:
+    """Tensors kept as plain attributes (or in lists, tuples and dicts of them)."""
+    stack = [v for k, v in vars(m).items() if k not in ("_parameters", "_buffers", "_modules")]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield item
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+
+
+def _to_meta(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Meta tensor of the same shape; floating parameters and buffers in ``dtype``."""
+    def make(t: torch.Tensor) -> torch.Tensor:
+        d = dtype if t.is_floating_point() else t.dtype
+        new = torch.empty_strided(t.size(), t.stride(), dtype=d, device="meta")
+        if isinstance(t, nn.Parameter):
+            return nn.Parameter(new, requires_grad=t.requires_grad)
+        return new
+    return make
+
+
+def _to_fake(t: torch.Tensor) -> torch.Tensor:
+    """Fake CPU tensor of the same shape and dtype (call it inside the fake mode)."""
+    new = torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device="cpu")
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(new, requires_grad=t.requires_grad)
+    return new
+
+
+def _all_meta(module: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether every tensor of ``module`` is on the meta device, floating ones in ``dtype``."""
+    for m in module.modules():
+        for t in (*m._parameters.values(), *m._buffers.values(), *_tensor_attributes(m)):
+            if t is not None and (not t.is_meta or (t.is_floating_point() and t.dtype != dtype)):
+                return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# The module tree and its rows
+
+
+@dataclass
+class _Part:
+    """Counts of a module's own tensors, or of a whole subtree."""
+    trainable: int = 0
+    frozen: int = 0
+    buffers: int = 0
+    nbytes: int = 0
+    flops: int = 0
+    saved_bytes: int = 0
+    shared: bool = False
+    modules: int = 1
+    terms: list[str] = field(default_factory=list)
+
+    @property
+    def elements(self) -> int:
+        return self.trainable + self.frozen + self.buffers
+
+    def add(self, other: "_Part") -> None:
+        self.trainable += other.trainable
+        self.frozen += other.frozen
+        self.buffers += other.buffers
+        self.nbytes += other.nbytes
+        self.flops += other.flops
+        self.saved_bytes += other.saved_bytes
+        self.shared = self.shared or other.shared
+        self.modules += other.modules
+
+
+@dataclass
+class _Node:
+    name: str
+    type: str
+    depth: int
+    own: _Part
+    children: list["_Node"] = field(default_factory=list)
+    total: _Part = field(default_factory=_Part)
+
+
+def _tree(model: nn.Module) -> dict[str, _Node]:
+    """Every module once (pre-order), each tensor credited to the first module that holds it."""
+    nodes: dict[str, _Node] = {}
+    owner: dict[int, tuple[str, str]] = {}        # id(tensor) -> (module, attribute) counting it
+    for qualified, module in model.named_modules():
+        own = _Part()
+        for kind, tensors in (("param", module._parameters), ("buffer", module._buffers)):
+            for attr, t in tensors.items():
+                if t is None:
+                    continue
+                shape = "×".join(map(str, t.shape)) or "1"
+                first = owner.get(id(t))
+                if first is not None:
+                    own.shared = True
+                    nodes[first[0]].own.shared = True
+                    where = ".".join(p for p in first if p)
+                    own.terms.append(f"{attr} {shape} shared with {where}, counted there")
+                    continue
+                owner[id(t)] = (qualified, attr)
+                n = t.numel()
+                if kind == "buffer":
+                    own.buffers += n
+                    own.terms.append(f"{attr} {shape} (buffer)")
+                elif t.requires_grad:
+                    own.trainable += n
+                    own.terms.append(f"{attr} {shape}")
+                else:
+                    own.frozen += n
+                    own.terms.append(f"{attr} {shape} (frozen)")
+                own.nbytes += n * t.element_size()
+        node = _Node(qualified, type(module).__name__, qualified.count(".") + 1 if qualified else 0, own)
+        nodes[qualified] = node
+        if qualified:
+            nodes[qualified.rpartition(".")[0]].children.append(node)
+    return nodes
+
+
+def _rows(tree: dict[str, _Node], traced: Trace, saved: dict[str, int], depth: int | None,
+          batch: int) -> list[dict[str, Any]]:
+    for node in tree.values():
+        calls = traced.modules.get(node.name)
+        node.own.flops = calls.flops if calls else 0
+        node.own.saved_bytes = saved.get(node.name or "", 0)
+    for node in reversed(list(tree.values())):    # children come after their parent
+        node.total = _Part()
+        node.total.add(node.own)
+        node.total.modules = 1
+        for child in node.children:
+            node.total.add(child.total)
+
+    rows: list[dict[str, Any]] = []
+
+    def visit(node: _Node) -> None:
+        leaf = not node.children or (depth is not None and node.depth >= depth)
+        if leaf:
+            rows.append(_row(len(rows), node, node.total, traced, batch, folded=node.total.modules > 1))
+            return
+        if node.own.elements or node.own.flops or node.own.shared:
+            rows.append(_row(len(rows), node, node.own, traced, batch, folded=False, own=True))
+        for child in node.children:
+            visit(child)
+
+    visit(tree[""])
+    return rows
+
+
+def _row(index: int, node: _Node, part: _Part, traced: Trace, batch: int, *, folded: bool,
+         own: bool = False) -> dict[str, Any]:
+    calls = traced.modules.get(node.name)
+    output_bytes = calls.output_bytes if calls else 0
+    if folded:
+        formula = f"{part.elements:,} over {part.modules} modules"
+    else:
+        formula = " + ".join(node.own.terms)
+    return {
+        "index": index, "name": node.name or ROOT, "type": node.type, "depth": node.depth,
+        "input_shape": _batchless(calls.input_shape if calls else None, batch),
+        "output_shape": _batchless(calls.output_shape if calls else None, batch),
+        "params": part.elements, "trainable_params": part.trainable,
+        "non_trainable_params": part.frozen + part.buffers, "formula": formula,
+        "macs": part.flops // 2, "flops": part.flops, "param_bytes": part.nbytes,
+        "output_bytes": output_bytes, "activation_bytes": output_bytes,
+        "kept_for_backward_bytes": part.saved_bytes,
+        "shared": part.shared, "calls": calls.calls if calls else 0, "own_part_only": own,
+    }
+
+
+def _batchless(shape: tuple[int, ...] | None, batch: int) -> list[int | None]:
+    """A shape with its leading batch axis as ``None``; ``[]`` when the module never ran."""
+    if shape is None:
+        return []
+    if shape and shape[0] == batch:
+        return [None, *shape[1:]]
+    return list(shape)
+
+
+def _totals(tree: dict[str, _Node], traced: Trace, batch: int, shapes: list[tuple[int, ...]],
+            in_dtypes: list[torch.dtype], targets: list[torch.Tensor]) -> dict[str, Any]:
+    total = tree[""].total
+    params = total.elements
+    return {
+        "params": params, "trainable_params": total.trainable,
+        "non_trainable_params": total.frozen + total.buffers,
+        "parameter_elements": total.trainable + total.frozen, "buffer_elements": total.buffers,
+        "param_bytes": total.nbytes,
+        "param_bytes_by_dtype": {d: params * ITEMSIZE[d] for d in MODEL_DTYPES},
+        "macs": traced.flops // 2, "flops": traced.flops,
+        "input_bytes": sum(batch * prod(s) * d.itemsize for s, d in zip(shapes, in_dtypes)),
+        "target_bytes": sum(t.numel() * t.element_size() for t in targets),
+    }
