@@ -159,3 +159,16 @@ def test_graph_errors_name_the_layer(change, error, pattern):
         data["layers"][4]["Add"]["inputs"] = ["stem", "c3"]
     with pytest.raises(error, match=pattern):
         predict(S.from_dict(data, source="g.yaml"))
+
+
+def test_cross_attention_takes_query_and_value():
+    data = {"name": "cross", "inputs": [{"name": "q", "shape": [5, 16]}, {"name": "kv", "shape": [7, 12]}],
+            "layers": [{"MultiHeadAttention": {"num_heads": 2, "key_dim": 4, "value_dim": 3, "inputs": ["q", "kv"]}}]}
+    spec = S.from_dict(data)
+    p = predict(spec)
+    # query 16×(2×4)+8, key 12×(2×4)+8, value 12×(2×3)+6, output (2×3)×16+16
+    assert p.params == (16 * 8 + 8) + (12 * 8 + 8) + (12 * 6 + 6) + (6 * 16 + 16)
+    module = build(spec)
+    assert p.params == sum(t.numel() for t in module.parameters())
+    with torch.no_grad():
+        assert module(torch.randn(2, 5, 16), torch.randn(2, 7, 12)).shape == (2, 5, 16)

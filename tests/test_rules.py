@@ -442,7 +442,7 @@ def _input(name: str, args, x) -> tuple[torch.Tensor, ...]:
     """The module's inputs, a batch of 2: one tensor, or one per shape for a layer of several."""
     if name == "Embedding":
         return (torch.randint(0, args.input_dim, (2, *x)),)
-    if rule_for(name).max_inputs != 1:
+    if x and isinstance(x[0], tuple):   # several inputs: a shape each
         return tuple(torch.randn(2, *shape) for shape in x)
     return (torch.randn(2, *x),)
 
@@ -531,7 +531,7 @@ def _predicted_kept(rule, a, x, y, ctx, batch: int):
                 new += batch * prod(y) * 4
     if memory.output_is_view and "output" in found:  # the output is the input's storage
         found = (found - {"output"}) | {"input"}
-    if rule.max_inputs != 1 and "input" in found:
+    if x and isinstance(x[0], tuple) and "input" in found:
         found = (found - {"input"}) | {"inputs"}
     return found, new
 

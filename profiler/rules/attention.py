@@ -77,10 +77,19 @@ class MultiHeadAttention(Rule):
             Arg("value_dim", optional(positive_int), None), Arg("dropout", rate, 0.0),
             Arg("use_bias", boolean, True), Arg("output_shape", optional(_output_shape), None))
 
+    min_inputs = 1   # self-attention on one input; (query, value) or (query, value, key) as Keras
+    max_inputs = 3
+
     def _inputs(self, x) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        """(query, value, key) shapes: one input for all three, for now."""
-        x = _sequence(x, "MultiHeadAttention (self-attention on one input)")
-        return x, x, x
+        """(query, value, key) shapes: value defaults to query and key to value, as in Keras."""
+        shapes = tuple(x) if x and isinstance(x[0], tuple) else (x,)
+        query = _sequence(shapes[0], "MultiHeadAttention's query")
+        value = _sequence(shapes[1], "MultiHeadAttention's value") if len(shapes) > 1 else query
+        key = _sequence(shapes[2], "MultiHeadAttention's key") if len(shapes) > 2 else value
+        if key[0] != value[0]:
+            raise ShapeError("key and value must have the same number of steps", field="inputs",
+                             received=f"key {shape_text(key)}, value {shape_text(value)}")
+        return query, value, key
 
     def _dims(self, a, x):
         query, value, key = self._inputs(x)
@@ -123,7 +132,8 @@ class MultiHeadAttention(Rule):
         query, value, _, vd, _ = self._dims(a, x)
         saved = attention_saves(t=query[0], s=value[0], heads=a.num_heads, key_dim=a.key_dim,
                                 value_dim=vd, dropout=a.dropout, device_kind=ctx.device_kind)
-        return Memory(saved=(Saved("input", what="input (query, key and value projections)"), *saved))
+        inputs = "inputs" if x and isinstance(x[0], tuple) and len(x) > 1 else "input"
+        return Memory(saved=(Saved(inputs, what="inputs of the query, key and value projections"), *saved))
 
     def build(self, a, x, ctx):
         from .modules import MultiHeadAttention as MultiHeadAttentionModule
