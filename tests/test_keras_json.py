@@ -509,7 +509,6 @@ def _transformer(k):
     return k.Model(x, keras_hub.layers.TransformerEncoder(16, 2)(x))
 
 
-CROSS = pytest.mark.xfail(strict=False, reason="modelsize's MultiHeadAttention takes one input (self-attention)")
 
 KERAS3_MODELS = [
     pytest.param(_digits, id="digits"), pytest.param(_dense_514, id="dense_514"),
@@ -524,7 +523,7 @@ KERAS3_MODELS = [
     pytest.param(_chain, id="chain"), pytest.param(_residual, id="residual"),
     pytest.param(_two_inputs, id="two_inputs"), pytest.param(_shared_merges, id="shared_merges"),
     pytest.param(_self_attention, id="self_attention"),
-    pytest.param(_cross_attention, id="cross_attention", marks=CROSS),
+    pytest.param(_cross_attention, id="cross_attention"),
     pytest.param(_nested_called_twice, id="nested_called_twice"),
     pytest.param(_nested_functional, id="nested_functional"), pytest.param(_multi_output, id="multi_output"),
     pytest.param(_token_model, id="token_model"), pytest.param(_frozen_base, id="frozen_base"),
