@@ -72,6 +72,24 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit(args: argparse.Namespace) -> int:
+    from . import fit
+    from .render.fit import render_fit
+    spec = workflow.resolve_spec(args.spec)
+    budget = fit.make_budget(memory=args.memory, device=args.device, target=args.target, reserve=args.reserve,
+                             margin=args.margin)
+    answer = fit.solve(spec, budget, mode="inference" if args.inference else args.train, dtype=args.dtype,
+                       loss=args.loss)
+    result = answer.as_dict()
+    if args.verify:
+        result["verification"] = fit.verify(spec, answer).as_dict()
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_fit(result, markdown=args.format == "markdown", explain=args.explain), end="")
+    return 0 if answer.batch else EXIT_DOES_NOT_FIT
+
+
 def _emit(result: dict[str, Any], args: argparse.Namespace) -> None:
     if args.format == "json":
         print(json.dumps(result, indent=2))
@@ -156,6 +174,34 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--results-dir", default="results/runs", help="where result JSON files go")
     profile.add_argument("--no-save", action="store_true", help="do not write a result file")
     profile.set_defaults(run=_profile)
+    fit = commands.add_parser(
+        "fit", help="the largest batch whose predicted peak fits a memory budget (solved, not probed)",
+        description="Solve for the largest batch whose predicted peak fits the budget; exit status 3 when "
+                    "not even batch 1 fits.")
+    fit.add_argument("spec", help="a .yaml/.json model spec, or a built-in model (digits, digits-theano, "
+                                  "dense-514, conv-224)")
+    budget = fit.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--memory", metavar="SIZE", help="the budget, e.g. 24GiB, 80GB, 512MiB or bytes")
+    budget.add_argument("--device", metavar="NAME", help="a catalogued accelerator, e.g. h100-80gb, a100-40gb, "
+                                                         "rtx-4090-24gb, t4-16gb (its memory; target cuda)")
+    mode = fit.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", choices=tuple(OPTIMIZER_CATALOG), help="fit one training step with this optimizer")
+    mode.add_argument("--inference", action="store_true", help="fit inference only")
+    fit.add_argument("--target", choices=("cpu", "cuda"), default=None,
+                     help="with --memory: predict for this kind of device (default cpu: exact bytes; cuda: "
+                          "allocator rounding, context reserve, cuBLAS workspace, fragmentation margin)")
+    fit.add_argument("--reserve", metavar="SIZE", default=None,
+                     help="taken off the memory first (default: 512MiB on cuda for the CUDA context, 0 on cpu)")
+    fit.add_argument("--margin", metavar="PERCENT", default=None,
+                     help="share of memory − reserve held back for fragmentation (default: 10 on cuda, 0 on cpu)")
+    fit.add_argument("--dtype", choices=MODEL_DTYPES, default="float32")
+    fit.add_argument("--loss", choices=LOSSES, default="cross_entropy")
+    fit.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    fit.add_argument("--explain", action="store_true", help="show what makes up the peak at the solved batch")
+    fit.add_argument("--verify", action="store_true",
+                     help="build the model and measure the peak at the batch and the next one (cpu budgets on "
+                          "the CPU, cuda budgets on the GPU)")
+    fit.set_defaults(run=_fit)
     return parser
 
 

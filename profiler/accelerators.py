@@ -1,0 +1,116 @@
+"""A small catalog of accelerators and their memory, for ``modelsize fit --device NAME``.
+
+Which figure, and why. A card sold as "80GB" has 80 GiB of memory chips (HBM stacks and GDDR chips
+come in binary sizes), but no program can use all of it: the driver keeps some (ECC, page tables,
+firmware), and what CUDA reports as ``cudaDeviceProp.totalGlobalMem`` — the ``total_memory`` of
+``torch.cuda.get_device_properties`` — is smaller again than the "Total" nvidia-smi prints. An
+H100 80GB HBM3, for example: 80 GiB = 81,920 MiB of HBM3; nvidia-smi: 81,559 MiB; deviceQuery and
+torch: 81,079 to 81,106 MiB (85,017,755,648 to 85,045,477,376 bytes), depending on the driver.
+It is not 80 GiB (85,899,345,920 bytes), nor 80 × 10⁹.
+
+So each entry's ``memory_bytes`` is, where we found one, a ``totalGlobalMem`` reading (deviceQuery's
+"Total amount of global memory" or torch's ``total_memory``) — the smallest one seen across driver
+versions, since newer drivers tend to report a little less. Where no such reading was found, the
+entry is marked ``nominal`` and says what its figure is. For an exact budget on your own machine,
+pass ``--memory`` with ``torch.cuda.get_device_properties(0).total_memory``.
+
+Out of that total, before the caching allocator sees a byte, the CUDA context and the library
+handles take their share (:data:`CONTEXT_RESERVE`); the cuBLAS workspace is allocated through the
+caching allocator, so it counts in ``memory_allocated`` (:func:`blas_workspace_bytes`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import SpecError
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+#: CUDA context, cuBLAS/cuDNN handles and loaded kernels, outside the caching allocator. With lazy
+#: module loading (CUDA_MODULE_LOADING=LAZY, PyTorch's default since CUDA 11.7) this is a few
+#: hundred MiB; eager loading of every kernel can take over 1 GiB. A stated default, not a
+#: measurement: override with ``--reserve``.
+CONTEXT_RESERVE = 512 * MiB
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str                       # the catalog key, as typed after --device
+    model: str                      # what torch.cuda.get_device_name() reports
+    memory_bytes: int               # the budget before any reserve (see the module docstring)
+    nominal: bool                   # False: a totalGlobalMem reading; True: see ``source``
+    source: str                     # where ``memory_bytes`` comes from
+    capability: tuple[int, int]     # compute capability (AMD: the gfx major, minor)
+    vendor: str = "nvidia"
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "model": self.model, "memory_bytes": self.memory_bytes,
+                "nominal": self.nominal, "source": self.source, "vendor": self.vendor,
+                "capability": list(self.capability)}
+
+
+def _dq(mib: int, nbytes: int, driver: str) -> str:
+    return f"deviceQuery totalGlobalMem {nbytes:,} B ({mib:,} MiB), CUDA driver {driver}"
+
+
+CATALOG: dict[str, Accelerator] = {a.name: a for a in (
+    Accelerator("h100-80gb", "NVIDIA H100 80GB HBM3", 85_017_755_648, False,
+                _dq(81_079, 85_017_755_648, "13.0") + "; 81,090-81,106 MiB with drivers 12.7-12.8; "
+                "nvidia-smi shows 81,559 MiB", (9, 0)),
+    Accelerator("h100-94gb", "NVIDIA H100 NVL", 99_961_274_368, True,
+                "nominal: framebuffer total 99,961,274,368 B (95,330 MiB) as the kernel's DRM driver "
+                "reports it; totalGlobalMem is smaller (on the 80 GB H100 by ~480 MiB)", (9, 0)),
+    Accelerator("a100-80gb", "NVIDIA A100-SXM4-80GB", 84_987_740_160, False,
+                _dq(81_051, 84_987_740_160, "12.2") + "; 81,158 MiB with driver 12.5", (8, 0)),
+    Accelerator("a100-40gb", "NVIDIA A100-SXM4-40GB", 42_298_834_944, False,
+                _dq(40_339, 42_298_834_944, "12.2"), (8, 0)),
+    Accelerator("l40s-48gb", "NVIDIA L40S", 47_576_711_168, False,
+                _dq(45_373, 47_576_711_168, "12.4"), (8, 9)),
+    Accelerator("l4-24gb", "NVIDIA L4", 23_612_293_120, False,
+                _dq(22_518, 23_612_293_120, "12.0"), (8, 9)),
+    Accelerator("a10-24gb", "NVIDIA A10", 23_609_475_072, False,
+                _dq(22_516, 23_609_475_072, "12.2") + "; 22,599 MiB with driver 12.8", (8, 6)),
+    Accelerator("rtx-4090-24gb", "NVIDIA GeForce RTX 4090", 25_250_627_584, False,
+                _dq(24_081, 25_250_627_584, "13.0") + " on Linux; 24,564 MiB with driver 12.1; "
+                "Windows (WDDM) reports ~23,028 MiB", (8, 9)),
+    Accelerator("rtx-3090-24gb", "NVIDIA GeForce RTX 3090", 25_414_860_800, False,
+                _dq(24_238, 25_414_860_800, "12.1") + "; 24,268 MiB with driver 11.8", (8, 6)),
+    Accelerator("t4-16gb", "Tesla T4", 15_642_329_088, False,
+                _dq(14_918, 15_642_329_088, "12.5") + " (ECC on); 15,110 MiB with driver 11.2", (7, 5)),
+    Accelerator("v100-16gb", "Tesla V100-SXM2-16GB", 16_911_433_728, False,
+                _dq(16_128, 16_911_433_728, "11.0") + "; 16,144-16,160 MiB with other drivers", (7, 0)),
+    Accelerator("v100-32gb", "Tesla V100-SXM2-32GB", 34_058_272_768, False,
+                _dq(32_480, 34_058_272_768, "10.0") + "; 32,494-32,511 MiB with drivers 11.2-12.9", (7, 0)),
+    Accelerator("mi300x-192gb", "AMD Instinct MI300X", 196_592 * MiB, False,
+                "torch (ROCm 6.2) total_memory=196592MB, i.e. 196,592 MiB rounded down "
+                "(192 GiB = 196,608 MiB of HBM3)", (9, 4), vendor="amd"),
+)}
+
+
+def lookup(name: str) -> Accelerator:
+    """The catalog entry for ``name`` (case and ``_``/space for ``-`` do not matter)."""
+    key = "-".join(name.strip().lower().replace("_", "-").split())
+    if key in CATALOG:
+        return CATALOG[key]
+    hint = "; for a CPU budget use --memory SIZE" if key == "cpu" else ""
+    raise SpecError(f"unknown accelerator{hint}", field="device", expected="one of " + ", ".join(CATALOG),
+                    received=repr(name))
+
+
+def blas_workspace_bytes(accelerator: Accelerator | None) -> int:
+    """Bytes of one cuBLAS workspace, allocated through the caching allocator per (handle, stream).
+
+    PyTorch's default (``CUBLAS_WORKSPACE_CONFIG`` unset, ``aten/src/ATen/cuda/CublasHandlePool.cpp``):
+    ``:4096:8`` = 4096 KiB × 8 = 32 MiB on compute capability 9.0 (Hopper), otherwise
+    ``:4096:2:16:8`` = 4096 KiB × 2 + 16 KiB × 8 = 8,519,680 bytes; cuBLASLt shares it (the unified
+    workspace). ROCm keeps a separate hipBLASLt workspace (76 MiB by default): assumed here on top of
+    a 32 MiB hipBLAS one. Unknown hardware (``--memory`` with ``--target cuda``): 32 MiB, the larger.
+    """
+    if accelerator is None:
+        return 32 * MiB
+    if accelerator.vendor == "amd":
+        return 32 * MiB + 76 * MiB
+    if accelerator.capability >= (9, 0):
+        return 32 * MiB
+    return 4096 * 1024 * 2 + 16 * 1024 * 8
