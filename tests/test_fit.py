@@ -1,0 +1,258 @@
+"""modelsize fit: the solved batch b has peak(b) <= budget < peak(b + 1); sizes, catalog, CLI, --verify."""
+import json
+import re
+
+import pytest
+
+from profiler import fit, memory_model, models
+from profiler.accelerators import CATALOG, CONTEXT_RESERVE, GiB, MiB, blas_workspace_bytes, lookup
+from profiler.cli import main
+from profiler.errors import SpecError
+from profiler.predict import predict
+from profiler.spec import loads
+
+BN_CONV = loads("""
+name: bn-conv
+input_shape: [32, 32, 3]
+layers:
+  - Conv2D: {filters: 16, kernel_size: 3, padding: same, use_bias: false}
+  - BatchNormalization: {}
+  - Activation: {activation: relu}
+  - MaxPooling2D: {pool_size: 2}
+  - Conv2D: {filters: 32, kernel_size: 3, activation: relu}
+  - BatchNormalization: {}
+  - Flatten: {}
+  - Dropout: {rate: 0.25}
+  - Dense: {units: 10}
+""", source="<bn-conv>")
+SPECS = {name: models.builtin(name) for name in ("digits", "dense-514", "conv-224")} | {"bn-conv": BN_CONV}
+MODES = ("adam", "sgd", "inference")
+
+
+def cpu(memory: int) -> fit.Budget:
+    return fit.Budget(memory_bytes=memory, target="cpu")
+
+
+def cuda(memory: int) -> fit.Budget:
+    return fit.Budget(memory_bytes=memory, target="cuda", reserve_bytes=CONTEXT_RESERVE, margin=fit.DEFAULT_MARGIN,
+                      workspace_bytes=blas_workspace_bytes(None))
+
+
+def bytes_at(spec, batch, budget, mode):
+    return fit.evaluate(spec, batch, budget, mode=mode).bytes
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("target", ("cpu", "cuda"))
+def test_solved_batch_is_the_largest_that_fits(name, mode, target):
+    spec = SPECS[name]
+    make = cpu if target == "cpu" else cuda
+    # budgets around the figure at batch 37 (just at it, just below, a little above) and a round one
+    at_37 = bytes_at(spec, 37, make(10 ** 15), mode)
+    for memory in (at_37, at_37 - 1, at_37 + 12_345, 6 * GiB):
+        if target == "cuda":   # the budget is what remains after the reserve and the margin
+            memory = int((memory + 1) / (1 - fit.DEFAULT_MARGIN)) + CONTEXT_RESERVE + 1
+        budget = make(memory)
+        answer = fit.solve(spec, budget, mode=mode)
+        b = answer.batch
+        assert b >= 1 and not answer.capped
+        assert bytes_at(spec, b, budget, mode) <= budget.usable_bytes < bytes_at(spec, b + 1, budget, mode)
+        assert answer.at_batch.bytes == bytes_at(spec, b, budget, mode)
+        assert answer.at_next.bytes == bytes_at(spec, b + 1, budget, mode)
+        assert answer.headroom_bytes == budget.usable_bytes - answer.at_batch.bytes >= 0
+        assert answer.predict_calls <= 2 * b.bit_length() + 3
+        if memory == at_37 and target == "cpu":
+            assert b == 37
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_predicted_memory_is_non_decreasing_in_the_batch(name):
+    spec = SPECS[name]
+    batches = [*range(1, 65), 1000, 1001, 4096, 10 ** 6, 10 ** 6 + 1]
+    for mode in MODES:
+        for budget in (cpu(1), cuda(10 ** 12)):
+            figures = [fit.evaluate(spec, b, budget, mode=mode) for b in batches]
+            for f in (lambda e: e.bytes, lambda e: e.allocated_bytes):
+                values = [f(e) for e in figures]
+                assert values == sorted(values), (name, mode, budget.target)
+
+
+def test_nothing_fits():
+    answer = fit.solve(SPECS["conv-224"], cpu(10 ** 6), mode="sgd")
+    assert answer.batch == 0 and answer.at_batch is None and answer.headroom_bytes is None
+    assert answer.at_next.batch == 1 and answer.at_next.bytes > 10 ** 6
+    assert answer.predict_calls == 1
+
+
+def test_nothing_fits_from_the_cli_is_exit_3(capsys):
+    assert main(["fit", "conv-224", "--memory", "1MB", "--train", "sgd"]) == 3
+    out = capsys.readouterr().out
+    assert "Nothing fits: batch 1 needs" in out
+    assert main(["fit", "conv-224", "--memory", "1MB", "--train", "sgd", "--format", "json"]) == 3
+    result = json.loads(capsys.readouterr().out)
+    assert result["batch"] == 0 and result["fits"] is False and result["peak"] is None
+
+
+def test_huge_budgets_are_capped():
+    answer = fit.solve(SPECS["digits"], cpu(10 ** 18), mode="inference")
+    assert answer.capped and answer.batch == fit.MAX_BATCH == 2 ** 31
+    assert answer.at_next.batch == 2 ** 31 + 1
+    small = fit.solve(SPECS["digits"], cpu(10 ** 18), mode="adam", max_batch=1000)
+    assert small.capped and small.batch == 1000
+    # a cap that is not a power of two, with a budget that stops below it
+    budget = cpu(bytes_at(SPECS["digits"], 700, cpu(1), "adam"))
+    assert fit.solve(SPECS["digits"], budget, mode="adam", max_batch=1000).batch == 700
+    assert fit.solve(SPECS["digits"], budget, mode="adam", max_batch=600).batch == 600
+
+
+def test_capped_from_the_cli(capsys):
+    assert main(["fit", "digits", "--memory", "1000TB", "--inference"]) == 0
+    assert "The search stops at 2,147,483,648 (2**31)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("24GiB", 24 * 2 ** 30), ("80GB", 80 * 10 ** 9), ("512MiB", 512 * 2 ** 20), ("512 mib", 512 * 2 ** 20),
+    ("1.5GiB", 3 * 2 ** 29), ("85899345920", 85_899_345_920), ("1_000", 1000), ("100B", 100), ("2kb", 2000),
+    ("3KiB", 3072), ("1TiB", 2 ** 40), ("1TB", 10 ** 12),
+])
+def test_sizes(text, expected):
+    assert fit.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text, what", [
+    ("24Gx", "not a size"), ("GiB", "not a size"), ("-1GiB", "not a size"), ("0", "must be positive"),
+    ("0.3B", "not a whole number of bytes"), ("1.2.3GB", "not a size"), ("", "not a size"),
+])
+def test_bad_sizes_name_the_field(text, what):
+    with pytest.raises(SpecError, match=rf"^field 'memory': {what}\. Expected .*Received"):
+        fit.parse_size(text)
+    assert fit.parse_size("0", field="reserve", allow_zero=True) == 0
+
+
+def test_margins():
+    assert fit.parse_margin("10") == pytest.approx(0.1) and fit.parse_margin("0%") == 0
+    for bad in ("100", "-1", "ten", "nan"):
+        with pytest.raises(SpecError, match="field 'margin'"):
+            fit.parse_margin(bad)
+
+
+def test_catalog_lookups():
+    assert lookup("h100-80gb") is lookup("H100_80GB") is lookup(" h100 80gb ") is CATALOG["h100-80gb"]
+    for name in ("h100-80gb", "h100-94gb", "a100-80gb", "a100-40gb", "l40s-48gb", "l4-24gb", "a10-24gb",
+                 "rtx-4090-24gb", "rtx-3090-24gb", "t4-16gb", "v100-16gb", "v100-32gb", "mi300x-192gb"):
+        accelerator = lookup(name)
+        nominal_gib = int(re.search(r"(\d+)gb$", name).group(1))
+        # what CUDA reports is a little under the chips' binary capacity, never over
+        assert 0.9 * nominal_gib * GiB < accelerator.memory_bytes <= nominal_gib * GiB, name
+    assert CATALOG["h100-80gb"].memory_bytes == 85_017_755_648 < 80 * GiB
+    assert not CATALOG["h100-80gb"].nominal and CATALOG["h100-94gb"].nominal
+    assert blas_workspace_bytes(CATALOG["h100-80gb"]) == 32 * MiB
+    assert blas_workspace_bytes(CATALOG["a100-40gb"]) == 4096 * 1024 * 2 + 16 * 1024 * 8
+
+
+def test_unknown_device_is_one_line_listing_the_names(capsys):
+    assert main(["fit", "digits", "--device", "b200-192gb", "--train", "adam"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("modelsize: error: field 'device': unknown accelerator. Expected one of h100-80gb, ")
+    assert all(name in err for name in CATALOG) and "Received 'b200-192gb'" in err
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--memory", "24Gx"], "memory"), (["--memory", "1GiB", "--reserve", "2GiB"], "reserve"),
+    (["--memory", "1GiB", "--margin", "150"], "margin"), (["--device", "t4-16gb", "--target", "cpu"], "target"),
+])
+def test_bad_budgets_are_one_line_and_exit_2(capsys, argv, field):
+    assert main(["fit", "digits", "--train", "adam", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"field '{field}'" in err
+
+
+def test_budgets():
+    budget = fit.make_budget(device="h100-80gb")
+    assert (budget.target, budget.reserve_bytes, budget.workspace_bytes) == ("cuda", 512 * MiB, 32 * MiB)
+    assert budget.margin_bytes == -(-(85_017_755_648 - 512 * MiB) // 10)
+    assert budget.usable_bytes == 85_017_755_648 - 512 * MiB - budget.margin_bytes
+    plain = fit.make_budget(memory="24GiB")
+    assert (plain.target, plain.usable_bytes, plain.reserve_bytes, plain.margin) == ("cpu", 24 * GiB, 0, 0)
+    custom = fit.make_budget(memory="24GiB", target="cuda", reserve="1GiB", margin="5")
+    assert custom.usable_bytes == 23 * GiB - -(-23 * GiB // 20)
+    with pytest.raises(SpecError, match="exactly one of"):
+        fit.make_budget(memory="1GiB", device="t4-16gb")
+    with pytest.raises(SpecError, match="field 'train'"):
+        fit.solve(SPECS["digits"], plain, mode="lbfgs")
+
+
+def test_cuda_figures_round_blocks_and_count_segments():
+    assert [fit.block_bytes(n) for n in (0, 1, 511, 512, 513, 1000)] == [0, 512, 512, 512, 1024, 1024]
+    assert fit.segment_bytes(5 * MiB) == 5 * MiB                  # shares a 20 MiB segment
+    assert fit.segment_bytes(10 * MiB) == 10 * MiB                # its own segment, already 2 MiB-aligned
+    assert fit.segment_bytes(10 * MiB + 1) == 12 * MiB            # its own segment, rounded up to 2 MiB
+    spec, budget = SPECS["bn-conv"], cuda(80 * GiB)
+    plain = predict(spec, batch=3, device_kind="cuda", optimizers=("adam",)).training["adam"].bytes
+    evaluation = fit.evaluate(spec, 3, budget, mode="adam")
+    extras = {k: evaluation.breakdown[k] for k in ("blas_workspace", "per_tensor_rounding", "shared_segments")}
+    assert extras["blas_workspace"] == 2 * 32 * MiB              # forward and autograd threads
+    assert extras["shared_segments"] == 22 * MiB
+    assert (evaluation.reserved_bytes - sum(extras.values())) % 512 == 0   # every block rounded
+    assert evaluation.bytes == evaluation.reserved_bytes >= evaluation.allocated_bytes > plain
+    assert memory_model.Timeline.__name__ == "Timeline"          # the swap is undone
+    again = predict(spec, batch=3, device_kind="cuda", optimizers=("adam",)).training["adam"].bytes
+    assert again == plain
+
+
+def test_cli_json_keys(capsys):
+    assert main(["fit", "digits", "--device", "t4-16gb", "--train", "adam", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"model", "mode", "dtype", "loss", "target", "budget", "batch", "fits", "capped", "max_batch", "peak",
+            "next", "headroom_bytes", "headroom_fraction", "predict_calls"} <= set(result)
+    assert {"memory_bytes", "reserve_bytes", "margin_fraction", "margin_bytes", "blas_workspace_bytes",
+            "usable_bytes", "accelerator"} <= set(result["budget"])
+    assert {"batch", "bytes", "allocated_bytes", "reserved_bytes", "at", "breakdown"} <= set(result["peak"])
+    assert result["target"] == "cuda" and result["budget"]["accelerator"]["name"] == "t4-16gb"
+    assert isinstance(result["peak"]["bytes"], int) and result["next"]["batch"] == result["batch"] + 1
+    assert result["peak"]["bytes"] <= result["budget"]["usable_bytes"] < result["next"]["bytes"]
+
+
+def test_text_output(capsys):
+    assert main(["fit", "dense-514", "--device", "h100-80gb", "--train", "sgd", "--explain"]) == 0
+    out = capsys.readouterr().out
+    for text in ("on h100-80gb (NVIDIA H100 80GB HBM3)", "− reserve", "− fragmentation margin", "= usable",
+                 "cuBLAS workspace", "Largest batch:", "max_memory_allocated", "over budget", "blas_workspace"):
+        assert text in out, text
+
+
+def test_verify_on_the_cpu_for_digits(capsys):
+    """CPU predictions are exact for the seed models: measured(b) <= budget < measured(b + 1)."""
+    assert main(["fit", "digits", "--memory", "1MB", "--train", "adam", "--verify", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    v = result["verification"]
+    assert 100 <= result["batch"] <= 1000
+    assert v["device"] == "cpu" and v["held"] is True
+    assert v["at_batch"]["measured_bytes"] <= 10 ** 6 < v["next"]["measured_bytes"]
+    assert v["at_batch"]["measured_bytes"] == result["peak"]["bytes"]
+
+
+def test_verify_counts_running_out_of_memory_as_not_fitting(monkeypatch):
+    from profiler import workflow
+    from profiler.devices import DoesNotFit
+
+    answer = fit.solve(SPECS["digits"], cpu(10 ** 6), mode="sgd")
+
+    def measure(spec, *, batch, **options):
+        if batch > answer.batch:
+            raise DoesNotFit("training step with sgd does not fit in the memory of cpu")
+        return {"train_peak_bytes_sgd": 10, "train_first_step_peak_bytes_sgd": 12}, {}
+
+    monkeypatch.setattr(workflow, "measure", measure)
+    v = fit.verify(SPECS["digits"], answer)
+    assert v.at_batch.measured_bytes == 12 and v.fits_at_batch
+    assert v.at_next.does_not_fit and v.at_next.measured_bytes is None and v.over_at_next and v.held
+    assert fit.Check(1, 5, skipped="too big").within(10) is None
+
+
+def test_verify_skips_what_the_ram_cannot_hold(monkeypatch):
+    answer = fit.solve(SPECS["digits"], cpu(10 ** 15), mode="adam")
+    v = fit.verify(SPECS["digits"], answer)
+    assert v.at_batch.skipped and v.at_next.skipped and v.held is None
