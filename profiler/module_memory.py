@@ -493,10 +493,11 @@ def _state_tensors(opt: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
 
 def outputs(out: object) -> list[torch.Tensor]:
     """The tensors a loss is computed on, as the runner takes them: the output, or each tensor of
-    a tuple or list output (nested containers, such as an LSTM's ``(h, c)``, are left out)."""
+    a tuple, list or dict output (nested containers, such as an LSTM's ``(h, c)``, are left out)."""
     if isinstance(out, torch.Tensor):
         return [out]
-    found = [o for o in out if isinstance(o, torch.Tensor)] if isinstance(out, (tuple, list)) else []
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    found = [o for o in items if isinstance(o, torch.Tensor)]
     if not found:
         raise TypeError(f"the module returned no tensor to compute a loss on (got {type(out).__name__})")
     return found

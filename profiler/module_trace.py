@@ -87,8 +87,9 @@ def trace(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
             record.input_shape = tuple(given[0].shape)
         pending.append((name, {id(_storage(t)) for t in given}))
 
-    def leave(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-              output: Any) -> None:
+    def leave(module: torch.nn.Module, args: tuple[Any, ...], *rest: Any) -> None:
+        # (kwargs, output); when the forward raised, torch calls it with (output) only
+        kwargs, output = rest if len(rest) == 2 else ({}, rest[-1])
         name = stack.pop()
         _, inputs_storages = pending.pop()
         inputs_storages |= {id(_storage(t)) for t in _tensors(kwargs)}

@@ -150,6 +150,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         "device_kind": "cpu", "depth": depth,
         "input_shape": [[None, *s] for s in shapes] if len(shapes) > 1 else [None, *shapes[0]],
         "input_dtype": [str(d).removeprefix("torch.") for d in in_dtypes],
+        "output_shape": [_batchless(tuple(o.shape), batch) for o in outputs(traced.output)],
         "layers": rows, "totals": totals, "predicted": predicted, "peaks": peaks,
     }
 
