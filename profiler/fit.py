@@ -216,6 +216,8 @@ class Evaluation:
 def evaluate(spec: ModelSpec, batch: int, budget: Budget, *, mode: str, dtype: str = "float32",
              loss: str = "cross_entropy") -> Evaluation:
     """Predict the figure that is compared with ``budget`` at ``batch`` (see the module docstring)."""
+    if mode not in MODES:
+        raise SpecError("unknown mode", field="train", expected=" or ".join(MODES), received=repr(mode))
     options = {"batch": batch, "dtype": dtype, "loss": loss, "device_kind": budget.target,
                "optimizers": () if mode == "inference" else (mode,)}
     if budget.target == "cpu":
@@ -241,8 +243,6 @@ def _mode_peak(prediction: Prediction, mode: str) -> Peak:
     """Inference, or the larger of the steady and the first training step (a loop runs both)."""
     if mode == "inference":
         return prediction.inference
-    if mode not in prediction.training:
-        raise SpecError("unknown mode", field="train", expected=" or ".join(MODES), received=repr(mode))
     steady, first = prediction.training[mode], prediction.first_step[mode]
     if first.bytes > steady.bytes:
         return Peak(first.bytes, f"first step: {first.at}", first.breakdown)
@@ -326,8 +326,6 @@ def solve(spec: ModelSpec, budget: Budget, *, mode: str, dtype: str = "float32",
     Doubling from 1 until a batch does not fit, then bisecting: about ``2 log2(b)`` predictions,
     each remembered, so ``b + 1`` is usually known already when the search ends.
     """
-    if mode not in MODES:
-        raise SpecError("unknown mode", field="train", expected=" or ".join(MODES), received=repr(mode))
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise SpecError("must be a positive integer", field="max_batch", received=repr(max_batch))
     seen: dict[int, Evaluation] = {}
