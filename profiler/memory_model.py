@@ -41,6 +41,8 @@ class Op:
     layer: str = ""                    # the spec layer this op belongs to
     grad_passthrough: bool = False     # input gradients are the output gradient itself (Add, views)
     holds_only: bool = False           # no computation: the caller's frame holds ``inputs`` until here
+    scratch: tuple[Saved, ...] = ()            # forward temporaries, freed before the op returns
+    backward_scratch: tuple[Saved, ...] = ()   # backward temporaries, likewise
     weights: str = ""                  # whose parameters the op uses (the layer's first call)
     shared_call: bool = False          # a later call of a shared layer: its weights are counted already
 
@@ -248,20 +250,28 @@ class _Forward:
         self.elements[op.output] = op.out_elements
         self.requires_grad[op.output] = records
         self.hold(key, f"graph:{op.output}")
+        scratch = [self.size(s) for s in op.scratch]
+        for i, nbytes in enumerate(scratch):
+            self.t.alloc(f"{op.output}.scratch{i}", nbytes, "temporaries")
+        for i in range(len(scratch)):
+            self.t.free(f"{op.output}.scratch{i}")
         if not records:
             return
         for i, saved in enumerate(op.saved):
             if saved.of == "new":
                 new = f"{op.output}.saved{i}"
-                size = self.act if saved.dtype == "act" else itemsize(saved.dtype)
-                count = saved.elements * (self.s.batch if saved.per_sample else 1)
-                self.t.alloc(new, count * size, "activations")
+                self.t.alloc(new, self.size(saved), "activations")
                 self.origin[new] = op.layer
                 self.hold(new, f"op{k}")
             else:
                 values = {"input": op.inputs[:1], "inputs": op.inputs, "output": (op.output,)}[saved.of]
                 for value in values:
                     self.hold(self.storage[value], f"op{k}")
+
+    def size(self, tensor: Saved) -> int:
+        """Bytes of a tensor a rule describes (elements per sample unless ``per_sample`` is off)."""
+        itemsize_ = self.act if tensor.dtype == "act" else itemsize(tensor.dtype)
+        return tensor.elements * (self.s.batch if tensor.per_sample else 1) * itemsize_
 
     def _layer_ends(self) -> list[int]:
         ends = [0] * len(self.ops)
@@ -337,6 +347,11 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None
                     t.free(new)
             else:
                 give(value, new)
+        scratch = [forward.size(s) for s in op.backward_scratch]
+        for i, nbytes in enumerate(scratch):
+            t.alloc(f"backward_scratch:{k}:{i}", nbytes, "temporaries")
+        for i in range(len(scratch)):
+            t.free(f"backward_scratch:{k}:{i}")
         forward.release_all(f"op{k}")
         drop(op.output)
         if accumulating:   # AccumulateGrad: grad = grad + new, out of place, tensor by tensor

@@ -327,7 +327,8 @@ class _Plan:
                   out_elements=y, out_is_view=memory.output_is_view, identity_in_eval=memory.identity_in_eval,
                   saved=memory.saved, param_bytes=params.trainable * act,
                   param_tensors=tuple(n * act for n in tensors), grad_passthrough=memory.grad_passthrough,
-                  weights=owner, shared_call=not t.first_call)
+                  weights=owner, shared_call=not t.first_call, scratch=memory.scratch,
+                  backward_scratch=memory.backward_scratch)
         if activation == "linear":
             return [main]
         act_memory = rule_for("Activation").memory(LayerArgs({"activation": activation}), t.output_shape,

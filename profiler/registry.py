@@ -63,6 +63,9 @@ class Memory:
     output_is_view: bool = False              # Flatten, Reshape: the output shares the input's storage
     identity_in_eval: bool = False            # Dropout: in eval mode the input itself is returned
     grad_passthrough: bool = False            # Add: each input's gradient is the output's gradient
+    # temporaries alive at the op's worst moment and gone when it returns ("new" Saved entries):
+    scratch: tuple[Saved, ...] = field(default_factory=tuple)           # in the forward pass
+    backward_scratch: tuple[Saved, ...] = field(default_factory=tuple)  # in the op's backward
     saved: tuple[Saved, ...] = field(default_factory=tuple)  # kept for backward in training
 
 
