@@ -298,11 +298,17 @@ class StorageLog(TorchDispatchMode):
                 sizes[id(storage)] = storage.nbytes()
         allocs, frees = [], []
         for nbytes in sizes.values():
-            serial = -1 - len(self.category)
-            self.category[serial] = category
-            allocs.append(_Event(serial, nbytes, "start", new=True))
-            frees.append(_Event(serial, -nbytes, freed_at))
+            alloc, free = self.synthetic(nbytes, category, "start", freed_at)
+            allocs.append(alloc)
+            frees.append(free)
         return allocs, frees
+
+    def synthetic(self, nbytes: int, category: str, at: str,
+                  freed_at: str = "") -> tuple[_Event, _Event]:
+        """The allocation and the free of a storage that was not run, only counted."""
+        serial = -1 - len(self.category)
+        self.category[serial] = category
+        return _Event(serial, nbytes, at, new=True), _Event(serial, -nbytes, freed_at)
 
     def peak(self, pieces: Sequence[Sequence[_Event]], *, start: int) -> Peak:
         """The highest live total over ``pieces`` played in order, and what made it up then.
@@ -444,20 +450,14 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         grads = [p.grad for p in params]
         log.mark(grads, "gradients")
         forward_backward = log.cut()
-        twins = _meta_twins(params)
         for name in optimizers:
-            alive.append(opt := OPTIMIZERS[name](twins))
-            with log:
-                log.set_phase(f"optimizer step ({name})")
-                opt.step()
-            state = list(_state_tensors(opt))
-            log.mark(state, "optimizer_state")
-            step = log.cut()
+            step, created, opt = _optimizer_step(log, name, params)
+            alive.append(opt)
             first_step[name] = log.peak([start, forward_backward, step], start=len(start))
-            created = log.serials(state)
             update = [e for e in step if e.serial not in created]
             old_grads, zero_grad = log.alive_before(grads, "gradients", "zero_grad")
-            old_state, _ = log.alive_before(state, "optimizer_state", "")
+            old_state = [log.synthetic(e.nbytes, "optimizer_state", "start")[0]
+                         for e in step if e.serial in created and e.new]
             before = [*start, *old_grads, *old_state]
             training[name] = log.peak([before, zero_grad, forward_backward, update],
                                       start=len(before))
@@ -467,6 +467,21 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         for p in params:
             p.grad = None
     return MemoryPrediction(inference, training, first_step, saved)
+
+
+def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parameter]
+                    ) -> tuple[list[_Event], set[int], torch.optim.Optimizer]:
+    """The first ``step`` of optimizer ``name`` over meta twins of ``params`` (gradients set):
+    its events, the serials of the state it created, and the optimizer (keep it alive while the
+    log is read)."""
+    twins = _meta_twins(params)
+    opt = OPTIMIZERS[name](twins)
+    with log:
+        log.set_phase(f"optimizer step ({name})")
+        opt.step()
+    state = list(_state_tensors(opt))
+    log.mark(state, "optimizer_state")
+    return log.cut(), log.serials(state), opt
 
 
 def _meta_twins(params: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:

@@ -29,6 +29,7 @@ the totals at every depth.
 from __future__ import annotations
 
 import copy
+import gc
 import importlib
 from dataclasses import dataclass, field
 from math import prod
@@ -206,13 +207,22 @@ def _check(batch: int, depth: int | None, dtype: str, loss: str, optimizers: Seq
 
 
 def _run(fn: Callable[[], Any], what: str) -> Any:
-    """Run a pass; a failure names the pass (data-dependent code cannot run without data)."""
+    """Run a pass; a failure names the pass (data-dependent code cannot run without data).
+
+    The garbage collector is paused, as the runner pauses it while measuring: a tensor in a
+    reference cycle then lives to the end of the pass in both, and no collection interrupts.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
         return fn()
     except ModelsizeError:
         raise
     except Exception as err:
         raise ModelsizeError(f"{what} failed: {type(err).__name__}: {err}".split("\n")[0]) from err
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # ----------------------------------------------------------------------------------------------
