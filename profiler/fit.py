@@ -46,15 +46,12 @@ memory means the allocator could not reserve another segment. (Constants from Py
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-import threading
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from . import memory_model
 from .accelerators import CONTEXT_RESERVE, Accelerator, blas_workspace_bytes, lookup
 from .errors import SpecError
 from .memory_model import Peak
@@ -223,10 +220,8 @@ def evaluate(spec: ModelSpec, batch: int, budget: Budget, *, mode: str, dtype: s
     if budget.target == "cpu":
         peak = _mode_peak(predict(spec, **options), mode)
         return Evaluation(batch, peak.bytes, peak.bytes, None, peak.at, dict(peak.breakdown))
-    with _blocks_as(block_bytes):
-        prediction = predict(spec, **options)
-    with _blocks_as(segment_bytes):
-        reserved = _mode_peak(predict(spec, **options), mode)
+    prediction = predict(spec, footprint=block_bytes, **options)
+    reserved = _mode_peak(predict(spec, footprint=segment_bytes, **options), mode)
     allocated = _mode_peak(prediction, mode)
     handles = 1 if mode == "inference" else 2
     extra = {"blas_workspace": handles * block_bytes(budget.workspace_bytes),
@@ -261,30 +256,6 @@ def _tensor_blocks(prediction: Prediction) -> int:
         trainable = len(row.params.tensors) or (1 if row.params.trainable else 0)
         count += 2 * trainable + (3 if row.params.non_trainable else 0)
     return count
-
-
-_SWAP = threading.Lock()
-
-
-@contextlib.contextmanager
-def _blocks_as(footprint: Callable[[int], int]) -> Iterator[None]:
-    """Replay the memory model with every allocation counted as ``footprint(bytes)``.
-
-    ``memory_model`` builds its own :class:`~profiler.memory_model.Timeline`; until it takes one as
-    an argument, the class is swapped for one call of ``predict`` (under a lock, and restored even
-    on error). Frees stay consistent: the timeline remembers the size it counted.
-    """
-    class Blocks(memory_model.Timeline):
-        def alloc(self, key: str, nbytes: int, category: str) -> None:
-            super().alloc(key, footprint(nbytes), category)
-
-    with _SWAP:
-        original = memory_model.Timeline
-        memory_model.Timeline = Blocks
-        try:
-            yield
-        finally:
-            memory_model.Timeline = original
 
 
 @dataclass(frozen=True)

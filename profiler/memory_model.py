@@ -10,7 +10,7 @@ gradients, optimizer state), and a training step is the steady-state step
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .dtypes import itemsize
 from .optimizers import get as optimizer_model
@@ -61,7 +61,9 @@ class Peak:
 class Timeline:
     """Allocations and frees in program order; remembers the peak and its make-up."""
 
-    def __init__(self) -> None:
+    def __init__(self, footprint: Callable[[int], int] | None = None) -> None:
+        """``footprint``: what the allocator sets aside for a request (CUDA rounds up; CPU: exact)."""
+        self.footprint = footprint
         self.live: dict[str, tuple[str, int]] = {}
         self.by_category = {c: 0 for c in CATEGORIES}
         self.current = 0
@@ -71,6 +73,8 @@ class Timeline:
     def alloc(self, key: str, nbytes: int, category: str) -> None:
         if key in self.live:
             raise KeyError(f"{key} is allocated twice")
+        if self.footprint is not None:
+            nbytes = self.footprint(nbytes)
         self.live[key] = (category, nbytes)
         self.by_category[category] += nbytes
         self.current += nbytes
@@ -98,6 +102,7 @@ class Setting:
     buffer_bytes: int          # non-trainable state (BatchNorm's moving statistics)
     loss: str = "cross_entropy"
     foreach: bool = False      # CUDA optimizers use multi-tensor (foreach) kernels; CPU ones do not
+    footprint: Callable[[int], int] | None = None   # allocator rounding of each request
 
 
 def inference_peak(ops: Iterable[Op], s: Setting) -> Peak:
@@ -107,7 +112,7 @@ def inference_peak(ops: Iterable[Op], s: Setting) -> Peak:
     caller holds it (model inputs and outputs).
     """
     ops = list(ops)
-    t = Timeline()
+    t = Timeline(s.footprint)
     t.alloc("params", _trainable_bytes(ops) + s.buffer_bytes, "parameters")
     _Forward(t, ops, s, training=False).run()
     return t.peak
@@ -119,7 +124,7 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
     act = itemsize(s.dtype)
     trainable = _trainable_bytes(ops)
     tensors = [n for op in ops if not op.shared_call for n in op.param_tensors]
-    t = Timeline()
+    t = Timeline(s.footprint)
     t.alloc("params", trainable + s.buffer_bytes, "parameters")
     t.alloc("target", s.target_bytes, "inputs")
     model = optimizer_model(optimizer)
@@ -163,7 +168,7 @@ def _trainable_bytes(ops: list[Op]) -> int:
 def kept_for_backward(ops: Iterable[Op], s: Setting) -> dict[str, int]:
     """Bytes each layer created in the training forward pass that are still alive when backward
     starts: what autograd saved, plus the outputs the caller holds."""
-    t = Timeline()
+    t = Timeline(s.footprint)
     forward = _Forward(t, list(ops), s, training=True)
     forward.run()
     kept: dict[str, int] = {}
@@ -319,8 +324,10 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None
             t.alloc(f"grad:{out}", elements * act, "temporaries")
             t.free(f"grad_log_probs:{out}")
             t.free(f"log_probs:{out}")
-        else:
+        else:   # mse_loss_backward: 2 (out − y) · grad / n, the difference made first
+            t.alloc(f"difference:{out}", elements * act, "temporaries")
             t.alloc(f"grad:{out}", elements * act, "temporaries")
+            t.free(f"difference:{out}")
         give(out, f"grad:{out}")
     for k in range(len(ops) - 1, -1, -1):
         op = ops[k]

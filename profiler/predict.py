@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from math import prod
+from typing import Callable
 
 from .args import LayerArgs
 from .dtypes import check_model_dtype, itemsize
@@ -200,8 +201,13 @@ class Prediction:
 
 
 def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: str = "cross_entropy",
-            device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> Prediction:
-    """Everything modelsize can say about ``spec`` without building it."""
+            device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS,
+            footprint: Callable[[int], int] | None = None) -> Prediction:
+    """Everything modelsize can say about ``spec`` without building it.
+
+    ``footprint`` maps each request's bytes to what the allocator sets aside (CUDA's caching
+    allocator rounds to 512-byte blocks and larger segments); by default bytes are exact.
+    """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise SpecError("must be a positive integer", field="batch", received=repr(batch))
     check_model_dtype(dtype)
@@ -223,9 +229,10 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     else:
         target_bytes = sum(batch * prod(shape) * act for shape in out_shapes)
     setting = Setting(batch=batch, dtype=dtype, inputs=inputs, outputs=outputs, target_bytes=target_bytes,
-                      buffer_bytes=plan.buffer_bytes, loss=loss, foreach=device_kind == "cuda")
-    kept = kept_for_backward(plan.ops, setting)
-    rows = [replace(row, kept_bytes=_kept(row, kept)) for row in plan.rows]
+                      buffer_bytes=plan.buffer_bytes, loss=loss, foreach=device_kind == "cuda",
+                      footprint=footprint)
+    kept = _by_prefix(kept_for_backward(plan.ops, setting))
+    rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in plan.rows]
     return Prediction(
         spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(rows),
         inference=inference_peak(plan.ops, setting),
@@ -238,9 +245,15 @@ def _ref_key(ref: tuple[str, int]) -> str:
     return ref[0] if ref[1] == 0 else f"{ref[0]}:{ref[1]}"
 
 
-def _kept(row: LayerRow, kept: dict[str, int]) -> int:
-    """A row's kept bytes; a nested model's row sums those of its inner layers."""
-    return sum(n for layer, n in kept.items() if layer == row.name or layer.startswith(row.name + "/"))
+def _by_prefix(per_layer: dict[str, int]) -> dict[str, int]:
+    """Bytes per row name: a nested model's row ("block") sums its inner layers ("block/dense")."""
+    totals: dict[str, int] = {}
+    for layer, nbytes in per_layer.items():
+        parts = layer.split("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            totals[prefix] = totals.get(prefix, 0) + nbytes
+    return totals
 
 
 class _Plan:
