@@ -29,7 +29,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.model} b{self.batch} {self.dtype}"
+        name = Path(self.model).stem if self.model.endswith((".yaml", ".json")) else self.model
+        return f"{name} b{self.batch} {self.dtype}"
 
 
 def run_case(case: Case, *, repeats: int = 5) -> dict:
