@@ -7,4 +7,13 @@ from .predict import Prediction, predict
 from .spec import Model, ModelSpec, layer, load, loads
 
 __all__ = ["Model", "ModelSpec", "ModelsizeError", "Prediction", "ShapeError", "SpecError",
-           "UnsupportedLayerError", "layer", "load", "loads", "predict"]
+           "UnsupportedLayerError", "layer", "load", "loads", "predict", "summary"]
+
+
+def __getattr__(name: str):
+    """``profiler.summary(module, input_shape=...)`` for torch modules, imported on first use
+    (it needs torch, which predicting a spec does not)."""
+    if name == "summary":
+        from .torch_module import summary
+        return summary
+    raise AttributeError(f"module 'profiler' has no attribute {name!r}")

@@ -33,6 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
+    if workflow.is_factory(args.spec):
+        result = workflow.summarize_factory(args.spec, input_shapes=args.input_shape or [],
+                                            input_dtypes=args.input_dtype or [], batch=args.batch,
+                                            dtype=args.dtype, loss=args.loss, depth=args.depth,
+                                            optimizers=args.optimizers)
+        _emit(result, args)
+        return 0
     spec = workflow.resolve_spec(args.spec)
     result = workflow.summary(spec, batch=args.batch, dtype=args.dtype, loss=args.loss,
                               device_kind=args.device_kind, optimizers=args.optimizers)
@@ -112,6 +119,16 @@ def _optimizer_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes separated by commas, received {text!r}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected positive sizes, received {text!r}")
+    return dims
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -157,8 +174,18 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--threads", type=_positive, default=None,
                          help="CPU threads for torch (default: torch's own choice), recorded in results")
 
-    summary = commands.add_parser("summary", help="predict without building the model")
+    summary = commands.add_parser(
+        "summary", help="predict without building the model",
+        description="Predict without building the model. SPEC may also be package.module:factory, a "
+                    "torch model: that module is IMPORTED (its code runs) and the factory is CALLED with "
+                    "no arguments under the meta device, so no weights are allocated; give the input with "
+                    "--input-shape. Only name code you trust.")
     common(summary)
+    summary.add_argument("--input-shape", type=_shape, action="append",
+                         help="for package.module:factory: one sample's input shape, batch excluded "
+                              "(e.g. 3,224,224); repeat for several inputs")
+    summary.add_argument("--input-dtype", choices=("float", "int64"), action="append",
+                         help="for package.module:factory: int64 for token ids; repeat per input")
     summary.add_argument("--device-kind", choices=("cpu", "cuda"), default="cpu",
                          help="predict for this kind of device (optimizer kernels differ)")
     summary.set_defaults(run=_summary)

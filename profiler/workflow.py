@@ -1,6 +1,7 @@
 """The three jobs behind the CLI — predict, measure, profile — as functions returning result dicts."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,35 @@ def resolve_spec(spec: str | None) -> ModelSpec:
         return models.builtin(spec)
     raise SpecError("no such file or built-in model", source=spec,
                     expected="a .yaml/.json spec or one of " + ", ".join(models.names()))
+
+
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_factory(spec: str | None) -> bool:
+    """``package.module:factory`` (a torch model to import and call) rather than a spec file."""
+    return spec is not None and not Path(spec).exists() and bool(FACTORY.match(spec))
+
+
+def summarize_factory(reference: str, *, input_shapes: list[tuple[int, ...]], input_dtypes: list[str],
+                      batch: int, dtype: str, loss: str, depth: int | None,
+                      optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> dict[str, Any]:
+    """Predict a torch model made by ``reference``: imported, then called under the meta device."""
+    import sys
+
+    from .torch_module import load_factory, summary as module_summary
+
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:   # as `python -m` would: find local code
+        sys.path.insert(0, str(Path.cwd()))
+    if not input_shapes:
+        raise SpecError("a torch model needs its input shape", field="input-shape",
+                        expected="--input-shape 3,224,224 (batch excluded), once per input")
+    dtypes = input_dtypes or ["float"]
+    if len(dtypes) == 1:
+        dtypes = dtypes * len(input_shapes)
+    return module_summary(load_factory(reference), input_shapes if len(input_shapes) > 1 else input_shapes[0],
+                          batch=batch, depth=depth, input_dtype=dtypes if len(dtypes) > 1 else dtypes[0],
+                          dtype=dtype, loss=loss, name=reference, optimizers=optimizers)
 
 
 def token_range(spec: ModelSpec, input_name: str) -> int | None:

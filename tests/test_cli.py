@@ -68,3 +68,20 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     assert "field 'units'" in run.stderr
+
+
+def test_torch_factory_from_the_command_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n"
+        "def digits():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Softmax(-1))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["summary", "my_models:digits", "--input-shape", "1,28,28", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["totals"]["params"] == 7850
+    assert [layer["output_shape"] for layer in out["layers"]] == [[None, 784], [None, 10], [None, 10]]
+    assert main(["summary", "my_models:nothing", "--input-shape", "4"]) == 2
+    assert "has no attribute 'nothing'" in capsys.readouterr().err
+    assert main(["summary", "my_models:digits"]) == 2
+    assert "field 'input-shape'" in capsys.readouterr().err

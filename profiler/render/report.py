@@ -81,9 +81,9 @@ def _branches(layers: list[dict]) -> bool:
     """Whether the model is more than a chain, so that "Connected to" says something."""
     previous = None
     for layer in layers:
-        if layer.get("depth", 1) != 1:
+        if layer.get("depth", 1) != 1 or "connected_to" not in layer:
             continue
-        connected = layer.get("connected_to", [])
+        connected = layer["connected_to"]
         if previous is not None and connected != [previous] or len(connected) > 1:
             return True
         previous = layer["name"]
