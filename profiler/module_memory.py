@@ -1,4 +1,4 @@
-"""Memory peaks of a torch module, predicted by running it on fake tensors: nothing real is allocated.
+"""Memory peaks of a torch module, predicted by running it on fake tensors (nothing allocated).
 
 The module runs for real (its own forward, autograd's backward, the optimizer's own ``step``) on
 ``FakeTensorMode`` tensors that claim to live on the CPU but have no data. The CPU device matters:
@@ -109,7 +109,7 @@ def _onednn_lstm(args: tuple, out: Any) -> Any:
 @_cpu_result(aten.mkldnn_rnn_layer_backward.default)
 def _onednn_lstm_backward(args: tuple, out: Any) -> Any:
     """The two bias gradients are two tensors; the fake kernel returns one tensor twice."""
-    if out[3] is out[4] or _storage(out[3]) is _storage(out[4]):
+    if out[3] is out[4] or storage_of(out[3]) is storage_of(out[4]):
         return (*out[:4], out[4].clone(), *out[5:])
     return out
 
@@ -176,9 +176,6 @@ class StorageLog(TorchDispatchMode):
     def set_phase(self, phase: str) -> None:
         self.phase = phase
 
-    def live_bytes(self) -> int:
-        return sum(self._nbytes.values())
-
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> "StorageLog":
         self._hooks = [
@@ -208,7 +205,7 @@ class StorageLog(TorchDispatchMode):
     def _leave_module(self, module: torch.nn.Module, args: object, output: object) -> None:
         if self._stack:
             name = self._stack.pop()
-            for tensor in _tensors(output):
+            for tensor in tensors_in(output):
                 if tensor.grad_fn is not None:
                     self._node_module.setdefault(tensor.grad_fn, name)
 
@@ -229,12 +226,12 @@ class StorageLog(TorchDispatchMode):
         fix = _CPU_RESULT.get(func)
         if fix is not None and _is_fake(out[0]):
             out = fix(args, out)
-        outputs = _tensors(out)
+        outputs = tensors_in(out)
         if outputs:
             lifted = func in _LIFT
-            inputs = set() if lifted else {id(_storage(t)) for t in _tensors((args, kwargs))}
+            inputs = set() if lifted else {id(storage_of(t)) for t in tensors_in((args, kwargs))}
             for tensor in outputs:
-                storage = _storage(tensor)
+                storage = storage_of(tensor)
                 if storage is None or id(storage) in inputs:
                     continue
                 serial = self._serial.get(id(storage))
@@ -342,17 +339,17 @@ class StorageLog(TorchDispatchMode):
         return out
 
 
-def _tensors(tree: object) -> list[torch.Tensor]:
+def tensors_in(tree: object) -> list[torch.Tensor]:
     """The tensors in nested tuples, lists and dicts, in order (operator arguments and results)."""
     if isinstance(tree, torch.Tensor):
         return [tree]
     found: list[torch.Tensor] = []
     if isinstance(tree, (tuple, list)):
         for item in tree:
-            found.extend(_tensors(item))
+            found.extend(tensors_in(item))
     elif isinstance(tree, dict):
         for item in tree.values():
-            found.extend(_tensors(item))
+            found.extend(tensors_in(item))
     return found
 
 
@@ -361,7 +358,7 @@ def _is_fake(tensor: torch.Tensor) -> bool:
     return isinstance(tensor, FakeTensor)
 
 
-def _storage(tensor: torch.Tensor) -> torch.UntypedStorage | None:
+def storage_of(tensor: torch.Tensor) -> torch.UntypedStorage | None:
     if tensor.is_sparse or tensor.is_nested:
         return None
     try:
@@ -383,14 +380,15 @@ class MemoryPrediction:
 
 
 def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
-                   targets: Sequence[torch.Tensor], *, loss: str, fake_mode: Any, names: dict[int, str],
-                   optimizers: Sequence[str] = ("sgd", "adam")) -> MemoryPrediction:
+                   targets: Sequence[torch.Tensor], *, loss: str, fake_mode: Any,
+                   names: dict[int, str], optimizers: Sequence[str] = ("sgd", "adam"),
+                   ) -> MemoryPrediction:
     """Replay inference and training steps of ``model`` (fake tensors, see the module docstring).
 
     ``model``, ``inputs`` and ``targets`` (see :func:`make_target`, one per output) live in
-    ``fake_mode``.
-    ``model`` is put in eval and train mode and its parameters get (fake) gradients and (fake)
-    updates: pass a copy that nobody else uses.
+    ``fake_mode``. ``model`` is put in eval and train mode and its parameters get (fake)
+    gradients: pass a copy that nobody else uses. A model without trainable parameters has no
+    training step (nothing to differentiate).
 
     Training runs one forward and backward pass, then each optimizer's first ``step`` on the
     gradients it left, and puts each step's timeline together from these pieces. The forward and
@@ -424,11 +422,11 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
 
     training: dict[str, Peak] = {}
     first_step: dict[str, Peak] = {}
-    if not optimizers:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not optimizers or not params:
         return MemoryPrediction(inference, training, first_step, {})
     model.train()
     loss_fn = _loss_fn(loss)
-    params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
     log = StorageLog(names)
@@ -492,7 +490,8 @@ def _meta_twins(params: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter
     """
     twins = []
     for p in params:
-        twin = torch.nn.Parameter(torch.empty_strided(p.shape, p.stride(), dtype=p.dtype, device="meta"))
+        twin = torch.nn.Parameter(torch.empty_strided(p.shape, p.stride(), dtype=p.dtype,
+                                                      device="meta"))
         g = p.grad if p.grad is not None else p
         twin.grad = torch.empty_strided(g.shape, g.stride(), dtype=g.dtype, device="meta")
         twins.append(twin)
@@ -514,7 +513,8 @@ def outputs(out: object) -> list[torch.Tensor]:
     items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
     found = [o for o in items if isinstance(o, torch.Tensor)]
     if not found:
-        raise TypeError(f"the module returned no tensor to compute a loss on (got {type(out).__name__})")
+        raise TypeError("the module returned no tensor to compute a loss on "
+                        f"(got {type(out).__name__})")
     return found
 
 

@@ -1,9 +1,8 @@
 """One forward pass on the meta device: every module's shapes and the MACs of the operators it ran.
 
 Shapes come from the *global* module hooks (``register_module_forward_pre_hook`` and
-``register_module_forward_hook``), registered for the pass and removed after it: per-module hooks
-would stay on the user's modules if anything failed, and they change code paths
-(``TransformerEncoderLayer`` leaves its fast path when a module has hooks).
+``register_module_forward_hook``), registered for the pass and removed after it, also when the
+forward raises: no module gets a hook of its own, so none can be left behind.
 
 MACs come from ``torch.utils.flop_counter.FlopCounterMode`` itself (MACs = FLOPs / 2): the
 counter sees the ATen operators a module dispatches, so ``F.scaled_dot_product_attention``, a
@@ -14,13 +13,13 @@ over all modules is exactly what a plain ``FlopCounterMode`` reports.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .module_memory import _storage, _tensors
+from .module_memory import storage_of, tensors_in
 
 OUTSIDE = ""   # operators run by the root module itself, outside any child
 
@@ -31,7 +30,6 @@ class ModuleCalls:
     calls: int = 0
     input_shape: tuple[int, ...] | None = None     # first tensor argument of the first call
     output_shape: tuple[int, ...] | None = None    # first tensor of the first call's output
-    output_shapes: list[tuple[int, ...]] = field(default_factory=list)  # every output tensor, first call
     output_bytes: int = 0      # new storages it returned (views of its inputs are free), all calls
     flops: int = 0             # operators it dispatched itself, not through a child module
 
@@ -81,28 +79,27 @@ def trace(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     def enter(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         name = names.get(id(module), stack[-1] if stack else OUTSIDE)
         stack.append(name)
-        given = _tensors(args)   # global pre-hooks are not given keyword arguments
+        given = tensors_in(args)   # global pre-hooks are not given keyword arguments
         record = modules.setdefault(name, ModuleCalls())
         if record.calls == 0 and given and id(module) in names:
             record.input_shape = tuple(given[0].shape)
-        pending.append((name, {id(_storage(t)) for t in given}))
+        pending.append((name, {id(storage_of(t)) for t in given}))
 
     def leave(module: torch.nn.Module, args: tuple[Any, ...], *rest: Any) -> None:
         # (kwargs, output); when the forward raised, torch calls it with (output) only
         kwargs, output = rest if len(rest) == 2 else ({}, rest[-1])
         name = stack.pop()
         _, inputs_storages = pending.pop()
-        inputs_storages |= {id(_storage(t)) for t in _tensors(kwargs)}
+        inputs_storages |= {id(storage_of(t)) for t in tensors_in(kwargs)}
         if id(module) not in names:
             return
         record = modules[name]
-        outs = _tensors(output)
-        if record.calls == 0:
-            record.output_shapes = [tuple(t.shape) for t in outs]
-            record.output_shape = record.output_shapes[0] if outs else None
+        outs = tensors_in(output)
+        if record.calls == 0 and outs:
+            record.output_shape = tuple(outs[0].shape)
         seen: set[int] = set()
         for t in outs:
-            storage = _storage(t)
+            storage = storage_of(t)
             if storage is not None and id(storage) not in inputs_storages | seen:
                 seen.add(id(storage))
                 record.output_bytes += storage.nbytes()

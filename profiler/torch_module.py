@@ -120,9 +120,17 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     names = {id(m): n for n, m in meta.named_modules()}
     tree = _tree(meta)
     meta.eval()
-    meta_inputs = [torch.empty((batch, *s), dtype=d, device="meta") for s, d in zip(shapes, in_dtypes)]
+    meta_inputs = [torch.empty((batch, *s), dtype=d, device="meta")
+                   for s, d in zip(shapes, in_dtypes)]
     traced = _run(lambda: trace(meta, meta_inputs, names), "the forward pass on the meta device")
-    outs = outputs(traced.output) if optimizers else []
+    try:
+        outs = outputs(traced.output)
+    except TypeError as err:
+        if optimizers:
+            raise ModelsizeError(f"no loss can be computed: {err}", field="optimizers",
+                                 expected="a module returning a tensor (or a tuple, list or dict of "
+                                          "tensors), or optimizers=() for no training step") from None
+        outs = []
 
     from torch._subclasses.fake_tensor import FakeTensorMode
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -130,15 +138,17 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         fake = _twin(meta, _to_fake)
     fake_names = {id(m): n for n, m in fake.named_modules()}
     with fake_mode:
-        fake_inputs = [torch.empty((batch, *s), dtype=d, device="cpu") for s, d in zip(shapes, in_dtypes)]
-        targets = [make_target(loss, o.shape, o.dtype) for o in outs]
+        fake_inputs = [torch.empty((batch, *s), dtype=d, device="cpu")
+                       for s, d in zip(shapes, in_dtypes)]
+        targets = [make_target(loss, o.shape, o.dtype) for o in outs] if optimizers else []
     memory = _run(lambda: predict_memory(fake, fake_inputs, targets, loss=loss, fake_mode=fake_mode,
                                          names=fake_names, optimizers=optimizers),
                   "replaying inference and training on fake tensors")
 
     rows = _rows(tree, traced, memory.saved_bytes, depth, batch)
     totals = _totals(tree, traced, batch, shapes, in_dtypes, targets)
-    predicted = {"param_bytes": totals["param_bytes"], "inference_peak_bytes": memory.inference.bytes}
+    predicted = {"param_bytes": totals["param_bytes"],
+                 "inference_peak_bytes": memory.inference.bytes}
     peaks = {"inference": memory.inference.as_dict()}
     for opt, peak in memory.training.items():
         predicted[f"train_peak_bytes_{opt}"] = peak.bytes
@@ -151,7 +161,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         "device_kind": "cpu", "depth": depth,
         "input_shape": [[None, *s] for s in shapes] if len(shapes) > 1 else [None, *shapes[0]],
         "input_dtype": [str(d).removeprefix("torch.") for d in in_dtypes],
-        "output_shape": [_batchless(tuple(o.shape), batch) for o in outputs(traced.output)],
+        "output_shape": [_batchless(tuple(o.shape), batch) for o in outs],
         "layers": rows, "totals": totals, "predicted": predicted, "peaks": peaks,
     }
 
@@ -167,7 +177,8 @@ def _input_shapes(input_shape: InputShape) -> list[tuple[int, ...]]:
                              expected="a tuple of sizes (batch excluded) or a list of them",
                              received=repr(input_shape))
     several = len(input_shape) > 0 and all(isinstance(s, Sequence) for s in input_shape)
-    shapes = [tuple(s) for s in input_shape] if several else [tuple(input_shape)]  # type: ignore[arg-type]
+    shapes = ([tuple(s) for s in input_shape] if several  # type: ignore[union-attr]
+              else [tuple(input_shape)])  # type: ignore[arg-type]
     for shape in shapes:
         if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
             raise ModelsizeError("bad input shape", field="input_shape",
@@ -360,7 +371,8 @@ def _tree(model: nn.Module) -> dict[str, _Node]:
                     own.frozen += n
                     own.terms.append(f"{attr} {shape} (frozen)")
                 own.nbytes += n * t.element_size()
-        node = _Node(qualified, type(module).__name__, qualified.count(".") + 1 if qualified else 0, own)
+        depth = qualified.count(".") + 1 if qualified else 0
+        node = _Node(qualified, type(module).__name__, depth, own)
         nodes[qualified] = node
         if qualified:
             nodes[qualified.rpartition(".")[0]].children.append(node)
