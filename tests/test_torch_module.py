@@ -318,6 +318,13 @@ def test_a_real_module_is_not_moved_changed_or_hooked():
             dict(torch.nn.modules.module._global_forward_pre_hooks)) == hooks
 
 
+def test_a_module_and_its_factory_give_the_same_summary():
+    from_module = summary(real_model("lstm_bidirectional"), (9, 8), batch=BATCH)
+    from_factory = result("lstm_bidirectional")
+    for key in ("layers", "totals", "predicted", "peaks", "output_shape"):
+        assert from_module[key] == from_factory[key], key
+
+
 def test_global_hooks_are_removed_when_the_forward_fails():
     class Broken(nn.Module):
         def forward(self, x):
