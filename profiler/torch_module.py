@@ -23,8 +23,12 @@ Modules deeper than ``depth`` are folded into their ancestor at ``depth``, whose
 whole subtree; ``depth=None`` lists every leaf module (the flat per-leaf view). A module whose
 children are listed gets a row of its own only when it owns something itself: parameters it holds
 directly (``nn.MultiheadAttention.in_proj_weight``) or operators its own ``forward`` runs (a
-``torch.matmul`` between child layers); that row counts only its own part. So every column sums to
-the totals at every depth.
+``torch.matmul`` between child layers); that row counts only its own part. So the count columns
+(parameters, parameter bytes, MACs, FLOPs, bytes kept for backward) sum to the totals at every
+depth. Besides the keys of a prediction's rows, each row has ``depth``, ``shared`` (it holds a
+tensor another module holds too; counted once, at the first), ``calls`` (0: never called, shapes
+unknown), ``own_part_only`` and ``activation_bytes`` (= ``output_bytes``: the new storages the
+module returns; in place and views return none).
 """
 from __future__ import annotations
 
