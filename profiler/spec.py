@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .args import LayerArgs, parse_args
+from .args import LayerArgs, _plain, parse_args
 from .errors import ModelsizeError, SpecError, layer_label
 from .registry import Context, rule_for
 
@@ -408,11 +408,3 @@ def _auto_name(type_name: str, counters: dict[str, int], used: set[str]) -> str:
         name = base if count == 0 else f"{base}_{count}"
         if name not in used:
             return name
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
