@@ -39,15 +39,37 @@ def run_case(case: Case, *, repeats: int = 5) -> dict:
                               device="cpu", warmup=2, repeats=repeats, threads=None)
     row = {"case": case.label, "model": case.model, "batch": case.batch, "dtype": case.dtype,
            "forward_ms": result["measured"]["forward_ms"], "forward_ms_iqr": result["measured"]["forward_ms_iqr"]}
+    module_prediction = torch_path_prediction(spec, case)
     for key, _ in FIGURES:
-        row[key] = {"predicted": result["predicted"][key], "measured": result["measured"][key],
-                    "error": result["relative_error"][key]}
+        measured = result["measured"][key]
+        row[key] = {"predicted": result["predicted"][key], "measured": measured,
+                    "error": result["relative_error"][key],
+                    "torch_path": module_prediction[key],
+                    "torch_path_error": (module_prediction[key] - measured) / measured}
     return row
 
 
+def torch_path_prediction(spec, case: Case) -> dict:
+    """The same model predicted the other way: built in torch, then summarized as a torch module
+    (replayed on fake tensors), as a user arriving with an nn.Module would get it."""
+    import profiler
+    from profiler.build import build
+
+    module = build(spec, dtype=case.dtype)
+    shapes = [i.shape for i in spec.inputs]
+    dtypes = [i.dtype for i in spec.inputs]
+    result = profiler.summary(module, shapes if len(shapes) > 1 else shapes[0], batch=case.batch,
+                              input_dtype=dtypes if len(dtypes) > 1 else dtypes[0], dtype=case.dtype)
+    return result["predicted"]
+
+
 def summarize(rows: list[dict]) -> dict:
-    errors = [row[key]["error"] for row in rows for key, _ in FIGURES[:3]]
-    return {"cases": len(rows), "figures": len(errors),
+    return {path: _errors([row[key][error] for row in rows for key, _ in FIGURES[:3]])
+            for path, error in (("spec", "error"), ("torch_module", "torch_path_error"))}
+
+
+def _errors(errors: list[float]) -> dict:
+    return {"figures": len(errors),
             "median_abs_error": statistics.median(abs(e) for e in errors),
             "max_abs_error": max(abs(e) for e in errors),
             "under_predictions": sum(e < 0 for e in errors),
@@ -55,24 +77,30 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def markdown(title: str, rows: list[dict], summary: dict, machine: dict) -> str:
-    headers = ["Case"] + [h for _, label in FIGURES for h in (f"{label} predicted", "measured", "error")] \
-        + ["forward (median ± IQR/2)"]
+    headers = ["Case"] + [h for _, label in FIGURES[:3]
+                          for h in (f"{label} measured", "spec path", "torch path")] \
+        + ["parameters", "forward (median ± IQR/2)"]
     cells = []
     for row in rows:
         line = [row["case"]]
-        for key, _ in FIGURES:
+        for key, _ in FIGURES[:3]:
             f = row[key]
-            line += [units.nbytes(f["predicted"]), units.nbytes(f["measured"]), units.percent(f["error"])]
+            line += [units.nbytes(f["measured"]), units.percent(f["error"]), units.percent(f["torch_path_error"])]
+        line.append(units.percent(row["param_bytes"]["error"]))
         line.append(f"{row['forward_ms']:.3f} ± {row['forward_ms_iqr'] / 2:.3f} ms")
         cells.append(line)
     table = grid.markdown(headers, cells, right=[False] + [True] * (len(headers) - 1))
-    return (f"# {title}\n\nPredicted against measured peaks (CPU allocator level: torch.profiler "
-            f"memory events replayed). Error = (predicted − measured) / measured. One measurement per "
+    lines = []
+    for path, label in (("spec", "From the spec"), ("torch_module", "From the torch module")):
+        e = summary[path]
+        lines.append(f"- {label}: over {e['figures']} peak figures, median |error| "
+                     f"{e['median_abs_error'] * 100:.3f}%, maximum |error| {e['max_abs_error'] * 100:.3f}%, "
+                     f"{e['under_predictions']} under-predictions ({e['under_predictions_over_1pct']} by more than 1%).")
+    return (f"# {title}\n\nMeasured peaks (CPU allocator level: torch.profiler memory events replayed) "
+            f"and the error of each prediction: from the spec (`predict`) and from the torch module built "
+            f"from it (`profiler.summary`). Error = (predicted − measured) / measured. One measurement per "
             f"case (memory is deterministic); forward time over the repeats shown.\n\n{table}\n\n"
-            f"Over {summary['figures']} peak figures in {summary['cases']} cases: median |error| "
-            f"{summary['median_abs_error'] * 100:.4f}%, maximum |error| {summary['max_abs_error'] * 100:.4f}%, "
-            f"{summary['under_predictions']} under-predictions ({summary['under_predictions_over_1pct']} "
-            f"by more than 1%).\n\nMachine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} "
+            + "\n".join(lines) + f"\n\nMachine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} "
             f"logical cores, torch {machine.get('torch_version')}, modelsize commit {machine.get('git_commit')}.\n")
 
 
