@@ -34,13 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .memory_model import CATEGORIES, Peak
-
-OPTIMIZERS: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
-    "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
-    "adam": lambda params: torch.optim.Adam(params),
-}
-LOSSES = ("cross_entropy", "mse")
+from .memory_model import CATEGORIES, LOSSES, Peak  # noqa: F401  (LOSSES: re-exported for torch_module)
+from .optimizers import CATALOG as OPTIMIZERS
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
 
@@ -473,7 +468,7 @@ def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parame
     its events, the serials of the state it created, and the optimizer (keep it alive while the
     log is read)."""
     twins = _meta_twins(params)
-    opt = OPTIMIZERS[name](twins)
+    opt = OPTIMIZERS[name].make(twins)
     with log:
         log.set_phase(f"optimizer step ({name})")
         opt.step()
