@@ -1023,3 +1023,82 @@ def test_reshaping_errors():
         predict("PReLU", {"shared_axes": 3}, (4, 4))
     with pytest.raises(SpecError, match=r"field 'padding'"):
         predict("ZeroPadding2D", {"padding": [1, 2, 3]}, (4, 4, 1))
+
+
+# --- the recurrent layers' written-out backward ---------------------------------------------
+
+def _reference_recurrent(cell, x: torch.Tensor) -> torch.Tensor:
+    """Keras's cell as plain autograd operations (Keras's formulas, step by step)."""
+    fns = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
+    act, gate, u = fns[cell.activation], fns[cell.recurrent_activation], cell.units
+    kernel, recurrent, bias = cell.kernel, cell.recurrent_kernel, cell.bias
+    input_bias = None if bias is None else bias[0] if cell.reset_after else bias
+    recurrent_bias = bias[1] if bias is not None and cell.reset_after else None
+    projected = x @ kernel if input_bias is None else x @ kernel + input_bias
+    h = x.new_zeros(x.shape[0], u)
+    c = x.new_zeros(x.shape[0], u)
+    steps = range(x.shape[1] - 1, -1, -1) if cell.backward else range(x.shape[1])
+    outputs = []
+    for t in steps:
+        xt = projected[:, t]
+        if cell.kind == "SimpleRNN":
+            h = act(xt + h @ recurrent)
+        elif cell.kind == "LSTM":
+            z = xt + h @ recurrent
+            i, f, g, o = gate(z[:, :u]), gate(z[:, u:2 * u]), act(z[:, 2 * u:3 * u]), gate(z[:, 3 * u:])
+            c = f * c + i * g
+            h = o * act(c)
+        elif cell.reset_after:
+            rec = h @ recurrent if recurrent_bias is None else h @ recurrent + recurrent_bias
+            z, r = gate(xt[:, :u] + rec[:, :u]), gate(xt[:, u:2 * u] + rec[:, u:2 * u])
+            h = z * h + (1 - z) * act(xt[:, 2 * u:] + r * rec[:, 2 * u:])
+        else:
+            z = gate(xt[:, :u] + h @ recurrent[:, :u])
+            r = gate(xt[:, u:2 * u] + h @ recurrent[:, u:2 * u])
+            h = z * h + (1 - z) * act(xt[:, 2 * u:] + (r * h) @ recurrent[:, 2 * u:])
+        outputs.append(h)
+    if not cell.return_sequences:
+        return h
+    if cell.backward:
+        outputs.reverse()
+    return torch.stack(outputs, dim=1)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_recurrent_gradients_match_autograd(data):
+    """The cells' forward and written-out backward against plain autograd, in float64."""
+    from profiler.rules.modules import Bidirectional, KerasRecurrent
+    kind = data.draw(st.sampled_from(["SimpleRNN", "LSTM", "GRU"]))
+    merge = data.draw(st.sampled_from([None, "concat", "sum", "mul", "ave"]))
+    steps, units = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3))
+    args = dict(activation=data.draw(RNN_ACTIVATIONS), recurrent_activation=data.draw(RNN_ACTIVATIONS),
+                use_bias=data.draw(st.booleans()), reset_after=data.draw(st.booleans()),
+                return_sequences=data.draw(st.booleans()))
+    cells = [KerasRecurrent(kind, 3, units, backward=merge is None and data.draw(st.booleans()), **args)]
+    if merge:
+        cells.append(KerasRecurrent(kind, 3, units, backward=True, **args))
+    for cell in cells:
+        cell.double()
+        if cell.bias is not None:
+            with torch.no_grad():
+                cell.bias.normal_()
+    module = cells[0] if merge is None else Bidirectional(*cells, merge)
+    x = torch.randn(2, steps, 3, dtype=torch.float64, requires_grad=True)
+
+    def reference(x):
+        outs = [_reference_recurrent(c, x) for c in cells]
+        if merge is None:
+            return outs[0]
+        a, b = outs
+        return {"concat": lambda: torch.cat((a, b), -1), "sum": lambda: a + b, "mul": lambda: a * b,
+                "ave": lambda: (a + b) / 2}[merge]()
+
+    out, expected = module(x), reference(x)
+    torch.testing.assert_close(out, expected)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), expected)
+    grad = torch.randn_like(out)
+    inputs = [x, *module.parameters()]
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(got, want)

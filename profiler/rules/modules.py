@@ -364,8 +364,32 @@ class CroppedConvTranspose(nn.Module):
 
 # --- recurrent --------------------------------------------------------------------------------
 
-_RECURRENT_ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
 GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
+
+
+def _activate_(t: torch.Tensor, name: str) -> None:
+    """``t = act(t)`` in place."""
+    {"tanh": t.tanh_, "sigmoid": t.sigmoid_, "relu": t.relu_}[name]()
+
+
+def _activate_into(t: torch.Tensor, name: str, out: torch.Tensor) -> None:
+    """``out = act(t)``, written into ``out``."""
+    if name == "relu":
+        out.copy_(t).relu_()
+    else:
+        {"tanh": torch.tanh, "sigmoid": torch.sigmoid}[name](t, out=out)
+
+
+def _through(grad: torch.Tensor, y: torch.Tensor, name: str) -> None:
+    """``grad ·= act'(v)`` in place, from the result ``y = act(v)``: torch's own backward kernels
+    (1 − y², y·(1 − y), or y > 0). Python numbers are avoided throughout the cell: each would
+    become a small tensor allocated for the one operation."""
+    if name == "tanh":
+        torch.ops.aten.tanh_backward.grad_input(grad, y, grad_input=grad)
+    elif name == "sigmoid":
+        torch.ops.aten.sigmoid_backward.grad_input(grad, y, grad_input=grad)
+    else:
+        torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
 
 
 class KerasRecurrent(nn.Module):
@@ -380,6 +404,21 @@ class KerasRecurrent(nn.Module):
 
     ``backward`` reads the sequence from its end (Keras's go_backwards) but returns the sequence
     in input order, as Bidirectional wants it. Every state starts at zero.
+
+    The cell runs in preallocated buffers with in-place kernels, and its gradient is written out
+    (``_RecurrentFunction``), so that what it allocates is a short list of whole tensors, the
+    same at every step count; ``rules.recurrent`` gives their sizes:
+
+    - the projection P = x·W + b, (batch, steps, gates·units); each step adds h·U to its slice
+      of P and applies the gate activations there in place, so in training P ends holding
+      every step's gate activations, which backward needs (and in inference it is a temporary);
+    - the hidden states, written into the output (return_sequences) or, in training, into a
+      (steps − 1, batch, units) buffer besides the output (the last state);
+    - LSTM: the cell states (every step's in training, the current one in inference); GRU with
+      reset_after: the recurrent candidate part h·U_h + b_h (every step's in training); GRU
+      without it: r·h, in a free state slot in training or one (batch, units) buffer in
+      inference without return_sequences; SimpleRNN: P holds the states themselves (it is the
+      output with return_sequences).
     """
 
     def __init__(self, kind: str, features: int, units: int, *, activation: str = "tanh",
@@ -400,74 +439,420 @@ class KerasRecurrent(nn.Module):
             with torch.no_grad():
                 self.bias[units:2 * units] = 1.0
 
+    def weights(self) -> tuple[torch.Tensor, ...]:
+        return (self.kernel, self.recurrent_kernel) + ((self.bias,) if self.bias is not None else ())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = _RECURRENT_ACTIVATIONS[self.activation]
-        gate = _RECURRENT_ACTIVATIONS[self.recurrent_activation]
-        u = self.units
-        if self.bias is None:
-            input_bias = recurrent_bias = None
-        elif self.reset_after:
-            input_bias, recurrent_bias = self.bias[0], self.bias[1]
-        else:
-            input_bias, recurrent_bias = self.bias, None
-        # x·W + b for every step at once: (batch, steps, gates·units)
-        projected = torch.matmul(x, self.kernel)
-        if input_bias is not None:
-            projected = projected + input_bias
-        h = x.new_zeros(x.shape[0], u)
-        c = x.new_zeros(x.shape[0], u) if self.kind == "LSTM" else None
-        steps = range(x.shape[1] - 1, -1, -1) if self.backward else range(x.shape[1])
-        outputs = []
-        U = self.recurrent_kernel
-        for t in steps:
-            xt = projected[:, t]
-            if self.kind == "SimpleRNN":
-                h = act(xt + torch.matmul(h, U))
-            elif self.kind == "LSTM":
-                z = xt + torch.matmul(h, U)
-                i, f = gate(z[:, :u]), gate(z[:, u:2 * u])
-                g, o = act(z[:, 2 * u:3 * u]), gate(z[:, 3 * u:])
-                c = f * c + i * g
-                h = o * act(c)
-            elif self.reset_after:
-                rec = torch.matmul(h, U) if recurrent_bias is None else torch.addmm(recurrent_bias, h, U)
-                zr = gate(xt[:, :2 * u] + rec[:, :2 * u])
-                candidate = act(xt[:, 2 * u:] + zr[:, u:] * rec[:, 2 * u:])
-                h = torch.lerp(candidate, h, zr[:, :u])      # z·h + (1 − z)·candidate
-            else:
-                zr = gate(xt[:, :2 * u] + torch.matmul(h, U[:, :2 * u]))
-                candidate = act(xt[:, 2 * u:] + torch.matmul(zr[:, u:] * h, U[:, 2 * u:]))
-                h = torch.lerp(candidate, h, zr[:, :u])
-            if self.return_sequences:
-                outputs.append(h)
-        if not self.return_sequences:
-            return h
-        if self.backward:
-            outputs.reverse()
-        return torch.stack(outputs, dim=1)
+        weights = self.weights()
+        if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+            return _RecurrentFunction.apply((self,), "", x, *weights)
+        with torch.no_grad():
+            out = self.new_output(x)
+            p = self.run(x, *_split(weights), out, keep=False)[0]
+            return p if out is None else out
 
     def extra_repr(self) -> str:
         extra = f", reset_after={self.reset_after}" if self.kind == "GRU" else ""
         return (f"{self.kind}, units={self.units}, activation={self.activation}, "
                 f"return_sequences={self.return_sequences}, backward={self.backward}{extra}")
 
+    # --- the computation, shared by inference and training ---------------------------------------
+
+    def new_output(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The output buffer; None where the projection becomes the output (SimpleRNN's sequence)."""
+        batch, steps = x.shape[:2]
+        if not self.return_sequences:
+            return x.new_empty(batch, self.units)
+        return None if self.kind == "SimpleRNN" else x.new_empty(batch, steps, self.units)
+
+    def _order(self, steps: int) -> list[int]:
+        return list(range(steps - 1, -1, -1)) if self.backward else list(range(steps))
+
+    def _project(self, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x·W + b for every step at once, (batch, steps, gates·units): one allocation."""
+        batch, steps, features = x.shape
+        x2 = x.reshape(batch * steps, features)
+        input_bias = None if bias is None else bias[0] if self.reset_after else bias
+        p = torch.mm(x2, kernel) if input_bias is None else torch.addmm(input_bias, x2, kernel)
+        p = p.view(batch, steps, -1)
+        if self.reset_after and bias is not None:   # z and r add the recurrent bias too: once, here
+            p[..., :2 * self.units].add_(bias[1, :2 * self.units])
+        return p
+
+    def run(self, x: torch.Tensor, kernel: torch.Tensor, recurrent: torch.Tensor, bias: torch.Tensor | None,
+            out: torch.Tensor | None, *, keep: bool) -> tuple[torch.Tensor | None, ...]:
+        """Run the cell over the sequence, the hidden states written into ``out`` (every step's,
+        (batch, steps, units), with return_sequences; else the last, (batch, units)).
+
+        Returns what backward needs: (P, per-step buffer, states) — P holding the gate
+        activations, the per-step buffer the LSTM's cell states or the reset_after GRU's
+        recurrent candidate parts, ``states`` the hidden states other than those in ``out``.
+        Without ``keep`` only the current step's state is kept (inference).
+        """
+        batch, steps, _ = x.shape
+        u, order, rs = self.units, self._order(steps), self.return_sequences
+        gate, act = self.recurrent_activation, self.activation
+        p_all = self._project(x, kernel, bias)
+        states = x.new_empty(steps - 1, batch, u) if keep and not rs and self.kind != "SimpleRNN" else None
+
+        def slot(k: int) -> torch.Tensor:
+            """Where h_k goes: the output, or in training a state buffer until the last step."""
+            if rs:
+                return out[:, order[k]]
+            return states[k] if states is not None and k < steps - 1 else out
+
+        per_step = None
+        h_prev = None
+        if self.kind == "SimpleRNN":
+            for k, t in enumerate(order):           # P[:, t] becomes h_t in place
+                p = p_all[:, t]
+                if k:
+                    p.addmm_(h_prev, recurrent)
+                _activate_(p, act)
+                h_prev = p
+            if out is not None:                     # the last state, or a slice of a wider output
+                out.copy_(p_all if rs else p_all[:, order[-1]])
+            return (p_all, None, None)
+        if self.kind == "LSTM":
+            per_step = x.new_empty(steps, batch, u) if keep else x.new_empty(batch, u)   # cell states
+            for k, t in enumerate(order):
+                z = p_all[:, t]
+                if k:
+                    z.addmm_(h_prev, recurrent)
+                i, f, g, o = z[:, :u], z[:, u:2 * u], z[:, 2 * u:3 * u], z[:, 3 * u:]
+                _activate_(z[:, :2 * u], gate)
+                _activate_(g, act)
+                _activate_(o, gate)
+                c = per_step[k] if keep else per_step
+                if k == 0:
+                    torch.mul(i, g, out=c)
+                else:
+                    if keep:
+                        torch.mul(f, per_step[k - 1], out=c)
+                    else:
+                        c.mul_(f)
+                    c.addcmul_(i, g)
+                h = slot(k)
+                _activate_into(c, act, h)
+                h.mul_(o)
+                h_prev = h
+            return (p_all, per_step if keep else None, states)
+        if self.reset_after:
+            per_step = x.new_empty(steps, batch, u) if keep else x.new_empty(batch, u)   # h·U_h + b_h
+            rec_bias = None if bias is None else bias[1, 2 * u:]
+        else:
+            own = x.new_empty(batch, u) if not keep and not rs else None   # r·h when no slot is free
+        for k, t in enumerate(order):
+            p = p_all[:, t]
+            zr, n = p[:, :2 * u], p[:, 2 * u:]
+            if k:
+                zr.addmm_(h_prev, recurrent[:, :2 * u])
+            if self.reset_after:
+                rn = per_step[k] if keep else per_step
+                if k and rec_bias is not None:
+                    torch.addmm(rec_bias, h_prev, recurrent[:, 2 * u:], out=rn)
+                elif k:
+                    torch.mm(h_prev, recurrent[:, 2 * u:], out=rn)
+                elif rec_bias is not None:
+                    rn.copy_(rec_bias.expand_as(rn))
+                else:
+                    rn.zero_()
+            _activate_(zr, gate)
+            z, r = zr[:, :u], zr[:, u:]
+            h = slot(k)
+            if self.reset_after:
+                n.addcmul_(r, rn)                   # x_h + r·(h·U_h + b_h)
+            elif k:
+                rh = own if own is not None else h  # h's slot is free until h is written
+                torch.mul(r, h_prev, out=rh)
+                n.addmm_(rh, recurrent[:, 2 * u:])  # x_h + (r·h)·U_h
+            _activate_(n, act)
+            # h = z·h_prev + (1 − z)·n = n + z·(h_prev − n)
+            if k == 0:
+                torch.addcmul(n, z, n, value=-1, out=h)
+            elif h is h_prev:
+                h.sub_(n).mul_(z).add_(n)
+            else:
+                torch.sub(h_prev, n, out=h)
+                h.mul_(z).add_(n)
+            h_prev = h
+        return (p_all, per_step if keep else None, states)
+
+    def grad(self, x: torch.Tensor, kernel: torch.Tensor, recurrent: torch.Tensor, bias: torch.Tensor | None,
+             out: torch.Tensor | None, saved: tuple[torch.Tensor | None, ...], grad_out: torch.Tensor,
+             grads: list[torch.Tensor | None], dx: torch.Tensor | None, accumulate: bool) -> None:
+        """Backward through time: fills ``grads`` (kernel, recurrent kernel, bias; None where not
+        wanted, the recurrent kernel's zeroed) and writes (or, with ``accumulate``, adds) the input's
+        gradient into ``dx``. ``grad_out`` is the gradient of ``out`` (of P for SimpleRNN's sequence).
+
+        Temporaries: dZ, the gradient of every step's pre-activations, like P; and a few
+        (batch, units) buffers (``rules.recurrent`` counts them).
+        """
+        p_all, per_step, states = saved
+        batch, steps, features = x.shape
+        u, order, rs = self.units, self._order(steps), self.return_sequences
+        gate, act = self.recurrent_activation, self.activation
+        d_kernel, d_recurrent, d_bias = grads
+
+        def state(k: int) -> torch.Tensor:
+            if self.kind == "SimpleRNN":
+                return p_all[:, order[k]]
+            if rs:
+                return out[:, order[k]]
+            return states[k]
+
+        dz_all = torch.empty_like(p_all)
+        dh = x.new_empty(batch, u)
+
+        def add_output_grad(k: int, into: torch.Tensor) -> None:
+            t = order[k]
+            if rs:
+                if k == steps - 1:
+                    into.copy_(grad_out[:, t])
+                else:
+                    into.add_(grad_out[:, t])
+            elif k == steps - 1:
+                into.copy_(grad_out)
+
+        if self.kind == "SimpleRNN":
+            for k in range(steps - 1, -1, -1):
+                dz = dz_all[:, order[k]]
+                if k < steps - 1:
+                    dz.copy_(dh)
+                add_output_grad(k, dz)
+                _through(dz, state(k), act)
+                if k:
+                    if d_recurrent is not None:
+                        d_recurrent.addmm_(state(k - 1).t(), dz)
+                    torch.mm(dz, recurrent.t(), out=dh)
+        elif self.kind == "LSTM":
+            dc, a = x.new_empty(batch, u), x.new_empty(batch, u)
+            for k in range(steps - 1, -1, -1):
+                t = order[k]
+                add_output_grad(k, dh)
+                z, dz = p_all[:, t], dz_all[:, t]
+                i, f, g, o = z[:, :u], z[:, u:2 * u], z[:, 2 * u:3 * u], z[:, 3 * u:]
+                di, df, dg, do = dz[:, :u], dz[:, u:2 * u], dz[:, 2 * u:3 * u], dz[:, 3 * u:]
+                c = per_step[k]
+                _activate_into(c, act, a)          # h = o·act(c)
+                torch.mul(dh, a, out=do)
+                dh.mul_(o)
+                _through(dh, a, act)               # dh·o·act'(c)
+                if k == steps - 1:
+                    dc.copy_(dh)
+                else:
+                    dc.add_(dh)
+                if k:                              # c = f·c_prev + i·g
+                    torch.mul(dc, per_step[k - 1], out=df)
+                else:
+                    df.zero_()
+                torch.mul(dc, g, out=di)
+                torch.mul(dc, i, out=dg)
+                dc.mul_(f)
+                for part, y, name in ((di, i, gate), (df, f, gate), (dg, g, act), (do, o, gate)):
+                    _through(part, y, name)
+                if k:
+                    if d_recurrent is not None:
+                        d_recurrent.addmm_(state(k - 1).t(), dz)
+                    torch.mm(dz, recurrent.t(), out=dh)
+            del dc, a
+        else:
+            extra = [x.new_empty(batch, u), x.new_empty(batch, u)]   # reset_after: d(h·U_h + b_h); else d(r·h), r·h
+            rec_sum = x.new_empty(u) if self.reset_after and d_bias is not None else None
+            if rec_sum is not None:
+                d_bias[1, 2 * u:].zero_()
+            for k in range(steps - 1, -1, -1):
+                t = order[k]
+                add_output_grad(k, dh)
+                p, dz = p_all[:, t], dz_all[:, t]
+                z, r, n = p[:, :u], p[:, u:2 * u], p[:, 2 * u:]
+                dzz, dzr, dzn = dz[:, :u], dz[:, u:2 * u], dz[:, 2 * u:]
+                h_prev = state(k - 1) if k else None
+                # h = z·h_prev + (1 − z)·n
+                torch.addcmul(dh, dh, z, value=-1, out=dzn)
+                _through(dzn, n, act)
+                if k:
+                    torch.sub(h_prev, n, out=dzz)
+                else:
+                    torch.neg(n, out=dzz)
+                dzz.mul_(dh)
+                _through(dzz, z, gate)
+                if self.reset_after:               # n = act(x_h + r·rn), rn = h_prev·U_h + b_h
+                    drn = extra[0]
+                    torch.mul(dzn, per_step[k], out=dzr)
+                    torch.mul(dzn, r, out=drn)
+                    if rec_sum is not None:
+                        torch.sum(drn, 0, out=rec_sum)
+                        d_bias[1, 2 * u:].add_(rec_sum)
+                    if k:
+                        dh.mul_(z)
+                        if d_recurrent is not None:
+                            d_recurrent[:, 2 * u:].addmm_(h_prev.t(), drn)
+                        dh.addmm_(drn, recurrent[:, 2 * u:].t())
+                elif k:                            # n = act(x_h + (r·h_prev)·U_h)
+                    drh, rh = extra
+                    if d_recurrent is not None:
+                        torch.mul(r, h_prev, out=rh)
+                        d_recurrent[:, 2 * u:].addmm_(rh.t(), dzn)
+                    torch.mm(dzn, recurrent[:, 2 * u:].t(), out=drh)
+                    torch.mul(drh, h_prev, out=dzr)
+                    dh.mul_(z)
+                    dh.addcmul_(drh, r)
+                else:
+                    dzr.zero_()
+                if self.reset_after or k:
+                    _through(dzr, r, gate)
+                if k:                              # z, r = gate(x_zr + h_prev·U_zr)
+                    if d_recurrent is not None:
+                        d_recurrent[:, :2 * u].addmm_(h_prev.t(), dz[:, :2 * u])
+                    dh.addmm_(dz[:, :2 * u], recurrent[:, :2 * u].t())
+            del extra, rec_sum
+        del dh
+        dz2 = dz_all.view(batch * steps, -1)
+        x2 = x.reshape(batch * steps, features)
+        if d_kernel is not None:
+            torch.mm(x2.t(), dz2, out=d_kernel)
+        if d_bias is not None:
+            if self.reset_after:
+                torch.sum(dz2, 0, out=d_bias[0])
+                d_bias[1, :2 * u].copy_(d_bias[0, :2 * u])   # z and r: the same sum of gradients
+            else:
+                torch.sum(dz2, 0, out=d_bias)
+        if dx is not None:
+            dx2 = dx.view(batch * steps, features)
+            if accumulate:
+                dx2.addmm_(dz2, kernel.t())
+            else:
+                torch.mm(dz2, kernel.t(), out=dx2)
+
+
+def _split(weights: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    return weights[0], weights[1], weights[2] if len(weights) > 2 else None
+
+
+class _RecurrentFunction(torch.autograd.Function):
+    """One recurrent layer, or the two directions of a Bidirectional, with a written-out backward.
+
+    ``cells``: the KerasRecurrent modules (one, or forward and backward); ``merge``: "" for one
+    cell, else Bidirectional's merge_mode; then the input and every cell's weights.
+    """
+
+    @staticmethod
+    def forward(ctx, cells, merge, x, *weights):
+        per_cell = len(weights) // len(cells)
+        groups = [_split(weights[i * per_cell:(i + 1) * per_cell]) for i in range(len(cells))]
+        out, outs = _new_outputs(cells, merge, x)
+        saved = []
+        for cell, w, o in zip(cells, groups, outs):
+            saved.append(cell.run(x, *w, o, keep=True))
+        if not merge:
+            result = out if out is not None else saved[0][0]
+        else:
+            result = _merge(merge, out, outs, cells, saved)
+        ctx.cells, ctx.merge, ctx.per_cell = cells, merge, per_cell
+        flat = [t for cell_saved in saved for t in cell_saved]
+        # each cell's output (with concat: the layer's output, halved again in backward)
+        seqs = [result] if merge == "concat" else [o if o is not None else s[0] for o, s in zip(outs, saved)]
+        # kept: the states in the output, and both directions' results of a merge other than
+        # concat (mul's backward reads them; the others keep them too, see rules.recurrent)
+        keep_outs = merge not in ("", "concat") or any(c.return_sequences and c.kind != "SimpleRNN"
+                                                       for c in cells)
+        ctx.save_for_backward(x, *weights, *flat, *(seqs if keep_outs else ()))
+        ctx.keep_outs = keep_outs
+        return result
+
+    @staticmethod
+    def backward(ctx, grad):
+        cells, merge, per_cell = ctx.cells, ctx.merge, ctx.per_cell
+        x, *rest = ctx.saved_tensors
+        weights = rest[:per_cell * len(cells)]
+        rest = rest[per_cell * len(cells):]
+        saved = [tuple(rest[3 * i:3 * i + 3]) for i in range(len(cells))]
+        seqs = list(rest[3 * len(cells):]) if ctx.keep_outs else [None] * len(cells)
+        if merge == "concat" and ctx.keep_outs:
+            u = cells[0].units
+            seqs = [seqs[0][..., :u], seqs[0][..., u:]]
+        wanted = ctx.needs_input_grad[3:]
+        # every gradient the layer returns exists before its temporaries (the memory rule's order)
+        grads = [torch.zeros_like(w) if n and i % per_cell == 1 else torch.empty_like(w) if n else None
+                 for i, (w, n) in enumerate(zip(weights, wanted))]
+        dx = torch.empty_like(x) if ctx.needs_input_grad[2] else None
+        cell_grads = _split_grad(merge, grad, cells, seqs)
+        for i, cell in enumerate(cells):
+            w = _split(weights[i * per_cell:(i + 1) * per_cell])
+            g = grads[i * per_cell:(i + 1) * per_cell] + [None] * (3 - per_cell)
+            out = seqs[i] if cell.kind != "SimpleRNN" or cell.return_sequences else None
+            cell.grad(x, *w, out, saved[i], cell_grads[i], g, dx, accumulate=i > 0)
+        del cell_grads
+        return (None, None, dx, *grads)
+
+
+def _new_outputs(cells, merge: str, x: torch.Tensor):
+    """(the layer's output buffer, each cell's output view or buffer; None: its projection)."""
+    if not merge:
+        out = cells[0].new_output(x)
+        return out, [out]
+    cell = cells[0]
+    batch, steps = x.shape[:2]
+    shape = (batch, steps, cell.units) if cell.return_sequences else (batch, cell.units)
+    if merge == "concat":   # both directions write into their half of the output
+        out = x.new_empty(*shape[:-1], 2 * cell.units)
+        return out, [out[..., :cell.units], out[..., cell.units:]]
+    out = x.new_empty(shape)   # first, so that it exists beside every temporary (as the rule counts)
+    return out, [c.new_output(x) for c in cells]
+
+
+def _merge(merge: str, out, outs, cells, saved):
+    if merge == "concat":
+        return out
+    a, b = (o if o is not None else s[0] for o, s in zip(outs, saved))
+    if merge == "mul":
+        return torch.mul(a, b, out=out)
+    torch.add(a, b, out=out)
+    if merge == "ave":   # (a + b) / 2 without a Python number (it would become a tensor)
+        torch.add(out, out, alpha=-0.5, out=out)
+    return out
+
+
+def _split_grad(merge: str, grad: torch.Tensor, cells, seqs):
+    u = cells[0].units
+    if not merge:
+        return [grad]
+    if merge == "concat":
+        return [grad[..., :u], grad[..., u:]]
+    if merge == "sum":
+        return [grad, grad]
+    if merge == "ave":
+        half = torch.add(grad, grad, alpha=-0.5)
+        return [half, half]
+    return [grad * seqs[1], grad * seqs[0]]
+
 
 class Bidirectional(nn.Module):
-    """Keras's Bidirectional: one recurrent layer reads forwards, a copy backwards; outputs merged."""
+    """Keras's Bidirectional: one recurrent layer reads forwards, a copy backwards; outputs merged.
 
-    def __init__(self, forward_layer: nn.Module, backward_layer: nn.Module, merge_mode: str):
+    Both directions run in one ``_RecurrentFunction``; with merge_mode="concat" each writes its
+    states straight into its half of the output.
+    """
+
+    def __init__(self, forward_layer: KerasRecurrent, backward_layer: KerasRecurrent, merge_mode: str):
         super().__init__()
         self.forward_layer, self.backward_layer, self.merge_mode = forward_layer, backward_layer, merge_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.forward_layer(x), self.backward_layer(x)
-        if self.merge_mode == "concat":
-            return torch.cat((a, b), dim=-1)
-        if self.merge_mode == "sum":
-            return a + b
-        if self.merge_mode == "mul":
-            return a * b
-        return (a + b) / 2
+        cells = (self.forward_layer, self.backward_layer)
+        weights = self.forward_layer.weights() + self.backward_layer.weights()
+        if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+            return _RecurrentFunction.apply(cells, self.merge_mode, x, *weights)
+        with torch.no_grad():
+            out, outs = _new_outputs(cells, self.merge_mode, x)
+            per_cell = len(weights) // 2
+            results = []   # a direction's projection is let go before the other runs
+            for i, (c, o) in enumerate(zip(cells, outs)):
+                p = c.run(x, *_split(weights[i * per_cell:(i + 1) * per_cell]), o, keep=False)[0]
+                results.append((p if o is None else None,))   # SimpleRNN's sequence is in P
+                del p
+            return _merge(self.merge_mode, out, outs, cells, results)
 
     def extra_repr(self) -> str:
         return f"merge_mode={self.merge_mode}"

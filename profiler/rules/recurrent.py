@@ -7,10 +7,11 @@ bias per gate (two for a GRU with ``reset_after``, its default: input and recurr
 torch's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` always carry two biases per gate and have no GRU with
 reset_after=False, so the torch module (``modules.KerasRecurrent``) holds Keras's three tensors in
 Keras's layout and runs the cell step by step: one matrix product for the input projection of
-every step, then per step a recurrent matrix product and the gates. Its backward keeps, besides
-the input: per step the previous state and each gate's activation output (details per cell in
-``_cell_saves``). The activations are limited to tanh, sigmoid and relu: all three keep their
-result for backward, which keeps that arithmetic exact.
+every step, then per step a recurrent matrix product and the gates. It runs in a few buffers
+allocated up front, with in-place kernels, and its backward is written out
+(``modules._RecurrentFunction``), so that its memory is a short list of whole tensors
+(``Cell``). The activations are limited to tanh, sigmoid and relu: their derivatives follow from
+their results, so backward needs no pre-activation values.
 
 ``activation`` in these layers acts inside the cell, not on the layer's output: the rules set
 ``internal_activation`` so that it is not taken for a fused output activation.
@@ -22,6 +23,7 @@ recurrent part and the final interpolation, 2; SimpleRNN: none).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from math import prod
 
 from ..args import Arg, boolean, choice, nested_layer, positive_int
@@ -106,32 +108,49 @@ class RecurrentRule(Rule):
         u = a.units
         return steps * (self.gates * u * (features + u) + GATE_PRODUCTS[self.type_name] * u)
 
-    def cell_saves(self, a, steps: int) -> tuple[int, bool]:
-        """(elements kept for backward per sample besides the final state, whether the cell keeps
-        its final state too).
-
-        Per step and unit: SimpleRNN the previous state (1; the activation keeps the new state,
-        which is the next step's previous one, so only the last is extra). LSTM the previous h
-        and c, the four gate activations and tanh(c): 7. GRU with reset_after: the previous
-        state, the recurrent product of all three gates (kept whole by the slice r multiplies),
-        the z and r activations and the candidate: 7. GRU without: the previous state, z and r,
-        r·h (read by the recurrent product) and the candidate: 5.
-        """
-        per_step = {"SimpleRNN": 1, "LSTM": 7}.get(self.type_name)
-        if per_step is None:
-            per_step = 7 if a.reset_after else 5
-        return steps * per_step * a.units, self.type_name == "SimpleRNN"
+    def cell(self, a, steps: int, where: str = "output") -> "Cell":
+        """What one direction allocates, per sample (see ``Cell``). ``where`` its states go: into
+        the layer's "output", into one "half" of it (Bidirectional's concat), or into an "own"
+        buffer (Bidirectional's other merges)."""
+        g, u, t, rs = self.gates, a.units, steps, a.return_sequences
+        projection = t * g * u                  # P = x·W + b, (steps, gates·units)
+        own = (t if rs else 1) * u if where == "own" else 0
+        # the hidden states besides the output, kept in training: all but the last
+        states = 0 if rs else (t - 1) * u
+        if self.type_name == "SimpleRNN":
+            # P becomes the states in place; with return_sequences and no other place to go
+            # it is the output itself (the layer's, or the direction's own), else it is copied
+            if rs and where != "half":
+                return Cell(output=own, scratch=0, kept=0, keeps_output=where == "output",
+                            backward=projection + u)      # dZ; dh
+            return Cell(output=own, scratch=projection, kept=projection, keeps_output=False,
+                        backward=projection + u)
+        if self.type_name == "LSTM":
+            # inference: the current cell state c; training: every step's c and the states
+            return Cell(output=own, scratch=projection + u, kept=projection + t * u + states,
+                        keeps_output=rs and where != "own",
+                        backward=projection + 3 * u)      # dZ; dh, dc, act(c)
+        if a.reset_after:
+            # h·U_h + b_h: the current step's in inference, every step's in training (r scales it)
+            fixed = u if a.use_bias else 0       # one step's bias-gradient sum
+            return Cell(output=own, scratch=projection + u, kept=projection + t * u + states,
+                        keeps_output=rs and where != "own",
+                        backward=projection + 3 * u, backward_fixed=fixed)   # dZ; dh and 2 more
+        # r·h for the candidate's product: in inference without return_sequences a buffer of its
+        # own, otherwise written where the step's state goes next
+        return Cell(output=own, scratch=projection + (0 if rs else u), kept=projection + states,
+                    keeps_output=rs and where != "own",
+                    backward=projection + 3 * u)          # dZ; dh, d(r·h), r·h
 
     def memory(self, a, x, y, ctx):
         steps, _ = _sequence(self.type_name, x)
-        kept, final_kept = self.cell_saves(a, steps)
+        cell = self.cell(a, steps)
         saved = [Saved("input", what="input (input projection)")]
-        if final_kept and not a.return_sequences:
-            saved.append(Saved("output", what="last state (activation result)"))
-        elif final_kept:
-            kept += a.units
-        saved.append(Saved("new", elements=kept, what="states and gate activations of every step"))
-        return Memory(saved=tuple(saved))
+        if cell.keeps_output:
+            saved.append(Saved("output", what="every step's state"))
+        if cell.kept:
+            saved.append(Saved("new", elements=cell.kept, what="gate activations and states of every step"))
+        return Memory(saved=tuple(saved), **cell.temporaries())
 
     def module(self, a, x, *, backward: bool = False):
         from .modules import KerasRecurrent
@@ -147,6 +166,38 @@ class RecurrentRule(Rule):
 
 for _name in GATES:
     register(RecurrentRule(_name))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Elements one recurrent direction allocates per sample (``backward_fixed``: per batch).
+
+    ``output``: its own output buffer, when its states do not go into the layer's output;
+    ``scratch``: inference temporaries, freed when it returns (the projection P, a state buffer);
+    ``kept``: tensors training keeps for backward besides the input and the layer's output (P
+    holding every step's gate activations, states, cell states ...); ``keeps_output``: whether
+    the layer's output is kept (it holds the states); ``backward``: temporaries of its backward
+    (dZ, every step's pre-activation gradient, and a few (batch, units) buffers).
+
+    In training the forward pass allocates P and ``kept`` and nothing else beside the output:
+    the memory model allocates ``scratch`` and frees it before allocating ``kept``, which is
+    never smaller, so its peak is the real one.
+    """
+    output: int
+    scratch: int
+    kept: int
+    keeps_output: bool
+    backward: int
+    backward_fixed: int = 0
+
+    def temporaries(self, extra_scratch: int = 0, extra_backward: int = 0) -> dict:
+        scratch = self.scratch + extra_scratch
+        backward = [Saved("new", elements=self.backward + extra_backward, what="dZ and step gradients")]
+        if self.backward_fixed:
+            backward.append(Saved("new", elements=self.backward_fixed, per_sample=False,
+                                  what="one step's bias-gradient sum"))
+        return {"scratch": (Saved("new", elements=scratch, what="projection and step buffers"),) if scratch else (),
+                "backward_scratch": tuple(backward)}
 
 
 @register
@@ -186,16 +237,23 @@ class Bidirectional(Rule):
     def memory(self, a, x, y, ctx):
         inner, args = self._inner(a), a.layer.args
         steps, _ = _sequence(a.layer.type, x)
-        kept, final_kept = inner.cell_saves(args, steps)
-        per_direction = kept + (args.units if final_kept else 0)
-        total = 2 * per_direction
-        if a.merge_mode == "mul":  # a · b keeps both outputs
-            if args.return_sequences:
-                total += 2 * steps * args.units
-            elif not final_kept:
-                total += 2 * args.units
-        return Memory(saved=(Saved("input", what="input (both input projections)"),
-                             Saved("new", elements=total, what="states and gate activations, both directions")))
+        concat = a.merge_mode == "concat"
+        # concat: each direction writes into its half of the output. Otherwise the merged output
+        # is allocated first, each direction gets a buffer of its own, and both are kept for
+        # backward (mul reads them; sum and ave keep them too, so that training never holds
+        # them beside the saved tensors uncounted)
+        cell = inner.cell(args, steps, "half" if concat else "own")
+        saved = [Saved("input", what="input (both input projections)")]
+        if cell.keeps_output:
+            saved.append(Saved("output", what="every step's state, both directions"))
+        kept = 2 * (cell.kept + cell.output)
+        if kept:
+            saved.append(Saved("new", elements=kept, what="gate activations and states, both directions"))
+        # the directions run one after the other: one direction's temporaries at a time
+        merged = prod(y)
+        grad_merge = {"ave": merged, "mul": 2 * merged}.get(a.merge_mode, 0)   # (g/2; g·b and g·a)
+        one = cell.temporaries(extra_scratch=2 * cell.output, extra_backward=grad_merge)
+        return Memory(saved=tuple(saved), **one)
 
     def build(self, a, x, ctx):
         from .modules import Bidirectional as BidirectionalModule
