@@ -759,7 +759,8 @@ def test_window_values_match_keras_semantics(name, data):
     expected = torch.zeros_like(got)
     if name.startswith("Conv"):
         conv = next(m for m in module.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
-        w, bias = conv.weight.double(), conv.bias
+        # (a 1-D channels-last layer runs a 2-D kernel of height 1: the same weights)
+        w, bias = conv.weight.double().reshape(*conv.weight.shape[:2], *a.kernel_size), conv.bias
         per_group, out_per_group = w.shape[1], a.filters // a.groups
         pads = _pads(a, spatial, rank, a.strides)
         for o, taps in _windows(spatial, out, a.kernel_size, a.strides, a.dilation_rate, pads):

@@ -108,29 +108,42 @@ class ConvRule(Rule):
 
     def memory(self, a, x, y, ctx):
         # convolution keeps its input for the weight gradient; an explicit pad (uneven "same",
-        # "causal") makes a new padded tensor, and that is what the convolution keeps
+        # "causal") makes a new padded tensor, and that is what the convolution keeps. In
+        # inference the padded tensor lives beside the output until the layer returns.
         spatial, channels = split_channels(x, ctx.data_format)
+        out_spatial, out_channels = split_channels(y, ctx.data_format)
         pads = self._pads(a, spatial)
+        scratch: list[Saved] = []
+        grad_padded: tuple[Saved, ...] = ()
         if any(b != e for b, e in pads):
             padded = channels * prod(n + b + e for n, (b, e) in zip(spatial, pads))
             kept = Saved("new", elements=padded, what="padded input")
+            scratch.append(kept)
+            # backward makes the padded input's gradient, then the input's from it
+            grad_padded = (Saved("new", elements=padded - prod(x), what="padded input's gradient, beyond the input's"),)
         else:
             kept = Saved("input", what="convolution input")
         # (a fused ``activation`` is the predictor's own op, with the Activation rule's memory)
-        return Memory(saved=(kept,))
+        forward, backward = conv_workspace(ctx, channels=channels, out_channels=out_channels,
+                                           kernel=a.kernel_size, strides=a.strides, groups=self._groups(a, channels),
+                                           bias=a.use_bias, out_spatial=out_spatial, in_spatial=spatial)
+        return Memory(saved=(kept,), scratch=(*scratch, *forward), backward_scratch=(*grad_padded, *backward))
 
-    def _windowed(self, a, channels: int, out_channels: int, groups: int, pads, bias: bool):
+    def _windowed(self, a, channels: int, out_channels: int, groups: int, pads, bias: bool, ctx):
         """torch's convolution with Keras's padding: its own when even, else a pad before it."""
         from torch import nn
-        conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[self.rank]
+        rank = torch_rank(self.rank, ctx)
+        kernel, strides, dilation = (lift(t, self.rank, ctx, 1) for t in (a.kernel_size, a.strides, a.dilation_rate))
+        pads = lift(pads, self.rank, ctx, (0, 0))
+        conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
         even = all(b == e for b, e in pads)
-        conv = conv_cls(channels, out_channels, a.kernel_size, stride=a.strides,
+        conv = conv_cls(channels, out_channels, kernel, stride=strides,
                         padding=tuple(b for b, _ in pads) if even else 0,
-                        dilation=a.dilation_rate, groups=groups, bias=bias)
+                        dilation=dilation, groups=groups, bias=bias)
         if even:
             return [conv]
         # torch pads both sides alike; TensorFlow puts the odd element after
-        pad_cls = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[self.rank]
+        pad_cls = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[rank]
         return [pad_cls(_torch_pad_order(pads), 0.0), conv]
 
     def _finish(self, a, parts, ctx):
@@ -145,13 +158,142 @@ class ConvRule(Rule):
     def build(self, a, x, ctx):
         spatial, channels = self._split(a, x, ctx)
         parts = self._windowed(a, channels, self._out_channels(a, channels), self._groups(a, channels),
-                               self._pads(a, spatial), a.use_bias)
+                               self._pads(a, spatial), a.use_bias, ctx)
         return self._finish(a, parts, ctx)
 
 
 def _torch_pad_order(pads: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     """(before, after) per axis, first axis first → torch.nn.functional.pad's last-axis-first."""
     return tuple(p for before_after in reversed(pads) for p in before_after)
+
+
+# --- what oneDNN allocates inside a convolution -------------------------------------------------
+#
+# On the CPU, torch runs float32 convolutions through oneDNN (``mkldnn_convolution``) whenever the
+# batch is larger than 1, the input has more than 20,480 elements, groups > 1 or the kernel is
+# larger than 3×3 (``ConvParams::use_mkldnn``); a channels-last input (every layer here in
+# Keras's default layout) keeps the channels-last path. Around the kernel it allocates, measured
+# with the profiler's allocator events (torch 2.13, oneDNN 3.12, AVX-512):
+#
+# forward: the weight copied to channels-last (``weight.contiguous(channels_last)``; not needed
+#   when it already is: a 1×1 kernel or one input channel per group), the weight reordered to
+#   oneDNN's blocked layout (output channels padded to 16; depthwise: channels padded to 16),
+#   and the kernel's scratchpad — a constant 12,336 bytes for the direct convolution, none for
+#   the depthwise one. A depthwise convolution with depth_multiplier > 1 runs as a GEMM over one
+#   image's columns: output positions × kernel × input channels elements.
+# backward (``convolution_backward``), in three phases that follow each other:
+#   data: the weight copied to channels-last again and reordered for the input gradient (input
+#     channels padded to 16), with a scratchpad of 12,464 bytes (61,488 with strides > 1);
+#   weights: the weight gradient in the blocked layout (as the forward reorder; a 1×1 kernel
+#     pads the input channels to 16 too), the bias gradient, and — when fewer than 32 output
+#     channels make the kernel split the batch between threads — a reduction buffer of one more
+#     blocked weight gradient plus ~8 KiB, and 12,544 bytes for the bias;
+#   return: the gradients in the weight's channels-last layout, copied once more to the
+#     parameter's own layout.
+# A transposed convolution runs these the other way round: its forward pass is a convolution's
+# data phase.
+#
+# Limits: the scratchpads are oneDNN's own bookkeeping for this CPU and thread count (2 threads
+# here); strided data phases grow with large layers (a 7×7/2 stem on 224×224 books ~7 MB); a
+# batch of one with a small input (≤ 20,480 elements, kernel ≤ 3×3, one group) runs torch's
+# im2col kernel instead, whose columns (input channels × kernel × output positions per sample)
+# are not counted: the rule does not see the batch. Channels-first inputs are also reordered to
+# the blocked layout (counted as one copy of the larger of input and output, per sample).
+ONEDNN_FORWARD_SCRATCHPAD = 12_336
+ONEDNN_DATA_SCRATCHPAD = 12_464
+ONEDNN_STRIDED_DATA_SCRATCHPAD = 61_488
+ONEDNN_WEIGHT_REDUCTION_EXTRA = 8_384
+ONEDNN_BIAS_REDUCTION = 12_544
+# a strided transposed convolution (a strided data phase) books, per thread, one image of its
+# input in float32 besides buffers that depend on the kernel: 28,848 B when every window is its
+# own (kernel = stride, as 2×2/2 upsampling), ~98,480 B when they overlap (3×3/2)
+ONEDNN_THREADS = 2
+ONEDNN_TRANSPOSED_TILED = 28_848
+ONEDNN_TRANSPOSED_OVERLAP = 98_480
+
+
+def _up16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, ...], strides: tuple[int, ...],
+                   groups: int, bias: bool, out_spatial: tuple[int, ...], transposed: bool = False,
+                   in_spatial: tuple[int, ...] = ()) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward scratch, backward scratch) of one convolution on the CPU (see the notes above).
+
+    The backward scratch is the largest of the three phases beyond the gradients the memory
+    model counts itself (weight, bias, input).
+    """
+    if ctx.device_kind != "cpu":
+        return (), ()
+    taps = prod(kernel)
+    per_group_in, per_group_out = channels // groups, out_channels // groups
+    weight = out_channels * per_group_in * taps
+    if transposed:   # torch's weight is (in, out, *kernel); oneDNN sees the convolution it inverts
+        channels, out_channels = out_channels, channels
+        per_group_in, per_group_out = per_group_out, per_group_in
+    strided = max(strides) > 1
+    depthwise = groups > 1 and per_group_in == 1
+    clone = 0 if taps == 1 or per_group_in == 1 else weight          # weight.contiguous(channels_last)
+    layout = ()
+    if ctx.data_format == "channels_first":   # blocked copies of the input or output, per sample
+        larger = max(channels * prod(in_spatial), out_channels * prod(out_spatial)) if in_spatial else 0
+        layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
+    if depthwise and per_group_out == 1:
+        reorder = _up16(channels) * taps
+        forward_bytes, data_scratch, weight_scratch = 0, 0, 0
+    elif depthwise:
+        reorder = prod(out_spatial) * taps * channels                 # one image's columns
+        forward_bytes, data_scratch, weight_scratch = 0, 0, 0
+    elif groups > 1:   # grouped: a kernel without the direct convolution's scratchpads
+        reorder = _up16(out_channels) * per_group_in * taps
+        forward_bytes, data_scratch, weight_scratch = 0, 0, 0
+    else:
+        reorder = _up16(out_channels) * per_group_in * taps
+        forward_bytes = ONEDNN_FORWARD_SCRATCHPAD
+        data_scratch = ONEDNN_STRIDED_DATA_SCRATCHPAD if strided else ONEDNN_DATA_SCRATCHPAD
+        weight_scratch = 0
+        if out_channels < 32:   # bytes: float32 reduction buffers
+            blocked = _up16(out_channels) * (_up16(per_group_in) if taps == 1 else per_group_in) * taps
+            weight_scratch = 4 * blocked + ONEDNN_WEIGHT_REDUCTION_EXTRA + (ONEDNN_BIAS_REDUCTION if bias else 0)
+    if transposed:   # the forward pass is the data phase of the convolution it inverts
+        forward_bytes = data_scratch
+        if strided:     # per thread, one image of its input in float32, and kernel-dependent buffers
+            overlap = any(k != s for k, s in zip(kernel, strides))
+            image = out_channels * prod(in_spatial)   # the input's channels (swapped above)
+            forward_bytes = (ONEDNN_TRANSPOSED_OVERLAP if overlap else ONEDNN_TRANSPOSED_TILED) \
+                + ONEDNN_THREADS * 4 * image
+        data_scratch = ONEDNN_FORWARD_SCRATCHPAD if not depthwise else 0
+    data_reorder = reorder if depthwise else _up16(per_group_in) * out_channels * taps
+    weight_blocked = (_up16(out_channels) * (_up16(per_group_in) if taps == 1 else per_group_in) * taps
+                      if not depthwise else reorder)
+    biases = out_channels if bias else 0
+    forward = (Saved("new", elements=clone + reorder, what="weight in channels-last and oneDNN's layout"),
+               Saved("new", elements=forward_bytes, dtype="uint8", per_sample=False, what="oneDNN scratchpad"))
+    forward = tuple(s if s.dtype == "uint8" else Saved("new", s.elements, per_sample=False, what=s.what)
+                    for s in forward if s.elements) + layout
+    # the three backward phases, as (act elements, bytes); the gradients (weight + bias) come off
+    phases = [(clone + data_reorder, data_scratch),
+              (clone + weight_blocked + biases, weight_scratch),
+              (clone + weight_blocked + 2 * biases + 2 * weight, 0)]
+    elements, nbytes = max(phases, key=lambda p: 4 * p[0] + p[1])
+    elements -= weight + biases
+    backward = tuple(s for s in (Saved("new", elements=max(elements, 0), per_sample=False, what="weight copies and gradients in oneDNN's layouts"),
+                                 Saved("new", elements=nbytes, dtype="uint8", per_sample=False, what="oneDNN scratchpad"))
+                     if s.elements) + layout
+    return forward, backward
+
+
+def torch_rank(rank: int, ctx) -> int:
+    """The rank of the torch kernels a layer runs: a 1-D layer on a channels-last tensor runs as a
+    2-D one of height 1 (see ``modules.ChannelsLast``), every other layer as its own rank."""
+    return 2 if rank == 1 and ctx.data_format == "channels_last" else rank
+
+
+def lift(values: tuple, rank: int, ctx, unit) -> tuple:
+    """Per-axis values (kernel, strides, pads ...) for the torch kernels' rank: ``unit`` for the
+    height a 1-D layer gains (1 for sizes, (0, 0) for padding)."""
+    return (unit, *values) if torch_rank(rank, ctx) != rank else tuple(values)
 
 
 register(ConvRule("Conv1D", rank=1))
@@ -240,17 +382,34 @@ class SeparableConvRule(DepthwiseConvRule):
         return prod(out_spatial) * middle * (prod(a.kernel_size) + a.filters)
 
     def memory(self, a, x, y, ctx):
+        """The depthwise convolution's memory (its padded input, when padded), then the pointwise
+        one's, which keeps the depthwise result. Backward runs the pointwise convolution first;
+        its input (the depthwise result) is let go when it is done, so the depthwise phase has
+        that result's gradient in its place."""
+        spatial, channels = split_channels(x, ctx.data_format)
         out_spatial, _ = split_channels(y, ctx.data_format)
-        _, channels = split_channels(x, ctx.data_format)
-        depthwise = Saved("new", elements=prod(out_spatial) * channels * a.depth_multiplier,
-                          what="depthwise result")
-        return Memory(saved=(*super().memory(a, x, y, ctx).saved, depthwise))
+        middle = channels * a.depth_multiplier
+        depthwise = Saved("new", elements=prod(out_spatial) * middle, what="depthwise result")
+        base = ConvRule.memory(self, a, x, join_channels(out_spatial, middle, ctx.data_format), ctx)
+        pad = tuple(s for s in base.scratch if s.what == "padded input")
+        grad_padded = tuple(s for s in base.backward_scratch if s.what.startswith("padded"))
+        depth_backward = tuple(s for s in base.backward_scratch if not s.what.startswith("padded"))
+        point_forward, point_backward = conv_workspace(
+            ctx, channels=middle, out_channels=a.filters, kernel=(1,) * self.rank, strides=(1,) * self.rank,
+            groups=1, bias=a.use_bias, out_spatial=out_spatial, in_spatial=out_spatial)
+        # the depthwise result's gradient exists in backward whether or not the input wants one
+        extra = prod(out_spatial) * middle
+        bigger = max((depth_backward, point_backward), key=lambda ss: sum(
+            s.elements * (1 if s.dtype == "uint8" else 4) for s in ss if not s.per_sample))
+        return Memory(saved=(*base.saved, depthwise), scratch=(*pad, depthwise, *point_forward),
+                      backward_scratch=(*grad_padded, Saved("new", elements=extra, what="depthwise result's gradient"),
+                                        *bigger))
 
     def build(self, a, x, ctx):
         from torch import nn
         spatial, channels = self._split(a, x, ctx)
         middle = channels * a.depth_multiplier
-        parts = self._windowed(a, channels, middle, channels, self._pads(a, spatial), bias=False)
+        parts = self._windowed(a, channels, middle, channels, self._pads(a, spatial), False, ctx)
         pointwise_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[self.rank]
         parts.append(pointwise_cls(middle, a.filters, 1, bias=a.use_bias))
         return self._finish(a, parts, ctx)
@@ -378,27 +537,49 @@ class ConvTransposeRule(Rule):
         return prod(spatial) * channels * a.filters * prod(a.kernel_size)
 
     def memory(self, a, x, y, ctx):
-        return Memory(saved=(Saved("input", what="transposed convolution input"),))
+        """Backward keeps the input. Where Keras crops what torch cannot (``_native``), the
+        convolution's uncropped result is a temporary beside the output, and so is its gradient
+        in backward; oneDNN's own buffers as for a convolution (``conv_workspace``)."""
+        spatial, channels = split_channels(x, ctx.data_format)
+        out_spatial, _ = split_channels(y, ctx.data_format)
+        forward, backward = conv_workspace(ctx, channels=channels, out_channels=a.filters, kernel=a.kernel_size,
+                                           strides=a.strides, groups=1, bias=a.use_bias, out_spatial=out_spatial,
+                                           transposed=True, in_spatial=spatial)
+        crops = [transpose_crops(**axis) for axis in self._per_axis(a)]
+        uncropped: tuple[Saved, ...] = ()
+        if not self._native(a, crops):
+            # torch's result, then one pad (a crop where negative) to Keras's size, the bias added
+            # in place: the full result is a temporary beside the output
+            full = a.filters * prod(n - b - e for n, (b, e) in zip(out_spatial, crops))
+            uncropped = (Saved("new", elements=full, what="uncropped result"),)
+            backward = (Saved("new", elements=full, what="uncropped result's gradient"), *backward)
+        return Memory(saved=(Saved("input", what="transposed convolution input"),),
+                      scratch=(*uncropped, *forward), backward_scratch=backward)
+
+    @staticmethod
+    def _native(a, crops) -> bool:
+        """torch's own padding: crop c before and c − p after, 0 <= p < max(stride, dilation)."""
+        return all(b >= 0 and 0 <= b - e < max(s, d) for (b, e), s, d in zip(crops, a.strides, a.dilation_rate))
 
     def build(self, a, x, ctx):
         from torch import nn
 
         from .modules import ChannelsLast, CroppedConvTranspose, with_activation
         _, channels = self._split(a, x, ctx)
-        crops = [transpose_crops(**axis) for axis in self._per_axis(a)]
-        conv_cls = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[self.rank]
-        # torch's own: crop c before and c − p after, 0 <= p < max(stride, dilation) (output_padding)
-        native = all(b >= 0 and 0 <= b - e < max(s, d)
-                     for (b, e), s, d in zip(crops, a.strides, a.dilation_rate))
+        crops = lift([transpose_crops(**axis) for axis in self._per_axis(a)], self.rank, ctx, (0, 0))
+        kernel, strides, dilation = (lift(t, self.rank, ctx, 1) for t in (a.kernel_size, a.strides, a.dilation_rate))
+        rank = torch_rank(self.rank, ctx)
+        conv_cls = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[rank]
+        native = self._native(a, [transpose_crops(**axis) for axis in self._per_axis(a)])
         layer: nn.Module
         if native:
-            layer = conv_cls(channels, a.filters, a.kernel_size, stride=a.strides,
+            layer = conv_cls(channels, a.filters, kernel, stride=strides,
                              padding=tuple(b for b, _ in crops),
                              output_padding=tuple(b - e for b, e in crops),
-                             dilation=a.dilation_rate, bias=a.use_bias)
+                             dilation=dilation, bias=a.use_bias)
         else:
-            layer = CroppedConvTranspose(channels, a.filters, a.kernel_size, strides=a.strides,
-                                         dilation=a.dilation_rate, crops=tuple(crops), use_bias=a.use_bias)
+            layer = CroppedConvTranspose(channels, a.filters, kernel, strides=strides,
+                                         dilation=dilation, crops=tuple(crops), use_bias=a.use_bias)
         if ctx.data_format == "channels_last":
             layer = ChannelsLast(layer)
         return with_activation(layer, a.activation)

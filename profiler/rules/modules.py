@@ -11,12 +11,15 @@ from torch import nn
 class ChannelsLast(nn.Module):
     """Run a channels-first torch module on a channels-last tensor without copying.
 
-    ``permute`` gives a view; a 4-d view of an NHWC tensor is a channels_last-strided NCHW
-    tensor, which convolutions and pooling accept as it is, and the result permuted back is
-    again a contiguous channels-last tensor. 3-d tensors have no channels_last memory format:
-    there (and wherever the inner module returns a channels-first result) the result is copied
-    to a contiguous tensor, so that the next layer gets a dense input and keeps that input
-    itself for backward rather than a copy it would make.
+    ``permute`` gives a view; a 4-d (5-d) view of an NHWC (NDHWC) tensor is a channels_last-
+    strided NCHW (NCDHW) tensor, which convolutions, pooling and batch norm accept as it is, and
+    their result permuted back is again a contiguous channels-last tensor. A 3-d (batch, steps,
+    channels) tensor has no channels-last layout in torch, and torch's 1-D kernels would copy it
+    and return a channels-first result: it runs instead as a 4-d tensor of height 1, (batch,
+    channels, 1, steps), through the 2-D module its rule builds (kernels of height 1), and comes
+    back contiguous the same way. Where the inner module returns a channels-first result anyway,
+    it is copied to a contiguous tensor, so that the next layer gets a dense input and keeps that
+    input itself for backward rather than a copy it would make.
     """
 
     def __init__(self, inner: nn.Module):
@@ -24,6 +27,8 @@ class ChannelsLast(nn.Module):
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return self.inner(x.unsqueeze(1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).squeeze(1).contiguous()
         rank = x.dim()
         to_first = (0, rank - 1, *range(1, rank - 1))
         to_last = (0, *range(2, rank), 1)
@@ -353,13 +358,21 @@ class CroppedConvTranspose(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = {3: nn.functional.conv_transpose1d, 4: nn.functional.conv_transpose2d,
                 5: nn.functional.conv_transpose3d}[x.dim()]
+        # one pad (negative: a crop) makes the result; the bias is added in place
         y = nn.functional.pad(conv(x, self.weight, None, self.strides, dilation=self.dilation), self.pads)
-        if self.bias is not None:
-            y = y + self.bias.view(-1, *([1] * (y.dim() - 2)))
-        return y
+        return y if self.bias is None else y.add_(self.bias.view(-1, *([1] * (y.dim() - 2))))
 
     def extra_repr(self) -> str:
         return f"weight={tuple(self.weight.shape)}, strides={self.strides}, dilation={self.dilation}, pads={self.pads}"
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format a result should keep: channels-last when ``x`` is (as ChannelsLast gives it)."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 # --- recurrent --------------------------------------------------------------------------------

@@ -120,13 +120,15 @@ class BatchNormalization(Rule):
         from .modules import KERAS_BATCH_NORM, ChannelAffine, ChannelsLast
         axis = self._channel_axis(a, x, ctx)
         c = x[axis]
-        spatial_rank = max(len(x) - 1, 1)
+        channels_last = axis != 0 and len(x) > 1
+        # (steps, C) channels-last runs as a 2-D batch norm of height 1 (see modules.ChannelsLast)
+        spatial_rank = 2 if channels_last and len(x) == 2 else max(len(x) - 1, 1)
         both = a.scale and a.center
         bn = KERAS_BATCH_NORM[spatial_rank](c, eps=a.epsilon, momentum=1.0 - a.momentum, affine=both)
         layer: nn.Module = bn
         if a.scale != a.center:  # Keras learns only one of gamma and beta
             layer = nn.Sequential(bn, ChannelAffine(c, "scale" if a.scale else "shift"))
-        if axis != 0 and len(x) > 1:  # channel axis last: run channels-first through views
+        if channels_last:  # channel axis last: run channels-first through views
             layer = ChannelsLast(layer)
         return layer
 

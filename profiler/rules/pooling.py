@@ -95,28 +95,30 @@ class PoolRule(Rule):
     def build(self, a, x, ctx):
         from torch import nn
 
-        from .conv import _torch_pad_order
+        from .conv import _torch_pad_order, lift, torch_rank
         from .modules import ChannelsLast, PaddedAvgPool
         spatial, _ = split_channels(x, ctx.data_format)
-        strides = self._strides(a)
         pads = self._pads(a, spatial)
         native = self._native(a, spatial, pads)
+        rank = torch_rank(self.rank, ctx)   # a 1-D layer on a channels-last tensor runs as a 2-D one
+        pool_size, strides = lift(a.pool_size, self.rank, ctx, 1), lift(self._strides(a), self.rank, ctx, 1)
+        pads = lift(pads, self.rank, ctx, (0, 0))
         before = tuple(b for b, _ in pads)
         layer: nn.Module
         if self.kind == "max":
-            pool_cls = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[self.rank]
+            pool_cls = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[rank]
             if native:  # torch's own padding is −inf for max pooling
-                layer = pool_cls(a.pool_size, strides, padding=before)
+                layer = pool_cls(pool_size, strides, padding=before)
             else:
-                pad_cls = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[self.rank]
+                pad_cls = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[rank]
                 layer = nn.Sequential(pad_cls(_torch_pad_order(pads), float("-inf")),
-                                      pool_cls(a.pool_size, strides))
+                                      pool_cls(pool_size, strides))
         else:
-            pool_cls = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[self.rank]
+            pool_cls = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[rank]
             if native:
-                layer = pool_cls(a.pool_size, strides, padding=before, count_include_pad=False)
+                layer = pool_cls(pool_size, strides, padding=before, count_include_pad=False)
             else:
-                layer = PaddedAvgPool(self.rank, a.pool_size, strides, _torch_pad_order(pads))
+                layer = PaddedAvgPool(rank, pool_size, strides, _torch_pad_order(pads))
         if ctx.data_format == "channels_last":
             layer = ChannelsLast(layer)
         return layer
