@@ -33,16 +33,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
+    amp = _amp_dtype(args, args.device_kind)
     if workflow.is_factory(args.spec):
         result = workflow.summarize_factory(args.spec, input_shapes=args.input_shape or [],
                                             input_dtypes=args.input_dtype or [], batch=args.batch,
                                             dtype=args.dtype, loss=args.loss, depth=args.depth,
-                                            optimizers=args.optimizers)
+                                            optimizers=args.optimizers, amp=amp, checkpoint=args.checkpoint)
         _emit(result, args)
         return 0
     spec = workflow.resolve_spec(args.spec)
     result = workflow.summary(spec, batch=args.batch, dtype=args.dtype, loss=args.loss,
-                              device_kind=args.device_kind, optimizers=args.optimizers)
+                              device_kind=args.device_kind, optimizers=args.optimizers, amp=amp,
+                              checkpoint=args.checkpoint)
     _emit(result, args)
     return 0
 
@@ -106,9 +108,28 @@ def _emit(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _measure_options(args: argparse.Namespace) -> dict[str, Any]:
+    kind = None
+    if (args.amp or args.amp_dtype) and not args.amp_dtype:   # the default dtype depends on the device
+        import torch
+        kind = "cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else "cpu"
     return {"batch": args.batch, "dtype": args.dtype, "loss": args.loss, "device": args.device,
             "optimizers": args.optimizers,
-            "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads}
+            "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
+            "amp": _amp_dtype(args, kind or "cpu"), "checkpoint": args.checkpoint}
+
+
+def _amp_dtype(args: argparse.Namespace, device_kind: str) -> str | None:
+    """--amp's dtype: --amp-dtype, else bfloat16 on the CPU and float16 on CUDA; None without."""
+    if not (args.amp or args.amp_dtype):
+        return None
+    return args.amp_dtype or ("float16" if device_kind == "cuda" else "bfloat16")
+
+
+def _layer_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected layer names separated by commas, received {text!r}")
+    return names
 
 
 def _optimizer_list(text: str) -> tuple[str, ...]:
@@ -165,6 +186,15 @@ def _parser() -> argparse.ArgumentParser:
                               "default: all)")
         sub.add_argument("--explain", action="store_true",
                          help="show each layer's parameter arithmetic and what makes up each peak")
+        sub.add_argument("--amp", action="store_true",
+                         help="mixed precision: float32 weights, forward and loss under torch.autocast "
+                              "(bfloat16 on the CPU, float16 on CUDA unless --amp-dtype says otherwise)")
+        sub.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default=None,
+                         help="autocast's dtype for --amp (implies --amp)")
+        sub.add_argument("--checkpoint", nargs="?", const=True, default=(), type=_layer_list,
+                         metavar="LAYERS",
+                         help="activation checkpointing (torch.utils.checkpoint, non-reentrant) of every "
+                              "layer, or of the comma-separated layers or nested models named")
 
     def measuring(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--device", choices=("cpu", "cuda"), default=None,

@@ -2,22 +2,49 @@
 
 The model is a small allocator simulation: every tensor the real run would create is allocated
 and freed in the order PyTorch does it, and the peak of live bytes is read off, with what was
-alive at that moment split by category. The definitions are those the runner measures
-(``profiler.runner``): a peak counts everything alive (parameters, buffers, inputs, targets,
-gradients, optimizer state), and a training step is the steady-state step
+alive at that moment split by category and by dtype. The definitions are those the runner
+measures (``profiler.runner``): a peak counts everything alive (parameters, buffers, inputs,
+targets, gradients, optimizer state), and a training step is the steady-state step
 ``zero_grad(set_to_none=True); out = model(x); loss = loss_fn(out, y); loss.backward(); opt.step()``.
+
+Mixed precision (``Setting.amp``, PyTorch's recipe): float32 master weights; the forward pass
+and the loss run under ``torch.autocast``. Matmuls and convolutions (``Op.autocast ==
+"lower"``) cast their floating inputs to the low-precision dtype (a new tensor per input and
+call, kept when autograd saves it) and their weights too: autocast caches the cast of each
+trainable weight for the whole autocast region, so a weight is cast once, at its first use,
+and the copy lives until the region exits (after the loss), or until that op's backward when
+autograd saves it. Ops on autocast's float32 list cast to float32 (the losses); every other op
+runs in its inputs' dtype. In backward each cast becomes a ``ToCopyBackward`` node: the
+low-precision gradient of a weight is cast to a float32 gradient (then freed), so gradients and
+optimizer state stay float32.
+
+Activation checkpointing (``Op.checkpoint``, ``torch.utils.checkpoint.checkpoint(fn, x,
+use_reentrant=False)``): a checkpointed call keeps for backward only its inputs and the CPU
+generator's state (``RNG_STATE_BYTES``); nothing its ops save is kept. When backward reaches
+the call's last op, the call's forward runs again (under the saved generator state, itself a
+fork of the current state) and stops as soon as everything the ops save exists again; those
+saved tensors then live until their op's backward, as usual. The inputs and the state are let
+go once the call's first op has had its backward.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from math import ceil
 from typing import Callable, Iterable
 
 from .dtypes import itemsize
 from .optimizers import get as optimizer_model
 from .registry import Saved
 
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "inputs", "activations", "temporaries")
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "inputs", "activations", "weight_casts",
+              "temporaries")
 LOSSES = ("cross_entropy", "mse")
+FLOATING = ("float32", "float16", "bfloat16", "float64")
+
+#: ``torch.get_rng_state()`` on the CPU: the Mersenne Twister generator's state as a uint8 tensor.
+#: Non-reentrant checkpointing saves one per checkpointed call (``preserve_rng_state=True``) and
+#: forks another while it recomputes.
+RNG_STATE_BYTES = 5056
 
 
 @dataclass(frozen=True)
@@ -36,7 +63,7 @@ class Op:
     identity_in_eval: bool = False     # returns its input unchanged in eval mode (Dropout)
     saved: tuple[Saved, ...] = ()      # kept for backward when autograd records the op
     param_bytes: int = 0               # trainable parameters (their gradients have the same size)
-    param_tensors: tuple[int, ...] = ()  # bytes of each trainable parameter tensor
+    param_tensors: tuple[int, ...] = ()  # bytes of each trainable parameter tensor (weight first)
     fused: bool = False                # runs inside the previous op's layer (a fused activation)
     layer: str = ""                    # the spec layer this op belongs to
     grad_passthrough: bool = False     # input gradients are the output gradient itself (Add, views)
@@ -45,46 +72,73 @@ class Op:
     backward_scratch: tuple[Saved, ...] = ()   # backward temporaries, likewise
     weights: str = ""                  # whose parameters the op uses (the layer's first call)
     shared_call: bool = False          # a later call of a shared layer: its weights are counted already
+    # -- mixed precision, kernels, checkpointing ---------------------------------------------
+    autocast: str = ""                 # "lower" (matmul, conv), "float32" (autocast's fp32 list), ""
+    saves_weight: str = ""             # a "lower" op's weight kept for backward: "always" (conv) or
+    #                                    "for_input_grad" (matmul: only when an input needs a gradient)
+    frozen_tensors: tuple[int, ...] = ()  # bytes of each non-trainable weight a "lower" op casts per call
+    matmul: tuple[int, int, int] = ()  # (rows, in_features, out_features) of a linear layer's matmul
+    checkpoint: str = ""               # the checkpointed call the op belongs to ("" when none)
 
 
 @dataclass(frozen=True)
 class Peak:
-    """The largest number of bytes alive at once, when it happened and what made it up."""
+    """The largest number of bytes alive at once, when it happened and what made it up.
+
+    ``breakdown`` is by category (``CATEGORIES``), ``by_dtype`` by the dtype of each tensor.
+    """
     bytes: int
     at: str
     breakdown: dict[str, int]
+    by_dtype: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"bytes": self.bytes, "at": self.at, "breakdown": dict(self.breakdown)}
+        out = {"bytes": self.bytes, "at": self.at, "breakdown": dict(self.breakdown)}
+        if self.by_dtype:
+            out["by_dtype"] = dict(self.by_dtype)
+        return out
 
 
 class Timeline:
-    """Allocations and frees in program order; remembers the peak and its make-up."""
+    """Allocations and frees in program order; remembers the peak and its make-up.
 
-    def __init__(self, footprint: Callable[[int], int] | None = None) -> None:
+    With ``trace`` on, ``events`` lists every (key, ±bytes, dtype, phase) in order: the same
+    sequence the CPU allocator's profiler events give for a real run, to compare them one by one.
+    """
+
+    def __init__(self, footprint: Callable[[int], int] | None = None, *, trace: bool = False) -> None:
         """``footprint``: what the allocator sets aside for a request (CUDA rounds up; CPU: exact)."""
         self.footprint = footprint
-        self.live: dict[str, tuple[str, int]] = {}
+        self.live: dict[str, tuple[str, int, str]] = {}
         self.by_category = {c: 0 for c in CATEGORIES}
+        self.by_dtype: dict[str, int] = {}
         self.current = 0
         self.phase = "start"
         self.peak = Peak(0, self.phase, dict(self.by_category))
+        self.events: list[tuple[str, int, str, str]] | None = [] if trace else None
 
-    def alloc(self, key: str, nbytes: int, category: str) -> None:
+    def alloc(self, key: str, nbytes: int, category: str, dtype: str) -> None:
         if key in self.live:
             raise KeyError(f"{key} is allocated twice")
         if self.footprint is not None:
             nbytes = self.footprint(nbytes)
-        self.live[key] = (category, nbytes)
+        self.live[key] = (category, nbytes, dtype)
         self.by_category[category] += nbytes
+        self.by_dtype[dtype] = self.by_dtype.get(dtype, 0) + nbytes
         self.current += nbytes
+        if self.events is not None:
+            self.events.append((key, nbytes, dtype, self.phase))
         if self.current > self.peak.bytes:
-            self.peak = Peak(self.current, self.phase, dict(self.by_category))
+            self.peak = Peak(self.current, self.phase, dict(self.by_category),
+                             {d: n for d, n in self.by_dtype.items() if n})
 
     def free(self, key: str) -> None:
-        category, nbytes = self.live.pop(key)
+        category, nbytes, dtype = self.live.pop(key)
         self.by_category[category] -= nbytes
+        self.by_dtype[dtype] -= nbytes
         self.current -= nbytes
+        if self.events is not None:
+            self.events.append((key, -nbytes, dtype, self.phase))
 
     def note(self, phase: str) -> None:
         """Label what happens next (shown as where the peak was)."""
@@ -95,7 +149,7 @@ class Timeline:
 class Setting:
     """What the prediction is for: sizes that do not depend on the layers."""
     batch: int
-    dtype: str
+    dtype: str                 # the parameters' dtype (float32 under mixed precision)
     inputs: dict[str, int]     # model input name -> bytes
     outputs: tuple[str, ...]   # values the model returns
     target_bytes: int
@@ -103,35 +157,57 @@ class Setting:
     loss: str = "cross_entropy"
     foreach: bool = False      # CUDA optimizers use multi-tensor (foreach) kernels; CPU ones do not
     footprint: Callable[[int], int] | None = None   # allocator rounding of each request
+    input_dtypes: dict[str, str] = field(default_factory=dict)  # model input -> dtype (default: dtype)
+    amp: str | None = None     # autocast's low-precision dtype, or None without mixed precision
+    device_kind: str = "cpu"
+    gemm_scratch: Callable[[str, int, int, int], int] | None = None
+    # ^ bytes a matmul kernel allocates inside itself: (kind, m, k, n) -> bytes, kind "forward"
+    #   (x·Wᵀ), "grad_input" (g·W) or "grad_weight" (gᵀ·x); None: no such scratch (see
+    #   onednn_bf16_gemm_scratch, used for bfloat16 matmuls on the CPU)
 
 
 def inference_peak(ops: Iterable[Op], s: Setting) -> Peak:
-    """``model.eval()``; under ``no_grad``: ``out = model(x)``, with model and input alive.
+    """``model.eval()``; under ``no_grad`` (and ``autocast`` with ``s.amp``): ``out = model(x)``,
+    with model and input alive.
 
     Nothing is saved; a tensor dies after the layer that reads it last has returned, unless the
-    caller holds it (model inputs and outputs).
+    caller holds it (model inputs and outputs). The autocast cache (weight casts) dies when the
+    region exits, after the forward pass.
     """
+    return inference_timeline(ops, s).peak
+
+
+def inference_timeline(ops: Iterable[Op], s: Setting, *, trace: bool = False) -> Timeline:
+    """The replay behind :func:`inference_peak` (with ``trace``, every event in order)."""
     ops = list(ops)
-    t = Timeline(s.footprint)
-    t.alloc("params", _trainable_bytes(ops) + s.buffer_bytes, "parameters")
-    _Forward(t, ops, s, training=False).run()
-    return t.peak
+    t = Timeline(s.footprint, trace=trace)
+    t.alloc("params", _trainable_bytes(ops) + s.buffer_bytes, "parameters", s.dtype)
+    forward = _Forward(t, ops, s, training=False)
+    forward.run()
+    forward.exit_autocast()
+    return t
 
 
 def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: bool = False) -> Peak:
     """One training step. Steady state: gradients and optimizer state exist from the step before."""
+    return training_timeline(ops, s, optimizer, first_step=first_step).peak
+
+
+def training_timeline(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: bool = False,
+                      trace: bool = False) -> Timeline:
+    """The replay behind :func:`training_peak` (with ``trace``, every event in order)."""
     ops = list(ops)
-    act = itemsize(s.dtype)
     trainable = _trainable_bytes(ops)
     tensors = [n for op in ops if not op.shared_call for n in op.param_tensors]
-    t = Timeline(s.footprint)
-    t.alloc("params", trainable + s.buffer_bytes, "parameters")
-    t.alloc("target", s.target_bytes, "inputs")
+    t = Timeline(s.footprint, trace=trace)
+    t.alloc("params", trainable + s.buffer_bytes, "parameters", s.dtype)
+    target_dtype = "int64" if s.loss == "cross_entropy" else s.dtype
+    t.alloc("target", s.target_bytes, "inputs", target_dtype)
     model = optimizer_model(optimizer)
     if not first_step or model.state_at_init:
-        _alloc_optimizer_state(t, optimizer, tensors)
+        _alloc_optimizer_state(t, optimizer, tensors, s.dtype)
     if not first_step:
-        t.alloc("grads", trainable, "gradients")
+        t.alloc("grads", trainable, "gradients", s.dtype)
     forward = _Forward(t, ops, s, training=True)
     if not first_step:
         t.note("zero_grad")
@@ -139,26 +215,50 @@ def training_peak(ops: Iterable[Op], s: Setting, optimizer: str, *, first_step: 
     forward.run()
 
     t.note(f"loss ({s.loss})")
-    for out in s.outputs:
-        elements = forward.elements[out]
-        if s.loss == "cross_entropy":
-            t.alloc(f"log_probs:{out}", elements * act, "activations")  # log_softmax keeps its result
-            t.alloc(f"total_weight:{out}", act, "activations")          # nll_loss keeps its weight sum
-        else:
-            t.alloc("squared_error", elements * act, "temporaries")     # unreduced (out - y)², then mean
-            t.free("squared_error")
-        t.alloc(f"loss:{out}", act, "activations")
-    if len(s.outputs) > 1:
-        t.alloc("loss", act, "activations")                            # the sum of the outputs' losses
+    loss_dtype = _loss_forward(t, s, forward)
+    forward.exit_autocast()    # PyTorch's recipe: forward and loss under autocast, backward outside
 
-    _backward(t, ops, s, forward)
+    _backward(t, ops, s, forward, loss_dtype)
 
     t.note(f"optimizer step ({optimizer})")
     if first_step and not model.state_at_init:
-        _alloc_optimizer_state(t, optimizer, tensors)
-    for i, nbytes in enumerate(model.scratch_bytes(tensors, s.foreach, act)):
-        t.alloc(f"opt_tmp{i}", nbytes, "temporaries")
-    return t.peak
+        _alloc_optimizer_state(t, optimizer, tensors, s.dtype)
+    scratch = model.scratch_bytes(tensors, s.foreach, itemsize(s.dtype))
+    scalar = 2 if model.scalar_bytes and scratch and not s.foreach else 0   # a double, then its cast
+    for i, nbytes in enumerate(scratch):
+        dtype = "float64" if scalar and i == len(scratch) - 2 else s.dtype
+        t.alloc(f"opt_tmp{i}", nbytes, "temporaries", dtype)
+    return t
+
+
+def _loss_forward(t: Timeline, s: Setting, forward: "_Forward") -> str:
+    """The loss of each output, summed over outputs; returns the loss's dtype.
+
+    Under autocast the losses are on the float32 list: a low-precision output is cast to float32
+    first (a copy alive while the loss runs, and kept for backward by ``mse_loss``).
+    """
+    loss_dtype = s.dtype
+    for out in s.outputs:
+        elements, dtype = forward.elements[out], forward.dtype[out]
+        cast = s.amp is not None and dtype != "float32"
+        if cast:
+            dtype = "float32"
+            t.alloc(f"loss_cast:{out}", elements * 4, "activations", "float32")
+        act = itemsize(dtype)
+        loss_dtype = dtype
+        if s.loss == "cross_entropy":
+            t.alloc(f"log_probs:{out}", elements * act, "activations", dtype)  # log_softmax keeps its result
+            t.alloc(f"total_weight:{out}", act, "activations", dtype)          # nll_loss keeps its weight sum
+            t.alloc(f"loss:{out}", act, "activations", dtype)
+        else:   # unreduced (out - y)², then its mean into a tensor as large (the 0-d loss keeps it)
+            t.alloc("squared_error", elements * act, "temporaries", dtype)
+            t.alloc(f"loss:{out}", elements * act, "activations", dtype)
+            t.free("squared_error")
+        if cast and s.loss == "cross_entropy":   # the cast is not saved: gone when cross_entropy returns
+            t.free(f"loss_cast:{out}")
+    if len(s.outputs) > 1:
+        t.alloc("loss", itemsize(loss_dtype), "activations", loss_dtype)   # the sum of the outputs' losses
+    return loss_dtype
 
 
 def _trainable_bytes(ops: list[Op]) -> int:
@@ -171,12 +271,31 @@ def kept_for_backward(ops: Iterable[Op], s: Setting) -> dict[str, int]:
     t = Timeline(s.footprint)
     forward = _Forward(t, list(ops), s, training=True)
     forward.run()
+    forward.exit_autocast()
     kept: dict[str, int] = {}
-    for key, (_, nbytes) in t.live.items():
+    for key, (_, nbytes, _) in t.live.items():
         if key in forward.origin:
             layer = forward.origin[key]
             kept[layer] = kept.get(layer, 0) + nbytes
     return kept
+
+
+def value_dtypes(ops: Iterable[Op], s: Setting) -> dict[str, str]:
+    """The dtype of every value of the forward pass (under autocast, per the ops' casts)."""
+    forward = _Forward(Timeline(s.footprint), list(ops), s, training=False)
+    forward.run()
+    return dict(forward.dtype)
+
+
+def _promote(dtypes: list[str], default: str) -> str:
+    """The dtype an op computes in from its floating inputs' dtypes (PyTorch's type promotion)."""
+    floats = [d for d in dtypes if d in FLOATING]
+    if not floats:
+        return default
+    if len(set(floats)) == 1:
+        return floats[0]
+    widest = max(itemsize(d) for d in floats)
+    return "float64" if widest == 8 else "float32"
 
 
 class _Forward:
@@ -184,26 +303,38 @@ class _Forward:
 
     Holders of a storage: the caller (model inputs and outputs), the running graph (a value is
     held until the layer that reads it last has returned — so an activation fused into a layer
-    runs while the layer's inputs and pre-activation are both alive), and autograd (per op, for
-    what the op saved). A storage is freed when its last holder lets go.
+    runs while the layer's inputs and pre-activation are both alive), autograd (per op, for
+    what the op saved), the autocast cache (weight casts, until the region exits), a call in
+    progress (casts of its inputs) and a checkpointed call (its inputs, until its backward).
+    A storage is freed when its last holder lets go.
     """
 
     def __init__(self, t: Timeline, ops: list[Op], s: Setting, *, training: bool):
         self.t, self.ops, self.s, self.training = t, ops, s, training
-        self.act = itemsize(s.dtype)
         self.storage: dict[str, str] = {}          # value -> storage key (views share one)
         self.elements: dict[str, int] = {}
+        self.dtype: dict[str, str] = {}            # value -> dtype
         self.holders: dict[str, set[str]] = {}     # storage -> holders
         self.held: dict[str, set[str]] = {}        # holder -> storages
         self.origin: dict[str, str] = {}           # storage -> layer that created it
         self.requires_grad: dict[str, bool] = {}
         self.recorded: list[bool] = []
+        self.compute: dict[int, str] = {}          # op index -> dtype it computes in
+        self.casts: dict[int, dict[int, str]] = {}  # op index -> input index -> dtype it was cast from
+        self.regions: dict[str, list[int]] = {}    # checkpointed call -> its ops, in order
+        self.recomputed: set[str] = set()
+        for k, op in enumerate(ops):
+            if op.checkpoint:
+                self.regions.setdefault(op.checkpoint, []).append(k)
         for name, nbytes in s.inputs.items():
-            t.alloc(name, nbytes, "inputs")
+            dtype = s.input_dtypes.get(name, s.dtype)
+            t.alloc(name, nbytes, "inputs", dtype)
             self.storage[name] = name
+            self.dtype[name] = dtype
             self.requires_grad[name] = False
             self.hold(name, "caller")
 
+    # -- holders -------------------------------------------------------------------------------
     def hold(self, key: str, who: str) -> None:
         self.holders.setdefault(key, set()).add(who)
         self.held.setdefault(who, set()).add(key)
@@ -222,6 +353,11 @@ class _Forward:
         for key in sorted(self.held.get(who, ())):
             self.release(key, who)
 
+    def exit_autocast(self) -> None:
+        """The autocast region exits: its cache of weight casts is cleared."""
+        self.release_all("autocast")
+
+    # -- the pass ------------------------------------------------------------------------------
     def run(self) -> None:
         last_read = {}
         layer_end = self._layer_ends()
@@ -230,54 +366,226 @@ class _Forward:
                 last_read[value] = layer_end[k]
         for k, op in enumerate(self.ops):
             self.t.note(f"forward {op.name}")
-            self._run_op(k, op)
+            region = op.checkpoint
+            if region and self.regions[region][0] == k:
+                self._enter_checkpoint(region)
+            self._run_op(k, op, saving=not region)
             if layer_end[k] == k:   # the layer returns: values it read last are let go
                 for value in {v for j in range(self._layer_start(k), k + 1) for v in self.ops[j].inputs}:
                     if last_read[value] == k:
                         self.release(self.storage[value], f"graph:{value}")
+            if region and self.regions[region][-1] == k:
+                self._leave_checkpoint(region)
         for value in self.s.outputs:
             self.hold(self.storage[value], "caller")
             self.release(self.storage[value], f"graph:{value}")
 
-    def _run_op(self, k: int, op: Op) -> None:
+    def _cast_target(self, op: Op) -> str | None:
+        if self.s.amp is None:
+            return None
+        return {"lower": self.s.amp, "float32": "float32"}.get(op.autocast)
+
+    def _run_op(self, k: int, op: Op, *, saving: bool, prefix: str = "", stop: str = "") -> None:
+        """Run op ``k``. ``saving``: autograd keeps what the op saves (off inside a checkpointed
+        call); ``prefix`` names the storages of a recomputation; ``stop`` ("before" or "after" the
+        kernel) ends a recomputation at this op."""
         if op.holds_only:
-            self.recorded.append(False)
+            if not prefix:
+                self.recorded.append(False)
             return
         records = self.training and (op.param_bytes > 0 or any(self.requires_grad[v] for v in op.inputs))
-        self.recorded.append(records)
+        if not prefix:
+            self.recorded.append(records)
+        target = self._cast_target(op)
+        call = f"{prefix}call:{k}"
+        # autocast evaluates the op's arguments right to left: the weights (bias, then weight),
+        # then the inputs. A trainable weight's cast goes to the cache; a frozen one's does not.
+        if target is not None and op.autocast == "lower":
+            master = itemsize(self.s.dtype)
+            for j in reversed(range(len(op.param_tensors))):
+                key = f"{prefix}weight_cast:{op.weights or op.layer}:{j}"
+                if key not in self.holders:
+                    self.t.alloc(key, op.param_tensors[j] // master * itemsize(target), "weight_casts", target)
+                    self.origin[key] = op.layer
+                    self.hold(key, f"{prefix}autocast")
+            for j in reversed(range(len(op.frozen_tensors))):
+                key = f"{prefix}{op.output}.frozen_cast{j}"
+                self.t.alloc(key, op.frozen_tensors[j] // master * itemsize(target), "weight_casts", target)
+                self.origin[key] = op.layer
+                self.hold(key, call)
+        effective = [self.storage[v] for v in op.inputs]
+        casts: dict[int, str] = {}
+        for i in reversed(range(len(op.inputs))):
+            dtype = self.dtype[op.inputs[i]]
+            if target is not None and dtype in FLOATING and dtype != target:
+                key = f"{prefix}{op.output}.cast{i}"
+                self.t.alloc(key, op.in_elements[i] * itemsize(target), "activations", target)
+                self.origin[key] = op.layer
+                self.hold(key, call)
+                effective[i] = key
+                casts[i] = dtype
+        if not prefix:
+            self.casts[k] = casts
+        compute = target or _promote([self.dtype[v] for v in op.inputs], self.s.dtype)
+        self.compute[k] = compute
+        weight_saved = records and saving and target is not None and op.autocast == "lower" and bool(
+            op.param_tensors or op.frozen_tensors) and (
+            op.saves_weight == "always"
+            or (op.saves_weight == "for_input_grad" and any(self.requires_grad[v] for v in op.inputs)))
+        if stop == "before":   # the last tensors packed for backward are inputs: the kernel never runs
+            self._save(k, op, effective, records and saving, weight_saved, prefix, outputs=False)
+            self.release_all(call)
+            return
         if op.out_is_view or (op.identity_in_eval and not self.training):
-            key = self.storage[op.inputs[0]]
+            key = effective[0]
+            dtype = self.dtype[op.inputs[0]]
         else:
-            key = op.output
-            self.t.alloc(key, op.out_elements * self.act, "activations")
+            key = prefix + op.output
+            dtype = compute
+            self.t.alloc(key, op.out_elements * itemsize(dtype), "activations", dtype)
             self.origin[key] = op.layer
         self.storage[op.output] = key
         self.elements[op.output] = op.out_elements
-        self.requires_grad[op.output] = records
-        self.hold(key, f"graph:{op.output}")
-        scratch = [self.size(s) for s in op.scratch]
+        self.dtype[op.output] = dtype
+        if not prefix:
+            self.requires_grad[op.output] = records
+        self.hold(key, f"{prefix}graph:{op.output}")
+        scratch = [self.size(s, compute) for s in op.scratch]
+        if op.matmul and self.s.gemm_scratch is not None and compute == "bfloat16":
+            scratch = [n for n in (*scratch, self.s.gemm_scratch("forward", *op.matmul)) if n]
         for i, nbytes in enumerate(scratch):
-            self.t.alloc(f"{op.output}.scratch{i}", nbytes, "temporaries")
+            self.t.alloc(f"{prefix}{op.output}.scratch{i}", nbytes, "temporaries", compute)
         for i in range(len(scratch)):
-            self.t.free(f"{op.output}.scratch{i}")
-        if not records:
+            self.t.free(f"{prefix}{op.output}.scratch{i}")
+        if records and not saving:   # inside a checkpointed call: what the op makes to save dies now
+            for i, saved in enumerate(op.saved):
+                if saved.of == "new":
+                    self.t.alloc(f"{op.output}.unsaved{i}", self.size(saved, compute), "temporaries",
+                                 self._dtype_of(saved, compute))
+                    self.t.free(f"{op.output}.unsaved{i}")
+        self._save(k, op, effective, records and saving, weight_saved, prefix, outputs=True)
+        self.release_all(call)
+
+    def _save(self, k: int, op: Op, effective: list[str], saving: bool, weight_saved: bool,
+              prefix: str, *, outputs: bool) -> None:
+        """Autograd keeps what op ``k`` saves (held by ``op{k}``)."""
+        if not saving:
             return
+        compute = self.compute[k]
+        if weight_saved:
+            if op.param_tensors:
+                self.hold(f"{prefix}weight_cast:{op.weights or op.layer}:0", f"op{k}")
+            else:
+                self.hold(f"{prefix}{op.output}.frozen_cast0", f"op{k}")
         for i, saved in enumerate(op.saved):
             if saved.of == "new":
-                new = f"{op.output}.saved{i}"
-                self.t.alloc(new, self.size(saved), "activations")
+                if not outputs and self._with_output(saved):
+                    continue   # stopping before the kernel: what it makes is not there
+                new = f"{prefix}{op.output}.saved{i}"
+                self.t.alloc(new, self.size(saved, compute), "activations", self._dtype_of(saved, compute))
                 self.origin[new] = op.layer
                 self.hold(new, f"op{k}")
+            elif saved.of == "output":
+                if outputs:
+                    self.hold(self.storage[op.output], f"op{k}")
             else:
-                values = {"input": op.inputs[:1], "inputs": op.inputs, "output": (op.output,)}[saved.of]
-                for value in values:
-                    self.hold(self.storage[value], f"op{k}")
+                for i_in in ((0,) if saved.of == "input" else range(len(op.inputs))):
+                    self.hold(effective[i_in], f"op{k}")
 
-    def size(self, tensor: Saved) -> int:
-        """Bytes of a tensor a rule describes (elements per sample unless ``per_sample`` is off)."""
-        itemsize_ = self.act if tensor.dtype == "act" else itemsize(tensor.dtype)
-        return tensor.elements * (self.s.batch if tensor.per_sample else 1) * itemsize_
+    @staticmethod
+    def _with_output(saved: Saved) -> bool:
+        """Whether autograd packs ``saved`` after the op's last kernel (its output, or a statistic or
+        indices made with it) rather than before (an input of that kernel: a dropout mask, a padded
+        input, a partial result). Told from the rule's description: see the report's rule-side note."""
+        return saved.of == "output" or (saved.of == "new" and any(
+            word in saved.what for word in ("indices", "mean", "1/std")))
 
+    @staticmethod
+    def _dtype_of(tensor: Saved, compute: str) -> str:
+        return compute if tensor.dtype == "act" else tensor.dtype
+
+    def size(self, tensor: Saved, compute: str | None = None) -> int:
+        """Bytes of a tensor a rule describes (elements per sample unless ``per_sample`` is off);
+        "act" is the dtype the op computes in."""
+        dtype = self._dtype_of(tensor, compute or self.s.dtype)
+        return tensor.elements * (self.s.batch if tensor.per_sample else 1) * itemsize(dtype)
+
+    # -- checkpointed calls -------------------------------------------------------------------
+    def _region_inputs(self, region: str) -> list[str]:
+        ks = self.regions[region]
+        made = {self.ops[k].output for k in ks}
+        return sorted({v for k in ks for v in self.ops[k].inputs if v not in made})
+
+    def _enter_checkpoint(self, region: str) -> None:
+        """``checkpoint(fn, *args)`` starts: the generator's state is saved, the args are held."""
+        if self.s.device_kind == "cpu":
+            self.t.alloc(f"rng_state:{region}", RNG_STATE_BYTES, "activations", "uint8")
+            self.origin[f"rng_state:{region}"] = self.ops[self.regions[region][0]].layer
+        if self.training:
+            for value in self._region_inputs(region):
+                self.hold(self.storage[value], f"checkpoint:{region}")
+
+    def _leave_checkpoint(self, region: str) -> None:
+        """The call returns. Its inputs and state live in a frame that only the holders of what its
+        ops save point to: when nothing is saved (inference, an Add, a mean), they go now."""
+        if not self.packing_ops(region):
+            self.release_checkpoint(region)
+
+    def packing_ops(self, region: str) -> list[int]:
+        """The checkpointed call's ops that save tensors for backward (each one packed)."""
+        return [k for k in self.regions[region] if not self.ops[k].holds_only and self.recorded[k]
+                and (self.ops[k].saved or self._saves_weight(k))]
+
+    def release_checkpoint(self, region: str) -> None:
+        if f"rng_state:{region}" in self.t.live:
+            self.t.free(f"rng_state:{region}")
+        self.release_all(f"checkpoint:{region}")
+
+    def recompute(self, region: str) -> None:
+        """Backward reached the checkpointed call: run its forward again until every tensor its ops
+        save exists again (early stop), with saving on; the rest of what it made is let go."""
+        ks = [k for k in self.regions[region] if not self.ops[k].holds_only]
+        saving_ops = self.packing_ops(region)
+        self.recomputed.add(region)
+        if not saving_ops:
+            return
+        last = saving_ops[-1]
+        after = any(self._with_output(x) for x in self.ops[last].saved)
+        prefix = f"re:{region}:"
+        fork = f"rng_fork:{region}"
+        if self.s.device_kind == "cpu":
+            self.t.alloc(fork, RNG_STATE_BYTES, "temporaries", "uint8")
+        layer_end = self._layer_ends()
+        last_read: dict[str, int] = {}
+        for k in ks:
+            for value in self.ops[k].inputs:
+                last_read[value] = layer_end[k]
+        made: set[str] = set()
+        for k in ks:
+            if k > last:
+                break
+            op = self.ops[k]
+            self._run_op(k, op, saving=True, prefix=prefix,
+                         stop="" if k < last else ("after" if after else "before"))
+            if k < last or after:
+                made.add(op.output)
+            if layer_end[k] == k and k < last:
+                for value in {v for j in range(self._layer_start(k), k + 1) for v in self.ops[j].inputs}:
+                    if value in made and last_read[value] == k:
+                        self.release(self.storage[value], f"{prefix}graph:{value}")
+        self.release_all(f"{prefix}autocast")       # the recomputation's autocast region exits,
+        if fork in self.t.live:                      # then the generator's state is restored,
+            self.t.free(fork)
+        for value in sorted(made):                   # then what was not saved dies
+            self.release(self.storage[value], f"{prefix}graph:{value}")
+
+    def _saves_weight(self, k: int) -> bool:
+        op = self.ops[k]
+        return self.s.amp is not None and op.autocast == "lower" and bool(op.param_tensors) and (
+            op.saves_weight == "always"
+            or (op.saves_weight == "for_input_grad" and any(self.requires_grad[v] for v in op.inputs)))
+
+    # -- layers ----------------------------------------------------------------------------------
     def _layer_ends(self) -> list[int]:
         ends = [0] * len(self.ops)
         end = len(self.ops) - 1
@@ -293,10 +601,9 @@ class _Forward:
         return k
 
 
-def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None:
+def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward, loss_dtype: str) -> None:
     """Gradients flow back op by op in reverse order; an op's saved tensors are freed once its
     backward has run, and a gradient reaching a value twice is added in place."""
-    act = itemsize(s.dtype)
     grads: dict[str, str] = {}          # value -> gradient storage
     refs: dict[str, int] = {}           # gradient storage -> values using it
 
@@ -312,65 +619,192 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward) -> None
             t.free(key)
 
     t.note("backward (loss)")
-    t.alloc("grad_seed", act, "temporaries")   # backward() starts from ones_like(loss), kept to the end
+    seed = itemsize(loss_dtype)
+    t.alloc("grad_seed", seed, "temporaries", loss_dtype)   # backward() starts from ones_like(loss), kept to the end
     for out in s.outputs:
         if not forward.requires_grad[out]:
             continue
-        elements = forward.elements[out]
+        elements, dtype = forward.elements[out], forward.dtype[out]
+        cast = f"loss_cast:{out}"
+        loss_dt = "float32" if s.amp is not None and dtype != "float32" else dtype
+        act = itemsize(loss_dt)
+        grad = f"grad:{out}" if loss_dt == dtype else f"grad_{loss_dt}:{out}"
         if s.loss == "cross_entropy":
             # nll_loss_backward makes d loss/d log_probs; log_softmax_backward turns it into d out
-            t.alloc(f"grad_log_probs:{out}", elements * act, "temporaries")
+            t.alloc(f"grad_log_probs:{out}", elements * act, "temporaries", loss_dt)
             t.free(f"total_weight:{out}")
-            t.alloc(f"grad:{out}", elements * act, "temporaries")
+            t.alloc(grad, elements * act, "temporaries", loss_dt)
             t.free(f"grad_log_probs:{out}")
             t.free(f"log_probs:{out}")
-        else:   # mse_loss_backward: 2 (out − y) · grad / n, the difference made first
-            t.alloc(f"difference:{out}", elements * act, "temporaries")
-            t.alloc(f"grad:{out}", elements * act, "temporaries")
-            t.free(f"difference:{out}")
+        else:   # mse_loss_backward: zeros_like(out), filled with 2 (out − y) · grad / n
+            t.alloc(grad, elements * act, "temporaries", loss_dt)
+            if cast in t.live:   # mse_loss kept its float32 input
+                t.free(cast)
+        if loss_dt != dtype:   # ToCopyBackward: the gradient back in the output's dtype
+            t.alloc(f"grad:{out}", elements * itemsize(dtype), "temporaries", dtype)
+            t.free(grad)
         give(out, f"grad:{out}")
+    # a checkpointed call is recomputed when the first of its saved tensors is unpacked (by its
+    # last op that saved any), and its frame goes with the last holder (its first such op)
+    packing = {region: forward.packing_ops(region) for region in forward.regions}
     for k in range(len(ops) - 1, -1, -1):
         op = ops[k]
         if not forward.recorded[k] or op.output not in grads:
             continue
         t.note(f"backward {op.name}")
-        key = f"weight_grad:{op.weights or op.layer}"
-        accumulating = bool(op.param_bytes) and key in t.live   # a shared layer's next gradient
-        if accumulating:
-            for i, nbytes in enumerate(op.param_tensors):
-                t.alloc(f"{key}:new{i}", nbytes, "temporaries")
-        elif op.param_bytes:
-            t.alloc(key, op.param_bytes, "gradients")
-        for i, value in enumerate(op.inputs):
-            if not forward.requires_grad[value]:
-                continue
-            if op.out_is_view or op.grad_passthrough:
-                new = grads[op.output]
-            else:
-                new = f"grad_in:{k}:{i}"
-                t.alloc(new, op.in_elements[i] * act, "temporaries")
-            if value in grads:              # a second path: accumulated in place, then dropped
-                if new != grads[op.output]:
-                    t.free(new)
-            else:
-                give(value, new)
-        scratch = [forward.size(s) for s in op.backward_scratch]
-        for i, nbytes in enumerate(scratch):
-            t.alloc(f"backward_scratch:{k}:{i}", nbytes, "temporaries")
-        for i in range(len(scratch)):
-            t.free(f"backward_scratch:{k}:{i}")
-        forward.release_all(f"op{k}")
-        drop(op.output)
-        if accumulating:   # AccumulateGrad: grad = grad + new, out of place, tensor by tensor
-            for i in reversed(range(len(op.param_tensors))):
-                t.alloc(f"{key}:sum{i}", op.param_tensors[i], "temporaries")
-                t.free(f"{key}:new{i}")
-                t.free(f"{key}:sum{i}")   # stands for the old gradient, which the sum replaces
+        region = op.checkpoint
+        if region and region not in forward.recomputed and k in packing[region]:
+            t.note(f"backward {op.name} (recomputing {region})")
+            forward.recompute(region)
+            t.note(f"backward {op.name}")
+        last_holder = bool(region) and bool(packing[region]) and packing[region][0] == k
+        _op_backward(t, k, op, s, forward, grads, give, drop,
+                     release=(lambda r=region: forward.release_checkpoint(r)) if last_holder else None)
     for k in range(len(ops)):              # the graph is freed when backward ends
         forward.release_all(f"op{k}")
+    for region in forward.regions:
+        forward.release_checkpoint(region)
     t.free("grad_seed")
 
 
-def _alloc_optimizer_state(t: Timeline, optimizer: str, tensors: list[int]) -> None:
-    for i, nbytes in enumerate(optimizer_model(optimizer).state_bytes(tensors)):
-        t.alloc(f"optimizer_state{i}", nbytes, "optimizer_state")
+def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, grads: dict[str, str],
+                 give: Callable[[str, str], None], drop: Callable[[str], None],
+                 release: Callable[[], None] | None = None) -> None:
+    """One op's backward node, then (mixed precision) the ``ToCopyBackward`` nodes of its casts.
+
+    ``release``: what goes with the node's saved tensors (a checkpointed call's frame)."""
+    compute = forward.compute[k]
+    casts = forward.casts.get(k, {})
+    lower_amp = s.amp is not None and op.autocast == "lower"
+    matmul = op.matmul and s.gemm_scratch is not None and compute == "bfloat16"
+    low_inputs: list[tuple[int, str, str]] = []     # (input, low-precision gradient, original dtype)
+    # input gradients first (mm of the gradient with the weight), in the dtype the op computed in
+    for i, value in enumerate(op.inputs):
+        if not forward.requires_grad[value]:
+            continue
+        in_dtype = compute if i in casts else forward.dtype[value]
+        if (op.out_is_view or op.grad_passthrough) and in_dtype == forward.dtype[op.output]:
+            new = grads[op.output]
+        else:
+            new = f"grad_in:{k}:{i}"
+            t.alloc(new, op.in_elements[i] * itemsize(in_dtype), "temporaries", in_dtype)
+            if matmul:
+                m, n_in, n_out = op.matmul
+                _scratch(t, f"grad_in_scratch:{k}:{i}", s.gemm_scratch("grad_input", m, n_out, n_in), in_dtype)
+        if i in casts:
+            low_inputs.append((i, new, casts[i]))
+            continue
+        if value in grads:              # a second path: accumulated in place, then dropped
+            if new != grads[op.output]:
+                t.free(new)
+        else:
+            give(value, new)
+    # then the weights' gradients: low precision under autocast (cast to float32 after the node)
+    owner = op.weights or op.layer
+    key = f"weight_grad:{owner}"
+    accumulating = bool(op.param_bytes) and f"{key}:0" in t.live   # a shared layer's next gradient
+    low_weights: list[int] = []
+    for j, nbytes in enumerate(op.param_tensors):
+        if lower_amp:
+            low = nbytes // itemsize(s.dtype) * itemsize(compute)
+            t.alloc(f"{key}:low{j}", low, "temporaries", compute)
+            low_weights.append(j)
+        elif accumulating:
+            t.alloc(f"{key}:new{j}", nbytes, "temporaries", s.dtype)
+        else:
+            t.alloc(f"{key}:{j}", nbytes, "gradients", s.dtype)
+        if matmul and j == 0:
+            m, n_in, n_out = op.matmul
+            _scratch(t, f"grad_weight_scratch:{k}", s.gemm_scratch("grad_weight", n_out, m, n_in), compute)
+    scratch = [forward.size(x, compute) for x in op.backward_scratch]
+    for i, nbytes in enumerate(scratch):
+        t.alloc(f"backward_scratch:{k}:{i}", nbytes, "temporaries", compute)
+    for i in range(len(scratch)):
+        t.free(f"backward_scratch:{k}:{i}")
+    forward.release_all(f"op{k}")
+    if release is not None:
+        release()
+    drop(op.output)
+    if accumulating and not lower_amp:   # AccumulateGrad: grad = grad + new, out of place, tensor by tensor
+        for i in reversed(range(len(op.param_tensors))):
+            t.alloc(f"{key}:sum{i}", op.param_tensors[i], "temporaries", s.dtype)
+            t.free(f"{key}:new{i}")
+            t.free(f"{key}:sum{i}")   # stands for the old gradient, which the sum replaces
+    # ToCopyBackward nodes, latest cast first: the inputs' casts, then the weights' (weight, bias)
+    for i, low, dtype in low_inputs:
+        value = op.inputs[i]
+        new = f"grad_in:{k}:{i}:{dtype}"
+        t.alloc(new, op.in_elements[i] * itemsize(dtype), "temporaries", dtype)
+        t.free(low)
+        if value in grads:
+            t.free(new)
+        else:
+            give(value, new)
+    for j in low_weights:
+        t.alloc(f"{key}:{j}", op.param_tensors[j], "gradients", s.dtype)
+        t.free(f"{key}:low{j}")
+
+
+def _scratch(t: Timeline, key: str, nbytes: int, dtype: str) -> None:
+    if nbytes:
+        t.alloc(key, nbytes, "temporaries", dtype)
+        t.free(key)
+
+
+def _alloc_optimizer_state(t: Timeline, optimizer: str, tensors: list[int], dtype: str) -> None:
+    model = optimizer_model(optimizer)
+    sizes = model.state_bytes(tensors)
+    steps = len(tensors) if model.step else 0      # a float32 scalar ``step`` per parameter, last
+    for i, nbytes in enumerate(sizes):
+        t.alloc(f"optimizer_state{i}", nbytes, "optimizer_state",
+                "float32" if i >= len(sizes) - steps else dtype)
+
+
+# -- kernel scratch ----------------------------------------------------------------------------
+
+def onednn_bf16_gemm_scratch(kind: str, m: int, k: int, n: int, *, threads: int = 2) -> int:
+    """Scratchpad oneDNN's bfloat16 matmul allocates per call on the CPU (torch 2.13, oneDNN 3.12,
+    brgemm kernels for AVX-512 with bfloat16): (m × k)·(k × n).
+
+    PyTorch hands bfloat16 ``addmm``/``mm`` to oneDNN when m·k·n > 16³ (``mkldnn_gemm_min_size``)
+    and gives the primitive a scratchpad from the CPU allocator. Per thread it holds B packed in
+    64-column panels (``64 × K_blk`` bf16), a float32 accumulator for the thread's rows
+    (``M_chunk × min(n, 64)``) and, when A is transposed (the weight gradient gᵀ·x), A copied
+    row-major (``M_chunk × LDA`` bf16); plus a fixed part (``384 + 640 × threads`` bytes, or 128
+    more with the A copy). ``kind``: "forward" (x·Wᵀ) and "grad_input" (g·W) pack B; "grad_weight"
+    (gᵀ·x) copies A too. The blocking (K_blk, M_chunk) is oneDNN's heuristic, fitted here to
+    measurements on a 2-thread AVX-512 BF16 machine: exact there for m ≤ 32 in the forward and
+    input-gradient matmuls and for k ≤ 32 in the weight gradient; an estimate beyond (within 6%
+    of the forward's and 16% of the input gradient's for a 49,284-row Dense).
+    """
+    if m * k * n <= 16 ** 3:
+        return 0
+    fixed = 384 + 640 * threads
+    n_blk = min(n, 64)
+    n_blocks = ceil(n / 64)
+    if kind == "grad_weight":   # A = gᵀ, transposed: copied as well
+        k_blk = _round_up(k, 32) if k <= 512 else 512
+        lda = k_blk + (32 if k_blk >= 512 and k_blk & (k_blk - 1) == 0 else 0)
+        chunk = m
+        if m >= 32:
+            chunk = ceil(m / 2)
+            while chunk > 256:
+                chunk = ceil(chunk / 2)
+        return fixed + 128 + threads * (64 * k_blk * 2 + chunk * (4 * n_blk + 2 * lda))
+    k_blk = min(_round_up(k, 32), 1024 if k >= 2048 and m >= 2 else 512)
+    if m < 32:
+        chunk = m
+    elif m == 32:
+        chunk = 16 if n_blocks == 1 else 32
+    elif n_blocks == 1:
+        chunk = ceil(m / threads)
+    elif n_blocks <= 4:
+        chunk = m
+    else:
+        chunk = max(32, _round_up(ceil(m / threads), 16))
+    chunk = min(chunk, 256)   # large m: blocks of at most 256 rows (218 measured for m = 49,284)
+    return fixed + threads * (64 * k_blk * 2 + chunk * n_blk * 4)
+
+
+def _round_up(x: int, to: int) -> int:
+    return -(-x // to) * to

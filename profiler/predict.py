@@ -5,16 +5,18 @@ integer arithmetic.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from functools import partial
 from math import prod
-from typing import Callable
+from typing import Callable, Iterable
 
 from .args import LayerArgs
 from .dtypes import check_model_dtype, itemsize
 from .optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
 from .errors import ModelsizeError, ShapeError, SpecError
 from .memory_model import (LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward,
-                           training_peak)
+                           onednn_bf16_gemm_scratch, training_peak, value_dtypes)
 from .registry import Memory, Params, Rule, Shape, rule_for
 from .spec import LayerSpec, ModelSpec, Node
 
@@ -144,6 +146,8 @@ class Prediction:
     first_step: dict[str, Peak]       # optimizer -> first step (creates the optimizer state)
     input_bytes: int
     target_bytes: int
+    amp: str | None = None            # autocast's low-precision dtype (float32 master weights)
+    checkpoint: tuple[str, ...] = ()  # layers whose calls are checkpointed
 
     @property
     def top(self) -> tuple[LayerRow, ...]:
@@ -186,6 +190,8 @@ class Prediction:
             "dtype": self.dtype,
             "loss": self.loss,
             "device_kind": self.device_kind,
+            "amp": self.amp,
+            "checkpoint": list(self.checkpoint),
             "layers": [row.as_dict() for row in self.rows],
             "totals": {"params": self.params, "trainable_params": self.trainable_params,
                        "non_trainable_params": self.non_trainable_params,
@@ -202,11 +208,17 @@ class Prediction:
 
 def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: str = "cross_entropy",
             device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS,
-            footprint: Callable[[int], int] | None = None) -> Prediction:
+            footprint: Callable[[int], int] | None = None, amp: str | None = None,
+            checkpoint: bool | Iterable[str] = (), threads: int | None = None) -> Prediction:
     """Everything modelsize can say about ``spec`` without building it.
 
     ``footprint`` maps each request's bytes to what the allocator sets aside (CUDA's caching
     allocator rounds to 512-byte blocks and larger segments); by default bytes are exact.
+    ``amp``: mixed precision, autocast to "bfloat16" or "float16" with float32 master weights
+    (``dtype`` must be float32). ``checkpoint``: layers (or nested models) whose calls run under
+    activation checkpointing; True for every layer of the model. ``threads``: CPU threads of the
+    run, which size the scratchpad of bfloat16 matmul kernels (default: the CPUs this process may
+    use, torch's default).
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise SpecError("must be a positive integer", field="batch", received=repr(batch))
@@ -215,11 +227,13 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
         raise SpecError("unknown loss", field="loss", expected=" or ".join(LOSSES), received=repr(loss))
     for name in optimizers:
         optimizer_model(name)
+    _check_amp(spec, amp, dtype)
+    chosen = checkpoint_layers(spec, checkpoint)
     traced = trace(spec)
     act = itemsize(dtype)
-    plan = _Plan(batch=batch, act=act, device_kind=device_kind)
+    plan = _Plan(batch=batch, act=act, device_kind=device_kind, amp=amp)
     values = {i.name: i.name for i in spec.inputs}
-    plan.add(spec, traced, values, depth=1)
+    plan.add(spec, traced, values, depth=1, checkpoint=chosen)
     outputs = tuple(values[_ref_key(ref)] for ref in spec.outputs)
     out_shapes = [plan.shapes[v] for v in outputs]
     inputs = {i.name: batch * prod(i.shape) * (itemsize("int64") if i.dtype == "int64" else act)
@@ -228,17 +242,96 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
         target_bytes = sum(batch * prod(shape[:-1]) * itemsize("int64") for shape in out_shapes)
     else:
         target_bytes = sum(batch * prod(shape) * act for shape in out_shapes)
+    gemm_scratch = None
+    if device_kind == "cpu":
+        gemm_scratch = partial(onednn_bf16_gemm_scratch, threads=threads or _default_threads())
     setting = Setting(batch=batch, dtype=dtype, inputs=inputs, outputs=outputs, target_bytes=target_bytes,
                       buffer_bytes=plan.buffer_bytes, loss=loss, foreach=device_kind == "cuda",
-                      footprint=footprint)
+                      footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
+                      input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs})
     kept = _by_prefix(kept_for_backward(plan.ops, setting))
     rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in plan.rows]
+    if amp is not None:   # each output in the dtype autocast leaves it in
+        dtypes = value_dtypes(plan.ops, setting)
+        rows = [replace(row, output_bytes=batch * prod(row.output_shape) * itemsize(dtypes.get(row.name, dtype)))
+                if row.output_bytes else row for row in rows]
     return Prediction(
         spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(rows),
         inference=inference_peak(plan.ops, setting),
         training={o: training_peak(plan.ops, setting, o) for o in optimizers},
         first_step={o: training_peak(plan.ops, setting, o, first_step=True) for o in optimizers},
-        input_bytes=sum(inputs.values()), target_bytes=target_bytes)
+        input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
+        checkpoint=tuple(sorted(chosen)))
+
+
+#: How layers run under ``torch.autocast`` (torch 2.13's op lists, the same on CPU and CUDA for
+#: these): matmuls and convolutions are on the lower-precision list; the value says when autograd
+#: keeps the cast weight (``addmm`` only when its input needs a gradient, ``convolution`` always).
+AUTOCAST_LOWER = {"Dense": "for_input_grad", **{t: "always" for t in (
+    "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D")}}
+#: On CUDA these (and softmax) are on autocast's float32 list; on the CPU they run in their
+#: input's dtype.
+AUTOCAST_FLOAT32_CUDA = {"LayerNormalization"}
+#: Layers whose ops inside are not modelled under autocast (several matmuls, or a kernel that
+#: bypasses autocast's wrapper): refused with ``amp`` rather than predicted wrong.
+AUTOCAST_UNMODELLED = ("SimpleRNN", "LSTM", "GRU", "Bidirectional", "TimeDistributed", "MultiHeadAttention",
+                       "TransformerEncoder", "SeparableConv2D", "PReLU")
+AMP_DTYPES = ("bfloat16", "float16")
+
+
+def _check_amp(spec: ModelSpec, amp: str | None, dtype: str) -> None:
+    if amp is None:
+        return
+    if amp not in AMP_DTYPES:
+        raise SpecError("unknown mixed-precision dtype", field="amp", expected=" or ".join(AMP_DTYPES),
+                        received=repr(amp))
+    if dtype != "float32":
+        raise SpecError("mixed precision keeps float32 master weights", field="dtype",
+                        expected="float32 with amp", received=repr(dtype))
+    calls: set[tuple[int, str]] = set()
+    for scope, node in _all_nodes(spec):
+        if node.layer.type in AUTOCAST_UNMODELLED:
+            raise SpecError(f"mixed precision is not modelled for {node.layer.type} layers", field="amp",
+                            expected="layers among Dense, convolutions, pooling, normalisation, activations, "
+                                     "dropout, reshaping, embeddings and merges",
+                            source=spec.source, layer=node.label())
+        shared = (scope, node.layer.name) in calls
+        calls.add((scope, node.layer.name))
+        if shared and (node.layer.type in AUTOCAST_LOWER or node.layer.model is not None):
+            raise SpecError("mixed precision is not modelled for shared weights (one cached cast, several "
+                            "gradients)", field="amp", source=spec.source, layer=node.label())
+
+
+def _all_nodes(spec: ModelSpec):
+    """(scope, node) for every call, nested models' calls included (scope: the spec's identity)."""
+    for node in spec.nodes:
+        yield id(spec), node
+        if node.layer.model is not None:
+            yield from _all_nodes(node.layer.model)
+
+
+def checkpoint_layers(spec: ModelSpec, checkpoint: bool | Iterable[str]) -> frozenset[str]:
+    """The model's layers (names of its own layers or nested models) to checkpoint; True: all."""
+    names = [layer.name for layer in spec.layers]
+    if checkpoint is True:
+        return frozenset(names)
+    if checkpoint is False or checkpoint is None:
+        return frozenset()
+    chosen = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    unknown = [name for name in chosen if name not in names]
+    if unknown:
+        raise SpecError("no such layer to checkpoint", field="checkpoint", source=spec.source,
+                        expected="names among the model's own layers: " + ", ".join(names),
+                        received=", ".join(map(repr, unknown)))
+    return frozenset(chosen)
+
+
+def _default_threads() -> int:
+    """CPUs this process may run on: what torch uses for its intra-op threads by default."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _ref_key(ref: tuple[str, int]) -> str:
@@ -259,28 +352,34 @@ def _by_prefix(per_layer: dict[str, int]) -> dict[str, int]:
 class _Plan:
     """Rows for the table and ops for the memory model, gathered in one pass over the trace."""
 
-    def __init__(self, *, batch: int, act: int, device_kind: str):
-        self.batch, self.act, self.device_kind = batch, act, device_kind
+    def __init__(self, *, batch: int, act: int, device_kind: str, amp: str | None = None):
+        self.batch, self.act, self.device_kind, self.amp = batch, act, device_kind, amp
         self.rows: list[LayerRow] = []
         self.ops: list[Op] = []
         self.shapes: dict[str, Shape] = {}
         self.buffer_bytes = 0
 
     def add(self, spec: ModelSpec, traced: list[TracedNode], values: dict[str, str], depth: int,
-            frozen: bool = False) -> None:
-        """``values`` maps names visible in ``spec`` (inputs, node outputs) to global value keys."""
+            frozen: bool = False, checkpoint: frozenset[str] = frozenset()) -> None:
+        """``values`` maps names visible in ``spec`` (inputs, node outputs) to global value keys;
+        calls of the layers in ``checkpoint`` are checkpointed (their ops carry the call's name)."""
         ctx = replace(spec.context, device_kind=self.device_kind)
         for name, key in values.items():
             self.shapes.setdefault(key, next(i.shape for i in spec.inputs if i.name == name))
         for t in traced:
             inputs = tuple(values[_ref_key(ref)] for ref in t.node.inputs)
             connected = tuple(_ref_key(ref) for ref in t.node.inputs)
+            first_op = len(self.ops)
             if t.inner_spec is not None:
                 self._nested(t, inputs, connected, values, depth, frozen or t.layer.name in spec.frozen)
+                if t.layer.name in checkpoint:
+                    self.ops[first_op:] = [replace(op, checkpoint=t.name) for op in self.ops[first_op:]]
                 continue
             a = t.layer.args
             weights = t.rule.params(a, t.rule_input, ctx)
+            frozen_tensors: tuple[int, ...] = ()
             if frozen or t.layer.name in spec.frozen:   # Keras counts frozen weights as non-trainable
+                frozen_tensors = weights.tensors or ((weights.trainable,) if weights.trainable else ())
                 weights = Params(0, weights.total, f"{weights.formula} (frozen: not trained)")
             params = weights if t.first_call else Params(formula=f"shared with {t.layer.name}")
             memory = t.rule.memory(a, t.rule_input, t.output_shape, ctx)
@@ -294,7 +393,12 @@ class _Plan:
             values[t.node.name] = output
             self.shapes[output] = t.output_shape
             owner = t.name[:len(t.name) - len(t.node.name)] + t.layer.name
-            self.ops.extend(self._ops(t, weights, memory, inputs, output, ctx, owner))
+            ops = self._ops(t, weights, memory, inputs, output, ctx, owner)
+            if self.amp is not None and t.layer.type in AUTOCAST_LOWER and t.first_call:
+                ops[0] = replace(ops[0], frozen_tensors=tuple(n * self.act for n in frozen_tensors))
+            if t.layer.name in checkpoint:
+                ops = [replace(op, checkpoint=t.name) for op in ops]
+            self.ops.extend(ops)
 
     def _nested(self, t: TracedNode, inputs: tuple[str, ...], connected: tuple[str, ...],
                 values: dict[str, str], depth: int, frozen: bool) -> None:
@@ -304,7 +408,7 @@ class _Plan:
         if t.first_call:
             self.add(nested, list(t.inner), inner_values, depth + 1, frozen)
         else:  # a nested model called again: its ops run again, its parameters are not new
-            shadow = _Plan(batch=self.batch, act=self.act, device_kind=self.device_kind)
+            shadow = _Plan(batch=self.batch, act=self.act, device_kind=self.device_kind, amp=self.amp)
             shadow.shapes = self.shapes
             shadow.add(nested, list(t.inner), inner_values, depth + 1, frozen)
             first = t.name[:len(t.name) - len(t.node.name)] + t.layer.name
@@ -336,15 +440,27 @@ class _Plan:
         fused = t.layer.type != "Activation" and not t.rule.internal_activation
         activation = t.layer.args.get("activation", "linear") if fused else "linear"
         main_output = output if activation == "linear" else f"{output}/pre"
+        autocast = ""
+        if t.layer.type in AUTOCAST_LOWER:
+            autocast = "lower"
+        elif self.device_kind == "cuda" and (t.layer.type in AUTOCAST_FLOAT32_CUDA or (
+                t.layer.type == "Activation" and t.layer.args.activation == "softmax")):
+            autocast = "float32"
+        # a Dense is one matmul of (rows × inputs)·(inputs × units): kernels' scratch depends on it
+        matmul = (in_elements[0] // t.input_shapes[0][-1], t.input_shapes[0][-1], t.output_shape[-1]) \
+            if t.layer.type == "Dense" else ()
         main = Op(name=t.name, layer=t.name, inputs=inputs, output=main_output, in_elements=in_elements,
                   out_elements=y, out_is_view=memory.output_is_view, identity_in_eval=memory.identity_in_eval,
                   saved=memory.saved, param_bytes=params.trainable * act,
                   param_tensors=tuple(n * act for n in tensors), grad_passthrough=memory.grad_passthrough,
                   weights=owner, shared_call=not t.first_call, scratch=memory.scratch,
-                  backward_scratch=memory.backward_scratch)
+                  backward_scratch=memory.backward_scratch, autocast=autocast,
+                  saves_weight=AUTOCAST_LOWER.get(t.layer.type, ""), matmul=matmul)
         if activation == "linear":
             return [main]
         act_memory = rule_for("Activation").memory(LayerArgs({"activation": activation}), t.output_shape,
                                                    t.output_shape, ctx)
+        softmax_fp32 = activation == "softmax" and self.device_kind == "cuda"   # CUDA's float32 list
         return [main, Op(name=f"{t.name}/{activation}", layer=t.name, inputs=(main_output,), output=output,
-                         in_elements=(y,), out_elements=y, saved=act_memory.saved, fused=True)]
+                         in_elements=(y,), out_elements=y, saved=act_memory.saved, fused=True,
+                         autocast="float32" if softmax_fp32 else "")]

@@ -16,6 +16,16 @@ Training step
     reported separately as the first step's, with a fresh optimizer and no gradients yet) and the
     next one is measured, so gradients and optimizer state exist before it starts.
 
+Mixed precision (``amp_dtype``: "bfloat16" or "float16"; the model's ``dtype`` stays float32,
+the master weights): PyTorch's recipe. Inference runs ``out = model(x)`` under ``torch.no_grad()``
+and ``torch.autocast(device_type, dtype=amp_dtype)``. A training step is
+``opt.zero_grad(set_to_none=True)``; then, under ``torch.autocast``, ``out = model(x); loss =
+loss_fn(out, y)`` (the forward pass *and the loss* inside the autocast region; the losses are on
+autocast's float32 list, so ``loss`` is float32); then ``loss.backward()`` and ``opt.step()``
+outside it, with no gradient scaler (bfloat16 needs none; a float16 scaler's scale and inf checks
+are a few scalars). The region's cache of low-precision weight copies is cleared when the region
+exits, after the loss. Inputs and ``mse`` targets are float32.
+
 Optimizers: ``torch.optim.SGD(lr=0.01)`` and ``torch.optim.Adam()`` with defaults (whether Adam
 used its ``foreach`` implementation is recorded). Losses: ``cross_entropy`` reshapes an output of
 shape (N, ..., C) to (-1, C) against int64 targets of shape (N, ...), every position counted;
@@ -53,6 +63,7 @@ from .optimizers import CATALOG as OPTIMIZERS
 from .timing import time_fn
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+AMP_DTYPES = ("bfloat16", "float16")
 INPUT_DTYPES = ("float", "int64")
 LOSSES = ("cross_entropy", "mse")
 PHASES = ("forward", "backward", "optimizer")
@@ -100,6 +111,7 @@ class Measurement:
     threads: int                          # torch.get_num_threads() during the measurement
     # every optimizer measured: name -> {steady/first allocator peak, tensor peak, workspace}
     optimizer_peaks: dict[str, dict[str, int]] = field(default_factory=dict)
+    amp_dtype: str | None = None          # autocast's dtype (mixed precision), None without
 
     def as_dict(self) -> dict[str, Any]:
         """Raw figures; each measured optimizer's as ``train_peak_bytes_<name>`` and so on."""
@@ -115,8 +127,11 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
             int_high: int | None = None, dtype: str = "float32",
             device: Device | str | None = None, loss: str = "cross_entropy",
             optimizers: Iterable[str] = ("sgd", "adam"), warmup: int = 3, repeats: int = 20,
-            threads: int | None = None, seed: int = 0) -> Measurement:
+            threads: int | None = None, seed: int = 0, amp_dtype: str | None = None) -> Measurement:
     """Measure ``module`` on ``device`` (see the module docstring for the definitions).
+
+    ``amp_dtype``: run the forward pass and the loss under ``torch.autocast`` to this dtype
+    ("bfloat16" or "float16"), with float32 weights (``dtype`` must be float32).
 
     Raises :class:`~profiler.devices.DoesNotFit` when a phase runs out of memory; its ``phase``
     names the phase and ``partial`` holds what was measured before.
@@ -125,6 +140,7 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
     optimizers = tuple(optimizers)
     for shape, kind, high in zip(shapes, dtypes, highs):
         _check_arguments(shape, kind, high, dtype, loss, optimizers, warmup, repeats, threads)
+    _check_amp(amp_dtype, dtype)
     dev = device if isinstance(device, Device) else get_device(device)
     so_far: dict[str, Any] = {}
     previous_threads = torch.get_num_threads()
@@ -132,7 +148,7 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
         if threads is not None:
             torch.set_num_threads(threads)
         return _measure(module, dev, shapes, dtypes, highs, dtype, loss, optimizers,
-                        warmup, repeats, seed, so_far)
+                        warmup, repeats, seed, so_far, amp_dtype)
     except DoesNotFit as err:
         err.partial = dict(so_far)
         raise
@@ -145,8 +161,9 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
 def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]],
              dtypes: list[str], highs: list[int | None], dtype: str, loss: str,
              optimizers: tuple[str, ...], warmup: int, repeats: int, seed: int,
-             so_far: dict[str, Any]) -> Measurement:
+             so_far: dict[str, Any], amp_dtype: str | None = None) -> Measurement:
     threads = torch.get_num_threads()
+    amp = partial(_autocast, dev.torch_device.type, amp_dtype)
     torch.manual_seed(seed)
     gc.collect()
     with oom_guard(dev.name, "loading the model"):
@@ -160,14 +177,15 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
     # it creates the cuBLAS/cuDNN handles and workspaces outside the measurement.
     module.eval()
     with oom_guard(dev.name, "inference"):
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             probe = _as_tuple(module(*x))
-        out_shapes = [(tuple(o.shape), o.dtype) for o in probe]
+        # mse targets are data, in the model's dtype (float32 under mixed precision)
+        out_shapes = [(tuple(o.shape), DTYPES[dtype] if amp_dtype else o.dtype) for o in probe]
         del probe
 
         def infer(mark: Callable[[str | None], None]) -> None:
             mark("forward")
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 out = module(*x)  # noqa: F841 - alive until the call returns, as in real use
 
         reading = _allocator_run(dev, infer, [*_model_tensors(module), *x])
@@ -193,12 +211,12 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
             opt = _fresh_optimizer(name, params)
             if name == "adam":
                 adam_foreach = _uses_foreach(opt, params)
-            step = partial(_train_step, module, opt, x, y, loss_fn)
+            step = partial(_train_step, module, opt, x, y, loss_fn, amp=amp)
             first = _allocator_run(dev, step, _alive(module, opt, x, y))
             steady = _allocator_run(dev, step, _alive(module, opt, x, y))
             # The same two steps again, from the same start, tracked (see _tracked_run).
             opt = _fresh_optimizer(name, params)
-            step = partial(_train_step, module, opt, x, y, loss_fn)
+            step = partial(_train_step, module, opt, x, y, loss_fn, amp=amp)
             first_tracked = _tracked_run(dev, module, step, _alive(module, opt, x, y))
             steady_tracked = _tracked_run(dev, module, step, _alive(module, opt, x, y))
         tracker = steady_tracked[1]
@@ -220,7 +238,7 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
     module.eval()
 
     def forward() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             module(*x)
 
     with oom_guard(dev.name, "timing"):
@@ -261,24 +279,49 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
             "train_first_step_tensor_peak_bytes": result["first"][1],
             "train_first_step_workspace_bytes": result["first"][2], "train_baseline_bytes": result["baseline"]}
             for name, result in train.items()},
+        amp_dtype=amp_dtype,
     )
 
 
 def _train_step(module: torch.nn.Module, opt: torch.optim.Optimizer, x: tuple[torch.Tensor, ...],
                 y: tuple[torch.Tensor, ...], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                mark: Callable[[str | None], None]) -> None:
-    """One training step; ``mark`` names the phase that starts (the tracker's ``set_phase``)."""
+                mark: Callable[[str | None], None], *,
+                amp: Callable[[], Any] = contextlib.nullcontext) -> None:
+    """One training step; ``mark`` names the phase that starts (the tracker's ``set_phase``).
+
+    ``amp`` gives the autocast region of mixed precision: forward and loss inside, backward and
+    the optimizer step outside (PyTorch's recipe).
+    """
     mark("optimizer")
     opt.zero_grad(set_to_none=True)
     mark("forward")
-    out = _as_tuple(module(*x))
-    loss = loss_fn(out[0], y[0])
-    for o, target in zip(out[1:], y[1:]):   # several outputs: their losses summed
-        loss = loss + loss_fn(o, target)
+    with amp():
+        out = _as_tuple(module(*x))
+        loss = loss_fn(out[0], y[0])
+        for o, target in zip(out[1:], y[1:]):   # several outputs: their losses summed
+            loss = loss + loss_fn(o, target)
     mark("backward")
     loss.backward()
     mark("optimizer")
     opt.step()
+
+
+def _autocast(device_type: str, amp_dtype: str | None):
+    """``torch.autocast`` to ``amp_dtype`` on the device, or nothing without mixed precision."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=DTYPES[amp_dtype])
+
+
+def _check_amp(amp_dtype: str | None, dtype: str) -> None:
+    if amp_dtype is None:
+        return
+    if amp_dtype not in AMP_DTYPES:
+        raise ModelsizeError("unknown mixed-precision dtype", field="amp_dtype",
+                             expected=" or ".join(map(repr, AMP_DTYPES)), received=repr(amp_dtype))
+    if dtype != "float32":
+        raise ModelsizeError("mixed precision keeps float32 master weights", field="dtype",
+                             expected="'float32' with amp_dtype", received=repr(dtype))
 
 
 def _fresh_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

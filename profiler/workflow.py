@@ -35,9 +35,18 @@ def is_factory(spec: str | None) -> bool:
 
 def summarize_factory(reference: str, *, input_shapes: list[tuple[int, ...]], input_dtypes: list[str],
                       batch: int, dtype: str, loss: str, depth: int | None,
-                      optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> dict[str, Any]:
-    """Predict a torch model made by ``reference``: imported, then called under the meta device."""
+                      optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
+                      checkpoint: bool | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Predict a torch model made by ``reference``: imported, then called under the meta device.
+
+    Mixed precision and checkpointing are predicted for specs only: asking for them here is an error.
+    """
     import sys
+
+    if amp is not None or checkpoint:
+        raise SpecError("mixed precision and checkpointing are predicted for model specs, not torch models",
+                        field="amp" if amp is not None else "checkpoint", source=reference,
+                        expected="a .yaml/.json spec or a built-in model")
 
     from .torch_module import load_factory, summary as module_summary
 
@@ -62,31 +71,40 @@ def token_range(spec: ModelSpec, input_name: str) -> int | None:
 
 
 def summary(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str = "cpu",
-            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> dict[str, Any]:
+            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
+            checkpoint: bool | tuple[str, ...] = (), threads: int | None = None) -> dict[str, Any]:
+    """Predict. ``amp``: mixed precision to this dtype; ``checkpoint``: layers checkpointed (True: all)."""
     return predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
-                   optimizers=optimizers).as_dict()
+                   optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads).as_dict()
 
 
 def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
             warmup: int, repeats: int, threads: int | None,
-            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Build the model on the device and measure it: (measured figures, options used)."""
+            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
+            checkpoint: bool | tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build the model on the device and measure it: (measured figures, options used).
+
+    ``amp``: forward and loss under ``torch.autocast`` to this dtype, float32 weights;
+    ``checkpoint``: the layers wrapped in activation checkpointing (True: every layer).
+    """
     from .build import build
     from .devices import get_device
+    from .predict import checkpoint_layers
     from .runner import measure as run
 
     target = get_device(device)
-    module = build(spec, dtype=dtype, device=target.torch_device)
+    module = build(spec, dtype=dtype, device=target.torch_device, checkpoint=checkpoint)
     measurement = run(module, input_shape=[(batch, *i.shape) for i in spec.inputs],
                       input_dtype=[i.dtype for i in spec.inputs],
                       int_high=[token_range(spec, i.name) for i in spec.inputs], dtype=dtype,
                       device=target, loss=loss, optimizers=optimizers,
-                      warmup=warmup, repeats=repeats, threads=threads)
+                      warmup=warmup, repeats=repeats, threads=threads, amp_dtype=amp)
     measured = measurement.as_dict()
     measured["layer_kept_for_backward_bytes"] = by_layer(measured.get("saved_activation_bytes", {}))
     options = {"device": target.name, "batch": batch, "dtype": dtype, "loss": loss,
                "optimizers": list(optimizers), "warmup": warmup, "repeats": repeats,
-               "threads": measured.get("threads", threads)}
+               "threads": measured.get("threads", threads), "amp": amp,
+               "checkpoint": sorted(checkpoint_layers(spec, checkpoint))}
     return measured, options
 
 
@@ -101,15 +119,20 @@ def by_layer(module_bytes: dict[str, int]) -> dict[str, int]:
 
 def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
             warmup: int, repeats: int, threads: int | None,
-            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS) -> dict[str, Any]:
-    """Predict, measure and compare: the whole result, ready to save and render."""
+            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
+            checkpoint: bool | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Predict, measure and compare: the whole result, ready to save and render.
+
+    The prediction is for the threads the measurement ran with (they size kernels' scratch).
+    """
     from .machine import machine_info
 
     measured, options = measure(spec, batch=batch, dtype=dtype, loss=loss, device=device,
-                                warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers)
+                                warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
+                                amp=amp, checkpoint=checkpoint)
     device_kind = "cuda" if options["device"].startswith("cuda") else "cpu"
     result = summary(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
-                     optimizers=optimizers)
+                     optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=options["threads"])
     result.update(options=options, spec=spec.as_dict(), machine_info=machine_info(), measured=measured,
                   relative_error=relative_errors(result["predicted"], measured))
     return result
