@@ -120,8 +120,9 @@ def test_nested_model_row_sums_its_layers():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_graph_memory_prediction_matches_cpu_measurement(name):
-    """Tensor-level peaks to the byte (within 0.5%); kernel workspace (oneDNN's padded conv
-    outputs, embedding backward's index buffers) is the documented gap to the allocator peak."""
+    """Each predicted peak lies between the measured tensor-level peak and the allocator-level one
+    (0.5% slack): the graph logic is exact, and kernel workspace (oneDNN's, embedding backward's
+    index buffers) is predicted where the rules know it, never more than what was measured."""
     spec = S.from_dict(MODELS[name])
     result = workflow.profile(spec, batch=4, dtype="float32", loss="cross_entropy", device="cpu",
                               warmup=0, repeats=1, threads=None)
@@ -130,9 +131,8 @@ def test_graph_memory_prediction_matches_cpu_measurement(name):
     for key, tensor_key in (("inference_peak_bytes", "inference_tensor_peak_bytes"),
                             ("train_peak_bytes_sgd", "train_tensor_peak_bytes_sgd"),
                             ("train_peak_bytes_adam", "train_tensor_peak_bytes_adam")):
-        assert abs(predicted[key] - measured[tensor_key]) <= 0.005 * measured[tensor_key], (key, predicted[key], measured[tensor_key])
-        workspace = measured[key] - measured[tensor_key]
-        assert abs(predicted[key] - measured[key]) <= workspace + 0.005 * measured[key]
+        low, high = 0.995 * measured[tensor_key], 1.005 * measured[key]
+        assert low <= predicted[key] <= high, (key, measured[tensor_key], predicted[key], measured[key])
 
 
 def test_round_trip_of_a_graph_spec():
