@@ -66,7 +66,10 @@ class PReLU(Rule):
                                      f"(one slope per element{shared})")
 
     def memory(self, a, x, y, ctx):
-        return _SAVES_INPUT
+        # ``_prelu_kernel_backward`` makes the slope's gradient element by element (input-sized),
+        # then sums it down to the slope's shape
+        return Memory(saved=_SAVES_INPUT.saved,
+                      backward_scratch=(Saved("new", elements=prod(x), what="slope gradient per element"),))
 
     def build(self, a, x, ctx):
         from .modules import PReLU as PReLUModule

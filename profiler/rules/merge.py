@@ -52,7 +52,16 @@ class ElementwiseRule(Rule):
         if self.saves_inputs:   # pairwise: x₁·x₂ is kept as the left input of (x₁·x₂)·x₃, ...
             partials = tuple(Saved("new", elements=prod(y), what="partial result") for _ in x[2:])
             saved = (Saved("inputs", what=f"{self.type_name} inputs"),) + partials
-        return Memory(saved=saved, grad_passthrough=self.passthrough and same)
+        return Memory(saved=saved, grad_passthrough=self.passthrough and same, scratch=self.scratch(x, y),
+                      backward_scratch=self.backward_scratch(x, y))
+
+    def scratch(self, x, y) -> tuple[Saved, ...]:
+        """Temporaries beside the output: sums accumulate in place in it; products and extrema
+        keep each partial result for backward (counted in ``saved``)."""
+        return ()
+
+    def backward_scratch(self, x, y) -> tuple[Saved, ...]:
+        return ()
 
     def build(self, a, x, ctx):
         from .modules import Merge
@@ -82,25 +91,40 @@ class Multiply(ElementwiseRule):
 
 @register
 class Average(ElementwiseRule):
-    """(x₁ + x₂ + …) / n."""
+    """(x₁ + x₂ + …) / n: the sum divided in place by n, a Python number torch wraps in a tensor
+    for the one operation (a float64 scalar and its cast). Backward divides the gradient the same
+    way (one new tensor, shared by every input: the memory model counts one per input)."""
     type_name = "Average"
 
     def macs(self, a, x, y, ctx):
         return len(x) * prod(y)
 
+    def scratch(self, x, y):
+        from .pooling import SCALAR_OPERAND
+        return SCALAR_OPERAND
+
+
+class ExtremumRule(ElementwiseRule):
+    """Backward (``max``/``min`` in derivatives.yaml), per input: where(x₁ == x₂, g / 2, g), then
+    masked_fill where the other input wins. While the second input's gradient is made, the first
+    one's exists, with g / 2 and two bool masks."""
+    saves_inputs = True
+
+    def backward_scratch(self, x, y):
+        return (Saved("new", elements=prod(y), what="gradient / 2"),
+                Saved("new", elements=2 * prod(y), dtype="bool", what="tie and loser masks"))
+
 
 @register
-class Maximum(ElementwiseRule):
+class Maximum(ExtremumRule):
     """Element-wise maximum."""
     type_name = "Maximum"
-    saves_inputs = True
 
 
 @register
-class Minimum(ElementwiseRule):
+class Minimum(ExtremumRule):
     """Element-wise minimum."""
     type_name = "Minimum"
-    saves_inputs = True
 
 
 @register

@@ -105,10 +105,10 @@ class PaddedAvgPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool = _AVG_POOL[self.rank]
-        summed = pool(nn.functional.pad(x, self.pads), self.pool_size, self.strides)
-        ones = x.new_ones((1, 1, *x.shape[2:]))
-        share = pool(nn.functional.pad(ones, self.pads), self.pool_size, self.strides)
-        return summed / share
+        with torch.no_grad():   # each window's share of real elements: a matter of shapes only
+            share = pool(nn.functional.pad(x.new_ones((1, 1, *x.shape[2:])), self.pads), self.pool_size, self.strides)
+        # divided in place: the pooling's backward does not need its result
+        return pool(nn.functional.pad(x, self.pads), self.pool_size, self.strides).div_(share)
 
     def extra_repr(self) -> str:
         return f"pool_size={self.pool_size}, strides={self.strides}, pads={self.pads}"
@@ -174,13 +174,14 @@ class _KerasBatchNorm:
         if not self.training:
             return super().forward(x)  # type: ignore[misc]
         self._check_input_dim(x)  # type: ignore[attr-defined]
-        y = nn.functional.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)  # type: ignore[attr-defined]
+        # the running statistics first, so that their temporaries are gone before the output exists
         with torch.no_grad():
             dims = (0, *range(2, x.dim()))
             var, mean = torch.var_mean(x, dim=dims, correction=0)
             self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)  # type: ignore[attr-defined]
             self.running_var.lerp_(var.to(self.running_var.dtype), self.momentum)  # type: ignore[attr-defined]
-        return y
+            del var, mean
+        return nn.functional.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)  # type: ignore[attr-defined]
 
 
 class KerasBatchNorm1d(_KerasBatchNorm, nn.BatchNorm1d):
@@ -244,7 +245,9 @@ class Crop(nn.Module):
     """Keep ``[start, stop)`` on each axis after the batch, as a new contiguous tensor.
 
     A slice would be a view, but a strided one: the next layer's matmul or convolution would
-    copy it and keep the copy for backward, where a rule expects it to keep its input.
+    copy it and keep the copy for backward, where a rule expects it to keep its input. One
+    negative pad crops every axis at once, and its backward is one pad of the gradient (slices
+    would make a zero-filled gradient per axis).
     """
 
     def __init__(self, bounds: tuple[tuple[int, int], ...]):
@@ -252,8 +255,9 @@ class Crop(nn.Module):
         self.bounds = tuple(bounds)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        index = (slice(None), *(slice(start, stop) for start, stop in self.bounds))
-        return x[index].contiguous()
+        pads = tuple(p for (start, stop), n in zip(reversed(self.bounds), reversed(x.shape[1:]))
+                     for p in (-start, stop - n))
+        return nn.functional.pad(x, pads)
 
     def extra_repr(self) -> str:
         return f"bounds={self.bounds}"
@@ -281,7 +285,8 @@ class RepeatVector(nn.Module):
         self.n = n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(1).repeat(1, self.n, 1)
+        # expand is a view; one copy makes it dense (``repeat`` would also build index tensors)
+        return x.unsqueeze(1).expand(x.shape[0], self.n, x.shape[1]).contiguous()
 
     def extra_repr(self) -> str:
         return f"n={self.n}"
@@ -1048,10 +1053,16 @@ class Merge(nn.Module):
             for x in xs[2:]:
                 out = pick(out, x)
             return out
-        out = xs[0] * xs[1] if self.how == "multiply" else xs[0] + xs[1]
+        if self.how == "multiply":   # each product keeps its operands: no in-place work
+            out = xs[0] * xs[1]
+            for x in xs[2:]:
+                out = out * x
+            return out
+        # sums accumulate in place (an addition keeps nothing for backward)
+        out = xs[0] + xs[1]
         for x in xs[2:]:
-            out = out * x if self.how == "multiply" else out + x
-        return out / len(xs) if self.how == "average" else out
+            out = out.add_(x) if torch.broadcast_shapes(out.shape, x.shape) == out.shape else out + x
+        return out.div_(len(xs)) if self.how == "average" else out
 
 
 class Concat(nn.Module):

@@ -16,6 +16,10 @@ from ..errors import ShapeError, SpecError
 from ..registry import Memory, Params, Rule, Saved, register
 from ..shapes import shape_text
 
+#: threads torch's CPU kernels run on (``torch.get_num_threads()`` on the machine measured);
+#: per-thread buffers (layer norm's gradient sums, oneDNN's) scale with it
+CPU_THREADS = 2
+
 
 def _axis(field: str, value: Any) -> int | None:
     if value is None:
@@ -103,16 +107,24 @@ class BatchNormalization(Rule):
         return prod(x)  # (x − mean)·γ/σ + β as one multiply-add per element
 
     def memory(self, a, x, y, ctx):
+        """``native_batch_norm`` returns the batch's mean and 1/std per channel (float32) in
+        inference too, where they are dropped at once; training keeps them with the input.
+        Backward allocates one input-sized temporary besides the input's gradient. Learning only
+        one of gamma and beta, a separate scale or shift follows the normalisation: its result
+        is a temporary (a scale keeps it for backward).
+        """
         c = x[self._channel_axis(a, x, ctx)]
-        # the mean and 1/std are per batch, not per sample; the memory model scales ``elements``
-        # by the batch, so they are overstated (by a few KiB at most)
-        saved = [Saved("input", what="batch norm input"),
-                 Saved("new", elements=c, dtype="float32", what="batch mean", per_sample=False),
-                 Saved("new", elements=c, dtype="float32", what="batch 1/std", per_sample=False)]
-        if a.scale != a.center and a.scale:
-            # a separate scale multiplies the normalised tensor and keeps it
-            saved.append(Saved("new", elements=prod(x), what="normalised input"))
-        return Memory(saved=tuple(saved))
+        stats = (Saved("new", elements=c, dtype="float32", what="batch mean", per_sample=False),
+                 Saved("new", elements=c, dtype="float32", what="batch 1/std", per_sample=False))
+        saved = [Saved("input", what="batch norm input"), *stats]
+        scratch = list(stats)
+        if a.scale != a.center:
+            normalised = Saved("new", elements=prod(x), what="normalised input")
+            scratch.append(normalised)
+            if a.scale:   # the separate scale multiplies the normalised tensor and keeps it
+                saved.append(normalised)
+        backward = (Saved("new", elements=prod(x), what="batch_norm_backward temporary"),)
+        return Memory(saved=tuple(saved), scratch=tuple(scratch), backward_scratch=backward)
 
     def build(self, a, x, ctx):
         from torch import nn
@@ -168,11 +180,20 @@ class LayerNormalization(Rule):
         return 3 * prod(x)  # sum and sum of squares for the statistics, then a multiply-add
 
     def memory(self, a, x, y, ctx):
-        rows = prod(x) // prod(self._normalized_shape(a, x))
-        saved = [Saved("input", what="layer norm input"),
-                 Saved("new", elements=rows, dtype="float32", what="row mean"),
-                 Saved("new", elements=rows, dtype="float32", what="row 1/std")]
-        return Memory(saved=tuple(saved))
+        """``native_layer_norm`` makes a mean and 1/std per row (float32) in inference too; training
+        keeps them with the input. With gamma, backward sums gamma's and beta's gradients in a
+        (threads, 2, normalised elements) float32 buffer. Without gamma a separate shift follows
+        the normalisation, whose result is a temporary.
+        """
+        d = prod(self._normalized_shape(a, x))
+        rows = prod(x) // d
+        stats = (Saved("new", elements=rows, dtype="float32", what="row mean"),
+                 Saved("new", elements=rows, dtype="float32", what="row 1/std"))
+        scratch = stats if a.scale or not a.center else (*stats, Saved("new", elements=prod(x), what="normalised input"))
+        backward = (Saved("new", elements=CPU_THREADS * 2 * d, dtype="float32", per_sample=False,
+                          what="per-thread gamma and beta gradient sums"),) if a.scale and ctx.device_kind == "cpu" else ()
+        return Memory(saved=(Saved("input", what="layer norm input"), *stats), scratch=scratch,
+                      backward_scratch=backward)
 
     def build(self, a, x, ctx):
         from torch import nn

@@ -75,22 +75,41 @@ class PoolRule(Rule):
         return prod(y) * prod(a.pool_size)
 
     def memory(self, a, x, y, ctx):
+        """Max pooling: ``max_pool{2,3}d_with_indices`` makes the argmax indices (int64, one per
+        output) in inference too, and keeps them with its input for backward; only torch's 1-D
+        kernel on a channels-first tensor skips them in inference. An uneven padding pads first
+        (−inf or zeros): the padded tensor is what the pooling keeps, a temporary in inference,
+        and backward makes its gradient before the input's. Average pooling keeps its input;
+        the padded average divides the sums by each window's share of real elements in place
+        (that share, one per output position, is kept by the division). avg_pool3d has no
+        channels-last kernel: it copies the input to channels-first and its result back, and
+        backward copies the gradient likewise.
+        """
         spatial, channels = split_channels(x, ctx.data_format)
+        out_spatial, _ = split_channels(y, ctx.data_format)
         pads = self._pads(a, spatial)
         native = self._native(a, spatial, pads)
         padded = channels * prod(n + b + e for n, (b, e) in zip(spatial, pads))
+        padded_tensor = Saved("new", elements=padded, what="padded input")
+        # the padded input's gradient, then the input's: the pooling's saved tensors go first
+        grad_padded = () if native else (Saved("new", elements=padded - prod(x), what="padded input's gradient"),)
         if self.kind == "max":
-            # max_pool*_with_indices keeps its input and the argmax indices (int64, one per output)
-            kept = Saved("input", what="pooling input") if native else Saved("new", elements=padded, what="−inf-padded input")
-            return Memory(saved=(kept, Saved("new", elements=prod(y), dtype="int64", what="argmax indices")))
-        if native:  # avg_pool keeps its input
+            indices = Saved("new", elements=prod(y), dtype="int64", what="argmax indices")
+            kept = Saved("input", what="pooling input") if native else padded_tensor
+            indices_in_inference = not (self.rank == 1 and ctx.data_format == "channels_first" and native)
+            scratch = ((indices,) if indices_in_inference else ()) if native else (padded_tensor, indices)
+            return Memory(saved=(kept, indices), scratch=scratch, backward_scratch=grad_padded)
+        if native:
+            if self.rank == 3 and ctx.data_format == "channels_last":
+                copies = (Saved("new", elements=max(prod(x), prod(y)), what="channels-first copies"),)
+                return Memory(saved=(Saved("input", what="pooling input"),), scratch=copies,
+                              backward_scratch=(Saved("new", elements=prod(y), what="gradient copy"),))
             return Memory(saved=(Saved("input", what="pooling input"),))
-        # PaddedAvgPool: the padded input (kept by the pooling) and the per-window share of real
-        # elements (kept by the division; one per output position, shared by the batch)
-        out_spatial, _ = split_channels(y, ctx.data_format)
-        return Memory(saved=(Saved("new", elements=padded, what="zero-padded input"),
-                             Saved("new", elements=prod(out_spatial), per_sample=False,
-                                   what="per-window share of real elements")))
+        share = Saved("new", elements=prod(out_spatial), per_sample=False, what="per-window share of real elements")
+        # backward: the division's gradient (the share let go after it), then the pooling's
+        divided = (Saved("new", elements=prod(y), what="gradient / share"),)
+        return Memory(saved=(padded_tensor, share), scratch=(padded_tensor, share),
+                      backward_scratch=grad_padded + divided)
 
     def build(self, a, x, ctx):
         from torch import nn
@@ -124,6 +143,13 @@ class PoolRule(Rule):
         return layer
 
 
+#: ``mean`` sums, then divides in place by the count, a Python number that torch wraps in a
+#: tensor for the one operation: a float64 scalar and its cast to the activations' dtype. Its
+#: backward divides the same way.
+SCALAR_OPERAND = (Saved("new", elements=1, dtype="float64", per_sample=False, what="wrapped Python number"),
+                  Saved("new", elements=1, per_sample=False, what="the number cast to the tensor's dtype"))
+
+
 class GlobalAveragePoolRule(Rule):
     """The mean over every spatial axis, per channel; ``keepdims`` keeps them with size 1.
 
@@ -145,6 +171,9 @@ class GlobalAveragePoolRule(Rule):
     def macs(self, a, x, y, ctx):
         return prod(x)
 
+    def memory(self, a, x, y, ctx):
+        return Memory(scratch=SCALAR_OPERAND, backward_scratch=SCALAR_OPERAND)
+
     def build(self, a, x, ctx):
         from .modules import Mean
         # axes of the batched tensor in the spec's own layout
@@ -156,11 +185,18 @@ class GlobalMaxPoolRule(GlobalAveragePoolRule):
     """The maximum over every spatial axis, per channel; ``keepdims`` keeps them with size 1.
 
     MACs: one comparison per input element. Backward of ``amax`` keeps its input and its result
-    (to find where the maxima were).
+    (to find where the maxima were); it compares them (a bool per input element), counts the
+    maxima of each channel (int64), divides the gradient by the count and spreads it (a float
+    copy of the mask on the way).
     """
 
     def memory(self, a, x, y, ctx):
-        return Memory(saved=(Saved("input", what="pooling input"), Saved("output", what="maxima")))
+        backward = (Saved("new", elements=prod(x), dtype="bool", what="where the maxima are"),
+                    Saved("new", elements=prod(x), what="that mask as a float"),
+                    Saved("new", elements=prod(y), dtype="int64", what="maxima per channel"),
+                    Saved("new", elements=prod(y), what="gradient / count"))
+        return Memory(saved=(Saved("input", what="pooling input"), Saved("output", what="maxima")),
+                      backward_scratch=backward)
 
     def build(self, a, x, ctx):
         from .modules import Max

@@ -300,8 +300,12 @@ class TimeDistributed(Rule):
     def memory(self, a, x, y, ctx):
         rule, args, step = self._inner(a, x)
         inner = rule.memory(args, step, y[1:], ctx)
-        saved = [Saved(s.of, s.elements * (x[0] if s.per_sample else 1), s.dtype, s.what, s.per_sample)
-                 for s in inner.saved]
+
+        def steps(entries):   # the wrapped layer sees steps × batch samples
+            return tuple(Saved(s.of, s.elements * (x[0] if s.per_sample else 1), s.dtype, s.what, s.per_sample)
+                         for s in entries)
+
+        saved = list(steps(inner.saved))
         # the wrapped layer's own activation argument runs inside this layer's module
         act = args.get("activation", "linear")
         if a.layer.type != "Activation" and not getattr(rule, "internal_activation", False):
@@ -309,7 +313,7 @@ class TimeDistributed(Rule):
                 saved.append(Saved("output", what=f"{act} output") if of == "output"
                              else Saved("new", elements=prod(y), what=f"{act} input"))
         return Memory(output_is_view=inner.output_is_view, identity_in_eval=inner.identity_in_eval,
-                      saved=tuple(saved))
+                      saved=tuple(saved), scratch=steps(inner.scratch), backward_scratch=steps(inner.backward_scratch))
 
     def build(self, a, x, ctx):
         from .modules import TimeDistributed as TimeDistributedModule
