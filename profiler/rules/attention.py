@@ -46,12 +46,12 @@ def _sequence(x, what: str) -> tuple[int, int]:
 
 def attention_saves(*, t: int, s: int, heads: int, key_dim: int, value_dim: int, dropout: float,
                     device_kind: str) -> tuple[Saved, ...]:
-    """What ``modules.MultiHeadAttention`` keeps for backward beyond its inputs, per sample:
-    the scaled queries and the keys (read by Q·Kᵀ), the softmax result, the values and the
-    heads' concatenated results (read by the output projection); with dropout also its mask
-    (CPU: a noise tensor of the activations' dtype; CUDA: bool) and the dropped probabilities."""
+    """What ``modules.MultiHeadAttention`` keeps for backward beyond its inputs, per sample: the
+    query, key and value projections and the softmax result (kept by ``_AttentionCore``), the
+    heads' concatenated results (read by the output projection); with dropout also its noise
+    (CPU: the activations' dtype; CUDA: a bool mask) and the dropped probabilities."""
     scores = heads * t * s
-    saved = [Saved("new", elements=heads * key_dim * (t + s), what="scaled queries and keys"),
+    saved = [Saved("new", elements=heads * key_dim * (t + s), what="query and key projections"),
              Saved("new", elements=scores, what="attention probabilities (softmax result)"),
              Saved("new", elements=heads * value_dim * (s + t), what="values and attention results")]
     if dropout > 0:
@@ -59,6 +59,154 @@ def attention_saves(*, t: int, s: int, heads: int, key_dim: int, value_dim: int,
                         what="attention dropout mask"),
                   Saved("new", elements=scores, what="probabilities after dropout")]
     return tuple(saved)
+
+
+def attention_temporaries(*, t: int, s: int, heads: int, key_dim: int, value_dim: int, out: int,
+                          dropout: float) -> tuple[int, int]:
+    """(forward, backward) elements per sample a ``modules.MultiHeadAttention`` call allocates
+    beside what the memory model counts (its output; in backward the gradients of its weights
+    and input), from the order its tensors come and go:
+
+    forward: the projections Q, K, V; the attention's probabilities P (and with dropout, in
+    training, the noise and the dropped probabilities: kept anyway) and its result C; the
+    projections and P are let go (in inference), then the output projection O is made from C.
+    The worst moment is in the attention (Q + K + V + P + C) or at the end (C + O).
+    backward: the output projection's gradient of C (C itself is let go after it); then the
+    attention's, with P's gradient and the gradients of V, Q and K at once, while the incoming
+    gradient (O) is gone. The input's gradient comes later, so counting it too overstates.
+    """
+    q, k, v = t * heads * key_dim, s * heads * key_dim, s * heads * value_dim
+    p, c = heads * t * s, t * heads * value_dim
+    forward = max(q + k + v + p + c - out, c)
+    backward = max(c, p + v + q + k - out)
+    return forward, backward
+
+
+class _Live:
+    """Elements alive per sample while a composite layer runs: its worst moment above the start."""
+
+    def __init__(self, **alive: int):
+        self.alive = dict(alive)
+        self.start = self.now = self.peak = sum(alive.values())
+
+    def new(self, name: str, elements: int) -> None:
+        self.alive[name] = elements
+        self.now += elements
+        self.peak = max(self.peak, self.now)
+
+    def drop(self, *names: str) -> None:
+        for name in names:
+            self.now -= self.alive.pop(name)
+
+    @property
+    def above(self) -> int:
+        return self.peak - self.start
+
+
+def encoder_temporaries(*, s: int, w: int, i: int, heads: int, key_dim: int, dropout: bool, activation: str,
+                        normalize_first: bool) -> tuple[int, int]:
+    """(forward, backward) elements per sample a ``modules.TransformerEncoder`` call allocates
+    beside what the memory model counts (the output; in backward the weights' and the input's
+    gradients), replaying its tensors in the order they come and go (layer norm statistics,
+    float32, counted as elements). The input is assumed to want a gradient (the layer follows an
+    embedding or another layer): its gradient is the residual path's, accumulated in place.
+
+    Forward, in inference: each block's temporaries (the attention's as in
+    ``attention_temporaries``; the first sum; the norms' results and statistics; the
+    feed-forward's hidden layer, one copy when its activation runs in place, two otherwise).
+    Backward: each node's gradient, the tensors it keeps let go when it has run, residual
+    gradients accumulated in place (autograd adds into a gradient nobody else holds).
+    """
+    q = p_q = s * heads * key_dim          # Q, K, V, the attention's result C
+    p = heads * s * s
+    sw, si, stats = s * w, s * i, 2 * s
+    in_place = activation in ("relu", "sigmoid", "tanh")
+    keeps_input = activation in ("gelu", "silu")
+    # --- forward, inference (the caller holds the input) ---
+    t = _Live()
+    if normalize_first:
+        t.new("ln1", sw)
+        t.new("stats", stats)
+        t.drop("stats")
+    for name in ("q", "k", "v", "p", "c"):
+        t.new(name, p if name == "p" else q)
+    t.drop("q", "k", "v", "p")
+    t.new("sum1", sw)                      # the attention's output, the residual added in place
+    t.drop("c")
+    if normalize_first:
+        t.drop("ln1")
+    t.new("ln2" if normalize_first else "ln1", sw)
+    t.new("stats", stats)
+    t.drop("stats")
+    if not normalize_first:
+        t.drop("sum1")
+    t.new("h1", si)
+    if normalize_first:
+        t.drop("ln2")
+    if not in_place and activation != "linear":
+        t.new("a1", si)
+        t.drop("h1")
+    t.new("h2", sw)
+    t.drop("a1" if "a1" in t.alive else "h1")
+    t.drop("sum1" if normalize_first else "ln1")   # the residual, once added
+    if not normalize_first:
+        t.new("out", sw)
+        t.new("stats", stats)
+        t.drop("stats", "h2")
+    forward = t.peak - sw                  # the output is the memory model's own
+    # --- backward: from everything training keeps and the incoming gradient g ---
+    kept = dict(q=q, k=p_q, v=p_q, p=p, c=p_q, sum1=sw, stats1=stats, stats2=stats, a1=si, g=sw)
+    if keeps_input:
+        kept["h1"] = si
+    if dropout:
+        kept.update(noise_p=p, dropped=p, noise1=sw, noise2=sw)
+    kept.update(dict(ln1=sw, ln2=sw) if normalize_first else dict(ln1=sw, sum2=sw))
+    t = _Live(**kept)
+    branch = "g"
+    if not normalize_first:                # the second norm first
+        t.new("g2", sw)
+        t.drop("sum2", "stats2", "g")
+        branch = "g2"
+    if dropout:
+        t.new("gh2", sw)
+        t.drop("noise2")
+    t.new("ga1", si)                       # the second dense layer
+    if dropout:
+        t.drop("gh2")
+    if activation == "linear" or keeps_input:
+        t.drop("a1")                       # kept by the dense layer alone
+    if activation != "linear":
+        t.new("gh1", si)
+        t.drop("ga1", "h1" if keeps_input else "a1")
+    grad_h1 = "gh1" if activation != "linear" else "ga1"
+    t.new("gl", sw)                        # the first dense layer
+    t.drop(grad_h1, "ln2" if normalize_first else "ln1")
+    if normalize_first:                    # the second norm, then the residual
+        t.new("gs", sw)
+        t.drop("gl", "sum1", "stats2")
+        t.drop("gs")                       # added into g in place
+    else:
+        t.drop("gl")                       # added into g2 in place
+        t.new("g1", sw)                    # the first norm
+        t.drop("g2", "sum1", "stats1")
+    if dropout:
+        t.new("ga", sw)
+        t.drop("noise1")
+    t.new("gc", p_q)                       # the attention's output projection
+    t.drop("c", *(("ga",) if dropout else ()))
+    for name, size in (("gp", p), ("dv", p_q), ("dq", q), ("dk", p_q)):
+        t.new(name, size)
+    t.drop("q", "k", "v", "p", "gp", "gc", *(("noise_p", "dropped") if dropout else ()))
+    for grad in ("dv", "dk", "dq"):        # projections: their input's gradient, accumulated
+        t.new("gx" + grad, sw)
+        t.drop(grad)
+        if grad != "dv" or not normalize_first:
+            t.drop("gx" + grad)
+    if normalize_first:                    # the first norm: its input's gradient joins g
+        t.new("gx", sw)
+        t.drop("gxdv", "ln1", "stats1", "gx")
+    backward = max(t.above - sw, 0)        # the input's gradient is the memory model's own
+    return forward, backward
 
 
 @register
@@ -129,11 +277,14 @@ class MultiHeadAttention(Rule):
         return projections + h * t * s * (kd + vd)
 
     def memory(self, a, x, y, ctx):
-        query, value, _, vd, _ = self._dims(a, x)
-        saved = attention_saves(t=query[0], s=value[0], heads=a.num_heads, key_dim=a.key_dim,
-                                value_dim=vd, dropout=a.dropout, device_kind=ctx.device_kind)
+        query, value, _, vd, out = self._dims(a, x)
+        dims = dict(t=query[0], s=value[0], heads=a.num_heads, key_dim=a.key_dim, value_dim=vd)
+        saved = attention_saves(**dims, dropout=a.dropout, device_kind=ctx.device_kind)
+        forward, backward = attention_temporaries(**dims, out=query[0] * prod(out), dropout=a.dropout)
         inputs = "inputs" if x and isinstance(x[0], tuple) and len(x) > 1 else "input"
-        return Memory(saved=(Saved(inputs, what="inputs of the query, key and value projections"), *saved))
+        return Memory(saved=(Saved(inputs, what="inputs of the query, key and value projections"), *saved),
+                      scratch=(Saved("new", elements=forward, what="projections, probabilities, result"),),
+                      backward_scratch=(Saved("new", elements=backward, what="attention gradients"),))
 
     def build(self, a, x, ctx):
         from .modules import MultiHeadAttention as MultiHeadAttentionModule
@@ -210,7 +361,10 @@ class TransformerEncoder(Rule):
         if a.dropout > 0:
             mask = "bool" if ctx.device_kind == "cuda" else "act"
             saved.append(Saved("new", elements=2 * s * w, dtype=mask, what="dropout masks after both blocks"))
-        return Memory(saved=tuple(saved))
+        forward, backward = encoder_temporaries(s=s, w=w, i=i, heads=a.num_heads, key_dim=kd, dropout=a.dropout > 0,
+                                                activation=a.activation, normalize_first=a.normalize_first)
+        return Memory(saved=tuple(saved), scratch=(Saved("new", elements=forward, what="blocks' temporaries"),),
+                      backward_scratch=(Saved("new", elements=backward, what="blocks' gradients"),))
 
     def build(self, a, x, ctx):
         from .modules import TransformerEncoder as TransformerEncoderModule

@@ -891,14 +891,78 @@ class TimeDistributed(nn.Module):
 
 # --- attention --------------------------------------------------------------------------------
 
+class _AttentionCore(torch.autograd.Function):
+    """softmax(Q·Kᵀ·scale) (with dropout) · V per head, from the projections' (batch, steps,
+    heads, dim) views, into a (batch, steps, heads·value_dim) result; backward written out.
+
+    Every product runs head by head on strided views, straight into slices of a preallocated
+    buffer, and the softmax (and its backward) in place: the forward pass allocates the
+    probabilities (batch, heads, T, S) and the result, and with dropout its noise (the
+    activations' dtype on the CPU, mask / (1 − rate)) and the dropped probabilities. It keeps
+    the projections, the probabilities (and the noise and the dropped probabilities) for
+    backward, which allocates the probabilities' gradient and the three projections' gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, rate):
+        batch, t, heads, _ = q.shape
+        s, value_dim = k.shape[1], v.shape[3]
+        probs = q.new_empty(batch, heads, t, s)
+        for h in range(heads):   # Keras scales the queries; the product is scaled here (alpha)
+            torch.baddbmm(probs[:, h], q[:, :, h], k[:, :, h].transpose(1, 2), beta=0, alpha=scale, out=probs[:, h])
+        torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+        noise = dropped = None
+        if rate > 0:
+            noise = torch.empty_like(probs).bernoulli_(1 - rate).div_(1 - rate)
+            dropped = torch.mul(probs, noise)
+        weights = probs if dropped is None else dropped
+        out = q.new_empty(batch, t, heads * value_dim)
+        out4 = out.view(batch, t, heads, value_dim)
+        for h in range(heads):
+            torch.bmm(weights[:, h], v[:, :, h], out=out4[:, :, h])
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, probs, noise, dropped)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, probs, noise, dropped = ctx.saved_tensors
+        batch, t, heads, key_dim = q.shape
+        s, value_dim = k.shape[1], v.shape[3]
+        g = grad.reshape(batch, t, heads, value_dim)
+        weights = probs if dropped is None else dropped
+        g_probs = torch.empty_like(probs)
+        for h in range(heads):
+            torch.bmm(g[:, :, h], v[:, :, h].transpose(1, 2), out=g_probs[:, h])
+        dv = None
+        if ctx.needs_input_grad[2]:
+            dv = v.new_empty(batch, s, heads, value_dim)
+            for h in range(heads):
+                torch.bmm(weights[:, h].transpose(1, 2), g[:, :, h], out=dv[:, :, h])
+        if noise is not None:
+            g_probs.mul_(noise)
+        torch.ops.aten._softmax_backward_data.out(g_probs, probs, -1, probs.dtype, grad_input=g_probs)
+        dq = dk = None
+        if ctx.needs_input_grad[0]:
+            dq = q.new_empty(batch, t, heads, key_dim)
+            for h in range(heads):
+                torch.baddbmm(dq[:, :, h], g_probs[:, h], k[:, :, h], beta=0, alpha=ctx.scale, out=dq[:, :, h])
+        if ctx.needs_input_grad[1]:
+            dk = k.new_empty(batch, s, heads, key_dim)
+            for h in range(heads):
+                torch.baddbmm(dk[:, :, h], g_probs[:, h].transpose(1, 2), q[:, :, h], beta=0, alpha=ctx.scale,
+                              out=dk[:, :, h])
+        return dq, dk, dv, None, None
+
+
 class MultiHeadAttention(nn.Module):
     """Keras's MultiHeadAttention with its weights in Keras's layout.
 
     ``query_kernel`` (query features, heads, key_dim), ``key_kernel`` (key features, heads,
     key_dim), ``value_kernel`` (value features, heads, value_dim), ``output_kernel`` (heads,
-    value_dim, *output_shape), each with a bias shaped like its last axes. The attention is
-    written out as Keras writes it when it keeps the scores (the query scaled by 1/√key_dim,
-    softmax over the keys, dropout on the probabilities), so that what backward keeps is known.
+    value_dim, *output_shape), each with a bias shaped like its last axes. The attention computes
+    what Keras's does when it keeps the scores (Q·Kᵀ/√key_dim, softmax over the keys, dropout on
+    the probabilities), in ``_AttentionCore``, so that what it allocates and keeps is known.
     ``forward(query, value=None, key=None)``: value defaults to query, key to value.
     """
 
@@ -931,27 +995,31 @@ class MultiHeadAttention(nn.Module):
 
     @staticmethod
     def _project(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        y = torch.matmul(x, kernel.reshape(kernel.shape[0], -1))
-        return y if bias is None else y + bias.reshape(-1)
+        """x·W + b over the last axis: one matrix product with the bias fused (one allocation)."""
+        x2 = x.reshape(-1, x.shape[-1])
+        w = kernel.reshape(kernel.shape[0], -1)
+        y = torch.mm(x2, w) if bias is None else torch.addmm(bias.reshape(-1), x2, w)
+        return y.view(*x.shape[:-1], -1)
 
     def forward(self, query: torch.Tensor, value: torch.Tensor | None = None,
                 key: torch.Tensor | None = None) -> torch.Tensor:
+        return self.flat(query, value, key).view(query.shape[0], query.shape[1], *self.out_shape)
+
+    def flat(self, query: torch.Tensor, value: torch.Tensor | None = None,
+             key: torch.Tensor | None = None) -> torch.Tensor:
+        """The result as (batch · steps, output elements): a tensor of its own, not a view, so that
+        a caller may add into it in place without autograd rebasing a view."""
         value = query if value is None else value
         key = value if key is None else key
         batch, steps, heads = query.shape[0], query.shape[1], self.num_heads
-        q = self._project(query, self.query_kernel, self.query_bias) * self.scale
-        k = self._project(key, self.key_kernel, self.key_bias)
-        v = self._project(value, self.value_kernel, self.value_bias)
-        q = q.view(batch, steps, heads, self.key_dim).transpose(1, 2)          # (B, H, T, key_dim)
-        k = k.view(batch, key.shape[1], heads, self.key_dim).permute(0, 2, 3, 1)  # (B, H, key_dim, S)
-        v = v.view(batch, value.shape[1], heads, self.value_dim).transpose(1, 2)  # (B, H, S, value_dim)
-        probs = torch.softmax(torch.matmul(q, k), dim=-1)                       # (B, H, T, S)
-        probs = nn.functional.dropout(probs, self.dropout, self.training)
-        context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, steps, heads * self.value_dim)
-        out = torch.matmul(context, self.output_kernel.reshape(heads * self.value_dim, -1))
-        if self.output_bias is not None:
-            out = out + self.output_bias.reshape(-1)
-        return out.view(batch, steps, *self.out_shape)
+        q = self._project(query, self.query_kernel, self.query_bias).view(batch, steps, heads, self.key_dim)
+        k = self._project(key, self.key_kernel, self.key_bias).view(batch, key.shape[1], heads, self.key_dim)
+        v = self._project(value, self.value_kernel, self.value_bias).view(batch, value.shape[1], heads, self.value_dim)
+        context = _AttentionCore.apply(q, k, v, self.scale, self.dropout if self.training else 0.0)
+        del q, k, v   # kept by the attention for backward only when it records
+        w = self.output_kernel.reshape(heads * self.value_dim, -1)
+        c = context.view(batch * steps, -1)
+        return torch.mm(c, w) if self.output_bias is None else torch.addmm(self.output_bias.reshape(-1), c, w)
 
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, key_dim={self.key_dim}, value_dim={self.value_dim}, "
@@ -971,28 +1039,39 @@ class TransformerEncoder(nn.Module):
         self.attention = MultiHeadAttention(width, width, width, num_heads=num_heads, key_dim=key_dim,
                                             value_dim=key_dim, output_shape=(width,), dropout=dropout)
         self.attention_norm = nn.LayerNorm(width, eps=layer_norm_epsilon)
-        self.attention_dropout = nn.Dropout(dropout)
+        self.attention_dropout = nn.Dropout(dropout, inplace=True)   # into a result nobody keeps
         self.feedforward_norm = nn.LayerNorm(width, eps=layer_norm_epsilon)
         self.intermediate = nn.Linear(width, intermediate_dim)
+        self.activation = activation
         self.intermediate_activation = ACTIVATIONS[activation]()
         self.output = nn.Linear(intermediate_dim, width)
-        self.feedforward_dropout = nn.Dropout(dropout)
+        self.feedforward_dropout = nn.Dropout(dropout, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = x
-        if self.normalize_first:
-            x = self.attention_norm(x)
-        x = self.attention_dropout(self.attention(x)) + residual
+        # Residuals are added in place into the new branch's result (neither the attention's nor
+        # the feed-forward's result is kept for backward), and relu, sigmoid and tanh run in place
+        # (they keep their result, which the next matmul keeps anyway): each block allocates as
+        # ``rules.attention.TransformerEncoder`` counts. Everything runs on (batch · steps, width)
+        # tensors of their own: an in-place operation on a view would make autograd rebase it.
+        batch, steps, width = x.shape
+        residual = x.reshape(batch * steps, width)
+        h = self.attention_norm(residual) if self.normalize_first else residual
+        h = self.attention_dropout(self.attention.flat(h.view(batch, steps, width))).add_(residual)
         if not self.normalize_first:
-            x = self.attention_norm(x)
-        residual = x
+            h = self.attention_norm(h)
+        residual = h
         if self.normalize_first:
-            x = self.feedforward_norm(x)
-        x = self.output(self.intermediate_activation(self.intermediate(x)))
-        x = self.feedforward_dropout(x) + residual
+            h = self.feedforward_norm(h)
+        h = self.intermediate(h)
+        h = _IN_PLACE[self.activation](h) if self.activation in _IN_PLACE else self.intermediate_activation(h)
+        h = self.feedforward_dropout(self.output(h)).add_(residual)
+        del residual
         if not self.normalize_first:
-            x = self.feedforward_norm(x)
-        return x
+            h = self.feedforward_norm(h)
+        return h.view(batch, steps, width)
+
+
+_IN_PLACE = {"relu": torch.relu_, "sigmoid": torch.sigmoid_, "tanh": torch.tanh_}
 
 
 class GraphModel(nn.Module):
