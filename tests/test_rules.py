@@ -1103,3 +1103,42 @@ def test_recurrent_gradients_match_autograd(data):
     inputs = [x, *module.parameters()]
     for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
         torch.testing.assert_close(got, want)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_attention_gradients_match_autograd(data):
+    """``modules._AttentionCore`` (head by head, softmax in place, written-out backward) against
+    Keras's attention as plain autograd operations, in float64, with and without dropout."""
+    from profiler.rules.modules import MultiHeadAttention
+    heads, key_dim, value_dim = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    t, s, features = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5)), data.draw(st.integers(1, 4))
+    rate = data.draw(st.sampled_from([0.0, 0.3]))
+    m = MultiHeadAttention(features, features, features, num_heads=heads, key_dim=key_dim, value_dim=value_dim,
+                           output_shape=(3,), use_bias=data.draw(st.booleans()), dropout=rate).double().train()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    query = torch.randn(2, t, features, dtype=torch.float64, requires_grad=True)
+    value = torch.randn(2, s, features, dtype=torch.float64, requires_grad=True)
+
+    def reference(query, value):
+        def project(x, kernel, bias):
+            y = x @ kernel.reshape(kernel.shape[0], -1)
+            return y if bias is None else y + bias.reshape(-1)
+        q = (project(query, m.query_kernel, m.query_bias) * m.scale).view(2, t, heads, key_dim).transpose(1, 2)
+        k = project(value, m.key_kernel, m.key_bias).view(2, s, heads, key_dim).permute(0, 2, 3, 1)
+        v = project(value, m.value_kernel, m.value_bias).view(2, s, heads, value_dim).transpose(1, 2)
+        probs = torch.nn.functional.dropout(torch.softmax(q @ k, -1), rate, True)
+        context = (probs @ v).transpose(1, 2).reshape(2, t, heads * value_dim)
+        return project(context, m.output_kernel.reshape(heads * value_dim, -1), m.output_bias)
+
+    torch.manual_seed(1)   # the same dropout noise: both draw it once, as torch's dropout does
+    out = m(query, value)
+    torch.manual_seed(1)
+    expected = reference(query, value)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    inputs = [query, value, *m.parameters()]
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(got, want)

@@ -62,7 +62,7 @@ def attention_saves(*, t: int, s: int, heads: int, key_dim: int, value_dim: int,
 
 
 def attention_temporaries(*, t: int, s: int, heads: int, key_dim: int, value_dim: int, out: int,
-                          dropout: float) -> tuple[int, int]:
+                          inputs: int) -> tuple[int, int]:
     """(forward, backward) elements per sample a ``modules.MultiHeadAttention`` call allocates
     beside what the memory model counts (its output; in backward the gradients of its weights
     and input), from the order its tensors come and go:
@@ -73,13 +73,15 @@ def attention_temporaries(*, t: int, s: int, heads: int, key_dim: int, value_dim
     The worst moment is in the attention (Q + K + V + P + C) or at the end (C + O).
     backward: the output projection's gradient of C (C itself is let go after it); then the
     attention's, with P's gradient and the gradients of V, Q and K at once, while the incoming
-    gradient (O) is gone. The input's gradient comes later, so counting it too overstates.
+    gradient (O) is gone. The inputs' gradients (``inputs`` elements; the memory model counts
+    them from the start) come only after, and so do the projections' weight gradients, which the
+    memory model also counts from the start: the prediction overstates by those.
     """
     q, k, v = t * heads * key_dim, s * heads * key_dim, s * heads * value_dim
     p, c = heads * t * s, t * heads * value_dim
     forward = max(q + k + v + p + c - out, c)
-    backward = max(c, p + v + q + k - out)
-    return forward, backward
+    backward = max(c, p + v + q + k - out) - inputs
+    return forward, max(backward, 0)
 
 
 class _Live:
@@ -280,8 +282,11 @@ class MultiHeadAttention(Rule):
         query, value, _, vd, out = self._dims(a, x)
         dims = dict(t=query[0], s=value[0], heads=a.num_heads, key_dim=a.key_dim, value_dim=vd)
         saved = attention_saves(**dims, dropout=a.dropout, device_kind=ctx.device_kind)
-        forward, backward = attention_temporaries(**dims, out=query[0] * prod(out), dropout=a.dropout)
-        inputs = "inputs" if x and isinstance(x[0], tuple) and len(x) > 1 else "input"
+        several = bool(x) and isinstance(x[0], tuple)
+        elements = sum(prod(shape) for shape in x) if several else prod(x)
+        # (the inputs are assumed to want gradients: attention follows other layers)
+        forward, backward = attention_temporaries(**dims, out=query[0] * prod(out), inputs=elements)
+        inputs = "inputs" if several and len(x) > 1 else "input"
         return Memory(saved=(Saved(inputs, what="inputs of the query, key and value projections"), *saved),
                       scratch=(Saved("new", elements=forward, what="projections, probabilities, result"),),
                       backward_scratch=(Saved("new", elements=backward, what="attention gradients"),))

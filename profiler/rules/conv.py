@@ -206,9 +206,11 @@ ONEDNN_WEIGHT_REDUCTION_EXTRA = 8_384
 ONEDNN_BIAS_REDUCTION = 12_544
 # a strided transposed convolution (a strided data phase) books, per thread, one image of its
 # input in float32 besides buffers that depend on the kernel: 28,848 B when every window is its
-# own (kernel = stride, as 2×2/2 upsampling), ~98,480 B when they overlap (3×3/2)
+# own (kernel = stride, as 2×2/2 upsampling; at least 61,616 B in all), ~98,480 B when they
+# overlap (3×3/2; small images book less per image)
 ONEDNN_THREADS = 2
 ONEDNN_TRANSPOSED_TILED = 28_848
+ONEDNN_TRANSPOSED_TILED_SMALL = 61_616
 ONEDNN_TRANSPOSED_OVERLAP = 98_480
 
 
@@ -261,10 +263,13 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
         if strided:     # per thread, one image of its input in float32, and kernel-dependent buffers
             overlap = any(k != s for k, s in zip(kernel, strides))
             image = out_channels * prod(in_spatial)   # the input's channels (swapped above)
-            forward_bytes = (ONEDNN_TRANSPOSED_OVERLAP if overlap else ONEDNN_TRANSPOSED_TILED) \
-                + ONEDNN_THREADS * 4 * image
-        data_scratch = ONEDNN_FORWARD_SCRATCHPAD if not depthwise else 0
+            per_image = ONEDNN_THREADS * 4 * image
+            forward_bytes = (ONEDNN_TRANSPOSED_OVERLAP + per_image if overlap
+                             else max(ONEDNN_TRANSPOSED_TILED_SMALL, ONEDNN_TRANSPOSED_TILED + per_image))
+        data_scratch = ONEDNN_DATA_SCRATCHPAD if not depthwise else 0
     data_reorder = reorder if depthwise else _up16(per_group_in) * out_channels * taps
+    if transposed:   # the forward pass reorders the weight as a data phase does, backward as a forward
+        reorder, data_reorder = data_reorder, reorder
     weight_blocked = (_up16(out_channels) * (_up16(per_group_in) if taps == 1 else per_group_in) * taps
                       if not depthwise else reorder)
     biases = out_channels if bias else 0
