@@ -158,6 +158,10 @@ class Embedding(Rule):
         return Params(total, formula=f"{a.input_dim:,} × {a.output_dim:,} = {total:,}")
 
     def memory(self, a, x, y, ctx):
+        # Backward (``embedding_dense_backward``) makes the zeroed table gradient (the weight's,
+        # counted by the memory model) and adds the rows in. It needs a contiguous incoming
+        # gradient: one arriving as a view of a wider gradient (the layer feeds a Concatenate)
+        # is copied first, an output-sized temporary not counted here.
         return Memory(saved=(Saved("input", what="token ids"),))
 
     def build(self, a, x, ctx):

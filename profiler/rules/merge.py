@@ -145,7 +145,9 @@ class Concatenate(Rule):
         return (*x[0][:axis], joined, *x[0][axis + 1:])
 
     def memory(self, a, x, y, ctx):
-        # the gradient of each input is a slice (a view) of the output's gradient
+        # the gradient of each input is a slice (a view) of the output's gradient; joined along
+        # an inner axis the slices are strided, and a layer that needs a dense gradient copies
+        # its slice (Embedding's backward does, matmuls and elementwise kernels do not)
         return Memory(grad_passthrough=True)
 
     def build(self, a, x, ctx):
