@@ -20,20 +20,6 @@ from profiler.render.fit import mode_label
 from profiler.spec import ModelSpec, loads
 
 EXTRA = {
-    "bn-conv": """
-name: bn-conv
-input_shape: [32, 32, 3]
-layers:
-  - Conv2D: {filters: 16, kernel_size: 3, padding: same, use_bias: false}
-  - BatchNormalization: {}
-  - Activation: {activation: relu}
-  - MaxPooling2D: {pool_size: 2}
-  - Conv2D: {filters: 32, kernel_size: 3, activation: relu}
-  - BatchNormalization: {}
-  - Flatten: {}
-  - Dropout: {rate: 0.25}
-  - Dense: {units: 10}
-""",
     "mlp-dropout-ln": """
 name: mlp-dropout-ln
 input_shape: [256]

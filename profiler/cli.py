@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False) -> None:
         sub.add_argument("spec", nargs="?" if spec_optional else None,
                          help="a .yaml/.json model spec, or a built-in model "
-                              "(digits, digits-theano, dense-514, conv-224)"
+                              "(digits, digits-theano, dense-514, conv-224, bn-conv)"
                               + ("; default: digits, the seed's 28×28 classifier" if spec_optional else ""))
         sub.add_argument("--batch", type=_positive, default=32, help="batch size (default 32)")
         sub.add_argument("--dtype", choices=MODEL_DTYPES, default="float32")

@@ -9,23 +9,8 @@ from profiler.accelerators import CATALOG, CONTEXT_RESERVE, GiB, MiB, blas_works
 from profiler.cli import main
 from profiler.errors import SpecError
 from profiler.predict import predict
-from profiler.spec import loads
 
-BN_CONV = loads("""
-name: bn-conv
-input_shape: [32, 32, 3]
-layers:
-  - Conv2D: {filters: 16, kernel_size: 3, padding: same, use_bias: false}
-  - BatchNormalization: {}
-  - Activation: {activation: relu}
-  - MaxPooling2D: {pool_size: 2}
-  - Conv2D: {filters: 32, kernel_size: 3, activation: relu}
-  - BatchNormalization: {}
-  - Flatten: {}
-  - Dropout: {rate: 0.25}
-  - Dense: {units: 10}
-""", source="<bn-conv>")
-SPECS = {name: models.builtin(name) for name in ("digits", "dense-514", "conv-224")} | {"bn-conv": BN_CONV}
+SPECS = {name: models.builtin(name) for name in ("digits", "dense-514", "conv-224", "bn-conv")}
 MODES = ("adam", "sgd", "inference")
 
 
