@@ -66,6 +66,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 AMP_DTYPES = ("bfloat16", "float16")
 INPUT_DTYPES = ("float", "int64")
 LOSSES = ("cross_entropy", "mse")
+OPTIMIZER_FIGURES = ("train_first_step_tensor_peak_bytes", "train_first_step_workspace_bytes",
+                     "train_first_step_peak_bytes", "train_tensor_peak_bytes", "train_workspace_bytes",
+                     "train_baseline_bytes", "train_peak_bytes")   # longest first: prefixes overlap
 PHASES = ("forward", "backward", "optimizer")
 
 
@@ -73,7 +76,10 @@ PHASES = ("forward", "backward", "optimizer")
 class Measurement:
     """What one model measured on one device at one batch size. Bytes are exact integers.
 
-    Fields ending in ``_sgd`` / ``_adam`` are ``None`` when that optimizer was not measured.
+    Each measured optimizer's figures are in ``optimizer_peaks``; they read as attributes and
+    keys ``train_peak_bytes_<name>``, ``train_tensor_peak_bytes_<name>``,
+    ``train_workspace_bytes_<name>``, ``train_first_step_…`` and ``train_baseline_bytes_<name>``
+    (``None`` as attributes for an optimizer that was not measured).
     """
     device: str
     dtype: str
@@ -83,20 +89,6 @@ class Measurement:
     inference_peak_bytes: int             # allocator level, everything alive counted
     inference_tensor_peak_bytes: int      # tensor level (TensorTracker)
     inference_workspace_bytes: int        # allocator − tensor, both of the tracked run
-    train_peak_bytes_sgd: int | None      # steady step
-    train_peak_bytes_adam: int | None
-    train_tensor_peak_bytes_sgd: int | None
-    train_tensor_peak_bytes_adam: int | None
-    train_workspace_bytes_sgd: int | None
-    train_workspace_bytes_adam: int | None
-    train_first_step_peak_bytes_sgd: int | None     # fresh optimizer, no gradients yet
-    train_first_step_peak_bytes_adam: int | None
-    train_first_step_tensor_peak_bytes_sgd: int | None
-    train_first_step_tensor_peak_bytes_adam: int | None
-    train_first_step_workspace_bytes_sgd: int | None
-    train_first_step_workspace_bytes_adam: int | None
-    train_baseline_bytes_sgd: int | None  # alive before the steady step: params, grads, state, x, y
-    train_baseline_bytes_adam: int | None
     adam_foreach: bool | None             # whether Adam ran its foreach (multi-tensor) kernels
     activation_bytes: dict[str, int]      # module → bytes created in the training forward pass
     saved_activation_bytes: dict[str, int]  # module → of those, bytes alive when backward starts
@@ -112,6 +104,14 @@ class Measurement:
     # every optimizer measured: name -> {steady/first allocator peak, tensor peak, workspace}
     optimizer_peaks: dict[str, dict[str, int]] = field(default_factory=dict)
     amp_dtype: str | None = None          # autocast's dtype (mixed precision), None without
+
+    def __getattr__(self, name: str) -> Any:
+        """``train_peak_bytes_sgd`` and the like, from ``optimizer_peaks``."""
+        for key in OPTIMIZER_FIGURES:
+            if name.startswith(key + "_"):
+                peaks = self.__dict__.get("optimizer_peaks", {}).get(name[len(key) + 1:])
+                return None if peaks is None else peaks[key]
+        raise AttributeError(name)
 
     def as_dict(self) -> dict[str, Any]:
         """Raw figures; each measured optimizer's as ``train_peak_bytes_<name>`` and so on."""
@@ -244,28 +244,11 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
     with oom_guard(dev.name, "timing"):
         timing = time_fn(forward, dev, warmup=warmup, repeats=repeats)
 
-    def pick(name: str, when: str, index: int) -> int | None:
-        return train[name][when][index] if name in train else None
-
     return Measurement(
         device=dev.name, dtype=dtype, batch=shapes[0][0], input_shape=shapes[0],
         param_bytes=param_bytes,
         inference_peak_bytes=inference[0], inference_tensor_peak_bytes=inference[1],
         inference_workspace_bytes=inference[2],
-        train_peak_bytes_sgd=pick("sgd", "steady", 0),
-        train_peak_bytes_adam=pick("adam", "steady", 0),
-        train_tensor_peak_bytes_sgd=pick("sgd", "steady", 1),
-        train_tensor_peak_bytes_adam=pick("adam", "steady", 1),
-        train_workspace_bytes_sgd=pick("sgd", "steady", 2),
-        train_workspace_bytes_adam=pick("adam", "steady", 2),
-        train_first_step_peak_bytes_sgd=pick("sgd", "first", 0),
-        train_first_step_peak_bytes_adam=pick("adam", "first", 0),
-        train_first_step_tensor_peak_bytes_sgd=pick("sgd", "first", 1),
-        train_first_step_tensor_peak_bytes_adam=pick("adam", "first", 1),
-        train_first_step_workspace_bytes_sgd=pick("sgd", "first", 2),
-        train_first_step_workspace_bytes_adam=pick("adam", "first", 2),
-        train_baseline_bytes_sgd=train["sgd"]["baseline"] if "sgd" in train else None,
-        train_baseline_bytes_adam=train["adam"]["baseline"] if "adam" in train else None,
         adam_foreach=adam_foreach,
         activation_bytes=activations, saved_activation_bytes=saved,
         phase_bytes={name: result["phases"] for name, result in train.items()},
