@@ -231,7 +231,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     chosen = checkpoint_layers(spec, checkpoint)
     traced = trace(spec)
     act = itemsize(dtype)
-    plan = _Plan(batch=batch, act=act, device_kind=device_kind, amp=amp)
+    threads = threads or _default_threads()
+    plan = _Plan(batch=batch, dtype=dtype, device_kind=device_kind, amp=amp, threads=threads)
     values = {i.name: i.name for i in spec.inputs}
     plan.add(spec, traced, values, depth=1, checkpoint=chosen)
     outputs = tuple(values[_ref_key(ref)] for ref in spec.outputs)
@@ -244,7 +245,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
         target_bytes = sum(batch * prod(shape) * act for shape in out_shapes)
     gemm_scratch = None
     if device_kind == "cpu":
-        gemm_scratch = partial(onednn_bf16_gemm_scratch, threads=threads or _default_threads())
+        gemm_scratch = partial(onednn_bf16_gemm_scratch, threads=threads)
     setting = Setting(batch=batch, dtype=dtype, inputs=inputs, outputs=outputs, target_bytes=target_bytes,
                       buffer_bytes=plan.buffer_bytes, loss=loss, foreach=device_kind == "cuda",
                       footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
@@ -352,8 +353,9 @@ def _by_prefix(per_layer: dict[str, int]) -> dict[str, int]:
 class _Plan:
     """Rows for the table and ops for the memory model, gathered in one pass over the trace."""
 
-    def __init__(self, *, batch: int, act: int, device_kind: str, amp: str | None = None):
-        self.batch, self.act, self.device_kind, self.amp = batch, act, device_kind, amp
+    def __init__(self, *, batch: int, dtype: str, device_kind: str, amp: str | None = None, threads: int = 1):
+        self.batch, self.dtype, self.device_kind, self.amp, self.threads = batch, dtype, device_kind, amp, threads
+        self.act = itemsize(dtype)
         self.rows: list[LayerRow] = []
         self.ops: list[Op] = []
         self.shapes: dict[str, Shape] = {}
@@ -363,7 +365,8 @@ class _Plan:
             frozen: bool = False, checkpoint: frozenset[str] = frozenset()) -> None:
         """``values`` maps names visible in ``spec`` (inputs, node outputs) to global value keys;
         calls of the layers in ``checkpoint`` are checkpointed (their ops carry the call's name)."""
-        ctx = replace(spec.context, device_kind=self.device_kind)
+        ctx = replace(spec.context, device_kind=self.device_kind, batch=self.batch, dtype=self.dtype, amp=self.amp,
+                      threads=self.threads)
         for name, key in values.items():
             self.shapes.setdefault(key, next(i.shape for i in spec.inputs if i.name == name))
         for t in traced:
@@ -408,7 +411,8 @@ class _Plan:
         if t.first_call:
             self.add(nested, list(t.inner), inner_values, depth + 1, frozen)
         else:  # a nested model called again: its ops run again, its parameters are not new
-            shadow = _Plan(batch=self.batch, act=self.act, device_kind=self.device_kind, amp=self.amp)
+            shadow = _Plan(batch=self.batch, dtype=self.dtype, device_kind=self.device_kind, amp=self.amp,
+                           threads=self.threads)
             shadow.shapes = self.shapes
             shadow.add(nested, list(t.inner), inner_values, depth + 1, frozen)
             first = t.name[:len(t.name) - len(t.node.name)] + t.layer.name

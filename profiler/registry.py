@@ -26,6 +26,15 @@ class Context:
     data_format: str = "channels_last"  # where the channel axis is: last (Keras) or first (torch)
     input_dtype: str = "float"          # "float" for real-valued inputs, "int64" for token ids
     device_kind: str = "cpu"            # kernels differ by device ("cpu" or "cuda"), and so does memory
+    # the run's settings: kernels choose their algorithm (and workspace) by batch and dtype
+    batch: int = 1                      # samples per step
+    dtype: str = "float32"              # the parameters' and activations' dtype
+    amp: str | None = None              # autocast's lower dtype, when the forward pass runs under it
+    threads: int = 1                    # CPU threads: oneDNN sizes per-thread scratchpads by them
+
+    def compute_dtype(self, autocast_lowered: bool) -> str:
+        """The dtype an op computes in: autocast's for ops on its lower-precision list."""
+        return self.amp if self.amp and autocast_lowered else self.dtype
 
 
 @dataclass(frozen=True)
