@@ -36,8 +36,11 @@ from .dtypes import itemsize
 from .optimizers import get as optimizer_model
 from .registry import Saved
 
+#: What each byte of a peak is: "temporaries" are tensors an op or the optimizer makes and drops
+#: (the loss's gradients, optimizer scratch), "workspace" is what kernels allocate inside (rules'
+#: scratch, oneDNN scratchpads): the part a tensor-level view cannot see.
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "inputs", "activations", "weight_casts",
-              "temporaries")
+              "temporaries", "workspace")
 LOSSES = ("cross_entropy", "mse")
 FLOATING = ("float32", "float16", "bfloat16", "float64")
 
@@ -454,7 +457,7 @@ class _Forward:
         if op.matmul and self.s.gemm_scratch is not None and compute == "bfloat16":
             scratch = [n for n in (*scratch, self.s.gemm_scratch("forward", *op.matmul)) if n]
         for i, nbytes in enumerate(scratch):
-            self.t.alloc(f"{prefix}{op.output}.scratch{i}", nbytes, "temporaries", compute)
+            self.t.alloc(f"{prefix}{op.output}.scratch{i}", nbytes, "workspace", compute)
         for i in range(len(scratch)):
             self.t.free(f"{prefix}{op.output}.scratch{i}")
         if records and not saving:   # inside a checkpointed call: what the op makes to save dies now
@@ -718,7 +721,7 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
             _scratch(t, f"grad_weight_scratch:{k}", s.gemm_scratch("grad_weight", n_out, m, n_in), compute)
     scratch = [forward.size(x, compute) for x in op.backward_scratch]
     for i, nbytes in enumerate(scratch):
-        t.alloc(f"backward_scratch:{k}:{i}", nbytes, "temporaries", compute)
+        t.alloc(f"backward_scratch:{k}:{i}", nbytes, "workspace", compute)
     for i in range(len(scratch)):
         t.free(f"backward_scratch:{k}:{i}")
     forward.release_all(f"op{k}")
@@ -747,7 +750,7 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
 
 def _scratch(t: Timeline, key: str, nbytes: int, dtype: str) -> None:
     if nbytes:
-        t.alloc(key, nbytes, "temporaries", dtype)
+        t.alloc(key, nbytes, "workspace", dtype)
         t.free(key)
 
 
