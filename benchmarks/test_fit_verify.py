@@ -9,6 +9,7 @@ results/fit_verify.md when every case has run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ from profiler import fit, models
 from profiler.machine import machine_info
 from profiler.render import grid
 from profiler.render.fit import mode_label
-from profiler.spec import ModelSpec, loads
+from profiler.spec import ModelSpec, load, loads
 
 EXTRA = {
     "mlp-dropout-ln": """
@@ -53,8 +54,15 @@ layers:
 #: Conv1D's workspace, the last one, is predicted since the rules model oneDNN's.
 
 
+ZOO = Path(__file__).parent / "zoo"
+
+
 def spec_of(name: str) -> ModelSpec:
-    return loads(EXTRA[name], source=f"<{name}>") if name in EXTRA else models.builtin(name)
+    if name in EXTRA:
+        return loads(EXTRA[name], source=f"<{name}>")
+    if (ZOO / f"{name}.yaml").exists():   # the accuracy zoo's models, by name
+        return load(ZOO / f"{name}.yaml")
+    return models.builtin(name)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,16 @@ CASES = [
     Case("embedding-pool", "adam", "8MB"), Case("embedding-pool", "sgd", "5MiB"),
     Case("embedding-pool", "inference", "3MB"),
     Case("text-conv1d", "adam", "12MB"),
+    # the accuracy zoo (benchmarks/zoo), budgets putting b between ~10 and a few hundred
+    Case("mlp", "adam", "11.85MB"), Case("mlp", "inference", "2.3MB"),
+    Case("cnn", "adam", "14MB"), Case("cnn", "inference", "8MiB"),
+    Case("cnn-bn", "adam", "12MiB"), Case("cnn-bn", "sgd", "10MB"), Case("cnn-bn", "inference", "5MB"),
+    Case("resnet", "adam", "20MB"), Case("resnet", "sgd", "16MiB"), Case("resnet", "inference", "6MiB"),
+    Case("transformer", "adam", "40MB"), Case("transformer", "inference", "8MiB"),
+    Case("lstm", "adam", "3.5MiB"), Case("lstm", "inference", "1MiB"),
+    Case("gru", "adam", "3MiB"), Case("gru", "sgd", "2MB"),
+    Case("embedding", "adam", "7.5MiB"), Case("embedding", "inference", "1.7MB"),
+    Case("unet", "adam", "12MiB"), Case("unet", "inference", "6MiB"),
 ]
 ROWS: list[dict] = []
 
