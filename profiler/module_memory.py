@@ -26,16 +26,21 @@ larger by that workspace.
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .memory_model import CATEGORIES, LOSSES, Peak  # noqa: F401  (LOSSES: re-exported for torch_module)
+from .dtypes import itemsize
+from .memory_model import CATEGORIES, LOSSES, Peak, onednn_bf16_gemm_scratch  # noqa: F401  (LOSSES: re-exported for torch_module)
 from .optimizers import CATALOG as OPTIMIZERS
+from .registry import Context, Saved
+from .rules.conv import conv_workspace
+from .rules.pooling import SCALAR_OPERAND
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
 
@@ -109,6 +114,36 @@ def _onednn_lstm_backward(args: tuple, out: Any) -> Any:
     return out
 
 
+
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+def _mixed_statistics(params: slice) -> Callable[[tuple, Any], Any]:
+    """A bfloat16/float16 input with float32 parameters (as autocast leaves normalizations): the
+    CPU kernel keeps the mean and 1/std in float32 (ATen's ``is_mixed_type``); the fake one, in
+    the input's dtype. ``params``: where the weight, bias (and running statistics) are."""
+    def fix(args: tuple, out: Any) -> Any:
+        mixed = args[0].dtype in _REDUCED and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in args[params])
+        if not mixed or out[1].dtype == torch.float32:
+            return out
+        return (out[0], *(t.new_empty(t.shape, dtype=torch.float32) for t in out[1:3]), *out[3:])
+    return fix
+
+
+_cpu_result(aten.native_batch_norm.default)(_mixed_statistics(slice(1, 5)))
+_cpu_result(aten.native_layer_norm.default)(_mixed_statistics(slice(2, 4)))
+_cpu_result(aten.native_group_norm.default)(_mixed_statistics(slice(1, 3)))
+
+
+@_cpu_result(aten.native_group_norm_backward.default)
+def _group_norm_input_gradient(args: tuple, out: Any) -> Any:
+    """The input's gradient is in the input's dtype; the fake kernel gives it the statistics'."""
+    grad_in, x = out[0], args[1]
+    if grad_in is None or grad_in.dtype == x.dtype:
+        return out
+    return (grad_in.new_empty(grad_in.shape, dtype=x.dtype), *out[1:])
+
 @_cpu_result(aten._embedding_bag.default, aten._embedding_bag_forward_only.default)
 def _offset2bag(args: tuple, out: Any) -> Any:
     """The CPU kernel sizes ``offset2bag`` for one index more than it returns (a resize down)."""
@@ -117,6 +152,157 @@ def _offset2bag(args: tuple, out: Any) -> Any:
         return out
     return (out[0], out[1].new_empty((n + 1,))[:n], *out[2:])
 
+
+# ----------------------------------------------------------------------------------------------
+# What CPU kernels allocate and free inside one operator call (their workspace): no operator
+# returns it, so the log cannot see it, and the spec path knows it from its rules. Each entry
+# turns one operator call's ATen arguments into the terms of the spec path's own function for
+# that kernel (``rules.conv.conv_workspace``, ``memory_model.onednn_bf16_gemm_scratch``) and
+# returns the bytes it books, alive together while the call runs: both paths book the same bytes,
+# and this table is the one place where ATen calls meet those functions. Operators dispatched on
+# fake CPU tensors: ``aten.convolution`` and ``aten.convolution_backward`` (torch picks oneDNN or
+# im2col below them, as the rule does from the batch and sizes); ``nn.Linear`` runs ``addmm``
+# (``mm`` without bias) forward and two ``mm`` backward, whatever the input's rank.
+
+_WORKSPACE: dict[Any, Callable[[tuple, Any, Context, bool], list[int]]] = {}
+
+
+def _workspace(*ops: Any) -> Callable:
+    def register(booked: Callable) -> Callable:
+        for op in ops:
+            if op in _WORKSPACE:
+                raise ValueError(f"a workspace for {op} is registered already")
+            _WORKSPACE[op] = booked
+        return booked
+    return register
+
+
+def kernel_workspace(func: Any, args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+    """Bytes the kernel behind one operator call allocates and frees inside, alive together.
+
+    ``run`` carries the run's settings (autocast dtype, threads); ``backward``: the call is part
+    of autograd's backward pass.
+    """
+    booked = _WORKSPACE.get(func)
+    return [n for n in booked(args, out, run, backward) if n] if booked is not None else []
+
+
+def _op_context(run: Context, dtype: torch.dtype, *, batch: int = 1,
+                data_format: str = "channels_first") -> Context:
+    """The spec path's view of one call: autocast lowered it when it runs in ``run.amp``."""
+    name = str(dtype).removeprefix("torch.")
+    lowered = run.amp is not None and name == run.amp
+    return replace(run, batch=batch, data_format=data_format,
+                   dtype="float32" if lowered else name, amp=run.amp if lowered else None)
+
+
+def _saved_bytes(tensors: Iterable[Saved], batch: int, act: torch.dtype) -> list[int]:
+    """Bytes of a rule's tensors: "act" elements are the call's dtype, per sample unless not."""
+    return [t.elements * (batch if t.per_sample else 1)
+            * (act.itemsize if t.dtype == "act" else itemsize(t.dtype)) for t in tensors]
+
+
+def _channels_last(*tensors: torch.Tensor) -> bool:
+    """torch's oneDNN convolution runs channels-last when its input or weight is laid out so
+    (``mkldnn_conv_use_channels_last``); a tensor both layouts describe (one channel, 1×1) is not."""
+    for t in tensors:
+        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+        if fmt is not None and t.is_contiguous(memory_format=fmt) and not t.is_contiguous():
+            return True
+    return False
+
+
+def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, stride: Sequence[int],
+          transposed: bool, groups: int, out_shape: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(forward, backward) workspace bytes of one convolution, from ``conv_workspace``."""
+    batch = x.shape[0]
+    ctx = _op_context(run, x.dtype, batch=batch,
+                      data_format="channels_last" if _channels_last(x, weight) else "channels_first")
+    forward, backward = conv_workspace(
+        ctx, channels=x.shape[1], out_channels=out_shape[1], kernel=tuple(weight.shape[2:]),
+        strides=tuple(stride), groups=groups, bias=bias, out_spatial=tuple(out_shape[2:]),
+        transposed=transposed, in_spatial=tuple(x.shape[2:]))
+    return _saved_bytes(forward, batch, x.dtype), _saved_bytes(backward, batch, x.dtype)
+
+
+@_workspace(aten.convolution.default)
+def _convolution(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+    """convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
+    groups)"""
+    x, weight, bias, stride, _, _, transposed, _, groups = args[:9]
+    return _conv(run, x, weight, bias is not None, stride, transposed, groups, out.shape)[0]
+
+
+@_workspace(aten.convolution_backward.default)
+def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+    """convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation,
+    transposed, output_padding, groups, output_mask)"""
+    grad_out, x, weight, bias_sizes, stride, _, _, transposed, _, groups = args[:10]
+    return _conv(run, x, weight, bias_sizes is not None, stride, transposed, groups, grad_out.shape)[1]
+
+
+@_workspace(aten.mean.dim)
+def _mean(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+    """``mean`` sums, then divides in place by the count, a number it wraps (``SCALAR_OPERAND``,
+    as the pooling rules book it). In bfloat16 and float16 the CPU kernel sums a float32 copy of
+    the input into a float32 result, then copies that into the output (``mean_out``), measured:
+    the two float32 tensors are alive together."""
+    x = args[0]
+    if x.dtype in _REDUCED:
+        return [x.numel() * 4, out.numel() * 4]
+    return _saved_bytes(SCALAR_OPERAND, 1, x.dtype)
+
+
+@_workspace(aten.mm.default, aten.addmm.default)
+def _gemm(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+    """A·B in bfloat16 goes to oneDNN, which books a scratchpad. ``nn.Linear``'s three matmuls
+    in the spec path's terms: forward x·Wᵀ, input gradient g·W, weight gradient gᵀ·x, the one
+    whose A is a transposed view (column-major: stride 1 down the rows)."""
+    a, b = [t for t in args if isinstance(t, torch.Tensor)][-2:]
+    if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16 or a.dim() != 2 or b.dim() != 2:
+        return []
+    transposed = a.stride(0) == 1 and (a.stride(1) != 1 or a.shape[0] == 1)
+    kind = "grad_weight" if transposed else "grad_input" if backward else "forward"
+    return [onednn_bf16_gemm_scratch(kind, a.shape[0], a.shape[1], b.shape[1], threads=run.threads)]
+
+
+
+#: the 0-d CPU tensor torch wraps a Python number in (``scalar_to_tensor``), by the number's type
+_WRAPPED = ((bool, torch.bool), (int, torch.int64), (float, torch.float64), (complex, torch.complex128))
+
+
+#: binary arithmetic whose ``.Scalar`` overloads wrap ``other`` the same way, then call the Tensor
+#: overload (autograd's formulas call them: a mean's backward divides by the count)
+_SCALAR_OVERLOADS = {"add", "sub", "mul", "div", "rsub", "remainder"}
+
+
+def wrapped_numbers(func: Any, args: tuple) -> list[int]:
+    """Bytes of the Python numbers a call takes where its schema wants a Tensor (or that its
+    ``.Scalar`` overload wraps: ``_SCALAR_OVERLOADS``).
+
+    Each is wrapped in a 0-d CPU tensor before the call (a double for a float), and TensorIterator
+    casts that to the call's dtype: both are alive while the call runs and freed when it returns.
+    (Adam's ``exp_avg_sq.sqrt() / bias_correction2_sqrt``: 8 + 4 bytes in float32, the bytes the
+    optimizer catalog's ``scalar_bytes`` and its cast stand for.)
+    """
+    schema = getattr(func, "_schema", None)
+    if schema is None:
+        return []
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    wraps_other = (func.overloadpacket.__name__.rstrip("_") in _SCALAR_OVERLOADS
+                   and func._overloadname.startswith("Scalar"))
+    booked: list[int] = []
+    for value, argument in zip(args, schema.arguments):
+        if isinstance(value, torch.Tensor) or not (
+                isinstance(argument.type, torch.TensorType) or (wraps_other and argument.name == "other")):
+            continue
+        wrapped = next((dtype for kind, dtype in _WRAPPED if type(value) is kind), None)
+        if wrapped is None:
+            continue
+        booked.append(wrapped.itemsize)
+        if tensors and tensors[0].dtype != wrapped:
+            booked.append(tensors[0].dtype.itemsize)
+    return booked
 
 @dataclass(frozen=True)
 class _Event:
@@ -134,11 +320,16 @@ class StorageLog(TorchDispatchMode):
     storage of one of the operator's inputs (a view, an in-place result); ``lift_fresh`` (how
     ``torch.tensor(...)`` enters dispatch) returns a storage made just before, which is new when
     unknown. The module running is followed with the *global* module hooks, removed on exit.
+
+    With ``run`` (the run's autocast dtype and threads), each call also books its kernel's
+    workspace (:func:`kernel_workspace`): allocated once the call's results exist, freed at once.
+    A parameter's cast (``_to_copy``: autocast's weight cache) is a weight cast, not an activation.
     """
 
-    def __init__(self, names: dict[int, str]):
+    def __init__(self, names: dict[int, str], run: Context | None = None):
         super().__init__()
         self.names = names
+        self.run = run
         self.events: list[_Event] = []
         self.category: dict[int, str] = {}      # serial -> category fixed by the caller
         self.phase_of: dict[int, str] = {}      # serial -> phase that created it
@@ -231,10 +422,29 @@ class StorageLog(TorchDispatchMode):
                     continue
                 serial = self._serial.get(id(storage))
                 if serial is None:
-                    self._add(storage)
+                    serial = self._add(storage)
+                    if func is aten._to_copy.default and self._of_parameter(args[0]):
+                        self.category[serial] = "weight_casts"
                 elif self._nbytes[serial] != storage.nbytes():   # resized in place (out=)
                     self._resize(serial, storage.nbytes())
+        self._transient(wrapped_numbers(func, args), "temporaries")
+        if self.run is not None:
+            self._transient(kernel_workspace(func, args, out, self.run, self.phase == "backward"),
+                            "workspace")
         return out
+
+    def _of_parameter(self, tensor: object) -> bool:
+        if not isinstance(tensor, torch.Tensor):
+            return False
+        serial = self._serial.get(id(storage_of(tensor)))
+        return serial is not None and self.category.get(serial) == "parameters"
+
+    def _transient(self, sizes: Sequence[int], category: str) -> None:
+        """Storages a kernel allocates together and frees before it returns."""
+        at = self._where()
+        pairs = [self.synthetic(nbytes, category, at, at) for nbytes in sizes]
+        self.events.extend(alloc for alloc, _ in pairs)
+        self.events.extend(free for _, free in pairs)
 
     def _add(self, storage: torch.UntypedStorage | None) -> int | None:
         if storage is None or id(storage) in self._serial:
@@ -377,7 +587,7 @@ class MemoryPrediction:
 def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                    targets: Sequence[torch.Tensor], *, loss: str, fake_mode: Any,
                    names: dict[int, str], optimizers: Sequence[str] = ("sgd", "adam"),
-                   ) -> MemoryPrediction:
+                   amp: str | None = None, threads: int | None = None) -> MemoryPrediction:
     """Replay inference and training steps of ``model`` (fake tensors, see the module docstring).
 
     ``model``, ``inputs`` and ``targets`` (see :func:`make_target`, one per output) live in
@@ -397,17 +607,24 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
       by ``zero_grad``, forward and backward, the first ``step`` without creating the state.
 
     These are the runner's two real steps, replayed once. The optimizer steps meta twins of the
-    parameters (see :func:`_meta_twins`).
+    parameters (see :func:`_meta_twins`); an optimizer that makes its state when constructed
+    (Adagrad) has it before either step starts.
+
+    ``amp``: mixed precision as the runner runs it, the forward pass (and in training the loss)
+    under ``torch.autocast`` to that dtype; the region's cache of weight casts dies when it exits.
+    ``threads`` (default: torch's) size kernels' workspace, booked per call (see
+    :func:`kernel_workspace`).
     """
     tensors = [*model.parameters(), *model.buffers()]
+    run = Context(device_kind="cpu", amp=amp, threads=threads or torch.get_num_threads())
 
     model.eval()
-    log = StorageLog(names)
+    log = StorageLog(names, run)
     try:
         log.seed(tensors, "parameters")
         log.seed(inputs, "inputs")
         start = log.cut()
-        with fake_mode, log, torch.no_grad():
+        with fake_mode, log, torch.no_grad(), autocast(amp):
             log.set_phase("forward")
             out = model(*inputs)
         del out
@@ -424,7 +641,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     loss_fn = _loss_fn(loss)
     for p in params:
         p.grad = None
-    log = StorageLog(names)
+    log = StorageLog(names, run)
     alive: list[Any] = []   # the step's output and loss, and the optimizers: alive to the end
     try:
         log.seed(tensors, "parameters")
@@ -432,10 +649,11 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         log.seed(targets, "inputs")
         start = log.cut()
         with fake_mode, log:
-            log.set_phase("forward")
-            alive.append(out := model(*inputs))
-            log.set_phase(f"loss ({loss_fn.__name__})")
-            alive.append(loss_value := _total_loss(loss_fn, outputs(out), targets))
+            with autocast(amp):
+                log.set_phase("forward")
+                alive.append(out := model(*inputs))
+                log.set_phase(f"loss ({loss_fn.__name__})")
+                alive.append(loss_value := _total_loss(loss_fn, outputs(out), targets))
             saved = log.saved_by_module()
             log.set_phase("backward")
             loss_value.backward()
@@ -444,14 +662,15 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         log.mark(grads, "gradients")
         forward_backward = log.cut()
         for name in optimizers:
-            step, created, opt = _optimizer_step(log, name, params)
+            init, step, created, opt = _optimizer_step(log, name, params)
             alive.append(opt)
-            first_step[name] = log.peak([start, forward_backward, step], start=len(start))
+            first = [*start, *init]
+            first_step[name] = log.peak([first, forward_backward, step], start=len(first))
             update = [e for e in step if e.serial not in created]
             old_grads, zero_grad = log.alive_before(grads, "gradients", "zero_grad")
             old_state = [log.synthetic(e.nbytes, "optimizer_state", "start")[0]
                          for e in step if e.serial in created and e.new]
-            before = [*start, *old_grads, *old_state]
+            before = [*start, *init, *old_grads, *old_state]
             training[name] = log.peak([before, zero_grad, forward_backward, update],
                                       start=len(before))
     finally:
@@ -463,18 +682,29 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
 
 
 def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parameter]
-                    ) -> tuple[list[_Event], set[int], torch.optim.Optimizer]:
-    """The first ``step`` of optimizer ``name`` over meta twins of ``params`` (gradients set):
-    its events, the serials of the state it created, and the optimizer (keep it alive while the
-    log is read)."""
+                    ) -> tuple[list[_Event], list[_Event], set[int], torch.optim.Optimizer]:
+    """The optimizer ``name`` made over meta twins of ``params`` (gradients set), then its first
+    ``step``: the events of each (the state a constructor makes, Adagrad's), the serials of the
+    state the step created, and the optimizer (keep it alive while the log is read)."""
     twins = _meta_twins(params)
-    opt = OPTIMIZERS[name].make(twins)
+    with log:
+        log.set_phase("start")
+        opt = OPTIMIZERS[name].make(twins)
+    log.mark(_state_tensors(opt), "optimizer_state")
+    init = log.cut()
     with log:
         log.set_phase(f"optimizer step ({name})")
         opt.step()
     state = list(_state_tensors(opt))
     log.mark(state, "optimizer_state")
-    return log.cut(), log.serials(state), opt
+    return init, log.cut(), log.serials(state) - {e.serial for e in init}, opt
+
+
+def autocast(amp: str | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on the CPU to ``amp``, as the runner's; nothing without mixed precision."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=getattr(torch, amp))
 
 
 def _meta_twins(params: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:

@@ -45,8 +45,9 @@ from torch import nn
 from .dtypes import ITEMSIZE, MODEL_DTYPES
 from .errors import ModelsizeError
 from .memory_model import LOSSES
-from .module_memory import OPTIMIZERS, make_target, outputs, predict_memory
+from .module_memory import OPTIMIZERS, autocast, make_target, outputs, predict_memory
 from .module_trace import Trace, trace
+from .runner import AMP_DTYPES
 
 ROOT = "(root)"     # the name rows give the root module
 InputShape = Union[Sequence[int], Sequence[Sequence[int]]]
@@ -85,7 +86,7 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
 def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: InputShape, *,
             batch: int = 1, depth: int | None = None, input_dtype: str | Sequence[str] = "float",
             dtype: str = "float32", loss: str = "cross_entropy", name: str | None = None,
-            optimizers: Sequence[str] = ("sgd", "adam")) -> dict[str, Any]:
+            optimizers: Sequence[str] = ("sgd", "adam"), amp: str | None = None) -> dict[str, Any]:
     """Everything modelsize can say about a torch module, as a result dict (see the module doc).
 
     ``model`` is a module (left untouched), a factory of no arguments (called under the meta
@@ -95,10 +96,13 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     ``"int64"`` (token ids) or a floating dtype name, or one of those per input. ``dtype`` is the
     dtype the floating parameters and buffers are counted and run in (as ``module.to(dtype)``).
     The loss is computed on the output; for a tuple output, on each of its tensors (summed).
+    ``amp``: mixed precision as the runner measures it, float32 weights and the forward pass and
+    loss under ``torch.autocast("cpu", dtype=amp)`` ("bfloat16" or "float16"); ``mse`` targets
+    stay float32.
     """
     shapes = _input_shapes(input_shape)
     in_dtypes = _input_dtypes(input_dtype, len(shapes), dtype)
-    _check(batch, depth, dtype, loss, optimizers)
+    _check(batch, depth, dtype, loss, optimizers, amp)
     target_dtype = getattr(torch, dtype)
 
     if isinstance(model, str):
@@ -124,9 +128,22 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     names = {id(m): n for n, m in meta.named_modules()}
     tree = _tree(meta)
     meta.eval()
-    meta_inputs = [torch.empty((batch, *s), dtype=d, device="meta")
-                   for s, d in zip(shapes, in_dtypes)]
-    traced = _run(lambda: trace(meta, meta_inputs, names), "the forward pass on the meta device")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        fake = _twin(meta, _to_fake)
+        fake_inputs = [torch.empty((batch, *s), dtype=d, device="cpu")
+                       for s, d in zip(shapes, in_dtypes)]
+    fake_names = {id(m): n for n, m in fake.named_modules()}
+    if amp is None:
+        meta_inputs = [torch.empty((batch, *s), dtype=d, device="meta")
+                       for s, d in zip(shapes, in_dtypes)]
+        traced = _run(lambda: trace(meta, meta_inputs, names), "the forward pass on the meta device")
+    else:   # autocast acts on CPU tensors only: the outputs' dtypes need the fake CPU ones
+        def autocast_trace() -> Trace:
+            with fake_mode, autocast(amp):
+                return trace(fake, fake_inputs, fake_names)
+        traced = _run(autocast_trace, "the forward pass under autocast on fake tensors")
     try:
         outs = outputs(traced.output)
     except TypeError as err:
@@ -135,18 +152,11 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
                                  expected="a module returning a tensor (or a tuple, list or dict of "
                                           "tensors), or optimizers=() for no training step") from None
         outs = []
-
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with fake_mode:
-        fake = _twin(meta, _to_fake)
-    fake_names = {id(m): n for n, m in fake.named_modules()}
-    with fake_mode:
-        fake_inputs = [torch.empty((batch, *s), dtype=d, device="cpu")
-                       for s, d in zip(shapes, in_dtypes)]
-        targets = [make_target(loss, o.shape, o.dtype) for o in outs] if optimizers else []
+    with fake_mode:   # mse targets are data, float32 under mixed precision (as the runner's)
+        targets = [make_target(loss, o.shape, target_dtype if amp else o.dtype) for o in outs] \
+            if optimizers else []
     memory = _run(lambda: predict_memory(fake, fake_inputs, targets, loss=loss, fake_mode=fake_mode,
-                                         names=fake_names, optimizers=optimizers),
+                                         names=fake_names, optimizers=optimizers, amp=amp),
                   "replaying inference and training on fake tensors")
 
     rows = _rows(tree, traced, memory.saved_bytes, depth, batch)
@@ -162,7 +172,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         peaks[f"train_first_step_{opt}"] = peak.as_dict()
     return {
         "model": name, "source": "torch", "batch": batch, "dtype": dtype, "loss": loss,
-        "device_kind": "cpu", "depth": depth,
+        "device_kind": "cpu", "amp": amp, "depth": depth,
         "input_shape": [[None, *s] for s in shapes] if len(shapes) > 1 else [None, *shapes[0]],
         "input_dtype": [str(d).removeprefix("torch.") for d in in_dtypes],
         "output_shape": [_batchless(tuple(o.shape), batch) for o in outs],
@@ -203,7 +213,8 @@ def _input_dtypes(input_dtype: str | Sequence[str], count: int, dtype: str) -> l
     return [getattr(torch, dtype if n == "float" else n) for n in names]
 
 
-def _check(batch: int, depth: int | None, dtype: str, loss: str, optimizers: Sequence[str]) -> None:
+def _check(batch: int, depth: int | None, dtype: str, loss: str, optimizers: Sequence[str],
+           amp: str | None) -> None:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise ModelsizeError("must be a positive integer", field="batch", received=repr(batch))
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
@@ -219,6 +230,12 @@ def _check(batch: int, depth: int | None, dtype: str, loss: str, optimizers: Seq
     if unknown:
         raise ModelsizeError("unknown optimizer", field="optimizers",
                              expected=" or ".join(OPTIMIZERS), received=repr(unknown[0]))
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ModelsizeError("unknown mixed-precision dtype", field="amp",
+                             expected=" or ".join(map(repr, AMP_DTYPES)), received=repr(amp))
+    if amp is not None and dtype != "float32":
+        raise ModelsizeError("mixed precision keeps float32 master weights", field="dtype",
+                             expected="'float32' with amp", received=repr(dtype))
 
 
 def _run(fn: Callable[[], Any], what: str) -> Any:
