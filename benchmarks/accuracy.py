@@ -69,10 +69,8 @@ def _figure(predicted: int, measured: int, torch_path: int | None) -> dict:
 
 def torch_path_prediction(spec, case: Case) -> dict:
     """The same model predicted the other way: built in torch, then summarized as a torch module
-    (replayed on fake tensors), as a user arriving with an nn.Module would get it. The torch-module
-    path has no autocast option: empty for autocast cases."""
-    if case.amp:
-        return {}
+    (replayed on fake tensors, under autocast for autocast cases), as a user arriving with an
+    nn.Module would get it."""
     import profiler
     from profiler.build import build
 
@@ -80,7 +78,8 @@ def torch_path_prediction(spec, case: Case) -> dict:
     shapes = [i.shape for i in spec.inputs]
     dtypes = [i.dtype for i in spec.inputs]
     result = profiler.summary(module, shapes if len(shapes) > 1 else shapes[0], batch=case.batch,
-                              input_dtype=dtypes if len(dtypes) > 1 else dtypes[0], dtype=case.dtype)
+                              input_dtype=dtypes if len(dtypes) > 1 else dtypes[0], dtype=case.dtype,
+                              amp=case.amp)
     return result["predicted"]
 
 
