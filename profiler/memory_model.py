@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 
 from .dtypes import itemsize
 from .optimizers import get as optimizer_model
-from .registry import Saved
+from .registry import Memory, Saved
 
 #: What each byte of a peak is: "temporaries" are tensors an op or the optimizer makes and drops
 #: (the loss's gradients, optimizer scratch), "workspace" is what kernels allocate inside (rules'
@@ -73,6 +73,10 @@ class Op:
     holds_only: bool = False           # no computation: the caller's frame holds ``inputs`` until here
     scratch: tuple[Saved, ...] = ()            # forward temporaries, freed before the op returns
     backward_scratch: tuple[Saved, ...] = ()   # backward temporaries, likewise
+    # in training, forward temporaries made beside the tensors the op saves (None: ``scratch``,
+    # made before them); backward temporaries added only when an input needs a gradient
+    training_scratch: tuple[Saved, ...] | None = None
+    input_grad_scratch: tuple[Saved, ...] = ()
     weights: str = ""                  # whose parameters the op uses (the layer's first call)
     shared_call: bool = False          # a later call of a shared layer: its weights are counted already
     # -- mixed precision, kernels, checkpointing ---------------------------------------------
@@ -82,6 +86,16 @@ class Op:
     frozen_tensors: tuple[int, ...] = ()  # bytes of each non-trainable weight a "lower" op casts per call
     matmul: tuple[int, int, int] = ()  # (rows, in_features, out_features) of a linear layer's matmul
     checkpoint: str = ""               # the checkpointed call the op belongs to ("" when none)
+
+
+@dataclass(frozen=True)
+class KernelMemory(Memory):
+    """A rule's ``Memory`` with two things ``registry.Memory`` has no field for: the forward
+    temporaries of training when they differ from inference's (a recurrent layer keeps every
+    step's buffers there, and its matmuls' workspace comes beside them), and backward temporaries
+    that only an input's gradient needs (the matmul that makes it)."""
+    training_scratch: tuple[Saved, ...] | None = None   # made beside the saved tensors
+    input_grad_scratch: tuple[Saved, ...] = ()          # added when an input needs a gradient
 
 
 @dataclass(frozen=True)
@@ -453,21 +467,34 @@ class _Forward:
         if not prefix:
             self.requires_grad[op.output] = records
         self.hold(key, f"{prefix}graph:{op.output}")
-        scratch = [self.size(s, compute) for s in op.scratch]
+        beside_saved = records and op.training_scratch is not None
+        scratch = [] if beside_saved else [self.size(s, compute) for s in op.scratch]
         if op.matmul and self.s.gemm_scratch is not None and compute == "bfloat16":
             scratch = [n for n in (*scratch, self.s.gemm_scratch("forward", *op.matmul)) if n]
-        for i, nbytes in enumerate(scratch):
-            self.t.alloc(f"{prefix}{op.output}.scratch{i}", nbytes, "workspace", compute)
-        for i in range(len(scratch)):
-            self.t.free(f"{prefix}{op.output}.scratch{i}")
+        self._workspace(f"{prefix}{op.output}.scratch", scratch, compute)
+        later = [self.size(s, compute) for s in op.training_scratch] if beside_saved else []
         if records and not saving:   # inside a checkpointed call: what the op makes to save dies now
-            for i, saved in enumerate(op.saved):
-                if saved.of == "new":
-                    self.t.alloc(f"{op.output}.unsaved{i}", self.size(saved, compute), "temporaries",
-                                 self._dtype_of(saved, compute))
-                    self.t.free(f"{op.output}.unsaved{i}")
+            unsaved = [(f"{op.output}.unsaved{i}", saved) for i, saved in enumerate(op.saved) if saved.of == "new"]
+            for key, saved in unsaved:
+                self.t.alloc(key, self.size(saved, compute), "temporaries", self._dtype_of(saved, compute))
+                if not beside_saved:
+                    self.t.free(key)
+            if beside_saved:
+                self._workspace(f"{prefix}{op.output}.training_scratch", later, compute)
+                for key, _ in unsaved:
+                    self.t.free(key)
         self._save(k, op, effective, records and saving, weight_saved, prefix, outputs=True)
+        if beside_saved and saving:
+            self._workspace(f"{prefix}{op.output}.training_scratch", later, compute)
         self.release_all(call)
+
+    def _workspace(self, key: str, sizes: list[int], dtype: str) -> None:
+        """Temporaries alive together, then gone."""
+        sizes = [n for n in sizes if n]
+        for i, nbytes in enumerate(sizes):
+            self.t.alloc(f"{key}{i}", nbytes, "workspace", dtype)
+        for i in range(len(sizes)):
+            self.t.free(f"{key}{i}")
 
     def _save(self, k: int, op: Op, effective: list[str], saving: bool, weight_saved: bool,
               prefix: str, *, outputs: bool) -> None:
@@ -720,6 +747,9 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
             m, n_in, n_out = op.matmul
             _scratch(t, f"grad_weight_scratch:{k}", s.gemm_scratch("grad_weight", n_out, m, n_in), compute)
     scratch = [forward.size(x, compute) for x in op.backward_scratch]
+    if any(forward.requires_grad[v] for v in op.inputs):
+        scratch += [forward.size(x, compute) for x in op.input_grad_scratch]
+    scratch = [n for n in scratch if n]
     for i, nbytes in enumerate(scratch):
         t.alloc(f"backward_scratch:{k}:{i}", nbytes, "workspace", compute)
     for i in range(len(scratch)):
@@ -765,22 +795,23 @@ def _alloc_optimizer_state(t: Timeline, optimizer: str, tensors: list[int], dtyp
 
 # -- kernel scratch ----------------------------------------------------------------------------
 
-def onednn_bf16_gemm_scratch(kind: str, m: int, k: int, n: int, *, threads: int = 2) -> int:
+def onednn_bf16_gemm_scratch(kind: str, m: int, k: int, n: int, *, threads: int = 2, batch: int = 1) -> int:
     """Scratchpad oneDNN's bfloat16 matmul allocates per call on the CPU (torch 2.13, oneDNN 3.12,
-    brgemm kernels for AVX-512 with bfloat16): (m × k)·(k × n).
+    brgemm kernels for AVX-512 with bfloat16): (m × k)·(k × n), ``batch`` times for ``bmm``.
 
-    PyTorch hands bfloat16 ``addmm``/``mm`` to oneDNN when m·k·n > 16³ (``mkldnn_gemm_min_size``)
-    and gives the primitive a scratchpad from the CPU allocator. Per thread it holds B packed in
-    64-column panels (``64 × K_blk`` bf16), a float32 accumulator for the thread's rows
-    (``M_chunk × min(n, 64)``) and, when A is transposed (the weight gradient gᵀ·x), A copied
-    row-major (``M_chunk × LDA`` bf16); plus a fixed part (``384 + 640 × threads`` bytes, or 128
-    more with the A copy). ``kind``: "forward" (x·Wᵀ) and "grad_input" (g·W) pack B; "grad_weight"
-    (gᵀ·x) copies A too. The blocking (K_blk, M_chunk) is oneDNN's heuristic, fitted here to
-    measurements on a 2-thread AVX-512 BF16 machine: exact there for m ≤ 32 in the forward and
-    input-gradient matmuls and for k ≤ 32 in the weight gradient; an estimate beyond (within 6%
-    of the forward's and 16% of the input gradient's for a 49,284-row Dense).
+    PyTorch hands bfloat16 ``addmm``/``mm``/``bmm`` to oneDNN when batch·m·k·n > 16³
+    (``mkldnn_gemm_min_size``) and gives the primitive a scratchpad from the CPU allocator. Per
+    thread it holds B packed in 64-column panels (``64 × K_blk`` bf16), a float32 accumulator for
+    the thread's rows (``M_chunk × min(n, 64)``; the whole row width when A is transposed and K
+    takes several blocks) and, when A is transposed (the weight gradient gᵀ·x), A copied row-major
+    (``M_chunk × LDA`` bf16); plus a fixed part (``384 + 640 × threads`` bytes, or 128 more with
+    the A copy). ``kind``: "forward" (x·Wᵀ) and "grad_input" (g·W) pack B; "grad_weight" (gᵀ·x)
+    copies A too. The blocking (K_blk, M_chunk) is oneDNN's heuristic, fitted here to
+    measurements on a 2-thread AVX-512 BF16 machine (``_rows_per_thread``): exact there on a grid
+    of m ≤ 1,024, k ≤ 2,048, n ≤ 1,000 save a few shapes with m just above 32; an estimate beyond
+    (within 6% of the forward's and 16% of the input gradient's for a 49,284-row Dense).
     """
-    if m * k * n <= 16 ** 3:
+    if batch * m * k * n <= 16 ** 3:
         return 0
     fixed = 384 + 640 * threads
     n_blk = min(n, 64)
@@ -789,24 +820,26 @@ def onednn_bf16_gemm_scratch(kind: str, m: int, k: int, n: int, *, threads: int 
         k_blk = _round_up(k, 32) if k <= 512 else 512
         lda = k_blk + (32 if k_blk >= 512 and k_blk & (k_blk - 1) == 0 else 0)
         chunk = m
-        if m >= 32:
+        if m >= 32 and batch == 1:   # (a batched product splits its work by matrix)
             chunk = ceil(m / 2)
             while chunk > 256:
                 chunk = ceil(chunk / 2)
-        return fixed + 128 + threads * (64 * k_blk * 2 + chunk * (4 * n_blk + 2 * lda))
+        width = _round_up(n, 64) if k > k_blk and m >= 32 else n_blk   # K in blocks: whole rows accumulate
+        return fixed + 128 + threads * (64 * k_blk * 2 + chunk * (4 * width + 2 * lda))
     k_blk = min(_round_up(k, 32), 1024 if k >= 2048 and m >= 2 else 512)
-    if m < 32:
-        chunk = m
-    elif m == 32:
-        chunk = 16 if n_blocks == 1 else 32
-    elif n_blocks == 1:
-        chunk = ceil(m / threads)
-    elif n_blocks <= 4:
-        chunk = m
-    else:
-        chunk = max(32, _round_up(ceil(m / threads), 16))
-    chunk = min(chunk, 256)   # large m: blocks of at most 256 rows (218 measured for m = 49,284)
+    chunk = _rows_per_thread(m, n_blocks, batch, threads)
     return fixed + threads * (64 * k_blk * 2 + chunk * n_blk * 4)
+
+
+def _rows_per_thread(m: int, n_blocks: int, batch: int, threads: int) -> int:
+    """oneDNN's M_chunk for a product that packs B: m in blocks of at most 256 rows, split further
+    until the blocks (× the 64-column panels × the batch) share evenly among the threads; at least
+    16 rows (32 with several panels), at most m. Fitted on 2 threads (m = 33 with 7 or more panels
+    keeps 33 rows where this gives 32)."""
+    chunks = ceil(m / 256)
+    while (batch * chunks * n_blocks) % threads and chunks < m:
+        chunks += 1
+    return min(m, max(ceil(m / chunks), 16 if n_blocks == 1 else 32))
 
 
 def _round_up(x: int, to: int) -> int:

@@ -15,7 +15,7 @@ from .args import LayerArgs
 from .dtypes import check_model_dtype, itemsize
 from .optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
 from .errors import ModelsizeError, ShapeError, SpecError
-from .memory_model import (LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward,
+from .memory_model import (LOSSES, KernelMemory, Op, Peak, Setting, inference_peak, kept_for_backward,
                            onednn_bf16_gemm_scratch, training_peak, value_dtypes)
 from .registry import Memory, Params, Rule, Shape, rule_for
 from .spec import LayerSpec, ModelSpec, Node
@@ -453,12 +453,14 @@ class _Plan:
         # a Dense is one matmul of (rows × inputs)·(inputs × units): kernels' scratch depends on it
         matmul = (in_elements[0] // t.input_shapes[0][-1], t.input_shapes[0][-1], t.output_shape[-1]) \
             if t.layer.type == "Dense" else ()
+        kernels = memory if isinstance(memory, KernelMemory) else KernelMemory()
         main = Op(name=t.name, layer=t.name, inputs=inputs, output=main_output, in_elements=in_elements,
                   out_elements=y, out_is_view=memory.output_is_view, identity_in_eval=memory.identity_in_eval,
                   saved=memory.saved, param_bytes=params.trainable * act,
                   param_tensors=tuple(n * act for n in tensors), grad_passthrough=memory.grad_passthrough,
                   weights=owner, shared_call=not t.first_call, scratch=memory.scratch,
                   backward_scratch=memory.backward_scratch, autocast=autocast,
+                  training_scratch=kernels.training_scratch, input_grad_scratch=kernels.input_grad_scratch,
                   saves_weight=AUTOCAST_LOWER.get(t.layer.type, ""), matmul=matmul)
         if activation == "linear":
             return [main]

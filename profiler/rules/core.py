@@ -4,7 +4,9 @@ from __future__ import annotations
 from math import prod
 
 from ..args import Arg, boolean, choice, positive_int, rate, shape
+from ..dtypes import itemsize
 from ..errors import ShapeError
+from ..memory_model import onednn_bf16_gemm_scratch
 from ..registry import Context, Memory, Params, Rule, Saved, register
 from ..shapes import shape_text
 
@@ -20,6 +22,26 @@ activation_arg = Arg("activation", choice(*ACTIVATION_NAMES), "linear")
 
 def activation_memory(name: str) -> tuple[Saved, ...]:
     return tuple(Saved(of, what=f"{name} {of}") for of in ACTIVATION_SAVES[name])
+
+
+def gemm_workspace(ctx: Context, kind: str, m: int, k: int, n: int, *, batch: int = 1, lowered: bool = True) -> int:
+    """Bytes oneDNN's scratchpad takes for one of a layer's matmuls (``kind``, m, k, n as in
+    ``memory_model.onednn_bf16_gemm_scratch``): bfloat16 matmuls on the CPU only. ``lowered``:
+    the matmul is one autocast lowers (it computes in autocast's dtype)."""
+    if ctx.device_kind != "cpu" or ctx.compute_dtype(lowered) != "bfloat16":
+        return 0
+    return onednn_bf16_gemm_scratch(kind, m, k, n, threads=ctx.threads, batch=batch)
+
+
+def workspace(nbytes: int, what: str, dtype: str = "bfloat16") -> tuple[Saved, ...]:
+    """Scratch of ``nbytes`` for the whole batch (none when not positive), in ``dtype``'s items
+    where they divide it."""
+    if nbytes <= 0:
+        return ()
+    size = itemsize(dtype)
+    if nbytes % size:
+        dtype, size = "uint8", 1
+    return (Saved("new", elements=nbytes // size, dtype=dtype, what=what, per_sample=False),)
 
 
 @register

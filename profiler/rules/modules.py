@@ -724,6 +724,7 @@ class KerasRecurrent(nn.Module):
                     if d_recurrent is not None:
                         d_recurrent[:, :2 * u].addmm_(h_prev.t(), dz[:, :2 * u])
                     dh.addmm_(dz[:, :2 * u], recurrent[:, :2 * u].t())
+            drn = drh = rh = None   # aliases of the step buffers: all go before the kernel's gradient
             del extra, rec_sum
         del dh
         dz2 = dz_all.view(batch * steps, -1)

@@ -23,14 +23,16 @@ recurrent part and the final interpolation, 2; SimpleRNN: none).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 from ..args import Arg, boolean, choice, nested_layer, positive_int
+from ..dtypes import itemsize
 from ..errors import ModelsizeError, ShapeError
-from ..registry import Memory, Params, Rule, Saved, register, rule_for
+from ..memory_model import KernelMemory
+from ..registry import Context, Params, Rule, Saved, register, rule_for
 from ..shapes import shape_text
-from .core import ACTIVATION_SAVES
+from .core import ACTIVATION_SAVES, gemm_workspace, workspace
 
 RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "relu")
 GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
@@ -121,36 +123,51 @@ class RecurrentRule(Rule):
             # P becomes the states in place; with return_sequences and no other place to go
             # it is the output itself (the layer's, or the direction's own), else it is copied
             if rs and where != "half":
-                return Cell(output=own, scratch=0, kept=0, keeps_output=where == "output",
+                return Cell(projection=projection, output=own, scratch=0, kept=0, keeps_output=where == "output",
                             backward=projection + u)      # dZ; dh
-            return Cell(output=own, scratch=projection, kept=projection, keeps_output=False,
+            return Cell(projection=projection, output=own, scratch=projection, kept=projection, keeps_output=False,
                         backward=projection + u)
         if self.type_name == "LSTM":
             # inference: the current cell state c; training: every step's c and the states
-            return Cell(output=own, scratch=projection + u, kept=projection + t * u + states,
+            return Cell(projection=projection, output=own, scratch=projection + u, kept=projection + t * u + states,
                         keeps_output=rs and where != "own",
                         backward=projection + 3 * u)      # dZ; dh, dc, act(c)
         if a.reset_after:
             # h·U_h + b_h: the current step's in inference, every step's in training (r scales it)
             fixed = u if a.use_bias else 0       # one step's bias-gradient sum
-            return Cell(output=own, scratch=projection + u, kept=projection + t * u + states,
+            return Cell(projection=projection, output=own, scratch=projection + u, kept=projection + t * u + states,
                         keeps_output=rs and where != "own",
                         backward=projection + 3 * u, backward_fixed=fixed)   # dZ; dh and 2 more
         # r·h for the candidate's product: in inference without return_sequences a buffer of its
         # own, otherwise written where the step's state goes next
-        return Cell(output=own, scratch=projection + (0 if rs else u), kept=projection + states,
+        return Cell(projection=projection, output=own, scratch=projection + (0 if rs else u), kept=projection + states,
                     keeps_output=rs and where != "own",
                     backward=projection + 3 * u)          # dZ; dh, d(r·h), r·h
 
+    def matmuls(self, a, steps: int, features: int, batch: int) -> "Matmuls":
+        """The matrix products of one direction, as ``modules.KerasRecurrent`` runs them: the
+        recurrent kernel's column groups (LSTM all four gates, GRU z·r and then h) one by one,
+        from the second step on."""
+        g, u, b = self.gates, a.units, batch
+        widths = {"SimpleRNN": (u,), "LSTM": (4 * u,), "GRU": (2 * u, u)}[self.type_name]
+        later = steps > 1
+        return Matmuls(projection=("forward", b * steps, features, g * u),
+                       step=tuple(("forward", b, u, n) for n in widths) if later else (),
+                       backward_step=tuple(p for n in widths for p in (("grad_weight", u, b, n), ("forward", b, n, u)))
+                       if later else (),
+                       kernel_grad=("grad_weight", features, b * steps, g * u),
+                       input_grad=("forward", b * steps, g * u, features))
+
     def memory(self, a, x, y, ctx):
-        steps, _ = _sequence(self.type_name, x)
+        steps, features = _sequence(self.type_name, x)
         cell = self.cell(a, steps)
         saved = [Saved("input", what="input (input projection)")]
         if cell.keeps_output:
             saved.append(Saved("output", what="every step's state"))
         if cell.kept:
             saved.append(Saved("new", elements=cell.kept, what="gate activations and states of every step"))
-        return Memory(saved=tuple(saved), **cell.temporaries())
+        return KernelMemory(saved=tuple(saved),
+                            **cell.temporaries(self.matmuls(a, steps, features, ctx.batch), ctx))
 
     def module(self, a, x, *, backward: bool = False):
         from .modules import KerasRecurrent
@@ -169,9 +186,21 @@ for _name in GATES:
 
 
 @dataclass(frozen=True)
+class Matmuls:
+    """One direction's matrix products, each (kind, m, k, n) as ``onednn_bf16_gemm_scratch``
+    takes them: bfloat16 ones on the CPU bring oneDNN's scratchpad."""
+    projection: tuple[str, int, int, int]                  # P = x·W + b, every step at once
+    step: tuple[tuple[str, int, int, int], ...]            # each step's h·U (from the second step)
+    backward_step: tuple[tuple[str, int, int, int], ...]   # each step's hᵀ·dz and dz·Uᵀ in backward
+    kernel_grad: tuple[str, int, int, int]                 # xᵀ·dZ
+    input_grad: tuple[str, int, int, int]                  # dZ·Wᵀ, when the input wants a gradient
+
+
+@dataclass(frozen=True)
 class Cell:
     """Elements one recurrent direction allocates per sample (``backward_fixed``: per batch).
 
+    ``projection``: P, (steps, gates·units);
     ``output``: its own output buffer, when its states do not go into the layer's output;
     ``scratch``: inference temporaries, freed when it returns (the projection P, a state buffer);
     ``kept``: tensors training keeps for backward besides the input and the layer's output (P
@@ -183,6 +212,7 @@ class Cell:
     the memory model allocates ``scratch`` and frees it before allocating ``kept``, which is
     never smaller, so its peak is the real one.
     """
+    projection: int
     output: int
     scratch: int
     kept: int
@@ -190,14 +220,43 @@ class Cell:
     backward: int
     backward_fixed: int = 0
 
-    def temporaries(self, extra_scratch: int = 0, extra_backward: int = 0) -> dict:
+    def temporaries(self, matmuls: Matmuls, ctx: Context, extra_scratch: int = 0, extra_backward: int = 0) -> dict:
+        """KernelMemory's temporaries: the tensors above, and the matmuls' workspace beside them."""
         scratch = self.scratch + extra_scratch
         backward = [Saved("new", elements=self.backward + extra_backward, what="dZ and step gradients")]
         if self.backward_fixed:
             backward.append(Saved("new", elements=self.backward_fixed, per_sample=False,
                                   what="one step's bias-gradient sum"))
-        return {"scratch": (Saved("new", elements=scratch, what="projection and step buffers"),) if scratch else (),
-                "backward_scratch": tuple(backward)}
+        inference, training, after, input_grad = self.workspace(matmuls, ctx)
+        dtype, what = ctx.compute_dtype(True), "matmul workspace"
+        return {"scratch": ((Saved("new", elements=scratch, what="projection and step buffers"),) if scratch else ())
+                + workspace(inference, what, dtype),
+                "training_scratch": workspace(training, what, dtype),
+                "backward_scratch": tuple(backward) + workspace(after, what, dtype),
+                "input_grad_scratch": workspace(input_grad, what, dtype)}
+
+    def workspace(self, matmuls: Matmuls, ctx: Context) -> tuple[int, int, int, int]:
+        """Bytes the matmuls' workspace adds at their worst moment (inference, training forward,
+        backward, and the input gradient's beyond that), from the order of
+        ``modules.KerasRecurrent``: the projection's comes with P alone (the step buffers come
+        after it), the steps' once the step buffers exist; in backward the steps' with dZ and the
+        step buffers, the kernel's and the input's gradients with dZ alone."""
+        act = itemsize(ctx.compute_dtype(True))
+
+        def gemm(product: tuple[str, int, int, int]) -> int:
+            return gemm_workspace(ctx, *product)
+
+        def after_projection(elements: int) -> int:
+            return max(elements - self.projection, 0) * ctx.batch * act
+
+        projection = gemm(matmuls.projection)
+        step = max(map(gemm, matmuls.step), default=0)
+        inference = max(projection - after_projection(self.scratch), step, 0)
+        training = max(projection - after_projection(self.kept), step, 0)
+        buffers = after_projection(self.backward) + self.backward_fixed * act
+        backward = max(max(map(gemm, matmuls.backward_step), default=0), gemm(matmuls.kernel_grad) - buffers, 0)
+        input_grad = max(gemm(matmuls.input_grad) - buffers - backward, 0)
+        return inference, training, backward, input_grad
 
 
 @register
@@ -252,8 +311,9 @@ class Bidirectional(Rule):
         # the directions run one after the other: one direction's temporaries at a time
         merged = prod(y)
         grad_merge = {"ave": merged, "mul": 2 * merged}.get(a.merge_mode, 0)   # (g/2; g·b and g·a)
-        one = cell.temporaries(extra_scratch=2 * cell.output, extra_backward=grad_merge)
-        return Memory(saved=tuple(saved), **one)
+        matmuls = inner.matmuls(args, steps, x[1], ctx.batch)
+        one = cell.temporaries(matmuls, ctx, extra_scratch=2 * cell.output, extra_backward=grad_merge)
+        return KernelMemory(saved=tuple(saved), **one)
 
     def build(self, a, x, ctx):
         from .modules import Bidirectional as BidirectionalModule
@@ -299,9 +359,11 @@ class TimeDistributed(Rule):
 
     def memory(self, a, x, y, ctx):
         rule, args, step = self._inner(a, x)
-        inner = rule.memory(args, step, y[1:], ctx)
+        # the wrapped layer sees steps × batch samples: its kernels run on that batch
+        inner = rule.memory(args, step, y[1:], replace(ctx, batch=ctx.batch * x[0]))
+        kernels = inner if isinstance(inner, KernelMemory) else KernelMemory()
 
-        def steps(entries):   # the wrapped layer sees steps × batch samples
+        def steps(entries):
             return tuple(Saved(s.of, s.elements * (x[0] if s.per_sample else 1), s.dtype, s.what, s.per_sample)
                          for s in entries)
 
@@ -312,8 +374,11 @@ class TimeDistributed(Rule):
             for of in ACTIVATION_SAVES.get(act, ()):
                 saved.append(Saved("output", what=f"{act} output") if of == "output"
                              else Saved("new", elements=prod(y), what=f"{act} input"))
-        return Memory(output_is_view=inner.output_is_view, identity_in_eval=inner.identity_in_eval,
-                      saved=tuple(saved), scratch=steps(inner.scratch), backward_scratch=steps(inner.backward_scratch))
+        training = None if kernels.training_scratch is None else steps(kernels.training_scratch)
+        return KernelMemory(output_is_view=inner.output_is_view, identity_in_eval=inner.identity_in_eval,
+                            saved=tuple(saved), scratch=steps(inner.scratch),
+                            backward_scratch=steps(inner.backward_scratch), training_scratch=training,
+                            input_grad_scratch=steps(kernels.input_grad_scratch))
 
     def build(self, a, x, ctx):
         from .modules import TimeDistributed as TimeDistributedModule
