@@ -15,16 +15,22 @@ methods replace it:
 
 Both see the backward pass: autograd runs CPU backward operators on the calling thread with the
 caller's profiler and dispatch-mode state.
+
+A caller that wants to know *what* was alive at the allocator's peak, not only how much, opens a
+:func:`capture` around a call that reaches :func:`allocator_peak` (a device's ``peak``): the
+profile's event tree, allocations with their addresses and the operators around them, is filed
+with it (``profiler.peak_breakdown`` reads it).
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import sys
 import weakref
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch.autograd import DeviceType
@@ -45,6 +51,32 @@ class AllocatorPeak:
     events: int       # allocation and free events replayed
 
 
+@dataclass
+class Capture:
+    """The profile of the next :func:`allocator_peak` run inside :func:`capture`."""
+    record_shapes: bool = False        # record operators' inputs too (which tensor a cast copies)
+    events: list[Any] = field(default_factory=list)   # the profile's event tree (its roots)
+    filed: bool = False                # whether a profiled run filed its events here
+
+
+_CAPTURE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("modelsize_capture", default=None)
+
+
+@contextlib.contextmanager
+def capture(*, record_shapes: bool = False) -> Iterator[Capture]:
+    """File the event tree of the :func:`allocator_peak` run inside the block (the last one, if several).
+
+    A device whose ``peak`` does not replay the profiler's events (CUDA reads its allocator's
+    statistics) files nothing; :func:`profiled` runs a function under the profiler for it.
+    """
+    taken = Capture(record_shapes=record_shapes)
+    token = _CAPTURE.set(taken)
+    try:
+        yield taken
+    finally:
+        _CAPTURE.reset(token)
+
+
 def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
     """Run ``fn`` once under the profiler and replay the CPU allocator's events in time order.
 
@@ -58,8 +90,7 @@ def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
     unprofiled warm-up step and freed by ``zero_grad(set_to_none=True)`` would otherwise never be
     subtracted, and the peak would be too high by its size.
     """
-    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    prof = profiled(fn)
     events = [e for e in _raw_events(prof)
               if e.name() == MEMORY_EVENT and e.device_type() == DeviceType.CPU]
     events.sort(key=lambda e: e.start_ns())   # stable: same-time events keep recorded order
@@ -68,6 +99,19 @@ def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
         current += event.nbytes()
         peak = max(peak, current)
     return AllocatorPeak(peak_bytes=peak, net_bytes=current, events=len(events))
+
+
+def profiled(fn: Callable[[], object]) -> profile:
+    """Run ``fn`` once under the profiler, memory events on; file the event tree if capturing."""
+    taken = _CAPTURE.get()
+    shapes = taken is not None and taken.record_shapes
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                            record_shapes=shapes) as prof:
+        fn()
+    if taken is not None:
+        taken.events = _event_tree(prof)
+        taken.filed = True
+    return prof
 
 
 @contextlib.contextmanager
@@ -97,6 +141,16 @@ def _raw_events(prof: profile) -> list[Any]:
     except AttributeError as err:   # the private layout moved in another torch version
         raise RuntimeError(f"torch {torch.__version__}: the profiler's raw events are not where "
                            "profiler.memory_trace expects them (prof.profiler.kineto_results)"
+                           ) from err
+
+
+def _event_tree(prof: profile) -> list[Any]:
+    """The roots of the profile's event tree (operators, ranges, allocations, nested by thread)."""
+    try:
+        return list(prof.profiler.kineto_results.experimental_event_tree())
+    except AttributeError as err:   # the private layout moved in another torch version
+        raise RuntimeError(f"torch {torch.__version__}: the profiler's event tree is not where "
+                           "profiler.memory_trace expects it (kineto_results.experimental_event_tree)"
                            ) from err
 
 

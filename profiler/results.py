@@ -24,6 +24,28 @@ def relative_errors(predicted: dict[str, Any], measured: dict[str, Any]) -> dict
     return errors
 
 
+def breakdown_comparison(peaks: dict[str, Any], measured: dict[str, dict[str, int]]
+                         ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Peak → category → predicted and measured bytes side by side, with the relative error
+    (predicted − measured) / measured (None where nothing was measured in that category).
+
+    ``peaks`` is a prediction's ``peaks`` (each with its ``breakdown``); ``measured`` the
+    measurement's ``breakdown``. Only peaks both sides have.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, peak in peaks.items():
+        real = measured.get(name)
+        if real is None:
+            continue
+        predicted = peak["breakdown"]
+        out[name] = {}
+        for category in [*predicted, *(c for c in real if c not in predicted)]:
+            p, m = predicted.get(category, 0), real.get(category, 0)
+            out[name][category] = {"predicted": p, "measured": m,
+                                   "relative_error": (p - m) / m if m else None}
+    return out
+
+
 def file_name(result: dict[str, Any], now: datetime) -> str:
     options = result.get("options", {})
     parts = [now.strftime("%Y%m%dT%H%M%S%fZ"), result.get("model", "model"),

@@ -58,7 +58,8 @@ import torch.nn.functional as F
 
 from .devices import Device, DoesNotFit, PeakReading, get_device, oom_guard
 from .errors import ModelsizeError
-from .memory_trace import TensorTracker
+from .memory_trace import TensorTracker, capture, profiled
+from .peak_breakdown import Annotator, Breakdown, Known, analyse, storages
 from .optimizers import CATALOG as OPTIMIZERS
 from .timing import time_fn
 
@@ -104,6 +105,11 @@ class Measurement:
     # every optimizer measured: name -> {steady/first allocator peak, tensor peak, workspace}
     optimizer_peaks: dict[str, dict[str, int]] = field(default_factory=dict)
     amp_dtype: str | None = None          # autocast's dtype (mixed precision), None without
+    # peak ("inference", "train_<optimizer>", "train_first_step_<optimizer>") -> category -> bytes
+    # alive at the allocator peak (profiler.peak_breakdown); the categories sum to the peak
+    breakdown: dict[str, dict[str, int]] = field(default_factory=dict)
+    # peak -> module -> bytes of its activations alive at the allocator peak
+    activations_at_peak: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         """``train_peak_bytes_sgd`` and the like, from ``optimizer_peaks``."""
@@ -188,9 +194,11 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
             with torch.no_grad(), amp():
                 out = module(*x)  # noqa: F841 - alive until the call returns, as in real use
 
-        reading = _allocator_run(dev, infer, [*_model_tensors(module), *x])
+        reading, split = _allocator_run(dev, module, infer, _model_and_inputs(module, x),
+                                        partial(_model_and_inputs, module, x), casts=amp_dtype is not None)
         tracked = _tracked_run(dev, module, infer, [*_model_tensors(module), *x])
     inference = _peaks(reading, *tracked)
+    breakdowns = {"inference": split}
     if reading.reserved_bytes is not None:
         reserved.append(reading.reserved_bytes)
     so_far.update(inference_peak_bytes=inference[0], inference_tensor_peak_bytes=inference[1],
@@ -212,13 +220,17 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
             if name == "adam":
                 adam_foreach = _uses_foreach(opt, params)
             step = partial(_train_step, module, opt, x, y, loss_fn, amp=amp)
-            first = _allocator_run(dev, step, _alive(module, opt, x, y))
-            steady = _allocator_run(dev, step, _alive(module, opt, x, y))
+            alive = partial(_alive, module, opt, x, y)
+            first, breakdowns[f"train_first_step_{name}"] = _allocator_run(
+                dev, module, step, alive(), alive, casts=amp_dtype is not None)
+            steady, breakdowns[f"train_{name}"] = _allocator_run(
+                dev, module, step, alive(), alive, casts=amp_dtype is not None)
+            del alive
             # The same two steps again, from the same start, tracked (see _tracked_run).
             opt = _fresh_optimizer(name, params)
             step = partial(_train_step, module, opt, x, y, loss_fn, amp=amp)
-            first_tracked = _tracked_run(dev, module, step, _alive(module, opt, x, y))
-            steady_tracked = _tracked_run(dev, module, step, _alive(module, opt, x, y))
+            first_tracked = _tracked_run(dev, module, step, _tensors(_alive(module, opt, x, y)))
+            steady_tracked = _tracked_run(dev, module, step, _tensors(_alive(module, opt, x, y)))
         tracker = steady_tracked[1]
         reserved += [r.reserved_bytes for r in (first, steady) if r.reserved_bytes is not None]
         train[name] = {"first": _peaks(first, *first_tracked),
@@ -263,6 +275,8 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
             "train_first_step_workspace_bytes": result["first"][2], "train_baseline_bytes": result["baseline"]}
             for name, result in train.items()},
         amp_dtype=amp_dtype,
+        breakdown={peak: split.categories for peak, split in breakdowns.items()},
+        activations_at_peak={peak: split.activations for peak, split in breakdowns.items()},
     )
 
 
@@ -314,21 +328,43 @@ def _fresh_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim
     return OPTIMIZERS[name].make(params)
 
 
-def _no_phase(phase: str | None) -> None:
-    pass
+def _allocator_run(dev: Device, module: torch.nn.Module, fn: Callable[[Callable[[str | None], None]], None],
+                   alive: Iterable[tuple[str, torch.Tensor]],
+                   after: Callable[[], Iterable[tuple[str, torch.Tensor]]], *,
+                   casts: bool = False) -> tuple[PeakReading, Breakdown]:
+    """One plain call of ``fn``: the device's allocator-level peak, everything alive counted, and
+    what was alive at that peak by category (:mod:`profiler.peak_breakdown`).
 
-
-def _allocator_run(dev: Device, fn: Callable[[Callable[[str | None], None]], None],
-                   alive: Iterable[torch.Tensor]) -> PeakReading:
-    """One plain call of ``fn``: the device's allocator-level peak, everything alive counted.
-
-    ``alive`` is consumed here and no reference is kept, so the call can free what it frees in
-    real use (``zero_grad(set_to_none=True)`` frees the gradients).
+    ``alive`` gives (category, tensor) for everything alive before the call; it is consumed here
+    and no reference is kept, so the call can free what it frees in real use
+    (``zero_grad(set_to_none=True)`` frees the gradients). ``after`` lists the same afterwards.
+    The call is annotated (phases and module calls as profiler ranges, with global module hooks),
+    which changes nothing it allocates. ``casts``: record operators' inputs, to tell autocast's
+    casts of weights apart.
     """
-    baseline = storage_bytes(alive)
+    before = storages(alive)
     del alive
-    with _gc_paused():
-        return dev.peak(lambda: fn(_no_phase), baseline)
+    baseline = sum(nbytes for _, nbytes in before.values())
+
+    def annotated() -> None:
+        with Annotator(module) as notes:
+            fn(notes.mark)
+
+    # the CPU device replays the profiler's events itself; another device is profiled around its own reading
+    run = annotated if dev.torch_device.type == "cpu" else partial(profiled, annotated)
+    with capture(record_shapes=casts) as taken, _gc_paused():
+        reading = dev.peak(run, baseline)
+    weights = storages(("parameters", t) for t in _model_tensors(module))
+    known = Known(before=before, after=storages(after()), weights=frozenset(weights))
+    block = (lambda n: n) if dev.torch_device.type == "cpu" else _cuda_block
+    split = analyse(taken.events, device=dev.torch_device, known=known,
+                    baseline_bytes=reading.baseline_bytes, peak_bytes=reading.peak_bytes, block=block)
+    return reading, split
+
+
+def _cuda_block(nbytes: int) -> int:
+    """The CUDA caching allocator's block for a request: a multiple of 512 bytes, at least 512."""
+    return max(512, -(-nbytes // 512) * 512) if nbytes else 0
 
 
 def _tracked_run(dev: Device, module: torch.nn.Module,
@@ -396,19 +432,30 @@ def _model_tensors(module: torch.nn.Module) -> Iterator[torch.Tensor]:
     yield from module.buffers()
 
 
+def _model_and_inputs(module: torch.nn.Module, x: tuple[torch.Tensor, ...]
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Everything alive before inference, by category: the model, the input."""
+    yield from (("parameters", t) for t in _model_tensors(module))
+    yield from (("inputs", t) for t in x)
+
+
 def _alive(module: torch.nn.Module, opt: torch.optim.Optimizer, x: tuple[torch.Tensor, ...],
-           y: tuple[torch.Tensor, ...]) -> Iterator[torch.Tensor]:
-    """Everything alive before a training step: model, gradients, optimizer state, input, target."""
-    yield from _model_tensors(module)
+           y: tuple[torch.Tensor, ...]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Everything alive before a training step, by category: model, gradients, optimizer state,
+    input, target."""
+    yield from (("parameters", t) for t in _model_tensors(module))
     for p in module.parameters():
         if p.grad is not None:
-            yield p.grad
+            yield "gradients", p.grad
     for state in opt.state.values():
         for value in state.values():
             if isinstance(value, torch.Tensor):
-                yield value
-    yield from x
-    yield from y
+                yield "optimizer_state", value
+    yield from (("inputs", t) for t in (*x, *y))
+
+
+def _tensors(pairs: Iterable[tuple[str, torch.Tensor]]) -> Iterator[torch.Tensor]:
+    return (tensor for _, tensor in pairs)
 
 
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:

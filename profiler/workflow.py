@@ -9,7 +9,7 @@ from . import models
 from .errors import SpecError
 from .optimizers import DEFAULT as DEFAULT_OPTIMIZERS
 from .predict import predict
-from .results import relative_errors
+from .results import breakdown_comparison, relative_errors
 from .spec import ModelSpec, load
 
 
@@ -86,6 +86,8 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
 
     ``amp``: forward and loss under ``torch.autocast`` to this dtype, float32 weights;
     ``checkpoint``: the layers wrapped in activation checkpointing (True: every layer).
+    The request is validated first, by predicting it (cheap), so what the prediction refuses
+    fails with its SpecError rather than inside PyTorch.
     """
     from .build import build
     from .devices import get_device
@@ -93,6 +95,8 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
     from .runner import measure as run
 
     target = get_device(device)
+    predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind="cuda" if target.name.startswith("cuda") else "cpu",
+            optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads)
     module = build(spec, dtype=dtype, device=target.torch_device, checkpoint=checkpoint)
     measurement = run(module, input_shape=[(batch, *i.shape) for i in spec.inputs],
                       input_dtype=[i.dtype for i in spec.inputs],
@@ -101,6 +105,8 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
                       warmup=warmup, repeats=repeats, threads=threads, amp_dtype=amp)
     measured = measurement.as_dict()
     measured["layer_kept_for_backward_bytes"] = by_layer(measured.get("saved_activation_bytes", {}))
+    measured["layer_activations_at_peak"] = {peak: by_layer(modules) for peak, modules
+                                             in measured.get("activations_at_peak", {}).items()}
     options = {"device": target.name, "batch": batch, "dtype": dtype, "loss": loss,
                "optimizers": list(optimizers), "warmup": warmup, "repeats": repeats,
                "threads": measured.get("threads", threads), "amp": amp,
@@ -123,16 +129,25 @@ def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
             checkpoint: bool | tuple[str, ...] = ()) -> dict[str, Any]:
     """Predict, measure and compare: the whole result, ready to save and render.
 
-    The prediction is for the threads the measurement ran with (they size kernels' scratch).
+    The prediction comes first: it validates the spec and the options (mixed precision on layers
+    it does not model, for one), so a bad request fails with its SpecError before anything is
+    built. It is for the device and threads the measurement will run with (threads size kernels'
+    scratch): ``threads``, else torch's current number, which the runner keeps.
     """
+    import torch
+
+    from .devices import get_device
     from .machine import machine_info
 
-    measured, options = measure(spec, batch=batch, dtype=dtype, loss=loss, device=device,
+    target = get_device(device)
+    device_kind = "cuda" if target.name.startswith("cuda") else "cpu"
+    result = summary(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                     optimizers=optimizers, amp=amp, checkpoint=checkpoint,
+                     threads=threads if threads is not None else torch.get_num_threads())
+    measured, options = measure(spec, batch=batch, dtype=dtype, loss=loss, device=target.name,
                                 warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
                                 amp=amp, checkpoint=checkpoint)
-    device_kind = "cuda" if options["device"].startswith("cuda") else "cpu"
-    result = summary(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
-                     optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=options["threads"])
     result.update(options=options, spec=spec.as_dict(), machine_info=machine_info(), measured=measured,
-                  relative_error=relative_errors(result["predicted"], measured))
+                  relative_error=relative_errors(result["predicted"], measured),
+                  breakdown_comparison=breakdown_comparison(result["peaks"], measured.get("breakdown", {})))
     return result

@@ -21,6 +21,8 @@ FIGURES = (
 
 PEAKS = (("inference", "inference"),
          *((f"train_{o}", f"training step, {label}") for o, label in OPTIMIZER_LABELS.items()))
+ALL_PEAKS = (*PEAKS, *((f"train_first_step_{o}", f"first training step, {label}")
+                       for o, label in OPTIMIZER_LABELS.items()))
 
 
 def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = False,
@@ -31,8 +33,10 @@ def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = Fa
     if "layers" in result:
         parts += [_layers(result, layout, explain, depth), _totals(result, markdown)]
     parts.append(_memory(result, layout))
+    parts.append(_makeup(result, layout))
     if explain:
         parts.append(_breakdowns(result, markdown))
+        parts.append(_activations_at_peaks(result, markdown))
     if "machine_info" in result:
         parts.append(_machine(result))
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -117,6 +121,50 @@ def _memory(r: dict, layout: Callable) -> str:
         time = f"{measured['forward_ms']:.3f}{spread} ms"
         rows.append(["forward time (median ± IQR/2)", *("-" * bool(predicted)), time, *("-" * with_error)])
     return layout(headers, rows, right=[False] + [True] * (len(headers) - 1))
+
+
+def _makeup(r: dict, layout: Callable) -> str:
+    """Each measured peak by category; beside the predicted one when the result has both."""
+    compared = r.get("breakdown_comparison")
+    measured = (r.get("measured") or {}).get("breakdown")
+    if not compared and not measured:
+        return ""
+    headers = ["Peak", "Part", *(["Predicted"] if compared else []), "Measured",
+               *(["Difference", "Error"] if compared else [])]
+    rows = []
+    for key, label in ALL_PEAKS:
+        if compared:
+            parts = {c: (v["predicted"], v["measured"]) for c, v in compared.get(key, {}).items()}
+        else:
+            parts = {c: (None, n) for c, n in (measured or {}).get(key, {}).items()}
+        if not parts:
+            continue
+        total = (sum(p for p, _ in parts.values()) if compared else None, sum(m for _, m in parts.values()))
+        rows.append(_makeup_row(label, "total", *total, compared=bool(compared)))
+        rows += [_makeup_row("", category.replace("_", " "), p, m, compared=bool(compared))
+                 for category, (p, m) in parts.items() if p or m]
+    right = [False, False] + [True] * (len(headers) - 2)
+    return layout(headers, rows, right=right)
+
+
+def _makeup_row(peak: str, part: str, predicted: int | None, measured: int, *, compared: bool) -> list[str]:
+    if not compared:
+        return [peak, part, units.nbytes(measured)]
+    error = (predicted - measured) / measured if measured else None
+    return [peak, part, units.nbytes(predicted), units.nbytes(measured),
+            units.signed_nbytes(predicted - measured), units.percent(error)]
+
+
+def _activations_at_peaks(r: dict, markdown: bool) -> str:
+    measured = r.get("measured") or {}
+    by_layer = measured.get("layer_activations_at_peak") or measured.get("activations_at_peak") or {}
+    lines = ["Measured activations alive at each peak, by layer:"]
+    for key, label in ALL_PEAKS:
+        layers = by_layer.get(key)
+        if layers:
+            parts = ", ".join(f"{name} {units.nbytes(n)}" for name, n in layers.items())
+            lines.append(f"{'- ' if markdown else '  '}{label}: {parts}")
+    return "\n".join(lines) if len(lines) > 1 else ""
 
 
 def _breakdowns(r: dict, markdown: bool) -> str:

@@ -19,6 +19,13 @@ def nbytes(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def signed_nbytes(n: int | None) -> str:
+    """4 -> '+4 B', -31400 -> '-30.66 KiB', 0 -> '0 B': a difference."""
+    if n is None:
+        return "-"
+    return ("+" if n > 0 else "") + nbytes(n)
+
+
 def si(n: int | None) -> str:
     """250880 -> '250.88 K' (MACs and FLOPs are counts, so decimal prefixes)."""
     if n is None:

@@ -1,0 +1,338 @@
+"""What the bytes alive at a measured allocator peak are: the prediction's categories, measured.
+
+The headline peaks are allocator-level (:func:`profiler.memory_trace.allocator_peak` replays the
+allocator's events). To split such a peak, the same plain run is looked at more closely, with
+nothing added that could change what it allocates:
+
+1. **Where.** The run is annotated (:class:`Annotator`): each phase (``forward``, ``backward``,
+   ``optimizer``) and each module's forward call becomes a named profiler range, opened and closed
+   by global module hooks (no dispatch mode, no per-module hooks: the code paths stay the plain
+   ones). The profile's event tree gives every allocation and free with its address, thread and
+   time, and the operators running around it.
+2. **The peak moment.** The allocations and frees of the device are replayed in time order, as
+   the headline replay does, and the first moment the highest point is reached is the peak.
+   Each block alive then is one allocation of the trace (paired with its free by address) or a
+   storage alive before the run.
+3. **What each block is.** Storages alive before the run are known by address (the runner lists
+   them with their category: parameters and buffers, gradients, optimizer state, inputs and
+   targets); so are the gradients and optimizer state alive after it. A block allocated in the
+   run is
+
+   - ``workspace`` when it is freed before the operator that allocated it returns: kernel-internal
+     scratch. "The operator" is the outermost dispatcher operator around the allocation that is
+     not CompositeImplicitAutograd, the level a ``TorchDispatchMode`` sees (composite operators
+     such as ``linear`` or ``cross_entropy_loss`` are looked into; their parts are operators);
+   - ``gradients`` / ``optimizer_state`` when it is still alive at the end at the address of a
+     ``.grad`` / a tensor in ``optimizer.state`` (what it becomes: a parameter's gradient is
+     written while backward runs);
+   - ``weight_casts`` when an operator ``_to_copy`` made it from a parameter or buffer (autocast's
+     casts; recognised from the operators' recorded inputs, so only when ``record_shapes`` is on,
+     as the runner does under mixed precision);
+   - ``activations`` when it was made in the forward phase or inside a module's forward call
+     (checkpointed layers recompute theirs in backward), by module;
+   - ``temporaries`` otherwise (the loss's gradients, gradients of activations, optimizer scratch).
+
+So every byte of the peak is in one category and they sum to the allocator peak exactly;
+``workspace`` is the allocator peak minus the tensors alive at that moment. Frees of storages the
+runner did not list as alive (none in its runs) would count against ``temporaries``.
+
+On CUDA the replayed events are the caching allocator's blocks; known storages are rounded as its
+blocks are (512 bytes), and whatever the baseline or the headline figure holds beyond the replay
+(the cuBLAS workspace, blocks not reported to the profiler) is counted as ``workspace``. That path
+follows the documentation and has not been run on a GPU here.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+import torch
+
+from .memory_model import CATEGORIES
+from .memory_trace import OUTSIDE, ROOT
+
+PHASE = "modelsize.phase:"     # profiler range names the Annotator opens
+MODULE = "modelsize.module:"
+T = TypeVar("T")
+_OPERATOR = torch._C._profiler.RecordScope.FUNCTION   # operators (and autograd's, and fast ranges)
+
+
+class Annotator:
+    """Phases and module calls of one run as named profiler ranges (read back by :func:`analyse`).
+
+    Use inside the profiled function: ``with Annotator(model) as a: fn(a.mark)``.
+    """
+
+    def __init__(self, root: torch.nn.Module):
+        self._names = {id(m): (name or ROOT) for name, m in root.named_modules()}
+        self._open: list[tuple[torch.nn.Module, Any]] = []   # module calls, innermost last
+        self._phase: Any = None
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> "Annotator":
+        self._hooks = [torch.nn.modules.module.register_module_forward_pre_hook(self._enter),
+                       torch.nn.modules.module.register_module_forward_hook(self._leave, always_call=True)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        while self._open:
+            _close(self._open.pop()[1])
+        self.mark(None)
+
+    def mark(self, phase: str | None) -> None:
+        """Start the phase (``None``: end the current one); the runner's ``mark``."""
+        if self._phase is not None:
+            _close(self._phase)
+            self._phase = None
+        if phase is not None:
+            self._phase = _open(PHASE + phase)
+
+    def _enter(self, module: torch.nn.Module, args: object) -> None:
+        name = self._names.get(id(module)) or f"({type(module).__name__})"
+        self._open.append((module, _open(MODULE + name)))
+
+    def _leave(self, module: torch.nn.Module, args: object, output: object) -> None:
+        while self._open:
+            opened, scope = self._open.pop()
+            _close(scope)
+            if opened is module:
+                break
+
+
+def _open(name: str) -> Any:
+    scope = torch._C._profiler._RecordFunctionFast(name)
+    scope.__enter__()
+    return scope
+
+
+def _close(scope: Any) -> None:
+    scope.__exit__(None, None, None)
+
+
+@dataclass(frozen=True)
+class Known:
+    """Storages the runner can name, by data pointer: ``before`` the run (with their bytes) and
+    still alive ``after`` it; ``weights`` are the parameters' and buffers' (casts of them are
+    weight casts)."""
+    before: dict[int, tuple[str, int]]
+    after: dict[int, tuple[str, int]]
+    weights: frozenset[int] = frozenset()
+
+
+
+def storages(tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[int, tuple[str, int]]:
+    """Data pointer → (category, bytes) of (category, tensor) pairs; a storage counted once,
+    under its first category. Plain integers: no tensor is kept alive."""
+    found: dict[int, tuple[str, int]] = {}
+    for category, tensor in tensors:
+        storage = tensor.untyped_storage()
+        found.setdefault(storage.data_ptr(), (category, storage.nbytes()))
+    return found
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """The bytes alive at an allocator peak by category (``CATEGORIES``), and the activations' by
+    module (module label → bytes). ``replayed_bytes`` is the peak the event replay reached:
+    equal to the headline on the CPU."""
+    categories: dict[str, int]
+    activations: dict[str, int] = field(default_factory=dict)
+    replayed_bytes: int = 0
+    unlisted_freed_bytes: int = 0   # freed before the peak, alive before the run but not listed
+
+
+@dataclass
+class _Event:
+    time: int
+    order: int
+    ptr: int
+    nbytes: int          # > 0 allocation, < 0 free
+    thread: int
+    ended: int | None = None        # allocations: time of the matching free (None: alive at the end)
+
+
+@dataclass(frozen=True)
+class _Op:
+    end: int
+    copies: int | None   # ``_to_copy``: storage address of the tensor copied (with record_shapes)
+
+
+class _Spans(Generic[T]):
+    """Labelled time spans that nest properly; :meth:`at` gives the innermost one around a time."""
+
+    def __init__(self, spans: Iterable[tuple[int, int, T]]):
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._labels: list[T] = []
+        stack: list[tuple[int, int, T]] = []
+        cursor = 0
+
+        def piece(until: int) -> None:
+            if stack and cursor < until:
+                self._starts.append(cursor)
+                self._ends.append(until)
+                self._labels.append(stack[-1][2])
+
+        for start, end, label in sorted(spans, key=lambda s: (s[0], -s[1])):
+            while stack and stack[-1][1] <= start:
+                piece(stack[-1][1])
+                cursor = stack.pop()[1]
+            piece(start)
+            cursor = start
+            stack.append((start, end, label))
+        while stack:
+            piece(stack[-1][1])
+            cursor = stack.pop()[1]
+
+    def at(self, time: int) -> T | None:
+        i = bisect.bisect_right(self._starts, time) - 1
+        return self._labels[i] if i >= 0 and time <= self._ends[i] else None
+
+
+def analyse(tree: list[Any], *, device: torch.device, known: Known, baseline_bytes: int,
+            peak_bytes: int, block: Callable[[int], int] = lambda n: n) -> Breakdown:
+    """The breakdown at the peak of one profiled run (its event tree, the device's events).
+
+    ``baseline_bytes`` and ``peak_bytes`` are the device's reading of the run (everything alive
+    counted); ``block`` is what the allocator sets aside for a storage of n bytes (CUDA rounds).
+    """
+    events, ops, phases, modules = _read(tree, device)
+    _pair(events)
+    peak_at, replayed = _peak(events)
+    left = {c: 0 for c in CATEGORIES}
+    for category, nbytes in known.before.values():
+        left[category] += block(nbytes)
+    alive: dict[int, _Event] = {}
+    unlisted = 0
+    for event in events[:peak_at + 1]:
+        if event.nbytes > 0:
+            alive[event.ptr] = event
+        elif alive.pop(event.ptr, None) is None:   # a storage alive before the run
+            category = known.before.get(event.ptr, ("temporaries", 0))[0]
+            left[category] += event.nbytes
+            unlisted -= event.nbytes if event.ptr not in known.before else 0
+    activations: dict[str, int] = {}
+    for event in alive.values():
+        category, module = _category(event, ops, phases, modules, known)
+        left[category] += event.nbytes
+        if category == "activations":
+            activations[module or OUTSIDE] = activations.get(module or OUTSIDE, 0) + event.nbytes
+    replayed_total = baseline_bytes + replayed
+    # beyond what the run's named storages and replay explain (CUDA: cuBLAS workspace, rounding)
+    left["workspace"] += (baseline_bytes - sum(block(n) for _, n in known.before.values())) \
+        + (peak_bytes - replayed_total)
+    return Breakdown(categories=left, activations=activations, replayed_bytes=replayed_total,
+                     unlisted_freed_bytes=unlisted)
+
+
+def _category(event: _Event, ops: _Spans[_Op], phases: _Spans[str], modules: _Spans[str],
+              known: Known) -> tuple[str, str | None]:
+    op = ops.at(event.time)
+    if op is not None and event.ended is not None and event.ended <= op.end:
+        return "workspace", None
+    if event.ended is None and event.ptr in known.after:
+        return known.after[event.ptr][0], None
+    if op is not None and op.copies is not None and op.copies in known.weights:
+        return "weight_casts", None
+    module = modules.at(event.time)
+    if module is not None or phases.at(event.time) == "forward":
+        return "activations", module
+    return "temporaries", None
+
+
+def _read(tree: list[Any], device: torch.device
+          ) -> tuple[list[_Event], _Spans[_Op], _Spans[str], _Spans[str]]:
+    """The device's allocation events in time order, and the spans of operators (those a dispatch
+    mode would see), phases and module calls."""
+    events: list[_Event] = []
+    ops: list[tuple[int, int, _Op]] = []
+    phases: list[tuple[int, int, str]] = []
+    modules: dict[int, list[tuple[int, int, str]]] = {}
+    stack = [(node, False) for node in reversed(tree)]   # (node, inside an operator already)
+    while stack:
+        node, inside = stack.pop()
+        kind, fields = node.typed
+        if kind.name == "Allocation":
+            if _device(fields.device) == device:
+                events.append(_Event(node.start_time_ns, len(events), fields.ptr, fields.alloc_size,
+                                     node.start_tid))
+            continue
+        name = node.name
+        if name.startswith(PHASE):
+            phases.append((node.start_time_ns, node.end_time_ns, name[len(PHASE):]))
+        elif name.startswith(MODULE):
+            modules.setdefault(node.start_tid, []).append(
+                (node.start_time_ns, node.end_time_ns, name[len(MODULE):]))
+        elif not inside and kind.name == "TorchOp" and fields.scope == _OPERATOR and _operator(name) == "operator":
+            ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields))))
+            inside = True
+        stack.extend((child, inside) for child in reversed(node.children))
+    events.sort(key=lambda e: (e.time, e.order))
+    # module calls nest on one thread; other threads (autograd's device threads) have their own
+    spans = [span for thread in sorted(modules) for span in modules[thread]]
+    return events, _Spans(ops), _Spans(phases), _Spans(spans)
+
+
+def _device(value: Any) -> torch.device:
+    found = torch.device(str(value))
+    return torch.device(found.type, 0) if found.type == "cuda" and found.index is None else found
+
+
+def _copied(name: str, fields: Any) -> int | None:
+    if name != "aten::_to_copy":
+        return None
+    inputs = getattr(fields, "inputs", None) or []
+    first = inputs[0] if inputs else None
+    return getattr(first, "storage_data_ptr", None)
+
+
+@lru_cache(maxsize=None)
+def _operator(name: str) -> str | None:
+    """"operator" for a dispatcher operator a dispatch mode sees, "composite" for one that always
+    decomposes first (every overload but the ``out=`` ones is CompositeImplicitAutograd), None
+    for a profiler range that is no operator ("autograd::engine::evaluate_function: …")."""
+    found = []
+    try:
+        schemas = torch._C._jit_get_schemas_for_operator(name)
+    except RuntimeError:
+        return None
+    for schema in schemas:
+        if schema.overload_name.endswith("out"):
+            continue
+        full = f"{name}.{schema.overload_name}" if schema.overload_name else name
+        try:
+            found.append(torch._C._dispatch_has_kernel_for_dispatch_key(full, "CompositeImplicitAutograd"))
+        except RuntimeError:   # a TorchScript-only overload, not a dispatcher operator
+            continue
+    if not found:
+        return None
+    return "composite" if all(found) else "operator"
+
+
+def _pair(events: list[_Event]) -> None:
+    """Give each allocation the time of its free (same address, next free)."""
+    open_: dict[int, _Event] = {}
+    for event in events:
+        if event.nbytes > 0:
+            open_[event.ptr] = event
+        else:
+            allocated = open_.pop(event.ptr, None)
+            if allocated is not None:
+                allocated.ended = event.time
+
+
+def _peak(events: list[_Event]) -> tuple[int, int]:
+    """(index of the event that first reaches the highest point, bytes above the start there);
+    (-1, 0) when it never rises, as :func:`~profiler.memory_trace.allocator_peak` counts."""
+    current = peak = 0
+    at = -1
+    for i, event in enumerate(events):
+        current += event.nbytes
+        if current > peak:
+            peak, at = current, i
+    return at, peak
