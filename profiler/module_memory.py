@@ -36,10 +36,12 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .dtypes import itemsize
-from .memory_model import CATEGORIES, LOSSES, Peak, onednn_bf16_gemm_scratch  # noqa: F401  (LOSSES: re-exported for torch_module)
+from .memory_model import CATEGORIES, LOSSES, Peak  # noqa: F401  (LOSSES: re-exported for torch_module)
 from .optimizers import CATALOG as OPTIMIZERS
-from .registry import Context, Saved
+from .args import parse_args
+from .registry import Context, Memory, Saved, rule_for
 from .rules.conv import conv_workspace
+from .rules.core import gemm_workspace
 from .rules.pooling import SCALAR_OPERAND
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
@@ -157,7 +159,7 @@ def _offset2bag(args: tuple, out: Any) -> Any:
 # What CPU kernels allocate and free inside one operator call (their workspace): no operator
 # returns it, so the log cannot see it, and the spec path knows it from its rules. Each entry
 # turns one operator call's ATen arguments into the terms of the spec path's own function for
-# that kernel (``rules.conv.conv_workspace``, ``memory_model.onednn_bf16_gemm_scratch``) and
+# that kernel (``rules.conv.conv_workspace``, ``rules.core.gemm_workspace``) and
 # returns the bytes it books, alive together while the call runs: both paths book the same bytes,
 # and this table is the one place where ATen calls meet those functions. Operators dispatched on
 # fake CPU tensors: ``aten.convolution`` and ``aten.convolution_backward`` (torch picks oneDNN or
@@ -236,9 +238,37 @@ def _convolution(args: tuple, out: Any, run: Context, backward: bool) -> list[in
 @_workspace(aten.convolution_backward.default)
 def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
     """convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation,
-    transposed, output_padding, groups, output_mask)"""
-    grad_out, x, weight, bias_sizes, stride, _, _, transposed, _, groups = args[:10]
-    return _conv(run, x, weight, bias_sizes is not None, stride, transposed, groups, grad_out.shape)[1]
+    transposed, output_padding, groups, output_mask): ``bias_sizes`` is [0] without a bias, the
+    mask says whether the bias's gradient is made."""
+    grad_out, x, weight, _, stride, _, _, transposed, _, groups, mask = args[:11]
+    return _conv(run, x, weight, bool(mask[2]), stride, transposed, groups, grad_out.shape)[1]
+
+
+def _batch_norm_memory(run: Context, x: torch.Tensor, affine: bool) -> Memory:
+    """The BatchNormalization rule's memory for this call: Keras's shape (channels last or first,
+    as the tensor is laid out), gamma and beta both learned or neither (torch's ``affine``)."""
+    rule = rule_for("BatchNormalization")
+    fmt = "channels_last" if _channels_last(x) else "channels_first"
+    spatial, channels = tuple(x.shape[2:]), x.shape[1]
+    shape = (*spatial, channels) if fmt == "channels_last" else (channels, *spatial)
+    a = parse_args(rule.args, {"center": affine, "scale": affine})
+    return rule.memory(a, shape, shape, _op_context(run, x.dtype, batch=x.shape[0], data_format=fmt))
+
+
+@_workspace(aten.native_batch_norm.default)
+def _batch_norm(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+    """native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)"""
+    x = args[0]
+    return _saved_bytes(_batch_norm_memory(run, x, args[1] is not None).scratch, x.shape[0], x.dtype)
+
+
+@_workspace(aten.native_batch_norm_backward.default)
+def _batch_norm_backward(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+    """native_batch_norm_backward(grad_out, input, weight, running_mean, running_var, save_mean,
+    save_invstd, train, eps, output_mask)"""
+    x = args[1]
+    memory = _batch_norm_memory(run, x, args[2] is not None)
+    return _saved_bytes(memory.backward_scratch, x.shape[0], x.dtype)
 
 
 @_workspace(aten.mean.dim)
@@ -253,17 +283,21 @@ def _mean(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
     return _saved_bytes(SCALAR_OPERAND, 1, x.dtype)
 
 
-@_workspace(aten.mm.default, aten.addmm.default)
+@_workspace(aten.mm.default, aten.mm.out, aten.addmm.default, aten.addmm.out, aten.addmm_.default,
+            aten.bmm.default, aten.bmm.out, aten.baddbmm.default, aten.baddbmm.out, aten.baddbmm_.default)
 def _gemm(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
-    """A·B in bfloat16 goes to oneDNN, which books a scratchpad. ``nn.Linear``'s three matmuls
-    in the spec path's terms: forward x·Wᵀ, input gradient g·W, weight gradient gᵀ·x, the one
-    whose A is a transposed view (column-major: stride 1 down the rows)."""
+    """A·B (batched: ``bmm``) as the spec path books a matmul (``rules.core.gemm_workspace``):
+    in bfloat16, oneDNN's scratchpad. Its kinds are roles in ``nn.Linear``: forward x·Wᵀ, input
+    gradient g·W, and weight gradient gᵀ·x, the one whose A is a transposed view (column-major:
+    stride 1 down the rows), which oneDNN copies."""
     a, b = [t for t in args if isinstance(t, torch.Tensor)][-2:]
-    if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16 or a.dim() != 2 or b.dim() != 2:
+    if a.dim() != b.dim() or a.dim() not in (2, 3):
         return []
-    transposed = a.stride(0) == 1 and (a.stride(1) != 1 or a.shape[0] == 1)
+    batch = a.shape[0] if a.dim() == 3 else 1
+    rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
+    transposed = a.stride(-2) == 1 and (a.stride(-1) != 1 or rows == 1)
     kind = "grad_weight" if transposed else "grad_input" if backward else "forward"
-    return [onednn_bf16_gemm_scratch(kind, a.shape[0], a.shape[1], b.shape[1], threads=run.threads)]
+    return [gemm_workspace(_op_context(run, a.dtype), kind, rows, inner, cols, batch=batch)]
 
 
 

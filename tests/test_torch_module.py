@@ -275,6 +275,23 @@ def test_linear_peaks_by_hand():
     assert res["peaks"]["train_adam"]["breakdown"]["optimizer_state"] == 2 * 31_400 + 8
 
 
+def test_every_optimizer_of_the_catalog_equals_the_runners_allocator_peaks():
+    """Adagrad makes its state in its constructor: both steps start with it. Adam and Adagrad
+    divide by a Python number, wrapped in a 0-d double and cast (12 bytes, allocator level)."""
+    from profiler.optimizers import CATALOG
+    from profiler.runner import measure
+
+    def factory():
+        return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    torch.manual_seed(0)
+    measured = measure(factory(), input_shape=(4, 64), optimizers=tuple(CATALOG), warmup=0, repeats=1)
+    predicted = summary(factory, (64,), batch=4, optimizers=tuple(CATALOG))["predicted"]
+    for name in CATALOG:
+        for key in (f"train_peak_bytes_{name}", f"train_first_step_peak_bytes_{name}"):
+            assert predicted[key] == getattr(measured, key), key
+
+
 def test_onednn_lstm_workspace_matches_the_real_kernel():
     seen = []
 
@@ -379,6 +396,8 @@ def test_load_factory_errors_name_the_problem(spec, message):
     ({"input_shape": (4,), "input_dtype": "int8"}, r"field 'input_dtype': unknown input dtype"),
     ({"input_shape": (4,), "loss": "hinge"}, r"field 'loss': unknown loss"),
     ({"input_shape": (4,), "depth": -1}, r"field 'depth'"),
+    ({"input_shape": (4,), "amp": "float8"}, r"field 'amp': unknown mixed-precision dtype"),
+    ({"input_shape": (4,), "amp": "bfloat16", "dtype": "bfloat16"}, r"field 'dtype': mixed precision keeps"),
 ])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ModelsizeError, match=message):
