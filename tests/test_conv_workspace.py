@@ -16,8 +16,5 @@ def test_seed_conv_model_amp_inference_exact(conv224_amp):
     assert conv224_amp["predicted"]["inference_peak_bytes"] == conv224_amp["measured"]["inference_peak_bytes"]
 
 
-@pytest.mark.xfail(strict=True, reason="oneDNN's bfloat16 convolution backward takes a scratchpad (37.4 MB for "
-                                       "conv-224's third convolution at batch 1) that the Conv2D rule does not "
-                                       "declare yet: the training peak is ~29% under")
 def test_seed_conv_model_amp_training_exact(conv224_amp):
     assert conv224_amp["predicted"]["train_peak_bytes_sgd"] == conv224_amp["measured"]["train_peak_bytes_sgd"]

@@ -9,6 +9,8 @@ Keras's depthwise and separable convolutions do not refuse strides with dilation
 """
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass, replace
 from math import prod
 
 from ..args import Arg, boolean, choice, int_tuple, optional, positive_int
@@ -124,10 +126,21 @@ class ConvRule(Rule):
         else:
             kept = Saved("input", what="convolution input")
         # (a fused ``activation`` is the predictor's own op, with the Activation rule's memory)
-        forward, backward = conv_workspace(ctx, channels=channels, out_channels=out_channels,
-                                           kernel=a.kernel_size, strides=a.strides, groups=self._groups(a, channels),
-                                           bias=a.use_bias, out_spatial=out_spatial, in_spatial=spatial)
+        forward, backward = self._workspace(a, channels, out_channels, spatial, out_spatial, pads, ctx)
         return Memory(saved=(kept,), scratch=(*scratch, *forward), backward_scratch=(*grad_padded, *backward))
+
+    def _workspace(self, a, channels: int, out_channels: int, spatial, out_spatial, pads, ctx):
+        """``conv_workspace`` of the torch convolution this layer runs: on the padded input with no
+        padding of its own when Keras pads unevenly, a 1-D layer as 2-D (``lift``)."""
+        even = all(b == e for b, e in pads)
+        torch_in = spatial if even else tuple(n + b + e for n, (b, e) in zip(spatial, pads))
+        padding = tuple(b if even else 0 for b, _ in pads)
+        return conv_workspace(ctx, channels=channels, out_channels=out_channels,
+                              kernel=lift(a.kernel_size, self.rank, ctx, 1), strides=lift(a.strides, self.rank, ctx, 1),
+                              groups=self._groups(a, channels), bias=a.use_bias,
+                              out_spatial=lift(out_spatial, self.rank, ctx, 1), in_spatial=lift(torch_in, self.rank, ctx, 1),
+                              padding=lift(padding, self.rank, ctx, 0),
+                              dilation=lift(a.dilation_rate, self.rank, ctx, 1))
 
     def _windowed(self, a, channels: int, out_channels: int, groups: int, pads, bias: bool, ctx):
         """torch's convolution with Keras's padding: its own when even, else a pad before it."""
@@ -167,40 +180,215 @@ def _torch_pad_order(pads: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     return tuple(p for before_after in reversed(pads) for p in before_after)
 
 
-# --- what oneDNN allocates inside a convolution -------------------------------------------------
+# --- what the CPU kernels allocate inside a convolution -----------------------------------------
 #
-# On the CPU, torch runs float32 convolutions through oneDNN (``mkldnn_convolution``) whenever the
-# batch is larger than 1, the input has more than 20,480 elements, groups > 1 or the kernel is
-# larger than 3×3 (``ConvParams::use_mkldnn``); a channels-last input (every layer here in
-# Keras's default layout) keeps the channels-last path. Around the kernel it allocates, measured
-# with the profiler's allocator events (torch 2.13, oneDNN 3.12, AVX-512):
+# torch picks the kernel (``ConvParams::use_mkldnn``, aten/src/ATen/native/Convolution.cpp,
+# torch 2.13): bfloat16 convolutions always go to oneDNN on a CPU with AVX-512 BF16; float32 ones
+# go to oneDNN unless the batch is 1, the input is small (``IM2COL_MAX_ELEMENTS``), there is one
+# group and the kernel is at most 3 wide or high — or unless the kernel is 1×1, unstrided,
+# undilated, on one thread and a batch under 16. Otherwise torch runs its own im2col kernels
+# (``slow_conv2d``, ``slow_conv_dilated2d``, ``slow_conv3d``, ``slow_conv_transpose2d``).
+# Everything below was measured with the profiler's allocator events on this machine (torch
+# 2.13, oneDNN 3.12, AVX-512 BF16, 2 threads), layer by layer, and checked on other shapes.
+
+@dataclass(frozen=True)
+class ConvCall:
+    """One convolution as torch's CPU kernels see it: shapes per sample with the spatial axes
+    torch runs (a channels-last 1-D layer as 2-D of height 1) and torch's symmetric padding."""
+    channels: int
+    out_channels: int
+    in_spatial: tuple[int, ...]
+    out_spatial: tuple[int, ...]
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    bias: bool
+    transposed: bool = False
+
+    @property
+    def taps(self) -> int:
+        return prod(self.kernel)
+
+    @property
+    def per_group_in(self) -> int:
+        return self.channels // self.groups
+
+    @property
+    def weight(self) -> int:
+        return self.out_channels * self.per_group_in * self.taps
+
+    @property
+    def strided(self) -> bool:
+        return max(self.strides) > 1
+
+    @property
+    def dilated(self) -> bool:
+        return max(self.dilation) > 1
+
+
+def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, ...], strides: tuple[int, ...],
+                   groups: int, bias: bool, out_spatial: tuple[int, ...], transposed: bool = False,
+                   in_spatial: tuple[int, ...] = (), padding: tuple[int, ...] | None = None,
+                   dilation: tuple[int, ...] | None = None) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward scratch, backward scratch) of one convolution on the CPU, as torch runs it.
+
+    Shapes are torch's (per sample); ``padding`` is torch's symmetric padding, inferred from the
+    shapes when not given. The backward scratch is the worst moment of the backward call beyond
+    the gradients the memory model counts itself (input, weight, bias).
+    """
+    if ctx.device_kind != "cpu":
+        return (), ()
+    dilation = dilation or (1,) * len(kernel)
+    if padding is None:
+        padding = _inferred_padding(in_spatial, out_spatial, kernel, strides, dilation, transposed)
+    call = ConvCall(channels, out_channels, tuple(in_spatial), tuple(out_spatial), tuple(kernel), tuple(strides),
+                    tuple(padding), tuple(dilation), groups, bias, transposed)
+    if not runs_onednn(ctx, call):
+        return im2col_workspace(ctx, call)
+    if ctx.compute_dtype(True) == "bfloat16" and groups == 1:
+        return onednn_bf16_workspace(ctx, call)
+    return onednn_float32_workspace(ctx, call)
+
+
+def _inferred_padding(in_spatial, out_spatial, kernel, strides, dilation, transposed) -> tuple[int, ...]:
+    """The least symmetric padding that gives ``out_spatial`` (exact at stride 1)."""
+    if not in_spatial:
+        return (0,) * len(kernel)
+    if transposed:   # out = (in − 1)·s + span − 2p (+ output padding)
+        return tuple(max(0, ((i - 1) * s + d * (k - 1) + 1 - o) // 2)
+                     for i, o, k, s, d in zip(in_spatial, out_spatial, kernel, strides, dilation))
+    return tuple(max(0, -(-((o - 1) * s + d * (k - 1) + 1 - i) // 2))
+                 for i, o, k, s, d in zip(in_spatial, out_spatial, kernel, strides, dilation))
+
+
+#: ``ConvParams::use_mkldnn``: a float32 input of at most this many elements (batch × channels ×
+#: the first two spatial sizes) may run torch's own kernel
+IM2COL_MAX_ELEMENTS = 20_480
+#: ... and an unstrided 1×1 kernel on one thread runs it below this batch
+ONEDNN_MIN_BATCH_1X1 = 16
+
+
+def runs_onednn(ctx, call: ConvCall) -> bool:
+    """torch's ``ConvParams::use_mkldnn`` for a CPU convolution: oneDNN, or torch's im2col kernels."""
+    dtype = ctx.compute_dtype(True)
+    if dtype == "bfloat16":
+        return True
+    if dtype != "float32":
+        return False
+    kernel = (1,) * (2 - len(call.kernel)) + call.kernel   # a 1-D convolution runs as 2-D
+    sizes = (ctx.batch, call.channels, *((1,) * (2 - len(call.in_spatial)) + call.in_spatial))
+    one_by_one = kernel[-1] == 1 and kernel[-2] == 1
+    worth_it = (call.strided or call.dilated or ctx.batch >= ONEDNN_MIN_BATCH_1X1 or not one_by_one
+                or ctx.threads > 1)
+    large = (call.groups > 1 or (kernel[-1] > 3 and kernel[-2] > 3) or ctx.batch > 1
+             or prod(sizes[:4]) > IM2COL_MAX_ELEMENTS)
+    return worth_it and large
+
+
+def im2col_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """torch's own kernels unfold the input into columns (im2col) and run one GEMM per sample.
+
+    ``slow_conv2d`` (and its dilated and transposed kinds) on a channels-last input: the weight
+    copied to channels-last (unless 1×1), the columns — input channels × kernel × output positions
+    per sample (a transposed one: output channels × kernel × input positions) — beside the output.
+    Backward: the weight copy again and one columns buffer, made after the input's and the
+    weight's gradients (the dilated kernel also sums the bias gradient into a temporary).
+    ``slow_conv3d`` has no channels-last kernel: it copies the input (and in backward the
+    output's gradient) to channels-first, and its channels-first result is copied back once the
+    columns are freed.
+    """
+    channels_last = ctx.data_format == "channels_last"
+    if call.transposed:
+        columns = call.out_channels * call.taps * prod(call.in_spatial)
+    elif call.taps > 1 or call.strided or any(call.pads):
+        columns = call.channels * call.taps * prod(call.out_spatial)
+    else:
+        columns = 0
+    cols = Saved("new", elements=columns, what="im2col columns")
+    if len(call.kernel) == 3 and not (call.transposed or call.dilated):    # slow_conv3d
+        if not channels_last:
+            return _kept(cols), _kept(cols)
+        image, result = call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial)
+        forward = Saved("new", elements=max(image + columns, result),
+                        what="channels-first input and columns, then the result's channels-last copy")
+        backward = (Saved("new", elements=result + image, what="channels-first output gradient and input"), cols)
+        return (forward,), _kept(backward)
+    clone = call.weight if channels_last and call.taps > 1 and call.per_group_in > 1 else 0
+    weight_copy = Saved("new", elements=clone, per_sample=False, what="weight in channels-last")
+    bias_sum = call.out_channels if call.dilated and call.bias else 0
+    backward = (weight_copy, cols, Saved("new", elements=bias_sum, per_sample=False, what="bias gradient's sum"))
+    return _kept((weight_copy, cols)), _kept(backward)
+
+
+def _kept(tensors) -> tuple[Saved, ...]:
+    """Drop empty entries."""
+    tensors = (tensors,) if isinstance(tensors, Saved) else tensors
+    return tuple(t for t in tensors if t.elements)
+
+
+# oneDNN's scratchpad: each entry is booked with 128 bytes of alignment room
+# (``memory_tracking.hpp``, ``default_alignment``); a barrier's contexts (``simple_barrier::ctx_t``)
+# are one page each and page-aligned, so n of them book 4096·(n + 1) bytes.
+ONEDNN_ENTRY_ALIGNMENT = 128
+ONEDNN_PAGE = 4096
+
+
+def _booked(*entries: int, barriers: tuple[int, ...] = ()) -> int:
+    """Bytes of a scratchpad with these entries (bytes each, empty ones skipped) and barriers."""
+    return (sum(n + ONEDNN_ENTRY_ALIGNMENT for n in entries if n)
+            + sum(ONEDNN_PAGE * (n + 1) for n in barriers if n))
+
+
+# brgemm convolutions (forward, and the data phase run as a forward convolution) book, measured
+# at 1, 2 and 4 threads in float32 and bfloat16: a fixed part and 4120 bytes per thread
+BRGEMM_FORWARD_FIXED = 4096
+BRGEMM_DATA_FIXED = 4224
+BRGEMM_PER_THREAD = 4120
+
+
+def brgemm_forward_scratchpad(threads: int) -> int:
+    return BRGEMM_FORWARD_FIXED + BRGEMM_PER_THREAD * threads
+
+
+def brgemm_data_scratchpad(threads: int) -> int:
+    return BRGEMM_DATA_FIXED + BRGEMM_PER_THREAD * threads
+
+
+def _up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _up16(n: int) -> int:
+    return _up(n, 16)
+
+
+# --- oneDNN, float32 ---------------------------------------------------------------------------
 #
+# Around the kernel, with a channels-last input (every layer here in Keras's default layout):
 # forward: the weight copied to channels-last (``weight.contiguous(channels_last)``; not needed
 #   when it already is: a 1×1 kernel or one input channel per group), the weight reordered to
 #   oneDNN's blocked layout (output channels padded to 16; depthwise: channels padded to 16),
-#   and the kernel's scratchpad — a constant 12,336 bytes for the direct convolution, none for
-#   the depthwise one. A depthwise convolution with depth_multiplier > 1 runs as a GEMM over one
-#   image's columns: output positions × kernel × input channels elements.
+#   and the brgemm kernel's scratchpad (``brgemm_forward_scratchpad``), none for the depthwise
+#   one. A depthwise convolution with depth_multiplier > 1 runs as a GEMM over one image's
+#   columns: output positions × kernel × input channels elements.
 # backward (``convolution_backward``), in three phases that follow each other:
 #   data: the weight copied to channels-last again and reordered for the input gradient (input
-#     channels padded to 16), with a scratchpad of 12,464 bytes (61,488 with strides > 1);
+#     channels padded to 16), with brgemm's scratchpad (``brgemm_data_scratchpad``; 61,488
+#     bytes with strides > 1, measured at 2 threads);
 #   weights: the weight gradient in the blocked layout (as the forward reorder; a 1×1 kernel
 #     pads the input channels to 16 too), the bias gradient, and — when fewer than 32 output
 #     channels make the kernel split the batch between threads — a reduction buffer of one more
-#     blocked weight gradient plus ~8 KiB, and 12,544 bytes for the bias;
+#     blocked weight gradient plus ~8 KiB, and 12,544 bytes for the bias (2 threads);
 #   return: the gradients in the weight's channels-last layout, copied once more to the
 #     parameter's own layout.
 # A transposed convolution runs these the other way round: its forward pass is a convolution's
 # data phase.
 #
-# Limits: the scratchpads are oneDNN's own bookkeeping for this CPU and thread count (2 threads
-# here); strided data phases grow with large layers (a 7×7/2 stem on 224×224 books ~7 MB); a
-# batch of one with a small input (≤ 20,480 elements, kernel ≤ 3×3, one group) runs torch's
-# im2col kernel instead, whose columns (input channels × kernel × output positions per sample)
-# are not counted: the rule does not see the batch. Channels-first inputs are also reordered to
+# Limits: strided data phases grow with large layers (a 7×7/2 stem on 224×224 books ~7 MB) and
+# the weight reduction depends on the thread count; channels-first inputs are also reordered to
 # the blocked layout (counted as one copy of the larger of input and output, per sample).
-ONEDNN_FORWARD_SCRATCHPAD = 12_336
-ONEDNN_DATA_SCRATCHPAD = 12_464
 ONEDNN_STRIDED_DATA_SCRATCHPAD = 61_488
 ONEDNN_WEIGHT_REDUCTION_EXTRA = 8_384
 ONEDNN_BIAS_REDUCTION = 12_544
@@ -208,36 +396,25 @@ ONEDNN_BIAS_REDUCTION = 12_544
 # input in float32 besides buffers that depend on the kernel: 28,848 B when every window is its
 # own (kernel = stride, as 2×2/2 upsampling; at least 61,616 B in all), ~98,480 B when they
 # overlap (3×3/2; small images book less per image)
-ONEDNN_THREADS = 2
 ONEDNN_TRANSPOSED_TILED = 28_848
 ONEDNN_TRANSPOSED_TILED_SMALL = 61_616
 ONEDNN_TRANSPOSED_OVERLAP = 98_480
 
 
-def _up16(n: int) -> int:
-    return -(-n // 16) * 16
-
-
-def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, ...], strides: tuple[int, ...],
-                   groups: int, bias: bool, out_spatial: tuple[int, ...], transposed: bool = False,
-                   in_spatial: tuple[int, ...] = ()) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
-    """(forward scratch, backward scratch) of one convolution on the CPU (see the notes above).
-
-    The backward scratch is the largest of the three phases beyond the gradients the memory
-    model counts itself (weight, bias, input).
-    """
-    if ctx.device_kind != "cpu":
-        return (), ()
-    taps = prod(kernel)
+def onednn_float32_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a float32 (or grouped) oneDNN convolution (see above)."""
+    threads = max(ctx.threads, 1)
+    channels, out_channels, groups = call.channels, call.out_channels, call.groups
+    taps, weight = call.taps, call.weight
     per_group_in, per_group_out = channels // groups, out_channels // groups
-    weight = out_channels * per_group_in * taps
-    if transposed:   # torch's weight is (in, out, *kernel); oneDNN sees the convolution it inverts
+    in_spatial, out_spatial = call.in_spatial, call.out_spatial
+    if call.transposed:   # torch's weight is (in, out, *kernel); oneDNN sees the convolution it inverts
         channels, out_channels = out_channels, channels
         per_group_in, per_group_out = per_group_out, per_group_in
-    strided = max(strides) > 1
+    strided = call.strided
     depthwise = groups > 1 and per_group_in == 1
     clone = 0 if taps == 1 or per_group_in == 1 else weight          # weight.contiguous(channels_last)
-    layout = ()
+    layout: tuple[Saved, ...] = ()
     if ctx.data_format == "channels_first":   # blocked copies of the input or output, per sample
         larger = max(channels * prod(in_spatial), out_channels * prod(out_spatial)) if in_spatial else 0
         layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
@@ -252,41 +429,265 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
         forward_bytes, data_scratch, weight_scratch = 0, 0, 0
     else:
         reorder = _up16(out_channels) * per_group_in * taps
-        forward_bytes = ONEDNN_FORWARD_SCRATCHPAD
-        data_scratch = ONEDNN_STRIDED_DATA_SCRATCHPAD if strided else ONEDNN_DATA_SCRATCHPAD
+        forward_bytes = brgemm_forward_scratchpad(threads)
+        data_scratch = ONEDNN_STRIDED_DATA_SCRATCHPAD if strided else brgemm_data_scratchpad(threads)
         weight_scratch = 0
         if out_channels < 32:   # bytes: float32 reduction buffers
             blocked = _up16(out_channels) * (_up16(per_group_in) if taps == 1 else per_group_in) * taps
-            weight_scratch = 4 * blocked + ONEDNN_WEIGHT_REDUCTION_EXTRA + (ONEDNN_BIAS_REDUCTION if bias else 0)
-    if transposed:   # the forward pass is the data phase of the convolution it inverts
+            weight_scratch = 4 * blocked + ONEDNN_WEIGHT_REDUCTION_EXTRA + (ONEDNN_BIAS_REDUCTION if call.bias else 0)
+    if call.transposed:   # the forward pass is the data phase of the convolution it inverts
         forward_bytes = data_scratch
         if strided:     # per thread, one image of its input in float32, and kernel-dependent buffers
-            overlap = any(k != s for k, s in zip(kernel, strides))
+            overlap = any(k != s for k, s in zip(call.kernel, call.strides))
             image = out_channels * prod(in_spatial)   # the input's channels (swapped above)
-            per_image = ONEDNN_THREADS * 4 * image
+            per_image = threads * 4 * image
             forward_bytes = (ONEDNN_TRANSPOSED_OVERLAP + per_image if overlap
                              else max(ONEDNN_TRANSPOSED_TILED_SMALL, ONEDNN_TRANSPOSED_TILED + per_image))
-        data_scratch = ONEDNN_DATA_SCRATCHPAD if not depthwise else 0
+        data_scratch = brgemm_data_scratchpad(threads) if not depthwise else 0
     data_reorder = reorder if depthwise else _up16(per_group_in) * out_channels * taps
-    if transposed:   # the forward pass reorders the weight as a data phase does, backward as a forward
+    if call.transposed:   # the forward pass reorders the weight as a data phase does, backward as a forward
         reorder, data_reorder = data_reorder, reorder
     weight_blocked = (_up16(out_channels) * (_up16(per_group_in) if taps == 1 else per_group_in) * taps
                       if not depthwise else reorder)
-    biases = out_channels if bias else 0
-    forward = (Saved("new", elements=clone + reorder, what="weight in channels-last and oneDNN's layout"),
+    biases = out_channels if call.bias else 0
+    forward = (Saved("new", elements=clone + reorder, per_sample=False, what="weight in channels-last and oneDNN's layout"),
                Saved("new", elements=forward_bytes, dtype="uint8", per_sample=False, what="oneDNN scratchpad"))
-    forward = tuple(s if s.dtype == "uint8" else Saved("new", s.elements, per_sample=False, what=s.what)
-                    for s in forward if s.elements) + layout
     # the three backward phases, as (act elements, bytes); the gradients (weight + bias) come off
     phases = [(clone + data_reorder, data_scratch),
               (clone + weight_blocked + biases, weight_scratch),
               (clone + weight_blocked + 2 * biases + 2 * weight, 0)]
     elements, nbytes = max(phases, key=lambda p: 4 * p[0] + p[1])
     elements -= weight + biases
-    backward = tuple(s for s in (Saved("new", elements=max(elements, 0), per_sample=False, what="weight copies and gradients in oneDNN's layouts"),
-                                 Saved("new", elements=nbytes, dtype="uint8", per_sample=False, what="oneDNN scratchpad"))
-                     if s.elements) + layout
-    return forward, backward
+    backward = (Saved("new", elements=max(elements, 0), per_sample=False, what="weight copies and gradients in oneDNN's layouts"),
+                Saved("new", elements=nbytes, dtype="uint8", per_sample=False, what="oneDNN scratchpad"))
+    return _kept(forward) + layout, _kept(backward) + layout
+
+
+# --- oneDNN, bfloat16 --------------------------------------------------------------------------
+#
+# Under ``dtype="bfloat16"`` or autocast to bfloat16 oneDNN's bfloat16 kernels run (names from
+# ONEDNN_VERBOSE): forward ``brg_conv_fwd`` (``brgconv_1x1`` for 1×1 kernels), the input gradient
+# ``brg_conv_bwd`` (a forward convolution of the output's gradient), the weight gradient
+# ``jit_bf16`` (``jit_bf16_1x1``) accumulating in float32. Around them, as in float32 (weight
+# copies, three backward phases), with bfloat16's own paddings:
+#   forward reorder: output channels padded to 16, input channels to pairs (VNNI packs two
+#     bfloat16 in each 32-bit lane);
+#   data reorder: input channels padded to 16 (with strides, blocks of 16, 32 or 64), output
+#     channels to pairs;
+#   blocked weight gradient: output channels padded to 16, input channels too from 16 up (a 1×1
+#     kernel always); fewer than 16 input channels are one block of their own ("first
+#     convolution");
+#   scratchpads: brgemm's as in float32; the data phase of an unpadded convolution with a kernel 2
+#     or 3 wide also copies input rows (``BF16_DATA_ROWS_FIXED`` and, per thread, the input's width
+#     × up to 64 channels in two bfloat16 rows); the weight gradient's kernel books transposed
+#     copies of the input and output gradient and float32 partial sums
+#     (``bf16_weights_scratchpad``, ``bf16_1x1_weights_scratchpad``).
+BF16_DATA_ROWS_FIXED = 4096
+BF16_DATA_ROWS_CHANNELS = 64
+# strided data phases (measured on 3–128 input channels, 4–64 filters, 2 threads; exact there)
+BF16_STRIDED_DATA_FIXED = 16_384
+BF16_STRIDED_DATA_PER_THREAD = 16_920
+
+
+def onednn_bf16_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a bfloat16 oneDNN convolution, in bytes (see above)."""
+    threads, act = max(ctx.threads, 1), 2
+    conv = _inverted(call) if call.transposed else call
+    channels, out_channels, taps = conv.channels, conv.out_channels, conv.taps
+    clone = conv.weight if taps > 1 and channels > 1 else 0
+    forward_reorder = _up16(out_channels) * _up(channels, 2) * taps
+    data_reorder = _up(channels, _bf16_data_block(conv)) * _up(out_channels, 2) * taps
+    first = channels < 16 and taps > 1
+    blocked = _up16(out_channels) * (channels if first else _up16(channels)) * taps
+    one_by_one = taps == 1 and not conv.strided
+    weights_scratch = (bf16_1x1_weights_scratchpad(conv, ctx.batch, threads) if one_by_one
+                       else bf16_weights_scratchpad(conv, ctx.batch, threads))
+    biases = out_channels if conv.bias else 0
+    convolve = act * (clone + forward_reorder) + brgemm_forward_scratchpad(threads)
+    data = act * (clone + data_reorder) + bf16_data_scratchpad(conv, threads)
+    weights = act * (clone + blocked + biases) + weights_scratch
+    done = act * (clone + blocked + 2 * biases + 2 * conv.weight)
+    forward, input_grad = (data, convolve) if call.transposed else (convolve, data)
+    backward = max(input_grad, weights, done) - act * (conv.weight + biases)
+    layout: tuple[Saved, ...] = ()
+    if ctx.data_format == "channels_first":
+        larger = max(call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial))
+        layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
+    return (_bytes(forward, "weight copies and oneDNN scratchpad") + layout,
+            _bytes(max(backward, 0), "weight copies, gradients in oneDNN's layouts and scratchpads") + layout)
+
+
+def _bytes(nbytes: int, what: str) -> tuple[Saved, ...]:
+    return _kept(Saved("new", elements=nbytes, dtype="uint8", per_sample=False, what=what))
+
+
+def _inverted(call: ConvCall) -> ConvCall:
+    """The convolution a transposed one is the gradient of: input and output swapped."""
+    return replace(call, channels=call.out_channels, out_channels=call.channels, in_spatial=call.out_spatial,
+                   out_spatial=call.in_spatial, transposed=False)
+
+
+def _bf16_data_block(call: ConvCall) -> int:
+    """Input channels' block in the data phase's weight: 16, or with strides 16, 32 or 64."""
+    if not call.strided or call.channels <= 16:
+        return 16
+    return 32 if call.channels <= 48 else 64
+
+
+def bf16_data_scratchpad(call: ConvCall, threads: int) -> int:
+    """brgemm's input-gradient scratchpad in bfloat16 (see the notes above)."""
+    if call.strided:
+        block = _bf16_data_block(call)
+        per_thread = (BF16_STRIDED_DATA_PER_THREAD + 32 * (block - 16)
+                      + 256 * max(_up16(call.out_channels) - 32, 0))
+        return BF16_STRIDED_DATA_FIXED + threads * per_thread
+    scratch = brgemm_data_scratchpad(threads)
+    width, pad = call.in_spatial[-1], call.pads[-1]
+    if pad == 0 and 2 <= call.kernel[-1] <= 3:   # input rows copied, two per thread
+        scratch += BF16_DATA_ROWS_FIXED + threads * 2 * 2 * width * min(_up16(call.channels), BF16_DATA_ROWS_CHANNELS)
+    return scratch
+
+
+def _f32(x: float) -> float:
+    """x rounded to single precision, as oneDNN's float cost arithmetic rounds it."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def _product(factors: tuple[float, ...], divisors: tuple[int, ...] = ()) -> float:
+    """Products, then quotients, left to right in single precision (a C++ float expression)."""
+    value = _f32(factors[0])
+    for f in factors[1:]:
+        value = _f32(value * f)
+    for d in divisors:
+        value = _f32(value / d)
+    return value
+
+
+def _div_up(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def bf16_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+    """Scratchpad of oneDNN's ``jit_bf16`` weight-gradient kernel
+    (``jit_avx512_core_bf16_conv_bwd_weights_kernel_f32``: ``init_conf``, ``balance``,
+    ``init_scratchpad``), nxc layouts, one group.
+
+    It splits the work between ``nthr_mb`` threads over batch × rows and ``nthr_oc_b`` ×
+    ``nthr_ic_b`` over channel blocks of 16 (fewer than 16 input channels: one block), by
+    the least memory traffic; then books the input transposed into rows of ``tr_iw`` (its width
+    over the stride plus shared padding, in pairs) per batch-thread and input block, the output's
+    gradient transposed likewise, float32 partial weight and bias gradients per batch-thread,
+    and barriers.
+    """
+    d = 3 - len(call.in_spatial)
+    (i_d, ih, iw), (od, oh, ow) = (1,) * d + call.in_spatial, (1,) * d + call.out_spatial
+    kd, kh, kw = (1,) * d + call.kernel
+    sd, sh, sw = (1,) * d + call.strides
+    _, ph, pw = (0,) * d + call.pads
+    _, dh, dw = (1,) * d + call.dilation
+    ic, oc = call.channels, call.out_channels
+    first = ic < 16
+    ic_block, oc_block = (ic if first else 16), 16
+    nb_ic, nb_oc = _div_up(ic, ic_block), _div_up(oc, oc_block)
+    transpose_src = not (first and ic == 1)
+    r_pad = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (iw + pw))
+    b_pad = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (ih + ph))
+    tr_pad = _up(max(pw, r_pad + 1), 2)
+    tr_iw = _up(_div_up(iw, sw) + tr_pad, 2) * sw if transpose_src else iw
+    tr_ow = _up(ow, 2)
+    full_spatial = (d > 0 and ih == oh and iw == ow and 1 not in (kh, kw) and sh == sw == 1 and dh == dw == 1
+                    and pw == kw // 2 and ph == kh // 2 and not first and ic >= 128
+                    and (ic_block * tr_iw + oc_block * tr_ow) * 2 * max(1, b_pad, ph) <= 48 * 1024)
+    work = batch * od if d == 0 else batch if full_spatial else batch * oh
+
+    def cost(mb: int, ocb: int, icb: int) -> float:
+        src = batch * ic * i_d * ih * tr_iw * 2
+        dst = batch * oc * od * oh * tr_ow * 2
+        wei = oc * ic * kd * kh * kw * 4
+        scale = _f32(_f32(0.5 * (dst + src)) / wei)
+        ratio = _f32(nb_oc / nb_ic)
+        src_coef = float(max(int(_f32(1.0 / ratio)), 1)) * (4.0 if scale < 1.0 else 1.0)
+        dst_coef, wei_coef = float(max(int(ratio), 1)), float(max(int(scale), 1))
+        src_v = _product((src_coef, _div_up(work, mb), _div_up(nb_ic, icb), batch, ic_block, i_d, ih, tr_iw),
+                         (work, sd, sh, sw))
+        wei_v = _product((wei_coef, _div_up(nb_oc, ocb), _div_up(nb_ic, icb), kh, kw, kd, ic_block, oc_block))
+        dst_v = _product((dst_coef, _div_up(work, mb), _div_up(nb_oc, ocb), batch, oc_block, od, oh, tr_ow), (work,))
+        return _f32(_f32(src_v + dst_v) + wei_v)
+
+    mb, ocb, icb = _cheapest(cost, threads, work, nb_oc, nb_ic)
+    if threads // 2 < mb < threads:
+        mb = min(work, threads)
+    nthr = mb * ocb * icb
+    # the transposed input keeps room for its shared padding even when it is not transposed
+    tr_src = ((mb * nb_ic * tr_iw * ic_block * ih * i_d if transpose_src else 0) + tr_pad) * 2
+    tr_ddst = mb * nb_oc * tr_ow * oc_block * oh * od * 2
+    partial = 4 * mb * (nb_oc * oc_block * nb_ic * ic_block * kd * kh * kw + (nb_oc * oc_block if call.bias else 0))
+    barriers = (nthr // ocb if ocb > 1 else 0, nthr // icb if icb > 1 else 0, 1)
+    return _booked(tr_src, tr_ddst, partial, barriers=barriers)
+
+
+def _cheapest(cost, threads: int, work: int, nb_oc: int, nb_ic: int) -> tuple[int, int, int]:
+    """oneDNN's ``balance``: (batch, output-block, input-block) threads of least cost (ties: the
+    last tried)."""
+    best, choice = cost(1, 1, 1), (1, 1, 1)
+    for mb in range(1, min(threads, work) + 1):
+        for ocb in range(1, min(threads // mb, nb_oc) + 1):
+            icb = min(threads // mb // ocb, nb_ic)
+            c = cost(mb, ocb, icb)
+            if c <= best:
+                best, choice = c, (mb, ocb, icb)
+    return choice
+
+
+def _best_divider(value: int, low: int, high: int, find_max: bool, step: int = 1) -> int:
+    """oneDNN's ``best_divider``: the block in [low, high] that pads ``value`` least."""
+    high = max(1, min(high, value))
+    low = max(1, min(low, high))
+    best, least = high, float("inf")
+    for divider in range(high, low - 1, -step):
+        loss = (_up(value, divider) - value) / _up(value, divider)
+        if loss < least or (not find_max and loss == least):
+            best, least = divider, loss
+    return best
+
+
+def bf16_1x1_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+    """Scratchpad of oneDNN's ``jit_bf16_1x1`` weight-gradient kernel
+    (``jit_avx512_core_bf16_1x1_conv_kernel``: ``init_conf``, ``balance``, ``init_scratchpad``),
+    nxc layouts, unstrided.
+
+    The reduction runs over the input positions in blocks of 8–16; threads split batch ×
+    reduction blocks and the 16-channel blocks by the least memory traffic. Booked: float32
+    partial weight and bias gradients per batch-thread, a barrier when there are several,
+    per thread the output's gradient and the input transposed (their channel blocks over all
+    positions, in pairs), and the bias padded to 16 when it is not.
+    """
+    positions = prod(call.in_spatial)
+    block = _best_divider(positions, 8, 16, True, 2)
+    if positions % block:
+        block = _best_divider(call.in_spatial[-1], 4, call.in_spatial[-1], False, 2)
+    block = _up(1 if block > 256 else block, 2)
+    nb_reduce = _div_up(positions, block)
+    nb_bcast, nb_load = _div_up(call.channels, 16), _div_up(call.out_channels, 16)
+    output_koeff = 4 * max(1, call.out_channels // call.channels)
+
+    def cost(mb: int, ocb: int, icb: int) -> int:
+        steps = _div_up(batch * nb_reduce, mb)
+        return (steps * _div_up(nb_bcast, icb) * 16 * block + steps * _div_up(nb_load, ocb) * 16 * block
+                + output_koeff * _div_up(nb_load, ocb) * _div_up(nb_bcast, icb) * 16 * 16)
+
+    mb, ocb, icb = _cheapest(cost, threads, batch * nb_reduce, nb_load, nb_bcast)
+    if threads // 2 < mb < threads:
+        mb = min(batch, threads)
+    nthr = mb * ocb * icb
+    load_blocks = _best_divider(nb_load, 16, nb_load, False)
+    bcast_blocks = _best_divider(nb_bcast, 5, nb_bcast, False)
+    rows = _up(positions, 2)
+    biases = _up16(call.out_channels) if call.bias else 0
+    partial = 4 * mb * (_up16(call.out_channels) * _up16(call.channels) + biases)
+    padded_bias = 2 * call.out_channels if call.bias and call.out_channels % 16 else 0
+    return _booked(partial, 2 * nthr * rows * 16 * load_blocks, 2 * nthr * rows * 16 * bcast_blocks, padded_bias,
+                   barriers=(1 if mb > 1 else 0,))
 
 
 def torch_rank(rank: int, ctx) -> int:
@@ -399,9 +800,10 @@ class SeparableConvRule(DepthwiseConvRule):
         pad = tuple(s for s in base.scratch if s.what == "padded input")
         grad_padded = tuple(s for s in base.backward_scratch if s.what.startswith("padded"))
         depth_backward = tuple(s for s in base.backward_scratch if not s.what.startswith("padded"))
+        ones, positions = lift((1,) * self.rank, self.rank, ctx, 1), lift(out_spatial, self.rank, ctx, 1)
         point_forward, point_backward = conv_workspace(
-            ctx, channels=middle, out_channels=a.filters, kernel=(1,) * self.rank, strides=(1,) * self.rank,
-            groups=1, bias=a.use_bias, out_spatial=out_spatial, in_spatial=out_spatial)
+            ctx, channels=middle, out_channels=a.filters, kernel=ones, strides=ones, groups=1, bias=a.use_bias,
+            out_spatial=positions, in_spatial=positions, padding=(0,) * len(ones))
         # the depthwise result's gradient exists in backward whether or not the input wants one
         extra = prod(out_spatial) * middle
         bigger = max((depth_backward, point_backward), key=lambda ss: sum(
@@ -547,12 +949,20 @@ class ConvTransposeRule(Rule):
         in backward; oneDNN's own buffers as for a convolution (``conv_workspace``)."""
         spatial, channels = split_channels(x, ctx.data_format)
         out_spatial, _ = split_channels(y, ctx.data_format)
-        forward, backward = conv_workspace(ctx, channels=channels, out_channels=a.filters, kernel=a.kernel_size,
-                                           strides=a.strides, groups=1, bias=a.use_bias, out_spatial=out_spatial,
-                                           transposed=True, in_spatial=spatial)
         crops = [transpose_crops(**axis) for axis in self._per_axis(a)]
+        native = self._native(a, crops)
+        # torch's own result: cropped by its padding when native, else uncropped (cut after)
+        torch_out = out_spatial if native else tuple(n - b - e for n, (b, e) in zip(out_spatial, crops))
+        padding = tuple(b if native else 0 for b, _ in crops)
+        forward, backward = conv_workspace(ctx, channels=channels, out_channels=a.filters,
+                                           kernel=lift(a.kernel_size, self.rank, ctx, 1),
+                                           strides=lift(a.strides, self.rank, ctx, 1), groups=1, bias=a.use_bias,
+                                           out_spatial=lift(torch_out, self.rank, ctx, 1), transposed=True,
+                                           in_spatial=lift(spatial, self.rank, ctx, 1),
+                                           padding=lift(padding, self.rank, ctx, 0),
+                                           dilation=lift(a.dilation_rate, self.rank, ctx, 1))
         uncropped: tuple[Saved, ...] = ()
-        if not self._native(a, crops):
+        if not native:
             # torch's result, then one pad (a crop where negative) to Keras's size, the bias added
             # in place: the full result is a temporary beside the output
             full = a.filters * prod(n - b - e for n, (b, e) in zip(out_spatial, crops))

@@ -8,10 +8,12 @@ normalises (one multiply-add).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from math import prod
 from typing import Any
 
 from ..args import Arg, boolean, number
+from ..dtypes import itemsize
 from ..errors import ShapeError, SpecError
 from ..registry import Memory, Params, Rule, Saved, register
 from ..shapes import shape_text
@@ -61,6 +63,26 @@ def _resolve(axis: int, x: tuple[int, ...], field: str = "axis") -> int:
     return (axis % rank) - 1
 
 
+#: ``batch_norm_backward`` on the CPU (torch 2.13, measured with the allocator's events at 1, 2
+#: and 4 threads): an input-sized temporary first (freed), then per-channel float32 buffers: a
+#: zeroed (threads, 2, channels) partial-sum buffer, and with a bfloat16 input three per-channel
+#: float32 sums besides
+BN_PARTIAL_SUMS = 2
+BN_REDUCED_SUMS = 3
+
+
+def batch_norm_backward_scratch(elements: int, channels: int, ctx) -> tuple[Saved, ...]:
+    """The larger of ``batch_norm_backward``'s two moments beyond the gradients: the input-sized
+    temporary, or the float32 per-channel buffers that follow it (larger for a few samples of
+    few elements: a batch-1 norm of a Dense layer's features)."""
+    temporary = Saved("new", elements=elements, what="batch_norm_backward temporary")
+    reduced = ctx.dtype != "float32" or ctx.amp is not None
+    sums = (BN_PARTIAL_SUMS * max(ctx.threads, 1) + (BN_REDUCED_SUMS if reduced else 0)) * channels
+    if ctx.batch * elements * itemsize(ctx.dtype) >= 4 * sums:
+        return (temporary,)
+    return (Saved("new", elements=sums, dtype="float32", per_sample=False, what="per-channel float32 sums"),)
+
+
 @register
 class BatchNormalization(Rule):
     """Normalise each channel by the batch's statistics (training) or moving ones (inference).
@@ -107,24 +129,25 @@ class BatchNormalization(Rule):
         return prod(x)  # (x − mean)·γ/σ + β as one multiply-add per element
 
     def memory(self, a, x, y, ctx):
-        """``native_batch_norm`` returns the batch's mean and 1/std per channel (float32) in
-        inference too, where they are dropped at once; training keeps them with the input.
-        Backward allocates one input-sized temporary besides the input's gradient. Learning only
+        """``native_batch_norm`` returns the batch's mean and 1/std per channel in inference too
+        (float32), where they are dropped at once; training keeps them with the input, in the
+        parameters' dtype (bfloat16 in a bfloat16 model, float32 under autocast). Learning only
         one of gamma and beta, a separate scale or shift follows the normalisation: its result
-        is a temporary (a scale keeps it for backward).
+        is a temporary (a scale keeps it for backward). Backward: ``batch_norm_backward_scratch``.
         """
         c = x[self._channel_axis(a, x, ctx)]
         stats = (Saved("new", elements=c, dtype="float32", what="batch mean", per_sample=False),
                  Saved("new", elements=c, dtype="float32", what="batch 1/std", per_sample=False))
-        saved = [Saved("input", what="batch norm input"), *stats]
+        kept = tuple(replace(s, dtype=ctx.dtype) for s in stats)
+        saved = [Saved("input", what="batch norm input"), *kept]
         scratch = list(stats)
         if a.scale != a.center:
             normalised = Saved("new", elements=prod(x), what="normalised input")
             scratch.append(normalised)
             if a.scale:   # the separate scale multiplies the normalised tensor and keeps it
                 saved.append(normalised)
-        backward = (Saved("new", elements=prod(x), what="batch_norm_backward temporary"),)
-        return Memory(saved=tuple(saved), scratch=tuple(scratch), backward_scratch=backward)
+        return Memory(saved=tuple(saved), scratch=tuple(scratch),
+                      backward_scratch=batch_norm_backward_scratch(prod(x), c, ctx))
 
     def build(self, a, x, ctx):
         from torch import nn
