@@ -99,6 +99,26 @@ def test_linear_adam_steady_step_peak(linear_cpu):
     assert linear_cpu.phase_bytes["adam"]["optimizer"] == 2 * PARAMS
 
 
+def test_linear_peaks_split_by_category(linear_cpu):
+    # The same moments as above, each byte named: at the SGD peak the caller's out (1,280) and
+    # loss (4) are activations, backward's seed (4) and d loss/d out (1,280) temporaries; at
+    # Adam's, sqrt and quotient (2 × 31,360) and the float64 divisor (8) are temporaries and
+    # div's float32 copy of the divisor (4), made and freed inside the operator, workspace.
+    split = linear_cpu.breakdown
+    assert split["inference"] == {"parameters": PARAMS, "gradients": 0, "optimizer_state": 0, "inputs": X,
+                                  "activations": OUT, "weight_casts": 0, "temporaries": 0, "workspace": 0}
+    assert split["train_sgd"] == split["train_first_step_sgd"] == {
+        "parameters": PARAMS, "gradients": PARAMS, "optimizer_state": 0, "inputs": X + Y,
+        "activations": OUT + 4, "weight_casts": 0, "temporaries": 4 + OUT, "workspace": 0}
+    assert split["train_adam"] == {
+        "parameters": PARAMS, "gradients": PARAMS, "optimizer_state": 2 * PARAMS + 8, "inputs": X + Y,
+        "activations": OUT + 4, "weight_casts": 0, "temporaries": 2 * 31_360 + 8, "workspace": 4}
+    assert sum(split["train_adam"].values()) == linear_cpu.train_peak_bytes_adam
+    # activations by module: fc's output, and the loss outside any module
+    assert linear_cpu.activations_at_peak["inference"] == {"fc": OUT}
+    assert linear_cpu.activations_at_peak["train_sgd"] == {"fc": OUT, "(outside modules)": 4}
+
+
 def test_allocator_peak_is_at_least_tensor_peak(linear_cpu):
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))

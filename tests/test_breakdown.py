@@ -1,0 +1,231 @@
+"""Measured peaks split by category, beside the predicted split: exact against PyTorch on the CPU.
+
+The built-in ``digits`` model (Flatten → Dense(10) → softmax on 28×28×1) at batch 2 in float32:
+weight 10 × 784 × 4 = 31,360 B and bias 10 × 4 = 40 B, so parameters P = 7,850 × 4 = 31,400 B and
+gradients G = 31,400 B; input x = 2 × 784 × 4 = 6,272 B; cross-entropy target y = 2 × 8 = 16 B
+(int64 class indices); the dense output and the softmax output (``out``) 2 × 10 × 4 = 80 B each;
+the loss a 0-d float32, 4 B.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+
+import pytest
+
+import profiler.build
+from profiler import runner, workflow
+from profiler.cli import main
+from profiler.errors import SpecError
+from profiler.memory_model import CATEGORIES
+from profiler.peak_breakdown import _operator, _Spans
+from profiler.render.report import render
+from profiler.spec import loads
+
+P = G = 7_850 * 4                # 31,400
+W = 7_840 * 4                    # the weight alone: 31,360
+X = 2 * 784 * 4                  # 6,272
+Y = 2 * 8                        # 16
+OUT = 2 * 10 * 4                 # 80
+LOSS = SEED = 4                  # the loss, and backward's seed ones_like(loss)
+STEP = 4                         # Adam's float32 step counter, one per parameter tensor
+PEAKS = ("inference", "train_sgd", "train_adam", "train_first_step_sgd", "train_first_step_adam")
+FIGURE = {"inference": "inference_peak_bytes", "train_sgd": "train_peak_bytes_sgd",
+          "train_adam": "train_peak_bytes_adam", "train_first_step_sgd": "train_first_step_peak_bytes_sgd",
+          "train_first_step_adam": "train_first_step_peak_bytes_adam"}
+
+
+def _profile(spec: str = "digits", **options):
+    return workflow.profile(workflow.resolve_spec(spec), batch=2, dtype="float32", loss="cross_entropy",
+                            device="cpu", warmup=0, repeats=1, threads=None, **options)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The digits profile, with every breakdown the runner computed kept to check its replay."""
+    seen = []
+    original = runner.analyse
+
+    def keep(*args, **kwargs):
+        seen.append((kwargs["peak_bytes"], original(*args, **kwargs)))
+        return seen[-1][1]
+
+    runner.analyse = keep
+    try:
+        result = _profile()
+    finally:
+        runner.analyse = original
+    return result, seen
+
+
+def test_every_peak_is_split_and_sums_to_the_allocator_peak(digits):
+    result, _ = digits
+    measured = result["measured"]
+    assert set(measured["breakdown"]) == set(PEAKS) == set(result["peaks"])
+    for peak in PEAKS:
+        assert list(measured["breakdown"][peak]) == list(CATEGORIES)
+        assert sum(measured["breakdown"][peak].values()) == measured[FIGURE[peak]], peak
+
+
+def test_the_replay_reaches_the_headline_peak_itself(digits):
+    # The categories sum to the allocator peak by construction (what the replay cannot explain
+    # would count as workspace); on the CPU there must be nothing to explain: the event replay
+    # reaches the headline peak, and every storage freed was listed as alive.
+    _, seen = digits
+    assert len(seen) == 5   # inference, then per optimizer a first and a steady step
+    for headline, split in seen:
+        assert split.replayed_bytes == headline
+        assert split.unlisted_freed_bytes == 0
+
+
+def test_inference(digits):
+    result, _ = digits
+    # parameters, the input, the dense output and the softmax output: no gradients, no state
+    assert result["measured"]["breakdown"]["inference"] == {
+        "parameters": P, "gradients": 0, "optimizer_state": 0, "inputs": X, "activations": OUT + OUT,
+        "weight_casts": 0, "temporaries": 0, "workspace": 0}
+    assert result["measured"]["layer_activations_at_peak"]["inference"] == {"dense": OUT, "activation": OUT}
+
+
+@pytest.mark.parametrize("peak", ["train_sgd", "train_first_step_sgd"])
+def test_sgd_step(digits, peak):
+    result, _ = digits
+    # The peak is in the dense layer's backward, as it writes the gradients (31,360 + 40). Still
+    # alive: the caller's out (80) and loss (4), backward's seed (4) and the gradient w.r.t. the
+    # dense output (80); the log-softmax output and the other gradients are gone. SGD keeps no
+    # state. The first step peaks at the same moment (zero_grad freed the old gradients).
+    assert result["measured"]["breakdown"][peak] == {
+        "parameters": P, "gradients": G, "optimizer_state": 0, "inputs": X + Y, "activations": OUT + LOSS,
+        "weight_casts": 0, "temporaries": SEED + OUT, "workspace": 0}
+    assert result["measured"]["layer_activations_at_peak"][peak] == {"activation": OUT, "(outside modules)": LOSS}
+
+
+@pytest.mark.parametrize("peak", ["train_adam", "train_first_step_adam"])
+def test_adam_step(digits, peak):
+    result, _ = digits
+    # State: exp_avg and exp_avg_sq (2 × 31,400) and two float32 steps (2 × 4) = 62,808.
+    # The peak is in the weight's update, denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt):
+    # sqrt 31,360 and the quotient 31,360 alive together with the Python float divisor wrapped
+    # in an 8-byte float64 tensor: 62,728 of temporaries; div's float32 copy of that divisor
+    # (4 B) is made and freed inside the operator: workspace. out and loss are still alive.
+    assert result["measured"]["breakdown"][peak] == {
+        "parameters": P, "gradients": G, "optimizer_state": 2 * P + 2 * STEP, "inputs": X + Y,
+        "activations": OUT + LOSS, "weight_casts": 0, "temporaries": 2 * W + 8, "workspace": 4}
+
+
+def test_measured_equals_predicted_where_the_prediction_is_exact(digits):
+    result, _ = digits
+    measured, peaks = result["measured"]["breakdown"], result["peaks"]
+    for peak in PEAKS:
+        predicted = peaks[peak]["breakdown"]
+        assert peaks[peak]["bytes"] == sum(measured[peak].values()), peak
+        for category in CATEGORIES:
+            if peak.endswith("adam") and category in ("temporaries", "workspace"):
+                continue
+            assert measured[peak][category] == predicted[category], (peak, category)
+    # The one difference: the memory model books div's 4-byte float32 copy of Adam's divisor as a
+    # temporary; it is kernel-internal (no operator returns it), so measured as workspace.
+    for peak in ("train_adam", "train_first_step_adam"):
+        predicted = peaks[peak]["breakdown"]
+        assert predicted["temporaries"] == measured[peak]["temporaries"] + 4
+        assert predicted["workspace"] == measured[peak]["workspace"] - 4 == 0
+
+
+def test_comparison_in_the_json(digits):
+    result, _ = digits
+    compared = json.loads(json.dumps(result))["breakdown_comparison"]
+    assert set(compared) == set(PEAKS)
+    assert compared["train_sgd"]["gradients"] == {"predicted": G, "measured": G, "relative_error": 0.0}
+    assert compared["train_adam"]["workspace"] == {"predicted": 0, "measured": 4, "relative_error": -1.0}
+    assert compared["inference"]["optimizer_state"] == {"predicted": 0, "measured": 0, "relative_error": None}
+    assert all(isinstance(n, int) for cats in result["measured"]["breakdown"].values() for n in cats.values())
+
+
+def test_text_and_markdown_put_both_side_by_side(digits):
+    result, _ = digits
+    text = render(result)
+    assert re.search(r"Peak\s+Part\s+Predicted\s+Measured\s+Difference\s+Error", text)
+    # 2 × 31,400 + 8 = 62,808 B = 61.34 KiB on both sides
+    assert re.search(r"\n\s+optimizer state\s+61\.34 KiB\s+61\.34 KiB\s+0 B\s+\+0\.00%\n", text)
+    assert re.search(r"\n\s+workspace\s+0 B\s+4 B\s+-4 B\s+-100\.00%\n", text)
+    assert re.search(r"first training step, Adam\s+total\s+190\.15 KiB\s+190\.15 KiB\s+0 B\s+\+0\.00%", text)
+    markdown = render(result, markdown=True, explain=True)
+    assert "| Peak | Part | Predicted | Measured | Difference | Error |" in markdown
+    assert "|  | gradients | 30.66 KiB | 30.66 KiB | 0 B | +0.00% |" in markdown
+    assert "- inference: dense 80 B, activation 80 B" in markdown
+    # a measurement alone (modelsize measure) shows the measured column only
+    alone = render({"model": "digits", "options": result["options"], "measured": result["measured"]})
+    assert re.search(r"Peak\s+Part\s+Measured\n", alone) and "Predicted" not in alone
+
+
+def test_mixed_precision_tells_weight_casts_apart():
+    result = _profile(amp="bfloat16", optimizers=("sgd",))
+    measured = result["measured"]["breakdown"]["inference"]
+    # autocast's cached bfloat16 copies of the weight and bias: 7,840 × 2 + 10 × 2 = 15,700 B;
+    # activations: the input's bfloat16 cast 2 × 784 × 2 = 3,136 and the bfloat16 dense output
+    # 2 × 10 × 2 = 40, at a peak inside the matmul (its oneDNN scratchpad is the workspace)
+    assert measured["weight_casts"] == 15_700
+    assert measured["activations"] == 3_136 + 40
+    for peak in ("inference", "train_sgd", "train_first_step_sgd"):
+        assert result["measured"]["breakdown"][peak] == result["peaks"][peak]["breakdown"], peak
+
+
+def test_checkpointed_layers_keep_their_rng_state_as_activations():
+    result = _profile(checkpoint=True, optimizers=("sgd",))
+    for peak in ("inference", "train_sgd", "train_first_step_sgd"):
+        assert result["measured"]["breakdown"][peak] == result["peaks"][peak]["breakdown"], peak
+    # the dense call keeps its input (a view of x) and torch.get_rng_state(), 5,056 B, not its
+    # output; the softmax output and the loss as before
+    assert result["measured"]["layer_activations_at_peak"]["train_sgd"] == {
+        "dense": 5_056, "activation": OUT, "(outside modules)": LOSS}
+
+
+PREDICT = importlib.import_module("profiler.predict")   # the package exports the function `predict`
+GRU = "{name: gru, input_shape: [6, 4], layers: [{GRU: {units: 8}}, {Dense: {units: 3}}]}"
+
+
+@pytest.fixture
+def refused(monkeypatch):
+    """GRU refused under mixed precision whatever the rules say now, and no model ever built."""
+    monkeypatch.setattr(PREDICT, "AUTOCAST_UNMODELLED", (*PREDICT.AUTOCAST_UNMODELLED, "GRU"))
+
+    def never(*args, **kwargs):
+        raise AssertionError("built or measured before the request was validated")
+
+    monkeypatch.setattr(profiler.build, "build", never)
+    monkeypatch.setattr(runner, "measure", never)
+
+
+def test_profile_and_measure_validate_before_measuring(refused):
+    spec = loads(GRU, source="gru.yaml")
+    pattern = r'gru\.yaml: layer 0 \(GRU "gru"\): field \'amp\': mixed precision is not modelled for GRU'
+    with pytest.raises(SpecError, match=pattern):
+        workflow.profile(spec, batch=2, dtype="float32", loss="cross_entropy", device="cpu", warmup=0,
+                         repeats=1, threads=None, amp="bfloat16")
+    with pytest.raises(SpecError, match=pattern):
+        workflow.measure(spec, batch=2, dtype="float32", loss="cross_entropy", device="cpu", warmup=0,
+                         repeats=1, threads=None, amp="bfloat16")
+
+
+@pytest.mark.parametrize("command", ["profile", "measure"])
+def test_cli_refusal_is_one_line_and_exit_2(refused, tmp_path, capsys, command):
+    path = tmp_path / "gru.yaml"
+    path.write_text(GRU)
+    extra = ["--no-save"] if command == "profile" else []
+    assert main([command, str(path), "--amp", "--batch", "2", "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "mixed precision is not modelled for GRU layers" in err
+
+
+def test_spans_give_the_innermost_label():
+    spans = _Spans([(0, 10, "model"), (2, 5, "conv"), (6, 8, "relu")])
+    assert [spans.at(t) for t in (1, 3, 5, 7, 9, 11)] == ["model", "conv", "model", "relu", "model", None]
+
+
+def test_operators_are_those_a_dispatch_mode_sees():
+    assert _operator("aten::mm") == _operator("aten::_to_copy") == "operator"
+    assert _operator("aten::linear") == _operator("aten::cross_entropy_loss") == "composite"
+    assert _operator("autograd::engine::evaluate_function: MmBackward0") is None
+    assert _operator("Optimizer.step#Adam.step") is None
