@@ -21,8 +21,10 @@ single-tensor update holds ``sqrt(v)`` and ``sqrt(v) / bc2`` of one parameter at
 of the replay, they are not assumed.
 
 What a tensor-level log cannot see is what kernels allocate and free inside themselves (the CPU
-allocator's workspace); ``profiler.runner`` measures both levels, and the allocator level is the
-larger by that workspace.
+allocator's workspace: oneDNN's weight reorders and scratchpads, im2col columns); the log books it
+per operator call from the operator's arguments, through the functions the spec path's rules use
+(:func:`kernel_workspace`), so the peaks are the allocator's, as ``profiler.runner`` measures them.
+Mixed precision runs the forward pass (and the loss) under ``torch.autocast``, as the runner does.
 """
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ if not hasattr(FlopCounterMode, "_count_flops"):   # pragma: no cover - depends 
 
 def trace(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
           names: dict[int, str]) -> Trace:
-    """Run ``model(*inputs)`` (meta tensors) in eval mode without gradients, recording each module.
+    """Run ``model(*inputs)`` in eval mode without gradients, recording each module: on meta
+    tensors, or on fake CPU ones when the caller runs it under autocast (which acts on CPU tensors).
 
     ``names`` maps ``id(module)`` to its qualified name; a module missing from it (one made inside
     a ``forward``) is counted as part of the module that called it.

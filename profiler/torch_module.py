@@ -13,9 +13,9 @@ Nothing real is allocated for the weights:
   buffer and tensor attribute is swapped for a meta tensor of the same shape, so no weight is
   copied and tied parameters stay tied.
 
-Shapes and MACs come from one forward pass on the meta device (:mod:`profiler.module_trace`),
-memory peaks from replaying inference and training steps on fake CPU tensors
-(:mod:`profiler.module_memory`). Parameters are counted exactly from ``module.parameters()``
+Shapes and MACs come from one forward pass on the meta device (:mod:`profiler.module_trace`;
+under ``amp`` on fake CPU tensors, which autocast acts on), memory peaks from replaying inference
+and training steps on fake CPU tensors, kernels' workspace included (:mod:`profiler.module_memory`). Parameters are counted exactly from ``module.parameters()``
 (shared parameters once) plus ``module.buffers()`` as non-trainable.
 
 Rows form a tree, as torchinfo's ``depth``: the root is depth 0, its children depth 1, and so on.
