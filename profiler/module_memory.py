@@ -217,7 +217,8 @@ def _channels_last(*tensors: torch.Tensor) -> bool:
 
 
 def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, stride: Sequence[int],
-          transposed: bool, groups: int, out_shape: Sequence[int]) -> tuple[list[int], list[int]]:
+          padding: Sequence[int], dilation: Sequence[int], transposed: bool, groups: int,
+          out_shape: Sequence[int]) -> tuple[list[int], list[int]]:
     """(forward, backward) workspace bytes of one convolution, from ``conv_workspace``."""
     batch = x.shape[0]
     ctx = _op_context(run, x.dtype, batch=batch,
@@ -225,7 +226,8 @@ def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, strid
     forward, backward = conv_workspace(
         ctx, channels=x.shape[1], out_channels=out_shape[1], kernel=tuple(weight.shape[2:]),
         strides=tuple(stride), groups=groups, bias=bias, out_spatial=tuple(out_shape[2:]),
-        transposed=transposed, in_spatial=tuple(x.shape[2:]))
+        transposed=transposed, in_spatial=tuple(x.shape[2:]), padding=tuple(padding),
+        dilation=tuple(dilation))
     return _saved_bytes(forward, batch, x.dtype), _saved_bytes(backward, batch, x.dtype)
 
 
@@ -233,8 +235,9 @@ def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, strid
 def _convolution(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
     """convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
     groups)"""
-    x, weight, bias, stride, _, _, transposed, _, groups = args[:9]
-    return _conv(run, x, weight, bias is not None, stride, transposed, groups, out.shape)[0]
+    x, weight, bias, stride, padding, dilation, transposed, _, groups = args[:9]
+    return _conv(run, x, weight, bias is not None, stride, padding, dilation, transposed, groups,
+                 out.shape)[0]
 
 
 @_workspace(aten.convolution_backward.default)
@@ -242,8 +245,9 @@ def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool) -
     """convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation,
     transposed, output_padding, groups, output_mask): ``bias_sizes`` is [0] without a bias, the
     mask says whether the bias's gradient is made."""
-    grad_out, x, weight, _, stride, _, _, transposed, _, groups, mask = args[:11]
-    return _conv(run, x, weight, bool(mask[2]), stride, transposed, groups, grad_out.shape)[1]
+    grad_out, x, weight, _, stride, padding, dilation, transposed, _, groups, mask = args[:11]
+    return _conv(run, x, weight, bool(mask[2]), stride, padding, dilation, transposed, groups,
+                 grad_out.shape)[1]
 
 
 def _batch_norm_memory(run: Context, x: torch.Tensor, affine: bool) -> Memory:
