@@ -1,40 +1,46 @@
 """What the bytes alive at a measured allocator peak are: the prediction's categories, measured.
 
-The headline peaks are allocator-level (:func:`profiler.memory_trace.allocator_peak` replays the
-allocator's events). To split such a peak, the same plain run is looked at more closely, with
-nothing added that could change what it allocates:
+The moment that matters is the allocator's peak (:func:`profiler.memory_trace.allocator_peak`
+replays the allocator's events of a plain run), not the :class:`~profiler.memory_trace.TensorTracker`'s
+own: the tracker runs under a dispatch mode, which changes what PyTorch allocates, so its run
+cannot be lined up with the plain one byte for byte. Instead the plain run itself is looked at
+more closely, and the same events both fix the moment and name the bytes:
 
 1. **Where.** The run is annotated (:class:`Annotator`): each phase (``forward``, ``backward``,
    ``optimizer``) and each module's forward call becomes a named profiler range, opened and closed
-   by global module hooks (no dispatch mode, no per-module hooks: the code paths stay the plain
-   ones). The profile's event tree gives every allocation and free with its address, thread and
-   time, and the operators running around it.
-2. **The peak moment.** The allocations and frees of the device are replayed in time order, as
-   the headline replay does, and the first moment the highest point is reached is the peak.
-   Each block alive then is one allocation of the trace (paired with its free by address) or a
-   storage alive before the run.
+   by *global* module hooks (no dispatch mode, no per-module hooks: the code paths stay the plain
+   ones, and the headline peaks with them). The profile's event tree gives every allocation and
+   free with its address, thread and time, and the operators and ranges around it.
+2. **The moment.** The device's allocations and frees are replayed in time order (equal times in
+   the order recorded), and the first moment the highest point is reached is the peak: on the
+   CPU the same events and the same sum as the headline replay. The blocks alive then are the
+   trace's allocations not yet freed (paired with their frees by address) and the storages alive
+   before the run that have not been freed.
 3. **What each block is.** Storages alive before the run are known by address (the runner lists
    them with their category: parameters and buffers, gradients, optimizer state, inputs and
-   targets); so are the gradients and optimizer state alive after it. A block allocated in the
-   run is
+   targets). A block allocated in the run is
 
    - ``workspace`` when it is freed before the operator that allocated it returns: kernel-internal
-     scratch. "The operator" is the outermost dispatcher operator around the allocation that is
-     not CompositeImplicitAutograd, the level a ``TorchDispatchMode`` sees (composite operators
-     such as ``linear`` or ``cross_entropy_loss`` are looked into; their parts are operators);
-   - ``gradients`` / ``optimizer_state`` when it is still alive at the end at the address of a
-     ``.grad`` / a tensor in ``optimizer.state`` (what it becomes: a parameter's gradient is
-     written while backward runs);
+     scratch that no operator returns. "The operator" is the outermost dispatcher operator around
+     the allocation that is not CompositeImplicitAutograd: the level a dispatch mode (and so the
+     tracker) sees. Composite operators such as ``linear`` or ``cross_entropy_loss`` are looked
+     into, their parts being operators; autograd's nodes and the optimizer's step are ranges, not
+     operators;
+   - ``gradients`` / ``optimizer_state`` when it is still alive after the run at the address of a
+     ``.grad`` / of a tensor in ``optimizer.state`` (what it becomes: backward writes a
+     parameter's gradient before the step ends); ``parameters`` / ``inputs`` likewise;
    - ``weight_casts`` when an operator ``_to_copy`` made it from a parameter or buffer (autocast's
-     casts; recognised from the operators' recorded inputs, so only when ``record_shapes`` is on,
-     as the runner does under mixed precision);
+     casts). This needs the operators' recorded inputs (``record_shapes``), which the runner turns
+     on under mixed precision only;
    - ``activations`` when it was made in the forward phase or inside a module's forward call
-     (checkpointed layers recompute theirs in backward), by module;
-   - ``temporaries`` otherwise (the loss's gradients, gradients of activations, optimizer scratch).
+     (checkpointed layers recompute theirs in backward), counted by the innermost module;
+   - ``temporaries`` otherwise (backward's seed, gradients of activations, optimizer scratch).
 
-So every byte of the peak is in one category and they sum to the allocator peak exactly;
+So each byte of the peak is in one category and they sum to the allocator peak exactly, and
 ``workspace`` is the allocator peak minus the tensors alive at that moment. Frees of storages the
-runner did not list as alive (none in its runs) would count against ``temporaries``.
+runner did not list as alive (none in its runs; :attr:`Breakdown.unlisted_freed_bytes`) would
+count against ``temporaries``. The cost is one event-tree walk per measured call and two hooks
+and two profiler ranges per module call.
 
 On CUDA the replayed events are the caching allocator's blocks; known storages are rounded as its
 blocks are (512 bytes), and whatever the baseline or the headline figure holds beyond the replay

@@ -41,6 +41,12 @@ what kernels allocate internally (on CUDA it also holds the allocator's rounding
 blocks). The tracked call is separate because a dispatch mode slightly changes what PyTorch
 allocates (see ``_tracked_run``); the reported allocator peaks come from the plain calls.
 
+Each plain call is also split: what was alive at its allocator peak, by the categories the memory
+model predicts (parameters, gradients, optimizer state, inputs, activations by module, weight casts,
+temporaries, workspace), summing to the peak exactly. The call runs annotated (its phases and module
+calls as profiler ranges, opened by global module hooks) and the profile's event tree is read back
+by :mod:`profiler.peak_breakdown`, which explains how each block is named.
+
 Inputs and targets are random with a fixed seed (``seed`` also seeds torch's global generator, for
 dropout). Timing runs after all memory measurements, so it cannot disturb them. The module is
 moved to the device and dtype in place, and left without gradients.
@@ -80,7 +86,8 @@ class Measurement:
     Each measured optimizer's figures are in ``optimizer_peaks``; they read as attributes and
     keys ``train_peak_bytes_<name>``, ``train_tensor_peak_bytes_<name>``,
     ``train_workspace_bytes_<name>``, ``train_first_step_…`` and ``train_baseline_bytes_<name>``
-    (``None`` as attributes for an optimizer that was not measured).
+    (``None`` as attributes for an optimizer that was not measured). ``breakdown`` splits each
+    allocator peak ("inference", "train_<name>", "train_first_step_<name>") by category.
     """
     device: str
     dtype: str

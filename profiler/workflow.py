@@ -95,7 +95,7 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
     from .runner import measure as run
 
     target = get_device(device)
-    predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind="cuda" if target.name.startswith("cuda") else "cpu",
+    predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=target.torch_device.type,
             optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads)
     module = build(spec, dtype=dtype, device=target.torch_device, checkpoint=checkpoint)
     measurement = run(module, input_shape=[(batch, *i.shape) for i in spec.inputs],
