@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from math import prod
 
 from ..args import Arg, boolean, choice, int_tuple, optional, positive_int
+from ..dtypes import itemsize
 from ..errors import ShapeError, SpecError
 from ..registry import Memory, Params, Rule, Saved, register
 from ..shapes import join_channels, same_padding, shape_text, spatial_output, split_channels
@@ -247,9 +248,7 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
                     tuple(padding), tuple(dilation), groups, bias, transposed)
     if not runs_onednn(ctx, call):
         return im2col_workspace(ctx, call)
-    if ctx.compute_dtype(True) == "bfloat16" and groups == 1:
-        return onednn_bf16_workspace(ctx, call)
-    return onednn_float32_workspace(ctx, call)
+    return onednn_workspace(ctx, call)
 
 
 def _inferred_padding(in_spatial, out_spatial, kernel, strides, dilation, transposed) -> tuple[int, ...]:
@@ -322,6 +321,12 @@ def im2col_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Save
     return _kept((weight_copy, cols)), _kept(backward)
 
 
+def _nbytes(tensor: Saved, batch: int, act: int) -> int:
+    """Bytes of a rule's tensor: "act" elements in the op's dtype, per sample unless not."""
+    size = act if tensor.dtype == "act" else itemsize(tensor.dtype)
+    return tensor.elements * (batch if tensor.per_sample else 1) * size
+
+
 def _kept(tensors) -> tuple[Saved, ...]:
     """Drop empty entries."""
     tensors = (tensors,) if isinstance(tensors, Saved) else tensors
@@ -341,10 +346,11 @@ def _booked(*entries: int, barriers: tuple[int, ...] = ()) -> int:
             + sum(ONEDNN_PAGE * (n + 1) for n in barriers if n))
 
 
-# brgemm convolutions (forward, and the data phase run as a forward convolution) book, measured
-# at 1, 2 and 4 threads in float32 and bfloat16: a fixed part and 4120 bytes per thread
+# brgemm convolutions book, measured at 1, 2 and 4 threads in float32 and bfloat16: a fixed part
+# and 4120 bytes per thread; the data phase runs a forward convolution nested in its own
+# primitive, whose scratchpad is one entry of the outer one (128 bytes more)
 BRGEMM_FORWARD_FIXED = 4096
-BRGEMM_DATA_FIXED = 4224
+BRGEMM_DATA_FIXED = BRGEMM_FORWARD_FIXED + ONEDNN_ENTRY_ALIGNMENT
 BRGEMM_PER_THREAD = 4120
 
 
@@ -364,150 +370,72 @@ def _up16(n: int) -> int:
     return _up(n, 16)
 
 
-# --- oneDNN, float32 ---------------------------------------------------------------------------
+# --- oneDNN ------------------------------------------------------------------------------------
 #
-# Around the kernel, with a channels-last input (every layer here in Keras's default layout):
+# Kernels (names from ONEDNN_VERBOSE): forward ``brg_conv_fwd`` (``brgconv_1x1`` for 1×1), the
+# input gradient ``brg_conv_bwd`` (a forward convolution of the output's gradient), the weight
+# gradient ``jit`` / ``jit_1x1`` in float32 and ``jit_bf16`` / ``jit_bf16_1x1`` in bfloat16
+# (accumulating in float32). Around them, with a channels-last input (every layer here in
+# Keras's default layout):
 # forward: the weight copied to channels-last (``weight.contiguous(channels_last)``; not needed
-#   when it already is: a 1×1 kernel or one input channel per group), the weight reordered to
-#   oneDNN's blocked layout (output channels padded to 16; depthwise: channels padded to 16),
-#   and the brgemm kernel's scratchpad (``brgemm_forward_scratchpad``), none for the depthwise
-#   one. A depthwise convolution with depth_multiplier > 1 runs as a GEMM over one image's
-#   columns: output positions × kernel × input channels elements.
+#   when it already is: a 1×1 kernel or one input channel), the weight reordered to oneDNN's
+#   layout (output channels padded to 16; bfloat16 also pairs the input channels, VNNI packing
+#   two in each 32-bit lane), and brgemm's scratchpad (``brgemm_forward_scratchpad``).
 # backward (``convolution_backward``), in three phases that follow each other:
-#   data: the weight copied to channels-last again and reordered for the input gradient (input
-#     channels padded to 16), with brgemm's scratchpad (``brgemm_data_scratchpad``; 61,488
-#     bytes with strides > 1, measured at 2 threads);
-#   weights: the weight gradient in the blocked layout (as the forward reorder; a 1×1 kernel
-#     pads the input channels to 16 too), the bias gradient, and — when fewer than 32 output
-#     channels make the kernel split the batch between threads — a reduction buffer of one more
-#     blocked weight gradient plus ~8 KiB, and 12,544 bytes for the bias (2 threads);
+#   data: the weight copied again and reordered for the input gradient (input channels padded to
+#     16, or with strides to blocks of 16, 32 or 64; bfloat16 pairs the output channels), with
+#     brgemm's scratchpad (``data_scratchpad``);
+#   weights: the weight gradient in the blocked layout (output channels padded to 16, input
+#     channels too from 16 up and for a 1×1 kernel; fewer than 16 are one block of their own,
+#     "first convolution"), the kernel's scratchpad (``float32_weights_scratchpad``,
+#     ``bf16_weights_scratchpad`` and their 1×1 kinds), the bias gradient;
 #   return: the gradients in the weight's channels-last layout, copied once more to the
 #     parameter's own layout.
-# A transposed convolution runs these the other way round: its forward pass is a convolution's
-# data phase.
+# A transposed convolution runs these the other way round: its forward pass is the data phase
+# of the convolution it inverts, its input gradient that convolution's forward pass.
 #
-# Limits: strided data phases grow with large layers (a 7×7/2 stem on 224×224 books ~7 MB) and
-# the weight reduction depends on the thread count; channels-first inputs are also reordered to
-# the blocked layout (counted as one copy of the larger of input and output, per sample).
-ONEDNN_STRIDED_DATA_SCRATCHPAD = 61_488
-ONEDNN_WEIGHT_REDUCTION_EXTRA = 8_384
-ONEDNN_BIAS_REDUCTION = 12_544
-# a strided transposed convolution (a strided data phase) books, per thread, one image of its
-# input in float32 besides buffers that depend on the kernel: 28,848 B when every window is its
-# own (kernel = stride, as 2×2/2 upsampling; at least 61,616 B in all), ~98,480 B when they
-# overlap (3×3/2; small images book less per image)
-ONEDNN_TRANSPOSED_TILED = 28_848
-ONEDNN_TRANSPOSED_TILED_SMALL = 61_616
-ONEDNN_TRANSPOSED_OVERLAP = 98_480
+# Limits: grouped and depthwise kernels (``grouped_workspace``) and strided transposed forward
+# passes are measured constants (2 threads); a strided 1×1 weight gradient's input copy
+# (oneDNN's "rtus") is not counted; channels-first inputs are also reordered to the blocked
+# layout (counted as one copy of the larger of input and output, per sample).
 
-
-def onednn_float32_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
-    """(forward, backward) scratch of a float32 (or grouped) oneDNN convolution (see above)."""
-    threads = max(ctx.threads, 1)
-    channels, out_channels, groups = call.channels, call.out_channels, call.groups
-    taps, weight = call.taps, call.weight
-    per_group_in, per_group_out = channels // groups, out_channels // groups
-    in_spatial, out_spatial = call.in_spatial, call.out_spatial
-    if call.transposed:   # torch's weight is (in, out, *kernel); oneDNN sees the convolution it inverts
-        channels, out_channels = out_channels, channels
-        per_group_in, per_group_out = per_group_out, per_group_in
-    strided = call.strided
-    depthwise = groups > 1 and per_group_in == 1
-    clone = 0 if taps == 1 or per_group_in == 1 else weight          # weight.contiguous(channels_last)
-    layout: tuple[Saved, ...] = ()
-    if ctx.data_format == "channels_first":   # blocked copies of the input or output, per sample
-        larger = max(channels * prod(in_spatial), out_channels * prod(out_spatial)) if in_spatial else 0
-        layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
-    if depthwise and per_group_out == 1:
-        reorder = _up16(channels) * taps
-        forward_bytes, data_scratch, weight_scratch = 0, 0, 0
-    elif depthwise:
-        reorder = prod(out_spatial) * taps * channels                 # one image's columns
-        forward_bytes, data_scratch, weight_scratch = 0, 0, 0
-    elif groups > 1:   # grouped: a kernel without the direct convolution's scratchpads
-        reorder = _up16(out_channels) * per_group_in * taps
-        forward_bytes, data_scratch, weight_scratch = 0, 0, 0
-    else:
-        reorder = _up16(out_channels) * per_group_in * taps
-        forward_bytes = brgemm_forward_scratchpad(threads)
-        data_scratch = ONEDNN_STRIDED_DATA_SCRATCHPAD if strided else brgemm_data_scratchpad(threads)
-        weight_scratch = 0
-        if out_channels < 32:   # bytes: float32 reduction buffers
-            blocked = _up16(out_channels) * (_up16(per_group_in) if taps == 1 else per_group_in) * taps
-            weight_scratch = 4 * blocked + ONEDNN_WEIGHT_REDUCTION_EXTRA + (ONEDNN_BIAS_REDUCTION if call.bias else 0)
-    if call.transposed:   # the forward pass is the data phase of the convolution it inverts
-        forward_bytes = data_scratch
-        if strided:     # per thread, one image of its input in float32, and kernel-dependent buffers
-            overlap = any(k != s for k, s in zip(call.kernel, call.strides))
-            image = out_channels * prod(in_spatial)   # the input's channels (swapped above)
-            per_image = threads * 4 * image
-            forward_bytes = (ONEDNN_TRANSPOSED_OVERLAP + per_image if overlap
-                             else max(ONEDNN_TRANSPOSED_TILED_SMALL, ONEDNN_TRANSPOSED_TILED + per_image))
-        data_scratch = brgemm_data_scratchpad(threads) if not depthwise else 0
-    data_reorder = reorder if depthwise else _up16(per_group_in) * out_channels * taps
-    if call.transposed:   # the forward pass reorders the weight as a data phase does, backward as a forward
-        reorder, data_reorder = data_reorder, reorder
-    weight_blocked = (_up16(out_channels) * (_up16(per_group_in) if taps == 1 else per_group_in) * taps
-                      if not depthwise else reorder)
-    biases = out_channels if call.bias else 0
-    forward = (Saved("new", elements=clone + reorder, per_sample=False, what="weight in channels-last and oneDNN's layout"),
-               Saved("new", elements=forward_bytes, dtype="uint8", per_sample=False, what="oneDNN scratchpad"))
-    # the three backward phases, as (act elements, bytes); the gradients (weight + bias) come off
-    phases = [(clone + data_reorder, data_scratch),
-              (clone + weight_blocked + biases, weight_scratch),
-              (clone + weight_blocked + 2 * biases + 2 * weight, 0)]
-    elements, nbytes = max(phases, key=lambda p: 4 * p[0] + p[1])
-    elements -= weight + biases
-    backward = (Saved("new", elements=max(elements, 0), per_sample=False, what="weight copies and gradients in oneDNN's layouts"),
-                Saved("new", elements=nbytes, dtype="uint8", per_sample=False, what="oneDNN scratchpad"))
-    return _kept(forward) + layout, _kept(backward) + layout
-
-
-# --- oneDNN, bfloat16 --------------------------------------------------------------------------
-#
-# Under ``dtype="bfloat16"`` or autocast to bfloat16 oneDNN's bfloat16 kernels run (names from
-# ONEDNN_VERBOSE): forward ``brg_conv_fwd`` (``brgconv_1x1`` for 1×1 kernels), the input gradient
-# ``brg_conv_bwd`` (a forward convolution of the output's gradient), the weight gradient
-# ``jit_bf16`` (``jit_bf16_1x1``) accumulating in float32. Around them, as in float32 (weight
-# copies, three backward phases), with bfloat16's own paddings:
-#   forward reorder: output channels padded to 16, input channels to pairs (VNNI packs two
-#     bfloat16 in each 32-bit lane);
-#   data reorder: input channels padded to 16 (with strides, blocks of 16, 32 or 64), output
-#     channels to pairs;
-#   blocked weight gradient: output channels padded to 16, input channels too from 16 up (a 1×1
-#     kernel always); fewer than 16 input channels are one block of their own ("first
-#     convolution");
-#   scratchpads: brgemm's as in float32; the data phase of an unpadded convolution with a kernel 2
-#     or 3 wide also copies input rows (``BF16_DATA_ROWS_FIXED`` and, per thread, the input's width
-#     × up to 64 channels in two bfloat16 rows); the weight gradient's kernel books transposed
-#     copies of the input and output gradient and float32 partial sums
-#     (``bf16_weights_scratchpad``, ``bf16_1x1_weights_scratchpad``).
+# strided data phases: a fixed part and per thread, growing with output channels beyond 32
+# (measured on 3–128 input channels and 4–64 filters at 1, 2 and 4 threads)
+STRIDED_DATA_FIXED = {"float32": 12_288, "bfloat16": 16_384}
+STRIDED_DATA_PER_THREAD = {"float32": 24_600, "bfloat16": 16_920}
+STRIDED_DATA_WIDE_OUTPUT = 32
+# the bfloat16 data phase of an unpadded convolution with a kernel 2 or 3 wide also copies input
+# rows: a page and, per thread, two bfloat16 rows of the input's width × up to 64 channels
 BF16_DATA_ROWS_FIXED = 4096
 BF16_DATA_ROWS_CHANNELS = 64
-# strided data phases (measured on 3–128 input channels, 4–64 filters, 2 threads; exact there)
-BF16_STRIDED_DATA_FIXED = 16_384
-BF16_STRIDED_DATA_PER_THREAD = 16_920
 
 
-def onednn_bf16_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
-    """(forward, backward) scratch of a bfloat16 oneDNN convolution, in bytes (see above)."""
-    threads, act = max(ctx.threads, 1), 2
+def onednn_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a oneDNN convolution, in bytes (see above)."""
+    dtype = ctx.compute_dtype(True)
+    if call.groups > 1 or dtype not in ("float32", "bfloat16"):
+        return grouped_workspace(ctx, call)
+    threads, act = max(ctx.threads, 1), itemsize(dtype)
     conv = _inverted(call) if call.transposed else call
     channels, out_channels, taps = conv.channels, conv.out_channels, conv.taps
+    pairs = 2 if dtype == "bfloat16" else 1           # VNNI: bfloat16 channels in pairs
     clone = conv.weight if taps > 1 and channels > 1 else 0
-    forward_reorder = _up16(out_channels) * _up(channels, 2) * taps
-    data_reorder = _up(channels, _bf16_data_block(conv)) * _up(out_channels, 2) * taps
+    forward_reorder = _up16(out_channels) * _up(channels, pairs) * taps
+    data_reorder = _up(channels, _data_block(conv)) * _up(out_channels, pairs) * taps
     first = channels < 16 and taps > 1
     blocked = _up16(out_channels) * (channels if first else _up16(channels)) * taps
-    one_by_one = taps == 1 and not conv.strided
-    weights_scratch = (bf16_1x1_weights_scratchpad(conv, ctx.batch, threads) if one_by_one
-                       else bf16_weights_scratchpad(conv, ctx.batch, threads))
-    biases = out_channels if conv.bias else 0
-    convolve = act * (clone + forward_reorder) + brgemm_forward_scratchpad(threads)
-    data = act * (clone + data_reorder) + bf16_data_scratchpad(conv, threads)
-    weights = act * (clone + blocked + biases) + weights_scratch
+    biases = call.out_channels if call.bias else 0
+    # a deconvolution runs the convolution's primitives nested (their scratchpad one more entry
+    # of the deconvolution's) and sums its bias gradient apart from the weight gradient
+    nested = ONEDNN_ENTRY_ALIGNMENT if call.transposed else 0
+    kernel = replace(conv, bias=False) if call.transposed else conv
+    convolve = act * (clone + forward_reorder) + brgemm_forward_scratchpad(threads) + nested
+    data = act * (clone + data_reorder) + data_scratchpad(conv, dtype, threads)
+    weights = act * (clone + blocked + biases) + weights_scratchpad(kernel, dtype, ctx.batch, threads) + nested
     done = act * (clone + blocked + 2 * biases + 2 * conv.weight)
     forward, input_grad = (data, convolve) if call.transposed else (convolve, data)
+    if call.transposed and call.strided and dtype == "float32":
+        forward = act * (clone + data_reorder) + _strided_transposed_forward(call, threads)
     backward = max(input_grad, weights, done) - act * (conv.weight + biases)
     layout: tuple[Saved, ...] = ()
     if ctx.data_format == "channels_first":
@@ -527,25 +455,190 @@ def _inverted(call: ConvCall) -> ConvCall:
                    out_spatial=call.in_spatial, transposed=False)
 
 
-def _bf16_data_block(call: ConvCall) -> int:
+def _data_block(call: ConvCall) -> int:
     """Input channels' block in the data phase's weight: 16, or with strides 16, 32 or 64."""
     if not call.strided or call.channels <= 16:
         return 16
     return 32 if call.channels <= 48 else 64
 
 
-def bf16_data_scratchpad(call: ConvCall, threads: int) -> int:
-    """brgemm's input-gradient scratchpad in bfloat16 (see the notes above)."""
+def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
+    """brgemm's input-gradient scratchpad (see the notes above)."""
     if call.strided:
-        block = _bf16_data_block(call)
-        per_thread = (BF16_STRIDED_DATA_PER_THREAD + 32 * (block - 16)
-                      + 256 * max(_up16(call.out_channels) - 32, 0))
-        return BF16_STRIDED_DATA_FIXED + threads * per_thread
+        per_thread = STRIDED_DATA_PER_THREAD[dtype] + itemsize(dtype) * 128 * max(
+            _up16(call.out_channels) - STRIDED_DATA_WIDE_OUTPUT, 0)
+        if dtype == "bfloat16":
+            per_thread += 32 * (_data_block(call) - 16)
+        return STRIDED_DATA_FIXED[dtype] + threads * per_thread
     scratch = brgemm_data_scratchpad(threads)
     width, pad = call.in_spatial[-1], call.pads[-1]
-    if pad == 0 and 2 <= call.kernel[-1] <= 3:   # input rows copied, two per thread
+    if dtype == "bfloat16" and pad == 0 and 2 <= call.kernel[-1] <= 3:   # input rows copied, two per thread
         scratch += BF16_DATA_ROWS_FIXED + threads * 2 * 2 * width * min(_up16(call.channels), BF16_DATA_ROWS_CHANNELS)
     return scratch
+
+
+def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> int:
+    """The weight-gradient kernel's scratchpad: 1×1 unstrided kernels have their own."""
+    one_by_one = call.taps == 1 and not call.strided
+    if dtype == "bfloat16":
+        return (bf16_1x1_weights_scratchpad(call, batch, threads) if one_by_one
+                else bf16_weights_scratchpad(call, batch, threads))
+    return (float32_1x1_weights_scratchpad(call, batch, threads) if one_by_one
+            else float32_weights_scratchpad(call, batch, threads))
+
+
+# a strided transposed convolution's forward pass (a strided data phase) books, per thread, one
+# image of its input in float32 besides buffers that depend on the kernel: 28,848 B when every
+# window is its own (kernel = stride, as 2×2/2 upsampling; at least 61,616 B in all), ~98,480 B
+# when they overlap (3×3/2; small images book less per image); measured at 2 threads
+ONEDNN_TRANSPOSED_TILED = 28_848
+ONEDNN_TRANSPOSED_TILED_SMALL = 61_616
+ONEDNN_TRANSPOSED_OVERLAP = 98_480
+
+
+def _strided_transposed_forward(call: ConvCall, threads: int) -> int:
+    overlap = any(k != s for k, s in zip(call.kernel, call.strides))
+    per_image = threads * 4 * call.channels * prod(call.in_spatial)
+    return (ONEDNN_TRANSPOSED_OVERLAP + per_image if overlap
+            else max(ONEDNN_TRANSPOSED_TILED_SMALL, ONEDNN_TRANSPOSED_TILED + per_image))
+
+
+# grouped and depthwise convolutions (float32, 2 threads): the weight reordered (depthwise:
+# channels padded to 16; depth_multiplier > 1 runs as a GEMM over one image's columns, output
+# positions × kernel × input channels), no brgemm scratchpads
+def grouped_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a grouped or depthwise oneDNN convolution."""
+    channels, out_channels, groups, taps, weight = (call.channels, call.out_channels, call.groups, call.taps,
+                                                    call.weight)
+    per_group_in, per_group_out = channels // groups, out_channels // groups
+    if call.transposed:
+        channels, out_channels = out_channels, channels
+        per_group_in, per_group_out = per_group_out, per_group_in
+    depthwise = per_group_in == 1
+    clone = 0 if taps == 1 or per_group_in == 1 else weight
+    if depthwise and per_group_out == 1:
+        reorder = _up16(channels) * taps
+    elif depthwise:
+        reorder = prod(call.out_spatial) * taps * channels
+    else:
+        reorder = _up16(out_channels) * per_group_in * taps
+    data_reorder = reorder if depthwise else _up16(per_group_in) * out_channels * taps
+    if call.transposed:
+        reorder, data_reorder = data_reorder, reorder
+    blocked = reorder if depthwise else _up16(out_channels) * (_up16(per_group_in) if taps == 1 else per_group_in) * taps
+    biases = out_channels if call.bias else 0
+    layout: tuple[Saved, ...] = ()
+    if ctx.data_format == "channels_first":
+        larger = max(call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial))
+        layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
+    phases = (clone + data_reorder, clone + blocked + biases, clone + blocked + 2 * biases + 2 * weight)
+    forward = Saved("new", elements=clone + reorder, per_sample=False, what="weight in channels-last and oneDNN's layout")
+    backward = Saved("new", elements=max(max(phases) - weight - biases, 0), per_sample=False,
+                     what="weight copies and gradients in oneDNN's layouts")
+    return _kept(forward) + layout, _kept(backward) + layout
+
+
+def float32_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+    """Scratchpad of oneDNN's float32 ``jit`` weight-gradient kernel
+    (``jit_avx512_common_conv_bwd_weights_kernel_f32``: ``init_conf``, ``balance``,
+    ``init_scratchpad``; nxc layouts, one group) and of its bias gradient's ``cpu_reducer``.
+
+    Threads split the batch (``nthr_mb``) and the 16-channel blocks by the least memory traffic,
+    then by the least compute within 10% of that traffic. Every batch-thread but the first sums
+    into its own float32 weight and bias gradient; the bias gradient is reduced separately
+    (``_bias_reducer``); a bias of a channel count not a multiple of 16 is padded.
+    """
+    d = 3 - len(call.in_spatial)
+    (i_d, ih, iw), (od, oh, ow) = (1,) * d + call.in_spatial, (1,) * d + call.out_spatial
+    kd, kh, kw = (1,) * d + call.kernel
+    sd, sh, sw = (1,) * d + call.strides
+    ic, oc = call.channels, call.out_channels
+    ic_block = ic if ic < 16 else 16          # a "first convolution": one block of its own
+    nb_ic, nb_oc = _div_up(ic, ic_block), _div_up(oc, 16)
+
+    def traffic(mb: int, ocb: int, icb: int) -> int:
+        src = _div_up(batch, mb) * _div_up(nb_ic, icb) * ic_block * ih * iw * i_d // sd // sh // sw
+        dst = _div_up(batch, mb) * _div_up(nb_oc, ocb) * 16 * oh * ow * od
+        return src + dst + 8 * _div_up(nb_oc, ocb) * _div_up(nb_ic, icb) * kh * kw * kd * ic_block * 16
+
+    def compute(mb: int, ocb: int, icb: int) -> int:
+        return _div_up(batch, mb) * _div_up(nb_oc, ocb) * _div_up(nb_ic, icb)
+
+    work = batch * od
+    choice = _cheapest(traffic, threads, work, nb_oc, nb_ic)
+    least_traffic, best = traffic(*choice), compute(*choice)
+    for mb in range(1, min(threads, work) + 1):          # step 2: less compute, little more traffic
+        for ocb in range(1, min(threads // mb, nb_oc) + 1):
+            icb = min(threads // mb // ocb, nb_ic)
+            cost = compute(mb, ocb, icb)
+            if (cost <= best and traffic(mb, ocb, icb) < 1.1 * least_traffic) or 4 * cost <= 3 * best:
+                best, choice = cost, (mb, ocb, icb)
+    mb, ocb, icb = choice
+    if threads // 2 < mb < threads:
+        mb = min(work, threads)
+    partial = 4 * (mb - 1) * (_up16(oc) * _up(ic, ic_block) * kh * kw * kd + _up16(oc))
+    padded_bias = 4 * _up16(oc) if call.bias and oc % 16 else 0
+    reducer = _bias_reducer(mb * ocb * icb, nb_oc, batch) if call.bias else 0
+    return _booked(partial, padded_bias, barriers=(1 if mb > 1 else 0,)) + reducer
+
+
+def float32_1x1_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+    """Scratchpad of oneDNN's float32 ``jit_1x1`` weight-gradient kernel
+    (``jit_avx512_common_1x1_conv_kernel``: ``init_conf``, ``balance``, ``init_scratchpad``;
+    unstrided) and of its bias gradient's ``cpu_reducer``: threads split batch × blocks of 7–16
+    input positions and the 16-channel blocks by the least memory traffic; every batch-thread
+    but the first sums into its own float32 weight gradient (channels padded to 16)."""
+    positions = prod(call.in_spatial)
+    block = _best_divider(positions, 7, 16, True)
+    if positions % block:
+        block = _best_divider(call.in_spatial[-1], 4, call.in_spatial[-1], False)
+    block = 1 if block > 256 else block
+    nb_reduce = _div_up(positions, block)
+    nb_bcast, nb_load = _div_up(call.channels, 16), _div_up(call.out_channels, 16)
+
+    def traffic(mb: int, ocb: int, icb: int) -> int:
+        steps = _div_up(batch * nb_reduce, mb)
+        return (steps * _div_up(nb_bcast, icb) * 16 * block + steps * _div_up(nb_load, ocb) * 16 * block
+                + 12 * _div_up(nb_load, ocb) * _div_up(nb_bcast, icb) * 16 * 16)
+
+    mb, ocb, icb = _cheapest(traffic, threads, batch * nb_reduce, nb_load, nb_bcast)
+    if threads // 2 < mb < threads:
+        mb = min(batch, threads)
+    partial = 4 * (mb - 1) * _up16(call.out_channels) * _up16(call.channels)
+    padded_bias = 4 * _up16(call.out_channels) if call.bias and call.out_channels % 16 else 0
+    reducer = _bias_reducer(mb * ocb * icb, nb_load, batch) if call.bias else 0
+    return _booked(padded_bias, partial, barriers=(1 if mb > 1 else 0,)) + reducer
+
+
+#: ``cpu_reducer`` (oneDNN's ``reduce_balancer_t``): a bias gradient is reduced in jobs of 16
+#: channels; each thread may buffer up to 3·5·5·16·16 floats
+REDUCER_JOB = 16
+REDUCER_BUFFER_PER_THREAD = 3 * 5 * 5 * 16 * 16
+
+
+def _bias_reducer(threads: int, jobs: int, batch: int) -> int:
+    """Bytes ``cpu_reducer`` books for the float32 bias gradient: groups of threads share a job
+    when there are fewer jobs than threads; the extra threads of a group each sum into float32
+    space (page-aligned), with one barrier per group."""
+    most = max(1, threads * REDUCER_BUFFER_PER_THREAD // (threads * REDUCER_JOB))
+    least = max(1, jobs // threads)
+    groups = min(jobs // least, threads)
+    per_group = min(threads // groups, batch)
+    per_group_jobs = _div_up(jobs, groups)
+    complexity = jobs * REDUCER_JOB * batch
+    for n in range(least, jobs):
+        c_groups = min(jobs // n, threads)
+        c_per_group = min(threads // c_groups, batch)
+        c_jobs = _div_up(jobs, c_groups)
+        if c_per_group > 1 and c_jobs > most:
+            continue
+        c_complexity = REDUCER_JOB * c_jobs * (_div_up(batch, c_per_group) + (c_per_group != 1))
+        if c_complexity < complexity:
+            groups, per_group, per_group_jobs, complexity = c_groups, c_per_group, c_jobs, c_complexity
+    if per_group == 1:
+        return 0
+    space = 4 * groups * (per_group - 1) * per_group_jobs * REDUCER_JOB
+    return space + ONEDNN_PAGE + ONEDNN_PAGE * (groups + 1)
 
 
 def _f32(x: float) -> float:
@@ -606,8 +699,8 @@ def bf16_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
         wei = oc * ic * kd * kh * kw * 4
         scale = _f32(_f32(0.5 * (dst + src)) / wei)
         ratio = _f32(nb_oc / nb_ic)
-        src_coef = float(max(int(_f32(1.0 / ratio)), 1)) * (4.0 if scale < 1.0 else 1.0)
-        dst_coef, wei_coef = float(max(int(ratio), 1)), float(max(int(scale), 1))
+        src_coef = _f32(max(_f32(1.0 / ratio), 1.0) * (4.0 if scale < 1.0 else 1.0))
+        dst_coef, wei_coef = max(ratio, 1.0), max(scale, 1.0)
         src_v = _product((src_coef, _div_up(work, mb), _div_up(nb_ic, icb), batch, ic_block, i_d, ih, tr_iw),
                          (work, sd, sh, sw))
         wei_v = _product((wei_coef, _div_up(nb_oc, ocb), _div_up(nb_ic, icb), kh, kw, kd, ic_block, oc_block))
@@ -944,15 +1037,17 @@ class ConvTransposeRule(Rule):
         return prod(spatial) * channels * a.filters * prod(a.kernel_size)
 
     def memory(self, a, x, y, ctx):
-        """Backward keeps the input. Where Keras crops what torch cannot (``_native``), the
-        convolution's uncropped result is a temporary beside the output, and so is its gradient
-        in backward; oneDNN's own buffers as for a convolution (``conv_workspace``)."""
+        """Backward keeps the input. Where Keras crops what torch cannot (``_native``), torch's
+        uncropped result (cuts added back) is a temporary: made by the kernel, beside its
+        workspace, then cut (one pad) into the output while it is still alive — the forward
+        scratch is the larger of those two moments beyond the output; in backward its gradient
+        takes the place of the output's, beside the kernel's workspace. oneDNN's own buffers as for a convolution (``conv_workspace``)."""
         spatial, channels = split_channels(x, ctx.data_format)
         out_spatial, _ = split_channels(y, ctx.data_format)
         crops = [transpose_crops(**axis) for axis in self._per_axis(a)]
         native = self._native(a, crops)
         # torch's own result: cropped by its padding when native, else uncropped (cut after)
-        torch_out = out_spatial if native else tuple(n - b - e for n, (b, e) in zip(out_spatial, crops))
+        torch_out = out_spatial if native else tuple(n + b + e for n, (b, e) in zip(out_spatial, crops))
         padding = tuple(b if native else 0 for b, _ in crops)
         forward, backward = conv_workspace(ctx, channels=channels, out_channels=a.filters,
                                            kernel=lift(a.kernel_size, self.rank, ctx, 1),
@@ -961,15 +1056,18 @@ class ConvTransposeRule(Rule):
                                            in_spatial=lift(spatial, self.rank, ctx, 1),
                                            padding=lift(padding, self.rank, ctx, 0),
                                            dilation=lift(a.dilation_rate, self.rank, ctx, 1))
-        uncropped: tuple[Saved, ...] = ()
         if not native:
-            # torch's result, then one pad (a crop where negative) to Keras's size, the bias added
-            # in place: the full result is a temporary beside the output
-            full = a.filters * prod(n - b - e for n, (b, e) in zip(out_spatial, crops))
-            uncropped = (Saved("new", elements=full, what="uncropped result"),)
-            backward = (Saved("new", elements=full, what="uncropped result's gradient"), *backward)
+            full, out = a.filters * prod(torch_out), a.filters * prod(out_spatial)
+            act = itemsize(ctx.compute_dtype(True))
+            kernel = sum(_nbytes(s, ctx.batch, act) for s in forward)
+            forward = (Saved("new", elements=max(kernel + ctx.batch * act * (full - out), ctx.batch * act * full),
+                             dtype="uint8", per_sample=False,
+                             what="uncropped result with the kernel's workspace, then beside the output"),)
+            # the pad's backward makes the uncropped result's gradient and lets the output's go
+            backward = (Saved("new", elements=full - out, what="uncropped result's gradient, beyond the output's"),
+                        *backward)
         return Memory(saved=(Saved("input", what="transposed convolution input"),),
-                      scratch=(*uncropped, *forward), backward_scratch=backward)
+                      scratch=forward, backward_scratch=backward)
 
     @staticmethod
     def _native(a, crops) -> bool:
