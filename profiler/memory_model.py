@@ -77,6 +77,8 @@ class Op:
     # made before them); backward temporaries added only when an input needs a gradient
     training_scratch: tuple[Saved, ...] | None = None
     input_grad_scratch: tuple[Saved, ...] = ()
+    gradients_last: bool = False       # backward scratch is the node's worst moment, the gradients it
+    #                                    makes on the way included: they are allocated after it
     weights: str = ""                  # whose parameters the op uses (the layer's first call)
     shared_call: bool = False          # a later call of a shared layer: its weights are counted already
     # -- mixed precision, kernels, checkpointing ---------------------------------------------
@@ -93,9 +95,11 @@ class KernelMemory(Memory):
     """A rule's ``Memory`` with two things ``registry.Memory`` has no field for: the forward
     temporaries of training when they differ from inference's (a recurrent layer keeps every
     step's buffers there, and its matmuls' workspace comes beside them), and backward temporaries
-    that only an input's gradient needs (the matmul that makes it)."""
+    that only an input's gradient needs (the matmul that makes it); and a backward whose
+    gradients come at different moments, replayed whole by the rule (``gradients_last``)."""
     training_scratch: tuple[Saved, ...] | None = None   # made beside the saved tensors
     input_grad_scratch: tuple[Saved, ...] = ()          # added when an input needs a gradient
+    gradients_last: bool = False   # backward scratch includes the gradients made on the way (attention)
 
 
 @dataclass(frozen=True)
@@ -471,7 +475,7 @@ class _Forward:
         scratch = [] if beside_saved else [self.size(s, compute) for s in op.scratch]
         if op.matmul and self.s.gemm_scratch is not None and compute == "bfloat16":
             scratch = [n for n in (*scratch, self.s.gemm_scratch("forward", *op.matmul)) if n]
-        self._workspace(f"{prefix}{op.output}.scratch", scratch, compute)
+        _workspace(self.t, f"{prefix}{op.output}.scratch", scratch, compute)
         later = [self.size(s, compute) for s in op.training_scratch] if beside_saved else []
         if records and not saving:   # inside a checkpointed call: what the op makes to save dies now
             unsaved = [(f"{op.output}.unsaved{i}", saved) for i, saved in enumerate(op.saved) if saved.of == "new"]
@@ -480,21 +484,14 @@ class _Forward:
                 if not beside_saved:
                     self.t.free(key)
             if beside_saved:
-                self._workspace(f"{prefix}{op.output}.training_scratch", later, compute)
+                _workspace(self.t, f"{prefix}{op.output}.training_scratch", later, compute)
                 for key, _ in unsaved:
                     self.t.free(key)
         self._save(k, op, effective, records and saving, weight_saved, prefix, outputs=True)
         if beside_saved and saving:
-            self._workspace(f"{prefix}{op.output}.training_scratch", later, compute)
+            _workspace(self.t, f"{prefix}{op.output}.training_scratch", later, compute)
         self.release_all(call)
 
-    def _workspace(self, key: str, sizes: list[int], dtype: str) -> None:
-        """Temporaries alive together, then gone."""
-        sizes = [n for n in sizes if n]
-        for i, nbytes in enumerate(sizes):
-            self.t.alloc(f"{key}{i}", nbytes, "workspace", dtype)
-        for i in range(len(sizes)):
-            self.t.free(f"{key}{i}")
 
     def _save(self, k: int, op: Op, effective: list[str], saving: bool, weight_saved: bool,
               prefix: str, *, outputs: bool) -> None:
@@ -708,13 +705,20 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
     lower_amp = s.amp is not None and op.autocast == "lower"
     matmul = op.matmul and s.gemm_scratch is not None and compute == "bfloat16"
     low_inputs: list[tuple[int, str, str]] = []     # (input, low-precision gradient, original dtype)
+    scratch = [forward.size(x, compute) for x in op.backward_scratch]
+    if any(forward.requires_grad[v] for v in op.inputs):
+        scratch += [forward.size(x, compute) for x in op.input_grad_scratch]
+    out_grad = grads[op.output]
+    if op.gradients_last:   # the worst moment (gradients made on the way included), then what goes
+        _workspace(t, f"backward_scratch:{k}:", scratch, compute)
+        _let_go(k, op, forward, drop, release)
     # input gradients first (mm of the gradient with the weight), in the dtype the op computed in
     for i, value in enumerate(op.inputs):
         if not forward.requires_grad[value]:
             continue
         in_dtype = compute if i in casts else forward.dtype[value]
         if (op.out_is_view or op.grad_passthrough) and in_dtype == forward.dtype[op.output]:
-            new = grads[op.output]
+            new = out_grad
         else:
             new = f"grad_in:{k}:{i}"
             t.alloc(new, op.in_elements[i] * itemsize(in_dtype), "temporaries", in_dtype)
@@ -725,7 +729,7 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
             low_inputs.append((i, new, casts[i]))
             continue
         if value in grads:              # a second path: accumulated in place, then dropped
-            if new != grads[op.output]:
+            if new != out_grad:
                 t.free(new)
         else:
             give(value, new)
@@ -746,18 +750,9 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
         if matmul and j == 0:
             m, n_in, n_out = op.matmul
             _scratch(t, f"grad_weight_scratch:{k}", s.gemm_scratch("grad_weight", n_out, m, n_in), compute)
-    scratch = [forward.size(x, compute) for x in op.backward_scratch]
-    if any(forward.requires_grad[v] for v in op.inputs):
-        scratch += [forward.size(x, compute) for x in op.input_grad_scratch]
-    scratch = [n for n in scratch if n]
-    for i, nbytes in enumerate(scratch):
-        t.alloc(f"backward_scratch:{k}:{i}", nbytes, "workspace", compute)
-    for i in range(len(scratch)):
-        t.free(f"backward_scratch:{k}:{i}")
-    forward.release_all(f"op{k}")
-    if release is not None:
-        release()
-    drop(op.output)
+    if not op.gradients_last:
+        _workspace(t, f"backward_scratch:{k}:", scratch, compute)
+        _let_go(k, op, forward, drop, release)
     if accumulating and not lower_amp:   # AccumulateGrad: grad = grad + new, out of place, tensor by tensor
         for i in reversed(range(len(op.param_tensors))):
             t.alloc(f"{key}:sum{i}", op.param_tensors[i], "temporaries", s.dtype)
@@ -776,6 +771,24 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
     for j in low_weights:
         t.alloc(f"{key}:{j}", op.param_tensors[j], "gradients", s.dtype)
         t.free(f"{key}:low{j}")
+
+
+def _let_go(k: int, op: Op, forward: _Forward, drop: Callable[[str], None],
+            release: Callable[[], None] | None) -> None:
+    """The node has run: its saved tensors (and ``release``'s frame) and the incoming gradient go."""
+    forward.release_all(f"op{k}")
+    if release is not None:
+        release()
+    drop(op.output)
+
+
+def _workspace(t: Timeline, key: str, sizes: list[int], dtype: str) -> None:
+    """Temporaries alive together, then gone."""
+    sizes = [n for n in sizes if n]
+    for i, nbytes in enumerate(sizes):
+        t.alloc(f"{key}{i}", nbytes, "workspace", dtype)
+    for i in range(len(sizes)):
+        t.free(f"{key}{i}")
 
 
 def _scratch(t: Timeline, key: str, nbytes: int, dtype: str) -> None:
@@ -819,25 +832,25 @@ def onednn_bf16_gemm_scratch(kind: str, m: int, k: int, n: int, *, threads: int 
     if kind == "grad_weight":   # A = gᵀ, transposed: copied as well
         k_blk = _round_up(k, 32) if k <= 512 else 512
         lda = k_blk + (32 if k_blk >= 512 and k_blk & (k_blk - 1) == 0 else 0)
-        chunk = m
-        if m >= 32 and batch == 1:   # (a batched product splits its work by matrix)
-            chunk = ceil(m / 2)
-            while chunk > 256:
-                chunk = ceil(chunk / 2)
-        width = _round_up(n, 64) if k > k_blk and m >= 32 else n_blk   # K in blocks: whole rows accumulate
+        chunk = _rows_per_thread(m, n_blocks, batch, threads, copies_a=True)
+        width = _round_up(n, 64) if k > k_blk and chunk < m else n_blk   # K in blocks: whole rows accumulate
         return fixed + 128 + threads * (64 * k_blk * 2 + chunk * (4 * width + 2 * lda))
     k_blk = min(_round_up(k, 32), 1024 if k >= 2048 and m >= 2 else 512)
     chunk = _rows_per_thread(m, n_blocks, batch, threads)
     return fixed + threads * (64 * k_blk * 2 + chunk * n_blk * 4)
 
 
-def _rows_per_thread(m: int, n_blocks: int, batch: int, threads: int) -> int:
-    """oneDNN's M_chunk for a product that packs B: m in blocks of at most 256 rows, split further
-    until the blocks (× the 64-column panels × the batch) share evenly among the threads; at least
-    16 rows (32 with several panels), at most m. Fitted on 2 threads (m = 33 with 7 or more panels
-    keeps 33 rows where this gives 32)."""
+def _rows_per_thread(m: int, n_blocks: int, batch: int, threads: int, *, copies_a: bool = False) -> int:
+    """oneDNN's M_chunk: m in blocks of at most 256 rows, split further until the blocks (× the
+    64-column panels × the batch) share evenly among the threads, and, when A is copied and m is
+    even, until the row blocks alone do while they keep 32 rows; at least 16 rows (32 with several
+    panels), at most m. Fitted on 2 threads: exact on a grid of m ≤ 1,024 but for an odd m above
+    256 with A copied (oneDNN then takes a divisor of m) and m = 33 with 7 or more panels (33 rows
+    where this gives 32)."""
     chunks = ceil(m / 256)
     while (batch * chunks * n_blocks) % threads and chunks < m:
+        chunks += 1
+    while copies_a and m % 2 == 0 and (batch * chunks) % threads and ceil(m / (chunks + 1)) >= 32:
         chunks += 1
     return min(m, max(ceil(m / chunks), 16 if n_blocks == 1 else 32))
 

@@ -461,6 +461,7 @@ class _Plan:
                   weights=owner, shared_call=not t.first_call, scratch=memory.scratch,
                   backward_scratch=memory.backward_scratch, autocast=autocast,
                   training_scratch=kernels.training_scratch, input_grad_scratch=kernels.input_grad_scratch,
+                  gradients_last=kernels.gradients_last,
                   saves_weight=AUTOCAST_LOWER.get(t.layer.type, ""), matmul=matmul)
         if activation == "linear":
             return [main]

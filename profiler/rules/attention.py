@@ -10,14 +10,17 @@ Scaling, softmax and dropout count nothing, as for the Activation rule.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import prod
 from typing import Any
 
 from ..args import Arg, boolean, choice, number, optional, positive_int, rate
+from ..dtypes import itemsize
 from ..errors import ShapeError, SpecError
-from ..registry import Memory, Params, Rule, Saved, register
+from ..memory_model import KernelMemory
+from ..registry import Context, Memory, Params, Rule, Saved, register
 from ..shapes import shape_text
-from .core import ACTIVATION_NAMES, ACTIVATION_SAVES
+from .core import ACTIVATION_NAMES, ACTIVATION_SAVES, gemm_workspace, workspace
 
 
 def _output_shape(field: str, value: Any) -> tuple[int, ...]:
@@ -61,40 +64,80 @@ def attention_saves(*, t: int, s: int, heads: int, key_dim: int, value_dim: int,
     return tuple(saved)
 
 
-def attention_temporaries(*, t: int, s: int, heads: int, key_dim: int, value_dim: int, out: int,
-                          inputs: int) -> tuple[int, int]:
-    """(forward, backward) elements per sample a ``modules.MultiHeadAttention`` call allocates
-    beside what the memory model counts (its output; in backward the gradients of its weights
-    and input), from the order its tensors come and go:
+@dataclass(frozen=True)
+class Attention:
+    """One attention call's sizes (batch included) and the run's kernels.
 
-    forward: the projections Q, K, V; the attention's probabilities P (and with dropout, in
-    training, the noise and the dropped probabilities: kept anyway) and its result C; the
-    projections and P are let go (in inference), then the output projection O is made from C.
-    The worst moment is in the attention (Q + K + V + P + C) or at the end (C + O).
-    backward: the output projection's gradient of C (C itself is let go after it); then the
-    attention's, with P's gradient and the gradients of V, Q and K at once, while the incoming
-    gradient (O) is gone. The inputs' gradients (``inputs`` elements; the memory model counts
-    them from the start) come only after, and so do the projections' weight gradients, which the
-    memory model also counts from the start: the prediction overstates by those.
+    t query steps, s key/value steps, h heads, q/k/v features of the three inputs, ``out`` the
+    output's elements per step; ``act`` bytes per element of the dtype it computes in.
     """
-    q, k, v = t * heads * key_dim, s * heads * key_dim, s * heads * value_dim
-    p, c = heads * t * s, t * heads * value_dim
-    forward = max(q + k + v + p + c - out, c)
-    backward = max(c, p + v + q + k - out) - inputs
-    return forward, max(backward, 0)
+    ctx: Context
+    b: int
+    t: int
+    s: int
+    h: int
+    kd: int
+    vd: int
+    out: int
+    fq: int
+    fk: int
+    fv: int
+    bias: bool
+    dropout: bool
+    inputs: int = 1     # distinct inputs: query = value = key (1), value = key (2), or 3
+
+    @property
+    def act(self) -> int:
+        return itemsize(self.ctx.compute_dtype(True))
+
+    def mm(self, kind: str, m: int, k: int, n: int) -> int:
+        """A projection's matmul: its workspace (oneDNN's, in bfloat16 on the CPU)."""
+        return gemm_workspace(self.ctx, kind, m, k, n)
+
+    def bmm(self, m: int, k: int, n: int, *, copies: tuple[int, ...] = (), alpha: bool = False,
+            a_transposed: bool = False) -> int:
+        """A per-head batched product's transient bytes. In bfloat16 on the CPU it goes to oneDNN
+        (when batch·m·k·n > 16³), which takes operands only contiguous or with their last two axes
+        transposed: the others are copied first (``copies``, elements); ``baddbmm``'s alpha becomes a
+        4-byte tensor; then the scratchpad. Elsewhere ATen's kernel takes strided operands as they are."""
+        scratch = gemm_workspace(self.ctx, "grad_weight" if a_transposed else "forward", m, k, n, batch=self.b)
+        if not scratch:
+            return 0
+        return sum(copies) * self.act + (FLOAT_SCALAR if alpha else 0) + scratch
+
+    def head(self, steps: int, dim: int) -> tuple[int, ...]:
+        """A head's slice of a (batch, steps, heads, dim) tensor: copied unless it is the only head."""
+        return (self.b * steps * dim,) if self.h > 1 else ()
+
+    def probs_head(self, transposed: bool) -> tuple[int, ...]:
+        """A head's (batch, T, S) slice of the probabilities: strided across the batch (copied with
+        several heads and samples), or transposed with a stride oneDNN does not take (copied with
+        several heads)."""
+        copied = self.h > 1 and (transposed or self.b > 1)
+        return (self.b * self.t * self.s,) if copied else ()
 
 
-class _Live:
-    """Elements alive per sample while a composite layer runs: its worst moment above the start."""
+#: A Python number used as a tensor: a float64 scalar (8 bytes), then its cast to the op's dtype.
+WRAPPED_SCALAR = 8
+#: ``baddbmm``'s alpha handed to oneDNN: a float32 scalar tensor.
+FLOAT_SCALAR = 4
+
+
+class _Replay:
+    """Bytes alive while a composite layer runs, in the order its tensors come and go, and the
+    worst moment above the start; a kernel's workspace (``spike``) counts while it runs."""
 
     def __init__(self, **alive: int):
         self.alive = dict(alive)
         self.start = self.now = self.peak = sum(alive.values())
 
-    def new(self, name: str, elements: int) -> None:
-        self.alive[name] = elements
-        self.now += elements
+    def new(self, name: str, nbytes: int) -> None:
+        self.alive[name] = nbytes
+        self.now += nbytes
         self.peak = max(self.peak, self.now)
+
+    def spike(self, nbytes: int) -> None:
+        self.peak = max(self.peak, self.now + nbytes)
 
     def drop(self, *names: str) -> None:
         for name in names:
@@ -104,111 +147,330 @@ class _Live:
     def above(self) -> int:
         return self.peak - self.start
 
+    @property
+    def held(self) -> int:
+        return self.now - self.start
 
-def encoder_temporaries(*, s: int, w: int, i: int, heads: int, key_dim: int, dropout: bool, activation: str,
-                        normalize_first: bool) -> tuple[int, int]:
-    """(forward, backward) elements per sample a ``modules.TransformerEncoder`` call allocates
-    beside what the memory model counts (the output; in backward the weights' and the input's
-    gradients), replaying its tensors in the order they come and go (layer norm statistics,
-    float32, counted as elements). The input is assumed to want a gradient (the layer follows an
-    embedding or another layer): its gradient is the residual path's, accumulated in place.
 
-    Forward, in inference: each block's temporaries (the attention's as in
-    ``attention_temporaries``; the first sum; the norms' results and statistics; the
-    feed-forward's hidden layer, one copy when its activation runs in place, two otherwise).
-    Backward: each node's gradient, the tensors it keeps let go when it has run, residual
-    gradients accumulated in place (autograd adds into a gradient nobody else holds).
-    """
-    q = p_q = s * heads * key_dim          # Q, K, V, the attention's result C
-    p = heads * s * s
-    sw, si, stats = s * w, s * i, 2 * s
-    in_place = activation in ("relu", "sigmoid", "tanh")
-    keeps_input = activation in ("gelu", "silu")
-    # --- forward, inference (the caller holds the input) ---
-    t = _Live()
-    if normalize_first:
-        t.new("ln1", sw)
-        t.new("stats", stats)
-        t.drop("stats")
-    for name in ("q", "k", "v", "p", "c"):
-        t.new(name, p if name == "p" else q)
-    t.drop("q", "k", "v", "p")
-    t.new("sum1", sw)                      # the attention's output, the residual added in place
-    t.drop("c")
-    if normalize_first:
-        t.drop("ln1")
-    t.new("ln2" if normalize_first else "ln1", sw)
-    t.new("stats", stats)
-    t.drop("stats")
-    if not normalize_first:
-        t.drop("sum1")
-    t.new("h1", si)
-    if normalize_first:
-        t.drop("ln2")
-    if not in_place and activation != "linear":
-        t.new("a1", si)
-        t.drop("h1")
-    t.new("h2", sw)
-    t.drop("a1" if "a1" in t.alive else "h1")
-    t.drop("sum1" if normalize_first else "ln1")   # the residual, once added
-    if not normalize_first:
-        t.new("out", sw)
-        t.new("stats", stats)
-        t.drop("stats", "h2")
-    forward = t.peak - sw                  # the output is the memory model's own
-    # --- backward: from everything training keeps and the incoming gradient g ---
-    kept = dict(q=q, k=p_q, v=p_q, p=p, c=p_q, sum1=sw, stats1=stats, stats2=stats, a1=si, g=sw)
-    if keeps_input:
-        kept["h1"] = si
+def attention_forward(r: _Replay, a: Attention, *, training: bool) -> None:
+    """``modules.MultiHeadAttention.flat``'s tensors: the projections Q, K, V (each with its
+    matmul's workspace), the probabilities P, head by head (with dropout in training its noise,
+    made with a wrapped 1/(1 − rate), and the dropped probabilities), the result C, head by head;
+    in inference Q, K, V and P go; then the output O."""
+    b, t, s, h, act = a.b, a.t, a.s, a.h, a.act
+    r.new("q", b * t * h * a.kd * act)
+    r.spike(a.mm("forward", b * t, a.fq, h * a.kd))
+    r.new("k", b * s * h * a.kd * act)
+    r.spike(a.mm("forward", b * s, a.fk, h * a.kd))
+    r.new("v", b * s * h * a.vd * act)
+    r.spike(a.mm("forward", b * s, a.fv, h * a.vd))
+    scores = b * h * t * s
+    r.new("p", scores * act)
+    r.spike(a.bmm(t, a.kd, s, copies=a.head(t, a.kd) + a.head(s, a.kd), alpha=True))   # Q·Kᵀ
+    if training and a.dropout:
+        cpu = a.ctx.device_kind == "cpu"
+        r.new("noise", scores * (act if cpu else 1))
+        r.spike(WRAPPED_SCALAR + act if cpu else 0)
+        r.new("dropped", scores * act)
+    r.new("c", b * t * h * a.vd * act)
+    r.spike(a.bmm(t, s, a.vd, copies=a.probs_head(False) + a.head(s, a.vd)))   # P·V
+    if not training:
+        r.drop("q", "k", "v", "p")
+    r.new("o", b * t * a.out * act)
+    r.spike(a.mm("forward", b * t, h * a.vd, a.out))
+    if not training:
+        r.drop("c")
+
+
+def attention_backward(r: _Replay, a: Attention, *, input_grad: bool, incoming: str | None = "g") -> None:
+    """The backward of ``modules.MultiHeadAttention``, from the saved Q, K, V, P, C (and the
+    noise and dropped probabilities) and the incoming gradient G: the output projection's
+    (C's gradient, the kernel's and the bias's; G and C go), ``_AttentionCore``'s (P's gradient,
+    then V's, Q's and K's, head by head; P's gradient, C's, and the saved tensors go), then the
+    projections' in autograd's order, V, K, Q (the input's gradient when ``input_grad``, the
+    kernel's, the bias's; each projection's gradient goes after it). The input's gradients are
+    summed as autograd does: out of place the first time, in place after. ``incoming``: G's name,
+    or None when something else holds G too (a residual path)."""
+    b, t, s, h, act = a.b, a.t, a.s, a.h, a.act
+    rows_c, width_v, width_k = b * t, h * a.vd, h * a.kd
+    r.new("gc", rows_c * width_v * act)
+    r.spike(a.mm("forward", rows_c, a.out, width_v))
+    r.new("dwo", width_v * a.out * act)
+    r.spike(a.mm("grad_weight", width_v, rows_c, a.out))
+    if a.bias:
+        r.new("dbo", a.out * act)
+    r.drop(*(name for name in (incoming, "c") if name))
+    r.new("gp", b * h * t * s * act)
+    r.spike(a.bmm(t, a.vd, s, copies=a.head(t, a.vd) + a.head(s, a.vd)))                # G·Vᵀ
+    r.new("dv", b * s * width_v * act)
+    r.spike(a.bmm(s, t, a.vd, copies=a.probs_head(True) + a.head(t, a.vd), a_transposed=a.h == 1))   # Pᵀ·G
+    r.new("dq", b * t * width_k * act)
+    r.spike(a.bmm(t, s, a.kd, copies=a.probs_head(False) + a.head(s, a.kd), alpha=True))   # dP·K
+    r.new("dk", b * s * width_k * act)
+    r.spike(a.bmm(s, t, a.kd, copies=a.probs_head(True) + a.head(t, a.kd), alpha=True, a_transposed=a.h == 1))
+    r.drop("gp", "gc", "q", "k", "v", "p", *(name for name in ("noise", "dropped") if name in r.alive))
+    # the projections, v, k, q: which of them read the same input decides what is summed
+    source = {"v": "kv" if a.inputs == 2 else "x" if a.inputs == 1 else "v",
+              "k": "kv" if a.inputs == 2 else "x" if a.inputs == 1 else "k",
+              "q": "x" if a.inputs == 1 else "q"}
+    made: dict[str, list[str]] = {}
+    for name, rows, features, width in (("v", b * s, a.fv, width_v), ("k", b * s, a.fk, width_k),
+                                        ("q", b * t, a.fq, width_k)):
+        if input_grad:
+            r.new(f"dx{name}", rows * features * act)
+            r.spike(a.mm("forward", rows, width, features))
+        r.new(f"dw{name}", features * width * act)
+        r.spike(a.mm("grad_weight", features, rows, width))
+        if a.bias:
+            r.new(f"db{name}", width * act)
+        r.drop(f"d{name}")
+        if input_grad:
+            _accumulate(r, made.setdefault(source[name], []), f"dx{name}", rows * features * act)
+
+
+def _accumulate(r: _Replay, grads: list[str], new: str, nbytes: int) -> None:
+    """Autograd sums an input's gradients: the second arrives into a new tensor (both go), later
+    ones are added into it in place."""
+    grads.append(new)
+    if len(grads) == 2:
+        r.new(f"{new}+", nbytes)
+        r.drop(*grads)
+    elif len(grads) > 2:
+        r.drop(new)
+
+
+def attention_memory(a: Attention) -> dict:
+    """KernelMemory's temporaries of one attention call, from the replays: the forward's worst
+    moment above its output (inference) and above its output and saved tensors (training); the
+    backward's above what it starts with, its gradients included (``gradients_last``), without
+    and with the input's gradients."""
+    inference, training = _Replay(), _Replay()
+    attention_forward(inference, a, training=False)
+    attention_forward(training, a, training=True)
+    out = a.b * a.t * a.out * a.act
+    backward = {}
+    for input_grad in (False, True):
+        r = _Replay(g=out, **{name: n for name, n in training.alive.items() if name != "o"})
+        attention_backward(r, a, input_grad=input_grad)
+        backward[input_grad] = r.above
+    dtype, what = a.ctx.compute_dtype(True), "attention's tensors and kernels"
+    return {"scratch": workspace(inference.above - out, what, dtype),
+            "training_scratch": workspace(training.above - training.held, what, dtype),
+            "backward_scratch": workspace(backward[False], what, dtype),
+            "input_grad_scratch": workspace(backward[True] - backward[False], what, dtype),
+            "gradients_last": True}
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """One TransformerEncoder call: its attention's sizes, the feed-forward width ``i``."""
+    attention: Attention
+    i: int
+    activation: str
+    normalize_first: bool
+
+    @property
+    def rows(self) -> int:
+        return self.attention.b * self.attention.s
+
+    @property
+    def width(self) -> int:
+        """Bytes of a (batch · steps, width) tensor."""
+        return self.rows * self.attention.fq * self.attention.act
+
+    @property
+    def hidden(self) -> int:
+        """Bytes of the feed-forward's hidden layer."""
+        return self.rows * self.i * self.attention.act
+
+    @property
+    def stats(self) -> int:
+        """Bytes of a layer norm's mean (or 1/std): one per row, in the dtype it computes in on
+        the CPU (float32 when the weights are float32 and the input is not, as under autocast),
+        float32 on CUDA."""
+        ctx = self.attention.ctx
+        dtype = "float32" if ctx.device_kind == "cuda" else ctx.dtype
+        return self.rows * itemsize(dtype)
+
+    @property
+    def weight(self) -> int:
+        """Bytes per element of the weights (and their gradients)."""
+        return itemsize(self.attention.ctx.dtype)
+
+    def mask(self) -> int:
+        """A dropout's noise (the activations' dtype on the CPU) or mask (bool on CUDA)."""
+        return self.rows * self.attention.fq * (self.attention.act if self.attention.ctx.device_kind == "cpu" else 1)
+
+    def dropout(self, r: _Replay, name: str) -> None:
+        """In-place dropout in training: its noise, made with a wrapped 1/(1 − rate) on the CPU."""
+        r.new(name, self.mask())
+        if self.attention.ctx.device_kind == "cpu":
+            r.spike(WRAPPED_SCALAR + self.attention.act)
+
+    def norm(self, r: _Replay, out: str, stats: str, *, training: bool) -> None:
+        """A layer norm: its result, then a mean and a 1/std per row (kept in training)."""
+        r.new(out, self.width)
+        r.new(f"{stats}.mean", self.stats)
+        r.new(f"{stats}.rstd", self.stats)
+        if not training:
+            r.drop(f"{stats}.mean", f"{stats}.rstd")
+
+    def norm_backward(self, r: _Replay, out: str | None, stats: str) -> None:
+        """A layer norm's backward: its input's gradient (when wanted), gamma's and beta's, and on
+        the CPU their per-thread sums, (threads, 2, width) float32; its statistics go."""
+        a = self.attention
+        if out:
+            r.new(out, self.width)
+        r.new(f"{stats}.dgamma", a.fq * self.weight)
+        r.new(f"{stats}.dbeta", a.fq * self.weight)
+        if a.ctx.device_kind == "cpu":
+            r.spike(a.ctx.threads * 2 * a.fq * 4)
+        r.drop(f"{stats}.mean", f"{stats}.rstd")
+
+    def dense(self, r: _Replay, out: str, n_in: int, n_out: int) -> None:
+        """One of the feed-forward's ``nn.Linear`` layers: its result and its matmul's workspace."""
+        r.new(out, self.rows * n_out * self.attention.act)
+        r.spike(self.attention.mm("forward", self.rows, n_in, n_out))
+
+    def dense_backward(self, r: _Replay, name: str, n_in: int, n_out: int, *, input_grad: str | None) -> None:
+        """A Linear's backward: its input's gradient (g·W), its weight's (gᵀ·x), its bias's."""
+        a = self.attention
+        if input_grad:
+            r.new(input_grad, self.rows * n_in * a.act)
+            r.spike(a.mm("forward", self.rows, n_out, n_in))
+        r.new(f"{name}.dw", n_in * n_out * self.weight)
+        r.spike(a.mm("grad_weight", n_out, self.rows, n_in))
+        r.new(f"{name}.db", n_out * self.weight)
+
+
+def encoder_forward(r: _Replay, e: Encoder, *, training: bool) -> str:
+    """``modules.TransformerEncoder.forward``'s tensors in order (returns the output's name): the
+    attention (``attention_forward``), in training dropout, the residual added in place, a layer
+    norm (before each block with ``normalize_first``, after it otherwise), the feed-forward's two
+    Linear layers (relu, sigmoid and tanh in place, others into a new tensor), dropout, the
+    residual. In inference each tensor goes when nothing reads it any more."""
+    a, pre = e.attention, e.normalize_first
+    w, i = a.fq, e.i
+    if pre:
+        e.norm(r, "ln1", "n1", training=training)
+    attention_forward(r, a, training=training)
+    if training and a.dropout:
+        e.dropout(r, "mask1")
+    if pre and not training:
+        r.drop("ln1")
+    if not pre:
+        e.norm(r, "ln1", "n1", training=training)
+        if not training:
+            r.drop("o")
+    block_in = "ln2" if pre else "ln1"
+    if pre:
+        e.norm(r, "ln2", "n2", training=training)
+    e.dense(r, "h1", w, i)
+    if pre and not training:
+        r.drop("ln2")
+    hidden = "h1"
+    if e.activation not in IN_PLACE and e.activation != "linear":
+        r.new("a1", e.hidden)
+        hidden = "a1"
+        if not training or ACTIVATION_SAVES[e.activation] != ("input",):
+            r.drop("h1")
+    e.dense(r, "h2", i, w)
+    if not training:
+        r.drop(hidden)
+    if training and a.dropout:
+        e.dropout(r, "mask2")
+    if not training:
+        r.drop("o" if pre else block_in)     # the residual, once added
+    if pre:
+        return "h2"
+    e.norm(r, "out", "n2", training=training)
+    if not training:
+        r.drop("h2")
+    return "out"
+
+
+def encoder_backward(r: _Replay, e: Encoder, *, input_grad: bool) -> None:
+    """The backward of ``modules.TransformerEncoder`` from what training keeps and the incoming
+    gradient G: node by node, in autograd's order, each gradient made when its node runs, the
+    tensors a node keeps let go when it has run, gradients summed as autograd sums them (in place
+    into a gradient it alone holds, out of place into G). ``input_grad``: the layer's input wants
+    a gradient (its residual path's gradient and the attention's are summed into it)."""
+    a, pre = e.attention, e.normalize_first
+    w, i = a.fq, e.i
+    dropout = "mask1" in r.alive
+    if not pre:                                  # (pre-norm: G flows to the block and the residual)
+        e.norm_backward(r, "g2", "n2")
+        r.drop("g", "h2")
     if dropout:
-        kept.update(noise_p=p, dropped=p, noise1=sw, noise2=sw)
-    kept.update(dict(ln1=sw, ln2=sw) if normalize_first else dict(ln1=sw, sum2=sw))
-    t = _Live(**kept)
-    branch = "g"
-    if not normalize_first:                # the second norm first
-        t.new("g2", sw)
-        t.drop("sum2", "stats2", "g")
-        branch = "g2"
+        r.new("gh2", e.width)
+        r.drop("mask2")
+    e.dense_backward(r, "ff2", i, w, input_grad="ga1")
     if dropout:
-        t.new("gh2", sw)
-        t.drop("noise2")
-    t.new("ga1", si)                       # the second dense layer
-    if dropout:
-        t.drop("gh2")
-    if activation == "linear" or keeps_input:
-        t.drop("a1")                       # kept by the dense layer alone
-    if activation != "linear":
-        t.new("gh1", si)
-        t.drop("ga1", "h1" if keeps_input else "a1")
-    grad_h1 = "gh1" if activation != "linear" else "ga1"
-    t.new("gl", sw)                        # the first dense layer
-    t.drop(grad_h1, "ln2" if normalize_first else "ln1")
-    if normalize_first:                    # the second norm, then the residual
-        t.new("gs", sw)
-        t.drop("gl", "sum1", "stats2")
-        t.drop("gs")                       # added into g in place
+        r.drop("gh2")
+    if e.activation == "linear":
+        r.drop("h1")                             # the second Linear's input
+        grad = "ga1"
     else:
-        t.drop("gl")                       # added into g2 in place
-        t.new("g1", sw)                    # the first norm
-        t.drop("g2", "sum1", "stats1")
+        keeps_input = ACTIVATION_SAVES[e.activation] == ("input",)
+        if keeps_input:                          # gelu, silu: a1 was the second Linear's alone
+            r.drop("a1")
+        r.new("gh1", e.hidden)
+        r.drop("ga1", "h1" if keeps_input or e.activation in IN_PLACE else "a1")
+        grad = "gh1"
+    block_in = "ln2" if pre else "ln1"
+    e.dense_backward(r, "ff1", w, i, input_grad="gl")
+    r.drop(grad, block_in)
+    if pre:                                      # the second norm, then its gradient and G summed
+        e.norm_backward(r, "gs", "n2")
+        r.drop("gl", "o")
+        r.new("g1", e.width)                     # (out of place: G is not autograd's alone)
+        r.drop("gs", "g")
+    else:
+        r.drop("gl")                             # into g2, in place
+        e.norm_backward(r, "g1", "n1")
+        r.drop("g2", "o")
+    residual = incoming = "g1"                   # the first block's output gradient
     if dropout:
-        t.new("ga", sw)
-        t.drop("noise1")
-    t.new("gc", p_q)                       # the attention's output projection
-    t.drop("c", *(("ga",) if dropout else ()))
-    for name, size in (("gp", p), ("dv", p_q), ("dq", q), ("dk", p_q)):
-        t.new(name, size)
-    t.drop("q", "k", "v", "p", "gp", "gc", *(("noise_p", "dropped") if dropout else ()))
-    for grad in ("dv", "dk", "dq"):        # projections: their input's gradient, accumulated
-        t.new("gx" + grad, sw)
-        t.drop(grad)
-        if grad != "dv" or not normalize_first:
-            t.drop("gx" + grad)
-    if normalize_first:                    # the first norm: its input's gradient joins g
-        t.new("gx", sw)
-        t.drop("gxdv", "ln1", "stats1", "gx")
-    backward = max(t.above - sw, 0)        # the input's gradient is the memory model's own
-    return forward, backward
+        r.new("ga", e.width)
+        r.drop("mask1")
+        if not input_grad:                       # the residual path ends here
+            r.drop(residual)
+        incoming = "ga"
+    # the attention reads the layer's input (post-norm) or the first norm's result (pre-norm)
+    shared = incoming == residual and input_grad
+    attention_backward(r, a, input_grad=input_grad or pre, incoming=None if shared else incoming)
+    summed = [name for name in r.alive if name.startswith("dx")]
+    if pre:                                      # the first norm's backward, then into g1
+        e.norm_backward(r, "gx" if input_grad else None, "n1")
+        r.drop(*summed, "ln1")
+        if input_grad:
+            r.drop("gx")
+    elif summed:
+        r.drop(*summed)                          # into g1, in place
+
+
+#: Activations ``modules.TransformerEncoder`` runs in place.
+IN_PLACE = ("relu", "sigmoid", "tanh")
+
+
+def encoder_memory(e: Encoder) -> dict:
+    """KernelMemory's temporaries of one encoder call, from the replays (see ``attention_memory``)."""
+    inference, training = _Replay(), _Replay()
+    out = e.width
+    encoder_forward(inference, e, training=False)
+    encoder_forward(training, e, training=True)
+    start = {name: n for name, n in training.alive.items() if name not in ("out", "h2" if e.normalize_first else "")}
+    backward = {}
+    for input_grad in (False, True):
+        r = _Replay(g=out, **start)
+        encoder_backward(r, e, input_grad=input_grad)
+        backward[input_grad] = r.above
+    dtype, what = e.attention.ctx.compute_dtype(True), "encoder's tensors and kernels"
+    return {"scratch": workspace(inference.above - out, what, dtype),
+            "training_scratch": workspace(training.above - training.held, what, dtype),
+            "backward_scratch": workspace(backward[False], what, dtype),
+            "input_grad_scratch": workspace(backward[True] - backward[False], what, dtype),
+            "gradients_last": True}
 
 
 @register
@@ -279,17 +541,16 @@ class MultiHeadAttention(Rule):
         return projections + h * t * s * (kd + vd)
 
     def memory(self, a, x, y, ctx):
-        query, value, _, vd, out = self._dims(a, x)
+        query, value, key, vd, out = self._dims(a, x)
         dims = dict(t=query[0], s=value[0], heads=a.num_heads, key_dim=a.key_dim, value_dim=vd)
         saved = attention_saves(**dims, dropout=a.dropout, device_kind=ctx.device_kind)
         several = bool(x) and isinstance(x[0], tuple)
-        elements = sum(prod(shape) for shape in x) if several else prod(x)
-        # (the inputs are assumed to want gradients: attention follows other layers)
-        forward, backward = attention_temporaries(**dims, out=query[0] * prod(out), inputs=elements)
-        inputs = "inputs" if several and len(x) > 1 else "input"
-        return Memory(saved=(Saved(inputs, what="inputs of the query, key and value projections"), *saved),
-                      scratch=(Saved("new", elements=forward, what="projections, probabilities, result"),),
-                      backward_scratch=(Saved("new", elements=backward, what="attention gradients"),))
+        inputs = len(x) if several else 1
+        call = Attention(ctx, ctx.batch, query[0], value[0], a.num_heads, a.key_dim, vd, prod(out), query[1],
+                         key[1], value[1], a.use_bias, a.dropout > 0, inputs)
+        return KernelMemory(saved=(Saved("inputs" if inputs > 1 else "input",
+                                         what="inputs of the query, key and value projections"), *saved),
+                            **attention_memory(call))
 
     def build(self, a, x, ctx):
         from .modules import MultiHeadAttention as MultiHeadAttentionModule
@@ -360,16 +621,16 @@ class TransformerEncoder(Rule):
                  # post-norm: the two sums normalised and the first norm's result;
                  # pre-norm: the first norm's result, the first sum and the second norm's result
                  Saved("new", elements=3 * s * w, what="residual sums and normalised tensors"),
-                 Saved("new", elements=4 * s, dtype="float32", what="layer norms' mean and 1/std per step"),
+                 Saved("new", elements=4 * s, dtype="float32" if ctx.device_kind == "cuda" else ctx.dtype,
+                       what="layer norms' mean and 1/std per step"),
                  Saved("new", elements=s * i * (1 + (ACTIVATION_SAVES[a.activation] == ("input",))),
                        what=f"feed-forward {a.activation} result (and input)")]
         if a.dropout > 0:
             mask = "bool" if ctx.device_kind == "cuda" else "act"
             saved.append(Saved("new", elements=2 * s * w, dtype=mask, what="dropout masks after both blocks"))
-        forward, backward = encoder_temporaries(s=s, w=w, i=i, heads=a.num_heads, key_dim=kd, dropout=a.dropout > 0,
-                                                activation=a.activation, normalize_first=a.normalize_first)
-        return Memory(saved=tuple(saved), scratch=(Saved("new", elements=forward, what="blocks' temporaries"),),
-                      backward_scratch=(Saved("new", elements=backward, what="blocks' gradients"),))
+        attention = Attention(ctx, ctx.batch, s, s, a.num_heads, kd, kd, w, w, w, w, True, a.dropout > 0)
+        call = Encoder(attention, i, a.activation, a.normalize_first)
+        return KernelMemory(saved=tuple(saved), **encoder_memory(call))
 
     def build(self, a, x, ctx):
         from .modules import TransformerEncoder as TransformerEncoderModule
