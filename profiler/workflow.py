@@ -39,14 +39,14 @@ def summarize_factory(reference: str, *, input_shapes: list[tuple[int, ...]], in
                       checkpoint: bool | tuple[str, ...] = ()) -> dict[str, Any]:
     """Predict a torch model made by ``reference``: imported, then called under the meta device.
 
-    Mixed precision and checkpointing are predicted for specs only: asking for them here is an error.
+    Checkpointing is predicted for specs only (it changes the model's code): asking for it here is
+    an error. Mixed precision is replayed under ``torch.autocast`` like the rest of the module.
     """
     import sys
 
-    if amp is not None or checkpoint:
-        raise SpecError("mixed precision and checkpointing are predicted for model specs, not torch models",
-                        field="amp" if amp is not None else "checkpoint", source=reference,
-                        expected="a .yaml/.json spec or a built-in model")
+    if checkpoint:
+        raise SpecError("checkpointing is predicted for model specs, not torch models", field="checkpoint",
+                        source=reference, expected="a .yaml/.json spec or a built-in model")
 
     from .torch_module import load_factory, summary as module_summary
 
@@ -60,7 +60,7 @@ def summarize_factory(reference: str, *, input_shapes: list[tuple[int, ...]], in
         dtypes = dtypes * len(input_shapes)
     return module_summary(load_factory(reference), input_shapes if len(input_shapes) > 1 else input_shapes[0],
                           batch=batch, depth=depth, input_dtype=dtypes if len(dtypes) > 1 else dtypes[0],
-                          dtype=dtype, loss=loss, name=reference, optimizers=optimizers)
+                          dtype=dtype, loss=loss, name=reference, optimizers=optimizers, amp=amp)
 
 
 def token_range(spec: ModelSpec, input_name: str) -> int | None:

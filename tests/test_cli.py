@@ -81,6 +81,12 @@ def test_torch_factory_from_the_command_line(tmp_path, monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["totals"]["params"] == 7850
     assert [layer["output_shape"] for layer in out["layers"]] == [[None, 784], [None, 10], [None, 10]]
+    # mixed precision is replayed under autocast for torch models too; checkpointing is for specs
+    assert main(["summary", "my_models:digits", "--input-shape", "1,28,28", "--amp"]) == 0
+    assert 'Model: "my_models:digits" (batch 32, float32, autocast bfloat16, loss cross_entropy)' \
+        in capsys.readouterr().out
+    assert main(["summary", "my_models:digits", "--input-shape", "1,28,28", "--checkpoint"]) == 2
+    assert "field 'checkpoint'" in capsys.readouterr().err
     assert main(["summary", "my_models:nothing", "--input-shape", "4"]) == 2
     assert "has no attribute 'nothing'" in capsys.readouterr().err
     assert main(["summary", "my_models:digits"]) == 2

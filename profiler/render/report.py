@@ -46,6 +46,11 @@ def _title(r: dict, markdown: bool) -> str:
     opts = r.get("options", {})
     bits = [f"batch {opts.get('batch', r.get('batch'))}", opts.get("dtype", r.get("dtype")),
             f"loss {opts.get('loss', r.get('loss'))}"]
+    amp = opts.get("amp", r.get("amp"))
+    if amp:
+        bits.insert(2, f"autocast {amp}")
+    if r.get("checkpoint"):
+        bits.append("checkpointed: " + ", ".join(r["checkpoint"]))
     if "device" in opts:
         bits.append(f"device {opts['device']}")
     text = f'Model: "{r["model"]}" ({", ".join(bits)})'
