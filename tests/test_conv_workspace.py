@@ -1,10 +1,43 @@
 """Convolution kernels' workspace on the CPU: what oneDNN (and torch's own kernels) allocate
-inside a convolution, predicted by the conv rules and checked against the allocator."""
+inside a convolution, predicted by the conv rules and checked against the allocator.
+
+Measured peaks come from the profiler's allocator events (``profiler.memory_trace``) with
+torch's default threads (2 on the machine these figures were taken on).
+"""
+import gc
+from functools import lru_cache
+
 import pytest
+import torch
 
 from profiler import workflow
+from profiler.memory_trace import allocator_peak
 from profiler.models import builtin
+from profiler.registry import Context
+from profiler.rules.conv import ConvCall, bf16_weights_scratchpad, conv_workspace, float32_weights_scratchpad
+from profiler.rules.modules import ChannelsLast
+from profiler.spec import Model, layer as L
 
+PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam")
+PRECISIONS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
+              "amp": dict(dtype="float32", amp="bfloat16")}
+
+
+@lru_cache(maxsize=None)
+def _profile(spec_key, batch: int, precision: str) -> dict:
+    """One measured run feeds every peak's assert (cached per spec, batch and precision)."""
+    spec = _LAYERS[spec_key] if spec_key in _LAYERS else workflow.resolve_spec(spec_key)
+    return workflow.profile(spec, batch=batch, loss="cross_entropy", device="cpu", warmup=0, repeats=1,
+                            threads=None, **PRECISIONS[precision])
+
+
+def _assert_exact(result: dict, where: str) -> None:
+    for key in PEAKS:
+        predicted, measured = result["predicted"][key], result["measured"][key]
+        assert predicted == measured, f"{where} {key}: predicted {predicted:,} B, measured {measured:,} B"
+
+
+# --- the seed model and the zoo's convolutional models --------------------------------------
 
 @pytest.fixture(scope="module")
 def conv224_amp():
@@ -17,4 +50,124 @@ def test_seed_conv_model_amp_inference_exact(conv224_amp):
 
 
 def test_seed_conv_model_amp_training_exact(conv224_amp):
+    # the third convolution's bfloat16 weight gradient books ~37.4 MB (bf16_weights_scratchpad)
     assert conv224_amp["predicted"]["train_peak_bytes_sgd"] == conv224_amp["measured"]["train_peak_bytes_sgd"]
+
+
+# resnet at batch 1: b1's input gradient is added into r1's (the second path of a residual)
+# after b1's backward has run, but the memory model frees it before b1's weight gradient and
+# kernel workspace are made (memory_model._op_backward): 16,640 B under in float32
+ACCUMULATED_EARLY = pytest.mark.xfail(strict=True, reason="memory_model frees an accumulated input "
+                                      "gradient before the op's weight gradients and workspace")
+ZOO = [pytest.param(model, batch, precision, id=f"{model}-b{batch}-{precision}",
+                    marks=ACCUMULATED_EARLY if (model, batch) == ("resnet", 1) else ())
+       for model in ("cnn", "cnn-bn", "resnet", "unet") for batch in (1, 16) for precision in PRECISIONS]
+
+
+@pytest.mark.parametrize("model, batch, precision", ZOO)
+def test_zoo_convolution_models_exact(model, batch, precision):
+    _assert_exact(_profile(f"benchmarks/zoo/{model}.yaml", batch, precision), f"{model} batch {batch} {precision}")
+
+
+# --- single layers: every kernel path, batch 1 and 3, three precisions -------------------------
+# A batch norm first gives the convolution an input that needs a gradient (its data phase runs);
+# a global average keeps the Dense's matmul small.
+
+def _layer_model(name: str, shape: list[int], layer) -> Model:
+    pool = L("GlobalAveragePooling3D") if len(shape) == 4 else L("GlobalAveragePooling2D")
+    return Model(name, input_shape=shape, layers=[L("BatchNormalization"), layer, pool, L("Dense", units=5)])
+
+
+_LAYERS = {
+    # fewer than 16 input channels: oneDNN's "first convolution"; im2col at batch 1 in float32
+    "first": _layer_model("first", [12, 12, 3], L("Conv2D", filters=16, kernel_size=3, padding="same")),
+    # input channels not a multiple of 16: padded blocks; no bias
+    "odd-channels": _layer_model("odd", [8, 8, 24], L("Conv2D", filters=32, kernel_size=3, padding="same",
+                                                      use_bias=False)),
+    # unpadded: the bfloat16 data phase copies input rows
+    "valid": _layer_model("valid", [10, 10, 8], L("Conv2D", filters=24, kernel_size=3)),
+    "1x1": _layer_model("pointwise", [10, 10, 20], L("Conv2D", filters=8, kernel_size=1)),
+    "transposed": _layer_model("up", [6, 6, 16], L("Conv2DTranspose", filters=8, kernel_size=2, strides=2)),
+    # Keras cuts what torch cannot: the uncropped result first, then the output
+    "transposed-cropped": _layer_model("up-cut", [6, 6, 8], L("Conv2DTranspose", filters=16, kernel_size=3,
+                                                              strides=2, padding="same")),
+}
+LAYER_CASES = [pytest.param(name, batch, precision, id=f"{name}-b{batch}-{precision}")
+               for name in _LAYERS for batch in (1, 3) for precision in PRECISIONS]
+
+
+def _strided_data_phase(name: str, batch: int, precision: str) -> bool:
+    """A strided transposed convolution's forward pass is a strided data phase: oneDNN's
+    ``brgconv_strided`` scratchpad is an estimate (``data_scratchpad``) beyond float32 at batch 1
+    (im2col) and the 2×2/2 float32 kernel (``_strided_transposed_forward``)."""
+    return name.startswith("transposed") and precision != "float32" or (name, batch) == ("transposed-cropped", 3)
+
+
+@pytest.mark.parametrize("name, batch, precision", LAYER_CASES)
+def test_single_convolution_exact(name, batch, precision):
+    result = _profile(name, batch, precision)
+    if not _strided_data_phase(name, batch, precision):
+        _assert_exact(result, f"{name} batch {batch} {precision}")
+        return
+    for key in PEAKS:   # never under, at most 2% over (1.5% measured for the cropped float32 case)
+        predicted, measured = result["predicted"][key], result["measured"][key]
+        assert measured <= predicted <= 1.02 * measured, f"{name} batch {batch} {precision} {key}: " \
+            f"predicted {predicted:,} B, measured {measured:,} B"
+
+
+# --- counted by hand ---------------------------------------------------------------------------
+
+def _bytes(tensors, batch: int = 1, act: int = 4) -> int:
+    return sum(t.elements * (batch if t.per_sample else 1) * (act if t.dtype == "act" else 1) for t in tensors)
+
+
+def test_im2col_at_batch_one_by_hand():
+    """Conv2D 8 → 16, 3×3, padding 1, on one 8×8 image in float32: 1·8·8·8 = 512 input elements
+    ≤ 20,480, one group, a 3×3 kernel: torch runs slow_conv2d (im2col), not oneDNN."""
+    ctx = Context(batch=1, threads=2)
+    forward, backward = conv_workspace(ctx, channels=8, out_channels=16, kernel=(3, 3), strides=(1, 1), groups=1,
+                                       bias=True, out_spatial=(8, 8), in_spatial=(8, 8), padding=(1, 1))
+    weight_copy = 16 * 8 * 3 * 3 * 4     # the weight in channels-last: 1,152 floats = 4,608 B
+    columns = 8 * 3 * 3 * 8 * 8 * 4      # input channels × taps × output positions: 4,608 floats = 18,432 B
+    assert _bytes(forward) == _bytes(backward) == weight_copy + columns == 23_040
+
+    torch.manual_seed(0)
+    conv = ChannelsLast(torch.nn.Conv2d(8, 16, 3, padding=1))
+    x = torch.randn(1, 8, 8, 8, requires_grad=True)
+    output = 16 * 8 * 8 * 4              # 4,096 B
+    gc.disable()
+    try:
+        def infer():
+            with torch.no_grad():
+                conv(x)
+        # the output, the weight copy and the columns are alive together
+        assert allocator_peak(infer).peak_bytes == output + weight_copy + columns == 27_136
+        y = conv(x)
+        grad = torch.ones_like(y)
+        # backward: the weight copy, the input's gradient (2,048 B), the bias's (64 B) and the
+        # weight's (4,608 B), then the columns
+        assert allocator_peak(lambda: torch.autograd.grad(y, [x, *conv.parameters()], grad)).peak_bytes \
+            == weight_copy + 8 * 8 * 8 * 4 + 16 * 4 + weight_copy + columns == 29_760
+    finally:
+        gc.enable()
+
+
+def test_bf16_weight_gradient_scratchpad_by_hand():
+    """oneDNN's jit_bf16 weight gradient, 32 → 32 channels, 3×3 unpadded on one 16×16 image, 2
+    threads. The input is transposed into rows of tr_iw = 16 + 2 (shared padding) bfloat16;
+    balance picks 1 batch-thread × 2 input-channel blocks of 16. Booked, each entry with 128 B of
+    alignment room, each barrier a page plus a page:
+      transposed input   (1 · 2 blocks · 18 · 16 · 16 rows + 2 guard) · 2 B = 18,436
+      transposed grad    1 · 2 blocks · 14 · 16 · 14 rows · 2 B             = 12,544
+      float32 partials   4 B · 1 · (32 · 32 · 9 + 32 bias)                   = 36,992
+      3 × 128 + barriers (2 input-block threads; the reduction) 2 × 8,192
+    """
+    call = ConvCall(32, 32, (16, 16), (14, 14), (3, 3), (1, 1), (0, 0), (1, 1), 1, True)
+    assert bf16_weights_scratchpad(call, batch=1, threads=2) == 18_436 + 12_544 + 36_992 + 3 * 128 + 2 * 8_192 \
+        == 84_740
+    # and its float32 kernel at batch 4 on 8 → 4 channels (2 batch-threads): one float32 partial
+    # weight and bias gradient, (16 · 8 · 9 + 16) · 4 = 4,672 + 128, its barrier 8,192, the bias
+    # padded to 16 (64 + 128), and cpu_reducer for the bias: 64 B of space page-aligned (4,160) and
+    # one barrier (8,192)
+    call = ConvCall(8, 4, (16, 16), (16, 16), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    assert float32_weights_scratchpad(call, batch=4, threads=2) == 4_800 + 8_192 + 192 + 4_160 + 8_192 == 25_536

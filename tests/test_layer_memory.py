@@ -176,3 +176,21 @@ def test_predicted_peaks_equal_the_allocators(name):
 def test_every_layer_type_is_covered():
     from profiler.registry import all_rules
     assert set(all_rules()) == set(CASES) | set(MERGES)
+
+
+CONVOLUTIONS = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv1DTranspose",
+                "Conv2DTranspose", "Conv3DTranspose")
+
+
+@pytest.mark.parametrize("name", CONVOLUTIONS)
+def test_convolutions_at_batch_one_exact(name):
+    """At batch 1 torch runs small float32 convolutions (at most 20,480 input elements, one group,
+    kernels up to 3 wide or high) through its own im2col kernels, not oneDNN: the weight's
+    channels-last copy and the columns (``rules.conv.im2col_workspace``); slow_conv3d and
+    slow_conv_transpose3d through channels-first copies. Depthwise and separable layers keep
+    oneDNN (groups > 1), whose pointwise half at batch 1 runs im2col without columns."""
+    spec = spec_for(name)
+    p = predict(spec, batch=1, optimizers=("sgd", "adam"))
+    predicted = {"inference": p.inference.bytes, "sgd": p.training["sgd"].bytes, "adam": p.training["adam"].bytes}
+    for key, got in measure(spec, 1).items():
+        assert predicted[key] == got, f"{name} batch 1 {key}: predicted {predicted[key]:,} B, measured {got:,} B"

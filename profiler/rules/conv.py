@@ -294,9 +294,9 @@ def im2col_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Save
     per sample (a transposed one: output channels × kernel × input positions) — beside the output.
     Backward: the weight copy again and one columns buffer, made after the input's and the
     weight's gradients (the dilated kernel also sums the bias gradient into a temporary).
-    ``slow_conv3d`` has no channels-last kernel: it copies the input (and in backward the
-    output's gradient) to channels-first, and its channels-first result is copied back once the
-    columns are freed.
+    ``slow_conv3d`` and ``slow_conv_transpose3d`` have no channels-last kernel: they copy the
+    input (and in backward the output's gradient) to channels-first, and their channels-first
+    result is copied back once the columns are freed.
     """
     channels_last = ctx.data_format == "channels_last"
     if call.transposed:
@@ -306,11 +306,13 @@ def im2col_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Save
     else:
         columns = 0
     cols = Saved("new", elements=columns, what="im2col columns")
-    if len(call.kernel) == 3 and not (call.transposed or call.dilated):    # slow_conv3d
+    if len(call.kernel) == 3 and not call.dilated:    # slow_conv3d, slow_conv_transpose3d
+        # the transposed kernel adds its bias by a GEMM with a vector of ones, one per output position
+        ones = prod(call.out_spatial) if call.transposed and call.bias else 0
         if not channels_last:
-            return _kept(cols), _kept(cols)
+            return _kept((cols, Saved("new", elements=ones, per_sample=False, what="ones for the bias"))), _kept(cols)
         image, result = call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial)
-        forward = Saved("new", elements=max(image + columns, result),
+        forward = Saved("new", elements=max(ctx.batch * (image + columns) + ones, ctx.batch * result), per_sample=False,
                         what="channels-first input and columns, then the result's channels-last copy")
         backward = (Saved("new", elements=result + image, what="channels-first output gradient and input"), cols)
         return (forward,), _kept(backward)
@@ -399,11 +401,15 @@ def _up16(n: int) -> int:
 # (oneDNN's "rtus") is not counted; channels-first inputs are also reordered to the blocked
 # layout (counted as one copy of the larger of input and output, per sample).
 
-# strided data phases: a fixed part and per thread, growing with output channels beyond 32
-# (measured on 3–128 input channels and 4–64 filters at 1, 2 and 4 threads)
+# strided data phases (``brgconv_strided``): a fixed part and per thread, growing with output
+# channels beyond 32, and more when the input's width is odd (measured on 3–128 input channels,
+# 4–64 filters, inputs 8–17 wide, at 1, 2 and 4 threads). An estimate beyond: wider inputs
+# book more (up to +65,536 B per thread measured at 33 wide with 64 filters)
 STRIDED_DATA_FIXED = {"float32": 12_288, "bfloat16": 16_384}
 STRIDED_DATA_PER_THREAD = {"float32": 24_600, "bfloat16": 16_920}
 STRIDED_DATA_WIDE_OUTPUT = 32
+STRIDED_DATA_ODD_FIXED = 4_096
+STRIDED_DATA_ODD_PER_THREAD = {"float32": 16_384, "bfloat16": 8_256}
 # the bfloat16 data phase of an unpadded convolution with a kernel 2 or 3 wide also copies input
 # rows: a page and, per thread, two bfloat16 rows of the input's width × up to 64 channels
 BF16_DATA_ROWS_FIXED = 4096
@@ -469,7 +475,10 @@ def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
             _up16(call.out_channels) - STRIDED_DATA_WIDE_OUTPUT, 0)
         if dtype == "bfloat16":
             per_thread += 32 * (_data_block(call) - 16)
-        return STRIDED_DATA_FIXED[dtype] + threads * per_thread
+        fixed = STRIDED_DATA_FIXED[dtype]
+        if call.in_spatial[-1] % 2:
+            fixed, per_thread = fixed + STRIDED_DATA_ODD_FIXED, per_thread + STRIDED_DATA_ODD_PER_THREAD[dtype]
+        return fixed + threads * per_thread
     scratch = brgemm_data_scratchpad(threads)
     width, pad = call.in_spatial[-1], call.pads[-1]
     if dtype == "bfloat16" and pad == 0 and 2 <= call.kernel[-1] <= 3:   # input rows copied, two per thread
