@@ -188,7 +188,7 @@ def _torch_pad_order(pads: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
 # go to oneDNN unless the batch is 1, the input is small (``IM2COL_MAX_ELEMENTS``), there is one
 # group and the kernel is at most 3 wide or high — or unless the kernel is 1×1, unstrided,
 # undilated, on one thread and a batch under 16. Otherwise torch runs its own im2col kernels
-# (``slow_conv2d``, ``slow_conv_dilated2d``, ``slow_conv3d``, ``slow_conv_transpose2d``).
+# (``slow_conv2d``, ``slow_conv_dilated2d``, ``slow_conv3d``, ``slow_conv_transpose2d`` and 3d).
 # Everything below was measured with the profiler's allocator events on this machine (torch
 # 2.13, oneDNN 3.12, AVX-512 BF16, 2 threads), layer by layer, and checked on other shapes.
 
@@ -396,10 +396,13 @@ def _up16(n: int) -> int:
 # A transposed convolution runs these the other way round: its forward pass is the data phase
 # of the convolution it inverts, its input gradient that convolution's forward pass.
 #
-# Limits: grouped and depthwise kernels (``grouped_workspace``) and strided transposed forward
-# passes are measured constants (2 threads); a strided 1×1 weight gradient's input copy
-# (oneDNN's "rtus") is not counted; channels-first inputs are also reordered to the blocked
-# layout (counted as one copy of the larger of input and output, per sample).
+# Limits: the forward reorder pads the output channels to brgemm's block, which its cost model
+# picks among 16, 32, 48 and 64 by the problem's size — padded to 16 here, exact for 1–16, 32 and
+# 64 filters (measured: 24 → 32, 40 → 64, 48 → 48 or 64); strided data phases are estimates
+# (``data_scratchpad``); grouped and depthwise kernels (``grouped_workspace``) and float32
+# strided transposed forward passes are measured constants (2 threads); a strided 1×1 weight
+# gradient's input copy (oneDNN's "rtus") is not counted; channels-first inputs are also
+# reordered to the blocked layout (one copy of the larger of input and output, per sample).
 
 # strided data phases (``brgconv_strided``): a fixed part and per thread, growing with output
 # channels beyond 32, and more when the input's width is odd (measured on 3–128 input channels,
