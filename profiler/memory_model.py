@@ -79,6 +79,9 @@ class Op:
     input_grad_scratch: tuple[Saved, ...] = ()
     gradients_last: bool = False       # backward scratch is the node's worst moment, the gradients it
     #                                    makes on the way included: they are allocated after it
+    weight_casts: tuple[str, ...] = ()   # a "lower" op that casts its own weights once per call, per
+    #   trainable tensor: "" (not cast), "call" (held by the call), "kept" (kept for backward),
+    #   "kept_for_input_grad" (kept when an input needs a gradient); () for autocast's cache
     weights: str = ""                  # whose parameters the op uses (the layer's first call)
     shared_call: bool = False          # a later call of a shared layer: its weights are counted already
     # -- mixed precision, kernels, checkpointing ---------------------------------------------
@@ -100,6 +103,7 @@ class KernelMemory(Memory):
     training_scratch: tuple[Saved, ...] | None = None   # made beside the saved tensors
     input_grad_scratch: tuple[Saved, ...] = ()          # added when an input needs a gradient
     gradients_last: bool = False   # backward scratch includes the gradients made on the way (attention)
+    weight_casts: tuple[str, ...] = ()   # under autocast, the layer's own weight casts (see ``Op``)
 
 
 @dataclass(frozen=True)
@@ -424,11 +428,13 @@ class _Forward:
         if target is not None and op.autocast == "lower":
             master = itemsize(self.s.dtype)
             for j in reversed(range(len(op.param_tensors))):
-                key = f"{prefix}weight_cast:{op.weights or op.layer}:{j}"
+                key = self._weight_cast(op, j, prefix)
+                if op.weight_casts and not op.weight_casts[j]:
+                    continue   # used as it is (a layer norm's float32 weights)
                 if key not in self.holders:
                     self.t.alloc(key, op.param_tensors[j] // master * itemsize(target), "weight_casts", target)
                     self.origin[key] = op.layer
-                    self.hold(key, f"{prefix}autocast")
+                    self.hold(key, call if op.weight_casts else f"{prefix}autocast")
             for j in reversed(range(len(op.frozen_tensors))):
                 key = f"{prefix}{op.output}.frozen_cast{j}"
                 self.t.alloc(key, op.frozen_tensors[j] // master * itemsize(target), "weight_casts", target)
@@ -449,10 +455,7 @@ class _Forward:
             self.casts[k] = casts
         compute = target or _promote([self.dtype[v] for v in op.inputs], self.s.dtype)
         self.compute[k] = compute
-        weight_saved = records and saving and target is not None and op.autocast == "lower" and bool(
-            op.param_tensors or op.frozen_tensors) and (
-            op.saves_weight == "always"
-            or (op.saves_weight == "for_input_grad" and any(self.requires_grad[v] for v in op.inputs)))
+        weight_saved = self._kept_casts(k, prefix) if records and saving and target is not None else []
         if stop == "before":   # the last tensors packed for backward are inputs: the kernel never runs
             self._save(k, op, effective, records and saving, weight_saved, prefix, outputs=False)
             self.release_all(call)
@@ -493,17 +496,14 @@ class _Forward:
         self.release_all(call)
 
 
-    def _save(self, k: int, op: Op, effective: list[str], saving: bool, weight_saved: bool,
+    def _save(self, k: int, op: Op, effective: list[str], saving: bool, weight_saved: list[str],
               prefix: str, *, outputs: bool) -> None:
-        """Autograd keeps what op ``k`` saves (held by ``op{k}``)."""
+        """Autograd keeps what op ``k`` saves (held by ``op{k}``); ``weight_saved``: weight casts."""
         if not saving:
             return
         compute = self.compute[k]
-        if weight_saved:
-            if op.param_tensors:
-                self.hold(f"{prefix}weight_cast:{op.weights or op.layer}:0", f"op{k}")
-            else:
-                self.hold(f"{prefix}{op.output}.frozen_cast0", f"op{k}")
+        for key in weight_saved:
+            self.hold(key, f"op{k}")
         for i, saved in enumerate(op.saved):
             if saved.of == "new":
                 if not outputs and self._with_output(saved):
@@ -607,10 +607,29 @@ class _Forward:
             self.release(self.storage[value], f"{prefix}graph:{value}")
 
     def _saves_weight(self, k: int) -> bool:
+        return self.s.amp is not None and bool(self._kept_casts(k, ""))
+
+    def _kept_casts(self, k: int, prefix: str) -> list[str]:
+        """The weight casts a "lower" op keeps for backward: its own casts as ``weight_casts`` says,
+        else the (cached or frozen) weight's as ``saves_weight`` says."""
         op = self.ops[k]
-        return self.s.amp is not None and op.autocast == "lower" and bool(op.param_tensors) and (
-            op.saves_weight == "always"
-            or (op.saves_weight == "for_input_grad" and any(self.requires_grad[v] for v in op.inputs)))
+        if op.autocast != "lower":
+            return []
+        wants = any(self.requires_grad[v] for v in op.inputs)
+        if op.weight_casts:
+            return [self._weight_cast(op, j, prefix) for j, mode in enumerate(op.weight_casts)
+                    if mode == "kept" or (mode == "kept_for_input_grad" and wants)]
+        if not (op.param_tensors or op.frozen_tensors) or not (
+                op.saves_weight == "always" or (op.saves_weight == "for_input_grad" and wants)):
+            return []
+        return [self._weight_cast(op, 0, prefix) if op.param_tensors else f"{prefix}{op.output}.frozen_cast0"]
+
+    @staticmethod
+    def _weight_cast(op: Op, j: int, prefix: str) -> str:
+        """Weight ``j``'s cast: in autocast's cache (one per layer), or the call's own."""
+        if op.weight_casts:
+            return f"{prefix}{op.output}.weight_cast{j}"
+        return f"{prefix}weight_cast:{op.weights or op.layer}:{j}"
 
     # -- layers ----------------------------------------------------------------------------------
     def _layer_ends(self) -> list[int]:
@@ -739,7 +758,7 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
     accumulating = bool(op.param_bytes) and f"{key}:0" in t.live   # a shared layer's next gradient
     low_weights: list[int] = []
     for j, nbytes in enumerate(op.param_tensors):
-        if lower_amp:
+        if lower_amp and (not op.weight_casts or op.weight_casts[j]):
             low = nbytes // itemsize(s.dtype) * itemsize(compute)
             t.alloc(f"{key}:low{j}", low, "temporaries", compute)
             low_weights.append(j)
@@ -833,7 +852,7 @@ def onednn_bf16_gemm_scratch(kind: str, m: int, k: int, n: int, *, threads: int 
         k_blk = _round_up(k, 32) if k <= 512 else 512
         lda = k_blk + (32 if k_blk >= 512 and k_blk & (k_blk - 1) == 0 else 0)
         chunk = _rows_per_thread(m, n_blocks, batch, threads, copies_a=True)
-        width = _round_up(n, 64) if k > k_blk and chunk < m else n_blk   # K in blocks: whole rows accumulate
+        width = n_blk * n_blocks if k > k_blk and chunk < m else n_blk   # K in blocks: whole rows accumulate
         return fixed + 128 + threads * (64 * k_blk * 2 + chunk * (4 * width + 2 * lda))
     k_blk = min(_round_up(k, 32), 1024 if k >= 2048 and m >= 2 else 512)
     chunk = _rows_per_thread(m, n_blocks, batch, threads)

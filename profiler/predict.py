@@ -268,15 +268,17 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
 #: How layers run under ``torch.autocast`` (torch 2.13's op lists, the same on CPU and CUDA for
 #: these): matmuls and convolutions are on the lower-precision list; the value says when autograd
 #: keeps the cast weight (``addmm`` only when its input needs a gradient, ``convolution`` always).
+#: Recurrent and attention layers run in autocast's dtype throughout and cast their weights and
+#: input themselves, once per call ("own": the rule's ``KernelMemory.weight_casts`` says which are kept).
 AUTOCAST_LOWER = {"Dense": "for_input_grad", **{t: "always" for t in (
-    "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D")}}
+    "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D")},
+    **{t: "own" for t in ("SimpleRNN", "LSTM", "GRU", "Bidirectional", "MultiHeadAttention", "TransformerEncoder")}}
 #: On CUDA these (and softmax) are on autocast's float32 list; on the CPU they run in their
 #: input's dtype.
 AUTOCAST_FLOAT32_CUDA = {"LayerNormalization"}
 #: Layers whose ops inside are not modelled under autocast (several matmuls, or a kernel that
 #: bypasses autocast's wrapper): refused with ``amp`` rather than predicted wrong.
-AUTOCAST_UNMODELLED = ("SimpleRNN", "LSTM", "GRU", "Bidirectional", "TimeDistributed", "MultiHeadAttention",
-                       "TransformerEncoder", "SeparableConv2D", "PReLU")
+AUTOCAST_UNMODELLED = ("TimeDistributed", "SeparableConv2D", "PReLU")
 AMP_DTYPES = ("bfloat16", "float16")
 
 
@@ -293,8 +295,8 @@ def _check_amp(spec: ModelSpec, amp: str | None, dtype: str) -> None:
     for scope, node in _all_nodes(spec):
         if node.layer.type in AUTOCAST_UNMODELLED:
             raise SpecError(f"mixed precision is not modelled for {node.layer.type} layers", field="amp",
-                            expected="layers among Dense, convolutions, pooling, normalisation, activations, "
-                                     "dropout, reshaping, embeddings and merges",
+                            expected="layers among Dense, convolutions, recurrent layers, attention, pooling, "
+                                     "normalisation, activations, dropout, reshaping, embeddings and merges",
                             source=spec.source, layer=node.label())
         shared = (scope, node.layer.name) in calls
         calls.add((scope, node.layer.name))
@@ -461,7 +463,7 @@ class _Plan:
                   weights=owner, shared_call=not t.first_call, scratch=memory.scratch,
                   backward_scratch=memory.backward_scratch, autocast=autocast,
                   training_scratch=kernels.training_scratch, input_grad_scratch=kernels.input_grad_scratch,
-                  gradients_last=kernels.gradients_last,
+                  gradients_last=kernels.gradients_last, weight_casts=kernels.weight_casts,
                   saves_weight=AUTOCAST_LOWER.get(t.layer.type, ""), matmul=matmul)
         if activation == "linear":
             return [main]

@@ -18,6 +18,7 @@ from profiler.errors import ModelsizeError, SpecError
 from profiler.memory_model import onednn_bf16_gemm_scratch
 from profiler.models import builtin
 from profiler.predict import predict
+from profiler.spec import Model
 
 MLP, CNN = "benchmarks/zoo/mlp.yaml", "benchmarks/zoo/cnn.yaml"
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
@@ -122,9 +123,10 @@ def test_amp_float16_on_cpu():
 def test_amp_needs_float32_weights_and_known_layers():
     with pytest.raises(SpecError, match=r"field 'dtype': mixed precision keeps float32 master weights"):
         predict(builtin("digits"), amp="bfloat16", dtype="bfloat16")
-    with pytest.raises(SpecError, match=r'layer 0 \(LSTM "lstm"\): field \'amp\': mixed precision is not '
-                                        r"modelled for LSTM layers"):
-        predict(workflow.resolve_spec("benchmarks/zoo/lstm.yaml"), amp="bfloat16")
+    wrapped = Model("td", input_shape=[4, 8], layers=[{"TimeDistributed": {"layer": {"Dense": {"units": 3}}}}])
+    with pytest.raises(SpecError, match=r'layer 0 \(TimeDistributed "time_distributed"\): field \'amp\': mixed '
+                                        r"precision is not modelled for TimeDistributed layers"):
+        predict(wrapped, amp="bfloat16")
     with pytest.raises(SpecError, match="unknown mixed-precision dtype"):
         predict(builtin("digits"), amp="float8")
     from profiler.build import build

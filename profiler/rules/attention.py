@@ -105,6 +105,17 @@ class Attention:
             return 0
         return sum(copies) * self.act + (FLOAT_SCALAR if alpha else 0) + scratch
 
+    def kept_casts(self, input_grad: bool) -> dict[str, int]:
+        """Under autocast, the weight casts the projections keep for backward (``attention_casts``):
+        the output kernel's, and the others' when the input needs a gradient."""
+        if not self.ctx.amp:
+            return {}
+        kept = {"cast.wo": self.h * self.vd * self.out * self.act}
+        if input_grad:
+            kept.update({"cast.wq": self.fq * self.h * self.kd * self.act, "cast.wk": self.fk * self.h * self.kd * self.act,
+                         "cast.wv": self.fv * self.h * self.vd * self.act})
+        return kept
+
     def head(self, steps: int, dim: int) -> tuple[int, ...]:
         """A head's slice of a (batch, steps, heads, dim) tensor: copied unless it is the only head."""
         return (self.b * steps * dim,) if self.h > 1 else ()
@@ -115,6 +126,14 @@ class Attention:
         several heads)."""
         copied = self.h > 1 and (transposed or self.b > 1)
         return (self.b * self.t * self.s,) if copied else ()
+
+
+def attention_casts(bias: bool, *, query_kept: str) -> tuple[str, ...]:
+    """Under autocast, what becomes of each weight's cast (``KernelMemory.weight_casts``): the
+    query, key and value kernels are kept by their matmuls when their input needs a gradient
+    (``query_kept``), the output kernel always (the heads' result needs one), the biases not."""
+    kernels = (query_kept,) * 3 + ("kept",)
+    return tuple(c for kernel in kernels for c in ((kernel, "call") if bias else (kernel,)))
 
 
 #: A Python number used as a tensor: a float64 scalar (8 bytes), then its cast to the op's dtype.
@@ -142,6 +161,10 @@ class _Replay:
     def drop(self, *names: str) -> None:
         for name in names:
             self.now -= self.alive.pop(name)
+
+    def let_go(self, *names: str) -> None:
+        """Drop those of ``names`` that exist (weight casts exist only under autocast)."""
+        self.drop(*(name for name in names if name in self.alive))
 
     @property
     def above(self) -> int:
@@ -200,6 +223,7 @@ def attention_backward(r: _Replay, a: Attention, *, input_grad: bool, incoming: 
     if a.bias:
         r.new("dbo", a.out * act)
     r.drop(*(name for name in (incoming, "c") if name))
+    r.let_go("cast.wo")
     r.new("gp", b * h * t * s * act)
     r.spike(a.bmm(t, a.vd, s, copies=a.head(t, a.vd) + a.head(s, a.vd)))                # G·Vᵀ
     r.new("dv", b * s * width_v * act)
@@ -224,6 +248,7 @@ def attention_backward(r: _Replay, a: Attention, *, input_grad: bool, incoming: 
         if a.bias:
             r.new(f"db{name}", width * act)
         r.drop(f"d{name}")
+        r.let_go(f"cast.w{name}")
         if input_grad:
             _accumulate(r, made.setdefault(source[name], []), f"dx{name}", rows * features * act)
 
@@ -250,7 +275,8 @@ def attention_memory(a: Attention) -> dict:
     out = a.b * a.t * a.out * a.act
     backward = {}
     for input_grad in (False, True):
-        r = _Replay(g=out, **{name: n for name, n in training.alive.items() if name != "o"})
+        r = _Replay(g=out, **{name: n for name, n in training.alive.items() if name != "o"},
+                    **a.kept_casts(input_grad))
         attention_backward(r, a, input_grad=input_grad)
         backward[input_grad] = r.above
     dtype, what = a.ctx.compute_dtype(True), "attention's tensors and kernels"
@@ -297,6 +323,15 @@ class Encoder:
         """Bytes per element of the weights (and their gradients)."""
         return itemsize(self.attention.ctx.dtype)
 
+    def kept_casts(self, input_grad: bool) -> dict[str, int]:
+        """Under autocast, the weight casts kept for backward: the attention's (its input is the
+        first norm's result with ``normalize_first``: it needs a gradient) and both Linear kernels'."""
+        a = self.attention
+        if not a.ctx.amp:
+            return {}
+        return {**a.kept_casts(input_grad or self.normalize_first),
+                "cast.ff1": a.fq * self.i * a.act, "cast.ff2": self.i * a.fq * a.act}
+
     def mask(self) -> int:
         """A dropout's noise (the activations' dtype on the CPU) or mask (bool on CUDA)."""
         return self.rows * self.attention.fq * (self.attention.act if self.attention.ctx.device_kind == "cpu" else 1)
@@ -338,9 +373,10 @@ class Encoder:
         if input_grad:
             r.new(input_grad, self.rows * n_in * a.act)
             r.spike(a.mm("forward", self.rows, n_out, n_in))
-        r.new(f"{name}.dw", n_in * n_out * self.weight)
+        r.new(f"{name}.dw", n_in * n_out * a.act)
         r.spike(a.mm("grad_weight", n_out, self.rows, n_in))
-        r.new(f"{name}.db", n_out * self.weight)
+        r.new(f"{name}.db", n_out * a.act)
+        r.let_go(f"cast.{name}")
 
 
 def encoder_forward(r: _Replay, e: Encoder, *, training: bool) -> str:
@@ -462,7 +498,7 @@ def encoder_memory(e: Encoder) -> dict:
     start = {name: n for name, n in training.alive.items() if name not in ("out", "h2" if e.normalize_first else "")}
     backward = {}
     for input_grad in (False, True):
-        r = _Replay(g=out, **start)
+        r = _Replay(g=out, **start, **e.kept_casts(input_grad))
         encoder_backward(r, e, input_grad=input_grad)
         backward[input_grad] = r.above
     dtype, what = e.attention.ctx.compute_dtype(True), "encoder's tensors and kernels"
@@ -550,6 +586,7 @@ class MultiHeadAttention(Rule):
                          key[1], value[1], a.use_bias, a.dropout > 0, inputs)
         return KernelMemory(saved=(Saved("inputs" if inputs > 1 else "input",
                                          what="inputs of the query, key and value projections"), *saved),
+                            weight_casts=attention_casts(a.use_bias, query_kept="kept_for_input_grad"),
                             **attention_memory(call))
 
     def build(self, a, x, ctx):
@@ -630,7 +667,10 @@ class TransformerEncoder(Rule):
             saved.append(Saved("new", elements=2 * s * w, dtype=mask, what="dropout masks after both blocks"))
         attention = Attention(ctx, ctx.batch, s, s, a.num_heads, kd, kd, w, w, w, w, True, a.dropout > 0)
         call = Encoder(attention, i, a.activation, a.normalize_first)
-        return KernelMemory(saved=tuple(saved), **encoder_memory(call))
+        # the attention reads the layer's input (post-norm) or the first norm's result (pre-norm)
+        query_kept = "kept" if a.normalize_first else "kept_for_input_grad"
+        casts = attention_casts(True, query_kept=query_kept) + ("",) * 4 + ("kept", "call") * 2
+        return KernelMemory(saved=tuple(saved), weight_casts=casts, **encoder_memory(call))
 
     def build(self, a, x, ctx):
         from .modules import TransformerEncoder as TransformerEncoderModule

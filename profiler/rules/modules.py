@@ -57,6 +57,25 @@ def with_activation(layer: nn.Module, name: str) -> nn.Module:
     return nn.Sequential(layer, activation(name))
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast lowers matmuls to on ``x``'s device, or None outside autocast."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
+def lowered(tensors, dtype: torch.dtype) -> list:
+    """Casts for a layer that runs in autocast's dtype throughout (a recurrent cell, attention):
+    one per floating tensor and call, made last to first as autocast evaluates an op's arguments,
+    recorded by autograd (``ToCopyBackward`` gives each gradient back in its tensor's dtype).
+    Tensors already in ``dtype``, and None, come back as they are."""
+    out = list(tensors)
+    for i in reversed(range(len(out))):
+        t = out[i]
+        if t is not None and t.is_floating_point() and t.dtype != dtype:
+            out[i] = t.to(dtype)
+    return out
+
+
 class Reshape(nn.Module):
     """Keras's Reshape: a new shape for every sample, the batch axis kept (a view when it can be)."""
 
@@ -461,7 +480,7 @@ class KerasRecurrent(nn.Module):
         return (self.kernel, self.recurrent_kernel) + ((self.bias,) if self.bias is not None else ())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.weights()
+        weights, x = _in_autocast_dtype(self.weights(), x)
         if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
             return _RecurrentFunction.apply((self,), "", x, *weights)
         with torch.no_grad():
@@ -745,6 +764,16 @@ class KerasRecurrent(nn.Module):
                 torch.mm(dz2, kernel.t(), out=dx2)
 
 
+def _in_autocast_dtype(weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Under autocast a recurrent layer runs in autocast's dtype throughout, as the same cell
+    written with autocast's matmuls would (its state feeds the next step's matmul): its weights,
+    then its input, cast once per call. Outside autocast, as they are."""
+    dtype = autocast_dtype(x)
+    if dtype is None:
+        return weights, x
+    return tuple(lowered(weights, dtype)), lowered([x], dtype)[0]
+
+
 def _split(weights: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     return weights[0], weights[1], weights[2] if len(weights) > 2 else None
 
@@ -860,7 +889,7 @@ class Bidirectional(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cells = (self.forward_layer, self.backward_layer)
-        weights = self.forward_layer.weights() + self.backward_layer.weights()
+        weights, x = _in_autocast_dtype(self.forward_layer.weights() + self.backward_layer.weights(), x)
         if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
             return _RecurrentFunction.apply(cells, self.merge_mode, x, *weights)
         with torch.no_grad():
@@ -1006,21 +1035,39 @@ class MultiHeadAttention(nn.Module):
                 key: torch.Tensor | None = None) -> torch.Tensor:
         return self.flat(query, value, key).view(query.shape[0], query.shape[1], *self.out_shape)
 
+    def weights(self) -> list[torch.Tensor | None]:
+        """Kernels and biases in parameter order (None for a missing bias)."""
+        return [self.query_kernel, self.query_bias, self.key_kernel, self.key_bias, self.value_kernel,
+                self.value_bias, self.output_kernel, self.output_bias]
+
     def flat(self, query: torch.Tensor, value: torch.Tensor | None = None,
-             key: torch.Tensor | None = None) -> torch.Tensor:
+             key: torch.Tensor | None = None, *, weights: list | None = None) -> torch.Tensor:
         """The result as (batch · steps, output elements): a tensor of its own, not a view, so that
-        a caller may add into it in place without autograd rebasing a view."""
+        a caller may add into it in place without autograd rebasing a view.
+
+        Under autocast the weights (unless ``weights`` gives them cast already) and then each
+        distinct input are cast once per call (``lowered``): Keras's kernels are used through
+        reshaped views, which autocast would cast at each use without caching, and the three
+        projections would each cast a float32 input."""
         value = query if value is None else value
         key = value if key is None else key
+        dtype = autocast_dtype(query)
+        if weights is None:
+            weights = self.weights() if dtype is None else lowered(self.weights(), dtype)
+        if dtype is not None:
+            distinct = list({id(t): t for t in (query, value, key)}.values())
+            cast = {id(t): c for t, c in zip(distinct, lowered(distinct, dtype))}
+            query, value, key = cast[id(query)], cast[id(value)], cast[id(key)]
+        wq, bq, wk, bk, wv, bv, wo, bo = weights
         batch, steps, heads = query.shape[0], query.shape[1], self.num_heads
-        q = self._project(query, self.query_kernel, self.query_bias).view(batch, steps, heads, self.key_dim)
-        k = self._project(key, self.key_kernel, self.key_bias).view(batch, key.shape[1], heads, self.key_dim)
-        v = self._project(value, self.value_kernel, self.value_bias).view(batch, value.shape[1], heads, self.value_dim)
+        q = self._project(query, wq, bq).view(batch, steps, heads, self.key_dim)
+        k = self._project(key, wk, bk).view(batch, key.shape[1], heads, self.key_dim)
+        v = self._project(value, wv, bv).view(batch, value.shape[1], heads, self.value_dim)
         context = _AttentionCore.apply(q, k, v, self.scale, self.dropout if self.training else 0.0)
         del q, k, v   # kept by the attention for backward only when it records
-        w = self.output_kernel.reshape(heads * self.value_dim, -1)
+        w = wo.reshape(heads * self.value_dim, -1)
         c = context.view(batch * steps, -1)
-        return torch.mm(c, w) if self.output_bias is None else torch.addmm(self.output_bias.reshape(-1), c, w)
+        return torch.mm(c, w) if bo is None else torch.addmm(bo.reshape(-1), c, w)
 
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, key_dim={self.key_dim}, value_dim={self.value_dim}, "
@@ -1054,18 +1101,27 @@ class TransformerEncoder(nn.Module):
         # (they keep their result, which the next matmul keeps anyway): each block allocates as
         # ``rules.attention.TransformerEncoder`` counts. Everything runs on (batch · steps, width)
         # tensors of their own: an in-place operation on a view would make autograd rebase it.
+        # Under autocast the matmuls' weights and the input are cast once per call, on entry
+        # (``lowered``); the layer norms take the low-precision tensors with their float32 weights.
         batch, steps, width = x.shape
+        attention_weights = None
+        dense = [self.intermediate.weight, self.intermediate.bias, self.output.weight, self.output.bias]
+        dtype = autocast_dtype(x)
+        if dtype is not None:
+            cast = lowered([*self.attention.weights(), *dense, x], dtype)
+            attention_weights, dense, x = cast[:8], cast[8:12], cast[12]
         residual = x.reshape(batch * steps, width)
         h = self.attention_norm(residual) if self.normalize_first else residual
-        h = self.attention_dropout(self.attention.flat(h.view(batch, steps, width))).add_(residual)
+        h = self.attention.flat(h.view(batch, steps, width), weights=attention_weights)
+        h = self.attention_dropout(h).add_(residual)
         if not self.normalize_first:
             h = self.attention_norm(h)
         residual = h
         if self.normalize_first:
             h = self.feedforward_norm(h)
-        h = self.intermediate(h)
+        h = nn.functional.linear(h, dense[0], dense[1])
         h = _IN_PLACE[self.activation](h) if self.activation in _IN_PLACE else self.intermediate_activation(h)
-        h = self.feedforward_dropout(self.output(h)).add_(residual)
+        h = self.feedforward_dropout(nn.functional.linear(h, dense[2], dense[3])).add_(residual)
         del residual
         if not self.normalize_first:
             h = self.feedforward_norm(h)

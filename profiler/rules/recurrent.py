@@ -35,6 +35,9 @@ from ..shapes import shape_text
 from .core import ACTIVATION_SAVES, gemm_workspace, workspace
 
 RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "relu")
+#: Under autocast a layer casts each weight once per call and keeps every cast for backward
+#: (``modules._RecurrentFunction`` saves them all).
+OWN_CASTS = ("kept",)
 GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
 GATE_PRODUCTS = {"SimpleRNN": 0, "LSTM": 3, "GRU": 2}
 
@@ -166,7 +169,7 @@ class RecurrentRule(Rule):
             saved.append(Saved("output", what="every step's state"))
         if cell.kept:
             saved.append(Saved("new", elements=cell.kept, what="gate activations and states of every step"))
-        return KernelMemory(saved=tuple(saved),
+        return KernelMemory(saved=tuple(saved), weight_casts=OWN_CASTS * len(self.count(a, x)[2]),
                             **cell.temporaries(self.matmuls(a, steps, features, ctx.batch), ctx))
 
     def module(self, a, x, *, backward: bool = False):
@@ -313,7 +316,7 @@ class Bidirectional(Rule):
         grad_merge = {"ave": merged, "mul": 2 * merged}.get(a.merge_mode, 0)   # (g/2; g·b and g·a)
         matmuls = inner.matmuls(args, steps, x[1], ctx.batch)
         one = cell.temporaries(matmuls, ctx, extra_scratch=2 * cell.output, extra_backward=grad_merge)
-        return KernelMemory(saved=tuple(saved), **one)
+        return KernelMemory(saved=tuple(saved), weight_casts=OWN_CASTS * 2 * len(inner.count(args, x)[2]), **one)
 
     def build(self, a, x, ctx):
         from .modules import Bidirectional as BidirectionalModule
