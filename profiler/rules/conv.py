@@ -232,12 +232,15 @@ class ConvCall:
 def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, ...], strides: tuple[int, ...],
                    groups: int, bias: bool, out_spatial: tuple[int, ...], transposed: bool = False,
                    in_spatial: tuple[int, ...] = (), padding: tuple[int, ...] | None = None,
-                   dilation: tuple[int, ...] | None = None) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+                   dilation: tuple[int, ...] | None = None,
+                   input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward scratch, backward scratch) of one convolution on the CPU, as torch runs it.
 
     Shapes are torch's (per sample); ``padding`` is torch's symmetric padding, inferred from the
     shapes when not given. The backward scratch is the worst moment of the backward call beyond
-    the gradients the memory model counts itself (input, weight, bias).
+    the gradients the memory model counts itself (input, weight, bias). ``input_grad``: whether
+    backward makes the input's gradient (its data phase runs); only channels-first oneDNN
+    convolutions tell the two apart so far.
     """
     if ctx.device_kind != "cpu":
         return (), ()
@@ -248,6 +251,8 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
                     tuple(padding), tuple(dilation), groups, bias, transposed)
     if not runs_onednn(ctx, call):
         return im2col_workspace(ctx, call)
+    if ctx.data_format == "channels_first" and groups == 1 and ctx.compute_dtype(True) in ("float32", "bfloat16"):
+        return channels_first_workspace(ctx, call, input_grad)
     return onednn_workspace(ctx, call)
 
 
@@ -446,12 +451,127 @@ def onednn_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Save
     if call.transposed and call.strided and dtype == "float32":
         forward = act * (clone + data_reorder) + _strided_transposed_forward(call, threads)
     backward = max(input_grad, weights, done) - act * (conv.weight + biases)
-    layout: tuple[Saved, ...] = ()
-    if ctx.data_format == "channels_first":
-        larger = max(call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial))
-        layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
-    return (_bytes(forward, "weight copies and oneDNN scratchpad") + layout,
-            _bytes(max(backward, 0), "weight copies, gradients in oneDNN's layouts and scratchpads") + layout)
+    return (_bytes(forward, "weight copies and oneDNN scratchpad"),
+            _bytes(max(backward, 0), "weight copies, gradients in oneDNN's layouts and scratchpads"))
+
+
+# --- oneDNN on channels-first tensors ------------------------------------------------------------
+#
+# With a contiguous NCHW input torch lets oneDNN pick the layouts (ideep's ``format_tag::any``),
+# and oneDNN's blocked jit kernels take them (ONEDNN_VERBOSE, oneDNN 3.12): every operand is
+# reordered into a copy with channels in blocks of 16 (padded), the result made blocked and then
+# copied to torch's NCHW tensor. Measured with the allocator's events on 1-D, 2-D and 3-D
+# convolutions, 1–64 channels, batch 1 and 3, float32 and bfloat16, 2 threads:
+# forward (``jit`` / ``jit_bf16``, ``jit_1x1`` / ``jit_bf16_1x1`` for 1×1): the input copied to
+#   16-channel blocks — not for fewer than 16 input channels and a kernel wider than 1×1 (a
+#   "first convolution" reads NCHW as it is) —, the weight reordered (output channels padded to
+#   16, input channels too unless a first convolution; bfloat16 in pairs), the blocked result, a
+#   scratchpad (a padded bias; a 1×1 kernel's strided input gathered per thread, "rtus";
+#   bfloat16 1×1 kernels sum in float32 per thread), all freed once the result is copied out;
+# data phase, unstrided: the output's gradient and the input's gradient blocked, the weight
+#   reordered with both channel counts padded to 16 (bfloat16 1×1: float32 sums per thread);
+#   strided: ``brgconv_strided`` in channels-last (the nxc path's weight and scratchpad), whose
+#   channels-last result is copied twice on the way back to NCHW (3 images at once);
+# weights phase: the output's gradient reordered again, the input to 16-channel blocks, the
+#   weight gradient blocked (the nxc kernels' own scratchpads: same balance); float32 with 4–15
+#   input channels runs ``jit:avx2`` on 8-channel blocks and sums per-thread copies with
+#   ``cpu_reducer``; 1–3 input channels: a first convolution on the plain input; dilated ones
+#   run oneDNN's GEMM convolution on the plain tensors; the weight and bias gradients are copied
+#   to torch's tensors while the blocked ones are alive.
+# Transposed convolutions run the inverted convolution's phases the other way round.
+
+#: ``jit_avx512_common`` weight gradients treat 1–3 input channels as a first convolution; more
+#: channels, fewer than 16, go to ``jit_avx2`` (8-channel blocks) in float32
+FIRST_CONV_WEIGHTS_MAX_CHANNELS = 3
+AVX2_BLOCK = 8
+
+
+def channels_first_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a one-group oneDNN convolution on NCHW tensors (see above);
+    without ``input_grad`` the data phase does not run and no input gradient is alive."""
+    dtype = ctx.compute_dtype(True)
+    threads, act, n = max(ctx.threads, 1), itemsize(dtype), ctx.batch
+    conv = _inverted(call) if call.transposed else call
+    ic, oc, taps = conv.channels, conv.out_channels, conv.taps
+    image, result = prod(conv.in_spatial), prod(conv.out_spatial)
+    x, y = n * ic * image * act, n * oc * result * act
+    weight, bias = act * conv.weight, act * call.out_channels if call.bias else 0
+    one_by_one = taps == 1
+    first = ic < 16 and not one_by_one
+    pairs = 2 if dtype == "bfloat16" else 1
+    blocked = lambda channels, positions: n * _up16(channels) * positions * act   # noqa: E731
+    # forward: input and output blocked, the weight reordered
+    scratch = _padded_bias(call.out_channels, call.bias, act)
+    if one_by_one and conv.strided:
+        scratch += _booked(threads * _up16(ic) * result * act)
+    if one_by_one and dtype == "bfloat16":   # float32 sums per working thread (one per sample at most)
+        scratch += _booked(min(threads, n) * _up16(oc) * result * 4)
+    src = 0 if first else blocked(ic, image)
+    wei = act * _up16(oc) * (_up(ic, pairs) if first else _up16(ic)) * taps
+    convolve = max(scratch + src + wei + blocked(oc, result) - y, blocked(oc, result))
+    # data phase: the input's gradient from the output's
+    if conv.strided:
+        data_wei = act * _up(ic, _data_block(conv)) * _up(oc, pairs) * taps
+        data = max(y + data_wei + x + data_scratchpad(conv, dtype, threads), 3 * x) - x
+    else:
+        store = _booked(min(threads, n) * _up16(ic) * image * 4) if one_by_one and dtype == "bfloat16" else 0
+        data = max(blocked(oc, result) + act * _up16(oc) * _up16(ic) * taps + blocked(ic, image) + store,
+                   blocked(ic, image) + x) - x
+    # weights phase, beside the input's gradient
+    gy, src, grad, scratch = _blocked_weights(conv, dtype, n, threads)
+    weights = gy + src + grad + bias + scratch
+    done = grad + 2 * bias + weight
+    # (every phase counted beyond the input's gradient, which the memory model counts itself)
+    forward, data_in = (data, convolve) if call.transposed else (convolve, data)
+    backward = max(data_in if input_grad else 0, weights, done) - weight - bias
+    return (_bytes(forward, "oneDNN blocked copies, weight reorder, scratchpad"),
+            _bytes(max(backward, 0), "oneDNN blocked copies, weight reorders, gradients and scratchpads"))
+
+
+def _padded_bias(channels: int, bias: bool, act: int) -> int:
+    """A bias of a channel count not a multiple of 16 is copied padded into the scratchpad."""
+    return _booked(act * _up16(channels)) if bias and channels % 16 else 0
+
+
+def _blocked_weights(conv: ConvCall, dtype: str, n: int, threads: int) -> tuple[int, int, int, int]:
+    """The weight gradient's blocked operands on NCHW tensors, in bytes: (output's gradient,
+    input, weight gradient, scratchpad)."""
+    ic, oc, taps = conv.channels, conv.out_channels, conv.taps
+    image, result = prod(conv.in_spatial), prod(conv.out_spatial)
+    act = itemsize(dtype)
+    if taps > 1 and (conv.dilated or dtype == "bfloat16" and ic < 16 and oc % 16):
+        # oneDNN's GEMM convolution on the plain tensors: im2col columns per working thread (one
+        # per sample at most); float32 books them twice, bfloat16 once besides float32 sums of
+        # the weight, 2 + 2 per thread, and of the bias (measured at 1 and 2 threads' work)
+        columns, working = ic * taps * result, min(threads, n)
+        if dtype == "bfloat16":
+            scratch = _booked(working * 2 * columns, (2 + 2 * working) * 4 * conv.weight,
+                              4 * oc if conv.bias else 0) + ONEDNN_ENTRY_ALIGNMENT
+        else:
+            scratch = _booked(working * 4 * columns, working * 4 * columns)
+        return 0, 0, act * conv.weight, scratch
+    if taps == 1:
+        scratch = weights_scratchpad(replace(conv, strides=(1,) * len(conv.strides)), dtype, n, threads)
+        if conv.strided:   # the strided input gathered per thread ("rtus"); float32 books only that
+            rtus = _booked(threads * _up16(ic) * result * act)
+            scratch = rtus + (scratch if dtype == "bfloat16" else 0)
+        return (n * _up16(oc) * result * act, n * _up16(ic) * image * act, act * _up16(oc) * _up16(ic),
+                scratch + _padded_bias(oc, conv.bias, act))
+    if dtype == "float32" and FIRST_CONV_WEIGHTS_MAX_CHANNELS < ic < 16:
+        block = AVX2_BLOCK
+        nb_oc, nb_ic = _div_up(oc, block), _div_up(ic, block)
+        scratch = _reducer(threads, nb_oc * nb_ic, taps * block * block, n)
+        if conv.bias:
+            scratch += _reducer(threads, nb_oc, block, n)
+        return (n * _up(oc, block) * result * act, n * _up(ic, block) * image * act,
+                act * _up(oc, block) * _up(ic, block) * taps, scratch)
+    first = ic < 16
+    if dtype == "bfloat16":
+        scratch = bf16_weights_scratchpad(conv, n, threads, plain_src=True)
+    else:
+        scratch = float32_weights_scratchpad(conv, n, threads)
+    return (n * _up16(oc) * result * act, 0 if first else n * _up16(ic) * image * act,
+            act * _up16(oc) * (ic if first else _up16(ic)) * taps, scratch)
 
 
 def _bytes(nbytes: int, what: str) -> tuple[Saved, ...]:
@@ -629,27 +749,32 @@ REDUCER_BUFFER_PER_THREAD = 3 * 5 * 5 * 16 * 16
 
 
 def _bias_reducer(threads: int, jobs: int, batch: int) -> int:
-    """Bytes ``cpu_reducer`` books for the float32 bias gradient: groups of threads share a job
-    when there are fewer jobs than threads; the extra threads of a group each sum into float32
-    space (page-aligned), with one barrier per group."""
-    most = max(1, threads * REDUCER_BUFFER_PER_THREAD // (threads * REDUCER_JOB))
+    """Bytes ``cpu_reducer`` books for the float32 bias gradient (jobs of 16 channels)."""
+    return _reducer(threads, jobs, REDUCER_JOB, batch)
+
+
+def _reducer(threads: int, jobs: int, job: int, batch: int) -> int:
+    """Bytes ``cpu_reducer`` books to sum ``jobs`` float32 jobs of ``job`` elements over the
+    batch: groups of threads share a job when there are fewer jobs than threads; the extra
+    threads of a group each sum into float32 space (page-aligned), with one barrier per group."""
+    most = max(1, REDUCER_BUFFER_PER_THREAD // job)
     least = max(1, jobs // threads)
     groups = min(jobs // least, threads)
     per_group = min(threads // groups, batch)
     per_group_jobs = _div_up(jobs, groups)
-    complexity = jobs * REDUCER_JOB * batch
+    complexity = jobs * job * batch
     for n in range(least, jobs):
         c_groups = min(jobs // n, threads)
         c_per_group = min(threads // c_groups, batch)
         c_jobs = _div_up(jobs, c_groups)
         if c_per_group > 1 and c_jobs > most:
             continue
-        c_complexity = REDUCER_JOB * c_jobs * (_div_up(batch, c_per_group) + (c_per_group != 1))
+        c_complexity = job * c_jobs * (_div_up(batch, c_per_group) + (c_per_group != 1))
         if c_complexity < complexity:
             groups, per_group, per_group_jobs, complexity = c_groups, c_per_group, c_jobs, c_complexity
     if per_group == 1:
         return 0
-    space = 4 * groups * (per_group - 1) * per_group_jobs * REDUCER_JOB
+    space = 4 * groups * (per_group - 1) * per_group_jobs * job
     return space + ONEDNN_PAGE + ONEDNN_PAGE * (groups + 1)
 
 
@@ -672,7 +797,7 @@ def _div_up(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def bf16_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+def bf16_weights_scratchpad(call: ConvCall, batch: int, threads: int, plain_src: bool = False) -> int:
     """Scratchpad of oneDNN's ``jit_bf16`` weight-gradient kernel
     (``jit_avx512_core_bf16_conv_bwd_weights_kernel_f32``: ``init_conf``, ``balance``,
     ``init_scratchpad``), nxc layouts, one group.
@@ -694,7 +819,7 @@ def bf16_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
     first = ic < 16
     ic_block, oc_block = (ic if first else 16), 16
     nb_ic, nb_oc = _div_up(ic, ic_block), _div_up(oc, oc_block)
-    transpose_src = not (first and ic == 1)
+    transpose_src = not (first and (ic == 1 or plain_src))   # a channels-first "first" input is read as it is
     r_pad = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (iw + pw))
     b_pad = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (ih + ph))
     tr_pad = _up(max(pw, r_pad + 1), 2)
