@@ -13,7 +13,9 @@ and the loss run under ``torch.autocast``. Matmuls and convolutions (``Op.autoca
 call, kept when autograd saves it) and their weights too: autocast caches the cast of each
 trainable weight for the whole autocast region, so a weight is cast once, at its first use,
 and the copy lives until the region exits (after the loss), or until that op's backward when
-autograd saves it. Ops on autocast's float32 list cast to float32 (the losses); every other op
+autograd saves it. Layers that run in autocast's dtype throughout (recurrent cells, attention:
+``Op.weight_casts``) cast their weights themselves, once per call: those casts die with the call
+unless kept for backward. Ops on autocast's float32 list cast to float32 (the losses); every other op
 runs in its inputs' dtype. In backward each cast becomes a ``ToCopyBackward`` node: the
 low-precision gradient of a weight is cast to a float32 gradient (then freed), so gradients and
 optimizer state stay float32.
@@ -854,7 +856,7 @@ def onednn_bf16_gemm_scratch(kind: str, m: int, k: int, n: int, *, threads: int 
         chunk = _rows_per_thread(m, n_blocks, batch, threads, copies_a=True)
         width = n_blk * n_blocks if k > k_blk and chunk < m else n_blk   # K in blocks: whole rows accumulate
         return fixed + 128 + threads * (64 * k_blk * 2 + chunk * (4 * width + 2 * lda))
-    k_blk = min(_round_up(k, 32), 1024 if k >= 2048 and m >= 2 else 512)
+    k_blk = min(_round_up(k, 32), 1024 if k > 1024 and m >= 2 else 512)
     chunk = _rows_per_thread(m, n_blocks, batch, threads)
     return fixed + threads * (64 * k_blk * 2 + chunk * n_blk * 4)
 

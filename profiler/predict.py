@@ -278,7 +278,7 @@ AUTOCAST_LOWER = {"Dense": "for_input_grad", **{t: "always" for t in (
 AUTOCAST_FLOAT32_CUDA = {"LayerNormalization"}
 #: Layers whose ops inside are not modelled under autocast (several matmuls, or a kernel that
 #: bypasses autocast's wrapper): refused with ``amp`` rather than predicted wrong.
-AUTOCAST_UNMODELLED = ("TimeDistributed", "SeparableConv2D", "PReLU")
+AUTOCAST_UNMODELLED = ("SeparableConv2D", "PReLU")
 AMP_DTYPES = ("bfloat16", "float16")
 
 
@@ -293,16 +293,22 @@ def _check_amp(spec: ModelSpec, amp: str | None, dtype: str) -> None:
                         expected="float32 with amp", received=repr(dtype))
     calls: set[tuple[int, str]] = set()
     for scope, node in _all_nodes(spec):
-        if node.layer.type in AUTOCAST_UNMODELLED:
-            raise SpecError(f"mixed precision is not modelled for {node.layer.type} layers", field="amp",
+        kind = kernel_type(node.layer)
+        if kind in AUTOCAST_UNMODELLED:
+            raise SpecError(f"mixed precision is not modelled for {kind} layers", field="amp",
                             expected="layers among Dense, convolutions, recurrent layers, attention, pooling, "
                                      "normalisation, activations, dropout, reshaping, embeddings and merges",
                             source=spec.source, layer=node.label())
         shared = (scope, node.layer.name) in calls
         calls.add((scope, node.layer.name))
-        if shared and (node.layer.type in AUTOCAST_LOWER or node.layer.model is not None):
+        if shared and (kind in AUTOCAST_LOWER or node.layer.model is not None):
             raise SpecError("mixed precision is not modelled for shared weights (one cached cast, several "
                             "gradients)", field="amp", source=spec.source, layer=node.label())
+
+
+def kernel_type(layer: LayerSpec) -> str:
+    """The layer type whose kernels run: a TimeDistributed's wrapped layer (on steps × batch samples)."""
+    return layer.args.layer.type if layer.type == "TimeDistributed" else layer.type
 
 
 def _all_nodes(spec: ModelSpec):
@@ -399,7 +405,7 @@ class _Plan:
             self.shapes[output] = t.output_shape
             owner = t.name[:len(t.name) - len(t.node.name)] + t.layer.name
             ops = self._ops(t, weights, memory, inputs, output, ctx, owner)
-            if self.amp is not None and t.layer.type in AUTOCAST_LOWER and t.first_call:
+            if self.amp is not None and kernel_type(t.layer) in AUTOCAST_LOWER and t.first_call:
                 ops[0] = replace(ops[0], frozen_tensors=tuple(n * self.act for n in frozen_tensors))
             if t.layer.name in checkpoint:
                 ops = [replace(op, checkpoint=t.name) for op in ops]
@@ -447,14 +453,15 @@ class _Plan:
         activation = t.layer.args.get("activation", "linear") if fused else "linear"
         main_output = output if activation == "linear" else f"{output}/pre"
         autocast = ""
-        if t.layer.type in AUTOCAST_LOWER:
+        kind = kernel_type(t.layer)
+        if kind in AUTOCAST_LOWER:
             autocast = "lower"
         elif self.device_kind == "cuda" and (t.layer.type in AUTOCAST_FLOAT32_CUDA or (
                 t.layer.type == "Activation" and t.layer.args.activation == "softmax")):
             autocast = "float32"
         # a Dense is one matmul of (rows × inputs)·(inputs × units): kernels' scratch depends on it
         matmul = (in_elements[0] // t.input_shapes[0][-1], t.input_shapes[0][-1], t.output_shape[-1]) \
-            if t.layer.type == "Dense" else ()
+            if kind == "Dense" else ()
         kernels = memory if isinstance(memory, KernelMemory) else KernelMemory()
         main = Op(name=t.name, layer=t.name, inputs=inputs, output=main_output, in_elements=in_elements,
                   out_elements=y, out_is_view=memory.output_is_view, identity_in_eval=memory.identity_in_eval,
@@ -464,7 +471,7 @@ class _Plan:
                   backward_scratch=memory.backward_scratch, autocast=autocast,
                   training_scratch=kernels.training_scratch, input_grad_scratch=kernels.input_grad_scratch,
                   gradients_last=kernels.gradients_last, weight_casts=kernels.weight_casts,
-                  saves_weight=AUTOCAST_LOWER.get(t.layer.type, ""), matmul=matmul)
+                  saves_weight=AUTOCAST_LOWER.get(kind, ""), matmul=matmul)
         if activation == "linear":
             return [main]
         act_memory = rule_for("Activation").memory(LayerArgs({"activation": activation}), t.output_shape,

@@ -381,7 +381,8 @@ class TimeDistributed(Rule):
         return KernelMemory(output_is_view=inner.output_is_view, identity_in_eval=inner.identity_in_eval,
                             saved=tuple(saved), scratch=steps(inner.scratch),
                             backward_scratch=steps(inner.backward_scratch), training_scratch=training,
-                            input_grad_scratch=steps(kernels.input_grad_scratch))
+                            input_grad_scratch=steps(kernels.input_grad_scratch),
+                            gradients_last=kernels.gradients_last, weight_casts=kernels.weight_casts)
 
     def build(self, a, x, ctx):
         from .modules import TimeDistributed as TimeDistributedModule
