@@ -171,3 +171,66 @@ def test_bf16_weight_gradient_scratchpad_by_hand():
     # one barrier (8,192)
     call = ConvCall(8, 4, (16, 16), (16, 16), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
     assert float32_weights_scratchpad(call, batch=4, threads=2) == 4_800 + 8_192 + 192 + 4_160 + 8_192 == 25_536
+
+
+# --- channels-first (NCHW) oneDNN convolutions: blocked reorders around jit kernels ------------
+
+def _nchw_workspace(conv, shape, batch: int, dtype: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((measured, predicted) forward, (measured, predicted) backward) workspace of one NCHW
+    convolution: the allocator's peak beyond the output, and beyond the gradients."""
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    conv = conv.to(dt)
+    x = torch.randn(batch, *shape, dtype=dt, requires_grad=True)
+    params = list(conv.parameters())
+    nbytes = lambda t: t.numel() * t.element_size()   # noqa: E731
+    gc.disable()
+    try:
+        def infer():
+            with torch.no_grad():
+                conv(x)
+        infer()
+        y = conv(x)
+        forward = allocator_peak(infer).peak_bytes - nbytes(y)
+        grad = torch.ones_like(y)
+        backward = allocator_peak(lambda: torch.autograd.grad(y, [x, *params], grad, retain_graph=True)).peak_bytes \
+            - nbytes(x) - sum(nbytes(p) for p in params)
+    finally:
+        gc.enable()
+    ctx = Context(batch=batch, threads=torch.get_num_threads(), dtype=dtype, data_format="channels_first")
+    f, b = conv_workspace(ctx, channels=shape[0], out_channels=y.shape[1], kernel=tuple(conv.weight.shape[2:]),
+                          strides=conv.stride, groups=1, bias=conv.bias is not None, out_spatial=tuple(y.shape[2:]),
+                          in_spatial=tuple(shape[1:]), padding=conv.padding, dilation=conv.dilation)
+    return (forward, _bytes(f, batch, dt.itemsize)), (backward, _bytes(b, batch, dt.itemsize))
+
+
+NCHW = {
+    "first-7x7-s2": (lambda: torch.nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False), (3, 32, 32)),
+    "avx2-weights": (lambda: torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), (8, 8, 8)),
+    "1x1": (lambda: torch.nn.Conv2d(16, 32, 1, bias=False), (16, 8, 8)),
+    "strided": (lambda: torch.nn.Conv2d(32, 16, 3, stride=2, padding=1, bias=False), (32, 8, 8)),
+    "padded-bias": (lambda: torch.nn.Conv2d(32, 24, 3, padding=1), (32, 8, 8)),
+    "oc40": (lambda: torch.nn.Conv2d(20, 40, 3, padding=1), (20, 14, 14)),
+    "conv1d": (lambda: torch.nn.Conv1d(3, 8, 5, padding=2), (3, 20)),
+    "dilated": (lambda: torch.nn.Conv1d(8, 4, 3, dilation=2), (8, 20)),
+    "conv3d": (lambda: torch.nn.Conv3d(2, 4, 3), (2, 6, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", NCHW)
+def test_channels_first_convolution_workspace_exact(name, dtype):
+    """Batch 3 (oneDNN in float32 too), every weight-gradient kernel of the channels-first path."""
+    factory, shape = NCHW[name]
+    (fwd, fwd_pred), (bwd, bwd_pred) = _nchw_workspace(factory(), shape, 3, dtype)
+    assert fwd_pred == fwd, f"{name} {dtype} forward: predicted {fwd_pred:,} B, measured {fwd:,} B"
+    assert bwd_pred == bwd, f"{name} {dtype} backward: predicted {bwd_pred:,} B, measured {bwd:,} B"
+
+
+def test_channels_first_forward_by_hand():
+    """Conv2d 8 → 32, 1×1, on three NCHW 8×8 images in float32 (oneDNN's jit_1x1): the input
+    reordered to 16-channel blocks 3·16·64·4 = 12,288 B, the weight 32·16·4 = 2,048 B, the blocked
+    result 3·32·64·4 = 24,576 B; those freed, the NCHW result (24,576 B) is copied from the
+    blocked one. Peak beyond the result: max(12,288 + 2,048 + 24,576 − 24,576, 24,576) = 24,576."""
+    (fwd, fwd_pred), _ = _nchw_workspace(torch.nn.Conv2d(8, 32, 1, bias=False), (8, 8, 8), 3, "float32")
+    assert fwd == fwd_pred == max(12_288 + 2_048 + 24_576 - 24_576, 24_576) == 24_576
