@@ -123,9 +123,9 @@ def test_amp_float16_on_cpu():
 def test_amp_needs_float32_weights_and_known_layers():
     with pytest.raises(SpecError, match=r"field 'dtype': mixed precision keeps float32 master weights"):
         predict(builtin("digits"), amp="bfloat16", dtype="bfloat16")
-    wrapped = Model("td", input_shape=[4, 8], layers=[{"TimeDistributed": {"layer": {"Dense": {"units": 3}}}}])
+    wrapped = Model("td", input_shape=[4, 8], layers=[{"TimeDistributed": {"layer": {"PReLU": {}}}}])
     with pytest.raises(SpecError, match=r'layer 0 \(TimeDistributed "time_distributed"\): field \'amp\': mixed '
-                                        r"precision is not modelled for TimeDistributed layers"):
+                                        r"precision is not modelled for PReLU layers"):
         predict(wrapped, amp="bfloat16")
     with pytest.raises(SpecError, match="unknown mixed-precision dtype"):
         predict(builtin("digits"), amp="float8")
