@@ -81,13 +81,17 @@ class Op:
     input_grad_scratch: tuple[Saved, ...] = ()
     gradients_last: bool = False       # backward scratch is the node's worst moment, the gradients it
     #                                    makes on the way included: they are allocated after it
+    grads_strided: bool = False        # its inputs' gradients are strided slices of its output's (a
+    #                                    Concatenate along an inner axis)
+    dense_grad: bool = False           # its backward copies a strided incoming gradient (Embedding)
     weight_casts: tuple[str, ...] = ()   # a "lower" op that casts its own weights once per call, per
     #   trainable tensor: "" (not cast), "call" (held by the call), "kept" (kept for backward),
     #   "kept_for_input_grad" (kept when an input needs a gradient); () for autocast's cache
     weights: str = ""                  # whose parameters the op uses (the layer's first call)
     shared_call: bool = False          # a later call of a shared layer: its weights are counted already
     # -- mixed precision, kernels, checkpointing ---------------------------------------------
-    autocast: str = ""                 # "lower" (matmul, conv), "float32" (autocast's fp32 list), ""
+    autocast: str = ""                 # "lower" (matmul, conv), "float32" (autocast's fp32 list),
+    #                                    "promote" (cat: inputs cast to the widest dtype), ""
     saves_weight: str = ""             # a "lower" op's weight kept for backward: "always" (conv) or
     #                                    "for_input_grad" (matmul: only when an input needs a gradient)
     frozen_tensors: tuple[int, ...] = ()  # bytes of each non-trainable weight a "lower" op casts per call
@@ -106,6 +110,8 @@ class KernelMemory(Memory):
     input_grad_scratch: tuple[Saved, ...] = ()          # added when an input needs a gradient
     gradients_last: bool = False   # backward scratch includes the gradients made on the way (attention)
     weight_casts: tuple[str, ...] = ()   # under autocast, the layer's own weight casts (see ``Op``)
+    grads_strided: bool = False    # its inputs' gradients are strided slices of its output's (see ``Op``)
+    dense_grad: bool = False       # its backward copies a strided incoming gradient (see ``Op``)
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,7 @@ def _loss_forward(t: Timeline, s: Setting, forward: "_Forward") -> str:
     first (a copy alive while the loss runs, and kept for backward by ``mse_loss``).
     """
     loss_dtype = s.dtype
+    total = ""
     for out in s.outputs:
         elements, dtype = forward.elements[out], forward.dtype[out]
         cast = s.amp is not None and dtype != "float32"
@@ -283,8 +290,13 @@ def _loss_forward(t: Timeline, s: Setting, forward: "_Forward") -> str:
             t.free("squared_error")
         if cast and s.loss == "cross_entropy":   # the cast is not saved: gone when cross_entropy returns
             t.free(f"loss_cast:{out}")
-    if len(s.outputs) > 1:
-        t.alloc("loss", itemsize(loss_dtype), "activations", loss_dtype)   # the sum of the outputs' losses
+        if total:   # several outputs: their losses summed one by one; a sum's addends are not kept
+            t.alloc(f"loss_sum:{out}", act, "activations", dtype)
+            t.free(total)
+            t.free(f"loss:{out}")
+            total = f"loss_sum:{out}"
+        else:
+            total = f"loss:{out}"
     return loss_dtype
 
 
@@ -410,6 +422,9 @@ class _Forward:
     def _cast_target(self, op: Op) -> str | None:
         if self.s.amp is None:
             return None
+        if op.autocast == "promote":   # autocast's promote list: every floating input to the widest dtype
+            dtypes = [self.dtype[v] for v in op.inputs if self.dtype[v] in FLOATING]
+            return max(dtypes, key=itemsize) if len(set(dtypes)) > 1 else None
         return {"lower": self.s.amp, "float32": "float32"}.get(op.autocast)
 
     def _run_op(self, k: int, op: Op, *, saving: bool, prefix: str = "", stop: str = "") -> None:
@@ -654,6 +669,7 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward, loss_dt
     backward has run, and a gradient reaching a value twice is added in place."""
     grads: dict[str, str] = {}          # value -> gradient storage
     refs: dict[str, int] = {}           # gradient storage -> values using it
+    strided: set[str] = set()           # gradient storages its values see as strided slices
 
     def give(value: str, key: str) -> None:
         grads[value] = key
@@ -706,7 +722,7 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward, loss_dt
             forward.recompute(region)
             t.note(f"backward {op.name}")
         last_holder = bool(region) and bool(packing[region]) and packing[region][0] == k
-        _op_backward(t, k, op, s, forward, grads, give, drop,
+        _op_backward(t, k, op, s, forward, grads, give, drop, strided,
                      release=(lambda r=region: forward.release_checkpoint(r)) if last_holder else None)
     for k in range(len(ops)):              # the graph is freed when backward ends
         forward.release_all(f"op{k}")
@@ -716,10 +732,11 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward, loss_dt
 
 
 def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, grads: dict[str, str],
-                 give: Callable[[str, str], None], drop: Callable[[str], None],
+                 give: Callable[[str, str], None], drop: Callable[[str], None], strided: set[str],
                  release: Callable[[], None] | None = None) -> None:
     """One op's backward node, then (mixed precision) the ``ToCopyBackward`` nodes of its casts.
 
+    ``strided``: gradient storages that reach their values as strided slices (a Concatenate's);
     ``release``: what goes with the node's saved tensors (a checkpointed call's frame)."""
     compute = forward.compute[k]
     casts = forward.casts.get(k, {})
@@ -730,6 +747,10 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
     if any(forward.requires_grad[v] for v in op.inputs):
         scratch += [forward.size(x, compute) for x in op.input_grad_scratch]
     out_grad = grads[op.output]
+    if op.dense_grad and out_grad in strided:   # a dense copy of the incoming gradient's slice
+        scratch.append(op.out_elements * itemsize(forward.dtype[op.output]))
+    if op.grads_strided:
+        strided.add(out_grad)
     if op.gradients_last:   # the worst moment (gradients made on the way included), then what goes
         _workspace(t, f"backward_scratch:{k}:", scratch, compute)
         _let_go(k, op, forward, drop, release)
@@ -746,8 +767,9 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
             if matmul:
                 m, n_in, n_out = op.matmul
                 _scratch(t, f"grad_in_scratch:{k}:{i}", s.gemm_scratch("grad_input", m, n_out, n_in), in_dtype)
-        if i in casts:
-            low_inputs.append((i, new, casts[i]))
+        if i in casts:   # the cast's gradient, held until its ToCopyBackward has run
+            give(f"{op.output}.cast_grad{i}", new)
+            low_inputs.append((i, f"{op.output}.cast_grad{i}", casts[i]))
             continue
         if value in grads:              # a second path: accumulated in place, then dropped
             if new != out_grad:
@@ -784,7 +806,7 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
         value = op.inputs[i]
         new = f"grad_in:{k}:{i}:{dtype}"
         t.alloc(new, op.in_elements[i] * itemsize(dtype), "temporaries", dtype)
-        t.free(low)
+        drop(low)
         if value in grads:
             t.free(new)
         else:

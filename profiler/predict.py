@@ -276,6 +276,8 @@ AUTOCAST_LOWER = {"Dense": "for_input_grad", **{t: "always" for t in (
 #: On CUDA these (and softmax) are on autocast's float32 list; on the CPU they run in their
 #: input's dtype.
 AUTOCAST_FLOAT32_CUDA = {"LayerNormalization"}
+#: On autocast's promote list (``cat``): inputs of different floating dtypes are cast to the widest.
+AUTOCAST_PROMOTE = {"Concatenate"}
 #: Layers whose ops inside are not modelled under autocast (several matmuls, or a kernel that
 #: bypasses autocast's wrapper): refused with ``amp`` rather than predicted wrong.
 AUTOCAST_UNMODELLED = ("SeparableConv2D", "PReLU")
@@ -456,6 +458,8 @@ class _Plan:
         kind = kernel_type(t.layer)
         if kind in AUTOCAST_LOWER:
             autocast = "lower"
+        elif kind in AUTOCAST_PROMOTE:
+            autocast = "promote"
         elif self.device_kind == "cuda" and (t.layer.type in AUTOCAST_FLOAT32_CUDA or (
                 t.layer.type == "Activation" and t.layer.args.activation == "softmax")):
             autocast = "float32"
@@ -471,6 +475,7 @@ class _Plan:
                   backward_scratch=memory.backward_scratch, autocast=autocast,
                   training_scratch=kernels.training_scratch, input_grad_scratch=kernels.input_grad_scratch,
                   gradients_last=kernels.gradients_last, weight_casts=kernels.weight_casts,
+                  grads_strided=kernels.grads_strided, dense_grad=kernels.dense_grad,
                   saves_weight=AUTOCAST_LOWER.get(kind, ""), matmul=matmul)
         if activation == "linear":
             return [main]

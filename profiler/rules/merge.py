@@ -9,6 +9,7 @@ from math import prod
 
 from ..args import Arg, integer
 from ..errors import ShapeError
+from ..memory_model import KernelMemory
 from ..registry import Memory, Rule, Saved, register
 from ..shapes import shape_text
 
@@ -145,10 +146,12 @@ class Concatenate(Rule):
         return (*x[0][:axis], joined, *x[0][axis + 1:])
 
     def memory(self, a, x, y, ctx):
-        # the gradient of each input is a slice (a view) of the output's gradient; joined along
-        # an inner axis the slices are strided, and a layer that needs a dense gradient copies
-        # its slice (Embedding's backward does, matmuls and elementwise kernels do not)
-        return Memory(grad_passthrough=True)
+        # the gradient of each input is a slice (a view) of the output's gradient: strided unless
+        # every axis before the joined one (the batch's included) has one element; a layer that
+        # needs a dense gradient copies its slice (Embedding's backward does, matmuls and
+        # elementwise kernels do not)
+        strided = ctx.batch * prod(x[0][:self._axis(a, x[0])]) > 1
+        return KernelMemory(grad_passthrough=True, grads_strided=strided)
 
     def build(self, a, x, ctx):
         from .modules import Concat
