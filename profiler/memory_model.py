@@ -45,6 +45,7 @@ CATEGORIES = ("parameters", "gradients", "optimizer_state", "inputs", "activatio
               "temporaries", "workspace")
 LOSSES = ("cross_entropy", "mse")
 FLOATING = ("float32", "float16", "bfloat16", "float64")
+REDUCED = ("float16", "bfloat16")
 
 #: ``torch.get_rng_state()`` on the CPU: the Mersenne Twister generator's state as a uint8 tensor.
 #: Non-reentrant checkpointing saves one per checkpointed call (``preserve_rng_state=True``) and
@@ -81,6 +82,8 @@ class Op:
     input_grad_scratch: tuple[Saved, ...] = ()
     gradients_last: bool = False       # backward scratch is the node's worst moment, the gradients it
     #                                    makes on the way included: they are allocated after it
+    reduced_scratch: tuple[Saved, ...] = ()   # forward temporaries instead of ``scratch`` when the op
+    #                                    computes in bfloat16 or float16 (a kernel that upcasts)
     grads_strided: bool = False        # its inputs' gradients are strided slices of its output's (a
     #                                    Concatenate along an inner axis)
     dense_grad: bool = False           # its backward copies a strided incoming gradient (Embedding)
@@ -110,6 +113,7 @@ class KernelMemory(Memory):
     input_grad_scratch: tuple[Saved, ...] = ()          # added when an input needs a gradient
     gradients_last: bool = False   # backward scratch includes the gradients made on the way (attention)
     weight_casts: tuple[str, ...] = ()   # under autocast, the layer's own weight casts (see ``Op``)
+    reduced_scratch: tuple[Saved, ...] = ()   # forward temporaries in bfloat16/float16 (see ``Op``)
     grads_strided: bool = False    # its inputs' gradients are strided slices of its output's (see ``Op``)
     dense_grad: bool = False       # its backward copies a strided incoming gradient (see ``Op``)
 
@@ -492,7 +496,8 @@ class _Forward:
             self.requires_grad[op.output] = records
         self.hold(key, f"{prefix}graph:{op.output}")
         beside_saved = records and op.training_scratch is not None
-        scratch = [] if beside_saved else [self.size(s, compute) for s in op.scratch]
+        temporaries = op.reduced_scratch if op.reduced_scratch and compute in REDUCED else op.scratch
+        scratch = [] if beside_saved else [self.size(s, compute) for s in temporaries]
         if op.matmul and self.s.gemm_scratch is not None and compute == "bfloat16":
             scratch = [n for n in (*scratch, self.s.gemm_scratch("forward", *op.matmul)) if n]
         _workspace(self.t, f"{prefix}{op.output}.scratch", scratch, compute)

@@ -476,6 +476,7 @@ class _Plan:
                   training_scratch=kernels.training_scratch, input_grad_scratch=kernels.input_grad_scratch,
                   gradients_last=kernels.gradients_last, weight_casts=kernels.weight_casts,
                   grads_strided=kernels.grads_strided, dense_grad=kernels.dense_grad,
+                  reduced_scratch=kernels.reduced_scratch,
                   saves_weight=AUTOCAST_LOWER.get(kind, ""), matmul=matmul)
         if activation == "linear":
             return [main]
