@@ -406,8 +406,9 @@ def _up16(n: int) -> int:
 # 64 filters (measured: 24 → 32, 40 → 64, 48 → 48 or 64); strided data phases are estimates
 # (``data_scratchpad``); grouped and depthwise kernels (``grouped_workspace``) and float32
 # strided transposed forward passes are measured constants (2 threads); a strided 1×1 weight
-# gradient's input copy (oneDNN's "rtus") is not counted; channels-first inputs are also
-# reordered to the blocked layout (one copy of the larger of input and output, per sample).
+# gradient's input copy (oneDNN's "rtus") is not counted. Channels-first tensors: see
+# ``channels_first_workspace`` (one group); grouped ones still book one blocked copy of the
+# larger of input and output per sample (an estimate: under in training, measured −13%).
 
 # strided data phases (``brgconv_strided``): a fixed part and per thread, growing with output
 # channels beyond 32, and more when the input's width is odd (measured on 3–128 input channels,
