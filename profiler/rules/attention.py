@@ -7,6 +7,12 @@ separate value and key inputs need only a new way to receive them.
 MACs per sample, with T query steps, S key/value steps, H heads: the four projections, the
 scores Q·Kᵀ (H × T × S × key_dim) and the weighted sum of values (H × T × S × value_dim).
 Scaling, softmax and dropout count nothing, as for the Activation rule.
+
+Memory: both layers replay their tensors and kernels in bytes, in the order the torch modules
+make and free them (``attention_forward``/``attention_backward``, ``encoder_forward``/
+``encoder_backward``): oneDNN's matmul scratchpads and head-slice copies in bfloat16, the
+gradients as each backward node makes them (``KernelMemory.gradients_last``), and under autocast
+the weight casts the layer makes once per call.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from ..args import Arg, boolean, choice, number, optional, positive_int, rate
 from ..dtypes import itemsize
 from ..errors import ShapeError, SpecError
 from ..memory_model import KernelMemory
-from ..registry import Context, Memory, Params, Rule, Saved, register
+from ..registry import Context, Params, Rule, Saved, register
 from ..shapes import shape_text
 from .core import ACTIVATION_NAMES, ACTIVATION_SAVES, gemm_workspace, workspace
 

@@ -16,6 +16,10 @@ their results, so backward needs no pre-activation values.
 ``activation`` in these layers acts inside the cell, not on the layer's output: the rules set
 ``internal_activation`` so that it is not taken for a fused output activation.
 
+In bfloat16 on the CPU each matrix product brings oneDNN's scratchpad (``Cell.workspace``, from
+the order the module runs them). Under autocast the layer casts its weights and input once per
+call and runs in bfloat16 throughout (``modules.lowered``; the casts are kept for backward).
+
 MACs per sample: the matrix products, steps × gates × units × (features + units), plus the
 element-wise gate products per step and unit (LSTM: f·c, i·g, o·tanh(c), 3; GRU: r times the
 recurrent part and the final interpolation, 2; SimpleRNN: none).
