@@ -752,6 +752,7 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
     if any(forward.requires_grad[v] for v in op.inputs):
         scratch += [forward.size(x, compute) for x in op.input_grad_scratch]
     out_grad = grads[op.output]
+    accumulated: list[str] = []         # input gradients added into an existing one, after the node
     if op.dense_grad and out_grad in strided:   # a dense copy of the incoming gradient's slice
         scratch.append(op.out_elements * itemsize(forward.dtype[op.output]))
     if op.grads_strided:
@@ -776,9 +777,9 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
             give(f"{op.output}.cast_grad{i}", new)
             low_inputs.append((i, f"{op.output}.cast_grad{i}", casts[i]))
             continue
-        if value in grads:              # a second path: accumulated in place, then dropped
+        if value in grads:              # a second path: added in place once the node has run
             if new != out_grad:
-                t.free(new)
+                accumulated.append(new)
         else:
             give(value, new)
     # then the weights' gradients: low precision under autocast (cast to float32 after the node)
@@ -801,6 +802,8 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
     if not op.gradients_last:
         _workspace(t, f"backward_scratch:{k}:", scratch, compute)
         _let_go(k, op, forward, drop, release)
+    for added in accumulated:
+        t.free(added)
     if accumulating and not lower_amp:   # AccumulateGrad: grad = grad + new, out of place, tensor by tensor
         for i in reversed(range(len(op.param_tensors))):
             t.alloc(f"{key}:sum{i}", op.param_tensors[i], "temporaries", s.dtype)
