@@ -54,13 +54,7 @@ def test_seed_conv_model_amp_training_exact(conv224_amp):
     assert conv224_amp["predicted"]["train_peak_bytes_sgd"] == conv224_amp["measured"]["train_peak_bytes_sgd"]
 
 
-# resnet at batch 1: b1's input gradient is added into r1's (the second path of a residual)
-# after b1's backward has run, but the memory model frees it before b1's weight gradient and
-# kernel workspace are made (memory_model._op_backward): 16,640 B under in float32
-ACCUMULATED_EARLY = pytest.mark.xfail(strict=True, reason="memory_model frees an accumulated input "
-                                      "gradient before the op's weight gradients and workspace")
-ZOO = [pytest.param(model, batch, precision, id=f"{model}-b{batch}-{precision}",
-                    marks=ACCUMULATED_EARLY if (model, batch) == ("resnet", 1) else ())
+ZOO = [pytest.param(model, batch, precision, id=f"{model}-b{batch}-{precision}")
        for model in ("cnn", "cnn-bn", "resnet", "unet") for batch in (1, 16) for precision in PRECISIONS]
 
 
