@@ -103,22 +103,6 @@ class Op:
 
 
 @dataclass(frozen=True)
-class KernelMemory(Memory):
-    """A rule's ``Memory`` with two things ``registry.Memory`` has no field for: the forward
-    temporaries of training when they differ from inference's (a recurrent layer keeps every
-    step's buffers there, and its matmuls' workspace comes beside them), and backward temporaries
-    that only an input's gradient needs (the matmul that makes it); and a backward whose
-    gradients come at different moments, replayed whole by the rule (``gradients_last``)."""
-    training_scratch: tuple[Saved, ...] | None = None   # made beside the saved tensors
-    input_grad_scratch: tuple[Saved, ...] = ()          # added when an input needs a gradient
-    gradients_last: bool = False   # backward scratch includes the gradients made on the way (attention)
-    weight_casts: tuple[str, ...] = ()   # under autocast, the layer's own weight casts (see ``Op``)
-    reduced_scratch: tuple[Saved, ...] = ()   # forward temporaries in bfloat16/float16 (see ``Op``)
-    grads_strided: bool = False    # its inputs' gradients are strided slices of its output's (see ``Op``)
-    dense_grad: bool = False       # its backward copies a strided incoming gradient (see ``Op``)
-
-
-@dataclass(frozen=True)
 class Peak:
     """The largest number of bytes alive at once, when it happened and what made it up.
 

@@ -15,7 +15,7 @@ from .args import LayerArgs
 from .dtypes import check_model_dtype, itemsize
 from .optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
 from .errors import ModelsizeError, ShapeError, SpecError
-from .memory_model import (LOSSES, KernelMemory, Op, Peak, Setting, inference_peak, kept_for_backward,
+from .memory_model import (LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward,
                            onednn_bf16_gemm_scratch, training_peak, value_dtypes)
 from .registry import Memory, Params, Rule, Shape, rule_for
 from .spec import LayerSpec, ModelSpec, Node
@@ -269,7 +269,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
 #: these): matmuls and convolutions are on the lower-precision list; the value says when autograd
 #: keeps the cast weight (``addmm`` only when its input needs a gradient, ``convolution`` always).
 #: Recurrent and attention layers run in autocast's dtype throughout and cast their weights and
-#: input themselves, once per call ("own": the rule's ``KernelMemory.weight_casts`` says which are kept).
+#: input themselves, once per call ("own": the rule's ``Memory.weight_casts`` says which are kept).
 AUTOCAST_LOWER = {"Dense": "for_input_grad", **{t: "always" for t in (
     "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D")},
     **{t: "own" for t in ("SimpleRNN", "LSTM", "GRU", "Bidirectional", "MultiHeadAttention", "TransformerEncoder")}}
@@ -466,17 +466,16 @@ class _Plan:
         # a Dense is one matmul of (rows × inputs)·(inputs × units): kernels' scratch depends on it
         matmul = (in_elements[0] // t.input_shapes[0][-1], t.input_shapes[0][-1], t.output_shape[-1]) \
             if kind == "Dense" else ()
-        kernels = memory if isinstance(memory, KernelMemory) else KernelMemory()
         main = Op(name=t.name, layer=t.name, inputs=inputs, output=main_output, in_elements=in_elements,
                   out_elements=y, out_is_view=memory.output_is_view, identity_in_eval=memory.identity_in_eval,
                   saved=memory.saved, param_bytes=params.trainable * act,
                   param_tensors=tuple(n * act for n in tensors), grad_passthrough=memory.grad_passthrough,
                   weights=owner, shared_call=not t.first_call, scratch=memory.scratch,
                   backward_scratch=memory.backward_scratch, autocast=autocast,
-                  training_scratch=kernels.training_scratch, input_grad_scratch=kernels.input_grad_scratch,
-                  gradients_last=kernels.gradients_last, weight_casts=kernels.weight_casts,
-                  grads_strided=kernels.grads_strided, dense_grad=kernels.dense_grad,
-                  reduced_scratch=kernels.reduced_scratch,
+                  training_scratch=memory.training_scratch, input_grad_scratch=memory.input_grad_scratch,
+                  gradients_last=memory.gradients_last, weight_casts=memory.weight_casts,
+                  grads_strided=memory.grads_strided, dense_grad=memory.dense_grad,
+                  reduced_scratch=memory.reduced_scratch,
                   saves_weight=AUTOCAST_LOWER.get(kind, ""), matmul=matmul)
         if activation == "linear":
             return [main]

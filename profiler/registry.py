@@ -76,6 +76,14 @@ class Memory:
     scratch: tuple[Saved, ...] = field(default_factory=tuple)           # in the forward pass
     backward_scratch: tuple[Saved, ...] = field(default_factory=tuple)  # in the op's backward
     saved: tuple[Saved, ...] = field(default_factory=tuple)  # kept for backward in training
+    # kernels whose temporaries depend on the step (see memory_model.Op for how each is replayed):
+    training_scratch: tuple[Saved, ...] | None = None   # training's forward temporaries, beside the saved ones
+    input_grad_scratch: tuple[Saved, ...] = ()          # backward temporaries only an input's gradient needs
+    reduced_scratch: tuple[Saved, ...] = ()   # forward temporaries when it computes in bfloat16/float16
+    gradients_last: bool = False   # backward scratch includes the gradients made on the way (attention)
+    weight_casts: tuple[str, ...] = ()   # under autocast, what becomes of the layer's own weight casts
+    grads_strided: bool = False    # its inputs' gradients are strided slices of its output's (Concatenate)
+    dense_grad: bool = False       # its backward copies a strided incoming gradient (Embedding)
 
 
 class Rule:

@@ -11,7 +11,7 @@ Scaling, softmax and dropout count nothing, as for the Activation rule.
 Memory: both layers replay their tensors and kernels in bytes, in the order the torch modules
 make and free them (``attention_forward``/``attention_backward``, ``encoder_forward``/
 ``encoder_backward``): oneDNN's matmul scratchpads and head-slice copies in bfloat16, the
-gradients as each backward node makes them (``KernelMemory.gradients_last``), and under autocast
+gradients as each backward node makes them (``Memory.gradients_last``), and under autocast
 the weight casts the layer makes once per call.
 """
 from __future__ import annotations
@@ -23,8 +23,7 @@ from typing import Any
 from ..args import Arg, boolean, choice, number, optional, positive_int, rate
 from ..dtypes import itemsize
 from ..errors import ShapeError, SpecError
-from ..memory_model import KernelMemory
-from ..registry import Context, Params, Rule, Saved, register
+from ..registry import Context, Memory, Params, Rule, Saved, register
 from ..shapes import shape_text
 from .core import ACTIVATION_NAMES, ACTIVATION_SAVES, gemm_workspace, workspace
 
@@ -135,7 +134,7 @@ class Attention:
 
 
 def attention_casts(bias: bool, *, query_kept: str) -> tuple[str, ...]:
-    """Under autocast, what becomes of each weight's cast (``KernelMemory.weight_casts``): the
+    """Under autocast, what becomes of each weight's cast (``Memory.weight_casts``): the
     query, key and value kernels are kept by their matmuls when their input needs a gradient
     (``query_kept``), the output kernel always (the heads' result needs one), the biases not."""
     kernels = (query_kept,) * 3 + ("kept",)
@@ -271,7 +270,7 @@ def _accumulate(r: _Replay, grads: list[str], new: str, nbytes: int) -> None:
 
 
 def attention_memory(a: Attention) -> dict:
-    """KernelMemory's temporaries of one attention call, from the replays: the forward's worst
+    """Memory's temporaries of one attention call, from the replays: the forward's worst
     moment above its output (inference) and above its output and saved tensors (training); the
     backward's above what it starts with, its gradients included (``gradients_last``), without
     and with the input's gradients."""
@@ -496,7 +495,7 @@ IN_PLACE = ("relu", "sigmoid", "tanh")
 
 
 def encoder_memory(e: Encoder) -> dict:
-    """KernelMemory's temporaries of one encoder call, from the replays (see ``attention_memory``)."""
+    """Memory's temporaries of one encoder call, from the replays (see ``attention_memory``)."""
     inference, training = _Replay(), _Replay()
     out = e.width
     encoder_forward(inference, e, training=False)
@@ -590,7 +589,7 @@ class MultiHeadAttention(Rule):
         inputs = len(x) if several else 1
         call = Attention(ctx, ctx.batch, query[0], value[0], a.num_heads, a.key_dim, vd, prod(out), query[1],
                          key[1], value[1], a.use_bias, a.dropout > 0, inputs)
-        return KernelMemory(saved=(Saved("inputs" if inputs > 1 else "input",
+        return Memory(saved=(Saved("inputs" if inputs > 1 else "input",
                                          what="inputs of the query, key and value projections"), *saved),
                             weight_casts=attention_casts(a.use_bias, query_kept="kept_for_input_grad"),
                             **attention_memory(call))
@@ -676,7 +675,7 @@ class TransformerEncoder(Rule):
         # the attention reads the layer's input (post-norm) or the first norm's result (pre-norm)
         query_kept = "kept" if a.normalize_first else "kept_for_input_grad"
         casts = attention_casts(True, query_kept=query_kept) + ("",) * 4 + ("kept", "call") * 2
-        return KernelMemory(saved=tuple(saved), weight_casts=casts, **encoder_memory(call))
+        return Memory(saved=tuple(saved), weight_casts=casts, **encoder_memory(call))
 
     def build(self, a, x, ctx):
         from .modules import TransformerEncoder as TransformerEncoderModule

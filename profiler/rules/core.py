@@ -6,7 +6,7 @@ from math import prod
 from ..args import Arg, boolean, choice, positive_int, rate, shape
 from ..dtypes import itemsize
 from ..errors import ShapeError
-from ..memory_model import KernelMemory, onednn_bf16_gemm_scratch
+from ..memory_model import onednn_bf16_gemm_scratch
 from ..registry import Context, Memory, Params, Rule, Saved, register
 from ..shapes import shape_text
 
@@ -184,7 +184,7 @@ class Embedding(Rule):
         # counted by the memory model) and adds the rows in. It needs a contiguous incoming
         # gradient: one arriving as a strided slice of a wider gradient (the layer feeds a
         # Concatenate) is copied first (``dense_grad``: the memory model knows which arrive so).
-        return KernelMemory(saved=(Saved("input", what="token ids"),), dense_grad=True)
+        return Memory(saved=(Saved("input", what="token ids"),), dense_grad=True)
 
     def build(self, a, x, ctx):
         from torch import nn

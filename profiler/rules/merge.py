@@ -9,7 +9,6 @@ from math import prod
 
 from ..args import Arg, integer
 from ..errors import ShapeError
-from ..memory_model import KernelMemory
 from ..registry import Memory, Rule, Saved, register
 from ..shapes import shape_text
 
@@ -151,7 +150,7 @@ class Concatenate(Rule):
         # needs a dense gradient copies its slice (Embedding's backward does, matmuls and
         # elementwise kernels do not)
         strided = ctx.batch * prod(x[0][:self._axis(a, x[0])]) > 1
-        return KernelMemory(grad_passthrough=True, grads_strided=strided)
+        return Memory(grad_passthrough=True, grads_strided=strided)
 
     def build(self, a, x, ctx):
         from .modules import Concat

@@ -174,13 +174,12 @@ class GlobalAveragePoolRule(Rule):
     def memory(self, a, x, y, ctx):
         """In bfloat16 or float16 the CPU's ``mean`` sums in float32: a float32 result and the
         input copied to float32 beside the output (measured; the count's division comes after
-        the copy is freed). Under autocast the input is taken to be in autocast's dtype (the
-        output of a convolution or matmul before it)."""
-        if ctx.dtype != "float32" or ctx.amp is not None:
-            upcast = (Saved("new", elements=prod(y), dtype="float32", what="float32 result"),
-                      Saved("new", elements=prod(x), dtype="float32", what="the input in float32"))
-            return Memory(scratch=upcast, backward_scratch=SCALAR_OPERAND)
-        return Memory(scratch=SCALAR_OPERAND, backward_scratch=SCALAR_OPERAND)
+        the copy is freed). Whether it does depends on the dtype the input arrives in (under
+        autocast: bfloat16 after a matmul, float32 after an embedding), which the memory model
+        knows: ``reduced_scratch``."""
+        upcast = (Saved("new", elements=prod(y), dtype="float32", what="float32 result"),
+                  Saved("new", elements=prod(x), dtype="float32", what="the input in float32"))
+        return Memory(scratch=SCALAR_OPERAND, reduced_scratch=upcast, backward_scratch=SCALAR_OPERAND)
 
     def build(self, a, x, ctx):
         from .modules import Mean

@@ -33,8 +33,7 @@ from math import prod
 from ..args import Arg, boolean, choice, nested_layer, positive_int
 from ..dtypes import itemsize
 from ..errors import ModelsizeError, ShapeError
-from ..memory_model import KernelMemory
-from ..registry import Context, Params, Rule, Saved, register, rule_for
+from ..registry import Context, Memory, Params, Rule, Saved, register, rule_for
 from ..shapes import shape_text
 from .core import ACTIVATION_SAVES, gemm_workspace, workspace
 
@@ -173,7 +172,7 @@ class RecurrentRule(Rule):
             saved.append(Saved("output", what="every step's state"))
         if cell.kept:
             saved.append(Saved("new", elements=cell.kept, what="gate activations and states of every step"))
-        return KernelMemory(saved=tuple(saved), weight_casts=OWN_CASTS * len(self.count(a, x)[2]),
+        return Memory(saved=tuple(saved), weight_casts=OWN_CASTS * len(self.count(a, x)[2]),
                             **cell.temporaries(self.matmuls(a, steps, features, ctx.batch), ctx))
 
     def module(self, a, x, *, backward: bool = False):
@@ -228,7 +227,7 @@ class Cell:
     backward_fixed: int = 0
 
     def temporaries(self, matmuls: Matmuls, ctx: Context, extra_scratch: int = 0, extra_backward: int = 0) -> dict:
-        """KernelMemory's temporaries: the tensors above, and the matmuls' workspace beside them."""
+        """Memory's temporaries: the tensors above, and the matmuls' workspace beside them."""
         scratch = self.scratch + extra_scratch
         backward = [Saved("new", elements=self.backward + extra_backward, what="dZ and step gradients")]
         if self.backward_fixed:
@@ -320,7 +319,7 @@ class Bidirectional(Rule):
         grad_merge = {"ave": merged, "mul": 2 * merged}.get(a.merge_mode, 0)   # (g/2; g·b and g·a)
         matmuls = inner.matmuls(args, steps, x[1], ctx.batch)
         one = cell.temporaries(matmuls, ctx, extra_scratch=2 * cell.output, extra_backward=grad_merge)
-        return KernelMemory(saved=tuple(saved), weight_casts=OWN_CASTS * 2 * len(inner.count(args, x)[2]), **one)
+        return Memory(saved=tuple(saved), weight_casts=OWN_CASTS * 2 * len(inner.count(args, x)[2]), **one)
 
     def build(self, a, x, ctx):
         from .modules import Bidirectional as BidirectionalModule
@@ -368,7 +367,6 @@ class TimeDistributed(Rule):
         rule, args, step = self._inner(a, x)
         # the wrapped layer sees steps × batch samples: its kernels run on that batch
         inner = rule.memory(args, step, y[1:], replace(ctx, batch=ctx.batch * x[0]))
-        kernels = inner if isinstance(inner, KernelMemory) else KernelMemory()
 
         def steps(entries):
             return tuple(Saved(s.of, s.elements * (x[0] if s.per_sample else 1), s.dtype, s.what, s.per_sample)
@@ -381,12 +379,12 @@ class TimeDistributed(Rule):
             for of in ACTIVATION_SAVES.get(act, ()):
                 saved.append(Saved("output", what=f"{act} output") if of == "output"
                              else Saved("new", elements=prod(y), what=f"{act} input"))
-        training = None if kernels.training_scratch is None else steps(kernels.training_scratch)
-        return KernelMemory(output_is_view=inner.output_is_view, identity_in_eval=inner.identity_in_eval,
-                            saved=tuple(saved), scratch=steps(inner.scratch),
-                            backward_scratch=steps(inner.backward_scratch), training_scratch=training,
-                            input_grad_scratch=steps(kernels.input_grad_scratch),
-                            gradients_last=kernels.gradients_last, weight_casts=kernels.weight_casts)
+        training = None if inner.training_scratch is None else steps(inner.training_scratch)
+        return Memory(output_is_view=inner.output_is_view, identity_in_eval=inner.identity_in_eval,
+                      saved=tuple(saved), scratch=steps(inner.scratch),
+                      backward_scratch=steps(inner.backward_scratch), training_scratch=training,
+                      input_grad_scratch=steps(inner.input_grad_scratch),
+                      gradients_last=inner.gradients_last, weight_casts=inner.weight_casts)
 
     def build(self, a, x, ctx):
         from .modules import TimeDistributed as TimeDistributedModule
