@@ -248,7 +248,9 @@ def training_timeline(ops: Iterable[Op], s: Setting, optimizer: str, *, first_st
     scalar = 2 if model.scalar_bytes and scratch and not s.foreach else 0   # a double, then its cast
     for i, nbytes in enumerate(scratch):
         dtype = "float64" if scalar and i == len(scratch) - 2 else s.dtype
-        t.alloc(f"opt_tmp{i}", nbytes, "temporaries", dtype)
+        # the double's float32 cast is made and freed inside the kernel that divides by it
+        category = "workspace" if scalar and i == len(scratch) - 1 else "temporaries"
+        t.alloc(f"opt_tmp{i}", nbytes, category, dtype)
     return t
 
 

@@ -316,12 +316,14 @@ _WRAPPED = ((bool, torch.bool), (int, torch.int64), (float, torch.float64), (com
 _SCALAR_OVERLOADS = {"add", "sub", "mul", "div", "rsub", "remainder"}
 
 
-def wrapped_numbers(func: Any, args: tuple) -> list[int]:
+def wrapped_numbers(func: Any, args: tuple) -> list[tuple[int, str]]:
     """Bytes of the Python numbers a call takes where its schema wants a Tensor (or that its
     ``.Scalar`` overload wraps: ``_SCALAR_OVERLOADS``).
 
     Each is wrapped in a 0-d CPU tensor before the call (a double for a float), and TensorIterator
     casts that to the call's dtype: both are alive while the call runs and freed when it returns.
+    Returned as (bytes, category): the wrapped number is a tensor the call is given (a temporary),
+    its cast is made inside the kernel (workspace).
     (Adam's ``exp_avg_sq.sqrt() / bias_correction2_sqrt``: 8 + 4 bytes in float32, the bytes the
     optimizer catalog's ``scalar_bytes`` and its cast stand for.)
     """
@@ -331,7 +333,7 @@ def wrapped_numbers(func: Any, args: tuple) -> list[int]:
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     wraps_other = (func.overloadpacket.__name__.rstrip("_") in _SCALAR_OVERLOADS
                    and func._overloadname.startswith("Scalar"))
-    booked: list[int] = []
+    booked: list[tuple[int, str]] = []
     for value, argument in zip(args, schema.arguments):
         if isinstance(value, torch.Tensor) or not (
                 isinstance(argument.type, torch.TensorType) or (wraps_other and argument.name == "other")):
@@ -339,9 +341,9 @@ def wrapped_numbers(func: Any, args: tuple) -> list[int]:
         wrapped = next((dtype for kind, dtype in _WRAPPED if type(value) is kind), None)
         if wrapped is None:
             continue
-        booked.append(wrapped.itemsize)
+        booked.append((wrapped.itemsize, "temporaries"))
         if tensors and tensors[0].dtype != wrapped:
-            booked.append(tensors[0].dtype.itemsize)
+            booked.append((tensors[0].dtype.itemsize, "workspace"))
     return booked
 
 @dataclass(frozen=True)
@@ -467,10 +469,10 @@ class StorageLog(TorchDispatchMode):
                         self.category[serial] = "weight_casts"
                 elif self._nbytes[serial] != storage.nbytes():   # resized in place (out=)
                     self._resize(serial, storage.nbytes())
-        self._transient(wrapped_numbers(func, args), "temporaries")
+        self._transient(wrapped_numbers(func, args))
         if self.run is not None:
-            self._transient(kernel_workspace(func, args, out, self.run, self.phase == "backward"),
-                            "workspace")
+            self._transient([(nbytes, "workspace")
+                             for nbytes in kernel_workspace(func, args, out, self.run, self.phase == "backward")])
         return out
 
     def _of_parameter(self, tensor: object) -> bool:
@@ -479,10 +481,10 @@ class StorageLog(TorchDispatchMode):
         serial = self._serial.get(id(storage_of(tensor)))
         return serial is not None and self.category.get(serial) == "parameters"
 
-    def _transient(self, sizes: Sequence[int], category: str) -> None:
-        """Storages a kernel allocates together and frees before it returns."""
+    def _transient(self, sizes: Sequence[tuple[int, str]]) -> None:
+        """Storages a kernel allocates together and frees before it returns: (bytes, category)."""
         at = self._where()
-        pairs = [self.synthetic(nbytes, category, at, at) for nbytes in sizes]
+        pairs = [self.synthetic(nbytes, category, at, at) for nbytes, category in sizes]
         self.events.extend(alloc for alloc, _ in pairs)
         self.events.extend(free for _, free in pairs)
 
