@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from . import workflow
 from .dtypes import MODEL_DTYPES
-from .errors import ModelsizeError
+from .errors import ModelsizeError, SpecError
 from .memory_model import LOSSES
 from .optimizers import CATALOG as OPTIMIZER_CATALOG, DEFAULT as DEFAULT_OPTIMIZERS
 from .render.report import render
@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _summary(args: argparse.Namespace) -> int:
     amp = _amp_dtype(args, args.device_kind)
     if workflow.is_factory(args.spec):
+        if args.input_grad:
+            raise SpecError("input gradients are predicted for model specs, not torch models",
+                            field="input-grad", source=args.spec, expected="a .yaml/.json spec or a built-in model")
         result = workflow.summarize_factory(args.spec, input_shapes=args.input_shape or [],
                                             input_dtypes=args.input_dtype or [], batch=args.batch,
                                             dtype=args.dtype, loss=args.loss, depth=args.depth,
@@ -44,7 +47,7 @@ def _summary(args: argparse.Namespace) -> int:
     spec = workflow.resolve_spec(args.spec)
     result = workflow.summary(spec, batch=args.batch, dtype=args.dtype, loss=args.loss,
                               device_kind=args.device_kind, optimizers=args.optimizers, amp=amp,
-                              checkpoint=args.checkpoint)
+                              checkpoint=args.checkpoint, input_grad=args.input_grad)
     _emit(result, args)
     return 0
 
@@ -115,7 +118,8 @@ def _measure_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"batch": args.batch, "dtype": args.dtype, "loss": args.loss, "device": args.device,
             "optimizers": args.optimizers,
             "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
-            "amp": _amp_dtype(args, kind or "cpu"), "checkpoint": args.checkpoint}
+            "amp": _amp_dtype(args, kind or "cpu"), "checkpoint": args.checkpoint,
+            "input_grad": args.input_grad}
 
 
 def _amp_dtype(args: argparse.Namespace, device_kind: str) -> str | None:
@@ -195,6 +199,9 @@ def _parser() -> argparse.ArgumentParser:
                          metavar="LAYERS",
                          help="activation checkpointing (torch.utils.checkpoint, non-reentrant) of every "
                               "layer, or of the comma-separated layers or nested models named")
+        sub.add_argument("--input-grad", action="store_true",
+                         help="training also computes the gradient of each floating input "
+                              "(x.requires_grad_(): saliency maps, adversarial examples)")
 
     def measuring(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--device", choices=("cpu", "cuda"), default=None,

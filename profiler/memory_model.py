@@ -179,6 +179,7 @@ class Setting:
     foreach: bool = False      # CUDA optimizers use multi-tensor (foreach) kernels; CPU ones do not
     footprint: Callable[[int], int] | None = None   # allocator rounding of each request
     input_dtypes: dict[str, str] = field(default_factory=dict)  # model input -> dtype (default: dtype)
+    input_grad: bool = False   # floating model inputs require gradients (their .grad outlives backward)
     amp: str | None = None     # autocast's low-precision dtype, or None without mixed precision
     device_kind: str = "cpu"
     gemm_scratch: Callable[[str, int, int, int], int] | None = None
@@ -360,7 +361,7 @@ class _Forward:
             t.alloc(name, nbytes, "inputs", dtype)
             self.storage[name] = name
             self.dtype[name] = dtype
-            self.requires_grad[name] = False
+            self.requires_grad[name] = training and s.input_grad and dtype in FLOATING
             self.hold(name, "caller")
 
     # -- holders -------------------------------------------------------------------------------

@@ -148,6 +148,7 @@ class Prediction:
     target_bytes: int
     amp: str | None = None            # autocast's low-precision dtype (float32 master weights)
     checkpoint: tuple[str, ...] = ()  # layers whose calls are checkpointed
+    input_grad: bool = False          # training computes the floating inputs' gradients too
 
     @property
     def top(self) -> tuple[LayerRow, ...]:
@@ -192,6 +193,7 @@ class Prediction:
             "device_kind": self.device_kind,
             "amp": self.amp,
             "checkpoint": list(self.checkpoint),
+            "input_grad": self.input_grad,
             "layers": [row.as_dict() for row in self.rows],
             "totals": {"params": self.params, "trainable_params": self.trainable_params,
                        "non_trainable_params": self.non_trainable_params,
@@ -209,7 +211,8 @@ class Prediction:
 def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: str = "cross_entropy",
             device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS,
             footprint: Callable[[int], int] | None = None, amp: str | None = None,
-            checkpoint: bool | Iterable[str] = (), threads: int | None = None) -> Prediction:
+            checkpoint: bool | Iterable[str] = (), threads: int | None = None,
+            input_grad: bool = False) -> Prediction:
     """Everything modelsize can say about ``spec`` without building it.
 
     ``footprint`` maps each request's bytes to what the allocator sets aside (CUDA's caching
@@ -218,7 +221,9 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     (``dtype`` must be float32). ``checkpoint``: layers (or nested models) whose calls run under
     activation checkpointing; True for every layer of the model. ``threads``: CPU threads of the
     run, which size the scratchpad of bfloat16 matmul kernels (default: the CPUs this process may
-    use, torch's default).
+    use, torch's default). ``input_grad``: the training step also computes the gradient of each
+    floating input (``x.requires_grad_()``: saliency, adversarial examples, a model inside a larger
+    graph); each ``x.grad`` is set to None with the parameters' gradients before a step.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise SpecError("must be a positive integer", field="batch", received=repr(batch))
@@ -249,7 +254,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     setting = Setting(batch=batch, dtype=dtype, inputs=inputs, outputs=outputs, target_bytes=target_bytes,
                       buffer_bytes=plan.buffer_bytes, loss=loss, foreach=device_kind == "cuda",
                       footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
-                      input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs})
+                      input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs},
+                      input_grad=input_grad)
     kept = _by_prefix(kept_for_backward(plan.ops, setting))
     rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in plan.rows]
     if amp is not None:   # each output in the dtype autocast leaves it in
@@ -262,7 +268,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
         training={o: training_peak(plan.ops, setting, o) for o in optimizers},
         first_step={o: training_peak(plan.ops, setting, o, first_step=True) for o in optimizers},
         input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
-        checkpoint=tuple(sorted(chosen)))
+        checkpoint=tuple(sorted(chosen)), input_grad=input_grad)
 
 
 #: How layers run under ``torch.autocast`` (torch 2.13's op lists, the same on CPU and CUDA for

@@ -112,6 +112,7 @@ class Measurement:
     # every optimizer measured: name -> {steady/first allocator peak, tensor peak, workspace}
     optimizer_peaks: dict[str, dict[str, int]] = field(default_factory=dict)
     amp_dtype: str | None = None          # autocast's dtype (mixed precision), None without
+    input_grad: bool = False              # training computed the floating inputs' gradients too
     # peak ("inference", "train_<optimizer>", "train_first_step_<optimizer>") -> category -> bytes
     # alive at the allocator peak (profiler.peak_breakdown); the categories sum to the peak
     breakdown: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -140,11 +141,14 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
             int_high: int | None = None, dtype: str = "float32",
             device: Device | str | None = None, loss: str = "cross_entropy",
             optimizers: Iterable[str] = ("sgd", "adam"), warmup: int = 3, repeats: int = 20,
-            threads: int | None = None, seed: int = 0, amp_dtype: str | None = None) -> Measurement:
+            threads: int | None = None, seed: int = 0, amp_dtype: str | None = None,
+            input_grad: bool = False) -> Measurement:
     """Measure ``module`` on ``device`` (see the module docstring for the definitions).
 
     ``amp_dtype``: run the forward pass and the loss under ``torch.autocast`` to this dtype
-    ("bfloat16" or "float16"), with float32 weights (``dtype`` must be float32).
+    ("bfloat16" or "float16"), with float32 weights (``dtype`` must be float32). ``input_grad``:
+    the floating inputs require gradients in training; each step sets their ``.grad`` to None
+    with the parameters' (``zero_grad``), so a step's input gradients are its own.
 
     Raises :class:`~profiler.devices.DoesNotFit` when a phase runs out of memory; its ``phase``
     names the phase and ``partial`` holds what was measured before.
@@ -161,7 +165,7 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
         if threads is not None:
             torch.set_num_threads(threads)
         return _measure(module, dev, shapes, dtypes, highs, dtype, loss, optimizers,
-                        warmup, repeats, seed, so_far, amp_dtype)
+                        warmup, repeats, seed, so_far, amp_dtype, input_grad)
     except DoesNotFit as err:
         err.partial = dict(so_far)
         raise
@@ -174,7 +178,7 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
 def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]],
              dtypes: list[str], highs: list[int | None], dtype: str, loss: str,
              optimizers: tuple[str, ...], warmup: int, repeats: int, seed: int,
-             so_far: dict[str, Any], amp_dtype: str | None = None) -> Measurement:
+             so_far: dict[str, Any], amp_dtype: str | None = None, input_grad: bool = False) -> Measurement:
     threads = torch.get_num_threads()
     amp = partial(_autocast, dev.torch_device.type, amp_dtype)
     torch.manual_seed(seed)
@@ -221,6 +225,9 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
     saved: dict[str, int] = {}
     adam_foreach = None
     module.train()
+    for tensor in x:
+        if tensor.is_floating_point():
+            tensor.requires_grad_(input_grad)
     for name in optimizers:
         with oom_guard(dev.name, f"training step with {name}"):
             opt = _fresh_optimizer(name, params)
@@ -281,7 +288,7 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
             "train_first_step_tensor_peak_bytes": result["first"][1],
             "train_first_step_workspace_bytes": result["first"][2], "train_baseline_bytes": result["baseline"]}
             for name, result in train.items()},
-        amp_dtype=amp_dtype,
+        amp_dtype=amp_dtype, input_grad=input_grad,
         breakdown={peak: split.categories for peak, split in breakdowns.items()},
         activations_at_peak={peak: split.activations for peak, split in breakdowns.items()},
     )
@@ -298,6 +305,8 @@ def _train_step(module: torch.nn.Module, opt: torch.optim.Optimizer, x: tuple[to
     """
     mark("optimizer")
     opt.zero_grad(set_to_none=True)
+    for tensor in x:   # an input that requires a gradient: this step's own (see measure's input_grad)
+        tensor.grad = None
     mark("forward")
     with amp():
         out = _as_tuple(module(*x))
@@ -459,6 +468,8 @@ def _alive(module: torch.nn.Module, opt: torch.optim.Optimizer, x: tuple[torch.T
             if isinstance(value, torch.Tensor):
                 yield "optimizer_state", value
     yield from (("inputs", t) for t in (*x, *y))
+    # an input's gradient (input_grad): made by backward like any other temporary, kept as .grad
+    yield from (("temporaries", t.grad) for t in x if t.grad is not None)
 
 
 def _tensors(pairs: Iterable[tuple[str, torch.Tensor]]) -> Iterator[torch.Tensor]:

@@ -72,16 +72,19 @@ def token_range(spec: ModelSpec, input_name: str) -> int | None:
 
 def summary(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str = "cpu",
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
-            checkpoint: bool | tuple[str, ...] = (), threads: int | None = None) -> dict[str, Any]:
-    """Predict. ``amp``: mixed precision to this dtype; ``checkpoint``: layers checkpointed (True: all)."""
+            checkpoint: bool | tuple[str, ...] = (), threads: int | None = None,
+            input_grad: bool = False) -> dict[str, Any]:
+    """Predict. ``amp``: mixed precision to this dtype; ``checkpoint``: layers checkpointed (True: all);
+    ``input_grad``: training computes the inputs' gradients too."""
     return predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
-                   optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads).as_dict()
+                   optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads,
+                   input_grad=input_grad).as_dict()
 
 
 def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
             warmup: int, repeats: int, threads: int | None,
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
-            checkpoint: bool | tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+            checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the model on the device and measure it: (measured figures, options used).
 
     ``amp``: forward and loss under ``torch.autocast`` to this dtype, float32 weights;
@@ -96,13 +99,13 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
 
     target = get_device(device)
     predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=target.torch_device.type,
-            optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads)
+            optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads, input_grad=input_grad)
     module = build(spec, dtype=dtype, device=target.torch_device, checkpoint=checkpoint)
     measurement = run(module, input_shape=[(batch, *i.shape) for i in spec.inputs],
                       input_dtype=[i.dtype for i in spec.inputs],
                       int_high=[token_range(spec, i.name) for i in spec.inputs], dtype=dtype,
                       device=target, loss=loss, optimizers=optimizers,
-                      warmup=warmup, repeats=repeats, threads=threads, amp_dtype=amp)
+                      warmup=warmup, repeats=repeats, threads=threads, amp_dtype=amp, input_grad=input_grad)
     measured = measurement.as_dict()
     measured["layer_kept_for_backward_bytes"] = by_layer(measured.get("saved_activation_bytes", {}))
     measured["layer_activations_at_peak"] = {peak: by_layer(modules) for peak, modules
@@ -110,7 +113,7 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
     options = {"device": target.name, "batch": batch, "dtype": dtype, "loss": loss,
                "optimizers": list(optimizers), "warmup": warmup, "repeats": repeats,
                "threads": measured.get("threads", threads), "amp": amp,
-               "checkpoint": sorted(checkpoint_layers(spec, checkpoint))}
+               "checkpoint": sorted(checkpoint_layers(spec, checkpoint)), "input_grad": input_grad}
     return measured, options
 
 
@@ -126,7 +129,7 @@ def by_layer(module_bytes: dict[str, int]) -> dict[str, int]:
 def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
             warmup: int, repeats: int, threads: int | None,
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
-            checkpoint: bool | tuple[str, ...] = ()) -> dict[str, Any]:
+            checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False) -> dict[str, Any]:
     """Predict, measure and compare: the whole result, ready to save and render.
 
     The prediction comes first: it validates the spec and the options (mixed precision on layers
@@ -142,11 +145,11 @@ def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
     target = get_device(device)
     device_kind = "cuda" if target.name.startswith("cuda") else "cpu"
     result = summary(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
-                     optimizers=optimizers, amp=amp, checkpoint=checkpoint,
+                     optimizers=optimizers, amp=amp, checkpoint=checkpoint, input_grad=input_grad,
                      threads=threads if threads is not None else torch.get_num_threads())
     measured, options = measure(spec, batch=batch, dtype=dtype, loss=loss, device=target.name,
                                 warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
-                                amp=amp, checkpoint=checkpoint)
+                                amp=amp, checkpoint=checkpoint, input_grad=input_grad)
     result.update(options=options, spec=spec.as_dict(), machine_info=machine_info(), measured=measured,
                   relative_error=relative_errors(result["predicted"], measured),
                   breakdown_comparison=breakdown_comparison(result["peaks"], measured.get("breakdown", {})))

@@ -91,3 +91,14 @@ def test_torch_factory_from_the_command_line(tmp_path, monkeypatch, capsys):
     assert "has no attribute 'nothing'" in capsys.readouterr().err
     assert main(["summary", "my_models:digits"]) == 2
     assert "field 'input-shape'" in capsys.readouterr().err
+
+
+def test_input_grad_option(capsys):
+    assert main(["summary", "digits", "--batch", "4", "--format", "json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["summary", "digits", "--batch", "4", "--input-grad", "--format", "json"]) == 0
+    with_grad = json.loads(capsys.readouterr().out)
+    assert with_grad["input_grad"] is True and plain["input_grad"] is False
+    # d x (4 × 784 × 4 bytes) is alive at the backward peak and kept as x.grad
+    assert with_grad["peaks"]["train_sgd"]["bytes"] == plain["peaks"]["train_sgd"]["bytes"] + 4 * 784 * 4
+    assert with_grad["peaks"]["inference"] == plain["peaks"]["inference"]

@@ -69,3 +69,29 @@ def test_parameters_gradients_and_state(linear):
     assert linear["predicted"]["param_bytes"] == linear["measured"]["param_bytes"] == P
     adam = linear["peaks"]["train_adam"]["breakdown"]
     assert adam["parameters"] == P and adam["gradients"] == G and adam["optimizer_state"] == 2 * P + 2 * STEP
+
+
+# With input gradients (x.requires_grad_(), cleared with zero_grad before each step): the Linear's
+# backward first makes d x = d out · W (4 × 784 × 4 = X bytes), then its weight gradients, so the
+# backward peak grows by X; d x is kept as x.grad, so every optimizer step carries it too.
+BY_HAND_INPUT_GRAD = {key: (nbytes if key == "inference_peak_bytes" else nbytes + X) for key, nbytes in BY_HAND.items()}
+
+
+@pytest.fixture(scope="module")
+def linear_input_grad():
+    return workflow.profile(loads(LINEAR, source="<linear>"), batch=4, dtype="float32", loss="mse", device="cpu",
+                            optimizers=tuple(CATALOG), warmup=0, repeats=1, threads=None, input_grad=True)
+
+
+@pytest.mark.parametrize("key", sorted(BY_HAND_INPUT_GRAD))
+def test_input_gradients_by_hand(linear_input_grad, key):
+    assert linear_input_grad["predicted"][key] == BY_HAND_INPUT_GRAD[key], key
+    assert linear_input_grad["measured"][key] == BY_HAND_INPUT_GRAD[key], key
+
+
+def test_input_gradient_in_the_breakdown(linear_input_grad):
+    sgd = linear_input_grad["peaks"]["train_sgd"]["breakdown"]
+    # d out, the seed and d x are the step's temporaries at the backward peak: 160 + 4 + 12,544
+    assert sgd["temporaries"] == GRAD_OUT + SEED + X
+    assert linear_input_grad["measured"]["breakdown"]["train_sgd"] == sgd
+    assert linear_input_grad["options"]["input_grad"] is True and linear_input_grad["input_grad"] is True
