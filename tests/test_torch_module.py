@@ -424,3 +424,15 @@ def test_the_result_renders_as_a_prediction_does():
     text = render(res, explain=True)
     assert "attn (MultiheadAttention)" in text
     assert f"Total params: {res['totals']['params']:,}" in text
+
+
+@pytest.mark.parametrize("zoo", ["gru", "transformer"])
+def test_built_recurrent_and_attention_modules_summarize(zoo):
+    # the builder's recurrent and attention modules ask autocast for its dtype: on the meta device
+    # (shape tracing) there is none to ask; the torch path must trace them and agree with the spec's
+    from profiler import predict, summary, workflow
+    from profiler.build import build
+    spec = workflow.resolve_spec(f"benchmarks/zoo/{zoo}.yaml")
+    from_module = summary(build(spec), spec.inputs[0].shape, batch=2, input_dtype=spec.inputs[0].dtype)
+    from_spec = predict(spec, batch=2, threads=torch.get_num_threads())
+    assert from_module["peaks"]["train_adam"]["bytes"] == from_spec.training["adam"].bytes

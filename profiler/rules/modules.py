@@ -60,6 +60,8 @@ def with_activation(layer: nn.Module, name: str) -> nn.Module:
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype autocast lowers matmuls to on ``x``'s device, or None outside autocast."""
     device = x.device.type
+    if device == "meta":   # shape tracing: autocast has no meta dispatch key (and asking raises)
+        return None
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
