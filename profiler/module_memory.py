@@ -218,7 +218,7 @@ def _channels_last(*tensors: torch.Tensor) -> bool:
 
 def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, stride: Sequence[int],
           padding: Sequence[int], dilation: Sequence[int], transposed: bool, groups: int,
-          out_shape: Sequence[int]) -> tuple[list[int], list[int]]:
+          out_shape: Sequence[int], input_grad: bool = True) -> tuple[list[int], list[int]]:
     """(forward, backward) workspace bytes of one convolution, from ``conv_workspace``."""
     batch = x.shape[0]
     ctx = _op_context(run, x.dtype, batch=batch,
@@ -227,7 +227,7 @@ def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, strid
         ctx, channels=x.shape[1], out_channels=out_shape[1], kernel=tuple(weight.shape[2:]),
         strides=tuple(stride), groups=groups, bias=bias, out_spatial=tuple(out_shape[2:]),
         transposed=transposed, in_spatial=tuple(x.shape[2:]), padding=tuple(padding),
-        dilation=tuple(dilation))
+        dilation=tuple(dilation), input_grad=input_grad)
     return _saved_bytes(forward, batch, x.dtype), _saved_bytes(backward, batch, x.dtype)
 
 
@@ -244,10 +244,10 @@ def _convolution(args: tuple, out: Any, run: Context, backward: bool) -> list[in
 def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
     """convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation,
     transposed, output_padding, groups, output_mask): ``bias_sizes`` is [0] without a bias, the
-    mask says whether the bias's gradient is made."""
+    mask says which gradients are made (input, weight, bias)."""
     grad_out, x, weight, _, stride, padding, dilation, transposed, _, groups, mask = args[:11]
     return _conv(run, x, weight, bool(mask[2]), stride, padding, dilation, transposed, groups,
-                 grad_out.shape)[1]
+                 grad_out.shape, input_grad=bool(mask[0]))[1]
 
 
 def _batch_norm_memory(run: Context, x: torch.Tensor, affine: bool) -> Memory:

@@ -122,15 +122,23 @@ class ConvRule(Rule):
             padded = channels * prod(n + b + e for n, (b, e) in zip(spatial, pads))
             kept = Saved("new", elements=padded, what="padded input")
             scratch.append(kept)
-            # backward makes the padded input's gradient, then the input's from it
+            # backward makes the padded input's gradient, then the input's from it (when the
+            # input needs one: otherwise the pad is not recorded and its gradient not made)
             grad_padded = (Saved("new", elements=padded - prod(x), what="padded input's gradient, beyond the input's"),)
         else:
             kept = Saved("input", what="convolution input")
         # (a fused ``activation`` is the predictor's own op, with the Activation rule's memory)
         forward, backward = self._workspace(a, channels, out_channels, spatial, out_spatial, pads, ctx)
-        return Memory(saved=(kept,), scratch=(*scratch, *forward), backward_scratch=(*grad_padded, *backward))
+        _, weights_only = self._workspace(a, channels, out_channels, spatial, out_spatial, pads, ctx,
+                                          input_grad=False)
+        data_phase = _nbytes(backward, ctx) - _nbytes(weights_only, ctx)
+        extra = (Saved("new", elements=data_phase, dtype="uint8", per_sample=False,
+                       what="the data phase's workspace beyond the weight phase's"),) if data_phase > 0 else ()
+        return Memory(saved=(kept,), scratch=(*scratch, *forward), backward_scratch=weights_only,
+                      input_grad_scratch=(*grad_padded, *extra))
 
-    def _workspace(self, a, channels: int, out_channels: int, spatial, out_spatial, pads, ctx):
+    def _workspace(self, a, channels: int, out_channels: int, spatial, out_spatial, pads, ctx,
+                   input_grad: bool = True):
         """``conv_workspace`` of the torch convolution this layer runs: on the padded input with no
         padding of its own when Keras pads unevenly, a 1-D layer as 2-D (``lift``)."""
         even = all(b == e for b, e in pads)
@@ -141,7 +149,7 @@ class ConvRule(Rule):
                               groups=self._groups(a, channels), bias=a.use_bias,
                               out_spatial=lift(out_spatial, self.rank, ctx, 1), in_spatial=lift(torch_in, self.rank, ctx, 1),
                               padding=lift(padding, self.rank, ctx, 0),
-                              dilation=lift(a.dilation_rate, self.rank, ctx, 1))
+                              dilation=lift(a.dilation_rate, self.rank, ctx, 1), input_grad=input_grad)
 
     def _windowed(self, a, channels: int, out_channels: int, groups: int, pads, bias: bool, ctx):
         """torch's convolution with Keras's padding: its own when even, else a pad before it."""
@@ -239,8 +247,8 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
     Shapes are torch's (per sample); ``padding`` is torch's symmetric padding, inferred from the
     shapes when not given. The backward scratch is the worst moment of the backward call beyond
     the gradients the memory model counts itself (input, weight, bias). ``input_grad``: whether
-    backward makes the input's gradient (its data phase runs); only channels-first oneDNN
-    convolutions tell the two apart so far.
+    backward makes the input's gradient (its data phase runs); oneDNN convolutions tell the
+    two apart (torch's own im2col kernels are counted with it).
     """
     if ctx.device_kind != "cpu":
         return (), ()
@@ -253,7 +261,7 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
         return im2col_workspace(ctx, call)
     if ctx.data_format == "channels_first" and groups == 1 and ctx.compute_dtype(True) in ("float32", "bfloat16"):
         return channels_first_workspace(ctx, call, input_grad)
-    return onednn_workspace(ctx, call)
+    return onednn_workspace(ctx, call, input_grad)
 
 
 def _inferred_padding(in_spatial, out_spatial, kernel, strides, dilation, transposed) -> tuple[int, ...]:
@@ -425,12 +433,14 @@ BF16_DATA_ROWS_FIXED = 4096
 BF16_DATA_ROWS_CHANNELS = 64
 
 
-def onednn_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
-    """(forward, backward) scratch of a oneDNN convolution, in bytes (see above)."""
+def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a oneDNN convolution, in bytes (see above); without
+    ``input_grad`` torch asks for no input gradient and the data phase does not run."""
     dtype = ctx.compute_dtype(True)
     if call.groups > 1 or dtype not in ("float32", "bfloat16"):
         return grouped_workspace(ctx, call)
     threads, act = max(ctx.threads, 1), itemsize(dtype)
+    wants_input = input_grad
     conv = _inverted(call) if call.transposed else call
     channels, out_channels, taps = conv.channels, conv.out_channels, conv.taps
     pairs = 2 if dtype == "bfloat16" else 1           # VNNI: bfloat16 channels in pairs
@@ -451,7 +461,7 @@ def onednn_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Save
     forward, input_grad = (data, convolve) if call.transposed else (convolve, data)
     if call.transposed and call.strided and dtype == "float32":
         forward = act * (clone + data_reorder) + _strided_transposed_forward(call, threads)
-    backward = max(input_grad, weights, done) - act * (conv.weight + biases)
+    backward = max(input_grad if wants_input else 0, weights, done) - act * (conv.weight + biases)
     return (_bytes(forward, "weight copies and oneDNN scratchpad"),
             _bytes(max(backward, 0), "weight copies, gradients in oneDNN's layouts and scratchpads"))
 
@@ -573,6 +583,12 @@ def _blocked_weights(conv: ConvCall, dtype: str, n: int, threads: int) -> tuple[
         scratch = float32_weights_scratchpad(conv, n, threads)
     return (n * _up16(oc) * result * act, 0 if first else n * _up16(ic) * image * act,
             act * _up16(oc) * (ic if first else _up16(ic)) * taps, scratch)
+
+
+def _nbytes(entries: tuple[Saved, ...], ctx) -> int:
+    """Bytes of scratch entries for the run in ``ctx`` (per-sample ones times the batch)."""
+    return sum(s.elements * (ctx.batch if s.per_sample else 1)
+               * itemsize(ctx.compute_dtype(True) if s.dtype == "act" else s.dtype) for s in entries)
 
 
 def _bytes(nbytes: int, what: str) -> tuple[Saved, ...]:
@@ -1029,8 +1045,8 @@ class SeparableConvRule(DepthwiseConvRule):
         depthwise = Saved("new", elements=prod(out_spatial) * middle, what="depthwise result")
         base = ConvRule.memory(self, a, x, join_channels(out_spatial, middle, ctx.data_format), ctx)
         pad = tuple(s for s in base.scratch if s.what == "padded input")
-        grad_padded = tuple(s for s in base.backward_scratch if s.what.startswith("padded"))
-        depth_backward = tuple(s for s in base.backward_scratch if not s.what.startswith("padded"))
+        grad_padded = base.input_grad_scratch
+        depth_backward = base.backward_scratch
         ones, positions = lift((1,) * self.rank, self.rank, ctx, 1), lift(out_spatial, self.rank, ctx, 1)
         point_forward, point_backward = conv_workspace(
             ctx, channels=middle, out_channels=a.filters, kernel=ones, strides=ones, groups=1, bias=a.use_bias,
@@ -1040,8 +1056,8 @@ class SeparableConvRule(DepthwiseConvRule):
         bigger = max((depth_backward, point_backward), key=lambda ss: sum(
             s.elements * (1 if s.dtype == "uint8" else 4) for s in ss if not s.per_sample))
         return Memory(saved=(*base.saved, depthwise), scratch=(*pad, depthwise, *point_forward),
-                      backward_scratch=(*grad_padded, Saved("new", elements=extra, what="depthwise result's gradient"),
-                                        *bigger))
+                      backward_scratch=(Saved("new", elements=extra, what="depthwise result's gradient"), *bigger),
+                      input_grad_scratch=grad_padded)
 
     def build(self, a, x, ctx):
         from torch import nn
