@@ -131,7 +131,9 @@ class ConvRule(Rule):
         forward, backward = self._workspace(a, channels, out_channels, spatial, out_spatial, pads, ctx)
         _, weights_only = self._workspace(a, channels, out_channels, spatial, out_spatial, pads, ctx,
                                           input_grad=False)
-        data_phase = _nbytes(backward, ctx) - _nbytes(weights_only, ctx)
+        act = itemsize(ctx.compute_dtype(True))
+        data_phase = (sum(_nbytes(s, ctx.batch, act) for s in backward)
+                      - sum(_nbytes(s, ctx.batch, act) for s in weights_only))
         extra = (Saved("new", elements=data_phase, dtype="uint8", per_sample=False,
                        what="the data phase's workspace beyond the weight phase's"),) if data_phase > 0 else ()
         return Memory(saved=(kept,), scratch=(*scratch, *forward), backward_scratch=weights_only,
@@ -583,12 +585,6 @@ def _blocked_weights(conv: ConvCall, dtype: str, n: int, threads: int) -> tuple[
         scratch = float32_weights_scratchpad(conv, n, threads)
     return (n * _up16(oc) * result * act, 0 if first else n * _up16(ic) * image * act,
             act * _up16(oc) * (ic if first else _up16(ic)) * taps, scratch)
-
-
-def _nbytes(entries: tuple[Saved, ...], ctx) -> int:
-    """Bytes of scratch entries for the run in ``ctx`` (per-sample ones times the batch)."""
-    return sum(s.elements * (ctx.batch if s.per_sample else 1)
-               * itemsize(ctx.compute_dtype(True) if s.dtype == "act" else s.dtype) for s in entries)
 
 
 def _bytes(nbytes: int, what: str) -> tuple[Saved, ...]:
