@@ -90,8 +90,9 @@ def _fit(args: argparse.Namespace) -> int:
     spec = workflow.resolve_spec(args.spec)
     budget = fit.make_budget(memory=args.memory, device=args.device, target=args.target, reserve=args.reserve,
                              margin=args.margin)
+    target = budget.target
     answer = fit.solve(spec, budget, mode="inference" if args.inference else args.train, dtype=args.dtype,
-                       loss=args.loss)
+                       loss=args.loss, amp=_amp_dtype(args, target))
     result = answer.as_dict()
     if args.verify:
         result["verification"] = fit.verify(spec, answer).as_dict()
@@ -259,6 +260,11 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--margin", metavar="PERCENT", default=None,
                      help="share of memory − reserve held back for fragmentation (default: 10 on cuda, 0 on cpu)")
     fit.add_argument("--dtype", choices=MODEL_DTYPES, default="float32")
+    fit.add_argument("--amp", action="store_true",
+                     help="mixed precision: float32 weights, forward and loss under torch.autocast "
+                          "(bfloat16 on the CPU, float16 on CUDA unless --amp-dtype says otherwise)")
+    fit.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default=None,
+                     help="autocast's dtype for --amp (implies --amp)")
     fit.add_argument("--loss", choices=LOSSES, default="cross_entropy")
     fit.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     fit.add_argument("--explain", action="store_true", help="show what makes up the peak at the solved batch")

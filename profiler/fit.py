@@ -211,11 +211,11 @@ class Evaluation:
 
 
 def evaluate(spec: ModelSpec, batch: int, budget: Budget, *, mode: str, dtype: str = "float32",
-             loss: str = "cross_entropy") -> Evaluation:
+             loss: str = "cross_entropy", amp: str | None = None) -> Evaluation:
     """Predict the figure that is compared with ``budget`` at ``batch`` (see the module docstring)."""
     if mode not in MODES:
         raise SpecError("unknown mode", field="train", expected=" or ".join(MODES), received=repr(mode))
-    options = {"batch": batch, "dtype": dtype, "loss": loss, "device_kind": budget.target,
+    options = {"batch": batch, "dtype": dtype, "loss": loss, "device_kind": budget.target, "amp": amp,
                "optimizers": () if mode == "inference" else (mode,)}
     if budget.target == "cpu":
         peak = _mode_peak(predict(spec, **options), mode)
@@ -272,6 +272,7 @@ class Fit:
     capped: bool                    # MAX_BATCH still fits; larger batches were not tried
     max_batch: int
     predict_calls: int
+    amp: str | None = None          # autocast's dtype (mixed precision), None without
 
     @property
     def headroom_bytes(self) -> int | None:
@@ -282,7 +283,7 @@ class Fit:
         return None if self.at_batch is None else self.headroom_bytes / self.budget.usable_bytes
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "mode": self.mode, "dtype": self.dtype, "loss": self.loss,
+        return {"model": self.model, "mode": self.mode, "dtype": self.dtype, "amp": self.amp, "loss": self.loss,
                 "target": self.budget.target, "budget": self.budget.as_dict(), "batch": self.batch,
                 "fits": self.batch > 0, "capped": self.capped, "max_batch": self.max_batch,
                 "peak": self.at_batch.as_dict() if self.at_batch else None, "next": self.at_next.as_dict(),
@@ -291,7 +292,7 @@ class Fit:
 
 
 def solve(spec: ModelSpec, budget: Budget, *, mode: str, dtype: str = "float32", loss: str = "cross_entropy",
-          max_batch: int = MAX_BATCH) -> Fit:
+          max_batch: int = MAX_BATCH, amp: str | None = None) -> Fit:
     """The largest batch ``b <= max_batch`` with ``evaluate(b).bytes <= budget.usable_bytes``.
 
     Doubling from 1 until a batch does not fit, then bisecting: about ``2 log2(b)`` predictions,
@@ -303,7 +304,7 @@ def solve(spec: ModelSpec, budget: Budget, *, mode: str, dtype: str = "float32",
 
     def at(batch: int) -> Evaluation:
         if batch not in seen:
-            seen[batch] = evaluate(spec, batch, budget, mode=mode, dtype=dtype, loss=loss)
+            seen[batch] = evaluate(spec, batch, budget, mode=mode, dtype=dtype, loss=loss, amp=amp)
         return seen[batch]
 
     def fits(batch: int) -> bool:
@@ -311,7 +312,7 @@ def solve(spec: ModelSpec, budget: Budget, *, mode: str, dtype: str = "float32",
 
     def answer(batch: int, capped: bool = False) -> Fit:
         result = Fit(spec.name, mode, dtype, loss, budget, batch, at(batch) if batch else None, at(batch + 1),
-                     capped, max_batch, len(seen))
+                     capped, max_batch, len(seen), amp)
         _check_monotone(seen)
         return result
 
@@ -429,7 +430,8 @@ def _measure(spec: ModelSpec, fit: Fit, evaluation: Evaluation, device) -> Check
                          skipped=f"needs {evaluation.bytes:,} B; {available:,} B of RAM available")
     try:
         measured, _ = measure(spec, batch=batch, dtype=fit.dtype, loss=fit.loss, device=device.name, warmup=0,
-                              repeats=1, threads=None, optimizers=() if fit.mode == "inference" else (fit.mode,))
+                              repeats=1, threads=None, optimizers=() if fit.mode == "inference" else (fit.mode,),
+                              amp=fit.amp)
     except DoesNotFit as error:
         return Check(batch, evaluation.bytes, does_not_fit=str(error))
     finally:

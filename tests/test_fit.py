@@ -240,3 +240,19 @@ def test_verify_skips_what_the_ram_cannot_hold(monkeypatch):
     answer = fit.solve(SPECS["digits"], cpu(10 ** 15), mode="adam")
     v = fit.verify(SPECS["digits"], answer)
     assert v.at_batch.skipped and v.at_next.skipped and v.held is None
+
+
+def test_fit_with_mixed_precision_solves_on_autocast_predictions_and_verifies(capsys):
+    # the same budget fits more samples under autocast (bfloat16 activations); --verify measures
+    # the autocast step at b and b + 1 and the prediction holds to the byte
+    assert main(["fit", "benchmarks/zoo/lstm.yaml", "--memory", "3MiB", "--train", "adam", "--format", "json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["fit", "benchmarks/zoo/lstm.yaml", "--memory", "3MiB", "--train", "adam", "--amp", "--verify",
+                 "--format", "json"]) == 0
+    amp = json.loads(capsys.readouterr().out)
+    assert plain["amp"] is None and amp["amp"] == "bfloat16"
+    assert amp["batch"] > plain["batch"]
+    checks = amp["verification"]
+    assert checks["held"] is True
+    assert checks["at_batch"]["measured_bytes"] == checks["at_batch"]["predicted_bytes"] == amp["peak"]["bytes"]
+    assert checks["next"]["measured_bytes"] == checks["next"]["predicted_bytes"] == amp["next"]["bytes"]

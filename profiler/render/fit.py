@@ -14,7 +14,8 @@ def mode_label(mode: str) -> str:
 def render_fit(result: dict[str, Any], *, markdown: bool = False, explain: bool = False) -> str:
     layout: Callable = grid.markdown if markdown else grid.text
     title = (f'Model: "{result["model"]}": largest batch for {mode_label(result["mode"])} '
-             f'({result["dtype"]}, loss {result["loss"]}) on {_target(result)}')
+             f'({result["dtype"]}{", autocast " + result["amp"] if result.get("amp") else ""}, '
+             f'loss {result["loss"]}) on {_target(result)}')
     parts = [f"## {title}" if markdown else title, layout(["", "Bytes", ""], _budget_rows(result),
                                                              right=[False, True, False])]
     parts.append(_answer(result))
