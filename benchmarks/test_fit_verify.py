@@ -72,10 +72,17 @@ class Case:
     memory: str            # as typed after --memory
     loss: str = "cross_entropy"
     known: str = ""        # a known misprediction (see above)
+    dtype: str = "float32"
+    amp: str | None = None
+
+    @property
+    def precision(self) -> str:
+        return f"autocast {self.amp}" if self.amp else self.dtype
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.mode} {self.memory}" + (f" {self.loss}" if self.loss != "cross_entropy" else "")
+        return (f"{self.model} {self.mode} {self.memory}" + (f" {self.loss}" if self.loss != "cross_entropy" else "")
+                + (f" {self.precision}" if self.precision != "float32" else ""))
 
 
 CASES = [
@@ -98,15 +105,22 @@ CASES = [
     Case("gru", "adam", "3MiB"), Case("gru", "sgd", "2MB"),
     Case("embedding", "adam", "7.5MiB"), Case("embedding", "inference", "1.7MB"),
     Case("unet", "adam", "12MiB"), Case("unet", "inference", "6MiB"),
+    # low precision: bfloat16 models and autocast (float32 weights)
+    Case("cnn-bn", "adam", "6MiB", dtype="bfloat16"), Case("gru", "sgd", "1MiB", dtype="bfloat16"),
+    Case("mlp", "inference", "1.27MB", dtype="bfloat16"),
+    Case("resnet", "adam", "12MiB", amp="bfloat16"), Case("transformer", "adam", "40MB", amp="bfloat16"),
+    Case("lstm", "adam", "3MiB", amp="bfloat16"), Case("unet", "inference", "4MiB", amp="bfloat16"),
 ]
 ROWS: list[dict] = []
 
 
 def run_case(case: Case) -> dict:
     spec = spec_of(case.model)
-    answer = fit.solve(spec, fit.make_budget(memory=case.memory), mode=case.mode, loss=case.loss)
+    answer = fit.solve(spec, fit.make_budget(memory=case.memory), mode=case.mode, loss=case.loss, dtype=case.dtype,
+                       amp=case.amp)
     v = fit.verify(spec, answer)
     return {"case": case.label, "model": case.model, "mode": case.mode, "loss": case.loss, "memory": case.memory,
+            "precision": case.precision,
             "known": case.known,
             "budget_bytes": answer.budget.usable_bytes, "batch": answer.batch, "predict_calls": answer.predict_calls,
             "fit": answer.as_dict(), "verification": v.as_dict(),
@@ -155,7 +169,8 @@ def markdown(rows: list[dict], summary: dict, machine: dict) -> str:
     cells = []
     for r in rows:
         at, nxt = r["verification"]["at_batch"], r["verification"]["next"]
-        mode = mode_label(r["mode"]) + (f", {r['loss']}" if r["loss"] != "cross_entropy" else "")
+        mode = mode_label(r["mode"]) + (f", {r['loss']}" if r["loss"] != "cross_entropy" else "") \
+            + (f", {r['precision']}" if r.get("precision", "float32") != "float32" else "")
         cells.append([r["model"], mode, f"{r['memory']} ({r['budget_bytes']:,} B)", f"{r['batch']:,}",
                       f"{at['predicted_bytes']:,}", _measured(at), f"{nxt['predicted_bytes']:,}",
                       _measured(nxt), ("yes" if r["held"] else ("no: over at b" if not r["safe"] else
@@ -166,8 +181,8 @@ def markdown(rows: list[dict], summary: dict, machine: dict) -> str:
     return (f"# Capacity planning checked: `modelsize fit --verify` on the CPU\n\n"
             f"For each case `fit` solves for the largest batch b whose *predicted* peak fits the budget "
             f"(exponential + binary search over predictions, nothing built), then the model is built and "
-            f"the same mode measured at b and b + 1 (CPU allocator peak, float32; training: the larger of "
-            f"the first and the steady step). Bytes are exact integers.\n\n{table}\n\n"
+            f"the same mode measured at b and b + 1 (CPU allocator peak; float32 unless the mode says "
+            f"otherwise; training: the larger of the first and the steady step). Bytes are exact integers.\n\n{table}\n\n"
             f"Over {n} cases: measured(b) <= budget in {summary['safe']}/{n} (required: all); "
             f"measured(b + 1) > budget in {summary['tight']}/{n} (target: at least 80%); the measured peak "
             f"equals the predicted one at both b and b + 1 in {summary['exact']}/{n}.{_known(rows)}\n\n"
