@@ -42,6 +42,7 @@ from .memory_model import CATEGORIES, LOSSES, Peak  # noqa: F401  (LOSSES: re-ex
 from .optimizers import CATALOG as OPTIMIZERS
 from .args import parse_args
 from .registry import Context, Memory, Saved, rule_for
+from .rules.attention import FLOAT_SCALAR
 from .rules.conv import conv_workspace
 from .rules.core import gemm_workspace
 from .rules.pooling import SCALAR_OPERAND
@@ -168,7 +169,7 @@ def _offset2bag(args: tuple, out: Any) -> Any:
 # im2col below them, as the rule does from the batch and sizes); ``nn.Linear`` runs ``addmm``
 # (``mm`` without bias) forward and two ``mm`` backward, whatever the input's rank.
 
-_WORKSPACE: dict[Any, Callable[[tuple, Any, Context, bool], list[int]]] = {}
+_WORKSPACE: dict[Any, Callable[[tuple, Any, Context, bool, dict], list[int]]] = {}
 
 
 def _workspace(*ops: Any) -> Callable:
@@ -181,14 +182,15 @@ def _workspace(*ops: Any) -> Callable:
     return register
 
 
-def kernel_workspace(func: Any, args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+def kernel_workspace(func: Any, args: tuple, out: Any, run: Context, backward: bool,
+                     kwargs: dict | None = None) -> list[int]:
     """Bytes the kernel behind one operator call allocates and frees inside, alive together.
 
     ``run`` carries the run's settings (autocast dtype, threads); ``backward``: the call is part
-    of autograd's backward pass.
+    of autograd's backward pass; ``kwargs``: the call's keyword arguments (``baddbmm``'s alpha).
     """
     booked = _WORKSPACE.get(func)
-    return [n for n in booked(args, out, run, backward) if n] if booked is not None else []
+    return [n for n in booked(args, out, run, backward, kwargs or {}) if n] if booked is not None else []
 
 
 def _op_context(run: Context, dtype: torch.dtype, *, batch: int = 1,
@@ -232,7 +234,7 @@ def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, strid
 
 
 @_workspace(aten.convolution.default)
-def _convolution(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+def _convolution(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
     groups)"""
     x, weight, bias, stride, padding, dilation, transposed, _, groups = args[:9]
@@ -241,7 +243,7 @@ def _convolution(args: tuple, out: Any, run: Context, backward: bool) -> list[in
 
 
 @_workspace(aten.convolution_backward.default)
-def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation,
     transposed, output_padding, groups, output_mask): ``bias_sizes`` is [0] without a bias, the
     mask says which gradients are made (input, weight, bias)."""
@@ -262,14 +264,14 @@ def _batch_norm_memory(run: Context, x: torch.Tensor, affine: bool) -> Memory:
 
 
 @_workspace(aten.native_batch_norm.default)
-def _batch_norm(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+def _batch_norm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)"""
     x = args[0]
     return _saved_bytes(_batch_norm_memory(run, x, args[1] is not None).scratch, x.shape[0], x.dtype)
 
 
 @_workspace(aten.native_batch_norm_backward.default)
-def _batch_norm_backward(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+def _batch_norm_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """native_batch_norm_backward(grad_out, input, weight, running_mean, running_var, save_mean,
     save_invstd, train, eps, output_mask)"""
     x = args[1]
@@ -278,7 +280,7 @@ def _batch_norm_backward(args: tuple, out: Any, run: Context, backward: bool) ->
 
 
 @_workspace(aten.mean.dim)
-def _mean(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+def _mean(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """``mean`` sums, then divides in place by the count, a number it wraps (``SCALAR_OPERAND``,
     as the pooling rules book it). In bfloat16 and float16 the CPU kernel sums a float32 copy of
     the input into a float32 result, then copies that into the output (``mean_out``), measured:
@@ -289,22 +291,37 @@ def _mean(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
     return _saved_bytes(SCALAR_OPERAND, 1, x.dtype)
 
 
+def _onednn_takes(t: torch.Tensor) -> bool:
+    """oneDNN's batched matmul takes an operand contiguous or with its last two axes transposed,
+    dense across the batch; torch copies any other first (``is_mkldnn_optimized_format`` in ATen's
+    ``mkldnn/Matmul.cpp``): a head's strided slice, as ``rules.attention``'s ``Attention.bmm``
+    books. (``mm``/``addmm`` go to oneDNN through ``cpublas::gemm``, leading dimensions and all.)"""
+    return t.dim() != 3 or t.is_contiguous() or (
+        t.stride(0) == t.shape[1] * t.shape[2] and t.stride(1) == 1 and t.stride(2) == t.shape[1])
+
+
 @_workspace(aten.mm.default, aten.mm.out, aten.addmm.default, aten.addmm.out, aten.addmm_.default,
             aten.bmm.default, aten.bmm.out, aten.baddbmm.default, aten.baddbmm.out, aten.baddbmm_.default)
-def _gemm(args: tuple, out: Any, run: Context, backward: bool) -> list[int]:
+def _gemm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """A·B (batched: ``bmm``) as the spec path books a matmul (``rules.core.gemm_workspace``):
     in bfloat16, oneDNN's scratchpad. Its kinds are roles in ``nn.Linear``: forward x·Wᵀ, input
     gradient g·W, and weight gradient gᵀ·x, the one whose A is a transposed view (column-major:
-    stride 1 down the rows), which oneDNN copies."""
+    stride 1 down the rows), which oneDNN copies. When oneDNN runs a batched one (a scratchpad),
+    operands it does not take are copied first (``_onednn_takes``) and ``baddbmm``'s alpha, unless
+    1, becomes a float32 tensor (``rules.attention.FLOAT_SCALAR``), all alive with the scratchpad."""
     a, b = [t for t in args if isinstance(t, torch.Tensor)][-2:]
     if a.dim() != b.dim() or a.dim() not in (2, 3):
         return []
     batch = a.shape[0] if a.dim() == 3 else 1
     rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
-    transposed = a.stride(-2) == 1 and (a.stride(-1) != 1 or rows == 1)
+    copies = [t.numel() * t.dtype.itemsize for t in (a, b) if not _onednn_takes(t)]
+    transposed = _onednn_takes(a) and a.stride(-2) == 1 and (a.stride(-1) != 1 or rows == 1)
     kind = "grad_weight" if transposed else "grad_input" if backward else "forward"
-    return [gemm_workspace(_op_context(run, a.dtype), kind, rows, inner, cols, batch=batch)]
-
+    scratch = gemm_workspace(_op_context(run, a.dtype), kind, rows, inner, cols, batch=batch)
+    if not scratch:
+        return []
+    alpha = FLOAT_SCALAR if a.dim() == 3 and kwargs.get("alpha", 1) != 1 else 0
+    return [*copies, alpha, scratch]
 
 
 #: the 0-d CPU tensor torch wraps a Python number in (``scalar_to_tensor``), by the number's type
@@ -471,8 +488,8 @@ class StorageLog(TorchDispatchMode):
                     self._resize(serial, storage.nbytes())
         self._transient(wrapped_numbers(func, args))
         if self.run is not None:
-            self._transient([(nbytes, "workspace")
-                             for nbytes in kernel_workspace(func, args, out, self.run, self.phase == "backward")])
+            booked = kernel_workspace(func, args, out, self.run, self.phase == "backward", kwargs)
+            self._transient([(nbytes, "workspace") for nbytes in booked])
         return out
 
     def _of_parameter(self, tensor: object) -> bool:
