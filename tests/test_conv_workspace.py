@@ -203,6 +203,11 @@ NCHW = {
     "avx2-weights": (lambda: torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), (8, 8, 8)),
     "1x1": (lambda: torch.nn.Conv2d(16, 32, 1, bias=False), (16, 8, 8)),
     "strided": (lambda: torch.nn.Conv2d(32, 16, 3, stride=2, padding=1, bias=False), (32, 8, 8)),
+    # strided 1×1 (ResNet's downsample): brgconv_strided's data phase books no room for more
+    # than 32 filters, the weight gradient runs unstrided on the gathered ("rtus") input; a 1×1
+    # output's gradient needs no channels-last copy
+    "strided-1x1": (lambda: torch.nn.Conv2d(128, 256, 1, stride=2, bias=False), (128, 2, 2)),
+    "strided-1x1-bias": (lambda: torch.nn.Conv2d(32, 48, 1, stride=2), (32, 8, 8)),
     "padded-bias": (lambda: torch.nn.Conv2d(32, 24, 3, padding=1), (32, 8, 8)),
     "oc40": (lambda: torch.nn.Conv2d(20, 40, 3, padding=1), (20, 14, 14)),
     "conv1d": (lambda: torch.nn.Conv1d(3, 8, 5, padding=2), (3, 20)),

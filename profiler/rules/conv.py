@@ -416,14 +416,16 @@ def _up16(n: int) -> int:
 # 64 filters (measured: 24 → 32, 40 → 64, 48 → 48 or 64); strided data phases are estimates
 # (``data_scratchpad``); grouped and depthwise kernels (``grouped_workspace``) and float32
 # strided transposed forward passes are measured constants (2 threads); a strided 1×1 weight
-# gradient's input copy (oneDNN's "rtus") is not counted. Channels-first tensors: see
+# gradient's input copy (oneDNN's "rtus") is counted in bfloat16 only (float32's backward
+# peaks measured exact without it: 8–128 → 16–256 channels, batch 3). Channels-first tensors: see
 # ``channels_first_workspace`` (one group); grouped ones still book one blocked copy of the
 # larger of input and output per sample (an estimate: under in training, measured −13%).
 
 # strided data phases (``brgconv_strided``): a fixed part and per thread, growing with output
-# channels beyond 32, and more when the input's width is odd (measured on 3–128 input channels,
-# 4–64 filters, inputs 8–17 wide, at 1, 2 and 4 threads). An estimate beyond: wider inputs
-# book more (up to +65,536 B per thread measured at 33 wide with 64 filters)
+# channels beyond 32 (not for a 1×1 kernel), and more when the input's width is odd (measured
+# on 3–128 input channels, 4–64 filters, inputs 8–17 wide, at 1, 2 and 4 threads; 1×1 kernels
+# up to 256 filters, 2–16 wide). An estimate beyond: wider inputs book more (up to +65,536 B
+# per thread measured at 33 wide with 64 filters)
 STRIDED_DATA_FIXED = {"float32": 12_288, "bfloat16": 16_384}
 STRIDED_DATA_PER_THREAD = {"float32": 24_600, "bfloat16": 16_920}
 STRIDED_DATA_WIDE_OUTPUT = 32
@@ -483,8 +485,9 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tupl
 #   bfloat16 1×1 kernels sum in float32 per thread), all freed once the result is copied out;
 # data phase, unstrided: the output's gradient and the input's gradient blocked, the weight
 #   reordered with both channel counts padded to 16 (bfloat16 1×1: float32 sums per thread);
-#   strided: ``brgconv_strided`` in channels-last (the nxc path's weight and scratchpad), whose
-#   channels-last result is copied twice on the way back to NCHW (3 images at once);
+#   strided: ``brgconv_strided`` in channels-last (the nxc path's weight and scratchpad; the
+#   output's gradient copied to channels-last unless 1×1), whose channels-last result is copied
+#   twice on the way back to NCHW (3 images at once);
 # weights phase: the output's gradient reordered again, the input to 16-channel blocks, the
 #   weight gradient blocked (the nxc kernels' own scratchpads: same balance); float32 with 4–15
 #   input channels runs ``jit:avx2`` on 8-channel blocks and sums per-thread copies with
@@ -525,7 +528,9 @@ def channels_first_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tu
     # data phase: the input's gradient from the output's
     if conv.strided:
         data_wei = act * _up(ic, _data_block(conv)) * _up(oc, pairs) * taps
-        data = max(y + data_wei + x + data_scratchpad(conv, dtype, threads), 3 * x) - x
+        # the output's gradient copied to channels-last: nothing to copy when it is 1×1
+        gy = y if result > 1 else 0
+        data = max(gy + data_wei + x + data_scratchpad(conv, dtype, threads), 3 * x) - x
     else:
         store = _booked(min(threads, n) * _up16(ic) * image * 4) if one_by_one and dtype == "bfloat16" else 0
         data = max(blocked(oc, result) + act * _up16(oc) * _up16(ic) * taps + blocked(ic, image) + store,
@@ -564,8 +569,10 @@ def _blocked_weights(conv: ConvCall, dtype: str, n: int, threads: int) -> tuple[
             scratch = _booked(working * 4 * columns, working * 4 * columns)
         return 0, 0, act * conv.weight, scratch
     if taps == 1:
-        scratch = weights_scratchpad(replace(conv, strides=(1,) * len(conv.strides)), dtype, n, threads)
-        if conv.strided:   # the strided input gathered per thread ("rtus"); float32 books only that
+        # a strided kernel runs unstrided on the input gathered per thread ("rtus"), output-sized
+        gathered = replace(conv, strides=(1,) * len(conv.strides), in_spatial=conv.out_spatial)
+        scratch = weights_scratchpad(gathered, dtype, n, threads)
+        if conv.strided:   # the gathered input's buffers; float32 books only those
             rtus = _booked(threads * _up16(ic) * result * act)
             scratch = rtus + (scratch if dtype == "bfloat16" else 0)
         return (n * _up16(oc) * result * act, n * _up16(ic) * image * act, act * _up16(oc) * _up16(ic),
@@ -607,10 +614,11 @@ def _data_block(call: ConvCall) -> int:
 def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
     """brgemm's input-gradient scratchpad (see the notes above)."""
     if call.strided:
-        per_thread = STRIDED_DATA_PER_THREAD[dtype] + itemsize(dtype) * 128 * max(
-            _up16(call.out_channels) - STRIDED_DATA_WIDE_OUTPUT, 0)
-        if dtype == "bfloat16":
-            per_thread += 32 * (_data_block(call) - 16)
+        per_thread = STRIDED_DATA_PER_THREAD[dtype]
+        if call.taps > 1:   # a 1×1 kernel books neither
+            per_thread += itemsize(dtype) * 128 * max(_up16(call.out_channels) - STRIDED_DATA_WIDE_OUTPUT, 0)
+            if dtype == "bfloat16":
+                per_thread += 32 * (_data_block(call) - 16)
         fixed = STRIDED_DATA_FIXED[dtype]
         if call.in_spatial[-1] % 2:
             fixed, per_thread = fixed + STRIDED_DATA_ODD_FIXED, per_thread + STRIDED_DATA_ODD_PER_THREAD[dtype]
@@ -623,8 +631,13 @@ def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
 
 
 def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> int:
-    """The weight-gradient kernel's scratchpad: 1×1 unstrided kernels have their own."""
+    """The weight-gradient kernel's scratchpad: 1×1 unstrided kernels have their own, and so do
+    strided 1×1 ones in bfloat16 (``jit_bf16_1x1`` on the input gathered per thread, "rtus")."""
     one_by_one = call.taps == 1 and not call.strided
+    if dtype == "bfloat16" and call.taps == 1 and call.strided:
+        gathered = replace(call, strides=(1,) * len(call.strides), in_spatial=call.out_spatial)
+        rtus = _booked(threads * call.channels * prod(call.out_spatial) * itemsize(dtype))
+        return bf16_1x1_weights_scratchpad(gathered, batch, threads) + rtus
     if dtype == "bfloat16":
         return (bf16_1x1_weights_scratchpad(call, batch, threads) if one_by_one
                 else bf16_weights_scratchpad(call, batch, threads))
