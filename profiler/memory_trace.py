@@ -135,23 +135,23 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-def _raw_events(prof: profile) -> list[Any]:
+def _kineto(prof: profile, method: str) -> list[Any]:
+    """``prof.profiler.kineto_results.<method>()`` as a list: a private layout, checked once here."""
     try:
-        return list(prof.profiler.kineto_results.events())
+        return list(getattr(prof.profiler.kineto_results, method)())
     except AttributeError as err:   # the private layout moved in another torch version
-        raise RuntimeError(f"torch {torch.__version__}: the profiler's raw events are not where "
-                           "profiler.memory_trace expects them (prof.profiler.kineto_results)"
+        raise RuntimeError(f"torch {torch.__version__}: the profiler's results are not where "
+                           f"profiler.memory_trace expects them (prof.profiler.kineto_results.{method})"
                            ) from err
+
+
+def _raw_events(prof: profile) -> list[Any]:
+    return _kineto(prof, "events")
 
 
 def _event_tree(prof: profile) -> list[Any]:
     """The roots of the profile's event tree (operators, ranges, allocations, nested by thread)."""
-    try:
-        return list(prof.profiler.kineto_results.experimental_event_tree())
-    except AttributeError as err:   # the private layout moved in another torch version
-        raise RuntimeError(f"torch {torch.__version__}: the profiler's event tree is not where "
-                           "profiler.memory_trace expects it (kineto_results.experimental_event_tree)"
-                           ) from err
+    return _kineto(prof, "experimental_event_tree")
 
 
 @dataclass

@@ -60,14 +60,20 @@ aten = torch.ops.aten
 _CPU_RESULT: dict[Any, Callable[[tuple, Any], Any]] = {}
 
 
-def _cpu_result(*ops: Any) -> Callable:
-    def register(fix: Callable) -> Callable:
-        for op in ops:
-            if op in _CPU_RESULT:
-                raise ValueError(f"a CPU result fix for {op} is registered already")
-            _CPU_RESULT[op] = fix
-        return fix
-    return register
+def _registrar(table: dict[Any, Callable], what: str) -> Callable:
+    """A decorator factory filling ``table`` with one function per operator, each once."""
+    def for_ops(*ops: Any) -> Callable:
+        def register(function: Callable) -> Callable:
+            for op in ops:
+                if op in table:
+                    raise ValueError(f"a {what} for {op} is registered already")
+                table[op] = function
+            return function
+        return register
+    return for_ops
+
+
+_cpu_result = _registrar(_CPU_RESULT, "CPU result fix")
 
 
 def _rnd(n: int, multiple: int) -> int:
@@ -172,14 +178,7 @@ def _offset2bag(args: tuple, out: Any) -> Any:
 _WORKSPACE: dict[Any, Callable[[tuple, Any, Context, bool, dict], list[int]]] = {}
 
 
-def _workspace(*ops: Any) -> Callable:
-    def register(booked: Callable) -> Callable:
-        for op in ops:
-            if op in _WORKSPACE:
-                raise ValueError(f"a workspace for {op} is registered already")
-            _WORKSPACE[op] = booked
-        return booked
-    return register
+_workspace = _registrar(_WORKSPACE, "workspace")
 
 
 def kernel_workspace(func: Any, args: tuple, out: Any, run: Context, backward: bool,
