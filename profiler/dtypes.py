@@ -24,3 +24,8 @@ def check_model_dtype(name: str) -> str:
 def torch_dtype(name: str):
     import torch
     return getattr(torch, name)
+
+
+def dtype_name(dtype) -> str:
+    """torch.bfloat16 -> "bfloat16": the name ``itemsize`` and the rules use."""
+    return str(dtype).removeprefix("torch.")

@@ -543,8 +543,7 @@ class _Forward:
     def size(self, tensor: Saved, compute: str | None = None) -> int:
         """Bytes of a tensor a rule describes (elements per sample unless ``per_sample`` is off);
         "act" is the dtype the op computes in."""
-        dtype = self._dtype_of(tensor, compute or self.s.dtype)
-        return tensor.elements * (self.s.batch if tensor.per_sample else 1) * itemsize(dtype)
+        return tensor.nbytes(self.s.batch, compute or self.s.dtype)
 
     # -- checkpointed calls -------------------------------------------------------------------
     def _region_inputs(self, region: str) -> list[str]:

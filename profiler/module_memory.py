@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .dtypes import itemsize
+from .dtypes import dtype_name, itemsize
 from .memory_model import CATEGORIES, LOSSES, Peak  # noqa: F401  (LOSSES: re-exported for torch_module)
 from .optimizers import CATALOG as OPTIMIZERS
 from .args import parse_args
@@ -195,7 +195,7 @@ def kernel_workspace(func: Any, args: tuple, out: Any, run: Context, backward: b
 def _op_context(run: Context, dtype: torch.dtype, *, batch: int = 1,
                 data_format: str = "channels_first") -> Context:
     """The spec path's view of one call: autocast lowered it when it runs in ``run.amp``."""
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     lowered = run.amp is not None and name == run.amp
     return replace(run, batch=batch, data_format=data_format,
                    dtype="float32" if lowered else name, amp=run.amp if lowered else None)
@@ -203,8 +203,7 @@ def _op_context(run: Context, dtype: torch.dtype, *, batch: int = 1,
 
 def _saved_bytes(tensors: Iterable[Saved], batch: int, act: torch.dtype) -> list[int]:
     """Bytes of a rule's tensors: "act" elements are the call's dtype, per sample unless not."""
-    return [t.elements * (batch if t.per_sample else 1)
-            * (act.itemsize if t.dtype == "act" else itemsize(t.dtype)) for t in tensors]
+    return [t.nbytes(batch, dtype_name(act)) for t in tensors]
 
 
 def _channels_last(*tensors: torch.Tensor) -> bool:

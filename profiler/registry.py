@@ -65,6 +65,11 @@ class Saved:
     what: str = ""
     per_sample: bool = True  # elements scale with the batch (False: per-channel statistics)
 
+    def nbytes(self, batch: int, act: str) -> int:
+        """Bytes for a run of ``batch`` samples whose ops compute in ``act`` (the dtype of "act")."""
+        from .dtypes import itemsize
+        return self.elements * (batch if self.per_sample else 1) * itemsize(act if self.dtype == "act" else self.dtype)
+
 
 @dataclass(frozen=True)
 class Memory:

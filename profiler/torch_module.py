@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import torch
 from torch import nn
 
-from .dtypes import ITEMSIZE, MODEL_DTYPES
+from .dtypes import ITEMSIZE, MODEL_DTYPES, dtype_name
 from .errors import ModelsizeError
 from .memory_model import LOSSES
 from .module_memory import OPTIMIZERS, autocast, make_target, outputs, predict_memory
@@ -174,7 +174,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         "model": name, "source": "torch", "batch": batch, "dtype": dtype, "loss": loss,
         "device_kind": "cpu", "amp": amp, "depth": depth,
         "input_shape": [[None, *s] for s in shapes] if len(shapes) > 1 else [None, *shapes[0]],
-        "input_dtype": [str(d).removeprefix("torch.") for d in in_dtypes],
+        "input_dtype": [dtype_name(d) for d in in_dtypes],
         "output_shape": [_batchless(tuple(o.shape), batch) for o in outs],
         "layers": rows, "totals": totals, "predicted": predicted, "peaks": peaks,
     }

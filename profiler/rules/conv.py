@@ -131,9 +131,9 @@ class ConvRule(Rule):
         forward, backward = self._workspace(a, channels, out_channels, spatial, out_spatial, pads, ctx)
         _, weights_only = self._workspace(a, channels, out_channels, spatial, out_spatial, pads, ctx,
                                           input_grad=False)
-        act = itemsize(ctx.compute_dtype(True))
-        data_phase = (sum(_nbytes(s, ctx.batch, act) for s in backward)
-                      - sum(_nbytes(s, ctx.batch, act) for s in weights_only))
+        act = ctx.compute_dtype(True)
+        data_phase = (sum(s.nbytes(ctx.batch, act) for s in backward)
+                      - sum(s.nbytes(ctx.batch, act) for s in weights_only))
         extra = (Saved("new", elements=data_phase, dtype="uint8", per_sample=False,
                        what="the data phase's workspace beyond the weight phase's"),) if data_phase > 0 else ()
         return Memory(saved=(kept,), scratch=(*scratch, *forward), backward_scratch=weights_only,
@@ -336,12 +336,6 @@ def im2col_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Save
     bias_sum = call.out_channels if call.dilated and call.bias else 0
     backward = (weight_copy, cols, Saved("new", elements=bias_sum, per_sample=False, what="bias gradient's sum"))
     return _kept((weight_copy, cols)), _kept(backward)
-
-
-def _nbytes(tensor: Saved, batch: int, act: int) -> int:
-    """Bytes of a rule's tensor: "act" elements in the op's dtype, per sample unless not."""
-    size = act if tensor.dtype == "act" else itemsize(tensor.dtype)
-    return tensor.elements * (batch if tensor.per_sample else 1) * size
 
 
 def _kept(tensors) -> tuple[Saved, ...]:
@@ -1222,7 +1216,7 @@ class ConvTransposeRule(Rule):
         if not native:
             full, out = a.filters * prod(torch_out), a.filters * prod(out_spatial)
             act = itemsize(ctx.compute_dtype(True))
-            kernel = sum(_nbytes(s, ctx.batch, act) for s in forward)
+            kernel = sum(s.nbytes(ctx.batch, ctx.compute_dtype(True)) for s in forward)
             forward = (Saved("new", elements=max(kernel + ctx.batch * act * (full - out), ctx.batch * act * full),
                              dtype="uint8", per_sample=False,
                              what="uncropped result with the kernel's workspace, then beside the output"),)
