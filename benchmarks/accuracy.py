@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from profiler import workflow
-from profiler.machine import machine_info
-from profiler.memory_model import CATEGORIES
-from profiler.render import grid, units
+from profiler.measuring.machine import machine_info
+from profiler.engine.memory_model import CATEGORIES
+from profiler.report import grid, units
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 #: (result key, label, name of the peak in ``result["peaks"]``)
@@ -72,7 +72,7 @@ def torch_path_prediction(spec, case: Case) -> dict:
     (replayed on fake tensors, under autocast for autocast cases), as a user arriving with an
     nn.Module would get it."""
     import profiler
-    from profiler.build import build
+    from profiler.frontends.build import build
 
     module = build(spec, dtype=case.dtype)
     shapes = [i.shape for i in spec.inputs]

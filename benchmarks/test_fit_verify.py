@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from accuracy import RESULTS, _atomic
-from profiler import fit, models
-from profiler.machine import machine_info
-from profiler.render import grid
-from profiler.render.fit import mode_label
-from profiler.spec import ModelSpec, load, loads
+from profiler.planning import fit
+from profiler.frontends import models
+from profiler.measuring.machine import machine_info
+from profiler.report import grid
+from profiler.report.fit_tables import mode_label
+from profiler.frontends.spec import ModelSpec, load, loads
 
 EXTRA = {
     "mlp-dropout-ln": """

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from profiler import spec as S
-from profiler.predict import predict
-from profiler.render.report import render
+from profiler.frontends import spec as S
+from profiler.engine.predict import predict
+from profiler.report.tables import render
 
 
 def deep_dense_text(depth: int) -> str:

@@ -28,14 +28,14 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 import torch_models as Z  # noqa: E402
-from profiler.torch_module import summary  # noqa: E402
+from profiler.engine.torch_module import summary  # noqa: E402
 
 SEQ = 2048          # tokens per sample: LLaMA's context
 CHILD = f"""
 import json, sys, time
 start = time.perf_counter()
 sys.path.insert(0, {str(TESTS)!r})
-from profiler.torch_module import summary
+from profiler.engine.torch_module import summary
 imported = time.perf_counter()
 result = summary("torch_models:llama_7b", ({SEQ},), input_dtype="int64")
 done = time.perf_counter()

@@ -9,12 +9,12 @@ import json
 import sys
 from typing import Any, Sequence
 
-from . import workflow
-from .dtypes import MODEL_DTYPES
-from .errors import ModelsizeError, SpecError
-from .memory_model import LOSSES
-from .optimizers import CATALOG as OPTIMIZER_CATALOG, DEFAULT as DEFAULT_OPTIMIZERS
-from .render.report import render
+from profiler import workflow
+from profiler.dtypes import MODEL_DTYPES
+from profiler.errors import ModelsizeError, SpecError
+from profiler.engine.memory_model import LOSSES
+from profiler.engine.optimizers import CATALOG as OPTIMIZER_CATALOG, DEFAULT as DEFAULT_OPTIMIZERS
+from profiler.report.tables import render
 
 EXIT_BAD_INPUT = 2
 EXIT_DOES_NOT_FIT = 3
@@ -53,22 +53,22 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from .devices import DoesNotFit
+    from profiler.measuring.devices import DoesNotFit
     spec = workflow.resolve_spec(args.spec)
     try:
         measured, options = workflow.measure(spec, **_measure_options(args))
     except DoesNotFit as error:
         print(f"modelsize: {spec.name} at batch {args.batch} does not fit: {error}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
-    from .machine import machine_info
+    from profiler.measuring.machine import machine_info
     result = {"model": spec.name, "options": options, "machine_info": machine_info(), "measured": measured}
     _emit(result, args)
     return 0
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .devices import DoesNotFit
-    from .results import save
+    from profiler.measuring.devices import DoesNotFit
+    from profiler.report.results import save
     spec = workflow.resolve_spec(args.spec)
     try:
         result = workflow.profile(spec, **_measure_options(args))
@@ -85,8 +85,8 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from . import fit
-    from .render.fit import render_fit
+    from profiler.planning import fit
+    from profiler.report.fit_tables import render_fit
     spec = workflow.resolve_spec(args.spec)
     budget = fit.make_budget(memory=args.memory, device=args.device, target=args.target, reserve=args.reserve,
                              margin=args.margin)

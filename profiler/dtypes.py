@@ -1,7 +1,7 @@
 """Dtype names as users write them, and their sizes, without importing torch."""
 from __future__ import annotations
 
-from .errors import SpecError
+from profiler.errors import SpecError
 
 #: floating dtypes a model can be predicted and measured in
 MODEL_DTYPES = ("float32", "float16", "bfloat16")

@@ -5,12 +5,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import models
-from .errors import SpecError
-from .optimizers import DEFAULT as DEFAULT_OPTIMIZERS
-from .predict import predict
-from .results import breakdown_comparison, relative_errors
-from .spec import ModelSpec, load
+from profiler.frontends import models
+from profiler.errors import SpecError
+from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS
+from profiler.engine.predict import predict
+from profiler.report.results import breakdown_comparison, relative_errors
+from profiler.frontends.spec import ModelSpec, load
 
 
 def resolve_spec(spec: str | None) -> ModelSpec:
@@ -48,7 +48,7 @@ def summarize_factory(reference: str, *, input_shapes: list[tuple[int, ...]], in
         raise SpecError("checkpointing is predicted for model specs, not torch models", field="checkpoint",
                         source=reference, expected="a .yaml/.json spec or a built-in model")
 
-    from .torch_module import load_factory, summary as module_summary
+    from profiler.engine.torch_module import load_factory, summary as module_summary
 
     if "" not in sys.path and str(Path.cwd()) not in sys.path:   # as `python -m` would: find local code
         sys.path.insert(0, str(Path.cwd()))
@@ -92,10 +92,10 @@ def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
     The request is validated first, by predicting it (cheap), so what the prediction refuses
     fails with its SpecError rather than inside PyTorch.
     """
-    from .build import build
-    from .devices import get_device
-    from .predict import checkpoint_layers
-    from .runner import measure as run
+    from profiler.frontends.build import build
+    from profiler.measuring.devices import get_device
+    from profiler.engine.predict import checkpoint_layers
+    from profiler.measuring.runner import measure as run
 
     target = get_device(device)
     predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=target.torch_device.type,
@@ -139,8 +139,8 @@ def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
     """
     import torch
 
-    from .devices import get_device
-    from .machine import machine_info
+    from profiler.measuring.devices import get_device
+    from profiler.measuring.machine import machine_info
 
     target = get_device(device)
     device_kind = "cuda" if target.name.startswith("cuda") else "cpu"

@@ -14,14 +14,15 @@ import re
 
 import pytest
 
-import profiler.build
-from profiler import runner, workflow
+import profiler.frontends.build
+from profiler.measuring import runner
+from profiler import workflow
 from profiler.cli import main
 from profiler.errors import SpecError
-from profiler.memory_model import CATEGORIES
-from profiler.peak_breakdown import _operator, _Spans
-from profiler.render.report import render
-from profiler.spec import loads
+from profiler.engine.memory_model import CATEGORIES
+from profiler.measuring.peak_breakdown import _operator, _Spans
+from profiler.report.tables import render
+from profiler.frontends.spec import loads
 
 P = G = 7_850 * 4                # 31,400
 W = 7_840 * 4                    # the weight alone: 31,360
@@ -176,7 +177,7 @@ def test_checkpointed_layers_keep_their_rng_state_as_activations():
         "dense": 5_056, "activation": OUT, "(outside modules)": LOSS}
 
 
-PREDICT = importlib.import_module("profiler.predict")   # the package exports the function `predict`
+PREDICT = importlib.import_module("profiler.engine.predict")   # the package exports the function `predict`
 GRU = "{name: gru, input_shape: [6, 4], layers: [{GRU: {units: 8}}, {Dense: {units: 3}}]}"
 
 
@@ -188,7 +189,7 @@ def refused(monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("built or measured before the request was validated")
 
-    monkeypatch.setattr(profiler.build, "build", never)
+    monkeypatch.setattr(profiler.frontends.build, "build", never)
     monkeypatch.setattr(runner, "measure", never)
 
 

@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from profiler import workflow
-from profiler.build import Checkpointed, build
+from profiler.frontends.build import Checkpointed, build
 from profiler.cli import main
 from profiler.errors import SpecError
-from profiler.memory_model import (RNG_STATE_BYTES, Op, Setting, inference_peak, kept_for_backward,
-                                   training_peak, training_timeline)
-from profiler.models import builtin
-from profiler.predict import predict
-from profiler.registry import Saved
+from profiler.engine.memory_model import RNG_STATE_BYTES, Op, Setting, inference_peak, kept_for_backward, training_peak, training_timeline
+from profiler.frontends.models import builtin
+from profiler.engine.predict import predict
+from profiler.rules.registry import Saved
 
 MLP, CNN = "benchmarks/zoo/mlp.yaml", "benchmarks/zoo/cnn.yaml"
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",

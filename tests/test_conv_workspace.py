@@ -1,7 +1,7 @@
 """Convolution kernels' workspace on the CPU: what oneDNN (and torch's own kernels) allocate
 inside a convolution, predicted by the conv rules and checked against the allocator.
 
-Measured peaks come from the profiler's allocator events (``profiler.memory_trace``) with
+Measured peaks come from the profiler's allocator events (``profiler.measuring.memory_trace``) with
 torch's default threads (2 on the machine these figures were taken on).
 """
 import gc
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from profiler import workflow
-from profiler.memory_trace import allocator_peak
-from profiler.models import builtin
-from profiler.registry import Context
+from profiler.measuring.memory_trace import allocator_peak
+from profiler.frontends.models import builtin
+from profiler.rules.registry import Context
 from profiler.rules.conv import ConvCall, bf16_weights_scratchpad, conv_workspace, float32_weights_scratchpad
 from profiler.rules.modules import ChannelsLast
-from profiler.spec import Model, layer as L
+from profiler.frontends.spec import Model, layer as L
 
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam")
 PRECISIONS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
@@ -245,7 +245,7 @@ FIRST_STRIDED = {"name": "stem", "input_shape": [16, 16, 8],
 
 @pytest.mark.parametrize("after_norm", [False, True], ids=["first-layer", "after-batchnorm"])
 def test_data_phase_only_when_the_input_needs_a_gradient(after_norm):
-    from profiler.spec import from_dict
+    from profiler.frontends.spec import from_dict
     layers = ([{"BatchNormalization": {}}] if after_norm else []) + FIRST_STRIDED["layers"]
     spec = from_dict({**FIRST_STRIDED, "layers": layers}, source="<stem>")
     result = workflow.profile(spec, batch=3, dtype="float32", loss="cross_entropy", device="cpu",

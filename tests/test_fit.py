@@ -4,11 +4,12 @@ import re
 
 import pytest
 
-from profiler import fit, models
-from profiler.accelerators import CATALOG, CONTEXT_RESERVE, GiB, MiB, blas_workspace_bytes, lookup
+from profiler.planning import fit
+from profiler.frontends import models
+from profiler.planning.accelerators import CATALOG, CONTEXT_RESERVE, GiB, MiB, blas_workspace_bytes, lookup
 from profiler.cli import main
 from profiler.errors import SpecError
-from profiler.predict import predict
+from profiler.engine.predict import predict
 
 SPECS = {name: models.builtin(name) for name in ("digits", "dense-514", "conv-224", "bn-conv")}
 MODES = ("adam", "sgd", "inference")
@@ -220,7 +221,7 @@ def test_verify_on_the_cpu_for_digits(capsys):
 
 def test_verify_counts_running_out_of_memory_as_not_fitting(monkeypatch):
     from profiler import workflow
-    from profiler.devices import DoesNotFit
+    from profiler.measuring.devices import DoesNotFit
 
     answer = fit.solve(SPECS["digits"], cpu(10 ** 6), mode="sgd")
 

@@ -6,11 +6,11 @@ the CPU, predicted memory against measured.
 import pytest
 import torch
 
-from profiler import spec as S
+from profiler.frontends import spec as S
 from profiler import workflow
-from profiler.build import build
+from profiler.frontends.build import build
 from profiler.errors import ShapeError, SpecError
-from profiler.predict import predict
+from profiler.engine.predict import predict
 
 RESIDUAL = {
     "name": "residual",

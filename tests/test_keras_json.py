@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from profiler.errors import SpecError, UnsupportedLayerError
-from profiler.keras_json import is_keras_json, supported_classes, to_spec_dict
-from profiler.predict import predict
-from profiler.spec import from_dict, loads
+from profiler.frontends.keras_json import is_keras_json, supported_classes, to_spec_dict
+from profiler.engine.predict import predict
+from profiler.frontends.spec import from_dict, loads
 
 KERAS2 = Path(__file__).parent / "keras2"
 
@@ -253,14 +253,14 @@ def test_calls_modelsize_cannot_follow_are_refused():
 
 def test_spec_load_reads_keras_json(tmp_path):
     """spec.load hands a .json file with top-level class_name and config to this reader."""
-    import profiler.spec
+    import profiler.frontends.spec
     path = tmp_path / "digits.json"
     path.write_text((KERAS2 / "digits.json").read_text())
-    assert predict(profiler.spec.load(path)).params == 7_850
+    assert predict(profiler.frontends.spec.load(path)).params == 7_850
     data = _keras3_sequential(_layer("Frob", "frob"))
     path.write_text(json.dumps(data))
     with pytest.raises(UnsupportedLayerError, match=f'^{path}: layer 1 \\(Frob "frob"\\): unknown Keras layer'):
-        profiler.spec.load(path)
+        profiler.frontends.spec.load(path)
 
 
 # --- Keras 3: to_json() of real models, checked against Keras layer by layer ---------------------

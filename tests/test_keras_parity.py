@@ -1,7 +1,7 @@
 """Keras itself as the reference: the same layers built in Keras 3 (torch backend) and as a spec.
 
 Each model below is a list of ``{Type: {argument: value}}`` entries, read twice: by modelsize
-(``profiler.spec.Model`` and ``profiler.predict.predict``) and by Keras, where every entry becomes
+(``profiler.frontends.spec.Model`` and ``profiler.engine.predict.predict``) and by Keras, where every entry becomes
 ``getattr(keras.layers, Type)(**arguments)`` (a wrapper's ``layer`` argument a Keras layer built
 the same way). The models are chains, each layer feeding the next; Keras builds them with the
 functional API, since its Sequential cannot hold MultiHeadAttention (query and value inputs).
@@ -30,10 +30,10 @@ keras = pytest.importorskip("keras")
 if keras.backend.backend() != "torch":  # keras was imported earlier with another backend
     pytest.skip("needs Keras on its torch backend", allow_module_level=True)
 
-from profiler.args import parse_args  # noqa: E402
-from profiler.predict import predict  # noqa: E402
-from profiler.registry import Context, all_rules, rule_for  # noqa: E402
-from profiler.spec import Model  # noqa: E402
+from profiler.rules.args import parse_args  # noqa: E402
+from profiler.engine.predict import predict  # noqa: E402
+from profiler.rules.registry import Context, all_rules, rule_for  # noqa: E402
+from profiler.frontends.spec import Model  # noqa: E402
 
 
 class HubTransformerEncoder(keras.layers.Layer):

@@ -1,10 +1,10 @@
 """Each layer type's predicted peaks against the CPU allocator's, at two batch sizes.
 
 A one- or two-layer model around each layer (a Dense after it, so that it gets gradients) is
-built, run and measured as ``profiler.runner`` defines the peaks: inference under ``no_grad``;
+built, run and measured as ``profiler.measuring.runner`` defines the peaks: inference under ``no_grad``;
 the steady training step ``zero_grad(set_to_none=True); loss(model(x), y).backward(); step()``
 with SGD and with Adam, after a first step that creates the gradients and the optimizer state.
-The allocator's events come from the profiler (``profiler.memory_trace.allocator_peak``), the
+The allocator's events come from the profiler (``profiler.measuring.memory_trace.allocator_peak``), the
 baseline is what is alive before each call. Every peak must equal the prediction, to the byte
 for layers whose kernels allocate only what the rules spell out, within 1% where oneDNN's own
 scratchpads are approximated (convolutions; see ``profiler.rules.conv``).
@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from profiler.build import build
-from profiler.memory_trace import allocator_peak
-from profiler.predict import predict
-from profiler.runner import storage_bytes
-from profiler.spec import Model, layer as L
+from profiler.frontends.build import build
+from profiler.measuring.memory_trace import allocator_peak
+from profiler.engine.predict import predict
+from profiler.measuring.runner import storage_bytes
+from profiler.frontends.spec import Model, layer as L
 
 IMAGE = [16, 16, 16]
 SEQUENCE = [12, 16]
@@ -108,7 +108,7 @@ def spec_for(name: str):
 
 def measure(spec, batch: int) -> dict[str, int]:
     """Allocator-level peaks (everything alive counted) of inference and of the steady SGD and
-    Adam steps, as ``profiler.runner`` defines them."""
+    Adam steps, as ``profiler.measuring.runner`` defines them."""
     torch.manual_seed(0)
     module = build(spec)
     xs = []
@@ -174,7 +174,7 @@ def test_predicted_peaks_equal_the_allocators(name):
 
 
 def test_every_layer_type_is_covered():
-    from profiler.registry import all_rules
+    from profiler.rules.registry import all_rules
     assert set(all_rules()) == set(CASES) | set(MERGES)
 
 

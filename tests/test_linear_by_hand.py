@@ -9,8 +9,8 @@ into a loss tensor whose storage is as large (160 B, measured), which the caller
 import pytest
 
 from profiler import workflow
-from profiler.optimizers import CATALOG
-from profiler.spec import loads
+from profiler.engine.optimizers import CATALOG
+from profiler.frontends.spec import loads
 
 P = G = 7_850 * 4
 W = 7_840 * 4

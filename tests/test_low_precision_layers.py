@@ -10,9 +10,9 @@ layers cast their weights and input once per call and run in bfloat16 throughout
 import pytest
 
 from profiler import workflow
-from profiler.memory_model import onednn_bf16_gemm_scratch
-from profiler.predict import predict
-from profiler.spec import Model, from_dict
+from profiler.engine.memory_model import onednn_bf16_gemm_scratch
+from profiler.engine.predict import predict
+from profiler.frontends.spec import Model, from_dict
 
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
          "train_first_step_peak_bytes_sgd", "train_first_step_peak_bytes_adam")

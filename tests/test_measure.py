@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from profiler.devices import CpuDevice, DoesNotFit, get_device
+from profiler.measuring.devices import CpuDevice, DoesNotFit, get_device
 from profiler.errors import DeviceError, ModelsizeError
-from profiler.machine import machine_info
-from profiler.memory_trace import TensorTracker, allocator_peak
-from profiler.runner import measure, storage_bytes
-from profiler.timing import time_fn
+from profiler.measuring.machine import machine_info
+from profiler.measuring.memory_trace import TensorTracker, allocator_peak
+from profiler.measuring.runner import measure, storage_bytes
+from profiler.measuring.timing import time_fn
 
 PARAMS = 10 * 784 * 4 + 10 * 4   # 31,400
 X = 32 * 784 * 4                 # 100,352

@@ -1,6 +1,6 @@
 """The memory model's arithmetic on the seed's digit classifier, counted by hand."""
-from profiler.models import builtin
-from profiler.predict import predict
+from profiler.frontends.models import builtin
+from profiler.engine.predict import predict
 
 
 def test_digits_inference_peak_by_hand():

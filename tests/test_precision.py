@@ -15,10 +15,10 @@ import pytest
 from profiler import workflow
 from profiler.cli import main
 from profiler.errors import ModelsizeError, SpecError
-from profiler.memory_model import onednn_bf16_gemm_scratch
-from profiler.models import builtin
-from profiler.predict import predict
-from profiler.spec import Model
+from profiler.engine.memory_model import onednn_bf16_gemm_scratch
+from profiler.frontends.models import builtin
+from profiler.engine.predict import predict
+from profiler.frontends.spec import Model
 
 MLP, CNN = "benchmarks/zoo/mlp.yaml", "benchmarks/zoo/cnn.yaml"
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
@@ -129,8 +129,8 @@ def test_amp_needs_float32_weights_and_known_layers():
         predict(wrapped, amp="bfloat16")
     with pytest.raises(SpecError, match="unknown mixed-precision dtype"):
         predict(builtin("digits"), amp="float8")
-    from profiler.build import build
-    from profiler.runner import measure
+    from profiler.frontends.build import build
+    from profiler.measuring.runner import measure
     with pytest.raises(ModelsizeError, match="mixed precision keeps float32 master weights"):
         measure(build(builtin("digits")), input_shape=(2, 28, 28, 1), dtype="bfloat16", amp_dtype="bfloat16")
 

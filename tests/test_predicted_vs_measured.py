@@ -6,7 +6,7 @@ benchmarks run the full-size seed models and write results/accuracy.md).
 import pytest
 
 from profiler import workflow
-from profiler.models import builtin
+from profiler.frontends.models import builtin
 
 CASES = [("digits", 32, "float32"), ("digits-theano", 4, "float32"), ("dense-514", 8, "float32")]
 
@@ -36,7 +36,7 @@ def test_bfloat16_parameter_bytes_are_exact():
 @pytest.mark.parametrize("name, batch", [("digits", 16), ("dense-514", 4)])
 def test_every_optimizer_predicted_exactly(name, batch):
     # State, gradients and each optimizer's scratch, first and steady step, to the byte.
-    from profiler.optimizers import CATALOG
+    from profiler.engine.optimizers import CATALOG
     names = tuple(CATALOG)
     result = workflow.profile(builtin(name), batch=batch, dtype="float32", loss="cross_entropy", device="cpu",
                               optimizers=names, warmup=0, repeats=1, threads=None)

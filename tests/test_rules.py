@@ -13,10 +13,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from profiler.args import parse_args
+from profiler.rules.args import parse_args
 from profiler.errors import ShapeError, SpecError
-from profiler.registry import Context, Memory, all_rules, rule_for
-from profiler.shapes import join_channels, same_padding
+from profiler.rules.registry import Context, Memory, all_rules, rule_for
+from profiler.rules.shapes import join_channels, same_padding
 
 FORMATS = st.sampled_from(["channels_last", "channels_first"])
 ACTIVATIONS = st.sampled_from(["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu"])

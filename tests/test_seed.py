@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from profiler import spec as S
-from profiler.build import build
-from profiler.models import builtin
-from profiler.predict import predict
+from profiler.frontends import spec as S
+from profiler.frontends.build import build
+from profiler.frontends.models import builtin
+from profiler.engine.predict import predict
 
 
 def params_of(module: torch.nn.Module) -> int:

@@ -1,9 +1,9 @@
 """Reading specs: both layer forms, names like Keras's, and one-line errors naming file, layer, field."""
 import pytest
 
-from profiler import spec as S
+from profiler.frontends import spec as S
 from profiler.errors import ShapeError, SpecError, UnsupportedLayerError
-from profiler.predict import predict
+from profiler.engine.predict import predict
 
 GOOD = """
 name: digits

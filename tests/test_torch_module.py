@@ -19,9 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import torch_models as Z
 from profiler.errors import ModelsizeError
-from profiler.module_memory import onednn_lstm_workspace_bytes, outputs, predict_memory
-from profiler.render.report import render
-from profiler.torch_module import load_factory, summary
+from profiler.engine.module_memory import onednn_lstm_workspace_bytes, outputs, predict_memory
+from profiler.report.tables import render
+from profiler.engine.torch_module import load_factory, summary
 
 BATCH = 3
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
@@ -247,8 +247,8 @@ def test_peaks_equal_the_same_steps_on_real_cpu_tensors(name):
 
 @pytest.mark.parametrize("name", ["tied_lm", "lstm_bidirectional", "llama_tiny"])
 def test_steady_peaks_equal_the_runners_tensor_tracker(name):
-    """Independent: two real steps per optimizer, tracked by profiler.memory_trace."""
-    from profiler.runner import measure
+    """Independent: two real steps per optimizer, tracked by profiler.measuring.memory_trace."""
+    from profiler.measuring.runner import measure
     shapes = [(BATCH, *s) for s in shapes_of(name)]
     measured = measure(real_model(name), input_shape=shapes if len(shapes) > 1 else shapes[0],
                        input_dtype="int64" if Z.CASES[name][2] == "int64" else "float",
@@ -278,8 +278,8 @@ def test_linear_peaks_by_hand():
 def test_every_optimizer_of_the_catalog_equals_the_runners_allocator_peaks():
     """Adagrad makes its state in its constructor: both steps start with it. Adam and Adagrad
     divide by a Python number, wrapped in a 0-d double and cast (12 bytes, allocator level)."""
-    from profiler.optimizers import CATALOG
-    from profiler.runner import measure
+    from profiler.engine.optimizers import CATALOG
+    from profiler.measuring.runner import measure
 
     def factory():
         return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
@@ -430,8 +430,9 @@ def test_the_result_renders_as_a_prediction_does():
 def test_built_recurrent_and_attention_modules_summarize(zoo):
     # the builder's recurrent and attention modules ask autocast for its dtype: on the meta device
     # (shape tracing) there is none to ask; the torch path must trace them and agree with the spec's
-    from profiler import predict, summary, workflow
-    from profiler.build import build
+    from profiler import predict
+    from profiler import summary, workflow
+    from profiler.frontends.build import build
     spec = workflow.resolve_spec(f"benchmarks/zoo/{zoo}.yaml")
     from_module = summary(build(spec), spec.inputs[0].shape, batch=2, input_dtype=spec.inputs[0].dtype)
     from_spec = predict(spec, batch=2, threads=torch.get_num_threads())

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from profiler import workflow
-from profiler.build import build
-from profiler.module_memory import _WORKSPACE, outputs, predict_memory
-from profiler.predict import predict
-from profiler.spec import loads
-from profiler.torch_module import summary
+from profiler.frontends.build import build
+from profiler.engine.module_memory import _WORKSPACE, outputs, predict_memory
+from profiler.engine.predict import predict
+from profiler.frontends.spec import loads
+from profiler.engine.torch_module import summary
 
 aten = torch.ops.aten
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam")

@@ -3,14 +3,14 @@ zoo (benchmarks/zoo) at batch 2, predicted against the CPU allocator's measured 
 sweep (batch 1 and 16, three precisions, both prediction paths) is benchmarks/test_accuracy.py.
 
 Also: parameters, gradients and optimizer state equal their measured bytes exactly for every
-optimizer and dtype (the measured peak split by category, profiler.peak_breakdown).
+optimizer and dtype (the measured peak split by category, profiler.measuring.peak_breakdown).
 """
 from pathlib import Path
 
 import pytest
 
 from profiler import workflow
-from profiler.optimizers import CATALOG
+from profiler.engine.optimizers import CATALOG
 
 ZOO = sorted(Path(__file__).resolve().parent.parent.glob("benchmarks/zoo/*.yaml"))
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam")

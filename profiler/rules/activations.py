@@ -8,10 +8,10 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
-from ..args import Arg, number, optional
-from ..errors import ShapeError, SpecError
-from ..registry import Memory, Params, Rule, Saved, register
-from ..shapes import shape_text
+from profiler.rules.args import Arg, number, optional
+from profiler.errors import ShapeError, SpecError
+from profiler.rules.registry import Memory, Params, Rule, Saved, register
+from profiler.rules.shapes import shape_text
 
 
 def _non_negative(field: str, value: Any) -> float:
@@ -72,7 +72,7 @@ class PReLU(Rule):
                       backward_scratch=(Saved("new", elements=prod(x), what="slope gradient per element"),))
 
     def build(self, a, x, ctx):
-        from .modules import PReLU as PReLUModule
+        from profiler.rules.modules import PReLU as PReLUModule
         return PReLUModule(self._slope_shape(a, x))
 
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from math import prod
 from typing import Any
 
-from ..args import Arg, boolean, choice, number, optional, positive_int, rate
-from ..dtypes import itemsize
-from ..errors import ShapeError, SpecError
-from ..registry import Context, Memory, Params, Rule, Saved, register
-from ..shapes import shape_text
-from .core import ACTIVATION_NAMES, ACTIVATION_SAVES, gemm_workspace, workspace
+from profiler.rules.args import Arg, boolean, choice, number, optional, positive_int, rate
+from profiler.dtypes import itemsize
+from profiler.errors import ShapeError, SpecError
+from profiler.rules.registry import Context, Memory, Params, Rule, Saved, register
+from profiler.rules.shapes import shape_text
+from profiler.rules.core import ACTIVATION_NAMES, ACTIVATION_SAVES, gemm_workspace, workspace
 
 
 def _output_shape(field: str, value: Any) -> tuple[int, ...]:
@@ -595,7 +595,7 @@ class MultiHeadAttention(Rule):
                             **attention_memory(call))
 
     def build(self, a, x, ctx):
-        from .modules import MultiHeadAttention as MultiHeadAttentionModule
+        from profiler.rules.modules import MultiHeadAttention as MultiHeadAttentionModule
         query, value, key, vd, out = self._dims(a, x)
         return MultiHeadAttentionModule(query[-1], value[-1], key[-1], num_heads=a.num_heads,
                                         key_dim=a.key_dim, value_dim=vd, output_shape=out,
@@ -678,7 +678,7 @@ class TransformerEncoder(Rule):
         return Memory(saved=tuple(saved), weight_casts=casts, **encoder_memory(call))
 
     def build(self, a, x, ctx):
-        from .modules import TransformerEncoder as TransformerEncoderModule
+        from profiler.rules.modules import TransformerEncoder as TransformerEncoderModule
         _, w, _ = self._dims(a, x)
         return TransformerEncoderModule(w, intermediate_dim=a.intermediate_dim, num_heads=a.num_heads,
                                         dropout=a.dropout, activation=a.activation,

@@ -13,12 +13,12 @@ import struct
 from dataclasses import dataclass, replace
 from math import prod
 
-from ..args import Arg, boolean, choice, int_tuple, optional, positive_int
-from ..dtypes import itemsize
-from ..errors import ShapeError, SpecError
-from ..registry import Memory, Params, Rule, Saved, register
-from ..shapes import join_channels, same_padding, shape_text, spatial_output, split_channels
-from .core import activation_arg
+from profiler.rules.args import Arg, boolean, choice, int_tuple, optional, positive_int
+from profiler.dtypes import itemsize
+from profiler.errors import ShapeError, SpecError
+from profiler.rules.registry import Memory, Params, Rule, Saved, register
+from profiler.rules.shapes import join_channels, same_padding, shape_text, spatial_output, split_channels
+from profiler.rules.core import activation_arg
 
 
 class ConvRule(Rule):
@@ -173,7 +173,7 @@ class ConvRule(Rule):
     def _finish(self, a, parts, ctx):
         from torch import nn
 
-        from .modules import ChannelsLast, with_activation
+        from profiler.rules.modules import ChannelsLast, with_activation
         layer: nn.Module = parts[0] if len(parts) == 1 else nn.Sequential(*parts)
         if ctx.data_format == "channels_last":
             layer = ChannelsLast(layer)
@@ -1234,7 +1234,7 @@ class ConvTransposeRule(Rule):
     def build(self, a, x, ctx):
         from torch import nn
 
-        from .modules import ChannelsLast, CroppedConvTranspose, with_activation
+        from profiler.rules.modules import ChannelsLast, CroppedConvTranspose, with_activation
         _, channels = self._split(a, x, ctx)
         crops = lift([transpose_crops(**axis) for axis in self._per_axis(a)], self.rank, ctx, (0, 0))
         kernel, strides, dilation = (lift(t, self.rank, ctx, 1) for t in (a.kernel_size, a.strides, a.dilation_rate))

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from math import prod
 
-from ..args import Arg, boolean, choice, positive_int, rate, shape
-from ..dtypes import itemsize
-from ..errors import ShapeError
-from ..memory_model import onednn_bf16_gemm_scratch
-from ..registry import Context, Memory, Params, Rule, Saved, register
-from ..shapes import shape_text
+from profiler.rules.args import Arg, boolean, choice, positive_int, rate, shape
+from profiler.dtypes import itemsize
+from profiler.errors import ShapeError
+from profiler.engine.memory_model import onednn_bf16_gemm_scratch
+from profiler.rules.registry import Context, Memory, Params, Rule, Saved, register
+from profiler.rules.shapes import shape_text
 
 ACTIVATION_NAMES = ("linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu")
 
@@ -70,7 +70,7 @@ class Dense(Rule):
 
     def build(self, a, x, ctx):
         from torch import nn
-        from .modules import with_activation
+        from profiler.rules.modules import with_activation
         return with_activation(nn.Linear(x[-1], a.units, bias=a.use_bias), a.activation)
 
 
@@ -100,7 +100,7 @@ class Activation(Rule):
         return Memory(output_is_view=a.activation == "linear", saved=activation_memory(a.activation))
 
     def build(self, a, x, ctx):
-        from .modules import activation
+        from profiler.rules.modules import activation
         return activation(a.activation)
 
 
@@ -154,7 +154,7 @@ class Reshape(Rule):
         return Memory(output_is_view=True)
 
     def build(self, a, x, ctx):
-        from .modules import Reshape as ReshapeModule
+        from profiler.rules.modules import Reshape as ReshapeModule
         return ReshapeModule(self.output_shape(a, x, ctx))
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from math import prod
 
-from ..args import Arg, integer
-from ..errors import ShapeError
-from ..registry import Memory, Rule, Saved, register
-from ..shapes import shape_text
+from profiler.rules.args import Arg, integer
+from profiler.errors import ShapeError
+from profiler.rules.registry import Memory, Rule, Saved, register
+from profiler.rules.shapes import shape_text
 
 
 def broadcast(shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
@@ -64,7 +64,7 @@ class ElementwiseRule(Rule):
         return ()
 
     def build(self, a, x, ctx):
-        from .modules import Merge
+        from profiler.rules.modules import Merge
         return Merge(self.type_name.lower())
 
 
@@ -100,7 +100,7 @@ class Average(ElementwiseRule):
         return len(x) * prod(y)
 
     def scratch(self, x, y):
-        from .pooling import SCALAR_OPERAND
+        from profiler.rules.pooling import SCALAR_OPERAND
         return SCALAR_OPERAND
 
 
@@ -153,7 +153,7 @@ class Concatenate(Rule):
         return Memory(grad_passthrough=True, grads_strided=strided)
 
     def build(self, a, x, ctx):
-        from .modules import Concat
+        from profiler.rules.modules import Concat
         return Concat(self._axis(a, x[0]) + 1)
 
     @staticmethod

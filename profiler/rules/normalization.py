@@ -12,11 +12,11 @@ from dataclasses import replace
 from math import prod
 from typing import Any
 
-from ..args import Arg, boolean, number
-from ..dtypes import itemsize
-from ..errors import ShapeError, SpecError
-from ..registry import Memory, Params, Rule, Saved, register
-from ..shapes import shape_text
+from profiler.rules.args import Arg, boolean, number
+from profiler.dtypes import itemsize
+from profiler.errors import ShapeError, SpecError
+from profiler.rules.registry import Memory, Params, Rule, Saved, register
+from profiler.rules.shapes import shape_text
 
 #: threads torch's CPU kernels run on (``torch.get_num_threads()`` on the machine measured);
 #: per-thread buffers (layer norm's gradient sums, oneDNN's) scale with it
@@ -152,7 +152,7 @@ class BatchNormalization(Rule):
     def build(self, a, x, ctx):
         from torch import nn
 
-        from .modules import KERAS_BATCH_NORM, ChannelAffine, ChannelsLast
+        from profiler.rules.modules import KERAS_BATCH_NORM, ChannelAffine, ChannelsLast
         axis = self._channel_axis(a, x, ctx)
         c = x[axis]
         channels_last = axis != 0 and len(x) > 1
@@ -221,7 +221,7 @@ class LayerNormalization(Rule):
     def build(self, a, x, ctx):
         from torch import nn
 
-        from .modules import TrailingShift
+        from profiler.rules.modules import TrailingShift
         shape = self._normalized_shape(a, x)
         if a.scale:  # torch learns gamma, and beta only with bias=True
             return nn.LayerNorm(shape, eps=a.epsilon, elementwise_affine=True, bias=a.center)

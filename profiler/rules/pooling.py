@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from math import prod
 
-from ..args import REQUIRED, Arg, boolean, choice, int_tuple, optional
-from ..errors import ShapeError
-from ..registry import Memory, Rule, Saved, register
-from ..shapes import join_channels, same_padding, shape_text, spatial_output, split_channels
+from profiler.rules.args import REQUIRED, Arg, boolean, choice, int_tuple, optional
+from profiler.errors import ShapeError
+from profiler.rules.registry import Memory, Rule, Saved, register
+from profiler.rules.shapes import join_channels, same_padding, shape_text, spatial_output, split_channels
 
 
 def _expect_spatial_rank(type_name: str, rank: int, x, ctx) -> None:
@@ -114,8 +114,8 @@ class PoolRule(Rule):
     def build(self, a, x, ctx):
         from torch import nn
 
-        from .conv import _torch_pad_order, lift, torch_rank
-        from .modules import ChannelsLast, PaddedAvgPool
+        from profiler.rules.conv import _torch_pad_order, lift, torch_rank
+        from profiler.rules.modules import ChannelsLast, PaddedAvgPool
         spatial, _ = split_channels(x, ctx.data_format)
         pads = self._pads(a, spatial)
         native = self._native(a, spatial, pads)
@@ -182,7 +182,7 @@ class GlobalAveragePoolRule(Rule):
         return Memory(scratch=SCALAR_OPERAND, reduced_scratch=upcast, backward_scratch=SCALAR_OPERAND)
 
     def build(self, a, x, ctx):
-        from .modules import Mean
+        from profiler.rules.modules import Mean
         # axes of the batched tensor in the spec's own layout
         first = 2 if ctx.data_format == "channels_first" else 1
         return Mean(tuple(range(first, first + self.rank)), keepdim=a.keepdims)
@@ -206,7 +206,7 @@ class GlobalMaxPoolRule(GlobalAveragePoolRule):
                       backward_scratch=backward)
 
     def build(self, a, x, ctx):
-        from .modules import Max
+        from profiler.rules.modules import Max
         first = 2 if ctx.data_format == "channels_first" else 1
         return Max(tuple(range(first, first + self.rank)), keepdim=a.keepdims)
 

@@ -30,12 +30,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from math import prod
 
-from ..args import Arg, boolean, choice, nested_layer, positive_int
-from ..dtypes import itemsize
-from ..errors import ModelsizeError, ShapeError
-from ..registry import Context, Memory, Params, Rule, Saved, register, rule_for
-from ..shapes import shape_text
-from .core import ACTIVATION_SAVES, gemm_workspace, workspace
+from profiler.rules.args import Arg, boolean, choice, nested_layer, positive_int
+from profiler.dtypes import itemsize
+from profiler.errors import ModelsizeError, ShapeError
+from profiler.rules.registry import Context, Memory, Params, Rule, Saved, register, rule_for
+from profiler.rules.shapes import shape_text
+from profiler.rules.core import ACTIVATION_SAVES, gemm_workspace, workspace
 
 RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "relu")
 #: Under autocast a layer casts each weight once per call and keeps every cast for backward
@@ -176,7 +176,7 @@ class RecurrentRule(Rule):
                             **cell.temporaries(self.matmuls(a, steps, features, ctx.batch), ctx))
 
     def module(self, a, x, *, backward: bool = False):
-        from .modules import KerasRecurrent
+        from profiler.rules.modules import KerasRecurrent
         _, features = _sequence(self.type_name, x)
         return KerasRecurrent(self.type_name, features, a.units, activation=a.activation,
                               recurrent_activation=a.get("recurrent_activation", "sigmoid"),
@@ -322,7 +322,7 @@ class Bidirectional(Rule):
         return Memory(saved=tuple(saved), weight_casts=OWN_CASTS * 2 * len(inner.count(args, x)[2]), **one)
 
     def build(self, a, x, ctx):
-        from .modules import Bidirectional as BidirectionalModule
+        from profiler.rules.modules import Bidirectional as BidirectionalModule
         inner = self._inner(a)
         return BidirectionalModule(inner.module(a.layer.args, x), inner.module(a.layer.args, x, backward=True),
                                    a.merge_mode)
@@ -387,6 +387,6 @@ class TimeDistributed(Rule):
                       gradients_last=inner.gradients_last, weight_casts=inner.weight_casts)
 
     def build(self, a, x, ctx):
-        from .modules import TimeDistributed as TimeDistributedModule
+        from profiler.rules.modules import TimeDistributed as TimeDistributedModule
         rule, args, step = self._inner(a, x)
         return TimeDistributedModule(rule.build(args, step, ctx))

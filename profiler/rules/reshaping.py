@@ -16,10 +16,10 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
-from ..args import Arg, choice, int_tuple, positive_int
-from ..errors import ShapeError, SpecError
-from ..registry import Memory, Rule, register
-from ..shapes import expect_rank, shape_text
+from profiler.rules.args import Arg, choice, int_tuple, positive_int
+from profiler.errors import ShapeError, SpecError
+from profiler.rules.registry import Memory, Rule, register
+from profiler.rules.shapes import expect_rank, shape_text
 
 _VIEW = Memory(output_is_view=True)
 
@@ -74,7 +74,7 @@ class UpSampling1D(Rule):
         return (x[0] * a.size, x[1])
 
     def build(self, a, x, ctx):
-        from .modules import RepeatSteps
+        from profiler.rules.modules import RepeatSteps
         return RepeatSteps(a.size)
 
 
@@ -96,7 +96,7 @@ class UpSampling2D(Rule):
         return 4 * prod(y) if a.interpolation == "bilinear" else 0
 
     def build(self, a, x, ctx):
-        from .modules import ChannelsLast, Upsample2d
+        from profiler.rules.modules import ChannelsLast, Upsample2d
         layer = Upsample2d(a.size, a.interpolation)
         return ChannelsLast(layer) if ctx.data_format == "channels_last" else layer
 
@@ -114,7 +114,7 @@ class ZeroPadding1D(Rule):
         return tuple(out)
 
     def build(self, a, x, ctx):
-        from .modules import Pad
+        from profiler.rules.modules import Pad
         return Pad(_torch_pads(x, {_spatial_axes(1, ctx)[0]: a.padding}))
 
 
@@ -132,7 +132,7 @@ class ZeroPadding2D(Rule):
         return tuple(out)
 
     def build(self, a, x, ctx):
-        from .modules import Pad
+        from profiler.rules.modules import Pad
         return Pad(_torch_pads(x, dict(zip(_spatial_axes(2, ctx), a.padding))))
 
 
@@ -157,7 +157,7 @@ class Cropping2D(Rule):
         return _VIEW if y == x else Memory()
 
     def build(self, a, x, ctx):
-        from .modules import Crop
+        from profiler.rules.modules import Crop
         crops = dict(zip(_spatial_axes(2, ctx), a.cropping))
         bounds = tuple((crops[i][0], n - crops[i][1]) if i in crops else (0, n) for i, n in enumerate(x))
         return Crop(bounds)
@@ -189,7 +189,7 @@ class Permute(Rule):
         return _VIEW if a.dims == tuple(range(1, len(x) + 1)) else Memory()
 
     def build(self, a, x, ctx):
-        from .modules import Permute as PermuteModule
+        from profiler.rules.modules import Permute as PermuteModule
         return PermuteModule(a.dims)
 
 
@@ -204,5 +204,5 @@ class RepeatVector(Rule):
         return (a.n, x[0])
 
     def build(self, a, x, ctx):
-        from .modules import RepeatVector as RepeatVectorModule
+        from profiler.rules.modules import RepeatVector as RepeatVectorModule
         return RepeatVectorModule(a.n)

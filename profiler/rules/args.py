@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .errors import SpecError
+from profiler.errors import SpecError
 
 Parser = Callable[[str, Any], Any]
 
@@ -184,7 +184,7 @@ def nested_layer(*allowed: str) -> Parser:
     any registered type). Errors name the field as ``layer.units``.
     """
     def parse(field: str, value: Any) -> NestedLayer:
-        from .registry import rule_for  # the registry imports this module
+        from profiler.rules.registry import rule_for  # the registry imports this module
         if isinstance(value, NestedLayer):
             return value
         if not isinstance(value, Mapping) or len(value) != 1:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .module_memory import storage_of, tensors_in
+from profiler.engine.module_memory import storage_of, tensors_in
 
 OUTSIDE = ""   # operators run by the root module itself, outside any child
 
@@ -61,7 +61,7 @@ class _AttributedFlops(FlopCounterMode):
 
 if not hasattr(FlopCounterMode, "_count_flops"):   # pragma: no cover - depends on torch version
     raise ImportError(f"torch {torch.__version__}: FlopCounterMode has no _count_flops, which "
-                      "profiler.module_trace extends to attribute FLOPs to modules")
+                      "profiler.engine.module_trace extends to attribute FLOPs to modules")
 
 
 def trace(model: torch.nn.Module, inputs: Sequence[torch.Tensor],

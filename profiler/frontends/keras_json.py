@@ -1,7 +1,7 @@
 """Read the text of a Keras ``model.to_json()`` (Keras 2 or 3) as a modelsize spec dict.
 
 Plain ``json`` data in, plain data out: neither TensorFlow nor Keras is needed. The result is what
-``profiler.spec.from_dict`` reads:
+``profiler.frontends.spec.from_dict`` reads:
 
 * a Sequential model → ``input_shape`` + ``layers`` (``{Type: {name: ..., argument: value}}``);
 * a Functional model → ``inputs`` (``{name, shape, dtype?}``), ``layers`` in execution order, each
@@ -42,8 +42,8 @@ import heapq
 import json
 from typing import Any, Mapping
 
-from .errors import ModelsizeError, SpecError, UnsupportedLayerError, layer_label
-from .registry import all_rules
+from profiler.errors import ModelsizeError, SpecError, UnsupportedLayerError, layer_label
+from profiler.rules.registry import all_rules
 
 MODEL_CLASSES = ("Sequential", "Functional", "Model")  # "Model": Keras ≤ 2.3's Functional
 DATA_FORMATS = ("channels_last", "channels_first")

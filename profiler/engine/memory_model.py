@@ -3,7 +3,7 @@
 The model is a small allocator simulation: every tensor the real run would create is allocated
 and freed in the order PyTorch does it, and the peak of live bytes is read off, with what was
 alive at that moment split by category and by dtype. The definitions are those the runner
-measures (``profiler.runner``): a peak counts everything alive (parameters, buffers, inputs,
+measures (``profiler.measuring.runner``): a peak counts everything alive (parameters, buffers, inputs,
 targets, gradients, optimizer state), and a training step is the steady-state step
 ``zero_grad(set_to_none=True); out = model(x); loss = loss_fn(out, y); loss.backward(); opt.step()``.
 
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from math import ceil
 from typing import Callable, Iterable
 
-from .dtypes import itemsize
-from .optimizers import get as optimizer_model
-from .registry import Memory, Saved
+from profiler.dtypes import itemsize
+from profiler.engine.optimizers import get as optimizer_model
+from profiler.rules.registry import Memory, Saved
 
 #: What each byte of a peak is: "temporaries" are tensors an op or the optimizer makes and drops
 #: (the loss's gradients, optimizer scratch), "workspace" is what kernels allocate inside (rules'

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .args import LayerArgs, _plain, parse_args
-from .errors import ModelsizeError, SpecError, layer_label
-from .registry import Context, rule_for
+from profiler.rules.args import LayerArgs, _plain, parse_args
+from profiler.errors import ModelsizeError, SpecError, layer_label
+from profiler.rules.registry import Context, rule_for
 
 DATA_FORMATS = ("channels_last", "channels_first")
 INPUT_DTYPES = ("float", "int64")
@@ -165,7 +165,7 @@ def load(path: str | Path) -> ModelSpec:
 
 def _keras(data: Any, source: str) -> Any:
     """A Keras ``model.to_json()`` document becomes a spec dict; anything else passes through."""
-    from . import keras_json
+    from profiler.frontends import keras_json
     return keras_json.to_spec_dict(data, source=source) if keras_json.is_keras_json(data) else data
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import SpecError
+from profiler.errors import SpecError
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import grid, units
+from profiler.report import grid, units
 
 OPTIMIZER_LABELS = {"sgd": "SGD", "sgd_momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW",
                     "rmsprop": "RMSprop", "adagrad": "Adagrad"}

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from .devices import Device
-from .errors import ModelsizeError
+from profiler.measuring.devices import Device
+from profiler.errors import ModelsizeError
 
 
 @dataclass(frozen=True)

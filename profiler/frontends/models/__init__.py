@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from ..spec import ModelSpec, loads
+from profiler.frontends.spec import ModelSpec, loads
 
 DEFAULT = "digits"
 

@@ -1,6 +1,6 @@
 """Capacity planning: the largest batch whose *predicted* peak fits a memory budget.
 
-Solve, don't probe. :func:`solve` never touches a device: it searches over :func:`~profiler.predict.predict`
+Solve, don't probe. :func:`solve` never touches a device: it searches over :func:`~profiler.engine.predict.predict`
 (milliseconds a call, integer arithmetic), exponentially then by bisection, for the largest batch
 ``b`` with ``peak(b) <= budget`` — so ``peak(b + 1) > budget`` — and reports ``b``, its peak, the
 headroom left and the peak at ``b + 1``. :func:`verify` is the separate, optional check: it builds
@@ -19,7 +19,7 @@ the others (a violation is a bug and raises).
 
 Budgets (:class:`Budget`). On a CPU target the budget is tensor memory as the runner measures it —
 bytes requested from the CPU allocator, unrounded — and the figure compared is the exact predicted
-peak. On a CUDA target (``--device NAME`` from :mod:`profiler.accelerators`, or ``--memory`` with
+peak. On a CUDA target (``--device NAME`` from :mod:`profiler.planning.accelerators`, or ``--memory`` with
 ``--target cuda``):
 
 - the CUDA context and library handles come off the top (``reserve``, default 512 MiB);
@@ -52,12 +52,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .accelerators import CONTEXT_RESERVE, Accelerator, blas_workspace_bytes, lookup
-from .errors import SpecError
-from .memory_model import Peak
-from .optimizers import CATALOG as OPTIMIZER_CATALOG
-from .predict import Prediction, predict
-from .spec import ModelSpec
+from profiler.planning.accelerators import CONTEXT_RESERVE, Accelerator, blas_workspace_bytes, lookup
+from profiler.errors import SpecError
+from profiler.engine.memory_model import Peak
+from profiler.engine.optimizers import CATALOG as OPTIMIZER_CATALOG
+from profiler.engine.predict import Prediction, predict
+from profiler.frontends.spec import ModelSpec
 
 #: The search stops here: a batch this large that still fits is reported as capped.
 MAX_BATCH = 2 ** 31
@@ -407,7 +407,7 @@ def verify(spec: ModelSpec, fit: Fit) -> Verification:
     A measurement that runs out of memory counts as "does not fit". On the CPU a measurement whose
     predicted peak exceeds :data:`CPU_RAM_SHARE` of the available RAM is skipped, not attempted.
     """
-    from .devices import get_device
+    from profiler.measuring.devices import get_device
 
     device = get_device(fit.budget.target)   # "cuda" raises a one-line DeviceError without a GPU
     checks = [_measure(spec, fit, evaluation, device) for evaluation in (fit.at_batch, fit.at_next)
@@ -419,8 +419,8 @@ def verify(spec: ModelSpec, fit: Fit) -> Verification:
 def _measure(spec: ModelSpec, fit: Fit, evaluation: Evaluation, device) -> Check:
     import psutil
 
-    from .devices import DoesNotFit
-    from .workflow import measure
+    from profiler.measuring.devices import DoesNotFit
+    from profiler.workflow import measure
 
     batch = evaluation.batch
     if device.name == "cpu":

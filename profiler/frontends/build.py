@@ -6,9 +6,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .dtypes import torch_dtype
-from .predict import TracedNode, checkpoint_layers, trace
-from .spec import ModelSpec
+from profiler.dtypes import torch_dtype
+from profiler.engine.predict import TracedNode, checkpoint_layers, trace
+from profiler.frontends.spec import ModelSpec
 
 
 def build(spec: ModelSpec, *, dtype: str = "float32", device: str = "cpu",
@@ -47,7 +47,7 @@ class Checkpointed(nn.Module):
 def _build(spec: ModelSpec, traced: list[TracedNode], checkpoint: frozenset[str] = frozenset()):
     from collections import OrderedDict
 
-    from .rules.modules import GraphModel
+    from profiler.rules.modules import GraphModel
 
     modules: dict[str, nn.Module] = OrderedDict()
     for t in traced:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from .args import Arg, LayerArgs
-from .errors import UnsupportedLayerError
+from profiler.rules.args import Arg, LayerArgs
+from profiler.errors import UnsupportedLayerError
 
 if TYPE_CHECKING:  # torch is imported lazily: predicting must not pay for it
     import torch
@@ -67,7 +67,7 @@ class Saved:
 
     def nbytes(self, batch: int, act: str) -> int:
         """Bytes for a run of ``batch`` samples whose ops compute in ``act`` (the dtype of "act")."""
-        from .dtypes import itemsize
+        from profiler.dtypes import itemsize
         return self.elements * (batch if self.per_sample else 1) * itemsize(act if self.dtype == "act" else self.dtype)
 
 
@@ -147,4 +147,4 @@ def all_rules() -> dict[str, Rule]:
 
 
 def _load_rules() -> None:
-    from . import rules  # noqa: F401  (importing the package registers every rule)
+    from profiler import rules  # noqa: F401  (importing the package registers every rule)

@@ -1,7 +1,7 @@
 """Measure a torch module: parameter bytes, memory peaks of inference and training, forward time.
 
 The runner takes a plain ``torch.nn.Module`` and knows nothing of specs. Its definitions are the
-ones ``profiler.memory_model`` predicts:
+ones ``profiler.engine.memory_model`` predicts:
 
 Inference
     ``model.eval()``, then under ``torch.no_grad()`` one call ``out = model(x)``, with the model
@@ -33,9 +33,9 @@ shape (N, ..., C) to (-1, C) against int64 targets of shape (N, ...), every posi
 
 Peaks are allocator-level and count everything alive. On the CPU the baseline is the bytes of the
 unique storages alive before the measured call (parameters, buffers, gradients, optimizer state,
-input, target), and :func:`profiler.memory_trace.allocator_peak` adds the highest point reached
+input, target), and :func:`profiler.measuring.memory_trace.allocator_peak` adds the highest point reached
 above it. Each measured call is then repeated from the same state under the
-:class:`~profiler.memory_trace.TensorTracker`, which gives the tensor-level peak and the bytes each
+:class:`~profiler.measuring.memory_trace.TensorTracker`, which gives the tensor-level peak and the bytes each
 module and phase created; ``workspace = allocator peak − tensor peak`` of that tracked call is
 what kernels allocate internally (on CUDA it also holds the allocator's rounding to 512-byte
 blocks). The tracked call is separate because a dispatch mode slightly changes what PyTorch
@@ -45,7 +45,7 @@ Each plain call is also split: what was alive at its allocator peak, by the cate
 model predicts (parameters, gradients, optimizer state, inputs, activations by module, weight casts,
 temporaries, workspace), summing to the peak exactly. The call runs annotated (its phases and module
 calls as profiler ranges, opened by global module hooks) and the profile's event tree is read back
-by :mod:`profiler.peak_breakdown`, which explains how each block is named.
+by :mod:`profiler.measuring.peak_breakdown`, which explains how each block is named.
 
 Inputs and targets are random with a fixed seed (``seed`` also seeds torch's global generator, for
 dropout). Timing runs after all memory measurements, so it cannot disturb them. The module is
@@ -62,12 +62,12 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .devices import Device, DoesNotFit, PeakReading, get_device, oom_guard
-from .errors import ModelsizeError
-from .memory_trace import TensorTracker, capture, profiled
-from .peak_breakdown import Annotator, Breakdown, Known, analyse, storages
-from .optimizers import CATALOG as OPTIMIZERS
-from .timing import time_fn
+from profiler.measuring.devices import Device, DoesNotFit, PeakReading, get_device, oom_guard
+from profiler.errors import ModelsizeError
+from profiler.measuring.memory_trace import TensorTracker, capture, profiled
+from profiler.measuring.peak_breakdown import Annotator, Breakdown, Known, analyse, storages
+from profiler.engine.optimizers import CATALOG as OPTIMIZERS
+from profiler.measuring.timing import time_fn
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 AMP_DTYPES = ("bfloat16", "float16")
@@ -114,7 +114,7 @@ class Measurement:
     amp_dtype: str | None = None          # autocast's dtype (mixed precision), None without
     input_grad: bool = False              # training computed the floating inputs' gradients too
     # peak ("inference", "train_<optimizer>", "train_first_step_<optimizer>") -> category -> bytes
-    # alive at the allocator peak (profiler.peak_breakdown); the categories sum to the peak
+    # alive at the allocator peak (profiler.measuring.peak_breakdown); the categories sum to the peak
     breakdown: dict[str, dict[str, int]] = field(default_factory=dict)
     # peak -> module -> bytes of its activations alive at the allocator peak
     activations_at_peak: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -150,7 +150,7 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
     the floating inputs require gradients in training; each step sets their ``.grad`` to None
     with the parameters' (``zero_grad``), so a step's input gradients are its own.
 
-    Raises :class:`~profiler.devices.DoesNotFit` when a phase runs out of memory; its ``phase``
+    Raises :class:`~profiler.measuring.devices.DoesNotFit` when a phase runs out of memory; its ``phase``
     names the phase and ``partial`` holds what was measured before.
     """
     shapes, dtypes, highs = _input_lists(input_shape, input_dtype, int_high)
@@ -349,7 +349,7 @@ def _allocator_run(dev: Device, module: torch.nn.Module, fn: Callable[[Callable[
                    after: Callable[[], Iterable[tuple[str, torch.Tensor]]], *,
                    casts: bool = False) -> tuple[PeakReading, Breakdown]:
     """One plain call of ``fn``: the device's allocator-level peak, everything alive counted, and
-    what was alive at that peak by category (:mod:`profiler.peak_breakdown`).
+    what was alive at that peak by category (:mod:`profiler.measuring.peak_breakdown`).
 
     ``alive`` gives (category, tensor) for everything alive before the call; it is consumed here
     and no reference is kept, so the call can free what it frees in real use

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from math import prod
 
-from .errors import ShapeError
+from profiler.errors import ShapeError
 
 
 def conv_output_length(length: int, *, kernel: int, stride: int = 1, padding: str = "valid",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import SpecError
+from profiler.errors import SpecError
 
 
 @dataclass(frozen=True)

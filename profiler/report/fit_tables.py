@@ -1,10 +1,10 @@
-"""The answer of ``modelsize fit`` (the dict of :meth:`profiler.fit.Fit.as_dict`) as text or Markdown."""
+"""The answer of ``modelsize fit`` (the dict of :meth:`profiler.planning.fit.Fit.as_dict`) as text or Markdown."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import grid, units
-from .report import OPTIMIZER_LABELS
+from profiler.report import grid, units
+from profiler.report.tables import OPTIMIZER_LABELS
 
 
 def mode_label(mode: str) -> str:

@@ -11,7 +11,7 @@ dies. Fake storages have no address, so they are told apart by the identity of t
 (PyTorch keeps one Python object per storage for as long as the storage lives).
 
 The log is then replayed in program order to find the peak of live bytes and what was alive at
-that moment. Definitions are the runner's (``profiler.runner``): a peak counts everything alive;
+that moment. Definitions are the runner's (``profiler.measuring.runner``): a peak counts everything alive;
 inference is ``model.eval()`` and ``out = model(*x)`` under ``no_grad``; a training step is
 ``zero_grad(set_to_none=True); out = model(*x); loss = loss_fn(out, y); loss.backward();
 opt.step()`` with ``out`` and ``loss`` alive until it ends, steady state (a first step runs before,
@@ -23,7 +23,7 @@ of the replay, they are not assumed.
 What a tensor-level log cannot see is what kernels allocate and free inside themselves (the CPU
 allocator's workspace: oneDNN's weight reorders and scratchpads, im2col columns); the log books it
 per operator call from the operator's arguments, through the functions the spec path's rules use
-(:func:`kernel_workspace`), so the peaks are the allocator's, as ``profiler.runner`` measures them.
+(:func:`kernel_workspace`), so the peaks are the allocator's, as ``profiler.measuring.runner`` measures them.
 Mixed precision runs the forward pass (and the loss) under ``torch.autocast``, as the runner does.
 """
 from __future__ import annotations
@@ -37,15 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .dtypes import dtype_name, itemsize
-from .memory_model import CATEGORIES, LOSSES, Peak  # noqa: F401  (LOSSES: re-exported for torch_module)
-from .optimizers import CATALOG as OPTIMIZERS
-from .args import parse_args
-from .registry import Context, Memory, Saved, rule_for
-from .rules.attention import FLOAT_SCALAR
-from .rules.conv import conv_workspace
-from .rules.core import gemm_workspace
-from .rules.pooling import SCALAR_OPERAND
+from profiler.dtypes import dtype_name, itemsize
+from profiler.engine.memory_model import CATEGORIES, LOSSES, Peak  # noqa: F401  (LOSSES: re-exported for torch_module)
+from profiler.engine.optimizers import CATALOG as OPTIMIZERS
+from profiler.rules.args import parse_args
+from profiler.rules.registry import Context, Memory, Saved, rule_for
+from profiler.rules.attention import FLOAT_SCALAR
+from profiler.rules.conv import conv_workspace
+from profiler.rules.core import gemm_workspace
+from profiler.rules.pooling import SCALAR_OPERAND
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
 

@@ -2,8 +2,8 @@
 
 Users who arrive with a PyTorch model call :func:`summary` with the module, or with a factory that
 builds it (a function of no arguments, or ``"package.module:factory"`` via :func:`load_factory`).
-The result is a dict of the same shape as :meth:`profiler.predict.Prediction.as_dict`, so
-``profiler.render.report.render`` prints it as it prints a spec's prediction.
+The result is a dict of the same shape as :meth:`profiler.engine.predict.Prediction.as_dict`, so
+``profiler.report.tables.render`` prints it as it prints a spec's prediction.
 
 Nothing real is allocated for the weights:
 
@@ -13,9 +13,9 @@ Nothing real is allocated for the weights:
   buffer and tensor attribute is swapped for a meta tensor of the same shape, so no weight is
   copied and tied parameters stay tied.
 
-Shapes and MACs come from one forward pass on the meta device (:mod:`profiler.module_trace`;
+Shapes and MACs come from one forward pass on the meta device (:mod:`profiler.engine.module_trace`;
 under ``amp`` on fake CPU tensors, which autocast acts on), memory peaks from replaying inference
-and training steps on fake CPU tensors, kernels' workspace included (:mod:`profiler.module_memory`). Parameters are counted exactly from ``module.parameters()``
+and training steps on fake CPU tensors, kernels' workspace included (:mod:`profiler.engine.module_memory`). Parameters are counted exactly from ``module.parameters()``
 (shared parameters once) plus ``module.buffers()`` as non-trainable.
 
 Rows form a tree, as torchinfo's ``depth``: the root is depth 0, its children depth 1, and so on.
@@ -42,12 +42,12 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import torch
 from torch import nn
 
-from .dtypes import ITEMSIZE, MODEL_DTYPES, dtype_name
-from .errors import ModelsizeError
-from .memory_model import LOSSES
-from .module_memory import OPTIMIZERS, autocast, make_target, outputs, predict_memory
-from .module_trace import Trace, trace
-from .runner import AMP_DTYPES
+from profiler.dtypes import ITEMSIZE, MODEL_DTYPES, dtype_name
+from profiler.errors import ModelsizeError
+from profiler.engine.memory_model import LOSSES
+from profiler.engine.module_memory import OPTIMIZERS, autocast, make_target, outputs, predict_memory
+from profiler.engine.module_trace import Trace, trace
+from profiler.measuring.runner import AMP_DTYPES
 
 ROOT = "(root)"     # the name rows give the root module
 InputShape = Union[Sequence[int], Sequence[Sequence[int]]]

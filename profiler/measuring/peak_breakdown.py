@@ -1,7 +1,7 @@
 """What the bytes alive at a measured allocator peak are: the prediction's categories, measured.
 
-The moment that matters is the allocator's peak (:func:`profiler.memory_trace.allocator_peak`
-replays the allocator's events of a plain run), not the :class:`~profiler.memory_trace.TensorTracker`'s
+The moment that matters is the allocator's peak (:func:`profiler.measuring.memory_trace.allocator_peak`
+replays the allocator's events of a plain run), not the :class:`~profiler.measuring.memory_trace.TensorTracker`'s
 own: the tracker runs under a dispatch mode, which changes what PyTorch allocates, so its run
 cannot be lined up with the plain one byte for byte. Instead the plain run itself is looked at
 more closely, and the same events both fix the moment and name the bytes:
@@ -56,8 +56,8 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 
 import torch
 
-from .memory_model import CATEGORIES
-from .memory_trace import OUTSIDE, ROOT
+from profiler.engine.memory_model import CATEGORIES
+from profiler.measuring.memory_trace import OUTSIDE, ROOT
 
 PHASE = "modelsize.phase:"     # profiler range names the Annotator opens
 MODULE = "modelsize.module:"
@@ -334,7 +334,7 @@ def _pair(events: list[_Event]) -> None:
 
 def _peak(events: list[_Event]) -> tuple[int, int]:
     """(index of the event that first reaches the highest point, bytes above the start there);
-    (-1, 0) when it never rises, as :func:`~profiler.memory_trace.allocator_peak` counts."""
+    (-1, 0) when it never rises, as :func:`~profiler.measuring.memory_trace.allocator_peak` counts."""
     current = peak = 0
     at = -1
     for i, event in enumerate(events):

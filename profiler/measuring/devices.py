@@ -13,7 +13,7 @@ Peaks count everything alive, not only what the function allocated:
   alive on the GPU (the cuBLAS workspace, for example). ``max_memory_reserved`` is reported beside
   them.
 - The CPU has no allocator statistics, so the caller says how many bytes were alive before
-  (``baseline_bytes``) and :func:`profiler.memory_trace.allocator_peak` replays every allocation and
+  (``baseline_bytes``) and :func:`profiler.measuring.memory_trace.allocator_peak` replays every allocation and
   free of the c10 CPU allocator (requested sizes, not rounded) to find the highest point above it.
 
 Running out of memory inside a measurement raises :class:`DoesNotFit`, so a caller can report
@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .errors import DeviceError, ModelsizeError
-from .memory_trace import allocator_peak
+from profiler.errors import DeviceError, ModelsizeError
+from profiler.measuring.memory_trace import allocator_peak
 
 # How allocation failures read when they come as a plain RuntimeError (the CPU allocator raises
 # "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes").
@@ -45,7 +45,7 @@ class DoesNotFit(ModelsizeError):
                  phase: str | None = None):
         self.device = device
         self.phase = phase
-        #: what the runner had measured before the failure (filled in by ``profiler.runner``)
+        #: what the runner had measured before the failure (filled in by ``profiler.measuring.runner``)
         self.partial: dict[str, Any] = {}
         super().__init__(what, received=received)
 

@@ -19,7 +19,7 @@ caller's profiler and dispatch-mode state.
 A caller that wants to know *what* was alive at the allocator's peak, not only how much, opens a
 :func:`capture` around a call that reaches :func:`allocator_peak` (a device's ``peak``): the
 profile's event tree, allocations with their addresses and the operators around them, is filed
-with it (``profiler.peak_breakdown`` reads it).
+with it (``profiler.measuring.peak_breakdown`` reads it).
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def _kineto(prof: profile, method: str) -> list[Any]:
         return list(getattr(prof.profiler.kineto_results, method)())
     except AttributeError as err:   # the private layout moved in another torch version
         raise RuntimeError(f"torch {torch.__version__}: the profiler's results are not where "
-                           f"profiler.memory_trace expects them (prof.profiler.kineto_results.{method})"
+                           f"profiler.measuring.memory_trace expects them (prof.profiler.kineto_results.{method})"
                            ) from err
 
 

@@ -11,14 +11,13 @@ from functools import partial
 from math import prod
 from typing import Callable, Iterable
 
-from .args import LayerArgs
-from .dtypes import check_model_dtype, itemsize
-from .optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
-from .errors import ModelsizeError, ShapeError, SpecError
-from .memory_model import (LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward,
-                           onednn_bf16_gemm_scratch, training_peak, value_dtypes)
-from .registry import Memory, Params, Rule, Shape, rule_for
-from .spec import LayerSpec, ModelSpec, Node
+from profiler.rules.args import LayerArgs
+from profiler.dtypes import check_model_dtype, itemsize
+from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
+from profiler.errors import ModelsizeError, ShapeError, SpecError
+from profiler.engine.memory_model import LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward, onednn_bf16_gemm_scratch, training_peak, value_dtypes
+from profiler.rules.registry import Memory, Params, Rule, Shape, rule_for
+from profiler.frontends.spec import LayerSpec, ModelSpec, Node
 
 
 @dataclass(frozen=True)
