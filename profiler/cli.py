@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from profiler import workflow
 from profiler.dtypes import MODEL_DTYPES
-from profiler.errors import ModelsizeError, SpecError
+from profiler.errors import ModelsizeError
 from profiler.engine.memory_model import LOSSES
 from profiler.engine.optimizers import CATALOG as OPTIMIZER_CATALOG, DEFAULT as DEFAULT_OPTIMIZERS
 from profiler.report.tables import render
@@ -32,36 +32,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _source(args: argparse.Namespace):
+    """The model the command names, with its inputs (torch models) — any kind: see frontends.source."""
+    from profiler.frontends.source import resolve
+    return resolve(args.spec, input_shape=args.input_shape, input_dtype=args.input_dtype,
+                   int_high=args.int_high, hf_task=args.hf_task, seq_len=args.seq_len)
+
+
+def _name(source) -> str:
+    return getattr(source, "name", "the model")
+
+
 def _summary(args: argparse.Namespace) -> int:
-    amp = _amp_dtype(args, args.device_kind)
-    if workflow.is_factory(args.spec):
-        if args.input_grad:
-            raise SpecError("input gradients are predicted for model specs, not torch models",
-                            field="input-grad", source=args.spec, expected="a .yaml/.json spec or a built-in model")
-        result = workflow.summarize_factory(args.spec, input_shapes=args.input_shape or [],
-                                            input_dtypes=args.input_dtype or [], batch=args.batch,
-                                            dtype=args.dtype, loss=args.loss, depth=args.depth,
-                                            optimizers=args.optimizers, amp=amp, checkpoint=args.checkpoint)
-        _emit(result, args)
-        return 0
-    spec = workflow.resolve_spec(args.spec)
-    result = workflow.summary(spec, batch=args.batch, dtype=args.dtype, loss=args.loss,
-                              device_kind=args.device_kind, optimizers=args.optimizers, amp=amp,
-                              checkpoint=args.checkpoint, input_grad=args.input_grad)
+    source = _source(args)
+    result = workflow.summary(source, batch=args.batch, dtype=args.dtype, loss=args.loss,
+                              device_kind=args.device_kind, optimizers=args.optimizers,
+                              amp=_amp_dtype(args, args.device_kind), checkpoint=args.checkpoint,
+                              threads=args.threads, input_grad=args.input_grad, depth=args.depth)
     _emit(result, args)
     return 0
 
 
 def _measure(args: argparse.Namespace) -> int:
     from profiler.measuring.devices import DoesNotFit
-    spec = workflow.resolve_spec(args.spec)
+    source = _source(args)
     try:
-        measured, options = workflow.measure(spec, **_measure_options(args))
+        measured, options = workflow.measure(source, **_measure_options(args))
     except DoesNotFit as error:
-        print(f"modelsize: {spec.name} at batch {args.batch} does not fit: {error}", file=sys.stderr)
+        print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
     from profiler.measuring.machine import machine_info
-    result = {"model": spec.name, "options": options, "machine_info": machine_info(), "measured": measured}
+    result = {"model": _name(source), "options": options, "machine_info": machine_info(), "measured": measured}
     _emit(result, args)
     return 0
 
@@ -69,11 +70,11 @@ def _measure(args: argparse.Namespace) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from profiler.measuring.devices import DoesNotFit
     from profiler.report.results import save
-    spec = workflow.resolve_spec(args.spec)
+    source = _source(args)
     try:
-        result = workflow.profile(spec, **_measure_options(args))
+        result = workflow.profile(source, **_measure_options(args), depth=args.depth)
     except DoesNotFit as error:
-        print(f"modelsize: {spec.name} at batch {args.batch} does not fit: {error}", file=sys.stderr)
+        print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
     if not args.no_save:
         path = save(result, args.results_dir)
@@ -87,15 +88,15 @@ def _profile(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     from profiler.planning import fit
     from profiler.report.fit_tables import render_fit
-    spec = workflow.resolve_spec(args.spec)
+    source = _source(args)
     budget = fit.make_budget(memory=args.memory, device=args.device, target=args.target, reserve=args.reserve,
                              margin=args.margin)
     target = budget.target
-    answer = fit.solve(spec, budget, mode="inference" if args.inference else args.train, dtype=args.dtype,
-                       loss=args.loss, amp=_amp_dtype(args, target))
+    answer = fit.solve(source, budget, mode="inference" if args.inference else args.train, dtype=args.dtype,
+                       loss=args.loss, amp=_amp_dtype(args, target), threads=args.threads)
     result = answer.as_dict()
     if args.verify:
-        result["verification"] = fit.verify(spec, answer).as_dict()
+        result["verification"] = fit.verify(source, answer).as_dict()
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
@@ -172,11 +173,32 @@ def _parser() -> argparse.ArgumentParser:
                     "PyTorch; compare.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False) -> None:
-        sub.add_argument("spec", nargs="?" if spec_optional else None,
-                         help="a .yaml/.json model spec, or a built-in model "
-                              "(digits, digits-theano, dense-514, conv-224, bn-conv)"
+    def model(sub: argparse.ArgumentParser, *, spec_optional: bool = False) -> None:
+        """What names the model, for every command: any kind of model, with its inputs."""
+        sub.add_argument("spec", nargs="?" if spec_optional else None, metavar="MODEL",
+                         help="a .yaml/.json model spec, a Keras to_json() file, a Hugging Face config.json, "
+                              "package.module:factory (IMPORTED and CALLED: its code runs; only name code you "
+                              "trust), or a built-in model (digits, digits-theano, dense-514, conv-224, bn-conv)"
                               + ("; default: digits, the seed's 28×28 classifier" if spec_optional else ""))
+        sub.add_argument("--input-shape", type=_shape, action="append",
+                         help="for package.module:factory: one sample's input shape, batch excluded "
+                              "(e.g. 3,224,224); repeat for several inputs")
+        sub.add_argument("--input-dtype", choices=("float", "int64"), action="append",
+                         help="for package.module:factory: int64 for token ids; once, or once per input")
+        sub.add_argument("--int-high", type=_positive, action="append",
+                         help="token ids are drawn below this (default: the smallest nn.Embedding's size)")
+        sub.add_argument("--hf-task", default=None,
+                         help="for a Hugging Face config.json: causal-lm, masked-lm, seq-cls, token-cls, "
+                              "seq2seq-lm, image-cls or base (default: from the config's architectures)")
+        sub.add_argument("--seq-len", type=_positive, default=None,
+                         help="for a Hugging Face text model: tokens per sample (default: min(128, the "
+                              "model's maximum))")
+        sub.add_argument("--threads", type=_positive, default=None,
+                         help="CPU threads the run uses (kernels' scratch depends on them; default: torch's, "
+                              "which honours OMP_NUM_THREADS)")
+
+    def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False) -> None:
+        model(sub, spec_optional=spec_optional)
         sub.add_argument("--batch", type=_positive, default=32, help="batch size (default 32)")
         sub.add_argument("--dtype", choices=MODEL_DTYPES, default="float32")
         sub.add_argument("--loss", choices=LOSSES, default="cross_entropy",
@@ -209,8 +231,6 @@ def _parser() -> argparse.ArgumentParser:
                          help="default: cuda when available, else cpu")
         sub.add_argument("--warmup", type=int, default=3, help="untimed forward passes first (default 3)")
         sub.add_argument("--repeats", type=_positive, default=20, help="timed forward passes (default 20)")
-        sub.add_argument("--threads", type=_positive, default=None,
-                         help="CPU threads for torch (default: torch's own choice), recorded in results")
 
     summary = commands.add_parser(
         "summary", help="predict without building the model",
@@ -219,11 +239,6 @@ def _parser() -> argparse.ArgumentParser:
                     "no arguments under the meta device, so no weights are allocated; give the input with "
                     "--input-shape. Only name code you trust.")
     common(summary)
-    summary.add_argument("--input-shape", type=_shape, action="append",
-                         help="for package.module:factory: one sample's input shape, batch excluded "
-                              "(e.g. 3,224,224); repeat for several inputs")
-    summary.add_argument("--input-dtype", choices=("float", "int64"), action="append",
-                         help="for package.module:factory: int64 for token ids; repeat per input")
     summary.add_argument("--device-kind", choices=("cpu", "cuda"), default="cpu",
                          help="predict for this kind of device (optimizer kernels differ)")
     summary.set_defaults(run=_summary)
@@ -243,8 +258,7 @@ def _parser() -> argparse.ArgumentParser:
         "fit", help="the largest batch whose predicted peak fits a memory budget (solved, not probed)",
         description="Solve for the largest batch whose predicted peak fits the budget; exit status 3 when "
                     "not even batch 1 fits.")
-    fit.add_argument("spec", help="a .yaml/.json model spec, or a built-in model (digits, digits-theano, "
-                                  "dense-514, conv-224)")
+    model(fit)
     budget = fit.add_mutually_exclusive_group(required=True)
     budget.add_argument("--memory", metavar="SIZE", help="the budget, e.g. 24GiB, 80GB, 512MiB or bytes")
     budget.add_argument("--device", metavar="NAME", help="a catalogued accelerator, e.g. h100-80gb, a100-40gb, "

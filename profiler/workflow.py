@@ -1,66 +1,27 @@
-"""The three jobs behind the CLI — predict, measure, profile — as functions returning result dicts."""
+"""The jobs behind the CLI and the Python API — summary, measure, profile — for any model source.
+
+A source is a spec (YAML/JSON, Keras JSON, built-in) or a torch module with its inputs
+(``package.module:factory``, a Hugging Face ``config.json``, a factory or a module from Python):
+see :mod:`profiler.frontends.source`. Each job returns the result dict that is saved and rendered.
+"""
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
-from profiler.frontends import models
-from profiler.errors import SpecError
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS
 from profiler.engine.predict import predict
+from profiler.errors import SpecError
+from profiler.frontends.source import ModuleSource, resolve
+from profiler.frontends.spec import ModelSpec
 from profiler.report.results import breakdown_comparison, relative_errors
-from profiler.frontends.spec import ModelSpec, load
+
+Source = ModelSpec | ModuleSource
 
 
-def resolve_spec(spec: str | None) -> ModelSpec:
-    """A spec file's path, or the name of a built-in model (default: the seed's digit classifier)."""
-    if spec is None:
-        return models.builtin(models.DEFAULT)
-    if Path(spec).exists() or spec.endswith((".yaml", ".yml", ".json")) or "/" in spec:
-        return load(spec)
-    if spec in models.names():
-        return models.builtin(spec)
-    raise SpecError("no such file or built-in model", source=spec,
-                    expected="a .yaml/.json spec or one of " + ", ".join(models.names()))
-
-
-FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
-def is_factory(spec: str | None) -> bool:
-    """``package.module:factory`` (a torch model to import and call) rather than a spec file."""
-    return spec is not None and not Path(spec).exists() and bool(FACTORY.match(spec))
-
-
-def summarize_factory(reference: str, *, input_shapes: list[tuple[int, ...]], input_dtypes: list[str],
-                      batch: int, dtype: str, loss: str, depth: int | None,
-                      optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
-                      checkpoint: bool | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Predict a torch model made by ``reference``: imported, then called under the meta device.
-
-    Checkpointing is predicted for specs only (it changes the model's code): asking for it here is
-    an error. Mixed precision is replayed under ``torch.autocast`` like the rest of the module.
-    """
-    import sys
-
-    if checkpoint:
-        raise SpecError("checkpointing is predicted for model specs, not torch models", field="checkpoint",
-                        source=reference, expected="a .yaml/.json spec or a built-in model")
-
-    from profiler.engine.torch_module import load_factory, summary as module_summary
-
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:   # as `python -m` would: find local code
-        sys.path.insert(0, str(Path.cwd()))
-    if not input_shapes:
-        raise SpecError("a torch model needs its input shape", field="input-shape",
-                        expected="--input-shape 3,224,224 (batch excluded), once per input")
-    dtypes = input_dtypes or ["float"]
-    if len(dtypes) == 1:
-        dtypes = dtypes * len(input_shapes)
-    return module_summary(load_factory(reference), input_shapes if len(input_shapes) > 1 else input_shapes[0],
-                          batch=batch, depth=depth, input_dtype=dtypes if len(dtypes) > 1 else dtypes[0],
-                          dtype=dtype, loss=loss, name=reference, optimizers=optimizers, amp=amp)
+def resolve_spec(reference: str | None) -> Source:
+    """A spec file, a built-in model's name (default: the seed's digit classifier), a Hugging Face
+    config.json or ``package.module:factory`` (that one needs its inputs: use :func:`resolve`)."""
+    return resolve(reference)
 
 
 def token_range(spec: ModelSpec, input_name: str) -> int | None:
@@ -70,50 +31,85 @@ def token_range(spec: ModelSpec, input_name: str) -> int | None:
     return min(dims) if dims else None
 
 
-def summary(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str = "cpu",
-            optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
+def _module_only_options(source: ModuleSource, *, checkpoint: Any, input_grad: bool) -> None:
+    """Options the engine does not yet replay for torch modules: refused, not predicted wrong."""
+    spec_only = {"checkpoint": bool(checkpoint), "input-grad": input_grad}
+    for option, asked in spec_only.items():
+        if asked:
+            raise SpecError(f"--{option} is predicted for model specs, not yet for torch models", field=option,
+                            source=source.name, expected="a .yaml/.json spec, a Keras JSON file or a built-in model")
+
+
+def summary(source: Source, *, batch: int, dtype: str = "float32", loss: str = "cross_entropy",
+            device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
             checkpoint: bool | tuple[str, ...] = (), threads: int | None = None,
-            input_grad: bool = False) -> dict[str, Any]:
+            input_grad: bool = False, depth: int | None = None) -> dict[str, Any]:
     """Predict. ``amp``: mixed precision to this dtype; ``checkpoint``: layers checkpointed (True: all);
-    ``input_grad``: training computes the inputs' gradients too."""
-    return predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+    ``input_grad``: training computes the inputs' gradients too; ``threads``: the CPU threads the run
+    will use (kernels' scratch depends on them; default: torch's)."""
+    if isinstance(source, ModuleSource):
+        from profiler.engine.torch_module import summary as module_summary
+        _module_only_options(source, checkpoint=checkpoint, input_grad=input_grad)
+        result = module_summary(source.for_prediction(), list(source.input_shapes), batch=batch, depth=depth,
+                                input_dtype=list(source.input_dtypes), dtype=dtype, loss=loss, name=source.name,
+                                optimizers=optimizers, amp=amp, threads=threads, device_kind=device_kind)
+        result["model_source"] = source.as_dict()
+        return result
+    return predict(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                    optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads,
                    input_grad=input_grad).as_dict()
 
 
-def measure(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
-            warmup: int, repeats: int, threads: int | None,
+def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "cross_entropy",
+            device: str | None = None, warmup: int = 3, repeats: int = 20, threads: int | None = None,
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
-            checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+            checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False,
+            validate: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the model on the device and measure it: (measured figures, options used).
 
     ``amp``: forward and loss under ``torch.autocast`` to this dtype, float32 weights;
     ``checkpoint``: the layers wrapped in activation checkpointing (True: every layer).
-    The request is validated first, by predicting it (cheap), so what the prediction refuses
-    fails with its SpecError rather than inside PyTorch.
+    A spec's request is validated first by predicting it (cheap), so what the prediction refuses
+    fails with its SpecError rather than inside PyTorch; ``validate=False`` when the caller has
+    just predicted it. A torch model is built by its factory (or copied): the original is untouched.
     """
-    from profiler.frontends.build import build
     from profiler.measuring.devices import get_device
-    from profiler.engine.predict import checkpoint_layers
     from profiler.measuring.runner import measure as run
 
     target = get_device(device)
-    predict(spec, batch=batch, dtype=dtype, loss=loss, device_kind=target.torch_device.type,
-            optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads, input_grad=input_grad)
-    module = build(spec, dtype=dtype, device=target.torch_device, checkpoint=checkpoint)
-    measurement = run(module, input_shape=[(batch, *i.shape) for i in spec.inputs],
-                      input_dtype=[i.dtype for i in spec.inputs],
-                      int_high=[token_range(spec, i.name) for i in spec.inputs], dtype=dtype,
-                      device=target, loss=loss, optimizers=optimizers,
-                      warmup=warmup, repeats=repeats, threads=threads, amp_dtype=amp, input_grad=input_grad)
-    measured = measurement.as_dict()
-    measured["layer_kept_for_backward_bytes"] = by_layer(measured.get("saved_activation_bytes", {}))
-    measured["layer_activations_at_peak"] = {peak: by_layer(modules) for peak, modules
-                                             in measured.get("activations_at_peak", {}).items()}
+    if isinstance(source, ModuleSource):
+        _module_only_options(source, checkpoint=checkpoint, input_grad=input_grad)
+        bounds = source.bounds()
+        module = source.build()
+        shapes = [(batch, *s) for s in source.input_shapes]
+        measurement = run(module, input_shape=shapes, input_dtype=list(source.input_dtypes), int_high=list(bounds),
+                          dtype=dtype, device=target, loss=loss, optimizers=optimizers, warmup=warmup,
+                          repeats=repeats, threads=threads, amp_dtype=amp)
+        measured = measurement.as_dict()
+        measured["layer_kept_for_backward_bytes"] = dict(measured.get("saved_activation_bytes", {}))
+        measured["layer_activations_at_peak"] = dict(measured.get("activations_at_peak", {}))
+        chosen: list[str] = []
+    else:
+        from profiler.engine.predict import checkpoint_layers
+        from profiler.frontends.build import build
+        if validate:
+            predict(source, batch=batch, dtype=dtype, loss=loss, device_kind=target.torch_device.type,
+                    optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads, input_grad=input_grad)
+        module = build(source, dtype=dtype, device=target.torch_device, checkpoint=checkpoint)
+        measurement = run(module, input_shape=[(batch, *i.shape) for i in source.inputs],
+                          input_dtype=[i.dtype for i in source.inputs],
+                          int_high=[token_range(source, i.name) for i in source.inputs], dtype=dtype,
+                          device=target, loss=loss, optimizers=optimizers, warmup=warmup, repeats=repeats,
+                          threads=threads, amp_dtype=amp, input_grad=input_grad)
+        measured = measurement.as_dict()
+        measured["layer_kept_for_backward_bytes"] = by_layer(measured.get("saved_activation_bytes", {}))
+        measured["layer_activations_at_peak"] = {peak: by_layer(modules) for peak, modules
+                                                 in measured.get("activations_at_peak", {}).items()}
+        chosen = sorted(checkpoint_layers(source, checkpoint))
     options = {"device": target.name, "batch": batch, "dtype": dtype, "loss": loss,
                "optimizers": list(optimizers), "warmup": warmup, "repeats": repeats,
                "threads": measured.get("threads", threads), "amp": amp,
-               "checkpoint": sorted(checkpoint_layers(spec, checkpoint)), "input_grad": input_grad}
+               "checkpoint": chosen, "input_grad": input_grad}
     return measured, options
 
 
@@ -126,13 +122,14 @@ def by_layer(module_bytes: dict[str, int]) -> dict[str, int]:
     return totals
 
 
-def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str | None,
-            warmup: int, repeats: int, threads: int | None,
+def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "cross_entropy",
+            device: str | None = None, warmup: int = 3, repeats: int = 20, threads: int | None = None,
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
-            checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False) -> dict[str, Any]:
+            checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False,
+            depth: int | None = None) -> dict[str, Any]:
     """Predict, measure and compare: the whole result, ready to save and render.
 
-    The prediction comes first: it validates the spec and the options (mixed precision on layers
+    The prediction comes first: it validates the model and the options (mixed precision on layers
     it does not model, for one), so a bad request fails with its SpecError before anything is
     built. It is for the device and threads the measurement will run with (threads size kernels'
     scratch): ``threads``, else torch's current number, which the runner keeps.
@@ -144,13 +141,14 @@ def profile(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device: str |
 
     target = get_device(device)
     device_kind = "cuda" if target.name.startswith("cuda") else "cpu"
-    result = summary(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+    result = summary(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                      optimizers=optimizers, amp=amp, checkpoint=checkpoint, input_grad=input_grad,
-                     threads=threads if threads is not None else torch.get_num_threads())
-    measured, options = measure(spec, batch=batch, dtype=dtype, loss=loss, device=target.name,
+                     threads=threads if threads is not None else torch.get_num_threads(), depth=depth)
+    measured, options = measure(source, batch=batch, dtype=dtype, loss=loss, device=target.name,
                                 warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
-                                amp=amp, checkpoint=checkpoint, input_grad=input_grad)
-    result.update(options=options, spec=spec.as_dict(), machine_info=machine_info(), measured=measured,
+                                amp=amp, checkpoint=checkpoint, input_grad=input_grad, validate=False)
+    described = {"spec": source.as_dict()} if isinstance(source, ModelSpec) else {"model_source": source.as_dict()}
+    result.update(options=options, **described, machine_info=machine_info(), measured=measured,
                   relative_error=relative_errors(result["predicted"], measured),
                   breakdown_comparison=breakdown_comparison(result["peaks"], measured.get("breakdown", {})))
     return result

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -569,6 +569,21 @@ class StorageLog(TorchDispatchMode):
         self.category[serial] = category
         return _Event(serial, nbytes, at, new=True), _Event(serial, -nbytes, freed_at)
 
+    def timeline(self, pieces: Sequence[Sequence[_Event]], *, start: int) -> Timeline:
+        """The events :meth:`peak` reads, as a :class:`Timeline` (frees of storages allocated in
+        another timeline left out, as there)."""
+        live: set[int] = set()
+        kept: list[tuple[int, int]] = []
+        first = start
+        for i, event in enumerate(e for piece in pieces for e in piece):
+            if event.new:
+                live.add(event.serial)
+            elif event.serial not in live:
+                first -= i < start
+                continue
+            kept.append((event.serial, event.nbytes))
+        return Timeline(tuple(kept), first)
+
     def peak(self, pieces: Sequence[Sequence[_Event]], *, start: int) -> Peak:
         """The highest live total over ``pieces`` played in order, and what made it up then.
 
@@ -634,17 +649,42 @@ def storage_of(tensor: torch.Tensor) -> torch.UntypedStorage | None:
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """The allocations and frees one peak is read from, in order, as (block, bytes) pairs: bytes
+    > 0 allocate (or grow) a block, < 0 free (or shrink) it. The first ``start`` events build
+    what is alive before the measured call. Kept so that a peak can be re-read under another
+    allocator's rounding, or compared event by event with the same run at another batch size."""
+    events: tuple[tuple[int, int], ...]
+    start: int
+
+    def peak(self, footprint: Callable[[int], int] | None = None) -> int:
+        """The highest live total, each block counted as ``footprint(its bytes)`` (default: exact)."""
+        size: dict[int, int] = {}
+        current = best = 0
+        for i, (block, delta) in enumerate(self.events):
+            old = size.get(block, 0)
+            new = old + delta
+            size[block] = new
+            current += (footprint(new) - footprint(old)) if footprint else delta
+            if i + 1 >= self.start and current > best:
+                best = current
+        return best
+
+
+@dataclass(frozen=True)
 class MemoryPrediction:
     inference: Peak
     training: dict[str, Peak]        # optimizer -> steady-state step
     first_step: dict[str, Peak]      # optimizer -> first step (fresh optimizer, no gradients)
     saved_bytes: dict[str, int]      # module -> bytes its training forward leaves for backward
+    timelines: dict[str, Timeline] = field(default_factory=dict)   # "inference", "train_adam", ...
 
 
 def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
-                   targets: Sequence[torch.Tensor], *, loss: str, fake_mode: Any,
+                   targets: Sequence[torch.Tensor] | None, *, loss: str, fake_mode: Any,
                    names: dict[int, str], optimizers: Sequence[str] = ("sgd", "adam"),
-                   amp: str | None = None, threads: int | None = None) -> MemoryPrediction:
+                   amp: str | None = None, threads: int | None = None,
+                   device_kind: str = "cpu") -> MemoryPrediction:
     """Replay inference and training steps of ``model`` (fake tensors, see the module docstring).
 
     ``model``, ``inputs`` and ``targets`` (see :func:`make_target`, one per output) live in
@@ -670,10 +710,18 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     ``amp``: mixed precision as the runner runs it, the forward pass (and in training the loss)
     under ``torch.autocast`` to that dtype; the region's cache of weight casts dies when it exits.
     ``threads`` (default: torch's) size kernels' workspace, booked per call (see
-    :func:`kernel_workspace`).
+    :func:`kernel_workspace`). ``targets`` None: made from the inference pass's outputs
+    (:func:`make_target`; float32 ``mse`` targets under mixed precision).
+
+    ``device_kind="cuda"`` predicts a CUDA run from the same replay, as far as it carries over:
+    the optimizers take their foreach (multi-tensor) path, as on CUDA, and the CPU kernels'
+    workspace (oneDNN, im2col) is not booked; cuBLAS/cuDNN workspaces and the allocator's
+    rounding are the planner's (``profiler.planning.fit``). Kernel choices follow the CPU's
+    (scaled dot-product attention's flash kernel on both).
     """
     tensors = [*model.parameters(), *model.buffers()]
-    run = Context(device_kind="cpu", amp=amp, threads=threads or torch.get_num_threads())
+    on_cpu = device_kind == "cpu"
+    run = Context(device_kind="cpu", amp=amp, threads=threads or torch.get_num_threads()) if on_cpu else None
 
     model.eval()
     log = StorageLog(names, run)
@@ -684,8 +732,14 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         with fake_mode, log, torch.no_grad(), autocast(amp):
             log.set_phase("forward")
             out = model(*inputs)
+        if targets is None:
+            with fake_mode:
+                targets = [make_target(loss, o.shape, torch.float32 if amp else o.dtype)
+                           for o in outputs(out)] if optimizers else []
         del out
-        inference = log.peak([start, log.cut()], start=len(start))
+        piece = log.cut()
+        inference = log.peak([start, piece], start=len(start))
+        timelines = {"inference": log.timeline([start, piece], start=len(start))}
     finally:
         log.close()
 
@@ -693,7 +747,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     first_step: dict[str, Peak] = {}
     params = [p for p in model.parameters() if p.requires_grad]
     if not optimizers or not params:
-        return MemoryPrediction(inference, training, first_step, {})
+        return MemoryPrediction(inference, training, first_step, {}, timelines)
     model.train()
     loss_fn = _loss_fn(loss)
     for p in params:
@@ -719,10 +773,12 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         log.mark(grads, "gradients")
         forward_backward = log.cut()
         for name in optimizers:
-            init, step, created, opt = _optimizer_step(log, name, params)
+            init, step, created, opt = _optimizer_step(log, name, params, foreach=not on_cpu)
             alive.append(opt)
             first = [*start, *init]
             first_step[name] = log.peak([first, forward_backward, step], start=len(first))
+            timelines[f"train_first_step_{name}"] = log.timeline([first, forward_backward, step],
+                                                                 start=len(first))
             update = [e for e in step if e.serial not in created]
             old_grads, zero_grad = log.alive_before(grads, "gradients", "zero_grad")
             old_state = [log.synthetic(e.nbytes, "optimizer_state", "start")[0]
@@ -730,15 +786,18 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
             before = [*start, *init, *old_grads, *old_state]
             training[name] = log.peak([before, zero_grad, forward_backward, update],
                                       start=len(before))
+            timelines[f"train_{name}"] = log.timeline([before, zero_grad, forward_backward, update],
+                                                      start=len(before))
     finally:
         log.close()
         alive.clear()
         for p in params:
             p.grad = None
-    return MemoryPrediction(inference, training, first_step, saved)
+    return MemoryPrediction(inference, training, first_step, saved, timelines)
 
 
-def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parameter]
+def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parameter], *,
+                    foreach: bool = False
                     ) -> tuple[list[_Event], list[_Event], set[int], torch.optim.Optimizer]:
     """The optimizer ``name`` made over meta twins of ``params`` (gradients set), then its first
     ``step``: the events of each (the state a constructor makes, Adagrad's), the serials of the
@@ -747,6 +806,9 @@ def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parame
     with log:
         log.set_phase("start")
         opt = OPTIMIZERS[name].make(twins)
+        for group in opt.param_groups:
+            if "foreach" in group:
+                group["foreach"] = foreach or group["foreach"]
     log.mark(_state_tensors(opt), "optimizer_state")
     init = log.cut()
     with log:

@@ -196,6 +196,8 @@ class Prediction:
             "layers": [row.as_dict() for row in self.rows],
             "totals": {"params": self.params, "trainable_params": self.trainable_params,
                        "non_trainable_params": self.non_trainable_params,
+                       "convention": "keras",   # moving statistics are non-trainable parameters
+                       "buffers": 0, "buffer_bytes": 0,
                        "param_bytes": self.param_bytes,
                        "param_bytes_by_dtype": {d: self.params * itemsize(d) for d in ("float32", "float16", "bfloat16")},
                        "macs": self.macs, "flops": 2 * self.macs,

@@ -16,7 +16,10 @@ Nothing real is allocated for the weights:
 Shapes and MACs come from one forward pass on the meta device (:mod:`profiler.engine.module_trace`;
 under ``amp`` on fake CPU tensors, which autocast acts on), memory peaks from replaying inference
 and training steps on fake CPU tensors, kernels' workspace included (:mod:`profiler.engine.module_memory`). Parameters are counted exactly from ``module.parameters()``
-(shared parameters once) plus ``module.buffers()`` as non-trainable.
+(shared parameters once): "params" are parameter elements, trainable by ``requires_grad``, as
+``sum(p.numel() for p in module.parameters())`` counts them; buffers (BatchNorm's running
+statistics, a rotary ``inv_freq``) are listed apart (``buffers``, ``buffer_bytes``) and counted in
+every memory figure.
 
 Rows form a tree, as torchinfo's ``depth``: the root is depth 0, its children depth 1, and so on.
 Modules deeper than ``depth`` are folded into their ancestor at ``depth``, whose row then covers its
@@ -34,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import importlib
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Callable, Iterable, Sequence, Union
@@ -45,8 +47,10 @@ from torch import nn
 from profiler.dtypes import ITEMSIZE, MODEL_DTYPES, dtype_name
 from profiler.errors import ModelsizeError
 from profiler.engine.memory_model import LOSSES
-from profiler.engine.module_memory import OPTIMIZERS, autocast, make_target, outputs, predict_memory
+from profiler.engine.module_memory import (OPTIMIZERS, MemoryPrediction, autocast, make_target, outputs,
+                                           predict_memory)
 from profiler.engine.module_trace import Trace, trace
+from profiler.frontends.source import call_factory, load_factory
 from profiler.measuring.runner import AMP_DTYPES
 
 ROOT = "(root)"     # the name rows give the root module
@@ -54,39 +58,11 @@ InputShape = Union[Sequence[int], Sequence[Sequence[int]]]
 INPUT_DTYPES = ("float", "int64", *MODEL_DTYPES)
 
 
-def load_factory(spec: str) -> Callable[[], nn.Module]:
-    """``"package.module:factory"`` -> the factory, a callable of no arguments.
-
-    This **imports** ``package.module`` (running its top-level code) and :func:`summary` then
-    **calls** the factory: only name code you trust. The attribute may be dotted
-    (``"pkg.models:Zoo.resnet50"``).
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ModelsizeError("bad factory", field="factory", expected='"package.module:factory"',
-                             received=repr(spec))
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ModelsizeError(f"cannot import {module_name!r}: {err}", field="factory",
-                             received=repr(spec)) from None
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ModelsizeError(f"module {module_name!r} has no attribute {attr!r}",
-                                 field="factory", received=repr(spec)) from None
-    if not callable(target):
-        raise ModelsizeError("the factory is not callable", field="factory",
-                             expected="a function or class that takes no arguments",
-                             received=f"{spec} = {type(target).__name__}")
-    return target
-
-
 def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: InputShape, *,
             batch: int = 1, depth: int | None = None, input_dtype: str | Sequence[str] = "float",
             dtype: str = "float32", loss: str = "cross_entropy", name: str | None = None,
-            optimizers: Sequence[str] = ("sgd", "adam"), amp: str | None = None) -> dict[str, Any]:
+            optimizers: Sequence[str] = ("sgd", "adam"), amp: str | None = None,
+            threads: int | None = None, device_kind: str = "cpu") -> dict[str, Any]:
     """Everything modelsize can say about a torch module, as a result dict (see the module doc).
 
     ``model`` is a module (left untouched), a factory of no arguments (called under the meta
@@ -105,36 +81,10 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     _check(batch, depth, dtype, loss, optimizers, amp)
     target_dtype = getattr(torch, dtype)
 
-    if isinstance(model, str):
-        name = name or model
-        model = load_factory(model)
-    if isinstance(model, nn.Module):
-        name = name or type(model).__name__
-        meta = _twin(model, _to_meta(target_dtype))
-    elif callable(model):
-        name = name or getattr(model, "__qualname__", repr(model))
-        with torch.device("meta"):
-            built = model()
-        if not isinstance(built, nn.Module):
-            raise ModelsizeError("the factory did not return a torch.nn.Module", field="factory",
-                                 received=type(built).__name__)
-        meta = built if _all_meta(built, target_dtype) else _twin(built, _to_meta(target_dtype))
-        del built
-    else:
-        raise ModelsizeError("cannot summarize this", field="model",
-                             expected="a torch.nn.Module, a factory or 'package.module:factory'",
-                             received=type(model).__name__)
-
+    meta, name = _meta_model(model, target_dtype, name)
     names = {id(m): n for n, m in meta.named_modules()}
     tree = _tree(meta)
-    meta.eval()
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with fake_mode:
-        fake = _twin(meta, _to_fake)
-        fake_inputs = [torch.empty((batch, *s), dtype=d, device="cpu")
-                       for s, d in zip(shapes, in_dtypes)]
-    fake_names = {id(m): n for n, m in fake.named_modules()}
+    fake_mode, fake, fake_inputs, fake_names = _fake_run(meta, shapes, in_dtypes, batch)
     if amp is None:
         meta_inputs = [torch.empty((batch, *s), dtype=d, device="meta")
                        for s, d in zip(shapes, in_dtypes)]
@@ -156,12 +106,13 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         targets = [make_target(loss, o.shape, target_dtype if amp else o.dtype) for o in outs] \
             if optimizers else []
     memory = _run(lambda: predict_memory(fake, fake_inputs, targets, loss=loss, fake_mode=fake_mode,
-                                         names=fake_names, optimizers=optimizers, amp=amp),
+                                         names=fake_names, optimizers=optimizers, amp=amp,
+                                         threads=threads, device_kind=device_kind),
                   "replaying inference and training on fake tensors")
 
     rows = _rows(tree, traced, memory.saved_bytes, depth, batch)
     totals = _totals(tree, traced, batch, shapes, in_dtypes, targets)
-    predicted = {"param_bytes": totals["param_bytes"],
+    predicted = {"param_bytes": totals["param_bytes"] + totals["buffer_bytes"],   # all the model holds
                  "inference_peak_bytes": memory.inference.bytes}
     peaks = {"inference": memory.inference.as_dict()}
     for opt, peak in memory.training.items():
@@ -172,12 +123,61 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         peaks[f"train_first_step_{opt}"] = peak.as_dict()
     return {
         "model": name, "source": "torch", "batch": batch, "dtype": dtype, "loss": loss,
-        "device_kind": "cpu", "amp": amp, "depth": depth,
+        "device_kind": device_kind, "amp": amp, "depth": depth,
         "input_shape": [[None, *s] for s in shapes] if len(shapes) > 1 else [None, *shapes[0]],
         "input_dtype": [dtype_name(d) for d in in_dtypes],
         "output_shape": [_batchless(tuple(o.shape), batch) for o in outs],
         "layers": rows, "totals": totals, "predicted": predicted, "peaks": peaks,
     }
+
+
+def memory(model: nn.Module | Callable[[], nn.Module], input_shape: InputShape, *, batch: int,
+           input_dtype: str | Sequence[str] = "float", dtype: str = "float32", loss: str = "cross_entropy",
+           optimizers: Sequence[str] = ("sgd", "adam"), amp: str | None = None, threads: int | None = None,
+           device_kind: str = "cpu") -> MemoryPrediction:
+    """Only the memory replay of :func:`summary` (no shape and MAC trace, no rows): what the
+    planner calls at each batch size it tries."""
+    shapes = _input_shapes(input_shape)
+    in_dtypes = _input_dtypes(input_dtype, len(shapes), dtype)
+    _check(batch, None, dtype, loss, optimizers, amp)
+    meta, _ = _meta_model(model, getattr(torch, dtype), None)
+    fake_mode, fake, fake_inputs, fake_names = _fake_run(meta, shapes, in_dtypes, batch)
+    del meta
+    return _run(lambda: predict_memory(fake, fake_inputs, None, loss=loss, fake_mode=fake_mode,
+                                       names=fake_names, optimizers=optimizers, amp=amp, threads=threads,
+                                       device_kind=device_kind),
+                "replaying inference and training on fake tensors")
+
+
+def _meta_model(model: Any, dtype: torch.dtype, name: str | None) -> tuple[nn.Module, str]:
+    """The model on the meta device, floating tensors in ``dtype``: a twin of a module (left
+    untouched), or what a factory builds under ``torch.device("meta")``."""
+    if isinstance(model, str):
+        name = name or model
+        model = load_factory(model)   # imports the user's module: its code runs
+    if isinstance(model, nn.Module):
+        return _twin(model, _to_meta(dtype)), name or type(model).__name__
+    if callable(model):
+        name = name or getattr(model, "__qualname__", repr(model))
+        with torch.device("meta"):
+            built = call_factory(model, name)
+        meta = built if _all_meta(built, dtype) else _twin(built, _to_meta(dtype))
+        return meta, name
+    raise ModelsizeError("cannot summarize this", field="model",
+                         expected="a torch.nn.Module, a factory or 'package.module:factory'",
+                         received=type(model).__name__)
+
+
+def _fake_run(meta: nn.Module, shapes: list[tuple[int, ...]], in_dtypes: list[torch.dtype], batch: int
+              ) -> tuple[Any, nn.Module, list[torch.Tensor], dict[int, str]]:
+    """A fake-CPU twin of ``meta`` (eval mode) with fake inputs, in a fresh fake mode."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    meta.eval()
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        fake = _twin(meta, _to_fake)
+        fake_inputs = [torch.empty((batch, *s), dtype=d, device="cpu") for s, d in zip(shapes, in_dtypes)]
+    return fake_mode, fake, fake_inputs, {id(m): n for n, m in fake.named_modules()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,7 +330,8 @@ class _Part:
     trainable: int = 0
     frozen: int = 0
     buffers: int = 0
-    nbytes: int = 0
+    nbytes: int = 0            # the parameters' bytes
+    buffer_nbytes: int = 0
     flops: int = 0
     saved_bytes: int = 0
     shared: bool = False
@@ -339,13 +340,15 @@ class _Part:
 
     @property
     def elements(self) -> int:
-        return self.trainable + self.frozen + self.buffers
+        """Parameter elements (buffers are not parameters)."""
+        return self.trainable + self.frozen
 
     def add(self, other: "_Part") -> None:
         self.trainable += other.trainable
         self.frozen += other.frozen
         self.buffers += other.buffers
         self.nbytes += other.nbytes
+        self.buffer_nbytes += other.buffer_nbytes
         self.flops += other.flops
         self.saved_bytes += other.saved_bytes
         self.shared = self.shared or other.shared
@@ -384,7 +387,8 @@ def _tree(model: nn.Module) -> dict[str, _Node]:
                 n = t.numel()
                 if kind == "buffer":
                     own.buffers += n
-                    own.terms.append(f"{attr} {shape} (buffer)")
+                    own.buffer_nbytes += n * t.element_size()
+                    continue
                 elif t.requires_grad:
                     own.trainable += n
                     own.terms.append(f"{attr} {shape}")
@@ -420,7 +424,7 @@ def _rows(tree: dict[str, _Node], traced: Trace, saved: dict[str, int], depth: i
         if leaf:
             rows.append(_row(len(rows), node, node.total, traced, batch, folded=node.total.modules > 1))
             return
-        if node.own.elements or node.own.flops or node.own.shared:
+        if node.own.elements or node.own.buffers or node.own.flops or node.own.shared:
             rows.append(_row(len(rows), node, node.own, traced, batch, folded=False, own=True))
         for child in node.children:
             visit(child)
@@ -442,7 +446,8 @@ def _row(index: int, node: _Node, part: _Part, traced: Trace, batch: int, *, fol
         "input_shape": _batchless(calls.input_shape if calls else None, batch),
         "output_shape": _batchless(calls.output_shape if calls else None, batch),
         "params": part.elements, "trainable_params": part.trainable,
-        "non_trainable_params": part.frozen + part.buffers, "formula": formula,
+        "non_trainable_params": part.frozen, "buffers": part.buffers, "buffer_bytes": part.buffer_nbytes,
+        "formula": formula,
         "macs": part.flops // 2, "flops": part.flops, "param_bytes": part.nbytes,
         "output_bytes": output_bytes, "activation_bytes": output_bytes,
         "kept_for_backward_bytes": part.saved_bytes,
@@ -465,8 +470,9 @@ def _totals(tree: dict[str, _Node], traced: Trace, batch: int, shapes: list[tupl
     params = total.elements
     return {
         "params": params, "trainable_params": total.trainable,
-        "non_trainable_params": total.frozen + total.buffers,
-        "parameter_elements": total.trainable + total.frozen, "buffer_elements": total.buffers,
+        "non_trainable_params": total.frozen, "convention": "torch",
+        "buffers": total.buffers, "buffer_bytes": total.buffer_nbytes,
+        "parameter_elements": params, "buffer_elements": total.buffers,
         "param_bytes": total.nbytes,
         "param_bytes_by_dtype": {d: params * ITEMSIZE[d] for d in MODEL_DTYPES},
         "macs": traced.flops // 2, "flops": traced.flops,

@@ -50,13 +50,16 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from profiler.planning.accelerators import CONTEXT_RESERVE, Accelerator, blas_workspace_bytes, lookup
 from profiler.errors import SpecError
 from profiler.engine.memory_model import Peak
+if TYPE_CHECKING:
+    from profiler.engine.module_memory import MemoryPrediction
 from profiler.engine.optimizers import CATALOG as OPTIMIZER_CATALOG
 from profiler.engine.predict import Prediction, predict
+from profiler.frontends.source import ModuleSource
 from profiler.frontends.spec import ModelSpec
 
 #: The search stops here: a batch this large that still fits is reported as capped.
@@ -211,27 +214,65 @@ class Evaluation:
 
 
 def evaluate(spec: ModelSpec, batch: int, budget: Budget, *, mode: str, dtype: str = "float32",
-             loss: str = "cross_entropy", amp: str | None = None) -> Evaluation:
+             loss: str = "cross_entropy", amp: str | None = None, threads: int | None = None) -> Evaluation:
     """Predict the figure that is compared with ``budget`` at ``batch`` (see the module docstring)."""
-    if mode not in MODES:
-        raise SpecError("unknown mode", field="train", expected=" or ".join(MODES), received=repr(mode))
+    _check_mode(mode)
     options = {"batch": batch, "dtype": dtype, "loss": loss, "device_kind": budget.target, "amp": amp,
-               "optimizers": () if mode == "inference" else (mode,)}
+               "optimizers": () if mode == "inference" else (mode,), "threads": threads}
     if budget.target == "cpu":
         peak = _mode_peak(predict(spec, **options), mode)
         return Evaluation(batch, peak.bytes, peak.bytes, None, peak.at, dict(peak.breakdown))
     prediction = predict(spec, footprint=block_bytes, **options)
     reserved = _mode_peak(predict(spec, footprint=segment_bytes, **options), mode)
     allocated = _mode_peak(prediction, mode)
-    handles = 1 if mode == "inference" else 2
-    extra = {"blas_workspace": handles * block_bytes(budget.workspace_bytes),
-             "per_tensor_rounding": BLOCK * _tensor_blocks(prediction)}
+    extra, extra_reserved = _cuda_extras(budget, mode)
+    extra["per_tensor_rounding"] = BLOCK * _tensor_blocks(prediction)
     allocated_bytes = allocated.bytes + sum(extra.values())
-    extra.update(blas_workspace=handles * segment_bytes(budget.workspace_bytes),
-                 shared_segments=SMALL_SEGMENT + LARGE_SEGMENT)
+    extra.update(extra_reserved)
     reserved_bytes = reserved.bytes + sum(extra.values())
     return Evaluation(batch, reserved_bytes, allocated_bytes, reserved_bytes, reserved.at,
                       {**reserved.breakdown, **extra})
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise SpecError("unknown mode", field="train", expected=" or ".join(MODES), received=repr(mode))
+
+
+def _cuda_extras(budget: Budget, mode: str) -> tuple[dict[str, int], dict[str, int]]:
+    """What the CUDA figures add to the tensors' peak: (to max_memory_allocated, to
+    max_memory_reserved). The cuBLAS workspace is one per handle: autograd's backward thread has
+    its own, so training has two."""
+    handles = 1 if mode == "inference" else 2
+    allocated = {"blas_workspace": handles * block_bytes(budget.workspace_bytes)}
+    reserved = {"blas_workspace": handles * segment_bytes(budget.workspace_bytes),
+                "shared_segments": SMALL_SEGMENT + LARGE_SEGMENT}
+    return allocated, reserved
+
+
+def module_evaluation(prediction: "MemoryPrediction", batch: int, budget: Budget, mode: str) -> Evaluation:
+    """The figure compared with ``budget`` from one full replay of a torch module: its exact peak
+    on a CPU target; on CUDA, each block of the replayed timeline rounded as the caching allocator
+    rounds it (every tensor is its own block here, so no per-tensor allowance is needed)."""
+    from profiler.planning.module_fit import keys
+    peaks = ([prediction.inference] if mode == "inference"
+             else [prediction.training[mode], prediction.first_step[mode]])
+    worst = max(peaks, key=lambda p: p.bytes)
+    at = worst.at if worst is peaks[0] else f"first step: {worst.at}"
+    if budget.target == "cpu":
+        return Evaluation(batch, worst.bytes, worst.bytes, None, at, dict(worst.breakdown))
+    timelines = [prediction.timelines[k] for k in keys(mode)]
+    extra_allocated, extra_reserved = _cuda_extras(budget, mode)
+    allocated = max(t.peak(block_bytes) for t in timelines) + sum(extra_allocated.values())
+    reserved = max(t.peak(segment_bytes) for t in timelines) + sum(extra_reserved.values())
+    return Evaluation(batch, reserved, allocated, reserved, at, {**worst.breakdown, **extra_reserved})
+
+
+def modelled_bytes(timelines: list, budget: Budget, mode: str) -> int:
+    """The compared figure from timelines alone (the linear model's, at some batch)."""
+    if budget.target == "cpu":
+        return max(t.peak() for t in timelines)
+    return max(t.peak(segment_bytes) for t in timelines) + sum(_cuda_extras(budget, mode)[1].values())
 
 
 def _mode_peak(prediction: Prediction, mode: str) -> Peak:
@@ -271,8 +312,10 @@ class Fit:
     at_next: Evaluation             # batch + 1: over the budget unless the search was capped
     capped: bool                    # MAX_BATCH still fits; larger batches were not tried
     max_batch: int
-    predict_calls: int
+    predict_calls: int              # spec: predictions; torch module: full fake-tensor replays
     amp: str | None = None          # autocast's dtype (mixed precision), None without
+    method: str = "bisection over predictions"
+    notes: tuple[str, ...] = ()
 
     @property
     def headroom_bytes(self) -> int | None:
@@ -288,23 +331,29 @@ class Fit:
                 "fits": self.batch > 0, "capped": self.capped, "max_batch": self.max_batch,
                 "peak": self.at_batch.as_dict() if self.at_batch else None, "next": self.at_next.as_dict(),
                 "headroom_bytes": self.headroom_bytes, "headroom_fraction": self.headroom_fraction,
-                "predict_calls": self.predict_calls}
+                "predict_calls": self.predict_calls, "method": self.method, "notes": list(self.notes)}
 
 
-def solve(spec: ModelSpec, budget: Budget, *, mode: str, dtype: str = "float32", loss: str = "cross_entropy",
-          max_batch: int = MAX_BATCH, amp: str | None = None) -> Fit:
+def solve(spec: ModelSpec | ModuleSource, budget: Budget, *, mode: str, dtype: str = "float32",
+          loss: str = "cross_entropy", max_batch: int = MAX_BATCH, amp: str | None = None,
+          threads: int | None = None) -> Fit:
     """The largest batch ``b <= max_batch`` with ``evaluate(b).bytes <= budget.usable_bytes``.
 
-    Doubling from 1 until a batch does not fit, then bisecting: about ``2 log2(b)`` predictions,
-    each remembered, so ``b + 1`` is usually known already when the search ends.
+    A spec: doubling from 1 until a batch does not fit, then bisecting: about ``2 log2(b)``
+    predictions, each remembered, so ``b + 1`` is usually known already when the search ends.
+    A torch module: solved from two replays and proven by two more (:mod:`.module_fit`).
     """
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise SpecError("must be a positive integer", field="max_batch", received=repr(max_batch))
+    _check_mode(mode)
+    if isinstance(spec, ModuleSource):
+        return _solve_module(spec, budget, mode=mode, dtype=dtype, loss=loss, max_batch=max_batch, amp=amp,
+                             threads=threads)
     seen: dict[int, Evaluation] = {}
 
     def at(batch: int) -> Evaluation:
         if batch not in seen:
-            seen[batch] = evaluate(spec, batch, budget, mode=mode, dtype=dtype, loss=loss, amp=amp)
+            seen[batch] = evaluate(spec, batch, budget, mode=mode, dtype=dtype, loss=loss, amp=amp, threads=threads)
         return seen[batch]
 
     def fits(batch: int) -> bool:
@@ -329,6 +378,59 @@ def solve(spec: ModelSpec, budget: Budget, *, mode: str, dtype: str = "float32",
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return answer(lo)
+
+
+def _solve_module(source: ModuleSource, budget: Budget, *, mode: str, dtype: str, loss: str, max_batch: int,
+                  amp: str | None, threads: int | None) -> Fit:
+    """Two replays give every allocation as ``a × batch + c``; the batch is solved over those lines
+    and proven by replays at ``b`` and ``b + 1`` (see :mod:`.module_fit`)."""
+    from profiler.planning.module_fit import PROBES, REFITS, largest_fitting, linear_model, replay
+
+    usable = budget.usable_bytes
+    raw: dict[int, MemoryPrediction] = {}
+    replays: dict[int, Evaluation] = {}
+
+    def exact(batch: int) -> Evaluation:
+        if batch not in replays:
+            raw[batch] = replay(source, batch, mode=mode, dtype=dtype, loss=loss, amp=amp, threads=threads,
+                                device_kind=budget.target)
+            replays[batch] = module_evaluation(raw[batch], batch, budget, mode)
+        return replays[batch]
+
+    def proven() -> dict[str, int | None]:
+        """The largest batch replayed within the budget and the smallest replayed over it."""
+        fitting = [b for b, e in replays.items() if e.bytes <= usable]
+        over = [b for b, e in replays.items() if e.bytes > usable]
+        return {"lo": max(fitting, default=0), "hi": min(over, default=None)}
+
+    notes: list[str] = []
+    batch, method, pair = None, "bisection over full replays", PROBES
+    for _ in range(1 + REFITS):
+        for b in pair:
+            exact(b)
+        lines = linear_model({b: raw[b] for b in pair}, mode)
+        if lines is None:
+            notes.append(f"the kernels allocate differently at batches {pair[0]} and {pair[1]}: no linear model")
+            break
+        guess = largest_fitting(lambda b: modelled_bytes([line.at(b) for line in lines.values()], budget, mode),
+                                usable, max_batch, **proven())
+        fits_guess = guess == 0 or exact(guess).bytes <= usable
+        over_next = guess == max_batch or exact(guess + 1).bytes > usable
+        if fits_guess and over_next:
+            batch = guess
+            method = (f"every allocation as a × batch + c from replays at batches {pair[0]} and {pair[1]}; "
+                      f"confirmed by replays at {guess} and {guess + 1}")
+            break
+        notes.append(f"lines read at batches {pair[0]} and {pair[1]} gave batch {guess}, which replays did not "
+                     "confirm (the kernels allocate differently at that batch size)")
+        pair = (guess, guess + 1) if fits_guess else (max(guess - 1, 1), guess)
+        if pair[0] == pair[1]:
+            break
+    if batch is None:
+        batch = largest_fitting(lambda b: exact(b).bytes, usable, max_batch, **proven())
+    at_next = exact(min(batch + 1, max_batch))
+    return Fit(source.name, mode, dtype, loss, budget, batch, exact(batch) if batch else None, at_next,
+               batch == max_batch, max_batch, len(replays), amp, method, tuple(notes))
 
 
 def _check_monotone(seen: dict[int, Evaluation]) -> None:

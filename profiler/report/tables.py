@@ -104,6 +104,8 @@ def _totals(r: dict, markdown: bool) -> str:
     lines = [f"Total params: {units.count(t['params'])} ({units.nbytes(t['param_bytes'])})",
              f"Trainable params: {units.count(t['trainable_params'])}",
              f"Non-trainable params: {units.count(t['non_trainable_params'])}",
+             *([f"Buffers (not parameters; in every memory figure): {units.count(t['buffers'])} "
+                f"({units.nbytes(t.get('buffer_bytes', 0))})"] if t.get("buffers") else []),
              f"Multiply-accumulates per forward pass: {units.si(t['macs'])} ({units.count(t['macs'])})"]
     return "\n".join(f"- {line}" for line in lines) if markdown else "\n".join(lines)
 

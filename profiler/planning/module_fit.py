@@ -1,0 +1,109 @@
+"""Capacity planning for torch modules: solved from two traces, then proven by two more.
+
+A fake-tensor replay of a large model takes seconds, so the planner does not bisect over full
+replays. It replays the step at two batch sizes (:data:`PROBES`), where the kernels make the
+same allocations in the same order, and reads each allocation and free of the timeline as
+``a × batch + c`` (two points fix ``a`` and ``c``; both must come out whole numbers). The peak at
+any batch is then the highest prefix sum of those lines — milliseconds to evaluate — and the
+largest batch whose peak fits is found by doubling and bisection over that model. The answer is
+confirmed by two full replays, at ``b`` and ``b + 1``. When either disagrees with the model (a
+kernel that chooses differently at another batch size: im2col at batch 1, another oneDNN
+algorithm or scratchpad size), the lines are read again from two replays next to the answer and
+the batch solved again between the batches proven so far; after :data:`REFITS` tries, bisection
+over full replays finishes the search. The answer says which way it was found.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from profiler.engine.module_memory import MemoryPrediction, Timeline
+from profiler.frontends.source import ModuleSource
+
+#: The two batch sizes the linear model is read from (batch 1 is avoided: some CPU kernels
+#: choose differently there).
+PROBES = (2, 3)
+#: How many times the lines are read again near a batch the replays did not confirm.
+REFITS = 3
+
+
+@dataclass(frozen=True)
+class LinearTimeline:
+    """A timeline whose every event is ``a × batch + c`` bytes."""
+    blocks: tuple[int, ...]
+    slopes: tuple[int, ...]
+    offsets: tuple[int, ...]
+    start: int
+
+    @classmethod
+    def fit(cls, b1: int, t1: Timeline, b2: int, t2: Timeline) -> "LinearTimeline | None":
+        """The lines through two timelines of the same events, or None when they are not the
+        same events or a line has no whole-number slope."""
+        if len(t1.events) != len(t2.events) or t1.start != t2.start:
+            return None
+        blocks, slopes, offsets = [], [], []
+        for (block1, d1), (block2, d2) in zip(t1.events, t2.events):
+            rise = d2 - d1
+            if block1 != block2 or rise % (b2 - b1) or (d1 > 0) != (d2 > 0):
+                return None
+            slope = rise // (b2 - b1)
+            blocks.append(block1)
+            slopes.append(slope)
+            offsets.append(d1 - slope * b1)
+        return cls(tuple(blocks), tuple(slopes), tuple(offsets), t1.start)
+
+    def at(self, batch: int) -> Timeline:
+        return Timeline(tuple((block, a * batch + c) for block, a, c in zip(self.blocks, self.slopes, self.offsets)),
+                        self.start)
+
+
+def keys(mode: str) -> tuple[str, ...]:
+    """The timelines a mode's figure is the largest of: a training loop runs the first and the
+    steady step."""
+    return ("inference",) if mode == "inference" else (f"train_{mode}", f"train_first_step_{mode}")
+
+
+def replay(source: ModuleSource, batch: int, *, mode: str, dtype: str, loss: str, amp: str | None,
+           threads: int | None, device_kind: str) -> MemoryPrediction:
+    """One full fake-tensor replay of the mode at ``batch``."""
+    from profiler.engine.torch_module import memory
+    return memory(source.for_prediction(), list(source.input_shapes), batch=batch,
+                  input_dtype=list(source.input_dtypes), dtype=dtype, loss=loss,
+                  optimizers=() if mode == "inference" else (mode,), amp=amp, threads=threads,
+                  device_kind=device_kind)
+
+
+def linear_model(probes: dict[int, MemoryPrediction], mode: str) -> dict[str, LinearTimeline] | None:
+    """Each timeline of ``mode`` as lines in the batch, from the two probe replays (None: the
+    kernels allocate differently at the two probes)."""
+    (b1, m1), (b2, m2) = sorted(probes.items())
+    lines = {}
+    for key in keys(mode):
+        line = LinearTimeline.fit(b1, m1.timelines[key], b2, m2.timelines[key])
+        if line is None:
+            return None
+        lines[key] = line
+    return lines
+
+
+def largest_fitting(figure: Callable[[int], int], usable: int, max_batch: int, *, lo: int = 0,
+                    hi: int | None = None) -> int:
+    """The largest ``b <= max_batch`` with ``figure(b) <= usable`` for a non-decreasing figure
+    (0 when batch 1 does not fit): doubling, then bisection. ``lo`` is a batch known to fit (0:
+    none known), ``hi`` one known not to: the search stays between them."""
+    if lo == 0:
+        if hi == 1 or figure(1) > usable:
+            return 0
+        lo = 1
+    if hi is None:
+        hi = lo * 2
+        while hi <= max_batch and figure(hi) <= usable:
+            lo, hi = hi, hi * 2
+        if hi > max_batch:
+            if figure(max_batch) <= usable:
+                return max_batch
+            hi = max_batch
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if figure(mid) <= usable else (lo, mid)
+    return lo
