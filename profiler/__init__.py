@@ -1,19 +1,23 @@
-"""modelsize: predict a model's parameters, MACs and memory layer by layer, measure, compare.
+"""modelsize: predict a model's parameters, MACs and memory layer by layer, measure, compare, plan.
 
-Prediction never imports torch; building and measuring do, lazily.
+``profiler.summary / measure / profile / fit`` take any model: a torch module or factory, a
+``"package.module:factory"``, a spec, Keras JSON or Hugging Face config path, or a built-in name
+(:mod:`profiler.api`). They import torch on first use; predicting a spec with :func:`predict`
+does not.
 """
 from profiler.errors import ModelsizeError, ShapeError, SpecError, UnsupportedLayerError
 from profiler.engine.predict import Prediction, predict
 from profiler.frontends.spec import Model, ModelSpec, layer, load, loads
 
 __all__ = ["Model", "ModelSpec", "ModelsizeError", "Prediction", "ShapeError", "SpecError",
-           "UnsupportedLayerError", "layer", "load", "loads", "predict", "summary"]
+           "UnsupportedLayerError", "fit", "layer", "load", "loads", "measure", "predict", "profile", "summary"]
+
+_API = ("summary", "measure", "profile", "fit")
 
 
 def __getattr__(name: str):
-    """``profiler.summary(module, input_shape=...)`` for torch modules, imported on first use
-    (it needs torch, which predicting a spec does not)."""
-    if name == "summary":
-        from profiler.engine.torch_module import summary
-        return summary
+    """The API's jobs, imported on first use (they need torch, which predicting a spec does not)."""
+    if name in _API:
+        from profiler import api
+        return getattr(api, name)
     raise AttributeError(f"module 'profiler' has no attribute {name!r}")

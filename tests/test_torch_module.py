@@ -65,14 +65,16 @@ def test_parameters_are_torchs_own_count(name):
     totals = result(name)["totals"]
     assert totals["parameter_elements"] == params
     assert totals["buffer_elements"] == buffers
-    assert totals["params"] == params + buffers
+    assert totals["params"] == params                           # buffers are not parameters
+    assert totals["buffers"] == buffers and totals["convention"] == "torch"
     assert totals["trainable_params"] == trainable
-    assert totals["non_trainable_params"] == params - trainable + buffers
-    assert totals["param_bytes"] == sum(t.numel() * t.element_size()
-                                        for t in (*model.parameters(), *model.buffers()))
+    assert totals["non_trainable_params"] == params - trainable
+    assert totals["param_bytes"] == sum(t.numel() * t.element_size() for t in model.parameters())
+    assert totals["buffer_bytes"] == sum(t.numel() * t.element_size() for t in model.buffers())
+    assert result(name)["predicted"]["param_bytes"] == totals["param_bytes"] + totals["buffer_bytes"]
     rows = result(name)["layers"]
-    assert sum(r["params"] for r in rows) == totals["params"]
-    assert sum(r["trainable_params"] for r in rows) == totals["trainable_params"]
+    for key in ("params", "trainable_params", "buffers", "buffer_bytes", "param_bytes"):
+        assert sum(r[key] for r in rows) == totals[key], key
 
 
 def test_at_least_fifteen_cases_cover_the_hard_modules():
@@ -109,20 +111,21 @@ def test_multihead_attention_owns_its_input_projection():
 
 def test_frozen_parameters_and_buffers_are_not_trainable():
     totals = result("frozen_features")["totals"]
-    # frozen: conv 6×3×3×3 + 6 = 168, batch norm 6 + 6 = 12; buffers 6 + 6 + 1 = 13;
-    # trainable head 4×216 + 4 = 868
+    # frozen: conv 6×3×3×3 + 6 = 168, batch norm 6 + 6 = 12; buffers 6 + 6 + 1 = 13 (not
+    # parameters); trainable head 4×216 + 4 = 868
     assert totals["trainable_params"] == 868
-    assert totals["non_trainable_params"] == 168 + 12 + 13
+    assert totals["non_trainable_params"] == 168 + 12
+    assert totals["buffers"] == 13
 
 
 def test_float16_halves_floating_parameters_only():
     full = summary(Z.resnet_tiny, (3, 32, 32), optimizers=())["totals"]
     half = summary(Z.resnet_tiny, (3, 32, 32), dtype="float16", optimizers=())["totals"]
-    tracked = 5 * 8   # num_batches_tracked: one int64 per batch norm, never converted
     batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in Z.resnet_tiny().modules())
     assert half["params"] == full["params"]
-    assert full["param_bytes"] - batch_norms * 8 == 2 * (half["param_bytes"] - batch_norms * 8)
-    assert tracked  # (documents the int64 buffers above)
+    assert full["param_bytes"] == 2 * half["param_bytes"]
+    # buffers: the running statistics halve, num_batches_tracked (one int64 each) does not
+    assert full["buffer_bytes"] - batch_norms * 8 == 2 * (half["buffer_bytes"] - batch_norms * 8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,9 +208,10 @@ def test_depth_folds_subtrees_and_every_depth_sums_to_the_totals():
     by_name = {r["name"]: r for r in summary(Z.resnet_tiny, (3, 32, 32), batch=BATCH, depth=1,
                                                 optimizers=())["layers"]}
     # layer1 folds one bottleneck: convolutions 1×1 8→8 (64), 3×3 8→8 (576), 1×1 8→32 (256),
-    # downsample 1×1 8→32 (256); batch norms of 8 channels (8 + 8 weights, 8 + 8 statistics,
-    # 1 counter = 33) twice and of 32 channels (129) twice
-    assert by_name["layer1"]["params"] == 64 + 576 + 256 + 256 + 2 * 33 + 2 * 129 == 1_476
+    # downsample 1×1 8→32 (256); batch norms of 8 channels (8 + 8 weights) twice and of 32
+    # channels (32 + 32) twice; their statistics (8 + 8 + 1 counter, 32 + 32 + 1) are buffers
+    assert by_name["layer1"]["params"] == 64 + 576 + 256 + 256 + 2 * 16 + 2 * 64 == 1_312
+    assert by_name["layer1"]["buffers"] == 2 * 17 + 2 * 65
     assert by_name["layer1"]["formula"].endswith("over 12 modules")
 
 

@@ -1,0 +1,87 @@
+"""The Python API: ``profiler.summary / measure / profile / fit`` for any model.
+
+``model`` is a torch module (never moved or changed: predicted on a meta twin, measured on a deep
+copy), a factory of no arguments (called under the meta device to predict, for real to measure),
+``"package.module:factory"`` (IMPORTED and called: its code runs), a path (a YAML/JSON spec, a
+Keras ``to_json()`` file, a Hugging Face ``config.json``), a built-in model's name, or a
+:class:`~profiler.frontends.spec.ModelSpec`. Torch models need ``input_shape`` (one sample's,
+batch excluded; a list of shapes for several inputs). Each call returns the result dict the CLI
+renders and saves.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from profiler import workflow
+from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS
+from profiler.frontends.source import resolve
+
+
+def _source(model: Any, input_shape: Any, input_dtype: Any, int_high: Any, hf_task: str | None,
+            seq_len: int | None, name: str | None):
+    return resolve(model, input_shape=input_shape, input_dtype=input_dtype, int_high=int_high,
+                   hf_task=hf_task, seq_len=seq_len, name=name)
+
+
+def summary(model: Any = None, input_shape: Any = None, *, batch: int = 1, input_dtype: Any = None,
+            int_high: Any = None, hf_task: str | None = None, seq_len: int | None = None,
+            dtype: str = "float32", loss: str = "cross_entropy",
+            optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, amp: str | None = None,
+            checkpoint: Any = (), threads: int | None = None, input_grad: bool = False,
+            depth: int | None = None, device_kind: str = "cpu", name: str | None = None) -> dict[str, Any]:
+    """Predict layer by layer and the memory peaks, allocating nothing."""
+    source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, name)
+    return workflow.summary(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                            optimizers=tuple(optimizers), amp=amp, checkpoint=checkpoint, threads=threads,
+                            input_grad=input_grad, depth=depth)
+
+
+def measure(model: Any = None, input_shape: Any = None, *, batch: int = 1, input_dtype: Any = None,
+            int_high: Any = None, hf_task: str | None = None, seq_len: int | None = None,
+            dtype: str = "float32", loss: str = "cross_entropy",
+            optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, amp: str | None = None, checkpoint: Any = (),
+            threads: int | None = None, input_grad: bool = False, device: str | None = None,
+            warmup: int = 3, repeats: int = 20, name: str | None = None) -> dict[str, Any]:
+    """Build the model and measure it on the device: ``{"model", "options", "measured"}``.
+    Raises :class:`~profiler.measuring.devices.DoesNotFit` when it runs out of memory."""
+    source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, name)
+    measured, options = workflow.measure(source, batch=batch, dtype=dtype, loss=loss, device=device,
+                                         warmup=warmup, repeats=repeats, threads=threads,
+                                         optimizers=tuple(optimizers), amp=amp, checkpoint=checkpoint,
+                                         input_grad=input_grad)
+    return {"model": getattr(source, "name", None), "options": options, "measured": measured}
+
+
+def profile(model: Any = None, input_shape: Any = None, *, batch: int = 1, input_dtype: Any = None,
+            int_high: Any = None, hf_task: str | None = None, seq_len: int | None = None,
+            dtype: str = "float32", loss: str = "cross_entropy",
+            optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, amp: str | None = None, checkpoint: Any = (),
+            threads: int | None = None, input_grad: bool = False, device: str | None = None,
+            warmup: int = 3, repeats: int = 20, depth: int | None = None, name: str | None = None
+            ) -> dict[str, Any]:
+    """Predict, measure and compare, figure by figure (nothing saved: see ``report.results.save``)."""
+    source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, name)
+    return workflow.profile(source, batch=batch, dtype=dtype, loss=loss, device=device, warmup=warmup,
+                            repeats=repeats, threads=threads, optimizers=tuple(optimizers), amp=amp,
+                            checkpoint=checkpoint, input_grad=input_grad, depth=depth)
+
+
+def fit(model: Any = None, input_shape: Any = None, *, memory: str | int | None = None,
+        device: str | None = None, train: str | None = "adam", inference: bool = False,
+        target: str | None = None, reserve: str | None = None, margin: str | None = None,
+        input_dtype: Any = None, int_high: Any = None, hf_task: str | None = None, seq_len: int | None = None,
+        dtype: str = "float32", loss: str = "cross_entropy", amp: str | None = None,
+        threads: int | None = None, verify: bool = False, name: str | None = None) -> dict[str, Any]:
+    """The largest batch whose predicted peak fits ``memory`` (bytes or "24GiB") or a catalogued
+    ``device`` ("h100-80gb"); ``verify`` measures it at that batch and the next."""
+    from profiler.planning import fit as planning
+
+    source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, name)
+    budget = planning.make_budget(memory=None if memory is None else str(memory), device=device, target=target,
+                                  reserve=reserve, margin=margin)
+    answer = planning.solve(source, budget, mode="inference" if inference else train, dtype=dtype, loss=loss,
+                            amp=amp, threads=threads)
+    result = answer.as_dict()
+    if verify:
+        result["verification"] = planning.verify(source, answer).as_dict()
+    return result
