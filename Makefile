@@ -3,8 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is installed first and only when the venv has none, so an existing (e.g. CUDA) build is kept.
-TORCH_SPEC ?= torch==2.13.0
+# torch is installed first and only when the venv has none, so an existing build is kept. 2.14.1 with
+# torchvision 0.29.1: the pair installs together (timm, in the test extra, imports torchvision; PyPI's
+# torchvision 0.28 does not load beside the CPU build of torch 2.13). A CUDA build that runs on the CPU.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup setup-test profile test bench clean
 
@@ -13,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 setup: $(BIN)/python
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e .
 
 setup-test: setup

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from profiler import workflow
 from profiler.dtypes import MODEL_DTYPES
 from profiler.errors import ModelsizeError
-from profiler.engine.memory_model import LOSSES
+from profiler.step import LOSSES
 from profiler.engine.optimizers import CATALOG as OPTIMIZER_CATALOG, DEFAULT as DEFAULT_OPTIMIZERS
 from profiler.report.tables import render
 

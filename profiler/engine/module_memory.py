@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.dtypes import dtype_name, itemsize
-from profiler.engine.memory_model import CATEGORIES, LOSSES, Peak  # noqa: F401  (LOSSES: re-exported for torch_module)
+from profiler.engine.memory_model import CATEGORIES, Peak
+from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.args import parse_args
 from profiler.rules.registry import Context, Memory, Saved, rule_for
@@ -684,7 +685,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                    targets: Sequence[torch.Tensor] | None, *, loss: str, fake_mode: Any,
                    names: dict[int, str], optimizers: Sequence[str] = ("sgd", "adam"),
                    amp: str | None = None, threads: int | None = None,
-                   device_kind: str = "cpu") -> MemoryPrediction:
+                   device_kind: str = "cpu", input_grad: bool = False) -> MemoryPrediction:
     """Replay inference and training steps of ``model`` (fake tensors, see the module docstring).
 
     ``model``, ``inputs`` and ``targets`` (see :func:`make_target`, one per output) live in
@@ -712,6 +713,10 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     ``threads`` (default: torch's) size kernels' workspace, booked per call (see
     :func:`kernel_workspace`). ``targets`` None: made from the inference pass's outputs
     (:func:`make_target`; float32 ``mse`` targets under mixed precision).
+
+    ``input_grad``: the floating inputs require gradients in training, as the runner's
+    ``input_grad``: backward makes each ``x.grad`` (a temporary, as the runner names it), kept
+    through the optimizer step and set to None after ``zero_grad`` in the next step.
 
     ``device_kind="cuda"`` predicts a CUDA run from the same replay, as far as it carries over:
     the optimizers take their foreach (multi-tensor) path, as on CUDA, and the CPU kernels'
@@ -749,9 +754,12 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     if not optimizers or not params:
         return MemoryPrediction(inference, training, first_step, {}, timelines)
     model.train()
-    loss_fn = _loss_fn(loss)
+    loss_fn = step_loss(loss)
     for p in params:
         p.grad = None
+    differentiated = [x for x in inputs if input_grad and x.is_floating_point()]
+    for x in differentiated:
+        x.requires_grad_(True)
     log = StorageLog(names, run)
     alive: list[Any] = []   # the step's output and loss, and the optimizers: alive to the end
     try:
@@ -764,13 +772,15 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                 log.set_phase("forward")
                 alive.append(out := model(*inputs))
                 log.set_phase(f"loss ({loss_fn.__name__})")
-                alive.append(loss_value := _total_loss(loss_fn, outputs(out), targets))
+                alive.append(loss_value := total_loss(loss_fn, outputs(out), targets))
             saved = log.saved_by_module()
             log.set_phase("backward")
             loss_value.backward()
         del out, loss_value
         grads = [p.grad for p in params]
         log.mark(grads, "gradients")
+        input_grads = [x.grad for x in differentiated]
+        log.mark(input_grads, "temporaries")
         forward_backward = log.cut()
         for name in optimizers:
             init, step, created, opt = _optimizer_step(log, name, params, foreach=not on_cpu)
@@ -781,9 +791,11 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                                                                  start=len(first))
             update = [e for e in step if e.serial not in created]
             old_grads, zero_grad = log.alive_before(grads, "gradients", "zero_grad")
+            old_input_grads, drop_input_grads = log.alive_before(input_grads, "temporaries", "zero_grad")
+            zero_grad += drop_input_grads
             old_state = [log.synthetic(e.nbytes, "optimizer_state", "start")[0]
                          for e in step if e.serial in created and e.new]
-            before = [*start, *init, *old_grads, *old_state]
+            before = [*start, *init, *old_grads, *old_state, *old_input_grads]
             training[name] = log.peak([before, zero_grad, forward_backward, update],
                                       start=len(before))
             timelines[f"train_{name}"] = log.timeline([before, zero_grad, forward_backward, update],
@@ -793,6 +805,9 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         alive.clear()
         for p in params:
             p.grad = None
+        for x in differentiated:
+            x.grad = None
+            x.requires_grad_(False)
     return MemoryPrediction(inference, training, first_step, saved, timelines)
 
 
@@ -849,28 +864,6 @@ def _state_tensors(opt: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
                 yield value
 
 
-def outputs(out: object) -> list[torch.Tensor]:
-    """The tensors a loss is computed on, as the runner takes them: the output, or each tensor of
-    a tuple, list or dict output (nested containers, such as an LSTM's ``(h, c)``, are left out)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
-    found = [o for o in items if isinstance(o, torch.Tensor)]
-    if not found:
-        raise TypeError("the module returned no tensor to compute a loss on "
-                        f"(got {type(out).__name__})")
-    return found
-
-
-def _total_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                outs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Several outputs: their losses summed, in order (as the runner does)."""
-    total = loss_fn(outs[0], targets[0])
-    for o, y in zip(outs[1:], targets[1:]):
-        total = total + loss_fn(o, y)
-    return total
-
-
 def make_target(loss: str, out_shape: Sequence[int], out_dtype: torch.dtype) -> torch.Tensor:
     """cross_entropy: one int64 class per position (every axis but the last); mse: like the output.
 
@@ -879,15 +872,3 @@ def make_target(loss: str, out_shape: Sequence[int], out_dtype: torch.dtype) -> 
     if loss == "cross_entropy":
         return torch.empty(tuple(out_shape[:-1]), dtype=torch.int64, device="cpu")
     return torch.empty(tuple(out_shape), dtype=out_dtype, device="cpu")
-
-
-def _loss_fn(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if loss == "mse":
-        def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.mse_loss(out, y)
-        return mse
-
-    def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-
-    return cross_entropy

@@ -46,7 +46,7 @@ from torch import nn
 
 from profiler.dtypes import ITEMSIZE, MODEL_DTYPES, dtype_name
 from profiler.errors import ModelsizeError
-from profiler.engine.memory_model import LOSSES
+from profiler.step import LOSSES
 from profiler.engine.module_memory import (OPTIMIZERS, MemoryPrediction, autocast, make_target, outputs,
                                            predict_memory)
 from profiler.engine.module_trace import Trace, trace

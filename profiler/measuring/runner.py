@@ -68,11 +68,11 @@ from profiler.measuring.memory_trace import TensorTracker, capture, profiled
 from profiler.measuring.peak_breakdown import Annotator, Breakdown, Known, analyse, storages
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.measuring.timing import time_fn
+from profiler.step import LOSSES, loss_fn as step_loss, outputs, total_loss
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 AMP_DTYPES = ("bfloat16", "float16")
 INPUT_DTYPES = ("float", "int64")
-LOSSES = ("cross_entropy", "mse")
 OPTIMIZER_FIGURES = ("train_first_step_tensor_peak_bytes", "train_first_step_workspace_bytes",
                      "train_first_step_peak_bytes", "train_tensor_peak_bytes", "train_workspace_bytes",
                      "train_baseline_bytes", "train_peak_bytes")   # longest first: prefixes overlap
@@ -195,7 +195,7 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
     module.eval()
     with oom_guard(dev.name, "inference"):
         with torch.no_grad(), amp():
-            probe = _as_tuple(module(*x))
+            probe = outputs(module(*x))
         # mse targets are data, in the model's dtype (float32 under mixed precision)
         out_shapes = [(tuple(o.shape), DTYPES[dtype] if amp_dtype else o.dtype) for o in probe]
         del probe
@@ -218,7 +218,7 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
     # Training.
     y = tuple(_make_target(loss, shape, kind, dev.torch_device, seed + 1 + 7 * k)
               for k, (shape, kind) in enumerate(out_shapes))
-    loss_fn = _loss_fn(loss)
+    loss_fn = step_loss(loss)
     params = [p for p in module.parameters() if p.requires_grad]
     train: dict[str, dict[str, Any]] = {}
     activations: dict[str, int] = {}
@@ -309,10 +309,8 @@ def _train_step(module: torch.nn.Module, opt: torch.optim.Optimizer, x: tuple[to
         tensor.grad = None
     mark("forward")
     with amp():
-        out = _as_tuple(module(*x))
-        loss = loss_fn(out[0], y[0])
-        for o, target in zip(out[1:], y[1:]):   # several outputs: their losses summed
-            loss = loss + loss_fn(o, target)
+        out = outputs(module(*x))
+        loss = total_loss(loss_fn, out, y)
     mark("backward")
     loss.backward()
     mark("optimizer")
@@ -476,10 +474,6 @@ def _tensors(pairs: Iterable[tuple[str, torch.Tensor]]) -> Iterator[torch.Tensor
     return (tensor for _, tensor in pairs)
 
 
-def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
-    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
-
-
 def _input_lists(input_shape: Any, input_dtype: Any, int_high: Any
                  ) -> tuple[list[tuple[int, ...]], list[str], list[int | None]]:
     """One input (a shape of ints) or several (a list of shapes, with a dtype and bound each)."""
@@ -509,16 +503,6 @@ def _make_target(loss: str, out_shape: tuple[int, ...], out_dtype: torch.dtype,
     else:
         y = torch.randn(out_shape, generator=generator).to(out_dtype)
     return y.to(device)
-
-
-def _loss_fn(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if loss == "mse":
-        return F.mse_loss
-
-    def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-
-    return cross_entropy
 
 
 def _uses_foreach(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> bool | None:

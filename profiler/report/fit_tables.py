@@ -62,7 +62,10 @@ def _answer(r: dict) -> str:
                 f"({r['next']['bytes']:,} B), over the usable {units.nbytes(usable)}.")
     text = (f"Largest batch: {r['batch']:,}. Headroom {units.nbytes(r['headroom_bytes'])} "
             f"({r['headroom_bytes']:,} B, {r['headroom_fraction'] * 100:.2f}% of usable); "
-            f"peak at {r['peak']['at']}. {r['predict_calls']} predictions.")
+            f"peak at {r['peak']['at']}. {r['predict_calls']} predictions"
+            + (f" ({r['method']})." if r.get("method") else "."))
+    for note in r.get("notes", []):
+        text += f" Note: {note}."
     if r["capped"]:
         text += (f" The search stops at {r['max_batch']:,} (2**{r['max_batch'].bit_length() - 1}): "
                  "larger batches may fit too.")
