@@ -97,8 +97,8 @@ def resolve(model: Any = None, *, input_shape: Sequence[Any] | None = None,
     if isinstance(model, (str, Path)):
         text = str(model)
         path = Path(text)
-        if path.is_file() and path.suffix == ".json" and _is_hf_config(path):
-            from profiler.frontends.hf_config import load_hf_config
+        from profiler.frontends.hf_config import is_hf_config, load_hf_config
+        if path.is_file() and path.suffix == ".json" and is_hf_config(path):
             return load_hf_config(text, task=hf_task, seq_len=seq_len)
         if path.exists() or text.endswith((".yaml", ".yml", ".json")) or "/" in text:
             return load(text)
@@ -165,16 +165,6 @@ def _per_input(value: Any, count: int, field: str, source: str) -> list[Any]:
     if len(values) != count:
         raise SpecError(f"one value per input ({count})", field=field, source=source, received=repr(value))
     return values
-
-
-def _is_hf_config(path: Path) -> bool:
-    """A Hugging Face config (``model_type``) rather than a Keras file or a spec."""
-    import json
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "model_type" in data and "class_name" not in data and "layers" not in data
 
 
 def load_factory(reference: str) -> Callable[[], Any]:
