@@ -14,7 +14,9 @@ from profiler import workflow
 from profiler.measuring.memory_trace import allocator_peak
 from profiler.frontends.models import builtin
 from profiler.rules.registry import Context
-from profiler.rules.conv import ConvCall, bf16_weights_scratchpad, conv_workspace, float32_weights_scratchpad
+from profiler.engine.kernels.conv_call import ConvCall
+from profiler.engine.kernels.cpu_conv import conv_workspace
+from profiler.engine.kernels.onednn_conv_weights import bf16_weights_scratchpad, float32_weights_scratchpad
 from profiler.rules.modules import ChannelsLast
 from profiler.frontends.spec import Model, layer as L
 

@@ -207,10 +207,13 @@ def test_training_is_predicted_on_an_encoder_decoder(tmp_path):
 
 
 def test_fake_tensors_make_the_masks_a_real_run_makes(tmp_path, monkeypatch):
-    """sdpa runs causal without a materialized mask on real inputs; it must on fake ones too, and
-    transformers' mask functions are its own again afterwards."""
+    """sdpa runs causal without a materialized mask on real inputs; it must on fake ones too while
+    the engine traces (profiler.engine.value_reads), and transformers' mask functions are its own
+    again afterwards."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import masking_utils
+
+    from profiler.engine.value_reads import answered_as_real
     before = {n: getattr(masking_utils, n) for n in
               ("find_packed_sequence_indices", "_ignore_causal_mask_sdpa", "_ignore_bidirectional_mask_sdpa")}
     masks: list[object] = []
@@ -227,6 +230,10 @@ def test_fake_tensors_make_the_masks_a_real_run_makes(tmp_path, monkeypatch):
     assert masks and all(m is None for m in masks)
     masks.clear()
     with FakeTensorMode(), torch.no_grad():
+        source.factory()(torch.empty(BATCH, SEQ, dtype=torch.int64))
+    assert masks and not all(m is None for m in masks)   # left alone, transformers makes a mask
+    masks.clear()
+    with FakeTensorMode(), torch.no_grad(), answered_as_real():
         source.factory()(torch.empty(BATCH, SEQ, dtype=torch.int64))
     assert masks and all(m is None for m in masks)
     assert {n: getattr(masking_utils, n) for n in before} == before

@@ -10,7 +10,7 @@ layers cast their weights and input once per call and run in bfloat16 throughout
 import pytest
 
 from profiler import workflow
-from profiler.engine.memory_model import onednn_bf16_gemm_scratch
+from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
 from profiler.engine.predict import predict
 from profiler.frontends.spec import Model, from_dict
 

@@ -15,7 +15,7 @@ import pytest
 from profiler import workflow
 from profiler.cli import main
 from profiler.errors import ModelsizeError, SpecError
-from profiler.engine.memory_model import onednn_bf16_gemm_scratch
+from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
 from profiler.frontends.models import builtin
 from profiler.engine.predict import predict
 from profiler.frontends.spec import Model

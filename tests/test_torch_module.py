@@ -19,7 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import torch_models as Z
 from profiler.errors import ModelsizeError
-from profiler.engine.module_memory import onednn_lstm_workspace_bytes, outputs, predict_memory
+from profiler.engine.kernels.onednn_rnn import onednn_lstm_workspace_bytes
+from profiler.engine.module_memory import outputs, predict_memory
 from profiler.report.tables import render
 from profiler.engine.torch_module import load_factory, summary
 

@@ -17,7 +17,8 @@ from torch import nn
 
 from profiler import workflow
 from profiler.frontends.build import build
-from profiler.engine.module_memory import _WORKSPACE, outputs, predict_memory
+from profiler.engine.kernels.aten_cpu import _WORKSPACE
+from profiler.engine.module_memory import outputs, predict_memory
 from profiler.engine.predict import predict
 from profiler.frontends.spec import loads
 from profiler.engine.torch_module import summary

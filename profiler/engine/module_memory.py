@@ -30,23 +30,19 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from profiler.dtypes import dtype_name, itemsize
 from profiler.engine.memory_model import CATEGORIES, Peak
 from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
-from profiler.rules.args import parse_args
-from profiler.rules.registry import Context, Memory, Saved, rule_for
-from profiler.rules.attention import FLOAT_SCALAR
-from profiler.rules.conv import conv_workspace
-from profiler.rules.core import gemm_workspace
-from profiler.rules.pooling import SCALAR_OPERAND
+from profiler.rules.registry import Context
+from profiler.engine.kernels.aten_cpu import kernel_workspace, registrar
+from profiler.engine.kernels.onednn_rnn import onednn_lstm_workspace_bytes
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
 
@@ -61,47 +57,7 @@ aten = torch.ops.aten
 _CPU_RESULT: dict[Any, Callable[[tuple, Any], Any]] = {}
 
 
-def _registrar(table: dict[Any, Callable], what: str) -> Callable:
-    """A decorator factory filling ``table`` with one function per operator, each once."""
-    def for_ops(*ops: Any) -> Callable:
-        def register(function: Callable) -> Callable:
-            for op in ops:
-                if op in table:
-                    raise ValueError(f"a {what} for {op} is registered already")
-                table[op] = function
-            return function
-        return register
-    return for_ops
-
-
-_cpu_result = _registrar(_CPU_RESULT, "CPU result fix")
-
-
-def _rnd(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _good_ld(dim: int, itemsize: int) -> int:
-    """oneDNN's leading dimension: a multiple of 64 bytes, not of 256 elements (4K aliasing)."""
-    ld = _rnd(dim, 64 // itemsize)
-    return ld + 64 // itemsize if ld % 256 == 0 else ld
-
-
-def onednn_lstm_workspace_bytes(t: int, n: int, i: int, h: int) -> int:
-    """Bytes of the workspace oneDNN's float32 LSTM keeps for backward (one layer, one direction).
-
-    Page-aligned (4 KiB) regions, as ``cpu/rnn/rnn_utils`` lays them out, for T steps of a batch
-    of N, input I, hidden H: the gates (T·N·ld(4H)), the hidden states (T·N·ld(H)), three state
-    buffers of 2·(T+1)·N·ld(max(H, I)) and two of 2·(T+1)·N·H, all float32. Fitted to and checked
-    against the real kernel (torch 2.13, oneDNN 3.12) on 312 shapes.
-
-    >>> onednn_lstm_workspace_bytes(t=9, n=3, i=8, h=10)
-    32768
-    """
-    page, states = 4096, 2 * (t + 1) * n * 4
-    regions = [t * n * _good_ld(4 * h, 4) * 4, t * n * _good_ld(h, 4) * 4,
-               *[states * _good_ld(max(h, i), 4)] * 3, *[states * h] * 2]
-    return sum(_rnd(r, page) for r in regions)
+_cpu_result = registrar(_CPU_RESULT, "CPU result fix")
 
 
 @_cpu_result(aten.mkldnn_rnn_layer.default)
@@ -166,161 +122,8 @@ def _offset2bag(args: tuple, out: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# What CPU kernels allocate and free inside one operator call (their workspace): no operator
-# returns it, so the log cannot see it, and the spec path knows it from its rules. Each entry
-# turns one operator call's ATen arguments into the terms of the spec path's own function for
-# that kernel (``rules.conv.conv_workspace``, ``rules.core.gemm_workspace``) and
-# returns the bytes it books, alive together while the call runs: both paths book the same bytes,
-# and this table is the one place where ATen calls meet those functions. Operators dispatched on
-# fake CPU tensors: ``aten.convolution`` and ``aten.convolution_backward`` (torch picks oneDNN or
-# im2col below them, as the rule does from the batch and sizes); ``nn.Linear`` runs ``addmm``
-# (``mm`` without bias) forward and two ``mm`` backward, whatever the input's rank.
-
-_WORKSPACE: dict[Any, Callable[[tuple, Any, Context, bool, dict], list[int]]] = {}
-
-
-_workspace = _registrar(_WORKSPACE, "workspace")
-
-
-def kernel_workspace(func: Any, args: tuple, out: Any, run: Context, backward: bool,
-                     kwargs: dict | None = None) -> list[int]:
-    """Bytes the kernel behind one operator call allocates and frees inside, alive together.
-
-    ``run`` carries the run's settings (autocast dtype, threads); ``backward``: the call is part
-    of autograd's backward pass; ``kwargs``: the call's keyword arguments (``baddbmm``'s alpha).
-    """
-    booked = _WORKSPACE.get(func)
-    return [n for n in booked(args, out, run, backward, kwargs or {}) if n] if booked is not None else []
-
-
-def _op_context(run: Context, dtype: torch.dtype, *, batch: int = 1,
-                data_format: str = "channels_first") -> Context:
-    """The spec path's view of one call: autocast lowered it when it runs in ``run.amp``."""
-    name = dtype_name(dtype)
-    lowered = run.amp is not None and name == run.amp
-    return replace(run, batch=batch, data_format=data_format,
-                   dtype="float32" if lowered else name, amp=run.amp if lowered else None)
-
-
-def _saved_bytes(tensors: Iterable[Saved], batch: int, act: torch.dtype) -> list[int]:
-    """Bytes of a rule's tensors: "act" elements are the call's dtype, per sample unless not."""
-    return [t.nbytes(batch, dtype_name(act)) for t in tensors]
-
-
-def _channels_last(*tensors: torch.Tensor) -> bool:
-    """torch's oneDNN convolution runs channels-last when its input or weight is laid out so
-    (``mkldnn_conv_use_channels_last``); a tensor both layouts describe (one channel, 1×1) is not."""
-    for t in tensors:
-        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
-        if fmt is not None and t.is_contiguous(memory_format=fmt) and not t.is_contiguous():
-            return True
-    return False
-
-
-def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, stride: Sequence[int],
-          padding: Sequence[int], dilation: Sequence[int], transposed: bool, groups: int,
-          out_shape: Sequence[int], input_grad: bool = True) -> tuple[list[int], list[int]]:
-    """(forward, backward) workspace bytes of one convolution, from ``conv_workspace``."""
-    batch = x.shape[0]
-    ctx = _op_context(run, x.dtype, batch=batch,
-                      data_format="channels_last" if _channels_last(x, weight) else "channels_first")
-    forward, backward = conv_workspace(
-        ctx, channels=x.shape[1], out_channels=out_shape[1], kernel=tuple(weight.shape[2:]),
-        strides=tuple(stride), groups=groups, bias=bias, out_spatial=tuple(out_shape[2:]),
-        transposed=transposed, in_spatial=tuple(x.shape[2:]), padding=tuple(padding),
-        dilation=tuple(dilation), input_grad=input_grad)
-    return _saved_bytes(forward, batch, x.dtype), _saved_bytes(backward, batch, x.dtype)
-
-
-@_workspace(aten.convolution.default)
-def _convolution(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
-    """convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
-    groups)"""
-    x, weight, bias, stride, padding, dilation, transposed, _, groups = args[:9]
-    return _conv(run, x, weight, bias is not None, stride, padding, dilation, transposed, groups,
-                 out.shape)[0]
-
-
-@_workspace(aten.convolution_backward.default)
-def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
-    """convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation,
-    transposed, output_padding, groups, output_mask): ``bias_sizes`` is [0] without a bias, the
-    mask says which gradients are made (input, weight, bias)."""
-    grad_out, x, weight, _, stride, padding, dilation, transposed, _, groups, mask = args[:11]
-    return _conv(run, x, weight, bool(mask[2]), stride, padding, dilation, transposed, groups,
-                 grad_out.shape, input_grad=bool(mask[0]))[1]
-
-
-def _batch_norm_memory(run: Context, x: torch.Tensor, affine: bool) -> Memory:
-    """The BatchNormalization rule's memory for this call: Keras's shape (channels last or first,
-    as the tensor is laid out), gamma and beta both learned or neither (torch's ``affine``)."""
-    rule = rule_for("BatchNormalization")
-    fmt = "channels_last" if _channels_last(x) else "channels_first"
-    spatial, channels = tuple(x.shape[2:]), x.shape[1]
-    shape = (*spatial, channels) if fmt == "channels_last" else (channels, *spatial)
-    a = parse_args(rule.args, {"center": affine, "scale": affine})
-    return rule.memory(a, shape, shape, _op_context(run, x.dtype, batch=x.shape[0], data_format=fmt))
-
-
-@_workspace(aten.native_batch_norm.default)
-def _batch_norm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
-    """native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)"""
-    x = args[0]
-    return _saved_bytes(_batch_norm_memory(run, x, args[1] is not None).scratch, x.shape[0], x.dtype)
-
-
-@_workspace(aten.native_batch_norm_backward.default)
-def _batch_norm_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
-    """native_batch_norm_backward(grad_out, input, weight, running_mean, running_var, save_mean,
-    save_invstd, train, eps, output_mask)"""
-    x = args[1]
-    memory = _batch_norm_memory(run, x, args[2] is not None)
-    return _saved_bytes(memory.backward_scratch, x.shape[0], x.dtype)
-
-
-@_workspace(aten.mean.dim)
-def _mean(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
-    """``mean`` sums, then divides in place by the count, a number it wraps (``SCALAR_OPERAND``,
-    as the pooling rules book it). In bfloat16 and float16 the CPU kernel sums a float32 copy of
-    the input into a float32 result, then copies that into the output (``mean_out``), measured:
-    the two float32 tensors are alive together."""
-    x = args[0]
-    if x.dtype in _REDUCED:
-        return [x.numel() * 4, out.numel() * 4]
-    return _saved_bytes(SCALAR_OPERAND, 1, x.dtype)
-
-
-def _onednn_takes(t: torch.Tensor) -> bool:
-    """oneDNN's batched matmul takes an operand contiguous or with its last two axes transposed,
-    dense across the batch; torch copies any other first (``is_mkldnn_optimized_format`` in ATen's
-    ``mkldnn/Matmul.cpp``): a head's strided slice, as ``rules.attention``'s ``Attention.bmm``
-    books. (``mm``/``addmm`` go to oneDNN through ``cpublas::gemm``, leading dimensions and all.)"""
-    return t.dim() != 3 or t.is_contiguous() or (
-        t.stride(0) == t.shape[1] * t.shape[2] and t.stride(1) == 1 and t.stride(2) == t.shape[1])
-
-
-@_workspace(aten.mm.default, aten.mm.out, aten.addmm.default, aten.addmm.out, aten.addmm_.default,
-            aten.bmm.default, aten.bmm.out, aten.baddbmm.default, aten.baddbmm.out, aten.baddbmm_.default)
-def _gemm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
-    """A·B (batched: ``bmm``) as the spec path books a matmul (``rules.core.gemm_workspace``):
-    in bfloat16, oneDNN's scratchpad. Its kinds are roles in ``nn.Linear``: forward x·Wᵀ, input
-    gradient g·W, and weight gradient gᵀ·x, the one whose A is a transposed view (column-major:
-    stride 1 down the rows), which oneDNN copies. When oneDNN runs a batched one (a scratchpad),
-    operands it does not take are copied first (``_onednn_takes``) and ``baddbmm``'s alpha, unless
-    1, becomes a float32 tensor (``rules.attention.FLOAT_SCALAR``), all alive with the scratchpad."""
-    a, b = [t for t in args if isinstance(t, torch.Tensor)][-2:]
-    if a.dim() != b.dim() or a.dim() not in (2, 3):
-        return []
-    batch = a.shape[0] if a.dim() == 3 else 1
-    rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
-    copies = [t.numel() * t.dtype.itemsize for t in (a, b) if not _onednn_takes(t)]
-    transposed = _onednn_takes(a) and a.stride(-2) == 1 and (a.stride(-1) != 1 or rows == 1)
-    kind = "grad_weight" if transposed else "grad_input" if backward else "forward"
-    scratch = gemm_workspace(_op_context(run, a.dtype), kind, rows, inner, cols, batch=batch)
-    if not scratch:
-        return []
-    alpha = FLOAT_SCALAR if a.dim() == 3 and kwargs.get("alpha", 1) != 1 else 0
-    return [*copies, alpha, scratch]
+# What CPU kernels allocate and free inside one operator call (their workspace) is booked per
+# call from the table in ``profiler.engine.kernels.aten_cpu`` (:func:`kernel_workspace`).
 
 
 #: the 0-d CPU tensor torch wraps a Python number in (``scalar_to_tensor``), by the number's type
@@ -427,13 +230,22 @@ class StorageLog(TorchDispatchMode):
             torch.nn.modules.module.register_module_forward_hook(self._leave_module,
                                                                  always_call=True),
         ]
+        self._get_rng_state, torch.get_rng_state = torch.get_rng_state, self._logged_rng_state
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
+        torch.get_rng_state = self._get_rng_state
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+
+    def _logged_rng_state(self) -> torch.Tensor:
+        """``torch.get_rng_state()``, whose real tensor no operator returns: activation
+        checkpointing keeps the CPU generator's state (5,056 B) for the recomputation."""
+        state = self._get_rng_state()
+        self._add(state.untyped_storage())
+        return state
 
     def close(self) -> None:
         """Stop following frees: the storages may outlive the log."""
@@ -770,9 +582,11 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         with fake_mode, log:
             with autocast(amp):
                 log.set_phase("forward")
-                alive.append(out := model(*inputs))
+                # the step keeps the output's tensors, as the runner does (a ModelOutput's cache
+                # or other non-tensor parts are dropped with it)
+                alive.append(out := outputs(model(*inputs)))
                 log.set_phase(f"loss ({loss_fn.__name__})")
-                alive.append(loss_value := total_loss(loss_fn, outputs(out), targets))
+                alive.append(loss_value := total_loss(loss_fn, out, targets))
             saved = log.saved_by_module()
             log.set_phase("backward")
             loss_value.backward()

@@ -15,7 +15,9 @@ from profiler.rules.args import LayerArgs
 from profiler.dtypes import check_model_dtype, itemsize
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
 from profiler.errors import ModelsizeError, ShapeError, SpecError
-from profiler.engine.memory_model import LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward, onednn_bf16_gemm_scratch, training_peak, value_dtypes
+from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
+from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward, training_peak,
+                                          value_dtypes)
 from profiler.rules.registry import Memory, Params, Rule, Shape, rule_for
 from profiler.frontends.spec import LayerSpec, ModelSpec, Node
 
@@ -257,6 +259,23 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
                       footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
                       input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs},
                       input_grad=input_grad)
+    if os.environ.get("MODELSIZE_ENGINE") == "module":
+        from profiler.engine import spec_memory as sm
+        mem = sm.replay(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, optimizers=optimizers,
+                        amp=amp, checkpoint=chosen, threads=threads, input_grad=input_grad)
+        kept_modules: dict[str, int] = {}
+        for module, nbytes in mem.saved_bytes.items():
+            kept_modules[sm.layer_of(module)] = kept_modules.get(sm.layer_of(module), 0) + nbytes
+        kept = _by_prefix(kept_modules)
+        rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in plan.rows]
+        return Prediction(
+            spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(rows),
+            inference=sm.rounded(mem.inference, mem.timelines["inference"], footprint),
+            training={o: sm.rounded(p, mem.timelines[f"train_{o}"], footprint) for o, p in mem.training.items()},
+            first_step={o: sm.rounded(p, mem.timelines[f"train_first_step_{o}"], footprint)
+                        for o, p in mem.first_step.items()},
+            input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
+            checkpoint=tuple(sorted(chosen)), input_grad=input_grad)
     kept = _by_prefix(kept_for_backward(plan.ops, setting))
     rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in plan.rows]
     if amp is not None:   # each output in the dtype autocast leaves it in

@@ -50,6 +50,7 @@ from profiler.step import LOSSES
 from profiler.engine.module_memory import (OPTIMIZERS, MemoryPrediction, autocast, make_target, outputs,
                                            predict_memory)
 from profiler.engine.module_trace import Trace, trace
+from profiler.engine.value_reads import answered_as_real
 from profiler.frontends.source import call_factory, load_factory
 from profiler.measuring.runner import AMP_DTYPES
 
@@ -134,13 +135,13 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
 def memory(model: nn.Module | Callable[[], nn.Module], input_shape: InputShape, *, batch: int,
            input_dtype: str | Sequence[str] = "float", dtype: str = "float32", loss: str = "cross_entropy",
            optimizers: Sequence[str] = ("sgd", "adam"), amp: str | None = None, threads: int | None = None,
-           device_kind: str = "cpu") -> MemoryPrediction:
+           device_kind: str = "cpu", name: str | None = None) -> MemoryPrediction:
     """Only the memory replay of :func:`summary` (no shape and MAC trace, no rows): what the
     planner calls at each batch size it tries."""
     shapes = _input_shapes(input_shape)
     in_dtypes = _input_dtypes(input_dtype, len(shapes), dtype)
     _check(batch, None, dtype, loss, optimizers, amp)
-    meta, _ = _meta_model(model, getattr(torch, dtype), None)
+    meta, _ = _meta_model(model, getattr(torch, dtype), name)
     fake_mode, fake, fake_inputs, fake_names = _fake_run(meta, shapes, in_dtypes, batch)
     del meta
     return _run(lambda: predict_memory(fake, fake_inputs, None, loss=loss, fake_mode=fake_mode,
@@ -247,7 +248,8 @@ def _run(fn: Callable[[], Any], what: str) -> Any:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return fn()
+        with answered_as_real():
+            return fn()
     except ModelsizeError:
         raise
     except Exception as err:

@@ -41,9 +41,10 @@ a subclass that changes ``forward`` only, to fit transformers' calling conventio
   classifier); a seq2seq model also returns the encoder's last hidden state; a bare model
   returns its last hidden state (and a pooled output where it has a pooler). The training loss
   is computed on each of them, as for any module with several outputs;
-* on meta or fake inputs, transformers' attention masks are made as on real ones (see
-  :func:`_unpacked`): without it the meta forward fails on Llama, GPT-2 and BART, and the fake
-  replay counts a mask the real run never makes.
+* on meta or fake inputs the engine has transformers make its attention masks as on real
+  ones (``profiler.engine.value_reads``, for any transformers model, from here or a factory):
+  without it the meta forward fails on Llama, GPT-2 and BART, and the fake replay counts a mask
+  the real run never makes.
 """
 from __future__ import annotations
 
@@ -365,8 +366,7 @@ def _called_as_tool(cls: type, config: Any, input_name: str) -> type:
                 if by_name and input_name not in kwargs:
                     kwargs[input_name] = first
                     args = args[1:]
-            with _unpacked(args, kwargs):
-                output = super(called, self).forward(*args, **kwargs)
+            output = super(called, self).forward(*args, **kwargs)
             from transformers.utils import ModelOutput
             return output.to_tuple() if isinstance(output, ModelOutput) else output
 
@@ -375,59 +375,3 @@ def _called_as_tool(cls: type, config: Any, input_name: str) -> type:
                                              "__doc__": f"{cls.__name__}, called as modelsize calls a model."})
         _CALLED[key] = called
     return _CALLED[key]
-
-
-@contextlib.contextmanager
-def _unpacked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[None]:
-    """On meta or fake inputs, transformers' masks made as a real run of the tool makes them.
-
-    The tool's inputs are one unpadded sequence per row, and transformers' attention masks look at
-    the values to make the most of that: whether ``position_ids`` pack several sequences in a row
-    (``find_packed_sequence_indices``), whether a padding mask is all ones, so that sdpa can run
-    with ``is_causal`` and no mask at all (``_ignore_causal_mask_sdpa``,
-    ``_ignore_bidirectional_mask_sdpa``; BART's decoder makes an all-ones mask itself). Reading
-    values fails on meta tensors (``.item()``), and on fake tensors transformers answers "maybe"
-    and materializes a ``(batch, 1, seq, seq)`` mask that the real run never makes. For the
-    duration of the call, and only when the inputs are not real, those three give the real
-    answer: nothing packed, no padding. (Not thread-safe: the functions are swapped in
-    ``transformers.masking_utils`` and put back on return.)"""
-    import torch
-    from torch._subclasses.fake_tensor import is_fake
-    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
-    if not tensors or not all(t.is_meta or is_fake(t) for t in tensors):
-        yield
-        return
-    try:
-        from transformers import masking_utils
-    except ImportError:   # pragma: no cover - a transformers without these masks
-        yield
-        return
-    saved = {name: getattr(masking_utils, name) for name in _MASK_CHECKS if hasattr(masking_utils, name)}
-    for name, original in saved.items():
-        setattr(masking_utils, name, _MASK_CHECKS[name](original))
-    try:
-        yield
-    finally:
-        for name, original in saved.items():
-            setattr(masking_utils, name, original)
-
-
-def _not_packed(original: Callable[..., Any]) -> Callable[..., Any]:
-    def find_packed_sequence_indices(position_ids: Any) -> None:
-        return None
-    return find_packed_sequence_indices
-
-
-def _no_padding(original: Callable[..., Any]) -> Callable[..., Any]:
-    def without_padding(padding_mask: Any, *args: Any, **kwargs: Any) -> Any:
-        return original(None, *args, **kwargs)
-    without_padding.__name__ = original.__name__
-    return without_padding
-
-
-#: transformers.masking_utils functions that read a mask's values -> their replacement's maker.
-_MASK_CHECKS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
-    "find_packed_sequence_indices": _not_packed,
-    "_ignore_causal_mask_sdpa": _no_padding,
-    "_ignore_bidirectional_mask_sdpa": _no_padding,
-}

@@ -70,7 +70,7 @@ def replay(source: ModuleSource, batch: int, *, mode: str, dtype: str, loss: str
     return memory(source.for_prediction(), list(source.input_shapes), batch=batch,
                   input_dtype=list(source.input_dtypes), dtype=dtype, loss=loss,
                   optimizers=() if mode == "inference" else (mode,), amp=amp, threads=threads,
-                  device_kind=device_kind)
+                  device_kind=device_kind, name=source.name)
 
 
 def linear_model(probes: dict[int, MemoryPrediction], mode: str) -> dict[str, LinearTimeline] | None:

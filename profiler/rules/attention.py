@@ -25,7 +25,8 @@ from profiler.dtypes import itemsize
 from profiler.errors import ShapeError, SpecError
 from profiler.rules.registry import Context, Memory, Params, Rule, Saved, register
 from profiler.rules.shapes import shape_text
-from profiler.rules.core import ACTIVATION_NAMES, ACTIVATION_SAVES, gemm_workspace, workspace
+from profiler.rules.core import ACTIVATION_NAMES, ACTIVATION_SAVES, workspace
+from profiler.engine.kernels.onednn_matmul import gemm_workspace, matmul_workspace
 
 
 def _output_shape(field: str, value: Any) -> tuple[int, ...]:
@@ -101,14 +102,10 @@ class Attention:
 
     def bmm(self, m: int, k: int, n: int, *, copies: tuple[int, ...] = (), alpha: bool = False,
             a_transposed: bool = False) -> int:
-        """A per-head batched product's transient bytes. In bfloat16 on the CPU it goes to oneDNN
-        (when batch·m·k·n > 16³), which takes operands only contiguous or with their last two axes
-        transposed: the others are copied first (``copies``, elements); ``baddbmm``'s alpha becomes a
-        4-byte tensor; then the scratchpad. Elsewhere ATen's kernel takes strided operands as they are."""
-        scratch = gemm_workspace(self.ctx, "grad_weight" if a_transposed else "forward", m, k, n, batch=self.b)
-        if not scratch:
-            return 0
-        return sum(copies) * self.act + (FLOAT_SCALAR if alpha else 0) + scratch
+        """A per-head batched product's transient bytes (``matmul_workspace``): in bfloat16 on the CPU
+        the operands oneDNN does not take (``copies``, elements), ``baddbmm``'s alpha and the scratchpad."""
+        return sum(matmul_workspace(self.ctx, "grad_weight" if a_transposed else "forward", m, k, n, batch=self.b,
+                                    copies=tuple(c * self.act for c in copies), alpha=alpha))
 
     def kept_casts(self, input_grad: bool) -> dict[str, int]:
         """Under autocast, the weight casts the projections keep for backward (``attention_casts``):
@@ -143,8 +140,6 @@ def attention_casts(bias: bool, *, query_kept: str) -> tuple[str, ...]:
 
 #: A Python number used as a tensor: a float64 scalar (8 bytes), then its cast to the op's dtype.
 WRAPPED_SCALAR = 8
-#: ``baddbmm``'s alpha handed to oneDNN: a float32 scalar tensor.
-FLOAT_SCALAR = 4
 
 
 class _Replay:

@@ -6,8 +6,7 @@ from math import prod
 from profiler.rules.args import Arg, boolean, choice, positive_int, rate, shape
 from profiler.dtypes import itemsize
 from profiler.errors import ShapeError
-from profiler.engine.memory_model import onednn_bf16_gemm_scratch
-from profiler.rules.registry import Context, Memory, Params, Rule, Saved, register
+from profiler.rules.registry import Memory, Params, Rule, Saved, register
 from profiler.rules.shapes import shape_text
 
 ACTIVATION_NAMES = ("linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu")
@@ -22,15 +21,6 @@ activation_arg = Arg("activation", choice(*ACTIVATION_NAMES), "linear")
 
 def activation_memory(name: str) -> tuple[Saved, ...]:
     return tuple(Saved(of, what=f"{name} {of}") for of in ACTIVATION_SAVES[name])
-
-
-def gemm_workspace(ctx: Context, kind: str, m: int, k: int, n: int, *, batch: int = 1, lowered: bool = True) -> int:
-    """Bytes oneDNN's scratchpad takes for one of a layer's matmuls (``kind``, m, k, n as in
-    ``memory_model.onednn_bf16_gemm_scratch``): bfloat16 matmuls on the CPU only. ``lowered``:
-    the matmul is one autocast lowers (it computes in autocast's dtype)."""
-    if ctx.device_kind != "cpu" or ctx.compute_dtype(lowered) != "bfloat16":
-        return 0
-    return onednn_bf16_gemm_scratch(kind, m, k, n, threads=ctx.threads, batch=batch)
 
 
 def workspace(nbytes: int, what: str, dtype: str = "bfloat16") -> tuple[Saved, ...]:

@@ -11,6 +11,7 @@ from profiler.rules.args import Arg, integer
 from profiler.errors import ShapeError
 from profiler.rules.registry import Memory, Rule, Saved, register
 from profiler.rules.shapes import shape_text
+from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND
 
 
 def broadcast(shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
@@ -100,7 +101,6 @@ class Average(ElementwiseRule):
         return len(x) * prod(y)
 
     def scratch(self, x, y):
-        from profiler.rules.pooling import SCALAR_OPERAND
         return SCALAR_OPERAND
 
 

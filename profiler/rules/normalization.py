@@ -13,14 +13,11 @@ from math import prod
 from typing import Any
 
 from profiler.rules.args import Arg, boolean, number
-from profiler.dtypes import itemsize
 from profiler.errors import ShapeError, SpecError
 from profiler.rules.registry import Memory, Params, Rule, Saved, register
 from profiler.rules.shapes import shape_text
-
-#: threads torch's CPU kernels run on (``torch.get_num_threads()`` on the machine measured);
-#: per-thread buffers (layer norm's gradient sums, oneDNN's) scale with it
-CPU_THREADS = 2
+from profiler.engine.kernels.cpu_norm import (batch_norm_backward_scratch, batch_norm_statistics,
+                                              layer_norm_backward_scratch)
 
 
 def _axis(field: str, value: Any) -> int | None:
@@ -61,26 +58,6 @@ def _resolve(axis: int, x: tuple[int, ...], field: str = "axis") -> int:
                          expected=f"an axis in 1..{rank - 1} or -{rank - 1}..-1 for input {shape_text(x)}",
                          received=f"axis={axis}")
     return (axis % rank) - 1
-
-
-#: ``batch_norm_backward`` on the CPU (torch 2.13, measured with the allocator's events at 1, 2
-#: and 4 threads): an input-sized temporary first (freed), then per-channel float32 buffers: a
-#: zeroed (threads, 2, channels) partial-sum buffer, and with a bfloat16 input three per-channel
-#: float32 sums besides
-BN_PARTIAL_SUMS = 2
-BN_REDUCED_SUMS = 3
-
-
-def batch_norm_backward_scratch(elements: int, channels: int, ctx) -> tuple[Saved, ...]:
-    """The larger of ``batch_norm_backward``'s two moments beyond the gradients: the input-sized
-    temporary, or the float32 per-channel buffers that follow it (larger for a few samples of
-    few elements: a batch-1 norm of a Dense layer's features)."""
-    temporary = Saved("new", elements=elements, what="batch_norm_backward temporary")
-    reduced = ctx.dtype != "float32" or ctx.amp is not None
-    sums = (BN_PARTIAL_SUMS * max(ctx.threads, 1) + (BN_REDUCED_SUMS if reduced else 0)) * channels
-    if ctx.batch * elements * itemsize(ctx.dtype) >= 4 * sums:
-        return (temporary,)
-    return (Saved("new", elements=sums, dtype="float32", per_sample=False, what="per-channel float32 sums"),)
 
 
 @register
@@ -136,8 +113,7 @@ class BatchNormalization(Rule):
         is a temporary (a scale keeps it for backward). Backward: ``batch_norm_backward_scratch``.
         """
         c = x[self._channel_axis(a, x, ctx)]
-        stats = (Saved("new", elements=c, dtype="float32", what="batch mean", per_sample=False),
-                 Saved("new", elements=c, dtype="float32", what="batch 1/std", per_sample=False))
+        stats = batch_norm_statistics(c)
         kept = tuple(replace(s, dtype=ctx.dtype) for s in stats)
         saved = [Saved("input", what="batch norm input"), *kept]
         scratch = list(stats)
@@ -204,8 +180,8 @@ class LayerNormalization(Rule):
 
     def memory(self, a, x, y, ctx):
         """``native_layer_norm`` makes a mean and 1/std per row (float32) in inference too; training
-        keeps them with the input. With gamma, backward sums gamma's and beta's gradients in a
-        (threads, 2, normalised elements) float32 buffer. Without gamma a separate shift follows
+        keeps them with the input. With gamma, backward sums gamma's and beta's gradients per thread
+        (``layer_norm_backward_scratch``). Without gamma a separate shift follows
         the normalisation, whose result is a temporary.
         """
         d = prod(self._normalized_shape(a, x))
@@ -213,8 +189,7 @@ class LayerNormalization(Rule):
         stats = (Saved("new", elements=rows, dtype="float32", what="row mean"),
                  Saved("new", elements=rows, dtype="float32", what="row 1/std"))
         scratch = stats if a.scale or not a.center else (*stats, Saved("new", elements=prod(x), what="normalised input"))
-        backward = (Saved("new", elements=CPU_THREADS * 2 * d, dtype="float32", per_sample=False,
-                          what="per-thread gamma and beta gradient sums"),) if a.scale and ctx.device_kind == "cpu" else ()
+        backward = layer_norm_backward_scratch(d, ctx) if a.scale else ()
         return Memory(saved=(Saved("input", what="layer norm input"), *stats), scratch=scratch,
                       backward_scratch=backward)
 

@@ -19,6 +19,7 @@ from profiler.rules.args import REQUIRED, Arg, boolean, choice, int_tuple, optio
 from profiler.errors import ShapeError
 from profiler.rules.registry import Memory, Rule, Saved, register
 from profiler.rules.shapes import join_channels, same_padding, shape_text, spatial_output, split_channels
+from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
 
 
 def _expect_spatial_rank(type_name: str, rank: int, x, ctx) -> None:
@@ -143,13 +144,6 @@ class PoolRule(Rule):
         return layer
 
 
-#: ``mean`` sums, then divides in place by the count, a Python number that torch wraps in a
-#: tensor for the one operation: a float64 scalar and its cast to the activations' dtype. Its
-#: backward divides the same way.
-SCALAR_OPERAND = (Saved("new", elements=1, dtype="float64", per_sample=False, what="wrapped Python number"),
-                  Saved("new", elements=1, per_sample=False, what="the number cast to the tensor's dtype"))
-
-
 class GlobalAveragePoolRule(Rule):
     """The mean over every spatial axis, per channel; ``keepdims`` keeps them with size 1.
 
@@ -172,14 +166,13 @@ class GlobalAveragePoolRule(Rule):
         return prod(x)
 
     def memory(self, a, x, y, ctx):
-        """In bfloat16 or float16 the CPU's ``mean`` sums in float32: a float32 result and the
-        input copied to float32 beside the output (measured; the count's division comes after
-        the copy is freed). Whether it does depends on the dtype the input arrives in (under
-        autocast: bfloat16 after a matmul, float32 after an embedding), which the memory model
-        knows: ``reduced_scratch``."""
-        upcast = (Saved("new", elements=prod(y), dtype="float32", what="float32 result"),
-                  Saved("new", elements=prod(x), dtype="float32", what="the input in float32"))
-        return Memory(scratch=SCALAR_OPERAND, reduced_scratch=upcast, backward_scratch=SCALAR_OPERAND)
+        """``mean`` divides by a wrapped count (``SCALAR_OPERAND``), forward and backward. In bfloat16
+        or float16 it sums in float32 (``mean_upcast``; the count's division comes after the copy
+        is freed). Whether it does depends on the dtype the input arrives in (under autocast:
+        bfloat16 after a matmul, float32 after an embedding), which the memory model knows:
+        ``reduced_scratch``."""
+        return Memory(scratch=SCALAR_OPERAND, reduced_scratch=mean_upcast(prod(x), prod(y)),
+                      backward_scratch=SCALAR_OPERAND)
 
     def build(self, a, x, ctx):
         from profiler.rules.modules import Mean

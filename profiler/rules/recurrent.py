@@ -35,7 +35,8 @@ from profiler.dtypes import itemsize
 from profiler.errors import ModelsizeError, ShapeError
 from profiler.rules.registry import Context, Memory, Params, Rule, Saved, register, rule_for
 from profiler.rules.shapes import shape_text
-from profiler.rules.core import ACTIVATION_SAVES, gemm_workspace, workspace
+from profiler.rules.core import ACTIVATION_SAVES, workspace
+from profiler.engine.kernels.onednn_matmul import gemm_workspace
 
 RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "relu")
 #: Under autocast a layer casts each weight once per call and keeps every cast for backward

@@ -1,0 +1,92 @@
+"""Whole-process wall time and peak memory of the CLI, as a user runs it (issue 8's figures).
+
+Each case runs ``modelsize ...`` as a child process ``ROUNDS`` times (cases interleaved round by
+round, so drift hits all alike); the child's wall time and its peak RSS (``os.wait4``) are kept.
+Medians with spread go to ``benchmark.extra_info`` and to ``results/cli_speed.md``. Targets
+(issue 8): summary of digits <= 3 s; a 1,000-layer Dense spec <= 2 s; the 7B decoder <= 3 s and
+<= 350 MiB; ``fit`` of the 7B decoder on an H100 with Adam <= 15 s. Nothing here fails on a missed
+target: the table says which were met on the machine that ran it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+ROUNDS = 3
+MODELSIZE = [sys.executable, "-m", "profiler"]
+
+
+def _deep_dense(tmp: Path) -> Path:
+    layers = [{"Dense": {"units": 64, "activation": "relu"}} for _ in range(1000)]
+    path = tmp / "dense-1000.json"
+    path.write_text(json.dumps({"name": "dense-1000", "input_shape": [64], "layers": layers}))
+    return path
+
+
+def _cases(tmp: Path) -> dict[str, tuple[list[str], float, int | None]]:
+    """name -> (arguments, target seconds, target peak RSS bytes)."""
+    llama = ["torch_models:llama_7b", "--input-shape", "2048", "--input-dtype", "int64"]
+    return {
+        "summary digits": (["summary", "digits"], 3.0, None),
+        "summary 1,000-layer Dense spec": (["summary", str(_deep_dense(tmp))], 2.0, None),
+        "summary 7B decoder": (["summary", *llama], 3.0, 350 * 2 ** 20),
+        "fit 7B decoder, h100-80gb, Adam": (["fit", *llama, "--device", "h100-80gb", "--train", "adam"], 15.0, None),
+    }
+
+
+def _run(args: list[str]) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS bytes, exit status) of one child process."""
+    start = time.perf_counter()
+    child = subprocess.Popen([*MODELSIZE, *args], cwd=TESTS, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    child.stderr.close()
+    return wall, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)
+
+
+def _spread(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+def test_cli_whole_process(benchmark, tmp_path):
+    cases = _cases(tmp_path)
+    walls: dict[str, list[float]] = {name: [] for name in cases}
+    rss: dict[str, list[int]] = {name: [] for name in cases}
+
+    def rounds() -> None:
+        for _ in range(ROUNDS):
+            for name, (args, _, _) in cases.items():
+                wall, peak, code = _run(args)
+                assert code in (0, 3), (name, code)    # 3: "nothing fits" is an answer
+                walls[name].append(wall)
+                rss[name].append(peak)
+
+    benchmark.pedantic(rounds, rounds=1, iterations=1)
+    rows = []
+    for name, (args, target_s, target_rss) in cases.items():
+        wall, peak = _spread(walls[name]), max(rss[name])
+        met = wall["median"] <= target_s and (target_rss is None or peak <= target_rss)
+        benchmark.extra_info[name] = {"wall_s": wall, "max_rss_bytes": peak, "target_s": target_s,
+                                      "target_rss_bytes": target_rss, "met": met}
+        rows.append(f"| {name} | `modelsize {' '.join(args[:2])} …` | {wall['median']:.2f} s "
+                    f"({wall['min']:.2f}–{wall['max']:.2f}) | {peak / 2 ** 20:.0f} MiB | ≤ {target_s:g} s"
+                    + (f", ≤ {target_rss / 2 ** 20:.0f} MiB" if target_rss else "") + f" | {'yes' if met else 'no'} |")
+    import torch
+    table = "\n".join([
+        "# Whole-process time of the CLI", "",
+        f"{ROUNDS} runs of each command as a child process, interleaved; median (min–max) wall time and the "
+        "largest peak RSS. Written by `benchmarks/test_cli_process.py`.", "",
+        "| Case | Command | Wall time | Peak RSS | Target | Met? |", "|:---|:---|---:|---:|:---|:---|", *rows, "",
+        f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, Python {sys.version.split()[0]}.", ""])
+    (ROOT / "results" / "cli_speed.md").write_text(table, encoding="utf-8")
+    assert all(walls.values())

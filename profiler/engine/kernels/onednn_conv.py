@@ -1,0 +1,340 @@
+"""oneDNN's CPU convolutions: weight copies and reorders, blocked copies and scratchpads, phase by
+phase (forward; backward's data, weights and return phases), measured with the allocator's events
+(torch 2.13, oneDNN 3.12, AVX-512 BF16)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from math import prod
+
+from profiler.dtypes import itemsize
+from profiler.engine.kernels.conv_call import ConvCall, kept
+from profiler.engine.kernels.onednn import ONEDNN_ENTRY_ALIGNMENT, booked, div_up, up, up16
+from profiler.engine.kernels.onednn_conv_weights import (bf16_1x1_weights_scratchpad, bf16_weights_scratchpad,
+                                                         float32_1x1_weights_scratchpad,
+                                                         float32_weights_scratchpad, reducer)
+from profiler.rules.registry import Saved
+
+
+# --- oneDNN on channels-last tensors ------------------------------------------------------------
+#
+# Kernels (names from ONEDNN_VERBOSE): forward ``brg_conv_fwd`` (``brgconv_1x1`` for 1×1), the
+# input gradient ``brg_conv_bwd`` (a forward convolution of the output's gradient), the weight
+# gradient ``jit`` / ``jit_1x1`` in float32 and ``jit_bf16`` / ``jit_bf16_1x1`` in bfloat16
+# (accumulating in float32). Around them, with a channels-last input (every layer here in
+# Keras's default layout):
+# forward: the weight copied to channels-last (``weight.contiguous(channels_last)``; not needed
+#   when it already is: a 1×1 kernel or one input channel), the weight reordered to oneDNN's
+#   layout (output channels padded to 16; bfloat16 also pairs the input channels, VNNI packing
+#   two in each 32-bit lane), and brgemm's scratchpad (``brgemm_forward_scratchpad``).
+# backward (``convolution_backward``), in three phases that follow each other:
+#   data: the weight copied again and reordered for the input gradient (input channels padded to
+#     16, or with strides to blocks of 16, 32 or 64; bfloat16 pairs the output channels), with
+#     brgemm's scratchpad (``data_scratchpad``);
+#   weights: the weight gradient in the blocked layout (output channels padded to 16, input
+#     channels too from 16 up and for a 1×1 kernel; fewer than 16 are one block of their own,
+#     "first convolution"), the kernel's scratchpad (``float32_weights_scratchpad``,
+#     ``bf16_weights_scratchpad`` and their 1×1 kinds), the bias gradient;
+#   return: the gradients in the weight's channels-last layout, copied once more to the
+#     parameter's own layout.
+# A transposed convolution runs these the other way round: its forward pass is the data phase
+# of the convolution it inverts, its input gradient that convolution's forward pass.
+#
+# Limits: the forward reorder pads the output channels to brgemm's block, which its cost model
+# picks among 16, 32, 48 and 64 by the problem's size — padded to 16 here, exact for 1–16, 32 and
+# 64 filters (measured: 24 → 32, 40 → 64, 48 → 48 or 64); strided data phases are estimates
+# (``data_scratchpad``); grouped and depthwise kernels (``grouped_workspace``) and float32
+# strided transposed forward passes are measured constants (2 threads); a strided 1×1 weight
+# gradient's input copy (oneDNN's "rtus") is counted in bfloat16 only (float32's backward
+# peaks measured exact without it: 8–128 → 16–256 channels, batch 3). Channels-first tensors: see
+# ``channels_first_workspace`` (one group); grouped ones still book one blocked copy of the
+# larger of input and output per sample (an estimate: under in training, measured −13%).
+
+# brgemm convolutions book, measured at 1, 2 and 4 threads in float32 and bfloat16: a fixed part
+# and 4120 bytes per thread; the data phase runs a forward convolution nested in its own
+# primitive, whose scratchpad is one entry of the outer one (128 bytes more)
+BRGEMM_FORWARD_FIXED = 4096
+BRGEMM_DATA_FIXED = BRGEMM_FORWARD_FIXED + ONEDNN_ENTRY_ALIGNMENT
+BRGEMM_PER_THREAD = 4120
+
+
+def brgemm_forward_scratchpad(threads: int) -> int:
+    return BRGEMM_FORWARD_FIXED + BRGEMM_PER_THREAD * threads
+
+
+def brgemm_data_scratchpad(threads: int) -> int:
+    return BRGEMM_DATA_FIXED + BRGEMM_PER_THREAD * threads
+
+
+# strided data phases (``brgconv_strided``): a fixed part and per thread, growing with output
+# channels beyond 32 (not for a 1×1 kernel), and more when the input's width is odd (measured
+# on 3–128 input channels, 4–64 filters, inputs 8–17 wide, at 1, 2 and 4 threads; 1×1 kernels
+# up to 256 filters, 2–16 wide). An estimate beyond: wider inputs book more (up to +65,536 B
+# per thread measured at 33 wide with 64 filters)
+STRIDED_DATA_FIXED = {"float32": 12_288, "bfloat16": 16_384}
+STRIDED_DATA_PER_THREAD = {"float32": 24_600, "bfloat16": 16_920}
+STRIDED_DATA_WIDE_OUTPUT = 32
+STRIDED_DATA_ODD_FIXED = 4_096
+STRIDED_DATA_ODD_PER_THREAD = {"float32": 16_384, "bfloat16": 8_256}
+# the bfloat16 data phase of an unpadded convolution with a kernel 2 or 3 wide also copies input
+# rows: a page and, per thread, two bfloat16 rows of the input's width × up to 64 channels
+BF16_DATA_ROWS_FIXED = 4096
+BF16_DATA_ROWS_CHANNELS = 64
+
+
+def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a oneDNN convolution, in bytes (see above); without
+    ``input_grad`` torch asks for no input gradient and the data phase does not run."""
+    dtype = ctx.compute_dtype(True)
+    if call.groups > 1 or dtype not in ("float32", "bfloat16"):
+        return grouped_workspace(ctx, call)
+    threads, act = max(ctx.threads, 1), itemsize(dtype)
+    wants_input = input_grad
+    conv = _inverted(call) if call.transposed else call
+    channels, out_channels, taps = conv.channels, conv.out_channels, conv.taps
+    pairs = 2 if dtype == "bfloat16" else 1           # VNNI: bfloat16 channels in pairs
+    clone = conv.weight if taps > 1 and channels > 1 else 0
+    forward_reorder = up16(out_channels) * up(channels, pairs) * taps
+    data_reorder = up(channels, _data_block(conv)) * up(out_channels, pairs) * taps
+    first = channels < 16 and taps > 1
+    blocked = up16(out_channels) * (channels if first else up16(channels)) * taps
+    biases = call.out_channels if call.bias else 0
+    # a deconvolution runs the convolution's primitives nested (their scratchpad one more entry
+    # of the deconvolution's) and sums its bias gradient apart from the weight gradient
+    nested = ONEDNN_ENTRY_ALIGNMENT if call.transposed else 0
+    kernel = replace(conv, bias=False) if call.transposed else conv
+    convolve = act * (clone + forward_reorder) + brgemm_forward_scratchpad(threads) + nested
+    data = act * (clone + data_reorder) + data_scratchpad(conv, dtype, threads)
+    weights = act * (clone + blocked + biases) + weights_scratchpad(kernel, dtype, ctx.batch, threads) + nested
+    done = act * (clone + blocked + 2 * biases + 2 * conv.weight)
+    forward, input_grad = (data, convolve) if call.transposed else (convolve, data)
+    if call.transposed and call.strided and dtype == "float32":
+        forward = act * (clone + data_reorder) + _strided_transposed_forward(call, threads)
+    backward = max(input_grad if wants_input else 0, weights, done) - act * (conv.weight + biases)
+    return (_bytes(forward, "weight copies and oneDNN scratchpad"),
+            _bytes(max(backward, 0), "weight copies, gradients in oneDNN's layouts and scratchpads"))
+
+
+# --- oneDNN on channels-first tensors ------------------------------------------------------------
+#
+# With a contiguous NCHW input torch lets oneDNN pick the layouts (ideep's ``format_tag::any``),
+# and oneDNN's blocked jit kernels take them (ONEDNN_VERBOSE, oneDNN 3.12): every operand is
+# reordered into a copy with channels in blocks of 16 (padded), the result made blocked and then
+# copied to torch's NCHW tensor. Measured with the allocator's events on 1-D, 2-D and 3-D
+# convolutions, 1–64 channels, batch 1 and 3, float32 and bfloat16, 2 threads:
+# forward (``jit`` / ``jit_bf16``, ``jit_1x1`` / ``jit_bf16_1x1`` for 1×1): the input copied to
+#   16-channel blocks — not for fewer than 16 input channels and a kernel wider than 1×1 (a
+#   "first convolution" reads NCHW as it is) —, the weight reordered (output channels padded to
+#   16, input channels too unless a first convolution; bfloat16 in pairs), the blocked result, a
+#   scratchpad (a padded bias; a 1×1 kernel's strided input gathered per thread, "rtus";
+#   bfloat16 1×1 kernels sum in float32 per thread), all freed once the result is copied out;
+# data phase, unstrided: the output's gradient and the input's gradient blocked, the weight
+#   reordered with both channel counts padded to 16 (bfloat16 1×1: float32 sums per thread);
+#   strided: ``brgconv_strided`` in channels-last (the nxc path's weight and scratchpad; the
+#   output's gradient copied to channels-last unless 1×1), whose channels-last result is copied
+#   twice on the way back to NCHW (3 images at once);
+# weights phase: the output's gradient reordered again, the input to 16-channel blocks, the
+#   weight gradient blocked (the nxc kernels' own scratchpads: same balance); float32 with 4–15
+#   input channels runs ``jit:avx2`` on 8-channel blocks and sums per-thread copies with
+#   ``cpu_reducer``; 1–3 input channels: a first convolution on the plain input; dilated ones
+#   run oneDNN's GEMM convolution on the plain tensors; the weight and bias gradients are copied
+#   to torch's tensors while the blocked ones are alive.
+# Transposed convolutions run the inverted convolution's phases the other way round.
+
+#: ``jit_avx512_common`` weight gradients treat 1–3 input channels as a first convolution; more
+#: channels, fewer than 16, go to ``jit_avx2`` (8-channel blocks) in float32
+FIRST_CONV_WEIGHTS_MAX_CHANNELS = 3
+AVX2_BLOCK = 8
+
+
+def channels_first_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a one-group oneDNN convolution on NCHW tensors (see above);
+    without ``input_grad`` the data phase does not run and no input gradient is alive."""
+    dtype = ctx.compute_dtype(True)
+    threads, act, n = max(ctx.threads, 1), itemsize(dtype), ctx.batch
+    conv = _inverted(call) if call.transposed else call
+    ic, oc, taps = conv.channels, conv.out_channels, conv.taps
+    image, result = prod(conv.in_spatial), prod(conv.out_spatial)
+    x, y = n * ic * image * act, n * oc * result * act
+    weight, bias = act * conv.weight, act * call.out_channels if call.bias else 0
+    one_by_one = taps == 1
+    first = ic < 16 and not one_by_one
+    pairs = 2 if dtype == "bfloat16" else 1
+    blocked = lambda channels, positions: n * up16(channels) * positions * act   # noqa: E731
+    # forward: input and output blocked, the weight reordered
+    scratch = _padded_bias(call.out_channels, call.bias, act)
+    if one_by_one and conv.strided:
+        scratch += booked(threads * up16(ic) * result * act)
+    if one_by_one and dtype == "bfloat16":   # float32 sums per working thread (one per sample at most)
+        scratch += booked(min(threads, n) * up16(oc) * result * 4)
+    src = 0 if first else blocked(ic, image)
+    wei = act * up16(oc) * (up(ic, pairs) if first else up16(ic)) * taps
+    convolve = max(scratch + src + wei + blocked(oc, result) - y, blocked(oc, result))
+    # data phase: the input's gradient from the output's
+    if conv.strided:
+        data_wei = act * up(ic, _data_block(conv)) * up(oc, pairs) * taps
+        # the output's gradient copied to channels-last: nothing to copy when it is 1×1
+        gy = y if result > 1 else 0
+        data = max(gy + data_wei + x + data_scratchpad(conv, dtype, threads), 3 * x) - x
+    else:
+        store = booked(min(threads, n) * up16(ic) * image * 4) if one_by_one and dtype == "bfloat16" else 0
+        data = max(blocked(oc, result) + act * up16(oc) * up16(ic) * taps + blocked(ic, image) + store,
+                   blocked(ic, image) + x) - x
+    # weights phase, beside the input's gradient
+    gy, src, grad, scratch = _blocked_weights(conv, dtype, n, threads)
+    weights = gy + src + grad + bias + scratch
+    done = grad + 2 * bias + weight
+    # (every phase counted beyond the input's gradient, which the memory model counts itself)
+    forward, data_in = (data, convolve) if call.transposed else (convolve, data)
+    backward = max(data_in if input_grad else 0, weights, done) - weight - bias
+    return (_bytes(forward, "oneDNN blocked copies, weight reorder, scratchpad"),
+            _bytes(max(backward, 0), "oneDNN blocked copies, weight reorders, gradients and scratchpads"))
+
+
+def _padded_bias(channels: int, bias: bool, act: int) -> int:
+    """A bias of a channel count not a multiple of 16 is copied padded into the scratchpad."""
+    return booked(act * up16(channels)) if bias and channels % 16 else 0
+
+
+def _blocked_weights(conv: ConvCall, dtype: str, n: int, threads: int) -> tuple[int, int, int, int]:
+    """The weight gradient's blocked operands on NCHW tensors, in bytes: (output's gradient,
+    input, weight gradient, scratchpad)."""
+    ic, oc, taps = conv.channels, conv.out_channels, conv.taps
+    image, result = prod(conv.in_spatial), prod(conv.out_spatial)
+    act = itemsize(dtype)
+    if taps > 1 and (conv.dilated or dtype == "bfloat16" and ic < 16 and oc % 16):
+        # oneDNN's GEMM convolution on the plain tensors: im2col columns per working thread (one
+        # per sample at most); float32 books them twice, bfloat16 once besides float32 sums of
+        # the weight, 2 + 2 per thread, and of the bias (measured at 1 and 2 threads' work)
+        columns, working = ic * taps * result, min(threads, n)
+        if dtype == "bfloat16":
+            scratch = booked(working * 2 * columns, (2 + 2 * working) * 4 * conv.weight,
+                              4 * oc if conv.bias else 0) + ONEDNN_ENTRY_ALIGNMENT
+        else:
+            scratch = booked(working * 4 * columns, working * 4 * columns)
+        return 0, 0, act * conv.weight, scratch
+    if taps == 1:
+        # a strided kernel runs unstrided on the input gathered per thread ("rtus"), output-sized
+        gathered = replace(conv, strides=(1,) * len(conv.strides), in_spatial=conv.out_spatial)
+        scratch = weights_scratchpad(gathered, dtype, n, threads)
+        if conv.strided:   # the gathered input's buffers; float32 books only those
+            rtus = booked(threads * up16(ic) * result * act)
+            scratch = rtus + (scratch if dtype == "bfloat16" else 0)
+        return (n * up16(oc) * result * act, n * up16(ic) * image * act, act * up16(oc) * up16(ic),
+                scratch + _padded_bias(oc, conv.bias, act))
+    if dtype == "float32" and FIRST_CONV_WEIGHTS_MAX_CHANNELS < ic < 16:
+        block = AVX2_BLOCK
+        nb_oc, nb_ic = div_up(oc, block), div_up(ic, block)
+        scratch = reducer(threads, nb_oc * nb_ic, taps * block * block, n)
+        if conv.bias:
+            scratch += reducer(threads, nb_oc, block, n)
+        return (n * up(oc, block) * result * act, n * up(ic, block) * image * act,
+                act * up(oc, block) * up(ic, block) * taps, scratch)
+    first = ic < 16
+    if dtype == "bfloat16":
+        scratch = bf16_weights_scratchpad(conv, n, threads, plain_src=True)
+    else:
+        scratch = float32_weights_scratchpad(conv, n, threads)
+    return (n * up16(oc) * result * act, 0 if first else n * up16(ic) * image * act,
+            act * up16(oc) * (ic if first else up16(ic)) * taps, scratch)
+
+
+def _bytes(nbytes: int, what: str) -> tuple[Saved, ...]:
+    return kept(Saved("new", elements=nbytes, dtype="uint8", per_sample=False, what=what))
+
+
+def _inverted(call: ConvCall) -> ConvCall:
+    """The convolution a transposed one is the gradient of: input and output swapped."""
+    return replace(call, channels=call.out_channels, out_channels=call.channels, in_spatial=call.out_spatial,
+                   out_spatial=call.in_spatial, transposed=False)
+
+
+def _data_block(call: ConvCall) -> int:
+    """Input channels' block in the data phase's weight: 16, or with strides 16, 32 or 64."""
+    if not call.strided or call.channels <= 16:
+        return 16
+    return 32 if call.channels <= 48 else 64
+
+
+def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
+    """brgemm's input-gradient scratchpad (see the notes above)."""
+    if call.strided:
+        per_thread = STRIDED_DATA_PER_THREAD[dtype]
+        if call.taps > 1:   # a 1×1 kernel books neither
+            per_thread += itemsize(dtype) * 128 * max(up16(call.out_channels) - STRIDED_DATA_WIDE_OUTPUT, 0)
+            if dtype == "bfloat16":
+                per_thread += 32 * (_data_block(call) - 16)
+        fixed = STRIDED_DATA_FIXED[dtype]
+        if call.in_spatial[-1] % 2:
+            fixed, per_thread = fixed + STRIDED_DATA_ODD_FIXED, per_thread + STRIDED_DATA_ODD_PER_THREAD[dtype]
+        return fixed + threads * per_thread
+    scratch = brgemm_data_scratchpad(threads)
+    width, pad = call.in_spatial[-1], call.pads[-1]
+    if dtype == "bfloat16" and pad == 0 and 2 <= call.kernel[-1] <= 3:   # input rows copied, two per thread
+        scratch += BF16_DATA_ROWS_FIXED + threads * 2 * 2 * width * min(up16(call.channels), BF16_DATA_ROWS_CHANNELS)
+    return scratch
+
+
+def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> int:
+    """The weight-gradient kernel's scratchpad: 1×1 unstrided kernels have their own, and so do
+    strided 1×1 ones in bfloat16 (``jit_bf16_1x1`` on the input gathered per thread, "rtus")."""
+    one_by_one = call.taps == 1 and not call.strided
+    if dtype == "bfloat16" and call.taps == 1 and call.strided:
+        gathered = replace(call, strides=(1,) * len(call.strides), in_spatial=call.out_spatial)
+        rtus = booked(threads * call.channels * prod(call.out_spatial) * itemsize(dtype))
+        return bf16_1x1_weights_scratchpad(gathered, batch, threads) + rtus
+    if dtype == "bfloat16":
+        return (bf16_1x1_weights_scratchpad(call, batch, threads) if one_by_one
+                else bf16_weights_scratchpad(call, batch, threads))
+    return (float32_1x1_weights_scratchpad(call, batch, threads) if one_by_one
+            else float32_weights_scratchpad(call, batch, threads))
+
+
+# a strided transposed convolution's forward pass (a strided data phase) books, per thread, one
+# image of its input in float32 besides buffers that depend on the kernel: 28,848 B when every
+# window is its own (kernel = stride, as 2×2/2 upsampling; at least 61,616 B in all), ~98,480 B
+# when they overlap (3×3/2; small images book less per image); measured at 2 threads
+ONEDNN_TRANSPOSED_TILED = 28_848
+ONEDNN_TRANSPOSED_TILED_SMALL = 61_616
+ONEDNN_TRANSPOSED_OVERLAP = 98_480
+
+
+def _strided_transposed_forward(call: ConvCall, threads: int) -> int:
+    overlap = any(k != s for k, s in zip(call.kernel, call.strides))
+    per_image = threads * 4 * call.channels * prod(call.in_spatial)
+    return (ONEDNN_TRANSPOSED_OVERLAP + per_image if overlap
+            else max(ONEDNN_TRANSPOSED_TILED_SMALL, ONEDNN_TRANSPOSED_TILED + per_image))
+
+
+# grouped and depthwise convolutions (float32, 2 threads): the weight reordered (depthwise:
+# channels padded to 16; depth_multiplier > 1 runs as a GEMM over one image's columns, output
+# positions × kernel × input channels), no brgemm scratchpads
+def grouped_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a grouped or depthwise oneDNN convolution."""
+    channels, out_channels, groups, taps, weight = (call.channels, call.out_channels, call.groups, call.taps,
+                                                    call.weight)
+    per_group_in, per_group_out = channels // groups, out_channels // groups
+    if call.transposed:
+        channels, out_channels = out_channels, channels
+        per_group_in, per_group_out = per_group_out, per_group_in
+    depthwise = per_group_in == 1
+    clone = 0 if taps == 1 or per_group_in == 1 else weight
+    if depthwise and per_group_out == 1:
+        reorder = up16(channels) * taps
+    elif depthwise:
+        reorder = prod(call.out_spatial) * taps * channels
+    else:
+        reorder = up16(out_channels) * per_group_in * taps
+    data_reorder = reorder if depthwise else up16(per_group_in) * out_channels * taps
+    if call.transposed:
+        reorder, data_reorder = data_reorder, reorder
+    blocked = reorder if depthwise else up16(out_channels) * (up16(per_group_in) if taps == 1 else per_group_in) * taps
+    biases = out_channels if call.bias else 0
+    layout: tuple[Saved, ...] = ()
+    if ctx.data_format == "channels_first":
+        larger = max(call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial))
+        layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
+    phases = (clone + data_reorder, clone + blocked + biases, clone + blocked + 2 * biases + 2 * weight)
+    forward = Saved("new", elements=clone + reorder, per_sample=False, what="weight in channels-last and oneDNN's layout")
+    backward = Saved("new", elements=max(max(phases) - weight - biases, 0), per_sample=False,
+                     what="weight copies and gradients in oneDNN's layouts")
+    return kept(forward) + layout, kept(backward) + layout

@@ -1,0 +1,255 @@
+"""oneDNN's CPU weight-gradient convolution kernels: their scratchpads, from the thread balance
+each kernel picks (its ``init_conf``, ``balance`` and ``init_scratchpad`` reproduced)."""
+from __future__ import annotations
+
+import struct
+from math import prod
+
+from profiler.engine.kernels.conv_call import ConvCall
+from profiler.engine.kernels.onednn import ONEDNN_PAGE, booked, div_up, up, up16
+
+
+def float32_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+    """Scratchpad of oneDNN's float32 ``jit`` weight-gradient kernel
+    (``jit_avx512_common_conv_bwd_weights_kernel_f32``: ``init_conf``, ``balance``,
+    ``init_scratchpad``; nxc layouts, one group) and of its bias gradient's ``cpu_reducer``.
+
+    Threads split the batch (``nthr_mb``) and the 16-channel blocks by the least memory traffic,
+    then by the least compute within 10% of that traffic. Every batch-thread but the first sums
+    into its own float32 weight and bias gradient; the bias gradient is reduced separately
+    (``_bias_reducer``); a bias of a channel count not a multiple of 16 is padded.
+    """
+    d = 3 - len(call.in_spatial)
+    (i_d, ih, iw), (od, oh, ow) = (1,) * d + call.in_spatial, (1,) * d + call.out_spatial
+    kd, kh, kw = (1,) * d + call.kernel
+    sd, sh, sw = (1,) * d + call.strides
+    ic, oc = call.channels, call.out_channels
+    ic_block = ic if ic < 16 else 16          # a "first convolution": one block of its own
+    nb_ic, nb_oc = div_up(ic, ic_block), div_up(oc, 16)
+
+    def traffic(mb: int, ocb: int, icb: int) -> int:
+        src = div_up(batch, mb) * div_up(nb_ic, icb) * ic_block * ih * iw * i_d // sd // sh // sw
+        dst = div_up(batch, mb) * div_up(nb_oc, ocb) * 16 * oh * ow * od
+        return src + dst + 8 * div_up(nb_oc, ocb) * div_up(nb_ic, icb) * kh * kw * kd * ic_block * 16
+
+    def compute(mb: int, ocb: int, icb: int) -> int:
+        return div_up(batch, mb) * div_up(nb_oc, ocb) * div_up(nb_ic, icb)
+
+    work = batch * od
+    choice = _cheapest(traffic, threads, work, nb_oc, nb_ic)
+    least_traffic, best = traffic(*choice), compute(*choice)
+    for mb in range(1, min(threads, work) + 1):          # step 2: less compute, little more traffic
+        for ocb in range(1, min(threads // mb, nb_oc) + 1):
+            icb = min(threads // mb // ocb, nb_ic)
+            cost = compute(mb, ocb, icb)
+            if (cost <= best and traffic(mb, ocb, icb) < 1.1 * least_traffic) or 4 * cost <= 3 * best:
+                best, choice = cost, (mb, ocb, icb)
+    mb, ocb, icb = choice
+    if threads // 2 < mb < threads:
+        mb = min(work, threads)
+    partial = 4 * (mb - 1) * (up16(oc) * up(ic, ic_block) * kh * kw * kd + up16(oc))
+    padded_bias = 4 * up16(oc) if call.bias and oc % 16 else 0
+    reducer = _bias_reducer(mb * ocb * icb, nb_oc, batch) if call.bias else 0
+    return booked(partial, padded_bias, barriers=(1 if mb > 1 else 0,)) + reducer
+
+
+def float32_1x1_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+    """Scratchpad of oneDNN's float32 ``jit_1x1`` weight-gradient kernel
+    (``jit_avx512_common_1x1_conv_kernel``: ``init_conf``, ``balance``, ``init_scratchpad``;
+    unstrided) and of its bias gradient's ``cpu_reducer``: threads split batch × blocks of 7–16
+    input positions and the 16-channel blocks by the least memory traffic; every batch-thread
+    but the first sums into its own float32 weight gradient (channels padded to 16)."""
+    positions = prod(call.in_spatial)
+    block = _best_divider(positions, 7, 16, True)
+    if positions % block:
+        block = _best_divider(call.in_spatial[-1], 4, call.in_spatial[-1], False)
+    block = 1 if block > 256 else block
+    nb_reduce = div_up(positions, block)
+    nb_bcast, nb_load = div_up(call.channels, 16), div_up(call.out_channels, 16)
+
+    def traffic(mb: int, ocb: int, icb: int) -> int:
+        steps = div_up(batch * nb_reduce, mb)
+        return (steps * div_up(nb_bcast, icb) * 16 * block + steps * div_up(nb_load, ocb) * 16 * block
+                + 12 * div_up(nb_load, ocb) * div_up(nb_bcast, icb) * 16 * 16)
+
+    mb, ocb, icb = _cheapest(traffic, threads, batch * nb_reduce, nb_load, nb_bcast)
+    if threads // 2 < mb < threads:
+        mb = min(batch, threads)
+    partial = 4 * (mb - 1) * up16(call.out_channels) * up16(call.channels)
+    padded_bias = 4 * up16(call.out_channels) if call.bias and call.out_channels % 16 else 0
+    reducer = _bias_reducer(mb * ocb * icb, nb_load, batch) if call.bias else 0
+    return booked(padded_bias, partial, barriers=(1 if mb > 1 else 0,)) + reducer
+
+
+#: ``cpu_reducer`` (oneDNN's ``reduce_balancer_t``): a bias gradient is reduced in jobs of 16
+#: channels; each thread may buffer up to 3·5·5·16·16 floats
+REDUCER_JOB = 16
+REDUCER_BUFFER_PER_THREAD = 3 * 5 * 5 * 16 * 16
+
+
+def _bias_reducer(threads: int, jobs: int, batch: int) -> int:
+    """Bytes ``cpu_reducer`` books for the float32 bias gradient (jobs of 16 channels)."""
+    return reducer(threads, jobs, REDUCER_JOB, batch)
+
+
+def reducer(threads: int, jobs: int, job: int, batch: int) -> int:
+    """Bytes ``cpu_reducer`` books to sum ``jobs`` float32 jobs of ``job`` elements over the
+    batch: groups of threads share a job when there are fewer jobs than threads; the extra
+    threads of a group each sum into float32 space (page-aligned), with one barrier per group."""
+    most = max(1, REDUCER_BUFFER_PER_THREAD // job)
+    least = max(1, jobs // threads)
+    groups = min(jobs // least, threads)
+    per_group = min(threads // groups, batch)
+    per_group_jobs = div_up(jobs, groups)
+    complexity = jobs * job * batch
+    for n in range(least, jobs):
+        c_groups = min(jobs // n, threads)
+        c_per_group = min(threads // c_groups, batch)
+        c_jobs = div_up(jobs, c_groups)
+        if c_per_group > 1 and c_jobs > most:
+            continue
+        c_complexity = job * c_jobs * (div_up(batch, c_per_group) + (c_per_group != 1))
+        if c_complexity < complexity:
+            groups, per_group, per_group_jobs, complexity = c_groups, c_per_group, c_jobs, c_complexity
+    if per_group == 1:
+        return 0
+    space = 4 * groups * (per_group - 1) * per_group_jobs * job
+    return space + ONEDNN_PAGE + ONEDNN_PAGE * (groups + 1)
+
+
+def _f32(x: float) -> float:
+    """x rounded to single precision, as oneDNN's float cost arithmetic rounds it."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def _product(factors: tuple[float, ...], divisors: tuple[int, ...] = ()) -> float:
+    """Products, then quotients, left to right in single precision (a C++ float expression)."""
+    value = _f32(factors[0])
+    for f in factors[1:]:
+        value = _f32(value * f)
+    for d in divisors:
+        value = _f32(value / d)
+    return value
+
+
+def bf16_weights_scratchpad(call: ConvCall, batch: int, threads: int, plain_src: bool = False) -> int:
+    """Scratchpad of oneDNN's ``jit_bf16`` weight-gradient kernel
+    (``jit_avx512_core_bf16_conv_bwd_weights_kernel_f32``: ``init_conf``, ``balance``,
+    ``init_scratchpad``), nxc layouts, one group.
+
+    It splits the work between ``nthr_mb`` threads over batch × rows and ``nthr_oc_b`` ×
+    ``nthr_ic_b`` over channel blocks of 16 (fewer than 16 input channels: one block), by
+    the least memory traffic; then books the input transposed into rows of ``tr_iw`` (its width
+    over the stride plus shared padding, in pairs) per batch-thread and input block, the output's
+    gradient transposed likewise, float32 partial weight and bias gradients per batch-thread,
+    and barriers.
+    """
+    d = 3 - len(call.in_spatial)
+    (i_d, ih, iw), (od, oh, ow) = (1,) * d + call.in_spatial, (1,) * d + call.out_spatial
+    kd, kh, kw = (1,) * d + call.kernel
+    sd, sh, sw = (1,) * d + call.strides
+    _, ph, pw = (0,) * d + call.pads
+    _, dh, dw = (1,) * d + call.dilation
+    ic, oc = call.channels, call.out_channels
+    first = ic < 16
+    ic_block, oc_block = (ic if first else 16), 16
+    nb_ic, nb_oc = div_up(ic, ic_block), div_up(oc, oc_block)
+    transpose_src = not (first and (ic == 1 or plain_src))   # a channels-first "first" input is read as it is
+    r_pad = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (iw + pw))
+    b_pad = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (ih + ph))
+    tr_pad = up(max(pw, r_pad + 1), 2)
+    tr_iw = up(div_up(iw, sw) + tr_pad, 2) * sw if transpose_src else iw
+    tr_ow = up(ow, 2)
+    full_spatial = (d > 0 and ih == oh and iw == ow and 1 not in (kh, kw) and sh == sw == 1 and dh == dw == 1
+                    and pw == kw // 2 and ph == kh // 2 and not first and ic >= 128
+                    and (ic_block * tr_iw + oc_block * tr_ow) * 2 * max(1, b_pad, ph) <= 48 * 1024)
+    work = batch * od if d == 0 else batch if full_spatial else batch * oh
+
+    def cost(mb: int, ocb: int, icb: int) -> float:
+        src = batch * ic * i_d * ih * tr_iw * 2
+        dst = batch * oc * od * oh * tr_ow * 2
+        wei = oc * ic * kd * kh * kw * 4
+        scale = _f32(_f32(0.5 * (dst + src)) / wei)
+        ratio = _f32(nb_oc / nb_ic)
+        src_coef = _f32(max(_f32(1.0 / ratio), 1.0) * (4.0 if scale < 1.0 else 1.0))
+        dst_coef, wei_coef = max(ratio, 1.0), max(scale, 1.0)
+        src_v = _product((src_coef, div_up(work, mb), div_up(nb_ic, icb), batch, ic_block, i_d, ih, tr_iw),
+                         (work, sd, sh, sw))
+        wei_v = _product((wei_coef, div_up(nb_oc, ocb), div_up(nb_ic, icb), kh, kw, kd, ic_block, oc_block))
+        dst_v = _product((dst_coef, div_up(work, mb), div_up(nb_oc, ocb), batch, oc_block, od, oh, tr_ow), (work,))
+        return _f32(_f32(src_v + dst_v) + wei_v)
+
+    mb, ocb, icb = _cheapest(cost, threads, work, nb_oc, nb_ic)
+    if threads // 2 < mb < threads:
+        mb = min(work, threads)
+    nthr = mb * ocb * icb
+    # the transposed input keeps room for its shared padding even when it is not transposed
+    tr_src = ((mb * nb_ic * tr_iw * ic_block * ih * i_d if transpose_src else 0) + tr_pad) * 2
+    tr_ddst = mb * nb_oc * tr_ow * oc_block * oh * od * 2
+    partial = 4 * mb * (nb_oc * oc_block * nb_ic * ic_block * kd * kh * kw + (nb_oc * oc_block if call.bias else 0))
+    barriers = (nthr // ocb if ocb > 1 else 0, nthr // icb if icb > 1 else 0, 1)
+    return booked(tr_src, tr_ddst, partial, barriers=barriers)
+
+
+def _cheapest(cost, threads: int, work: int, nb_oc: int, nb_ic: int) -> tuple[int, int, int]:
+    """oneDNN's ``balance``: (batch, output-block, input-block) threads of least cost (ties: the
+    last tried)."""
+    best, choice = cost(1, 1, 1), (1, 1, 1)
+    for mb in range(1, min(threads, work) + 1):
+        for ocb in range(1, min(threads // mb, nb_oc) + 1):
+            icb = min(threads // mb // ocb, nb_ic)
+            c = cost(mb, ocb, icb)
+            if c <= best:
+                best, choice = c, (mb, ocb, icb)
+    return choice
+
+
+def _best_divider(value: int, low: int, high: int, find_max: bool, step: int = 1) -> int:
+    """oneDNN's ``best_divider``: the block in [low, high] that pads ``value`` least."""
+    high = max(1, min(high, value))
+    low = max(1, min(low, high))
+    best, least = high, float("inf")
+    for divider in range(high, low - 1, -step):
+        loss = (up(value, divider) - value) / up(value, divider)
+        if loss < least or (not find_max and loss == least):
+            best, least = divider, loss
+    return best
+
+
+def bf16_1x1_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+    """Scratchpad of oneDNN's ``jit_bf16_1x1`` weight-gradient kernel
+    (``jit_avx512_core_bf16_1x1_conv_kernel``: ``init_conf``, ``balance``, ``init_scratchpad``),
+    nxc layouts, unstrided.
+
+    The reduction runs over the input positions in blocks of 8–16; threads split batch ×
+    reduction blocks and the 16-channel blocks by the least memory traffic. Booked: float32
+    partial weight and bias gradients per batch-thread, a barrier when there are several,
+    per thread the output's gradient and the input transposed (their channel blocks over all
+    positions, in pairs), and the bias padded to 16 when it is not.
+    """
+    positions = prod(call.in_spatial)
+    block = _best_divider(positions, 8, 16, True, 2)
+    if positions % block:
+        block = _best_divider(call.in_spatial[-1], 4, call.in_spatial[-1], False, 2)
+    block = up(1 if block > 256 else block, 2)
+    nb_reduce = div_up(positions, block)
+    nb_bcast, nb_load = div_up(call.channels, 16), div_up(call.out_channels, 16)
+    output_koeff = 4 * max(1, call.out_channels // call.channels)
+
+    def cost(mb: int, ocb: int, icb: int) -> int:
+        steps = div_up(batch * nb_reduce, mb)
+        return (steps * div_up(nb_bcast, icb) * 16 * block + steps * div_up(nb_load, ocb) * 16 * block
+                + output_koeff * div_up(nb_load, ocb) * div_up(nb_bcast, icb) * 16 * 16)
+
+    mb, ocb, icb = _cheapest(cost, threads, batch * nb_reduce, nb_load, nb_bcast)
+    if threads // 2 < mb < threads:
+        mb = min(batch, threads)
+    nthr = mb * ocb * icb
+    load_blocks = _best_divider(nb_load, 16, nb_load, False)
+    bcast_blocks = _best_divider(nb_bcast, 5, nb_bcast, False)
+    rows = up(positions, 2)
+    biases = up16(call.out_channels) if call.bias else 0
+    partial = 4 * mb * (up16(call.out_channels) * up16(call.channels) + biases)
+    padded_bias = 2 * call.out_channels if call.bias and call.out_channels % 16 else 0
+    return booked(partial, 2 * nthr * rows * 16 * load_blocks, 2 * nthr * rows * 16 * bcast_blocks, padded_bias,
+                   barriers=(1 if mb > 1 else 0,))
