@@ -424,7 +424,8 @@ def test_the_result_renders_as_a_prediction_does():
                 "param_bytes", "activation_bytes", "output_bytes", "kept_for_backward_bytes",
                 "shared"} <= row.keys()
     for peak in res["peaks"].values():
-        assert set(peak) == {"bytes", "at", "breakdown"}
+        assert set(peak) == {"bytes", "at", "breakdown", "by_dtype"}
+        assert sum(peak["by_dtype"].values()) == peak["bytes"] == sum(peak["breakdown"].values())
         assert sum(peak["breakdown"].values()) == peak["bytes"]
     text = render(res, explain=True)
     assert "attn (MultiheadAttention)" in text

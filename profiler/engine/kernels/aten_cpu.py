@@ -171,3 +171,13 @@ def _gemm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> 
     kind = "grad_weight" if transposed else "grad_input" if backward else "forward"
     return matmul_workspace(_op_context(run, a.dtype), kind, rows, inner, cols, batch=batch, copies=copies,
                             alpha=a.dim() == 3 and kwargs.get("alpha", 1) != 1)
+
+
+@_workspace(aten.mse_loss.default)
+def _mse_loss(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """mse_loss(input, target, reduction): the CPU kernel squares (input − target) into an
+    unreduced tensor of the input's size, then reduces it; with no reduction that tensor is the
+    result (returned, not workspace)."""
+    x = args[0]
+    reduction = args[2] if len(args) > 2 else kwargs.get("reduction", 1)
+    return [] if reduction == 0 else [x.numel() * x.element_size()]
