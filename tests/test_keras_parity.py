@@ -32,7 +32,8 @@ if keras.backend.backend() != "torch":  # keras was imported earlier with anothe
 
 from profiler.rules.args import parse_args  # noqa: E402
 from profiler.engine.predict import predict  # noqa: E402
-from profiler.rules.registry import Context, all_rules, rule_for  # noqa: E402
+from profiler.rules.catalog import all_rules, rule_for  # noqa: E402
+from profiler.rules.registry import Context  # noqa: E402
 from profiler.frontends.spec import Model  # noqa: E402
 
 

@@ -174,7 +174,7 @@ def test_predicted_peaks_equal_the_allocators(name):
 
 
 def test_every_layer_type_is_covered():
-    from profiler.rules.registry import all_rules
+    from profiler.rules.catalog import all_rules
     assert set(all_rules()) == set(CASES) | set(MERGES)
 
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from profiler.rules.args import parse_args
 from profiler.errors import ShapeError, SpecError
-from profiler.rules.registry import Context, Memory, all_rules, rule_for
+from profiler.rules.catalog import all_rules, rule_for
+from profiler.rules.registry import Context, Memory
 from profiler.rules.shapes import join_channels, same_padding
 
 FORMATS = st.sampled_from(["channels_last", "channels_first"])

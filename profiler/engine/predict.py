@@ -18,7 +18,8 @@ from profiler.errors import ModelsizeError, ShapeError, SpecError
 from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
 from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward, training_peak,
                                           value_dtypes)
-from profiler.rules.registry import Memory, Params, Rule, Shape, rule_for
+from profiler.rules.catalog import rule_for
+from profiler.rules.registry import Memory, Params, Rule, Shape
 from profiler.frontends.spec import LayerSpec, ModelSpec, Node
 
 

@@ -43,7 +43,7 @@ import json
 from typing import Any, Mapping
 
 from profiler.errors import ModelsizeError, SpecError, UnsupportedLayerError, layer_label
-from profiler.rules.registry import all_rules
+from profiler.rules.catalog import all_rules
 
 MODEL_CLASSES = ("Sequential", "Functional", "Model")  # "Model": Keras ≤ 2.3's Functional
 DATA_FORMATS = ("channels_last", "channels_first")

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping
 
 from profiler.rules.args import LayerArgs, _plain, parse_args
 from profiler.errors import ModelsizeError, SpecError, layer_label
-from profiler.rules.registry import Context, rule_for
+from profiler.rules.catalog import rule_for
+from profiler.rules.registry import Context
 
 DATA_FORMATS = ("channels_last", "channels_first")
 INPUT_DTYPES = ("float", "int64")

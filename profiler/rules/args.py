@@ -177,39 +177,6 @@ class NestedLayer(dict):
         return f"NestedLayer({self.type!r}, {dict(self.args)!r})"
 
 
-def nested_layer(*allowed: str) -> Parser:
-    """A layer written as ``{Type: {argument: value}}`` inside another layer's arguments.
-
-    Its arguments are checked against its own rule's schema; ``allowed`` limits the types (none:
-    any registered type). Errors name the field as ``layer.units``.
-    """
-    def parse(field: str, value: Any) -> NestedLayer:
-        from profiler.rules.registry import rule_for  # the registry imports this module
-        if isinstance(value, NestedLayer):
-            return value
-        if not isinstance(value, Mapping) or len(value) != 1:
-            raise SpecError("must be one layer written as {Type: {argument: value, ...}}", field=field,
-                            received=_describe(value))
-        (type_name, given), = value.items()
-        if allowed and type_name not in allowed:
-            raise SpecError("this layer type cannot be wrapped here", field=field,
-                            expected="one of " + ", ".join(allowed), received=repr(type_name))
-        if given is None:
-            given = {}
-        if not isinstance(given, Mapping):
-            raise SpecError("a layer's arguments must be a mapping", field=f"{field}.{type_name}",
-                            received=_describe(given))
-        try:
-            rule = rule_for(str(type_name))
-            args = parse_args(rule.args, given)
-        except SpecError as error:
-            error.field = f"{field}.{error.field}" if error.field else field
-            error.args = (error.message(),)
-            raise
-        return NestedLayer(str(type_name), args)
-    return parse
-
-
 def _plain(value: Any) -> Any:
     """Parsed values as plain data: tuples become lists (as a spec file writes them)."""
     if isinstance(value, tuple):

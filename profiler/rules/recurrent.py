@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from math import prod
 
-from profiler.rules.args import Arg, boolean, choice, nested_layer, positive_int
+from profiler.rules.args import Arg, boolean, choice, positive_int
 from profiler.dtypes import itemsize
 from profiler.errors import ModelsizeError, ShapeError
-from profiler.rules.registry import Context, Memory, Params, Rule, Saved, register, rule_for
+from profiler.rules.registry import Context, Memory, Params, Rule, Saved, nested_layer, register, registered as rule_for
 from profiler.rules.shapes import shape_text
 from profiler.rules.core import ACTIVATION_SAVES, workspace
 from profiler.engine.kernels.onednn_matmul import gemm_workspace

@@ -9,10 +9,10 @@ so a new rule is checked against real PyTorch the moment it exists.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from profiler.rules.args import Arg, LayerArgs
-from profiler.errors import UnsupportedLayerError
+from profiler.rules.args import Arg, LayerArgs, NestedLayer, Parser, _describe, parse_args
+from profiler.errors import SpecError, UnsupportedLayerError
 
 if TYPE_CHECKING:  # torch is imported lazily: predicting must not pay for it
     import torch
@@ -132,8 +132,10 @@ def register(rule: Rule | type[Rule]):
     return rule
 
 
-def rule_for(type_name: str) -> Rule:
-    _load_rules()
+def registered(type_name: str) -> Rule:
+    """The rule registered for ``type_name``. Registering happens when the rule modules are
+    imported: callers outside this package import :mod:`profiler.rules.catalog`, which imports
+    them all."""
     try:
         return _RULES[type_name]
     except KeyError:
@@ -141,10 +143,37 @@ def rule_for(type_name: str) -> Rule:
                                     expected="one of " + ", ".join(sorted(_RULES))) from None
 
 
-def all_rules() -> dict[str, Rule]:
-    _load_rules()
+def registered_rules() -> dict[str, Rule]:
     return dict(_RULES)
 
 
-def _load_rules() -> None:
-    from profiler import rules  # noqa: F401  (importing the package registers every rule)
+def nested_layer(*allowed: str) -> Parser:
+    """A layer written as ``{Type: {argument: value}}`` inside another layer's arguments.
+
+    Its arguments are checked against its own rule's schema; ``allowed`` limits the types (none:
+    any registered type). Errors name the field as ``layer.units``.
+    """
+    def parse(field: str, value: Any) -> NestedLayer:
+        if isinstance(value, NestedLayer):
+            return value
+        if not isinstance(value, Mapping) or len(value) != 1:
+            raise SpecError("must be one layer written as {Type: {argument: value, ...}}", field=field,
+                            received=_describe(value))
+        (type_name, given), = value.items()
+        if allowed and type_name not in allowed:
+            raise SpecError("this layer type cannot be wrapped here", field=field,
+                            expected="one of " + ", ".join(allowed), received=repr(type_name))
+        if given is None:
+            given = {}
+        if not isinstance(given, Mapping):
+            raise SpecError("a layer's arguments must be a mapping", field=f"{field}.{type_name}",
+                            received=_describe(given))
+        try:
+            rule = registered(str(type_name))
+            args = parse_args(rule.args, given)
+        except SpecError as error:
+            error.field = f"{field}.{error.field}" if error.field else field
+            error.args = (error.message(),)
+            raise
+        return NestedLayer(str(type_name), args)
+    return parse
