@@ -1,0 +1,40 @@
+"""`profile` of a torch module: every peak and each of its categories, predicted == measured.
+
+The zoo's models (benchmarks/zoo), where the spec path is exact, are handed to the tool as torch
+modules made by a factory — as a user arriving with an ``nn.Module`` would — and profiled on the
+CPU: the module engine's prediction (fake tensors) against the CPU allocator's measurement, peak
+by peak and category by category (parameters, gradients, optimizer state, inputs, activations,
+weight casts, temporaries, workspace).
+"""
+from pathlib import Path
+
+import pytest
+
+from profiler import workflow
+from profiler.frontends.build import build
+from profiler.frontends.source import ModuleSource
+
+ZOO = sorted((Path(__file__).resolve().parent.parent / "benchmarks" / "zoo").glob("*.yaml"))
+
+
+def _as_module(spec) -> ModuleSource:
+    return ModuleSource(f"{spec.name} (torch module)", lambda: build(spec), tuple(i.shape for i in spec.inputs),
+                        tuple(i.dtype for i in spec.inputs),
+                        tuple(workflow.token_range(spec, i.name) for i in spec.inputs))
+
+
+@pytest.mark.parametrize("path", ZOO, ids=lambda p: p.stem)
+def test_module_profile_is_exact_per_category(path):
+    spec = workflow.resolve_spec(str(path))
+    result = workflow.profile(_as_module(spec), batch=2, warmup=0, repeats=1, optimizers=("sgd", "adam"))
+    for key, predicted in result["predicted"].items():
+        assert predicted == result["measured"][key], key
+    assert set(result["breakdown_comparison"]) == {"inference", "train_sgd", "train_adam", "train_first_step_sgd",
+                                                   "train_first_step_adam"}
+    for peak, categories in result["breakdown_comparison"].items():
+        for category, figures in categories.items():
+            assert figures["predicted"] == figures["measured"], (peak, category, figures)
+    # the same model from its spec: the same peaks
+    from_spec = workflow.summary(spec, batch=2, optimizers=("sgd", "adam"))
+    for key in ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam"):
+        assert from_spec["predicted"][key] == result["predicted"][key], key
