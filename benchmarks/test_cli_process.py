@@ -78,7 +78,8 @@ def test_cli_whole_process(benchmark, tmp_path):
         met = wall["median"] <= target_s and (target_rss is None or peak <= target_rss)
         benchmark.extra_info[name] = {"wall_s": wall, "max_rss_bytes": peak, "target_s": target_s,
                                       "target_rss_bytes": target_rss, "met": met}
-        rows.append(f"| {name} | `modelsize {' '.join(args[:2])} …` | {wall['median']:.2f} s "
+        shown = " ".join(Path(a).name if a.startswith("/") else a for a in args)
+        rows.append(f"| {name} | `modelsize {shown}` | {wall['median']:.2f} s "
                     f"({wall['min']:.2f}–{wall['max']:.2f}) | {peak / 2 ** 20:.0f} MiB | ≤ {target_s:g} s"
                     + (f", ≤ {target_rss / 2 ** 20:.0f} MiB" if target_rss else "") + f" | {'yes' if met else 'no'} |")
     import torch
