@@ -51,11 +51,13 @@ def run_case(case: Case, *, repeats: int = 5) -> dict:
     row = {"case": case.label, "model": case.model, "batch": case.batch, "dtype": case.dtype, "amp": case.amp,
            "precision": case.precision, "forward_ms": measured["forward_ms"],
            "forward_ms_iqr": measured["forward_ms_iqr"]}
-    module_prediction = torch_path_prediction(spec, case)
+    module_result = torch_path_prediction(spec, case)
+    module_prediction = module_result["predicted"]
     for key, _, peak in PEAKS:
         row[key] = _figure(result["predicted"][key], measured[key], module_prediction.get(key))
         row[key]["components"] = {"predicted": result["peaks"][peak]["breakdown"],
-                                  "measured": measured.get("breakdown", {}).get(peak)}
+                                  "measured": measured.get("breakdown", {}).get(peak),
+                                  "torch_path": module_result["peaks"][peak]["breakdown"]}
     row["param_bytes"] = _figure(result["predicted"]["param_bytes"], measured["param_bytes"],
                                  module_prediction.get("param_bytes"))
     return row
@@ -80,7 +82,7 @@ def torch_path_prediction(spec, case: Case) -> dict:
     result = profiler.summary(module, shapes if len(shapes) > 1 else shapes[0], batch=case.batch,
                               input_dtype=dtypes if len(dtypes) > 1 else dtypes[0], dtype=case.dtype,
                               amp=case.amp)
-    return result["predicted"]
+    return result
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -88,10 +90,12 @@ def summarize(rows: list[dict]) -> dict:
     groups = {"all": rows}
     for row in rows:
         groups.setdefault(row["precision"], []).append(row)
-    return {path: {group: _errors([row[key][error] for row in members for key, _, _ in PEAKS
-                                   if row[key][error] is not None])
-                   for group, members in groups.items()}
-            for path, error, _ in PATHS}
+    summary: dict = {path: {group: _errors([row[key][error] for row in members for key, _, _ in PEAKS
+                                           if row[key][error] is not None])
+                            for group, members in groups.items()}
+                     for path, error, _ in PATHS}
+    summary["categories_exact"] = categories_exact(rows)
+    return summary
 
 
 def _errors(errors: list[float]) -> dict:
@@ -130,6 +134,22 @@ def _peak_table(rows: list[dict]) -> str:
     return grid.markdown(headers, cells, right=[False] + [True] * (len(headers) - 1))
 
 
+def categories_exact(rows: list[dict]) -> dict[str, tuple[int, int]]:
+    """Per path: (peaks whose every category equals the measured one, peaks compared)."""
+    counts = {}
+    for side in ("predicted", "torch_path"):
+        compared = exact = 0
+        for row in rows:
+            for key, _, _ in PEAKS:
+                parts = row[key]["components"]
+                if not parts.get("measured") or not parts.get(side):
+                    continue
+                compared += 1
+                exact += all(parts[side].get(c, 0) == parts["measured"].get(c, 0) for c in CATEGORIES)
+        counts["spec" if side == "predicted" else "torch_module"] = (exact, compared)
+    return counts
+
+
 def _summary_lines(summary: dict) -> str:
     lines = []
     for path, _, label in PATHS:
@@ -140,6 +160,12 @@ def _summary_lines(summary: dict) -> str:
                          f"peak figures, median |error| {e['median_abs_error'] * 100:.3f}%, maximum |error| "
                          f"{e['max_abs_error'] * 100:.3f}%, {e['under_predictions']} under-predictions "
                          f"({e['under_predictions_over_1pct']} by more than 1%).")
+    for path, _, label in PATHS:
+        exact, compared = summary.get("categories_exact", {}).get(path, (0, 0))
+        if compared:
+            lines.append(f"- {label}: every category (parameters, gradients, optimizer state, inputs, "
+                         f"activations, weight casts, temporaries, workspace) equal to the measured one in "
+                         f"{exact} of {compared} peaks.")
     return "\n".join(lines)
 
 
