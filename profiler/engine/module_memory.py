@@ -125,6 +125,18 @@ def _group_norm_input_gradient(args: tuple, out: Any) -> Any:
         return out
     return (grad_in.new_empty(grad_in.shape, dtype=x.dtype), *out[1:])
 
+@_cpu_result(aten.native_batch_norm_backward.default)
+def _batch_norm_no_input_gradient(args: tuple, out: Any) -> Any:
+    """Without the input's gradient (``output_mask[0]`` false: the first layer's input needs none)
+    the CPU kernel returns none; the fake kernel returns an input-sized one anyway (torch 2.14:
+    ``aten.native_batch_norm_backward(..., [False, True, True])`` gives ``None`` for the input
+    gradient on the CPU and a (4, 16, 8, 8) tensor on fake tensors; the allocator's events of
+    the real call show only the two 64 B parameter gradients)."""
+    if args[9][0] or out[0] is None:
+        return out
+    return (None, *out[1:])
+
+
 @_cpu_result(aten._embedding_bag.default, aten._embedding_bag_forward_only.default)
 def _offset2bag(args: tuple, out: Any) -> Any:
     """The CPU kernel sizes ``offset2bag`` for one index more than it returns (a resize down)."""
@@ -186,6 +198,33 @@ class _Event:
     new: bool = False  # the storage's allocation (not a free or a resize)
 
 
+#: out-of-place operators that a backward formula runs in place (derivatives.yaml) when no Python
+#: dispatch mode is active: autograd's generated code takes the out-of-place variant for tensor
+#: subclasses and under a mode, so the log sees a copy the real run never makes. By the nodes
+#: whose formula it is.
+_IN_PLACE_IN_BACKWARD: dict[Any, tuple[Any, frozenset[str]]] = {
+    # maximum/minimum: ``at::where(self == other, grad / 2, grad).masked_fill_(self < other, 0)``;
+    # measured (Maximum of two (16, 24) float32 tensors, allocator events of MaximumBackward0):
+    # gt 384 B, div 1,536 B, eq 384 B, where 1,536 B and nothing for the fill, per input
+    aten.masked_fill.Scalar: (aten.masked_fill_.Scalar, frozenset({"MaximumBackward0", "MinimumBackward0"})),
+}
+
+
+def _in_place_in_backward(func: Any) -> Any:
+    """``func``'s in-place variant where the autograd node running calls it in place for real."""
+    in_place, nodes = _IN_PLACE_IN_BACKWARD[func]
+    node = torch._C._current_autograd_node()
+    return in_place if node is not None and node.name() in nodes else func
+
+
+#: where a node's module is written, in the autograd node's own ``metadata`` dict. A table here
+#: holding the nodes would keep them alive, and with them what they save: the nodes an activation
+#: checkpoint's recomputation builds are never run by backward, and their saved inputs (a
+#: checkpointed layer's input, 4,096 B in mlp.yaml at batch 2) then outlived the step, where the
+#: real run frees them with the recomputed outputs.
+_MODULE_KEY = "modelsize.module"
+
+
 class StorageLog(TorchDispatchMode):
     """Tensor storages created and freed while active, in order, labelled by phase and module.
 
@@ -214,8 +253,8 @@ class StorageLog(TorchDispatchMode):
         self._nbytes: dict[int, int] = {}       # serial -> bytes, while alive
         self._finalizers: list[weakref.finalize] = []
         self._stack: list[str] = []
+        self.output_dtype: dict[str, torch.dtype] = {}   # module -> dtype of its (first) output, forward only
         self._hooks: list[Any] = []
-        self._node_module: dict[Any, str] = {}  # autograd node -> module whose output it made
         self._cut = 0
 
     # -- what exists, and what is what --------------------------------------------------------
@@ -266,7 +305,6 @@ class StorageLog(TorchDispatchMode):
         for finalizer in self._finalizers:
             finalizer.detach()
         self._finalizers = []
-        self._node_module.clear()
 
     def _enter_module(self, module: torch.nn.Module, args: object) -> None:
         parent = self._stack[-1] if self._stack else ""
@@ -275,9 +313,12 @@ class StorageLog(TorchDispatchMode):
     def _leave_module(self, module: torch.nn.Module, args: object, output: object) -> None:
         if self._stack:
             name = self._stack.pop()
-            for tensor in tensors_in(output):
+            found = tensors_in(output)
+            if found and self.phase == "forward":
+                self.output_dtype.setdefault(name, found[0].dtype)
+            for tensor in found:
                 if tensor.grad_fn is not None:
-                    self._node_module.setdefault(tensor.grad_fn, name)
+                    tensor.grad_fn.metadata.setdefault(_MODULE_KEY, name)
 
     def _where(self) -> str:
         if self.phase == "forward":
@@ -286,12 +327,14 @@ class StorageLog(TorchDispatchMode):
             node = torch._C._current_autograd_node()
             if node is None:
                 return "backward"
-            module = self._node_module.get(node)
+            module = node.metadata.get(_MODULE_KEY)
             return f"backward {module} ({node.name()})" if module else f"backward ({node.name()})"
         return self.phase
 
     # -- storages ------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if self.phase == "backward" and func in _IN_PLACE_IN_BACKWARD:
+            func = _in_place_in_backward(func)
         out = func(*args, **(kwargs or {}))
         fix = _CPU_RESULT.get(func)
         if fix is not None and _is_fake(tensors_in(out)[0]):
@@ -516,6 +559,7 @@ class MemoryPrediction:
     first_step: dict[str, Peak]      # optimizer -> first step (fresh optimizer, no gradients)
     saved_bytes: dict[str, int]      # module -> bytes its training forward leaves for backward
     timelines: dict[str, Timeline] = field(default_factory=dict)   # "inference", "train_adam", ...
+    output_dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # module -> its inference output's dtype
 
 
 def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
@@ -582,6 +626,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         piece = log.cut()
         inference = log.peak([start, piece], start=len(start))
         timelines = {"inference": log.timeline([start, piece], start=len(start))}
+        output_dtypes = dict(log.output_dtype)
     finally:
         log.close()
 
@@ -589,7 +634,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     first_step: dict[str, Peak] = {}
     params = [p for p in model.parameters() if p.requires_grad]
     if not optimizers or not params:
-        return MemoryPrediction(inference, training, first_step, {}, timelines)
+        return MemoryPrediction(inference, training, first_step, {}, timelines, output_dtypes)
     model.train()
     loss_fn = step_loss(loss)
     for p in params:
@@ -647,7 +692,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         for x in differentiated:
             x.grad = None
             x.requires_grad_(False)
-    return MemoryPrediction(inference, training, first_step, saved, timelines)
+    return MemoryPrediction(inference, training, first_step, saved, timelines, output_dtypes)
 
 
 def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parameter], *,

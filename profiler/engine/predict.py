@@ -269,6 +269,10 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
             kept_modules[sm.layer_of(module)] = kept_modules.get(sm.layer_of(module), 0) + nbytes
         kept = _by_prefix(kept_modules)
         rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in plan.rows]
+        if amp is not None:   # each output in the dtype autocast left it in, as the replay ran it
+            dtypes = sm.layer_dtypes(mem.output_dtypes)
+            rows = [replace(row, output_bytes=batch * prod(row.output_shape) * itemsize(dtypes.get(row.name, dtype)))
+                    if row.output_bytes else row for row in rows]
         return Prediction(
             spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(rows),
             inference=sm.rounded(mem.inference, mem.timelines["inference"], footprint),

@@ -31,6 +31,18 @@ def layer_of(module: str) -> str:
     return "/".join(parts[:1] + parts[1:2]) if parts else ""
 
 
+def layer_dtypes(output_dtypes: dict) -> dict[str, str]:
+    """Layer -> the dtype of its output, from the outermost module each layer was built as (what
+    the replay's forward returned: under autocast, the dtype autocast left it in)."""
+    from profiler.dtypes import dtype_name
+    found: dict[str, tuple[int, str]] = {}
+    for module, dtype in output_dtypes.items():
+        layer, depth = layer_of(module), module.count(".")
+        if layer and (layer not in found or depth < found[layer][0]):
+            found[layer] = (depth, dtype_name(dtype))
+    return {layer: name for layer, (_, name) in found.items()}
+
+
 def rounded(peak: Peak, timeline, footprint: Callable[[int], int] | None) -> Peak:
     if footprint is None:
         return peak
