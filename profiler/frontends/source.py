@@ -73,9 +73,6 @@ class ModuleSource:
                 "input_dtypes": list(self.input_dtypes), "int_high": list(self.int_high)}
 
 
-Source = "ModelSpec | ModuleSource"
-
-
 def resolve(model: Any = None, *, input_shape: Sequence[Any] | None = None,
             input_dtype: str | Sequence[str] | None = None, int_high: int | Sequence[int | None] | None = None,
             hf_task: str | None = None, seq_len: int | None = None, name: str | None = None

@@ -50,7 +50,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from profiler.planning.accelerators import CONTEXT_RESERVE, Accelerator, blas_workspace_bytes, lookup
 from profiler.errors import SpecError
@@ -356,35 +356,21 @@ def solve(spec: ModelSpec | ModuleSource, budget: Budget, *, mode: str, dtype: s
             seen[batch] = evaluate(spec, batch, budget, mode=mode, dtype=dtype, loss=loss, amp=amp, threads=threads)
         return seen[batch]
 
-    def fits(batch: int) -> bool:
-        return at(batch).bytes <= budget.usable_bytes
-
     def answer(batch: int, capped: bool = False) -> Fit:
         result = Fit(spec.name, mode, dtype, loss, budget, batch, at(batch) if batch else None, at(batch + 1),
                      capped, max_batch, len(seen), amp)
         _check_monotone(seen)
         return result
 
-    if not fits(1):
-        return answer(0)
-    lo, hi = 1, 2                      # fits(lo); hi not yet known
-    while hi <= max_batch and fits(hi):
-        lo, hi = hi, hi * 2
-    if hi > max_batch:
-        if fits(max_batch):
-            return answer(max_batch, capped=True)
-        hi = max_batch
-    while hi - lo > 1:                 # fits(lo), not fits(hi)
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return answer(lo)
+    batch = largest_fitting(lambda b: at(b).bytes, budget.usable_bytes, max_batch)
+    return answer(batch, capped=batch == max_batch)
 
 
 def _solve_module(source: ModuleSource, budget: Budget, *, mode: str, dtype: str, loss: str, max_batch: int,
                   amp: str | None, threads: int | None) -> Fit:
     """Two replays give every allocation as ``a × batch + c``; the batch is solved over those lines
     and proven by replays at ``b`` and ``b + 1`` (see :mod:`.module_fit`)."""
-    from profiler.planning.module_fit import PROBES, REFITS, largest_fitting, linear_model, replay
+    from profiler.planning.module_fit import PROBES, REFITS, linear_model, replay
 
     usable = budget.usable_bytes
     raw: dict[int, MemoryPrediction] = {}
@@ -431,6 +417,29 @@ def _solve_module(source: ModuleSource, budget: Budget, *, mode: str, dtype: str
     at_next = exact(min(batch + 1, max_batch))
     return Fit(source.name, mode, dtype, loss, budget, batch, exact(batch) if batch else None, at_next,
                batch == max_batch, max_batch, len(replays), amp, method, tuple(notes))
+
+
+def largest_fitting(figure: Callable[[int], int], usable: int, max_batch: int, *, lo: int = 0,
+                    hi: int | None = None) -> int:
+    """The largest ``b <= max_batch`` with ``figure(b) <= usable`` for a non-decreasing figure
+    (0 when batch 1 does not fit): doubling, then bisection. ``lo`` is a batch known to fit (0:
+    none known), ``hi`` one known not to: the search stays between them."""
+    if lo == 0:
+        if hi == 1 or figure(1) > usable:
+            return 0
+        lo = 1
+    if hi is None:
+        hi = lo * 2
+        while hi <= max_batch and figure(hi) <= usable:
+            lo, hi = hi, hi * 2
+        if hi > max_batch:
+            if figure(max_batch) <= usable:
+                return max_batch
+            hi = max_batch
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if figure(mid) <= usable else (lo, mid)
+    return lo
 
 
 def _check_monotone(seen: dict[int, Evaluation]) -> None:

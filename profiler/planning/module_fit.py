@@ -15,7 +15,6 @@ over full replays finishes the search. The answer says which way it was found.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from profiler.engine.module_memory import MemoryPrediction, Timeline
 from profiler.frontends.source import ModuleSource
@@ -84,26 +83,3 @@ def linear_model(probes: dict[int, MemoryPrediction], mode: str) -> dict[str, Li
             return None
         lines[key] = line
     return lines
-
-
-def largest_fitting(figure: Callable[[int], int], usable: int, max_batch: int, *, lo: int = 0,
-                    hi: int | None = None) -> int:
-    """The largest ``b <= max_batch`` with ``figure(b) <= usable`` for a non-decreasing figure
-    (0 when batch 1 does not fit): doubling, then bisection. ``lo`` is a batch known to fit (0:
-    none known), ``hi`` one known not to: the search stays between them."""
-    if lo == 0:
-        if hi == 1 or figure(1) > usable:
-            return 0
-        lo = 1
-    if hi is None:
-        hi = lo * 2
-        while hi <= max_batch and figure(hi) <= usable:
-            lo, hi = hi, hi * 2
-        if hi > max_batch:
-            if figure(max_batch) <= usable:
-                return max_batch
-            hi = max_batch
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if figure(mid) <= usable else (lo, mid)
-    return lo
