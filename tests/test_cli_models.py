@@ -52,6 +52,10 @@ def bad():
 
 def notmod():
     return 3
+
+
+def norm_on_vectors():
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
 '''
 
 SPEC = """\
@@ -373,3 +377,12 @@ def test_measuring_a_module_from_python_leaves_it_untouched(models):
         assert not tensor.is_meta, name
     assert all(p.grad is None for p in module.parameters())
     assert module.training == training
+
+
+
+def test_a_batch_pytorch_refuses_names_the_model_and_the_batch(models, capsys):
+    """BatchNorm over one value per channel cannot train at batch 1: fit says so in one line."""
+    code, _, err = run(capsys, ["fit", f"{models.module}:norm_on_vectors", "--input-shape", "4",
+                                "--memory", "100", "--train", "sgd"])   # not even batch 2 fits
+    assert_one_line_error(code, err, f"{models.module}:norm_on_vectors",
+                          "replaying inference and training on fake tensors at batch 1", "more than 1 value")

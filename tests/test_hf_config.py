@@ -254,6 +254,9 @@ def test_fake_tensors_make_the_masks_a_real_run_makes(tmp_path, monkeypatch):
     (json.dumps(LLAMA), {"task": "image-cls"}, r"'llama' has no image-cls model. Expected causal-lm"),
     (json.dumps(LLAMA), {"seq_len": 4096}, r"field 'seq-len'.*at most 2048"),
     (json.dumps({**LLAMA, "hidden_size": 33}), {}, r"bad llama config.*not a multiple"),
+    # transformers itself builds no layer at all from a negative count
+    ('{"model_type": "gpt2", "n_layer": -1}', {}, r"field 'n_layer': must be a positive integer. Received -1"),
+    (json.dumps({**LLAMA, "vocab_size": "many"}), {}, r"field 'vocab_size': must be a positive integer"),
 ])
 def test_errors_are_one_line(tmp_path, content, kwargs, pattern):
     path = write(tmp_path, content)

@@ -89,12 +89,12 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     if amp is None:
         meta_inputs = [torch.empty((batch, *s), dtype=d, device="meta")
                        for s, d in zip(shapes, in_dtypes)]
-        traced = _run(lambda: trace(meta, meta_inputs, names), "the forward pass on the meta device")
+        traced = _run(lambda: trace(meta, meta_inputs, names), "the forward pass on the meta device", name)
     else:   # autocast acts on CPU tensors only: the outputs' dtypes need the fake CPU ones
         def autocast_trace() -> Trace:
             with fake_mode, autocast(amp):
                 return trace(fake, fake_inputs, fake_names)
-        traced = _run(autocast_trace, "the forward pass under autocast on fake tensors")
+        traced = _run(autocast_trace, "the forward pass under autocast on fake tensors", name)
     try:
         outs = outputs(traced.output)
     except TypeError as err:
@@ -109,7 +109,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     memory = _run(lambda: predict_memory(fake, fake_inputs, targets, loss=loss, fake_mode=fake_mode,
                                          names=fake_names, optimizers=optimizers, amp=amp,
                                          threads=threads, device_kind=device_kind),
-                  "replaying inference and training on fake tensors")
+                  f"replaying inference and training on fake tensors at batch {batch}", name)
 
     rows = _rows(tree, traced, memory.saved_bytes, depth, batch)
     totals = _totals(tree, traced, batch, shapes, in_dtypes, targets)
@@ -141,13 +141,13 @@ def memory(model: nn.Module | Callable[[], nn.Module], input_shape: InputShape, 
     shapes = _input_shapes(input_shape)
     in_dtypes = _input_dtypes(input_dtype, len(shapes), dtype)
     _check(batch, None, dtype, loss, optimizers, amp)
-    meta, _ = _meta_model(model, getattr(torch, dtype), name)
+    meta, name = _meta_model(model, getattr(torch, dtype), name)
     fake_mode, fake, fake_inputs, fake_names = _fake_run(meta, shapes, in_dtypes, batch)
     del meta
     return _run(lambda: predict_memory(fake, fake_inputs, None, loss=loss, fake_mode=fake_mode,
                                        names=fake_names, optimizers=optimizers, amp=amp, threads=threads,
                                        device_kind=device_kind),
-                "replaying inference and training on fake tensors")
+                f"replaying inference and training on fake tensors at batch {batch}", name)
 
 
 def _meta_model(model: Any, dtype: torch.dtype, name: str | None) -> tuple[nn.Module, str]:
@@ -239,8 +239,9 @@ def _check(batch: int, depth: int | None, dtype: str, loss: str, optimizers: Seq
                              expected="'float32' with amp", received=repr(dtype))
 
 
-def _run(fn: Callable[[], Any], what: str) -> Any:
-    """Run a pass; a failure names the pass (data-dependent code cannot run without data).
+def _run(fn: Callable[[], Any], what: str, source: str | None = None) -> Any:
+    """Run a pass; a failure names the model and the pass (data-dependent code cannot run
+    without data, and PyTorch refuses some batch sizes: BatchNorm over one value per channel).
 
     The garbage collector is paused, as the runner pauses it while measuring: a tensor in a
     reference cycle then lives to the end of the pass in both, and no collection interrupts.
@@ -253,7 +254,8 @@ def _run(fn: Callable[[], Any], what: str) -> Any:
     except ModelsizeError:
         raise
     except Exception as err:
-        raise ModelsizeError(f"{what} failed: {type(err).__name__}: {err}".split("\n")[0]) from err
+        raise ModelsizeError(f"{what} failed: {type(err).__name__}: {err}".split("\n")[0],
+                             source=source) from err
     finally:
         if was_enabled:
             gc.enable()

@@ -187,7 +187,17 @@ def _read(path: str | Path, source: str) -> dict[str, Any]:
     if not isinstance(data["model_type"], str):
         raise SpecError("must be a string", field="model_type", source=source,
                         received=repr(data["model_type"]))
+    for key in _SIZES:   # transformers builds e.g. no layer at all from n_layer = -1, silently
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SpecError("must be a positive integer", field=key, source=source, received=repr(value))
     return data
+
+
+#: Config sizes that must be positive integers where a config has them.
+_SIZES = ("n_layer", "num_hidden_layers", "num_layers", "n_embd", "hidden_size", "d_model", "n_head",
+          "num_attention_heads", "num_key_value_heads", "intermediate_size", "n_inner", "d_ff", "vocab_size",
+          "n_positions", "max_position_embeddings", "num_labels", "image_size", "patch_size", "num_channels")
 
 
 def _transformers(source: str) -> Any:
