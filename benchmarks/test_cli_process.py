@@ -22,7 +22,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 ROUNDS = 3
-MODELSIZE = [sys.executable, "-m", "profiler"]
+#: A small launcher runs the CLI and reports the child's peak RSS (``os.wait4``) on stderr's last
+#: line. (A child started straight from this large pytest process would inherit its high-water
+#: mark at exec; a launcher's own fork starts from a small process.)
+LAUNCHER = ("import os, sys\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os.execv(sys.executable, [sys.executable, '-m', 'profiler', *sys.argv[1:]])\n"
+            "_, status, usage = os.wait4(pid, 0)\n"
+            "sys.stderr.write(f'\\nMAXRSS {usage.ru_maxrss}\\n')\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+MODELSIZE = [sys.executable, "-c", LAUNCHER]
 
 
 def _deep_dense(tmp: Path) -> Path:
@@ -46,12 +56,11 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], float, int | None]]:
 def _run(args: list[str]) -> tuple[float, int, int]:
     """(wall seconds, peak RSS bytes, exit status) of one child process."""
     start = time.perf_counter()
-    child = subprocess.Popen([*MODELSIZE, *args], cwd=TESTS, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    _, status, usage = os.wait4(child.pid, 0)
+    child = subprocess.run([*MODELSIZE, *args], cwd=TESTS, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True)
     wall = time.perf_counter() - start
-    child.stderr.close()
-    return wall, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)
+    peak_kib = int(child.stderr.strip().splitlines()[-1].split()[1])
+    return wall, peak_kib * 1024, child.returncode
 
 
 def _spread(samples: list[float]) -> dict[str, float]:
