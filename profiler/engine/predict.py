@@ -12,6 +12,7 @@ from math import prod
 from typing import Callable, Iterable
 
 from profiler.rules.args import LayerArgs
+from profiler.cpu_threads import default_threads
 from profiler.dtypes import check_model_dtype, itemsize
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
 from profiler.errors import ModelsizeError, ShapeError, SpecError
@@ -224,8 +225,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     ``amp``: mixed precision, autocast to "bfloat16" or "float16" with float32 master weights
     (``dtype`` must be float32). ``checkpoint``: layers (or nested models) whose calls run under
     activation checkpointing; True for every layer of the model. ``threads``: CPU threads of the
-    run, which size the scratchpad of bfloat16 matmul kernels (default: the CPUs this process may
-    use, torch's default). ``input_grad``: the training step also computes the gradient of each
+    run, which size the scratchpad of bfloat16 matmul kernels (default: the threads torch will
+    run with, :func:`profiler.cpu_threads.default_threads`). ``input_grad``: the training step also computes the gradient of each
     floating input (``x.requires_grad_()``: saliency, adversarial examples, a model inside a larger
     graph); each ``x.grad`` is set to None with the parameters' gradients before a step.
     """
@@ -240,7 +241,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     chosen = checkpoint_layers(spec, checkpoint)
     traced = trace(spec)
     act = itemsize(dtype)
-    threads = threads or _default_threads()
+    threads = threads or default_threads()
     plan = _Plan(batch=batch, dtype=dtype, device_kind=device_kind, amp=amp, threads=threads)
     values = {i.name: i.name for i in spec.inputs}
     plan.add(spec, traced, values, depth=1, checkpoint=chosen)
@@ -367,13 +368,6 @@ def checkpoint_layers(spec: ModelSpec, checkpoint: bool | Iterable[str]) -> froz
                         received=", ".join(map(repr, unknown)))
     return frozenset(chosen)
 
-
-def _default_threads() -> int:
-    """CPUs this process may run on: what torch uses for its intra-op threads by default."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _ref_key(ref: tuple[str, int]) -> str:
