@@ -1,0 +1,35 @@
+"""The fast subset of the real-world zoo (``benchmarks/realworld_zoo.py``, issue 9): models the
+project did not write, predicted on fake tensors and measured on the CPU allocator, every peak
+(inference, SGD and Adam steps, first steps) equal to the byte, parameters equal to
+``sum(p.numel())``. The whole zoo and its table: ``benchmarks/test_accuracy_realworld.py``."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from realworld_zoo import PEAKS, ZOO, run  # noqa: E402
+
+#: (entry, batch sizes). Left out at batch 2 until modelled: a Python number multiplying a tensor
+#: that needs a gradient (``q * scale``) is kept by ``MulBackward0`` as a 0-d double, 8 B per call
+#: until backward reaches the node (GPT-2 48 B, Llama 16 B, MultiheadAttention 8 B under at batch
+#: 2, where the peak falls in backward); nn.GRU's inference at batch 2 (10,240 B over).
+FAST = {"timm resnet (test_resnet)": (1, 2), "torchvision resnet18": (1, 2), "transformers bert (sdpa)": (1, 2),
+        "transformers gpt2 (sdpa)": (1,), "transformers llama (eager)": (1,), "torch nn.GRU": (1,),
+        "torch nn.MultiheadAttention": (1,)}
+CASES = [(e, b) for e in ZOO if e.name in FAST for b in FAST[e.name]]
+
+
+def test_fast_subset_names_exist():
+    assert {e.name for e, _ in CASES} == set(FAST)
+
+
+@pytest.mark.parametrize("entry,batch", CASES, ids=[f"{e.name} b{b}" for e, b in CASES])
+def test_predicted_equals_measured(entry, batch):
+    for package in entry.needs:
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (the test extra installs it)")
+    row = run(entry, batch)
+    assert row["params"] == row["params_numel"]
+    assert {k: row[k]["predicted"] for k in PEAKS} == {k: row[k]["measured"] for k in PEAKS}
