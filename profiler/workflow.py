@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from profiler.engine.kernels import cpu_isa
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS
 from profiler.engine.predict import predict
 from profiler.errors import SpecError
@@ -54,10 +55,12 @@ def summary(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
                                 input_dtype=list(source.input_dtypes), dtype=dtype, loss=loss, name=source.name,
                                 optimizers=optimizers, amp=amp, threads=threads, device_kind=device_kind)
         result["model_source"] = source.as_dict()
-        return result
-    return predict(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
-                   optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads,
-                   input_grad=input_grad).as_dict()
+    else:
+        result = predict(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                         optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads,
+                         input_grad=input_grad).as_dict()
+    result["warnings"] = cpu_isa.warnings(dtype=dtype, amp=amp, device_kind=device_kind)
+    return result
 
 
 def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "cross_entropy",

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Callable
 
+from profiler.engine.kernels import cpu_isa
 from profiler.planning.accelerators import CONTEXT_RESERVE, Accelerator, blas_workspace_bytes, lookup
 from profiler.errors import SpecError
 from profiler.engine.memory_model import Peak
@@ -331,7 +332,8 @@ class Fit:
                 "fits": self.batch > 0, "capped": self.capped, "max_batch": self.max_batch,
                 "peak": self.at_batch.as_dict() if self.at_batch else None, "next": self.at_next.as_dict(),
                 "headroom_bytes": self.headroom_bytes, "headroom_fraction": self.headroom_fraction,
-                "predict_calls": self.predict_calls, "method": self.method, "notes": list(self.notes)}
+                "predict_calls": self.predict_calls, "method": self.method, "notes": list(self.notes),
+                "warnings": cpu_isa.warnings(dtype=self.dtype, amp=self.amp, device_kind=self.budget.target)}
 
 
 def solve(spec: ModelSpec | ModuleSource, budget: Budget, *, mode: str, dtype: str = "float32",

@@ -66,6 +66,8 @@ def _answer(r: dict) -> str:
             + (f" ({r['method']})." if r.get("method") else "."))
     for note in r.get("notes", []):
         text += f" Note: {note}."
+    for warning in r.get("warnings", []):
+        text += f"\nWarning: {warning}"
     if r["capped"]:
         text += (f" The search stops at {r['max_batch']:,} (2**{r['max_batch'].bit_length() - 1}): "
                  "larger batches may fit too.")

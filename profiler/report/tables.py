@@ -34,12 +34,18 @@ def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = Fa
         parts += [_layers(result, layout, explain, depth), _totals(result, markdown)]
     parts.append(_memory(result, layout))
     parts.append(_makeup(result, layout))
+    parts.append(_warnings(result, markdown))
     if explain:
         parts.append(_breakdowns(result, markdown))
         parts.append(_activations_at_peaks(result, markdown))
     if "machine_info" in result:
         parts.append(_machine(result))
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _warnings(r: dict, markdown: bool) -> str:
+    """What the prediction cannot vouch for on this machine (say, its CPU's instruction set)."""
+    return "\n".join(f"{'> **Warning:**' if markdown else 'Warning:'} {w}" for w in r.get("warnings", []))
 
 
 def _title(r: dict, markdown: bool) -> str:
