@@ -16,8 +16,8 @@ from realworld_zoo import PEAKS, ZOO, run  # noqa: E402
 #: until backward reaches the node (GPT-2 48 B, Llama 16 B, MultiheadAttention 8 B under at batch
 #: 2, where the peak falls in backward); nn.GRU's inference at batch 2 (10,240 B over).
 FAST = {"timm resnet (test_resnet)": (1, 2), "torchvision resnet18": (1, 2), "transformers bert (sdpa)": (1, 2),
-        "transformers gpt2 (sdpa)": (1,), "transformers llama (eager)": (1,), "torch nn.GRU": (1,),
-        "torch nn.MultiheadAttention": (1,)}
+        "transformers gpt2 (sdpa)": (1, 2), "transformers llama (eager)": (1, 2), "torch nn.GRU": (1,),
+        "torch nn.MultiheadAttention": (1, 2), "timm swin_tiny": (1,)}
 CASES = [(e, b) for e in ZOO if e.name in FAST for b in FAST[e.name]]
 
 

@@ -217,12 +217,26 @@ def _in_place_in_backward(func: Any) -> Any:
     return in_place if node is not None and node.name() in nodes else func
 
 
+#: operators whose autograd node keeps ``other`` when ``self`` needs a gradient (derivatives.yaml:
+#: ``self: mul_tensor_backward(grad, other, ...)``, ``div_tensor_self_backward(grad, other, ...)``).
+#: A Python number there is the 0-d double the call wrapped it in (8 B), alive until backward runs
+#: the node: ``q * scale`` in attention, ``0.5 * x`` in a tanh GELU (measured: timm's Swin
+#: ``WindowAttention`` 8 B more activations at an SGD step's peak; GPT-2 48 B at batch 2).
+_SAVES_OTHER = frozenset({aten.mul.Tensor, aten.mul_.Tensor, aten.div.Tensor, aten.div_.Tensor})
+
+
 #: where a node's module is written, in the autograd node's own ``metadata`` dict. A table here
 #: holding the nodes would keep them alive, and with them what they save: the nodes an activation
 #: checkpoint's recomputation builds are never run by backward, and their saved inputs (a
 #: checkpointed layer's input, 4,096 B in mlp.yaml at batch 2) then outlived the step, where the
 #: real run frees them with the recomputed outputs.
 _MODULE_KEY = "modelsize.module"
+#: where a node keeps the tokens of the wrapped numbers it saved (their death is the node's)
+_KEPT_KEY = "modelsize.kept"
+
+
+class _Token:
+    """Dies with the autograd node that holds it (weakly referenceable, unlike ``object()``)."""
 
 
 class StorageLog(TorchDispatchMode):
@@ -256,6 +270,8 @@ class StorageLog(TorchDispatchMode):
         self.output_dtype: dict[str, torch.dtype] = {}   # module -> dtype of its (first) output, forward only
         self._hooks: list[Any] = []
         self._cut = 0
+        self._unsettled: list[tuple[Any, int]] = []   # (weakref to a result, serial of its kept number)
+        self._kept_alive: set[int] = set()
 
     # -- what exists, and what is what --------------------------------------------------------
     def seed(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
@@ -274,6 +290,8 @@ class StorageLog(TorchDispatchMode):
                     self.category[serial] = category
 
     def set_phase(self, phase: str) -> None:
+        if self._unsettled:
+            self._settle(final=True)
         self.phase = phase
 
     # -- context -------------------------------------------------------------------------------
@@ -333,6 +351,8 @@ class StorageLog(TorchDispatchMode):
 
     # -- storages ------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if self._unsettled:
+            self._settle()
         if self.phase == "backward" and func in _IN_PLACE_IN_BACKWARD:
             func = _in_place_in_backward(func)
         out = func(*args, **(kwargs or {}))
@@ -356,7 +376,11 @@ class StorageLog(TorchDispatchMode):
                     self._resize(serial, storage.nbytes())
         results = outputs or tensors_in(args)
         dtype = results[0].dtype if results else None   # what a kernel's own buffers are counted in
-        self._transient(wrapped_numbers(func, args), dtype)
+        wrapped = wrapped_numbers(func, args)
+        if wrapped and func in _SAVES_OTHER and torch.is_grad_enabled() and getattr(args[0], "requires_grad", False):
+            self._keep_until_backward(wrapped[0][0], outputs[0] if outputs else args[0], dtype)
+            wrapped = wrapped[1:]
+        self._transient(wrapped, dtype)
         if self.run is not None:
             booked = kernel_workspace(func, args, out, self.run, self.phase == "backward", kwargs)
             self._transient([(nbytes, "workspace") for nbytes in booked], dtype)
@@ -375,6 +399,43 @@ class StorageLog(TorchDispatchMode):
         pairs = [self.synthetic(nbytes, category, at, at, dtype) for nbytes, category in sizes]
         self.events.extend(alloc for alloc, _ in pairs)
         self.events.extend(free for _, free in pairs)
+
+    def _keep_until_backward(self, nbytes: int, result: torch.Tensor, dtype: torch.dtype | None) -> None:
+        """A wrapped number the call's autograd node saves: allocated now (an activation of the
+        module running), freed when backward has run the node, or when the node dies unrun. The
+        node exists once the call has returned: it is found at the next call (:meth:`_settle`)."""
+        category = "activations" if self.phase == "forward" or self.phase.startswith("loss") else "temporaries"
+        alloc, _ = self.synthetic(nbytes, category, self._where(), dtype=torch.float64)
+        self.phase_of[alloc.serial] = self.phase
+        if self.phase == "forward" and self._stack:
+            self.module_of[alloc.serial] = self._stack[-1]
+        self.events.append(alloc)
+        self._kept_alive.add(alloc.serial)
+        self._nbytes[alloc.serial] = nbytes
+        self._unsettled.append((weakref.ref(result), alloc.serial))
+
+    def _settle(self, final: bool = False) -> None:
+        """Tie each kept number to its node; a result without one yet (autograd sets it after
+        the call's own bookkeeping calls) waits for a later call, unless ``final``."""
+        pending, self._unsettled = self._unsettled, []
+        for ref, serial in pending:
+            result = ref()
+            node = result.grad_fn if result is not None else None
+            if node is None and result is not None and not final:
+                self._unsettled.append((ref, serial))
+                continue
+            if node is None:
+                self._release(serial)
+                continue
+            node.register_hook(lambda *_, serial=serial: self._release(serial))
+            token = _Token()
+            node.metadata.setdefault(_KEPT_KEY, []).append(token)
+            self._finalizers.append(weakref.finalize(token, self._release, serial))
+
+    def _release(self, serial: int) -> None:
+        if serial in self._kept_alive:
+            self._kept_alive.discard(serial)
+            self.events.append(_Event(serial, -self._nbytes.pop(serial, 0), self._where()))
 
     def _add(self, storage: torch.UntypedStorage | None, dtype: torch.dtype | None = None) -> int | None:
         if storage is None or id(storage) in self._serial:
