@@ -23,6 +23,7 @@ from profiler.engine.memory_model import CATEGORIES
 from profiler.measuring.peak_breakdown import _operator, _Spans
 from profiler.report.tables import render
 from profiler.frontends.spec import loads
+from isa import modelled_isa
 
 P = G = 7_850 * 4                # 31,400
 W = 7_840 * 4                    # the weight alone: 31,360
@@ -155,6 +156,7 @@ def test_text_and_markdown_put_both_side_by_side(digits):
     assert re.search(r"Peak\s+Part\s+Measured\n", alone) and "Predicted" not in alone
 
 
+@modelled_isa
 def test_mixed_precision_tells_weight_casts_apart():
     result = _profile(amp="bfloat16", optimizers=("sgd",))
     measured = result["measured"]["breakdown"]["inference"]

@@ -16,6 +16,7 @@ from profiler.engine.memory_model import RNG_STATE_BYTES, Op, Setting, inference
 from profiler.frontends.models import builtin
 from profiler.engine.predict import predict
 from profiler.rules.registry import Saved
+from isa import require_modelled_isa_for
 
 MLP, CNN = "benchmarks/zoo/mlp.yaml", "benchmarks/zoo/cnn.yaml"
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
@@ -113,6 +114,7 @@ CASES = [
 @pytest.mark.parametrize("name, batch, checkpoint, amp", CASES)
 def test_predicted_equals_measured_on_cpu(name, batch, checkpoint, amp):
     spec = workflow.resolve_spec(name)
+    require_modelled_isa_for(spec, amp=amp)
     result = workflow.profile(spec, batch=batch, dtype="float32", loss="cross_entropy", device="cpu",
                               warmup=0, repeats=1, threads=None, checkpoint=checkpoint, amp=amp)
     for key in PEAKS:

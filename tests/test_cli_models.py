@@ -29,6 +29,7 @@ QUICK = ["--batch", str(BATCH), "--repeats", "1", "--warmup", "0", "--format", "
 #: The factories, written into a module file beside the test (the current directory).
 FACTORIES = '''
 from torch import nn
+from isa import require_modelled_isa
 
 
 def cnn():
@@ -232,6 +233,8 @@ def test_measure(models, capsys, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_profile(models, capsys, kind):
+    if kind == "cnn":   # convolutions' workspace
+        require_modelled_isa()
     code, out, err = run(capsys, ["profile", *models.argv(kind), *QUICK, "--optimizers", "sgd", "--no-save"])
     assert code == 0, err
     assert "saved_to" not in out
@@ -265,6 +268,8 @@ def test_fit(models, capsys, kind):
 
 @pytest.mark.parametrize("kind,memory", [("spec", "1MiB"), ("cnn", "4MiB"), ("gpt2", "16MiB")])
 def test_fit_verify_holds(models, capsys, kind, memory):
+    if kind == "cnn":
+        require_modelled_isa()
     """The solved batch fits the budget when measured, and the next one does not (CPU, exact bytes).
 
     Smaller budgets than 64MiB keep the two measurements at the solved batch quick."""

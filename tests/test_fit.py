@@ -10,6 +10,7 @@ from profiler.planning.accelerators import CATALOG, CONTEXT_RESERVE, GiB, MiB, b
 from profiler.cli import main
 from profiler.errors import SpecError
 from profiler.engine.predict import predict
+from isa import modelled_isa
 
 SPECS = {name: models.builtin(name) for name in ("digits", "dense-514", "conv-224", "bn-conv")}
 MODES = ("adam", "sgd", "inference")
@@ -243,6 +244,7 @@ def test_verify_skips_what_the_ram_cannot_hold(monkeypatch):
     assert v.at_batch.skipped and v.at_next.skipped and v.held is None
 
 
+@modelled_isa
 def test_fit_with_mixed_precision_solves_on_autocast_predictions_and_verifies(capsys):
     # the same budget fits more samples under autocast (bfloat16 activations); --verify measures
     # the autocast step at b and b + 1 and the prediction holds to the byte

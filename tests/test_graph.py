@@ -11,6 +11,7 @@ from profiler import workflow
 from profiler.frontends.build import build
 from profiler.errors import ShapeError, SpecError
 from profiler.engine.predict import predict
+from isa import require_modelled_isa_for
 
 RESIDUAL = {
     "name": "residual",
@@ -124,6 +125,7 @@ def test_graph_memory_prediction_matches_cpu_measurement(name):
     (0.5% slack): the graph logic is exact, and kernel workspace (oneDNN's, embedding backward's
     index buffers) is predicted where the rules know it, never more than what was measured."""
     spec = S.from_dict(MODELS[name])
+    require_modelled_isa_for(spec)
     result = workflow.profile(spec, batch=4, dtype="float32", loss="cross_entropy", device="cpu",
                               warmup=0, repeats=1, threads=None)
     predicted, measured = result["predicted"], result["measured"]

@@ -22,6 +22,7 @@ from profiler.measuring.memory_trace import allocator_peak
 from profiler.engine.predict import predict
 from profiler.measuring.runner import storage_bytes
 from profiler.frontends.spec import Model, layer as L
+from isa import require_modelled_isa_for
 
 IMAGE = [16, 16, 16]
 SEQUENCE = [12, 16]
@@ -161,6 +162,7 @@ def measure(spec, batch: int) -> dict[str, int]:
 @pytest.mark.parametrize("name", [*CASES, *MERGES])
 def test_predicted_peaks_equal_the_allocators(name):
     spec = spec_for(name)
+    require_modelled_isa_for(spec)
     for batch in LARGER_BATCHES.get(name, BATCHES):
         p = predict(spec, batch=batch, optimizers=("sgd", "adam"))
         predicted = {"inference": p.inference.bytes, "sgd": p.training["sgd"].bytes, "adam": p.training["adam"].bytes}

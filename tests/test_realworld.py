@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from realworld_zoo import PEAKS, ZOO, run  # noqa: E402
+from isa import require_modelled_isa  # noqa: E402
 
 #: (entry, batch sizes). Left out at batch 2 until modelled: a Python number multiplying a tensor
 #: that needs a gradient (``q * scale``) is kept by ``MulBackward0`` as a 0-d double, 8 B per call
@@ -30,6 +31,8 @@ def test_predicted_equals_measured(entry, batch):
     for package in entry.needs:
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed (the test extra installs it)")
+    if entry.family in ("timm", "torchvision"):   # convolutions (a ViT's patch embedding too)
+        require_modelled_isa()
     row = run(entry, batch)
     assert row["params"] == row["params_numel"]
     assert {k: row[k]["predicted"] for k in PEAKS} == {k: row[k]["measured"] for k in PEAKS}

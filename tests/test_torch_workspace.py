@@ -22,6 +22,7 @@ from profiler.engine.module_memory import outputs, predict_memory
 from profiler.engine.predict import predict
 from profiler.frontends.spec import loads
 from profiler.engine.torch_module import summary
+from isa import require_modelled_isa_for
 
 aten = torch.ops.aten
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam")
@@ -64,6 +65,7 @@ def torch_path(case: str) -> dict:
 @pytest.mark.parametrize("case", CASES)
 def test_torch_path_equals_the_allocator_peaks(case):
     spec, batch, dtype, amp = CASES[case]
+    require_modelled_isa_for(spec, dtype=dtype, amp=amp)
     measured, _ = workflow.measure(spec, batch=batch, dtype=dtype, loss="cross_entropy", device="cpu",
                                    warmup=0, repeats=1, threads=None, amp=amp)
     result = torch_path(case)

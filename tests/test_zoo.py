@@ -11,6 +11,7 @@ import pytest
 
 from profiler import workflow
 from profiler.engine.optimizers import CATALOG
+from isa import require_modelled_isa_for
 
 ZOO = sorted(Path(__file__).resolve().parent.parent.glob("benchmarks/zoo/*.yaml"))
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam")
@@ -28,6 +29,7 @@ def test_zoo_peaks_within_the_issue_figures(path):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_parameters_gradients_and_state_exact_for_every_optimizer(dtype):
+    require_modelled_isa_for(dtype=dtype)
     result = workflow.profile(workflow.resolve_spec("dense-514"), batch=2, dtype=dtype, loss="cross_entropy",
                               device="cpu", optimizers=tuple(CATALOG), warmup=0, repeats=1, threads=None)
     assert result["predicted"]["param_bytes"] == result["measured"]["param_bytes"]

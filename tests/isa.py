@@ -1,0 +1,38 @@
+"""Tests whose expected bytes are kernel workspace measured on oneDNN's ``MODELLED`` ISA.
+
+Under another ISA (another CPU, or ``ONEDNN_MAX_CPU_ISA=AVX2`` / ``AVX512_CORE``) those kernels
+are other kernels: such tests skip with the reason, and the prediction itself carries the
+warning (``profiler.engine.kernels.cpu_isa``, tested in tests/test_cpu_isa.py). Everything else
+in the suite runs, and passes, under either cap.
+"""
+import pytest
+
+from profiler.engine.kernels import cpu_isa
+
+RUNNING = cpu_isa.onednn_isa()
+OFF = RUNNING != cpu_isa.MODELLED
+REASON = (f"expects kernel workspace measured on oneDNN's {cpu_isa.MODELLED}; this process runs "
+          f"{RUNNING} (ONEDNN_MAX_CPU_ISA or the CPU): predictions carry a warning there instead")
+
+#: for a whole test (or a whole file: ``pytestmark = modelled_isa``)
+modelled_isa = pytest.mark.skipif(OFF, reason=REASON)
+
+
+def require_modelled_isa() -> None:
+    """Skip the running case (for the low-precision cases of a parametrized test)."""
+    if OFF:
+        pytest.skip(REASON)
+
+
+def require_modelled_isa_for(spec=None, *, dtype: str = "float32", amp: str | None = None) -> None:
+    """Skip when the case books ISA-measured workspace: low precision, or a spec with convolutions."""
+    convolutions = spec is not None and any("Conv" in node.layer.type for node in _all_nodes(spec))
+    if amp or dtype != "float32" or convolutions:
+        require_modelled_isa()
+
+
+def _all_nodes(spec):
+    for node in spec.nodes:
+        yield node
+        if node.layer.model is not None:
+            yield from _all_nodes(node.layer.model)
