@@ -18,11 +18,18 @@ from profiler.report.tables import render
 
 EXIT_BAD_INPUT = 2
 EXIT_DOES_NOT_FIT = 3
+EXIT_PREDICTION_FAILED = 4      # fit --verify: the measured peak did not stay within the prediction
+EXIT_CLOSED_PIPE = 141          # 128 + SIGPIPE, as a shell reports a tool whose reader went away
+#: options whose value may look like an option to argparse ("-5GiB"): joined as "--memory=-5GiB"
+#: so that the size's own check answers (a negative size), not "expected one argument"
+_SIZE_OPTIONS = ("--memory", "--reserve", "--margin")
+#: the largest batch modelsize accepts: torch indexes many kernels with 32-bit integers
+MAX_BATCH = 2 ** 31 - 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_joined_sizes(sys.argv[1:] if argv is None else list(argv)))
     try:
         return args.run(args)
     except ModelsizeError as error:
@@ -30,6 +37,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # `modelsize ... | head`: the reader has gone; end quietly
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no error at interpreter exit
+        return EXIT_CLOSED_PIPE
+
+
+def _joined_sizes(argv: list[str]) -> list[str]:
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _SIZE_OPTIONS and i + 1 < len(argv) and argv[i + 1][:2].startswith("-") \
+                and argv[i + 1][1:2].isdigit():
+            joined.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        joined.append(argv[i])
+        i += 1
+    return joined
 
 
 def _source(args: argparse.Namespace):
@@ -69,19 +94,27 @@ def _measure(args: argparse.Namespace) -> int:
 
 def _profile(args: argparse.Namespace) -> int:
     from profiler.measuring.devices import DoesNotFit
-    from profiler.report.results import save
+    from profiler.report.results import check_writable, save
     source = _source(args)
+    if not args.no_save:
+        check_writable(args.results_dir)
     try:
         result = workflow.profile(source, **_measure_options(args), depth=args.depth)
     except DoesNotFit as error:
         print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
+    unsaved = None
     if not args.no_save:
-        path = save(result, args.results_dir)
-        result["saved_to"] = str(path)
+        try:
+            result["saved_to"] = str(save(result, args.results_dir))
+        except OSError as error:   # the figures are still printed: the measurement is not lost
+            unsaved = f"could not save the result in {args.results_dir}: {error.strerror or error}"
     _emit(result, args)
     if "saved_to" in result and args.format != "json":
         print(f"Saved: {result['saved_to']}")
+    if unsaved:
+        print(f"modelsize: error: {unsaved}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -101,7 +134,9 @@ def _fit(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(render_fit(result, markdown=args.format == "markdown", explain=args.explain), end="")
-    return 0 if answer.batch else EXIT_DOES_NOT_FIT
+    if not answer.batch:
+        return EXIT_DOES_NOT_FIT
+    return EXIT_PREDICTION_FAILED if result.get("verification", {}).get("held") is False else 0
 
 
 def _emit(result: dict[str, Any], args: argparse.Namespace) -> None:
@@ -166,8 +201,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _batch(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"expected a batch of at most 2**31-1 = {MAX_BATCH:,}, received {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option ending in one line (its usage stays behind --help)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="modelsize",
         description="Predict a model's parameters, MACs and memory layer by layer; measure them in "
                     "PyTorch; compare.")
@@ -199,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False) -> None:
         model(sub, spec_optional=spec_optional)
-        sub.add_argument("--batch", type=_positive, default=32, help="batch size (default 32)")
+        sub.add_argument("--batch", type=_batch, default=32, help="batch size (default 32)")
         sub.add_argument("--dtype", choices=MODEL_DTYPES, default="float32")
         sub.add_argument("--loss", choices=LOSSES, default="cross_entropy",
                          help="training-step loss: cross_entropy (integer targets over the last axis, "

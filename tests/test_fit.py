@@ -108,7 +108,7 @@ def test_sizes(text, expected):
 
 
 @pytest.mark.parametrize("text, what", [
-    ("24Gx", "not a size"), ("GiB", "not a size"), ("-1GiB", "not a size"), ("0", "must be positive"),
+    ("24Gx", "not a size"), ("GiB", "not a size"), ("-1GiB", "must be positive"), ("0", "must be positive"),
     ("0.3B", "not a whole number of bytes"), ("1.2.3GB", "not a size"), ("", "not a size"),
 ])
 def test_bad_sizes_name_the_field(text, what):

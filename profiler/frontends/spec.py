@@ -151,11 +151,18 @@ def Model(name: str, input_shape: Iterable[int] | None = None, layers: Iterable[
     return from_dict(data)
 
 
+#: limits on what a spec file may be: a spec someone sends must not take the machine down
+MAX_SPEC_BYTES = 16 * 2 ** 20     # a 10,000-layer spec is under 1 MiB
+MAX_NESTING = 64                  # lists and mappings inside each other
+
+
 def load(path: str | Path) -> ModelSpec:
     """Read a spec from a .yaml/.yml/.json file."""
     path = Path(path)
     source = str(path)
     try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"the file is larger than {MAX_SPEC_BYTES // 2 ** 20} MiB: not read", source=source)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError("no such file", source=source) from None
@@ -176,8 +183,11 @@ def loads(text: str, *, source: str = "<string>", as_json: bool = False) -> Mode
         if as_json:
             data = json.loads(text)
         else:
-            import yaml
-            data = yaml.safe_load(text)
+            data = _safe_yaml(text)
+    except SpecError as error:
+        raise error.located(source=source) from None
+    except RecursionError:
+        raise SpecError(f"nested more than {MAX_NESTING} levels deep", source=source) from None
     except json.JSONDecodeError as error:
         raise SpecError(f"malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}",
                         source=source) from None
@@ -187,6 +197,39 @@ def loads(text: str, *, source: str = "<string>", as_json: bool = False) -> Mode
         problem = getattr(error, "problem", None) or error.__class__.__name__
         raise SpecError(f"malformed YAML{where}: {problem}", source=source) from None
     return from_dict(_keras(data, source), source=source)
+
+
+def _safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases and nested at most ``MAX_NESTING`` deep.
+
+    An alias (``*name``) repeats a node without repeating its text: nine levels of ``[*a, *a, …]``
+    in 500 bytes stand for 10⁹ items, which anything that walks or prints the value expands (a
+    `summary` of such a spec grew to 24 GB before the kernel killed it). Specs never need one.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise SpecError(f"YAML aliases (*{event.anchor}) are not allowed in a spec, at line "
+                                f"{event.start_mark.line + 1}: write the value out")
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise SpecError(f"nested more than {MAX_NESTING} levels deep, at line "
+                                f"{self.peek_event().start_mark.line + 1}")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    loader = Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def from_dict(data: Any, *, source: str = "<python>") -> ModelSpec:

@@ -93,6 +93,8 @@ def parse_size(text: str, *, field: str = "memory", allow_zero: bool = False) ->
     """
     expected = ("a number of bytes with an optional unit: KB, MB, GB, TB (powers of 1000) or KiB, MiB, "
                 "GiB, TiB (powers of 1024), e.g. 24GiB")
+    if str(text).strip().startswith("-"):
+        raise SpecError("must be positive", field=field, expected=expected, received=repr(text))
     match = _SIZE.match(str(text))
     if not match or match.group(2).lower() not in _UNITS:
         raise SpecError("not a size", field=field, expected=expected, received=repr(text))

@@ -53,6 +53,20 @@ def file_name(result: dict[str, Any], now: datetime) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(p for p in parts if p)) + ".json"
 
 
+def check_writable(directory: str | Path) -> None:
+    """Fail before a measurement, not after it: the folder exists (or is made) and takes a file."""
+    from profiler.errors import ModelsizeError
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ModelsizeError(f"cannot write result files there ({error.strerror or error.__class__.__name__})",
+                             field="results-dir", received=str(directory)) from None
+
+
 def save(result: dict[str, Any], directory: str | Path) -> Path:
     """Write ``result`` atomically (temporary file, fsync, rename); never overwrites another run."""
     directory = Path(directory)
