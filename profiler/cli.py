@@ -156,7 +156,7 @@ def _measure_options(args: argparse.Namespace) -> dict[str, Any]:
             "optimizers": args.optimizers,
             "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
             "amp": _amp_dtype(args, kind or "cpu"), "checkpoint": args.checkpoint,
-            "input_grad": args.input_grad}
+            "input_grad": args.input_grad, "force": args.force}
 
 
 def _amp_dtype(args: argparse.Namespace, device_kind: str) -> str | None:
@@ -280,6 +280,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="default: cuda when available, else cpu")
         sub.add_argument("--warmup", type=int, default=3, help="untimed forward passes first (default 3)")
         sub.add_argument("--repeats", type=_positive, default=20, help="timed forward passes (default 20)")
+        sub.add_argument("--force", action="store_true",
+                         help="measure even when the predicted peak is more than the device has free "
+                              "(by default such a run is 'does not fit', exit status 3, nothing built)")
 
     summary = commands.add_parser(
         "summary", help="predict without building the model",

@@ -67,7 +67,8 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             device: str | None = None, warmup: int = 3, repeats: int = 20, threads: int | None = None,
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
             checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False,
-            validate: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+            validate: bool = True, force: bool = False,
+            predicted_peak: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the model on the device and measure it: (measured figures, options used).
 
     ``amp``: forward and loss under ``torch.autocast`` to this dtype, float32 weights;
@@ -75,11 +76,23 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     A spec's request is validated first by predicting it (cheap), so what the prediction refuses
     fails with its SpecError rather than inside PyTorch; ``validate=False`` when the caller has
     just predicted it. A torch model is built by its factory (or copied): the original is untouched.
+
+    Nothing is built when the predicted peak (``predicted_peak``, else predicted here) is more than
+    the device has free: :class:`~profiler.measuring.devices.DoesNotFit` names both figures, unless
+    ``force`` (then the measurement may run out of memory, and says so the same way).
     """
     from profiler.measuring.devices import get_device
     from profiler.measuring.runner import measure as run
 
     target = get_device(device)
+    if not force:
+        if predicted_peak is None:
+            predicted = summary(source, batch=batch, dtype=dtype, loss=loss,
+                                device_kind=target.torch_device.type, optimizers=optimizers, amp=amp,
+                                checkpoint=checkpoint, threads=threads, input_grad=input_grad)["predicted"]
+            predicted_peak = peak_of(predicted)
+            validate = False
+        _check_room(predicted_peak, target, batch)
     if isinstance(source, ModuleSource):
         _module_only_options(source, checkpoint=checkpoint, input_grad=input_grad)
         bounds = source.bounds()
@@ -116,6 +129,21 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     return measured, options
 
 
+def peak_of(predicted: dict[str, int]) -> int:
+    """The highest predicted peak of a run (inference and every training step asked for)."""
+    return max(v for k, v in predicted.items() if "peak_bytes" in k)
+
+
+def _check_room(predicted_peak: int, target: Any, batch: int) -> None:
+    from profiler.measuring.devices import DoesNotFit
+    from profiler.report import units
+    free = target.free_bytes()
+    if predicted_peak > free:
+        raise DoesNotFit(f"the predicted peak, {units.nbytes(predicted_peak)} ({predicted_peak:,} B), is more than "
+                         f"the {units.nbytes(free)} ({free:,} B) free on {target.name}: nothing was built "
+                         f"(--force measures anyway)", device=target.name, phase="prediction")
+
+
 def by_layer(module_bytes: dict[str, int]) -> dict[str, int]:
     """Bytes per spec layer from bytes per torch module ("conv2d.0.inner" belongs to "conv2d")."""
     totals: dict[str, int] = {}
@@ -129,7 +157,7 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             device: str | None = None, warmup: int = 3, repeats: int = 20, threads: int | None = None,
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
             checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False,
-            depth: int | None = None) -> dict[str, Any]:
+            depth: int | None = None, force: bool = False) -> dict[str, Any]:
     """Predict, measure and compare: the whole result, ready to save and render.
 
     The prediction comes first: it validates the model and the options (mixed precision on layers
@@ -149,7 +177,8 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
                      threads=threads if threads is not None else torch.get_num_threads(), depth=depth)
     measured, options = measure(source, batch=batch, dtype=dtype, loss=loss, device=target.name,
                                 warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
-                                amp=amp, checkpoint=checkpoint, input_grad=input_grad, validate=False)
+                                amp=amp, checkpoint=checkpoint, input_grad=input_grad, validate=False,
+                                force=force, predicted_peak=peak_of(result["predicted"]))
     described = {"spec": source.as_dict()} if isinstance(source, ModelSpec) else {"model_source": source.as_dict()}
     result.update(options=options, **described, machine_info=machine_info(), measured=measured,
                   relative_error=relative_errors(result["predicted"], measured),

@@ -128,6 +128,10 @@ class Device:
     def info(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def free_bytes(self) -> int:
+        """Memory a new measurement can still take on this device."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
@@ -149,6 +153,11 @@ class CpuDevice(Device):
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "type": "cpu", "threads": torch.get_num_threads()}
+
+    def free_bytes(self) -> int:
+        """RAM the kernel can hand out without swapping (``psutil.virtual_memory().available``)."""
+        import psutil
+        return int(psutil.virtual_memory().available)
 
 
 class CudaDevice(Device):
@@ -182,6 +191,9 @@ class CudaDevice(Device):
             end.record()
             end.synchronize()
         return start.elapsed_time(end) * 1e6   # elapsed_time is in milliseconds
+
+    def free_bytes(self) -> int:
+        return int(torch.cuda.mem_get_info(self.index)[0])
 
     def info(self) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(self.index)

@@ -546,7 +546,7 @@ def _measure(spec: ModelSpec, fit: Fit, evaluation: Evaluation, device) -> Check
     try:
         measured, _ = measure(spec, batch=batch, dtype=fit.dtype, loss=fit.loss, device=device.name, warmup=0,
                               repeats=1, threads=None, optimizers=() if fit.mode == "inference" else (fit.mode,),
-                              amp=fit.amp)
+                              amp=fit.amp, predicted_peak=evaluation.bytes)
     except DoesNotFit as error:
         return Check(batch, evaluation.bytes, does_not_fit=str(error))
     finally:
