@@ -217,8 +217,12 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
             device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS,
             footprint: Callable[[int], int] | None = None, amp: str | None = None,
             checkpoint: bool | Iterable[str] = (), threads: int | None = None,
-            input_grad: bool = False) -> Prediction:
+            input_grad: bool = False, peaks_only: bool = False) -> Prediction:
     """Everything modelsize can say about ``spec`` without building it.
+
+    ``peaks_only``: what a search over batch sizes reads, no more: the training steps' peaks (and
+    the inference peak only when no optimizer is asked for, else a zero placeholder), without the
+    rows' kept-for-backward bytes (the fit of a 10,000-layer spec spent half its time on them).
 
     ``footprint`` maps each request's bytes to what the allocator sets aside (CUDA's caching
     allocator rounds to 512-byte blocks and larger segments); by default bytes are exact.
@@ -280,6 +284,14 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
             training={o: sm.rounded(p, mem.timelines[f"train_{o}"], footprint) for o, p in mem.training.items()},
             first_step={o: sm.rounded(p, mem.timelines[f"train_first_step_{o}"], footprint)
                         for o, p in mem.first_step.items()},
+            input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
+            checkpoint=tuple(sorted(chosen)), input_grad=input_grad)
+    if peaks_only:
+        return Prediction(
+            spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(plan.rows),
+            inference=Peak(0, "not predicted", {}) if optimizers else inference_peak(plan.ops, setting),
+            training={o: training_peak(plan.ops, setting, o) for o in optimizers},
+            first_step={o: training_peak(plan.ops, setting, o, first_step=True) for o in optimizers},
             input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
             checkpoint=tuple(sorted(chosen)), input_grad=input_grad)
     kept = _by_prefix(kept_for_backward(plan.ops, setting))

@@ -325,6 +325,7 @@ def _parse_nodes(raw_layers: list[Any], inputs: tuple[InputSpec, ...], source: s
     layers: dict[str, LayerSpec] = {}
     calls: dict[str, int] = {}
     names: set[str] = {i.name for i in inputs}
+    taken = set(names)   # names and layers' names, kept as they grow (a union per layer was quadratic)
     counters: dict[str, int] = {}
     for index, entry in enumerate(raw_layers):
         type_name, given = _split_entry(index, entry)
@@ -339,19 +340,21 @@ def _parse_nodes(raw_layers: list[Any], inputs: tuple[InputSpec, ...], source: s
                 layer_spec, name = _called_layer(given, layers, calls, explicit)
                 label = f'layer {index} ({layer_spec.type} "{layer_spec.name}", call "{name}")'
             else:
-                name = explicit or _auto_name(type_name, counters, names | set(layers))
+                name = explicit or _auto_name(type_name, counters, taken)
                 label = layer_label(index, type_name, name)
                 if name in layers:
                     raise SpecError("layer names must be unique", field="name", received=repr(name))
                 layer_spec = _new_layer(type_name, name, given, source)
                 layers[name] = layer_spec
+                taken.add(name)
                 calls[name] = 1
             if name in names:
                 raise SpecError("names must be unique among inputs and calls", field="name", received=repr(name))
-            refs = _parse_refs(raw_inputs, nodes, inputs)
+            refs = _parse_refs(raw_inputs, nodes, inputs, names)
         except ModelsizeError as error:
             raise error.located(layer=label)
         names.add(name)
+        taken.add(name)
         nodes.append(Node(index=index, name=name, layer=layer_spec, inputs=refs))
     return tuple(nodes)
 
@@ -382,8 +385,10 @@ def _called_layer(given: dict[str, Any], layers: dict[str, LayerSpec], calls: di
     return layers[target], name
 
 
-def _parse_refs(raw: Any, nodes: list[Node], inputs: tuple[InputSpec, ...]) -> tuple[Ref, ...]:
-    """A node's inputs: names of inputs or earlier nodes ("name" or "name:k"); default the previous."""
+def _parse_refs(raw: Any, nodes: list[Node], inputs: tuple[InputSpec, ...],
+                defined: set[str] | None = None) -> tuple[Ref, ...]:
+    """A node's inputs: names of inputs or earlier nodes ("name" or "name:k"); default the previous.
+    ``defined``: those names as a set, kept by the caller (a list per node was quadratic)."""
     if raw is None:
         if nodes:
             return ((nodes[-1].name, 0),)
@@ -394,11 +399,13 @@ def _parse_refs(raw: Any, nodes: list[Node], inputs: tuple[InputSpec, ...]) -> t
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or not items or not all(isinstance(r, str) for r in items):
         raise SpecError("must be a name or a list of names", field="inputs", received=repr(raw))
-    known = [i.name for i in inputs] + [n.name for n in nodes]
+    if defined is None:
+        defined = {i.name for i in inputs} | {n.name for n in nodes}
     refs = []
     for text in items:
         name, _, index = text.partition(":")
-        if name not in known or (index and not index.isdigit()):
+        if name not in defined or (index and not index.isdigit()):
+            known = [i.name for i in inputs] + [n.name for n in nodes]
             raise SpecError("refers to nothing defined above", field="inputs", received=repr(text),
                             expected="an input or an earlier layer: " + ", ".join(known))
         refs.append((name, int(index or 0)))

@@ -221,7 +221,7 @@ def evaluate(spec: ModelSpec, batch: int, budget: Budget, *, mode: str, dtype: s
     """Predict the figure that is compared with ``budget`` at ``batch`` (see the module docstring)."""
     _check_mode(mode)
     options = {"batch": batch, "dtype": dtype, "loss": loss, "device_kind": budget.target, "amp": amp,
-               "optimizers": () if mode == "inference" else (mode,), "threads": threads}
+               "optimizers": () if mode == "inference" else (mode,), "threads": threads, "peaks_only": True}
     if budget.target == "cpu":
         peak = _mode_peak(predict(spec, **options), mode)
         return Evaluation(batch, peak.bytes, peak.bytes, None, peak.at, dict(peak.breakdown))
