@@ -63,12 +63,11 @@ _cpu_result = registrar(_CPU_RESULT, "CPU result fix")
 
 @_cpu_result(aten.mkldnn_rnn_layer.default)
 def _onednn_lstm(args: tuple, out: Any) -> Any:
-    """Training keeps a workspace for backward; the fake kernel returns an empty one.
-
-    Fixed for float32 LSTMs (``mode`` 2), the case the size was checked on.
-    """
-    x, mode, hidden, train = args[0], args[9], args[10], args[15]
-    if not train or mode != 2 or x.dtype != torch.float32 or x.dim() != 3:
+    """In grad mode the kernel keeps a workspace for backward (ATen tests
+    ``at::GradMode::is_enabled()``, not the ``train`` argument); the fake kernel returns an empty
+    one. Fixed for float32 LSTMs (``mode`` 2), the case the size was checked on."""
+    x, mode, hidden = args[0], args[9], args[10]
+    if not torch.is_grad_enabled() or mode != 2 or x.dtype != torch.float32 or x.dim() != 3:
         return out
     t, n, i = x.shape     # time-major whatever ``batch_first`` says: nn.LSTM transposes first
     workspace = out[3].new_empty((onednn_lstm_workspace_bytes(t, n, i, hidden),))
@@ -94,6 +93,18 @@ def _mse_loss_result(args: tuple, out: Any) -> Any:
     if reduction == 0 or out.dim() != 0:
         return out
     return out.new_empty((x.numel(),)).as_strided((), ())
+
+
+@_cpu_result(aten.mse_loss_backward.default)
+def _mse_loss_backward_contiguous(args: tuple, out: Any) -> Any:
+    """The input's gradient is contiguous (the CPU kernel starts from ``zeros_like(input,
+    LEGACY_CONTIGUOUS_MEMORY_FORMAT)``); the fake kernel keeps the input's strides. It matters
+    downstream: ``nn.LSTM(batch_first=True)``'s output is a transposed view, and oneDNN's LSTM
+    backward copies the transposed gradient it gets from a real run (10,240 B for a (4, 10, 64)
+    output), where the fake gradient, transposed back, would be contiguous already."""
+    if out.is_contiguous():
+        return out
+    return out.new_empty(out.shape)
 
 
 _REDUCED = (torch.bfloat16, torch.float16)

@@ -26,6 +26,7 @@ from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_
                                               batch_norm_statistics)
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
 from profiler.engine.kernels.onednn_matmul import matmul_workspace
+from profiler.engine.kernels.onednn_rnn import lstm_backward_workspace, lstm_forward_workspace
 from profiler.rules.registry import Context, Saved
 
 aten = torch.ops.aten
@@ -218,3 +219,45 @@ def _embedding_backward(args: tuple, out: Any, run: Context, backward: bool, kwa
     table, 24 indices): a (4, 6, 8) gradient sliced from a concatenation's (4, 56) one, 768 B;
     strided int64 indices, 192 B; contiguous ones, nothing."""
     return [t.numel() * t.element_size() for t in args[:2] if not t.is_contiguous()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Recurrent layers: oneDNN's LSTM (``onednn_rnn``). nn.GRU and nn.RNN run ATen's own cells
+# (matmuls and pointwise operators the log sees one by one).
+
+#: ``mkldnn_rnn_layer``'s ``mode``: oneDNN's LSTM (``ideep::rnn_kind::LSTM``)
+_LSTM = 2
+
+
+def _cpu_isa() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+@_workspace(aten.mkldnn_rnn_layer.default)
+def _onednn_lstm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """mkldnn_rnn_layer(input, w_ih, w_hh, b_ih, b_hh, hx, cx, reverse, batch_sizes, mode,
+    hidden_size, num_layers, has_biases, bidirectional, batch_first, train): one layer and
+    direction, time-major input (T, N, I). The kernel trains (keeps a workspace) when grad mode is
+    on, whatever ``train`` says (ATen's ``at::GradMode::is_enabled()``)."""
+    x, mode, hidden = args[0], args[9], args[10]
+    if mode != _LSTM or x.dtype != torch.float32 or x.dim() != 3:
+        return []
+    t, n, i = x.shape
+    return lstm_forward_workspace(t, n, i, hidden, training=torch.is_grad_enabled(), threads=run.threads,
+                                  isa=_cpu_isa())
+
+
+@_workspace(aten.mkldnn_rnn_layer_backward.default)
+def _onednn_lstm_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """mkldnn_rnn_layer_backward(input, w_ih, w_hh, b_ih, b_hh, hx, cx, output, hy, cy,
+    grad_output, grad_hy, grad_cy, reverse, mode, hidden_size, ...): an absent gradient is made as
+    zeros, a non-contiguous one copied, and ``cx`` cloned when it shares ``hx``'s storage."""
+    x, hx, cx, grads, mode, hidden = args[0], args[5], args[6], args[10:13], args[14], args[15]
+    if mode != _LSTM or x.dtype != torch.float32 or x.dim() != 3 or all(g is None for g in grads):
+        return []
+    t, n, i = x.shape
+    made = [out_like.numel() * out_like.element_size() if g is None else 0 if g.is_contiguous()
+            else g.numel() * g.element_size() for g, out_like in zip(grads, (args[7], hx, cx))]
+    if hx.untyped_storage() is cx.untyped_storage():
+        made.append(cx.numel() * cx.element_size())
+    return lstm_backward_workspace(t, n, i, hidden, made=made)
