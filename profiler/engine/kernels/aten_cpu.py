@@ -27,6 +27,7 @@ from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
 from profiler.engine.kernels.onednn_matmul import matmul_workspace
 from profiler.engine.kernels.onednn_rnn import lstm_backward_workspace, lstm_forward_workspace
+from profiler.engine.kernels.cpu_attention import encoder_layer_peak, mha_peak
 from profiler.rules.registry import Context, Saved
 
 aten = torch.ops.aten
@@ -261,3 +262,62 @@ def _onednn_lstm_backward(args: tuple, out: Any, run: Context, backward: bool, k
     if hx.untyped_storage() is cx.untyped_storage():
         made.append(cx.numel() * cx.element_size())
     return lstm_backward_workspace(t, n, i, hidden, made=made)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused attention (``cpu_attention``): the inference fast paths of nn.MultiheadAttention and
+# nn.TransformerEncoderLayer, one operator each. The peak inside is booked less the results.
+
+
+def _argument(args: tuple, kwargs: dict, func: Any, name: str) -> Any:
+    """An operator's argument by name, wherever it was passed (positional, keyword, default)."""
+    for index, argument in enumerate(func._schema.arguments):
+        if argument.name == name:
+            if index < len(args):
+                return args[index]
+            return kwargs.get(name, argument.default_value)
+    raise KeyError(name)
+
+
+def _results_bytes(out: Any) -> int:
+    tensors = out if isinstance(out, (tuple, list)) else (out,)
+    return sum(t.untyped_storage().nbytes() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _self_attention_sizes(q: torch.Tensor, heads: int) -> tuple[int, int, int]:
+    """(X, S, B·T·T) in bytes of the query's dtype: its size, the heads' scores, their average."""
+    b, t, _ = q.shape
+    item = q.element_size()
+    return q.numel() * item, b * heads * t * t * item, b * t * t * item
+
+
+@_workspace(aten._native_multi_head_attention.default)
+def _native_mha(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """_native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias,
+    proj_weight, proj_bias, mask, need_weights, average_attn_weights, mask_type): self-attention
+    (one tensor for query, key and value) without a mask (``mha_peak``)."""
+    f = aten._native_multi_head_attention.default
+    q, k, v, heads = args[0], args[1], args[2], args[4]
+    if not (q is k is v) or q.dim() != 3 or _argument(args, kwargs, f, "mask") is not None:
+        return []
+    x, scores, averaged = _self_attention_sizes(q, heads)
+    peak = mha_peak(x, scores, averaged, need_weights=bool(_argument(args, kwargs, f, "need_weights")),
+                    average=bool(_argument(args, kwargs, f, "average_attn_weights")))
+    return [peak - _results_bytes(out)]
+
+
+@_workspace(aten._transformer_encoder_layer_fwd.default)
+def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias,
+    proj_weight, proj_bias, use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2,
+    norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask, mask_type): without
+    a mask (``encoder_layer_peak``); the layer norms keep float32 statistics for float32."""
+    f = aten._transformer_encoder_layer_fwd.default
+    src, heads, norm_first, ffn_weight_1 = args[0], args[2], args[8], args[14]
+    if src.dim() != 3 or src.dtype != torch.float32 or _argument(args, kwargs, f, "mask") is not None:
+        return []
+    x, scores, _ = _self_attention_sizes(src, heads)
+    rows = src.shape[0] * src.shape[1]
+    peak = encoder_layer_peak(x, scores, rows * ffn_weight_1.shape[0] * src.element_size(), 2 * rows * 4,
+                              norm_first=bool(norm_first))
+    return [peak - _results_bytes(out)]

@@ -1,0 +1,49 @@
+"""PyTorch's fused CPU attention kernels: what ``_native_multi_head_attention`` (the inference
+fast path of ``nn.MultiheadAttention``) and ``_transformer_encoder_layer_fwd`` (that of
+``nn.TransformerEncoderLayer``) allocate and free inside.
+
+Both are one operator to the dispatcher; inside they run a fixed sequence of ATen calls
+(``aten/src/ATen/native/transformers/attention.cpp`` and ``transformer.cpp``), each allocating its
+result while the earlier ones live. What is alive is known at every step, so the peak inside a
+call is the largest of a few sums; the log books it beside the call's results as one block: the
+peak less the results (which the log already holds). Self-attention without a mask, dense
+tensors; X = B·T·D (the input's size), S = B·H·T·T (the heads' scores), in bytes of the dtype.
+"""
+from __future__ import annotations
+
+
+def mha_peak(x: int, scores: int, averaged: int, *, need_weights: bool, average: bool) -> int:
+    """Bytes alive at the peak inside ``native_multi_head_attention_cpu`` (self-attention, no mask),
+    its results included.
+
+    1. ``qkv = gemm_nt(query, qkv_weight)`` (3X) and ``_transform_bias_rescale_qkv`` into one
+       (3, B, H, T, D/H) buffer (3X) while ``qkv`` lives: 6X; then ``qkv`` goes.
+    2. ``qkt = bmm_nt(q, k)``: 3X + S; the softmax runs in place, ``bmm_nn`` writes into q's
+       storage; without weights wanted the scores go.
+    3. ``transform0213_gemm_nt_bias``: the heads made contiguous (X), then the projection, the
+       result (X): 5X (+ S).
+    4. Weights averaged: ``qkt.sum(1)`` (B·T·T) while the scores live, the copy (3.) gone:
+       4X + S + B·T·T.
+    """
+    kept = scores if need_weights else 0
+    phases = [6 * x, 3 * x + scores, 5 * x + kept]
+    if need_weights and average:
+        phases.append(4 * x + scores + averaged)
+    return max(phases)
+
+
+def encoder_layer_peak(x: int, scores: int, hidden: int, stats: int, *, norm_first: bool) -> int:
+    """Bytes alive at the peak inside ``transformer_encoder_layer_forward`` (no mask), its
+    result included: ``hidden`` = B·T·F (the feed-forward's), ``stats`` = a layer norm's mean
+    and 1/std (2·B·T, float32 for a float32 input).
+
+    Post-norm: attention (``mha_peak``, no weights); its result plus the first norm's (2X + stats);
+    the first norm's result with the feed-forward's hidden and output (2X + hidden), then the
+    second norm beside both (3X + stats). Pre-norm: the first norm (X + stats); attention on it
+    (X + ``mha_peak``); its result and the second norm (2X + stats); the feed-forward on that, the
+    residual alive (3X + hidden).
+    """
+    attention = mha_peak(x, scores, 0, need_weights=False, average=True)
+    if norm_first:
+        return max(x + stats, x + attention, 2 * x + stats, 3 * x + hidden)
+    return max(attention, 2 * x + stats, 2 * x + hidden, 3 * x + stats)
