@@ -27,7 +27,8 @@ from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
 from profiler.engine.kernels.onednn_matmul import matmul_workspace
 from profiler.engine.kernels.onednn_rnn import lstm_backward_workspace, lstm_forward_workspace
-from profiler.engine.kernels.cpu_attention import encoder_layer_peak, mha_peak
+from profiler.engine.kernels.cpu_attention import (encoder_layer_peak, flash_backward_workspace,
+                                                   flash_forward_workspace, mha_peak)
 from profiler.rules.registry import Context, Saved
 
 aten = torch.ops.aten
@@ -321,3 +322,30 @@ def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: 
     peak = encoder_layer_peak(x, scores, rows * ffn_weight_1.shape[0] * src.element_size(), 2 * rows * 4,
                               norm_first=bool(norm_first))
     return [peak - _results_bytes(out)]
+
+
+@_workspace(aten._scaled_dot_product_flash_attention_for_cpu.default)
+def _flash_attention(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """_scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p, is_causal, *,
+    attn_mask, scale): (B, H, L, E) operands; without a mask (``flash_forward_workspace``); float16
+    may pack its operands (not modelled)."""
+    f = aten._scaled_dot_product_flash_attention_for_cpu.default
+    q, k = args[0], args[1]
+    if q.dim() != 4 or q.dtype == torch.float16 or _argument(args, kwargs, f, "attn_mask") is not None:
+        return []
+    return flash_forward_workspace(q.shape[2], k.shape[2], q.shape[3], threads=run.threads,
+                                   itemsize=q.element_size())
+
+
+@_workspace(aten._scaled_dot_product_flash_attention_for_cpu_backward.default)
+def _flash_attention_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """_scaled_dot_product_flash_attention_for_cpu_backward(grad_out, query, key, value, out,
+    logsumexp, dropout_p, is_causal, *, attn_mask, scale): the kernel reads the output's gradient
+    as (B, L, H, E) (``grad_out.transpose(1, 2)``) and copies it when that is not contiguous."""
+    f = aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+    grad, q, k = args[0], args[1], args[2]
+    if q.dim() != 4 or q.dtype == torch.float16 or _argument(args, kwargs, f, "attn_mask") is not None:
+        return []
+    copy = 0 if grad.transpose(1, 2).is_contiguous() else grad.numel() * grad.element_size()
+    return flash_backward_workspace(q.shape[2], k.shape[2], threads=run.threads, itemsize=q.element_size(),
+                                    grad_out_copy=copy)

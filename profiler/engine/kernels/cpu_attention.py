@@ -47,3 +47,39 @@ def encoder_layer_peak(x: int, scores: int, hidden: int, stats: int, *, norm_fir
     if norm_first:
         return max(x + stats, x + attention, 2 * x + stats, 3 * x + hidden)
     return max(attention, 2 * x + stats, 2 * x + hidden, 3 * x + stats)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scaled dot-product attention's CPU flash kernel (``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp``)
+
+#: the kernel's accumulation type for float32, bfloat16 and float16 (``opmath_type``): float32
+ACCUMULATE = 4
+
+
+def flash_split(q_len: int, kv_len: int) -> tuple[int, int]:
+    """(qSplitSize, kvSplitSize): query blocks of 32 rows (64 from 192 rows, 256 from 768),
+    key blocks of 512, neither longer than the sequence."""
+    q_split = 256 if q_len >= 768 else 64 if q_len >= 192 else 32
+    return min(q_split, q_len), min(512, kv_len)
+
+
+def flash_forward_workspace(q_len: int, kv_len: int, head: int, *, threads: int, itemsize: int) -> list[int]:
+    """Bytes ``cpu_flash_attention`` allocates beside its output and logsumexp (no packing: float32
+    and bfloat16): per thread, in float32, a block of scores (q × kv), its row maxima and sums
+    (2q) and an output block (q × head); for bfloat16/float16 also the scores in that dtype."""
+    q, kv = flash_split(q_len, kv_len)
+    buf = threads * (q * kv + 2 * q + q * head) * ACCUMULATE
+    reduced = threads * q * kv * itemsize if itemsize < ACCUMULATE else 0
+    return [buf, reduced]
+
+
+def flash_backward_workspace(q_len: int, kv_len: int, *, threads: int, itemsize: int,
+                             grad_out_copy: int = 0) -> list[int]:
+    """Bytes ``cpu_flash_attention_backward`` allocates beside the three zeroed gradients it
+    returns: the output's gradient made contiguous (``grad_out_copy`` bytes, when it is not), per
+    thread a block of scores and one of their gradient (2 × q × kv, float32; again in the dtype
+    for bfloat16/float16), and ``dsum`` (q float32) in each parallel chunk: the CPU allocator's
+    events come from the calling thread, which runs one chunk."""
+    q, kv = flash_split(q_len, kv_len)
+    reduced = threads * 2 * q * kv * itemsize if itemsize < ACCUMULATE else 0
+    return [grad_out_copy, threads * 2 * q * kv * ACCUMULATE, reduced, q * ACCUMULATE]

@@ -125,10 +125,13 @@ def lstm_backward_workspace(t: int, n: int, i: int, h: int, *, made: Sequence[in
     states as zeros, a non-contiguous one copied, ``cx`` cloned). Then the summed bias, the
     weights in ``ldgoi`` with ld(I) (ld(H)), reordered when that is not I (H); the weights' and
     bias's gradients in oneDNN's layouts (``ldigo``: I·ld(4H), or 4H for one row), and the
-    scratchpad (the same space as the forward's).
+    scratchpad (the same space as the forward's), less the bias gradient's clone the kernel makes
+    after freeing all of this and returns (4H): the log books a call's workspace after its results.
     """
     gates = LSTM_GATES * h
     weights = [gates * _good_ld(k) * F32 for k in (i, h) if _good_ld(k) != k]
     grads = [k * _good_ld(gates) * F32 if k > 1 else gates * F32 for k in (i, h)]
+    # the second bias gradient (``at::clone(diff_b_)``) is made once all of this is freed, where
+    # the log holds it with the call's results: booked less it, the call's peak is the allocator's
     return [*made, gates * F32, *weights, *grads, gates * F32,
-            _scratchpad(_training_space(t, n, h))]
+            _scratchpad(_training_space(t, n, h)) - gates * F32]
