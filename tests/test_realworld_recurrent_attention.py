@@ -54,6 +54,37 @@ class SdpaBlock(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
+class MaskedSelfAttention(nn.Module):
+    """nn.MultiheadAttention with a key padding mask (the last two positions), a causal mask, or
+    both: converted to bool inside the fused kernel, a float mask to sdpa's flash kernel."""
+    def __init__(self, dim: int, heads: int, padding: bool = True, causal: bool = False):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.padding, self.causal = padding, causal
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        padding = causal = None
+        if self.padding:
+            padding = torch.zeros(b, t, dtype=torch.bool, device=x.device)
+            padding[:, -2:] = True
+        if self.causal:
+            causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), 1)
+        return self.attn(x, x, x, key_padding_mask=padding, attn_mask=causal, need_weights=False)[0]
+
+
+class MaskedEncoderLayer(nn.Module):
+    """nn.TransformerEncoderLayer's fused path with a key padding mask."""
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+
+    def forward(self, x):
+        padding = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+        padding[:, -2:] = True
+        return self.layer(x, src_key_padding_mask=padding)
+
+
 def _encoder_layer(**kwargs):
     return lambda: nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, **kwargs)
 
@@ -101,7 +132,13 @@ CASES = {
     "multihead attention": (lambda: SelfAttention(32, 4), (10, 32), "float", "mse", (1, 4)),
     "multihead attention, long": (lambda: SelfAttention(16, 2), (40, 16), "float", "mse", (1, 3)),
     "multihead attention, weights": (lambda: SelfAttention(32, 4, need_weights=True), (10, 32), "float", "mse", (1, 4)),
+    "multihead attention, padding mask": (lambda: MaskedSelfAttention(32, 4), (10, 32), "float", "mse", (2, 4)),
+    "multihead attention, causal mask": (lambda: MaskedSelfAttention(32, 4, padding=False, causal=True), (10, 32),
+                                         "float", "mse", (2, 4)),
+    "multihead attention, both masks": (lambda: MaskedSelfAttention(32, 4, causal=True), (10, 32), "float", "mse",
+                                        (2, 4)),
     "encoder layer": (_encoder_layer(), (10, 32), "float", "mse", (1, 4)),
+    "encoder layer, padding mask": (MaskedEncoderLayer, (10, 32), "float", "mse", (2, 4)),
     "encoder layer, pre-norm gelu": (_encoder_layer(dropout=0.0, norm_first=True, activation="gelu"), (10, 32),
                                      "float", "mse", (1, 4)),
     "encoder of 2 layers": (lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,

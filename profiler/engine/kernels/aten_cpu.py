@@ -285,6 +285,19 @@ def _results_bytes(out: Any) -> int:
     return sum(t.untyped_storage().nbytes() for t in tensors if isinstance(t, torch.Tensor))
 
 
+def _mask_copy(mask: torch.Tensor | None, scores_shape: tuple[int, int, int, int]) -> int | None:
+    """Bytes of the boolean mask ``masked_softmax`` makes (measured, torch 2.14: a (B, T) key
+    padding mask is converted as it is, any other expanded to the scores' (B, H, T, T) first);
+    0 for a boolean mask, None without a mask."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return 0
+    b, _, t, _ = scores_shape
+    padding = mask.dim() == 2 and tuple(mask.shape) == (b, t) and b != t
+    return mask.numel() if padding else prod(scores_shape)
+
+
 def _self_attention_sizes(q: torch.Tensor, heads: int) -> tuple[int, int, int]:
     """(X, S, B·T·T) in bytes of the query's dtype: its size, the heads' scores, their average."""
     b, t, _ = q.shape
@@ -296,14 +309,15 @@ def _self_attention_sizes(q: torch.Tensor, heads: int) -> tuple[int, int, int]:
 def _native_mha(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """_native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias,
     proj_weight, proj_bias, mask, need_weights, average_attn_weights, mask_type): self-attention
-    (one tensor for query, key and value) without a mask (``mha_peak``)."""
+    (one tensor for query, key and value), ``mha_peak``."""
     f = aten._native_multi_head_attention.default
     q, k, v, heads = args[0], args[1], args[2], args[4]
-    if not (q is k is v) or q.dim() != 3 or _argument(args, kwargs, f, "mask") is not None:
+    if not (q is k is v) or q.dim() != 3:
         return []
     x, scores, averaged = _self_attention_sizes(q, heads)
+    mask = _mask_copy(_argument(args, kwargs, f, "mask"), (q.shape[0], heads, q.shape[1], q.shape[1]))
     peak = mha_peak(x, scores, averaged, need_weights=bool(_argument(args, kwargs, f, "need_weights")),
-                    average=bool(_argument(args, kwargs, f, "average_attn_weights")))
+                    average=bool(_argument(args, kwargs, f, "average_attn_weights")), mask=mask)
     return [peak - _results_bytes(out)]
 
 
@@ -311,27 +325,27 @@ def _native_mha(args: tuple, out: Any, run: Context, backward: bool, kwargs: dic
 def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias,
     proj_weight, proj_bias, use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2,
-    norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask, mask_type): without
-    a mask (``encoder_layer_peak``); the layer norms keep float32 statistics for float32."""
+    norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask, mask_type)
+    (``encoder_layer_peak``); the layer norms keep float32 statistics for float32."""
     f = aten._transformer_encoder_layer_fwd.default
     src, heads, norm_first, ffn_weight_1 = args[0], args[2], args[8], args[14]
-    if src.dim() != 3 or src.dtype != torch.float32 or _argument(args, kwargs, f, "mask") is not None:
+    if src.dim() != 3 or src.dtype != torch.float32:
         return []
     x, scores, _ = _self_attention_sizes(src, heads)
     rows = src.shape[0] * src.shape[1]
+    mask = _mask_copy(_argument(args, kwargs, f, "mask"), (src.shape[0], heads, src.shape[1], src.shape[1]))
     peak = encoder_layer_peak(x, scores, rows * ffn_weight_1.shape[0] * src.element_size(), 2 * rows * 4,
-                              norm_first=bool(norm_first))
+                              norm_first=bool(norm_first), mask=mask)
     return [peak - _results_bytes(out)]
 
 
 @_workspace(aten._scaled_dot_product_flash_attention_for_cpu.default)
 def _flash_attention(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """_scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p, is_causal, *,
-    attn_mask, scale): (B, H, L, E) operands; without a mask (``flash_forward_workspace``); float16
-    may pack its operands (not modelled)."""
-    f = aten._scaled_dot_product_flash_attention_for_cpu.default
+    attn_mask, scale): (B, H, L, E) operands, with or without a mask (viewed, not copied)
+    (``flash_forward_workspace``); float16 may pack its operands (not modelled)."""
     q, k = args[0], args[1]
-    if q.dim() != 4 or q.dtype == torch.float16 or _argument(args, kwargs, f, "attn_mask") is not None:
+    if q.dim() != 4 or q.dtype == torch.float16:
         return []
     return flash_forward_workspace(q.shape[2], k.shape[2], q.shape[3], threads=run.threads,
                                    itemsize=q.element_size())
@@ -342,9 +356,8 @@ def _flash_attention_backward(args: tuple, out: Any, run: Context, backward: boo
     """_scaled_dot_product_flash_attention_for_cpu_backward(grad_out, query, key, value, out,
     logsumexp, dropout_p, is_causal, *, attn_mask, scale): the kernel reads the output's gradient
     as (B, L, H, E) (``grad_out.transpose(1, 2)``) and copies it when that is not contiguous."""
-    f = aten._scaled_dot_product_flash_attention_for_cpu_backward.default
     grad, q, k = args[0], args[1], args[2]
-    if q.dim() != 4 or q.dtype == torch.float16 or _argument(args, kwargs, f, "attn_mask") is not None:
+    if q.dim() != 4 or q.dtype == torch.float16:
         return []
     copy = 0 if grad.transpose(1, 2).is_contiguous() else grad.numel() * grad.element_size()
     return flash_backward_workspace(q.shape[2], k.shape[2], threads=run.threads, itemsize=q.element_size(),

@@ -6,20 +6,22 @@ Both are one operator to the dispatcher; inside they run a fixed sequence of ATe
 (``aten/src/ATen/native/transformers/attention.cpp`` and ``transformer.cpp``), each allocating its
 result while the earlier ones live. What is alive is known at every step, so the peak inside a
 call is the largest of a few sums; the log books it beside the call's results as one block: the
-peak less the results (which the log already holds). Self-attention without a mask, dense
-tensors; X = B·T·D (the input's size), S = B·H·T·T (the heads' scores), in bytes of the dtype.
+peak less the results (which the log already holds). Self-attention, dense tensors; X = B·T·D (the input's size), S = B·H·T·T (the heads' scores), in bytes of the dtype.
 """
 from __future__ import annotations
 
 
-def mha_peak(x: int, scores: int, averaged: int, *, need_weights: bool, average: bool) -> int:
-    """Bytes alive at the peak inside ``native_multi_head_attention_cpu`` (self-attention, no mask),
-    its results included.
+def mha_peak(x: int, scores: int, averaged: int, *, need_weights: bool, average: bool,
+             mask: int | None = None) -> int:
+    """Bytes alive at the peak inside ``native_multi_head_attention_cpu`` (self-attention), its
+    results included. ``mask``: bytes of the boolean copy of the mask the kernel makes (0 when it
+    is boolean already; None: no mask).
 
     1. ``qkv = gemm_nt(query, qkv_weight)`` (3X) and ``_transform_bias_rescale_qkv`` into one
        (3, B, H, T, D/H) buffer (3X) while ``qkv`` lives: 6X; then ``qkv`` goes.
     2. ``qkt = bmm_nt(q, k)``: 3X + S; the softmax runs in place, ``bmm_nn`` writes into q's
-       storage; without weights wanted the scores go.
+       storage; without weights wanted the scores go. With a mask, ``masked_softmax`` converts it
+       to bool (``mask`` bytes) and ``_masked_softmax`` writes new scores: 3X + 2S + mask.
     3. ``transform0213_gemm_nt_bias``: the heads made contiguous (X), then the projection, the
        result (X): 5X (+ S).
     4. Weights averaged: ``qkt.sum(1)`` (B·T·T) while the scores live, the copy (3.) gone:
@@ -27,14 +29,17 @@ def mha_peak(x: int, scores: int, averaged: int, *, need_weights: bool, average:
     """
     kept = scores if need_weights else 0
     phases = [6 * x, 3 * x + scores, 5 * x + kept]
+    if mask is not None:
+        phases.append(3 * x + 2 * scores + mask)
     if need_weights and average:
         phases.append(4 * x + scores + averaged)
     return max(phases)
 
 
-def encoder_layer_peak(x: int, scores: int, hidden: int, stats: int, *, norm_first: bool) -> int:
-    """Bytes alive at the peak inside ``transformer_encoder_layer_forward`` (no mask), its
-    result included: ``hidden`` = B·T·F (the feed-forward's), ``stats`` = a layer norm's mean
+def encoder_layer_peak(x: int, scores: int, hidden: int, stats: int, *, norm_first: bool,
+                       mask: int | None = None) -> int:
+    """Bytes alive at the peak inside ``transformer_encoder_layer_forward``, its result included
+    (``mask`` as for ``mha_peak``): ``hidden`` = B·T·F (the feed-forward's), ``stats`` = a layer norm's mean
     and 1/std (2·B·T, float32 for a float32 input).
 
     Post-norm: attention (``mha_peak``, no weights); its result plus the first norm's (2X + stats);
@@ -43,7 +48,7 @@ def encoder_layer_peak(x: int, scores: int, hidden: int, stats: int, *, norm_fir
     (X + ``mha_peak``); its result and the second norm (2X + stats); the feed-forward on that, the
     residual alive (3X + hidden).
     """
-    attention = mha_peak(x, scores, 0, need_weights=False, average=True)
+    attention = mha_peak(x, scores, 0, need_weights=False, average=True, mask=mask)
     if norm_first:
         return max(x + stats, x + attention, 2 * x + stats, 3 * x + hidden)
     return max(attention, 2 * x + stats, 2 * x + hidden, 3 * x + stats)
