@@ -85,6 +85,23 @@ class MaskedEncoderLayer(nn.Module):
         return self.layer(x, src_key_padding_mask=padding)
 
 
+class HandSplitAttention(nn.Module):
+    """q, k, v sliced (``proj[..., :d]``) or selected (``proj[0]``) out of one projection: autograd
+    sums their three gradients into one buffer in place."""
+    def __init__(self, select: bool):
+        super().__init__()
+        self.proj, self.out, self.select = nn.Linear(32, 96), nn.Linear(32, 32), select
+
+    def forward(self, x):
+        y = self.proj(x)
+        if self.select:
+            y = y.unflatten(-1, (3, 32)).permute(2, 0, 1, 3).contiguous()
+            q, k, v = y[0], y[1], y[2]
+        else:
+            q, k, v = y[..., :32], y[..., 32:64], y[..., 64:]
+        return self.out(torch.softmax(q @ k.transpose(1, 2), -1) @ v)
+
+
 def _encoder_layer(**kwargs):
     return lambda: nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, **kwargs)
 
@@ -143,6 +160,8 @@ CASES = {
                                      "float", "mse", (1, 4)),
     "encoder of 2 layers": (lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
                                                           enable_nested_tensor=False), (10, 32), "float", "mse", (1, 3)),
+    "q, k, v sliced by hand": (lambda: HandSplitAttention(select=False), (10, 32), "float", "mse", (2, 4)),
+    "q, k, v selected by hand": (lambda: HandSplitAttention(select=True), (10, 32), "float", "mse", (2, 4)),
     "sdpa block": (lambda: SdpaBlock(32, 4), (40, 32), "float", "mse", (1, 4)),
     "sdpa block, causal, 200 tokens": (lambda: SdpaBlock(16, 2, causal=True), (200, 16), "float", "mse", (1, 2)),
     # (its 16×16 patch embedding's convolution backward at batch 1, or at 64×64, is off: the

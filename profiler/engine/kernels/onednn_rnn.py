@@ -7,7 +7,7 @@ the tensors it returns, the CPU allocator sees (in order):
 - ``bias_ih + bias_hh`` (``_shuffle_bias``; zeros without biases): 4·H float32;
 - the weights reordered by ideep into the layout the primitive wants (``set_expected_desc``):
   inference runs oneDNN's brgemm LSTM, whose weights are ``ldgOi32o`` (the gates' outputs in
-  blocks of ``n_block`` = 2 × the SIMD width in floats: 32 on AVX-512, 16 on AVX2); training runs
+  blocks of ``n_block`` = 2 × the SIMD width in floats: 32 on AVX-512, 16 on AVX2 but for a batch of one); training runs
   the reference (gemm) LSTM: ``ldigo`` forward and ``ldgoi`` backward, each with a "good" leading
   dimension (``get_good_ld``), reordered only where that layout differs from PyTorch's ``ldgoi``;
 - backward only: the weight and bias gradients in oneDNN's layout (``ldigo``), copied out after;
@@ -71,9 +71,12 @@ def _scratchpad(space: int, brgemm_batch: int = 0) -> int:
     return sum(size + align for size, align in entries if size)
 
 
-def brgemm_n_block(isa: str) -> int:
-    """oneDNN's ``brgemm_calc_n_block`` for float32: two vectors of floats."""
-    return 32 if isa.upper().startswith("AVX512") else 16
+def brgemm_n_block(isa: str, batch: int) -> int:
+    """oneDNN's ``brgemm_calc_n_block`` for a float32 LSTM: two vectors of floats, four on AVX2
+    for a batch of one."""
+    if isa.upper().startswith("AVX512"):
+        return 32
+    return 32 if batch == 1 else 16
 
 
 def lstm_forward_workspace(t: int, n: int, i: int, h: int, *, training: bool, threads: int,
@@ -82,7 +85,8 @@ def lstm_forward_workspace(t: int, n: int, i: int, h: int, *, training: bool, th
     the summed bias, the reordered weights and the scratchpad (the training workspace is a
     result, not counted here).
 
-    Inference (brgemm): weights ``ldgOi32o`` (outputs padded to ``n_block``); the space holds the
+    Inference (brgemm): weights ``ldgOi32o`` (outputs padded to ``n_block``; AVX2's blocks read
+    from the source, not measured here); the space holds the
     states, cell states, one step's gates and hidden state; with one sample and two or more steps
     the layer's product is merged across the steps (gates for every step) and the layer and
     iteration products are not fused, else they are fused when I = H (a batch twice as long).
@@ -93,7 +97,7 @@ def lstm_forward_workspace(t: int, n: int, i: int, h: int, *, training: bool, th
     gates = LSTM_GATES * h
     bias = gates * F32
     if not training:
-        block = brgemm_n_block(isa)
+        block = brgemm_n_block(isa, n)
         padded = LSTM_GATES * up(h, block)
         merged = n == 1 and t >= 2
         space = up(_regions(2 * (t + 1) * n * _good_ld(max(h, i)) * F32, 2 * (t + 1) * n * h * F32,
