@@ -6,7 +6,8 @@ Both are one operator to the dispatcher; inside they run a fixed sequence of ATe
 (``aten/src/ATen/native/transformers/attention.cpp`` and ``transformer.cpp``), each allocating its
 result while the earlier ones live. What is alive is known at every step, so the peak inside a
 call is the largest of a few sums; the log books it beside the call's results as one block: the
-peak less the results (which the log already holds). Self-attention, dense tensors; X = B·T·D (the input's size), S = B·H·T·T (the heads' scores), in bytes of the dtype.
+peak less the results (which the log already holds). Self-attention, dense tensors;
+X = B·T·D (the input's size), S = B·H·T·T (the heads' scores), in bytes of the dtype.
 """
 from __future__ import annotations
 

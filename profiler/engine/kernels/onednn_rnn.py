@@ -7,9 +7,10 @@ the tensors it returns, the CPU allocator sees (in order):
 - ``bias_ih + bias_hh`` (``_shuffle_bias``; zeros without biases): 4·H float32;
 - the weights reordered by ideep into the layout the primitive wants (``set_expected_desc``):
   inference runs oneDNN's brgemm LSTM, whose weights are ``ldgOi32o`` (the gates' outputs in
-  blocks of ``n_block`` = 2 × the SIMD width in floats: 32 on AVX-512, 16 on AVX2 but for a batch of one); training runs
-  the reference (gemm) LSTM: ``ldigo`` forward and ``ldgoi`` backward, each with a "good" leading
-  dimension (``get_good_ld``), reordered only where that layout differs from PyTorch's ``ldgoi``;
+  blocks of ``n_block`` = 2 × the SIMD width in floats: 32 on AVX-512, 16 on AVX2 but for a
+  batch of one); training runs the reference (gemm) LSTM: ``ldigo`` forward and ``ldgoi``
+  backward, each with a "good" leading dimension (``get_good_ld``), reordered only where that
+  layout differs from PyTorch's ``ldgoi``;
 - backward only: the weight and bias gradients in oneDNN's layout (``ldigo``), copied out after;
 - the primitive's scratchpad (``ref_rnn.cpp``'s ``init_scratchpad``): the RNN space
   (``rnn_utils::set_offsets``, page-aligned regions) booked with 4 KiB alignment, three weight
