@@ -63,12 +63,11 @@ _cpu_result = registrar(_CPU_RESULT, "CPU result fix")
 
 @_cpu_result(aten.mkldnn_rnn_layer.default)
 def _onednn_lstm(args: tuple, out: Any) -> Any:
-    """Training keeps a workspace for backward; the fake kernel returns an empty one.
-
-    Fixed for float32 LSTMs (``mode`` 2), the case the size was checked on.
-    """
-    x, mode, hidden, train = args[0], args[9], args[10], args[15]
-    if not train or mode != 2 or x.dtype != torch.float32 or x.dim() != 3:
+    """In grad mode the kernel keeps a workspace for backward (ATen tests
+    ``at::GradMode::is_enabled()``, not the ``train`` argument); the fake kernel returns an empty
+    one. Fixed for float32 LSTMs (``mode`` 2), the case the size was checked on."""
+    x, mode, hidden = args[0], args[9], args[10]
+    if not torch.is_grad_enabled() or mode != 2 or x.dtype != torch.float32 or x.dim() != 3:
         return out
     t, n, i = x.shape     # time-major whatever ``batch_first`` says: nn.LSTM transposes first
     workspace = out[3].new_empty((onednn_lstm_workspace_bytes(t, n, i, hidden),))
@@ -77,11 +76,12 @@ def _onednn_lstm(args: tuple, out: Any) -> Any:
 
 @_cpu_result(aten.mkldnn_rnn_layer_backward.default)
 def _onednn_lstm_backward(args: tuple, out: Any) -> Any:
-    """The two bias gradients are two tensors; the fake kernel returns one tensor twice."""
+    """The two bias gradients are two tensors (``at::clone(diff_b_)``, made after the kernel's
+    scratchpad is freed: ``aten_cpu`` books that workspace less the clone); the fake kernel
+    returns one tensor twice."""
     if out[3] is out[4] or storage_of(out[3]) is storage_of(out[4]):
         return (*out[:4], out[4].clone(), *out[5:])
     return out
-
 
 
 @_cpu_result(aten.mse_loss.default)
@@ -94,6 +94,41 @@ def _mse_loss_result(args: tuple, out: Any) -> Any:
     if reduction == 0 or out.dim() != 0:
         return out
     return out.new_empty((x.numel(),)).as_strided((), ())
+
+
+@_cpu_result(aten.mse_loss_backward.default)
+def _mse_loss_backward_contiguous(args: tuple, out: Any) -> Any:
+    """The input's gradient is contiguous (the CPU kernel starts from ``zeros_like(input,
+    LEGACY_CONTIGUOUS_MEMORY_FORMAT)``); the fake kernel keeps the input's strides. It matters
+    downstream: ``nn.LSTM(batch_first=True)``'s output is a transposed view, and oneDNN's LSTM
+    backward copies the transposed gradient it gets from a real run (10,240 B for a (4, 10, 64)
+    output), where the fake gradient, transposed back, would be contiguous already."""
+    if out.is_contiguous():
+        return out
+    return out.new_empty(out.shape)
+
+
+#: backward nodes whose formula adds nothing (``select_backward``, ``slice_backward``: zeros and
+#: a copy): an ``add`` while one runs is autograd summing two gradients of one tensor
+_GRADIENT_SUM_NODES = frozenset({"SelectBackward0", "SliceBackward0"})
+
+
+@_cpu_result(aten.add.Tensor)
+def _gradient_sum_in_place(args: tuple, out: Any) -> Any:
+    """Autograd sums two gradients of one tensor (``InputBuffer::accumulate``) in place into the
+    first when it holds the only reference to it and it is a plain dense tensor; for a tensor
+    subclass (fake tensors) it adds out of place. Here the first is a gradient the node just made
+    (``select_backward``'s zeros): measured, the three ``q, k, v = proj[0], proj[1], proj[2]`` of
+    ``nn.MultiheadAttention``'s training path sum into one (3, T, B, D) buffer, 15,360 B at
+    (10, 4, 32), where the fake run made a third."""
+    node = torch._C._current_autograd_node()
+    if node is None or node.name() not in _GRADIENT_SUM_NODES or len(args) != 2:
+        return out
+    old, new = args
+    if not (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor)) or old is new \
+            or old.shape != out.shape or old.dtype != out.dtype or not old.is_contiguous():
+        return out
+    return old.add_(new)
 
 
 _REDUCED = (torch.bfloat16, torch.float16)

@@ -5,6 +5,7 @@ layer rules and the torch path's per-operator table (``aten_cpu``) book the same
 ``cpu_conv`` (which convolution kernel torch picks), ``conv_call`` (one convolution as the kernels
 see it), ``im2col`` (torch's own convolutions), ``onednn`` (oneDNN's scratchpad bookkeeping),
 ``onednn_conv`` and ``onednn_conv_weights`` (oneDNN convolutions), ``onednn_matmul`` (oneDNN's
-bfloat16 matmuls), ``onednn_rnn`` (oneDNN's LSTM), ``cpu_norm`` (batch and layer norm),
+bfloat16 matmuls), ``onednn_rnn`` (oneDNN's LSTM), ``cpu_attention`` (the fused attention paths
+and scaled dot-product attention's flash kernel), ``cpu_norm`` (batch and layer norm),
 ``cpu_reduce`` (``mean``), ``aten_cpu`` (the table keyed by aten operator).
 """

@@ -26,6 +26,9 @@ from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_
                                               batch_norm_statistics)
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
 from profiler.engine.kernels.onednn_matmul import matmul_workspace
+from profiler.engine.kernels.onednn_rnn import lstm_backward_workspace, lstm_forward_workspace
+from profiler.engine.kernels.cpu_attention import (encoder_layer_peak, flash_backward_workspace,
+                                                   flash_forward_workspace, mha_peak)
 from profiler.rules.registry import Context, Saved
 
 aten = torch.ops.aten
@@ -218,3 +221,144 @@ def _embedding_backward(args: tuple, out: Any, run: Context, backward: bool, kwa
     table, 24 indices): a (4, 6, 8) gradient sliced from a concatenation's (4, 56) one, 768 B;
     strided int64 indices, 192 B; contiguous ones, nothing."""
     return [t.numel() * t.element_size() for t in args[:2] if not t.is_contiguous()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Recurrent layers: oneDNN's LSTM (``onednn_rnn``). nn.GRU and nn.RNN run ATen's own cells
+# (matmuls and pointwise operators the log sees one by one).
+
+#: ``mkldnn_rnn_layer``'s ``mode``: oneDNN's LSTM (``ideep::rnn_kind::LSTM``)
+_LSTM = 2
+
+
+def _cpu_isa() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+@_workspace(aten.mkldnn_rnn_layer.default)
+def _onednn_lstm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """mkldnn_rnn_layer(input, w_ih, w_hh, b_ih, b_hh, hx, cx, reverse, batch_sizes, mode,
+    hidden_size, num_layers, has_biases, bidirectional, batch_first, train): one layer and
+    direction, time-major input (T, N, I). The kernel trains (keeps a workspace) when grad mode is
+    on, whatever ``train`` says (ATen's ``at::GradMode::is_enabled()``)."""
+    x, mode, hidden = args[0], args[9], args[10]
+    if mode != _LSTM or x.dtype != torch.float32 or x.dim() != 3:
+        return []
+    t, n, i = x.shape
+    return lstm_forward_workspace(t, n, i, hidden, training=torch.is_grad_enabled(), threads=run.threads,
+                                  isa=_cpu_isa())
+
+
+@_workspace(aten.mkldnn_rnn_layer_backward.default)
+def _onednn_lstm_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """mkldnn_rnn_layer_backward(input, w_ih, w_hh, b_ih, b_hh, hx, cx, output, hy, cy,
+    grad_output, grad_hy, grad_cy, reverse, mode, hidden_size, ...): an absent gradient is made as
+    zeros, a non-contiguous one copied, and ``cx`` cloned when it shares ``hx``'s storage."""
+    x, hx, cx, grads, mode, hidden = args[0], args[5], args[6], args[10:13], args[14], args[15]
+    if mode != _LSTM or x.dtype != torch.float32 or x.dim() != 3 or all(g is None for g in grads):
+        return []
+    t, n, i = x.shape
+    made = [out_like.numel() * out_like.element_size() if g is None else 0 if g.is_contiguous()
+            else g.numel() * g.element_size() for g, out_like in zip(grads, (args[7], hx, cx))]
+    if hx.untyped_storage() is cx.untyped_storage():
+        made.append(cx.numel() * cx.element_size())
+    return lstm_backward_workspace(t, n, i, hidden, made=made)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused attention (``cpu_attention``): the inference fast paths of nn.MultiheadAttention and
+# nn.TransformerEncoderLayer, one operator each. The peak inside is booked less the results.
+
+
+def _argument(args: tuple, kwargs: dict, func: Any, name: str) -> Any:
+    """An operator's argument by name, wherever it was passed (positional, keyword, default)."""
+    for index, argument in enumerate(func._schema.arguments):
+        if argument.name == name:
+            if index < len(args):
+                return args[index]
+            return kwargs.get(name, argument.default_value)
+    raise KeyError(name)
+
+
+def _results_bytes(out: Any) -> int:
+    tensors = out if isinstance(out, (tuple, list)) else (out,)
+    return sum(t.untyped_storage().nbytes() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _mask_copy(mask: torch.Tensor | None, scores_shape: tuple[int, int, int, int]) -> int | None:
+    """Bytes of the boolean mask ``masked_softmax`` makes (measured, torch 2.14: a (B, T) key
+    padding mask is converted as it is, any other expanded to the scores' (B, H, T, T) first);
+    0 for a boolean mask, None without a mask."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return 0
+    b, _, t, _ = scores_shape
+    padding = mask.dim() == 2 and tuple(mask.shape) == (b, t) and b != t
+    return mask.numel() if padding else prod(scores_shape)
+
+
+def _self_attention_sizes(q: torch.Tensor, heads: int) -> tuple[int, int, int]:
+    """(X, S, B·T·T) in bytes of the query's dtype: its size, the heads' scores, their average."""
+    b, t, _ = q.shape
+    item = q.element_size()
+    return q.numel() * item, b * heads * t * t * item, b * t * t * item
+
+
+@_workspace(aten._native_multi_head_attention.default)
+def _native_mha(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """_native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias,
+    proj_weight, proj_bias, mask, need_weights, average_attn_weights, mask_type): self-attention
+    (one tensor for query, key and value), ``mha_peak``."""
+    f = aten._native_multi_head_attention.default
+    q, k, v, heads = args[0], args[1], args[2], args[4]
+    if not (q is k is v) or q.dim() != 3:
+        return []
+    x, scores, averaged = _self_attention_sizes(q, heads)
+    mask = _mask_copy(_argument(args, kwargs, f, "mask"), (q.shape[0], heads, q.shape[1], q.shape[1]))
+    peak = mha_peak(x, scores, averaged, need_weights=bool(_argument(args, kwargs, f, "need_weights")),
+                    average=bool(_argument(args, kwargs, f, "average_attn_weights")), mask=mask)
+    return [peak - _results_bytes(out)]
+
+
+@_workspace(aten._transformer_encoder_layer_fwd.default)
+def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias,
+    proj_weight, proj_bias, use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2,
+    norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask, mask_type)
+    (``encoder_layer_peak``); the layer norms keep float32 statistics for float32."""
+    f = aten._transformer_encoder_layer_fwd.default
+    src, heads, norm_first, ffn_weight_1 = args[0], args[2], args[8], args[14]
+    if src.dim() != 3 or src.dtype != torch.float32:
+        return []
+    x, scores, _ = _self_attention_sizes(src, heads)
+    rows = src.shape[0] * src.shape[1]
+    mask = _mask_copy(_argument(args, kwargs, f, "mask"), (src.shape[0], heads, src.shape[1], src.shape[1]))
+    peak = encoder_layer_peak(x, scores, rows * ffn_weight_1.shape[0] * src.element_size(), 2 * rows * 4,
+                              norm_first=bool(norm_first), mask=mask)
+    return [peak - _results_bytes(out)]
+
+
+@_workspace(aten._scaled_dot_product_flash_attention_for_cpu.default)
+def _flash_attention(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """_scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p, is_causal, *,
+    attn_mask, scale): (B, H, L, E) operands, with or without a mask (viewed, not copied)
+    (``flash_forward_workspace``); float16 may pack its operands (not modelled)."""
+    q, k = args[0], args[1]
+    if q.dim() != 4 or q.dtype == torch.float16:
+        return []
+    return flash_forward_workspace(q.shape[2], k.shape[2], q.shape[3], threads=run.threads,
+                                   itemsize=q.element_size())
+
+
+@_workspace(aten._scaled_dot_product_flash_attention_for_cpu_backward.default)
+def _flash_attention_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """_scaled_dot_product_flash_attention_for_cpu_backward(grad_out, query, key, value, out,
+    logsumexp, dropout_p, is_causal, *, attn_mask, scale): the kernel reads the output's gradient
+    as (B, L, H, E) (``grad_out.transpose(1, 2)``) and copies it when that is not contiguous."""
+    grad, q, k = args[0], args[1], args[2]
+    if q.dim() != 4 or q.dtype == torch.float16:
+        return []
+    copy = 0 if grad.transpose(1, 2).is_contiguous() else grad.numel() * grad.element_size()
+    return flash_backward_workspace(q.shape[2], k.shape[2], threads=run.threads, itemsize=q.element_size(),
+                                    grad_out_copy=copy)
