@@ -59,7 +59,7 @@ def summary(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
         result = predict(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                          optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads,
                          input_grad=input_grad).as_dict()
-    result["warnings"] = cpu_isa.warnings(dtype=dtype, amp=amp, device_kind=device_kind)
+    result["warnings"] = result.get("warnings", []) + cpu_isa.warnings(dtype=dtype, amp=amp, device_kind=device_kind)
     return result
 
 

@@ -173,16 +173,9 @@ CASES = {
     "bert eager": (_bert("eager"), (12,), "int64", "cross_entropy", (2, 3)),
 }
 
-_SAVED_NUMBER = ("training under by 8 B per Python number autograd saves for backward: x * 0.5 "
-                 "wraps 0.5 in a 0-d double that MulBackward0 (DivBackward0) keeps until its backward, "
-                 "which the log books as a transient")
 KNOWN = {
     "gru batch_first": "inference over by 2,688 B at batch 4: nn.GRU's input projection of a transposed "
                        "input adds its bias in place (ATen's linear), out of place on fake tensors",
-    "multihead attention, weights": _SAVED_NUMBER + " (q scaled by 1/sqrt(head))",
-    "gpt-2 sdpa": _SAVED_NUMBER + " (gelu_new's three, per layer)",
-    "gpt-2 eager": _SAVED_NUMBER + " (gelu_new's three and the scores' scaling, per layer)",
-    "bert eager": _SAVED_NUMBER + " (the scores divided by sqrt(head), per layer)",
 }
 
 

@@ -42,7 +42,7 @@ from profiler.engine.memory_model import CATEGORIES, Peak
 from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.registry import Context
-from profiler.engine.kernels.aten_cpu import kernel_workspace, registrar
+from profiler.engine.kernels.aten_cpu import kernel_workspace, registrar, unmodelled
 from profiler.engine.kernels.onednn_rnn import onednn_lstm_workspace_bytes
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
@@ -305,6 +305,7 @@ class StorageLog(TorchDispatchMode):
         self.output_dtype: dict[str, torch.dtype] = {}   # module -> dtype of its (first) output, forward only
         self._hooks: list[Any] = []
         self._cut = 0
+        self.unmodelled: dict[str, tuple[int, int]] = {}   # what -> (calls, most bytes at stake in one)
         self._unsettled: list[tuple[Any, int]] = []   # (weakref to a result, serial of its kept number)
         self._kept_alive: set[int] = set()
 
@@ -417,6 +418,10 @@ class StorageLog(TorchDispatchMode):
             wrapped = wrapped[1:]
         self._transient(wrapped, dtype)
         if self.run is not None:
+            unknown = unmodelled(func, args, self.run)
+            if unknown is not None:
+                calls, most = self.unmodelled.get(unknown[0], (0, 0))
+                self.unmodelled[unknown[0]] = (calls + 1, max(most, unknown[1]))
             booked = kernel_workspace(func, args, out, self.run, self.phase == "backward", kwargs)
             self._transient([(nbytes, "workspace") for nbytes in booked], dtype)
         return out
@@ -656,6 +661,12 @@ class MemoryPrediction:
     saved_bytes: dict[str, int]      # module -> bytes its training forward leaves for backward
     timelines: dict[str, Timeline] = field(default_factory=dict)   # "inference", "train_adam", ...
     output_dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # module -> its inference output's dtype
+    unmodelled: dict[str, tuple[int, int]] = field(default_factory=dict)  # what -> (calls, bytes at stake in one)
+
+    def warnings(self) -> list[str]:
+        """One line per kernel whose workspace the replay could not book."""
+        return [f"NOT MODELLED: {what}, {calls} call{'s' * (calls != 1)}; up to about {most:,} B per call "
+                f"may be missing from the peaks" for what, (calls, most) in self.unmodelled.items()]
 
 
 def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
@@ -729,8 +740,10 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     training: dict[str, Peak] = {}
     first_step: dict[str, Peak] = {}
     params = [p for p in model.parameters() if p.requires_grad]
+    inference_log = log
     if not optimizers or not params:
-        return MemoryPrediction(inference, training, first_step, {}, timelines, output_dtypes)
+        return MemoryPrediction(inference, training, first_step, {}, timelines, output_dtypes,
+                                dict(inference_log.unmodelled))
     model.train()
     loss_fn = step_loss(loss)
     for p in params:
@@ -788,7 +801,11 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         for x in differentiated:
             x.grad = None
             x.requires_grad_(False)
-    return MemoryPrediction(inference, training, first_step, saved, timelines, output_dtypes)
+    unknown = dict(inference_log.unmodelled)
+    for what, (calls, most) in log.unmodelled.items():
+        before = unknown.get(what, (0, 0))
+        unknown[what] = (before[0] + calls, max(before[1], most))
+    return MemoryPrediction(inference, training, first_step, saved, timelines, output_dtypes, unknown)
 
 
 def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parameter], *,

@@ -129,6 +129,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         "input_dtype": [dtype_name(d) for d in in_dtypes],
         "output_shape": [_batchless(tuple(o.shape), batch) for o in outs],
         "layers": rows, "totals": totals, "predicted": predicted, "peaks": peaks,
+        "warnings": memory.warnings(),
     }
 
 
