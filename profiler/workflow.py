@@ -81,7 +81,7 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     the device has free: :class:`~profiler.measuring.devices.DoesNotFit` names both figures, unless
     ``force`` (then the measurement may run out of memory, and says so the same way).
     """
-    from profiler.measuring.devices import get_device
+    from profiler.measuring.devices import get_device, oom_guard
     from profiler.measuring.runner import measure as run
 
     target = get_device(device)
@@ -96,7 +96,8 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     if isinstance(source, ModuleSource):
         _module_only_options(source, checkpoint=checkpoint, input_grad=input_grad)
         bounds = source.bounds()
-        module = source.build()
+        with oom_guard(target.name, "building the model"):
+            module = source.build()
         shapes = [(batch, *s) for s in source.input_shapes]
         measurement = run(module, input_shape=shapes, input_dtype=list(source.input_dtypes), int_high=list(bounds),
                           dtype=dtype, device=target, loss=loss, optimizers=optimizers, warmup=warmup,
@@ -111,7 +112,8 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
         if validate:
             predict(source, batch=batch, dtype=dtype, loss=loss, device_kind=target.torch_device.type,
                     optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads, input_grad=input_grad)
-        module = build(source, dtype=dtype, device=target.torch_device, checkpoint=checkpoint)
+        with oom_guard(target.name, "building the model"):
+            module = build(source, dtype=dtype, device=target.torch_device, checkpoint=checkpoint)
         measurement = run(module, input_shape=[(batch, *i.shape) for i in source.inputs],
                           input_dtype=[i.dtype for i in source.inputs],
                           int_high=[token_range(source, i.name) for i in source.inputs], dtype=dtype,

@@ -51,3 +51,14 @@ def test_a_torch_module_is_predicted_before_it_is_built(monkeypatch):
     with pytest.raises(DoesNotFit):
         profiler.measure(factory, (8,), batch=2, device="cpu", warmup=0, repeats=1)
     assert calls == ["meta"]   # called for the prediction only (under the meta device), never for real
+
+
+def test_forced_the_allocator_refuses_and_it_is_does_not_fit(tmp_path):
+    """With --force the 40 GB weights are asked of the allocator, which refuses on a machine with
+    less memory: "does not fit" while building, exit 3, one line."""
+    spec = tmp_path / "big.yaml"
+    spec.write_text(BIG)
+    out = subprocess.run([sys.executable, "-m", "profiler", "measure", str(spec), "--batch", "1", "--force"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 3, out.stderr
+    assert "building the model does not fit" in out.stderr and len(out.stderr.strip().splitlines()) == 1
