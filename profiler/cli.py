@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"modelsize: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        print("modelsize: interrupted: the measurement was stopped and nothing of it was saved", file=sys.stderr)
         return 130
     except BrokenPipeError:   # `modelsize ... | head`: the reader has gone; end quietly
         import os
@@ -57,11 +58,28 @@ def _joined_sizes(argv: list[str]) -> list[str]:
     return joined
 
 
+def _reference(args: argparse.Namespace) -> dict[str, Any]:
+    """What names the model: ``frontends.source.resolve``'s arguments (plain data, so a measuring
+    child process can resolve it again)."""
+    return {"model": args.spec, "input_shape": args.input_shape, "input_dtype": args.input_dtype,
+            "int_high": args.int_high, "hf_task": args.hf_task, "seq_len": args.seq_len}
+
+
 def _source(args: argparse.Namespace):
     """The model the command names, with its inputs (torch models) — any kind: see frontends.source."""
     from profiler.frontends.source import resolve
-    return resolve(args.spec, input_shape=args.input_shape, input_dtype=args.input_dtype,
-                   int_high=args.int_high, hf_task=args.hf_task, seq_len=args.seq_len)
+    reference = _reference(args)
+    return resolve(reference.pop("model"), **reference)
+
+
+def _isolated(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Measurements run in a child process (``measuring.isolated``) unless --in-process; its
+    server starts now, importing torch while this process predicts."""
+    if args.in_process:
+        return None
+    from profiler.measuring import isolated
+    isolated.prepare()
+    return _reference(args)
 
 
 def _name(source) -> str:
@@ -81,8 +99,9 @@ def _summary(args: argparse.Namespace) -> int:
 def _measure(args: argparse.Namespace) -> int:
     from profiler.measuring.devices import DoesNotFit
     source = _source(args)
+    isolate_from = _isolated(args)
     try:
-        measured, options = workflow.measure(source, **_measure_options(args))
+        measured, options = workflow.measure(source, **_measure_options(args), isolate_from=isolate_from)
     except DoesNotFit as error:
         print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
@@ -98,8 +117,9 @@ def _profile(args: argparse.Namespace) -> int:
     source = _source(args)
     if not args.no_save:
         check_writable(args.results_dir)
+    isolate_from = _isolated(args)
     try:
-        result = workflow.profile(source, **_measure_options(args), depth=args.depth)
+        result = workflow.profile(source, **_measure_options(args), depth=args.depth, isolate_from=isolate_from)
     except DoesNotFit as error:
         print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
@@ -280,6 +300,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="default: cuda when available, else cpu")
         sub.add_argument("--warmup", type=int, default=3, help="untimed forward passes first (default 3)")
         sub.add_argument("--repeats", type=_positive, default=20, help="timed forward passes (default 20)")
+        sub.add_argument("--in-process", action="store_true",
+                         help="measure in this process (default: in a child process, so that running out of "
+                              "memory, even killed by the kernel, is reported as 'does not fit')")
         sub.add_argument("--force", action="store_true",
                          help="measure even when the predicted peak is more than the device has free "
                               "(by default such a run is 'does not fit', exit status 3, nothing built)")

@@ -67,8 +67,8 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             device: str | None = None, warmup: int = 3, repeats: int = 20, threads: int | None = None,
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
             checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False,
-            validate: bool = True, force: bool = False,
-            predicted_peak: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+            validate: bool = True, force: bool = False, predicted_peak: int | None = None,
+            isolate_from: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the model on the device and measure it: (measured figures, options used).
 
     ``amp``: forward and loss under ``torch.autocast`` to this dtype, float32 weights;
@@ -80,6 +80,9 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     Nothing is built when the predicted peak (``predicted_peak``, else predicted here) is more than
     the device has free: :class:`~profiler.measuring.devices.DoesNotFit` names both figures, unless
     ``force`` (then the measurement may run out of memory, and says so the same way).
+
+    ``isolate_from``: the reference the source was resolved from (``frontends.source.resolve``'s
+    arguments); the measurement then runs in a child process (:mod:`profiler.measuring.isolated`).
     """
     from profiler.measuring.devices import get_device, oom_guard
     from profiler.measuring.runner import measure as run
@@ -93,6 +96,12 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             predicted_peak = peak_of(predicted)
             validate = False
         _check_room(predicted_peak, target, batch)
+    if isolate_from is not None:
+        from profiler.measuring import isolated
+        return isolated.measure(dict(isolate_from), {
+            "batch": batch, "dtype": dtype, "loss": loss, "device": target.name, "warmup": warmup,
+            "repeats": repeats, "threads": threads, "optimizers": optimizers, "amp": amp,
+            "checkpoint": checkpoint, "input_grad": input_grad, "validate": False, "force": True})
     if isinstance(source, ModuleSource):
         _module_only_options(source, checkpoint=checkpoint, input_grad=input_grad)
         bounds = source.bounds()
@@ -159,7 +168,8 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             device: str | None = None, warmup: int = 3, repeats: int = 20, threads: int | None = None,
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
             checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False,
-            depth: int | None = None, force: bool = False) -> dict[str, Any]:
+            depth: int | None = None, force: bool = False,
+            isolate_from: dict[str, Any] | None = None) -> dict[str, Any]:
     """Predict, measure and compare: the whole result, ready to save and render.
 
     The prediction comes first: it validates the model and the options (mixed precision on layers
@@ -180,7 +190,8 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     measured, options = measure(source, batch=batch, dtype=dtype, loss=loss, device=target.name,
                                 warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
                                 amp=amp, checkpoint=checkpoint, input_grad=input_grad, validate=False,
-                                force=force, predicted_peak=peak_of(result["predicted"]))
+                                force=force, predicted_peak=peak_of(result["predicted"]),
+                                isolate_from=isolate_from)
     described = {"spec": source.as_dict()} if isinstance(source, ModelSpec) else {"model_source": source.as_dict()}
     result.update(options=options, **described, machine_info=machine_info(), measured=measured,
                   relative_error=relative_errors(result["predicted"], measured),
