@@ -5,7 +5,7 @@ Under ``--amp`` the weights stay float32; the forward pass and the loss run unde
 ``torch.autocast``: a Dense casts its bias, its weight (both cached until the autocast region
 exits) and its input to bfloat16, computes in bfloat16, and the loss casts back to float32.
 bfloat16 matmuls on the CPU go to oneDNN, which takes a scratchpad from the CPU allocator: its
-size is ``onednn_bf16_gemm_scratch`` (fitted on this 2-thread AVX-512 BF16 machine; the
+size is ``onednn_bf16_gemm_scratch`` (oneDNN's own blocking search, for any thread count; the
 measurements below use torch's default threads).
 """
 import json
