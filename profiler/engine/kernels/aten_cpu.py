@@ -200,7 +200,7 @@ def _gemm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> 
     transposed = _onednn_takes(a) and a.stride(-2) == 1 and (a.stride(-1) != 1 or rows == 1)
     kind = "grad_weight" if transposed else "grad_input" if backward else "forward"
     return matmul_workspace(_op_context(run, a.dtype), kind, rows, inner, cols, batch=batch, copies=copies,
-                            alpha=a.dim() == 3 and kwargs.get("alpha", 1) != 1)
+                            alpha=a.dim() == 3 and kwargs.get("alpha", 1) != 1, bmm=a.dim() == 3)
 
 
 @_workspace(aten.mse_loss.default)
