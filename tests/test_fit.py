@@ -259,3 +259,28 @@ def test_fit_with_mixed_precision_solves_on_autocast_predictions_and_verifies(ca
     assert checks["held"] is True
     assert checks["at_batch"]["measured_bytes"] == checks["at_batch"]["predicted_bytes"] == amp["peak"]["bytes"]
     assert checks["next"]["measured_bytes"] == checks["next"]["predicted_bytes"] == amp["next"]["bytes"]
+
+
+def test_the_guided_search_finds_what_bisection_finds():
+    """On non-decreasing figures of every shape (linear, with steps, convex, flat, capped), the
+    guided search answers as doubling and bisection do, in at most as many calls on linear ones."""
+    from hypothesis import given, settings, strategies as st
+
+    from profiler.planning.fit import guided_largest_fitting, largest_fitting
+
+    @settings(max_examples=300, derandomize=True, deadline=None)
+    @given(st.integers(1, 10 ** 6), st.integers(0, 10 ** 6), st.integers(0, 3), st.integers(1, 10 ** 9),
+           st.integers(1, 2 ** 16))
+    def check(slope, base, shape, usable, max_batch):
+        def figure(b):
+            return [base + slope * b, base + slope * b + (b // 7) * slope * 3, base + slope * b * b,
+                    base + (b > 40) * slope][shape]
+        calls = []
+
+        def counted(b):
+            calls.append(b)
+            return figure(b)
+        assert guided_largest_fitting(counted, usable, max_batch) == largest_fitting(figure, usable, max_batch)
+        if shape == 0:
+            assert len(set(calls)) <= 6
+    check()
