@@ -393,6 +393,18 @@ def _frozen_dense(k):
     return model
 
 
+def _frozen_bn_after_trainable(k):
+    """Frozen batch norms whose input needs a gradient (a trainable layer before them): their
+    backward runs in inference mode, over images and over features."""
+    L = k.layers
+    model = _seq(k, (6, 6, 3), L.Conv2D(8, 3, name="conv"), L.BatchNormalization(name="bn"), L.Activation("relu"),
+                 L.GlobalAveragePooling2D(), L.Dense(16, name="features"), L.BatchNormalization(name="bn2"),
+                 L.Dense(2, name="head"))
+    model.get_layer("bn").trainable = False
+    model.get_layer("bn2").trainable = False
+    return model
+
+
 def _nested_sequential(k):
     L = k.layers
     block = k.Sequential([L.Dense(6, activation="relu"), L.Dense(4)], name="block")
@@ -519,6 +531,7 @@ KERAS3_MODELS = [
     pytest.param(_activation_layers, id="activation_layers"), pytest.param(_normalization, id="normalization"),
     pytest.param(_channels_first, id="channels_first"), pytest.param(_dense_3d, id="dense_3d"),
     pytest.param(_frozen_dense, id="frozen_dense"),
+    pytest.param(_frozen_bn_after_trainable, id="frozen_bn_after_trainable"),
     pytest.param(_nested_sequential, id="nested_sequential"),
     pytest.param(_chain, id="chain"), pytest.param(_residual, id="residual"),
     pytest.param(_two_inputs, id="two_inputs"), pytest.param(_shared_merges, id="shared_merges"),
@@ -630,3 +643,29 @@ def test_keras3_frozen_list(keras):
     spec_dict = to_spec_dict(json.loads(_build(keras, _frozen_base).to_json()), source="m.json")
     assert spec_dict["frozen"] == ["base"]
     assert spec_dict["layers"][0]["Model"]["spec"]["frozen"] == ["dense", "batch_normalization"]
+
+
+FROZEN = [pytest.param(_frozen_dense, id="frozen_dense"), pytest.param(_frozen_base, id="frozen_base"),
+          pytest.param(_frozen_bn_after_trainable, id="frozen_bn_after_trainable")]
+
+
+@pytest.mark.parametrize("builder", FROZEN)
+def test_frozen_batch_norm_runs_in_inference_mode_and_its_peaks_are_exact(keras, builder):
+    """Keras 3 runs a frozen BatchNormalization on its moving statistics in training too: the
+    built module does (its statistics do not move, batch 1 trains), and the spec's predicted
+    peaks equal the measured ones, at batch 1 and 2."""
+    import profiler
+    import torch
+    from profiler.frontends.build import build
+    from profiler.rules.modules import _KerasBatchNorm
+    spec = from_dict(to_spec_dict(json.loads(_build(keras, builder).to_json()), source="m.json"), source="m.json")
+    module = build(spec).train()
+    norms = [m for m in module.modules() if isinstance(m, _KerasBatchNorm)]
+    assert norms and not any(m.training for m in norms)
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    x = torch.randn(1, *spec.inputs[0].shape)
+    module(x).sum().backward()   # batch 1: PyTorch refuses a training-mode batch norm here
+    assert all(torch.equal(m.running_mean, b[0]) and torch.equal(m.running_var, b[1]) for m, b in zip(norms, before))
+    for batch in (1, 2):
+        result = profiler.profile(spec, batch=batch, warmup=0, repeats=1, optimizers=("sgd", "adam"))
+        assert {k: v for k, v in result["relative_error"].items() if v} == {}, batch

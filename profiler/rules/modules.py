@@ -181,8 +181,15 @@ class _KerasBatchNorm:
     ``momentum`` is torch's (1 − Keras's momentum).
     """
 
+    frozen = False  # set by ``freeze_batch_norms``: inference mode for good
+
     def _drop_counter(self) -> None:
         self.num_batches_tracked = None
+
+    def train(self, mode: bool = True):
+        """A frozen batch norm stays in inference mode: Keras 3 runs a ``trainable=False``
+        BatchNormalization on its moving statistics in training too, and updates none."""
+        return super().train(mode and not self.frozen)  # type: ignore[misc]
 
     def reset_running_stats(self) -> None:
         if self.num_batches_tracked is None:  # type: ignore[has-type]
@@ -224,6 +231,14 @@ class KerasBatchNorm3d(_KerasBatchNorm, nn.BatchNorm3d):
 
 
 KERAS_BATCH_NORM = {1: KerasBatchNorm1d, 2: KerasBatchNorm2d, 3: KerasBatchNorm3d}
+
+
+def freeze_batch_norms(module: nn.Module) -> None:
+    """Every Keras batch norm in ``module`` runs in inference mode from now on, ``train()`` or not."""
+    for m in module.modules():
+        if isinstance(m, _KerasBatchNorm):
+            m.frozen = True
+            m.train(False)
 
 
 # --- element-wise -----------------------------------------------------------------------------
