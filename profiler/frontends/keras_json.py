@@ -82,7 +82,13 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "quantization_config": (None,),  # quantized weights
     "groups": (1,),                  # Keras 2 DepthwiseConv2D carries Conv2D's groups
     "sparse": (False,), "ragged": (False,), "optional": (False,),  # InputLayer
+    "invert": (False,),              # Normalization: x · std + mean instead
 }
+
+# Keras 3 ops layers (``keras.src.ops.numpy``) that a functional model writes for ``x + 3`` and the
+# like: with a Python number for an operand, a ConstantOp (with two tensors, the merge of that name).
+OPS_WITH_A_NUMBER = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Divide": "divide",
+                     "TrueDivide": "divide"}
 
 # Keras 2 names of an argument that Keras 3 (and our rule) renamed.
 RENAMED = {("LeakyReLU", "alpha"): "negative_slope"}
@@ -212,8 +218,9 @@ class _Reader:
             nodes = entry.get("inbound_nodes", [])
             if not isinstance(nodes, list):
                 raise SpecError("inbound_nodes must be a list", layer=label(name), received=_short(nodes))
+            numbers = _ops_with_a_number(entry, cls)
             for k, node in enumerate(nodes):
-                refs = self.call_inputs(cls, node, entries, label(name))
+                refs = self.call_inputs(cls, node, entries, label(name), numbers=numbers)
                 calls[(name, k)] = [self.resolve(ref, entries, label(name), outputs=False) for ref in refs]
 
         inputs = [self.resolve(ref, entries, where or "the model", outputs=False)
@@ -263,6 +270,10 @@ class _Reader:
                 spec = self.model(entry, path=label(name) + " > ", build_shape=_build_shape(entry))
                 layers.append({"Model": {"name": name, "spec": spec, "inputs": node_inputs}})
                 is_frozen = cfg.get("trainable") is False if isinstance(cfg, Mapping) else False
+            elif _ops_with_a_number(entry, cls):
+                operation = _number_operand(cls, entry["inbound_nodes"], label(name))
+                layers.append({"ConstantOp": {"name": name, **operation, "inputs": node_inputs}})
+                is_frozen = False
             else:
                 args, is_frozen = self.layer(cls, cfg, label(name), formats)
                 layers.append({cls: {"name": name, **args, "inputs": node_inputs}})
@@ -286,10 +297,12 @@ class _Reader:
 
     # ---- calls ----------------------------------------------------------------------------
 
-    def call_inputs(self, cls: str, node: Any, entries: Mapping[str, Any], where: str) -> list[tuple[str, int, int]]:
-        """The tensors one call reads, as raw [layer, node, tensor] references, in order."""
+    def call_inputs(self, cls: str, node: Any, entries: Mapping[str, Any], where: str, *,
+                    numbers: bool = False) -> list[tuple[str, int, int]]:
+        """The tensors one call reads, as raw [layer, node, tensor] references, in order.
+        ``numbers``: an ops layer whose Python numbers become a ConstantOp (they are let pass)."""
         if isinstance(node, Mapping) and "args" in node:   # Keras 3
-            positional = _keras3_tensors(node["args"], where, "a constant positional argument")
+            positional = _keras3_tensors(node["args"], where, None if numbers else "a constant positional argument")
             kwargs = node.get("kwargs") or {}
             named = {key: _keras3_tensors(value, where, None) for key, value in kwargs.items()}
         elif isinstance(node, list) and node:              # Keras 2
@@ -540,6 +553,45 @@ def _keras3_tensors(value: Any, where: str, constant: str | None) -> list[tuple[
     if constant is not None and value is not None:
         raise SpecError(f"{constant} is not supported", layer=where, field="inbound_nodes", received=_short(value))
     return []
+
+
+def _ops_with_a_number(entry: Mapping[str, Any], cls: str) -> bool:
+    """True for a Keras 3 ops layer (``x + 3`` in a functional model: module ``keras.src.ops.*``)
+    of a tensor and a Python number, which becomes a ConstantOp."""
+    module = entry.get("module")
+    if not (isinstance(module, str) and module.startswith("keras.src.ops.") and cls in OPS_WITH_A_NUMBER):
+        return False
+    nodes = entry.get("inbound_nodes")
+    return (isinstance(nodes, list) and bool(nodes) and isinstance(nodes[0], Mapping)
+            and isinstance(nodes[0].get("args"), list)
+            and any(_is_number(v) for v in nodes[0]["args"]))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number_operand(cls: str, nodes: list, where: str) -> dict[str, Any]:
+    """ConstantOp's arguments for an ops layer's calls: one tensor and one number, in either order
+    (the same number in every call)."""
+    found = set()
+    for node in nodes:
+        args = node.get("args") if isinstance(node, Mapping) else None
+        kwargs = node.get("kwargs") if isinstance(node, Mapping) else None
+        if not isinstance(args, list) or len(args) != 2 or kwargs or sum(_is_number(v) for v in args) != 1:
+            raise SpecError(f"an ops layer {cls} with a number is supported with one tensor and one number",
+                            layer=where, field="inbound_nodes", received=_short(args))
+        first = _is_number(args[0])
+        number = args[0] if first else args[1]
+        op = OPS_WITH_A_NUMBER[cls]
+        found.add((op, float(number), first and op == "subtract"))
+        if first and op == "divide":
+            raise SpecError("a number divided by a tensor is not supported", layer=where, field="inbound_nodes",
+                            received=_short(args))
+    if len(found) != 1:
+        raise SpecError("the calls of an ops layer use different numbers", layer=where, field="inbound_nodes")
+    op, number, constant_first = found.pop()
+    return {"op": op, "constant": number, **({"constant_first": True} if constant_first else {})}
 
 
 def _triples(value: Any, entries: Mapping[str, Any] | None) -> list[tuple[str, int, int]]:

@@ -43,6 +43,8 @@ ACTIVATIONS = {
     "softmax": lambda: nn.Softmax(dim=-1),
     "gelu": nn.GELU,
     "silu": nn.SiLU,
+    "hard_sigmoid": nn.Hardsigmoid,   # relu6(x + 3) / 6, as Keras 3
+    "hard_silu": nn.Hardswish,        # x · relu6(x + 3) / 6
 }
 
 
@@ -259,6 +261,100 @@ class PReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"slope_shape={tuple(self.alpha.shape)}"
+
+
+class Rescale(nn.Module):
+    """Keras's Rescaling: ``x * scale``, then ``+ offset`` in place (when not 0)."""
+
+    def __init__(self, scale: float, offset: float):
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.scale
+        return y.add_(self.offset) if self.offset else y
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, offset={self.offset}"
+
+
+class KerasNormalization(nn.Module):
+    """Keras's Normalization: (x − mean) / max(√variance, epsilon).
+
+    Without given statistics, ``mean`` and ``variance`` are buffers (Keras's non-trainable
+    weights that ``adapt()`` fills), with Keras's ``count`` beside them (one number, unused here,
+    kept in the model's float dtype so that the buffers are all of one dtype). Given statistics
+    are constants, not state: plain tensors that ``.to()`` moves with the module.
+    """
+
+    def __init__(self, shape: tuple[int, ...], view: tuple[int, ...], mean, variance, epsilon: float):
+        super().__init__()
+        self.view, self.epsilon = (1, *view), epsilon
+        if mean is None:
+            self.register_buffer("mean", torch.zeros(shape))
+            self.register_buffer("variance", torch.ones(shape))
+            self.register_buffer("count", torch.zeros(()))
+            self.constants = None
+        else:
+            self.constants = tuple(torch.tensor(v, dtype=torch.float32).expand(shape).clone()
+                                   for v in (mean, variance))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.constants is not None:
+            self.constants = tuple(fn(t) for t in self.constants)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, variance = self.constants if self.constants is not None else (self.mean, self.variance)
+        std = variance.sqrt().clamp_min_(self.epsilon).view(self.view)
+        return (x - mean.view(self.view)).div_(std)
+
+
+class LayerScale(nn.Module):
+    """ConvNeXt's LayerScale: x · gamma over the last axis."""
+
+    def __init__(self, channels: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class ConstantOp(nn.Module):
+    """A tensor and a Python number: x + c, x − c, c − x, x · c or x / c."""
+
+    def __init__(self, op: str, constant: float, constant_first: bool = False):
+        super().__init__()
+        self.op, self.constant, self.constant_first = op, constant, constant_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.constant
+        if self.op == "add":
+            return x + c
+        if self.op == "subtract":
+            return c - x if self.constant_first else x - c
+        return x * c if self.op == "multiply" else x / c
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, {self.constant}" + (", constant first" if self.constant_first else "")
+
+
+class SpatialDropout(nn.Module):
+    """Keras's SpatialDropout1D/2D: one draw per sample and channel, shared along ``shared``
+    axes (of the full tensor), the kept channels scaled by 1/(1 − p), as ``feature_dropout``."""
+
+    def __init__(self, p: float, shared: tuple[int, ...]):
+        super().__init__()
+        self.p, self.shared = p, shared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        shape = [1 if i in self.shared else n for i, n in enumerate(x.shape)]
+        noise = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * noise
 
 
 # --- reshaping --------------------------------------------------------------------------------
