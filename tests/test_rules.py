@@ -544,6 +544,9 @@ STRATEGIES.update({
     "SpatialDropout1D": spatial_dropout(1),
     "SpatialDropout2D": spatial_dropout(2),
     "SeparableConv1D": separable_conv1d(),
+    "CustomScaleLayer": st.tuples(st.fixed_dictionaries({"scale": st.sampled_from([0.17, 0.1, 1.0])}),
+                                  st.lists(st.integers(1, 4), min_size=1, max_size=3).map(
+                                      lambda s: (tuple(s), tuple(s))), FORMATS),
 })
 
 

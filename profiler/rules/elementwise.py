@@ -1,5 +1,6 @@
-"""LayerScale (ConvNeXt's learned per-channel scale) and ConstantOp (a tensor with a Python number:
-Keras 3's ``x + 3``, ``x * (1 / 6)`` in applications models, written as ops layers).
+"""LayerScale (ConvNeXt's learned per-channel scale), ConstantOp (a tensor with a Python number:
+Keras 3's ``x + 3``, ``x * (1 / 6)`` in applications models, written as ops layers) and
+CustomScaleLayer (Inception-ResNet-v2's x₁ + x₂ · scale).
 
 One operation per element each: the MACs count one per element.
 """
@@ -80,3 +81,33 @@ class ConstantOp(Rule):
         from profiler.rules.modules import ConstantOp as ConstantOpModule
         self.output_shape(a, x, ctx)
         return ConstantOpModule(a.op, a.constant, a.constant_first)
+
+
+@register
+class CustomScaleLayer(Rule):
+    """x₁ + x₂ · scale: Inception-ResNet-v2's residual sum (``keras.applications.inception_resnet_v2``).
+
+    torch: one ``add(x₁, x₂, alpha=scale)``, no temporary. Backward hands the output's gradient to
+    x₁ as it is and makes x₂'s as gradient · scale (the number wrapped and cast for it).
+    """
+    type_name = "CustomScaleLayer"
+    args = (Arg("scale", number),)
+    min_inputs = 2
+    max_inputs = 2
+
+    def output_shape(self, a, x, ctx):
+        if tuple(x[0]) != tuple(x[1]):
+            raise ShapeError("both inputs need the same shape", field="inputs",
+                             received=", ".join(shape_text(s) for s in x))
+        return tuple(x[0])
+
+    def macs(self, a, x, y, ctx):
+        return prod(y)
+
+    def memory(self, a, x, y, ctx):
+        return Memory(backward_scratch=SCALAR_OPERAND)
+
+    def build(self, a, x, ctx):
+        from profiler.rules.modules import ScaledSum
+        self.output_shape(a, x, ctx)
+        return ScaledSum(a.scale)

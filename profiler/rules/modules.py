@@ -341,6 +341,17 @@ class ConstantOp(nn.Module):
         return f"{self.op}, {self.constant}" + (", constant first" if self.constant_first else "")
 
 
+class ScaledSum(nn.Module):
+    """x₁ + x₂ · scale in one operation (Inception-ResNet-v2's CustomScaleLayer)."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return torch.add(x1, x2, alpha=self.scale)
+
+
 class SpatialDropout(nn.Module):
     """Keras's SpatialDropout1D/2D: one draw per sample and channel, shared along ``shared``
     axes (of the full tensor), the kept channels scaled by 1/(1 − p), as ``feature_dropout``."""
