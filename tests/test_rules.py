@@ -892,7 +892,8 @@ def test_window_values_match_keras_semantics(name, data):
                 expected[(f, *o)] = total + (bias[f] if bias is not None else 0)
         expected = {"linear": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid,
                     "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
-                    "silu": torch.nn.functional.silu}.get(a.activation, lambda t: t)(expected)
+                    "silu": torch.nn.functional.silu, "hard_sigmoid": torch.nn.functional.hardsigmoid,
+                    "hard_silu": torch.nn.functional.hardswish}.get(a.activation, lambda t: t)(expected)
         if a.activation == "softmax":  # Keras's softmax: over the last axis of the spec's layout
             expected = _channels_first(
                 torch.softmax((expected[None] if fmt == "channels_first" else expected[None].movedim(1, -1)), -1),
