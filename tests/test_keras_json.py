@@ -669,3 +669,42 @@ def test_frozen_batch_norm_runs_in_inference_mode_and_its_peaks_are_exact(keras,
     for batch in (1, 2):
         result = profiler.profile(spec, batch=batch, warmup=0, repeats=1, optimizers=("sgd", "adam"))
         assert {k: v for k, v in result["relative_error"].items() if v} == {}, batch
+
+
+def test_return_state_h_is_the_output(keras):
+    """return_state=True without return_sequences: h is the output itself (one tensor in Keras and
+    in the torch module); a reference to it reads the output, and the peaks stay exact."""
+    import profiler
+    L = keras.layers
+    keras.backend.clear_session()
+    x = keras.Input((6, 3), name="x")
+    out, h = L.GRU(4, return_state=True, name="gru")(x)
+    model = keras.Model(x, L.Dense(2, name="head")(L.Add(name="sum")([out, h])))
+    spec_dict = to_spec_dict(json.loads(model.to_json()), source="m.json")
+    entries = {next(iter(e.values()))["name"]: next(iter(e.values())) for e in spec_dict["layers"]}
+    assert entries["sum"]["inputs"] == ["gru", "gru"] and "return_state" not in entries["gru"]
+    spec = from_dict(spec_dict, source="m.json")
+    rows = {r.name: r for r in predict(spec).rows}
+    assert rows["gru"].params.total == model.get_layer("gru").count_params() == 3 * 4 * (3 + 4 + 2)
+    assert rows["gru"].output_shape == tuple(model.get_layer("gru").output[0].shape[1:])
+    result = profiler.profile(spec, batch=2, warmup=0, repeats=1, optimizers=("sgd",))
+    assert {k: v for k, v in result["relative_error"].items() if v} == {}
+
+
+def test_states_that_are_not_the_output_are_refused(keras):
+    L = keras.layers
+    keras.backend.clear_session()
+    x = keras.Input((6, 3))
+    _, h, c = L.LSTM(4, return_state=True, name="lstm")(x)
+    model = keras.Model(x, L.Dense(2)(c))
+    with pytest.raises(UnsupportedLayerError, match="the LSTM's cell state .*return_state output 2 of 'lstm'"):
+        to_spec_dict(json.loads(model.to_json()), source="m.json")
+    x = keras.Input((6, 3))
+    _, h = L.GRU(4, return_state=True, return_sequences=True, name="gru")(x)
+    model = keras.Model(x, L.Dense(2)(h))
+    with pytest.raises(UnsupportedLayerError, match="last hidden state of a sequence output"):
+        to_spec_dict(json.loads(model.to_json()), source="m.json")
+    x, s0 = keras.Input((6, 3)), keras.Input((4,))
+    model = keras.Model([x, s0], L.GRU(4, name="gru")(x, initial_state=s0))
+    with pytest.raises(SpecError, match=r"GRU \"gru\"\): field 'initial_state': a tensor passed by keyword"):
+        to_spec_dict(json.loads(model.to_json()), source="m.json")

@@ -72,7 +72,8 @@ IGNORED_KEYS = frozenset(
 
 # Keys accepted only at the values listed: any other value changes counts, shapes or outputs.
 DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
-    "return_state": (False,),        # recurrent layers: the states become extra outputs
+    "return_state": (False,),        # recurrent layers: the states become extra outputs (a functional
+    #                                  model's reference to h, the output itself, is followed)
     "time_major": (False,),          # Keras 2 recurrent layers: (steps, batch, features) input
     "renorm": (False,),              # BatchNormalization: three more non-trainable weights
     "rms_scaling": (False,),         # LayerNormalization: gamma only, no beta
@@ -89,6 +90,9 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
 # like: with a Python number for an operand, a ConstantOp (with two tensors, the merge of that name).
 OPS_WITH_A_NUMBER = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Divide": "divide",
                      "TrueDivide": "divide"}
+
+# Recurrent layers: with return_state, their outputs are [output, h] or [output, h, c]
+RECURRENT = ("SimpleRNN", "LSTM", "GRU")
 
 # Keras 2 names of an argument that Keras 3 (and our rule) renamed.
 RENAMED = {("LeakyReLU", "alpha"): "negative_slope"}
@@ -221,11 +225,13 @@ class _Reader:
             numbers = _ops_with_a_number(entry, cls)
             for k, node in enumerate(nodes):
                 refs = self.call_inputs(cls, node, entries, label(name), numbers=numbers)
-                calls[(name, k)] = [self.resolve(ref, entries, label(name), outputs=False) for ref in refs]
+                calls[(name, k)] = [_state_as_output(self.resolve(ref, entries, label(name), outputs=False),
+                                                     entries, label(name)) for ref in refs]
 
         inputs = [self.resolve(ref, entries, where or "the model", outputs=False)
                   for ref in _triples(config.get("input_layers"), entries)]
-        outputs = [self.resolve(ref, entries, where or "the model", outputs=True)
+        outputs = [_state_as_output(self.resolve(ref, entries, where or "the model", outputs=True), entries,
+                                    where or "the model")
                    for ref in _triples(config.get("output_layers"), entries)]
         for ref in inputs:
             if entries[ref[0]][1] != "InputLayer":
@@ -275,7 +281,7 @@ class _Reader:
                 layers.append({"ConstantOp": {"name": name, **operation, "inputs": node_inputs}})
                 is_frozen = False
             else:
-                args, is_frozen = self.layer(cls, cfg, label(name), formats)
+                args, is_frozen = self.layer(cls, cfg, label(name), formats, states=cls in RECURRENT)
                 layers.append({cls: {"name": name, **args, "inputs": node_inputs}})
             if is_frozen:
                 frozen.append(name)
@@ -370,8 +376,11 @@ class _Reader:
 
     # ---- one layer ------------------------------------------------------------------------
 
-    def layer(self, cls: str, cfg: Any, where: str, formats: "_Formats") -> tuple[dict[str, Any], bool]:
-        """(arguments for the rule, whether Keras counts the layer's parameters as non-trainable)."""
+    def layer(self, cls: str, cfg: Any, where: str, formats: "_Formats", *,
+              states: bool = False) -> tuple[dict[str, Any], bool]:
+        """(arguments for the rule, whether Keras counts the layer's parameters as non-trainable).
+        ``states``: a recurrent layer in a functional model, whose ``return_state`` the references
+        to its outputs answer (``_state_as_output``)."""
         rule = self.rules.get(cls)
         if rule is None:
             raise UnsupportedLayerError(f"unknown Keras layer class {cls!r}", layer=where,
@@ -383,7 +392,7 @@ class _Reader:
         frozen = False
         for key, value in cfg.items():
             arg = RENAMED.get((cls, key), key)
-            if key == "name" or key in _INPUT_KEYS:
+            if key == "name" or key in _INPUT_KEYS or (key == "return_state" and states):
                 continue
             if key == "trainable" and "trainable" not in schema:
                 frozen = value is False
@@ -553,6 +562,22 @@ def _keras3_tensors(value: Any, where: str, constant: str | None) -> list[tuple[
     if constant is not None and value is not None:
         raise SpecError(f"{constant} is not supported", layer=where, field="inbound_nodes", received=_short(value))
     return []
+
+
+def _state_as_output(ref: tuple[str, int, int], entries: Mapping[str, Any], where: str) -> tuple[str, int, int]:
+    """A reference to a state a recurrent layer returns (``return_state=True``: [output, h] or
+    [output, h, c]) → the same tensor as its output, which h is without return_sequences (Keras
+    and the torch module return the one tensor). The other states are not modelled: refused."""
+    name, k, tensor = ref
+    _, cls, cfg, _ = entries[name]
+    if tensor == 0 or cls not in RECURRENT or not isinstance(cfg, Mapping) or not cfg.get("return_state"):
+        return ref
+    if tensor == 1 and not cfg.get("return_sequences"):
+        return name, k, 0
+    what = "the last hidden state of a sequence output" if tensor == 1 else "the LSTM's cell state"
+    raise UnsupportedLayerError(f"a reference to {what} (return_state output {tensor} of {name!r}) is not "
+                                "supported: modelsize models a recurrent layer's output, which is its hidden "
+                                "state only without return_sequences", layer=where)
 
 
 def _ops_with_a_number(entry: Mapping[str, Any], cls: str) -> bool:
