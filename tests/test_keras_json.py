@@ -708,3 +708,76 @@ def test_states_that_are_not_the_output_are_refused(keras):
     model = keras.Model([x, s0], L.GRU(4, name="gru")(x, initial_state=s0))
     with pytest.raises(SpecError, match=r"GRU \"gru\"\): field 'initial_state': a tensor passed by keyword"):
         to_spec_dict(json.loads(model.to_json()), source="m.json")
+
+
+# --- the layers keras.applications models use, profiled: predicted peaks equal measured ones ----
+
+def _squeeze_excite(k, scale_first=False):
+    L = k.layers
+    x = k.Input((8, 8, 8), name="x")
+    y = L.Conv2D(16, 1, name="expand")(x)
+    s = L.GlobalAveragePooling2D(keepdims=True)(y)
+    s = L.Conv2D(16, 1, activation="sigmoid")(L.Conv2D(4, 1, activation="relu")(s))
+    y = L.Multiply(name="excite")([s, y] if scale_first else [y, s])
+    return k.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(y)))
+
+
+def _applications_layers(k):
+    """MobileNetV3's hard sigmoid as Keras writes it (x + 3, ReLU(6), · 1/6: ops layers with a
+    number), Rescaling, Normalization (adapted and given), ConvNeXt's LayerScale, ReLU's forms,
+    Softmax, SpatialDropout2D, hard_silu, Inception-ResNet-v2's CustomScaleLayer."""
+    from keras.src.applications.convnext import LayerScale
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+    L = k.layers
+    x = k.Input((8, 8, 3), name="image")
+    y = L.Rescaling(1 / 127.5, offset=-1.0)(x)
+    y = L.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.0, 2.0, 0.5])(y)
+    y = L.Conv2D(8, 3, padding="same", name="conv")(y)
+    y = L.Normalization(axis=-1, name="norm")(y)
+    y = L.Rescaling(0.5, name="halve")(y)
+    hard_sigmoid = L.ReLU(6.0)(y + 3.0) * (1.0 / 6.0)
+    y = L.Multiply()([y, hard_sigmoid])
+    y = LayerScale(1e-2, 8, name="layer_scale")(y)
+    y = L.SpatialDropout2D(0.2)(L.Activation("hard_silu")(y))
+    z = L.ReLU(negative_slope=0.1)(1.0 - y) / 4.0
+    y = CustomScaleLayer(0.17, name="scaled_sum")([y, L.ReLU(threshold=0.1)(z)])
+    y = L.Softmax(axis=-1)(L.ReLU()(y - 0.5))
+    return k.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(y)))
+
+
+def _sequence_layers(k):
+    L = k.layers
+    x = k.Input((10, 4), name="steps")
+    y = L.Conv1D(4, 2)(L.SpatialDropout1D(0.3)(L.Conv1D(4, 1)(x)))
+    return k.Model(x, L.Dense(2)(L.GlobalAveragePooling1D()(y)))
+
+
+def _separable_1d(k):
+    L = k.layers
+    x = k.Input((10, 4), name="steps")
+    y = L.SeparableConv1D(6, 3, padding="same", depth_multiplier=2)(L.Conv1D(4, 1)(x))
+    y = L.SeparableConv1D(4, 2, strides=2, use_bias=False)(y)
+    return k.Model(x, L.Dense(2)(L.GlobalAveragePooling1D()(y)))
+
+
+@pytest.mark.parametrize("builder", [
+    pytest.param(_squeeze_excite, id="squeeze_excite"),
+    pytest.param(lambda k: _squeeze_excite(k, scale_first=True), id="squeeze_excite_scale_first"),
+    pytest.param(_applications_layers, id="applications_layers"),
+    pytest.param(_sequence_layers, id="sequence_layers"),
+    # SeparableConv1D inherits rules/conv.py's separable-convolution memory, which misses oneDNN
+    # workspace at these shapes (SeparableConv2D with kernel (1, 3) on (1, 10, 4) misses the same
+    # 11.77 KiB in inference): counts, shapes and outputs are exact (test_keras_parity)
+    pytest.param(_separable_1d, id="separable_1d", marks=pytest.mark.xfail(
+        strict=True, reason="separable convolution workspace at these shapes: rules/conv.py's memory"))])
+def test_new_layers_match_keras_and_their_peaks_are_exact(keras, builder):
+    import profiler
+    model = _build(keras, builder)
+    spec_dict = to_spec_dict(json.loads(model.to_json()), source="m.json")
+    spec = from_dict(spec_dict, source="m.json")
+    prediction = predict(spec)
+    assert _check_against_keras(keras, model, {r.name: r for r in prediction.rows}) >= 4
+    assert prediction.params == model.count_params()
+    for batch in (1, 3):
+        result = profiler.profile(spec, batch=batch, warmup=0, repeats=1, optimizers=("sgd", "adam"))
+        assert {k: v for k, v in result["relative_error"].items() if v} == {}, batch
