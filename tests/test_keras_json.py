@@ -61,6 +61,13 @@ KERAS2_EXPECTED = {
                                "classifier": (27, 0, (3,)),        # 3 × (8 + 1)
                                "classifier/scores": (27, 0, (3,)),
                                "classifier/probabilities": (0, 0, (3,))},
+    "functional-tfoplambda.json": {"conv": (16, 0, (8, 8, 4)),                  # 4 × (3 + 1)
+                                   "tf.__operators__.add": (0, 0, (8, 8, 4)),  # x + 3: a ConstantOp
+                                   "re_lu": (0, 0, (8, 8, 4)),
+                                   "tf.math.multiply": (0, 0, (8, 8, 4)),      # · 1/6
+                                   "hard_swish": (0, 0, (8, 8, 4)),
+                                   "gap": (0, 0, (4,)),
+                                   "logits": (10, 0, (2,))},                   # 2 × (4 + 1)
     "functional-attention.json": {"attention": (288, 0, (5, 8)),   # 4 projections × (8 × 2·4 + 8)
                                   "residual": (0, 0, (5, 8)),
                                   "norm": (16, 0, (5, 8)),         # gamma, beta over 8
@@ -95,6 +102,14 @@ def test_keras2_layouts_convert_to_the_expected_spec():
     # the value passed by keyword (self-attention: one input)
     attention = convert(KERAS2 / "functional-attention.json")
     assert attention["layers"][0]["MultiHeadAttention"]["inputs"] == ["tokens"]
+
+
+def test_keras2_tfoplambda_with_a_number_is_a_constant_op():
+    layers = {next(iter(e.values()))["name"]: e for e in convert(KERAS2 / "functional-tfoplambda.json")["layers"]}
+    assert layers["tf.__operators__.add"] == {"ConstantOp": {"name": "tf.__operators__.add", "op": "add",
+                                                             "constant": 3.0, "inputs": ["conv"]}}
+    assert layers["tf.math.multiply"]["ConstantOp"]["op"] == "multiply"
+    assert layers["tf.math.multiply"]["ConstantOp"]["constant"] == 1 / 6
 
 
 def test_trainable_false_goes_to_the_frozen_list():
@@ -734,7 +749,7 @@ def _applications_layers(k):
     y = L.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.0, 2.0, 0.5])(y)
     y = L.Conv2D(8, 3, padding="same", name="conv")(y)
     y = L.Normalization(axis=-1, name="norm")(y)
-    y = L.Rescaling(0.5, name="halve")(y)
+    y = L.Rescaling(0.5, name="half")(y)   # a torch Module attribute: the built child is "half_"
     hard_sigmoid = L.ReLU(6.0)(y + 3.0) * (1.0 / 6.0)
     y = L.Multiply()([y, hard_sigmoid])
     y = LayerScale(1e-2, 8, name="layer_scale")(y)

@@ -47,7 +47,7 @@ class Checkpointed(nn.Module):
 def _build(spec: ModelSpec, traced: list[TracedNode], checkpoint: frozenset[str] = frozenset()):
     from collections import OrderedDict
 
-    from profiler.rules.modules import GraphModel, freeze_batch_norms
+    from profiler.rules.modules import GraphModel, freeze_batch_norms, module_keys
 
     modules: dict[str, nn.Module] = OrderedDict()
     for t in traced:
@@ -63,6 +63,7 @@ def _build(spec: ModelSpec, traced: list[TracedNode], checkpoint: frozenset[str]
         if t.layer.name in checkpoint:
             modules[t.layer.name] = Checkpointed(modules[t.layer.name])
     if spec.is_sequential:
-        return nn.Sequential(modules)
+        keys = module_keys(modules)
+        return nn.Sequential(OrderedDict((keys[name], module) for name, module in modules.items()))
     calls = [(t.node.name, t.layer.name, t.node.inputs) for t in traced]
     return GraphModel(modules, inputs=[i.name for i in spec.inputs], calls=calls, outputs=list(spec.outputs))

@@ -91,6 +91,10 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
 OPS_WITH_A_NUMBER = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Divide": "divide",
                      "TrueDivide": "divide"}
 
+# Keras 2 (tf.keras) writes x + 3 as a TFOpLambda of a TensorFlow function, the number as y
+TF_OPS_WITH_A_NUMBER = {"__operators__.add": "add", "math.add": "add", "math.multiply": "multiply",
+                        "math.subtract": "subtract", "math.truediv": "divide", "math.divide": "divide"}
+
 # Recurrent layers: with return_state, their outputs are [output, h] or [output, h, c]
 RECURRENT = ("SimpleRNN", "LSTM", "GRU")
 
@@ -277,7 +281,7 @@ class _Reader:
                 layers.append({"Model": {"name": name, "spec": spec, "inputs": node_inputs}})
                 is_frozen = cfg.get("trainable") is False if isinstance(cfg, Mapping) else False
             elif _ops_with_a_number(entry, cls):
-                operation = _number_operand(cls, entry["inbound_nodes"], label(name))
+                operation = _number_operand(cls, cfg, entry["inbound_nodes"], label(name))
                 layers.append({"ConstantOp": {"name": name, **operation, "inputs": node_inputs}})
                 is_frozen = False
             else:
@@ -329,7 +333,8 @@ class _Reader:
         for key, tensors in named.items():
             if tensors and not (cls == "MultiHeadAttention" and key in _ATTENTION_INPUTS):
                 raise SpecError("a tensor passed by keyword is not supported", layer=where, field=key)
-            if not tensors and key not in _CALL_KWARGS_IGNORED and kwargs[key] not in (None, False):
+            if (not tensors and key not in _CALL_KWARGS_IGNORED and kwargs[key] not in (None, False)
+                    and not (numbers and key == "y" and _is_number(kwargs[key]))):
                 raise SpecError("a call argument modelsize does not model", layer=where, field=key,
                                 received=_short(kwargs[key]))
         if cls == "MultiHeadAttention":
@@ -581,25 +586,52 @@ def _state_as_output(ref: tuple[str, int, int], entries: Mapping[str, Any], wher
 
 
 def _ops_with_a_number(entry: Mapping[str, Any], cls: str) -> bool:
-    """True for a Keras 3 ops layer (``x + 3`` in a functional model: module ``keras.src.ops.*``)
-    of a tensor and a Python number, which becomes a ConstantOp."""
+    """True for an operation of a tensor and a Python number (``x + 3`` in a functional model),
+    which becomes a ConstantOp: a Keras 3 ops layer (module ``keras.src.ops.*``), the number among
+    its arguments, or a Keras 2 TFOpLambda (``tf.math.multiply``...), the number as ``y``."""
+    nodes = entry.get("inbound_nodes")
+    if not isinstance(nodes, list) or not nodes:
+        return False
+    if cls == "TFOpLambda":
+        return _tf_operation(entry) is not None and _keras2_number(nodes[0]) is not None
     module = entry.get("module")
     if not (isinstance(module, str) and module.startswith("keras.src.ops.") and cls in OPS_WITH_A_NUMBER):
         return False
-    nodes = entry.get("inbound_nodes")
-    return (isinstance(nodes, list) and bool(nodes) and isinstance(nodes[0], Mapping)
-            and isinstance(nodes[0].get("args"), list)
+    return (isinstance(nodes[0], Mapping) and isinstance(nodes[0].get("args"), list)
             and any(_is_number(v) for v in nodes[0]["args"]))
+
+
+def _tf_operation(entry: Mapping[str, Any]) -> str | None:
+    cfg = entry.get("config")
+    function = cfg.get("function") if isinstance(cfg, Mapping) else None
+    return TF_OPS_WITH_A_NUMBER.get(function) if isinstance(function, str) else None
+
+
+def _keras2_number(node: Any) -> Any:
+    """The number ``y`` of a Keras 2 TFOpLambda call ``[[layer, node, tensor, {"y": 3.0, ...}]]``."""
+    items = [node] if isinstance(node, list) and node and isinstance(node[0], str) else node
+    if not (isinstance(items, list) and len(items) == 1 and isinstance(items[0], list) and len(items[0]) == 4
+            and isinstance(items[0][3], Mapping)):
+        return None
+    y = items[0][3].get("y")
+    return y if _is_number(y) else None
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _number_operand(cls: str, nodes: list, where: str) -> dict[str, Any]:
+def _different_numbers(where: str):
+    raise SpecError("the calls of an ops layer use different numbers", layer=where, field="inbound_nodes")
+
+
+def _number_operand(cls: str, cfg: Any, nodes: list, where: str) -> dict[str, Any]:
     """ConstantOp's arguments for an ops layer's calls: one tensor and one number, in either order
     (the same number in every call)."""
     found = set()
+    if cls == "TFOpLambda":   # Keras 2: the tensor first, the number as y
+        return {"op": _tf_operation({"config": cfg}), "constant": float(_keras2_number(nodes[0]))} \
+            if len({_keras2_number(n) for n in nodes}) == 1 else _different_numbers(where)
     for node in nodes:
         args = node.get("args") if isinstance(node, Mapping) else None
         kwargs = node.get("kwargs") if isinstance(node, Mapping) else None
@@ -614,7 +646,7 @@ def _number_operand(cls: str, nodes: list, where: str) -> dict[str, Any]:
             raise SpecError("a number divided by a tensor is not supported", layer=where, field="inbound_nodes",
                             received=_short(args))
     if len(found) != 1:
-        raise SpecError("the calls of an ops layer use different numbers", layer=where, field="inbound_nodes")
+        _different_numbers(where)
     op, number, constant_first = found.pop()
     return {"op": op, "constant": number, **({"constant_first": True} if constant_first else {})}
 

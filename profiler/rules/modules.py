@@ -1255,6 +1255,22 @@ class TransformerEncoder(nn.Module):
 _IN_PLACE = {"relu": torch.relu_, "sigmoid": torch.sigmoid_, "tanh": torch.tanh_}
 
 
+def module_keys(names) -> dict[str, str]:
+    """Each layer's name as a child module's name: itself where torch accepts it; else with "."
+    as "_" (Keras 2's TFOpLambda layers are "tf.math.multiply"...) and "_" added while the name is
+    an attribute of a module ("half", "train"...) or taken."""
+    keys: dict[str, str] = {}
+    taken: set[str] = set()
+    probes = (nn.ModuleDict(), nn.Sequential())
+    for name in names:
+        key = name.replace(".", "_") or "_"
+        while key in taken or any(hasattr(probe, key) for probe in probes):
+            key += "_"
+        keys[name] = key
+        taken.add(key)
+    return keys
+
+
 class GraphModel(nn.Module):
     """Run a spec's layer calls in order, each value freed after the layer that reads it last.
 
@@ -1265,7 +1281,8 @@ class GraphModel(nn.Module):
     def __init__(self, layers: dict[str, nn.Module], *, inputs: list[str],
                  calls: list[tuple[str, str, tuple[tuple[str, int], ...]]], outputs: list[tuple[str, int]]):
         super().__init__()
-        self.layers = nn.ModuleDict(layers)
+        self.keys = module_keys(layers)
+        self.layers = nn.ModuleDict({self.keys[name]: module for name, module in layers.items()})
         self.input_names = list(inputs)
         self.calls = list(calls)
         self.output_refs = list(outputs)
@@ -1282,7 +1299,7 @@ class GraphModel(nn.Module):
         del xs
         for k, (node, layer, refs) in enumerate(self.calls):
             args = [_pick(values[name], index) for name, index in refs]
-            values[node] = self.layers[layer](*args)
+            values[node] = self.layers[self.keys[layer]](*args)
             del args
             for name in self.drop_after[k]:
                 if name not in self.input_names:
