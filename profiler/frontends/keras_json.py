@@ -9,6 +9,10 @@ Plain ``json`` data in, plain data out: neither TensorFlow nor Keras is needed. 
   ``{Call: {layer, name, inputs}}`` (named ``layer_call1``, ``layer_call2``...), a nested Sequential or
   Functional model is ``{Model: {name, spec, inputs}}``; a reference ``node:k`` picks tensor k of
   a node with several outputs;
+* a tensor and a Python number (``x + 3``: a Keras 3 ops layer, module ``keras.src.ops.*``, or a
+  Keras 2 ``TFOpLambda`` with the number as ``y``) → ``{ConstantOp: {op, constant}}``;
+* a recurrent layer with ``return_state`` in a Functional model: a reference to its state h is
+  its output itself (without return_sequences); a reference to another state is refused;
 * ``frozen``: the names of layers (or nested models) whose config says ``trainable: false``, so
   that Keras counts their parameters as non-trainable. It is written only when non-empty, and
   only for layers whose rule has no ``trainable`` argument (if it has, the flag goes in the
@@ -630,8 +634,10 @@ def _number_operand(cls: str, cfg: Any, nodes: list, where: str) -> dict[str, An
     (the same number in every call)."""
     found = set()
     if cls == "TFOpLambda":   # Keras 2: the tensor first, the number as y
-        return {"op": _tf_operation({"config": cfg}), "constant": float(_keras2_number(nodes[0]))} \
-            if len({_keras2_number(n) for n in nodes}) == 1 else _different_numbers(where)
+        numbers = {_keras2_number(n) for n in nodes}
+        if len(numbers) != 1 or None in numbers:
+            _different_numbers(where)
+        return {"op": _tf_operation({"config": cfg}), "constant": float(numbers.pop())}
     for node in nodes:
         args = node.get("args") if isinstance(node, Mapping) else None
         kwargs = node.get("kwargs") if isinstance(node, Mapping) else None
