@@ -112,6 +112,13 @@ def test_keras2_tfoplambda_with_a_number_is_a_constant_op():
     assert layers["tf.math.multiply"]["ConstantOp"]["constant"] == 1 / 6
 
 
+def test_keras2_hard_sigmoid_is_refused():
+    data = json.loads((KERAS2 / "functional-tfoplambda.json").read_text())
+    data["config"]["layers"][-1]["config"]["activation"] = "hard_sigmoid"
+    with pytest.raises(SpecError, match=r"layer 7 \(Dense \"logits\"\): field 'activation': Keras 2's hard_sigmoid"):
+        to_spec_dict(data, source="m.json")
+
+
 def test_trainable_false_goes_to_the_frozen_list():
     spec_dict = convert(KERAS2 / "frozen.json")
     assert spec_dict["frozen"] == ["features"]

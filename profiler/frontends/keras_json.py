@@ -429,7 +429,11 @@ class _Reader:
 
     def value(self, cls: str, arg: str, value: Any, where: str, formats: "_Formats", cfg: Mapping) -> Any:
         if arg in ("activation", "recurrent_activation"):
-            return _activation(value)
+            name = _activation(value)
+            if self.major < 3 and name == "hard_sigmoid":
+                raise SpecError("Keras 2's hard_sigmoid (clip(0.2·x + 0.5, 0, 1)) is not Keras 3's, which modelsize "
+                                "builds (relu6(x + 3) / 6)", layer=where, field=arg, received=_short(value))
+            return name
         if cls == "BatchNormalization" and arg == "axis" and isinstance(value, list) and len(value) == 1:
             return value[0]  # Keras 2 writes the built axis as a list: [3]
         if arg == "layer" and is_keras_json(value):  # a wrapper's layer
