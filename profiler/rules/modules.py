@@ -1281,8 +1281,8 @@ class GraphModel(nn.Module):
     def __init__(self, layers: dict[str, nn.Module], *, inputs: list[str],
                  calls: list[tuple[str, str, tuple[tuple[str, int], ...]]], outputs: list[tuple[str, int]]):
         super().__init__()
-        self.keys = module_keys(layers)
-        self.layers = nn.ModuleDict({self.keys[name]: module for name, module in layers.items()})
+        self.child_names = module_keys(layers)   # layer name → child module name
+        self.layers = nn.ModuleDict({self.child_names[name]: module for name, module in layers.items()})
         self.input_names = list(inputs)
         self.calls = list(calls)
         self.output_refs = list(outputs)
@@ -1299,7 +1299,7 @@ class GraphModel(nn.Module):
         del xs
         for k, (node, layer, refs) in enumerate(self.calls):
             args = [_pick(values[name], index) for name, index in refs]
-            values[node] = self.layers[self.keys[layer]](*args)
+            values[node] = self.layers[self.child_names[layer]](*args)
             del args
             for name in self.drop_after[k]:
                 if name not in self.input_names:
