@@ -86,3 +86,24 @@ def test_ops_layers_with_a_number_become_constant_ops(application):
     rows = {r.name: r for r in prediction.rows}
     for name in ops:
         assert rows[name].output_shape == rows[ops[name]["inputs"][0]].output_shape
+
+
+def test_frozen_application_base_trains_at_batch_one_with_exact_peaks():
+    """Transfer learning as Keras's guide does it: a frozen MobileNetV2 (every BatchNormalization
+    in inference mode, as Keras 3 runs a frozen one) under a new head. PyTorch would refuse a
+    training-mode batch norm over 1×1 maps at batch 1; the built module runs it, and every
+    predicted peak equals the measured one."""
+    import profiler
+    L = keras.layers
+    keras.backend.clear_session()
+    base = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), include_top=False)
+    base.trainable = False
+    x = keras.Input((32, 32, 3))
+    model = keras.Model(x, L.Dense(10)(L.GlobalAveragePooling2D()(base(x, training=False))))
+    spec = from_dict(to_spec_dict(json.loads(model.to_json()), source="transfer.json"), source="transfer.json")
+    prediction = predict(spec)
+    assert prediction.trainable_params == _elements(model.trainable_weights) == 10 * (1280 + 1)
+    assert prediction.params == model.count_params()
+    result = profiler.profile(spec, batch=1, warmup=0, repeats=1, optimizers=("sgd", "adam"))
+    assert result["relative_error"]["train_peak_bytes_sgd"] == 0
+    assert {k: v for k, v in result["relative_error"].items() if v} == {}
