@@ -1,5 +1,6 @@
 """keras.applications models, read from their own ``to_json()``: every layer's parameters (trainable
-and non-trainable, from its weights), ``count_params()`` and output shape equal Keras's.
+and non-trainable, from its weights), ``count_params()`` and output shape equal Keras's, and the
+torch module built from the file computes Keras's logits from Keras's weights.
 
 Each model is built once per module with ``weights=None``, ten classes and the smallest input its
 builder accepts (Keras 3 on its torch backend), so that building and predicting take seconds. A
@@ -40,7 +41,8 @@ def application(request):
     name, side = request.param
     keras.backend.clear_session()
     try:
-        model = getattr(keras.applications, name)(weights=None, input_shape=(side, side, 3), classes=10)
+        model = getattr(keras.applications, name)(weights=None, input_shape=(side, side, 3), classes=10,
+                                                  classifier_activation=None)   # logits: compared below
     except ValueError as error:   # NASNetMobile: "not available with the torch backend at this time"
         pytest.skip(f"Keras's torch backend does not build {name}: {error}")
     data = json.loads(model.to_json())
@@ -66,6 +68,54 @@ def test_every_layer_matches_keras(application):
     assert prediction.trainable_params == _elements(model.trainable_weights)
     assert prediction.non_trainable_params == _elements(model.non_trainable_weights)
     assert prediction.params == model.count_params()
+
+
+def _child(module, name: str):
+    """The built module of the layer ``name``: a graph's child, or a chain's (nn.Sequential)."""
+    from profiler.rules.modules import GraphModel, module_keys
+    if isinstance(module, GraphModel):
+        return module.layers[module.child_names[name]]
+    return dict(module.named_children())[module_keys([name])[name]]
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")  # Keras → NumPy
+def test_same_logits_as_keras(application):
+    """The torch module modelsize builds from the file, given the Keras model's weights, computes
+    Keras's logits (inference): every layer's semantics, the ops layers' numbers, the ReLU forms,
+    hard_silu, Rescaling, Normalization, LayerScale and CustomScaleLayer included."""
+    import numpy as np
+    import torch
+
+    from profiler.frontends.build import build
+    from test_keras_parity import _keras_to_torch
+    model, _, spec_dict, _ = application
+    rng = np.random.default_rng(0)
+    for w in model.weights:   # Keras starts biases, betas and statistics at 0 or 1: vary them
+        short = w.path.split("/")[-1]
+        if short in ("bias", "beta", "moving_mean", "mean"):
+            w.assign(rng.normal(0.0, 0.1, tuple(w.shape)).astype("float32"))
+        elif short in ("gamma", "moving_variance", "variance"):
+            w.assign(rng.uniform(0.5, 1.5, tuple(w.shape)).astype("float32"))
+    module = build(from_dict(spec_dict, source="m.json")).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            if not layer.weights:
+                continue
+            child = _child(module, layer.name)
+            params = [(o, n, p) for o in child.modules() for n, p in o.named_parameters(recurse=False)]
+            buffers = list(child.buffers())
+            assert (len(params), len(buffers)) == (len(layer.trainable_weights), len(layer.non_trainable_weights))
+            for (owner, name, p), w in zip(params, layer.trainable_weights):
+                value = np.ascontiguousarray(_keras_to_torch(owner, name, keras.ops.convert_to_numpy(w), p))
+                p.copy_(torch.from_numpy(value).reshape(p.shape))
+            for b, w in zip(buffers, layer.non_trainable_weights):
+                b.copy_(torch.from_numpy(np.asarray(keras.ops.convert_to_numpy(w), dtype="float32")).reshape(b.shape))
+        x = torch.rand(2, *model.input_shape[1:]) * 255   # pixels, as the preprocessing layers expect
+        expected = torch.as_tensor(model(x, training=False))
+        got = module(x)
+    scale = expected.abs().max().item()
+    assert scale > 1e-3   # not vanishing: the comparison means something
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_ops_layers_with_a_number_become_constant_ops(application):
