@@ -61,6 +61,13 @@ KERAS2_EXPECTED = {
                                "classifier": (27, 0, (3,)),        # 3 × (8 + 1)
                                "classifier/scores": (27, 0, (3,)),
                                "classifier/probabilities": (0, 0, (3,))},
+    "functional-tfoplambda.json": {"conv": (16, 0, (8, 8, 4)),                  # 4 × (3 + 1)
+                                   "tf.__operators__.add": (0, 0, (8, 8, 4)),  # x + 3: a ConstantOp
+                                   "re_lu": (0, 0, (8, 8, 4)),
+                                   "tf.math.multiply": (0, 0, (8, 8, 4)),      # · 1/6
+                                   "hard_swish": (0, 0, (8, 8, 4)),
+                                   "gap": (0, 0, (4,)),
+                                   "logits": (10, 0, (2,))},                   # 2 × (4 + 1)
     "functional-attention.json": {"attention": (288, 0, (5, 8)),   # 4 projections × (8 × 2·4 + 8)
                                   "residual": (0, 0, (5, 8)),
                                   "norm": (16, 0, (5, 8)),         # gamma, beta over 8
@@ -95,6 +102,21 @@ def test_keras2_layouts_convert_to_the_expected_spec():
     # the value passed by keyword (self-attention: one input)
     attention = convert(KERAS2 / "functional-attention.json")
     assert attention["layers"][0]["MultiHeadAttention"]["inputs"] == ["tokens"]
+
+
+def test_keras2_tfoplambda_with_a_number_is_a_constant_op():
+    layers = {next(iter(e.values()))["name"]: e for e in convert(KERAS2 / "functional-tfoplambda.json")["layers"]}
+    assert layers["tf.__operators__.add"] == {"ConstantOp": {"name": "tf.__operators__.add", "op": "add",
+                                                             "constant": 3.0, "inputs": ["conv"]}}
+    assert layers["tf.math.multiply"]["ConstantOp"]["op"] == "multiply"
+    assert layers["tf.math.multiply"]["ConstantOp"]["constant"] == 1 / 6
+
+
+def test_keras2_hard_sigmoid_is_refused():
+    data = json.loads((KERAS2 / "functional-tfoplambda.json").read_text())
+    data["config"]["layers"][-1]["config"]["activation"] = "hard_sigmoid"
+    with pytest.raises(SpecError, match=r"layer 7 \(Dense \"logits\"\): field 'activation': Keras 2's hard_sigmoid"):
+        to_spec_dict(data, source="m.json")
 
 
 def test_trainable_false_goes_to_the_frozen_list():
@@ -393,6 +415,18 @@ def _frozen_dense(k):
     return model
 
 
+def _frozen_bn_after_trainable(k):
+    """Frozen batch norms whose input needs a gradient (a trainable layer before them): their
+    backward runs in inference mode, over images and over features."""
+    L = k.layers
+    model = _seq(k, (6, 6, 3), L.Conv2D(8, 3, name="conv"), L.BatchNormalization(name="bn"), L.Activation("relu"),
+                 L.GlobalAveragePooling2D(), L.Dense(16, name="features"), L.BatchNormalization(name="bn2"),
+                 L.Dense(2, name="head"))
+    model.get_layer("bn").trainable = False
+    model.get_layer("bn2").trainable = False
+    return model
+
+
 def _nested_sequential(k):
     L = k.layers
     block = k.Sequential([L.Dense(6, activation="relu"), L.Dense(4)], name="block")
@@ -519,6 +553,7 @@ KERAS3_MODELS = [
     pytest.param(_activation_layers, id="activation_layers"), pytest.param(_normalization, id="normalization"),
     pytest.param(_channels_first, id="channels_first"), pytest.param(_dense_3d, id="dense_3d"),
     pytest.param(_frozen_dense, id="frozen_dense"),
+    pytest.param(_frozen_bn_after_trainable, id="frozen_bn_after_trainable"),
     pytest.param(_nested_sequential, id="nested_sequential"),
     pytest.param(_chain, id="chain"), pytest.param(_residual, id="residual"),
     pytest.param(_two_inputs, id="two_inputs"), pytest.param(_shared_merges, id="shared_merges"),
@@ -630,3 +665,141 @@ def test_keras3_frozen_list(keras):
     spec_dict = to_spec_dict(json.loads(_build(keras, _frozen_base).to_json()), source="m.json")
     assert spec_dict["frozen"] == ["base"]
     assert spec_dict["layers"][0]["Model"]["spec"]["frozen"] == ["dense", "batch_normalization"]
+
+
+FROZEN = [pytest.param(_frozen_dense, id="frozen_dense"), pytest.param(_frozen_base, id="frozen_base"),
+          pytest.param(_frozen_bn_after_trainable, id="frozen_bn_after_trainable")]
+
+
+@pytest.mark.parametrize("builder", FROZEN)
+def test_frozen_batch_norm_runs_in_inference_mode_and_its_peaks_are_exact(keras, builder):
+    """Keras 3 runs a frozen BatchNormalization on its moving statistics in training too: the
+    built module does (its statistics do not move, batch 1 trains), and the spec's predicted
+    peaks equal the measured ones, at batch 1 and 2."""
+    import profiler
+    import torch
+    from profiler.frontends.build import build
+    from profiler.rules.modules import _KerasBatchNorm
+    spec = from_dict(to_spec_dict(json.loads(_build(keras, builder).to_json()), source="m.json"), source="m.json")
+    module = build(spec).train()
+    norms = [m for m in module.modules() if isinstance(m, _KerasBatchNorm)]
+    assert norms and not any(m.training for m in norms)
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    x = torch.randn(1, *spec.inputs[0].shape)
+    module(x).sum().backward()   # batch 1: PyTorch refuses a training-mode batch norm here
+    assert all(torch.equal(m.running_mean, b[0]) and torch.equal(m.running_var, b[1]) for m, b in zip(norms, before))
+    for batch in (1, 2):
+        result = profiler.profile(spec, batch=batch, warmup=0, repeats=1, optimizers=("sgd", "adam"))
+        assert {k: v for k, v in result["relative_error"].items() if v} == {}, batch
+
+
+def test_return_state_h_is_the_output(keras):
+    """return_state=True without return_sequences: h is the output itself (one tensor in Keras and
+    in the torch module); a reference to it reads the output, and the peaks stay exact."""
+    import profiler
+    L = keras.layers
+    keras.backend.clear_session()
+    x = keras.Input((6, 3), name="x")
+    out, h = L.GRU(4, return_state=True, name="gru")(x)
+    model = keras.Model(x, L.Dense(2, name="head")(L.Add(name="sum")([out, h])))
+    spec_dict = to_spec_dict(json.loads(model.to_json()), source="m.json")
+    entries = {next(iter(e.values()))["name"]: next(iter(e.values())) for e in spec_dict["layers"]}
+    assert entries["sum"]["inputs"] == ["gru", "gru"] and "return_state" not in entries["gru"]
+    spec = from_dict(spec_dict, source="m.json")
+    rows = {r.name: r for r in predict(spec).rows}
+    assert rows["gru"].params.total == model.get_layer("gru").count_params() == 3 * 4 * (3 + 4 + 2)
+    assert rows["gru"].output_shape == tuple(model.get_layer("gru").output[0].shape[1:])
+    result = profiler.profile(spec, batch=2, warmup=0, repeats=1, optimizers=("sgd",))
+    assert {k: v for k, v in result["relative_error"].items() if v} == {}
+
+
+def test_states_that_are_not_the_output_are_refused(keras):
+    L = keras.layers
+    keras.backend.clear_session()
+    x = keras.Input((6, 3))
+    _, h, c = L.LSTM(4, return_state=True, name="lstm")(x)
+    model = keras.Model(x, L.Dense(2)(c))
+    with pytest.raises(UnsupportedLayerError, match="the LSTM's cell state .*return_state output 2 of 'lstm'"):
+        to_spec_dict(json.loads(model.to_json()), source="m.json")
+    x = keras.Input((6, 3))
+    _, h = L.GRU(4, return_state=True, return_sequences=True, name="gru")(x)
+    model = keras.Model(x, L.Dense(2)(h))
+    with pytest.raises(UnsupportedLayerError, match="last hidden state of a sequence output"):
+        to_spec_dict(json.loads(model.to_json()), source="m.json")
+    x, s0 = keras.Input((6, 3)), keras.Input((4,))
+    model = keras.Model([x, s0], L.GRU(4, name="gru")(x, initial_state=s0))
+    with pytest.raises(SpecError, match=r"GRU \"gru\"\): field 'initial_state': a tensor passed by keyword"):
+        to_spec_dict(json.loads(model.to_json()), source="m.json")
+
+
+# --- the layers keras.applications models use, profiled: predicted peaks equal measured ones ----
+
+def _squeeze_excite(k, scale_first=False):
+    L = k.layers
+    x = k.Input((8, 8, 8), name="x")
+    y = L.Conv2D(16, 1, name="expand")(x)
+    s = L.GlobalAveragePooling2D(keepdims=True)(y)
+    s = L.Conv2D(16, 1, activation="sigmoid")(L.Conv2D(4, 1, activation="relu")(s))
+    y = L.Multiply(name="excite")([s, y] if scale_first else [y, s])
+    return k.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(y)))
+
+
+def _applications_layers(k):
+    """MobileNetV3's hard sigmoid as Keras writes it (x + 3, ReLU(6), · 1/6: ops layers with a
+    number), Rescaling, Normalization (adapted and given), ConvNeXt's LayerScale, ReLU's forms,
+    Softmax, SpatialDropout2D, hard_silu, Inception-ResNet-v2's CustomScaleLayer."""
+    from keras.src.applications.convnext import LayerScale
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+    L = k.layers
+    x = k.Input((8, 8, 3), name="image")
+    y = L.Rescaling(1 / 127.5, offset=-1.0)(x)
+    y = L.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.0, 2.0, 0.5])(y)
+    y = L.Conv2D(8, 3, padding="same", name="conv")(y)
+    y = L.Normalization(axis=-1, name="norm")(y)
+    y = L.Rescaling(0.5, name="half")(y)   # a torch Module attribute: the built child is "half_"
+    hard_sigmoid = L.ReLU(6.0)(y + 3.0) * (1.0 / 6.0)
+    y = L.Multiply()([y, hard_sigmoid])
+    y = LayerScale(1e-2, 8, name="layer_scale")(y)
+    y = L.SpatialDropout2D(0.2)(L.Activation("hard_silu")(y))
+    z = L.ReLU(negative_slope=0.1)(1.0 - y) / 4.0
+    y = CustomScaleLayer(0.17, name="scaled_sum")([y, L.ReLU(threshold=0.1)(z)])
+    y = L.Softmax(axis=-1)(L.ReLU()(y - 0.5))
+    return k.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(y)))
+
+
+def _sequence_layers(k):
+    L = k.layers
+    x = k.Input((10, 4), name="steps")
+    y = L.Conv1D(4, 2)(L.SpatialDropout1D(0.3)(L.Conv1D(4, 1)(x)))
+    return k.Model(x, L.Dense(2)(L.GlobalAveragePooling1D()(y)))
+
+
+def _separable_1d(k):
+    L = k.layers
+    x = k.Input((10, 4), name="steps")
+    y = L.SeparableConv1D(6, 3, padding="same", depth_multiplier=2)(L.Conv1D(4, 1)(x))
+    y = L.SeparableConv1D(4, 2, strides=2, use_bias=False)(y)
+    return k.Model(x, L.Dense(2)(L.GlobalAveragePooling1D()(y)))
+
+
+@pytest.mark.parametrize("builder", [
+    pytest.param(_squeeze_excite, id="squeeze_excite"),
+    pytest.param(lambda k: _squeeze_excite(k, scale_first=True), id="squeeze_excite_scale_first"),
+    pytest.param(_applications_layers, id="applications_layers"),
+    pytest.param(_sequence_layers, id="sequence_layers"),
+    # SeparableConv1D inherits rules/conv.py's separable-convolution memory, which misses oneDNN
+    # workspace at these shapes (SeparableConv2D with kernel (1, 3) on (1, 10, 4) misses the same
+    # 11.77 KiB in inference): counts, shapes and outputs are exact (test_keras_parity)
+    pytest.param(_separable_1d, id="separable_1d", marks=pytest.mark.xfail(
+        strict=True, reason="separable convolution workspace at these shapes: rules/conv.py's memory"))])
+def test_new_layers_match_keras_and_their_peaks_are_exact(keras, builder):
+    import profiler
+    model = _build(keras, builder)
+    spec_dict = to_spec_dict(json.loads(model.to_json()), source="m.json")
+    spec = from_dict(spec_dict, source="m.json")
+    prediction = predict(spec)
+    assert _check_against_keras(keras, model, {r.name: r for r in prediction.rows}) >= 4
+    assert prediction.params == model.count_params()
+    for batch in (1, 3):
+        result = profiler.profile(spec, batch=batch, warmup=0, repeats=1, optimizers=("sgd", "adam"))
+        assert {k: v for k, v in result["relative_error"].items() if v} == {}, batch

@@ -193,11 +193,28 @@ MODELS = [
                                   L("BatchNormalization", scale=False, momentum=0.9),
                                   L("LayerNormalization", axis=[-2, -1]), L("GlobalAveragePooling2D"),
                                   L("Reshape", target_shape=[2, -1]), L("GlobalMaxPooling1D")]),
+    ("relu_softmax", (5, 6), [L("ReLU"), L("Dense", units=4), L("ReLU", max_value=6.0), L("Dense", units=4),
+                              L("ReLU", negative_slope=0.1), L("ReLU", threshold=0.2), L("Softmax", axis=1),
+                              L("Activation", activation="hard_silu"), L("Activation", activation="hard_sigmoid"),
+                              L("Softmax")]),
+    ("preprocessing", (6, 6, 3), [L("Rescaling", scale=1 / 127.5, offset=-1.0), L("Normalization"),
+                                  L("Normalization", axis=-1, mean=[0.5, 0.1, -0.2], variance=[2.0, 0.5, 1.0]),
+                                  L("Rescaling", scale=2.0), L("Conv2D", filters=4, kernel_size=3),
+                                  L("LayerScale", init_values=0.5, projection_dim=4),
+                                  L("ConstantOp", op="add", constant=3.0), L("ConstantOp", op="multiply", constant=0.25),
+                                  L("ConstantOp", op="subtract", constant=1.0),
+                                  L("ConstantOp", op="subtract", constant=2.0, constant_first=True),
+                                  L("ConstantOp", op="divide", constant=4.0), L("SpatialDropout2D", rate=0.3)]),
+    ("spatial_dropout_separable1d", (12, 4), [L("SpatialDropout1D", rate=0.2),
+                                              L("SeparableConv1D", filters=6, kernel_size=3, padding="same",
+                                                depth_multiplier=2),
+                                              L("SeparableConv1D", filters=3, kernel_size=2, strides=2,
+                                                use_bias=False)]),
     ("channels_first", (3, 9, 9), [L("Conv2D", filters=4, kernel_size=3), L("MaxPooling2D"),
                                    L("ZeroPadding2D", padding=1), L("UpSampling2D"), L("Cropping2D", cropping=1),
                                    L("DepthwiseConv2D", kernel_size=3),
                                    L("Conv2DTranspose", filters=2, kernel_size=3, strides=2, padding="same"),
-                                   L("SeparableConv2D", filters=3, kernel_size=2),
+                                   L("SeparableConv2D", filters=3, kernel_size=2), L("SpatialDropout2D", rate=0.1),
                                    L("GlobalMaxPooling2D"), L("Dense", units=2)], "channels_first"),
 ]
 
@@ -222,12 +239,40 @@ def test_every_single_input_layer_type_is_covered():
 
 # --- Keras side ------------------------------------------------------------------------------
 
+class KerasConstantOp(keras.layers.Layer):
+    """What Keras 3 writes as an ops layer (``x + 3``): the same arithmetic, as a layer."""
+
+    def __init__(self, op, constant, constant_first=False, **kwargs):
+        super().__init__(**kwargs)
+        self.op, self.constant, self.constant_first = op, constant, constant_first
+
+    def call(self, x):
+        c = self.constant
+        if self.op == "subtract":
+            return c - x if self.constant_first else x - c
+        return {"add": lambda: x + c, "multiply": lambda: x * c, "divide": lambda: x / c}[self.op]()
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def _layer_class(type_name: str):
+    if type_name == "TransformerEncoder":
+        return _transformer_encoder_class()
+    if type_name == "LayerScale":   # ConvNeXt's own layer
+        from keras.src.applications.convnext import LayerScale
+        return LayerScale
+    if type_name == "ConstantOp":
+        return KerasConstantOp
+    return getattr(keras.layers, type_name)
+
+
 def keras_layer(entry, data_format: str):
     (type_name, args), = entry.items()
     args = dict(args)
     if "layer" in args:
         args["layer"] = keras_layer(args["layer"], data_format)
-    cls = _transformer_encoder_class() if type_name == "TransformerEncoder" else getattr(keras.layers, type_name)
+    cls = _layer_class(type_name)
     if data_format != "channels_last" and "data_format" in inspect.signature(cls.__init__).parameters:
         args["data_format"] = data_format
     return cls(**args)

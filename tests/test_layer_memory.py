@@ -85,13 +85,27 @@ CASES = {
     "Cropping2D": (IMAGE, [L("Cropping2D", cropping=2), L("Flatten"), L("Dense", units=5)]),
     "Permute": (SEQUENCE, [L("Permute", dims=[2, 1]), L("Flatten"), L("Dense", units=5)]),
     "RepeatVector": ([32], [L("Dense", units=24), L("RepeatVector", n=4), L("Flatten"), L("Dense", units=5)]),
+    "ReLU": ([32], [L("Dense", units=24), L("ReLU", max_value=6.0), L("Dense", units=5)]),
+    "Softmax": (SEQUENCE, [L("Dense", units=24), L("Softmax", axis=1), L("Flatten"), L("Dense", units=5)]),
+    "Rescaling": ([32], [L("Dense", units=24), L("Rescaling", scale=0.5, offset=1.0), L("Dense", units=5)]),
+    "Normalization": (IMAGE, [L("Dense", units=8), L("Normalization"), L("Flatten"), L("Dense", units=5)]),
+    "LayerScale": (IMAGE, [L("Dense", units=8), L("LayerScale", init_values=0.1, projection_dim=8), L("Flatten"),
+                           L("Dense", units=5)]),
+    "ConstantOp": ([32], [L("Dense", units=24), L("ConstantOp", op="multiply", constant=1 / 6), L("Dense", units=5)]),
+    "SpatialDropout1D": (SEQUENCE, [L("Dense", units=24), L("SpatialDropout1D", rate=0.3), L("Flatten"),
+                                    L("Dense", units=5)]),
+    "SpatialDropout2D": (IMAGE, [L("Dense", units=8), L("SpatialDropout2D", rate=0.3), L("Flatten"),
+                                 L("Dense", units=5)]),
+    "SeparableConv1D": (SEQUENCE, [L("SeparableConv1D", filters=32, kernel_size=3, padding="same"), L("Flatten"),
+                                   L("Dense", units=5)]),
 }
-MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
+MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "CustomScaleLayer")
+MERGE_ARGS = {"CustomScaleLayer": {"scale": 0.17}}
 # checked within 1%: oneDNN's scratchpads are approximated (profiler.rules.conv); attention's
 # projections have their weight gradients counted from the start of its backward, where they come
 # after its peak; batch norm, as a first layer, has its input-gradient temporary counted though no
 # input gradient is made
-APPROXIMATE = {"Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv1DTranspose",
+APPROXIMATE = {"Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "SeparableConv1D", "Conv1DTranspose",
                "Conv2DTranspose", "Conv3DTranspose", "MultiHeadAttention", "TransformerEncoder",
                "BatchNormalization"}
 
@@ -101,7 +115,7 @@ def spec_for(name: str):
         return Model(name, inputs=[{"name": "a", "shape": [32]}],
                      layers=[{"Dense": {"name": "d1", "units": 24, "inputs": ["a"]}},
                              {"Dense": {"name": "d2", "units": 24, "inputs": ["a"]}},
-                             {name: {"name": "m", "inputs": ["d1", "d2"]}},
+                             {name: {"name": "m", **MERGE_ARGS.get(name, {}), "inputs": ["d1", "d2"]}},
                              {"Dense": {"name": "out", "units": 5, "inputs": ["m"]}}])
     shape, layers = CASES[name]
     return Model(name, input_shape=shape, layers=layers)

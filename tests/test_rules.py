@@ -17,10 +17,12 @@ from profiler.rules.args import parse_args
 from profiler.errors import ShapeError, SpecError
 from profiler.rules.catalog import all_rules, rule_for
 from profiler.rules.registry import Context, Memory
+from profiler.rules.preprocessing import WRAPPED_NUMBER
 from profiler.rules.shapes import join_channels, same_padding
 
 FORMATS = st.sampled_from(["channels_last", "channels_first"])
-ACTIVATIONS = st.sampled_from(["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu"])
+ACTIVATIONS = st.sampled_from(["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu", "hard_sigmoid",
+                               "hard_silu"])
 
 
 def _maybe(draw, args: dict, name: str, strategy) -> None:
@@ -434,6 +436,120 @@ STRATEGIES.update({
 })
 
 
+@st.composite
+def relu(draw):
+    x = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    args: dict = {}
+    form = draw(st.sampled_from(["relu", "max_value", "negative_slope", "threshold"]))
+    if form == "max_value":
+        args["max_value"] = draw(st.sampled_from([6.0, 1.0, 0.5]))
+    elif form == "negative_slope":
+        args["negative_slope"] = draw(st.sampled_from([0.1, 0.3]))
+    elif form == "threshold":
+        args["threshold"] = draw(st.sampled_from([0.5, -0.2]))
+    return args, x, draw(FORMATS)
+
+
+@st.composite
+def softmax(draw):
+    x = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    args: dict = {}
+    if draw(st.booleans()):
+        axis = draw(st.integers(1, len(x)))
+        args["axis"] = draw(st.sampled_from([axis, axis - len(x) - 1, [axis]]))
+    return args, x, draw(FORMATS)
+
+
+@st.composite
+def rescaling(draw):
+    x = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    args: dict = {"scale": draw(st.sampled_from([1 / 255, 2.0, 1]))}
+    _maybe(draw, args, "offset", st.sampled_from([0.0, -1.0, 0.5]))
+    return args, x, draw(FORMATS)
+
+
+@st.composite
+def normalization(draw):
+    x = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    args: dict = {}
+    kept = draw(st.sampled_from(["default", "one", "several", "none"]))
+    if kept == "one":
+        args["axis"] = draw(st.integers(1, len(x)))
+    elif kept == "several":
+        args["axis"] = sorted(draw(st.sets(st.integers(1, len(x)), min_size=1)))
+    elif kept == "none":
+        args["axis"] = None
+    if draw(st.booleans()):   # given statistics: constants
+        one_axis = kept == "none" or kept == "default" or kept == "one" or len(args["axis"]) == 1
+        axis = -1 if kept == "default" else args.get("axis")
+        axis = axis[0] if isinstance(axis, list) else axis
+        n = None if axis is None else x[axis % (len(x) + 1) - 1]
+        if one_axis and n is not None and draw(st.booleans()):
+            args["mean"] = [draw(st.floats(-2, 2)) for _ in range(n)]
+            args["variance"] = [draw(st.floats(0, 4)) for _ in range(n)]
+        else:
+            args["mean"], args["variance"] = draw(st.floats(-2, 2)), draw(st.floats(0, 4))
+    return args, x, draw(FORMATS)
+
+
+@st.composite
+def layer_scale(draw):
+    x = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    return {"init_values": draw(st.sampled_from([1e-6, 0.5])), "projection_dim": x[-1]}, x, draw(FORMATS)
+
+
+@st.composite
+def constant_op(draw):
+    x = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    op = draw(st.sampled_from(["add", "subtract", "multiply", "divide"]))
+    args: dict = {"op": op, "constant": draw(st.sampled_from([3.0, 1 / 6, -2.0, 4]))}
+    if op == "subtract":
+        _maybe(draw, args, "constant_first", st.booleans())
+    return args, x, draw(FORMATS)
+
+
+@st.composite
+def spatial_dropout(draw, rank: int):
+    fmt = draw(FORMATS)
+    x = join_channels(_ints(draw, rank, 1, 5), draw(st.integers(1, 4)), fmt if rank == 2 else "channels_last")
+    return {"rate": draw(st.sampled_from([0.0, 0.2, 0.5]))}, x, fmt
+
+
+@st.composite
+def separable_conv1d(draw):
+    fmt = draw(FORMATS)
+    kernel, strides, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    span = dilation * (kernel - 1) + 1
+    steps = draw(st.integers(span if padding == "valid" else 1, span + 5))
+    args: dict = {"filters": draw(st.integers(1, 4)), "kernel_size": kernel}
+    for name, value in (("strides", strides), ("dilation_rate", dilation)):
+        if value != 1 or draw(st.booleans()):
+            args[name] = draw(st.sampled_from([value, [value]]))
+    if padding != "valid" or draw(st.booleans()):
+        args["padding"] = padding
+    _maybe(draw, args, "depth_multiplier", st.integers(1, 3))
+    _maybe(draw, args, "activation", ACTIVATIONS)
+    _maybe(draw, args, "use_bias", st.booleans())
+    return args, join_channels((steps,), draw(st.integers(1, 3)), fmt), fmt
+
+
+STRATEGIES.update({
+    "ReLU": relu(),
+    "Softmax": softmax(),
+    "Rescaling": rescaling(),
+    "Normalization": normalization(),
+    "LayerScale": layer_scale(),
+    "ConstantOp": constant_op(),
+    "SpatialDropout1D": spatial_dropout(1),
+    "SpatialDropout2D": spatial_dropout(2),
+    "SeparableConv1D": separable_conv1d(),
+    "CustomScaleLayer": st.tuples(st.fixed_dictionaries({"scale": st.sampled_from([0.17, 0.1, 1.0])}),
+                                  st.lists(st.integers(1, 4), min_size=1, max_size=3).map(
+                                      lambda s: (tuple(s), tuple(s))), FORMATS),
+})
+
+
 def test_every_rule_has_a_strategy():
     missing = sorted(set(all_rules()) - set(STRATEGIES))
     assert not missing, f"add a hypothesis strategy for {missing} to STRATEGIES"
@@ -518,6 +634,10 @@ def _predicted_kept(rule, a, x, y, ctx, batch: int):
     memory = rule.memory(a, x, y, ctx)
     found, new = set(), 0
     for saved in memory.saved:
+        if saved.what == WRAPPED_NUMBER.what:
+            # autograd keeps a Python number wrapped as a tensor (x · 0.5) without calling the pack
+            # hook: the allocator sees it (tests/test_keras_applications.py profiles such layers)
+            continue
         if saved.of == "new":
             size = 4 if saved.dtype == "act" else itemsize(saved.dtype)
             new += saved.elements * (batch if saved.per_sample else 1) * size
@@ -772,7 +892,8 @@ def test_window_values_match_keras_semantics(name, data):
                 expected[(f, *o)] = total + (bias[f] if bias is not None else 0)
         expected = {"linear": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid,
                     "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
-                    "silu": torch.nn.functional.silu}.get(a.activation, lambda t: t)(expected)
+                    "silu": torch.nn.functional.silu, "hard_sigmoid": torch.nn.functional.hardsigmoid,
+                    "hard_silu": torch.nn.functional.hardswish}.get(a.activation, lambda t: t)(expected)
         if a.activation == "softmax":  # Keras's softmax: over the last axis of the spec's layout
             expected = _channels_first(
                 torch.softmax((expected[None] if fmt == "channels_first" else expected[None].movedim(1, -1)), -1),

@@ -426,9 +426,11 @@ class _Plan:
                     self.ops[first_op:] = [replace(op, checkpoint=t.name) for op in self.ops[first_op:]]
                 continue
             a = t.layer.args
+            is_frozen = frozen or t.layer.name in spec.frozen
+            ctx = replace(ctx, frozen=is_frozen)
             weights = t.rule.params(a, t.rule_input, ctx)
             frozen_tensors: tuple[int, ...] = ()
-            if frozen or t.layer.name in spec.frozen:   # Keras counts frozen weights as non-trainable
+            if is_frozen:   # Keras counts frozen weights as non-trainable
                 frozen_tensors = weights.tensors or ((weights.trainable,) if weights.trainable else ())
                 weights = Params(0, weights.total, f"{weights.formula} (frozen: not trained)")
             params = weights if t.first_call else Params(formula=f"shared with {t.layer.name}")

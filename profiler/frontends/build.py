@@ -47,7 +47,7 @@ class Checkpointed(nn.Module):
 def _build(spec: ModelSpec, traced: list[TracedNode], checkpoint: frozenset[str] = frozenset()):
     from collections import OrderedDict
 
-    from profiler.rules.modules import GraphModel
+    from profiler.rules.modules import GraphModel, freeze_batch_norms, module_keys
 
     modules: dict[str, nn.Module] = OrderedDict()
     for t in traced:
@@ -57,11 +57,13 @@ def _build(spec: ModelSpec, traced: list[TracedNode], checkpoint: frozenset[str]
             modules[t.layer.name] = _build(t.inner_spec, list(t.inner))
         else:
             modules[t.layer.name] = t.rule.build(t.layer.args, t.rule_input, spec.context)
-        if t.layer.name in spec.frozen:
+        if t.layer.name in spec.frozen:   # Keras: no training, batch norms on their moving statistics
             modules[t.layer.name].requires_grad_(False)
+            freeze_batch_norms(modules[t.layer.name])
         if t.layer.name in checkpoint:
             modules[t.layer.name] = Checkpointed(modules[t.layer.name])
     if spec.is_sequential:
-        return nn.Sequential(modules)
+        keys = module_keys(modules)
+        return nn.Sequential(OrderedDict((keys[name], module) for name, module in modules.items()))
     calls = [(t.node.name, t.layer.name, t.node.inputs) for t in traced]
     return GraphModel(modules, inputs=[i.name for i in spec.inputs], calls=calls, outputs=list(spec.outputs))

@@ -9,6 +9,10 @@ Plain ``json`` data in, plain data out: neither TensorFlow nor Keras is needed. 
   ``{Call: {layer, name, inputs}}`` (named ``layer_call1``, ``layer_call2``...), a nested Sequential or
   Functional model is ``{Model: {name, spec, inputs}}``; a reference ``node:k`` picks tensor k of
   a node with several outputs;
+* a tensor and a Python number (``x + 3``: a Keras 3 ops layer, module ``keras.src.ops.*``, or a
+  Keras 2 ``TFOpLambda`` with the number as ``y``) → ``{ConstantOp: {op, constant}}``;
+* a recurrent layer with ``return_state`` in a Functional model: a reference to its state h is
+  its output itself (without return_sequences); a reference to another state is refused;
 * ``frozen``: the names of layers (or nested models) whose config says ``trainable: false``, so
   that Keras counts their parameters as non-trainable. It is written only when non-empty, and
   only for layers whose rule has no ``trainable`` argument (if it has, the flag goes in the
@@ -72,7 +76,8 @@ IGNORED_KEYS = frozenset(
 
 # Keys accepted only at the values listed: any other value changes counts, shapes or outputs.
 DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
-    "return_state": (False,),        # recurrent layers: the states become extra outputs
+    "return_state": (False,),        # recurrent layers: the states become extra outputs (a functional
+    #                                  model's reference to h, the output itself, is followed)
     "time_major": (False,),          # Keras 2 recurrent layers: (steps, batch, features) input
     "renorm": (False,),              # BatchNormalization: three more non-trainable weights
     "rms_scaling": (False,),         # LayerNormalization: gamma only, no beta
@@ -82,7 +87,20 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "quantization_config": (None,),  # quantized weights
     "groups": (1,),                  # Keras 2 DepthwiseConv2D carries Conv2D's groups
     "sparse": (False,), "ragged": (False,), "optional": (False,),  # InputLayer
+    "invert": (False,),              # Normalization: x · std + mean instead
 }
+
+# Keras 3 ops layers (``keras.src.ops.numpy``) that a functional model writes for ``x + 3`` and the
+# like: with a Python number for an operand, a ConstantOp (with two tensors, the merge of that name).
+OPS_WITH_A_NUMBER = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Divide": "divide",
+                     "TrueDivide": "divide"}
+
+# Keras 2 (tf.keras) writes x + 3 as a TFOpLambda of a TensorFlow function, the number as y
+TF_OPS_WITH_A_NUMBER = {"__operators__.add": "add", "math.add": "add", "math.multiply": "multiply",
+                        "math.subtract": "subtract", "math.truediv": "divide", "math.divide": "divide"}
+
+# Recurrent layers: with return_state, their outputs are [output, h] or [output, h, c]
+RECURRENT = ("SimpleRNN", "LSTM", "GRU")
 
 # Keras 2 names of an argument that Keras 3 (and our rule) renamed.
 RENAMED = {("LeakyReLU", "alpha"): "negative_slope"}
@@ -212,13 +230,16 @@ class _Reader:
             nodes = entry.get("inbound_nodes", [])
             if not isinstance(nodes, list):
                 raise SpecError("inbound_nodes must be a list", layer=label(name), received=_short(nodes))
+            numbers = _ops_with_a_number(entry, cls)
             for k, node in enumerate(nodes):
-                refs = self.call_inputs(cls, node, entries, label(name))
-                calls[(name, k)] = [self.resolve(ref, entries, label(name), outputs=False) for ref in refs]
+                refs = self.call_inputs(cls, node, entries, label(name), numbers=numbers)
+                calls[(name, k)] = [_state_as_output(self.resolve(ref, entries, label(name), outputs=False),
+                                                     entries, label(name)) for ref in refs]
 
         inputs = [self.resolve(ref, entries, where or "the model", outputs=False)
                   for ref in _triples(config.get("input_layers"), entries)]
-        outputs = [self.resolve(ref, entries, where or "the model", outputs=True)
+        outputs = [_state_as_output(self.resolve(ref, entries, where or "the model", outputs=True), entries,
+                                    where or "the model")
                    for ref in _triples(config.get("output_layers"), entries)]
         for ref in inputs:
             if entries[ref[0]][1] != "InputLayer":
@@ -263,8 +284,12 @@ class _Reader:
                 spec = self.model(entry, path=label(name) + " > ", build_shape=_build_shape(entry))
                 layers.append({"Model": {"name": name, "spec": spec, "inputs": node_inputs}})
                 is_frozen = cfg.get("trainable") is False if isinstance(cfg, Mapping) else False
+            elif _ops_with_a_number(entry, cls):
+                operation = _number_operand(cls, cfg, entry["inbound_nodes"], label(name))
+                layers.append({"ConstantOp": {"name": name, **operation, "inputs": node_inputs}})
+                is_frozen = False
             else:
-                args, is_frozen = self.layer(cls, cfg, label(name), formats)
+                args, is_frozen = self.layer(cls, cfg, label(name), formats, states=cls in RECURRENT)
                 layers.append({cls: {"name": name, **args, "inputs": node_inputs}})
             if is_frozen:
                 frozen.append(name)
@@ -286,10 +311,12 @@ class _Reader:
 
     # ---- calls ----------------------------------------------------------------------------
 
-    def call_inputs(self, cls: str, node: Any, entries: Mapping[str, Any], where: str) -> list[tuple[str, int, int]]:
-        """The tensors one call reads, as raw [layer, node, tensor] references, in order."""
+    def call_inputs(self, cls: str, node: Any, entries: Mapping[str, Any], where: str, *,
+                    numbers: bool = False) -> list[tuple[str, int, int]]:
+        """The tensors one call reads, as raw [layer, node, tensor] references, in order.
+        ``numbers``: an ops layer whose Python numbers become a ConstantOp (they are let pass)."""
         if isinstance(node, Mapping) and "args" in node:   # Keras 3
-            positional = _keras3_tensors(node["args"], where, "a constant positional argument")
+            positional = _keras3_tensors(node["args"], where, None if numbers else "a constant positional argument")
             kwargs = node.get("kwargs") or {}
             named = {key: _keras3_tensors(value, where, None) for key, value in kwargs.items()}
         elif isinstance(node, list) and node:              # Keras 2
@@ -310,7 +337,8 @@ class _Reader:
         for key, tensors in named.items():
             if tensors and not (cls == "MultiHeadAttention" and key in _ATTENTION_INPUTS):
                 raise SpecError("a tensor passed by keyword is not supported", layer=where, field=key)
-            if not tensors and key not in _CALL_KWARGS_IGNORED and kwargs[key] not in (None, False):
+            if (not tensors and key not in _CALL_KWARGS_IGNORED and kwargs[key] not in (None, False)
+                    and not (numbers and key == "y" and _is_number(kwargs[key]))):
                 raise SpecError("a call argument modelsize does not model", layer=where, field=key,
                                 received=_short(kwargs[key]))
         if cls == "MultiHeadAttention":
@@ -357,8 +385,11 @@ class _Reader:
 
     # ---- one layer ------------------------------------------------------------------------
 
-    def layer(self, cls: str, cfg: Any, where: str, formats: "_Formats") -> tuple[dict[str, Any], bool]:
-        """(arguments for the rule, whether Keras counts the layer's parameters as non-trainable)."""
+    def layer(self, cls: str, cfg: Any, where: str, formats: "_Formats", *,
+              states: bool = False) -> tuple[dict[str, Any], bool]:
+        """(arguments for the rule, whether Keras counts the layer's parameters as non-trainable).
+        ``states``: a recurrent layer in a functional model, whose ``return_state`` the references
+        to its outputs answer (``_state_as_output``)."""
         rule = self.rules.get(cls)
         if rule is None:
             raise UnsupportedLayerError(f"unknown Keras layer class {cls!r}", layer=where,
@@ -370,7 +401,7 @@ class _Reader:
         frozen = False
         for key, value in cfg.items():
             arg = RENAMED.get((cls, key), key)
-            if key == "name" or key in _INPUT_KEYS:
+            if key == "name" or key in _INPUT_KEYS or (key == "return_state" and states):
                 continue
             if key == "trainable" and "trainable" not in schema:
                 frozen = value is False
@@ -398,7 +429,11 @@ class _Reader:
 
     def value(self, cls: str, arg: str, value: Any, where: str, formats: "_Formats", cfg: Mapping) -> Any:
         if arg in ("activation", "recurrent_activation"):
-            return _activation(value)
+            name = _activation(value)
+            if self.major < 3 and name == "hard_sigmoid":
+                raise SpecError("Keras 2's hard_sigmoid (clip(0.2·x + 0.5, 0, 1)) is not Keras 3's, which modelsize "
+                                "builds (relu6(x + 3) / 6)", layer=where, field=arg, received=_short(value))
+            return name
         if cls == "BatchNormalization" and arg == "axis" and isinstance(value, list) and len(value) == 1:
             return value[0]  # Keras 2 writes the built axis as a list: [3]
         if arg == "layer" and is_keras_json(value):  # a wrapper's layer
@@ -540,6 +575,90 @@ def _keras3_tensors(value: Any, where: str, constant: str | None) -> list[tuple[
     if constant is not None and value is not None:
         raise SpecError(f"{constant} is not supported", layer=where, field="inbound_nodes", received=_short(value))
     return []
+
+
+def _state_as_output(ref: tuple[str, int, int], entries: Mapping[str, Any], where: str) -> tuple[str, int, int]:
+    """A reference to a state a recurrent layer returns (``return_state=True``: [output, h] or
+    [output, h, c]) → the same tensor as its output, which h is without return_sequences (Keras
+    and the torch module return the one tensor). The other states are not modelled: refused."""
+    name, k, tensor = ref
+    _, cls, cfg, _ = entries[name]
+    if tensor == 0 or cls not in RECURRENT or not isinstance(cfg, Mapping) or not cfg.get("return_state"):
+        return ref
+    if tensor == 1 and not cfg.get("return_sequences"):
+        return name, k, 0
+    what = "the last hidden state of a sequence output" if tensor == 1 else "the LSTM's cell state"
+    raise UnsupportedLayerError(f"a reference to {what} (return_state output {tensor} of {name!r}) is not "
+                                "supported: modelsize models a recurrent layer's output, which is its hidden "
+                                "state only without return_sequences", layer=where)
+
+
+def _ops_with_a_number(entry: Mapping[str, Any], cls: str) -> bool:
+    """True for an operation of a tensor and a Python number (``x + 3`` in a functional model),
+    which becomes a ConstantOp: a Keras 3 ops layer (module ``keras.src.ops.*``), the number among
+    its arguments, or a Keras 2 TFOpLambda (``tf.math.multiply``...), the number as ``y``."""
+    nodes = entry.get("inbound_nodes")
+    if not isinstance(nodes, list) or not nodes:
+        return False
+    if cls == "TFOpLambda":
+        return _tf_operation(entry) is not None and _keras2_number(nodes[0]) is not None
+    module = entry.get("module")
+    if not (isinstance(module, str) and module.startswith("keras.src.ops.") and cls in OPS_WITH_A_NUMBER):
+        return False
+    return (isinstance(nodes[0], Mapping) and isinstance(nodes[0].get("args"), list)
+            and any(_is_number(v) for v in nodes[0]["args"]))
+
+
+def _tf_operation(entry: Mapping[str, Any]) -> str | None:
+    cfg = entry.get("config")
+    function = cfg.get("function") if isinstance(cfg, Mapping) else None
+    return TF_OPS_WITH_A_NUMBER.get(function) if isinstance(function, str) else None
+
+
+def _keras2_number(node: Any) -> Any:
+    """The number ``y`` of a Keras 2 TFOpLambda call ``[[layer, node, tensor, {"y": 3.0, ...}]]``."""
+    items = [node] if isinstance(node, list) and node and isinstance(node[0], str) else node
+    if not (isinstance(items, list) and len(items) == 1 and isinstance(items[0], list) and len(items[0]) == 4
+            and isinstance(items[0][3], Mapping)):
+        return None
+    y = items[0][3].get("y")
+    return y if _is_number(y) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _different_numbers(where: str):
+    raise SpecError("the calls of an ops layer use different numbers", layer=where, field="inbound_nodes")
+
+
+def _number_operand(cls: str, cfg: Any, nodes: list, where: str) -> dict[str, Any]:
+    """ConstantOp's arguments for an ops layer's calls: one tensor and one number, in either order
+    (the same number in every call)."""
+    found = set()
+    if cls == "TFOpLambda":   # Keras 2: the tensor first, the number as y
+        numbers = {_keras2_number(n) for n in nodes}
+        if len(numbers) != 1 or None in numbers:
+            _different_numbers(where)
+        return {"op": _tf_operation({"config": cfg}), "constant": float(numbers.pop())}
+    for node in nodes:
+        args = node.get("args") if isinstance(node, Mapping) else None
+        kwargs = node.get("kwargs") if isinstance(node, Mapping) else None
+        if not isinstance(args, list) or len(args) != 2 or kwargs or sum(_is_number(v) for v in args) != 1:
+            raise SpecError(f"an ops layer {cls} with a number is supported with one tensor and one number",
+                            layer=where, field="inbound_nodes", received=_short(args))
+        first = _is_number(args[0])
+        number = args[0] if first else args[1]
+        op = OPS_WITH_A_NUMBER[cls]
+        found.add((op, float(number), first and op == "subtract"))
+        if first and op == "divide":
+            raise SpecError("a number divided by a tensor is not supported", layer=where, field="inbound_nodes",
+                            received=_short(args))
+    if len(found) != 1:
+        _different_numbers(where)
+    op, number, constant_first = found.pop()
+    return {"op": op, "constant": number, **({"constant_first": True} if constant_first else {})}
 
 
 def _triples(value: Any, entries: Mapping[str, Any] | None) -> list[tuple[str, int, int]]:

@@ -6,8 +6,8 @@ circle: args <- registry <- each rule module <- catalog <- the rest of the packa
 """
 from __future__ import annotations
 
-from profiler.rules import (activations, attention, conv, core, merge, normalization, pooling,  # noqa: F401
-                            recurrent, reshaping)
+from profiler.rules import (activations, attention, conv, core, elementwise, merge, normalization,  # noqa: F401
+                            pooling, preprocessing, recurrent, reshaping, separable)
 from profiler.rules.registry import Rule, registered, registered_rules
 
 

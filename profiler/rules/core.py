@@ -1,4 +1,4 @@
-"""Dense, Flatten, Activation, Dropout, Reshape, Embedding."""
+"""Dense, Flatten, Activation, Dropout, Reshape, Embedding, SpatialDropout1D/2D."""
 from __future__ import annotations
 
 from math import prod
@@ -9,12 +9,15 @@ from profiler.errors import ShapeError
 from profiler.rules.registry import Memory, Params, Rule, Saved, register
 from profiler.rules.shapes import shape_text
 
-ACTIVATION_NAMES = ("linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu")
+ACTIVATION_NAMES = ("linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu", "hard_sigmoid", "hard_silu")
 
 # What autograd keeps for each activation's backward (PyTorch's derivatives.yaml):
-# relu, sigmoid, tanh and softmax use their result; gelu and silu recompute from their input.
+# relu, sigmoid, tanh and softmax use their result; gelu, silu and the hard ones (Keras 3's
+# hard_sigmoid = relu6(x + 3) / 6, torch's hardsigmoid; hard_silu = x · hard_sigmoid(x), torch's
+# hardswish) recompute from their input.
 ACTIVATION_SAVES = {"linear": (), "relu": ("output",), "sigmoid": ("output",), "tanh": ("output",),
-                    "softmax": ("output",), "gelu": ("input",), "silu": ("input",)}
+                    "softmax": ("output",), "gelu": ("input",), "silu": ("input",),
+                    "hard_sigmoid": ("input",), "hard_silu": ("input",)}
 
 activation_arg = Arg("activation", choice(*ACTIVATION_NAMES), "linear")
 
@@ -179,3 +182,42 @@ class Embedding(Rule):
     def build(self, a, x, ctx):
         from torch import nn
         return nn.Embedding(a.input_dim, a.output_dim)
+
+
+class SpatialDropoutRule(Rule):
+    """Dropout of whole channels: one draw per (sample, channel), shared along the steps (1-D) or
+    the image (2-D), as Keras's SpatialDropout1D/2D (its noise shape).
+
+    In training the mask is a tensor of the activations' dtype with one element per sample and
+    channel (scaled by 1/(1 − rate)); the product keeps it for backward. Inference is the identity.
+    """
+
+    def __init__(self, type_name: str, rank: int):
+        self.type_name = type_name  # type: ignore[misc]  (per instance: one rule per rank)
+        self.rank = rank
+        self.args = (Arg("rate", rate),)
+
+    def _channel_axis(self, x, ctx) -> int:
+        if len(x) != self.rank + 1:
+            raise ShapeError(f"input has the wrong number of axes for {self.type_name}",
+                             expected=f"{self.rank + 1} axes besides the batch", received=f"shape {shape_text(x)}")
+        return 0 if self.rank == 2 and ctx.data_format == "channels_first" else len(x) - 1
+
+    def output_shape(self, a, x, ctx):
+        self._channel_axis(x, ctx)
+        return x
+
+    def memory(self, a, x, y, ctx):
+        if a.rate == 0:  # Keras and the module return the input
+            return Memory(output_is_view=True)
+        channels = x[self._channel_axis(x, ctx)]
+        return Memory(identity_in_eval=True, saved=(Saved("new", elements=channels, what="channel mask"),))
+
+    def build(self, a, x, ctx):
+        from profiler.rules.modules import SpatialDropout
+        axis = self._channel_axis(x, ctx)
+        return SpatialDropout(a.rate, tuple(i + 1 for i in range(len(x)) if i != axis))
+
+
+register(SpatialDropoutRule("SpatialDropout1D", rank=1))
+register(SpatialDropoutRule("SpatialDropout2D", rank=2))

@@ -89,6 +89,14 @@ class Multiply(ElementwiseRule):
     type_name = "Multiply"
     saves_inputs = True
 
+    def backward_scratch(self, x, y):
+        """A broadcast input's gradient is (gradient · the other input), output-sized, summed
+        down to its shape: that product is alive beside the full-size input's gradient, in either
+        order of the inputs (measured: x · s and s · x, s a squeeze-and-excite scale)."""
+        if len(x) == 2 and any(tuple(s) != tuple(y) for s in x):
+            return (Saved("new", elements=prod(y), what="gradient · other input, before its sum"),)
+        return ()
+
 
 @register
 class Average(ElementwiseRule):

@@ -43,6 +43,8 @@ ACTIVATIONS = {
     "softmax": lambda: nn.Softmax(dim=-1),
     "gelu": nn.GELU,
     "silu": nn.SiLU,
+    "hard_sigmoid": nn.Hardsigmoid,   # relu6(x + 3) / 6, as Keras 3
+    "hard_silu": nn.Hardswish,        # x · relu6(x + 3) / 6
 }
 
 
@@ -181,8 +183,15 @@ class _KerasBatchNorm:
     ``momentum`` is torch's (1 − Keras's momentum).
     """
 
+    frozen = False  # set by ``freeze_batch_norms``: inference mode for good
+
     def _drop_counter(self) -> None:
         self.num_batches_tracked = None
+
+    def train(self, mode: bool = True):
+        """A frozen batch norm stays in inference mode: Keras 3 runs a ``trainable=False``
+        BatchNormalization on its moving statistics in training too, and updates none."""
+        return super().train(mode and not self.frozen)  # type: ignore[misc]
 
     def reset_running_stats(self) -> None:
         if self.num_batches_tracked is None:  # type: ignore[has-type]
@@ -226,6 +235,14 @@ class KerasBatchNorm3d(_KerasBatchNorm, nn.BatchNorm3d):
 KERAS_BATCH_NORM = {1: KerasBatchNorm1d, 2: KerasBatchNorm2d, 3: KerasBatchNorm3d}
 
 
+def freeze_batch_norms(module: nn.Module) -> None:
+    """Every Keras batch norm in ``module`` runs in inference mode from now on, ``train()`` or not."""
+    for m in module.modules():
+        if isinstance(m, _KerasBatchNorm):
+            m.frozen = True
+            m.train(False)
+
+
 # --- element-wise -----------------------------------------------------------------------------
 
 class PReLU(nn.Module):
@@ -244,6 +261,111 @@ class PReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"slope_shape={tuple(self.alpha.shape)}"
+
+
+class Rescale(nn.Module):
+    """Keras's Rescaling: ``x * scale``, then ``+ offset`` in place (when not 0)."""
+
+    def __init__(self, scale: float, offset: float):
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.scale
+        return y.add_(self.offset) if self.offset else y
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, offset={self.offset}"
+
+
+class KerasNormalization(nn.Module):
+    """Keras's Normalization: (x − mean) / max(√variance, epsilon).
+
+    Without given statistics, ``mean`` and ``variance`` are buffers (Keras's non-trainable
+    weights that ``adapt()`` fills), with Keras's ``count`` beside them (one number, unused here,
+    kept in the model's float dtype so that the buffers are all of one dtype). Given statistics
+    are constants, not state: plain tensors that ``.to()`` moves with the module.
+    """
+
+    def __init__(self, shape: tuple[int, ...], view: tuple[int, ...], mean, variance, epsilon: float):
+        super().__init__()
+        self.view, self.epsilon = (1, *view), epsilon
+        if mean is None:
+            self.register_buffer("mean", torch.zeros(shape))
+            self.register_buffer("variance", torch.ones(shape))
+            self.register_buffer("count", torch.zeros(()))
+            self.constants = None
+        else:
+            self.constants = tuple(torch.tensor(v, dtype=torch.float32).expand(shape).clone()
+                                   for v in (mean, variance))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.constants is not None:
+            self.constants = tuple(fn(t) for t in self.constants)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, variance = self.constants if self.constants is not None else (self.mean, self.variance)
+        std = variance.sqrt().clamp_min_(self.epsilon).view(self.view)
+        return (x - mean.view(self.view)).div_(std)
+
+
+class LayerScale(nn.Module):
+    """ConvNeXt's LayerScale: x · gamma over the last axis."""
+
+    def __init__(self, channels: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class ConstantOp(nn.Module):
+    """A tensor and a Python number: x + c, x − c, c − x, x · c or x / c."""
+
+    def __init__(self, op: str, constant: float, constant_first: bool = False):
+        super().__init__()
+        self.op, self.constant, self.constant_first = op, constant, constant_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.constant
+        if self.op == "add":
+            return x + c
+        if self.op == "subtract":
+            return c - x if self.constant_first else x - c
+        return x * c if self.op == "multiply" else x / c
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, {self.constant}" + (", constant first" if self.constant_first else "")
+
+
+class ScaledSum(nn.Module):
+    """x₁ + x₂ · scale in one operation (Inception-ResNet-v2's CustomScaleLayer)."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return torch.add(x1, x2, alpha=self.scale)
+
+
+class SpatialDropout(nn.Module):
+    """Keras's SpatialDropout1D/2D: one draw per sample and channel, shared along ``shared``
+    axes (of the full tensor), the kept channels scaled by 1/(1 − p), as ``feature_dropout``."""
+
+    def __init__(self, p: float, shared: tuple[int, ...]):
+        super().__init__()
+        self.p, self.shared = p, shared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        shape = [1 if i in self.shared else n for i, n in enumerate(x.shape)]
+        noise = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * noise
 
 
 # --- reshaping --------------------------------------------------------------------------------
@@ -1133,6 +1255,22 @@ class TransformerEncoder(nn.Module):
 _IN_PLACE = {"relu": torch.relu_, "sigmoid": torch.sigmoid_, "tanh": torch.tanh_}
 
 
+def module_keys(names) -> dict[str, str]:
+    """Each layer's name as a child module's name: itself where torch accepts it; else with "."
+    as "_" (Keras 2's TFOpLambda layers are "tf.math.multiply"...) and "_" added while the name is
+    an attribute of a module ("half", "train"...) or taken."""
+    keys: dict[str, str] = {}
+    taken: set[str] = set()
+    probes = (nn.ModuleDict(), nn.Sequential())
+    for name in names:
+        key = name.replace(".", "_") or "_"
+        while key in taken or any(hasattr(probe, key) for probe in probes):
+            key += "_"
+        keys[name] = key
+        taken.add(key)
+    return keys
+
+
 class GraphModel(nn.Module):
     """Run a spec's layer calls in order, each value freed after the layer that reads it last.
 
@@ -1143,7 +1281,8 @@ class GraphModel(nn.Module):
     def __init__(self, layers: dict[str, nn.Module], *, inputs: list[str],
                  calls: list[tuple[str, str, tuple[tuple[str, int], ...]]], outputs: list[tuple[str, int]]):
         super().__init__()
-        self.layers = nn.ModuleDict(layers)
+        self.child_names = module_keys(layers)   # layer name → child module name
+        self.layers = nn.ModuleDict({self.child_names[name]: module for name, module in layers.items()})
         self.input_names = list(inputs)
         self.calls = list(calls)
         self.output_refs = list(outputs)
@@ -1160,7 +1299,7 @@ class GraphModel(nn.Module):
         del xs
         for k, (node, layer, refs) in enumerate(self.calls):
             args = [_pick(values[name], index) for name, index in refs]
-            values[node] = self.layers[layer](*args)
+            values[node] = self.layers[self.child_names[layer]](*args)
             del args
             for name in self.drop_after[k]:
                 if name not in self.input_names:

@@ -111,10 +111,13 @@ class BatchNormalization(Rule):
         parameters' dtype (bfloat16 in a bfloat16 model, float32 under autocast). Learning only
         one of gamma and beta, a separate scale or shift follows the normalisation: its result
         is a temporary (a scale keeps it for backward). Backward: ``batch_norm_backward_scratch``.
+        A frozen one (``ctx.frozen``) runs in inference mode in training too and keeps no statistics.
         """
         c = x[self._channel_axis(a, x, ctx)]
         stats = batch_norm_statistics(c)
-        kept = tuple(replace(s, dtype=ctx.dtype) for s in stats)
+        # frozen (Keras runs it in inference mode, on the moving statistics): backward needs the
+        # input only, the batch's statistics are dropped at once as in inference
+        kept = () if ctx.frozen else tuple(replace(s, dtype=ctx.dtype) for s in stats)
         saved = [Saved("input", what="batch norm input"), *kept]
         scratch = list(stats)
         if a.scale != a.center:

@@ -31,6 +31,9 @@ class Context:
     dtype: str = "float32"              # the parameters' and activations' dtype
     amp: str | None = None              # autocast's lower dtype, when the forward pass runs under it
     threads: int = 1                    # CPU threads: oneDNN sizes per-thread scratchpads by them
+    # the layer's weights do not train (Keras ``trainable=False``, itself or a model around it):
+    # Keras 3 then runs a BatchNormalization on its moving statistics, in training too
+    frozen: bool = False
 
     def compute_dtype(self, autocast_lowered: bool) -> str:
         """The dtype an op computes in: autocast's for ops on its lower-precision list."""

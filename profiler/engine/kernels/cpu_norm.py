@@ -29,10 +29,13 @@ def batch_norm_statistics(channels: int) -> tuple[Saved, Saved]:
 def batch_norm_backward_scratch(elements: int, channels: int, ctx: Context) -> tuple[Saved, ...]:
     """The larger of ``batch_norm_backward``'s two moments beyond the gradients: the input-sized
     temporary, or the float32 per-channel buffers that follow it (larger for a few samples of
-    few elements: a batch-1 norm of a Dense layer's features)."""
+    few elements: a batch-1 norm of a Dense layer's features). In inference mode (a frozen
+    batch norm, ``ctx.frozen``) the per-channel kernel also makes 1/std from the moving variance:
+    one more float32 per channel, alive with the sums (measured, torch 2.14, (2, 16), (1, 16),
+    (2, 8, 1, 1) at 2 threads)."""
     temporary = Saved("new", elements=elements, what="batch_norm_backward temporary")
     reduced = ctx.dtype != "float32" or ctx.amp is not None
-    sums = (BN_PARTIAL_SUMS * max(ctx.threads, 1) + (BN_REDUCED_SUMS if reduced else 0)) * channels
+    sums = (BN_PARTIAL_SUMS * max(ctx.threads, 1) + (BN_REDUCED_SUMS if reduced else 0) + ctx.frozen) * channels
     if ctx.batch * elements * itemsize(ctx.dtype) >= 4 * sums:
         return (temporary,)
     return (Saved("new", elements=sums, dtype="float32", per_sample=False, what="per-channel float32 sums"),)
