@@ -8,6 +8,7 @@ registered layers with random arguments, valid-looking and not), mutations of re
 """
 import copy
 import json
+import os
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -19,7 +20,9 @@ from profiler.rules.catalog import all_rules
 
 RULES = all_rules()
 KERAS = sorted((Path(__file__).parent / "keras2").glob("*.json"))
-CI = settings(max_examples=150, derandomize=True, deadline=None,
+#: examples per test: 150 in CI (seconds); benchmarks/test_fuzz_long.py asks for many more, random
+EXAMPLES = int(os.environ.get("MODELSIZE_FUZZ_EXAMPLES", "150"))
+CI = settings(max_examples=EXAMPLES, derandomize=EXAMPLES <= 150, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 small_int = st.integers(min_value=-2, max_value=40)

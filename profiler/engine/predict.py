@@ -100,6 +100,10 @@ def trace(spec: ModelSpec, *, prefix: str = "", input_shapes: dict[str, Shape] |
         for k, y in enumerate(item.output_shapes):
             shapes[(node.name, k)] = y
         traced.append(item)
+    for ref in spec.outputs:
+        if ref not in shapes:
+            raise SpecError("refers to an output the layer does not have", field="outputs",
+                            received=f"{ref[0]}:{ref[1]}", source=spec.source)
     return traced
 
 

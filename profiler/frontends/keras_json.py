@@ -361,7 +361,10 @@ class _Reader:
                 outputs: bool) -> tuple[str, int, int]:
         """A file's [layer, node, tensor] → (layer, index of its call in the file, tensor)."""
         name, node, tensor = ref
-        if name not in entries:
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in (node, tensor)):
+            raise SpecError("a reference is [layer name, call index, tensor index] with indices >= 0", layer=where,
+                            field="inbound_nodes", received=_short(list(ref)))
+        if not isinstance(name, str) or name not in entries:
             raise SpecError(f"a reference to a layer that is not in the file: {name!r}", layer=where)
         _, cls, cfg, entry = entries[name]
         if cls == "InputLayer":
