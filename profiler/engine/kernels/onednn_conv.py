@@ -307,7 +307,12 @@ def _strided_transposed_forward(call: ConvCall, threads: int) -> int:
 
 # grouped and depthwise convolutions (float32, 2 threads): the weight reordered (depthwise:
 # channels padded to 16; depth_multiplier > 1 runs as a GEMM over one image's columns, output
-# positions × kernel × input channels), no brgemm scratchpads
+# positions × kernel × input channels), no brgemm scratchpads. A channels-last depthwise weight
+# gradient runs oneDNN's depthwise kernel (``jit_dw``, ``dw_weights_kernel_fits``) or, when the
+# kernel is too wide for it (a 5×5 or 7×7 one), the generic grouped kernel (``jit``), which treats
+# every channel as a group of 16 input by 16 output channels (weights ``aBCde16c16b``): its blocked
+# weight gradient is channels × 16 × 16 × kernel floats, whatever the batch (measured: 7×7 on 24
+# channels, 1,204,224 B at batch 1, 2 and 4 and at 1, 2 and 4 threads).
 def grouped_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a grouped or depthwise oneDNN convolution."""
     channels, out_channels, groups, taps, weight = (call.channels, call.out_channels, call.groups, call.taps,
@@ -329,12 +334,63 @@ def grouped_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Sav
         reorder, data_reorder = data_reorder, reorder
     blocked = reorder if depthwise else up16(out_channels) * (up16(per_group_in) if taps == 1 else per_group_in) * taps
     biases = out_channels if call.bias else 0
+    act = itemsize(ctx.compute_dtype(True))
+    scratch = 0   # bytes: the weight-gradient kernel's scratchpad
+    if (ctx.data_format == "channels_last" and depthwise and per_group_out == 1 and not call.transposed
+            and len(call.kernel) <= 2):
+        threads = max(ctx.threads, 1)
+        if dw_weights_kernel_fits(call):
+            scratch = dw_weights_scratchpad(call, ctx.batch, threads)
+        else:
+            blocked = channels * GENERIC_GROUP_BLOCK * GENERIC_GROUP_BLOCK * taps
+            scratch = _padded_bias(GENERIC_GROUP_BLOCK * channels, call.bias, 4)
     layout: tuple[Saved, ...] = ()
     if ctx.data_format == "channels_first":
         larger = max(call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial))
         layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
-    phases = (clone + data_reorder, clone + blocked + biases, clone + blocked + 2 * biases + 2 * weight)
+    phases = (act * (clone + data_reorder), act * (clone + blocked + biases) + scratch,
+              act * (clone + blocked + 2 * biases + 2 * weight))
     forward = Saved("new", elements=clone + reorder, per_sample=False, what="weight in channels-last and oneDNN's layout")
-    backward = Saved("new", elements=max(max(phases) - weight - biases, 0), per_sample=False,
-                     what="weight copies and gradients in oneDNN's layouts")
-    return kept(forward) + layout, kept(backward) + layout
+    backward = _bytes(max(max(phases) - act * (weight + biases), 0),
+                      "weight copies, gradients in oneDNN's layouts and the weight gradient's scratchpad")
+    return kept(forward) + layout, backward + layout
+
+
+#: oneDNN's generic grouped weight-gradient kernel blocks each group's channels by 16 (both ways)
+GENERIC_GROUP_BLOCK = 16
+
+
+def dw_weights_kernel_fits(call: ConvCall) -> bool:
+    """Whether oneDNN's depthwise weight-gradient kernel takes a channels-last depthwise
+    convolution (``jit_uni_dw_conv_bwd_weights_kernel::init_conf``): 2-D, undilated, at most 3
+    wide, no stride wider than the kernel, padding at most half the kernel (a multiple of the
+    stride beyond 1), and an input at least as high as the kernel."""
+    (ih, iw), (oh, ow) = (1,) * (2 - len(call.in_spatial)) + call.in_spatial, (1,) * (2 - len(call.out_spatial)) + call.out_spatial
+    kh, kw = (1,) * (2 - len(call.kernel)) + call.kernel
+    sh, sw = (1,) * (2 - len(call.strides)) + call.strides
+    t_pad, l_pad = (0,) * (2 - len(call.pads)) + call.pads
+    if call.dilated or kw > 3 or sw > kw:
+        return False
+    b_pad = max(0, (oh - 1) * sh + kh - ih - t_pad)
+    r_pad = max(0, (ow - 1) * sw + kw - iw - l_pad)
+    if oh != (ih + t_pad + b_pad - kh) // sh + 1 or ow != (iw + l_pad + r_pad - kw) // sw + 1:
+        return False
+    return (max(t_pad, b_pad) <= kh // 2 and max(l_pad, r_pad) <= kw // 2 and ih >= kh + (-t_pad) % sh
+            and (t_pad <= 1 or t_pad % sh == 0) and (b_pad <= 1 or b_pad % sh == 0))
+
+
+def dw_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+    """Scratchpad of oneDNN's channels-last depthwise weight-gradient kernel (its nxc harness):
+    every working thread but the first sums into its own float32 weight gradient (channels padded
+    to 16) and bias gradient. Threads split channel blocks, batch and output rows
+    (``partition_nthr_nxc``): as many as can work."""
+    oh = call.out_spatial[-2] if len(call.out_spatial) > 1 else 1
+    nb_ch = div_up(call.channels, 16)
+    unroll = min(4, 32 // (2 * call.kernel[-1]))     # channel blocks per step
+    outer = div_up(nb_ch, min(nb_ch, unroll))
+    working = max(g * mb * min(oh, threads // g // mb) for g in range(1, min(outer, threads) + 1)
+                  for mb in range(1, min(batch, threads // g) + 1))
+    if working <= 1:
+        return 0
+    return booked(4 * (working - 1) * up16(call.channels) * call.taps,
+                  4 * (working - 1) * call.channels if call.bias else 0)
