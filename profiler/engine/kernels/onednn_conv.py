@@ -336,28 +336,56 @@ def grouped_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Sav
     biases = out_channels if call.bias else 0
     act = itemsize(ctx.compute_dtype(True))
     scratch = 0   # bytes: the weight-gradient kernel's scratchpad
-    if (ctx.data_format == "channels_last" and depthwise and per_group_out == 1 and not call.transposed
-            and len(call.kernel) <= 2):
+    forward_scratch = data_scratch = 0   # bytes: brgemm's, when it runs the groups
+    if ctx.data_format == "channels_last" and not call.transposed and len(call.kernel) <= 2:
         threads = max(ctx.threads, 1)
-        if dw_weights_kernel_fits(call):
+        if min(per_group_in, per_group_out) > GROUPED_BRGEMM_MIN_CHANNELS:
+            # brgemm runs each group as a one-group convolution: weights in blocks of 32 channels
+            # (64 when a group's channels are a multiple of 64), and its scratchpads
+            reorder = groups * up(per_group_out, _group_block(per_group_out)) * per_group_in * taps
+            data_reorder = groups * up(per_group_in, _group_block(per_group_in)) * per_group_out * taps
+            one_group = replace(call, channels=per_group_in, out_channels=per_group_out, groups=1)
+            forward_scratch = brgemm_forward_scratchpad(threads)
+            data_scratch = data_scratchpad(one_group, "float32", threads)
+        if depthwise and per_group_out == 1 and dw_weights_kernel_fits(call):
             scratch = dw_weights_scratchpad(call, ctx.batch, threads)
-        else:
-            blocked = channels * GENERIC_GROUP_BLOCK * GENERIC_GROUP_BLOCK * taps
-            scratch = _padded_bias(GENERIC_GROUP_BLOCK * channels, call.bias, 4)
+        elif not depthwise or per_group_out == 1:
+            blocked, scratch = generic_grouped_weights(groups, per_group_in, per_group_out, taps, call.bias)
     layout: tuple[Saved, ...] = ()
     if ctx.data_format == "channels_first":
         larger = max(call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial))
         layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
-    phases = (act * (clone + data_reorder), act * (clone + blocked + biases) + scratch,
+    phases = (act * (clone + data_reorder) + data_scratch, act * (clone + blocked + biases) + scratch,
               act * (clone + blocked + 2 * biases + 2 * weight))
-    forward = Saved("new", elements=clone + reorder, per_sample=False, what="weight in channels-last and oneDNN's layout")
+    forward = _bytes(act * (clone + reorder) + forward_scratch, "weight in channels-last and oneDNN's layout")
     backward = _bytes(max(max(phases) - act * (weight + biases), 0),
                       "weight copies, gradients in oneDNN's layouts and the weight gradient's scratchpad")
-    return kept(forward) + layout, backward + layout
+    return forward + layout, backward + layout
 
 
-#: oneDNN's generic grouped weight-gradient kernel blocks each group's channels by 16 (both ways)
-GENERIC_GROUP_BLOCK = 16
+#: grouped convolutions with more channels than this per group (in and out) run on brgemm, as
+#: one-group ones do (ONEDNN_VERBOSE: ``brg_conv_fwd`` for 20, 24, 32, 40 and 64 per group;
+#: ``jit`` in 8×8 or 16×16 blocks for 8 and 16); their weight gradient stays ``jit``
+GROUPED_BRGEMM_MIN_CHANNELS = 16
+
+
+def _group_block(channels: int) -> int:
+    """brgemm's block of a group's channels in its weights: 32, or 64 for a multiple of 64
+    (measured on 20–64 channels per group; ``aBdec32b``, ``aBdec64b``)."""
+    return 64 if channels % 64 == 0 else 32
+
+
+def generic_grouped_weights(groups: int, per_group_in: int, per_group_out: int, taps: int,
+                            bias: bool) -> tuple[int, int]:
+    """(elements, scratchpad bytes) of the weight gradient of oneDNN's generic grouped kernel on
+    channels-last tensors (``jit:avx512_core``, weights ``aBCde16c16b``): each group's input and
+    output channels padded to blocks of 16, and a float32 bias padded so per group when its
+    channels are not a multiple of 16 (the threads split the groups: none sum apart with at least
+    as many groups as threads). Measured: 32 channels in 4 groups, 3×3, 36,864 B (not the 9,216 B
+    of its 8 × 8 blocked forward weight); depthwise 7×7 on 24 channels, 1,204,224 B."""
+    elements = groups * up16(per_group_out) * up16(per_group_in) * taps
+    scratch = booked(4 * groups * up16(per_group_out)) if bias and per_group_out % 16 else 0
+    return elements, scratch
 
 
 def dw_weights_kernel_fits(call: ConvCall) -> bool:
