@@ -86,7 +86,7 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tupl
     ``input_grad`` torch asks for no input gradient and the data phase does not run."""
     dtype = ctx.compute_dtype(True)
     if call.groups > 1 or dtype not in ("float32", "bfloat16"):
-        return grouped_workspace(ctx, call)
+        return grouped_workspace(ctx, call, input_grad)
     threads, act = max(ctx.threads, 1), itemsize(dtype)
     wants_input = input_grad
     conv = _inverted(call) if call.transposed else call
@@ -313,11 +313,14 @@ def _strided_transposed_forward(call: ConvCall, threads: int) -> int:
 # every channel as a group of 16 input by 16 output channels (weights ``aBCde16c16b``): its blocked
 # weight gradient is channels × 16 × 16 × kernel floats, whatever the batch (measured: 7×7 on 24
 # channels, 1,204,224 B at batch 1, 2 and 4 and at 1, 2 and 4 threads).
-def grouped_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+def grouped_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a grouped or depthwise oneDNN convolution."""
     channels, out_channels, groups, taps, weight = (call.channels, call.out_channels, call.groups, call.taps,
                                                     call.weight)
     per_group_in, per_group_out = channels // groups, out_channels // groups
+    if (ctx.data_format == "channels_first" and per_group_in == per_group_out == 1 and not call.transposed
+            and len(call.kernel) <= 2 and ctx.compute_dtype(True) == "float32"):
+        return channels_first_depthwise(ctx, call, input_grad)
     if call.transposed:
         channels, out_channels = out_channels, channels
         per_group_in, per_group_out = per_group_out, per_group_in
@@ -422,3 +425,40 @@ def dw_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
         return 0
     return booked(4 * (working - 1) * up16(call.channels) * call.taps,
                   4 * (working - 1) * call.channels if call.bias else 0)
+
+
+# Depthwise convolutions on NCHW tensors (float32; ONEDNN_VERBOSE, allocator events at 1, 2 and 4
+# threads): oneDNN's depthwise kernels (``jit_dw``) run forward and the data phase on copies
+# blocked by 16 channels (padded: 72 channels are 80 in the blocked copies), the weight
+# reordered likewise; the weight gradient runs ``jit_dw`` on the blocked input and output's
+# gradient when its kernel takes the convolution (``dw_weights_kernel_fits``), else oneDNN's
+# GEMM convolution on the plain tensors, whose scratchpad is, per thread, a column buffer
+# (kernel × output positions) and 4 floats per weight (measured: 24 channels, 7×7, 16×16,
+# 69,248 / 138,240 / 276,224 B at 1 / 2 / 4 threads, whatever the batch).
+def channels_first_depthwise(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a depthwise convolution on NCHW tensors (see above), in
+    bytes beyond the output and the gradients the memory model counts itself."""
+    threads, n, act = max(ctx.threads, 1), ctx.batch, 4
+    c, taps = call.channels, call.taps
+    image, result = prod(call.in_spatial), prod(call.out_spatial)
+    src, dst = n * up16(c) * image * act, n * up16(c) * result * act      # blocked copies
+    x, y = n * c * image * act, n * c * result * act
+    weight, reordered = c * taps * act, up16(c) * taps * act
+    bias = c * act if call.bias else 0
+    padded_bias = _padded_bias(c, call.bias, act)
+    convolve = max(src + reordered + dst + padded_bias, dst + y) - y
+    data = max(dst + reordered + src, src + x) - x if input_grad else 0
+    if dw_weights_kernel_fits(call):
+        nb_ch = div_up(c, 16)
+        by_batch = min(max(1, threads // min(nb_ch, threads)), n)   # threads summing apart
+        scratch = booked(4 * (by_batch - 1) * up16(c) * taps,
+                         4 * (by_batch - 1) * up16(c) if call.bias else 0) if by_batch > 1 else 0
+        weights = dst + src + reordered + bias + scratch
+        done = reordered + 2 * bias + weight
+    else:
+        scratch = booked(threads * 4 * taps * result, threads * 16 * c * taps)
+        weights = weight + bias + scratch
+        done = 2 * weight + 2 * bias
+    backward = max(data, weights, done) - weight - bias   # the gradients are counted by the memory model
+    return (_bytes(convolve, "oneDNN blocked copies and weight reorder"),
+            _bytes(backward, "oneDNN blocked copies, weight reorders, gradients and scratchpads"))
