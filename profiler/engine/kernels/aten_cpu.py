@@ -79,13 +79,10 @@ _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def _channels_last(*tensors: torch.Tensor) -> bool:
-    """torch's oneDNN convolution runs channels-last when its input or weight is laid out so
-    (``mkldnn_conv_use_channels_last``); a tensor both layouts describe (one channel, 1×1) is not."""
-    for t in tensors:
-        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
-        if fmt is not None and t.is_contiguous(memory_format=fmt) and not t.is_contiguous():
-            return True
-    return False
+    """torch's oneDNN convolution runs channels-last when its input or weight suggests it
+    (``mkldnn_conv_use_channels_last``: ``suggest_memory_format``, from the strides): a
+    (2, 64, 1, 1) input made channels-last is, the same shape made contiguous is not."""
+    return any(t.dim() in _CHANNELS_LAST and suggest_memory_format(t) == _CHANNELS_LAST[t.dim()] for t in tensors)
 
 
 def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, stride: Sequence[int],

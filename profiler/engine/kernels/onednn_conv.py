@@ -61,6 +61,17 @@ def brgemm_forward_scratchpad(threads: int) -> int:
     return BRGEMM_FORWARD_FIXED + BRGEMM_PER_THREAD * threads
 
 
+def forward_scratchpad(conv: ConvCall, dtype: str, threads: int) -> int:
+    """brgemm's forward scratchpad; a float32 kernel as wide as its stride (wider than 1) that
+    leaves one output column books the strided data phase's buffers instead (measured: 2×2/2 on
+    inputs 2 and 3 wide, 16–96 channels, 36,888 / 61,488 / 110,688 B at 1 / 2 / 4 threads;
+    3×3/2 on a 3-wide input books the usual)."""
+    kernel_w, stride_w, out_w = conv.kernel[-1], conv.strides[-1], conv.out_spatial[-1]
+    if dtype == "float32" and conv.taps > 1 and stride_w > 1 and kernel_w == stride_w and out_w == 1:
+        return STRIDED_DATA_FIXED[dtype] + threads * STRIDED_DATA_PER_THREAD[dtype]
+    return brgemm_forward_scratchpad(threads)
+
+
 def brgemm_data_scratchpad(threads: int) -> int:
     return BRGEMM_DATA_FIXED + BRGEMM_PER_THREAD * threads
 
@@ -81,6 +92,29 @@ BF16_DATA_ROWS_FIXED = 4096
 BF16_DATA_ROWS_CHANNELS = 64
 
 
+#: brgemm's forward blocks of filters (``brg_blocking_t``): 16 up to 16 filters, else 32, or 48
+#: when a multiple of 48 (padded to 16) no more than 384 and the input is large,
+#: more than 81 positions per stride step (``fast_check_oc_block``'s "big spatial")
+BRGEMM_BIG_SPATIAL = 81
+BRGEMM_BLOCK48_MAX = 384
+
+
+def forward_padded_filters(conv: ConvCall, dtype: str) -> int:
+    """Filters of a float32 brgemm forward weight as oneDNN pads them to its block (kernels
+    wider than 1×1; measured on 792 convolutions: 2×2/2 to 7×7/2, 16 and 64 input channels,
+    20–520 filters, inputs 4–19 wide: 40 filters pad to 64, or to 48 on a large input). 1×1
+    kernels and bfloat16: padded to 16 (exact for most; 1×1 pads 40, 80, 112 and 176 filters
+    further, measured 64, 96, 128, 192)."""
+    filters = conv.out_channels
+    if dtype != "float32" or conv.taps == 1 or filters <= 16:
+        return up16(filters)
+    positions = prod(conv.in_spatial)
+    big = positions > BRGEMM_BIG_SPATIAL * prod(conv.strides)
+    if up16(filters) % 48 == 0 and up16(filters) <= BRGEMM_BLOCK48_MAX and big:
+        return up16(filters)
+    return up(filters, 32)
+
+
 def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a oneDNN convolution, in bytes (see above); without
     ``input_grad`` torch asks for no input gradient and the data phase does not run."""
@@ -93,7 +127,7 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tupl
     channels, out_channels, taps = conv.channels, conv.out_channels, conv.taps
     pairs = 2 if dtype == "bfloat16" else 1           # VNNI: bfloat16 channels in pairs
     clone = conv.weight if taps > 1 and channels > 1 else 0
-    forward_reorder = up16(out_channels) * up(channels, pairs) * taps
+    forward_reorder = forward_padded_filters(conv, dtype) * up(channels, pairs) * taps
     data_reorder = up(channels, _data_block(conv)) * up(out_channels, pairs) * taps
     first = channels < 16 and taps > 1
     blocked = up16(out_channels) * (channels if first else up16(channels)) * taps
@@ -102,7 +136,7 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tupl
     # of the deconvolution's) and sums its bias gradient apart from the weight gradient
     nested = ONEDNN_ENTRY_ALIGNMENT if call.transposed else 0
     kernel = replace(conv, bias=False) if call.transposed else conv
-    convolve = act * (clone + forward_reorder) + brgemm_forward_scratchpad(threads) + nested
+    convolve = act * (clone + forward_reorder) + forward_scratchpad(conv, dtype, threads) + nested
     data = act * (clone + data_reorder) + data_scratchpad(conv, dtype, threads)
     weights = act * (clone + blocked + biases) + weights_scratchpad(kernel, dtype, ctx.batch, threads) + nested
     done = act * (clone + blocked + 2 * biases + 2 * conv.weight)
@@ -259,7 +293,7 @@ def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
     """brgemm's input-gradient scratchpad (see the notes above)."""
     if call.strided:
         per_thread = STRIDED_DATA_PER_THREAD[dtype]
-        if call.taps > 1:   # a 1×1 kernel books neither
+        if call.kernel[-1] > call.strides[-1]:   # neither when windows do not overlap (1×1, 2×2/2)
             per_thread += itemsize(dtype) * 128 * max(up16(call.out_channels) - STRIDED_DATA_WIDE_OUTPUT, 0)
             if dtype == "bfloat16":
                 per_thread += 32 * (_data_block(call) - 16)
