@@ -24,8 +24,9 @@ from profiler.rules.registry import Saved
 # Keras's default layout):
 # forward: the weight copied to channels-last (``weight.contiguous(channels_last)``; not needed
 #   when it already is: a 1×1 kernel or one input channel), the weight reordered to oneDNN's
-#   layout (output channels padded to 16; bfloat16 also pairs the input channels, VNNI packing
-#   two in each 32-bit lane), and brgemm's scratchpad (``brgemm_forward_scratchpad``).
+#   layout (output channels padded to brgemm's block, ``forward_padded_filters``; bfloat16 also
+#   pairs the input channels, VNNI packing two in each 32-bit lane), and brgemm's scratchpad
+#   (``brgemm_forward_scratchpad``).
 # backward (``convolution_backward``), in three phases that follow each other:
 #   data: the weight copied again and reordered for the input gradient (input channels padded to
 #     16, or with strides to blocks of 16, 32 or 64; bfloat16 pairs the output channels), with
@@ -39,14 +40,16 @@ from profiler.rules.registry import Saved
 # A transposed convolution runs these the other way round: its forward pass is the data phase
 # of the convolution it inverts, its input gradient that convolution's forward pass.
 #
-# Limits: the forward reorder pads the output channels to brgemm's block, which its cost model
-# picks among 16, 32, 48 and 64 by the problem's size — padded to 16 here, exact for 1–16, 32 and
-# 64 filters (measured: 24 → 32, 40 → 64, 48 → 48 or 64); strided data phases are estimates
-# (``data_scratchpad``); grouped and depthwise kernels (``grouped_workspace``) and float32
-# strided transposed forward passes are measured constants (2 threads); a strided 1×1 weight
+# Limits: bfloat16 forward reorders pad the filters to 16; bfloat16 strided data
+# phases are estimates (``data_scratchpad``; float32's are exact, ``strided_data_buffer``); float32
+# and bfloat16 grouped kernels beside depthwise and one-group ones (``grouped_workspace``) were
+# measured at 2 threads; a depthwise 3×3 padded by more than 1 runs a weight-gradient kernel in
+# 8×8 blocks (booked as 16×16: over, e.g. 296,192 B for 75,008 B); a strided 1×1 weight
 # gradient's input copy (oneDNN's "rtus") is counted in bfloat16 only (float32's backward
 # peaks measured exact without it: 8–128 → 16–256 channels, batch 3). Channels-first tensors: see
-# ``channels_first_workspace`` (one group); grouped ones still book one blocked copy of the
+# ``channels_first_workspace`` (one group; its float32 weight gradient's batch split is off at
+# batch 3 for some shapes: 24 → 16 channels at 32×32, 26,816 B under) and
+# ``channels_first_depthwise``; other grouped ones still book one blocked copy of the
 # larger of input and output per sample (an estimate: under in training, measured −13%).
 
 # brgemm convolutions book, measured at 1, 2 and 4 threads in float32 and bfloat16: a fixed part
@@ -93,25 +96,26 @@ BF16_DATA_ROWS_CHANNELS = 64
 
 
 #: brgemm's forward blocks of filters (``brg_blocking_t``): 16 up to 16 filters, else 32, or 48
-#: when a multiple of 48 (padded to 16) no more than 384 and the input is large,
-#: more than 81 positions per stride step (``fast_check_oc_block``'s "big spatial")
+#: when a multiple of 48 (padded to 16) — for kernels wider than 1×1 only up to 384 filters and
+#: on a large input, more than 81 positions per stride step (``fast_check_oc_block``'s "big
+#: spatial"); 1×1 kernels take 48 from 48 filters up
 BRGEMM_BIG_SPATIAL = 81
 BRGEMM_BLOCK48_MAX = 384
 
 
 def forward_padded_filters(conv: ConvCall, dtype: str) -> int:
-    """Filters of a float32 brgemm forward weight as oneDNN pads them to its block (kernels
-    wider than 1×1; measured on 792 convolutions: 2×2/2 to 7×7/2, 16 and 64 input channels,
-    20–520 filters, inputs 4–19 wide: 40 filters pad to 64, or to 48 on a large input). 1×1
-    kernels and bfloat16: padded to 16 (exact for most; 1×1 pads 40, 80, 112 and 176 filters
-    further, measured 64, 96, 128, 192)."""
-    filters = conv.out_channels
-    if dtype != "float32" or conv.taps == 1 or filters <= 16:
-        return up16(filters)
-    positions = prod(conv.in_spatial)
-    big = positions > BRGEMM_BIG_SPATIAL * prod(conv.strides)
-    if up16(filters) % 48 == 0 and up16(filters) <= BRGEMM_BLOCK48_MAX and big:
-        return up16(filters)
+    """Filters of a float32 brgemm forward weight as oneDNN pads them to its block (measured on
+    792 convolutions 2×2/2 to 7×7/2, 16 and 64 input channels, 20–520 filters, inputs 4–19
+    wide: 40 filters pad to 64, or to 48 on a large input; and on 1×1 ones, 20–520 filters,
+    strides 1 and 2: 40 → 64, 48 → 48, 80 → 96, 520 → 528). bfloat16: padded to 16."""
+    filters, padded = conv.out_channels, up16(conv.out_channels)
+    if dtype != "float32" or filters <= 16:
+        return padded
+    if conv.taps == 1:
+        return padded if padded % 48 == 0 and filters >= 48 else up(filters, 32)
+    big = prod(conv.in_spatial) > BRGEMM_BIG_SPATIAL * prod(conv.strides)
+    if padded % 48 == 0 and padded <= BRGEMM_BLOCK48_MAX and big:
+        return padded
     return up(filters, 32)
 
 
@@ -142,7 +146,12 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tupl
     done = act * (clone + blocked + 2 * biases + 2 * conv.weight)
     forward, input_grad = (data, convolve) if call.transposed else (convolve, data)
     if call.transposed and call.strided and dtype == "float32":
-        forward = act * (clone + data_reorder) + _strided_transposed_forward(call, threads)
+        # the strided data phase nested in the deconvolution: one more scratchpad entry; a
+        # deconvolution whose output width is not a multiple of its stride adds its bias on a
+        # copy of its output, booked in the scratchpad (measured: 3×3/2 to 15 wide, batch 2 and 8)
+        forward += nested
+        if call.bias and conv.in_spatial[-1] % conv.strides[-1]:
+            forward += booked(ctx.batch * act * call.out_channels * prod(call.out_spatial))
     backward = max(input_grad if wants_input else 0, weights, done) - act * (conv.weight + biases)
     return (_bytes(forward, "weight copies and oneDNN scratchpad"),
             _bytes(max(backward, 0), "weight copies, gradients in oneDNN's layouts and scratchpads"))
@@ -293,12 +302,14 @@ def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
     """brgemm's input-gradient scratchpad (see the notes above)."""
     if call.strided:
         per_thread = STRIDED_DATA_PER_THREAD[dtype]
-        if call.kernel[-1] > call.strides[-1]:   # neither when windows do not overlap (1×1, 2×2/2)
+        if dtype == "float32":
+            per_thread += strided_data_buffer(call)
+        elif call.kernel[-1] > call.strides[-1]:   # bfloat16: the estimate
             per_thread += itemsize(dtype) * 128 * max(up16(call.out_channels) - STRIDED_DATA_WIDE_OUTPUT, 0)
             if dtype == "bfloat16":
                 per_thread += 32 * (_data_block(call) - 16)
         fixed = STRIDED_DATA_FIXED[dtype]
-        if call.in_spatial[-1] % 2:
+        if call.in_spatial[-1] % call.strides[-1]:
             fixed, per_thread = fixed + STRIDED_DATA_ODD_FIXED, per_thread + STRIDED_DATA_ODD_PER_THREAD[dtype]
         return fixed + threads * per_thread
     scratch = brgemm_data_scratchpad(threads)
@@ -306,6 +317,25 @@ def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
     if dtype == "bfloat16" and pad == 0 and 2 <= call.kernel[-1] <= 3:   # input rows copied, two per thread
         scratch += BF16_DATA_ROWS_FIXED + threads * 2 * 2 * width * min(up16(call.channels), BF16_DATA_ROWS_CHANNELS)
     return scratch
+
+
+#: the float32 strided data phase's per-thread buffer of the output's gradient grows in steps
+STRIDED_DATA_BUFFER_STEP = 16_384
+
+
+def strided_data_buffer(call: ConvCall) -> int:
+    """Per-thread bytes the float32 strided data phase (``brgconv_strided``) books beyond its
+    fixed part: the output's gradient (filters × its positions, each axis
+    extended by the kernel's reach beyond the padding, (k − 1 − pad) // stride on either side)
+    in float32, rounded up to 16 KiB steps, the first step included in the fixed part. Measured
+    exact on 270 convolutions (2×2/2 to 5×5/3, padding 0–2, 64–256 filters, inputs 7–33 wide,
+    2 threads, some at 1 and 4; 1×1/2 with 64–1,024 filters on inputs 8–32 wide): 64 filters on
+    a 33-wide 3×3/2 input book 16,384 × 6 more a thread."""
+    extended = 1
+    for size, out, k, s, p in zip(call.in_spatial, call.out_spatial, call.kernel, call.strides, call.pads):
+        end = (out - 1) * s + k - size - p
+        extended *= out + max(0, k - 1 - p) // s + max(0, k - 1 - end) // s
+    return STRIDED_DATA_BUFFER_STEP * max(div_up(4 * call.out_channels * extended, STRIDED_DATA_BUFFER_STEP) - 1, 0)
 
 
 def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> int:
@@ -321,22 +351,6 @@ def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> 
                 else bf16_weights_scratchpad(call, batch, threads))
     return (float32_1x1_weights_scratchpad(call, batch, threads) if one_by_one
             else float32_weights_scratchpad(call, batch, threads))
-
-
-# a strided transposed convolution's forward pass (a strided data phase) books, per thread, one
-# image of its input in float32 besides buffers that depend on the kernel: 28,848 B when every
-# window is its own (kernel = stride, as 2×2/2 upsampling; at least 61,616 B in all), ~98,480 B
-# when they overlap (3×3/2; small images book less per image); measured at 2 threads
-ONEDNN_TRANSPOSED_TILED = 28_848
-ONEDNN_TRANSPOSED_TILED_SMALL = 61_616
-ONEDNN_TRANSPOSED_OVERLAP = 98_480
-
-
-def _strided_transposed_forward(call: ConvCall, threads: int) -> int:
-    overlap = any(k != s for k, s in zip(call.kernel, call.strides))
-    per_image = threads * 4 * call.channels * prod(call.in_spatial)
-    return (ONEDNN_TRANSPOSED_OVERLAP + per_image if overlap
-            else max(ONEDNN_TRANSPOSED_TILED_SMALL, ONEDNN_TRANSPOSED_TILED + per_image))
 
 
 # grouped and depthwise convolutions (float32, 2 threads): the weight reordered (depthwise:
