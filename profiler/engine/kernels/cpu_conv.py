@@ -55,8 +55,8 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
 
 def operand_copies(call: ConvCall, input_copied: bool, grad_copied: bool) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(input's copy, output gradient's copy): torch runs every CPU convolution kernel on operands
-    in one memory format (channels-last when the input or the weight is, ``
-    mkldnn_conv_use_channels_last``; contiguous otherwise) and copies an operand laid out otherwise
+    in one memory format (channels-last when the input or the weight is,
+    ``mkldnn_conv_use_channels_last``; contiguous otherwise) and copies an operand laid out otherwise
     (``.contiguous(memory_format)``) before the kernel runs, for the whole call: the input in
     forward and backward, the output's gradient in backward (a ConvNeXt's patch embedding on an
     NCHW image gets a channels-last gradient back from its LayerNorm's permutation). Measured
