@@ -40,7 +40,10 @@ from profiler.rules.registry import Saved
 # A transposed convolution runs these the other way round: its forward pass is the data phase
 # of the convolution it inverts, its input gradient that convolution's forward pass.
 #
-# Limits: bfloat16 forward reorders pad the filters to 16; bfloat16 strided data
+# Limits: bfloat16 forward reorders pad the filters to 16; float32 1×1 ones on small problems
+# take 48-filter blocks where 32 pads less (batch × positions 32: 320 → 336, 640 → 672, 1,280 →
+# 1,296 filters; booked 320, 640, 1,280: under, e.g. 81,920 B in timm's convnext_atto at 64×64,
+# batch 2, inference); bfloat16 strided data
 # phases are estimates (``data_scratchpad``; float32's are exact, ``strided_data_buffer``); float32
 # and bfloat16 grouped kernels beside depthwise and one-group ones (``grouped_workspace``) were
 # measured at 2 threads; a depthwise 3×3 padded by more than 1 runs a weight-gradient kernel in
