@@ -458,7 +458,8 @@ class ConvTransposeRule(Rule):
         padding = tuple(b if native else 0 for b, _ in crops)
         forward, backward = conv_workspace(ctx, channels=channels, out_channels=a.filters,
                                            kernel=lift(a.kernel_size, self.rank, ctx, 1),
-                                           strides=lift(a.strides, self.rank, ctx, 1), groups=1, bias=a.use_bias,
+                                           strides=lift(a.strides, self.rank, ctx, 1), groups=1,
+                                           bias=a.use_bias and native,   # else added after the cut
                                            out_spatial=lift(torch_out, self.rank, ctx, 1), transposed=True,
                                            in_spatial=lift(spatial, self.rank, ctx, 1),
                                            padding=lift(padding, self.rank, ctx, 0),

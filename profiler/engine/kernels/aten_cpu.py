@@ -95,27 +95,31 @@ _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def _channels_last(*tensors: torch.Tensor) -> bool:
-    """torch's oneDNN convolution runs channels-last when its input or weight is laid out so
-    (``mkldnn_conv_use_channels_last``); a tensor both layouts describe (one channel, 1×1) is not."""
-    for t in tensors:
-        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
-        if fmt is not None and t.is_contiguous(memory_format=fmt) and not t.is_contiguous():
-            return True
-    return False
+    """torch's oneDNN convolution runs channels-last when its input or weight suggests it
+    (``mkldnn_conv_use_channels_last``: ``suggest_memory_format``, from the strides): a
+    (2, 64, 1, 1) input made channels-last is, the same shape made contiguous is not."""
+    return any(t.dim() in _CHANNELS_LAST and suggest_memory_format(t) == _CHANNELS_LAST[t.dim()] for t in tensors)
 
 
 def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, stride: Sequence[int],
           padding: Sequence[int], dilation: Sequence[int], transposed: bool, groups: int,
-          out_shape: Sequence[int], input_grad: bool = True) -> tuple[list[int], list[int]]:
-    """(forward, backward) workspace bytes of one convolution, from ``conv_workspace``."""
+          out_shape: Sequence[int], input_grad: bool = True,
+          grad_out: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
+    """(forward, backward) workspace bytes of one convolution, from ``conv_workspace``; an input
+    or output gradient (4-D and 5-D) not laid out in the kernel's memory format is copied to it."""
     batch = x.shape[0]
-    ctx = _op_context(run, x.dtype, batch=batch,
-                      data_format="channels_last" if _channels_last(x, weight) else "channels_first")
+    channels_last = _channels_last(x, weight)
+    fmt = _CHANNELS_LAST.get(x.dim()) if channels_last else torch.contiguous_format
+
+    def copied(t: torch.Tensor | None) -> bool:
+        return t is not None and t.dim() in (4, 5) and not t.is_contiguous(memory_format=fmt)
+
+    ctx = _op_context(run, x.dtype, batch=batch, data_format="channels_last" if channels_last else "channels_first")
     forward, backward = conv_workspace(
         ctx, channels=x.shape[1], out_channels=out_shape[1], kernel=tuple(weight.shape[2:]),
         strides=tuple(stride), groups=groups, bias=bias, out_spatial=tuple(out_shape[2:]),
         transposed=transposed, in_spatial=tuple(x.shape[2:]), padding=tuple(padding),
-        dilation=tuple(dilation), input_grad=input_grad)
+        dilation=tuple(dilation), input_grad=input_grad, input_copied=copied(x), grad_copied=copied(grad_out))
     return _saved_bytes(forward, batch, x.dtype), _saved_bytes(backward, batch, x.dtype)
 
 
@@ -135,7 +139,7 @@ def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool, k
     mask says which gradients are made (input, weight, bias)."""
     grad_out, x, weight, _, stride, padding, dilation, transposed, _, groups, mask = args[:11]
     return _conv(run, x, weight, bool(mask[2]), stride, padding, dilation, transposed, groups,
-                 grad_out.shape, input_grad=bool(mask[0]))[1]
+                 grad_out.shape, input_grad=bool(mask[0]), grad_out=grad_out)[1]
 
 
 @_workspace(aten.native_batch_norm.default)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from math import prod
 
-from profiler.engine.kernels.conv_call import ConvCall
+from profiler.engine.kernels.conv_call import ConvCall, kept
 from profiler.engine.kernels.im2col import im2col_workspace
 from profiler.engine.kernels.onednn_conv import channels_first_workspace, onednn_workspace
 from profiler.rules.registry import Saved
@@ -23,15 +23,18 @@ from profiler.rules.registry import Saved
 def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, ...], strides: tuple[int, ...],
                    groups: int, bias: bool, out_spatial: tuple[int, ...], transposed: bool = False,
                    in_spatial: tuple[int, ...] = (), padding: tuple[int, ...] | None = None,
-                   dilation: tuple[int, ...] | None = None,
-                   input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+                   dilation: tuple[int, ...] | None = None, input_grad: bool = True,
+                   input_copied: bool = False,
+                   grad_copied: bool = False) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward scratch, backward scratch) of one convolution on the CPU, as torch runs it.
 
     Shapes are torch's (per sample); ``padding`` is torch's symmetric padding, inferred from the
     shapes when not given. The backward scratch is the worst moment of the backward call beyond
     the gradients the memory model counts itself (input, weight, bias). ``input_grad``: whether
     backward makes the input's gradient (its data phase runs); oneDNN convolutions tell the
-    two apart (torch's own im2col kernels are counted with it).
+    two apart (torch's own im2col kernels are counted with it). ``input_copied``,
+    ``grad_copied``: the input (forward and backward) or the output's gradient (backward) is not
+    laid out in the kernel's memory format, and torch copies it (``operand_copies``).
     """
     if ctx.device_kind != "cpu":
         return (), ()
@@ -40,11 +43,30 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
         padding = _inferred_padding(in_spatial, out_spatial, kernel, strides, dilation, transposed)
     call = ConvCall(channels, out_channels, tuple(in_spatial), tuple(out_spatial), tuple(kernel), tuple(strides),
                     tuple(padding), tuple(dilation), groups, bias, transposed)
+    copy_in, copy_grad = operand_copies(call, input_copied, grad_copied)
     if not runs_onednn(ctx, call):
-        return im2col_workspace(ctx, call)
-    if ctx.data_format == "channels_first" and groups == 1 and ctx.compute_dtype(True) in ("float32", "bfloat16"):
-        return channels_first_workspace(ctx, call, input_grad)
-    return onednn_workspace(ctx, call, input_grad)
+        forward, backward = im2col_workspace(ctx, call)
+    elif ctx.data_format == "channels_first" and groups == 1 and ctx.compute_dtype(True) in ("float32", "bfloat16"):
+        forward, backward = channels_first_workspace(ctx, call, input_grad)
+    else:
+        forward, backward = onednn_workspace(ctx, call, input_grad)
+    return copy_in + forward, copy_in + copy_grad + backward
+
+
+def operand_copies(call: ConvCall, input_copied: bool, grad_copied: bool) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(input's copy, output gradient's copy): torch runs every CPU convolution kernel on operands
+    in one memory format (channels-last when the input or the weight is,
+    ``mkldnn_conv_use_channels_last``; contiguous otherwise) and copies an operand laid out otherwise
+    (``.contiguous(memory_format)``) before the kernel runs, for the whole call: the input in
+    forward and backward, the output's gradient in backward (a ConvNeXt's patch embedding on an
+    NCHW image gets a channels-last gradient back from its LayerNorm's permutation). Measured
+    (allocator events, oneDNN, im2col and depthwise kernels, float32): exactly the operand's
+    bytes more, beside the kernel's own workspace."""
+    image = Saved("new", elements=call.channels * prod(call.in_spatial) if input_copied else 0,
+                  what="input copied to the kernel's memory format")
+    grad = Saved("new", elements=call.out_channels * prod(call.out_spatial) if grad_copied else 0,
+                 what="output's gradient copied to the kernel's memory format")
+    return kept(image), kept(grad)
 
 
 def _inferred_padding(in_spatial, out_spatial, kernel, strides, dilation, transposed) -> tuple[int, ...]:

@@ -24,8 +24,9 @@ from profiler.rules.registry import Saved
 # Keras's default layout):
 # forward: the weight copied to channels-last (``weight.contiguous(channels_last)``; not needed
 #   when it already is: a 1×1 kernel or one input channel), the weight reordered to oneDNN's
-#   layout (output channels padded to 16; bfloat16 also pairs the input channels, VNNI packing
-#   two in each 32-bit lane), and brgemm's scratchpad (``brgemm_forward_scratchpad``).
+#   layout (output channels padded to brgemm's block, ``forward_padded_filters``; bfloat16 also
+#   pairs the input channels, VNNI packing two in each 32-bit lane), and brgemm's scratchpad
+#   (``brgemm_forward_scratchpad``).
 # backward (``convolution_backward``), in three phases that follow each other:
 #   data: the weight copied again and reordered for the input gradient (input channels padded to
 #     16, or with strides to blocks of 16, 32 or 64; bfloat16 pairs the output channels), with
@@ -39,14 +40,19 @@ from profiler.rules.registry import Saved
 # A transposed convolution runs these the other way round: its forward pass is the data phase
 # of the convolution it inverts, its input gradient that convolution's forward pass.
 #
-# Limits: the forward reorder pads the output channels to brgemm's block, which its cost model
-# picks among 16, 32, 48 and 64 by the problem's size — padded to 16 here, exact for 1–16, 32 and
-# 64 filters (measured: 24 → 32, 40 → 64, 48 → 48 or 64); strided data phases are estimates
-# (``data_scratchpad``); grouped and depthwise kernels (``grouped_workspace``) and float32
-# strided transposed forward passes are measured constants (2 threads); a strided 1×1 weight
+# Limits: bfloat16 forward reorders pad the filters to 16; float32 1×1 ones on small problems
+# take 48-filter blocks where 32 pads less (batch × positions 32: 320 → 336, 640 → 672, 1,280 →
+# 1,296 filters; booked 320, 640, 1,280: under, e.g. 81,920 B in timm's convnext_atto at 64×64,
+# batch 2, inference); bfloat16 strided data
+# phases are estimates (``data_scratchpad``; float32's are exact, ``strided_data_buffer``); float32
+# and bfloat16 grouped kernels beside depthwise and one-group ones (``grouped_workspace``) were
+# measured at 2 threads; a depthwise 3×3 padded by more than 1 runs a weight-gradient kernel in
+# 8×8 blocks (booked as 16×16: over, e.g. 296,192 B for 75,008 B); a strided 1×1 weight
 # gradient's input copy (oneDNN's "rtus") is counted in bfloat16 only (float32's backward
 # peaks measured exact without it: 8–128 → 16–256 channels, batch 3). Channels-first tensors: see
-# ``channels_first_workspace`` (one group); grouped ones still book one blocked copy of the
+# ``channels_first_workspace`` (one group; its float32 weight gradient's batch split is off at
+# batch 3 for some shapes: 24 → 16 channels at 32×32, 26,816 B under) and
+# ``channels_first_depthwise``; other grouped ones still book one blocked copy of the
 # larger of input and output per sample (an estimate: under in training, measured −13%).
 
 # brgemm convolutions book, measured at 1, 2 and 4 threads in float32 and bfloat16: a fixed part
@@ -59,6 +65,17 @@ BRGEMM_PER_THREAD = 4120
 
 def brgemm_forward_scratchpad(threads: int) -> int:
     return BRGEMM_FORWARD_FIXED + BRGEMM_PER_THREAD * threads
+
+
+def forward_scratchpad(conv: ConvCall, dtype: str, threads: int) -> int:
+    """brgemm's forward scratchpad; a float32 kernel as wide as its stride (wider than 1) that
+    leaves one output column books the strided data phase's buffers instead (measured: 2×2/2 on
+    inputs 2 and 3 wide, 16–96 channels, 36,888 / 61,488 / 110,688 B at 1 / 2 / 4 threads;
+    3×3/2 on a 3-wide input books the usual)."""
+    kernel_w, stride_w, out_w = conv.kernel[-1], conv.strides[-1], conv.out_spatial[-1]
+    if dtype == "float32" and conv.taps > 1 and stride_w > 1 and kernel_w == stride_w and out_w == 1:
+        return STRIDED_DATA_FIXED[dtype] + threads * STRIDED_DATA_PER_THREAD[dtype]
+    return brgemm_forward_scratchpad(threads)
 
 
 def brgemm_data_scratchpad(threads: int) -> int:
@@ -81,19 +98,43 @@ BF16_DATA_ROWS_FIXED = 4096
 BF16_DATA_ROWS_CHANNELS = 64
 
 
+#: brgemm's forward blocks of filters (``brg_blocking_t``): 16 up to 16 filters, else 32, or 48
+#: when a multiple of 48 (padded to 16) — for kernels wider than 1×1 only up to 384 filters and
+#: on a large input, more than 81 positions per stride step (``fast_check_oc_block``'s "big
+#: spatial"); 1×1 kernels take 48 from 48 filters up
+BRGEMM_BIG_SPATIAL = 81
+BRGEMM_BLOCK48_MAX = 384
+
+
+def forward_padded_filters(conv: ConvCall, dtype: str) -> int:
+    """Filters of a float32 brgemm forward weight as oneDNN pads them to its block (measured on
+    792 convolutions 2×2/2 to 7×7/2, 16 and 64 input channels, 20–520 filters, inputs 4–19
+    wide: 40 filters pad to 64, or to 48 on a large input; and on 1×1 ones, 20–520 filters,
+    strides 1 and 2: 40 → 64, 48 → 48, 80 → 96, 520 → 528). bfloat16: padded to 16."""
+    filters, padded = conv.out_channels, up16(conv.out_channels)
+    if dtype != "float32" or filters <= 16:
+        return padded
+    if conv.taps == 1:
+        return padded if padded % 48 == 0 and filters >= 48 else up(filters, 32)
+    big = prod(conv.in_spatial) > BRGEMM_BIG_SPATIAL * prod(conv.strides)
+    if padded % 48 == 0 and padded <= BRGEMM_BLOCK48_MAX and big:
+        return padded
+    return up(filters, 32)
+
+
 def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a oneDNN convolution, in bytes (see above); without
     ``input_grad`` torch asks for no input gradient and the data phase does not run."""
     dtype = ctx.compute_dtype(True)
     if call.groups > 1 or dtype not in ("float32", "bfloat16"):
-        return grouped_workspace(ctx, call)
+        return grouped_workspace(ctx, call, input_grad)
     threads, act = max(ctx.threads, 1), itemsize(dtype)
     wants_input = input_grad
     conv = _inverted(call) if call.transposed else call
     channels, out_channels, taps = conv.channels, conv.out_channels, conv.taps
     pairs = 2 if dtype == "bfloat16" else 1           # VNNI: bfloat16 channels in pairs
     clone = conv.weight if taps > 1 and channels > 1 else 0
-    forward_reorder = up16(out_channels) * up(channels, pairs) * taps
+    forward_reorder = forward_padded_filters(conv, dtype) * up(channels, pairs) * taps
     data_reorder = up(channels, _data_block(conv)) * up(out_channels, pairs) * taps
     first = channels < 16 and taps > 1
     blocked = up16(out_channels) * (channels if first else up16(channels)) * taps
@@ -102,13 +143,18 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tupl
     # of the deconvolution's) and sums its bias gradient apart from the weight gradient
     nested = ONEDNN_ENTRY_ALIGNMENT if call.transposed else 0
     kernel = replace(conv, bias=False) if call.transposed else conv
-    convolve = act * (clone + forward_reorder) + brgemm_forward_scratchpad(threads) + nested
+    convolve = act * (clone + forward_reorder) + forward_scratchpad(conv, dtype, threads) + nested
     data = act * (clone + data_reorder) + data_scratchpad(conv, dtype, threads)
     weights = act * (clone + blocked + biases) + weights_scratchpad(kernel, dtype, ctx.batch, threads) + nested
     done = act * (clone + blocked + 2 * biases + 2 * conv.weight)
     forward, input_grad = (data, convolve) if call.transposed else (convolve, data)
     if call.transposed and call.strided and dtype == "float32":
-        forward = act * (clone + data_reorder) + _strided_transposed_forward(call, threads)
+        # the strided data phase nested in the deconvolution: one more scratchpad entry; a
+        # deconvolution whose output width is not a multiple of its stride adds its bias on a
+        # copy of its output, booked in the scratchpad (measured: 3×3/2 to 15 wide, batch 2 and 8)
+        forward += nested
+        if call.bias and conv.in_spatial[-1] % conv.strides[-1]:
+            forward += booked(ctx.batch * act * call.out_channels * prod(call.out_spatial))
     backward = max(input_grad if wants_input else 0, weights, done) - act * (conv.weight + biases)
     return (_bytes(forward, "weight copies and oneDNN scratchpad"),
             _bytes(max(backward, 0), "weight copies, gradients in oneDNN's layouts and scratchpads"))
@@ -259,12 +305,14 @@ def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
     """brgemm's input-gradient scratchpad (see the notes above)."""
     if call.strided:
         per_thread = STRIDED_DATA_PER_THREAD[dtype]
-        if call.taps > 1:   # a 1×1 kernel books neither
+        if dtype == "float32":
+            per_thread += strided_data_buffer(call)
+        elif call.kernel[-1] > call.strides[-1]:   # bfloat16: the estimate
             per_thread += itemsize(dtype) * 128 * max(up16(call.out_channels) - STRIDED_DATA_WIDE_OUTPUT, 0)
             if dtype == "bfloat16":
                 per_thread += 32 * (_data_block(call) - 16)
         fixed = STRIDED_DATA_FIXED[dtype]
-        if call.in_spatial[-1] % 2:
+        if call.in_spatial[-1] % call.strides[-1]:
             fixed, per_thread = fixed + STRIDED_DATA_ODD_FIXED, per_thread + STRIDED_DATA_ODD_PER_THREAD[dtype]
         return fixed + threads * per_thread
     scratch = brgemm_data_scratchpad(threads)
@@ -272,6 +320,25 @@ def data_scratchpad(call: ConvCall, dtype: str, threads: int) -> int:
     if dtype == "bfloat16" and pad == 0 and 2 <= call.kernel[-1] <= 3:   # input rows copied, two per thread
         scratch += BF16_DATA_ROWS_FIXED + threads * 2 * 2 * width * min(up16(call.channels), BF16_DATA_ROWS_CHANNELS)
     return scratch
+
+
+#: the float32 strided data phase's per-thread buffer of the output's gradient grows in steps
+STRIDED_DATA_BUFFER_STEP = 16_384
+
+
+def strided_data_buffer(call: ConvCall) -> int:
+    """Per-thread bytes the float32 strided data phase (``brgconv_strided``) books beyond its
+    fixed part: the output's gradient (filters × its positions, each axis
+    extended by the kernel's reach beyond the padding, (k − 1 − pad) // stride on either side)
+    in float32, rounded up to 16 KiB steps, the first step included in the fixed part. Measured
+    exact on 270 convolutions (2×2/2 to 5×5/3, padding 0–2, 64–256 filters, inputs 7–33 wide,
+    2 threads, some at 1 and 4; 1×1/2 with 64–1,024 filters on inputs 8–32 wide): 64 filters on
+    a 33-wide 3×3/2 input book 16,384 × 6 more a thread."""
+    extended = 1
+    for size, out, k, s, p in zip(call.in_spatial, call.out_spatial, call.kernel, call.strides, call.pads):
+        end = (out - 1) * s + k - size - p
+        extended *= out + max(0, k - 1 - p) // s + max(0, k - 1 - end) // s
+    return STRIDED_DATA_BUFFER_STEP * max(div_up(4 * call.out_channels * extended, STRIDED_DATA_BUFFER_STEP) - 1, 0)
 
 
 def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> int:
@@ -289,30 +356,22 @@ def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> 
             else float32_weights_scratchpad(call, batch, threads))
 
 
-# a strided transposed convolution's forward pass (a strided data phase) books, per thread, one
-# image of its input in float32 besides buffers that depend on the kernel: 28,848 B when every
-# window is its own (kernel = stride, as 2×2/2 upsampling; at least 61,616 B in all), ~98,480 B
-# when they overlap (3×3/2; small images book less per image); measured at 2 threads
-ONEDNN_TRANSPOSED_TILED = 28_848
-ONEDNN_TRANSPOSED_TILED_SMALL = 61_616
-ONEDNN_TRANSPOSED_OVERLAP = 98_480
-
-
-def _strided_transposed_forward(call: ConvCall, threads: int) -> int:
-    overlap = any(k != s for k, s in zip(call.kernel, call.strides))
-    per_image = threads * 4 * call.channels * prod(call.in_spatial)
-    return (ONEDNN_TRANSPOSED_OVERLAP + per_image if overlap
-            else max(ONEDNN_TRANSPOSED_TILED_SMALL, ONEDNN_TRANSPOSED_TILED + per_image))
-
-
 # grouped and depthwise convolutions (float32, 2 threads): the weight reordered (depthwise:
 # channels padded to 16; depth_multiplier > 1 runs as a GEMM over one image's columns, output
-# positions × kernel × input channels), no brgemm scratchpads
-def grouped_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+# positions × kernel × input channels), no brgemm scratchpads. A channels-last depthwise weight
+# gradient runs oneDNN's depthwise kernel (``jit_dw``, ``dw_weights_kernel_fits``) or, when the
+# kernel is too wide for it (a 5×5 or 7×7 one), the generic grouped kernel (``jit``), which treats
+# every channel as a group of 16 input by 16 output channels (weights ``aBCde16c16b``): its blocked
+# weight gradient is channels × 16 × 16 × kernel floats, whatever the batch (measured: 7×7 on 24
+# channels, 1,204,224 B at batch 1, 2 and 4 and at 1, 2 and 4 threads).
+def grouped_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a grouped or depthwise oneDNN convolution."""
     channels, out_channels, groups, taps, weight = (call.channels, call.out_channels, call.groups, call.taps,
                                                     call.weight)
     per_group_in, per_group_out = channels // groups, out_channels // groups
+    if (ctx.data_format == "channels_first" and per_group_in == per_group_out == 1 and not call.transposed
+            and len(call.kernel) <= 2 and ctx.compute_dtype(True) == "float32"):
+        return channels_first_depthwise(ctx, call, input_grad)
     if call.transposed:
         channels, out_channels = out_channels, channels
         per_group_in, per_group_out = per_group_out, per_group_in
@@ -329,12 +388,128 @@ def grouped_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Sav
         reorder, data_reorder = data_reorder, reorder
     blocked = reorder if depthwise else up16(out_channels) * (up16(per_group_in) if taps == 1 else per_group_in) * taps
     biases = out_channels if call.bias else 0
+    act = itemsize(ctx.compute_dtype(True))
+    scratch = 0   # bytes: the weight-gradient kernel's scratchpad
+    forward_scratch = data_scratch = 0   # bytes: brgemm's, when it runs the groups
+    if ctx.data_format == "channels_last" and not call.transposed and len(call.kernel) <= 2:
+        threads = max(ctx.threads, 1)
+        if min(per_group_in, per_group_out) > GROUPED_BRGEMM_MIN_CHANNELS:
+            # brgemm runs each group as a one-group convolution: weights in blocks of 32 channels
+            # (64 when a group's channels are a multiple of 64), and its scratchpads
+            reorder = groups * up(per_group_out, _group_block(per_group_out)) * per_group_in * taps
+            data_reorder = groups * up(per_group_in, _group_block(per_group_in)) * per_group_out * taps
+            one_group = replace(call, channels=per_group_in, out_channels=per_group_out, groups=1)
+            forward_scratch = brgemm_forward_scratchpad(threads)
+            data_scratch = data_scratchpad(one_group, "float32", threads)
+        if depthwise and per_group_out == 1 and dw_weights_kernel_fits(call):
+            scratch = dw_weights_scratchpad(call, ctx.batch, threads)
+        elif not depthwise or per_group_out == 1:
+            blocked, scratch = generic_grouped_weights(groups, per_group_in, per_group_out, taps, call.bias)
     layout: tuple[Saved, ...] = ()
     if ctx.data_format == "channels_first":
         larger = max(call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial))
         layout = (Saved("new", elements=larger, what="oneDNN blocked copy of the input or output"),)
-    phases = (clone + data_reorder, clone + blocked + biases, clone + blocked + 2 * biases + 2 * weight)
-    forward = Saved("new", elements=clone + reorder, per_sample=False, what="weight in channels-last and oneDNN's layout")
-    backward = Saved("new", elements=max(max(phases) - weight - biases, 0), per_sample=False,
-                     what="weight copies and gradients in oneDNN's layouts")
-    return kept(forward) + layout, kept(backward) + layout
+    phases = (act * (clone + data_reorder) + data_scratch, act * (clone + blocked + biases) + scratch,
+              act * (clone + blocked + 2 * biases + 2 * weight))
+    forward = _bytes(act * (clone + reorder) + forward_scratch, "weight in channels-last and oneDNN's layout")
+    backward = _bytes(max(max(phases) - act * (weight + biases), 0),
+                      "weight copies, gradients in oneDNN's layouts and the weight gradient's scratchpad")
+    return forward + layout, backward + layout
+
+
+#: grouped convolutions with more channels than this per group (in and out) run on brgemm, as
+#: one-group ones do (ONEDNN_VERBOSE: ``brg_conv_fwd`` for 20, 24, 32, 40 and 64 per group;
+#: ``jit`` in 8×8 or 16×16 blocks for 8 and 16); their weight gradient stays ``jit``
+GROUPED_BRGEMM_MIN_CHANNELS = 16
+
+
+def _group_block(channels: int) -> int:
+    """brgemm's block of a group's channels in its weights: 32, or 64 for a multiple of 64
+    (measured on 20–64 channels per group; ``aBdec32b``, ``aBdec64b``)."""
+    return 64 if channels % 64 == 0 else 32
+
+
+def generic_grouped_weights(groups: int, per_group_in: int, per_group_out: int, taps: int,
+                            bias: bool) -> tuple[int, int]:
+    """(elements, scratchpad bytes) of the weight gradient of oneDNN's generic grouped kernel on
+    channels-last tensors (``jit:avx512_core``, weights ``aBCde16c16b``): each group's input and
+    output channels padded to blocks of 16, and a float32 bias padded so per group when its
+    channels are not a multiple of 16 (the threads split the groups: none sum apart with at least
+    as many groups as threads). Measured: 32 channels in 4 groups, 3×3, 36,864 B (not the 9,216 B
+    of its 8 × 8 blocked forward weight); depthwise 7×7 on 24 channels, 1,204,224 B."""
+    elements = groups * up16(per_group_out) * up16(per_group_in) * taps
+    scratch = booked(4 * groups * up16(per_group_out)) if bias and per_group_out % 16 else 0
+    return elements, scratch
+
+
+def dw_weights_kernel_fits(call: ConvCall) -> bool:
+    """Whether oneDNN's depthwise weight-gradient kernel takes a channels-last depthwise
+    convolution (``jit_uni_dw_conv_bwd_weights_kernel::init_conf``): 2-D, undilated, at most 3
+    wide, no stride wider than the kernel, padding at most half the kernel (a multiple of the
+    stride beyond 1), and an input at least as high as the kernel."""
+    (ih, iw), (oh, ow) = (1,) * (2 - len(call.in_spatial)) + call.in_spatial, (1,) * (2 - len(call.out_spatial)) + call.out_spatial
+    kh, kw = (1,) * (2 - len(call.kernel)) + call.kernel
+    sh, sw = (1,) * (2 - len(call.strides)) + call.strides
+    t_pad, l_pad = (0,) * (2 - len(call.pads)) + call.pads
+    if call.dilated or kw > 3 or sw > kw:
+        return False
+    b_pad = max(0, (oh - 1) * sh + kh - ih - t_pad)
+    r_pad = max(0, (ow - 1) * sw + kw - iw - l_pad)
+    if oh != (ih + t_pad + b_pad - kh) // sh + 1 or ow != (iw + l_pad + r_pad - kw) // sw + 1:
+        return False
+    return (max(t_pad, b_pad) <= kh // 2 and max(l_pad, r_pad) <= kw // 2 and ih >= kh + (-t_pad) % sh
+            and (t_pad <= 1 or t_pad % sh == 0) and (b_pad <= 1 or b_pad % sh == 0))
+
+
+def dw_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+    """Scratchpad of oneDNN's channels-last depthwise weight-gradient kernel (its nxc harness):
+    every working thread but the first sums into its own float32 weight gradient (channels padded
+    to 16) and bias gradient. Threads split channel blocks, batch and output rows
+    (``partition_nthr_nxc``): as many as can work."""
+    oh = call.out_spatial[-2] if len(call.out_spatial) > 1 else 1
+    nb_ch = div_up(call.channels, 16)
+    unroll = min(4, 32 // (2 * call.kernel[-1]))     # channel blocks per step
+    outer = div_up(nb_ch, min(nb_ch, unroll))
+    working = max(g * mb * min(oh, threads // g // mb) for g in range(1, min(outer, threads) + 1)
+                  for mb in range(1, min(batch, threads // g) + 1))
+    if working <= 1:
+        return 0
+    return booked(4 * (working - 1) * up16(call.channels) * call.taps,
+                  4 * (working - 1) * call.channels if call.bias else 0)
+
+
+# Depthwise convolutions on NCHW tensors (float32; ONEDNN_VERBOSE, allocator events at 1, 2 and 4
+# threads): oneDNN's depthwise kernels (``jit_dw``) run forward and the data phase on copies
+# blocked by 16 channels (padded: 72 channels are 80 in the blocked copies), the weight
+# reordered likewise; the weight gradient runs ``jit_dw`` on the blocked input and output's
+# gradient when its kernel takes the convolution (``dw_weights_kernel_fits``), else oneDNN's
+# GEMM convolution on the plain tensors, whose scratchpad is, per thread, a column buffer
+# (kernel × output positions) and 4 floats per weight (measured: 24 channels, 7×7, 16×16,
+# 69,248 / 138,240 / 276,224 B at 1 / 2 / 4 threads, whatever the batch).
+def channels_first_depthwise(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a depthwise convolution on NCHW tensors (see above), in
+    bytes beyond the output and the gradients the memory model counts itself."""
+    threads, n, act = max(ctx.threads, 1), ctx.batch, 4
+    c, taps = call.channels, call.taps
+    image, result = prod(call.in_spatial), prod(call.out_spatial)
+    src, dst = n * up16(c) * image * act, n * up16(c) * result * act      # blocked copies
+    x, y = n * c * image * act, n * c * result * act
+    weight, reordered = c * taps * act, up16(c) * taps * act
+    bias = c * act if call.bias else 0
+    padded_bias = _padded_bias(c, call.bias, act)
+    convolve = max(src + reordered + dst + padded_bias, dst + y) - y
+    data = max(dst + reordered + src, src + x) - x if input_grad else 0
+    if dw_weights_kernel_fits(call):
+        nb_ch = div_up(c, 16)
+        by_batch = min(max(1, threads // min(nb_ch, threads)), n)   # threads summing apart
+        scratch = booked(4 * (by_batch - 1) * up16(c) * taps,
+                         4 * (by_batch - 1) * up16(c) if call.bias else 0) if by_batch > 1 else 0
+        weights = dst + src + reordered + bias + scratch
+        done = reordered + 2 * bias + weight
+    else:
+        scratch = booked(threads * 4 * taps * result, threads * 16 * c * taps)
+        weights = weight + bias + scratch
+        done = 2 * weight + 2 * bias
+    backward = max(data, weights, done) - weight - bias   # the gradients are counted by the memory model
+    return (_bytes(convolve, "oneDNN blocked copies and weight reorder"),
+            _bytes(backward, "oneDNN blocked copies, weight reorders, gradients and scratchpads"))

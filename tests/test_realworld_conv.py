@@ -1,0 +1,231 @@
+"""Convolution kernels on real architectures: every peak predicted equal to the CPU allocator's.
+
+Two levels. Whole models (timm's test ConvNeXt and EfficientNet, torchvision's MobileNetV3 small;
+specs with depthwise, grouped and transposed convolutions) are profiled — predicted on fake
+tensors, measured from the allocator's events — at two batch sizes. Kernel facts are checked one
+convolution call at a time: the call runs for real under the allocator's events, and what it
+allocates beyond what it returns (its peak minus its net) must equal the workspace the aten table
+books for the same call on fake tensors (``kernel_workspace``).
+
+Figures from torch 2.14 (oneDNN 3.12, AVX-512) with torch's default threads (2 here).
+"""
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.autograd import DeviceType
+
+from profiler import workflow
+from profiler.engine.kernels.aten_cpu import kernel_workspace
+from profiler.frontends.source import resolve
+from profiler.frontends.spec import Model, layer as L
+from profiler.measuring.memory_trace import MEMORY_EVENT, _raw_events, profiled
+from profiler.rules.registry import Context
+
+aten = torch.ops.aten
+PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
+         "train_first_step_peak_bytes_sgd", "train_first_step_peak_bytes_adam")
+
+
+def _assert_exact(result: dict, where: str) -> None:
+    for key in PEAKS:
+        predicted, measured = result["predicted"][key], result["measured"][key]
+        assert predicted == measured, f"{where} {key}: predicted {predicted:,} B, measured {measured:,} B"
+
+
+# --- whole models --------------------------------------------------------------------------------
+
+def _timm(name: str):
+    timm = pytest.importorskip("timm")
+    return lambda: timm.create_model(name)
+
+
+def _torchvision(name: str):
+    models = pytest.importorskip("torchvision.models")
+    return lambda: getattr(models, name)()
+
+
+# test_convnext: channels-last 7×7 depthwise weight gradients (oneDNN's generic grouped kernel, a
+# 16×16 block per channel: 3,211,264 B for 64 channels), a patch embedding whose gradient comes
+# back channels-last from LayerNorm2d (copied, batch-sized), 2×2/2 downsampling (brgemm's filter
+# blocks, the one-column forward, the strided data phase) and a depthwise convolution on a
+# channels-last (N, C, 1, 1) input. Before: SGD −46% at batch 2 on 64×64 images.
+# test_efficientnet: NCHW depthwise convolutions (jit_dw on 16-channel blocked copies) and NCHW
+# strided data phases. mobilenet_v3_small: NCHW depthwise and squeeze-excitation convolutions.
+# (64×64 images, measured exact too, take several times longer.)
+MODELS = {
+    "timm test_convnext": (_timm, "test_convnext"),
+    "timm test_efficientnet": (_timm, "test_efficientnet"),
+    "torchvision mobilenet_v3_small": (_torchvision, "mobilenet_v3_small"),
+}
+
+
+@pytest.mark.parametrize("batch", (2, 3))
+@pytest.mark.parametrize("model", MODELS)
+def test_real_architectures_exact(model, batch):
+    make, name = MODELS[model]
+    source = resolve(make(name), input_shape=(3, 32, 32), name=name)
+    result = workflow.profile(source, batch=batch, warmup=0, repeats=1, optimizers=("sgd", "adam"))
+    _assert_exact(result, f"{model} batch {batch}")
+
+
+def _spec(name: str, shape: list[int], conv) -> Model:
+    return Model(name, input_shape=shape, layers=[L("BatchNormalization"), conv, L("GlobalAveragePooling2D"),
+                                                  L("Dense", units=10)])
+
+
+SPECS = {
+    # 7×7 and 5×5: the generic grouped weight-gradient kernel (before: under by ~49% in training)
+    "depthwise 7x7": _spec("dw7", [16, 16, 32], L("DepthwiseConv2D", kernel_size=7, padding="same")),
+    "depthwise 5x5": _spec("dw5", [16, 16, 32], L("DepthwiseConv2D", kernel_size=5, padding="same")),
+    # 8 channels per group: the weight gradient blocks them by 16 (before: under by 27,648 B)
+    "grouped 8 per group": _spec("g4", [16, 16, 32], L("Conv2D", filters=32, kernel_size=3, padding="same",
+                                                      groups=4)),
+    # 32 per group: brgemm forward and data phases, as a one-group convolution
+    "grouped 32 per group": _spec("g2", [8, 8, 64], L("Conv2D", filters=64, kernel_size=3, padding="same",
+                                                     groups=2)),
+    # its forward is a strided data phase, with the output's gradient buffered per thread
+    # (before: over by 45,056 B, +28% at batch 2)
+    "transposed 4x4/2": _spec("up", [8, 8, 16], L("Conv2DTranspose", filters=16, kernel_size=4, strides=2,
+                                                  padding="same")),
+}
+
+
+@pytest.mark.parametrize("batch", (2, 32))
+@pytest.mark.parametrize("name", SPECS)
+def test_convolution_specs_exact(name, batch):
+    result = workflow.profile(SPECS[name], batch=batch, device="cpu", warmup=0, repeats=1, threads=None)
+    _assert_exact(result, f"{name} batch {batch}")
+
+
+# --- kernel facts, one call at a time --------------------------------------------------------------
+
+def _allocated(fn) -> tuple[int, int]:
+    """(peak, net) of the allocator's events while ``fn`` runs."""
+    events = [e for e in _raw_events(profiled(fn)) if e.name() == MEMORY_EVENT and e.device_type() == DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak, current
+
+
+def _workspace(func, args) -> tuple[int, int]:
+    """(measured, booked) workspace of one call: what it allocates beyond what it returns, and
+    what the aten table books for it on fake copies of its arguments."""
+    kept = []
+    peak, net = _allocated(lambda: kept.append(func(*args)))
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        out = func(*fake)
+        booked = kernel_workspace(func, fake, out, Context(threads=torch.get_num_threads()),
+                                  func is aten.convolution_backward.default)
+    return peak - net, sum(booked)
+
+
+def _conv_calls(batch, channels, size, out_channels, kernel, *, stride=1, padding=0, groups=1, bias=True,
+                channels_last=False, grad_channels_last=None, input_grad=True):
+    """Forward and backward calls of one convolution on real tensors."""
+    x = torch.randn(batch, channels, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(out_channels, channels // groups, kernel, kernel)
+    b = torch.randn(out_channels) if bias else None
+    conv = ([stride] * 2, [padding] * 2, [1, 1], False, [0, 0], groups)
+    y = aten.convolution.default(x, w, b, *conv)
+    g = torch.randn_like(y)
+    if grad_channels_last is not None:
+        g = g.contiguous(memory_format=torch.channels_last if grad_channels_last else torch.contiguous_format)
+    forward = (x, w, b, *conv)
+    backward = (g, x, w, [out_channels] if bias else [0], *conv, [input_grad, True, bias])
+    return (aten.convolution.default, forward), (aten.convolution_backward.default, backward)
+
+
+def _exact(calls) -> list[int]:
+    measured = []
+    for func, args in calls:
+        real, booked = _workspace(func, args)
+        assert booked == real, f"{func}: booked {booked:,} B, measured {real:,} B"
+        measured.append(real)
+    return measured
+
+
+@pytest.mark.parametrize("batch", (1, 2, 4))
+def test_wide_channels_last_depthwise_weight_gradient_blocks_each_channel_by_16x16(batch):
+    # 7×7 on 24 channels: oneDNN's depthwise weight-gradient kernel takes at most 3 wide; the
+    # generic grouped one reorders the gradient to 24 × 16 × 16 × 49 floats, 1,204,224 B, then
+    # copies it out (4,704 B) beside the bias (96 B): 1,209,024 B whatever the batch
+    _, backward = _exact(_conv_calls(batch, 24, 16, 24, 7, padding=3, groups=24, channels_last=True))
+    assert backward == 24 * 16 * 16 * 49 * 4 + 24 * 49 * 4 + 24 * 4
+
+
+def test_narrow_channels_last_depthwise_weight_gradient_sums_per_thread():
+    # 3×3: jit_dw, every working thread but the first sums into its own padded weight gradient
+    _exact(_conv_calls(3, 32, 8, 32, 3, padding=1, groups=32, channels_last=True))
+    _exact(_conv_calls(3, 64, 8, 64, 3, stride=2, padding=1, groups=64, channels_last=True))
+
+
+@pytest.mark.parametrize("groups, channels", ((4, 32), (2, 64), (3, 96), (2, 40)))
+def test_grouped_channels_last_convolutions(groups, channels):
+    _exact(_conv_calls(2, channels, 8, channels, 3, padding=1, groups=groups, channels_last=True))
+
+
+def test_gradient_in_another_layout_is_copied():
+    # ConvNeXt's patch embedding: an NCHW image, a channels-last gradient back from LayerNorm2d;
+    # torch copies it to NCHW for the call: 2 × 24 × 16 × 16 × 4 = 49,152 B more than with an
+    # NCHW gradient
+    _, same = _exact(_conv_calls(2, 3, 64, 24, 4, stride=4, input_grad=False, grad_channels_last=False))
+    _, other = _exact(_conv_calls(2, 3, 64, 24, 4, stride=4, input_grad=False, grad_channels_last=True))
+    assert other - same == 2 * 24 * 16 * 16 * 4
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("channels, size, kernel, stride", ((72, 8, 3, 1), (128, 8, 3, 2), (24, 16, 7, 1),
+                                                            (40, 8, 5, 2), (8, 8, 3, 1)))
+def test_nchw_depthwise(channels, size, kernel, stride, threads):
+    # oneDNN's blocked copies pad 72 channels to 80; 7×7 and 5×5 weight gradients run its GEMM
+    # convolution (a column buffer and 4 floats per weight, per thread)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch in (1, 3):
+            _exact(_conv_calls(batch, channels, size, channels, kernel, stride=stride, padding=kernel // 2,
+                               groups=channels))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("channels, filters, size, kernel, stride, padding", (
+    (24, 64, 16, 3, 2, 1), (24, 256, 15, 3, 2, 1), (24, 128, 33, 3, 2, 1), (24, 128, 24, 2, 2, 0),
+    (24, 256, 16, 5, 2, 2), (24, 128, 16, 4, 2, 0), (24, 256, 17, 3, 3, 1), (24, 96, 8, 3, 2, 1),
+    (16, 520, 8, 1, 2, 0), (16, 256, 16, 1, 2, 0)))
+def test_strided_data_phase_buffers_the_output_gradient(channels, filters, size, kernel, stride, padding):
+    # brgconv_strided books, per thread, the output's gradient extended by the kernel's reach in
+    # 16 KiB steps (``strided_data_buffer``): 256 filters on a 15-wide 3×3/2 input, 196,656 B
+    _exact(_conv_calls(2, channels, size, filters, kernel, stride=stride, padding=padding, channels_last=True))
+
+
+@pytest.mark.parametrize("filters, size, kernel", ((40, 8, 3), (40, 16, 3), (48, 8, 3), (48, 16, 3), (80, 8, 3),
+                                                  (144, 16, 3), (40, 8, 1), (48, 8, 1), (80, 8, 1), (520, 8, 1)))
+def test_forward_pads_filters_to_brgemm_blocks(filters, size, kernel):
+    # 32-filter blocks (40 → 64), or 48 on an input of more than 81 positions (40 → 48 at 16×16);
+    # 1×1: 48 from 48 filters up (520 → 528), else 32 (40 → 64, 80 → 96)
+    _exact(_conv_calls(2, 32, size, filters, kernel, padding=kernel // 2, channels_last=True))
+
+
+def test_kernel_as_wide_as_its_stride_leaving_one_column_books_strided_buffers():
+    # ConvNeXt's last downsampling on a 2×2 input: 61,488 B of scratchpad, not brgemm's 12,336 B
+    forward, _ = _exact(_conv_calls(2, 48, 2, 64, 2, stride=2, channels_last=True))
+    assert forward == 4 * 64 * 48 * 2 * 2 * 2 + 61_488   # the weight copied, reordered, scratchpad
+
+
+@pytest.mark.parametrize("size, kernel, padding, bias", ((8, 4, 1, True), (16, 4, 1, False), (8, 3, 1, True),
+                                                         (8, 3, 1, False), (8, 2, 0, True)))
+def test_strided_transposed_forward(size, kernel, padding, bias):
+    # a deconvolution's forward is the strided data phase; with a bias and an output width not a
+    # multiple of the stride (3×3/2 on 8: 15 wide) it also books a copy of its output
+    for batch in (2, 8):
+        x = torch.randn(batch, 16, size, size).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(16, 16, kernel, kernel)
+        b = torch.randn(16) if bias else None
+        _exact([(aten.convolution.default, (x, w, b, [2, 2], [padding] * 2, [1, 1], True, [0, 0], 1))])
