@@ -19,6 +19,9 @@ from profiler.engine.kernels.cpu_conv import conv_workspace
 from profiler.engine.kernels.onednn_conv_weights import bf16_weights_scratchpad, float32_weights_scratchpad
 from profiler.rules.modules import ChannelsLast
 from profiler.frontends.spec import Model, layer as L
+from isa import modelled_isa
+
+pytestmark = modelled_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16
 
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam")
 PRECISIONS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),

@@ -12,6 +12,9 @@ import torch
 
 from profiler.engine.kernels.onednn_matmul import _blocking, onednn_bf16_gemm_scratch
 from profiler.measuring.memory_trace import allocator_peak
+from isa import modelled_isa
+
+pytestmark = modelled_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16
 
 BF16 = torch.bfloat16
 

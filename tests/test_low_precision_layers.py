@@ -13,6 +13,9 @@ from profiler import workflow
 from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
 from profiler.engine.predict import predict
 from profiler.frontends.spec import Model, from_dict
+from isa import modelled_isa
+
+pytestmark = modelled_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16
 
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
          "train_first_step_peak_bytes_sgd", "train_first_step_peak_bytes_adam")

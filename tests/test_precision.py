@@ -19,6 +19,7 @@ from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
 from profiler.frontends.models import builtin
 from profiler.engine.predict import predict
 from profiler.frontends.spec import Model
+from isa import modelled_isa
 
 MLP, CNN = "benchmarks/zoo/mlp.yaml", "benchmarks/zoo/cnn.yaml"
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
@@ -91,6 +92,7 @@ AMP_CASES = [("digits", 2, "cross_entropy"), ("digits", 8, "mse"), ("dense-514",
              (MLP, 2, "cross_entropy"), (MLP, 4, "mse"), (CNN, 2, "cross_entropy"), ("digits-theano", 4, "cross_entropy")]
 
 
+@modelled_isa
 @pytest.mark.parametrize("name, batch, loss", AMP_CASES)
 def test_amp_predicted_equals_measured_on_cpu(name, batch, loss):
     result = workflow.profile(workflow.resolve_spec(name), batch=batch, dtype="float32", loss=loss, device="cpu",
@@ -103,6 +105,7 @@ LOW_CASES = [("digits", 8, "bfloat16"), ("dense-514", 2, "bfloat16"), (MLP, 2, "
              (MLP, 2, "float16"), ("dense-514", 2, "float16")]
 
 
+@modelled_isa
 @pytest.mark.parametrize("name, batch, dtype", LOW_CASES)
 def test_low_precision_predicted_equals_measured_on_cpu(name, batch, dtype):
     # everything in one dtype; bfloat16 Linear layers carry oneDNN's scratchpad, float16 ones

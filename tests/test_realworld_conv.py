@@ -20,6 +20,9 @@ from profiler.frontends.source import resolve
 from profiler.frontends.spec import Model, layer as L
 from profiler.measuring.memory_trace import MEMORY_EVENT, _raw_events, profiled
 from profiler.rules.registry import Context
+from isa import modelled_isa
+
+pytestmark = modelled_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16
 
 aten = torch.ops.aten
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
