@@ -149,7 +149,7 @@ def _fit(args: argparse.Namespace) -> int:
                        loss=args.loss, amp=_amp_dtype(args, target), threads=args.threads)
     result = answer.as_dict()
     if args.verify:
-        result["verification"] = fit.verify(source, answer).as_dict()
+        result["verification"] = fit.verify(source, answer, isolate_from=_isolated(args)).as_dict()
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
@@ -359,7 +359,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--explain", action="store_true", help="show what makes up the peak at the solved batch")
     fit.add_argument("--verify", action="store_true",
                      help="build the model and measure the peak at the batch and the next one (cpu budgets on "
-                          "the CPU, cuda budgets on the GPU)")
+                          "the CPU, cuda budgets on the GPU), each in a child process")
+    fit.add_argument("--in-process", action="store_true", help="--verify measures in this process")
     fit.set_defaults(run=_fit)
     return parser
 

@@ -567,22 +567,25 @@ class Verification:
                 "over_at_next": self.over_at_next, "held": self.held}
 
 
-def verify(spec: ModelSpec, fit: Fit) -> Verification:
+def verify(spec: ModelSpec, fit: Fit, isolate_from: dict[str, Any] | None = None) -> Verification:
     """Measure the solved mode only, on the budget's kind of device, at ``batch`` and ``batch + 1``.
 
     A measurement that runs out of memory counts as "does not fit". On the CPU a measurement whose
     predicted peak exceeds :data:`CPU_RAM_SHARE` of the available RAM is skipped, not attempted.
+    ``isolate_from``: each measurement in a child process (``workflow.measure``), so that one
+    killed by the kernel is a "does not fit" row and the other still runs.
     """
     from profiler.measuring.devices import get_device
 
     device = get_device(fit.budget.target)   # "cuda" raises a one-line DeviceError without a GPU
-    checks = [_measure(spec, fit, evaluation, device) for evaluation in (fit.at_batch, fit.at_next)
+    checks = [_measure(spec, fit, evaluation, device, isolate_from) for evaluation in (fit.at_batch, fit.at_next)
               if evaluation is not None]
     return Verification(device.name, "peak" if fit.budget.target == "cpu" else "max_memory_reserved",
                         fit.budget.usable_bytes, checks[0] if fit.at_batch else None, checks[-1])
 
 
-def _measure(spec: ModelSpec, fit: Fit, evaluation: Evaluation, device) -> Check:
+def _measure(spec: ModelSpec, fit: Fit, evaluation: Evaluation, device,
+             isolate_from: dict[str, Any] | None = None) -> Check:
     import psutil
 
     from profiler.measuring.devices import DoesNotFit
@@ -597,7 +600,7 @@ def _measure(spec: ModelSpec, fit: Fit, evaluation: Evaluation, device) -> Check
     try:
         measured, _ = measure(spec, batch=batch, dtype=fit.dtype, loss=fit.loss, device=device.name, warmup=0,
                               repeats=1, threads=None, optimizers=() if fit.mode == "inference" else (fit.mode,),
-                              amp=fit.amp, predicted_peak=evaluation.bytes)
+                              amp=fit.amp, predicted_peak=evaluation.bytes, isolate_from=isolate_from)
     except DoesNotFit as error:
         return Check(batch, evaluation.bytes, does_not_fit=str(error))
     finally:
