@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from profiler.cli import main
+from isa import require_modelled_isa
 
 BATCH = 2
 QUICK = ["--batch", str(BATCH), "--repeats", "1", "--warmup", "0", "--format", "json"]
@@ -29,7 +30,6 @@ QUICK = ["--batch", str(BATCH), "--repeats", "1", "--warmup", "0", "--format", "
 #: The factories, written into a module file beside the test (the current directory).
 FACTORIES = '''
 from torch import nn
-from isa import require_modelled_isa
 
 
 def cnn():

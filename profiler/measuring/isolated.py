@@ -22,7 +22,7 @@ from typing import Any
 
 from profiler.errors import ModelsizeError
 
-_PRELOAD = ["profiler.measuring.isolated", "profiler.workflow", "profiler.measuring.runner"]
+_PRELOAD = ["profiler.measuring._forkserver_init", "profiler.measuring.isolated", "profiler.workflow", "profiler.measuring.runner"]
 _context: Any = None
 
 
