@@ -72,7 +72,7 @@ def test_fit_verify_exits_4_when_the_prediction_did_not_hold(monkeypatch, capsys
     class NotHeld:
         def as_dict(self):
             return {"held": False, "batch": 1, "measured": {}, "over_at_next": None}
-    monkeypatch.setattr(fit, "verify", lambda source, answer: NotHeld())
+    monkeypatch.setattr(fit, "verify", lambda source, answer, **options: NotHeld())
     monkeypatch.setattr("profiler.report.fit_tables.render_fit", lambda result, **kw: "table\n")
     assert cli.main(["fit", "digits", "--memory", "1MiB", "--train", "sgd", "--verify"]) == cli.EXIT_PREDICTION_FAILED
 
