@@ -11,7 +11,8 @@ from profiler.engine.kernels.conv_call import ConvCall, kept
 from profiler.engine.kernels.onednn import ONEDNN_ENTRY_ALIGNMENT, booked, div_up, up, up16
 from profiler.engine.kernels.onednn_conv_weights import (bf16_1x1_weights_scratchpad, bf16_weights_scratchpad,
                                                          float32_1x1_weights_scratchpad,
-                                                         float32_weights_scratchpad, reducer)
+                                                         float32_weights_scratchpad, gemm_weights_scratchpad,
+                                                         reducer, runs_gemm_weights)
 from profiler.rules.registry import Saved
 
 
@@ -20,8 +21,10 @@ from profiler.rules.registry import Saved
 # Kernels (names from ONEDNN_VERBOSE): forward ``brg_conv_fwd`` (``brgconv_1x1`` for 1×1), the
 # input gradient ``brg_conv_bwd`` (a forward convolution of the output's gradient), the weight
 # gradient ``jit`` / ``jit_1x1`` in float32 and ``jit_bf16`` / ``jit_bf16_1x1`` in bfloat16
-# (accumulating in float32). Around them, with a channels-last input (every layer here in
-# Keras's default layout):
+# (accumulating in float32); a kernel wider than 14 (24 for bfloat16 on fewer than 16 input
+# channels: a vision transformer's 16×16/16 patch embedding) gets oneDNN's GEMM weight gradient,
+# ``gemm:jit``, in either layout (``gemm_weights_scratchpad``). Around them, with a
+# channels-last input (every layer here in Keras's default layout):
 # forward: the weight copied to channels-last (``weight.contiguous(channels_last)``; not needed
 #   when it already is: a 1×1 kernel or one input channel), the weight reordered to oneDNN's
 #   layout (output channels padded to brgemm's block, ``forward_padded_filters``; bfloat16 also
@@ -138,6 +141,8 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tupl
     data_reorder = up(channels, _data_block(conv)) * up(out_channels, pairs) * taps
     first = channels < 16 and taps > 1
     blocked = up16(out_channels) * (channels if first else up16(channels)) * taps
+    if runs_gemm_weights(conv, dtype):   # oneDNN's GEMM convolution: the weight gradient as it is
+        blocked = conv.weight
     biases = call.out_channels if call.bias else 0
     # a deconvolution runs the convolution's primitives nested (their scratchpad one more entry
     # of the deconvolution's) and sums its bias gradient apart from the weight gradient
@@ -182,7 +187,8 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tupl
 #   weight gradient blocked (the nxc kernels' own scratchpads: same balance); float32 with 4–15
 #   input channels runs ``jit:avx2`` on 8-channel blocks and sums per-thread copies with
 #   ``cpu_reducer``; 1–3 input channels: a first convolution on the plain input; dilated ones
-#   run oneDNN's GEMM convolution on the plain tensors; the weight and bias gradients are copied
+#   and kernels wider than 14 (patch embeddings) run oneDNN's GEMM convolution on the plain
+#   tensors; the weight and bias gradients are copied
 #   to torch's tensors while the blocked ones are alive.
 # Transposed convolutions run the inverted convolution's phases the other way round.
 
@@ -247,17 +253,11 @@ def _blocked_weights(conv: ConvCall, dtype: str, n: int, threads: int) -> tuple[
     ic, oc, taps = conv.channels, conv.out_channels, conv.taps
     image, result = prod(conv.in_spatial), prod(conv.out_spatial)
     act = itemsize(dtype)
-    if taps > 1 and (conv.dilated or dtype == "bfloat16" and ic < 16 and oc % 16):
-        # oneDNN's GEMM convolution on the plain tensors: im2col columns per working thread (one
-        # per sample at most); float32 books them twice, bfloat16 once besides float32 sums of
-        # the weight, 2 + 2 per thread, and of the bias (measured at 1 and 2 threads' work)
-        columns, working = ic * taps * result, min(threads, n)
-        if dtype == "bfloat16":
-            scratch = booked(working * 2 * columns, (2 + 2 * working) * 4 * conv.weight,
-                              4 * oc if conv.bias else 0) + ONEDNN_ENTRY_ALIGNMENT
-        else:
-            scratch = booked(working * 4 * columns, working * 4 * columns)
-        return 0, 0, act * conv.weight, scratch
+    if taps > 1 and (conv.dilated or dtype == "bfloat16" and ic < 16 and oc % 16 or runs_gemm_weights(conv, dtype)):
+        # oneDNN's GEMM convolution on the plain tensors (``gemm_weights_scratchpad``): dilated
+        # kernels, kernels wider than its jit kernels take (a 16×16 patch embedding), and
+        # bfloat16 ones on few input channels
+        return 0, 0, act * conv.weight, gemm_weights_scratchpad(conv, dtype, n, threads)
     if taps == 1:
         # a strided kernel runs unstrided on the input gathered per thread ("rtus"), output-sized
         gathered = replace(conv, strides=(1,) * len(conv.strides), in_spatial=conv.out_spatial)
@@ -345,6 +345,8 @@ def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> 
     """The weight-gradient kernel's scratchpad: 1×1 unstrided kernels have their own, and so do
     strided 1×1 ones in bfloat16 (``jit_bf16_1x1`` on the input gathered per thread, "rtus")."""
     one_by_one = call.taps == 1 and not call.strided
+    if runs_gemm_weights(call, dtype):
+        return gemm_weights_scratchpad(call, dtype, batch, threads, channels_last=True)
     if dtype == "bfloat16" and call.taps == 1 and call.strided:
         gathered = replace(call, strides=(1,) * len(call.strides), in_spatial=call.out_spatial)
         rtus = booked(threads * call.channels * prod(call.out_spatial) * itemsize(dtype))

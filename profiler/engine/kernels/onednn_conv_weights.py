@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from math import prod
 
+from profiler.dtypes import itemsize
 from profiler.engine.kernels.conv_call import ConvCall
 from profiler.engine.kernels.onednn import ONEDNN_PAGE, booked, div_up, up, up16
 
@@ -253,3 +254,87 @@ def bf16_1x1_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int
     padded_bias = 2 * call.out_channels if call.bias and call.out_channels % 16 else 0
     return booked(partial, 2 * nthr * rows * 16 * load_blocks, 2 * nthr * rows * 16 * bcast_blocks, padded_bias,
                    barriers=(1 if mb > 1 else 0,))
+
+
+# --- oneDNN's GEMM convolution (``gemm_convolution_bwd_weights_t``, ONEDNN_VERBOSE ``gemm:jit``) ---
+#
+# oneDNN's jit weight-gradient kernels refuse a kernel wider than 14 (``jit_avx512_common``'s
+# ``init_conf``: "kw > 14", unless its transposed kernel for one output column takes it): a
+# vision transformer's 16×16/16 patch embedding runs the GEMM convolution on the plain tensors.
+
+#: the widest kernel oneDNN's jit weight-gradient kernels take
+JIT_WEIGHTS_MAX_KW = 14
+#: ``jit_bf16``'s weight gradient of a "first convolution" (fewer than 16 input channels)
+BF16_FIRST_CONV_MAX_KW = 24
+#: ... and the transposed kernel (``is_hw_transp``) for one output column: kernels 14–19 wide
+HW_TRANSP_KW = (14, 20)
+#: ``jit_gemm_convolution_utils::init_conf``: a scratchpad of at most 1 GiB and of at most
+#: 15 × threads × (input + weight + output) bytes; outer threading below 256 output positions a
+#: thread; the column buffer shrunk to 5% of what fits (``_coef``) when it would not fit
+GEMM_SCRATCHPAD_MAX = 1 << 30
+GEMM_SCRATCHPAD_TENSORS = 15
+GEMM_OUTER_MAX_POSITIONS = 256
+GEMM_SHRINK = 0.05
+
+
+def runs_gemm_weights(call: ConvCall, dtype: str) -> bool:
+    """Whether oneDNN's jit weight-gradient kernel refuses the convolution for its kernel width
+    (``kw > 14``; bfloat16's ``jit_bf16`` takes up to 24 on fewer than 16 input channels) and
+    the GEMM convolution runs it."""
+    kw = call.kernel[-1]
+    if dtype == "bfloat16" and call.channels < 16:
+        return kw > BF16_FIRST_CONV_MAX_KW
+    if kw <= JIT_WEIGHTS_MAX_KW:
+        return False
+    iw, ow = call.in_spatial[-1], call.out_spatial[-1]
+    transposed = (len(call.kernel) == 2 and HW_TRANSP_KW[0] <= kw < HW_TRANSP_KW[1] and ow == 1 and kw == iw
+                  and max(call.strides) == 1 and not call.dilated and not any(call.pads))
+    return not transposed
+
+
+def gemm_weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int,
+                            channels_last: bool = False) -> int:
+    """Scratchpad of oneDNN's GEMM weight-gradient convolution, one group
+    (``jit_gemm_convolution_utils::init_conf``, backward weights), on plain NCHW tensors or
+    (``channels_last``) on NHWC ones, which also book a transposed input per thread
+    (``key_conv_gemm_imtr``) and never shrink the columns.
+
+    With outer threading (batch over 1, fewer than 256 output positions a thread, and its memory
+    estimate under the limit) every thread books a weight-sized float32 sum
+    (``key_conv_wei_reduction``) and im2col columns (input channels × kernel × output
+    positions); otherwise one. The sums are booked as ``book<float>(nthr * weights_d.size())``,
+    the weight's size in bytes counted as elements: 4 bytes per byte of weight, 16 per float32
+    weight. bfloat16 adds a float32 accumulator likewise (``weights_d.size()`` floats) and a
+    float32 bias. Measured: 3 → 192 channels, 16×16/16 on 64×64, batch 2, 2 threads: 8 weights
+    (4,718,592 B), columns 98,304 B and 256 B of alignment, 4,817,152 B.
+    """
+    act = itemsize(dtype)
+    ic, oc, taps = call.channels, call.out_channels, call.taps
+    positions = prod(call.out_spatial[-2:])                  # oneDNN's os: one depth slice
+    weight = act * call.weight
+    src = act * batch * ic * prod(call.in_spatial)
+    dst = act * batch * oc * prod(call.out_spatial)
+    limit = min(GEMM_SCRATCHPAD_MAX, GEMM_SCRATCHPAD_TENSORS * threads * (src + weight + dst))
+    simd_w = 64 // act
+    bf16 = dtype == "bfloat16"
+    unchanged = (call.in_spatial == call.out_spatial and not call.strided and taps == 1)
+    column = 0 if unchanged else ic * taps * positions
+    transposed = prod(call.in_spatial) * ic                 # imtr: id × is × ic
+    if channels_last:
+        estimate = threads * (act * column + act * transposed + 4 * weight)
+    else:
+        estimate = 4 * threads * weight + act * threads * ic * taps * simd_w
+    if bf16:
+        estimate += 4 * weight + (4 * oc if call.bias else 0)
+    outer = estimate < limit and positions // threads < GEMM_OUTER_MAX_POSITIONS and batch != 1
+    nthr = threads if outer else 1
+    entries = [4 * nthr * weight]
+    if bf16:
+        entries += [4 * weight, 4 * oc if call.bias else 0]
+    if channels_last:
+        return booked(act * nthr * column, *entries, act * nthr * transposed)
+    available = limit - booked(*entries)
+    if available < act * nthr * column:
+        most = available // (act * nthr * ic * taps)
+        column = ic * taps * max(simd_w, int(_f32(_f32(most) * _f32(GEMM_SHRINK))))
+    return booked(act * nthr * column, *entries)
