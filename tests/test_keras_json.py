@@ -15,6 +15,7 @@ from profiler.errors import SpecError, UnsupportedLayerError
 from profiler.frontends.keras_json import is_keras_json, supported_classes, to_spec_dict
 from profiler.engine.predict import predict
 from profiler.frontends.spec import from_dict, loads
+from isa import require_modelled_isa_for
 
 KERAS2 = Path(__file__).parent / "keras2"
 
@@ -681,6 +682,7 @@ def test_frozen_batch_norm_runs_in_inference_mode_and_its_peaks_are_exact(keras,
     from profiler.frontends.build import build
     from profiler.rules.modules import _KerasBatchNorm
     spec = from_dict(to_spec_dict(json.loads(_build(keras, builder).to_json()), source="m.json"), source="m.json")
+    require_modelled_isa_for(spec)
     module = build(spec).train()
     norms = [m for m in module.modules() if isinstance(m, _KerasBatchNorm)]
     assert norms and not any(m.training for m in norms)
@@ -800,6 +802,7 @@ def test_new_layers_match_keras_and_their_peaks_are_exact(keras, builder):
     prediction = predict(spec)
     assert _check_against_keras(keras, model, {r.name: r for r in prediction.rows}) >= 4
     assert prediction.params == model.count_params()
+    require_modelled_isa_for(spec)   # the parameter checks above hold everywhere; the peaks book oneDNN's workspace
     for batch in (1, 3):
         result = profiler.profile(spec, batch=batch, warmup=0, repeats=1, optimizers=("sgd", "adam"))
         assert {k: v for k, v in result["relative_error"].items() if v} == {}, batch

@@ -5,12 +5,14 @@ import re
 import torch
 
 import profiler
+from isa import modelled_isa
 
 
 def _lstm():
     return torch.nn.LSTM(32, 64, batch_first=True)
 
 
+@modelled_isa   # the bytes at stake are the AVX-512 laws'
 def test_a_bfloat16_lstm_is_flagged_and_the_gap_is_within_what_it_says():
     result = profiler.profile(_lstm, (10, 32), batch=4, dtype="bfloat16", warmup=0, repeats=1)
     flagged = [w for w in result["warnings"] if w.startswith("NOT MODELLED") and "LSTM" in w]

@@ -21,6 +21,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from profiler.dtypes import dtype_name
+from profiler.engine.kernels import cpu_isa
 from profiler.engine.kernels.cpu_conv import conv_workspace
 from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_norm_backward_workspace,
                                               batch_norm_statistics)
@@ -249,7 +250,10 @@ _LSTM = 2
 
 
 def _cpu_isa() -> str:
-    return torch.backends.cpu.get_cpu_capability()
+    """oneDNN's instruction set as ``brgemm_n_block`` names it ("AVX512" or "AVX2"): oneDNN's own
+    (capped by ONEDNN_MAX_CPU_ISA), not ATen's ``get_cpu_capability`` which ignores the cap."""
+    isa = cpu_isa.onednn_isa() or "AVX2"
+    return "AVX512" if cpu_isa.NAMES.index(isa) >= cpu_isa.NAMES.index("AVX512_CORE") else "AVX2"
 
 
 @_workspace(aten.mkldnn_rnn_layer.default)
