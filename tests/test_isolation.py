@@ -76,6 +76,12 @@ def test_the_cli_says_does_not_fit_when_its_child_is_killed(tmp_path):
     assert "killed by signal 9" in err and len(err.strip().splitlines()) == 1
 
 
+def _default_sigint():
+    """A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored: the
+    command under test gets the terminal's default, as a foreground command would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_profile_saves_nothing_and_exits_130(tmp_path):
     runs = tmp_path / "runs"
     first = subprocess.run([sys.executable, "-m", "profiler", "profile", "digits", "--batch", "2", "--repeats", "1",
@@ -84,7 +90,8 @@ def test_ctrl_c_during_profile_saves_nothing_and_exits_130(tmp_path):
     kept = {p.name: p.read_bytes() for p in runs.iterdir()}
     process = subprocess.Popen([sys.executable, "-m", "profiler", "profile", "digits", "--batch", "8", "--repeats",
                                 "200000", "--results-dir", str(runs)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=_default_sigint)
     root = psutil.Process(process.pid)
     deadline = time.time() + 120
     while not _measuring_children(root) and time.time() < deadline:
