@@ -12,10 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from realworld_zoo import PEAKS, ZOO, run  # noqa: E402
 from isa import require_modelled_isa  # noqa: E402
 
-#: (entry, batch sizes). Left out at batch 2 until modelled: a Python number multiplying a tensor
-#: that needs a gradient (``q * scale``) is kept by ``MulBackward0`` as a 0-d double, 8 B per call
-#: until backward reaches the node (GPT-2 48 B, Llama 16 B, MultiheadAttention 8 B under at batch
-#: 2, where the peak falls in backward); nn.GRU's inference at batch 2 (10,240 B over).
+#: (entry, batch sizes), kept to a few seconds each. nn.GRU is left out at batch 2: its inference is
+#: over by 10,240 B there (ATen's ``linear`` adds a transposed input's bias out of place on fake
+#: tensors, in place on real ones).
 FAST = {"timm resnet (test_resnet)": (1, 2), "torchvision resnet18": (1, 2), "transformers bert (sdpa)": (1, 2),
         "transformers gpt2 (sdpa)": (1, 2), "transformers llama (eager)": (1, 2), "torch nn.GRU": (1,),
         "torch nn.MultiheadAttention": (1, 2), "timm swin_tiny": (1,)}

@@ -385,8 +385,7 @@ def _called_layer(given: dict[str, Any], layers: dict[str, LayerSpec], calls: di
     return layers[target], name
 
 
-def _parse_refs(raw: Any, nodes: list[Node], inputs: tuple[InputSpec, ...],
-                defined: set[str] | None = None) -> tuple[Ref, ...]:
+def _parse_refs(raw: Any, nodes: list[Node], inputs: tuple[InputSpec, ...], defined: set[str]) -> tuple[Ref, ...]:
     """A node's inputs: names of inputs or earlier nodes ("name" or "name:k"); default the previous.
     ``defined``: those names as a set, kept by the caller (a list per node was quadratic)."""
     if raw is None:
@@ -399,8 +398,6 @@ def _parse_refs(raw: Any, nodes: list[Node], inputs: tuple[InputSpec, ...],
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or not items or not all(isinstance(r, str) for r in items):
         raise SpecError("must be a name or a list of names", field="inputs", received=repr(raw))
-    if defined is None:
-        defined = {i.name for i in inputs} | {n.name for n in nodes}
     refs = []
     for text in items:
         name, _, index = text.partition(":")
