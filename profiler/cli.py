@@ -88,11 +88,36 @@ def _name(source) -> str:
 
 def _summary(args: argparse.Namespace) -> int:
     source = _source(args)
+    device_kind = args.device_kind or ("cuda" if args.device not in (None, "cpu") else "cpu")
     result = workflow.summary(source, batch=args.batch, dtype=args.dtype, loss=args.loss,
-                              device_kind=args.device_kind, optimizers=args.optimizers,
-                              amp=_amp_dtype(args, args.device_kind), checkpoint=args.checkpoint,
-                              threads=args.threads, input_grad=args.input_grad, depth=args.depth)
+                              device_kind=device_kind, optimizers=args.optimizers,
+                              amp=_amp_dtype(args, device_kind), checkpoint=args.checkpoint,
+                              threads=args.threads, input_grad=args.input_grad, depth=args.depth,
+                              time_on=args.device, progress=_progress)
     _emit(result, args)
+    return 0
+
+
+def _progress(message: str) -> None:
+    """What a long preparation is doing (calibrating this machine's time model), on stderr."""
+    print(f"modelsize: calibrating this machine's time model (once; cached): {message}", file=sys.stderr)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from profiler.measuring.calibrate import cache_path, cpu_model_for, machine_key
+    import torch
+    threads = args.threads or torch.get_num_threads()
+    model, _ = cpu_model_for(threads, recalibrate=True, progress=_progress)
+    print(f"Calibrated: {model.source}")
+    for key, curve in sorted(model.curves.items()):
+        if key.startswith("matmul/"):
+            print(f"  matrix multiply, {key.split('/')[1]}: {curve.work[-1] / curve.seconds[-1] / 1e9:,.1f} GFLOP/s "
+                  f"at {curve.work[-1] / 1e9:.2g} GFLOP, {curve.seconds[0] * 1e6:.1f} µs for the smallest")
+    print(f"  memory bandwidth: {model.bandwidth / 1e9:,.1f} GB/s; a view: {model.view_s * 1e6:.2f} µs")
+    print("  beyond the operators, per call: " + ", ".join(f"{phase} {seconds * 1e6:+.2f} µs"
+                                                           for phase, seconds in model.per_op_s.items()))
+    print(f"  operators with their own curve: {len(model.op_curves)}")
+    print(f"Saved: {cache_path(machine_key(threads))}")
     return 0
 
 
@@ -119,7 +144,8 @@ def _profile(args: argparse.Namespace) -> int:
         check_writable(args.results_dir)
     isolate_from = _isolated(args)
     try:
-        result = workflow.profile(source, **_measure_options(args), depth=args.depth, isolate_from=isolate_from)
+        result = workflow.profile(source, **_measure_options(args), depth=args.depth, isolate_from=isolate_from,
+                                  progress=_progress)
     except DoesNotFit as error:
         print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
@@ -148,6 +174,11 @@ def _fit(args: argparse.Namespace) -> int:
     answer = fit.solve(source, budget, mode="inference" if args.inference else args.train, dtype=args.dtype,
                        loss=args.loss, amp=_amp_dtype(args, target), threads=args.threads)
     result = answer.as_dict()
+    if args.device and answer.batch:   # the time of a step at the answer, on that card
+        timed = workflow.summary(source, batch=answer.batch, dtype=args.dtype, loss=args.loss, device_kind=target,
+                                 optimizers=() if args.inference else (args.train,), amp=_amp_dtype(args, target),
+                                 threads=args.threads, time_on=args.device)
+        result["predicted_time"] = timed["predicted_time"]
     if args.verify:
         result["verification"] = fit.verify(source, answer, isolate_from=_isolated(args)).as_dict()
     if args.format == "json":
@@ -314,8 +345,13 @@ def _parser() -> argparse.ArgumentParser:
                     "no arguments under the meta device, so no weights are allocated; give the input with "
                     "--input-shape. Only name code you trust.")
     common(summary)
-    summary.add_argument("--device-kind", choices=("cpu", "cuda"), default="cpu",
-                         help="predict for this kind of device (optimizer kernels differ)")
+    summary.add_argument("--device-kind", choices=("cpu", "cuda"), default=None,
+                         help="predict memory for this kind of device (optimizer kernels differ; default: cpu, "
+                              "cuda with --device NAME)")
+    summary.add_argument("--device", metavar="NAME", default=None,
+                         help="also predict the time of inference and of each training step: cpu (this machine, "
+                              "calibrated once and cached, see 'calibrate') or a catalogued accelerator such as "
+                              "h100-80gb (a roofline at its datasheet figures, until checked on that card)")
     summary.set_defaults(run=_summary)
 
     measure = commands.add_parser("measure", help="build the model in PyTorch and measure it")
@@ -362,6 +398,11 @@ def _parser() -> argparse.ArgumentParser:
                           "the CPU, cuda budgets on the GPU), each in a child process")
     fit.add_argument("--in-process", action="store_true", help="--verify measures in this process")
     fit.set_defaults(run=_fit)
+    calibrate = commands.add_parser(
+        "calibrate", help="measure this machine's time model again (about 10 s; cached for later predictions)")
+    calibrate.add_argument("--threads", type=_positive, default=None,
+                           help="CPU threads to calibrate for (default: torch's, which honours OMP_NUM_THREADS)")
+    calibrate.set_defaults(run=_calibrate)
     return parser
 
 

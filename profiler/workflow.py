@@ -6,15 +6,17 @@ see :mod:`profiler.frontends.source`. Each job returns the result dict that is s
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from profiler.engine.kernels import cpu_isa
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS
 from profiler.engine.predict import predict
+from profiler.engine.step_time import DeviceModel, predict_times
 from profiler.errors import SpecError
 from profiler.frontends.source import ModuleSource, resolve
 from profiler.frontends.spec import ModelSpec
 from profiler.report.results import breakdown_comparison, relative_errors
+from profiler.report.time_tables import time_errors
 
 Source = ModelSpec | ModuleSource
 
@@ -44,23 +46,66 @@ def _module_only_options(source: ModuleSource, *, checkpoint: Any, input_grad: b
 def summary(source: Source, *, batch: int, dtype: str = "float32", loss: str = "cross_entropy",
             device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
             checkpoint: bool | tuple[str, ...] = (), threads: int | None = None,
-            input_grad: bool = False, depth: int | None = None) -> dict[str, Any]:
+            input_grad: bool = False, depth: int | None = None, time_on: str | None = None,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Predict. ``amp``: mixed precision to this dtype; ``checkpoint``: layers checkpointed (True: all);
     ``input_grad``: training computes the inputs' gradients too; ``threads``: the CPU threads the run
-    will use (kernels' scratch depends on them; default: torch's)."""
+    will use (kernels' scratch depends on them; default: torch's). ``time_on``: also predict the
+    time, on "cpu" (this machine, calibrated once: ``progress`` hears about it) or a catalogued
+    accelerator ("h100-80gb": a roofline at its datasheet figures)."""
+    model = None if time_on is None else time_model(time_on, threads, progress)
     if isinstance(source, ModuleSource):
         from profiler.engine.torch_module import summary as module_summary
         _module_only_options(source, checkpoint=checkpoint, input_grad=input_grad)
         result = module_summary(source.for_prediction(), list(source.input_shapes), batch=batch, depth=depth,
                                 input_dtype=list(source.input_dtypes), dtype=dtype, loss=loss, name=source.name,
-                                optimizers=optimizers, amp=amp, threads=threads, device_kind=device_kind)
+                                optimizers=optimizers, amp=amp, threads=threads, device_kind=device_kind,
+                                time_model=model)
         result["model_source"] = source.as_dict()
     else:
         result = predict(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                          optimizers=optimizers, amp=amp, checkpoint=checkpoint, threads=threads,
                          input_grad=input_grad).as_dict()
+        if model is not None:
+            result["predicted_time"] = spec_time(source, model, batch=batch, dtype=dtype, loss=loss,
+                                                 device_kind=device_kind, optimizers=optimizers, amp=amp,
+                                                 checkpoint=checkpoint, threads=threads, input_grad=input_grad)
     result["warnings"] = result.get("warnings", []) + cpu_isa.warnings(dtype=dtype, amp=amp, device_kind=device_kind)
     return result
+
+
+def time_model(device: str, threads: int | None = None,
+               progress: Callable[[str], None] | None = None) -> DeviceModel:
+    """The time model of ``device``: "cpu" is this machine, calibrated (cached after the first
+    time); any other name a catalogued accelerator, priced by its datasheet."""
+    if device == "cpu":
+        from profiler.measuring.calibrate import cpu_model_for
+        return cpu_model_for(threads, progress=progress)[0]
+    from profiler.planning.accelerators import lookup, roofline_model
+    return roofline_model(lookup(device))
+
+
+def spec_time(spec: ModelSpec, model: DeviceModel, *, batch: int, dtype: str, loss: str, device_kind: str,
+              optimizers: tuple[str, ...], amp: str | None, checkpoint: bool | tuple[str, ...],
+              threads: int | None, input_grad: bool) -> dict[str, Any]:
+    """A spec's predicted time: its torch module replayed by the engine (the spec path's fast
+    replay counts bytes, not operator calls), per spec layer."""
+    from profiler.engine import spec_memory
+    from profiler.engine.predict import checkpoint_layers
+    memory = spec_memory.replay(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                                optimizers=optimizers, amp=amp, checkpoint=checkpoint_layers(spec, checkpoint),
+                                threads=threads, input_grad=input_grad)
+    timed = predict_times(model, memory.costs, batch)
+    timed["layers"] = {phase: _summed_by(spec_memory.layer_of, per_module)
+                       for phase, per_module in timed["layers"].items()}
+    return timed
+
+
+def _summed_by(key: Callable[[str], str], values: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, value in values.items():
+        out[key(name)] = out.get(key(name), 0.0) + value
+    return out
 
 
 def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "cross_entropy",
@@ -169,7 +214,8 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
             checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False,
             depth: int | None = None, force: bool = False,
-            isolate_from: dict[str, Any] | None = None) -> dict[str, Any]:
+            isolate_from: dict[str, Any] | None = None, predict_time: bool = True,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Predict, measure and compare: the whole result, ready to save and render.
 
     The prediction comes first: it validates the model and the options (mixed precision on layers
@@ -186,7 +232,8 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     device_kind = "cuda" if target.name.startswith("cuda") else "cpu"
     result = summary(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                      optimizers=optimizers, amp=amp, checkpoint=checkpoint, input_grad=input_grad,
-                     threads=threads if threads is not None else torch.get_num_threads(), depth=depth)
+                     threads=threads if threads is not None else torch.get_num_threads(), depth=depth,
+                     time_on=_timed_device(target) if predict_time else None, progress=progress)
     measured, options = measure(source, batch=batch, dtype=dtype, loss=loss, device=target.name,
                                 warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
                                 amp=amp, checkpoint=checkpoint, input_grad=input_grad, validate=False,
@@ -196,4 +243,17 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     result.update(options=options, **described, machine_info=machine_info(), measured=measured,
                   relative_error=relative_errors(result["predicted"], measured),
                   breakdown_comparison=breakdown_comparison(result["peaks"], measured.get("breakdown", {})))
+    if "predicted_time" in result:
+        result["time_error"] = time_errors(result["predicted_time"], measured)
     return result
+
+
+def _timed_device(target: Any) -> str | None:
+    """Which time model a measurement on ``target`` is compared with: this machine's calibration on
+    the CPU; on CUDA, the catalogued card of the same name (a roofline), if there is one."""
+    if target.torch_device.type == "cpu":
+        return "cpu"
+    import torch
+    from profiler.planning.accelerators import CATALOG
+    name = torch.cuda.get_device_name(target.torch_device)
+    return next((a.name for a in CATALOG.values() if a.model == name), None)

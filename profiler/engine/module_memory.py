@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -42,8 +42,9 @@ from profiler.engine.memory_model import CATEGORIES, Peak
 from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.registry import Context
-from profiler.engine.kernels.aten_cpu import kernel_workspace, registrar, unmodelled
+from profiler.engine.kernels.aten_cpu import kernel_of, kernel_workspace, registrar, unmodelled
 from profiler.engine.kernels.onednn_rnn import onednn_lstm_workspace_bytes
+from profiler.engine.op_cost import OpCost, op_cost
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
 
@@ -270,6 +271,11 @@ _MODULE_KEY = "modelsize.module"
 _KEPT_KEY = "modelsize.kept"
 
 
+def _cost_phase(phase: str) -> str:
+    """The log's phase as the time model names it: forward, loss, backward, optimizer."""
+    return phase.split(" ", 1)[0]
+
+
 class _Token:
     """Dies with the autograd node that holds it (weakly referenceable, unlike ``object()``)."""
 
@@ -308,6 +314,7 @@ class StorageLog(TorchDispatchMode):
         self.unmodelled: dict[str, tuple[int, int]] = {}   # what -> (calls, most bytes at stake in one)
         self._unsettled: list[tuple[Any, int]] = []   # (weakref to a result, serial of its kept number)
         self._kept_alive: set[int] = set()
+        self.costs: list[OpCost] = []           # every operator call's work, in order (the time model's input)
 
     # -- what exists, and what is what --------------------------------------------------------
     def seed(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
@@ -374,6 +381,13 @@ class StorageLog(TorchDispatchMode):
                 if tensor.grad_fn is not None:
                     tensor.grad_fn.metadata.setdefault(_MODULE_KEY, name)
 
+    def _module(self) -> str:
+        """The module running: forward, its hook's; backward, the one whose forward made the node."""
+        if self.phase == "backward":
+            node = torch._C._current_autograd_node()
+            return node.metadata.get(_MODULE_KEY, "") if node is not None else ""
+        return self._stack[-1] if self._stack else ""
+
     def _where(self) -> str:
         if self.phase == "forward":
             return f"forward {self._stack[-1] or '(root)'}" if self._stack else "forward"
@@ -410,6 +424,10 @@ class StorageLog(TorchDispatchMode):
                         self.category[serial] = "weight_casts"
                 elif self._nbytes[serial] != storage.nbytes():   # resized in place (out=)
                     self._resize(serial, storage.nbytes())
+        cost = op_cost(func, args, kwargs, out, phase=_cost_phase(self.phase), module=self._module(),
+                       kernel=kernel_of(func, args, self.run) if self.run is not None else "")
+        if cost is not None:
+            self.costs.append(cost)
         results = outputs or tensors_in(args)
         dtype = results[0].dtype if results else None   # what a kernel's own buffers are counted in
         wrapped = wrapped_numbers(func, args)
@@ -662,6 +680,9 @@ class MemoryPrediction:
     timelines: dict[str, Timeline] = field(default_factory=dict)   # "inference", "train_adam", ...
     output_dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # module -> its inference output's dtype
     unmodelled: dict[str, tuple[int, int]] = field(default_factory=dict)  # what -> (calls, bytes at stake in one)
+    # the operator calls of each run, for the time model: "inference"; "training" (forward, loss and
+    # backward, the same for every optimizer); "step_<optimizer>" (its update)
+    costs: dict[str, list[OpCost]] = field(default_factory=dict)
 
     def warnings(self) -> list[str]:
         """One line per kernel whose workspace the replay could not book."""
@@ -734,6 +755,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         inference = log.peak([start, piece], start=len(start))
         timelines = {"inference": log.timeline([start, piece], start=len(start))}
         output_dtypes = dict(log.output_dtype)
+        costs = {"inference": [replace(c, phase="inference") for c in log.costs]}
     finally:
         log.close()
 
@@ -743,7 +765,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     inference_log = log
     if not optimizers or not params:
         return MemoryPrediction(inference, training, first_step, {}, timelines, output_dtypes,
-                                dict(inference_log.unmodelled))
+                                dict(inference_log.unmodelled), costs)
     model.train()
     loss_fn = step_loss(loss)
     for p in params:
@@ -775,6 +797,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         input_grads = [x.grad for x in differentiated]
         log.mark(input_grads, "temporaries")
         forward_backward = log.cut()
+        costs["training"] = list(log.costs)
         for name in optimizers:
             init, step, created, opt = _optimizer_step(log, name, params, foreach=not on_cpu)
             alive.append(opt)
@@ -793,6 +816,9 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                                       start=len(before))
             timelines[f"train_{name}"] = log.timeline([before, zero_grad, forward_backward, update],
                                                       start=len(before))
+        # every peak is read: a second step may now free what the log would have counted
+        for name, opt in zip(optimizers, [o for o in alive if isinstance(o, torch.optim.Optimizer)]):
+            costs[f"step_{name}"] = _steady_update_costs(names, run, opt)
     finally:
         log.close()
         alive.clear()
@@ -805,7 +831,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     for what, (calls, most) in log.unmodelled.items():
         before = unknown.get(what, (0, 0))
         unknown[what] = (before[0] + calls, max(before[1], most))
-    return MemoryPrediction(inference, training, first_step, saved, timelines, output_dtypes, unknown)
+    return MemoryPrediction(inference, training, first_step, saved, timelines, output_dtypes, unknown, costs)
 
 
 def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parameter], *,
@@ -829,6 +855,19 @@ def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parame
     state = list(_state_tensors(opt))
     log.mark(state, "optimizer_state")
     return init, log.cut(), log.serials(state) - {e.serial for e in init}, opt
+
+
+def _steady_update_costs(names: dict[int, str], run: Context | None, opt: torch.optim.Optimizer) -> list[OpCost]:
+    """The operator calls of a steady-state update: a second ``step`` of an optimizer whose first
+    made its state (the first's calls include making it), logged apart from the memory log."""
+    log = StorageLog(names, run)
+    try:
+        with log:
+            log.set_phase("optimizer step")
+            opt.step()
+    finally:
+        log.close()
+    return log.costs
 
 
 def autocast(amp: str | None) -> contextlib.AbstractContextManager:

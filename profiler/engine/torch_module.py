@@ -50,6 +50,7 @@ from profiler.step import LOSSES
 from profiler.engine.module_memory import (OPTIMIZERS, MemoryPrediction, autocast, make_target, outputs,
                                            predict_memory)
 from profiler.engine.module_trace import Trace, trace
+from profiler.engine.step_time import DeviceModel, predict_times
 from profiler.engine.value_reads import answered_as_real
 from profiler.frontends.source import call_factory, load_factory
 from profiler.measuring.runner import AMP_DTYPES
@@ -63,7 +64,8 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
             batch: int = 1, depth: int | None = None, input_dtype: str | Sequence[str] = "float",
             dtype: str = "float32", loss: str = "cross_entropy", name: str | None = None,
             optimizers: Sequence[str] = ("sgd", "adam"), amp: str | None = None,
-            threads: int | None = None, device_kind: str = "cpu") -> dict[str, Any]:
+            threads: int | None = None, device_kind: str = "cpu",
+            time_model: DeviceModel | None = None) -> dict[str, Any]:
     """Everything modelsize can say about a torch module, as a result dict (see the module doc).
 
     ``model`` is a module (left untouched), a factory of no arguments (called under the meta
@@ -75,7 +77,8 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     The loss is computed on the output; for a tuple output, on each of its tensors (summed).
     ``amp``: mixed precision as the runner measures it, float32 weights and the forward pass and
     loss under ``torch.autocast("cpu", dtype=amp)`` ("bfloat16" or "float16"); ``mse`` targets
-    stay float32.
+    stay float32. ``time_model``: also predict the time of inference and of each training step on
+    that device (``predicted_time``, see :func:`profiler.engine.step_time.predict_times`).
     """
     shapes = _input_shapes(input_shape)
     in_dtypes = _input_dtypes(input_dtype, len(shapes), dtype)
@@ -122,7 +125,10 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     for opt, peak in memory.first_step.items():
         predicted[f"train_first_step_peak_bytes_{opt}"] = peak.bytes
         peaks[f"train_first_step_{opt}"] = peak.as_dict()
+    timed = {} if time_model is None else \
+        {"predicted_time": predict_times(time_model, memory.costs, batch)}
     return {
+        **timed,
         "model": name, "source": "torch", "batch": batch, "dtype": dtype, "loss": loss,
         "device_kind": device_kind, "amp": amp, "depth": depth,
         "input_shape": [[None, *s] for s in shapes] if len(shapes) > 1 else [None, *shapes[0]],

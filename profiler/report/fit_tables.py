@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from profiler.report.time_tables import render_time
 from profiler.report import grid, units
 from profiler.report.tables import OPTIMIZER_LABELS
 
@@ -25,6 +26,9 @@ def render_fit(result: dict[str, Any], *, markdown: bool = False, explain: bool 
         parts.append(layout([f"At batch {result['batch']}: {result['peak']['at']}", "Bytes"],
                             [[k, units.nbytes(v)] for k, v in breakdown.items() if v],
                             right=[False, True]))
+    if result.get("predicted_time"):
+        parts.append(render_time({"predicted_time": result["predicted_time"], "batch": result["batch"]},
+                                 layout, markdown))
     if "verification" in result:
         parts.append(_verification(result["verification"], layout))
     return "\n\n".join(parts) + "\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from profiler.report import grid, units
+from profiler.report.time_tables import render_time
 
 OPTIMIZER_LABELS = {"sgd": "SGD", "sgd_momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW",
                     "rmsprop": "RMSprop", "adagrad": "Adagrad"}
@@ -34,6 +35,7 @@ def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = Fa
         parts += [_layers(result, layout, explain, depth), _totals(result, markdown)]
     parts.append(_memory(result, layout))
     parts.append(_makeup(result, layout))
+    parts.append(render_time(result, layout, markdown))
     parts.append(_warnings(result, markdown))
     if explain:
         parts.append(_breakdowns(result, markdown))

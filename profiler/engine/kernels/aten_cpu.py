@@ -22,7 +22,8 @@ from torch._prims_common import suggest_memory_format
 
 from profiler.dtypes import dtype_name
 from profiler.engine.kernels import cpu_isa
-from profiler.engine.kernels.cpu_conv import conv_workspace
+from profiler.engine.kernels.conv_call import ConvCall
+from profiler.engine.kernels.cpu_conv import conv_workspace, kernel_name
 from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_norm_backward_workspace,
                                               batch_norm_statistics)
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
@@ -122,6 +123,24 @@ def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, strid
         transposed=transposed, in_spatial=tuple(x.shape[2:]), padding=tuple(padding),
         dilation=tuple(dilation), input_grad=input_grad, input_copied=copied(x), grad_copied=copied(grad_out))
     return _saved_bytes(forward, batch, x.dtype), _saved_bytes(backward, batch, x.dtype)
+
+
+def kernel_of(func: Any, args: tuple, run: Context) -> str:
+    """Which CPU kernel family runs a call, where that sets its speed (convolutions: oneDNN,
+    depthwise or im2col); "" for the others."""
+    if func is aten.convolution.default:
+        x, weight = args[0], args[1]
+        stride, padding, dilation, transposed, groups = args[3], args[4], args[5], args[6], args[8]
+    elif func is aten.convolution_backward.default:
+        x, weight = args[1], args[2]
+        stride, padding, dilation, transposed, groups = args[4], args[5], args[6], args[7], args[9]
+    else:
+        return ""
+    spatial = tuple(x.shape[2:])
+    call = ConvCall(x.shape[1], weight.shape[0], spatial, spatial,
+                    tuple(weight.shape[2:]), tuple(stride), tuple(padding), tuple(dilation), groups,
+                    False, bool(transposed))
+    return kernel_name(_op_context(run, x.dtype, batch=x.shape[0]), call)
 
 
 @_workspace(aten.convolution.default)

@@ -87,6 +87,14 @@ IM2COL_MAX_ELEMENTS = 20_480
 ONEDNN_MIN_BATCH_1X1 = 16
 
 
+def kernel_name(ctx, call: ConvCall) -> str:
+    """The kernel family a CPU convolution runs on, which sets its speed: "onednn", "depthwise"
+    (oneDNN, one channel per group) or "im2col" (torch's own)."""
+    if not runs_onednn(ctx, call):
+        return "im2col"
+    return "depthwise" if call.groups > 1 and call.groups == call.channels else "onednn"
+
+
 def runs_onednn(ctx, call: ConvCall) -> bool:
     """torch's ``ConvParams::use_mkldnn`` for a CPU convolution: oneDNN, or torch's im2col kernels."""
     dtype = ctx.compute_dtype(True)

@@ -1,0 +1,213 @@
+"""What one aten operator call costs in work: its floating-point operations and the bytes it moves.
+
+The time model (:mod:`profiler.engine.step_time`) turns these into seconds on a device. FLOPs come
+from PyTorch's own formulas (``torch.utils.flop_counter``'s registry, the one ``FlopCounterMode``
+uses), with the CPU kernels it has no entry for mapped to the formula of the same computation.
+Bytes are what the call reads (its tensor arguments) and writes (its results), each tensor counted
+once, at the bytes its view spans (an expanded tensor is read once, not once per repeat). A view
+moves nothing; an allocation (``empty``) writes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+aten = torch.ops.aten
+
+#: operator packets whose time is a matrix multiply's (FLOPs-bound when large)
+MATMUL = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten._scaled_mm}
+#: convolutions, forward and backward
+CONV = {aten.convolution, aten._convolution, aten.convolution_backward, aten._slow_conv2d_forward,
+        aten.convolution_overrideable, aten.mkldnn_convolution}
+#: fused attention kernels (FLOPs from the scaled dot-product formulas)
+ATTENTION = {aten._scaled_dot_product_flash_attention_for_cpu,
+             aten._scaled_dot_product_flash_attention_for_cpu_backward,
+             aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_flash_attention_backward,
+             aten._scaled_dot_product_efficient_attention,
+             aten._scaled_dot_product_efficient_attention_backward}
+#: operators that only make a tensor (no data written) or only change metadata
+NO_DATA = {aten.empty, aten.empty_like, aten._unsafe_view, aten.empty_strided, aten.lift_fresh, aten.lift, aten.detach,
+           aten.alias, aten.resize_, aten.set_, aten._local_scalar_dense, aten.sym_size, aten.sym_stride,
+           aten.sym_numel, aten.is_same_size, aten._has_compatible_shallow_copy_type}
+
+KINDS = ("matmul", "conv", "attention", "memory", "view")
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """One operator call: what it is, where it ran, and its work."""
+    op: str             # "aten.addmm.default"
+    kind: str           # one of KINDS
+    phase: str          # "forward", "loss", "backward", "optimizer"
+    module: str         # the module running it ("" outside any)
+    dtype: str          # of its first floating tensor ("" if none)
+    kernel: str         # the kernel family where the backend tells (a convolution's "onednn", "im2col")
+    flops: int
+    bytes_read: int
+    bytes_written: int
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_read + self.bytes_written
+
+    @property
+    def work(self) -> int:
+        """What its time grows with: FLOPs where it has them, else the bytes it moves."""
+        return self.flops or self.bytes
+
+    @property
+    def packet(self) -> str:
+        """The operator without its overload: "aten.addmm"."""
+        return self.op.rsplit(".", 1)[0]
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """The tensors in nested lists, tuples and dicts. Iterative, holding nothing after it returns:
+    a recursive closure (or torch's pytree) makes a reference cycle that keeps the tensors alive
+    until the garbage collector runs, which the memory log would see as memory still held."""
+    found: list[torch.Tensor] = []
+    stack = [tree]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            found.append(x)
+        elif isinstance(x, (list, tuple)):
+            stack.extend(reversed(x))
+        elif isinstance(x, dict):
+            stack.extend(reversed(list(x.values())))
+    return found
+
+
+def _shapes(tree: Any) -> Any:
+    """``tree`` with each tensor as its shape: what the FLOP formulas read, passed without tensors
+    (their wrapper would flatten tensors with torch's pytree, a reference cycle: see :func:`_tensors`)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.shape
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_shapes(x) for x in tree) if type(tree) in (list, tuple) else tree
+    if isinstance(tree, dict):
+        return {k: _shapes(v) for k, v in tree.items()}
+    return tree
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a kernel touches in ``t``: its elements, but an expanded (stride-0) axis once."""
+    if t.numel() == 0:
+        return 0
+    distinct = prod(size for size, stride in zip(t.shape, t.stride()) if stride != 0)
+    return distinct * t.element_size()
+
+
+def _moved(tensors: list[torch.Tensor]) -> int:
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    total = 0
+    for t in tensors:
+        try:
+            key = (id(t.untyped_storage()), t.storage_offset(), tuple(t.shape))
+        except (RuntimeError, NotImplementedError):   # sparse, or no storage
+            continue
+        if key not in seen:
+            seen.add(key)
+            total += tensor_bytes(t)
+    return total
+
+
+def _rnn_layer_flops(args: tuple, kwargs: dict, out: Any) -> int:
+    """oneDNN's LSTM layer (``mkldnn_rnn_layer``): per step and sample, the gates' two matrix
+    products, 4 × hidden × (input + hidden) multiply-adds."""
+    x, hidden = args[0], int(args[10])
+    steps, batch, features = x.shape
+    return 2 * steps * batch * 4 * hidden * (features + hidden)
+
+
+def _rnn_layer_backward_flops(args: tuple, kwargs: dict, out: Any) -> int:
+    # the weights' and the input's gradients: twice the forward's products
+    x, hidden = args[0], int(args[15])
+    steps, batch, features = x.shape
+    return 2 * 2 * steps * batch * 4 * hidden * (features + hidden)
+
+
+def _linear_product_flops(q: torch.Tensor, weight: torch.Tensor) -> int:
+    return 2 * prod(q.shape[:-1]) * weight.shape[0] * weight.shape[1]
+
+
+def _mha_flops(args: tuple, kwargs: dict, out: Any) -> int:
+    """``_native_multi_head_attention(q, k, v, embed, heads, in_w, in_b, out_w, out_b, ...)``:
+    the in-projection, the two attention products and the out-projection."""
+    q, k, v, embed, in_w, out_w = args[0], args[1], args[2], args[3], args[5], args[7]
+    batch, length = q.shape[0], q.shape[1]
+    source = k.shape[1]
+    projections = 2 * batch * (length + 2 * source) * embed * embed   # in_w is 3E × E, one E slice each
+    attention = 2 * 2 * batch * length * source * embed
+    return projections + attention + _linear_product_flops(q, out_w)
+
+
+def _encoder_layer_flops(args: tuple, kwargs: dict, out: Any) -> int:
+    """``_transformer_encoder_layer_fwd(src, embed, heads, qkv_w, qkv_b, proj_w, proj_b, ..., w1, b1,
+    w2, b2, ...)``: attention (as :func:`_mha_flops`) and the two feed-forward products."""
+    src, embed, w1, w2 = args[0], args[1], args[14], args[16]
+    batch, length = src.shape[0], src.shape[1]
+    attention = 2 * batch * 3 * length * embed * embed + 2 * 2 * batch * length * length * embed \
+        + 2 * batch * length * embed * embed
+    return attention + _linear_product_flops(src, w1) + 2 * batch * length * w2.shape[0] * w2.shape[1]
+
+
+def _registry(packet: Any) -> Callable[..., int]:
+    formula = flop_registry[packet]
+    return lambda args, kwargs, out: formula(*_shapes(args), **_shapes(kwargs), out_val=_shapes(out))
+
+
+_FLOPS: dict[Any, Callable[[tuple, dict, Any], int]] = {p: _registry(p) for p in flop_registry}
+_FLOPS[aten._scaled_dot_product_flash_attention_for_cpu] = \
+    lambda args, kwargs, out: sdpa_flop_count(args[0].shape, args[1].shape, args[2].shape)
+_FLOPS[aten._scaled_dot_product_flash_attention_for_cpu_backward] = \
+    lambda args, kwargs, out: sdpa_backward_flop_count(args[0].shape, args[1].shape, args[2].shape, args[3].shape)
+_FLOPS[aten.mkldnn_rnn_layer] = _rnn_layer_flops
+_FLOPS[aten.mkldnn_rnn_layer_backward] = _rnn_layer_backward_flops
+_FLOPS[aten._native_multi_head_attention] = _mha_flops
+_FLOPS[aten._transformer_encoder_layer_fwd] = _encoder_layer_flops
+
+
+def kind_of(func: Any) -> str:
+    packet = func._overloadpacket
+    if packet in MATMUL or packet in (aten.mkldnn_rnn_layer, aten.mkldnn_rnn_layer_backward):
+        return "matmul"
+    if packet in CONV:
+        return "conv"
+    if packet in ATTENTION or packet in (aten._native_multi_head_attention, aten._transformer_encoder_layer_fwd):
+        return "attention"
+    if func.is_view or packet in NO_DATA:
+        return "view"
+    return "memory"
+
+
+def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str, module: str,
+            kernel: str = "") -> OpCost | None:
+    """The work of one call, ``out`` its result (fake tensors are fine: only metadata is read);
+    None for what is no operator call in a real run (``prim.device``, which only a tensor subclass
+    dispatches, and the profiler's markers)."""
+    if func.namespace in ("prim", "profiler"):
+        return None
+    kwargs = kwargs or {}
+    kind = kind_of(func)
+    inputs, results = _tensors((args, kwargs)), _tensors(out)
+    floating = [t for t in (*inputs, *results) if t.is_floating_point()]
+    dtype = str(floating[0].dtype).removeprefix("torch.") if floating else ""
+    if kind == "view":
+        return OpCost(str(func), kind, phase, module, dtype, kernel, 0, 0, 0)
+    formula = _FLOPS.get(func._overloadpacket)
+    flops = 0
+    if formula is not None:
+        try:
+            flops = int(formula(args, kwargs, out))
+        except Exception:   # a formula that does not take this overload's arguments: work by bytes
+            flops = 0
+    read = _moved(inputs)
+    written = _moved(results)
+    if func._schema.is_mutable and not results:
+        written = read
+    return OpCost(str(func), kind, phase, module, dtype, kernel, flops, read, written)

@@ -1,0 +1,205 @@
+"""Time predicted from the engine's operator log: each call's work priced by a device model, summed.
+
+The engine's replay (:mod:`profiler.engine.module_memory`) logs every aten operator call of the
+inference pass, the training forward, loss and backward, and each optimizer's update, with the
+module it ran in (:class:`~profiler.engine.op_cost.OpCost`). A :class:`DeviceModel` prices one
+call:
+
+- **measured** (this machine, :mod:`profiler.measuring.calibrate`): the time of a call of the same
+  kind (matrix multiply, convolution, attention, memory-bound) and dtype with the same work (FLOPs,
+  or bytes moved for memory-bound calls), read off a curve of micro-benchmarks by interpolation on
+  log–log axes (small calls are slower per FLOP than large ones); no call is faster than what its
+  bytes take at the machine's measured bandwidth. Around the operators, what Python and autograd
+  cost per call in each phase, fitted on calibration models.
+- **roofline** (a catalog accelerator you don't have): the larger of FLOPs at the card's
+  datasheet peak for the dtype and bytes at its memory bandwidth, and no call shorter than a
+  kernel launch: a roofline prediction, until measured on that card.
+
+A training step is ``zero_grad`` + forward + loss + backward + the optimizer's update, the runner's
+definition (:mod:`profiler.measuring.runner`).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:   # no torch import here: a spec's summary runs without it
+    from profiler.engine.op_cost import OpCost
+
+#: the phases of the operator log: inference's forward, and a training step's four
+PHASES = ("inference", "forward", "loss", "backward", "optimizer")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Seconds of one call against its work (FLOPs or bytes), measured points sorted by work."""
+    work: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+    def __call__(self, work: float) -> float:
+        """Log–log interpolation; below the smallest point its time (a call's floor), above the
+        largest its throughput."""
+        if work <= self.work[0]:
+            return self.seconds[0]
+        if work >= self.work[-1]:
+            return self.seconds[-1] * work / self.work[-1]
+        i = bisect.bisect_right(self.work, work)
+        w0, w1, s0, s1 = self.work[i - 1], self.work[i], self.seconds[i - 1], self.seconds[i]
+        f = (math.log(work) - math.log(w0)) / (math.log(w1) - math.log(w0))
+        return math.exp(math.log(s0) + f * (math.log(s1) - math.log(s0)))
+
+    @classmethod
+    def of(cls, points: Iterable[tuple[float, float]]) -> "Curve":
+        # keep the time non-decreasing in the work: noise must not make a bigger call cheaper
+        ordered = sorted(points)
+        work, seconds, longest = [], [], 0.0
+        for w, s in ordered:
+            longest = max(longest, s)
+            work.append(float(w))
+            seconds.append(longest)
+        return cls(tuple(work), tuple(seconds))
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """How long operator calls take on one device (see the module docstring)."""
+    name: str
+    method: str                                  # "measured" or "roofline"
+    curves: dict[str, Curve] = field(default_factory=dict)   # by kind: "matmul/float32", "memory", ...
+    op_curves: dict[str, Curve] = field(default_factory=dict)   # by operator: see :func:`curve_key`
+    view_s: float = 0.0                          # a call that moves no data
+    bandwidth: float = 0.0                       # bytes per second, large copies
+    peak_flops: dict[str, float] = field(default_factory=dict)   # dtype -> FLOP/s (roofline)
+    launch_s: float = 0.0                        # a call's shortest time (roofline: a kernel launch)
+    per_op_s: dict[str, float] = field(default_factory=dict)      # phase -> Python/autograd per call
+    threads: int | None = None
+    source: str = ""                             # where the figures come from
+    timer_inflation_s: float = 0.0               # taken off each timed call while calibrating
+
+    def op_seconds(self, op: OpCost) -> float:
+        """One call's time, ``per_op_s`` of its phase included (never below a view's)."""
+        extra = self.per_op_s.get(op.phase, 0.0)
+        if op.kind == "view":
+            return max(self.view_s + extra, self.view_s)
+        memory_bound = op.bytes / self.bandwidth if self.bandwidth else 0.0
+        if self.method == "roofline":
+            peak = self.peak_flops.get(op.dtype) or self.peak_flops.get("float32", 0.0)
+            compute = op.flops / peak if peak else 0.0
+            return max(compute, memory_bound, self.launch_s) + extra
+        return max(max(self._kernel_seconds(op), memory_bound) + extra, self.view_s)
+
+    def _kernel_seconds(self, op: OpCost) -> float:
+        """The call itself, from its operator's own curve where the call is within the sizes that
+        curve was measured on (or, for a memory-bound operator, beyond them), else its kind's."""
+        own = next((self.op_curves[key] for key in curve_keys(op) if key in self.op_curves), None)
+        compute = op.kind in ("matmul", "conv", "attention") and op.flops > 0
+        if own is not None:
+            if own.work[0] <= op.work <= own.work[-1] or (not compute and op.work > own.work[-1]):
+                return own(op.work)
+            if not compute:   # smaller than any call it was measured on: scaled down to the cheapest call
+                floor = self.curves["memory"].seconds[0] if "memory" in self.curves else 0.0
+                return max(own.seconds[0] * op.work / own.work[0], floor)
+        if not compute:
+            curve = self.curves.get("memory")
+            return curve(op.bytes) if curve else 0.0
+        kind = f"{op.kind}_backward" if op.kind == "conv" and "backward" in op.op else op.kind
+        curve = next((self.curves[key] for key in (f"{kind}/{op.dtype}", f"{kind}/float32",
+                                                   f"matmul/{op.dtype}", "matmul/float32")
+                      if key in self.curves), None)
+        if curve is None:
+            return own(op.work) if own is not None else 0.0
+        return curve(op.flops)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for name in ("curves", "op_curves"):
+            out[name] = {k: {"work": list(c.work), "seconds": list(c.seconds)}
+                         for k, c in getattr(self, name).items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DeviceModel":
+        data = dict(data)
+        for name in ("curves", "op_curves"):
+            data[name] = {k: Curve(tuple(c["work"]), tuple(c["seconds"])) for k, c in data.get(name, {}).items()}
+        return cls(**data)
+
+
+def curve_key(op: OpCost) -> str:
+    """The most specific name of an operator's own curve: operator, kernel family, dtype."""
+    return curve_keys(op)[0]
+
+
+def curve_keys(op: OpCost) -> tuple[str, ...]:
+    """An operator's curve names, most specific first: "aten.convolution/onednn/float32",
+    "aten.convolution/onednn", "aten.convolution/float32", "aten.convolution"."""
+    packet = op.packet
+    kernel = f"{packet}/{op.kernel}" if op.kernel else packet
+    return (f"{kernel}/{op.dtype}", kernel, f"{packet}/{op.dtype}", packet)
+
+
+@dataclass(frozen=True)
+class RunTime:
+    """Predicted seconds of one run (inference or a training step): total, per phase, per module."""
+    seconds: float
+    phases: dict[str, float]
+    modules: dict[str, dict[str, float]]   # phase ("forward", "backward") -> module -> seconds
+    ops: dict[str, float]                  # aten operator -> seconds
+    calls: int
+
+
+def run_time(model: DeviceModel, costs: Sequence[OpCost]) -> RunTime:
+    """The predicted time of the calls ``costs``."""
+    phases: dict[str, float] = {}
+    modules: dict[str, dict[str, float]] = {}
+    ops: dict[str, float] = {}
+    for op in costs:
+        seconds = model.op_seconds(op)
+        phases[op.phase] = phases.get(op.phase, 0.0) + seconds
+        ops[op.op] = ops.get(op.op, 0.0) + seconds
+        if op.phase in ("inference", "forward", "backward"):
+            per = modules.setdefault(op.phase, {})
+            per[op.module] = per.get(op.module, 0.0) + seconds
+    return RunTime(sum(phases.values()), phases, modules, ops, len(costs))
+
+
+def predict_times(model: DeviceModel, costs: dict[str, list[OpCost]], batch: int) -> dict[str, Any]:
+    """The ``predicted_time`` of a result: inference and each optimizer's steady training step, in
+    milliseconds, with samples/s, per phase and per module (forward and backward)."""
+    out: dict[str, Any] = {"device": model.name, "method": model.method, "threads": model.threads,
+                           "source": model.source}
+    layers: dict[str, dict[str, float]] = {}
+    if "inference" in costs:
+        inference = run_time(model, costs["inference"])
+        out["forward_ms"] = inference.seconds * 1e3
+        out["forward_samples_per_s"] = _rate(batch, inference.seconds)
+        layers["inference"] = {m: s * 1e3 for m, s in inference.modules.get("inference", {}).items()}
+    if "training" in costs:
+        training = run_time(model, costs["training"])
+        layers["forward"] = {m: s * 1e3 for m, s in training.modules.get("forward", {}).items()}
+        layers["backward"] = {m: s * 1e3 for m, s in training.modules.get("backward", {}).items()}
+        for key in costs:
+            if key.startswith("step_"):
+                name = key.removeprefix("step_")
+                update = run_time(model, costs[key])
+                seconds = training.seconds + update.seconds
+                out[f"train_{name}_ms"] = seconds * 1e3
+                out[f"train_{name}_samples_per_s"] = _rate(batch, seconds)
+                out[f"train_{name}_phases_ms"] = {p: s * 1e3 for p, s in
+                                                  _merge(training.phases, update.phases).items()}
+    out["layers"] = layers
+    return out
+
+
+def _rate(batch: int, seconds: float) -> float | None:
+    return batch / seconds if seconds > 0 else None
+
+
+def _merge(*parts: dict[str, float]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.items():
+            merged[key] = merged.get(key, 0.0) + value
+    return merged

@@ -1,0 +1,466 @@
+"""Calibrate the time model on this machine: a few seconds of benchmarks, run once and cached.
+
+Two kinds of measurement, each at the thread count the runs will use:
+
+- **Micro-benchmarks**: matrix multiplies (n × n, n = 8 … 1024) and 3 × 3 convolutions, forward
+  and backward, in float32 and bfloat16 — time against FLOPs, by size class; an out-of-place
+  ``add`` from 16 to 4 M elements — time against bytes, and the bandwidth from the largest.
+  They price an operator the calibration models below never called.
+- **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
+  depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
+  GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
+  A dispatch mode times every aten operator call (the fastest of three runs, so the machine's other
+  work does not count) and prices its work with the same :func:`~profiler.engine.op_cost.op_cost`
+  the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
+  matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
+  calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
+  operator call and per module call.
+
+The result, a :class:`~profiler.engine.step_time.DeviceModel`, is cached as JSON under
+``$MODELSIZE_CACHE_DIR`` (default ``~/.cache/modelsize``), written atomically, and used only for the
+same machine, torch version, thread count and oneDNN ISA setting: any other gets its own file, and a
+file whose recorded key differs is recomputed (``modelsize calibrate`` reruns it anyway).
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from profiler.engine.op_cost import OpCost, op_cost
+from profiler.engine.step_time import Curve, DeviceModel, curve_key
+
+#: bump when what is measured changes: older cache files are then recomputed
+VERSION = 2
+_DTYPES = ("float32", "bfloat16")
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("MODELSIZE_CACHE_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "modelsize"
+
+
+def machine_key(threads: int) -> dict[str, Any]:
+    """What a calibration is valid for."""
+    from profiler.measuring.machine import cpu_model
+    return {"version": VERSION, "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
+            "torch_version": torch.__version__, "threads": threads,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
+
+
+def cache_path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"calibration-cpu-{digest}.json"
+
+
+def cpu_model_for(threads: int | None = None, *, recalibrate: bool = False,
+                  progress: Callable[[str], None] | None = None) -> tuple[DeviceModel, bool]:
+    """This machine's device model at ``threads`` (default: torch's): (model, whether it was just
+    measured). Read from the cache when valid, else measured and cached."""
+    threads = threads or torch.get_num_threads()
+    key = machine_key(threads)
+    path = cache_path(key)
+    if not recalibrate:
+        cached = read_cache(path, key)
+        if cached is not None:
+            return cached, False
+    model = calibrate(threads, progress=progress)
+    write_cache(path, {"key": key, "model": model.as_dict()})
+    return model, True
+
+
+def read_cache(path: Path, key: dict[str, Any]) -> DeviceModel | None:
+    """The cached model, or None when there is none, it is unreadable or made for another key."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("key") != key:
+            return None
+        return DeviceModel.from_dict(data["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cache(path: Path, data: dict[str, Any]) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass   # an unwritable cache costs a recalibration next time, nothing else
+
+
+# ----------------------------------------------------------------------------------------------
+# Micro-benchmarks
+
+
+def _seconds(fn: Callable[[], object], budget: float = 0.02, inner: int = 1) -> float:
+    """Seconds of one call of ``fn`` (which makes ``inner`` calls): the fastest of the runs that fit
+    in about ``budget`` s. The fastest, not the median: a micro-benchmark's slow runs are the
+    machine's other work (a descheduled thread costs a whole time slice), not the kernel's."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    samples = []
+    for _ in range(max(3, min(30, int(budget / once)))):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) / inner)
+    return min(samples)
+
+
+def _loop(fn: Callable[[], object], inner: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(inner):
+            fn()
+    return run
+
+
+def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], repeats: int = 5) -> list[tuple[OpCost, float]]:
+    """Each call's operators, priced and timed (the fastest of ``repeats`` runs)."""
+    found: list[tuple[OpCost, float]] = []
+    for call in calls:
+        call()
+        best: list[tuple[OpCost, float]] | None = None
+        for _ in range(repeats):
+            timer = OpTimer(run)
+            with timer:
+                call()
+            if best is None or len(best) != len(timer.calls):
+                best = timer.calls
+            else:
+                best = [(cost, min(a, b)) for (cost, a), (_, b) in zip(best, timer.calls)]
+        found.extend(best or [])
+    return found
+
+
+def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
+    """Matrix multiplies, convolutions (forward and backward, both kernel families) and
+    element-wise adds across sizes, in ``dtype``."""
+    calls: list[Callable[[], object]] = []
+    for n in (8, 32, 128, 256, 512, 1024):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        calls.append(lambda a=a, b=b: torch.mm(a, b))
+    for batch, channels, size in ((1, 8, 8), (1, 32, 32), (2, 32, 16), (2, 64, 32), (4, 64, 56), (8, 128, 28)):
+        x = torch.randn(batch, channels, size, size).to(dtype)
+        w = torch.randn(channels, channels, 3, 3).to(dtype)
+        grad = torch.randn(batch, channels, size, size).to(dtype)
+        calls.append(lambda x=x, w=w: torch.conv2d(x, w, padding=1))
+        calls.append(lambda x=x, w=w, grad=grad: torch.ops.aten.convolution_backward(
+            grad, x, w, [0], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]))
+    for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
+        a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+        calls.append(lambda a=a, b=b: torch.add(a, b))
+    return calls
+
+
+def _timer_inflation(run: Any) -> float:
+    """Seconds the timer adds to a call it times (the call from inside a dispatch mode is slower
+    than the same call from Python): a tiny in-place add timed both ways, the difference."""
+    x = torch.zeros(1)
+    plain = _seconds(_loop(lambda: x.add_(1.0), 200), inner=200)
+    timer = OpTimer(run)
+    best = float("inf")
+    for _ in range(5):
+        timer.calls.clear()
+        with timer:
+            for _ in range(200):
+                x.add_(1.0)
+        best = min(best, sum(seconds for _, seconds in timer.calls) / 200)
+    return max(best - plain, 0.0) if best < float("inf") else 0.0
+
+
+def _view_seconds() -> float:
+    x = torch.randn(4, 4)
+    return _seconds(_loop(lambda: x.view(16), 1000), inner=1000)
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration models, timed per operator call
+
+
+class OpTimer(TorchDispatchMode):
+    """Times every aten operator call (around the call only) and prices its work."""
+
+    def __init__(self, run: Any) -> None:
+        super().__init__()
+        self.run = run
+        self.phase = "forward"
+        self.calls: list[tuple[OpCost, float]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        from profiler.engine.kernels.aten_cpu import kernel_of
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        seconds = time.perf_counter() - start
+        cost = op_cost(func, args, kwargs, out, phase=self.phase, module="", kernel=kernel_of(func, args, self.run))
+        if cost is not None:
+            self.calls.append((cost, seconds))
+        return out
+
+
+class _ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.MaxPool2d(2))
+        self.block = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                                   nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.GELU(),
+                                   nn.Conv2d(32, 64, 1), nn.SiLU(), nn.AvgPool2d(2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+class _Attention(nn.Module):
+    """A pre-norm block as Hugging Face writes them: LayerNorm, scaled dot-product attention, GELU MLP."""
+    def __init__(self, width: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        eager = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(c // self.heads), dim=-1) @ v
+        fused = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj((eager + fused).transpose(1, 2).reshape(b, t, c))
+        return x + self.mlp(self.norm2(x))
+
+
+class _Transformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(500, 64)
+        self.block = _Attention()
+        self.encoder = nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, batch_first=True)
+        self.norm = nn.LayerNorm(64)
+        self.head = nn.Linear(64, 500)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.encoder(self.block(self.embed(x)))))
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(32, 64, batch_first=True)
+        self.gru = nn.GRU(64, 32, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gru(self.lstm(x)[0])[0])
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256), nn.Tanh(),
+                         nn.LayerNorm(256), nn.Linear(256, 10))
+
+
+#: (factory, one sample's input maker, batch sizes)
+_MODELS: tuple[tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], tuple[int, ...]], ...] = (
+    (_ConvNet, lambda b: torch.randn(b, 3, 32, 32), (1, 8)),
+    (_Transformer, lambda b: torch.randint(0, 500, (b, 32)), (1, 8)),
+    (_mlp, lambda b: torch.randn(b, 256), (4, 64)),
+    (_Recurrent, lambda b: torch.randn(b, 16, 32), (1, 8)),
+)
+
+
+def _fastest(fn: Callable[[], object], repeats: int = 5) -> float:
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, run: Any,
+               repeats: int = 3) -> dict[str, Any]:
+    """One calibration model at one batch: the fastest time of each operator call per phase, the
+    whole phases' times un-instrumented, and how many modules a forward pass calls."""
+    from profiler.engine.optimizers import CATALOG
+    torch.manual_seed(0)
+    model = make()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = CATALOG[optimizer].make(params)
+    modules = sum(1 for _ in model.modules())
+
+    def loss() -> torch.Tensor:
+        out = model(x)
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]),
+                                           torch.zeros(out.shape[:-1].numel(), dtype=torch.long))
+
+    def infer() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def forward_backward() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss().backward()
+
+    def instrumented(timer: OpTimer) -> None:
+        model.eval()
+        timer.phase = "inference"
+        with timer:
+            infer()
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with timer:
+            timer.phase = "forward"
+            value = loss()
+            timer.phase = "backward"
+            value.backward()
+            timer.phase = "optimizer"
+            opt.step()
+
+    forward_backward()
+    opt.step()
+    best: list[tuple[OpCost, float]] | None = None
+    for _ in range(repeats):
+        timer = OpTimer(run)
+        instrumented(timer)
+        if best is None or len(best) != len(timer.calls):
+            best = timer.calls if best is None else best
+            continue
+        best = [(cost, min(a, b)) for (cost, a), (_, b) in zip(best, timer.calls)]
+    model.eval()
+    plain = {"inference": _fastest(infer)}
+    model.train()
+    forward = _fastest(loss)
+    plain["forward"] = forward
+    plain["backward"] = max(_fastest(forward_backward) - forward, 0.0)
+    plain["optimizer"] = _fastest(opt.step)
+    return {"calls": best or [], "plain": plain, "modules": modules}
+
+
+def _deflated(calls: list[tuple[OpCost, float]], inflation: float) -> list[tuple[OpCost, float]]:
+    """Each timed call less what the timer added (never below a tenth of what was timed)."""
+    return [(cost, max(seconds - inflation, seconds / 10)) for cost, seconds in calls]
+
+
+def _kind_curves(calls: list[tuple[OpCost, float]]) -> dict[str, Curve]:
+    """Curves by kind and dtype ("matmul/float32", "conv/bfloat16", "conv_backward/float32") and
+    "memory" (float32 adds): what an operator without a curve of its own is priced by."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for cost, seconds in calls:
+        if cost.kind in ("matmul", "conv"):
+            kind = "conv_backward" if cost.kind == "conv" and "backward" in cost.op else cost.kind
+            points.setdefault(f"{kind}/{cost.dtype}", []).append((cost.work, seconds))
+        elif cost.packet == "aten.add" and cost.dtype == "float32":
+            points.setdefault("memory", []).append((cost.bytes, seconds))
+    return {key: _isotonic(found) for key, found in points.items()}
+
+
+def _isotonic(points: Sequence[tuple[float, float]]) -> Curve:
+    """A curve through noisy (work, seconds) points: medians of factor-of-two bins of work, made
+    non-decreasing by pooling adjacent violators (a bigger call is never predicted faster)."""
+    bins: dict[int, list[tuple[float, float]]] = {}
+    for work, seconds in points:
+        bins.setdefault(int(math.floor(math.log2(max(work, 1.0)))), []).append((work, seconds))
+    blocks: list[list[float]] = []   # [log work sum, log seconds sum, count]
+    for key in sorted(bins):
+        members = sorted(bins[key], key=lambda p: p[1])
+        work, seconds = members[len(members) // 2]
+        blocks.append([math.log(max(work, 1.0)), math.log(max(seconds, 1e-9)), 1.0])
+        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
+            last = blocks.pop()
+            for i in range(3):
+                blocks[-1][i] += last[i]
+    return Curve(tuple(math.exp(w / n) for w, _, n in blocks), tuple(math.exp(s / n) for _, s, n in blocks))
+
+
+def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel) -> dict[str, float]:
+    """Seconds per operator call in each phase that the un-instrumented runs take beyond their
+    calls' predicted times: Python, module calls and autograd's bookkeeping, less what timing each
+    call inside a dispatch mode added (its Python between calls evicts the caches: small calls run
+    slower timed one by one, so the figure may be negative). The median run's, per call: one noisy
+    run does not move it."""
+    per_op: dict[str, float] = {}
+    for phase in ("inference", "forward", "backward", "optimizer"):
+        members = (phase, "loss") if phase == "forward" else (phase,)
+        rates = []
+        for run in runs:
+            calls = [cost for cost, _ in run["calls"] if cost.phase in members]
+            if calls and run["plain"][phase] > 0:
+                rates.append((run["plain"][phase] - sum(model.op_seconds(c) for c in calls)) / len(calls))
+        rates.sort()
+        per_op[phase] = rates[len(rates) // 2] if rates else 0.0
+    per_op["loss"] = per_op["forward"]
+    return per_op
+
+
+def calibrate(threads: int | None = None, progress: Callable[[str], None] | None = None) -> DeviceModel:
+    """Measure this machine's device model (see the module docstring)."""
+    from profiler.measuring.machine import cpu_model
+    from profiler.rules.registry import Context
+    say = progress or (lambda message: None)
+    previous = torch.get_num_threads()
+    gc_was_enabled = gc.isenabled()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        used = torch.get_num_threads()
+        gc.collect()
+        gc.disable()
+        run = Context(device_kind="cpu", data_format="channels_first", threads=used)
+        micro: list[tuple[OpCost, float]] = []
+        with torch.no_grad():
+            for dtype in _DTYPES:
+                say(f"matrix multiplies, convolutions and element-wise calls, {dtype}")
+                micro += _timed_calls(run, _micro_benchmarks(getattr(torch, dtype)))
+            view_s = _view_seconds()
+            inflation = _timer_inflation(run)
+        micro = _deflated(micro, inflation)
+        curves = _kind_curves(micro)
+        runs = []
+        for make, inputs, batches in _MODELS:
+            for batch in batches:
+                say(f"calibration model {getattr(make, '__name__', make).strip('_')} at batch {batch}")
+                for optimizer in ("sgd", "adam"):
+                    measured = _run_model(make, inputs(batch), optimizer, run)
+                    measured["calls"] = _deflated(measured["calls"], inflation)
+                    runs.append(measured)
+        points: dict[str, list[tuple[float, float]]] = {}
+        for cost, seconds in [*micro, *(call for measured in runs for call in measured["calls"])]:
+            if cost.kind != "view":
+                points.setdefault(curve_key(cost), []).append((cost.work, seconds))
+        op_curves = {key: _isotonic(found) for key, found in points.items()}
+        largest = max((c for c in micro if c[0].packet == "aten.add" and c[0].dtype == "float32"),
+                      key=lambda c: c[0].bytes)
+        fitted = DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
+                             bandwidth=largest[0].bytes / largest[1], threads=used)
+        say("Python and autograd per call")
+        per_op = _fit_overheads(runs, fitted)
+    finally:
+        torch.set_num_threads(previous)
+        if gc_was_enabled:
+            gc.enable()
+    return DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
+                       bandwidth=fitted.bandwidth, per_op_s=per_op, threads=used, timer_inflation_s=inflation,
+                       source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
+                              f"torch {torch.__version__}")

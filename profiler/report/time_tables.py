@@ -1,0 +1,80 @@
+"""The predicted time of a result (``predicted_time``) as a text or Markdown table, with the
+measured time beside it where the result has one (``measured["time"]``, or the forward pass alone)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from profiler.report import units
+
+LABELS = {"sgd": "SGD", "sgd_momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW",
+          "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+#: layers listed by predicted time
+TOP_LAYERS = 5
+
+
+def runs(predicted: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, predicted key, measured run) of each timed run: the forward pass, each training step."""
+    found = [("inference forward", "forward_ms", "forward")] if "forward_ms" in predicted else []
+    for key in predicted:
+        if key.startswith("train_") and key.endswith("_ms") and not key.endswith("phases_ms"):
+            name = key[len("train_"):-len("_ms")]
+            found.append((f"training step, {LABELS.get(name, name)}", key, f"train_{name}"))
+    return found
+
+
+def measured_ms(measured: dict[str, Any], run: str) -> float | None:
+    """The measured median of a run: ``measured["time"][run]``, or the older ``forward_ms``."""
+    timed = measured.get("time", {}).get(run)
+    if isinstance(timed, dict) and timed.get("median_ms") is not None:
+        return timed["median_ms"]
+    return measured.get("forward_ms") if run == "forward" else None
+
+
+def time_errors(predicted: dict[str, Any], measured: dict[str, Any]) -> dict[str, float | None]:
+    """(predicted − measured) / measured of each timed run, by predicted key."""
+    errors: dict[str, float | None] = {}
+    for _, key, run in runs(predicted):
+        real = measured_ms(measured, run)
+        errors[key] = (predicted[key] - real) / real if real else None
+    return errors
+
+
+def render_time(result: dict[str, Any], layout: Callable, markdown: bool) -> str:
+    predicted = result.get("predicted_time")
+    if not predicted:
+        return ""
+    measured = result.get("measured", {})
+    batch = result.get("options", {}).get("batch", result.get("batch", 1))
+    with_measured = any(measured_ms(measured, run) is not None for _, _, run in runs(predicted))
+    headers = ["Time", "Predicted", "samples/s"] + (["Measured", "samples/s", "Error"] if with_measured else [])
+    rows = []
+    for label, key, run in runs(predicted):
+        row = [label, units.millis(predicted[key]), _rate(batch, predicted[key])]
+        if with_measured:
+            real = measured_ms(measured, run)
+            error = (predicted[key] - real) / real if real else None
+            row += [units.millis(real), _rate(batch, real), units.percent(error)]
+        rows.append(row)
+    title = f"Time predicted on {predicted.get('device', '?')} ({predicted.get('method', '?')}): " \
+            f"{predicted.get('source', '')}"
+    parts = [("**" + title + "**") if markdown else title,
+             layout(headers, rows, right=[False] + [True] * (len(headers) - 1))]
+    layers = _top_layers(predicted)
+    if layers:
+        parts.append(layout(["Layer (most predicted time)", "forward", "backward"],
+                            [[name, units.millis(f), units.millis(b)] for name, f, b in layers],
+                            right=[False, True, True]))
+    return "\n\n".join(parts)
+
+
+def _rate(batch: int, ms: float | None) -> str:
+    return "-" if not ms else f"{batch * 1000 / ms:,.1f}"
+
+
+def _top_layers(predicted: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
+    layers = predicted.get("layers", {})
+    forward = layers.get("forward") or layers.get("inference") or {}
+    backward = layers.get("backward", {})
+    names = [n for n in {*forward, *backward} if n]
+    names.sort(key=lambda n: -(forward.get(n, 0.0) + backward.get(n, 0.0)))
+    return [(n, forward.get(n), backward.get(n)) for n in names[:TOP_LAYERS]]

@@ -1,0 +1,203 @@
+"""The time model: each operator call's work counted by hand, the device model's pricing, the
+calibration cache, and the time predicted for a model on this machine and on a catalogued card."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from profiler.engine.op_cost import op_cost
+from profiler.engine.step_time import Curve, DeviceModel, predict_times, run_time
+from profiler.measuring import calibrate
+from profiler.planning.accelerators import CATALOG, roofline_model
+
+aten = torch.ops.aten
+
+
+def _cost(func, *args, **kwargs):
+    return op_cost(func, args, kwargs, func(*args, **kwargs), phase="forward", module="m")
+
+
+def test_a_matmul_counted_by_hand():
+    a, b = torch.randn(6, 5), torch.randn(5, 7)
+    cost = _cost(aten.mm.default, a, b)
+    assert cost.kind == "matmul"
+    assert cost.flops == 2 * 6 * 5 * 7                      # a multiply and an add per term
+    assert cost.bytes_read == 4 * (6 * 5 + 5 * 7)
+    assert cost.bytes_written == 4 * 6 * 7
+    assert cost.work == cost.flops and cost.dtype == "float32"
+
+
+def test_an_addmm_counts_its_bias_once_and_its_product():
+    bias, x, w = torch.randn(7), torch.randn(6, 5), torch.randn(5, 7)
+    cost = _cost(aten.addmm.default, bias, x, w)
+    assert cost.flops == 2 * 6 * 5 * 7                      # the product; the bias adds are not counted
+    assert cost.bytes_read == 4 * (7 + 30 + 35)
+
+
+def test_an_elementwise_add_moves_three_tensors():
+    x, y = torch.randn(1000), torch.randn(1000)
+    cost = _cost(aten.add.Tensor, x, y)
+    assert cost.kind == "memory" and cost.flops == 0
+    assert cost.bytes == 3 * 4000 == cost.work
+
+
+def test_a_broadcast_operand_is_read_once():
+    x, row = torch.randn(100, 10), torch.randn(10).expand(100, 10)
+    cost = _cost(aten.mul.Tensor, x, row)
+    assert cost.bytes_read == 4 * (1000 + 10)
+    assert cost.bytes_written == 4 * 1000
+
+
+def test_an_in_place_op_reads_and_writes_its_tensor():
+    x = torch.randn(256, dtype=torch.bfloat16)
+    cost = _cost(aten.mul_.Scalar, x, 2.0)
+    assert cost.dtype == "bfloat16" and cost.bytes_read == 512 and cost.bytes_written == 512
+
+
+def test_a_view_moves_nothing_and_a_device_query_is_no_call():
+    x = torch.randn(4, 4)
+    view = _cost(aten.view.default, x, [16])
+    assert view.kind == "view" and view.bytes == 0 and view.flops == 0
+    assert op_cost(torch.ops.prim.device.default, (x,), {}, x.device, phase="forward", module="") is None
+
+
+def test_a_convolution_counts_its_multiply_adds():
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    cost = _cost(aten.convolution.default, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+    assert cost.kind == "conv"
+    assert cost.flops == 2 * (2 * 4 * 8 * 8) * (3 * 3 * 3)
+
+
+def test_curve_interpolates_on_log_axes_and_extrapolates_throughput():
+    curve = Curve.of([(100, 1.0), (10_000, 100.0)])
+    assert curve(1_000) == pytest.approx(10.0)       # a straight line on log-log axes
+    assert curve(10) == 1.0                           # never faster than the smallest call measured
+    assert curve(20_000) == pytest.approx(200.0)      # the largest call's throughput beyond
+    assert Curve.of([(1, 5.0), (2, 3.0)]).seconds == (5.0, 5.0)   # a bigger call is never faster
+
+
+def test_the_roofline_prices_a_matmul_by_flops_and_an_add_by_bytes():
+    card = CATALOG["h100-80gb"]
+    model = roofline_model(card)
+    big = torch.empty(4096, 4096, dtype=torch.bfloat16, device="meta")   # nothing allocated
+    mm = _cost(aten.mm.default, big, big)
+    assert model.op_seconds(mm) == pytest.approx(2 * 4096 ** 3 / 989.4e12)
+    vector = torch.empty(1 << 24, device="meta")
+    add = _cost(aten.add.Tensor, vector, vector)
+    assert add.bytes == 12 * (1 << 24) - 4 * (1 << 24)   # the same tensor twice is read once
+    assert model.op_seconds(add) == pytest.approx(8 * (1 << 24) / 3350e9)
+    tiny = _cost(aten.add.Tensor, torch.randn(4), torch.randn(4))
+    assert model.op_seconds(tiny) == pytest.approx(5e-6)     # a launch at least
+    assert "not yet checked on this card" in model.source
+
+
+def test_every_catalogued_card_has_datasheet_figures():
+    for card in CATALOG.values():
+        peaks = dict(card.tflops)
+        assert peaks["bfloat16"] >= peaks["float32"] > 0 and card.bandwidth_gbs > 0 and card.datasheet
+
+
+def _toy_model(per_op: float = 0.0) -> DeviceModel:
+    return DeviceModel(name="toy", method="measured", curves={"memory": Curve.of([(1, 1e-6), (1e9, 1e-1)]),
+                                                              "matmul/float32": Curve.of([(1, 1e-6), (1e12, 10.0)])},
+                       view_s=1e-7, per_op_s={"inference": per_op, "forward": per_op, "backward": per_op,
+                                              "optimizer": per_op, "loss": per_op})
+
+
+def test_predicted_time_sums_the_calls_of_each_run_and_counts_samples_per_second():
+    from profiler.engine import torch_module
+    memory = torch_module.memory(lambda: torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()), [8],
+                                 batch=2, optimizers=("sgd", "adam"))
+    model = _toy_model(per_op=1e-6)
+    timed = predict_times(model, memory.costs, batch=2)
+    inference = run_time(model, memory.costs["inference"])
+    assert timed["forward_ms"] == pytest.approx(inference.seconds * 1e3)
+    training = run_time(model, memory.costs["training"]).seconds
+    for name in ("sgd", "adam"):
+        update = run_time(model, memory.costs[f"step_{name}"]).seconds
+        assert timed[f"train_{name}_ms"] == pytest.approx((training + update) * 1e3)
+        assert timed[f"train_{name}_samples_per_s"] == pytest.approx(2 / (training + update))
+    assert timed["train_adam_ms"] > timed["train_sgd_ms"]          # Adam's update does more
+    assert set(timed["layers"]["forward"]) >= {"0", "1"}            # per module
+    assert set(timed["layers"]["backward"]) >= {"0"}
+
+
+def test_the_steady_update_has_no_state_making_calls():
+    from profiler.engine import torch_module
+    memory = torch_module.memory(lambda: torch.nn.Linear(8, 4), [8], batch=2, optimizers=("adam",))
+    ops = {cost.packet for cost in memory.costs["step_adam"]}
+    assert "aten.zeros_like" not in ops and "aten.lerp_" in ops
+
+
+# -- the calibration cache ------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELSIZE_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake(threads=None, progress=None):
+        calls.append(threads)
+        return _toy_model()
+    monkeypatch.setattr(calibrate, "calibrate", fake)
+    return calls
+
+
+def test_the_calibration_is_measured_once_then_read_from_the_cache(fake_calibration, tmp_path):
+    first, fresh = calibrate.cpu_model_for(1)
+    second, again = calibrate.cpu_model_for(1)
+    assert fresh and not again and fake_calibration == [1]
+    assert second == first
+    files = list(tmp_path.glob("calibration-cpu-*.json"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))     # written whole, by rename
+    assert json.loads(files[0].read_text())["key"]["torch_version"] == torch.__version__
+
+
+def test_another_thread_count_has_its_own_calibration(fake_calibration):
+    calibrate.cpu_model_for(1)
+    calibrate.cpu_model_for(2)
+    assert fake_calibration == [1, 2]
+
+
+@pytest.mark.parametrize("field,value", [("torch_version", "1.0.0"), ("cpu_model", "another CPU")])
+def test_a_cache_made_on_another_machine_or_torch_is_refused(fake_calibration, field, value):
+    model, _ = calibrate.cpu_model_for(1)
+    path = calibrate.cache_path(calibrate.machine_key(1))
+    data = json.loads(path.read_text())
+    data["key"][field] = value
+    path.write_text(json.dumps(data))
+    _, fresh = calibrate.cpu_model_for(1)
+    assert fresh and len(fake_calibration) == 2      # recomputed
+    assert json.loads(path.read_text())["key"][field] != value
+
+
+def test_a_broken_cache_file_is_recomputed(fake_calibration):
+    calibrate.cpu_model_for(1)
+    calibrate.cache_path(calibrate.machine_key(1)).write_text("{not json")
+    _, fresh = calibrate.cpu_model_for(1)
+    assert fresh
+
+
+def test_the_device_model_survives_its_json():
+    model = _toy_model(per_op=2e-6)
+    assert DeviceModel.from_dict(json.loads(json.dumps(model.as_dict()))) == model
+
+
+# -- a real calibration ----------------------------------------------------------------------------
+
+def test_a_real_calibration_gives_sane_curves(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELSIZE_CACHE_DIR", str(tmp_path))
+    model, fresh = calibrate.cpu_model_for(1)
+    assert fresh and model.threads == 1 and model.method == "measured"
+    for key in ("matmul/float32", "matmul/bfloat16", "conv/float32", "memory"):
+        curve = model.curves[key]
+        assert list(curve.seconds) == sorted(curve.seconds) and curve.seconds[0] > 0
+    gflops = model.curves["matmul/float32"].work[-1] / model.curves["matmul/float32"].seconds[-1] / 1e9
+    assert 0.5 < gflops < 10_000
+    assert model.bandwidth > 1e8
+    for key in ("aten.native_batch_norm/float32", "aten.addmm/float32", "aten.convolution_backward/onednn/float32"):
+        assert key in model.op_curves
+    assert all(math.isfinite(v) for v in model.per_op_s.values())
