@@ -1,0 +1,150 @@
+"""Predicted against measured time on this machine (issue 11): the built-in models and the
+real-world zoo, inference and a training step per optimizer, and the layers that take longest.
+
+Each case is one ``profile`` (prediction, then the measurement in this process): the prediction
+from the calibrated device model, and beside it the roofline that PyTorch's ``RuntimeEstimator``
+uses in its ``operator-level-cost-model`` mode — each call ``max(FLOPs / π, bytes / β)``, nothing
+for views — priced here with this machine's π (its fastest calibrated matrix multiply) and β (its
+calibrated bandwidth), over the same operator calls. ``RuntimeEstimator`` itself does not run on a
+CPU: its cost model asserts an accelerator, and its benchmark mode ends the process (``terminate
+called after throwing an instance of 'python_error'``, torch 2.14.1), so its method is applied to
+the same trace instead.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from realworld_zoo import ZOO, Entry
+
+#: the built-in models (spec path), at the batch a user would first try
+BUILT_IN = (("digits", 32), ("dense-514", 32), ("bn-conv", 8), ("conv-224", 2))
+RUNS = ("forward", "train_sgd", "train_adam")
+
+
+def roofline_ms(costs: dict[str, list[Any]], model: Any) -> dict[str, float]:
+    """RuntimeEstimator's cost model over the engine's calls, at this machine's peak and bandwidth."""
+    peak = max(curve.work[-1] / curve.seconds[-1] for key, curve in model.curves.items() if key.startswith("matmul/"))
+
+    def seconds(calls: list[Any]) -> float:
+        return sum(max(c.flops / peak, c.bytes / model.bandwidth) for c in calls if c.kind != "view")
+    out = {"forward": seconds(costs["inference"]) * 1e3}
+    for key in costs:
+        if key.startswith("step_"):
+            out["train_" + key.removeprefix("step_")] = (seconds(costs["training"]) + seconds(costs[key])) * 1e3
+    return out
+
+
+def _measured(result: dict[str, Any], run: str) -> float | None:
+    from profiler.report.time_tables import measured_ms
+    return measured_ms(result["measured"], run)
+
+
+def _predicted(result: dict[str, Any], run: str) -> float | None:
+    key = "forward_ms" if run == "forward" else f"{run}_ms"
+    return result.get("predicted_time", {}).get(key)
+
+
+def top_layers(layers: dict[str, dict[str, float]], n: int = 3) -> list[str]:
+    """The ``n`` modules with the most time, forward and backward together."""
+    total: dict[str, float] = {}
+    for phase in ("forward", "backward"):
+        for name, ms in layers.get(phase, {}).items():
+            if name:
+                total[name] = total.get(name, 0.0) + ms
+    return [name for name, _ in sorted(total.items(), key=lambda kv: -kv[1])[:n]]
+
+
+def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": label, "family": family, "batch": batch,
+                           "threads": result["measured"].get("threads")}
+    for run in RUNS:
+        predicted, measured = _predicted(result, run), _measured(result, run)
+        out[run] = {"predicted_ms": predicted, "measured_ms": measured, "roofline_ms": roofline.get(run),
+                    "error": (predicted - measured) / measured if predicted and measured else None,
+                    "roofline_error": (roofline[run] - measured) / measured if run in roofline and measured else None}
+    measured_layers = result["measured"].get("time", {}).get("layers")
+    if measured_layers:
+        predicted_top = top_layers(result["predicted_time"]["layers"])
+        measured_top = top_layers(measured_layers)
+        out["top3"] = {"predicted": predicted_top, "measured": measured_top,
+                       "same": set(predicted_top) == set(measured_top)}
+    return out
+
+
+def run_built_in(name: str, batch: int) -> dict[str, Any]:
+    from profiler import workflow
+    from profiler.engine import spec_memory
+    spec = workflow.resolve_spec(name)
+    result = workflow.profile(spec, batch=batch, device="cpu", warmup=3, repeats=10)
+    memory = spec_memory.replay(spec, batch=batch, dtype="float32", loss="cross_entropy", device_kind="cpu",
+                                optimizers=("sgd", "adam"), amp=None, checkpoint=(), threads=None, input_grad=False)
+    model = workflow.time_model("cpu")
+    return row(name, "built-in", batch, result, roofline_ms(memory.costs, model))
+
+
+def run_entry(entry: Entry, batch: int) -> dict[str, Any]:
+    import profiler
+    from profiler import workflow
+    from profiler.engine import torch_module
+    result = profiler.profile(entry.factory, entry.input_shape, batch=batch, input_dtype=entry.input_dtype,
+                              int_high=entry.int_high, warmup=3, repeats=10, name=entry.name)
+    memory = torch_module.memory(entry.factory, entry.input_shape, batch=batch,
+                                 input_dtype=entry.input_dtype or "float")
+    model = workflow.time_model("cpu")
+    return row(entry.name, entry.family, batch, result, roofline_ms(memory.costs, model))
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for run in RUNS:
+        ours = [abs(r[run]["error"]) for r in rows if r[run]["error"] is not None]
+        roof = [abs(r[run]["roofline_error"]) for r in rows if r[run]["roofline_error"] is not None]
+        out[run] = {"cases": len(ours), "median_abs_error": statistics.median(ours) if ours else None,
+                    "max_abs_error": max(ours) if ours else None,
+                    "roofline_median_abs_error": statistics.median(roof) if roof else None,
+                    "better_than_roofline": sum(abs(r[run]["error"]) < abs(r[run]["roofline_error"])
+                                                for r in rows if r[run]["error"] is not None
+                                                and r[run]["roofline_error"] is not None)}
+    with_layers = [r for r in rows if "top3" in r]
+    out["top3_same"] = {"models": len(with_layers), "same": sum(r["top3"]["same"] for r in with_layers)}
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:+.1f}%"
+
+
+def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[str, Any]) -> str:
+    lines = ["# Time: predicted on this machine against measured", "",
+             "Each case: `profile` (3 warm-up + 10 timed runs, median), the prediction from the calibrated "
+             "device model (`modelsize calibrate`), and RuntimeEstimator's roofline (max(FLOPs/π, bytes/β) per "
+             "call, π and β this machine's calibrated peak and bandwidth) over the same calls. Written by "
+             "`benchmarks/test_time_accuracy.py`.", "",
+             "| Run | Cases | Median abs error | Max abs error | Roofline median abs error | Better than roofline |",
+             "|:---|---:|---:|---:|---:|---:|"]
+    for run in RUNS:
+        s = summary[run]
+        lines.append(f"| {run} | {s['cases']} | {_pct(s['median_abs_error'])} | {_pct(s['max_abs_error'])} | "
+                     f"{_pct(s['roofline_median_abs_error'])} | {s['better_than_roofline']}/{s['cases']} |")
+    top = summary["top3_same"]
+    lines += ["", f"Top three layers by predicted time = top three measured: {top['same']} of {top['models']} cases.",
+              "", "| Model | Batch | Forward pred / meas (err; roofline err) | SGD step | Adam step | Top-3 layers same |",
+              "|:---|---:|---:|---:|---:|:---|"]
+    for r in rows:
+        cells = []
+        for run in RUNS:
+            f = r[run]
+            if f["measured_ms"] is None or f["predicted_ms"] is None:
+                cells.append("-")
+            else:
+                cells.append(f"{f['predicted_ms']:.2f} / {f['measured_ms']:.2f} ms ({_pct(f['error'])}; "
+                             f"{_pct(f['roofline_error'])})")
+        same = "-" if "top3" not in r else ("yes" if r["top3"]["same"] else "no")
+        lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) + f" | {same} |")
+    lines += ["", f"Machine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} CPUs, "
+                  f"{machine.get('torch_threads')} threads, torch {machine.get('torch_version')}."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["BUILT_IN", "ZOO", "markdown", "run_built_in", "run_entry", "summarize"]
