@@ -6,9 +6,10 @@ from the calibrated device model, and beside it the roofline that PyTorch's ``Ru
 uses in its ``operator-level-cost-model`` mode — each call ``max(FLOPs / π, bytes / β)``, nothing
 for views — priced here with this machine's π (its fastest calibrated matrix multiply) and β (its
 calibrated bandwidth), over the same operator calls. ``RuntimeEstimator`` itself does not run on a
-CPU: its cost model asserts an accelerator, and its benchmark mode ends the process (``terminate
-called after throwing an instance of 'python_error'``, torch 2.14.1), so its method is applied to
-the same trace instead.
+CPU: in both modes the process ends inside the first dispatched call (``terminate called after
+throwing an instance of 'python_error'``, torch 2.14.1; the cost model's assertion "Roofline
+estimation needs to access CUDA capabilities", the benchmark's CUDA events), so its method is
+applied to the same trace instead.
 """
 from __future__ import annotations
 

@@ -28,12 +28,15 @@ def summary(model: Any = None, input_shape: Any = None, *, batch: int = 1, input
             dtype: str = "float32", loss: str = "cross_entropy",
             optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, amp: str | None = None,
             checkpoint: Any = (), threads: int | None = None, input_grad: bool = False,
-            depth: int | None = None, device_kind: str = "cpu", name: str | None = None) -> dict[str, Any]:
-    """Predict layer by layer and the memory peaks, allocating nothing."""
+            depth: int | None = None, device_kind: str = "cpu", name: str | None = None,
+            time_on: str | None = None) -> dict[str, Any]:
+    """Predict layer by layer and the memory peaks, allocating nothing. ``time_on``: also predict
+    the time of inference and of each training step on "cpu" (this machine, calibrated once and
+    cached) or a catalogued accelerator ("h100-80gb": a roofline at its datasheet figures)."""
     source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, name)
     return workflow.summary(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                             optimizers=tuple(optimizers), amp=amp, checkpoint=checkpoint, threads=threads,
-                            input_grad=input_grad, depth=depth)
+                            input_grad=input_grad, depth=depth, time_on=time_on)
 
 
 def measure(model: Any = None, input_shape: Any = None, *, batch: int = 1, input_dtype: Any = None,
@@ -74,7 +77,8 @@ def fit(model: Any = None, input_shape: Any = None, *, memory: str | int | None 
         dtype: str = "float32", loss: str = "cross_entropy", amp: str | None = None,
         threads: int | None = None, verify: bool = False, name: str | None = None) -> dict[str, Any]:
     """The largest batch whose predicted peak fits ``memory`` (bytes or "24GiB") or a catalogued
-    ``device`` ("h100-80gb"); ``verify`` measures it at that batch and the next."""
+    ``device`` ("h100-80gb", whose predicted step time at the answer comes too); ``verify`` measures it
+    at that batch and the next."""
     from profiler.planning import fit as planning
 
     source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, name)
@@ -83,6 +87,8 @@ def fit(model: Any = None, input_shape: Any = None, *, memory: str | int | None 
     answer = planning.solve(source, budget, mode="inference" if inference else train, dtype=dtype, loss=loss,
                             amp=amp, threads=threads)
     result = answer.as_dict()
+    if device and answer.batch:   # the time of a step at the answer, on that card
+        result["predicted_time"] = workflow.time_at(source, answer, device, threads=threads)
     if verify:
         result["verification"] = planning.verify(source, answer).as_dict()
     return result

@@ -175,10 +175,7 @@ def _fit(args: argparse.Namespace) -> int:
                        loss=args.loss, amp=_amp_dtype(args, target), threads=args.threads)
     result = answer.as_dict()
     if args.device and answer.batch:   # the time of a step at the answer, on that card
-        timed = workflow.summary(source, batch=answer.batch, dtype=args.dtype, loss=args.loss, device_kind=target,
-                                 optimizers=() if args.inference else (args.train,), amp=_amp_dtype(args, target),
-                                 threads=args.threads, time_on=args.device)
-        result["predicted_time"] = timed["predicted_time"]
+        result["predicted_time"] = workflow.time_at(source, answer, args.device, threads=args.threads)
     if args.verify:
         result["verification"] = fit.verify(source, answer, isolate_from=_isolated(args)).as_dict()
     if args.format == "json":

@@ -85,6 +85,14 @@ def time_model(device: str, threads: int | None = None,
     return roofline_model(lookup(device))
 
 
+def time_at(source: Source, answer: Any, device: str, *, threads: int | None = None) -> dict[str, Any]:
+    """The predicted time of ``fit``'s answer (``planning.fit.Fit``) on ``device``, at its batch."""
+    optimizers = () if answer.mode == "inference" else (answer.mode,)
+    timed = summary(source, batch=answer.batch, dtype=answer.dtype, loss=answer.loss, device_kind=answer.budget.target,
+                    optimizers=optimizers, amp=answer.amp, threads=threads, time_on=device)
+    return timed["predicted_time"]
+
+
 def spec_time(spec: ModelSpec, model: DeviceModel, *, batch: int, dtype: str, loss: str, device_kind: str,
               optimizers: tuple[str, ...], amp: str | None, checkpoint: bool | tuple[str, ...],
               threads: int | None, input_grad: bool) -> dict[str, Any]:
