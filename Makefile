@@ -34,8 +34,9 @@ bench: setup-test
 # (timm and transformers optional; Keras not needed): installs modelsize into $(PYTHON) itself, without
 # dependencies or the network (no venv), then runs the CUDA tests, the zoo on the GPU, fit --verify and
 # the time check, and writes results/accuracy_cuda.md and .json (under 8 minutes). Without a GPU:
-# make gpu-check ARGS="--device cpu" (writes results/gpu_check_cpu/accuracy_cpu.*). A failed install
-# is reported and the check still runs from the checkout.
+# make gpu-check ARGS="--device cpu" (writes results/gpu_check_cpu/accuracy_cpu.*). The install needs
+# setuptools>=68 in $(PYTHON) (no build isolation: nothing is downloaded); a failed install is
+# reported and the check still runs from the checkout.
 gpu-check:
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e . \
 		|| echo "gpu-check: pip install failed; running from the checkout"
