@@ -20,8 +20,11 @@ b. ``zoo``: the accuracy zoo (``benchmarks/zoo/*.yaml``, as ``benchmarks/accurac
    reserved figure is that mode's and starts from an empty cache like a fresh process (the CUDA
    context stays); on the CPU, which has no reserved figure, one run measures all three.
    Cases whose package (timm, torchvision, transformers) is missing are skipped with the reason.
-c. ``fit_verify``: ``profiler.fit(..., verify=True)`` on two models (a spec and a torch module)
-   against a budget: the batch chosen, the measured figure at b and b + 1, whether it held.
+c. ``fit_verify``: ``fit --verify`` on two models: a spec through the CLI (``python -m profiler fit
+   ... --verify --format json``, each measurement in a child process as users run it; on a GPU
+   against the whole device, where running out of memory at b is real) and a torch module through
+   ``profiler.fit(..., verify=True)`` against a budget: the batch chosen, the figure measured at b
+   and b + 1 (``max_memory_reserved`` on CUDA), whether it held.
 d. ``time``: predicted against measured time of the forward pass and of each training step, from
    the zoo's runs. Read with ``.get``: ``result["predicted_time"]`` (``forward_ms``,
    ``train_<opt>_ms``) and ``measured["time"]`` (``forward``/``train_<opt>``: ``median_ms``, ...);
@@ -31,8 +34,8 @@ Writes ``accuracy_<device>.json`` (every raw figure) and ``accuracy_<device>.md`
 it) into ``--out``: by default ``results/`` on CUDA (``results/accuracy_cuda.*``) and
 ``results/gpu_check_cpu/`` on the CPU, so a CPU run never takes the CUDA file names. The
 device's name, driver, torch and CUDA versions are in both. ``--time-limit`` (default 420 s)
-stops starting zoo cases once its share is spent, so the whole run stays under 8 minutes; cases
-not started are listed as skipped. Exit status 0 when every step ran (whatever the errors
+stops starting zoo cases once it is spent less the time kept for the later steps (150 s on CUDA,
+90 s on the CPU), so the whole run stays under 8 minutes; cases not started are listed as skipped. Exit status 0 when every step ran (whatever the errors
 found), 1 when a step or one of its cases failed (an exception: a bug to fix), 2 when the device
 asked for is not there.
 """
@@ -66,8 +69,9 @@ OPTIMIZERS = ("sgd", "adam")
 #: the issue's targets
 MEMORY_TARGET = 0.005     # predicted peaks within 0.5% of max_memory_allocated
 TIME_TARGET = 0.15        # time within 15%
-#: seconds of the time limit kept for the steps after the zoo (fit --verify, time, writing)
-AFTER_ZOO_S = 90
+#: seconds of the time limit kept for the steps after the zoo (fit --verify, time, writing): on a
+#: GPU fit --verify measures a model filling the whole device, in child processes
+AFTER_ZOO_S = {"cuda": 150, "cpu": 90}
 
 
 @dataclass(frozen=True)
@@ -128,29 +132,43 @@ def zoo_cases(kind: str, quick: bool) -> list[ZooCase]:
 @dataclass(frozen=True)
 class FitCase:
     label: str
-    model: Any                     # a built-in name or a factory
+    model: Any                     # a built-in name (the CLI's MODEL) or a factory (the API's)
     mode: str
-    memory: str                    # as typed after --memory
+    memory: str | None             # as typed after --memory; None: the whole GPU (``whole_gpu``)
     input_shape: Any = None
+    via: str = "api"               # "api": profiler.fit in this process; "cli": `modelsize fit` in a child
     needs: tuple[str, ...] = ()
 
 
 def fit_cases(kind: str, quick: bool) -> list[FitCase]:
-    """Two models, a spec and a torch module, with budgets that put b at tens to hundreds."""
+    """Two models, a spec through the CLI (its measurements in child processes, as users run it)
+    and a torch module through the API. On a GPU the spec gets the whole device, where running out
+    of memory at b is real; the module a 1 GiB budget (usable = (1 GiB − 512 MiB) × 0.9)."""
     import realworld_zoo
 
     encoder = next(e for e in realworld_zoo.ZOO if e.name == "torch nn.TransformerEncoderLayer")
-    if kind == "cuda":   # usable = (memory − 512 MiB reserve) × 0.9
-        return [FitCase("conv-224 (spec), Adam", "conv-224", "adam", "3GiB"),
-                FitCase("nn.TransformerEncoderLayer (module), Adam", encoder.factory, "adam", "1GiB",
+    if kind == "cuda":
+        return [FitCase("conv-224 (spec), Adam, the whole GPU, CLI", "conv-224", "adam", None, via="cli"),
+                FitCase("nn.TransformerEncoderLayer (module), Adam, API", encoder.factory, "adam", "1GiB",
                         encoder.input_shape)]
     if quick:
-        return [FitCase("digits (spec), Adam", "digits", "adam", "500kB"),
-                FitCase("nn.TransformerEncoderLayer (module), SGD", encoder.factory, "sgd", "2MiB",
+        return [FitCase("digits (spec), Adam, CLI", "digits", "adam", "500kB", via="cli"),
+                FitCase("nn.TransformerEncoderLayer (module), SGD, API", encoder.factory, "sgd", "2MiB",
                         encoder.input_shape)]
-    return [FitCase("conv-224 (spec), Adam", "conv-224", "adam", "400MB"),
-            FitCase("nn.TransformerEncoderLayer (module), Adam", encoder.factory, "adam", "16MiB",
+    return [FitCase("conv-224 (spec), Adam, CLI", "conv-224", "adam", "400MB", via="cli"),
+            FitCase("nn.TransformerEncoderLayer (module), Adam, API", encoder.factory, "adam", "16MiB",
                     encoder.input_shape)]
+
+
+def whole_gpu() -> list[str]:
+    """The budget options for all of this GPU: its catalogue entry (``--device``) when the
+    catalogue has its model, else ``--memory`` its ``total_memory`` with ``--target cuda``."""
+    import torch
+
+    from profiler.planning.accelerators import CATALOG
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    named = [a.name for a in CATALOG.values() if a.model == props.name]
+    return ["--device", named[0]] if named else ["--memory", str(int(props.total_memory)), "--target", "cuda"]
 
 
 # -- steps ---------------------------------------------------------------------------------------
@@ -331,9 +349,10 @@ def fit_verify(kind: str, quick: bool) -> dict:
             continue
         release(kind)
         try:
-            answer = profiler.fit(case.model, case.input_shape, memory=case.memory, target=kind,
-                                  train=None if case.mode == "inference" else case.mode,
-                                  inference=case.mode == "inference", verify=True, name=case.label)
+            answer = fit_cli(case, kind) if case.via == "cli" else profiler.fit(
+                case.model, case.input_shape, memory=case.memory, target=kind,
+                train=None if case.mode == "inference" else case.mode, inference=case.mode == "inference",
+                verify=True, name=case.label)
         except Exception as err:  # noqa: BLE001 - recorded; the other case still runs
             rows.append({"case": case.label, "error": f"{type(err).__name__}: {err}",
                          "traceback": traceback.format_exc()[-2000:]})
@@ -341,16 +360,32 @@ def fit_verify(kind: str, quick: bool) -> dict:
         finally:
             release(kind)
         v = answer["verification"]
-        rows.append({"case": case.label, "mode": case.mode, "memory": case.memory,
+        budget = answer["budget"]
+        rows.append({"case": case.label, "mode": case.mode, "via": case.via,
+                     "memory": case.memory or (budget.get("accelerator") or {}).get("name") or "the whole GPU",
                      "usable_bytes": answer["budget"]["usable_bytes"], "batch": answer["batch"],
                      "figure": v["figure"], "at_batch": v["at_batch"], "next": v["next"],
                      "fits_at_batch": v["fits_at_batch"], "over_at_next": v["over_at_next"], "held": v["held"],
-                     "method": answer.get("method"), "wall_s": round(time.monotonic() - start, 2)})
+                     "method": answer.get("method"), "command": answer.get("command"),
+                     "wall_s": round(time.monotonic() - start, 2)})
     ran = [r for r in rows if "held" in r]
     errors = sum("error" in r for r in rows)
     return {"status": "failed" if errors and not ran else "partial" if errors else "ok", "rows": rows,
             "summary": {"cases": len(rows), "verified": len(ran), "held": sum(r["held"] is True for r in ran),
                         "safe_at_b": sum(r["fits_at_batch"] is True for r in ran)}}
+
+
+def fit_cli(case: FitCase, kind: str) -> dict:
+    """``modelsize fit MODEL ... --verify --format json`` in a child process: its JSON answer (exit
+    status 0, or 4 when the verification did not hold)."""
+    budget = ["--memory", case.memory, "--target", kind] if case.memory else whole_gpu()
+    mode = ["--inference"] if case.mode == "inference" else ["--train", case.mode]
+    command = [sys.executable, "-m", "profiler", "fit", case.model, *budget, *mode, "--verify", "--format", "json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    if done.returncode not in (0, 4):
+        raise RuntimeError(f"`{' '.join(command[1:])}` exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    return {**json.loads(done.stdout), "command": " ".join(command[1:]), "returncode": done.returncode}
 
 
 def time_check(zoo_step: dict) -> dict:
@@ -488,7 +523,7 @@ def markdown(report: dict) -> str:
             lines.append(f"- {r['case']}: {r.get('skipped') or r.get('error', '').splitlines()[0]}")
             continue
         at, nxt = r["at_batch"] or {}, r["next"]
-        lines.append(f"- {r['case']}, --memory {r['memory']} (usable {r['usable_bytes']:,} B): batch {r['batch']}; "
+        lines.append(f"- {r['case']}, budget {r['memory']} (usable {r['usable_bytes']:,} B): batch {r['batch']}; "
                      f"{r['figure']} at b predicted {_b(at.get('predicted_bytes'))}, measured "
                      f"{_b(at.get('measured_bytes'))}; at b + 1 predicted {_b(nxt.get('predicted_bytes'))}, "
                      f"measured {_b(nxt.get('measured_bytes'))}{' (ran out of memory)' if nxt.get('does_not_fit') else ''}; "
@@ -545,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: results/ on CUDA, results/gpu_check_cpu/ on the CPU)")
     parser.add_argument("--time-limit", type=float, default=420.0,
-                        help="seconds: no zoo case starts after this minus %d s" % AFTER_ZOO_S)
+                        help="seconds: no zoo case starts after this less %d s (CUDA; CPU: %d s)"
+                        % (AFTER_ZOO_S["cuda"], AFTER_ZOO_S["cpu"]))
     args = parser.parse_args(argv)
     started = time.monotonic()
     kind = args.device
@@ -564,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     # a. first, before this process holds the GPU
     steps["cuda_tests"] = run_step("cuda_tests", lambda: cuda_tests(kind, args.quick))
     print(f"gpu_check: cuda_tests {steps['cuda_tests']['status']} ({steps['cuda_tests']['wall_s']} s)", flush=True)
-    deadline = started + args.time_limit - AFTER_ZOO_S
+    deadline = started + args.time_limit - AFTER_ZOO_S[kind]
     steps["zoo"] = run_step("zoo", lambda: zoo(kind, device, args.quick, deadline, warmup=warmup, repeats=repeats))
     print(f"gpu_check: zoo {steps['zoo']['status']} ({steps['zoo']['wall_s']} s)", flush=True)
     steps["fit_verify"] = run_step("fit_verify", lambda: fit_verify(kind, args.quick))

@@ -1,8 +1,9 @@
 """``make gpu-check`` (benchmarks/gpu_check.py) in CPU mode: the script a CUDA machine will run.
 
-The quick subset (one spec and one torch module of the zoo, ``fit --verify`` on two models) runs
-on the CPU in a child process, as ``make gpu-check ARGS="--device cpu --quick"`` runs it; the
-CPU path is byte-exact, so every predicted peak must equal the measured one.
+The quick subset (one spec and one torch module of the zoo; ``fit --verify`` on two models, one
+through the CLI and one through the API) runs on the CPU in a child process, as
+``make gpu-check ARGS="--device cpu --quick"`` runs it; the CPU path is byte-exact, so every
+predicted peak must equal the measured one.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_cpu_quick_predicted_equals_measured(quick):
 def test_cpu_quick_fit_verify_holds(quick):
     done, out = quick
     fits = json.loads((out / "accuracy_cpu.json").read_text())["steps"]["fit_verify"]
-    assert len(fits["rows"]) == 2
+    assert [row["via"] for row in fits["rows"]] == ["cli", "api"]   # `modelsize fit ... --verify`, profiler.fit
+    assert "--verify" in fits["rows"][0]["command"]
     for row in fits["rows"]:
         assert row["batch"] >= 1 and row["held"] is True, row
         assert row["at_batch"]["measured_bytes"] == row["at_batch"]["predicted_bytes"]
