@@ -114,7 +114,7 @@ def zoo_cases(kind: str, quick: bool) -> list[ZooCase]:
         return [spec(BENCHMARKS / "zoo" / "mlp.yaml", 2), module("torch nn.MultiheadAttention", 1)]
     low = "float16" if kind == "cuda" else "bfloat16"   # autocast's dtype the device runs fast
     # On a GPU, large batches too: at batch 16 the two cuBLAS workspaces (64 MiB on Hopper) are most
-    # of every figure; here activations are (0.1 to 3 GiB predicted for the Adam step).
+    # of every figure; at these batches the activations are (0.1 to 3 GiB predicted for Adam's step).
     large = ([ZooCase("conv-224 b32", "spec", "conv-224", 32)]
              + [spec(BENCHMARKS / "zoo" / f"{name}.yaml", batch) for name, batch in (
                  ("resnet", 256), ("transformer", 256), ("unet", 256), ("lstm", 512))]) if kind == "cuda" else []
@@ -284,7 +284,11 @@ def run_zoo_case(case: ZooCase, kind: str, device: str, budget, *, warmup: int, 
                 "predicted_allocated": evaluation.allocated_bytes, "measured_allocated": allocated,
                 "allocated_error": _error(evaluation.allocated_bytes, allocated),
                 "predicted_reserved": evaluation.reserved_bytes, "measured_reserved": reserved,
-                "reserved_error": _error(evaluation.reserved_bytes, reserved), "at": evaluation.at}
+                "reserved_error": _error(evaluation.reserved_bytes, reserved), "at": evaluation.at,
+                # for whoever fixes a CUDA figure from one run: each side by category
+                "predicted_breakdown": dict(evaluation.breakdown),
+                "measured_breakdown": {peak: split for peak, split in (measured.get("breakdown") or {}).items()
+                                       if peak == mode or peak.endswith(f"_{mode}")}}
             row["measured"][mode] = {k: v for k, v in measured.items() if isinstance(v, (int, float)) or v is None}
             row["measured_time"].update(_measured_time(measured, mode))
     release(kind)
@@ -568,6 +572,7 @@ def write(report: dict, out: Path) -> tuple[Path, Path]:
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".partial-")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)   # mkstemp makes it private; a result is for everyone to read
         os.replace(tmp, path)
     return paths
 
