@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # torchvision 0.28 does not load beside the CPU build of torch 2.13). A CUDA build that runs on the CPU.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-test profile test bench clean
+.PHONY: setup setup-test profile test bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ test: setup-test
 
 bench: setup-test
 	$(BIN)/python -m pytest benchmarks -q $(ARGS)
+
+# On a CUDA machine that already has torch (any CUDA build), psutil, PyYAML, nvidia-ml-py, numpy, pytest
+# (timm and transformers optional; Keras not needed): installs modelsize into $(PYTHON) itself, without
+# dependencies or the network (no venv), then runs the CUDA tests, the zoo on the GPU, fit --verify and
+# the time check, and writes results/accuracy_cuda.md and .json (under 8 minutes). Without a GPU:
+# make gpu-check ARGS="--device cpu" (writes results/gpu_check_cpu/accuracy_cpu.*). The install needs
+# setuptools>=68 in $(PYTHON) (no build isolation: nothing is downloaded); a failed install is
+# reported and the check still runs from the checkout.
+gpu-check:
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e . \
+		|| echo "gpu-check: pip install failed; running from the checkout"
+	$(PYTHON) benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
