@@ -258,8 +258,9 @@ def run_zoo_case(case: ZooCase, kind: str, device: str, budget, *, warmup: int, 
 
     source = case.source()
     threads = torch.get_num_threads()
+    from profiler.measuring.devices import get_device
     summary = workflow.summary(source, batch=case.batch, dtype=case.dtype, device_kind=kind, optimizers=OPTIMIZERS,
-                               amp=case.amp, threads=threads)
+                               amp=case.amp, threads=threads, time_on=workflow.timed_device(get_device(device)))
     planned = planner_figures(source, case, budget, threads)
     row: dict[str, Any] = {"case": case.label, "kind": case.kind, "batch": case.batch, "dtype": case.dtype,
                            "amp": case.amp, "peaks": {}, "summary_predicted": summary["predicted"],

@@ -241,7 +241,7 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     result = summary(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                      optimizers=optimizers, amp=amp, checkpoint=checkpoint, input_grad=input_grad,
                      threads=threads if threads is not None else torch.get_num_threads(), depth=depth,
-                     time_on=_timed_device(target) if predict_time else None, progress=progress)
+                     time_on=timed_device(target) if predict_time else None, progress=progress)
     measured, options = measure(source, batch=batch, dtype=dtype, loss=loss, device=target.name,
                                 warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
                                 amp=amp, checkpoint=checkpoint, input_grad=input_grad, validate=False,
@@ -256,7 +256,7 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     return result
 
 
-def _timed_device(target: Any) -> str | None:
+def timed_device(target: Any) -> str | None:
     """Which time model a measurement on ``target`` is compared with: this machine's calibration on
     the CPU; on CUDA, the catalogued card of the same name (a roofline), if there is one."""
     if target.torch_device.type == "cpu":

@@ -71,6 +71,9 @@ class DeviceModel:
     op_curves: dict[str, Curve] = field(default_factory=dict)   # by operator: see :func:`curve_key`
     view_s: float = 0.0                          # a call that moves no data
     bandwidth: float = 0.0                       # bytes per second, large copies
+    #: the fastest a matrix multiply or convolution family moved its bytes (by curve key): a call
+    #: with little arithmetic per byte (a large weight applied to a few samples) takes at least this
+    op_bandwidth: dict[str, float] = field(default_factory=dict)
     peak_flops: dict[str, float] = field(default_factory=dict)   # dtype -> FLOP/s (roofline)
     launch_s: float = 0.0                        # a call's shortest time (roofline: a kernel launch)
     per_op_s: dict[str, float] = field(default_factory=dict)      # phase -> Python/autograd per call
@@ -88,29 +91,31 @@ class DeviceModel:
             peak = self.peak_flops.get(op.dtype) or self.peak_flops.get("float32", 0.0)
             compute = op.flops / peak if peak else 0.0
             return max(compute, memory_bound, self.launch_s) + extra
+        stream = next((self.op_bandwidth[key] for key in curve_keys(op) if key in self.op_bandwidth), None)
+        if stream:
+            memory_bound = max(memory_bound, op.bytes / stream)
         return max(max(self._kernel_seconds(op), memory_bound) + extra, self.view_s)
 
     def _kernel_seconds(self, op: OpCost) -> float:
-        """The call itself, from its operator's own curve where the call is within the sizes that
-        curve was measured on (or, for a memory-bound operator, beyond them), else its kind's."""
+        """The call itself, from its operator's own curve (kernel family and dtype where measured):
+        interpolated within the sizes measured and at the largest call's throughput above them;
+        below them it follows its kind's curve down from its smallest call (small calls cost about
+        the same, whatever their size). An operator never measured is priced by its kind's curve."""
         own = next((self.op_curves[key] for key in curve_keys(op) if key in self.op_curves), None)
-        compute = op.kind in ("matmul", "conv", "attention") and op.flops > 0
-        if own is not None:
-            if own.work[0] <= op.work <= own.work[-1] or (not compute and op.work > own.work[-1]):
-                return own(op.work)
-            if not compute:   # smaller than any call it was measured on: scaled down to the cheapest call
-                floor = self.curves["memory"].seconds[0] if "memory" in self.curves else 0.0
-                return max(own.seconds[0] * op.work / own.work[0], floor)
-        if not compute:
-            curve = self.curves.get("memory")
-            return curve(op.bytes) if curve else 0.0
+        kind = self._kind_curve(op)
+        if own is None:
+            return kind(op.work) if kind is not None else 0.0
+        if op.work >= own.work[0] or kind is None:
+            return own(op.work)
+        return own.seconds[0] * kind(op.work) / kind(own.work[0])
+
+    def _kind_curve(self, op: OpCost) -> Curve | None:
+        if not (op.kind in ("matmul", "conv", "attention") and op.flops > 0):
+            return self.curves.get("memory")
         kind = f"{op.kind}_backward" if op.kind == "conv" and "backward" in op.op else op.kind
-        curve = next((self.curves[key] for key in (f"{kind}/{op.dtype}", f"{kind}/float32",
-                                                   f"matmul/{op.dtype}", "matmul/float32")
-                      if key in self.curves), None)
-        if curve is None:
-            return own(op.work) if own is not None else 0.0
-        return curve(op.flops)
+        return next((self.curves[key] for key in (f"{kind}/{op.dtype}", f"{kind}/float32",
+                                                  f"matmul/{op.dtype}", "matmul/float32")
+                     if key in self.curves), None)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

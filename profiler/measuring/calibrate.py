@@ -41,7 +41,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 2
+VERSION = 4
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -161,13 +161,24 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
     for n in (8, 32, 128, 256, 512, 1024):
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         calls.append(lambda a=a, b=b: torch.mm(a, b))
-    for batch, channels, size in ((1, 8, 8), (1, 32, 32), (2, 32, 16), (2, 64, 32), (4, 64, 56), (8, 128, 28)):
+    for rows, inner, cols in ((4, 2048, 2048), (1, 4096, 1024), (16, 1024, 4096)):   # skinny: weight-bound
+        a, b = torch.randn(rows, inner).to(dtype), torch.randn(inner, cols).to(dtype)
+        calls.append(lambda a=a, b=b: torch.mm(a, b))
+    # (batch, channels, side, kernel, groups): each kernel family across sizes (batch 1 float32
+    # runs torch's im2col kernels, larger batches oneDNN; groups = channels is depthwise)
+    for batch, channels, size, kernel, groups in (
+            (1, 8, 8, 3, 1), (1, 32, 32, 3, 1), (1, 64, 32, 3, 1), (1, 128, 16, 3, 1), (1, 256, 8, 3, 1),
+            (1, 64, 32, 1, 1), (1, 256, 16, 1, 1), (2, 32, 16, 3, 1), (2, 64, 32, 3, 1), (4, 64, 56, 3, 1),
+            (8, 128, 28, 3, 1), (4, 256, 14, 1, 1), (4, 64, 32, 3, 8), (8, 128, 16, 3, 16),
+            (4, 64, 32, 3, 64), (8, 128, 16, 5, 128), (1, 32, 32, 3, 32),
+            (1, 512, 2, 3, 1), (1, 256, 4, 3, 1), (4, 512, 2, 3, 1)):   # small maps, large weights
         x = torch.randn(batch, channels, size, size).to(dtype)
-        w = torch.randn(channels, channels, 3, 3).to(dtype)
+        w = torch.randn(channels, channels // groups, kernel, kernel).to(dtype)
         grad = torch.randn(batch, channels, size, size).to(dtype)
-        calls.append(lambda x=x, w=w: torch.conv2d(x, w, padding=1))
-        calls.append(lambda x=x, w=w, grad=grad: torch.ops.aten.convolution_backward(
-            grad, x, w, [0], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]))
+        pad = kernel // 2
+        calls.append(lambda x=x, w=w, pad=pad, groups=groups: torch.conv2d(x, w, padding=pad, groups=groups))
+        calls.append(lambda x=x, w=w, grad=grad, pad=pad, groups=groups: torch.ops.aten.convolution_backward(
+            grad, x, w, [0], [1, 1], [pad, pad], [1, 1], False, [0, 0], groups, [True, True, False]))
     for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))
@@ -450,10 +461,15 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             if cost.kind != "view":
                 points.setdefault(curve_key(cost), []).append((cost.work, seconds))
         op_curves = {key: _isotonic(found) for key, found in points.items()}
+        streams: dict[str, float] = {}   # the fastest each operator moved its bytes: a call is never faster
+        for cost, seconds in [*micro, *(call for measured in runs for call in measured["calls"])]:
+            if cost.kind in ("matmul", "conv") and seconds > 0:
+                key = curve_key(cost)
+                streams[key] = max(streams.get(key, 0.0), cost.bytes / seconds)
         largest = max((c for c in micro if c[0].packet == "aten.add" and c[0].dtype == "float32"),
                       key=lambda c: c[0].bytes)
         fitted = DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
-                             bandwidth=largest[0].bytes / largest[1], threads=used)
+                             bandwidth=largest[0].bytes / largest[1], op_bandwidth=streams, threads=used)
         say("Python and autograd per call")
         per_op = _fit_overheads(runs, fitted)
     finally:
@@ -461,6 +477,6 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         if gc_was_enabled:
             gc.enable()
     return DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
-                       bandwidth=fitted.bandwidth, per_op_s=per_op, threads=used, timer_inflation_s=inflation,
+                       bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, threads=used, timer_inflation_s=inflation,
                        source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
                               f"torch {torch.__version__}")

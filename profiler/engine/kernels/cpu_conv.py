@@ -89,10 +89,12 @@ ONEDNN_MIN_BATCH_1X1 = 16
 
 def kernel_name(ctx, call: ConvCall) -> str:
     """The kernel family a CPU convolution runs on, which sets its speed: "onednn", "depthwise"
-    (oneDNN, one channel per group) or "im2col" (torch's own)."""
+    (oneDNN, one channel per group), "grouped" (oneDNN, several) or "im2col" (torch's own)."""
     if not runs_onednn(ctx, call):
         return "im2col"
-    return "depthwise" if call.groups > 1 and call.groups == call.channels else "onednn"
+    if call.groups == 1:
+        return "onednn"
+    return "depthwise" if call.groups == call.channels else "grouped"
 
 
 def runs_onednn(ctx, call: ConvCall) -> bool:
