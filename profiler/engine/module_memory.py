@@ -283,6 +283,14 @@ class _Token:
 #: wrapped. Autograd asks every gradient's device (``prim.device``: 15,453 of the 28,034 calls a
 #: training replay of the 7B decoder dispatches), so the log answers them before anything else.
 _QUERIES = frozenset({torch.ops.prim.device.default})
+_DEVICE = torch.ops.prim.device.default
+
+
+def _fake_device(tensor: Any) -> torch.device:
+    """``prim.device`` of a fake tensor, answered as its fake mode answers it (``FakeTensor``'s
+    ``__torch_dispatch__``, torch 2.13 and 2.14: meta while the mode runs a kernel, else the device
+    the tensor claims) without the second dispatch there."""
+    return torch.device("meta") if tensor.fake_mode.in_kernel_invocation else tensor.fake_device
 
 
 class StorageLog(TorchDispatchMode):
@@ -401,6 +409,8 @@ class StorageLog(TorchDispatchMode):
         if self._unsettled:
             self._settle()
         if func in _QUERIES:   # no tensor out, no kernel: nothing below would log a thing
+            if func is _DEVICE and not kwargs and len(args) == 1 and _is_fake(args[0]):
+                return _fake_device(args[0])
             return func(*args, **(kwargs or {}))
         if self.phase == "backward" and func in _IN_PLACE_IN_BACKWARD:
             func = _in_place_in_backward(func)
