@@ -450,6 +450,7 @@ def test_queries_answered_first_are_in_no_table():
     while no table books, fixes or flags them."""
     from profiler.engine import module_memory
     from profiler.engine.kernels import aten_cpu
-    tables = (module_memory._CPU_RESULT, aten_cpu._WORKSPACE, aten_cpu._UNMODELLED, module_memory._IN_PLACE_IN_BACKWARD)
+    tables = (module_memory._CPU_RESULT, aten_cpu._WORKSPACE, aten_cpu._UNMODELLED,
+              module_memory._IN_PLACE_IN_BACKWARD)
     assert all(not set(module_memory._QUERIES) & set(table) for table in tables)
     assert not set(module_memory._QUERIES) & (module_memory._SAVES_OTHER | module_memory._LIFT)
