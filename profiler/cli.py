@@ -5,9 +5,12 @@ The only module that prints. Bad input ends with one line on stderr and exit sta
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import json
+import os
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from profiler import workflow
 from profiler.dtypes import MODEL_DTYPES
@@ -28,8 +31,20 @@ MAX_BATCH = 2 ** 31 - 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(_joined_sizes(sys.argv[1:] if argv is None else list(argv)))
+    """Run one command; its exit status."""
+    return _command(_parse(argv))
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    return _parser().parse_args(_joined_sizes(sys.argv[1:] if argv is None else list(argv)))
+
+
+def _command(args: argparse.Namespace) -> int:
+    """The collector is paused while a command that only predicts runs (see :func:`_predicts_only`)
+    and resumed when it returns."""
+    paused = _predicts_only(args) and gc.isenabled()
+    if paused:
+        gc.disable()
     try:
         return args.run(args)
     except ModelsizeError as error:
@@ -39,9 +54,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("modelsize: interrupted: the measurement was stopped and nothing of it was saved", file=sys.stderr)
         return 130
     except BrokenPipeError:   # `modelsize ... | head`: the reader has gone; end quietly
-        import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no error at interpreter exit
         return EXIT_CLOSED_PIPE
+    finally:
+        if paused:
+            gc.enable()
+
+
+def run() -> NoReturn:
+    """The ``modelsize`` program: :func:`main`, then, after a command that only predicts, a quick exit.
+
+    Such a command leaves torch's import behind (torch._dynamo and sympy too, which FakeTensorMode
+    imports) and nothing else that needs tearing down: the output is flushed and the ``atexit``
+    handlers run (``weakref.finalize``'s, ``multiprocessing``'s), then the process ends without the
+    interpreter's teardown, which collects and frees every object and runs the C++ libraries'
+    destructors: measured on the 7B decoder's summary, 0.3-0.6 s, and 128 MiB more peak RSS with
+    torch's CUDA build (its libraries' pages touched on the way out).
+    """
+    args = _parse(None)
+    status = _command(args)
+    if not _predicts_only(args):
+        sys.exit(status)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:   # the reader went away after the last write
+        status = EXIT_CLOSED_PIPE
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(status)
+
+
+def _predicts_only(args: argparse.Namespace) -> bool:
+    """``summary``, and ``fit`` without ``--verify``: nothing is built or measured, only predicted.
+    Their passes pause the garbage collector anyway (``engine.torch_module._run``); the imports and
+    the module's construction before them made 730 collections costing 0.4 s (the 7B decoder)."""
+    return args.run is _summary or (args.run is _fit and not args.verify)
 
 
 def _joined_sizes(argv: list[str]) -> list[str]:
@@ -404,4 +451,4 @@ def _parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

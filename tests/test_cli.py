@@ -70,6 +70,25 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     assert "field 'units'" in run.stderr
 
 
+def test_program_ends_quickly_with_its_output_and_atexit_handlers(tmp_path):
+    """After ``summary`` the program skips the interpreter's teardown (``profiler.cli.run``): the
+    whole output is written, the exit status kept, and ``atexit`` handlers run (a user module's);
+    called as a function, ``main`` leaves the garbage collector as it found it."""
+    import gc
+    (tmp_path / "my_models.py").write_text(
+        "import atexit, sys\n"
+        "from torch import nn\n"
+        "atexit.register(lambda: sys.stderr.write('atexit ran\\n'))\n"
+        "def digits():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Softmax(-1))\n")
+    args = ["summary", "my_models:digits", "--input-shape", "1,28,28", "--format", "json"]
+    run = subprocess.run([sys.executable, "-m", "profiler", *args], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["totals"]["params"] == 7850
+    assert run.stderr == "atexit ran\n"
+    assert gc.isenabled() and main(["summary", "dense-514", "--format", "json"]) == 0 and gc.isenabled()
+
+
 def test_torch_factory_from_the_command_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "my_models.py").write_text(
         "from torch import nn\n"

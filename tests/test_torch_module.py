@@ -443,3 +443,14 @@ def test_built_recurrent_and_attention_modules_summarize(zoo):
     from_module = summary(build(spec), spec.inputs[0].shape, batch=2, input_dtype=spec.inputs[0].dtype)
     from_spec = predict(spec, batch=2, threads=torch.get_num_threads())
     assert from_module["peaks"]["train_adam"]["bytes"] == from_spec.training["adam"].bytes
+
+
+def test_queries_answered_first_are_in_no_table():
+    """``StorageLog`` answers metadata queries (``prim.device``) before its bookkeeping: exact only
+    while no table books, fixes or flags them."""
+    from profiler.engine import module_memory
+    from profiler.engine.kernels import aten_cpu
+    tables = (module_memory._CPU_RESULT, aten_cpu._WORKSPACE, aten_cpu._UNMODELLED,
+              module_memory._IN_PLACE_IN_BACKWARD)
+    assert all(not set(module_memory._QUERIES) & set(table) for table in tables)
+    assert not set(module_memory._QUERIES) & (module_memory._SAVES_OTHER | module_memory._LIFT)
