@@ -79,7 +79,7 @@ def run_built_in(name: str, batch: int) -> dict[str, Any]:
     spec = workflow.resolve_spec(name)
     result = workflow.profile(spec, batch=batch, device="cpu", warmup=3, repeats=10)
     memory = spec_memory.replay(spec, batch=batch, dtype="float32", loss="cross_entropy", device_kind="cpu",
-                                optimizers=("sgd", "adam"), amp=None, checkpoint=(), threads=None, input_grad=False)
+                                optimizers=("sgd", "adam"), amp=None, checkpoint=(), threads=None, input_grad=False, record_costs=True)
     model = workflow.time_model("cpu")
     return row(name, "built-in", batch, result, roofline_ms(memory.costs, model))
 
@@ -91,7 +91,7 @@ def run_entry(entry: Entry, batch: int) -> dict[str, Any]:
     result = profiler.profile(entry.factory, entry.input_shape, batch=batch, input_dtype=entry.input_dtype,
                               int_high=entry.int_high, warmup=3, repeats=10, name=entry.name)
     memory = torch_module.memory(entry.factory, entry.input_shape, batch=batch,
-                                 input_dtype=entry.input_dtype or "float")
+                                 input_dtype=entry.input_dtype or "float", record_costs=True)
     model = workflow.time_model("cpu")
     return row(entry.name, entry.family, batch, result, roofline_ms(memory.costs, model))
 

@@ -102,7 +102,7 @@ def spec_time(spec: ModelSpec, model: DeviceModel, *, batch: int, dtype: str, lo
     from profiler.engine.predict import checkpoint_layers
     memory = spec_memory.replay(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                                 optimizers=optimizers, amp=amp, checkpoint=checkpoint_layers(spec, checkpoint),
-                                threads=threads, input_grad=input_grad)
+                                threads=threads, input_grad=input_grad, record_costs=True)
     timed = predict_times(model, memory.costs, batch)
     timed["layers"] = {phase: _summed_by(spec_memory.layer_of, per_module)
                        for phase, per_module in timed["layers"].items()}

@@ -110,7 +110,7 @@ def _toy_model(per_op: float = 0.0) -> DeviceModel:
 def test_predicted_time_sums_the_calls_of_each_run_and_counts_samples_per_second():
     from profiler.engine import torch_module
     memory = torch_module.memory(lambda: torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()), [8],
-                                 batch=2, optimizers=("sgd", "adam"))
+                                 batch=2, optimizers=("sgd", "adam"), record_costs=True)
     model = _toy_model(per_op=1e-6)
     timed = predict_times(model, memory.costs, batch=2)
     inference = run_time(model, memory.costs["inference"])
@@ -127,7 +127,7 @@ def test_predicted_time_sums_the_calls_of_each_run_and_counts_samples_per_second
 
 def test_the_steady_update_has_no_state_making_calls():
     from profiler.engine import torch_module
-    memory = torch_module.memory(lambda: torch.nn.Linear(8, 4), [8], batch=2, optimizers=("adam",))
+    memory = torch_module.memory(lambda: torch.nn.Linear(8, 4), [8], batch=2, optimizers=("adam",), record_costs=True)
     ops = {cost.packet for cost in memory.costs["step_adam"]}
     assert "aten.zeros_like" not in ops and "aten.lerp_" in ops
 

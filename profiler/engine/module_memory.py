@@ -313,7 +313,7 @@ class StorageLog(TorchDispatchMode):
     A parameter's cast (``_to_copy``: autocast's weight cache) is a weight cast, not an activation.
     """
 
-    def __init__(self, names: dict[int, str], run: Context | None = None):
+    def __init__(self, names: dict[int, str], run: Context | None = None, costs: bool = False):
         super().__init__()
         self.names = names
         self.run = run
@@ -334,6 +334,7 @@ class StorageLog(TorchDispatchMode):
         self._unsettled: list[tuple[Any, int]] = []   # (weakref to a result, serial of its kept number)
         self._kept_alive: set[int] = set()
         self.costs: list[OpCost] = []           # every operator call's work, in order (the time model's input)
+        self._record_costs = costs
 
     # -- what exists, and what is what --------------------------------------------------------
     def seed(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
@@ -447,10 +448,11 @@ class StorageLog(TorchDispatchMode):
                         self.category[serial] = "weight_casts"
                 elif self._nbytes[serial] != storage.nbytes():   # resized in place (out=)
                     self._resize(serial, storage.nbytes())
-        cost = op_cost(func, args, kwargs, out, phase=_cost_phase(self.phase), module=self._module(),
-                       kernel=kernel_of(func, args, self.run) if self.run is not None else "")
-        if cost is not None:
-            self.costs.append(cost)
+        if self._record_costs:
+            cost = op_cost(func, args, kwargs, out, phase=_cost_phase(self.phase), module=self._module(),
+                           kernel=kernel_of(func, args, self.run) if self.run is not None else "")
+            if cost is not None:
+                self.costs.append(cost)
         results = outputs or tensors_in(args)
         dtype = results[0].dtype if results else None   # what a kernel's own buffers are counted in
         wrapped = wrapped_numbers(func, args)
@@ -719,7 +721,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                    targets: Sequence[torch.Tensor] | None, *, loss: str, fake_mode: Any,
                    names: dict[int, str], optimizers: Sequence[str] = ("sgd", "adam"),
                    amp: str | None = None, threads: int | None = None,
-                   device_kind: str = "cpu", input_grad: bool = False) -> MemoryPrediction:
+                   device_kind: str = "cpu", input_grad: bool = False, record_costs: bool = False) -> MemoryPrediction:
     """Replay inference and training steps of ``model`` (fake tensors, see the module docstring).
 
     ``model``, ``inputs`` and ``targets`` (see :func:`make_target`, one per output) live in
@@ -748,6 +750,9 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     :func:`kernel_workspace`). ``targets`` None: made from the inference pass's outputs
     (:func:`make_target`; float32 ``mse`` targets under mixed precision).
 
+    ``record_costs``: also log every call's work (``costs``, the time model's input: see
+    :mod:`profiler.engine.step_time`).
+
     ``input_grad``: the floating inputs require gradients in training, as the runner's
     ``input_grad``: backward makes each ``x.grad`` (a temporary, as the runner names it), kept
     through the optimizer step and set to None after ``zero_grad`` in the next step.
@@ -763,7 +768,8 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     run = Context(device_kind="cpu", amp=amp, threads=threads or torch.get_num_threads()) if on_cpu else None
 
     model.eval()
-    log = StorageLog(names, run)
+    record = record_costs
+    log = StorageLog(names, run, costs=record)
     try:
         log.seed(tensors, "parameters")
         log.seed(inputs, "inputs")
@@ -780,7 +786,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         inference = log.peak([start, piece], start=len(start))
         timelines = {"inference": log.timeline([start, piece], start=len(start))}
         output_dtypes = dict(log.output_dtype)
-        costs = {"inference": [replace(c, phase="inference") for c in log.costs]}
+        costs = {"inference": [replace(c, phase="inference") for c in log.costs]} if record else {}
     finally:
         log.close()
 
@@ -798,7 +804,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     differentiated = [x for x in inputs if input_grad and x.is_floating_point()]
     for x in differentiated:
         x.requires_grad_(True)
-    log = StorageLog(names, run)
+    log = StorageLog(names, run, costs=record)
     alive: list[Any] = []   # the step's output and loss, and the optimizers: alive to the end
     try:
         log.seed(tensors, "parameters")
@@ -822,7 +828,8 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         input_grads = [x.grad for x in differentiated]
         log.mark(input_grads, "temporaries")
         forward_backward = log.cut()
-        costs["training"] = list(log.costs)
+        if record:
+            costs["training"] = list(log.costs)
         for name in optimizers:
             init, step, created, opt = _optimizer_step(log, name, params, foreach=not on_cpu)
             alive.append(opt)
@@ -843,7 +850,8 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                                                       start=len(before))
         # every peak is read: a second step may now free what the log would have counted
         for name, opt in zip(optimizers, [o for o in alive if isinstance(o, torch.optim.Optimizer)]):
-            costs[f"step_{name}"] = _steady_update_costs(names, run, opt)
+            if record:
+                costs[f"step_{name}"] = _steady_update_costs(names, run, opt)
     finally:
         log.close()
         alive.clear()
@@ -885,7 +893,7 @@ def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parame
 def _steady_update_costs(names: dict[int, str], run: Context | None, opt: torch.optim.Optimizer) -> list[OpCost]:
     """The operator calls of a steady-state update: a second ``step`` of an optimizer whose first
     made its state (the first's calls include making it), logged apart from the memory log."""
-    log = StorageLog(names, run)
+    log = StorageLog(names, run, costs=True)
     try:
         with log:
             log.set_phase("optimizer step")

@@ -9,7 +9,8 @@ from profiler.frontends.spec import ModelSpec
 
 
 def replay(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str, optimizers: Iterable[str],
-           amp: str | None, checkpoint: Iterable[str], threads: int | None, input_grad: bool):
+           amp: str | None, checkpoint: Iterable[str], threads: int | None, input_grad: bool,
+           record_costs: bool = False):
     import torch
 
     from profiler.engine.module_memory import predict_memory
@@ -22,7 +23,7 @@ def replay(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: s
     fake_mode, fake, inputs, names = _fake_run(module, shapes, in_dtypes, batch)
     return predict_memory(fake, inputs, None, loss=loss, fake_mode=fake_mode, names=names,
                           optimizers=tuple(optimizers), amp=amp, threads=threads, device_kind=device_kind,
-                          input_grad=input_grad)
+                          input_grad=input_grad, record_costs=record_costs)
 
 
 def layer_of(module: str) -> str:

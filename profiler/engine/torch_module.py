@@ -111,7 +111,8 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
             if optimizers else []
     memory = _run(lambda: predict_memory(fake, fake_inputs, targets, loss=loss, fake_mode=fake_mode,
                                          names=fake_names, optimizers=optimizers, amp=amp,
-                                         threads=threads, device_kind=device_kind),
+                                         threads=threads, device_kind=device_kind,
+                                         record_costs=time_model is not None),
                   f"replaying inference and training on fake tensors at batch {batch}", name)
 
     rows = _rows(tree, traced, memory.saved_bytes, depth, batch)
@@ -142,9 +143,9 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
 def memory(model: nn.Module | Callable[[], nn.Module], input_shape: InputShape, *, batch: int,
            input_dtype: str | Sequence[str] = "float", dtype: str = "float32", loss: str = "cross_entropy",
            optimizers: Sequence[str] = ("sgd", "adam"), amp: str | None = None, threads: int | None = None,
-           device_kind: str = "cpu", name: str | None = None) -> MemoryPrediction:
+           device_kind: str = "cpu", name: str | None = None, record_costs: bool = False) -> MemoryPrediction:
     """Only the memory replay of :func:`summary` (no shape and MAC trace, no rows): what the
-    planner calls at each batch size it tries."""
+    planner calls at each batch size it tries (``record_costs``: with each call's work, for time)."""
     shapes = _input_shapes(input_shape)
     in_dtypes = _input_dtypes(input_dtype, len(shapes), dtype)
     _check(batch, None, dtype, loss, optimizers, amp)
@@ -153,7 +154,7 @@ def memory(model: nn.Module | Callable[[], nn.Module], input_shape: InputShape, 
     del meta
     return _run(lambda: predict_memory(fake, fake_inputs, None, loss=loss, fake_mode=fake_mode,
                                        names=fake_names, optimizers=optimizers, amp=amp, threads=threads,
-                                       device_kind=device_kind),
+                                       device_kind=device_kind, record_costs=record_costs),
                 f"replaying inference and training on fake tensors at batch {batch}", name)
 
 
