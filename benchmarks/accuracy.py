@@ -50,7 +50,8 @@ def run_case(case: Case, *, repeats: int = 5) -> dict:
     measured = result["measured"]
     row = {"case": case.label, "model": case.model, "batch": case.batch, "dtype": case.dtype, "amp": case.amp,
            "precision": case.precision, "forward_ms": measured["forward_ms"],
-           "forward_ms_iqr": measured["forward_ms_iqr"]}
+           "forward_ms_iqr": measured["forward_ms_iqr"],
+           "predicted_time": result.get("predicted_time"), "time_error": result.get("time_error")}
     module_result = torch_path_prediction(spec, case)
     module_prediction = module_result["predicted"]
     for key, _, peak in PEAKS:

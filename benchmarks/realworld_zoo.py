@@ -149,7 +149,8 @@ def run(entry: Entry, batch: int, *, repeats: int = 1) -> dict:
     counted = {id(p): p.numel() for p in module.parameters()}
     row = {"model": entry.name, "family": entry.family, "batch": batch,
            "params": result["totals"]["params"], "params_numel": sum(counted.values()),
-           "forward_ms": result["measured"].get("forward_ms")}
+           "forward_ms": result["measured"].get("forward_ms"),
+           "predicted_time": result.get("predicted_time"), "time_error": result.get("time_error")}
     for key in PEAKS:
         predicted, measured = result["predicted"][key], result["measured"][key]
         row[key] = {"predicted": predicted, "measured": measured, "error": (predicted - measured) / measured}

@@ -201,3 +201,23 @@ def test_a_real_calibration_gives_sane_curves(tmp_path, monkeypatch):
     for key in ("aten.native_batch_norm/float32", "aten.addmm/float32", "aten.convolution_backward/onednn/float32"):
         assert key in model.op_curves
     assert all(math.isfinite(v) for v in model.per_op_s.values())
+
+
+# -- in every profile ------------------------------------------------------------------------------
+
+def test_profile_predicts_the_time_it_measures_and_says_how_far_off(tmp_path, monkeypatch):
+    """A spec and a torch module: the same-device prediction is in the result, with its error."""
+    import profiler
+    from profiler.report.tables import render
+    monkeypatch.setenv("MODELSIZE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(calibrate, "calibrate", lambda threads=None, progress=None: _toy_model(1e-6))
+    for result in (profiler.profile("digits", batch=4, warmup=1, repeats=3),
+                   profiler.profile(lambda: torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()), (8,),
+                                    batch=4, warmup=1, repeats=3)):
+        timed = result["predicted_time"]
+        assert timed["method"] == "measured" and timed["forward_ms"] > 0
+        assert timed["train_sgd_ms"] > timed["forward_ms"] and timed["train_adam_ms"] > 0
+        error = result["time_error"]["forward_ms"]
+        assert error == pytest.approx((timed["forward_ms"] - result["measured"]["forward_ms"])
+                                      / result["measured"]["forward_ms"])
+        assert f"Time predicted on {timed['device']} (measured)" in render(result)
