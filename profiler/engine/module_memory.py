@@ -155,6 +155,8 @@ def _bias_added_in_place(args: tuple, out: Any) -> bool:
     x, bias = args
     if mm_storage is None or made_by is None or not isinstance(bias, torch.Tensor) or bias.dim() != 1:
         return False
+    if torch._C._current_autograd_node() is not None:   # backward is one Python instruction
+        return False
     if mm_storage() is not x.untyped_storage() or x.shape != out.shape or x.dtype != out.dtype:
         return False
     return _python_caller() == made_by
