@@ -354,6 +354,17 @@ def test_hf_config_with_unknown_architecture(tmp_path, capsys, command):
     assert_one_line_error(code, err, "NoSuchArchitecture")
 
 
+@needs_hf_config
+@pytest.mark.parametrize("command", COMMANDS)
+def test_hf_config_naming_a_class_transformers_lacks_is_refused(tmp_path, capsys, command):
+    # "NoSuchModel" ends in "Model" as every class name does: it names no task, and is not read
+    # as the base model; the one line names the file, the field and the value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**GPT2_CONFIG, "model_type": "gpt2", "architectures": ["NoSuchModel"]}))
+    code, _, err = run(capsys, [command, str(path), *COMMAND_OPTIONS[command]])
+    assert_one_line_error(code, err, str(path), "architectures", "'NoSuchModel'")
+
+
 # --- 4. a module passed from Python is left as it was -------------------------------------------
 
 

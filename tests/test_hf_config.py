@@ -249,6 +249,8 @@ def test_fake_tensors_make_the_masks_a_real_run_makes(tmp_path, monkeypatch):
     ("[1, 2]", {}, r"not a Hugging Face config.*Received list"),
     ('{"architectures": ["LlamaForCausalLM"], "hidden_size": 32}', {}, r"field 'model_type'.*no model_type"),
     (json.dumps({**LLAMA, "architectures": ["NoSuchThing"]}), {}, r"unknown architecture 'NoSuchThing'"),
+    # every class name ends in "Model": that suffix is not read as the base model
+    (json.dumps({**LLAMA, "architectures": ["NoSuchModel"]}), {}, r"field 'architectures': unknown architecture 'NoSuchModel'"),
     (json.dumps({**LLAMA, "architectures": ["BertForMaskedLM"]}), {}, r"'BertForMaskedLM' is not a 'llama' model"),
     (json.dumps(LLAMA), {"task": "no-such-task"}, r"field 'hf-task': unknown task"),
     (json.dumps(LLAMA), {"task": "image-cls"}, r"'llama' has no image-cls model. Expected causal-lm"),

@@ -232,3 +232,36 @@ def test_strided_transposed_forward(size, kernel, padding, bias):
         w = torch.randn(16, 16, kernel, kernel)
         b = torch.randn(16) if bias else None
         _exact([(aten.convolution.default, (x, w, b, [2, 2], [padding] * 2, [1, 1], True, [0, 0], 1))])
+
+
+@pytest.mark.parametrize("batch, channels, size, groups, stride, bias", (
+    (1, 152, 4, 19, 1, False), (4, 152, 4, 19, 2, True), (1, 24, 32, 3, 2, False), (4, 56, 16, 7, 2, False),
+    (2, 64, 8, 2, 1, True), (2, 96, 8, 2, 1, False),
+    (1, 368, 2, 46, 1, False), (4, 152, 2, 19, 1, True), (2, 48, 8, 4, 1, False)))
+def test_nchw_grouped(batch, channels, size, groups, stride, bias):
+    # RegNetX's grouped 3×3 convolutions (8 channels per group) on NCHW tensors: blocked copies
+    # as large as the plain tensors, the weight reordered; the weight gradient on oneDNN's GEMM
+    # convolution on a 2×2 input and at 12 per group. RegNetX-200MF at batch 1 before: forward
+    # 46,080 B over (152 channels on 4×4), backward 526,592 B under (368 on 2×2)
+    forward, backward = _exact(_conv_calls(batch, channels, size, channels, 3, stride=stride, padding=1,
+                                           groups=groups, bias=bias))
+    if (batch, channels, size) == (1, 152, 4):
+        assert (forward, backward) == (9_728 + 43_776, 43_776)   # x' and w'; dw' beside dw
+    if (batch, channels, size) == (1, 368, 2):
+        assert backward == 8 * 105_984 + 4 * 2 * 8 * 9 * 4 + 2 * 128
+
+
+def test_nchw_grouped_without_the_input_gradient():
+    _exact(_conv_calls(2, 152, 4, 152, 3, padding=1, groups=19, input_grad=False))
+    _exact(_conv_calls(2, 152, 2, 152, 3, padding=1, groups=19, input_grad=False))
+
+
+@pytest.mark.parametrize("channels, size, stride", ((144, 56, 2), (240, 28, 2), (672, 14, 2), (576, 7, 1)))
+def test_keras_224_depthwise_5x5(channels, size, stride):
+    # the 5×5 depthwise convolutions of keras.applications' EfficientNetB0 and MobileNetV3Small
+    # at 224×224 (channels-last; stride 2 on 56, 28 and 14, and the small 7×7 maps): booked equal
+    # to the allocator's, forward and backward. The whole models through the spec path, measured
+    # once each: MobileNetV3Small exact at batch 1 and 4 (inference, SGD) and 2 (all five peaks),
+    # EfficientNetB0 at batch 1 (inference, SGD) and 2 (all five)
+    _exact(_conv_calls(2, channels, size, channels, 5, stride=stride, padding=2, groups=channels,
+                       channels_last=True))

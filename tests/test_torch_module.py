@@ -259,7 +259,14 @@ def test_steady_peaks_equal_the_runners_tensor_tracker(name):
                        input_dtype="int64" if Z.CASES[name][2] == "int64" else "float",
                        int_high=7, optimizers=("sgd", "adam"), warmup=0, repeats=1)
     predicted = result(name)["predicted"]
-    assert predicted["inference_peak_bytes"] == measured.inference_tensor_peak_bytes
+    if name == "gru":
+        # under a dispatch mode ATen's ``linear`` of nn.GRU's transposed input adds its bias out
+        # of place (``isTensorSubclassLike`` is true for every tensor while a mode runs), the
+        # untracked run the engine predicts adds it in place: measured (one run), the allocator's
+        # inference peak 3,804 B, the tracker's 4,224 B
+        assert predicted["inference_peak_bytes"] == measured.inference_peak_bytes
+    else:
+        assert predicted["inference_peak_bytes"] == measured.inference_tensor_peak_bytes
     assert predicted["train_peak_bytes_sgd"] == measured.train_tensor_peak_bytes_sgd
     assert predicted["train_peak_bytes_adam"] == measured.train_tensor_peak_bytes_adam
 
@@ -454,3 +461,30 @@ def test_queries_answered_first_are_in_no_table():
               module_memory._IN_PLACE_IN_BACKWARD)
     assert all(not set(module_memory._QUERIES) & set(table) for table in tables)
     assert not set(module_memory._QUERIES) & (module_memory._SAVES_OTHER | module_memory._LIFT)
+
+
+class _TransposedLinear(nn.Module):
+    """A linear layer over a transposed (not contiguous) input: ATen's ``linear`` cannot flatten
+    it, runs ``matmul`` and adds the bias in place (``output.add_(bias)``); written by hand,
+    ``x @ w.t() + b`` is two Python operators and adds out of place."""
+    def __init__(self, by_hand: bool):
+        super().__init__()
+        self.lin, self.by_hand = nn.Linear(32, 48), by_hand
+
+    def forward(self, x):
+        x = x.transpose(0, 1)
+        return x @ self.lin.weight.t() + self.lin.bias if self.by_hand else self.lin(x)
+
+
+@pytest.mark.parametrize("by_hand", [False, True], ids=["F.linear", "by hand"])
+def test_a_linear_of_a_transposed_input_adds_its_bias_as_the_cpu_does(by_hand):
+    """Measured (one run each, CPU allocator): inference over (4, 20, 32) peaks at 42,176 B
+    through ``nn.Linear`` (the fake run's out-of-place add made it 47,296 B before the fix: one
+    (20, 4, 48) float32 result, 15,360 B, alive with the input's copy instead of after it) and at
+    47,296 B by hand."""
+    import profiler
+    result = profiler.profile(lambda: _TransposedLinear(by_hand), (20, 32), batch=4, warmup=1, repeats=1)
+    peaks = [k for k in result["predicted"] if "peak_bytes" in k and k in result["measured"]]
+    assert len(peaks) == 5
+    assert {k: result["predicted"][k] for k in peaks} == {k: result["measured"][k] for k in peaks}
+    assert result["measured"]["inference_peak_bytes"] == (47_296 if by_hand else 42_176)

@@ -10,7 +10,8 @@ Which model class (the task):
 * ``task`` given (a key of :data:`HF_TASKS`): that Auto class's model for the ``model_type``;
 * otherwise ``architectures[0]``: the class of that name if transformers has it (``GPT2LMHeadModel``,
   ``T5ForConditionalGeneration``...), else the task its suffix names (``...ForCausalLM`` →
-  ``causal-lm``, see :data:`ARCHITECTURE_SUFFIXES`);
+  ``causal-lm``, see :data:`ARCHITECTURE_SUFFIXES`), else refused (``NoSuchModel``: the base
+  model is ``--hf-task base`` or its own class name, ``LlamaModel``);
 * no ``architectures``: the bare model (``base``, ``AutoModel``).
 
 What the config is changed in, always (each is about running the model once per step, not
@@ -87,8 +88,9 @@ ARCHITECTURE_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("ForQuestionAnswering", "question-answering"),
     ("ForPreTraining", "pretraining"),
     ("ForImageClassification", "image-cls"),
-    ("Model", "base"),
 )
+# No bare "Model" suffix: every class name ends so (``NoSuchModel``); a name transformers does not
+# have and whose suffix names no task is refused, not read as the base model.
 
 #: The sequence length when none is given, capped by the model's maximum number of positions.
 DEFAULT_SEQ_LEN = 128
