@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import traceback
 from functools import partial
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -76,7 +77,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from profiler.measuring.devices import Device, DoesNotFit, PeakReading, get_device, oom_guard
+from profiler.measuring.devices import (Device, DoesNotFit, PeakReading, get_device, is_out_of_memory,
+                                       oom_guard)
 from profiler.errors import ModelsizeError
 from profiler.measuring.memory_trace import TensorTracker, capture, profiled
 from profiler.measuring.peak_breakdown import Annotator, Breakdown, Known, analyse, storages
@@ -336,18 +338,30 @@ def _time_steps(module: torch.nn.Module, dev: Device, x: tuple[torch.Tensor, ...
         with torch.no_grad(), amp():
             module(*x)
 
+    skipped: dict[str, str] = {}
+
+    def instrument(key: str, fn: Callable[[Callable[[str | None], None]], None]) -> None:
+        """Per-operator times of ``fn``; a dispatch mode can allocate a little more than the plain
+        run (see ``_tracked_run``), so running out of memory here skips them and says so."""
+        if not layer_repeats:
+            return
+        try:
+            instrumented[key] = time_ops(fn, dev, names, runs=layer_repeats, warmup=min(warmup, 1))
+        except BaseException as err:  # noqa: BLE001 - re-raised unless it is an allocation failure
+            if not is_out_of_memory(err):
+                raise
+            traceback.clear_frames(err.__traceback__)
+            skipped[key] = "out of memory with each operator timed"
+
     module.eval()
     timings["forward"] = time_fn(forward, dev, warmup=warmup, repeats=repeats)
-    if layer_repeats:
-        instrumented["forward"] = time_ops(forward, dev, names, runs=layer_repeats, warmup=min(warmup, 1))
+    instrument("forward", forward)
     module.train()
     for name in optimizers:
         opt = _fresh_optimizer(name, params)
         step = partial(_train_step, module, opt, x, y, loss_fn, amp=amp)
         timings[f"train_{name}"] = time_fn(partial(step, _no_mark), dev, warmup=warmup, repeats=repeats)
-        if layer_repeats:
-            instrumented[f"train_{name}"] = time_ops(step, dev, names, runs=layer_repeats,
-                                                     warmup=min(warmup, 1))
+        instrument(f"train_{name}", step)
         del opt, step
         for p in params:
             p.grad = None
@@ -367,6 +381,8 @@ def _time_steps(module: torch.nn.Module, dev: Device, x: tuple[torch.Tensor, ...
         ops={key: run.ops for key, run in instrumented.items()},
         instrumented_ms={key: run.total_ms for key, run in instrumented.items()},
         phases_ms={key: run.phases for key, run in instrumented.items() if key != "forward"})
+    if skipped:
+        times["instrumented_skipped"] = skipped
     return timings["forward"], times
 
 
