@@ -10,7 +10,7 @@ module not among them takes its parent's.
 Backward runs autograd nodes, not modules. When a module's forward returns, every node its call
 created and no inner module has claimed gets the module's name in the node's own ``metadata``
 dict: the nodes reachable from its outputs whose sequence number is at least the one autograd was
-at when the call began (sequence numbers grow with each node a thread creates; a parameter's
+at when the call began (each enclosing module walks them again: nodes x nesting depth) (sequence numbers grow with each node a thread creates; a parameter's
 ``AccumulateGrad`` has the largest possible one, so it goes to the first module that reaches it,
 the innermost using it). Inner modules return first, so each node carries its innermost module.
 A table here holding the nodes would keep them alive, and with them what they save (the nodes an
@@ -84,15 +84,20 @@ def backward_module() -> tuple[str | None, str | None]:
 
 
 def _claim(nodes: list[Any], name: str, start: int) -> None:
-    """Name ``nodes`` and every node behind them made since ``start`` that has no name yet."""
+    """Name ``nodes`` and every node behind them made since ``start`` that has no name yet.
+
+    The walk goes on through nodes an inner module named: behind them may be nodes this module
+    made before calling it (``self.body(x * 3)``: the product is this module's). A node made
+    before ``start`` is not this call's, and nothing behind it is (a node's inputs are older
+    than it, but for the accumulators of leaves, which every walk that reaches them may claim).
+    """
+    seen: set[Any] = set()
     while nodes:
         node = nodes.pop()
-        if node is None or node._sequence_nr() < start:
+        if node is None or node in seen or node._sequence_nr() < start:
             continue
-        metadata = node.metadata
-        if MODULE_KEY in metadata:
-            continue
-        metadata[MODULE_KEY] = name
+        seen.add(node)
+        node.metadata.setdefault(MODULE_KEY, name)
         nodes.extend(next_node for next_node, _ in node.next_functions)
 
 
