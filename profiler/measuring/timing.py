@@ -11,7 +11,10 @@ running, as the memory engine does (:class:`profiler.engine.module_scope.ModuleS
 module hooks in the forward pass, the autograd node's module in backward), so no module gets a
 hook of its own and no code path changes (``nn.TransformerEncoderLayer`` keeps its fused
 inference operator). What it measures is the operators' own time: the Python between them, the
-module calls and autograd's bookkeeping are not in it, so its total is below a plain run's time.
+module calls and autograd's bookkeeping are not in it, so on a model of large operators its total
+is below a plain run's time. Each operator's time includes its call from Python (a few
+microseconds), so on operators of microseconds the total can exceed a plain run's: the digits MLP
+(batch 32, one thread) read 0.049 ms of operators in a 0.027 ms forward pass.
 """
 from __future__ import annotations
 
