@@ -346,21 +346,24 @@ def _time_steps(module: torch.nn.Module, dev: Device, x: tuple[torch.Tensor, ...
         if not layer_repeats:
             return
         try:
-            instrumented[key] = time_ops(fn, dev, names, runs=layer_repeats, warmup=min(warmup, 1))
+            instrumented[key] = time_ops(fn, dev, names, runs=layer_repeats, warmup=min(warmup, 1),
+                                         collect=False)
         except BaseException as err:  # noqa: BLE001 - re-raised unless it is an allocation failure
             if not is_out_of_memory(err):
                 raise
             traceback.clear_frames(err.__traceback__)
             skipped[key] = "out of memory with each operator timed"
 
+    gc.collect()   # once (about 0.2 s with torch loaded); the timed runs keep garbage collection off
     module.eval()
-    timings["forward"] = time_fn(forward, dev, warmup=warmup, repeats=repeats)
+    timings["forward"] = time_fn(forward, dev, warmup=warmup, repeats=repeats, collect=False)
     instrument("forward", forward)
     module.train()
     for name in optimizers:
         opt = _fresh_optimizer(name, params)
         step = partial(_train_step, module, opt, x, y, loss_fn, amp=amp)
-        timings[f"train_{name}"] = time_fn(partial(step, _no_mark), dev, warmup=warmup, repeats=repeats)
+        timings[f"train_{name}"] = time_fn(partial(step, _no_mark), dev, warmup=warmup, repeats=repeats,
+                                           collect=False)
         instrument(f"train_{name}", step)
         del opt, step
         for p in params:

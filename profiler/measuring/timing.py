@@ -56,8 +56,11 @@ class Timing:
 
 
 def time_fn(fn: Callable[[], object], device: Device, *, warmup: int = 3, repeats: int = 20,
-            threads: int | None = None) -> Timing:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed, one at a time."""
+            threads: int | None = None, collect: bool = True) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed, one at a time.
+
+    ``collect``: a full garbage collection before the timed runs (about 0.2 s with torch loaded;
+    a caller timing several functions in a row collects once itself)."""
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ModelsizeError("bad number of warm-up runs", field="warmup",
                              expected="an integer >= 0", received=repr(warmup))
@@ -77,7 +80,8 @@ def time_fn(fn: Callable[[], object], device: Device, *, warmup: int = 3, repeat
         for _ in range(warmup):
             fn()
         device.synchronize()
-        gc.collect()
+        if collect:
+            gc.collect()
         gc.disable()
         samples = [device.elapsed_ns(fn) / 1e6 for _ in range(repeats)]
     finally:
@@ -168,10 +172,11 @@ class OpTimer(TorchDispatchMode):
 
 
 def time_ops(fn: Callable[[Callable[[str | None], None]], object], device: Device,
-             names: dict[int, str], *, runs: int, warmup: int = 1) -> OpTimes:
+             names: dict[int, str], *, runs: int, warmup: int = 1, collect: bool = True) -> OpTimes:
     """Run ``fn(mark)`` ``warmup`` times and then ``runs`` times under an :class:`OpTimer` and
     return the run whose total is the median (the lower middle one for an even count), so that
-    its modules and operators add up to the total reported. (The first operator calls under a
+    its modules and operators add up to the total reported (``collect``: as :func:`time_fn`'s).
+    (The first operator calls under a
     dispatch mode can be slow: 17 ms for Adam's first ``aten.sqrt`` of a 0.3 ms step, once.)"""
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ModelsizeError("bad number of instrumented runs", field="layer_repeats",
@@ -180,7 +185,8 @@ def time_ops(fn: Callable[[Callable[[str | None], None]], object], device: Devic
     found: list[OpTimes] = []
     try:
         device.synchronize()
-        gc.collect()
+        if collect:
+            gc.collect()
         gc.disable()
         for run in range(warmup + runs):
             with OpTimer(device, names) as timer:
