@@ -170,13 +170,19 @@ def test_the_report_shows_each_step_and_a_prediction_when_there_is_one(resnet):
     _, measured = resnet
     result = {"model": "resnet_tiny", "options": {"batch": BATCH, "dtype": "float32", "loss": "cross_entropy"},
               "measured": measured}
-    text = render(result)
-    assert "training step, SGD" in text and "training step, Adam" in text and "forward pass (inference)" in text
-    assert "Layer (by time)" in text and "operators timed one at a time (3 runs" in text
-    row = next(line for line in text.splitlines() if line.startswith("training step, SGD"))
-    assert row.split()[3] == "-"    # no prediction: the slot says so
-    sgd = measured["time"]["train_sgd"]["median_ms"]
-    result["predicted_time"] = {"forward_ms": 1.0, "train_sgd_ms": sgd * 1.5,
-                                "layers": {"forward": {"conv1": 0.1}, "backward": {}}}
+    alone = render(result)      # a measurement alone: no Predicted column, as in the memory table
+    assert "training step, SGD" in alone and "training step, Adam" in alone and "forward pass (inference)" in alone
+    assert "Layer (by time)" in alone and "operators timed one at a time (3 runs" in alone
+    assert "Predicted" not in alone and "predicted" not in alone
+    result["predicted"] = {"param_bytes": measured["param_bytes"]}   # a profile: the slot is there, "-"
     row = next(line for line in render(result).splitlines() if line.startswith("training step, SGD"))
+    assert row.split()[3] == "-" and row.split()[-1] == "-"
+    sgd = measured["time"]["train_sgd"]["median_ms"]
+    conv1 = measured["time"]["layers"]["forward"]["conv1"]
+    result["predicted_time"] = {"forward_ms": 1.0, "train_sgd_ms": sgd * 1.5,
+                                "layers": {"forward": {"conv1": conv1 / 2}, "backward": {}}}
+    text = render(result)
+    row = next(line for line in text.splitlines() if line.startswith("training step, SGD"))
     assert row.endswith("+50.00%")
+    row = next(line for line in text.splitlines() if line.startswith("conv1 "))
+    assert row.split()[5] == "-50.00%"    # conv1, predicted, ms, measured, ms, error

@@ -145,6 +145,7 @@ def _time(r: dict, layout: Callable) -> str:
     if "forward" not in time:
         return ""
     predicted = r.get("predicted_time") or {}
+    compared = _compared(r)
     rows = []
     for key, label in (("forward", "forward pass (inference)"),
                        *((f"train_{o}", f"training step, {OPTIMIZER_LABELS.get(o, o)}")
@@ -153,14 +154,20 @@ def _time(r: dict, layout: Callable) -> str:
         guess = predicted.get(f"{key}_ms")
         error = (guess - t["median_ms"]) / t["median_ms"] if guess is not None and t["median_ms"] else None
         throughput = t.get("samples_per_s")
-        rows.append([label, units.millis(guess), f"{t['median_ms']:.3f} ± {t['iqr_ms'] / 2:.3f} ms",
-                     "-" if throughput is None else f"{throughput:,.1f}", units.percent(error)])
-    headers = ["Time", "Predicted", "Measured (median ± IQR/2)", "Samples/s", "Error"]
-    table = layout(headers, rows, right=[False, True, True, True, True])
+        rows.append([label, *[units.millis(guess)] * compared, f"{t['median_ms']:.3f} ± {t['iqr_ms'] / 2:.3f} ms",
+                     "-" if throughput is None else f"{throughput:,.1f}", *[units.percent(error)] * compared])
+    headers = ["Time", *["Predicted"] * compared, "Measured (median ± IQR/2)", "Samples/s", *["Error"] * compared]
+    table = layout(headers, rows, right=[False] + [True] * (len(headers) - 1))
     first, threads = time["forward"], time.get("threads", "?")
     note = (f"{first['repeats']} timed runs of each after {first['warmup']} untimed, on {time.get('device', '?')} "
             f"with {threads} CPU thread{'' if threads == 1 else 's'}.")
     return f"{table}\n\n{note}"
+
+
+def _compared(r: dict) -> bool:
+    """Whether time tables have Predicted and Error columns: in a result that predicts (profile;
+    "-" until it has ``predicted_time``), not in a measurement alone."""
+    return "predicted" in r or "predicted_time" in r
 
 
 def _optimizers(time: dict) -> list[str]:
@@ -180,15 +187,20 @@ def _layer_times(r: dict, layout: Callable, top: int = 10) -> str:
     p_forward, p_backward = predicted.get("forward") or {}, predicted.get("backward") or {}
     names = sorted(set(forward) | set(backward), key=lambda n: -(forward.get(n, 0.0) + backward.get(n, 0.0)))
 
+    compared = _compared(r)
+
     def cells(measured: dict, guessed: dict, name: str) -> list[str]:
         m, p = measured.get(name), guessed.get(name)
+        if not compared:
+            return [units.millis(m)]
         error = (p - m) / m if p is not None and m else None
         return [units.millis(p), units.millis(m), units.percent(error)]
 
     rows = [[name, *cells(forward, p_forward, name), *cells(backward, p_backward, name)] for name in names[:top]]
-    headers = ["Layer (by time)", "Forward predicted", "Forward measured", "Error",
-               "Backward predicted", "Backward measured", "Error"]
-    table = layout(headers, rows, right=[False] + [True] * 6)
+    headers = ["Layer (by time)", *(f"{phase} {column}" if column != "error" else "Error"
+                                    for phase in ("Forward", "Backward")
+                                    for column in (("predicted", "measured", "error") if compared else ("measured",)))]
+    table = layout(headers, rows, right=[False] + [True] * (len(headers) - 1))
     covered = []
     for key, ms in (time.get("instrumented_ms") or {}).items():
         plain = (time.get(key) or {}).get("median_ms")
