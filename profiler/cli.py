@@ -251,7 +251,7 @@ def _measure_options(args: argparse.Namespace) -> dict[str, Any]:
             "optimizers": args.optimizers,
             "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
             "amp": _amp_dtype(args, kind or "cpu"), "checkpoint": args.checkpoint,
-            "input_grad": args.input_grad, "force": args.force}
+            "input_grad": args.input_grad, "force": args.force, "layer_repeats": args.layer_repeats}
 
 
 def _amp_dtype(args: argparse.Namespace, device_kind: str) -> str | None:
@@ -373,8 +373,13 @@ def _parser() -> argparse.ArgumentParser:
     def measuring(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--device", choices=("cpu", "cuda"), default=None,
                          help="default: cuda when available, else cpu")
-        sub.add_argument("--warmup", type=int, default=3, help="untimed forward passes first (default 3)")
-        sub.add_argument("--repeats", type=_positive, default=20, help="timed forward passes (default 20)")
+        sub.add_argument("--warmup", type=int, default=3,
+                         help="untimed runs of the forward pass and of each training step first (default 3)")
+        sub.add_argument("--repeats", type=_positive, default=20,
+                         help="timed runs of the forward pass and of each training step (default 20)")
+        sub.add_argument("--layer-repeats", type=int, default=None,
+                         help="runs with each operator timed, for the time per layer (default: 3, or "
+                              "--repeats if fewer; 0: none)")
         sub.add_argument("--in-process", action="store_true",
                          help="measure in this process (default: in a child process, so that running out of "
                               "memory, even killed by the kernel, is reported as 'does not fit')")

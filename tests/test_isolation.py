@@ -113,5 +113,7 @@ def test_the_child_measures_what_the_process_does(name):
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         measured = json.loads(out.stdout)["measured"]
+        time = measured["time"]   # the child sends the times back too
+        assert {"forward", "train_sgd", "train_adam", "layers", "ops", "instrumented_ms"} <= set(time)
         return {k: v for k, v in measured.items() if k.endswith("_bytes") and isinstance(v, int)}
     assert profile() == profile("--in-process")

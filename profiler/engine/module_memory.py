@@ -41,6 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.dtypes import dtype_name
 from profiler.engine.memory_model import CATEGORIES, Peak
+from profiler.engine.module_scope import ModuleScope, backward_module
 from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.registry import Context
@@ -325,12 +326,6 @@ def _in_place_in_backward(func: Any) -> Any:
 _SAVES_OTHER = frozenset({aten.mul.Tensor, aten.mul_.Tensor, aten.div.Tensor, aten.div_.Tensor})
 
 
-#: where a node's module is written, in the autograd node's own ``metadata`` dict. A table here
-#: holding the nodes would keep them alive, and with them what they save: the nodes an activation
-#: checkpoint's recomputation builds are never run by backward, and their saved inputs (a
-#: checkpointed layer's input, 4,096 B in mlp.yaml at batch 2) then outlived the step, where the
-#: real run frees them with the recomputed outputs.
-_MODULE_KEY = "modelsize.module"
 #: where a node keeps the tokens of the wrapped numbers it saved (their death is the node's)
 _KEPT_KEY = "modelsize.kept"
 
@@ -385,9 +380,9 @@ class StorageLog(TorchDispatchMode):
         self._serial: dict[int, int] = {}       # id(storage) -> serial, while the storage lives
         self._nbytes: dict[int, int] = {}       # serial -> bytes, while alive
         self._finalizers: list[weakref.finalize] = []
-        self._stack: list[str] = []
+        self._scope = ModuleScope(names, on_leave=self._leave_module)
+        self._stack = self._scope.stack              # running modules' names, innermost last
         self.output_dtype: dict[str, torch.dtype] = {}   # module -> dtype of its (first) output, forward only
-        self._hooks: list[Any] = []
         self._cut = 0
         self.unmodelled: dict[str, tuple[int, int]] = {}   # what -> (calls, most bytes at stake in one)
         self._unsettled: list[tuple[Any, int]] = []   # (weakref to a result, serial of its kept number)
@@ -418,20 +413,14 @@ class StorageLog(TorchDispatchMode):
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> "StorageLog":
-        self._hooks = [
-            torch.nn.modules.module.register_module_forward_pre_hook(self._enter_module),
-            torch.nn.modules.module.register_module_forward_hook(self._leave_module,
-                                                                 always_call=True),
-        ]
+        self._scope.__enter__()
         self._get_rng_state, torch.get_rng_state = torch.get_rng_state, self._logged_rng_state
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
         torch.get_rng_state = self._get_rng_state
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self._scope.__exit__(*exc)
 
     def _logged_rng_state(self) -> torch.Tensor:
         """``torch.get_rng_state()``, whose real tensor no operator returns: activation
@@ -446,19 +435,12 @@ class StorageLog(TorchDispatchMode):
             finalizer.detach()
         self._finalizers = []
 
-    def _enter_module(self, module: torch.nn.Module, args: object) -> None:
-        parent = self._stack[-1] if self._stack else ""
-        self._stack.append(self.names.get(id(module), parent))
-
-    def _leave_module(self, module: torch.nn.Module, args: object, output: object) -> None:
-        if self._stack:
-            name = self._stack.pop()
+    def _leave_module(self, name: str, output: object) -> None:
+        """A module's forward returns (the scope then names the autograd nodes it created)."""
+        if self.phase == "forward":
             found = tensors_in(output)
-            if found and self.phase == "forward":
+            if found:
                 self.output_dtype.setdefault(name, found[0].dtype)
-            for tensor in found:
-                if tensor.grad_fn is not None:
-                    tensor.grad_fn.metadata.setdefault(_MODULE_KEY, name)
 
     def _module(self) -> str:
         """The module running: forward, its hook's; backward, the one whose forward made the node."""
@@ -471,11 +453,10 @@ class StorageLog(TorchDispatchMode):
         if self.phase == "forward":
             return f"forward {self._stack[-1] or '(root)'}" if self._stack else "forward"
         if self.phase == "backward":
-            node = torch._C._current_autograd_node()
+            module, node = backward_module()
             if node is None:
                 return "backward"
-            module = node.metadata.get(_MODULE_KEY)
-            return f"backward {module} ({node.name()})" if module else f"backward ({node.name()})"
+            return f"backward {module or '(root)'} ({node})" if module is not None else f"backward ({node})"
         return self.phase
 
     # -- storages ------------------------------------------------------------------------------

@@ -47,14 +47,29 @@ temporaries, workspace), summing to the peak exactly. The call runs annotated (i
 calls as profiler ranges, opened by global module hooks) and the profile's event tree is read back
 by :mod:`profiler.measuring.peak_breakdown`, which explains how each block is named.
 
+Time: the inference call and a training step with each optimizer, exactly as defined above
+(``opt.zero_grad(set_to_none=True)``, forward and loss under autocast when asked, backward,
+``opt.step()``, each optimizer fresh and warmed up by the untimed runs), each ``warmup`` times
+untimed and then ``repeats`` times timed (:func:`profiler.measuring.timing.time_fn`: CPU
+``perf_counter``, CUDA events after a synchronisation); the median, interquartile range, extremes
+and samples per second at the median. Then ``layer_repeats`` instrumented runs of each
+(:func:`~profiler.measuring.timing.time_ops`: every operator timed alone and booked to its
+module, no per-module hooks); the run with the median operator total gives the per-module and
+per-operator milliseconds, which add up to that total (``instrumented_ms``; a plain run also spends
+time between operators, so compare it with the median). Per-module forward times are the
+inference call's; backward ones (and ``train_forward``) the first optimizer's step's.
+One instrumented run comes first untimed when ``warmup`` is not 0; ``layer_repeats=0`` skips
+the instrumented runs. Timing runs after all memory measurements, so it
+cannot disturb them, and it changes the parameters (the optimizers step).
+
 Inputs and targets are random with a fixed seed (``seed`` also seeds torch's global generator, for
-dropout). Timing runs after all memory measurements, so it cannot disturb them. The module is
-moved to the device and dtype in place, and left without gradients.
+dropout). The module is moved to the device and dtype in place, and left without gradients.
 """
 from __future__ import annotations
 
 import contextlib
 import gc
+import traceback
 from functools import partial
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -62,12 +77,14 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from profiler.measuring.devices import Device, DoesNotFit, PeakReading, get_device, oom_guard
+from profiler.measuring.devices import (Device, DoesNotFit, PeakReading, get_device, is_out_of_memory,
+                                       oom_guard)
 from profiler.errors import ModelsizeError
 from profiler.measuring.memory_trace import TensorTracker, capture, profiled
 from profiler.measuring.peak_breakdown import Annotator, Breakdown, Known, analyse, storages
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
-from profiler.measuring.timing import time_fn
+from profiler.measuring.memory_trace import OUTSIDE, ROOT
+from profiler.measuring.timing import OpTimes, Timing, time_fn, time_ops
 from profiler.step import LOSSES, loss_fn as step_loss, outputs, total_loss
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -118,6 +135,8 @@ class Measurement:
     breakdown: dict[str, dict[str, int]] = field(default_factory=dict)
     # peak -> module -> bytes of its activations alive at the allocator peak
     activations_at_peak: dict[str, dict[str, int]] = field(default_factory=dict)
+    # forward pass and training steps timed, per module and per operator (see _time_steps)
+    time: dict[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         """``train_peak_bytes_sgd`` and the like, from ``optimizer_peaks``."""
@@ -142,13 +161,15 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
             device: Device | str | None = None, loss: str = "cross_entropy",
             optimizers: Iterable[str] = ("sgd", "adam"), warmup: int = 3, repeats: int = 20,
             threads: int | None = None, seed: int = 0, amp_dtype: str | None = None,
-            input_grad: bool = False) -> Measurement:
+            input_grad: bool = False, layer_repeats: int | None = None) -> Measurement:
     """Measure ``module`` on ``device`` (see the module docstring for the definitions).
 
     ``amp_dtype``: run the forward pass and the loss under ``torch.autocast`` to this dtype
     ("bfloat16" or "float16"), with float32 weights (``dtype`` must be float32). ``input_grad``:
     the floating inputs require gradients in training; each step sets their ``.grad`` to None
     with the parameters' (``zero_grad``), so a step's input gradients are its own.
+    ``layer_repeats``: instrumented runs for the per-module and per-operator times (default
+    ``min(3, repeats)``; 0: none).
 
     Raises :class:`~profiler.measuring.devices.DoesNotFit` when a phase runs out of memory; its ``phase``
     names the phase and ``partial`` holds what was measured before.
@@ -158,6 +179,11 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
     for shape, kind, high in zip(shapes, dtypes, highs):
         _check_arguments(shape, kind, high, dtype, loss, optimizers, warmup, repeats, threads)
     _check_amp(amp_dtype, dtype)
+    if layer_repeats is None:
+        layer_repeats = min(3, repeats)
+    if isinstance(layer_repeats, bool) or not isinstance(layer_repeats, int) or layer_repeats < 0:
+        raise ModelsizeError("bad number of layer_repeats", field="layer_repeats",
+                             expected="an integer >= 0", received=repr(layer_repeats))
     dev = device if isinstance(device, Device) else get_device(device)
     so_far: dict[str, Any] = {}
     previous_threads = torch.get_num_threads()
@@ -165,7 +191,7 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
         if threads is not None:
             torch.set_num_threads(threads)
         return _measure(module, dev, shapes, dtypes, highs, dtype, loss, optimizers,
-                        warmup, repeats, seed, so_far, amp_dtype, input_grad)
+                        warmup, repeats, seed, so_far, amp_dtype, input_grad, layer_repeats)
     except DoesNotFit as err:
         err.partial = dict(so_far)
         raise
@@ -178,7 +204,8 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
 def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]],
              dtypes: list[str], highs: list[int | None], dtype: str, loss: str,
              optimizers: tuple[str, ...], warmup: int, repeats: int, seed: int,
-             so_far: dict[str, Any], amp_dtype: str | None = None, input_grad: bool = False) -> Measurement:
+             so_far: dict[str, Any], amp_dtype: str | None = None, input_grad: bool = False,
+             layer_repeats: int = 0) -> Measurement:
     threads = torch.get_num_threads()
     amp = partial(_autocast, dev.torch_device.type, amp_dtype)
     torch.manual_seed(seed)
@@ -258,17 +285,13 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
         so_far[f"train_peak_bytes_{name}"] = train[name]["steady"][0]
         so_far[f"train_first_step_peak_bytes_{name}"] = train[name]["first"][0]
         del opt, step, first_tracked, steady_tracked, tracker
-    del y
 
     # Timing, after every memory measurement.
-    module.eval()
-
-    def forward() -> None:
-        with torch.no_grad(), amp():
-            module(*x)
-
     with oom_guard(dev.name, "timing"):
-        timing = time_fn(forward, dev, warmup=warmup, repeats=repeats)
+        timing, times = _time_steps(module, dev, x, y, loss_fn, params, optimizers, amp,
+                                    warmup=warmup, repeats=repeats, layer_repeats=layer_repeats)
+    del y
+    module.eval()
 
     return Measurement(
         device=dev.name, dtype=dtype, batch=shapes[0][0], input_shape=shapes[0],
@@ -291,7 +314,89 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
         amp_dtype=amp_dtype, input_grad=input_grad,
         breakdown={peak: split.categories for peak, split in breakdowns.items()},
         activations_at_peak={peak: split.activations for peak, split in breakdowns.items()},
+        time=times,
     )
+
+
+def _no_mark(phase: str | None) -> None:
+    """A phase starts: nothing to do in a plain run."""
+
+
+def _time_steps(module: torch.nn.Module, dev: Device, x: tuple[torch.Tensor, ...],
+                y: tuple[torch.Tensor, ...], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                params: list[torch.nn.Parameter], optimizers: tuple[str, ...], amp: Callable[[], Any], *,
+                warmup: int, repeats: int, layer_repeats: int) -> tuple[Timing, dict[str, Any]]:
+    """The inference call and each optimizer's training step timed (see the module docstring):
+    (the forward pass's timing, ``Measurement.time``)."""
+    batch = int(x[0].shape[0])
+    names = {id(m): name for name, m in module.named_modules()}
+    timings: dict[str, Timing] = {}
+    instrumented: dict[str, OpTimes] = {}
+
+    def forward(mark: Callable[[str | None], None] = _no_mark) -> None:
+        mark("forward")
+        with torch.no_grad(), amp():
+            module(*x)
+
+    skipped: dict[str, str] = {}
+
+    def instrument(key: str, fn: Callable[[Callable[[str | None], None]], None]) -> None:
+        """Per-operator times of ``fn``; a dispatch mode can allocate a little more than the plain
+        run (see ``_tracked_run``), so running out of memory here skips them and says so."""
+        if not layer_repeats:
+            return
+        try:
+            instrumented[key] = time_ops(fn, dev, names, runs=layer_repeats, warmup=min(warmup, 1),
+                                         collect=False)
+        except BaseException as err:  # noqa: BLE001 - re-raised unless it is an allocation failure
+            if not is_out_of_memory(err):
+                raise
+            traceback.clear_frames(err.__traceback__)
+            skipped[key] = "out of memory with each operator timed"
+
+    gc.collect()   # once (about 0.2 s with torch loaded); the timed runs keep garbage collection off
+    module.eval()
+    timings["forward"] = time_fn(forward, dev, warmup=warmup, repeats=repeats, collect=False)
+    instrument("forward", forward)
+    module.train()
+    for name in optimizers:
+        opt = _fresh_optimizer(name, params)
+        step = partial(_train_step, module, opt, x, y, loss_fn, amp=amp)
+        timings[f"train_{name}"] = time_fn(partial(step, _no_mark), dev, warmup=warmup, repeats=repeats,
+                                           collect=False)
+        instrument(f"train_{name}", step)
+        del opt, step
+        for p in params:
+            p.grad = None
+    times: dict[str, Any] = {"threads": timings["forward"].threads, "device": dev.name}
+    for key, timing in timings.items():
+        times[key] = {"median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms, "min_ms": timing.min_ms,
+                      "max_ms": timing.max_ms, "repeats": timing.repeats, "warmup": timing.warmup,
+                      "samples_per_s": timing.samples_per_s(batch), "samples_ms": list(timing.samples_ms)}
+    train = [instrumented[f"train_{name}"] for name in optimizers if f"train_{name}" in instrumented]
+    layers = {"forward": instrumented["forward"].by_module("forward") if "forward" in instrumented else {},
+              "backward": train[0].by_module("backward") if train else {},
+              "train_forward": train[0].by_module("forward") if train else {}}
+    times.update(
+        layer_repeats=layer_repeats,
+        layers=layers,
+        top_layers={phase: _top_level(by_module) for phase, by_module in layers.items()},
+        ops={key: run.ops for key, run in instrumented.items()},
+        instrumented_ms={key: run.total_ms for key, run in instrumented.items()},
+        phases_ms={key: run.phases for key, run in instrumented.items() if key != "forward"})
+    if skipped:
+        times["instrumented_skipped"] = skipped
+    return timings["forward"], times
+
+
+def _top_level(by_module: dict[str, float]) -> dict[str, float]:
+    """Milliseconds per direct child of the root ("encoder.layer.0.attention" counts in "encoder");
+    the root's own operators and those outside every module stay apart."""
+    out: dict[str, float] = {}
+    for name, ms in by_module.items():
+        top = name if name in (ROOT, OUTSIDE) else name.split(".", 1)[0]
+        out[top] = out.get(top, 0.0) + ms
+    return out
 
 
 def _train_step(module: torch.nn.Module, opt: torch.optim.Optimizer, x: tuple[torch.Tensor, ...],

@@ -600,7 +600,8 @@ def _measure(spec: ModelSpec, fit: Fit, evaluation: Evaluation, device,
     try:
         measured, _ = measure(spec, batch=batch, dtype=fit.dtype, loss=fit.loss, device=device.name, warmup=0,
                               repeats=1, threads=None, optimizers=() if fit.mode == "inference" else (fit.mode,),
-                              amp=fit.amp, predicted_peak=evaluation.bytes, isolate_from=isolate_from)
+                              amp=fit.amp, predicted_peak=evaluation.bytes, isolate_from=isolate_from,
+                              layer_repeats=0)   # per-module timing's dispatch mode may allocate more
     except DoesNotFit as error:
         return Check(batch, evaluation.bytes, does_not_fit=str(error))
     finally:

@@ -34,6 +34,8 @@ def render(result: dict[str, Any], *, markdown: bool = False, explain: bool = Fa
     if "layers" in result:
         parts += [_layers(result, layout, explain, depth), _totals(result, markdown)]
     parts.append(_memory(result, layout))
+    parts.append(_time(result, layout))
+    parts.append(_layer_times(result, layout))
     parts.append(_makeup(result, layout))
     parts.append(render_time(result, layout, markdown))
     parts.append(_warnings(result, markdown))
@@ -131,11 +133,88 @@ def _memory(r: dict, layout: Callable) -> str:
             continue
         row = [label, *(units.nbytes(figures.get(key)) for _, figures in columns)]
         rows.append(row + [units.percent(errors.get(key))] * with_error)
-    if measured and measured.get("forward_ms") is not None:
+    if measured and measured.get("forward_ms") is not None and "forward" not in (measured.get("time") or {}):
         spread = f" ± {measured['forward_ms_iqr'] / 2:.3f}" if measured.get("forward_ms_iqr") is not None else ""
         time = f"{measured['forward_ms']:.3f}{spread} ms"
         rows.append(["forward time (median ± IQR/2)", *("-" * bool(predicted)), time, *("-" * with_error)])
     return layout(headers, rows, right=[False] + [True] * (len(headers) - 1))
+
+
+def _time(r: dict, layout: Callable) -> str:
+    """The forward pass and each training step: measured median ± IQR/2, samples per second, and
+    the prediction (``predicted_time``) with its relative error, "-" where there is none."""
+    time = (r.get("measured") or {}).get("time") or {}
+    if "forward" not in time:
+        return ""
+    predicted = r.get("predicted_time") or {}
+    compared = _compared(r)
+    rows = []
+    for key, label in (("forward", "forward pass (inference)"),
+                       *((f"train_{o}", f"training step, {OPTIMIZER_LABELS.get(o, o)}")
+                         for o in _optimizers(time))):
+        t = time[key]
+        guess = predicted.get(f"{key}_ms")
+        error = (guess - t["median_ms"]) / t["median_ms"] if guess is not None and t["median_ms"] else None
+        throughput = t.get("samples_per_s")
+        rows.append([label, *[units.millis(guess)] * compared, f"{t['median_ms']:.3f} ± {t['iqr_ms'] / 2:.3f} ms",
+                     "-" if throughput is None else f"{throughput:,.1f}", *[units.percent(error)] * compared])
+    headers = ["Time", *["Predicted"] * compared, "Measured (median ± IQR/2)", "Samples/s", *["Error"] * compared]
+    table = layout(headers, rows, right=[False] + [True] * (len(headers) - 1))
+    first, threads = time["forward"], time.get("threads", "?")
+    note = (f"{first['repeats']} timed runs of each after {first['warmup']} untimed, on {time.get('device', '?')} "
+            f"with {threads} CPU thread{'' if threads == 1 else 's'}.")
+    return f"{table}\n\n{note}"
+
+
+def _compared(r: dict) -> bool:
+    """Whether time tables have Predicted and Error columns: in a result that predicts (profile;
+    "-" until it has ``predicted_time``), not in a measurement alone."""
+    return "predicted" in r or "predicted_time" in r
+
+
+def _optimizers(time: dict) -> list[str]:
+    return [key.removeprefix("train_") for key, value in time.items()
+            if key.startswith("train_") and isinstance(value, dict) and "median_ms" in value]
+
+
+def _layer_times(r: dict, layout: Callable, top: int = 10) -> str:
+    """The layers that took longest (forward of the inference call + backward), measured operator
+    by operator, beside their predicted times; and how much of each plain run the operators cover."""
+    time = (r.get("measured") or {}).get("time") or {}
+    layers = time.get("layers") or {}
+    forward, backward = layers.get("forward") or {}, layers.get("backward") or {}
+    if not forward and not backward:
+        return ""
+    predicted = (r.get("predicted_time") or {}).get("layers") or {}
+    p_forward, p_backward = predicted.get("forward") or {}, predicted.get("backward") or {}
+    names = sorted(set(forward) | set(backward), key=lambda n: -(forward.get(n, 0.0) + backward.get(n, 0.0)))
+
+    compared = _compared(r)
+
+    def cells(measured: dict, guessed: dict, name: str) -> list[str]:
+        m, p = measured.get(name), guessed.get(name)
+        if not compared:
+            return [units.millis(m)]
+        error = (p - m) / m if p is not None and m else None
+        return [units.millis(p), units.millis(m), units.percent(error)]
+
+    rows = [[name, *cells(forward, p_forward, name), *cells(backward, p_backward, name)] for name in names[:top]]
+    headers = ["Layer (by time)", *(f"{phase} {column}" if column != "error" else "Error"
+                                    for phase in ("Forward", "Backward")
+                                    for column in (("predicted", "measured", "error") if compared else ("measured",)))]
+    table = layout(headers, rows, right=[False] + [True] * (len(headers) - 1))
+    covered = []
+    for key, ms in (time.get("instrumented_ms") or {}).items():
+        plain = (time.get(key) or {}).get("median_ms")
+        if plain:
+            label = "forward pass" if key == "forward" else \
+                f"{OPTIMIZER_LABELS.get(key.removeprefix('train_'), key)} step"
+            covered.append(f"{label} {ms:.3f} ms of {plain:.3f} ms ({ms / plain:.0%})")
+    shown = f"the {top} longest of {len(names)}" if len(names) > top else f"all {len(names)}"
+    note = (f"Layers: {shown}; operators timed one at a time ({time.get('layer_repeats', '?')} runs, the median "
+            f"one), each booked to the innermost module running it (backward: the module whose forward "
+            f"made the node). Operator time: " + ("; ".join(covered) or "-") + ".")
+    return f"{table}\n\n{note}"
 
 
 def _makeup(r: dict, layout: Callable) -> str:
