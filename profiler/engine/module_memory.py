@@ -41,7 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.dtypes import dtype_name
 from profiler.engine.memory_model import CATEGORIES, Peak
-from profiler.engine.module_scope import ModuleScope, backward_module
+from profiler.engine.module_scope import OUTSIDE, ROOT, ModuleScope, backward_module
 from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.registry import Context
@@ -443,11 +443,10 @@ class StorageLog(TorchDispatchMode):
                 self.output_dtype.setdefault(name, found[0].dtype)
 
     def _module(self) -> str:
-        """The module running: forward, its hook's; backward, the one whose forward made the node."""
-        if self.phase == "backward":
-            node = torch._C._current_autograd_node()
-            return node.metadata.get(_MODULE_KEY, "") if node is not None else ""
-        return self._stack[-1] if self._stack else ""
+        """The module running, as the measured per-module times name it: forward, its hook's;
+        backward, the one whose forward made the node; the root's own "(root)", none "(outside modules)"."""
+        name = backward_module()[0] if self.phase == "backward" else (self._stack[-1] if self._stack else None)
+        return OUTSIDE if name is None else (name or ROOT)
 
     def _where(self) -> str:
         if self.phase == "forward":

@@ -24,6 +24,10 @@ import torch
 
 #: where a node's module is written, in the autograd node's own ``metadata`` dict
 MODULE_KEY = "modelsize.module"
+#: how per-module figures (bytes, time) name the root module's own operators, and those run
+#: outside every module (a loss computed on the output)
+ROOT = "(root)"
+OUTSIDE = "(outside modules)"
 
 _next_sequence_nr: Callable[[], int] = torch._C._autograd._get_sequence_nr
 

@@ -35,7 +35,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
@@ -143,7 +142,7 @@ def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], repeats: int =
         call()
         best: list[tuple[OpCost, float]] | None = None
         for _ in range(repeats):
-            timer = OpTimer(run)
+            timer = _CallLog(run)
             with timer:
                 call()
             if best is None or len(best) != len(timer.calls):
@@ -190,7 +189,7 @@ def _timer_inflation(run: Any) -> float:
     than the same call from Python): a tiny in-place add timed both ways, the difference."""
     x = torch.zeros(1)
     plain = _seconds(_loop(lambda: x.add_(1.0), 200), inner=200)
-    timer = OpTimer(run)
+    timer = _CallLog(run)
     best = float("inf")
     for _ in range(5):
         timer.calls.clear()
@@ -210,24 +209,30 @@ def _view_seconds() -> float:
 # Calibration models, timed per operator call
 
 
-class OpTimer(TorchDispatchMode):
-    """Times every aten operator call (around the call only) and prices its work."""
+class _CallLog:
+    """Each aten call of a run, priced (:func:`~profiler.engine.op_cost.op_cost`) and timed by the
+    runner's :class:`~profiler.measuring.timing.OpTimer`."""
 
     def __init__(self, run: Any) -> None:
-        super().__init__()
+        from profiler.measuring.devices import get_device
+        from profiler.measuring.timing import OpTimer
         self.run = run
         self.phase = "forward"
         self.calls: list[tuple[OpCost, float]] = []
+        self.timer = OpTimer(get_device("cpu"), {}, on_call=self._book)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def _book(self, func: Any, args: tuple, kwargs: dict, out: Any, ns: float) -> None:
         from profiler.engine.kernels.aten_cpu import kernel_of
-        start = time.perf_counter()
-        out = func(*args, **(kwargs or {}))
-        seconds = time.perf_counter() - start
         cost = op_cost(func, args, kwargs, out, phase=self.phase, module="", kernel=kernel_of(func, args, self.run))
         if cost is not None:
-            self.calls.append((cost, seconds))
-        return out
+            self.calls.append((cost, ns / 1e9))
+
+    def __enter__(self) -> "_CallLog":
+        self.timer.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.__exit__(*exc)
 
 
 class _ConvNet(nn.Module):
@@ -334,7 +339,7 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
         opt.zero_grad(set_to_none=True)
         loss().backward()
 
-    def instrumented(timer: OpTimer) -> None:
+    def instrumented(timer: _CallLog) -> None:
         model.eval()
         timer.phase = "inference"
         with timer:
@@ -353,7 +358,7 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
     opt.step()
     best: list[tuple[OpCost, float]] | None = None
     for _ in range(repeats):
-        timer = OpTimer(run)
+        timer = _CallLog(run)
         instrumented(timer)
         if best is None or len(best) != len(timer.calls):
             best = timer.calls if best is None else best

@@ -38,9 +38,9 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from profiler.engine.module_scope import OUTSIDE, ROOT   # the labels of per-module figures
+
 MEMORY_EVENT = "[memory]"           # name the profiler gives allocation and free events
-OUTSIDE = "(outside modules)"       # module label of operators run outside any module's forward
-ROOT = "(root)"                     # module label of the root module's own operators
 
 
 @dataclass(frozen=True)

@@ -128,9 +128,13 @@ class OpTimer(TorchDispatchMode):
     forward: activation checkpointing); elsewhere to "(outside modules)".
     """
 
-    def __init__(self, device: Device, names: dict[int, str]):
+    def __init__(self, device: Device, names: dict[int, str],
+                 on_call: Callable[[Any, tuple, dict, Any, float], None] | None = None):
+        """``on_call(func, args, kwargs, out, ns)``: also told of each call as it returns (the
+        time model's calibration prices each one, :mod:`profiler.measuring.calibrate`)."""
         super().__init__()
         self._device = device
+        self._on_call = on_call
         self._scope = ModuleScope(names)
         self.phase: str | None = None
         self._modules: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -154,6 +158,8 @@ class OpTimer(TorchDispatchMode):
         ns = self._device.elapsed_ns(lambda: result.append(func(*args, **kwargs)))
         self._modules[self.phase or "(no phase)"][self._module()] += ns
         self._ops[str(getattr(func, "overloadpacket", func))] += ns
+        if self._on_call is not None:
+            self._on_call(func, args, kwargs, result[0], ns)
         return result[0]
 
     def _module(self) -> str:

@@ -186,7 +186,8 @@ def _layer_times(r: dict, layout: Callable, top: int = 10) -> str:
     if not forward and not backward:
         return ""
     predicted = (r.get("predicted_time") or {}).get("layers") or {}
-    p_forward, p_backward = predicted.get("forward") or {}, predicted.get("backward") or {}
+    # the measured forward is the inference call's: beside it, the predicted inference
+    p_forward, p_backward = predicted.get("inference") or predicted.get("forward") or {}, predicted.get("backward") or {}
     names = sorted(set(forward) | set(backward), key=lambda n: -(forward.get(n, 0.0) + backward.get(n, 0.0)))
 
     compared = _compared(r)

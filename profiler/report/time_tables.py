@@ -1,5 +1,6 @@
-"""The predicted time of a result (``predicted_time``) as a text or Markdown table, with the
-measured time beside it where the result has one (``measured["time"]``, or the forward pass alone)."""
+"""The predicted time of a result (``predicted_time``) as a text or Markdown table, for results
+without a measurement (``summary``, ``fit``); a measured result's time tables (``report.tables``)
+show the prediction beside the measurement, and this adds only where the prediction comes from."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -43,22 +44,15 @@ def render_time(result: dict[str, Any], layout: Callable, markdown: bool) -> str
     predicted = result.get("predicted_time")
     if not predicted:
         return ""
-    measured = result.get("measured", {})
-    batch = result.get("options", {}).get("batch", result.get("batch", 1))
-    with_measured = any(measured_ms(measured, run) is not None for _, _, run in runs(predicted))
-    headers = ["Time", "Predicted", "samples/s"] + (["Measured", "samples/s", "Error"] if with_measured else [])
-    rows = []
-    for label, key, run in runs(predicted):
-        row = [label, units.millis(predicted[key]), _rate(batch, predicted[key])]
-        if with_measured:
-            real = measured_ms(measured, run)
-            error = (predicted[key] - real) / real if real else None
-            row += [units.millis(real), _rate(batch, real), units.percent(error)]
-        rows.append(row)
     title = f"Time predicted on {predicted.get('device', '?')} ({predicted.get('method', '?')}): " \
             f"{predicted.get('source', '')}"
-    parts = [("**" + title + "**") if markdown else title,
-             layout(headers, rows, right=[False] + [True] * (len(headers) - 1))]
+    title = ("**" + title + "**") if markdown else title
+    if "measured" in result:   # the measured report's time tables show the prediction beside it
+        return title
+    batch = result.get("options", {}).get("batch", result.get("batch", 1))
+    rows = [[label, units.millis(predicted[key]), _rate(batch, predicted[key])] for label, key, _ in runs(predicted)]
+    headers = ["Time", "Predicted", "samples/s"]
+    parts = [title, layout(headers, rows, right=[False] + [True] * (len(headers) - 1))]
     layers = _top_layers(predicted)
     if layers:
         parts.append(layout(["Layer (most predicted time)", "forward", "backward"],
