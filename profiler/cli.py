@@ -36,7 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    return _parser().parse_args(_joined_sizes(sys.argv[1:] if argv is None else list(argv)))
+    args = _parser().parse_args(_joined_sizes(sys.argv[1:] if argv is None else list(argv)))
+    if getattr(args, "factory_timeout", None) is not None:
+        from profiler.frontends.source import FACTORY_TIMEOUT_ENV
+        os.environ[FACTORY_TIMEOUT_ENV] = repr(args.factory_timeout)   # a measuring child keeps it
+    return args
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -296,6 +300,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, received {text!r}")
+    return value
+
+
 def _batch(text: str) -> int:
     value = _positive(text)
     if value > MAX_BATCH:
@@ -337,6 +351,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--seq-len", type=_positive, default=None,
                          help="for a Hugging Face text model: tokens per sample (default: min(128, the "
                               "model's maximum))")
+        sub.add_argument("--factory-timeout", type=_seconds, default=None, metavar="SECONDS",
+                         help="for package.module:factory: how long importing it, and each call of it, may "
+                              "take before it is reported as hanging (default 60; 0: no limit)")
         sub.add_argument("--threads", type=_positive, default=None,
                          help="CPU threads the run uses (kernels' scratch depends on them; default: torch's, "
                               "which honours OMP_NUM_THREADS)")

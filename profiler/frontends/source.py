@@ -12,10 +12,14 @@ meta twin and measured on a deep copy.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
+import os
 import re
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -26,6 +30,12 @@ from profiler.frontends.spec import ModelSpec, load
 
 if TYPE_CHECKING:
     from torch import nn
+
+#: Seconds a user's factory may take to be imported, and each time it is called, before it is
+#: reported as hanging (``--factory-timeout``; 0: no limit). Read from the environment, so that a
+#: measuring child process keeps the caller's limit.
+FACTORY_TIMEOUT_ENV = "MODELSIZE_FACTORY_TIMEOUT"
+DEFAULT_FACTORY_TIMEOUT = 60.0
 
 #: ``package.module:factory`` (the attribute may be dotted: ``pkg.zoo:Models.resnet``).
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -178,8 +188,12 @@ def load_factory(reference: str) -> Callable[[], Any]:
     cwd = str(Path.cwd())
     if "" not in sys.path and cwd not in sys.path:
         sys.path.insert(0, cwd)
+    import torch  # noqa: F401 - every factory needs it: its import is not counted in the user's time
     try:
-        target: Any = importlib.import_module(module_name)
+        with factory_deadline(f"importing {module_name!r}", reference):
+            target: Any = importlib.import_module(module_name)
+    except ModelsizeError:   # the import did not finish in time
+        raise
     except ImportError as err:
         raise SpecError(f"cannot import {module_name!r}: {err}", field="factory", source=reference) from None
     except Exception as err:   # the user's module raised while being imported
@@ -198,19 +212,82 @@ def load_factory(reference: str) -> Callable[[], Any]:
 
 
 def call_factory(factory: Callable[[], Any], name: str) -> "nn.Module":
-    """Call a factory; what it raises, or a result that is not a module, is one line naming it."""
+    """Call a factory; what it raises, or a result that is not a module, is one line naming it.
+
+    An allocation failure is raised as it is: the model does not fit, which the caller reports
+    (``workflow.measure`` builds under ``oom_guard``). A factory still running after
+    :func:`factory_timeout` seconds is reported as hanging."""
     import torch
     try:
-        built = factory()
+        with factory_deadline("the factory", name):
+            built = factory()
     except ModelsizeError:
         raise
     except Exception as err:
+        from profiler.measuring.devices import is_out_of_memory
+        if is_out_of_memory(err):   # building real weights ran out: the caller's oom_guard says "does not fit"
+            raise
         raise SpecError(f"the factory raised {type(err).__name__}: {err}".split("\n")[0], field="factory",
                         source=name) from None
     if not isinstance(built, torch.nn.Module):
         raise SpecError("the factory did not return a torch.nn.Module", field="factory", source=name,
                         received=type(built).__name__)
     return built
+
+
+def factory_timeout() -> float:
+    """The limit in seconds on importing and calling a user's factory (0: none); see
+    ``FACTORY_TIMEOUT_ENV``."""
+    text = os.environ.get(FACTORY_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_FACTORY_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:   # also NaN
+        raise SpecError("bad factory timeout", field=FACTORY_TIMEOUT_ENV,
+                        expected="a number of seconds >= 0 (0: no limit)", received=repr(text))
+    return value
+
+
+class _TimedOut(BaseException):
+    """Raised into the user's code when its time is up: a BaseException, so that a broad
+    ``except Exception`` in that code does not swallow it."""
+
+
+@contextlib.contextmanager
+def factory_deadline(what: str, name: str) -> Any:
+    """Turn user code that runs longer than :func:`factory_timeout` into a one-line SpecError
+    naming it ("the factory did not return within 60 s").
+
+    A real-time timer (``SIGALRM``) interrupts the Python code; code stuck inside one C call is
+    interrupted when that call returns. Only where it is safe: on POSIX, in the main thread, and
+    when no other timer is pending (pytest-timeout's, for one): otherwise no limit is applied.
+    """
+    seconds = factory_timeout()
+    usable = (seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread()
+              and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0))
+    if not usable:
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise _TimedOut
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _TimedOut:
+        raise SpecError(f"{what} did not return within {seconds:g} s (is it waiting for something? "
+                        f"--factory-timeout sets the limit)", field="factory", source=name) from None
+    finally:
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _smallest_vocabulary(module: "nn.Module") -> int | None:

@@ -45,18 +45,22 @@ class DoesNotFit(ModelsizeError):
                  phase: str | None = None):
         self.device = device
         self.phase = phase
+        #: the part of a training step that ran out ("forward", "backward", "optimizer"), if known
+        self.during: str | None = None
         #: what the runner had measured before the failure (filled in by ``profiler.measuring.runner``)
         self.partial: dict[str, Any] = {}
         super().__init__(what, received=received)
 
     def relabel(self, device: str, phase: str) -> None:
         self.device, self.phase = device, phase
-        self.what = _does_not_fit(device, phase)
+        self.what = _does_not_fit(device, phase, self.during)
         self.args = (self.message(),)
 
 
-def _does_not_fit(device: str, phase: str) -> str:
-    return f"{phase} does not fit in the memory of {device}"
+def _does_not_fit(device: str, phase: str, during: str | None = None) -> str:
+    where = f" (it ran out in the {during} pass)" if during in ("forward", "backward") else \
+        " (it ran out in the optimizer's step)" if during == "optimizer" else ""
+    return f"{phase} does not fit in the memory of {device}{where}"
 
 
 def is_out_of_memory(err: BaseException) -> bool:

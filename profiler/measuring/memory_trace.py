@@ -90,9 +90,12 @@ def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
     unprofiled warm-up step and freed by ``zero_grad(set_to_none=True)`` would otherwise never be
     subtracted, and the peak would be too high by its size.
     """
-    prof = profiled(fn)
-    events = [e for e in _raw_events(prof)
-              if e.name() == MEMORY_EVENT and e.device_type() == DeviceType.CPU]
+    if _CAPTURE.get() is None:   # nobody reads the operators: record the allocator's events only
+        raw = _memory_events_of(fn)
+    else:
+        raw = _raw_events(profiled(fn))
+    events = [e for e in raw if e.name() == MEMORY_EVENT and e.device_type() == DeviceType.CPU]
+    del raw
     events.sort(key=lambda e: e.start_ns())   # stable: same-time events keep recorded order
     current = peak = 0
     for event in events:
@@ -112,6 +115,38 @@ def profiled(fn: Callable[[], object]) -> profile:
         taken.events = _event_tree(prof)
         taken.filed = True
     return prof
+
+
+def _memory_events_of(fn: Callable[[], object]) -> list[Any]:
+    """Run ``fn`` once with the profiler recording the allocator's events and no operator.
+
+    The same allocations and frees, in the same order, as a full profile records (the operators'
+    records are host-side bookkeeping, not c10 allocations), at a fraction of its time and memory:
+    a 1,000-layer training step records ~15 events per layer instead of ~150. The profiler
+    records operators through callbacks filtered by scope; they are registered here for a scope no
+    eager operator has (the lite interpreter's). Private entry points: when they are not where
+    this expects them, the full profile is taken instead.
+    """
+    try:
+        from torch._C._profiler import (ProfilerConfig, ProfilerState, RecordScope,
+                                        _ExperimentalConfig)
+        from torch.autograd import _disable_profiler, _enable_profiler, _prepare_profiler
+        config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False,
+                                _ExperimentalConfig(), "")
+    except (ImportError, AttributeError, TypeError):   # another torch version's layout
+        return _raw_events(profiled(fn))
+    activities = {ProfilerActivity.CPU}
+    with _native_stderr_silenced():
+        _prepare_profiler(config, activities)
+        _enable_profiler(config, activities, {RecordScope.LITE_INTERPRETER})
+        try:
+            fn()
+        finally:
+            result = _disable_profiler()
+    try:
+        return list(result.events())
+    except AttributeError as err:
+        raise RuntimeError(f"torch {torch.__version__}: the profiler's results have no events()") from err
 
 
 @contextlib.contextmanager

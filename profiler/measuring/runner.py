@@ -465,14 +465,23 @@ def _allocator_run(dev: Device, module: torch.nn.Module, fn: Callable[[Callable[
     del alive
     baseline = sum(nbytes for _, nbytes in before.values())
 
+    marked: list[str | None] = [None]   # the phase that runs: named when the call runs out of memory
+
     def annotated() -> None:
         with Annotator(module) as notes:
-            fn(notes.mark)
+            def mark(phase: str | None) -> None:
+                marked[0] = phase
+                notes.mark(phase)
+            fn(mark)
 
     # the CPU device replays the profiler's events itself; another device is profiled around its own reading
     run = annotated if dev.torch_device.type == "cpu" else partial(profiled, annotated)
     with capture(record_shapes=casts) as taken, _gc_paused():
-        reading = dev.peak(run, baseline)
+        try:
+            reading = dev.peak(run, baseline)
+        except DoesNotFit as err:
+            err.during = err.during or marked[0]
+            raise
     weights = storages(("parameters", t) for t in _model_tensors(module))
     known = Known(before=before, after=storages(after()), weights=frozenset(weights))
     block = (lambda n: n) if dev.torch_device.type == "cpu" else _cuda_block
