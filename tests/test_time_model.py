@@ -221,3 +221,10 @@ def test_profile_predicts_the_time_it_measures_and_says_how_far_off(tmp_path, mo
         assert error == pytest.approx((timed["forward_ms"] - result["measured"]["forward_ms"])
                                       / result["measured"]["forward_ms"])
         assert f"Time predicted on {timed['device']} (measured)" in render(result)
+
+
+def test_a_calibration_on_a_busy_machine_says_so(monkeypatch):
+    monkeypatch.setattr(calibrate.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert "load average 64.0" in calibrate._busy()
+    monkeypatch.setattr(calibrate.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert calibrate._busy() == ""

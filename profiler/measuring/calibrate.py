@@ -435,6 +435,9 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
     from profiler.measuring.machine import cpu_model
     from profiler.rules.registry import Context
     say = progress or (lambda message: None)
+    busy = _busy()
+    if busy:
+        say(busy + ": the figures will be slow; run 'modelsize calibrate' again on an idle machine")
     previous = torch.get_num_threads()
     gc_was_enabled = gc.isenabled()
     try:
@@ -484,4 +487,15 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
     return DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
                        bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, threads=used, timer_inflation_s=inflation,
                        source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
-                              f"torch {torch.__version__}")
+                              f"torch {torch.__version__}" + (f" ({busy})" if busy else ""))
+
+
+def _busy() -> str:
+    """Why this machine is too busy to calibrate on ("" when it is not): other programs' threads
+    take the cores a timed kernel waits for (a descheduled thread costs a whole time slice)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    cpus = os.cpu_count() or 1
+    return f"calibrated while busy: load average {load:.1f} on {cpus} CPUs" if load > cpus else ""
