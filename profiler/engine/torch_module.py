@@ -49,13 +49,13 @@ from profiler.errors import ModelsizeError
 from profiler.step import LOSSES
 from profiler.engine.module_memory import (OPTIMIZERS, MemoryPrediction, autocast, make_target, outputs,
                                            predict_memory)
+from profiler.engine.module_scope import ROOT   # the name rows give the root module
 from profiler.engine.module_trace import Trace, trace
 from profiler.engine.step_time import DeviceModel, predict_times
 from profiler.engine.value_reads import answered_as_real
 from profiler.frontends.source import call_factory, load_factory
 from profiler.measuring.runner import AMP_DTYPES
 
-ROOT = "(root)"     # the name rows give the root module
 InputShape = Union[Sequence[int], Sequence[Sequence[int]]]
 INPUT_DTYPES = ("float", "int64", *MODEL_DTYPES)
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from profiler.report import grid, units
+from profiler.report.units import OPTIMIZER_LABELS
 from profiler.report.time_tables import render_time
 
-OPTIMIZER_LABELS = {"sgd": "SGD", "sgd_momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW",
-                    "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 FIGURES = (
     ("param_bytes", "parameters (+ buffers)"),
     ("inference_peak_bytes", "inference peak"),

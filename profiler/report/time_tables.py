@@ -7,8 +7,6 @@ from typing import Any, Callable
 
 from profiler.report import units
 
-LABELS = {"sgd": "SGD", "sgd_momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW",
-          "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 #: layers listed by predicted time
 TOP_LAYERS = 5
 
@@ -19,7 +17,7 @@ def runs(predicted: dict[str, Any]) -> list[tuple[str, str, str]]:
     for key in predicted:
         if key.startswith("train_") and key.endswith("_ms") and not key.endswith("phases_ms"):
             name = key[len("train_"):-len("_ms")]
-            found.append((f"training step, {LABELS.get(name, name)}", key, f"train_{name}"))
+            found.append((f"training step, {units.OPTIMIZER_LABELS.get(name, name)}", key, f"train_{name}"))
     return found
 
 

@@ -48,3 +48,8 @@ def shape(dims) -> str:
 
 def millis(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f} ms"
+
+
+#: how reports name each optimizer of the catalogue (profiler.engine.optimizers)
+OPTIMIZER_LABELS = {"sgd": "SGD", "sgd_momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW",
+                    "rmsprop": "RMSprop", "adagrad": "Adagrad"}
