@@ -1,8 +1,8 @@
 """modelsize: predict a model's parameters, MACs and memory layer by layer, measure, compare, plan.
 
-``profiler.summary / measure / profile / fit`` take any model: a torch module or factory, a
+``profiler.summary / measure / profile / fit / sweep`` take any model: a torch module or factory, a
 ``"package.module:factory"``, a spec, Keras JSON or Hugging Face config path, or a built-in name
-(:mod:`profiler.api`). They import torch on first use; predicting a spec with :func:`predict`
+(:mod:`profiler.api`); ``profiler.compare`` reads result files side by side. They import torch on first use; predicting a spec with :func:`predict`
 does not.
 """
 from profiler.errors import ModelsizeError, ShapeError, SpecError, UnsupportedLayerError
@@ -10,9 +10,10 @@ from profiler.engine.predict import Prediction, predict
 from profiler.frontends.spec import Model, ModelSpec, layer, load, loads
 
 __all__ = ["Model", "ModelSpec", "ModelsizeError", "Prediction", "ShapeError", "SpecError",
-           "UnsupportedLayerError", "fit", "layer", "load", "loads", "measure", "predict", "profile", "summary"]
+           "UnsupportedLayerError", "fit", "layer", "load", "loads", "measure", "predict", "profile", "summary",
+           "sweep", "compare"]
 
-_API = ("summary", "measure", "profile", "fit")
+_API = ("summary", "measure", "profile", "fit", "sweep", "compare")
 
 
 def __getattr__(name: str):

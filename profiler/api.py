@@ -94,3 +94,39 @@ def fit(model: Any = None, input_shape: Any = None, *, memory: str | int | None 
     if verify:
         result["verification"] = planning.verify(source, answer).as_dict()
     return result
+
+
+def compare(results: Sequence[Any], *, baseline: int = 1, devices: Sequence[str] = ()) -> dict[str, Any]:
+    """Result files (paths, or folders of them) side by side: rows are models with their options,
+    columns the machines and settings they ran on; speed-ups against column ``baseline`` (from 1);
+    ``devices``: what-if columns predicted on catalogued accelerators ("a100-80gb"). Render it with
+    ``profiler.report.compare.render_table`` or ``render_csv``."""
+    from profiler.planning.accelerators import lookup
+    from profiler.report import compare as comparing
+    return comparing.compare(comparing.load_results([str(r) for r in results]), baseline=baseline,
+                             devices=[lookup(d).name for d in devices], what_if=workflow.what_if)
+
+
+def sweep(model: Any = None, input_shape: Any = None, *, batches: Sequence[int] = (1, 2, 4, 8),
+          dtypes: Sequence[str] = ("float32",), results_dir: str = "results/sweeps", resume: bool = False,
+          input_dtype: Any = None, int_high: Any = None, hf_task: str | None = None, seq_len: int | None = None,
+          loss: str = "cross_entropy", optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, amp: str | None = None,
+          checkpoint: Any = (), threads: int | None = None, input_grad: bool = False, device: str | None = None,
+          warmup: int = 3, repeats: int = 20, layer_repeats: int | None = None) -> list[dict[str, Any]]:
+    """Profile at every batch × dtype, one result file per cell in ``results_dir`` (``resume``:
+    cells already saved there are skipped): each cell's status ("measured", "does not fit",
+    "skipped") and file. A model named by a reference (a path, a built-in's name,
+    "package.module:factory") is measured in a child process, so running out of memory ends a
+    cell, not the sweep."""
+    from profiler import sweeping
+    reference = {"model": model, "input_shape": input_shape, "input_dtype": input_dtype, "int_high": int_high,
+                 "hf_task": hf_task, "seq_len": seq_len}
+    named = model is None or isinstance(model, str)
+    source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, None)
+    events = sweeping.run(source, model=reference if named else getattr(source, "name", "model"), batches=batches,
+                          dtypes=dtypes, results_dir=results_dir, resume=resume,
+                          isolate_from=reference if named else None, loss=loss, optimizers=tuple(optimizers),
+                          amp=amp, checkpoint=checkpoint, threads=threads, input_grad=input_grad, device=device,
+                          warmup=warmup, repeats=repeats, layer_repeats=layer_repeats)
+    return [{"cell": e.cell, "status": e.status, "file": str(e.path), "peak_bytes": e.peak_bytes}
+            for e in events if e.status != "running"]

@@ -26,6 +26,9 @@ EXIT_CLOSED_PIPE = 141          # 128 + SIGPIPE, as a shell reports a tool whose
 #: options whose value may look like an option to argparse ("-5GiB"): joined as "--memory=-5GiB"
 #: so that the size's own check answers (a negative size), not "expected one argument"
 _SIZE_OPTIONS = ("--memory", "--reserve", "--margin")
+COMPARE_FORMATS = ("text", "markdown", "csv", "json")
+#: sweep's default batches
+SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: the largest batch modelsize accepts: torch indexes many kernels with 32-bit integers
 MAX_BATCH = 2 ** 31 - 1
 
@@ -215,6 +218,88 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from profiler.report import compare
+    data = compare.compare(compare.load_results(args.results), baseline=args.baseline, devices=args.device,
+                           what_if=workflow.what_if)
+    _emit_comparison(data, args.format)
+    return 0
+
+
+def _emit_comparison(data: dict[str, Any], form: str) -> None:
+    from profiler.report import compare
+    if form == "json":
+        print(json.dumps(data, indent=2))
+    elif form == "csv":
+        print(compare.render_csv(data), end="")
+    else:
+        print(compare.render_table(data, markdown=form == "markdown"), end="")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from profiler import sweeping
+    from profiler.report import compare
+    from profiler.report.results import check_writable
+    source = _source(args)
+    check_writable(args.results_dir)
+    options = _measure_options(args)
+    del options["batch"], options["dtype"]
+    events = sweeping.run(source, model=_reference(args), batches=args.batch, dtypes=args.dtype,
+                       results_dir=args.results_dir, resume=args.resume, isolate_from=_isolated(args),
+                       depth=args.depth, progress=_progress, **options)
+    kept: list[str] = []
+    bar = _SweepBar()
+    running: dict[str, Any] = {}
+    try:
+        for event in events:
+            bar.show(event)
+            running = event.cell if event.status == "running" else {}
+            if event.path is not None:
+                kept.append(str(event.path))
+    except KeyboardInterrupt:
+        bar.close()
+        new = len(kept) - bar.skipped
+        print(f"modelsize: interrupted: the cell at batch {running.get('batch', '?')}, {running.get('dtype', '?')} "
+              f"was stopped; kept {new} finished cell file{'s' * (new != 1)} in {args.results_dir} "
+              f"(--resume goes on from there)", file=sys.stderr)
+        return 130
+    bar.close()
+    _emit_comparison(compare.compare(compare.load_results(kept)), args.format)
+    return 0
+
+
+class _SweepBar:
+    """A sweep's progress on stderr: a tqdm bar on a terminal (the cell running, the last peak
+    measured), plain lines otherwise (a log, a pipe, CI). tqdm rather than rich: transformers
+    and huggingface_hub already bring it, it is small, and one bar is all this needs."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=None, file=sys.stderr, unit="cell", dynamic_ncols=True, leave=True)
+
+    def show(self, event: Any) -> None:
+        from profiler.report import units
+        cell = f"batch {event.cell['batch']}, {event.cell['dtype']}"
+        self.skipped += event.status == "skipped"
+        outcome = {"skipped": "already saved, skipped", "running": "measuring",
+                   "measured": f"peak {units.nbytes(event.peak_bytes)}",
+                   "does not fit": f"does not fit: {event.message}"}[event.status]
+        if self.bar is None:
+            print(f"modelsize: sweep [{event.index + 1}/{event.total}] {cell}: {outcome}", file=sys.stderr)
+            return
+        self.bar.total = event.total
+        self.bar.set_description_str(cell, refresh=False)
+        self.bar.set_postfix_str(outcome[:60], refresh=False)
+        self.bar.update(event.status != "running")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _fit(args: argparse.Namespace) -> int:
     from profiler.planning import fit
     from profiler.report.fit_tables import render_fit
@@ -310,6 +395,25 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _batch_list(text: str) -> tuple[int, ...]:
+    return tuple(_batch(part.strip()) for part in text.split(","))
+
+
+def _dtype_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or any(n not in MODEL_DTYPES for n in names):
+        raise argparse.ArgumentTypeError(f"expected dtypes among {', '.join(MODEL_DTYPES)}, received {text!r}")
+    return names
+
+
+def _device_list(text: str) -> tuple[str, ...]:
+    from profiler.planning.accelerators import lookup
+    try:
+        return tuple(lookup(n).name for n in text.split(","))
+    except ModelsizeError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _batch(text: str) -> int:
     value = _positive(text)
     if value > MAX_BATCH:
@@ -358,17 +462,25 @@ def _parser() -> argparse.ArgumentParser:
                          help="CPU threads the run uses (kernels' scratch depends on them; default: torch's, "
                               "which honours OMP_NUM_THREADS)")
 
-    def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False) -> None:
+    def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False, grid: bool = False) -> None:
+        """``grid``: --batch and --dtype take lists (sweep)."""
         model(sub, spec_optional=spec_optional)
-        sub.add_argument("--batch", type=_batch, default=32, help="batch size (default 32)")
-        sub.add_argument("--dtype", choices=MODEL_DTYPES, default="float32")
+        if grid:
+            sub.add_argument("--batch", type=_batch_list, default=SWEEP_BATCHES, metavar="B1,B2,...",
+                             help="batch sizes, comma-separated (default " + ",".join(map(str, SWEEP_BATCHES)) + ")")
+            sub.add_argument("--dtype", type=_dtype_list, default=("float32",), metavar="D1,D2,...",
+                             help="dtypes, comma-separated among " + ", ".join(MODEL_DTYPES) + " (default float32)")
+        else:
+            sub.add_argument("--batch", type=_batch, default=32, help="batch size (default 32)")
+            sub.add_argument("--dtype", choices=MODEL_DTYPES, default="float32")
         sub.add_argument("--loss", choices=LOSSES, default="cross_entropy",
                          help="training-step loss: cross_entropy (integer targets over the last axis, "
                               "every position) or mse")
         sub.add_argument("--optimizers", type=_optimizer_list, default=DEFAULT_OPTIMIZERS,
                          help="training steps to predict and measure, comma-separated among "
                               + ", ".join(OPTIMIZER_CATALOG) + " (default sgd,adam)")
-        sub.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+        sub.add_argument("--format", choices=COMPARE_FORMATS if grid else ("text", "markdown", "json"),
+                         default="text")
         sub.add_argument("--depth", type=_positive, default=None,
                          help="show nested models' layers down to this depth (1: only the model's own; "
                               "default: all)")
@@ -431,6 +543,31 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--results-dir", default="results/runs", help="where result JSON files go")
     profile.add_argument("--no-save", action="store_true", help="do not write a result file")
     profile.set_defaults(run=_profile)
+    sweep = commands.add_parser(
+        "sweep", help="profile over a grid of batches and dtypes, one result file per cell (resumable)",
+        description="Profile the model at every batch × dtype, each cell measured in a child process and saved "
+                    "as it finishes; a cell that runs out of memory is saved as 'does not fit' and the sweep goes "
+                    "on. At the end, the cells side by side (as compare shows them).")
+    common(sweep, grid=True)
+    measuring(sweep)
+    sweep.add_argument("--results-dir", default="results/sweeps", help="where the cells' result files go")
+    sweep.add_argument("--resume", action="store_true",
+                       help="skip the cells whose options a result file in --results-dir already carries")
+    sweep.set_defaults(run=_sweep)
+    compare = commands.add_parser(
+        "compare", help="result files side by side: models as rows, machines and settings as columns",
+        description="Rows: a model with the options that change its figures (batch, dtype, autocast, loss, "
+                    "optimizers, ...); columns: where it ran (machine, CPU or GPU, device, threads, torch). "
+                    "Each cell: parameters, predicted and measured peaks, time, samples/s, speed-up.")
+    compare.add_argument("results", nargs="+", metavar="RESULT",
+                         help="result .json files (profile's, sweep's), or folders of them")
+    compare.add_argument("--baseline", type=_positive, default=1, metavar="N",
+                         help="the column speed-ups are measured against (default 1)")
+    compare.add_argument("--device", type=_device_list, default=(), metavar="NAMES",
+                         help="what-if columns, predicted: catalogued accelerators, comma-separated "
+                              "(e.g. a100-80gb,h100-80gb); for results of specs")
+    compare.add_argument("--format", choices=COMPARE_FORMATS, default="text")
+    compare.set_defaults(run=_compare)
     fit = commands.add_parser(
         "fit", help="the largest batch whose predicted peak fits a memory budget (solved, not probed)",
         description="Solve for the largest batch whose predicted peak fits the budget; exit status 3 when "

@@ -269,3 +269,18 @@ def timed_device(target: Any) -> str | None:
     from profiler.planning.accelerators import CATALOG
     name = torch.cuda.get_device_name(target.torch_device)
     return next((a.name for a in CATALOG.values() if a.model == name), None)
+
+
+def what_if(result: dict[str, Any], device: str) -> dict[str, Any] | None:
+    """What a saved result's run would take on a catalogued ``device`` (peaks and time, predicted),
+    for ``compare``'s what-if columns. Only a spec's result carries its model as data; a torch
+    model's names code to import, which comparing files never runs: None."""
+    if "spec" not in result:
+        return None
+    from profiler.frontends.spec import from_dict
+    opts = result["options"]
+    return summary(from_dict(result["spec"], source=result.get("_file", "<result>")), batch=opts["batch"],
+                   dtype=opts["dtype"], loss=opts.get("loss", "cross_entropy"), device_kind="cuda",
+                   optimizers=tuple(opts["optimizers"]), amp=opts.get("amp"),
+                   checkpoint=tuple(opts.get("checkpoint") or ()), input_grad=bool(opts.get("input_grad")),
+                   time_on=device)
