@@ -28,9 +28,9 @@ MEASURED = ("predicted", "measured")
 ROW_KEYS = ("model", "batch", "dtype", "amp", "loss", "optimizers", "checkpoint", "input_grad")
 #: what a column is made of
 COLUMN_KEYS = ("machine", "processor", "device", "threads", "torch_version")
-#: the figures of each run in a cell, in the order the tables show them
-FIGURES = (("peak_predicted", "peak, predicted"), ("peak_measured", "peak, measured"), ("ms", "time"),
-           ("samples_per_s", "samples/s"), ("speedup", "speed-up"))
+#: the figures of each run in a cell, in the order the tables show them, with their raw unit (CSV)
+FIGURES = (("peak_predicted", "peak, predicted", "bytes"), ("peak_measured", "peak, measured", "bytes"),
+           ("ms", "time", "ms"), ("samples_per_s", "samples/s", ""), ("speedup", "speed-up", "×"))
 
 WhatIf = Callable[[dict[str, Any], str], "dict[str, Any] | None"]
 
@@ -218,8 +218,11 @@ def _formatted(figure: str, value: Any) -> str:
     return f"{value:.2f}×"
 
 
-def _lines(data: dict[str, Any], format_value: Callable[[str, Any], Any]) -> list[tuple[dict, str, list]]:
-    """(row, figure label, one value per column) of every line of the table."""
+def _lines(data: dict[str, Any], format_value: Callable[[str, Any], Any], *, with_unit: bool = False
+           ) -> list[tuple[dict, str, list]]:
+    """(row, figure label, one value per column) of every line of the table; speed-ups only
+    where there is something to compare."""
+    figures = [f for f in FIGURES if f[0] != "speedup" or len(data["columns"]) > 1]
     lines = []
     for row in data["rows"]:
         cells = row["cells"]
@@ -228,7 +231,9 @@ def _lines(data: dict[str, Any], format_value: Callable[[str, Any], Any]) -> lis
         if any(c and c["does_not_fit"] for c in cells):
             lines.append((row, "does not fit", ["does not fit" if c and c["does_not_fit"] else "" for c in cells]))
         for run, label, _, _ in runs(row["optimizers"]):
-            for figure, figure_label in FIGURES:
+            for figure, figure_label, unit in figures:
+                if with_unit and unit:
+                    figure_label += f" ({unit})"
                 values = [None if c is None or c["does_not_fit"] else format_value(figure, c["runs"][run][figure])
                           for c in cells]
                 lines.append((row, f"{label} {figure_label}", values))
@@ -248,7 +253,8 @@ def render_table(data: dict[str, Any], *, markdown: bool = False) -> str:
         previous = row
         body.append([shown, figure, *(units.count(v) if figure == "parameters" and v is not None
                                       else ("-" if v is None else v) for v in values)])
-    title = f"Speed-up: baseline time / this time, against column [{data['baseline']}]; * predicted, not measured"
+    title = f"Speed-up: baseline time / this time, against column [{data['baseline']}]" \
+        + ("; * predicted, not measured" if any(c["predicted"] for c in columns) else "")
     if markdown:
         parts = ["**Columns**", "\n".join(f"- {line}" for line in legend), title,
                  layout(headers, body, right=[False, False] + [True] * len(columns))]
@@ -264,7 +270,7 @@ def render_csv(data: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*ROW_KEYS, "figure", *(f"[{c['number']}] {column_label(c)}" for c in data["columns"])])
-    for row, figure, values in _lines(data, lambda figure, value: value):
+    for row, figure, values in _lines(data, lambda figure, value: value, with_unit=True):
         writer.writerow([*("+".join(row[k]) if isinstance(row[k], list) else row[k] for k in ROW_KEYS), figure,
                          *("" if v is None else v for v in values)])
     return out.getvalue()

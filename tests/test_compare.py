@@ -1,0 +1,149 @@
+"""``modelsize compare``: result files of two (edited) machines and two dtypes side by side.
+
+Each result is a real ``profile`` of the built-in digits classifier; copies of it play other
+machines by having their host, threads and times edited, so every speed-up below is exact.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from profiler import cli, workflow
+from profiler.report import compare
+
+QUICK = ["--batch", "2", "--repeats", "1", "--warmup", "0", "--layer-repeats", "0", "--optimizers", "sgd",
+         "--in-process"]
+OLD_RESULTS = Path(__file__).parent / "results" / "runs"   # written by an older modelsize: forward_ms only
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """One real profile result per dtype (float32, bfloat16)."""
+    folder = tmp_path_factory.mktemp("real")
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        assert cli.main(["profile", "digits", *QUICK, "--dtype", dtype, "--results-dir", str(folder / dtype)]) == 0
+        (path,) = (folder / dtype).iterdir()
+        results[dtype] = json.loads(path.read_text())
+    return results
+
+
+def _machine(result: dict, host: str, threads: int, forward_ms: float, step_ms: float) -> dict:
+    edited = copy.deepcopy(result)
+    edited["machine_info"]["hostname"] = host
+    edited["options"]["threads"] = threads
+    edited["measured"]["time"]["forward"]["median_ms"] = forward_ms
+    edited["measured"]["time"]["train_sgd"]["median_ms"] = step_ms
+    return edited
+
+
+@pytest.fixture(scope="module")
+def files(real, tmp_path_factory):
+    """Machine a and machine b (8 threads, faster), each with a float32 and a bfloat16 result."""
+    folder = tmp_path_factory.mktemp("machines")
+    figures = {("a", "float32"): (10.0, 40.0), ("b", "float32"): (4.0, 16.0),
+               ("a", "bfloat16"): (20.0, 50.0), ("b", "bfloat16"): (5.0, 25.0)}
+    paths = {}
+    for (host, dtype), (forward, step) in figures.items():
+        paths[host, dtype] = folder / f"{host}-{dtype}.json"
+        edited = _machine(real[dtype], f"machine-{host}", 2 if host == "a" else 8, forward, step)
+        paths[host, dtype].write_text(json.dumps(edited))
+    return paths
+
+
+def _run(capsys, *argv):
+    code = cli.main(["compare", *map(str, argv)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_rows_are_matched_by_dtype_and_columns_by_machine(files, real, capsys):
+    order = [files["b", "bfloat16"], files["a", "float32"], files["b", "float32"], files["a", "bfloat16"]]
+    code, out, err = _run(capsys, *order, "--format", "json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert [(c["key"]["machine"], c["key"]["threads"]) for c in data["columns"]] == [("machine-b", 8),
+                                                                                    ("machine-a", 2)]
+    assert [(r["model"], r["dtype"], r["batch"]) for r in data["rows"]] == [("digits", "bfloat16", 2),
+                                                                           ("digits", "float32", 2)]
+    bf16, f32 = data["rows"]
+    assert [c["file"] for c in f32["cells"]] == [str(files["b", "float32"]), str(files["a", "float32"])]
+    assert [c["file"] for c in bf16["cells"]] == [str(files["b", "bfloat16"]), str(files["a", "bfloat16"])]
+    # baseline column 1 is machine-b: machine-a's speed-up is b's time / a's time
+    assert f32["cells"][1]["runs"]["forward"]["speedup"] == 4.0 / 10.0
+    assert f32["cells"][1]["runs"]["train_sgd"]["speedup"] == 16.0 / 40.0
+    assert bf16["cells"][1]["runs"]["forward"]["speedup"] == 5.0 / 20.0
+    assert bf16["cells"][1]["runs"]["train_sgd"]["speedup"] == 25.0 / 50.0
+    assert f32["cells"][0]["runs"]["forward"]["samples_per_s"] == 2 * 1000 / 4.0
+    for row, dtype in ((f32, "float32"), (bf16, "bfloat16")):
+        measured, predicted = real[dtype]["measured"], real[dtype]["predicted"]
+        for cell in row["cells"]:
+            assert cell["params"] == real[dtype]["totals"]["params"] == 7850
+            assert cell["runs"]["forward"]["peak_measured"] == measured["inference_peak_bytes"]
+            assert cell["runs"]["train_sgd"]["peak_predicted"] == predicted["train_peak_bytes_sgd"]
+
+
+def test_the_baseline_column_is_chosen(files, capsys):
+    code, out, err = _run(capsys, files["b", "float32"], files["a", "float32"], "--baseline", "2", "--format", "csv")
+    assert code == 0, err
+    lines = list(csv.reader(io.StringIO(out)))
+    by_figure = {line[8]: line[9:] for line in lines[1:]}
+    assert by_figure["inference speed-up (×)"] == [str(10.0 / 4.0), "1.0"]
+    assert by_figure["step SGD speed-up (×)"] == [str(40.0 / 16.0), "1.0"]
+    assert by_figure["inference time (ms)"] == ["4.0", "10.0"]
+    code, out, err = _run(capsys, files["b", "float32"], files["a", "float32"], "--baseline", "2")
+    assert code == 0 and "2.50×" in out and "[2] machine-a" in out and "(baseline)" in out
+
+
+def test_a_file_without_a_needed_key_is_refused_in_one_line(files, tmp_path, capsys):
+    broken = json.loads(files["a", "float32"].read_text())
+    del broken["machine_info"]["hostname"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(broken))
+    code, out, err = _run(capsys, files["b", "float32"], path)
+    assert code == cli.EXIT_BAD_INPUT and out == ""
+    assert err.strip().splitlines() == [f"modelsize: error: {path}: missing key 'machine_info.hostname' "
+                                        "(not a modelsize profile result, or one from a version without it)"]
+    path.write_text("{not json")
+    code, out, err = _run(capsys, path)
+    assert code == cli.EXIT_BAD_INPUT and len(err.strip().splitlines()) == 1 and str(path) in err
+    code, out, err = _run(capsys, files["b", "float32"], "--baseline", "3")
+    assert code == cli.EXIT_BAD_INPUT and "baseline" in err and len(err.strip().splitlines()) == 1
+
+
+def test_results_of_an_older_version_are_read():
+    """Files from before ``measured.time``: the forward time from ``forward_ms``, no step time."""
+    paths = sorted(OLD_RESULTS.glob("*.json"))
+    data = compare.compare(compare.load_results([str(OLD_RESULTS)]))
+    (row,) = data["rows"]
+    newest = json.loads(paths[-1].read_text())
+    cell = row["cells"][0]
+    assert cell["file"] == str(paths[-1]) and data["notes"]   # the same cell twice: the newest kept
+    assert cell["runs"]["forward"]["ms"] == newest["measured"]["forward_ms"]
+    assert cell["runs"]["train_sgd"]["ms"] is None
+    assert cell["runs"]["train_adam"]["peak_measured"] == newest["measured"]["train_peak_bytes_adam"]
+
+
+def test_what_if_columns_are_the_catalogued_cards_predictions(files, real, capsys):
+    code, out, err = _run(capsys, files["a", "float32"], "--device", "a100-80gb", "--format", "json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert [c["predicted"] for c in data["columns"]] == [False, True]
+    cell = data["rows"][0]["cells"][1]
+    opts = real["float32"]["options"]
+    expected = workflow.summary(workflow.resolve_spec("digits"), batch=2, dtype="float32", device_kind="cuda",
+                                optimizers=tuple(opts["optimizers"]), time_on="a100-80gb")
+    assert cell["runs"]["train_sgd"]["peak_predicted"] == expected["predicted"]["train_peak_bytes_sgd"]
+    assert cell["runs"]["forward"]["ms"] == expected["predicted_time"]["forward_ms"]
+    assert cell["runs"]["forward"]["peak_measured"] is None
+    assert cell["runs"]["forward"]["speedup"] == 10.0 / expected["predicted_time"]["forward_ms"]
+    with pytest.raises(SystemExit) as refused:   # argparse's way out: one line, status 2
+        cli.main(["compare", str(files["a", "float32"]), "--device", "a100-81gb"])
+    err = capsys.readouterr().err
+    assert refused.value.code == cli.EXIT_BAD_INPUT and "unknown accelerator" in err
+    assert len(err.strip().splitlines()) == 1
