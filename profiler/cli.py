@@ -275,25 +275,31 @@ class _SweepBar:
 
     def __init__(self) -> None:
         self.skipped = 0
+        self.peak = ""
         self.bar: Any = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=None, file=sys.stderr, unit="cell", dynamic_ncols=True, leave=True)
 
     def show(self, event: Any) -> None:
         from profiler.report import units
         cell = f"batch {event.cell['batch']}, {event.cell['dtype']}"
         self.skipped += event.status == "skipped"
-        outcome = {"skipped": "already saved, skipped", "running": "measuring",
-                   "measured": f"peak {units.nbytes(event.peak_bytes)}",
+        if event.status == "measured":
+            self.peak = f"peak {units.nbytes(event.peak_bytes)}"
+        outcome = {"skipped": "already saved, skipped", "running": "measuring", "measured": self.peak,
                    "does not fit": f"does not fit: {event.message}"}[event.status]
-        if self.bar is None:
+        if not sys.stderr.isatty():
             print(f"modelsize: sweep [{event.index + 1}/{event.total}] {cell}: {outcome}", file=sys.stderr)
             return
-        self.bar.total = event.total
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=event.total, file=sys.stderr, unit="cell", dynamic_ncols=True)
+        if event.status == "running" and self.peak:
+            outcome += f" (last {self.peak})"
         self.bar.set_description_str(cell, refresh=False)
         self.bar.set_postfix_str(outcome[:60], refresh=False)
-        self.bar.update(event.status != "running")
+        if event.status == "running":
+            self.bar.refresh()
+        else:
+            self.bar.update()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,0 +1,82 @@
+"""``modelsize sweep``: a grid of profiles saved cell by cell, resumed after an interrupt, with
+"does not fit" cells saved and the sweep going on."""
+from __future__ import annotations
+
+import json
+
+from profiler import cli, workflow
+
+GRID = ["sweep", "digits", "--batch", "2,4", "--repeats", "1", "--warmup", "0", "--layer-repeats", "0",
+        "--optimizers", "sgd"]
+
+
+def _files(folder):
+    """Each result file's modification time and bytes, by name."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.glob("*.json"))}
+
+
+def _cells(folder):
+    return sorted((c["batch"], c["dtype"]) for c in
+                  (json.loads(p.read_text())["sweep_cell"] for p in folder.glob("*.json")))
+
+
+def test_an_interrupted_sweep_resumes_without_measuring_finished_cells(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    profiled = []
+    real_profile = workflow.profile
+
+    def interrupted_at_the_second_cell(source, **options):
+        profiled.append(options["batch"])
+        if len(profiled) == 2:
+            raise KeyboardInterrupt
+        return real_profile(source, **options)
+
+    monkeypatch.setattr(workflow, "profile", interrupted_at_the_second_cell)
+    assert cli.main([*GRID, "--in-process", "--results-dir", str(runs)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"modelsize: interrupted: the cell at batch 4, float32 was stopped; kept 1 finished cell "
+                       f"file in {runs} (--resume goes on from there)")
+    kept = _files(runs)
+    assert _cells(runs) == [(2, "float32")]
+
+    profiled.clear()
+    monkeypatch.setattr(workflow, "profile", lambda source, **options: profiled.append(options["batch"])
+                        or real_profile(source, **options))
+    assert cli.main([*GRID, "--in-process", "--resume", "--results-dir", str(runs), "--format", "json"]) == 0
+    out = capsys.readouterr()
+    assert profiled == [4]   # only the cell not yet saved
+    after = _files(runs)
+    assert {name: after[name] for name in kept} == kept   # the finished cell's file untouched
+    assert _cells(runs) == [(2, "float32"), (4, "float32")]
+    assert "[1/2] batch 2, float32: already saved, skipped" in out.err
+    batches = [row["batch"] for row in json.loads(out.out)["rows"]]
+    assert batches == [2, 4]
+
+
+def test_resume_matches_cells_by_their_options(tmp_path, capsys):
+    """A file of the same batch and dtype but other options (optimizers) is not that cell."""
+    runs = tmp_path / "runs"
+    assert cli.main([*GRID[:3], "2", *GRID[4:-1], "adam", "--in-process", "--results-dir", str(runs)]) == 0
+    assert cli.main([*GRID[:3], "2", *GRID[4:], "--in-process", "--resume", "--results-dir", str(runs)]) == 0
+    assert "skipped" not in capsys.readouterr().err
+    saved = [json.loads(p.read_text())["sweep_cell"]["optimizers"] for p in sorted(runs.glob("*.json"))]
+    assert sorted(saved) == [["adam"], ["sgd"]]
+
+
+def test_a_cell_that_does_not_fit_is_saved_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    """The device says it has room for batch 2's predicted peak and not for batch 64's: batch 64
+    is saved as "does not fit" (nothing built) and batch 2, after it, is still measured."""
+    predicted = workflow.summary(workflow.resolve_spec("digits"), batch=2, optimizers=("sgd",))["predicted"]
+    room = workflow.peak_of(predicted)
+    monkeypatch.setattr("profiler.measuring.devices.CpuDevice.free_bytes", lambda self: room)
+    runs = tmp_path / "runs"
+    code = cli.main([*GRID[:2], "--batch", "64,2", *GRID[4:], "--in-process", "--results-dir", str(runs)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    results = {r["sweep_cell"]["batch"]: r for r in (json.loads(p.read_text()) for p in runs.glob("*.json"))}
+    assert set(results) == {2, 64}
+    assert "does_not_fit" not in results[2] and results[2]["measured"]["train_peak_bytes_sgd"] == \
+        predicted["train_peak_bytes_sgd"]
+    assert "is more than the" in results[64]["does_not_fit"] and "measured" not in results[64]
+    assert "batch 64, float32: does not fit" in out.err
+    assert "does not fit" in out.out   # the table at the end shows the cell
