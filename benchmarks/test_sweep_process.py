@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_sweep import GRID, _cells, _files   # noqa: E402
+from test_sweep import GRID, _cells, _files, _saved   # noqa: E402
 
 
 def test_ctrl_c_stops_the_running_cell_and_keeps_the_finished_ones(tmp_path):
@@ -21,7 +21,7 @@ def test_ctrl_c_stops_the_running_cell_and_keeps_the_finished_ones(tmp_path):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
-    while not list(runs.glob("*.json")) and time.time() < deadline and process.poll() is None:
+    while not _saved(runs) and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=120)

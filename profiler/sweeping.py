@@ -48,8 +48,9 @@ def _plain(value: Any) -> Any:
 
 def saved_cells(directory: str | Path) -> dict[str, Path]:
     """The cells already saved in ``directory``: their options (as a key) → file."""
+    from profiler.report.compare import result_paths
     found: dict[str, Path] = {}
-    for path in sorted(Path(directory).glob("*.json")):
+    for path in result_paths([str(directory)]) if Path(directory).is_dir() else []:
         try:
             cell = json.loads(path.read_text(encoding="utf-8")).get("sweep_cell")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):

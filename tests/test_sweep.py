@@ -5,19 +5,24 @@ from __future__ import annotations
 import json
 
 from profiler import cli, workflow
+from profiler.report.compare import result_paths
 
 GRID = ["sweep", "digits", "--batch", "2,4", "--repeats", "1", "--warmup", "0", "--layer-repeats", "0",
         "--optimizers", "sgd"]
 
 
+def _saved(folder):
+    """The result files (not ``save``'s temporary ``.partial-*.json``)."""
+    return result_paths([str(folder)]) if folder.is_dir() else []
+
+
 def _files(folder):
     """Each result file's modification time and bytes, by name."""
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.glob("*.json"))}
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in _saved(folder)}
 
 
 def _cells(folder):
-    return sorted((c["batch"], c["dtype"]) for c in
-                  (json.loads(p.read_text())["sweep_cell"] for p in folder.glob("*.json")))
+    return sorted((c["batch"], c["dtype"]) for c in (json.loads(p.read_text())["sweep_cell"] for p in _saved(folder)))
 
 
 def test_an_interrupted_sweep_resumes_without_measuring_finished_cells(tmp_path, monkeypatch, capsys):
@@ -59,7 +64,7 @@ def test_resume_matches_cells_by_their_options(tmp_path, capsys):
     assert cli.main([*GRID[:3], "2", *GRID[4:-1], "adam", "--in-process", "--results-dir", str(runs)]) == 0
     assert cli.main([*GRID[:3], "2", *GRID[4:], "--in-process", "--resume", "--results-dir", str(runs)]) == 0
     assert "skipped" not in capsys.readouterr().err
-    saved = [json.loads(p.read_text())["sweep_cell"]["optimizers"] for p in sorted(runs.glob("*.json"))]
+    saved = [json.loads(p.read_text())["sweep_cell"]["optimizers"] for p in _saved(runs)]
     assert sorted(saved) == [["adam"], ["sgd"]]
 
 
@@ -73,10 +78,27 @@ def test_a_cell_that_does_not_fit_is_saved_and_the_sweep_goes_on(tmp_path, monke
     code = cli.main([*GRID[:2], "--batch", "64,2", *GRID[4:], "--in-process", "--results-dir", str(runs)])
     out = capsys.readouterr()
     assert code == 0, out.err
-    results = {r["sweep_cell"]["batch"]: r for r in (json.loads(p.read_text()) for p in runs.glob("*.json"))}
+    results = {r["sweep_cell"]["batch"]: r for r in (json.loads(p.read_text()) for p in _saved(runs))}
     assert set(results) == {2, 64}
     assert "does_not_fit" not in results[2] and results[2]["measured"]["train_peak_bytes_sgd"] == \
         predicted["train_peak_bytes_sgd"]
     assert "is more than the" in results[64]["does_not_fit"] and "measured" not in results[64]
     assert "batch 64, float32: does not fit" in out.err
     assert "does not fit" in out.out   # the table at the end shows the cell
+
+
+def test_the_api_sweeps_in_a_child_and_compares(tmp_path):
+    """``profiler.sweep`` measures a named model in a child process (the CLI's way), and
+    ``profiler.compare`` reads what it saved."""
+    import profiler
+    runs = tmp_path / "runs"
+    options = {"batches": (2,), "optimizers": ("sgd",), "repeats": 1, "warmup": 0, "layer_repeats": 0,
+               "results_dir": str(runs)}
+    (cell,) = profiler.sweep("digits", **options)
+    assert cell["status"] == "measured" and cell["cell"]["batch"] == 2
+    saved = json.loads(open(cell["file"]).read())
+    assert cell["peak_bytes"] == saved["measured"]["train_peak_bytes_sgd"] == saved["predicted"]["train_peak_bytes_sgd"]
+    assert [c["status"] for c in profiler.sweep("digits", resume=True, **options)] == ["skipped"]
+    (row,) = profiler.compare([runs])["rows"]
+    assert row["cells"][0]["file"] == cell["file"]
+    assert row["cells"][0]["runs"]["forward"]["ms"] == saved["measured"]["time"]["forward"]["median_ms"]

@@ -36,11 +36,12 @@ WhatIf = Callable[[dict[str, Any], str], "dict[str, Any] | None"]
 
 
 def result_paths(names: Sequence[str]) -> list[Path]:
-    """Each name a result file, or a folder whose ``*.json`` files are (a sweep's, a results/runs)."""
+    """Each name a result file, or a folder whose ``*.json`` files are (a sweep's, a results/runs),
+    but for hidden ones (``results.save``'s temporary ``.partial-*.json``)."""
     paths: list[Path] = []
     for name in names:
         path = Path(name)
-        paths += sorted(path.glob("*.json")) if path.is_dir() else [path]
+        paths += sorted(p for p in path.glob("*.json") if not p.name.startswith(".")) if path.is_dir() else [path]
     return paths
 
 
