@@ -129,7 +129,7 @@ def test_results_of_an_older_version_are_read():
     assert cell["runs"]["train_adam"]["peak_measured"] == newest["measured"]["train_peak_bytes_adam"]
 
 
-def test_what_if_columns_are_the_catalogued_cards_predictions(files, real, capsys):
+def test_what_if_columns_are_the_catalogued_cards_predictions(files, real, tmp_path, capsys):
     code, out, err = _run(capsys, files["a", "float32"], "--device", "a100-80gb", "--format", "json")
     assert code == 0, err
     data = json.loads(out)
@@ -142,6 +142,13 @@ def test_what_if_columns_are_the_catalogued_cards_predictions(files, real, capsy
     assert cell["runs"]["forward"]["ms"] == expected["predicted_time"]["forward_ms"]
     assert cell["runs"]["forward"]["peak_measured"] is None
     assert cell["runs"]["forward"]["speedup"] == 10.0 / expected["predicted_time"]["forward_ms"]
+    torch_result = json.loads(files["b", "float32"].read_text())
+    torch_result["model_source"] = {"name": "mymodels:digits", "kind": "torch"}   # names code, not data
+    del torch_result["spec"]
+    (tmp_path / "torch.json").write_text(json.dumps(torch_result))
+    data = compare.compare(compare.load_results([str(tmp_path / "torch.json")]), devices=["a100-80gb"],
+                           what_if=workflow.what_if)
+    assert data["rows"][0]["cells"][1] is None and "1 what-if cell(s) left empty" in data["notes"][0]
     with pytest.raises(SystemExit) as refused:   # argparse's way out: one line, status 2
         cli.main(["compare", str(files["a", "float32"]), "--device", "a100-81gb"])
     err = capsys.readouterr().err

@@ -125,6 +125,10 @@ def compare(results: Sequence[dict[str, Any]], *, baseline: int = 1, devices: Se
             if older["datetime"] > str(result.get("datetime", "")):
                 continue
         cells[(name, index)] = _measured_cell(result)
+    if not 1 <= baseline <= len(columns) + len(devices):
+        raise ModelsizeError("no such column", field="baseline", expected=f"1 to {len(columns) + len(devices)}",
+                             received=str(baseline))
+    unpredicted = 0
     for device in devices:
         columns.append({"key": {"device": device}, "predicted": True, "files": []})
         index = len(columns) - 1
@@ -133,9 +137,8 @@ def compare(results: Sequence[dict[str, Any]], *, baseline: int = 1, devices: Se
             prediction = what_if(source, device) if (what_if and source) else None
             if prediction is not None:
                 cells[(name, index)] = _predicted_cell(prediction, row["optimizers"])
-    if not 1 <= baseline <= len(columns):
-        raise ModelsizeError("no such column", field="baseline", expected=f"1 to {len(columns)}",
-                             received=str(baseline))
+            else:
+                unpredicted += 1
     out_rows = []
     for name in sorted(rows, key=lambda n: _order(rows[n])):
         row = {k: v for k, v in rows[name].items() if k != "sources"}
@@ -143,6 +146,9 @@ def compare(results: Sequence[dict[str, Any]], *, baseline: int = 1, devices: Se
         _speedups(row["cells"], baseline - 1)
         out_rows.append(row)
     notes = [f"{replaced} result(s) of a cell already filled: the newest kept"] if replaced else []
+    if unpredicted:
+        notes.append(f"{unpredicted} what-if cell(s) left empty: only a spec's result carries its model as data "
+                     f"(a torch model's names code, which compare does not import)")
     return {"baseline": baseline, "columns": [{"number": i + 1, **c} for i, c in enumerate(columns)],
             "rows": out_rows, "notes": notes}
 
@@ -210,6 +216,8 @@ def row_label(row: dict[str, Any]) -> str:
 def _formatted(figure: str, value: Any) -> str:
     if value is None:
         return "-"
+    if figure == "params":
+        return units.count(value)
     if figure.startswith("peak"):
         return units.nbytes(value)
     if figure == "ms":
@@ -227,7 +235,7 @@ def _lines(data: dict[str, Any], format_value: Callable[[str, Any], Any], *, wit
     lines = []
     for row in data["rows"]:
         cells = row["cells"]
-        lines.append((row, "parameters", [None if c is None else (c.get("params") if not c["does_not_fit"] else None)
+        lines.append((row, "parameters", [None if c is None or c["does_not_fit"] else format_value("params", c["params"])
                                           for c in cells]))
         if any(c and c["does_not_fit"] for c in cells):
             lines.append((row, "does not fit", ["does not fit" if c and c["does_not_fit"] else "" for c in cells]))
@@ -252,8 +260,7 @@ def render_table(data: dict[str, Any], *, markdown: bool = False) -> str:
     for row, figure, values in _lines(data, _formatted):
         shown = row_label(row) if row is not previous else ""
         previous = row
-        body.append([shown, figure, *(units.count(v) if figure == "parameters" and v is not None
-                                      else ("-" if v is None else v) for v in values)])
+        body.append([shown, figure, *("-" if v is None else v for v in values)])
     title = f"Speed-up: baseline time / this time, against column [{data['baseline']}]" \
         + ("; * predicted, not measured" if any(c["predicted"] for c in columns) else "")
     if markdown:
