@@ -256,13 +256,14 @@ def _sweep(args: argparse.Namespace) -> int:
             running = event.cell if event.status == "running" else {}
             if event.path is not None:
                 kept.append(str(event.path))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ModelsizeError) as stopped:
         bar.close()
         new = len(kept) - bar.skipped
-        print(f"modelsize: interrupted: the cell at batch {running.get('batch', '?')}, {running.get('dtype', '?')} "
-              f"was stopped; kept {new} finished cell file{'s' * (new != 1)} in {args.results_dir} "
-              f"(--resume goes on from there)", file=sys.stderr)
-        return 130
+        what = "interrupted: the cell" if isinstance(stopped, KeyboardInterrupt) else f"error: {stopped}: the cell"
+        print(f"modelsize: {what} at batch {running.get('batch', '?')}, {running.get('dtype', '?')} was stopped; "
+              f"kept {new} finished cell file{'s' * (new != 1)} in {args.results_dir} (--resume goes on from there)",
+              file=sys.stderr)
+        return 130 if isinstance(stopped, KeyboardInterrupt) else EXIT_BAD_INPUT
     bar.close()
     _emit_comparison(compare.compare(compare.load_results(kept)), args.format)
     return 0
