@@ -62,37 +62,38 @@ def _run(capsys, *argv):
     return code, out.out, out.err
 
 
-def test_rows_are_matched_by_dtype_and_columns_by_machine(files, real, capsys):
+def test_rows_are_models_and_columns_are_machines_and_dtypes(files, real, capsys):
     order = [files["b", "bfloat16"], files["a", "float32"], files["b", "float32"], files["a", "bfloat16"]]
     code, out, err = _run(capsys, *order, "--format", "json")
     assert code == 0, err
     data = json.loads(out)
-    assert [(c["key"]["machine"], c["key"]["threads"]) for c in data["columns"]] == [("machine-b", 8),
-                                                                                    ("machine-a", 2)]
-    assert [(r["model"], r["dtype"], r["batch"]) for r in data["rows"]] == [("digits", "bfloat16", 2),
-                                                                           ("digits", "float32", 2)]
-    bf16, f32 = data["rows"]
-    assert [c["file"] for c in f32["cells"]] == [str(files["b", "float32"]), str(files["a", "float32"])]
-    assert [c["file"] for c in bf16["cells"]] == [str(files["b", "bfloat16"]), str(files["a", "bfloat16"])]
-    # baseline column 1 is machine-b: machine-a's speed-up is b's time / a's time
-    assert f32["cells"][1]["runs"]["forward"]["speedup"] == 4.0 / 10.0
-    assert f32["cells"][1]["runs"]["train_sgd"]["speedup"] == 16.0 / 40.0
-    assert bf16["cells"][1]["runs"]["forward"]["speedup"] == 5.0 / 20.0
-    assert bf16["cells"][1]["runs"]["train_sgd"]["speedup"] == 25.0 / 50.0
-    assert f32["cells"][0]["runs"]["forward"]["samples_per_s"] == 2 * 1000 / 4.0
-    for row, dtype in ((f32, "float32"), (bf16, "bfloat16")):
+    assert [(c["key"]["machine"], c["key"]["dtype"], c["key"]["threads"]) for c in data["columns"]] == [
+        ("machine-b", "bfloat16", 8), ("machine-a", "float32", 2), ("machine-b", "float32", 8),
+        ("machine-a", "bfloat16", 2)]
+    (row,) = data["rows"]
+    assert (row["model"], row["batch"]) == ("digits", 2)
+    assert [c["file"] for c in row["cells"]] == [str(p) for p in order]
+    # baseline column 1 is machine-b in bfloat16: each column's speed-up is its time against that one
+    times = {("b", "bfloat16"): (5.0, 25.0), ("a", "float32"): (10.0, 40.0), ("b", "float32"): (4.0, 16.0),
+             ("a", "bfloat16"): (20.0, 50.0)}
+    for cell, key in zip(row["cells"], [("b", "bfloat16"), ("a", "float32"), ("b", "float32"), ("a", "bfloat16")]):
+        forward, step = times[key]
+        assert cell["runs"]["forward"]["speedup"] == 5.0 / forward
+        assert cell["runs"]["train_sgd"]["speedup"] == 25.0 / step
+        assert cell["runs"]["forward"]["samples_per_s"] == 2 * 1000 / forward
+        dtype = key[1]
         measured, predicted = real[dtype]["measured"], real[dtype]["predicted"]
-        for cell in row["cells"]:
-            assert cell["params"] == real[dtype]["totals"]["params"] == 7850
-            assert cell["runs"]["forward"]["peak_measured"] == measured["inference_peak_bytes"]
-            assert cell["runs"]["train_sgd"]["peak_predicted"] == predicted["train_peak_bytes_sgd"]
+        assert cell["params"] == real[dtype]["totals"]["params"] == 7850
+        assert cell["runs"]["forward"]["peak_measured"] == measured["inference_peak_bytes"]
+        assert cell["runs"]["train_sgd"]["peak_predicted"] == predicted["train_peak_bytes_sgd"]
+    assert real["bfloat16"]["predicted"]["train_peak_bytes_sgd"] != real["float32"]["predicted"]["train_peak_bytes_sgd"]
 
 
 def test_the_baseline_column_is_chosen(files, capsys):
     code, out, err = _run(capsys, files["b", "float32"], files["a", "float32"], "--baseline", "2", "--format", "csv")
     assert code == 0, err
     lines = list(csv.reader(io.StringIO(out)))
-    by_figure = {line[8]: line[9:] for line in lines[1:]}
+    by_figure = {line[6]: line[7:] for line in lines[1:]}
     assert by_figure["inference speed-up (×)"] == [str(10.0 / 4.0), "1.0"]
     assert by_figure["step SGD speed-up (×)"] == [str(40.0 / 16.0), "1.0"]
     assert by_figure["inference time (ms)"] == ["4.0", "10.0"]

@@ -1,8 +1,9 @@
 """Result files side by side: rows are what ran, columns are where it ran.
 
-A row is a model and the options that change its figures (model, batch, dtype, autocast, loss,
-optimizers, checkpointed layers, input gradients); a column is a run's setting (machine, its
-CPU or GPU, device, threads, torch version). Each cell holds, for the forward pass and each
+A row is a model and the options that change what it computes (model, batch, loss, optimizers,
+checkpointed layers, input gradients); a column is a run's setting (machine, its CPU or GPU,
+device, dtype and autocast, threads, torch version), so float32 and bfloat16 runs of a model sit
+side by side with their speed-up. Each cell holds, for the forward pass and each
 training step, the predicted and measured peaks, the measured time, samples/s and the speed-up
 against the baseline column (baseline time / this time). What-if columns hold a catalogued
 accelerator's predictions for the same rows and say so. Files of other modelsize versions are read
@@ -25,9 +26,9 @@ REQUIRED = ("model", "options.batch", "options.dtype", "options.device", "option
             "machine_info.hostname", "machine_info.torch_version")
 MEASURED = ("predicted", "measured")
 #: what a row is made of: options of the run that change its figures
-ROW_KEYS = ("model", "batch", "dtype", "amp", "loss", "optimizers", "checkpoint", "input_grad")
+ROW_KEYS = ("model", "batch", "loss", "optimizers", "checkpoint", "input_grad")
 #: what a column is made of
-COLUMN_KEYS = ("machine", "processor", "device", "threads", "torch_version")
+COLUMN_KEYS = ("machine", "processor", "device", "dtype", "amp", "threads", "torch_version")
 #: the figures of each run in a cell, in the order the tables show them, with their raw unit (CSV)
 FIGURES = (("peak_predicted", "peak, predicted", "bytes"), ("peak_measured", "peak, measured", "bytes"),
            ("ms", "time", "ms"), ("samples_per_s", "samples/s", ""), ("speedup", "speed-up", "×"))
@@ -80,8 +81,7 @@ def missing_key(result: Any) -> str | None:
 
 def row_key(result: dict[str, Any]) -> dict[str, Any]:
     opts = result["options"]
-    return {"model": result["model"], "batch": opts["batch"], "dtype": opts["dtype"], "amp": opts.get("amp"),
-            "loss": opts.get("loss", "cross_entropy"), "optimizers": list(opts["optimizers"]),
+    return {"model": result["model"], "batch": opts["batch"], "loss": opts.get("loss", "cross_entropy"), "optimizers": list(opts["optimizers"]),
             "checkpoint": list(opts.get("checkpoint") or []), "input_grad": bool(opts.get("input_grad"))}
 
 
@@ -90,8 +90,8 @@ def column_key(result: dict[str, Any]) -> dict[str, Any]:
     gpus = [g.get("name") for g in info.get("gpus") or [] if isinstance(g, dict)]
     processor = gpus[0] if opts["device"].startswith("cuda") and gpus else info.get("cpu_model")
     threads = opts.get("threads") or (result.get("measured") or {}).get("threads") or info.get("torch_threads")
-    return {"machine": info["hostname"], "processor": processor, "device": opts["device"], "threads": threads,
-            "torch_version": info["torch_version"]}
+    return {"machine": info["hostname"], "processor": processor, "device": opts["device"],
+            "dtype": opts["dtype"], "amp": opts.get("amp"), "threads": threads, "torch_version": info["torch_version"]}
 
 
 def runs(optimizers: Sequence[str]) -> list[tuple[str, str, str, str]]:
@@ -125,20 +125,24 @@ def compare(results: Sequence[dict[str, Any]], *, baseline: int = 1, devices: Se
             if older["datetime"] > str(result.get("datetime", "")):
                 continue
         cells[(name, index)] = _measured_cell(result)
-    if not 1 <= baseline <= len(columns) + len(devices):
-        raise ModelsizeError("no such column", field="baseline", expected=f"1 to {len(columns) + len(devices)}",
+    precisions = list(dict.fromkeys((c["key"]["dtype"], c["key"]["amp"]) for c in columns))
+    last = len(columns) + len(devices) * len(precisions)   # one what-if column per device and precision
+    if not 1 <= baseline <= last:
+        raise ModelsizeError("no such column", field="baseline", expected=f"1 to {last}",
                              received=str(baseline))
     unpredicted = 0
     for device in devices:
-        columns.append({"key": {"device": device}, "predicted": True, "files": []})
-        index = len(columns) - 1
-        for name, row in rows.items():
-            source = next((r for r in row["sources"] if "does_not_fit" not in r), None)
-            prediction = what_if(source, device) if (what_if and source) else None
-            if prediction is not None:
-                cells[(name, index)] = _predicted_cell(prediction, row["optimizers"])
-            else:
-                unpredicted += 1
+        for dtype, amp in precisions:
+            columns.append({"key": {"device": device, "dtype": dtype, "amp": amp}, "predicted": True, "files": []})
+            index = len(columns) - 1
+            for name, row in rows.items():
+                source = next((r for r in row["sources"] if "does_not_fit" not in r
+                               and (r["options"]["dtype"], r["options"].get("amp")) == (dtype, amp)), None)
+                prediction = what_if(source, device) if (what_if and source) else None
+                if prediction is not None:
+                    cells[(name, index)] = _predicted_cell(prediction, row["optimizers"])
+                else:
+                    unpredicted += 1
     out_rows = []
     for name in sorted(rows, key=lambda n: _order(rows[n])):
         row = {k: v for k, v in rows[name].items() if k != "sources"}
@@ -154,8 +158,7 @@ def compare(results: Sequence[dict[str, Any]], *, baseline: int = 1, devices: Se
 
 
 def _order(row: dict[str, Any]) -> tuple:
-    return (row["model"], row["loss"], row["optimizers"], row["dtype"], str(row["amp"]), row["checkpoint"],
-            row["input_grad"], row["batch"])
+    return (row["model"], row["loss"], row["optimizers"], row["checkpoint"], row["input_grad"], row["batch"])
 
 
 def _measured_cell(result: dict[str, Any]) -> dict[str, Any]:
@@ -194,16 +197,15 @@ def _speedups(cells: list[dict[str, Any] | None], baseline: int) -> None:
 
 def column_label(column: dict[str, Any]) -> str:
     key = column["key"]
+    precision = key["dtype"] + (f", autocast {key['amp']}" if key.get("amp") else "")
     if column["predicted"]:
-        return f"{key['device']}: predicted (catalogue figures, not measured)"
+        return f"{key['device']}, {precision}: predicted (catalogue figures, not measured)"
     threads = f"{key['threads']} thread{'s' * (key['threads'] != 1)}" if key["threads"] else "threads ?"
-    return f"{key['machine']} ({key['processor']}), {key['device']}, {threads}, torch {key['torch_version']}"
+    return f"{key['machine']} ({key['processor']}), {key['device']}, {precision}, {threads}, torch {key['torch_version']}"
 
 
 def row_label(row: dict[str, Any]) -> str:
-    bits = [row["model"], f"batch {row['batch']}", row["dtype"]]
-    if row["amp"]:
-        bits.append(f"autocast {row['amp']}")
+    bits = [row["model"], f"batch {row['batch']}"]
     if row["loss"] != "cross_entropy":
         bits.append(f"loss {row['loss']}")
     if row["checkpoint"]:
