@@ -2,17 +2,18 @@
 
 ``profiler.summary / measure / profile / fit`` take any model: a torch module or factory, a
 ``"package.module:factory"``, a spec, Keras JSON or Hugging Face config path, or a built-in name
-(:mod:`profiler.api`). They import torch on first use; predicting a spec with :func:`predict`
-does not.
+(:mod:`profiler.api`); ``profiler.html_report`` draws their results as one HTML page. They import
+torch on first use; predicting a spec with :func:`predict` does not.
 """
 from profiler.errors import ModelsizeError, ShapeError, SpecError, UnsupportedLayerError
 from profiler.engine.predict import Prediction, predict
 from profiler.frontends.spec import Model, ModelSpec, layer, load, loads
 
 __all__ = ["Model", "ModelSpec", "ModelsizeError", "Prediction", "ShapeError", "SpecError",
-           "UnsupportedLayerError", "fit", "layer", "load", "loads", "measure", "predict", "profile", "summary"]
+           "UnsupportedLayerError", "fit", "html_report", "layer", "load", "loads", "measure", "predict", "profile",
+           "summary"]
 
-_API = ("summary", "measure", "profile", "fit")
+_API = ("summary", "measure", "profile", "fit", "html_report")
 
 
 def __getattr__(name: str):
