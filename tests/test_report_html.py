@@ -25,16 +25,16 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def _profile(batch: int, threads: int) -> dict:
+def _profile(batch: int, threads: int, optimizers=("sgd",)) -> dict:
     """digits profiled for real, in this process; no time prediction (no calibration), few repeats."""
     return workflow.profile(resolve("digits"), batch=batch, threads=threads, warmup=0, repeats=1,
-                            layer_repeats=1, predict_time=False)
+                            layer_repeats=0, predict_time=False, optimizers=optimizers)
 
 
 @pytest.fixture(scope="module")
 def runs():
     """A sweep (batches 2 and 4 on 1 thread) and a comparison (batch 2 on 1 and on 2 threads)."""
-    return [_profile(2, 1), _profile(4, 1), _profile(2, 2)]
+    return [_profile(2, 1, ("sgd", "adam")), _profile(4, 1), _profile(2, 2)]
 
 
 def test_compact_timeline_keeps_the_peak_and_the_totals_it_shows():
@@ -68,12 +68,16 @@ def test_spec_replay_and_engine_keep_the_same_timeline_peaks():
     assert "timelines" not in workflow.summary(resolve("bn-conv"), batch=3)   # only asked for
 
 
+@pytest.fixture(scope="module")
+def page(runs):
+    return render_report(runs, budget_bytes=64 * 1024, fit_batch=3)
+
+
 def _charts(page: str) -> dict[str, str]:
     return dict(re.findall(r'<figure class="chart" id="([^"]+)">(.*?)</figure>', page, re.S))
 
 
-def test_report_draws_a_sweep_a_comparison_and_each_run(runs):
-    page = render_report(runs, budget_bytes=64 * 1024, fit_batch=3)
+def test_report_draws_a_sweep_a_comparison_and_each_run(runs, page):
     charts = _charts(page)
     assert set(charts) == {"sweep-digits", "compare-digits-b2",
                            "timeline-digits-b4-threads-1", "breakdown-digits-b4-threads-1",
@@ -95,6 +99,7 @@ def test_report_draws_a_sweep_a_comparison_and_each_run(runs):
 
 def test_profile_writes_html_beside_the_result(tmp_path, capsys):
     status = main(["profile", "digits", "--batch", "2", "--in-process", "--warmup", "0", "--repeats", "1",
+                   "--optimizers", "sgd",
                    "--layer-repeats", "0", "--results-dir", str(tmp_path), "--format", "html"])
     out = capsys.readouterr().out
     assert status == 0
@@ -132,24 +137,24 @@ def test_without_matplotlib_the_error_names_the_extra(runs, monkeypatch, capsys,
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium): the page is "
                                              "not opened in a browser")
-def test_report_opens_in_chromium_with_every_chart_drawn(runs, tmp_path):
+def test_report_opens_in_chromium_with_every_chart_drawn(page, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install "
                                                                    "playwright; its browsers are not needed)")
     page_file = tmp_path / "report.html"
-    page_file.write_text(render_report(runs, budget_bytes=64 * 1024))
+    page_file.write_text(page)
     problems = []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1000, "height": 800})
-            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(page_file.as_uri(), wait_until="load")
-            marks = page.evaluate("""() => [...document.querySelectorAll('figure.chart')].map(f => {
+            tab = browser.new_page(viewport={"width": 1000, "height": 800})
+            tab.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            tab.on("pageerror", lambda e: problems.append(str(e)))
+            tab.goto(page_file.as_uri(), wait_until="load")
+            marks = tab.evaluate("""() => [...document.querySelectorAll('figure.chart')].map(f => {
                 const box = f.querySelector('svg').getBoundingClientRect();
                 return [f.id, f.querySelectorAll('svg path, svg rect').length, box.width, box.height]; })""")
-            tables = page.evaluate("() => document.querySelectorAll('table').length")
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+            tables = tab.evaluate("() => document.querySelectorAll('table').length")
+            tab.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         finally:
             browser.close()
     assert problems == []

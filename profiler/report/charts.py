@@ -49,9 +49,9 @@ def _unit(most: float) -> tuple[int, str]:
 
 def timeline(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
     """One panel per peak: the live bytes through the step, predicted (line) and measured (dashed)
-    on one axis, the x axis each run's events as a fraction of the step (the measured allocator
-    sees a few more events than the replay books); each peak is marked with its bytes and where
-    it happens."""
+    on one axis; x is the bytes allocated so far as a share of the call's (the measured allocator
+    makes small allocations the replay does not book, so event numbers would not line up); each
+    peak is marked with its bytes and where it happens."""
     predicted, measured = result.get("timelines") or {}, (result.get("measured") or {}).get("timelines") or {}
     keys = [(k, label) for k, label in peaks if k in predicted or k in measured]
     fig = _figure(7.5, 0.6 + 1.7 * len(keys))
@@ -62,13 +62,13 @@ def timeline(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
                  if t]
         size, unit = _unit(max(t["peak_bytes"] for *_, t in lines))
         for name, colour, style, t in lines:
-            n = max(t["events"], 1)
-            ax.step([x / n for x in t["x"]], [b / size for b in t["bytes"]], where="post", color=colour,
+            share = _shares(t)
+            ax.step(share, [b / size for b in t["bytes"]], where="post", color=colour,
                     linestyle=style, linewidth=1.3, label=f"{name} ({t['events']:,} events)")
-            ax.plot([t["peak_x"] / n], [t["peak_bytes"] / size], "o", color=colour, markersize=5)
+            ax.plot([share[t["x"].index(t["peak_x"])]], [t["peak_bytes"] / size], "o", color=colour, markersize=5)
         top = lines[0][3]
         at = (result.get("peaks") or {}).get(key, {}).get("at", "")
-        where = top["peak_x"] / max(top["events"], 1)
+        where = _shares(top)[top["x"].index(top["peak_x"])]
         ax.annotate(f"peak {units.nbytes(top['peak_bytes'])}" + (f" at {at}" if at else ""),
                     (where, top["peak_bytes"] / size), xytext=(-6 if where > 0.5 else 6, -12),
                     textcoords="offset points", fontsize=8, ha="right" if where > 0.5 else "left")
@@ -76,8 +76,17 @@ def timeline(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
         ax.set_ylabel(unit)
         ax.set_xlim(0, 1)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
-    axes[-1].set_xlabel("progress through the call (allocation and free events, fraction of the call's)")
+    axes[-1].set_xlabel("bytes allocated so far, as a share of all the call allocates")
     return _svg(fig)
+
+
+def _shares(t: dict[str, Any]) -> list[float]:
+    """Each kept point's bytes allocated so far, as a share of the call's (event number's share in a
+    timeline saved without ``allocated``)."""
+    if "allocated" in t:
+        total = max(t["allocated"][-1], 1)
+        return [a / total for a in t["allocated"]]
+    return [x / max(t["events"], 1) for x in t["x"]]
 
 
 def breakdown(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:

@@ -18,12 +18,13 @@ from profiler.report.tables import ALL_PEAKS, PEAKS, render
 
 #: what a result needs to be drawn, with the type each key holds
 REQUIRED = {"model": str, "batch": int, "predicted": dict, "peaks": dict}
-#: what tells two runs of one model apart, besides the batch: (label, where it is in a result)
+#: what tells two runs of one model apart, besides the batch: (label, where it is in a result); the
+#: first are the run's conditions, the last only name runs that nothing else tells apart
 RUN_FIELDS = (("device", ("options", "device")), ("dtype", ("dtype",)), ("autocast", ("amp",)),
               ("threads", ("measured", "threads")), ("host", ("machine_info", "hostname")),
-              ("CPU", ("machine_info", "cpu_model")), ("torch", ("machine_info", "torch_version")),
-              ("commit", ("machine_info", "git_commit")), ("loss", ("loss",)),
-              ("checkpoint", ("checkpoint",)), ("run", ("datetime",)))
+              ("CPU", ("machine_info", "cpu_model")), ("loss", ("loss",)), ("checkpoint", ("checkpoint",)))
+TIE_BREAKERS = (("torch", ("machine_info", "torch_version")), ("commit", ("machine_info", "git_commit")),
+                ("run", ("datetime",)))
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem}
@@ -195,23 +196,26 @@ def _comparison_table(runs: Sequence[tuple[str, dict[str, Any]]], peaks: Sequenc
 
 
 def _run_labels(runs: list[dict[str, Any]]) -> dict[int, str]:
-    """Each run named by what sets it apart from the model's other runs (batch aside): "" when
-    nothing does."""
+    """Each run named by the conditions that set it apart from the model's other runs (batch
+    aside; "" when none do); runs at one batch that still share a name are told apart by torch's
+    version, the commit, then the time they ran."""
     def value(r: dict[str, Any], path: tuple[str, ...]) -> Any:
         for key in path:
             r = r.get(key) if isinstance(r, dict) else None
         return r
-    differ = [(label, path) for label, path in RUN_FIELDS
-              if len({repr(value(r, path)) for r in runs}) > 1]
-    # a run's time tells apart runs at one batch; across batches it is not a series of its own
-    batches = {}
-    for r in runs:
-        batches.setdefault(r["batch"], []).append(r)
-    if not any(len(rs) > 1 for rs in batches.values()):
-        differ = [(label, path) for label, path in differ if label != "run"]
-    elif len(differ) > 1:
-        differ = [(label, path) for label, path in differ if label != "run"] or differ
-    return {id(r): ", ".join(f"{label} {value(r, path)}" for label, path in differ) for r in runs}
+
+    def labels(fields) -> dict[int, str]:
+        differ = [(label, path) for label, path in fields if len({repr(value(r, path)) for r in runs}) > 1]
+        return {id(r): ", ".join(f"{label} {value(r, path)}" for label, path in differ) for r in runs}
+
+    fields = list(RUN_FIELDS)
+    for extra in (None, *TIE_BREAKERS):
+        if extra:
+            fields.append(extra)
+        named = labels(fields)
+        if len({(r["batch"], named[id(r)]) for r in runs}) == len(runs):
+            break
+    return named
 
 
 def _present(peaks: Sequence[tuple[str, str]], runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
