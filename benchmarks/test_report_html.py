@@ -66,8 +66,20 @@ def _open(browser, path: Path, shot: Path | None = None) -> tuple[float, list[st
     if shot:
         SHOTS.mkdir(parents=True, exist_ok=True)
         tab.screenshot(path=str(shot), full_page=True)
+        _palette(shot)
     tab.close()
     return seconds, problems, marks
+
+
+def _palette(png: Path) -> None:
+    """The screenshot in 256 colours (a third of the bytes; charts and text use a few dozen)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(png) as image:
+        small = image.convert("RGB").quantize(256)
+    small.save(png, optimize=True)
 
 
 def test_zoo_sweep_report_is_small_and_loads_fast(benchmark, sweep, browser, tmp_path):
@@ -84,13 +96,14 @@ def test_zoo_sweep_report_is_small_and_loads_fast(benchmark, sweep, browser, tmp
         return problems, marks
 
     problems, marks = benchmark.pedantic(load_once, rounds=5, warmup_rounds=1)
+    del loads[:-5]   # the warm-up round's
     _open(browser, path, SHOTS / "zoo_sweep.png")
     assert problems == [] and all(n > 10 for _, n in marks), (problems, marks)
     assert len(marks) == len(models) * 4   # a sweep, and each model's largest batch: timeline, breakdown, layers
     FIGURES["sweep"] = (f"| zoo sweep: {len(sweep)} results ({', '.join(models)}; batches "
                         f"{', '.join(map(str, BATCHES))}) | {size / 1024:,.0f} KiB | {len(marks)} | "
                         f"{statistics.median(loads) * 1000:,.0f} ms (min {min(loads) * 1000:,.0f}, "
-                        f"max {max(loads) * 1000:,.0f}; {len(loads)} loads) |")
+                        f"max {max(loads) * 1000:,.0f}; {len(loads)} loads after 1) |")
     assert size < LIMIT_BYTES
     assert statistics.median(loads) < LIMIT_S
 

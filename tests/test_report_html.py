@@ -70,7 +70,11 @@ def test_spec_replay_and_engine_keep_the_same_timeline_peaks():
 
 @pytest.fixture(scope="module")
 def page(runs):
-    return render_report(runs, budget_bytes=64 * 1024, fit_batch=3)
+    import matplotlib
+    before = dict(matplotlib.rcParams)
+    drawn = render_report(runs, budget_bytes=64 * 1024, fit_batch=3)
+    assert dict(matplotlib.rcParams) == before   # the caller's settings are left alone
+    return drawn
 
 
 def _charts(page: str) -> dict[str, str]:

@@ -6,9 +6,10 @@ Each function takes result dicts (see ``report/results.py``) and returns one ``<
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from profiler.errors import ModelsizeError
 from profiler.report import units
@@ -22,15 +23,27 @@ PREDICTED, MEASURED = "#1f77b4", "#d62728"
 _UNITS = ((1024 ** 3, "GiB"), (1024 ** 2, "MiB"), (1024, "KiB"), (1, "B"))
 
 
+#: matplotlib's settings while a chart is drawn and written (the caller's own are left as they were)
+_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "modelsize", "font.size": 9,
+          "axes.spines.top": False, "axes.spines.right": False}
+
+
+def _drawn(chart: Callable[..., str]) -> Callable[..., str]:
+    """``chart`` run under :data:`_STYLE`; matplotlib missing is one line naming the extra."""
+    @functools.wraps(chart)
+    def draw(*args: Any, **kwargs: Any) -> str:
+        try:
+            import matplotlib
+        except ImportError:
+            raise ModelsizeError("the HTML report draws its charts with matplotlib, which is not installed",
+                                 expected="pip install 'modelsize[report]'") from None
+        with matplotlib.rc_context(_STYLE):
+            return chart(*args, **kwargs)
+    return draw
+
+
 def _figure(width: float, height: float):
-    try:
-        import matplotlib
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ModelsizeError("the HTML report draws its charts with matplotlib, which is not installed",
-                             expected="pip install 'modelsize[report]'") from None
-    matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "modelsize", "font.size": 9,
-                                "axes.spines.top": False, "axes.spines.right": False})
+    from matplotlib.figure import Figure   # no pyplot: no global figure manager, no GUI backend
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -47,6 +60,7 @@ def _unit(most: float) -> tuple[int, str]:
     return next((size, name) for size, name in _UNITS if most >= size or size == 1)
 
 
+@_drawn
 def timeline(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
     """One panel per peak: the live bytes through the step, predicted (line) and measured (dashed)
     on one axis; x is the bytes allocated so far as a share of the call's (the measured allocator
@@ -54,6 +68,8 @@ def timeline(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
     peak is marked with its bytes and where it happens."""
     predicted, measured = result.get("timelines") or {}, (result.get("measured") or {}).get("timelines") or {}
     keys = [(k, label) for k, label in peaks if k in predicted or k in measured]
+    if not keys:
+        return ""
     fig = _figure(7.5, 0.6 + 1.7 * len(keys))
     axes = fig.subplots(len(keys), 1, squeeze=False)[:, 0]
     for ax, (key, label) in zip(axes, keys):
@@ -89,6 +105,7 @@ def _shares(t: dict[str, Any]) -> list[float]:
     return [x / max(t["events"], 1) for x in t["x"]]
 
 
+@_drawn
 def breakdown(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
     """Each peak's categories stacked, predicted beside measured."""
     predicted = result.get("peaks") or {}
@@ -116,6 +133,7 @@ def breakdown(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
     return _svg(fig)
 
 
+@_drawn
 def layers(result: dict[str, Any], top: int = 25) -> str:
     """Per layer: memory (output, kept for backward predicted and measured, parameters) and forward
     time (predicted and measured), the ``top`` layers with the most memory."""
@@ -160,6 +178,7 @@ def layers(result: dict[str, Any], top: int = 25) -> str:
     return _svg(fig)
 
 
+@_drawn
 def sweep(series: Sequence[tuple[str, Sequence[dict[str, Any]]]], peaks: Sequence[tuple[str, str]], *,
           budget_bytes: int | None = None, fit_batch: int | None = None) -> str:
     """Peak against batch: each peak's prediction as a line, its measurements as points; the budget
@@ -196,13 +215,14 @@ def sweep(series: Sequence[tuple[str, Sequence[dict[str, Any]]]], peaks: Sequenc
     return _svg(fig)
 
 
+@_drawn
 def comparison(runs: Sequence[tuple[str, dict[str, Any]]], peaks: Sequence[tuple[str, str]]) -> str:
     """Runs of one model side by side: each peak predicted (light) and measured (dark) per run; and
     the measured time of inference and each training step per run."""
     keys = [(k, label) for k, label in peaks if any(figure_key(k) in r["predicted"] for _, r in runs)]
     size, unit = _unit(max(max(r["predicted"].values()) for _, r in runs))
-    timed = [k for k in ("forward", *(f"train_{k.removeprefix('train_')}" for k, _ in keys if k != "inference"))
-             if any(k in (((r.get("measured") or {}).get("time")) or {}) for _, r in runs)]
+    timed = [k for k in ("forward", *(k for k, _ in keys if k != "inference"))
+             if any(k in ((r.get("measured") or {}).get("time") or {}) for _, r in runs)]
     fig = _figure(7.5, 3.0)
     memory, time = fig.subplots(1, 2, width_ratios=(3, 2) if timed else (1, 0.01))
     width = 0.8 / len(runs)

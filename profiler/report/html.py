@@ -223,6 +223,8 @@ def _present(peaks: Sequence[tuple[str, str]], runs: Sequence[dict[str, Any]]) -
 
 
 def _chart(anchor: str, svg: str, caption: str) -> str:
+    if not svg:
+        return ""
     return (f"<figure class=\"chart\" id=\"{_e(_slug(anchor))}\">{svg}"
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
