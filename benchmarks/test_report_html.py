@@ -1,7 +1,7 @@
 """The HTML report of a zoo sweep (digits and bn-conv, batches 1, 2, 4, ..., 64, profiled for real)
 and of a comparison (bn-conv at batch 16 on 1 and on 2 threads): its size (under 2 MB) and how
-long headless Chromium takes to load it (under 2 s, pytest-benchmark's rounds). Writes the pages,
-full-page screenshots under results/report_screenshots/ and the figures in results/report_html.md.
+long headless Chromium takes to load it (under 2 s, pytest-benchmark's rounds). Writes full-page
+screenshots under results/report_screenshots/ and the figures in results/report_html.md.
 
 ``REPORT_RESULTS=DIR`` reads the sweep's result files from DIR (``modelsize profile ... --results-dir
 DIR``) instead of profiling in this process.
@@ -86,7 +86,7 @@ def test_zoo_sweep_report_is_small_and_loads_fast(benchmark, sweep, browser, tmp
     models = sorted({r["model"] for r in sweep})
     page = render_report(sweep, title="modelsize: zoo sweep (digits, bn-conv; batches 1-64)")
     size = len(page.encode())
-    path = RESULTS / "report_zoo_sweep.html"
+    path = tmp_path / "report_zoo_sweep.html"
     path.write_text(page)
     loads = []
 
@@ -108,7 +108,7 @@ def test_zoo_sweep_report_is_small_and_loads_fast(benchmark, sweep, browser, tmp
     assert statistics.median(loads) < LIMIT_S
 
 
-def test_sweep_with_a_budget_and_fit_answer(sweep, browser):
+def test_sweep_with_a_budget_and_fit_answer(sweep, browser, tmp_path):
     """bn-conv's sweep with a budget between two swept batches' Adam peaks, and fit's answer for it."""
     from profiler.planning import fit
     runs = [r for r in sweep if r["model"] == "bn-conv"]
@@ -117,7 +117,7 @@ def test_sweep_with_a_budget_and_fit_answer(sweep, browser):
     answer = fit.solve(resolve("bn-conv"), fit.make_budget(memory=str(budget)), mode="adam")
     page = render_report(runs, title=f"modelsize: bn-conv sweep, Adam within {budget:,} B",
                          budget_bytes=budget, fit_batch=answer.batch)
-    path = RESULTS / "report_fit.html"
+    path = tmp_path / "report_fit.html"
     path.write_text(page)
     seconds, problems, marks = _open(browser, path, SHOTS / "sweep_fit.png")
     assert problems == [] and all(n > 10 for _, n in marks)
@@ -126,10 +126,10 @@ def test_sweep_with_a_budget_and_fit_answer(sweep, browser):
                       f"{len(page.encode()) / 1024:,.0f} KiB | {len(marks)} | {seconds * 1000:,.0f} ms (1 load) |")
 
 
-def test_comparison_report(browser):
+def test_comparison_report(browser, tmp_path):
     runs = [_profile("bn-conv", 16, threads) for threads in (1, 2)]
     page = render_report(runs, title="modelsize: bn-conv at batch 16, 1 thread against 2")
-    path = RESULTS / "report_comparison.html"
+    path = tmp_path / "report_comparison.html"
     path.write_text(page)
     seconds, problems, marks = _open(browser, path, SHOTS / "comparison.png")
     assert problems == [] and all(n > 10 for _, n in marks)
@@ -150,6 +150,5 @@ def teardown_module():
         f"`{CHROMIUM}` driven by playwright; {machine.nodename}, {os.cpu_count()} CPUs).\n\n"
         "| report | size | charts | load (median) |\n| --- | --- | --- | --- |\n"
         + "\n".join(FIGURES.values()) + "\n\n"
-        "Pages: [zoo sweep](report_zoo_sweep.html), [bn-conv sweep with fit](report_fit.html), "
-        "[comparison](report_comparison.html); screenshots: [zoo sweep](report_screenshots/zoo_sweep.png), "
-        "[sweep with fit](report_screenshots/sweep_fit.png), [comparison](report_screenshots/comparison.png).\n")
+        "Screenshots: [zoo sweep](report_screenshots/zoo_sweep.png), [sweep with fit](report_screenshots/sweep_fit.png), "
+        "[comparison](report_screenshots/comparison.png).\n")
