@@ -191,6 +191,9 @@ def _measure(args: argparse.Namespace) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from profiler.measuring.devices import DoesNotFit
     from profiler.report.results import check_writable, save
+    if args.output and args.format != "html":
+        raise ModelsizeError("writes the HTML report", field="output", expected="--format html with -o",
+                             received=f"--format {args.format}")
     source = _source(args)
     if not args.no_save:
         check_writable(args.results_dir)

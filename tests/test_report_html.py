@@ -115,6 +115,12 @@ def test_profile_writes_html_beside_the_result(tmp_path, capsys):
     assert "<title>T</title>" in (tmp_path / "again.html").read_text()
 
 
+def test_output_without_html_is_refused_before_measuring(tmp_path, capsys):
+    assert main(["profile", "digits", "--in-process", "-o", str(tmp_path / "r.html")]) == 2
+    assert "field 'output': writes the HTML report" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("content, pattern", [
     ("not json", r"bad\.json: not a JSON result file"),
     ("[1, 2]", r"bad\.json: not a modelsize result.*Received list"),
