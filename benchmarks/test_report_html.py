@@ -143,11 +143,15 @@ def teardown_module():
     if not FIGURES:
         return
     machine = os.uname()
+    folder = os.environ.get("REPORT_RESULTS")
+    made = (f"the sweep's results read from `modelsize profile` files ({folder})" if folder
+            else "the sweep profiled in the benchmark's process")
     (RESULTS / "report_html.md").write_text(
         "# HTML report: size and load time in headless Chromium\n\n"
         "`pytest benchmarks/test_report_html.py` (rendered by `profiler.report.html.render_report`; load "
         "time is the navigation's loadEventEnd, a fresh tab each time, Chromium "
-        f"`{CHROMIUM}` driven by playwright; {machine.nodename}, {os.cpu_count()} CPUs).\n\n"
+        f"`{CHROMIUM}` driven by playwright; {machine.nodename}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} when written: times on a busy machine; {made}).\n\n"
         "| report | size | charts | load (median) |\n| --- | --- | --- | --- |\n"
         + "\n".join(FIGURES.values()) + "\n\n"
         "Screenshots: [zoo sweep](report_screenshots/zoo_sweep.png), [sweep with fit](report_screenshots/sweep_fit.png), "

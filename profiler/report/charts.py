@@ -70,7 +70,7 @@ def timeline(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
     keys = [(k, label) for k, label in peaks if k in predicted or k in measured]
     if not keys:
         return ""
-    fig = _figure(7.5, 0.6 + 1.7 * len(keys))
+    fig = _figure(7.5, 0.8 + 1.7 * len(keys))
     axes = fig.subplots(len(keys), 1, squeeze=False)[:, 0]
     for ax, (key, label) in zip(axes, keys):
         lines = [(name, colour, style, t) for name, colour, style, t in
@@ -80,7 +80,7 @@ def timeline(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
         for name, colour, style, t in lines:
             share = _shares(t)
             ax.step(share, [b / size for b in t["bytes"]], where="post", color=colour,
-                    linestyle=style, linewidth=1.3, label=f"{name} ({t['events']:,} events)")
+                    linestyle=style, linewidth=1.3, label=name)
             ax.plot([share[t["x"].index(t["peak_x"])]], [t["peak_bytes"] / size], "o", color=colour, markersize=5)
         top = lines[0][3]
         at = (result.get("peaks") or {}).get(key, {}).get("at", "")
@@ -89,9 +89,13 @@ def timeline(result: dict[str, Any], peaks: Sequence[tuple[str, str]]) -> str:
                     (where, top["peak_bytes"] / size), xytext=(-6 if where > 0.5 else 6, -12),
                     textcoords="offset points", fontsize=8, ha="right" if where > 0.5 else "left")
         ax.set_title(label, loc="left", fontsize=9)
+        parts = sorted(((result.get("peaks") or {}).get(key, {}).get("breakdown") or {}).items(), key=lambda p: -p[1])
+        if parts:   # what the predicted peak is made of, the largest first
+            ax.set_title("at the peak: " + ", ".join(f"{c.replace('_', ' ')} {units.nbytes(n)}"
+                                                     for c, n in parts[:3] if n), loc="right", fontsize=7.5)
         ax.set_ylabel(unit)
         ax.set_xlim(0, 1)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.12), ncols=2, fontsize=7, frameon=False)
     axes[-1].set_xlabel("bytes allocated so far, as a share of all the call allocates")
     return _svg(fig)
 

@@ -29,7 +29,7 @@ TIE_BREAKERS = (("torch", ("machine_info", "torch_version")), ("commit", ("machi
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem}
 th,td{border-bottom:1px solid #ddd;padding:.15rem .6rem;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n{text-align:right;font-variant-numeric:tabular-nums}td:first-child{white-space:nowrap}
 figure{margin:.5rem 0}figure svg{max-width:100%;height:auto}figcaption{font-size:.8rem;color:#555}
 pre{font-size:.72rem;overflow-x:auto}section.run{border-top:2px solid #ccc;margin-top:1.5rem}"""
 
