@@ -144,8 +144,8 @@ def teardown_module():
         return
     machine = os.uname()
     folder = os.environ.get("REPORT_RESULTS")
-    made = (f"the sweep's results read from `modelsize profile` files ({folder})" if folder
-            else "the sweep profiled in the benchmark's process")
+    made = ("the sweep's results read from REPORT_RESULTS, files of `modelsize profile MODEL --batch B "
+            "--repeats 5`" if folder else "the sweep profiled in the benchmark's process")
     (RESULTS / "report_html.md").write_text(
         "# HTML report: size and load time in headless Chromium\n\n"
         "`pytest benchmarks/test_report_html.py` (rendered by `profiler.report.html.render_report`; load "
