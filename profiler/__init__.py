@@ -2,18 +2,19 @@
 
 ``profiler.summary / measure / profile / fit / sweep`` take any model: a torch module or factory, a
 ``"package.module:factory"``, a spec, Keras JSON or Hugging Face config path, or a built-in name
-(:mod:`profiler.api`); ``profiler.compare`` reads result files side by side. They import torch on first use; predicting a spec with :func:`predict`
-does not.
+(:mod:`profiler.api`); ``profiler.sweep`` profiles over batches and dtypes, ``profiler.compare``
+reads result files side by side and ``profiler.html_report`` draws results as one HTML page. They
+import torch on first use; predicting a spec with :func:`predict` does not.
 """
 from profiler.errors import ModelsizeError, ShapeError, SpecError, UnsupportedLayerError
 from profiler.engine.predict import Prediction, predict
 from profiler.frontends.spec import Model, ModelSpec, layer, load, loads
 
 __all__ = ["Model", "ModelSpec", "ModelsizeError", "Prediction", "ShapeError", "SpecError",
-           "UnsupportedLayerError", "fit", "layer", "load", "loads", "measure", "predict", "profile", "summary",
-           "sweep", "compare"]
+           "UnsupportedLayerError", "compare", "fit", "html_report", "layer", "load", "loads", "measure", "predict",
+           "profile", "summary", "sweep"]
 
-_API = ("summary", "measure", "profile", "fit", "sweep", "compare")
+_API = ("summary", "measure", "profile", "fit", "sweep", "compare", "html_report")
 
 
 def __getattr__(name: str):

@@ -1,4 +1,5 @@
-"""The Python API: ``profiler.summary / measure / profile / fit`` for any model.
+"""The Python API: ``profiler.summary / measure / profile / fit`` for any model, and
+``profiler.html_report`` of their results.
 
 ``model`` is a torch module (never moved or changed: predicted on a meta twin, measured on a deep
 copy), a factory of no arguments (called under the meta device to predict, for real to measure),
@@ -10,6 +11,7 @@ renders and saves.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from profiler import workflow
@@ -130,3 +132,19 @@ def sweep(model: Any = None, input_shape: Any = None, *, batches: Sequence[int] 
                           warmup=warmup, repeats=repeats, layer_repeats=layer_repeats)
     return [{"cell": e.cell, "status": e.status, "file": str(e.path), "peak_bytes": e.peak_bytes}
             for e in events if e.status != "running"]
+
+
+def html_report(results: Sequence[dict[str, Any] | str | Any], *, title: str | None = None,
+                budget: str | int | None = None, fit_batch: int | None = None) -> str:
+    """One self-contained HTML page (inline SVG charts, no JavaScript) of ``results``: result dicts
+    (``profile``'s) or paths of saved result files. Several batches of a model draw its peak against
+    batch, with ``budget`` (bytes or "24GiB") and ``fit_batch`` (fit's answer) marked; several runs
+    at one batch are compared. Needs matplotlib (``pip install 'modelsize[report]'``)."""
+    from profiler.planning.fit import parse_size
+    from profiler.report.html import render_report
+    from profiler.report.results import read
+
+    loaded = [read(r) if isinstance(r, (str, os.PathLike)) else r for r in results]
+    sources = [str(r) if isinstance(r, (str, os.PathLike)) else f"result {i + 1}" for i, r in enumerate(results)]
+    budget_bytes = None if budget is None else parse_size(str(budget), field="budget")
+    return render_report(loaded, title=title, budget_bytes=budget_bytes, fit_batch=fit_batch, sources=sources)

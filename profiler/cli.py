@@ -1,4 +1,5 @@
-"""``modelsize``: summary (predict), measure, profile (predict + measure + compare + save).
+"""``modelsize``: summary (predict), measure, profile (predict + measure + compare + save), report
+(saved results as one HTML page).
 
 The only module that prints. Bad input ends with one line on stderr and exit status 2.
 """
@@ -193,6 +194,7 @@ def _measure(args: argparse.Namespace) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from profiler.measuring.devices import DoesNotFit
     from profiler.report.results import check_writable, save
+    _html_needs_format(args)
     source = _source(args)
     if not args.no_save:
         check_writable(args.results_dir)
@@ -209,7 +211,11 @@ def _profile(args: argparse.Namespace) -> int:
             result["saved_to"] = str(save(result, args.results_dir))
         except OSError as error:   # the figures are still printed: the measurement is not lost
             unsaved = f"could not save the result in {args.results_dir}: {error.strerror or error}"
-    _emit(result, args)
+    if args.format == "html":
+        _html([result], args.output or (result["saved_to"].removesuffix(".json") + ".html"
+                                        if "saved_to" in result else None))
+    else:
+        _emit(result, args)
     if "saved_to" in result and args.format != "json":
         print(f"Saved: {result['saved_to']}")
     if unsaved:
@@ -220,9 +226,13 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from profiler.report import compare
-    data = compare.compare(compare.load_results(args.results), baseline=args.baseline, devices=args.device,
-                           what_if=workflow.what_if)
-    _emit_comparison(data, args.format)
+    _html_needs_format(args)
+    loaded = compare.load_results(args.results)
+    data = compare.compare(loaded, baseline=args.baseline, devices=args.device, what_if=workflow.what_if)
+    if args.format == "html":
+        _html(loaded, args.output, sources=[r["_file"] for r in loaded])
+    else:
+        _emit_comparison(data, args.format)
     return 0
 
 
@@ -240,6 +250,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from profiler import sweeping
     from profiler.report import compare
     from profiler.report.results import check_writable
+    _html_needs_format(args)
     source = _source(args)
     check_writable(args.results_dir)
     options = _measure_options(args)
@@ -265,7 +276,11 @@ def _sweep(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130 if isinstance(stopped, KeyboardInterrupt) else EXIT_BAD_INPUT
     bar.close()
-    _emit_comparison(compare.compare(compare.load_results(kept)), args.format)
+    loaded = compare.load_results(kept)
+    if args.format == "html":
+        _html(loaded, args.output, sources=kept)
+    else:
+        _emit_comparison(compare.compare(loaded), args.format)
     return 0
 
 
@@ -305,6 +320,39 @@ class _SweepBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _report(args: argparse.Namespace) -> int:
+    from profiler.planning.fit import parse_size
+    from profiler.report.results import read
+    budget = None if args.budget is None else parse_size(args.budget, field="budget")
+    _html([read(path) for path in args.files], args.output, title=args.title, budget_bytes=budget,
+          fit_batch=args.fit_batch, sources=args.files)
+    return 0
+
+
+def _html_needs_format(args: argparse.Namespace) -> None:
+    """-o names the HTML page: refused, before anything runs, without --format html."""
+    if args.output and args.format != "html":
+        raise ModelsizeError("writes the HTML report", field="output", expected="--format html with -o",
+                             received=f"--format {args.format}")
+
+
+def _html(results: list[dict[str, Any]], output: str | None, **options: Any) -> None:
+    """The HTML report of ``results`` written to ``output`` (and its path printed), or printed
+    when there is no file to write it to. Which result a bad one is: its file, or its position."""
+    from profiler.report.html import render_report
+    page = render_report(results, **options)
+    if output is None:
+        print(page, end="")
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(page)
+    except OSError as error:
+        raise ModelsizeError(f"cannot write the report ({error.strerror or error.__class__.__name__})",
+                             field="output", received=output) from None
+    print(f"Report: {output} ({len(page.encode()) / 1024:,.0f} KiB)")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -469,7 +517,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="CPU threads the run uses (kernels' scratch depends on them; default: torch's, "
                               "which honours OMP_NUM_THREADS)")
 
-    def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False, grid: bool = False) -> None:
+    def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False, grid: bool = False,
+               formats: tuple[str, ...] = ("text", "markdown", "json")) -> None:
         """``grid``: --batch and --dtype take lists (sweep)."""
         model(sub, spec_optional=spec_optional)
         if grid:
@@ -486,8 +535,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--optimizers", type=_optimizer_list, default=DEFAULT_OPTIMIZERS,
                          help="training steps to predict and measure, comma-separated among "
                               + ", ".join(OPTIMIZER_CATALOG) + " (default sgd,adam)")
-        sub.add_argument("--format", choices=COMPARE_FORMATS if grid else ("text", "markdown", "json"),
-                         default="text")
+        sub.add_argument("--format", choices=formats, default="text",
+                         help="html: one self-contained page with charts (see 'report'), written with -o, "
+                              "else beside the saved result" if "html" in formats else None)
         sub.add_argument("--depth", type=_positive, default=None,
                          help="show nested models' layers down to this depth (1: only the model's own; "
                               "default: all)")
@@ -545,21 +595,26 @@ def _parser() -> argparse.ArgumentParser:
     measure.set_defaults(run=_measure)
 
     profile = commands.add_parser("profile", help="predict, measure, compare and save a result")
-    common(profile, spec_optional=True)
+    common(profile, spec_optional=True, formats=("text", "markdown", "json", "html"))
     measuring(profile)
     profile.add_argument("--results-dir", default="results/runs", help="where result JSON files go")
     profile.add_argument("--no-save", action="store_true", help="do not write a result file")
+    profile.add_argument("-o", "--output", metavar="FILE", default=None,
+                         help="with --format html: write the page here (default: beside the result file, "
+                              "RESULT.html; printed with --no-save)")
     profile.set_defaults(run=_profile)
     sweep = commands.add_parser(
         "sweep", help="profile over a grid of batches and dtypes, one result file per cell (resumable)",
         description="Profile the model at every batch × dtype, each cell measured in a child process and saved "
                     "as it finishes; a cell that runs out of memory is saved as 'does not fit' and the sweep goes "
                     "on. At the end, the cells side by side (as compare shows them).")
-    common(sweep, grid=True)
+    common(sweep, grid=True, formats=(*COMPARE_FORMATS, "html"))
     measuring(sweep)
     sweep.add_argument("--results-dir", default="results/sweeps", help="where the cells' result files go")
     sweep.add_argument("--resume", action="store_true",
                        help="skip the cells whose options a result file in --results-dir already carries")
+    sweep.add_argument("-o", "--output", metavar="FILE", default=None,
+                       help="with --format html: write the page here (default: printed)")
     sweep.set_defaults(run=_sweep)
     compare = commands.add_parser(
         "compare", help="result files side by side: models as rows, machines and settings as columns",
@@ -573,8 +628,25 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", type=_device_list, default=(), metavar="NAMES",
                          help="what-if columns, predicted: catalogued accelerators, comma-separated "
                               "(e.g. a100-80gb,h100-80gb); for results of specs")
-    compare.add_argument("--format", choices=COMPARE_FORMATS, default="text")
+    compare.add_argument("--format", choices=(*COMPARE_FORMATS, "html"), default="text",
+                         help="html: one self-contained page with the runs' charts side by side (see 'report')")
+    compare.add_argument("-o", "--output", metavar="FILE", default=None,
+                         help="with --format html: write the page here (default: printed)")
     compare.set_defaults(run=_compare)
+    report = commands.add_parser(
+        "report", help="saved results as one self-contained HTML page (charts as inline SVG, no JavaScript)",
+        description="Draw saved result files (from 'profile', or 'summary --format json'): each run's memory "
+                    "timeline predicted and measured, its peaks by category and its layers; several batches "
+                    "of a model as peak against batch; several runs at one batch compared. Needs matplotlib "
+                    "(pip install 'modelsize[report]').")
+    report.add_argument("files", nargs="+", metavar="FILE", help="result JSON files")
+    report.add_argument("-o", "--output", metavar="FILE", default=None, help="where the page goes (default: printed)")
+    report.add_argument("--title", default=None, help="the page's title (default: the models' names)")
+    report.add_argument("--budget", metavar="SIZE", default=None,
+                        help="a memory budget drawn on the peak-against-batch charts, e.g. 24GiB")
+    report.add_argument("--fit-batch", type=_batch, default=None, metavar="N",
+                        help="fit's answer for that budget, marked on the peak-against-batch charts")
+    report.set_defaults(run=_report)
     fit = commands.add_parser(
         "fit", help="the largest batch whose predicted peak fits a memory budget (solved, not probed)",
         description="Solve for the largest batch whose predicted peak fits the budget; exit status 3 when "

@@ -58,6 +58,18 @@ def test_an_interrupted_sweep_resumes_without_measuring_finished_cells(tmp_path,
     assert batches == [2, 4]
 
 
+    # the finished sweep as HTML, from sweep itself (every cell saved: nothing measured) and from compare
+    page, compared = tmp_path / "sweep.html", tmp_path / "compare.html"
+    profiled.clear()
+    assert cli.main([*GRID, "--in-process", "--resume", "--results-dir", str(runs), "--format", "html",
+                     "-o", str(page)]) == 0
+    assert cli.main(["compare", str(runs), "--format", "html", "-o", str(compared)]) == 0
+    assert profiled == []
+    for html in (page.read_text(), compared.read_text()):
+        assert 'id="sweep-digits"' in html and "<svg" in html and "<script" not in html
+    assert cli.main(["compare", str(runs), "-o", str(compared)]) == cli.EXIT_BAD_INPUT   # -o is the page's
+
+
 def test_resume_matches_cells_by_their_options(tmp_path, capsys):
     """A file of the same batch and dtype but other options (optimizers) is not that cell."""
     runs = tmp_path / "runs"

@@ -31,11 +31,12 @@ go once the call's first op has had its backward.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from profiler.dtypes import itemsize
 from profiler.engine.optimizers import get as optimizer_model
 from profiler.rules.registry import Memory, Saved
+from profiler.timeline import compact
 
 #: What each byte of a peak is: "temporaries" are tensors an op or the optimizer makes and drops
 #: (the loss's gradients, optimizer scratch), "workspace" is what kernels allocate inside (rules'
@@ -163,6 +164,15 @@ class Timeline:
     def note(self, phase: str) -> None:
         """Label what happens next (shown as where the peak was)."""
         self.phase = phase
+
+    def compact(self) -> dict[str, Any]:
+        """The traced events as a compact timeline (:mod:`profiler.timeline`), from the baseline the
+        events before the first label build (parameters, inputs, what the step before left)."""
+        if self.events is None:
+            raise ValueError("a timeline traced with trace=True")
+        leading = next((i for i, e in enumerate(self.events) if e[3] != "start"), len(self.events))
+        baseline = sum(e[1] for e in self.events[:leading])
+        return compact((e[1] for e in self.events[leading:]), baseline=baseline)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from profiler.engine.module_scope import OUTSIDE, ROOT, ModuleScope, backward_mo
 from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.registry import Context
+from profiler.timeline import compact
 from profiler.engine.kernels.aten_cpu import kernel_of, kernel_workspace, registrar, unmodelled
 from profiler.engine.kernels.onednn_rnn import onednn_lstm_workspace_bytes
 from profiler.engine.op_cost import OpCost, op_cost
@@ -735,6 +736,12 @@ class Timeline:
             if i + 1 >= self.start and current > best:
                 best = current
         return best
+
+    def compact(self) -> dict[str, Any]:
+        """The live total after each event as a compact timeline (:mod:`profiler.timeline`), from
+        the baseline the first ``start`` events build (exact bytes)."""
+        deltas = [delta for _, delta in self.events]
+        return compact(deltas[self.start:], baseline=sum(deltas[:self.start]))
 
 
 @dataclass(frozen=True)

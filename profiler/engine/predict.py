@@ -6,7 +6,7 @@ integer arithmetic.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from math import prod
 from typing import Callable, Iterable
@@ -17,8 +17,8 @@ from profiler.dtypes import check_model_dtype, itemsize
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
 from profiler.errors import ModelsizeError, ShapeError, SpecError
 from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
-from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward, training_peak,
-                                          value_dtypes)
+from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, inference_peak, inference_timeline,
+                                          kept_for_backward, training_peak, training_timeline, value_dtypes)
 from profiler.rules.catalog import rule_for
 from profiler.rules.registry import Memory, Params, Rule, Shape
 from profiler.frontends.spec import LayerSpec, ModelSpec, Node
@@ -156,6 +156,7 @@ class Prediction:
     amp: str | None = None            # autocast's low-precision dtype (float32 master weights)
     checkpoint: tuple[str, ...] = ()  # layers whose calls are checkpointed
     input_grad: bool = False          # training computes the floating inputs' gradients too
+    timelines: dict[str, dict] = field(default_factory=dict)  # peak -> compact timeline (profiler.timeline)
 
     @property
     def top(self) -> tuple[LayerRow, ...]:
@@ -214,6 +215,7 @@ class Prediction:
             "peaks": {"inference": self.inference.as_dict(),
                       **{f"train_{o}": p.as_dict() for o, p in self.training.items()},
                       **{f"train_first_step_{o}": p.as_dict() for o, p in self.first_step.items()}},
+            **({"timelines": self.timelines} if self.timelines else {}),
         }
 
 
@@ -221,7 +223,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
             device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS,
             footprint: Callable[[int], int] | None = None, amp: str | None = None,
             checkpoint: bool | Iterable[str] = (), threads: int | None = None,
-            input_grad: bool = False, peaks_only: bool = False) -> Prediction:
+            input_grad: bool = False, peaks_only: bool = False, timelines: bool = False) -> Prediction:
     """Everything modelsize can say about ``spec`` without building it.
 
     ``peaks_only``: what a search over batch sizes reads, no more: the training steps' peaks (and
@@ -237,6 +239,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     run with, :func:`profiler.cpu_threads.default_threads`). ``input_grad``: the training step also computes the gradient of each
     floating input (``x.requires_grad_()``: saliency, adversarial examples, a model inside a larger
     graph); each ``x.grad`` is set to None with the parameters' gradients before a step.
+    ``timelines``: also keep each peak's timeline, compact (``Prediction.timelines``).
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise SpecError("must be a positive integer", field="batch", received=repr(batch))
@@ -289,7 +292,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
             first_step={o: sm.rounded(p, mem.timelines[f"train_first_step_{o}"], footprint)
                         for o, p in mem.first_step.items()},
             input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
-            checkpoint=tuple(sorted(chosen)), input_grad=input_grad)
+            checkpoint=tuple(sorted(chosen)), input_grad=input_grad,
+            timelines={key: run.compact() for key, run in mem.timelines.items()} if timelines else {})
     if peaks_only:
         return Prediction(
             spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(plan.rows),
@@ -304,13 +308,18 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
         dtypes = value_dtypes(plan.ops, setting)
         rows = [replace(row, output_bytes=batch * prod(row.output_shape) * itemsize(dtypes.get(row.name, dtype)))
                 if row.output_bytes else row for row in rows]
+    runs = {"inference": inference_timeline(plan.ops, setting, trace=timelines),
+            **{f"train_{o}": training_timeline(plan.ops, setting, o, trace=timelines) for o in optimizers},
+            **{f"train_first_step_{o}": training_timeline(plan.ops, setting, o, first_step=True, trace=timelines)
+               for o in optimizers}}
     return Prediction(
         spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(rows),
-        inference=inference_peak(plan.ops, setting),
-        training={o: training_peak(plan.ops, setting, o) for o in optimizers},
-        first_step={o: training_peak(plan.ops, setting, o, first_step=True) for o in optimizers},
+        inference=runs["inference"].peak,
+        training={o: runs[f"train_{o}"].peak for o in optimizers},
+        first_step={o: runs[f"train_first_step_{o}"].peak for o in optimizers},
         input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
-        checkpoint=tuple(sorted(chosen)), input_grad=input_grad)
+        checkpoint=tuple(sorted(chosen)), input_grad=input_grad,
+        timelines={key: run.compact() for key, run in runs.items()} if timelines else {})
 
 
 #: How layers run under ``torch.autocast`` (torch 2.13's op lists, the same on CPU and CUDA for

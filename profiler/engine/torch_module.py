@@ -65,7 +65,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
             dtype: str = "float32", loss: str = "cross_entropy", name: str | None = None,
             optimizers: Sequence[str] = ("sgd", "adam"), amp: str | None = None,
             threads: int | None = None, device_kind: str = "cpu",
-            time_model: DeviceModel | None = None) -> dict[str, Any]:
+            time_model: DeviceModel | None = None, timelines: bool = False) -> dict[str, Any]:
     """Everything modelsize can say about a torch module, as a result dict (see the module doc).
 
     ``model`` is a module (left untouched), a factory of no arguments (called under the meta
@@ -79,6 +79,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     loss under ``torch.autocast("cpu", dtype=amp)`` ("bfloat16" or "float16"); ``mse`` targets
     stay float32. ``time_model``: also predict the time of inference and of each training step on
     that device (``predicted_time``, see :func:`profiler.engine.step_time.predict_times`).
+    ``timelines``: also each peak's timeline, compact (``timelines``, see :mod:`profiler.timeline`).
     """
     shapes = _input_shapes(input_shape)
     in_dtypes = _input_dtypes(input_dtype, len(shapes), dtype)
@@ -137,6 +138,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         "output_shape": [_batchless(tuple(o.shape), batch) for o in outs],
         "layers": rows, "totals": totals, "predicted": predicted, "peaks": peaks,
         "warnings": memory.warnings(),
+        **({"timelines": {key: run.compact() for key, run in memory.timelines.items()}} if timelines else {}),
     }
 
 

@@ -101,6 +101,7 @@ class PeakReading:
     baseline_bytes: int              # allocated bytes just before it ran
     end_bytes: int                   # allocated bytes just after it returned
     reserved_bytes: int | None = None  # CUDA: max_memory_reserved (caching allocator); CPU: None
+    timeline: dict[str, Any] | None = None  # CPU: the allocator's running total, compact (profiler.timeline)
 
     @property
     def above_baseline(self) -> int:
@@ -145,10 +146,10 @@ class CpuDevice(Device):
 
     def peak(self, fn: Callable[[], object], baseline_bytes: int) -> PeakReading:
         with oom_guard(self.name, "measurement"):
-            trace = allocator_peak(fn)
+            trace = allocator_peak(fn, baseline_bytes)
         return PeakReading(peak_bytes=baseline_bytes + trace.peak_bytes,
                            baseline_bytes=baseline_bytes,
-                           end_bytes=baseline_bytes + trace.net_bytes)
+                           end_bytes=baseline_bytes + trace.net_bytes, timeline=trace.timeline)
 
     def elapsed_ns(self, fn: Callable[[], object]) -> float:
         start = time.perf_counter_ns()

@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from profiler.engine.module_scope import OUTSIDE, ROOT   # the labels of per-module figures
+from profiler.timeline import compact
 
 MEMORY_EVENT = "[memory]"           # name the profiler gives allocation and free events
 
@@ -49,6 +50,7 @@ class AllocatorPeak:
     peak_bytes: int   # highest prefix sum of allocations minus frees (0 if it never rose)
     net_bytes: int    # allocated minus freed at the end
     events: int       # allocation and free events replayed
+    timeline: dict[str, Any] | None = None   # the running total, compact (profiler.timeline)
 
 
 @dataclass
@@ -77,7 +79,7 @@ def capture(*, record_shapes: bool = False) -> Iterator[Capture]:
         _CAPTURE.reset(token)
 
 
-def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
+def allocator_peak(fn: Callable[[], object], baseline_bytes: int = 0) -> AllocatorPeak:
     """Run ``fn`` once under the profiler and replay the CPU allocator's events in time order.
 
     Each ``[memory]`` event carries the bytes allocated (positive) or freed (negative); frees of
@@ -89,6 +91,8 @@ def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
     (the runner creates gradients and optimizer state in profiled steps); a gradient made by an
     unprofiled warm-up step and freed by ``zero_grad(set_to_none=True)`` would otherwise never be
     subtracted, and the peak would be too high by its size.
+
+    ``baseline_bytes``: what was alive before, where the compact ``timeline`` starts.
     """
     if _CAPTURE.get() is None:   # nobody reads the operators: record the allocator's events only
         raw = _memory_events_of(fn)
@@ -97,11 +101,13 @@ def allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
     events = [e for e in raw if e.name() == MEMORY_EVENT and e.device_type() == DeviceType.CPU]
     del raw
     events.sort(key=lambda e: e.start_ns())   # stable: same-time events keep recorded order
+    deltas = [event.nbytes() for event in events]
     current = peak = 0
-    for event in events:
-        current += event.nbytes()
+    for delta in deltas:
+        current += delta
         peak = max(peak, current)
-    return AllocatorPeak(peak_bytes=peak, net_bytes=current, events=len(events))
+    return AllocatorPeak(peak_bytes=peak, net_bytes=current, events=len(events),
+                         timeline=compact(deltas, baseline=baseline_bytes))
 
 
 def profiled(fn: Callable[[], object]) -> profile:

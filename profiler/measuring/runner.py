@@ -137,6 +137,8 @@ class Measurement:
     activations_at_peak: dict[str, dict[str, int]] = field(default_factory=dict)
     # forward pass and training steps timed, per module and per operator (see _time_steps)
     time: dict[str, Any] = field(default_factory=dict)
+    # peak -> the allocator's running total through that call, compact (profiler.timeline; CPU only)
+    timelines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         """``train_peak_bytes_sgd`` and the like, from ``optimizer_peaks``."""
@@ -237,6 +239,7 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
         tracked = _tracked_run(dev, module, infer, [*_model_tensors(module), *x])
     inference = _peaks(reading, *tracked)
     breakdowns = {"inference": split}
+    readings = {"inference": reading}
     if reading.reserved_bytes is not None:
         reserved.append(reading.reserved_bytes)
     so_far.update(inference_peak_bytes=inference[0], inference_tensor_peak_bytes=inference[1],
@@ -266,6 +269,7 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
                 dev, module, step, alive(), alive, casts=amp_dtype is not None)
             steady, breakdowns[f"train_{name}"] = _allocator_run(
                 dev, module, step, alive(), alive, casts=amp_dtype is not None)
+            readings.update({f"train_first_step_{name}": first, f"train_{name}": steady})
             del alive
             # The same two steps again, from the same start, tracked (see _tracked_run).
             opt = _fresh_optimizer(name, params)
@@ -315,6 +319,7 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
         breakdown={peak: split.categories for peak, split in breakdowns.items()},
         activations_at_peak={peak: split.activations for peak, split in breakdowns.items()},
         time=times,
+        timelines={peak: r.timeline for peak, r in readings.items() if r.timeline is not None},
     )
 
 

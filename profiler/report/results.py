@@ -93,3 +93,16 @@ def save(result: dict[str, Any], directory: str | Path) -> Path:
 def load(path: str | Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """A saved result, or a :class:`~profiler.errors.ModelsizeError` naming the file that cannot be
+    read or is not JSON (whether it holds a result's keys is the renderer's to check)."""
+    from profiler.errors import ModelsizeError
+    try:
+        return load(path)
+    except OSError as error:
+        raise ModelsizeError(f"cannot read it ({error.strerror or error.__class__.__name__})",
+                             source=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelsizeError(f"not a JSON result file ({error})", source=str(path)) from None
