@@ -93,8 +93,8 @@ def trace(spec: ModelSpec, *, prefix: str = "", input_shapes: dict[str, Shape] |
                                     expected=f"{rule.min_inputs} {most}" if rule.min_inputs != rule.max_inputs
                                     else str(rule.min_inputs), received=str(len(xs)))
                 x = xs[0] if rule.max_inputs == 1 else tuple(xs)
-                y = tuple(rule.output_shape(node.layer.args, x, ctx))
-                item = TracedNode(node, rule, tuple(xs), (y,), first, prefix + node.name)
+                ys = tuple(tuple(y) for y in rule.output_shapes(node.layer.args, x, ctx))
+                item = TracedNode(node, rule, tuple(xs), ys, first, prefix + node.name)
         except ModelsizeError as error:
             raise error.located(source=spec.source, layer=node.label())
         for k, y in enumerate(item.output_shapes):
@@ -269,7 +269,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
                       footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
                       input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs},
                       input_grad=input_grad)
-    if os.environ.get("MODELSIZE_ENGINE") == "module":
+    if os.environ.get("MODELSIZE_ENGINE") == "module" or uses_states(spec):
         from profiler.engine import spec_memory as sm
         mem = sm.replay(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, optimizers=optimizers,
                         amp=amp, checkpoint=chosen, threads=threads, input_grad=input_grad)
@@ -354,6 +354,18 @@ def _check_amp(spec: ModelSpec, amp: str | None, dtype: str) -> None:
         if shared and (kind in AUTOCAST_LOWER or node.layer.model is not None):
             raise SpecError("mixed precision is not modelled for shared weights (one cached cast, several "
                             "gradients)", field="amp", source=spec.source, layer=node.label())
+
+
+def uses_states(spec: ModelSpec) -> bool:
+    """Whether a recurrent layer takes initial states or returns its states (``return_state``):
+    the spec replay's memory model has one output per layer and no gradient into a state, so
+    such a spec is predicted by the engine, on the module the spec builds."""
+    return any(node.layer.type in RECURRENT_TYPES and (len(node.inputs) > 1 or node.layer.args.get("return_state"))
+               for _, node in _all_nodes(spec))
+
+
+#: Layer types whose calls may take initial states and return their states.
+RECURRENT_TYPES = ("SimpleRNN", "LSTM", "GRU")
 
 
 def kernel_type(layer: LayerSpec) -> str:
@@ -448,6 +460,9 @@ class _Plan:
             output = t.name
             values[t.node.name] = output
             self.shapes[output] = t.output_shape
+            for k, shape in enumerate(t.output_shapes[1:], 1):   # a recurrent layer's states (the engine's)
+                values[f"{t.node.name}:{k}"] = f"{output}:{k}"
+                self.shapes[f"{output}:{k}"] = shape
             owner = t.name[:len(t.name) - len(t.node.name)] + t.layer.name
             ops = self._ops(t, weights, memory, inputs, output, ctx, owner)
             if self.amp is not None and kernel_type(t.layer) in AUTOCAST_LOWER and t.first_call:

@@ -13,6 +13,12 @@ allocated up front, with in-place kernels, and its backward is written out
 (``Cell``). The activations are limited to tanh, sigmoid and relu: their derivatives follow from
 their results, so backward needs no pre-activation values.
 
+Initial states (Keras's ``initial_state``): the call's inputs after the sequence, h (units,)
+and, for an LSTM, c (units,). ``return_state``: the layer's outputs are [output, h] or, for an
+LSTM, [output, h, c], as Keras's. Shapes and parameters are unchanged by either; the spec
+replay's memory model (``Cell``) knows neither, so a spec that uses them is predicted by the
+engine (``engine/predict.uses_states``).
+
 ``activation`` in these layers acts inside the cell, not on the layer's output: the rules set
 ``internal_activation`` so that it is not taken for a fused output activation.
 
@@ -32,7 +38,7 @@ from math import prod
 
 from profiler.rules.args import Arg, boolean, choice, positive_int
 from profiler.dtypes import itemsize
-from profiler.errors import ModelsizeError, ShapeError
+from profiler.errors import ModelsizeError, ShapeError, SpecError
 from profiler.rules.registry import Context, Memory, Params, Rule, Saved, nested_layer, register, registered as rule_for
 from profiler.rules.shapes import shape_text
 from profiler.rules.core import ACTIVATION_SAVES, workspace
@@ -58,6 +64,9 @@ def _wrapped(type_name: str, on: str):
         raise
 
 
+STATES = {"SimpleRNN": ("h",), "LSTM": ("h", "c"), "GRU": ("h",)}
+
+
 def _sequence(type_name: str, x) -> tuple[int, int]:
     if len(x) != 2:
         raise ShapeError(f"input has the wrong number of axes for {type_name}",
@@ -74,6 +83,7 @@ class RecurrentRule(Rule):
     def __init__(self, type_name: str):
         self.type_name = type_name  # type: ignore[misc]
         self.gates = GATES[type_name]
+        self.max_inputs = 1 + len(STATES[type_name])  # type: ignore[misc]  (the sequence, initial states)
         args = [Arg("units", positive_int),
                 Arg("activation", choice(*RECURRENT_ACTIVATIONS), "tanh")]
         if type_name != "SimpleRNN":
@@ -81,18 +91,42 @@ class RecurrentRule(Rule):
         args += [Arg("use_bias", boolean, True), Arg("return_sequences", boolean, False)]
         if type_name == "GRU":
             args.append(Arg("reset_after", boolean, True))
+        args.append(Arg("return_state", boolean, False))
         self.args = tuple(args)
+
+    def sequence(self, x) -> tuple[int, int]:
+        """The sequence's shape (steps, features) among the inputs: one shape, or the shapes of
+        the sequence and the initial states."""
+        return _sequence(self.type_name, x[0] if x and isinstance(x[0], tuple) else x)
+
+    def initial_states(self, a, x) -> tuple[tuple[int, ...], ...]:
+        """The initial states' shapes, checked: none, or each state (h; h and c) as (units,)."""
+        states = tuple(x[1:]) if x and isinstance(x[0], tuple) else ()
+        names = STATES[self.type_name]
+        if states and len(states) != len(names):
+            raise ShapeError(f"{self.type_name} takes its initial states together", field="initial_state",
+                             expected=f"{len(names)} ({', '.join(names)})", received=str(len(states)))
+        for name, shape in zip(names, states):
+            if tuple(shape) != (a.units,):
+                raise ShapeError(f"initial state {name} does not match the layer's units", field="initial_state",
+                                 expected=f"shape {shape_text((a.units,))}", received=f"shape {shape_text(shape)}")
+        return states
+
+    def output_shapes(self, a, x, ctx):
+        y = self.output_shape(a, x, ctx)
+        return (y,) + ((a.units,),) * len(STATES[self.type_name]) if a.get("return_state", False) else (y,)
 
     def _two_biases(self, a) -> bool:
         return self.type_name == "GRU" and a.use_bias and a.reset_after
 
     def output_shape(self, a, x, ctx):
-        steps, _ = _sequence(self.type_name, x)
+        steps, _ = self.sequence(x)
+        self.initial_states(a, x)
         return (steps, a.units) if a.return_sequences else (a.units,)
 
     def count(self, a, x) -> tuple[str, int, tuple[int, ...]]:
         """(arithmetic, total, elements of each tensor): kernel, recurrent kernel, bias."""
-        _, features = _sequence(self.type_name, x)
+        _, features = self.sequence(x)
         g, u = self.gates, a.units
         kernel, recurrent = features * g * u, u * g * u
         biases = (2 if self._two_biases(a) else 1) * g * u if a.use_bias else 0
@@ -113,7 +147,7 @@ class RecurrentRule(Rule):
         return Params(total, formula=f"{expr} = {total:,}{note}", tensors=tensors)
 
     def macs(self, a, x, y, ctx):
-        steps, features = _sequence(self.type_name, x)
+        steps, features = self.sequence(x)
         u = a.units
         return steps * (self.gates * u * (features + u) + GATE_PRODUCTS[self.type_name] * u)
 
@@ -166,7 +200,7 @@ class RecurrentRule(Rule):
                        input_grad=("forward", b * steps, g * u, features))
 
     def memory(self, a, x, y, ctx):
-        steps, features = _sequence(self.type_name, x)
+        steps, features = self.sequence(x)
         cell = self.cell(a, steps)
         saved = [Saved("input", what="input (input projection)")]
         if cell.keeps_output:
@@ -178,11 +212,12 @@ class RecurrentRule(Rule):
 
     def module(self, a, x, *, backward: bool = False):
         from profiler.rules.modules import KerasRecurrent
-        _, features = _sequence(self.type_name, x)
+        _, features = self.sequence(x)
         return KerasRecurrent(self.type_name, features, a.units, activation=a.activation,
                               recurrent_activation=a.get("recurrent_activation", "sigmoid"),
                               use_bias=a.use_bias, reset_after=a.get("reset_after", False),
-                              return_sequences=a.return_sequences, backward=backward)
+                              return_sequences=a.return_sequences, backward=backward,
+                              return_state=a.get("return_state", False))
 
     def build(self, a, x, ctx):
         return self.module(a, x)
@@ -266,6 +301,13 @@ class Cell:
         return inference, training, backward, input_grad
 
 
+def _no_states(a) -> None:
+    """A wrapped recurrent layer returns its output only."""
+    if a.layer.args.get("return_state", False):
+        raise SpecError("return_state inside a wrapper is not supported", field="layer.return_state",
+                        expected="false")
+
+
 @register
 class Bidirectional(Rule):
     """A recurrent layer run forwards and a copy of it run backwards, the outputs merged.
@@ -284,6 +326,7 @@ class Bidirectional(Rule):
             Arg("merge_mode", choice("concat", "sum", "mul", "ave"), "concat"))
 
     def _inner(self, a) -> RecurrentRule:
+        _no_states(a)
         return rule_for(a.layer.type)  # type: ignore[return-value]
 
     def output_shape(self, a, x, ctx):
@@ -345,6 +388,7 @@ class TimeDistributed(Rule):
         if len(x) < 2:
             raise ShapeError("TimeDistributed needs a steps axis and at least one more",
                              expected="a shape like (steps, features)", received=f"shape {shape_text(x)}")
+        _no_states(a)
         return rule_for(a.layer.type), a.layer.args, x[1:]
 
     def output_shape(self, a, x, ctx):

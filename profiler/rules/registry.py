@@ -106,6 +106,11 @@ class Rule:
     def output_shape(self, a: LayerArgs, x: Shape, ctx: Context) -> Shape:
         return x
 
+    def output_shapes(self, a: LayerArgs, x: Shape, ctx: Context) -> tuple[Shape, ...]:
+        """Every output's shape: the layer's output, then any others (a recurrent layer's states);
+        the other methods see the first as ``y``."""
+        return (self.output_shape(a, x, ctx),)
+
     def params(self, a: LayerArgs, x: Shape, ctx: Context) -> Params:
         return Params()
 
