@@ -78,8 +78,8 @@ IGNORED_KEYS = frozenset(
 
 # Keys accepted only at the values listed: any other value changes counts, shapes or outputs.
 DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
-    "return_state": (False,),        # recurrent layers: the states become extra outputs (a functional
-    #                                  model's reference to h, the output itself, is followed)
+    "return_state": (False,),        # recurrent layers outside a functional model (a functional
+    #                                  model's references to the states are followed)
     "time_major": (False,),          # Keras 2 recurrent layers: (steps, batch, features) input
     "renorm": (False,),              # BatchNormalization: three more non-trainable weights
     "rms_scaling": (False,),         # LayerNormalization: gamma only, no beta
@@ -418,6 +418,10 @@ class _Reader:
                 frozen = value is False
             elif key == "data_format" and "data_format" not in schema:
                 formats.add(value, cls, where)
+            elif key in DEFAULT_ONLY and (key == "return_state" or arg not in schema):
+                # return_state outside a functional model (a Sequential's layer, a wrapped one):
+                # the next layer would get a list
+                _default_only(key, value, where)
             elif arg in schema:
                 args[arg] = self.value(cls, arg, value, where, formats, cfg)
             elif key == "dtype":
@@ -426,11 +430,6 @@ class _Reader:
                 self.check_backward(cfg, value, where, formats)
             elif key in IGNORED_KEYS:
                 continue
-            elif key in DEFAULT_ONLY:
-                if _plain(value) not in DEFAULT_ONLY[key]:
-                    raise SpecError("modelsize supports this Keras setting only at its default", layer=where,
-                                    field=key, expected=" or ".join(json.dumps(v) for v in DEFAULT_ONLY[key]),
-                                    received=_short(value))
             else:
                 raise SpecError(f"unknown key in the Keras config of {cls} (it is not dropped: it might change "
                                 "counts or shapes)", layer=where, field=key,
@@ -502,6 +501,13 @@ class _Formats:
                 raise SpecError("the layers disagree on data_format; modelsize has one per model", layer=where,
                                 field="data_format", expected=repr(first), received=repr(value))
         return first
+
+
+def _default_only(key: str, value: Any, where: str) -> None:
+    if _plain(value) not in DEFAULT_ONLY[key]:
+        raise SpecError("modelsize supports this Keras setting only at its default", layer=where,
+                        field=key, expected=" or ".join(json.dumps(v) for v in DEFAULT_ONLY[key]),
+                        received=_short(value))
 
 
 def _entry(entry: Any, index: int, path: str) -> tuple[str, Any, str]:

@@ -330,6 +330,7 @@ class Bidirectional(Rule):
         return rule_for(a.layer.type)  # type: ignore[return-value]
 
     def output_shape(self, a, x, ctx):
+        _no_states(a)
         with _wrapped(a.layer.type, "the sequence"):
             y = self._inner(a).output_shape(a.layer.args, x, ctx)
         return (*y[:-1], 2 * y[-1]) if a.merge_mode == "concat" else y
