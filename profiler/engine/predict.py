@@ -20,6 +20,7 @@ from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
 from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, inference_peak, kept_for_backward, training_peak,
                                           value_dtypes)
 from profiler.rules.catalog import rule_for
+from profiler.rules.recurrent import STATES
 from profiler.rules.registry import Memory, Params, Rule, Shape
 from profiler.frontends.spec import LayerSpec, ModelSpec, Node
 
@@ -360,12 +361,8 @@ def uses_states(spec: ModelSpec) -> bool:
     """Whether a recurrent layer takes initial states or returns its states (``return_state``):
     the spec replay's memory model has one output per layer and no gradient into a state, so
     such a spec is predicted by the engine, on the module the spec builds."""
-    return any(node.layer.type in RECURRENT_TYPES and (len(node.inputs) > 1 or node.layer.args.get("return_state"))
+    return any(node.layer.type in STATES and (len(node.inputs) > 1 or node.layer.args.get("return_state"))
                for _, node in _all_nodes(spec))
-
-
-#: Layer types whose calls may take initial states and return their states.
-RECURRENT_TYPES = ("SimpleRNN", "LSTM", "GRU")
 
 
 def kernel_type(layer: LayerSpec) -> str:

@@ -50,6 +50,8 @@ RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "relu")
 OWN_CASTS = ("kept",)
 GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
 GATE_PRODUCTS = {"SimpleRNN": 0, "LSTM": 3, "GRU": 2}
+#: The states a layer starts from (``initial_state``) and returns (``return_state``), in Keras's order.
+STATES = {"SimpleRNN": ("h",), "LSTM": ("h", "c"), "GRU": ("h",)}
 
 
 @contextmanager
@@ -62,9 +64,6 @@ def _wrapped(type_name: str, on: str):
         error.what = f"the wrapped {type_name} on {on}: {error.what}"
         error.args = (error.message(),)
         raise
-
-
-STATES = {"SimpleRNN": ("h",), "LSTM": ("h", "c"), "GRU": ("h",)}
 
 
 def _sequence(type_name: str, x) -> tuple[int, int]:
