@@ -105,6 +105,25 @@ def test_keras2_layouts_convert_to_the_expected_spec():
     assert attention["layers"][0]["MultiHeadAttention"]["inputs"] == ["tokens"]
 
 
+def test_keras2_initial_states_are_positional_inputs():
+    # tf.keras's RNN.__call__ calls the layer on [inputs] + initial_state: the states are more
+    # entries of the node, references to the encoder's outputs 1 (h, its output) and 2 (c)
+    def layer(cls, name, inbound, **config):
+        return {"name": name, "class_name": cls, "config": {"name": name, **config}, "inbound_nodes": inbound}
+    data = {"class_name": "Functional", "keras_version": "2.15.0", "config": {"name": "s2s", "layers": [
+        layer("InputLayer", "source", [], batch_input_shape=[None, 5, 3], dtype="float32"),
+        layer("InputLayer", "target", [], batch_input_shape=[None, 4, 2], dtype="float32"),
+        layer("LSTM", "encoder", [[["source", 0, 0, {}]]], units=6, return_state=True),
+        layer("LSTM", "decoder", [[["target", 0, 0, {}], ["encoder", 0, 1, {}], ["encoder", 0, 2, {}]]],
+              units=6, return_sequences=True)],
+        "input_layers": [["source", 0, 0], ["target", 0, 0]], "output_layers": [["decoder", 0, 0]]}}
+    spec = to_spec_dict(data, source="m.json")
+    assert spec["layers"][0]["LSTM"]["return_state"] is True
+    assert spec["layers"][1]["LSTM"]["inputs"] == ["target", "encoder", "encoder:2"]
+    # 4 × 6 × (3 + 6 + 1) and 4 × 6 × (2 + 6 + 1)
+    assert predict(from_dict(spec, source="m.json")).params == 240 + 216
+
+
 def test_keras2_tfoplambda_with_a_number_is_a_constant_op():
     layers = {next(iter(e.values()))["name"]: e for e in convert(KERAS2 / "functional-tfoplambda.json")["layers"]}
     assert layers["tf.__operators__.add"] == {"ConstantOp": {"name": "tf.__operators__.add", "op": "add",
