@@ -112,14 +112,14 @@ def test_keras2_initial_states_are_positional_inputs():
         return {"name": name, "class_name": cls, "config": {"name": name, **config}, "inbound_nodes": inbound}
     data = {"class_name": "Functional", "keras_version": "2.15.0", "config": {"name": "s2s", "layers": [
         layer("InputLayer", "source", [], batch_input_shape=[None, 5, 3], dtype="float32"),
-        layer("InputLayer", "target", [], batch_input_shape=[None, 4, 2], dtype="float32"),
+        layer("InputLayer", "shifted", [], batch_input_shape=[None, 4, 2], dtype="float32"),
         layer("LSTM", "encoder", [[["source", 0, 0, {}]]], units=6, return_state=True),
-        layer("LSTM", "decoder", [[["target", 0, 0, {}], ["encoder", 0, 1, {}], ["encoder", 0, 2, {}]]],
+        layer("LSTM", "decoder", [[["shifted", 0, 0, {}], ["encoder", 0, 1, {}], ["encoder", 0, 2, {}]]],
               units=6, return_sequences=True)],
-        "input_layers": [["source", 0, 0], ["target", 0, 0]], "output_layers": [["decoder", 0, 0]]}}
+        "input_layers": [["source", 0, 0], ["shifted", 0, 0]], "output_layers": [["decoder", 0, 0]]}}
     spec = to_spec_dict(data, source="m.json")
     assert spec["layers"][0]["LSTM"]["return_state"] is True
-    assert spec["layers"][1]["LSTM"]["inputs"] == ["target", "encoder", "encoder:2"]
+    assert spec["layers"][1]["LSTM"]["inputs"] == ["shifted", "encoder", "encoder:2"]
     # 4 × 6 × (3 + 6 + 1) and 4 × 6 × (2 + 6 + 1)
     assert predict(from_dict(spec, source="m.json")).params == 240 + 216
 
@@ -737,7 +737,7 @@ def test_return_state_h_is_the_output(keras):
 def _seq2seq_lstm(k):
     """An encoder-decoder: the encoder's states (h, c) start the decoder."""
     L = k.layers
-    source, target = k.Input((5, 3), name="source"), k.Input((4, 2), name="target")
+    source, target = k.Input((5, 3), name="source"), k.Input((4, 2), name="shifted")
     _, h, c = L.LSTM(6, return_state=True, name="encoder")(source)
     y = L.LSTM(6, return_sequences=True, name="decoder")(target, initial_state=[h, c])
     return k.Model([source, target], L.Dense(7, name="head")(y))
@@ -748,7 +748,7 @@ def _seq2seq_gru(k):
     starts a GRU decoder (one tensor) and a SimpleRNN (a list); both outputs and the encoder's
     sequence are the model's outputs."""
     L = k.layers
-    source, target = k.Input((5, 3), name="source"), k.Input((4, 2), name="target")
+    source, target = k.Input((5, 3), name="source"), k.Input((4, 2), name="shifted")
     sequence, h = L.GRU(5, return_sequences=True, return_state=True, reset_after=False, name="encoder")(source)
     y = L.GRU(5, return_sequences=True, name="decoder")(target, initial_state=h)
     z = L.SimpleRNN(5, name="rnn")(target, initial_state=[h])
@@ -816,8 +816,8 @@ def test_seq2seq_reads_computes_and_trains_as_keras(keras, builder):
 @pytest.mark.parametrize("builder, batches", [pytest.param(_seq2seq_lstm, (1, 3), id="lstm"),
                                              pytest.param(_seq2seq_gru, (3,), id="gru")])
 def test_seq2seq_peaks_are_exact(keras, builder, batches):
-    """Predicted (the engine, on the module the spec builds) equals measured: inference, SGD and
-    Adam steps (steady and first)."""
+    """Predicted (the spec replay) equals measured: inference, SGD and Adam steps (steady and
+    first)."""
     import profiler
     spec = from_dict(to_spec_dict(json.loads(_build(keras, builder).to_json()), source="m.json"), source="m.json")
     for batch in batches:

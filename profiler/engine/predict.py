@@ -270,7 +270,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
                       footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
                       input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs},
                       input_grad=input_grad)
-    if os.environ.get("MODELSIZE_ENGINE") == "module" or uses_states(spec):
+    if os.environ.get("MODELSIZE_ENGINE") == "module" or states_need_engine(spec, chosen):
         from profiler.engine import spec_memory as sm
         mem = sm.replay(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, optimizers=optimizers,
                         amp=amp, checkpoint=chosen, threads=threads, input_grad=input_grad)
@@ -358,11 +358,29 @@ def _check_amp(spec: ModelSpec, amp: str | None, dtype: str) -> None:
 
 
 def uses_states(spec: ModelSpec) -> bool:
-    """Whether a recurrent layer takes initial states or returns its states (``return_state``):
-    the spec replay's memory model has one output per layer and no gradient into a state, so
-    such a spec is predicted by the engine, on the module the spec builds."""
+    """Whether a recurrent layer takes initial states or returns its states (``return_state``)."""
     return any(node.layer.type in STATES and (len(node.inputs) > 1 or node.layer.args.get("return_state"))
                for _, node in _all_nodes(spec))
+
+
+def states_need_engine(spec: ModelSpec, checkpoint: frozenset[str]) -> bool:
+    """Whether recurrent states are used where the spec replay does not model them, so that the
+    engine predicts the spec on the module it builds: in a nested model, with checkpointing, an
+    LSTM's c returned by the model or its output read by nothing (autograd's zeros for the
+    output's gradient)."""
+    if not uses_states(spec):
+        return False
+    if checkpoint or any(node.layer.model is not None and uses_states(node.layer.model) for node in spec.nodes):
+        return True
+    read = {ref for node in spec.nodes for ref in node.inputs} | set(spec.outputs)
+    for node in spec.nodes:
+        args = node.layer.args
+        if node.layer.type not in STATES or not args.get("return_state"):
+            continue
+        output_read = (node.name, 0) in read or (not args.return_sequences and (node.name, 1) in read)
+        if node.layer.type == "LSTM" and ((node.name, 2) in spec.outputs or not output_read):
+            return True
+    return False
 
 
 def kernel_type(layer: LayerSpec) -> str:
@@ -457,11 +475,18 @@ class _Plan:
             output = t.name
             values[t.node.name] = output
             self.shapes[output] = t.output_shape
-            for k, shape in enumerate(t.output_shapes[1:], 1):   # a recurrent layer's states (the engine's)
-                values[f"{t.node.name}:{k}"] = f"{output}:{k}"
-                self.shapes[f"{output}:{k}"] = shape
+            for k, shape in enumerate(t.output_shapes[1:], 1):   # a recurrent layer's states
+                same = k == 1 and not t.layer.args.return_sequences   # h: the output itself
+                values[f"{t.node.name}:{k}"] = output if same else f"{output}:{k}"
+                self.shapes[values[f"{t.node.name}:{k}"]] = shape
             owner = t.name[:len(t.name) - len(t.node.name)] + t.layer.name
             ops = self._ops(t, weights, memory, inputs, output, ctx, owner)
+            if t.layer.args.get("return_state") and t.layer.args.return_sequences:
+                # h, the sequence's last step: a view, whose gradient is the sequence's, zeros elsewhere
+                ops.append(Op(name=f"{t.name}/h", layer=t.name, inputs=(output,), output=f"{output}:1",
+                              in_elements=(self.batch * prod(t.output_shape),),
+                              out_elements=self.batch * prod(t.output_shapes[1]), out_is_view=True,
+                              view_grad_new=True, fused=True))
             if self.amp is not None and kernel_type(t.layer) in AUTOCAST_LOWER and t.first_call:
                 ops[0] = replace(ops[0], frozen_tensors=tuple(n * self.act for n in frozen_tensors))
             if t.layer.name in checkpoint:
@@ -531,7 +556,10 @@ class _Plan:
                   gradients_last=memory.gradients_last, weight_casts=memory.weight_casts,
                   grads_strided=memory.grads_strided, dense_grad=memory.dense_grad,
                   reduced_scratch=memory.reduced_scratch,
-                  saves_weight=AUTOCAST_LOWER.get(kind, ""), matmul=matmul)
+                  saves_weight=AUTOCAST_LOWER.get(kind, ""), matmul=matmul,
+                  state_grads=tuple(range(1, 1 + memory.state_grads)),
+                  cell_value=f"{output}:2" if memory.cell_state else "", cell_elements=memory.cell_state * batch,
+                  cell_saved=next((i for i, s in enumerate(memory.saved) if s.of == "new"), 0))
         if activation == "linear":
             return [main]
         act_memory = rule_for("Activation").memory(LayerArgs({"activation": activation}), t.output_shape,

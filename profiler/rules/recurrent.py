@@ -15,9 +15,12 @@ their results, so backward needs no pre-activation values.
 
 Initial states (Keras's ``initial_state``): the call's inputs after the sequence, h (units,)
 and, for an LSTM, c (units,). ``return_state``: the layer's outputs are [output, h] or, for an
-LSTM, [output, h, c], as Keras's. Shapes and parameters are unchanged by either; the spec
-replay's memory model (``Cell``) knows neither, so a spec that uses them is predicted by the
-engine (``engine/predict.uses_states``).
+LSTM, [output, h, c], as Keras's. Shapes and parameters are unchanged by either. Memory: the
+states are kept for backward, whose state buffers (dh, dc) end as their gradients
+(``Memory.state_grads``); h is the output itself (a view of its last step beside a sequence)
+and c is the inference buffer of the current cell state, or a view of the cell states training
+keeps (``Memory.cell_state``). A few uses the spec replay does not follow go to the engine
+(``engine/predict.states_need_engine``).
 
 ``activation`` in these layers acts inside the cell, not on the layer's output: the rules set
 ``internal_activation`` so that it is not taken for a fused output activation.
@@ -200,14 +203,24 @@ class RecurrentRule(Rule):
 
     def memory(self, a, x, y, ctx):
         steps, features = self.sequence(x)
+        states = self.initial_states(a, x)
         cell = self.cell(a, steps)
-        saved = [Saved("input", what="input (input projection)")]
+        # the initial states are kept too (the first step's recurrent product and, LSTM, f·c0)
+        saved = [Saved("inputs", what="input (input projection) and initial states") if states
+                 else Saved("input", what="input (input projection)")]
         if cell.keeps_output:
             saved.append(Saved("output", what="every step's state"))
         if cell.kept:
             saved.append(Saved("new", elements=cell.kept, what="gate activations and states of every step"))
+        # backward's state buffers (dh, dc) end as the initial states' gradients: kept, not freed
+        temporaries = cell.temporaries(self.matmuls(a, steps, features, ctx.batch), ctx,
+                                       kept_buffers=len(states) * a.units)
+        cell_state = a.units if self.type_name == "LSTM" and a.get("return_state", False) else 0
+        if cell_state:   # the last cell state, returned: not among the temporaries
+            first, *rest = temporaries["scratch"]
+            temporaries["scratch"] = (replace(first, elements=first.elements - cell_state), *rest)
         return Memory(saved=tuple(saved), weight_casts=OWN_CASTS * len(self.count(a, x)[2]),
-                            **cell.temporaries(self.matmuls(a, steps, features, ctx.batch), ctx))
+                      state_grads=len(states), cell_state=cell_state, **temporaries)
 
     def module(self, a, x, *, backward: bool = False):
         from profiler.rules.modules import KerasRecurrent
@@ -261,14 +274,17 @@ class Cell:
     backward: int
     backward_fixed: int = 0
 
-    def temporaries(self, matmuls: Matmuls, ctx: Context, extra_scratch: int = 0, extra_backward: int = 0) -> dict:
-        """Memory's temporaries: the tensors above, and the matmuls' workspace beside them."""
+    def temporaries(self, matmuls: Matmuls, ctx: Context, extra_scratch: int = 0, extra_backward: int = 0,
+                    kept_buffers: int = 0) -> dict:
+        """Memory's temporaries: the tensors above, and the matmuls' workspace beside them.
+        ``kept_buffers``: elements of backward's buffers that outlive it (the initial states'
+        gradients), not freed before the kernel's gradient."""
         scratch = self.scratch + extra_scratch
         backward = [Saved("new", elements=self.backward + extra_backward, what="dZ and step gradients")]
         if self.backward_fixed:
             backward.append(Saved("new", elements=self.backward_fixed, per_sample=False,
                                   what="one step's bias-gradient sum"))
-        inference, training, after, input_grad = self.workspace(matmuls, ctx)
+        inference, training, after, input_grad = self.workspace(matmuls, ctx, kept_buffers)
         dtype, what = ctx.compute_dtype(True), "matmul workspace"
         return {"scratch": ((Saved("new", elements=scratch, what="projection and step buffers"),) if scratch else ())
                 + workspace(inference, what, dtype),
@@ -276,7 +292,7 @@ class Cell:
                 "backward_scratch": tuple(backward) + workspace(after, what, dtype),
                 "input_grad_scratch": workspace(input_grad, what, dtype)}
 
-    def workspace(self, matmuls: Matmuls, ctx: Context) -> tuple[int, int, int, int]:
+    def workspace(self, matmuls: Matmuls, ctx: Context, kept_buffers: int = 0) -> tuple[int, int, int, int]:
         """Bytes the matmuls' workspace adds at their worst moment (inference, training forward,
         backward, and the input gradient's beyond that), from the order of
         ``modules.KerasRecurrent``: the projection's comes with P alone (the step buffers come
@@ -294,7 +310,7 @@ class Cell:
         step = max(map(gemm, matmuls.step), default=0)
         inference = max(projection - after_projection(self.scratch), step, 0)
         training = max(projection - after_projection(self.kept), step, 0)
-        buffers = after_projection(self.backward) + self.backward_fixed * act
+        buffers = after_projection(self.backward - kept_buffers) + self.backward_fixed * act
         backward = max(max(map(gemm, matmuls.backward_step), default=0), gemm(matmuls.kernel_grad) - buffers, 0)
         input_grad = max(gemm(matmuls.input_grad) - buffers - backward, 0)
         return inference, training, backward, input_grad
