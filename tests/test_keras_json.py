@@ -105,6 +105,25 @@ def test_keras2_layouts_convert_to_the_expected_spec():
     assert attention["layers"][0]["MultiHeadAttention"]["inputs"] == ["tokens"]
 
 
+def test_keras2_initial_states_are_positional_inputs():
+    # tf.keras's RNN.__call__ calls the layer on [inputs] + initial_state: the states are more
+    # entries of the node, references to the encoder's outputs 1 (h, its output) and 2 (c)
+    def layer(cls, name, inbound, **config):
+        return {"name": name, "class_name": cls, "config": {"name": name, **config}, "inbound_nodes": inbound}
+    data = {"class_name": "Functional", "keras_version": "2.15.0", "config": {"name": "s2s", "layers": [
+        layer("InputLayer", "source", [], batch_input_shape=[None, 5, 3], dtype="float32"),
+        layer("InputLayer", "shifted", [], batch_input_shape=[None, 4, 2], dtype="float32"),
+        layer("LSTM", "encoder", [[["source", 0, 0, {}]]], units=6, return_state=True),
+        layer("LSTM", "decoder", [[["shifted", 0, 0, {}], ["encoder", 0, 1, {}], ["encoder", 0, 2, {}]]],
+              units=6, return_sequences=True)],
+        "input_layers": [["source", 0, 0], ["shifted", 0, 0]], "output_layers": [["decoder", 0, 0]]}}
+    spec = to_spec_dict(data, source="m.json")
+    assert spec["layers"][0]["LSTM"]["return_state"] is True
+    assert spec["layers"][1]["LSTM"]["inputs"] == ["shifted", "encoder", "encoder:2"]
+    # 4 × 6 × (3 + 6 + 1) and 4 × 6 × (2 + 6 + 1)
+    assert predict(from_dict(spec, source="m.json")).params == 240 + 216
+
+
 def test_keras2_tfoplambda_with_a_number_is_a_constant_op():
     layers = {next(iter(e.values()))["name"]: e for e in convert(KERAS2 / "functional-tfoplambda.json")["layers"]}
     assert layers["tf.__operators__.add"] == {"ConstantOp": {"name": "tf.__operators__.add", "op": "add",
@@ -715,23 +734,127 @@ def test_return_state_h_is_the_output(keras):
     assert {k: v for k, v in result["relative_error"].items() if v} == {}
 
 
-def test_states_that_are_not_the_output_are_refused(keras):
+def _seq2seq_lstm(k):
+    """An encoder-decoder: the encoder's states (h, c) start the decoder."""
+    L = k.layers
+    source, target = k.Input((5, 3), name="source"), k.Input((4, 2), name="shifted")
+    _, h, c = L.LSTM(6, return_state=True, name="encoder")(source)
+    y = L.LSTM(6, return_sequences=True, name="decoder")(target, initial_state=[h, c])
+    return k.Model([source, target], L.Dense(7, name="head")(y))
+
+
+def _seq2seq_gru(k):
+    """A GRU encoder returning its sequence and its state h (the sequence's last step), which
+    starts a GRU decoder (one tensor) and a SimpleRNN (a list); both outputs and the encoder's
+    sequence are the model's outputs."""
+    L = k.layers
+    source, target = k.Input((5, 3), name="source"), k.Input((4, 2), name="shifted")
+    sequence, h = L.GRU(5, return_sequences=True, return_state=True, reset_after=False, name="encoder")(source)
+    y = L.GRU(5, return_sequences=True, name="decoder")(target, initial_state=h)
+    z = L.SimpleRNN(5, name="rnn")(target, initial_state=[h])
+    return k.Model([source, target], [L.Dense(3, name="head")(y), z, sequence])
+
+
+SEQ2SEQ = [pytest.param(_seq2seq_lstm, id="lstm"), pytest.param(_seq2seq_gru, id="gru")]
+
+
+def _module_with_keras_weights(model, spec):
+    """The spec's torch module with the Keras model's weights."""
+    import torch
+
+    from profiler.frontends.build import build
+    module = build(spec)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        child = module.layers[module.child_names[layer.name]]
+        params = list(child.parameters())
+        assert len(params) == len(layer.weights), layer.name
+        with torch.no_grad():
+            for p, w in zip(params, layer.weights):
+                value = w.value.detach()
+                p.copy_(value.T if isinstance(child, torch.nn.Linear) and p.ndim == 2 else value)
+    return module
+
+
+@pytest.mark.parametrize("builder", SEQ2SEQ)
+def test_seq2seq_reads_computes_and_trains_as_keras(keras, builder):
+    """Initial states and the states a layer returns: counts and every output's shape equal
+    Keras's; with Keras's weights the built module computes Keras's outputs, and its gradients
+    (into the decoder's and, through the states, the encoder's weights) equal those of Keras's
+    torch backend."""
+    import torch
+    model = _build(keras, builder)
+    spec_dict = to_spec_dict(json.loads(model.to_json()), source="m.json")
+    decoder = next(next(iter(e.values())) for e in spec_dict["layers"] if "decoder" in str(e))
+    assert decoder["inputs"][1:] == (["encoder", "encoder:2"] if builder is _seq2seq_lstm else ["encoder:1"])
+    spec = from_dict(spec_dict, source="m.json")
+    prediction = predict(spec)
+    assert _check_against_keras(keras, model, {r.name: r for r in prediction.rows}) == len(model.layers) - 2
+    assert prediction.params == model.count_params()
+    module = _module_with_keras_weights(model, spec)
+    torch.manual_seed(0)
+    x = [torch.randn(3, 5, 3), torch.randn(3, 4, 2)]
+    ours, theirs = module(*x), model(x, training=False)
+    ours, theirs = (ours if isinstance(ours, tuple) else (ours,)), (theirs if isinstance(theirs, list) else [theirs])
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, torch.as_tensor(b), rtol=1e-5, atol=1e-6)
+
+    def loss(outputs):   # weights every element differently, so that each gradient path counts
+        return sum((t * torch.arange(t.numel()).reshape(t.shape).float().sin()).sum() for t in outputs)
+
+    variables = [w.value for layer in model.layers for w in layer.weights]
+    expected = torch.autograd.grad(loss([torch.as_tensor(t) for t in model(x)] if len(theirs) > 1
+                                        else [torch.as_tensor(model(x))]), variables)
+    got = torch.autograd.grad(loss(ours), list(module.parameters()))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e.T if g.shape != e.shape else e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("builder, batches", [pytest.param(_seq2seq_lstm, (1, 3), id="lstm"),
+                                             pytest.param(_seq2seq_gru, (3,), id="gru")])
+def test_seq2seq_peaks_are_exact(keras, builder, batches):
+    """Predicted (the spec replay) equals measured: inference, SGD and Adam steps (steady and
+    first)."""
+    import profiler
+    spec = from_dict(to_spec_dict(json.loads(_build(keras, builder).to_json()), source="m.json"), source="m.json")
+    for batch in batches:
+        result = profiler.profile(spec, batch=batch, warmup=0, repeats=1, optimizers=("sgd", "adam"))
+        assert {k: v for k, v in result["relative_error"].items() if v} == {}, batch
+
+
+def test_a_state_of_the_wrong_width_is_one_line_and_exit_2(keras, tmp_path, capsys):
+    from profiler.cli import main
+    data = json.loads(_build(keras, _seq2seq_lstm).to_json())
+    encoder = next(e for e in data["config"]["layers"] if e["config"]["name"] == "encoder")
+    encoder["config"]["units"] = 5
+    path = tmp_path / "seq2seq.json"
+    path.write_text(json.dumps(data))
+    assert main(["summary", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and 'LSTM "decoder"' in err and "field 'initial_state'" in err, err
+    assert "initial state h does not match the layer's units" in err and "shape (None, 6)" in err and "shape (None, 5)" in err, err
+
+
+def test_states_in_a_wrapper_are_refused(keras):
+    """A wrapped recurrent layer returns its output only: return_state is refused, in a Keras
+    file (the reader) and in a spec (the rule)."""
     L = keras.layers
     keras.backend.clear_session()
     x = keras.Input((6, 3))
-    _, h, c = L.LSTM(4, return_state=True, name="lstm")(x)
-    model = keras.Model(x, L.Dense(2)(c))
-    with pytest.raises(UnsupportedLayerError, match="the LSTM's cell state .*return_state output 2 of 'lstm'"):
-        to_spec_dict(json.loads(model.to_json()), source="m.json")
-    x = keras.Input((6, 3))
-    _, h = L.GRU(4, return_state=True, return_sequences=True, name="gru")(x)
-    model = keras.Model(x, L.Dense(2)(h))
-    with pytest.raises(UnsupportedLayerError, match="last hidden state of a sequence output"):
-        to_spec_dict(json.loads(model.to_json()), source="m.json")
-    x, s0 = keras.Input((6, 3)), keras.Input((4,))
-    model = keras.Model([x, s0], L.GRU(4, name="gru")(x, initial_state=s0))
-    with pytest.raises(SpecError, match=r"GRU \"gru\"\): field 'initial_state': a tensor passed by keyword"):
-        to_spec_dict(json.loads(model.to_json()), source="m.json")
+    model = keras.Model(x, L.Bidirectional(L.LSTM(4))(x))
+    data = json.loads(model.to_json())
+    wrapper = next(e for e in data["config"]["layers"] if e["class_name"] == "Bidirectional")
+    wrapper["config"]["layer"]["config"]["return_state"] = True
+    with pytest.raises(SpecError, match=r'> layer \(LSTM "forward_lstm"\): field \'return_state\': .*only at its '
+                                        r"default"):
+        to_spec_dict(data, source="m.json")
+    spec = from_dict({"input_shape": [6, 3], "layers": [
+        {"Bidirectional": {"layer": {"LSTM": {"units": 4, "return_state": True}}}}]}, source="s.yaml")
+    with pytest.raises(SpecError, match=r"field 'layer\.return_state': return_state inside a wrapper"):
+        predict(spec)
 
 
 # --- the layers keras.applications models use, profiled: predicted peaks equal measured ones ----

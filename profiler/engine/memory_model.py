@@ -66,6 +66,8 @@ class Op:
     in_elements: tuple[int, ...]       # elements of each input
     out_elements: int
     out_is_view: bool = False          # output shares its (first) input's storage
+    view_grad_new: bool = False        # a view whose backward makes its input's whole gradient (a
+    #                                    step picked from a sequence: zeros, then the step's gradient)
     identity_in_eval: bool = False     # returns its input unchanged in eval mode (Dropout)
     saved: tuple[Saved, ...] = ()      # kept for backward when autograd records the op
     param_bytes: int = 0               # trainable parameters (their gradients have the same size)
@@ -100,6 +102,12 @@ class Op:
     frozen_tensors: tuple[int, ...] = ()  # bytes of each non-trainable weight a "lower" op casts per call
     matmul: tuple[int, int, int] = ()  # (rows, in_features, out_features) of a linear layer's matmul
     checkpoint: str = ""               # the checkpointed call the op belongs to ("" when none)
+    # -- recurrent states ----------------------------------------------------------------------
+    state_grads: tuple[int, ...] = ()  # inputs whose gradients backward makes among its scratch (initial
+    #                                    states): when they need one, that part of the scratch is it
+    cell_value: str = ""               # a second output (an LSTM's last cell state): made among the
+    cell_elements: int = 0             # scratch in inference (``cell_elements``, before it), a view of
+    cell_saved: int = 0                # saved tensor ``cell_saved`` when training records the op
 
 
 @dataclass(frozen=True)
@@ -367,11 +375,12 @@ class _Forward:
                 self.regions.setdefault(op.checkpoint, []).append(k)
         for name, nbytes in s.inputs.items():
             dtype = s.input_dtypes.get(name, s.dtype)
-            t.alloc(name, nbytes, "inputs", dtype)
-            self.storage[name] = name
+            key = f"input:{name}"   # apart from the replay's own keys (an input may be named "target")
+            t.alloc(key, nbytes, "inputs", dtype)
+            self.storage[name] = key
             self.dtype[name] = dtype
             self.requires_grad[name] = training and s.input_grad and dtype in FLOATING
-            self.hold(name, "caller")
+            self.hold(key, "caller")
 
     # -- holders -------------------------------------------------------------------------------
     def hold(self, key: str, who: str) -> None:
@@ -491,6 +500,8 @@ class _Forward:
         if not prefix:
             self.requires_grad[op.output] = records
         self.hold(key, f"{prefix}graph:{op.output}")
+        if op.cell_value and not (records and saving):
+            self._new_value(op.cell_value, prefix + op.cell_value, op.cell_elements, compute, op.layer, records, prefix)
         beside_saved = records and op.training_scratch is not None
         temporaries = op.reduced_scratch if op.reduced_scratch and compute in REDUCED else op.scratch
         scratch = [] if beside_saved else [self.size(s, compute) for s in temporaries]
@@ -509,9 +520,25 @@ class _Forward:
                 for key, _ in unsaved:
                     self.t.free(key)
         self._save(k, op, effective, records and saving, weight_saved, prefix, outputs=True)
+        if op.cell_value and records and saving:   # a view of a tensor kept for backward
+            self._new_value(op.cell_value, f"{prefix}{op.output}.saved{op.cell_saved}", op.cell_elements,
+                            compute, op.layer, records, prefix, alloc=False)
         if beside_saved and saving:
             _workspace(self.t, f"{prefix}{op.output}.training_scratch", later, compute)
         self.release_all(call)
+
+    def _new_value(self, value: str, key: str, elements: int, dtype: str, layer: str, records: bool, prefix: str,
+                   *, alloc: bool = True) -> None:
+        """A second output of an op, in storage ``key`` (allocated here unless it exists)."""
+        if alloc:
+            self.t.alloc(key, elements * itemsize(dtype), "activations", dtype)
+            self.origin[key] = layer
+        self.storage[value] = key
+        self.elements[value] = elements
+        self.dtype[value] = dtype
+        if not prefix:
+            self.requires_grad[value] = records
+        self.hold(key, f"{prefix}graph:{value}")
 
 
     def _save(self, k: int, op: Op, effective: list[str], saving: bool, weight_saved: list[str],
@@ -685,7 +712,7 @@ def _backward(t: Timeline, ops: list[Op], s: Setting, forward: _Forward, loss_dt
     t.note("backward (loss)")
     seed = itemsize(loss_dtype)
     t.alloc("grad_seed", seed, "temporaries", loss_dtype)   # backward() starts from ones_like(loss), kept to the end
-    for out in s.outputs:
+    for out in reversed(s.outputs):   # autograd runs the later loss's nodes first
         if not forward.requires_grad[out]:
             continue
         elements, dtype = forward.elements[out], forward.dtype[out]
@@ -746,6 +773,12 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
     scratch = [forward.size(x, compute) for x in op.backward_scratch]
     if any(forward.requires_grad[v] for v in op.inputs):
         scratch += [forward.size(x, compute) for x in op.input_grad_scratch]
+    # the state buffers among the scratch that become the initial states' gradients
+    scratch[:1] = [scratch[0] - sum(op.in_elements[i] * itemsize(compute) for i in op.state_grads
+                                    if forward.requires_grad[op.inputs[i]])] if scratch else []
+    cell_grad = bool(op.cell_value) and op.cell_value in grads
+    if op.cell_value and not cell_grad:   # autograd's zeros for an unused output's gradient
+        scratch.append(op.cell_elements * itemsize(forward.dtype[op.cell_value]))
     out_grad = grads[op.output]
     accumulated: list[str] = []         # input gradients added into an existing one, after the node
     if op.dense_grad and out_grad in strided:   # a dense copy of the incoming gradient's slice
@@ -754,13 +787,13 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
         strided.add(out_grad)
     if op.gradients_last:   # the worst moment (gradients made on the way included), then what goes
         _workspace(t, f"backward_scratch:{k}:", scratch, compute)
-        _let_go(k, op, forward, drop, release)
+        _let_go(k, op, forward, drop, release, cell_grad)
     # input gradients first (mm of the gradient with the weight), in the dtype the op computed in
     for i, value in enumerate(op.inputs):
         if not forward.requires_grad[value]:
             continue
         in_dtype = compute if i in casts else forward.dtype[value]
-        if (op.out_is_view or op.grad_passthrough) and in_dtype == forward.dtype[op.output]:
+        if ((op.out_is_view and not op.view_grad_new) or op.grad_passthrough) and in_dtype == forward.dtype[op.output]:
             new = out_grad
         else:
             new = f"grad_in:{k}:{i}"
@@ -796,7 +829,7 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
             _scratch(t, f"grad_weight_scratch:{k}", s.gemm_scratch("grad_weight", n_out, m, n_in), compute)
     if not op.gradients_last:
         _workspace(t, f"backward_scratch:{k}:", scratch, compute)
-        _let_go(k, op, forward, drop, release)
+        _let_go(k, op, forward, drop, release, cell_grad)
     for added in accumulated:
         t.free(added)
     if accumulating and not lower_amp:   # AccumulateGrad: grad = grad + new, out of place, tensor by tensor
@@ -820,12 +853,14 @@ def _op_backward(t: Timeline, k: int, op: Op, s: Setting, forward: _Forward, gra
 
 
 def _let_go(k: int, op: Op, forward: _Forward, drop: Callable[[str], None],
-            release: Callable[[], None] | None) -> None:
-    """The node has run: its saved tensors (and ``release``'s frame) and the incoming gradient go."""
+            release: Callable[[], None] | None, cell_grad: bool = False) -> None:
+    """The node has run: its saved tensors (and ``release``'s frame) and the incoming gradients go."""
     forward.release_all(f"op{k}")
     if release is not None:
         release()
     drop(op.output)
+    if cell_grad:
+        drop(op.cell_value)
 
 
 def _workspace(t: Timeline, key: str, sizes: list[int], dtype: str) -> None:

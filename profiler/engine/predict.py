@@ -20,6 +20,7 @@ from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
 from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, inference_peak, inference_timeline,
                                           kept_for_backward, training_peak, training_timeline, value_dtypes)
 from profiler.rules.catalog import rule_for
+from profiler.rules.recurrent import STATES
 from profiler.rules.registry import Memory, Params, Rule, Shape
 from profiler.frontends.spec import LayerSpec, ModelSpec, Node
 
@@ -93,8 +94,8 @@ def trace(spec: ModelSpec, *, prefix: str = "", input_shapes: dict[str, Shape] |
                                     expected=f"{rule.min_inputs} {most}" if rule.min_inputs != rule.max_inputs
                                     else str(rule.min_inputs), received=str(len(xs)))
                 x = xs[0] if rule.max_inputs == 1 else tuple(xs)
-                y = tuple(rule.output_shape(node.layer.args, x, ctx))
-                item = TracedNode(node, rule, tuple(xs), (y,), first, prefix + node.name)
+                ys = tuple(tuple(y) for y in rule.output_shapes(node.layer.args, x, ctx))
+                item = TracedNode(node, rule, tuple(xs), ys, first, prefix + node.name)
         except ModelsizeError as error:
             raise error.located(source=spec.source, layer=node.label())
         for k, y in enumerate(item.output_shapes):
@@ -272,7 +273,7 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
                       footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
                       input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs},
                       input_grad=input_grad)
-    if os.environ.get("MODELSIZE_ENGINE") == "module":
+    if os.environ.get("MODELSIZE_ENGINE") == "module" or states_need_engine(spec, chosen):
         from profiler.engine import spec_memory as sm
         mem = sm.replay(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, optimizers=optimizers,
                         amp=amp, checkpoint=chosen, threads=threads, input_grad=input_grad)
@@ -363,6 +364,32 @@ def _check_amp(spec: ModelSpec, amp: str | None, dtype: str) -> None:
         if shared and (kind in AUTOCAST_LOWER or node.layer.model is not None):
             raise SpecError("mixed precision is not modelled for shared weights (one cached cast, several "
                             "gradients)", field="amp", source=spec.source, layer=node.label())
+
+
+def uses_states(spec: ModelSpec) -> bool:
+    """Whether a recurrent layer takes initial states or returns its states (``return_state``)."""
+    return any(node.layer.type in STATES and (len(node.inputs) > 1 or node.layer.args.get("return_state"))
+               for _, node in _all_nodes(spec))
+
+
+def states_need_engine(spec: ModelSpec, checkpoint: frozenset[str]) -> bool:
+    """Whether recurrent states are used where the spec replay does not model them, so that the
+    engine predicts the spec on the module it builds: in a nested model, with checkpointing, an
+    LSTM's c returned by the model or its output read by nothing (autograd's zeros for the
+    output's gradient)."""
+    if not uses_states(spec):
+        return False
+    if checkpoint or any(node.layer.model is not None and uses_states(node.layer.model) for node in spec.nodes):
+        return True
+    read = {ref for node in spec.nodes for ref in node.inputs} | set(spec.outputs)
+    for node in spec.nodes:
+        args = node.layer.args
+        if node.layer.type not in STATES or not args.get("return_state"):
+            continue
+        output_read = (node.name, 0) in read or (not args.return_sequences and (node.name, 1) in read)
+        if node.layer.type == "LSTM" and ((node.name, 2) in spec.outputs or not output_read):
+            return True
+    return False
 
 
 def kernel_type(layer: LayerSpec) -> str:
@@ -457,8 +484,18 @@ class _Plan:
             output = t.name
             values[t.node.name] = output
             self.shapes[output] = t.output_shape
+            for k, shape in enumerate(t.output_shapes[1:], 1):   # a recurrent layer's states
+                same = k == 1 and not t.layer.args.return_sequences   # h: the output itself
+                values[f"{t.node.name}:{k}"] = output if same else f"{output}:{k}"
+                self.shapes[values[f"{t.node.name}:{k}"]] = shape
             owner = t.name[:len(t.name) - len(t.node.name)] + t.layer.name
             ops = self._ops(t, weights, memory, inputs, output, ctx, owner)
+            if t.layer.args.get("return_state") and t.layer.args.return_sequences:
+                # h, the sequence's last step: a view, whose gradient is the sequence's, zeros elsewhere
+                ops.append(Op(name=f"{t.name}/h", layer=t.name, inputs=(output,), output=f"{output}:1",
+                              in_elements=(self.batch * prod(t.output_shape),),
+                              out_elements=self.batch * prod(t.output_shapes[1]), out_is_view=True,
+                              view_grad_new=True, fused=True))
             if self.amp is not None and kernel_type(t.layer) in AUTOCAST_LOWER and t.first_call:
                 ops[0] = replace(ops[0], frozen_tensors=tuple(n * self.act for n in frozen_tensors))
             if t.layer.name in checkpoint:
@@ -528,7 +565,10 @@ class _Plan:
                   gradients_last=memory.gradients_last, weight_casts=memory.weight_casts,
                   grads_strided=memory.grads_strided, dense_grad=memory.dense_grad,
                   reduced_scratch=memory.reduced_scratch,
-                  saves_weight=AUTOCAST_LOWER.get(kind, ""), matmul=matmul)
+                  saves_weight=AUTOCAST_LOWER.get(kind, ""), matmul=matmul,
+                  state_grads=tuple(range(1, 1 + memory.state_grads)),
+                  cell_value=f"{output}:2" if memory.cell_state else "", cell_elements=memory.cell_state * batch,
+                  cell_saved=next((i for i, s in enumerate(memory.saved) if s.of == "new"), 0))
         if activation == "linear":
             return [main]
         act_memory = rule_for("Activation").memory(LayerArgs({"activation": activation}), t.output_shape,

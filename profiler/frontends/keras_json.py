@@ -12,7 +12,9 @@ Plain ``json`` data in, plain data out: neither TensorFlow nor Keras is needed. 
 * a tensor and a Python number (``x + 3``: a Keras 3 ops layer, module ``keras.src.ops.*``, or a
   Keras 2 ``TFOpLambda`` with the number as ``y``) → ``{ConstantOp: {op, constant}}``;
 * a recurrent layer with ``return_state`` in a Functional model: a reference to its state h is
-  its output itself (without return_sequences); a reference to another state is refused;
+  its output itself (without return_sequences); a reference to another state (an LSTM's c, or h
+  beside a sequence output) makes the layer's ``return_state: true`` and reads ``layer:k``;
+  ``initial_state`` tensors of a call are inputs after the sequence;
 * ``frozen``: the names of layers (or nested models) whose config says ``trainable: false``, so
   that Keras counts their parameters as non-trainable. It is written only when non-empty, and
   only for layers whose rule has no ``trainable`` argument (if it has, the flag goes in the
@@ -76,8 +78,8 @@ IGNORED_KEYS = frozenset(
 
 # Keys accepted only at the values listed: any other value changes counts, shapes or outputs.
 DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
-    "return_state": (False,),        # recurrent layers: the states become extra outputs (a functional
-    #                                  model's reference to h, the output itself, is followed)
+    "return_state": (False,),        # recurrent layers outside a functional model (a functional
+    #                                  model's references to the states are followed)
     "time_major": (False,),          # Keras 2 recurrent layers: (steps, batch, features) input
     "renorm": (False,),              # BatchNormalization: three more non-trainable weights
     "rms_scaling": (False,),         # LayerNormalization: gamma only, no beta
@@ -234,13 +236,15 @@ class _Reader:
             for k, node in enumerate(nodes):
                 refs = self.call_inputs(cls, node, entries, label(name), numbers=numbers)
                 calls[(name, k)] = [_state_as_output(self.resolve(ref, entries, label(name), outputs=False),
-                                                     entries, label(name)) for ref in refs]
+                                                     entries) for ref in refs]
 
         inputs = [self.resolve(ref, entries, where or "the model", outputs=False)
                   for ref in _triples(config.get("input_layers"), entries)]
-        outputs = [_state_as_output(self.resolve(ref, entries, where or "the model", outputs=True), entries,
-                                    where or "the model")
+        outputs = [_state_as_output(self.resolve(ref, entries, where or "the model", outputs=True), entries)
                    for ref in _triples(config.get("output_layers"), entries)]
+        # recurrent layers whose other states are read: the rule returns them (return_state)
+        returning = {n for n, _, t in [*outputs, *(r for refs in calls.values() for r in refs)]
+                     if t and entries[n][1] in RECURRENT}
         for ref in inputs:
             if entries[ref[0]][1] != "InputLayer":
                 raise SpecError("input_layers must name InputLayers", layer=label(ref[0]))
@@ -290,6 +294,8 @@ class _Reader:
                 is_frozen = False
             else:
                 args, is_frozen = self.layer(cls, cfg, label(name), formats, states=cls in RECURRENT)
+                if name in returning:
+                    args["return_state"] = True
                 layers.append({cls: {"name": name, **args, "inputs": node_inputs}})
             if is_frozen:
                 frozen.append(name)
@@ -334,6 +340,8 @@ class _Reader:
         else:
             raise SpecError("a call without inputs is not supported", layer=where, field="inbound_nodes",
                             received=_short(node))
+        if cls in RECURRENT and named.get("initial_state"):   # the states follow the sequence
+            positional = positional + named.pop("initial_state")
         for key, tensors in named.items():
             if tensors and not (cls == "MultiHeadAttention" and key in _ATTENTION_INPUTS):
                 raise SpecError("a tensor passed by keyword is not supported", layer=where, field=key)
@@ -410,6 +418,10 @@ class _Reader:
                 frozen = value is False
             elif key == "data_format" and "data_format" not in schema:
                 formats.add(value, cls, where)
+            elif key in DEFAULT_ONLY and (key == "return_state" or arg not in schema):
+                # return_state outside a functional model (a Sequential's layer, a wrapped one):
+                # the next layer would get a list
+                _default_only(key, value, where)
             elif arg in schema:
                 args[arg] = self.value(cls, arg, value, where, formats, cfg)
             elif key == "dtype":
@@ -418,11 +430,6 @@ class _Reader:
                 self.check_backward(cfg, value, where, formats)
             elif key in IGNORED_KEYS:
                 continue
-            elif key in DEFAULT_ONLY:
-                if _plain(value) not in DEFAULT_ONLY[key]:
-                    raise SpecError("modelsize supports this Keras setting only at its default", layer=where,
-                                    field=key, expected=" or ".join(json.dumps(v) for v in DEFAULT_ONLY[key]),
-                                    received=_short(value))
             else:
                 raise SpecError(f"unknown key in the Keras config of {cls} (it is not dropped: it might change "
                                 "counts or shapes)", layer=where, field=key,
@@ -494,6 +501,13 @@ class _Formats:
                 raise SpecError("the layers disagree on data_format; modelsize has one per model", layer=where,
                                 field="data_format", expected=repr(first), received=repr(value))
         return first
+
+
+def _default_only(key: str, value: Any, where: str) -> None:
+    if _plain(value) not in DEFAULT_ONLY[key]:
+        raise SpecError("modelsize supports this Keras setting only at its default", layer=where,
+                        field=key, expected=" or ".join(json.dumps(v) for v in DEFAULT_ONLY[key]),
+                        received=_short(value))
 
 
 def _entry(entry: Any, index: int, path: str) -> tuple[str, Any, str]:
@@ -580,20 +594,16 @@ def _keras3_tensors(value: Any, where: str, constant: str | None) -> list[tuple[
     return []
 
 
-def _state_as_output(ref: tuple[str, int, int], entries: Mapping[str, Any], where: str) -> tuple[str, int, int]:
-    """A reference to a state a recurrent layer returns (``return_state=True``: [output, h] or
-    [output, h, c]) → the same tensor as its output, which h is without return_sequences (Keras
-    and the torch module return the one tensor). The other states are not modelled: refused."""
+def _state_as_output(ref: tuple[str, int, int], entries: Mapping[str, Any]) -> tuple[str, int, int]:
+    """A reference to the state h a recurrent layer returns (``return_state=True``: [output, h]
+    or [output, h, c]) without return_sequences → its output, the same tensor (in Keras and in
+    the torch module), so that a layer whose other states nobody reads stays a plain layer."""
     name, k, tensor = ref
     _, cls, cfg, _ = entries[name]
-    if tensor == 0 or cls not in RECURRENT or not isinstance(cfg, Mapping) or not cfg.get("return_state"):
-        return ref
-    if tensor == 1 and not cfg.get("return_sequences"):
+    if (tensor == 1 and cls in RECURRENT and isinstance(cfg, Mapping) and cfg.get("return_state")
+            and not cfg.get("return_sequences")):
         return name, k, 0
-    what = "the last hidden state of a sequence output" if tensor == 1 else "the LSTM's cell state"
-    raise UnsupportedLayerError(f"a reference to {what} (return_state output {tensor} of {name!r}) is not "
-                                "supported: modelsize models a recurrent layer's output, which is its hidden "
-                                "state only without return_sequences", layer=where)
+    return ref
 
 
 def _ops_with_a_number(entry: Mapping[str, Any], cls: str) -> bool:

@@ -564,7 +564,11 @@ class KerasRecurrent(nn.Module):
     here; the input projection of every step is one matrix product, as in Keras and torch.
 
     ``backward`` reads the sequence from its end (Keras's go_backwards) but returns the sequence
-    in input order, as Bidirectional wants it. Every state starts at zero.
+    in input order, as Bidirectional wants it. Every state starts at zero, or at the initial
+    states the call passes after the sequence (Keras's ``initial_state``: h, and c for an LSTM).
+    ``return_state``: the call returns (output, h) or, for an LSTM, (output, h, c), as Keras's;
+    h is the output itself without return_sequences, else its last step (a view); c is the last
+    cell state (the inference buffer, or the last step of the cell states kept for backward).
 
     The cell runs in preallocated buffers with in-place kernels, and its gradient is written out
     (``_RecurrentFunction``), so that what it allocates is a short list of whole tensors, the
@@ -584,10 +588,11 @@ class KerasRecurrent(nn.Module):
 
     def __init__(self, kind: str, features: int, units: int, *, activation: str = "tanh",
                  recurrent_activation: str = "sigmoid", use_bias: bool = True, reset_after: bool = True,
-                 return_sequences: bool = False, backward: bool = False):
+                 return_sequences: bool = False, backward: bool = False, return_state: bool = False):
         super().__init__()
         gates = GATES[kind]
         self.kind, self.units, self.return_sequences, self.backward = kind, units, return_sequences, backward
+        self.return_state = return_state
         self.reset_after = reset_after and kind == "GRU"
         self.activation, self.recurrent_activation = activation, recurrent_activation
         self.kernel = nn.Parameter(torch.empty(features, gates * units))
@@ -603,19 +608,36 @@ class KerasRecurrent(nn.Module):
     def weights(self) -> tuple[torch.Tensor, ...]:
         return (self.kernel, self.recurrent_kernel) + ((self.bias,) if self.bias is not None else ())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *states: torch.Tensor):
         weights, x = _in_autocast_dtype(self.weights(), x)
-        if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
-            return _RecurrentFunction.apply((self,), "", x, *weights)
-        with torch.no_grad():
-            out = self.new_output(x)
-            p = self.run(x, *_split(weights), out, keep=False)[0]
-            return p if out is None else out
+        dtype = autocast_dtype(x)
+        if states and dtype is not None:   # like the input: cast once per call
+            states = tuple(lowered(states, dtype))
+        c = None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
+            result = _RecurrentFunction.apply((self,), "", len(states), x, *states, *weights)
+            y, c = result if self.cell_state_out else (result, None)
+        else:
+            with torch.no_grad():
+                out = self.new_output(x)
+                p, c, _ = self.run(x, *_split(weights), out, keep=False, states=states)
+                y = p if out is None else out
+                del p
+        if not self.return_state:
+            return y
+        h = y[:, self._order(y.shape[1])[-1]] if self.return_sequences else y
+        return (y, h, c) if self.kind == "LSTM" else (y, h)
+
+    @property
+    def cell_state_out(self) -> bool:
+        """The cell state is an output of the computation (an LSTM's, with return_state)."""
+        return self.return_state and self.kind == "LSTM"
 
     def extra_repr(self) -> str:
         extra = f", reset_after={self.reset_after}" if self.kind == "GRU" else ""
         return (f"{self.kind}, units={self.units}, activation={self.activation}, "
-                f"return_sequences={self.return_sequences}, backward={self.backward}{extra}")
+                f"return_sequences={self.return_sequences}, backward={self.backward}{extra}"
+                + (", return_state=True" if self.return_state else ""))
 
     # --- the computation, shared by inference and training ---------------------------------------
 
@@ -641,15 +663,20 @@ class KerasRecurrent(nn.Module):
         return p
 
     def run(self, x: torch.Tensor, kernel: torch.Tensor, recurrent: torch.Tensor, bias: torch.Tensor | None,
-            out: torch.Tensor | None, *, keep: bool) -> tuple[torch.Tensor | None, ...]:
+            out: torch.Tensor | None, *, keep: bool, states: tuple[torch.Tensor, ...] = ()
+            ) -> tuple[torch.Tensor | None, ...]:
         """Run the cell over the sequence, the hidden states written into ``out`` (every step's,
-        (batch, steps, units), with return_sequences; else the last, (batch, units)).
+        (batch, steps, units), with return_sequences; else the last, (batch, units)), from the
+        initial ``states`` (h0, and c0 for an LSTM; none: zeros).
 
         Returns what backward needs: (P, per-step buffer, states) — P holding the gate
         activations, the per-step buffer the LSTM's cell states or the reset_after GRU's
         recurrent candidate parts, ``states`` the hidden states other than those in ``out``.
-        Without ``keep`` only the current step's state is kept (inference).
+        Without ``keep`` only the current step's state is kept (inference): the per-step buffer
+        returned is then the last step's (an LSTM's last cell state).
         """
+        h0 = states[0] if states else None
+        c0 = states[1] if len(states) > 1 else None
         batch, steps, _ = x.shape
         u, order, rs = self.units, self._order(steps), self.return_sequences
         gate, act = self.recurrent_activation, self.activation
@@ -667,8 +694,9 @@ class KerasRecurrent(nn.Module):
         if self.kind == "SimpleRNN":
             for k, t in enumerate(order):           # P[:, t] becomes h_t in place
                 p = p_all[:, t]
-                if k:
-                    p.addmm_(h_prev, recurrent)
+                prev = h_prev if k else h0
+                if prev is not None:
+                    p.addmm_(prev, recurrent)
                 _activate_(p, act)
                 h_prev = p
             if out is not None:                     # the last state, or a slice of a wider output
@@ -678,15 +706,19 @@ class KerasRecurrent(nn.Module):
             per_step = x.new_empty(steps, batch, u) if keep else x.new_empty(batch, u)   # cell states
             for k, t in enumerate(order):
                 z = p_all[:, t]
-                if k:
-                    z.addmm_(h_prev, recurrent)
+                prev = h_prev if k else h0
+                if prev is not None:
+                    z.addmm_(prev, recurrent)
                 i, f, g, o = z[:, :u], z[:, u:2 * u], z[:, 2 * u:3 * u], z[:, 3 * u:]
                 _activate_(z[:, :2 * u], gate)
                 _activate_(g, act)
                 _activate_(o, gate)
                 c = per_step[k] if keep else per_step
-                if k == 0:
+                if k == 0 and c0 is None:
                     torch.mul(i, g, out=c)
+                elif k == 0:
+                    torch.mul(f, c0, out=c)
+                    c.addcmul_(i, g)
                 else:
                     if keep:
                         torch.mul(f, per_step[k - 1], out=c)
@@ -697,7 +729,7 @@ class KerasRecurrent(nn.Module):
                 _activate_into(c, act, h)
                 h.mul_(o)
                 h_prev = h
-            return (p_all, per_step if keep else None, states)
+            return (p_all, per_step if keep or self.cell_state_out else None, states)
         if self.reset_after:
             per_step = x.new_empty(steps, batch, u) if keep else x.new_empty(batch, u)   # h·U_h + b_h
             rec_bias = None if bias is None else bias[1, 2 * u:]
@@ -706,14 +738,15 @@ class KerasRecurrent(nn.Module):
         for k, t in enumerate(order):
             p = p_all[:, t]
             zr, n = p[:, :2 * u], p[:, 2 * u:]
-            if k:
-                zr.addmm_(h_prev, recurrent[:, :2 * u])
+            prev = h_prev if k else h0
+            if prev is not None:
+                zr.addmm_(prev, recurrent[:, :2 * u])
             if self.reset_after:
                 rn = per_step[k] if keep else per_step
-                if k and rec_bias is not None:
-                    torch.addmm(rec_bias, h_prev, recurrent[:, 2 * u:], out=rn)
-                elif k:
-                    torch.mm(h_prev, recurrent[:, 2 * u:], out=rn)
+                if prev is not None and rec_bias is not None:
+                    torch.addmm(rec_bias, prev, recurrent[:, 2 * u:], out=rn)
+                elif prev is not None:
+                    torch.mm(prev, recurrent[:, 2 * u:], out=rn)
                 elif rec_bias is not None:
                     rn.copy_(rec_bias.expand_as(rn))
                 else:
@@ -723,39 +756,47 @@ class KerasRecurrent(nn.Module):
             h = slot(k)
             if self.reset_after:
                 n.addcmul_(r, rn)                   # x_h + r·(h·U_h + b_h)
-            elif k:
+            elif prev is not None:
                 rh = own if own is not None else h  # h's slot is free until h is written
-                torch.mul(r, h_prev, out=rh)
+                torch.mul(r, prev, out=rh)
                 n.addmm_(rh, recurrent[:, 2 * u:])  # x_h + (r·h)·U_h
             _activate_(n, act)
             # h = z·h_prev + (1 − z)·n = n + z·(h_prev − n)
-            if k == 0:
+            if prev is None:
                 torch.addcmul(n, z, n, value=-1, out=h)
-            elif h is h_prev:
+            elif h is prev:
                 h.sub_(n).mul_(z).add_(n)
             else:
-                torch.sub(h_prev, n, out=h)
+                torch.sub(prev, n, out=h)
                 h.mul_(z).add_(n)
             h_prev = h
         return (p_all, per_step if keep else None, states)
 
     def grad(self, x: torch.Tensor, kernel: torch.Tensor, recurrent: torch.Tensor, bias: torch.Tensor | None,
              out: torch.Tensor | None, saved: tuple[torch.Tensor | None, ...], grad_out: torch.Tensor,
-             grads: list[torch.Tensor | None], dx: torch.Tensor | None, accumulate: bool) -> None:
+             grads: list[torch.Tensor | None], dx: torch.Tensor | None, accumulate: bool,
+             initial: tuple[torch.Tensor, ...] = (), grad_c: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor | None, ...]:
         """Backward through time: fills ``grads`` (kernel, recurrent kernel, bias; None where not
         wanted, the recurrent kernel's zeroed) and writes (or, with ``accumulate``, adds) the input's
-        gradient into ``dx``. ``grad_out`` is the gradient of ``out`` (of P for SimpleRNN's sequence).
+        gradient into ``dx``. ``grad_out`` is the gradient of ``out`` (of P for SimpleRNN's sequence),
+        ``grad_c`` that of the last cell state (an LSTM's, with return_state).
 
         Temporaries: dZ, the gradient of every step's pre-activations, like P; and a few
-        (batch, units) buffers (``rules.recurrent`` counts them).
+        (batch, units) buffers (``rules.recurrent`` counts them). With ``initial`` states (h0, c0)
+        the last of those buffers end holding their gradients, which are returned: (dh0, dc0).
         """
         p_all, per_step, states = saved
+        h0 = initial[0] if initial else None
+        c0 = initial[1] if len(initial) > 1 else None
         batch, steps, features = x.shape
         u, order, rs = self.units, self._order(steps), self.return_sequences
         gate, act = self.recurrent_activation, self.activation
         d_kernel, d_recurrent, d_bias = grads
 
-        def state(k: int) -> torch.Tensor:
+        def state(k: int) -> torch.Tensor | None:
+            if k < 0:
+                return h0
             if self.kind == "SimpleRNN":
                 return p_all[:, order[k]]
             if rs:
@@ -782,7 +823,7 @@ class KerasRecurrent(nn.Module):
                     dz.copy_(dh)
                 add_output_grad(k, dz)
                 _through(dz, state(k), act)
-                if k:
+                if state(k - 1) is not None:
                     if d_recurrent is not None:
                         d_recurrent.addmm_(state(k - 1).t(), dz)
                     torch.mm(dz, recurrent.t(), out=dh)
@@ -801,10 +842,13 @@ class KerasRecurrent(nn.Module):
                 _through(dh, a, act)               # dh·o·act'(c)
                 if k == steps - 1:
                     dc.copy_(dh)
+                    if grad_c is not None:
+                        dc.add_(grad_c)
                 else:
                     dc.add_(dh)
-                if k:                              # c = f·c_prev + i·g
-                    torch.mul(dc, per_step[k - 1], out=df)
+                c_prev = per_step[k - 1] if k else c0
+                if c_prev is not None:             # c = f·c_prev + i·g
+                    torch.mul(dc, c_prev, out=df)
                 else:
                     df.zero_()
                 torch.mul(dc, g, out=di)
@@ -812,11 +856,13 @@ class KerasRecurrent(nn.Module):
                 dc.mul_(f)
                 for part, y, name in ((di, i, gate), (df, f, gate), (dg, g, act), (do, o, gate)):
                     _through(part, y, name)
-                if k:
+                if state(k - 1) is not None:
                     if d_recurrent is not None:
                         d_recurrent.addmm_(state(k - 1).t(), dz)
                     torch.mm(dz, recurrent.t(), out=dh)
-            del dc, a
+            if c0 is None:
+                del dc
+            del a
         else:
             extra = [x.new_empty(batch, u), x.new_empty(batch, u)]   # reset_after: d(h·U_h + b_h); else d(r·h), r·h
             rec_sum = x.new_empty(u) if self.reset_after and d_bias is not None else None
@@ -828,11 +874,11 @@ class KerasRecurrent(nn.Module):
                 p, dz = p_all[:, t], dz_all[:, t]
                 z, r, n = p[:, :u], p[:, u:2 * u], p[:, 2 * u:]
                 dzz, dzr, dzn = dz[:, :u], dz[:, u:2 * u], dz[:, 2 * u:]
-                h_prev = state(k - 1) if k else None
+                h_prev = state(k - 1)
                 # h = z·h_prev + (1 − z)·n
                 torch.addcmul(dh, dh, z, value=-1, out=dzn)
                 _through(dzn, n, act)
-                if k:
+                if h_prev is not None:
                     torch.sub(h_prev, n, out=dzz)
                 else:
                     torch.neg(n, out=dzz)
@@ -845,12 +891,12 @@ class KerasRecurrent(nn.Module):
                     if rec_sum is not None:
                         torch.sum(drn, 0, out=rec_sum)
                         d_bias[1, 2 * u:].add_(rec_sum)
-                    if k:
+                    if h_prev is not None:
                         dh.mul_(z)
                         if d_recurrent is not None:
                             d_recurrent[:, 2 * u:].addmm_(h_prev.t(), drn)
                         dh.addmm_(drn, recurrent[:, 2 * u:].t())
-                elif k:                            # n = act(x_h + (r·h_prev)·U_h)
+                elif h_prev is not None:           # n = act(x_h + (r·h_prev)·U_h)
                     drh, rh = extra
                     if d_recurrent is not None:
                         torch.mul(r, h_prev, out=rh)
@@ -861,14 +907,15 @@ class KerasRecurrent(nn.Module):
                     dh.addcmul_(drh, r)
                 else:
                     dzr.zero_()
-                if self.reset_after or k:
+                if self.reset_after or h_prev is not None:
                     _through(dzr, r, gate)
-                if k:                              # z, r = gate(x_zr + h_prev·U_zr)
+                if h_prev is not None:             # z, r = gate(x_zr + h_prev·U_zr)
                     if d_recurrent is not None:
                         d_recurrent[:, :2 * u].addmm_(h_prev.t(), dz[:, :2 * u])
                     dh.addmm_(dz[:, :2 * u], recurrent[:, :2 * u].t())
             drn = drh = rh = None   # aliases of the step buffers: all go before the kernel's gradient
             del extra, rec_sum
+        d_initial = (dh if h0 is not None else None, dc if c0 is not None else None)
         del dh
         dz2 = dz_all.view(batch * steps, -1)
         x2 = x.reshape(batch * steps, features)
@@ -886,6 +933,7 @@ class KerasRecurrent(nn.Module):
                 dx2.addmm_(dz2, kernel.t())
             else:
                 torch.mm(dz2, kernel.t(), out=dx2)
+        return d_initial
 
 
 def _in_autocast_dtype(weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -906,22 +954,25 @@ class _RecurrentFunction(torch.autograd.Function):
     """One recurrent layer, or the two directions of a Bidirectional, with a written-out backward.
 
     ``cells``: the KerasRecurrent modules (one, or forward and backward); ``merge``: "" for one
-    cell, else Bidirectional's merge_mode; then the input and every cell's weights.
+    cell, else Bidirectional's merge_mode; ``n_states``: how many initial states follow the input
+    (one cell only); then the input, the states and every cell's weights. Returns the output, and
+    the last cell state too for an LSTM with return_state.
     """
 
     @staticmethod
-    def forward(ctx, cells, merge, x, *weights):
+    def forward(ctx, cells, merge, n_states, x, *tensors):
+        states, weights = tensors[:n_states], tensors[n_states:]
         per_cell = len(weights) // len(cells)
         groups = [_split(weights[i * per_cell:(i + 1) * per_cell]) for i in range(len(cells))]
         out, outs = _new_outputs(cells, merge, x)
         saved = []
         for cell, w, o in zip(cells, groups, outs):
-            saved.append(cell.run(x, *w, o, keep=True))
+            saved.append(cell.run(x, *w, o, keep=True, states=states))
         if not merge:
             result = out if out is not None else saved[0][0]
         else:
             result = _merge(merge, out, outs, cells, saved)
-        ctx.cells, ctx.merge, ctx.per_cell = cells, merge, per_cell
+        ctx.cells, ctx.merge, ctx.per_cell, ctx.n_states = cells, merge, per_cell, n_states
         flat = [t for cell_saved in saved for t in cell_saved]
         # each cell's output (with concat: the layer's output, halved again in backward)
         seqs = [result] if merge == "concat" else [o if o is not None else s[0] for o, s in zip(outs, saved)]
@@ -929,14 +980,17 @@ class _RecurrentFunction(torch.autograd.Function):
         # concat (mul's backward reads them; the others keep them too, see rules.recurrent)
         keep_outs = merge not in ("", "concat") or any(c.return_sequences and c.kind != "SimpleRNN"
                                                        for c in cells)
-        ctx.save_for_backward(x, *weights, *flat, *(seqs if keep_outs else ()))
+        ctx.save_for_backward(x, *states, *weights, *flat, *(seqs if keep_outs else ()))
         ctx.keep_outs = keep_outs
+        if cells[0].cell_state_out:
+            return result, saved[0][1][-1]   # the last cell state
         return result
 
     @staticmethod
-    def backward(ctx, grad):
-        cells, merge, per_cell = ctx.cells, ctx.merge, ctx.per_cell
+    def backward(ctx, grad, grad_c=None):
+        cells, merge, per_cell, n_states = ctx.cells, ctx.merge, ctx.per_cell, ctx.n_states
         x, *rest = ctx.saved_tensors
+        states, rest = tuple(rest[:n_states]), rest[n_states:]
         weights = rest[:per_cell * len(cells)]
         rest = rest[per_cell * len(cells):]
         saved = [tuple(rest[3 * i:3 * i + 3]) for i in range(len(cells))]
@@ -944,19 +998,21 @@ class _RecurrentFunction(torch.autograd.Function):
         if merge == "concat" and ctx.keep_outs:
             u = cells[0].units
             seqs = [seqs[0][..., :u], seqs[0][..., u:]]
-        wanted = ctx.needs_input_grad[3:]
+        wanted = ctx.needs_input_grad[4 + n_states:]
         # every gradient the layer returns exists before its temporaries (the memory rule's order)
         grads = [torch.zeros_like(w) if n and i % per_cell == 1 else torch.empty_like(w) if n else None
                  for i, (w, n) in enumerate(zip(weights, wanted))]
-        dx = torch.empty_like(x) if ctx.needs_input_grad[2] else None
+        dx = torch.empty_like(x) if ctx.needs_input_grad[3] else None
         cell_grads = _split_grad(merge, grad, cells, seqs)
+        d_states: tuple[torch.Tensor | None, ...] = ()
         for i, cell in enumerate(cells):
             w = _split(weights[i * per_cell:(i + 1) * per_cell])
             g = grads[i * per_cell:(i + 1) * per_cell] + [None] * (3 - per_cell)
             out = seqs[i] if cell.kind != "SimpleRNN" or cell.return_sequences else None
-            cell.grad(x, *w, out, saved[i], cell_grads[i], g, dx, accumulate=i > 0)
+            d_states = cell.grad(x, *w, out, saved[i], cell_grads[i], g, dx, accumulate=i > 0,
+                                 initial=states, grad_c=grad_c)
         del cell_grads
-        return (None, None, dx, *grads)
+        return (None, None, None, dx, *d_states[:n_states], *grads)
 
 
 def _new_outputs(cells, merge: str, x: torch.Tensor):
@@ -1015,7 +1071,7 @@ class Bidirectional(nn.Module):
         cells = (self.forward_layer, self.backward_layer)
         weights, x = _in_autocast_dtype(self.forward_layer.weights() + self.backward_layer.weights(), x)
         if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
-            return _RecurrentFunction.apply(cells, self.merge_mode, x, *weights)
+            return _RecurrentFunction.apply(cells, self.merge_mode, 0, x, *weights)
         with torch.no_grad():
             out, outs = _new_outputs(cells, self.merge_mode, x)
             per_cell = len(weights) // 2

@@ -13,6 +13,15 @@ allocated up front, with in-place kernels, and its backward is written out
 (``Cell``). The activations are limited to tanh, sigmoid and relu: their derivatives follow from
 their results, so backward needs no pre-activation values.
 
+Initial states (Keras's ``initial_state``): the call's inputs after the sequence, h (units,)
+and, for an LSTM, c (units,). ``return_state``: the layer's outputs are [output, h] or, for an
+LSTM, [output, h, c], as Keras's. Shapes and parameters are unchanged by either. Memory: the
+states are kept for backward, whose state buffers (dh, dc) end as their gradients
+(``Memory.state_grads``); h is the output itself (a view of its last step beside a sequence)
+and c is the inference buffer of the current cell state, or a view of the cell states training
+keeps (``Memory.cell_state``). A few uses the spec replay does not follow go to the engine
+(``engine/predict.states_need_engine``).
+
 ``activation`` in these layers acts inside the cell, not on the layer's output: the rules set
 ``internal_activation`` so that it is not taken for a fused output activation.
 
@@ -32,7 +41,7 @@ from math import prod
 
 from profiler.rules.args import Arg, boolean, choice, positive_int
 from profiler.dtypes import itemsize
-from profiler.errors import ModelsizeError, ShapeError
+from profiler.errors import ModelsizeError, ShapeError, SpecError
 from profiler.rules.registry import Context, Memory, Params, Rule, Saved, nested_layer, register, registered as rule_for
 from profiler.rules.shapes import shape_text
 from profiler.rules.core import ACTIVATION_SAVES, workspace
@@ -44,6 +53,8 @@ RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "relu")
 OWN_CASTS = ("kept",)
 GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
 GATE_PRODUCTS = {"SimpleRNN": 0, "LSTM": 3, "GRU": 2}
+#: The states a layer starts from (``initial_state``) and returns (``return_state``), in Keras's order.
+STATES = {"SimpleRNN": ("h",), "LSTM": ("h", "c"), "GRU": ("h",)}
 
 
 @contextmanager
@@ -74,6 +85,7 @@ class RecurrentRule(Rule):
     def __init__(self, type_name: str):
         self.type_name = type_name  # type: ignore[misc]
         self.gates = GATES[type_name]
+        self.max_inputs = 1 + len(STATES[type_name])  # type: ignore[misc]  (the sequence, initial states)
         args = [Arg("units", positive_int),
                 Arg("activation", choice(*RECURRENT_ACTIVATIONS), "tanh")]
         if type_name != "SimpleRNN":
@@ -81,18 +93,42 @@ class RecurrentRule(Rule):
         args += [Arg("use_bias", boolean, True), Arg("return_sequences", boolean, False)]
         if type_name == "GRU":
             args.append(Arg("reset_after", boolean, True))
+        args.append(Arg("return_state", boolean, False))
         self.args = tuple(args)
+
+    def sequence(self, x) -> tuple[int, int]:
+        """The sequence's shape (steps, features) among the inputs: one shape, or the shapes of
+        the sequence and the initial states."""
+        return _sequence(self.type_name, x[0] if x and isinstance(x[0], tuple) else x)
+
+    def initial_states(self, a, x) -> tuple[tuple[int, ...], ...]:
+        """The initial states' shapes, checked: none, or each state (h; h and c) as (units,)."""
+        states = tuple(x[1:]) if x and isinstance(x[0], tuple) else ()
+        names = STATES[self.type_name]
+        if states and len(states) != len(names):
+            raise ShapeError(f"{self.type_name} takes its initial states together", field="initial_state",
+                             expected=f"{len(names)} ({', '.join(names)})", received=str(len(states)))
+        for name, shape in zip(names, states):
+            if tuple(shape) != (a.units,):
+                raise ShapeError(f"initial state {name} does not match the layer's units", field="initial_state",
+                                 expected=f"shape {shape_text((a.units,))}", received=f"shape {shape_text(shape)}")
+        return states
+
+    def output_shapes(self, a, x, ctx):
+        y = self.output_shape(a, x, ctx)
+        return (y,) + ((a.units,),) * len(STATES[self.type_name]) if a.get("return_state", False) else (y,)
 
     def _two_biases(self, a) -> bool:
         return self.type_name == "GRU" and a.use_bias and a.reset_after
 
     def output_shape(self, a, x, ctx):
-        steps, _ = _sequence(self.type_name, x)
+        steps, _ = self.sequence(x)
+        self.initial_states(a, x)
         return (steps, a.units) if a.return_sequences else (a.units,)
 
     def count(self, a, x) -> tuple[str, int, tuple[int, ...]]:
         """(arithmetic, total, elements of each tensor): kernel, recurrent kernel, bias."""
-        _, features = _sequence(self.type_name, x)
+        _, features = self.sequence(x)
         g, u = self.gates, a.units
         kernel, recurrent = features * g * u, u * g * u
         biases = (2 if self._two_biases(a) else 1) * g * u if a.use_bias else 0
@@ -113,7 +149,7 @@ class RecurrentRule(Rule):
         return Params(total, formula=f"{expr} = {total:,}{note}", tensors=tensors)
 
     def macs(self, a, x, y, ctx):
-        steps, features = _sequence(self.type_name, x)
+        steps, features = self.sequence(x)
         u = a.units
         return steps * (self.gates * u * (features + u) + GATE_PRODUCTS[self.type_name] * u)
 
@@ -166,23 +202,34 @@ class RecurrentRule(Rule):
                        input_grad=("forward", b * steps, g * u, features))
 
     def memory(self, a, x, y, ctx):
-        steps, features = _sequence(self.type_name, x)
+        steps, features = self.sequence(x)
+        states = self.initial_states(a, x)
         cell = self.cell(a, steps)
-        saved = [Saved("input", what="input (input projection)")]
+        # the initial states are kept too (the first step's recurrent product and, LSTM, f·c0)
+        saved = [Saved("inputs", what="input (input projection) and initial states") if states
+                 else Saved("input", what="input (input projection)")]
         if cell.keeps_output:
             saved.append(Saved("output", what="every step's state"))
         if cell.kept:
             saved.append(Saved("new", elements=cell.kept, what="gate activations and states of every step"))
+        # backward's state buffers (dh, dc) end as the initial states' gradients: kept, not freed
+        temporaries = cell.temporaries(self.matmuls(a, steps, features, ctx.batch), ctx,
+                                       kept_buffers=len(states) * a.units)
+        cell_state = a.units if self.type_name == "LSTM" and a.get("return_state", False) else 0
+        if cell_state:   # the last cell state, returned: not among the temporaries
+            first, *rest = temporaries["scratch"]
+            temporaries["scratch"] = (replace(first, elements=first.elements - cell_state), *rest)
         return Memory(saved=tuple(saved), weight_casts=OWN_CASTS * len(self.count(a, x)[2]),
-                            **cell.temporaries(self.matmuls(a, steps, features, ctx.batch), ctx))
+                      state_grads=len(states), cell_state=cell_state, **temporaries)
 
     def module(self, a, x, *, backward: bool = False):
         from profiler.rules.modules import KerasRecurrent
-        _, features = _sequence(self.type_name, x)
+        _, features = self.sequence(x)
         return KerasRecurrent(self.type_name, features, a.units, activation=a.activation,
                               recurrent_activation=a.get("recurrent_activation", "sigmoid"),
                               use_bias=a.use_bias, reset_after=a.get("reset_after", False),
-                              return_sequences=a.return_sequences, backward=backward)
+                              return_sequences=a.return_sequences, backward=backward,
+                              return_state=a.get("return_state", False))
 
     def build(self, a, x, ctx):
         return self.module(a, x)
@@ -227,14 +274,17 @@ class Cell:
     backward: int
     backward_fixed: int = 0
 
-    def temporaries(self, matmuls: Matmuls, ctx: Context, extra_scratch: int = 0, extra_backward: int = 0) -> dict:
-        """Memory's temporaries: the tensors above, and the matmuls' workspace beside them."""
+    def temporaries(self, matmuls: Matmuls, ctx: Context, extra_scratch: int = 0, extra_backward: int = 0,
+                    kept_buffers: int = 0) -> dict:
+        """Memory's temporaries: the tensors above, and the matmuls' workspace beside them.
+        ``kept_buffers``: elements of backward's buffers that outlive it (the initial states'
+        gradients), not freed before the kernel's gradient."""
         scratch = self.scratch + extra_scratch
         backward = [Saved("new", elements=self.backward + extra_backward, what="dZ and step gradients")]
         if self.backward_fixed:
             backward.append(Saved("new", elements=self.backward_fixed, per_sample=False,
                                   what="one step's bias-gradient sum"))
-        inference, training, after, input_grad = self.workspace(matmuls, ctx)
+        inference, training, after, input_grad = self.workspace(matmuls, ctx, kept_buffers)
         dtype, what = ctx.compute_dtype(True), "matmul workspace"
         return {"scratch": ((Saved("new", elements=scratch, what="projection and step buffers"),) if scratch else ())
                 + workspace(inference, what, dtype),
@@ -242,7 +292,7 @@ class Cell:
                 "backward_scratch": tuple(backward) + workspace(after, what, dtype),
                 "input_grad_scratch": workspace(input_grad, what, dtype)}
 
-    def workspace(self, matmuls: Matmuls, ctx: Context) -> tuple[int, int, int, int]:
+    def workspace(self, matmuls: Matmuls, ctx: Context, kept_buffers: int = 0) -> tuple[int, int, int, int]:
         """Bytes the matmuls' workspace adds at their worst moment (inference, training forward,
         backward, and the input gradient's beyond that), from the order of
         ``modules.KerasRecurrent``: the projection's comes with P alone (the step buffers come
@@ -260,10 +310,17 @@ class Cell:
         step = max(map(gemm, matmuls.step), default=0)
         inference = max(projection - after_projection(self.scratch), step, 0)
         training = max(projection - after_projection(self.kept), step, 0)
-        buffers = after_projection(self.backward) + self.backward_fixed * act
+        buffers = after_projection(self.backward - kept_buffers) + self.backward_fixed * act
         backward = max(max(map(gemm, matmuls.backward_step), default=0), gemm(matmuls.kernel_grad) - buffers, 0)
         input_grad = max(gemm(matmuls.input_grad) - buffers - backward, 0)
         return inference, training, backward, input_grad
+
+
+def _no_states(a) -> None:
+    """A wrapped recurrent layer returns its output only."""
+    if a.layer.args.get("return_state", False):
+        raise SpecError("return_state inside a wrapper is not supported", field="layer.return_state",
+                        expected="false")
 
 
 @register
@@ -284,9 +341,11 @@ class Bidirectional(Rule):
             Arg("merge_mode", choice("concat", "sum", "mul", "ave"), "concat"))
 
     def _inner(self, a) -> RecurrentRule:
+        _no_states(a)
         return rule_for(a.layer.type)  # type: ignore[return-value]
 
     def output_shape(self, a, x, ctx):
+        _no_states(a)
         with _wrapped(a.layer.type, "the sequence"):
             y = self._inner(a).output_shape(a.layer.args, x, ctx)
         return (*y[:-1], 2 * y[-1]) if a.merge_mode == "concat" else y
@@ -345,6 +404,7 @@ class TimeDistributed(Rule):
         if len(x) < 2:
             raise ShapeError("TimeDistributed needs a steps axis and at least one more",
                              expected="a shape like (steps, features)", received=f"shape {shape_text(x)}")
+        _no_states(a)
         return rule_for(a.layer.type), a.layer.args, x[1:]
 
     def output_shape(self, a, x, ctx):

@@ -92,6 +92,11 @@ class Memory:
     weight_casts: tuple[str, ...] = ()   # under autocast, what becomes of the layer's own weight casts
     grads_strided: bool = False    # its inputs' gradients are strided slices of its output's (Concatenate)
     dense_grad: bool = False       # its backward copies a strided incoming gradient (Embedding)
+    # recurrent states: the inputs after the first whose gradients backward makes among its
+    # scratch (initial states), and the elements per sample of a second output that inference
+    # makes among its scratch and training keeps in its first "new" saved tensor (an LSTM's c)
+    state_grads: int = 0
+    cell_state: int = 0
 
 
 class Rule:
@@ -105,6 +110,11 @@ class Rule:
 
     def output_shape(self, a: LayerArgs, x: Shape, ctx: Context) -> Shape:
         return x
+
+    def output_shapes(self, a: LayerArgs, x: Shape, ctx: Context) -> tuple[Shape, ...]:
+        """Every output's shape: the layer's output, then any others (a recurrent layer's states);
+        the other methods see the first as ``y``."""
+        return (self.output_shape(a, x, ctx),)
 
     def params(self, a: LayerArgs, x: Shape, ctx: Context) -> Params:
         return Params()

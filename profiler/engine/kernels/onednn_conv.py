@@ -519,8 +519,9 @@ def channels_first_depthwise(ctx, call: ConvCall, input_grad: bool = True) -> tu
             _bytes(backward, "oneDNN blocked copies, weight reorders, gradients and scratchpads"))
 
 
-# Grouped convolutions on NCHW tensors (float32, 2-D, 8 to 48 channels per group; ONEDNN_VERBOSE
-# and allocator events, 2 threads, batch 1 to 4): oneDNN's direct ``jit`` kernels run forward and
+# Grouped convolutions on NCHW tensors (float32, 2-D, 8 to 48 channels per group, and multiples of
+# 8 up to 256: ``benchmarks/grouped_conv_sweep.py``; ONEDNN_VERBOSE and allocator events, 2
+# threads, batch 1 to 4): oneDNN's direct ``jit`` kernels run forward and
 # the data phase on copies blocked by 8 channels (``aBcd8b``: as large as the plain tensors), the
 # weight reordered (``aBCde8c8b``), the result made blocked and copied back; in order
 #   forward     x', w', y' | free w', x' | y | free y'
@@ -535,11 +536,14 @@ def channels_first_depthwise(ctx, call: ConvCall, input_grad: bool = True) -> tu
 # beyond the gradients; on 2×2, backward 352,768 B (8 × 43,776 weight bytes + 2,304 of columns
 # and two 128-byte alignments). Before: RegNetX-200MF's SGD step over by 33,024 B at batch 1.
 def channels_first_grouped_fits(ctx, call: ConvCall) -> bool:
-    """Whether the NCHW grouped model above covers the call (as measured)."""
+    """Whether the NCHW grouped model above covers the call (as measured: beyond 48 channels per
+    group only multiples of 8, whose weight gradient runs ``jit``; 52, 60 and 100 per group run
+    the GEMM one, whose scratchpad there is not the one above)."""
     per_in, per_out = call.per_group_in, call.out_channels // call.groups
     return (ctx.data_format == "channels_first" and call.groups > 1 and not call.transposed
             and len(call.kernel) == 2 and not call.dilated and ctx.compute_dtype(True) == "float32"
-            and per_in == per_out and per_in % 4 == 0 and 8 <= per_in <= 48)
+            and per_in == per_out and per_in % 4 == 0
+            and (8 <= per_in <= 48 or (per_in % 8 == 0 and per_in <= 256)))
 
 
 def channels_first_grouped(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
