@@ -790,8 +790,13 @@ def test_seq2seq_reads_computes_and_trains_as_keras(keras, builder):
     assert decoder["inputs"][1:] == (["encoder", "encoder:2"] if builder is _seq2seq_lstm else ["encoder:1"])
     spec = from_dict(spec_dict, source="m.json")
     prediction = predict(spec)
-    assert _check_against_keras(keras, model, {r.name: r for r in prediction.rows}) == len(model.layers) - 2
+    rows = {r.name: r for r in prediction.rows}
+    assert _check_against_keras(keras, model, rows) == len(model.layers) - 2
     assert prediction.params == model.count_params()
+    # Output bytes: every tensor the layer returns that is storage of its own, at batch 1: an
+    # LSTM's h is its output and c its own (6 + 6 floats); a GRU's h is its sequence's last step
+    assert prediction.batch == 1
+    assert rows["encoder"].output_bytes == (4 * (6 + 6) if builder is _seq2seq_lstm else 4 * 5 * 5)
     module = _module_with_keras_weights(model, spec)
     torch.manual_seed(0)
     x = [torch.randn(3, 5, 3), torch.randn(3, 4, 2)]
@@ -800,6 +805,11 @@ def test_seq2seq_reads_computes_and_trains_as_keras(keras, builder):
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, torch.as_tensor(b), rtol=1e-5, atol=1e-6)
+    encoder = module.layers[module.child_names["encoder"]]
+    with torch.no_grad():   # (output, h[, c]) of inference: storages as the Output column counts them
+        returned = encoder(x[0])
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in returned}
+    assert sum(storages.values()) == 3 * rows["encoder"].output_bytes   # batch 3
 
     def loss(outputs):   # weights every element differently, so that each gradient path counts
         return sum((t * torch.arange(t.numel()).reshape(t.shape).float().sin()).sum() for t in outputs)

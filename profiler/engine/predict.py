@@ -284,8 +284,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
         rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in plan.rows]
         if amp is not None:   # each output in the dtype autocast left it in, as the replay ran it
             dtypes = sm.layer_dtypes(mem.output_dtypes)
-            rows = [replace(row, output_bytes=batch * prod(row.output_shape) * itemsize(dtypes.get(row.name, dtype)))
-                    if row.output_bytes else row for row in rows]
+            rows = [replace(row, output_bytes=row.output_bytes // itemsize(dtype) * itemsize(dtypes.get(row.name, dtype)))
+                    for row in rows]
         return Prediction(
             spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(rows),
             inference=sm.rounded(mem.inference, mem.timelines["inference"], footprint),
@@ -307,8 +307,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in plan.rows]
     if amp is not None:   # each output in the dtype autocast leaves it in
         dtypes = value_dtypes(plan.ops, setting)
-        rows = [replace(row, output_bytes=batch * prod(row.output_shape) * itemsize(dtypes.get(row.name, dtype)))
-                if row.output_bytes else row for row in rows]
+        rows = [replace(row, output_bytes=row.output_bytes // itemsize(dtype) * itemsize(dtypes.get(row.name, dtype)))
+                for row in rows]
     runs = {"inference": inference_timeline(plan.ops, setting, trace=timelines),
             **{f"train_{o}": training_timeline(plan.ops, setting, o, trace=timelines) for o in optimizers},
             **{f"train_first_step_{o}": training_timeline(plan.ops, setting, o, first_step=True, trace=timelines)
@@ -476,7 +476,9 @@ class _Plan:
             params = weights if t.first_call else Params(formula=f"shared with {t.layer.name}")
             memory = t.rule.memory(a, t.rule_input, t.output_shape, ctx)
             macs = self.batch * t.rule.macs(a, t.rule_input, t.output_shape, ctx)
-            out_bytes = 0 if memory.output_is_view else self.batch * prod(t.output_shape) * self.act
+            # a recurrent layer's returned c is storage of its own (h is the output, or a view of it)
+            out_bytes = 0 if memory.output_is_view else \
+                self.batch * (prod(t.output_shape) + memory.cell_state) * self.act
             self.rows.append(LayerRow(t.node.index, t.name, t.layer.type, t.input_shapes, t.output_shapes,
                                       params, macs, params.total * self.act, out_bytes, depth=depth,
                                       connected_to=connected, layer=t.layer.name))
