@@ -1,0 +1,102 @@
+"""One distributed training job, as predicted and as measured: the model, each rank's inputs, and
+the step both run.
+
+Each rank trains on its own batch of ``batch`` samples (the per-rank batch); inputs and targets are
+made as the single-device runner makes them, seeded by the rank. The step is the runner's training
+step (``opt.zero_grad(set_to_none=True); out = model(*x); loss = loss_fn(out, y); loss.backward();
+opt.step()``), run twice: the second, steady step is the one whose peak is reported, with the
+gradients, optimizer state and whatever the strategy keeps from the first alive when it starts.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from profiler.distributed.strategies import Strategy, parallelize
+from profiler.engine.module_memory import autocast
+from profiler.step import loss_fn as step_loss, outputs, total_loss
+
+STEPS = 2   # the first step makes gradients and state; the second is measured
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every rank runs: ``factory()`` (a new module) wrapped by ``strategy``, trained with
+    ``optimizer`` on ``batch`` samples per rank."""
+    factory: Callable[[], torch.nn.Module]
+    input_shapes: tuple[tuple[int, ...], ...]     # per sample (batch excluded)
+    input_dtypes: tuple[str, ...]                 # "float" or "int64"
+    int_high: tuple[int | None, ...]
+    batch: int
+    strategy: Strategy
+    world: int
+    optimizer: str = "sgd"
+    loss: str = "cross_entropy"
+    dtype: str = "float32"
+    amp: str | None = None
+    seed: int = 0
+    threads: int = 1                              # intra-op threads of each rank
+    output_shapes: tuple[tuple[int, ...], ...] = field(default=())   # filled by with_outputs
+
+    def with_outputs(self) -> "Job":
+        """The job with the model's output shapes (a meta-device pass), which size the targets."""
+        from dataclasses import replace
+        with torch.device("meta"):
+            module = self.factory().to(getattr(torch, self.dtype))
+            x = [torch.empty(s, dtype=torch.int64 if k == "int64" else getattr(torch, self.dtype))
+                 for s, k in zip(self.shapes(), self.input_dtypes)]
+            with torch.no_grad():
+                out = outputs(module(*x))
+        return replace(self, output_shapes=tuple(tuple(o.shape) for o in out))
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [(self.batch, *s) for s in self.input_shapes]
+
+
+def make_model(job: Job) -> torch.nn.Module:
+    """A new module in the job's dtype, seeded alike on every rank."""
+    torch.manual_seed(job.seed)
+    module = job.factory()
+    return module if job.dtype == "float32" else module.to(getattr(torch, job.dtype))
+
+
+def make_data(job: Job, rank: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The rank's inputs and targets, as the runner makes them (seeded by the rank)."""
+    from profiler.measuring.runner import _make_input, _make_target
+    dtype = getattr(torch, job.dtype)
+    seed = job.seed + 1000 * rank
+    cpu = torch.device("cpu")
+    x = [_make_input(s, k, h, dtype, cpu, seed + i)
+         for i, (s, k, h) in enumerate(zip(job.shapes(), job.input_dtypes, job.int_high))]
+    out_dtype = torch.float32 if job.amp else dtype
+    y = [_make_target(job.loss, s, out_dtype, cpu, seed + i) for i, s in enumerate(job.output_shapes)]
+    return x, y
+
+
+def build(job: Job, module: torch.nn.Module, mesh: Any, fake: bool
+          ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The module spread over the mesh, and its optimizer; then every rank's start-up collectives
+    finished (a barrier) and what they left in reference cycles collected, so that the first step
+    starts from the same state in every run."""
+    import gc
+    import torch.distributed as dist
+    made = parallelize(module, job.strategy, job.optimizer, mesh, amp=job.amp, fake=fake)
+    dist.barrier(group=mesh.get_group())
+    gc.collect()
+    return made
+
+
+def train_step(job: Job, model: torch.nn.Module, opt: torch.optim.Optimizer,
+               x: list[torch.Tensor], y: list[torch.Tensor]) -> None:
+    """The runner's training step. Mixed precision: autocast around forward and loss, except under
+    FSDP, whose policy casts the parameters itself."""
+    region = contextlib.nullcontext() if job.strategy.name == "fsdp" else autocast(job.amp)
+    opt.zero_grad(set_to_none=True)
+    with region:
+        out = outputs(model(*x))
+        loss = total_loss(step_loss(job.loss), out, y)
+    loss.backward()
+    opt.step()

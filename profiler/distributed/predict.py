@@ -1,0 +1,242 @@
+"""Each rank's training-step peak at world size N, predicted in one process without N devices.
+
+Rank ``r`` of ``N`` runs for real on fake tensors: a fake process group (backend "fake", torch's
+``FakeProcessGroup``: every collective returns at once, nothing is sent) at rank ``r`` and size
+``N``, the strategy wrapped by :func:`profiler.distributed.strategies.parallelize`, and the job's
+two training steps, under the memory engine's :class:`~profiler.engine.module_memory.StorageLog`
+(every storage an operator makes and frees, kernels' workspace booked per call). Two things the
+single-device log does not see are added here:
+
+- DTensor operations (FSDP2's sharded parameters, their gradients and optimizer state): the log
+  lets DTensor's own dispatch run first and logs the local operators it runs.
+- Storages resized in place (``UntypedStorage.resize_``: FSDP2 frees an unsharded parameter by
+  resizing its storage to 0 and allocates it again before the next all-gather), which no operator
+  reports.
+
+The peak is the second step's, everything alive counted, as the measured ranks report it
+(:mod:`profiler.distributed.launch`). Ranks whose shards have the same sizes (FSDP2 shards dim 0 in
+chunks of ``ceil(d / N)``, the last ranks getting less or nothing) have the same peak: one rank of
+each group is replayed. Data-parallel ranks are alike; ZeRO-1's partitions are the library's, so
+every rank is replayed there.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from profiler.distributed.job import STEPS, Job, build, make_model, train_step
+from profiler.engine.memory_model import Peak
+from profiler.engine.module_memory import StorageLog, make_target
+from profiler.rules.registry import Context
+
+
+@dataclass(frozen=True)
+class RankPrediction:
+    rank: int
+    peak_bytes: int
+    at: str                                  # what was running at the peak
+    breakdown: dict[str, int]                # category -> bytes alive at the peak
+    start_bytes: int                         # alive when the measured step starts
+    param_bytes: int                         # this rank's parameter storages (shards, padded as stored)
+    local_param_numel: int                   # elements of this rank's parameters, padding excluded
+    shard_numel: dict[str, int] = field(default_factory=dict)   # parameter -> local elements (FSDP)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "peak_bytes": self.peak_bytes, "at": self.at,
+                "breakdown": dict(self.breakdown), "start_bytes": self.start_bytes,
+                "param_bytes": self.param_bytes, "local_param_numel": self.local_param_numel,
+                "shard_numel": dict(self.shard_numel)}
+
+
+class _RankLog(StorageLog):
+    """The engine's storage log, with DTensor dispatch let through and storage resizes seen."""
+
+    def __init__(self, names: dict[int, str], run: Context):
+        super().__init__(names, run)
+        self._propagating = False
+
+    # DTensor's sharding propagation runs each operator once more on fake tensors (under the fake
+    # mode it finds active: the replay's) to learn its output's shape; in a real run those are fake
+    # too and allocate nothing. It holds ``ShardingPropagator._fake_mode_lock`` (a context manager
+    # meant to be replaced) meanwhile: the log replaces it with itself and stops logging inside.
+    def _pause(self) -> Any:
+        log = self
+
+        class Paused:
+            def __enter__(self) -> None:
+                log._propagating = True
+
+            def __exit__(self, *exc: object) -> None:
+                log._propagating = False
+
+        return Paused()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        from torch.distributed.tensor import DTensor
+        if any(issubclass(t, DTensor) for t in types):
+            return NotImplemented   # DTensor runs its local operators, which come back here
+        if self._propagating:   # DTensor's sharding propagation: shapes only, nothing allocated
+            return func(*args, **(kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+    def __enter__(self) -> "_RankLog":
+        original = torch.UntypedStorage.resize_
+
+        def resize_(storage: torch.UntypedStorage, size: int) -> Any:
+            result = original(storage, size)
+            self._resized(storage)
+            return result
+
+        from torch.distributed.tensor._sharding_prop import ShardingPropagator
+        self._original_resize = original
+        self._original_lock = ShardingPropagator._fake_mode_lock
+        torch.UntypedStorage.resize_ = resize_   # type: ignore[method-assign]
+        ShardingPropagator._fake_mode_lock = self._pause()
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        from torch.distributed.tensor._sharding_prop import ShardingPropagator
+        super().__exit__(*exc)
+        torch.UntypedStorage.resize_ = self._original_resize   # type: ignore[method-assign]
+        ShardingPropagator._fake_mode_lock = self._original_lock
+
+    def _resized(self, storage: torch.UntypedStorage) -> None:
+        serial = self._serial.get(id(storage))
+        if serial is None:
+            if storage.nbytes():
+                self._add(storage)
+        elif self._nbytes[serial] != storage.nbytes():
+            self._resize(serial, storage.nbytes())
+
+
+def local(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """The rank's own tensor behind a DTensor (FSDP2's shards), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def predict_rank(job: Job, rank: int) -> RankPrediction:
+    """Rank ``rank``'s steady training step at the job's world size (see the module docstring)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with _fake_group(rank, job.world) as mesh, _unverified():
+        fake = FakeTensorMode()
+        with fake:
+            module = make_model(job)
+            x = [torch.empty(s, dtype=torch.int64 if k == "int64" else getattr(torch, job.dtype))
+                 for s, k in zip(job.shapes(), job.input_dtypes)]
+            out_dtype = torch.float32 if job.amp else getattr(torch, job.dtype)
+            y = [make_target(job.loss, s, out_dtype) for s in job.output_shapes]
+        names = {id(m): n for n, m in module.named_modules()}
+        run = Context(device_kind="cpu", amp=job.amp, threads=job.threads)
+        log = _RankLog(names, run)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(job.threads)
+        try:
+            log.seed([*module.parameters(), *module.buffers()], "parameters")
+            log.seed([*x, *y], "inputs")
+            with fake, log:
+                log.set_phase("start")
+                model, opt = build(job, module, mesh, fake=True)
+                params = [local(p) for p in model.parameters()]
+                log.mark(params, "parameters")
+                for step in range(STEPS):
+                    if step == STEPS - 1:
+                        log.mark([local(p.grad) for p in model.parameters()], "gradients")
+                        log.mark(list(_state(opt)), "optimizer_state")
+                        before = log.cut()
+                    log.set_phase("step")
+                    train_step(job, model, opt, x, y)
+            measured = log.cut()
+            peak: Peak = log.peak([before, measured], start=len(before))
+            start = log.peak([before], start=len(before)).bytes
+            shards = _shard_numel(model)
+            param_bytes = sum({id(p.untyped_storage()): p.untyped_storage().nbytes() for p in params}.values())
+            numel = sum(shards.values()) if shards else sum(p.numel() for p in params)
+        finally:
+            log.close()
+            torch.set_num_threads(previous)
+    return RankPrediction(rank, peak.bytes, peak.at, dict(peak.breakdown), start, param_bytes, numel, shards)
+
+
+def _state(opt: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    inner = getattr(opt, "optim", opt)   # ZeroRedundancyOptimizer keeps the rank's optimizer there
+    for state in inner.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                yield local(value)
+
+
+def _shard_numel(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter name -> elements this rank holds, for DTensor (FSDP2) parameters."""
+    from torch.distributed.tensor import DTensor
+    return {name: p.to_local().numel() for name, p in model.named_parameters() if isinstance(p, DTensor)}
+
+
+def chunk_sizes(d: int, world: int) -> list[int]:
+    """Rows of a dim-0 size ``d`` on each rank as FSDP2 shards it (``torch.chunk``: ``ceil(d / N)``
+    rows each, the last ranks less or none)."""
+    rows = -(-d // world)
+    return [max(0, min(rows, d - r * rows)) for r in range(world)]
+
+
+def rank_groups(job: Job) -> list[list[int]]:
+    """Ranks with the same shard sizes, which have the same peak (see the module docstring)."""
+    if job.strategy.name == "zero1":
+        return [[r] for r in range(job.world)]
+    if job.strategy.name == "ddp":
+        return [list(range(job.world))]
+    with torch.device("meta"):
+        module = job.factory()
+    dims = [p.shape[0] if p.dim() else 1 for p in module.parameters()]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    per_param = [chunk_sizes(d, job.world) for d in dims]
+    for r in range(job.world):
+        groups.setdefault(tuple(sizes[r] for sizes in per_param), []).append(r)
+    return list(groups.values())
+
+
+def predict(job: Job) -> list[RankPrediction]:
+    """Every rank's prediction, one replay per group of alike ranks, in rank order."""
+    out: dict[int, RankPrediction] = {}
+    for group in rank_groups(job):
+        first = predict_rank(job, group[0])
+        for r in group:
+            out[r] = first if r == group[0] else _as_rank(first, r)
+    return [out[r] for r in range(job.world)]
+
+
+def _as_rank(pred: RankPrediction, rank: int) -> RankPrediction:
+    from dataclasses import replace
+    return replace(pred, rank=rank)
+
+
+@contextlib.contextmanager
+def _fake_group(rank: int, world: int) -> Iterator[Any]:
+    """A fake process group (rank ``rank`` of ``world``) as the default group, and its device mesh
+    (made before any fake tensor exists: a mesh reads its ranks' values)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    if dist.is_initialized():
+        raise RuntimeError("a process group is initialized already: predict in a process without one")
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+    try:
+        yield init_device_mesh("cpu", (world,))
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _unverified() -> Iterator[None]:
+    """DDP checks that every rank's parameters have the same shapes by reading them (data a fake
+    tensor has not): a check, no memory, skipped in the prediction."""
+    import torch.nn.parallel.distributed as ddp_module
+    check = ddp_module._verify_param_shape_across_processes
+    ddp_module._verify_param_shape_across_processes = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        ddp_module._verify_param_shape_across_processes = check
