@@ -39,11 +39,12 @@ class RankMeasurement:
     rank: int
     peak_bytes: int          # highest live total during the steady step
     start_bytes: int         # alive when it starts
+    param_bytes: int         # the rank's parameter storages (FSDP2: its padded shards)
     events: int              # allocator events replayed
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "peak_bytes": self.peak_bytes, "start_bytes": self.start_bytes,
-                "events": self.events}
+                "param_bytes": self.param_bytes, "events": self.events}
 
 
 def max_local_ranks() -> int:
@@ -124,6 +125,7 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     x, y = make_data(job, rank)
     model, opt = build(job, module, mesh, fake=False)
     del module
+    param_bytes = storage_bytes([local(p) for p in model.parameters()])
     start = storage_bytes([*(local(p) for p in model.parameters()), *model.buffers(), *x, *y])
     start += bucket_bytes(model)
 
@@ -155,7 +157,7 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
             peak = max(peak, current)
     if before is None:
         before = peak = current
-    return RankMeasurement(rank, peak, before, len(memory))
+    return RankMeasurement(rank, peak, before, param_bytes, len(memory))
 
 
 def bucket_bytes(model: torch.nn.Module) -> int:

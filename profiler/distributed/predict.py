@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import torch
 
+from profiler.distributed.collectives import buffers
 from profiler.distributed.job import STEPS, Job, build, make_model, train_step
 from profiler.engine.memory_model import Peak
 from profiler.engine.module_memory import StorageLog, make_target
@@ -80,7 +81,10 @@ class _RankLog(StorageLog):
             return NotImplemented   # DTensor runs its local operators, which come back here
         if self._propagating:   # DTensor's sharding propagation: shapes only, nothing allocated
             return func(*args, **(kwargs or {}))
-        return super().__torch_dispatch__(func, types, args, kwargs)
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        for group in buffers(func, args):
+            self._transient([(nbytes, "workspace") for nbytes in group])
+        return out
 
     def __enter__(self) -> "_RankLog":
         original = torch.UntypedStorage.resize_
@@ -121,7 +125,7 @@ def local(tensor: torch.Tensor | None) -> torch.Tensor | None:
 def predict_rank(job: Job, rank: int) -> RankPrediction:
     """Rank ``rank``'s steady training step at the job's world size (see the module docstring)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    with _fake_group(rank, job.world) as mesh, _unverified():
+    with _fake_group(rank, job.world) as mesh, _unverified(), _shards_compared_by_storage():
         fake = FakeTensorMode()
         with fake:
             module = make_model(job)
@@ -240,3 +244,30 @@ def _unverified() -> Iterator[None]:
         yield
     finally:
         ddp_module._verify_param_shape_across_processes = check
+
+
+@contextlib.contextmanager
+def _shards_compared_by_storage() -> Iterator[None]:
+    """FSDP2 pads a rank's uneven shard again at its first forward unless the shard is still the
+    padded storage it made, which it checks by comparing data pointers (every fake storage's is 0,
+    so the replay would pad a second copy that a real run never makes). The replay compares the
+    storages themselves (its check also takes a fake tensor for a subclass, whose pointer it does not
+    compare), and keeps the rest of ``reset_sharded_param`` as it is."""
+    from torch.distributed.fsdp._fully_shard._fsdp_param import FSDPParam
+    original = FSDPParam.reset_sharded_param
+
+    def reset_sharded_param(self: Any) -> None:
+        info = self._module_info
+        param = getattr(info.module, info.param_name)
+        data = self._sharded_param_data
+        if param is self.sharded_param and isinstance(data, torch.Tensor) \
+                and data.untyped_storage() is param._local_tensor.untyped_storage():
+            self._sharding_spec = param._spec   # all that a real run does when it is the same
+            return
+        original(self)
+
+    FSDPParam.reset_sharded_param = reset_sharded_param   # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        FSDPParam.reset_sharded_param = original   # type: ignore[method-assign]
