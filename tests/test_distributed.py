@@ -46,15 +46,15 @@ def test_zero1_partitions_the_adam_state(measured) -> None:
 
 
 @pytest.mark.parametrize("index", range(len(_FSDP)))
-def test_fsdp_shards_predicted_equal_measured(measured, index: int) -> None:
-    """Per rank, the padded shards the replay holds are the real run's, byte for byte. (The
-    peaks are not compared here: gloo's worker threads sometimes drop the last reference to a
-    collective's buffers outside the profiler, so a real FSDP2 run's measured peak varies from run
-    to run; see results/distributed.md.)"""
+def test_fsdp_peaks_predicted_equal_measured(measured, index: int) -> None:
+    """Per rank: the padded shards, what is alive when the steady step starts, and its peak
+    (all-gather and reduce-scatter buffers, gloo's copies, unsharded parameters and gradients)."""
     job = _FSDP[index]
     predicted = predict.predict(job)
     got = measured[len(_EXACT) + index]
     assert [p.param_bytes for p in predicted] == [m.param_bytes for m in got]
+    assert [p.start_bytes for p in predicted] == [m.start_bytes for m in got]
+    assert [p.peak_bytes for p in predicted] == [m.peak_bytes for m in got]
 
 
 @pytest.mark.parametrize("world", [2, 8, 64])

@@ -50,3 +50,11 @@ def buffers(func: Any, args: tuple, backend: str = "gloo") -> list[list[int]]:
     call that is not a collective or allocates nothing."""
     booked = GLOO.get(func) if backend == "gloo" else None
     return booked(args) if booked is not None else []
+
+
+def wrapped_kernels() -> dict[Any, Any]:
+    """Custom operators a strategy dispatches whose kernel is one aten operator, which the replay
+    does not see (it runs inside the custom operator): FSDP2's ``fsdp.chunk_cat`` (the
+    reduce-scatter input) runs ``aten._chunk_cat.out``, whose padding copies are workspace."""
+    import torch.distributed.fsdp._fully_shard._fsdp_collectives  # noqa: F401  (defines fsdp.chunk_cat)
+    return {torch.ops.fsdp.chunk_cat.default: torch.ops.aten._chunk_cat.out}

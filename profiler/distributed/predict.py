@@ -27,7 +27,8 @@ from typing import Any, Iterator
 
 import torch
 
-from profiler.distributed.collectives import buffers
+from profiler.distributed.collectives import buffers, wrapped_kernels
+from profiler.engine.kernels.aten_cpu import kernel_workspace
 from profiler.distributed.job import STEPS, Job, build, make_model, train_step
 from profiler.engine.memory_model import Peak
 from profiler.engine.module_memory import StorageLog, make_target
@@ -58,6 +59,7 @@ class _RankLog(StorageLog):
     def __init__(self, names: dict[int, str], run: Context):
         super().__init__(names, run)
         self._propagating = False
+        self._wrapped = wrapped_kernels()
 
     # DTensor's sharding propagation runs each operator once more on fake tensors (under the fake
     # mode it finds active: the replay's) to learn its output's shape; in a real run those are fake
@@ -84,6 +86,10 @@ class _RankLog(StorageLog):
         out = super().__torch_dispatch__(func, types, args, kwargs)
         for group in buffers(func, args):
             self._transient([(nbytes, "workspace") for nbytes in group])
+        inner = self._wrapped.get(func)
+        if inner is not None:
+            booked = kernel_workspace(inner, args, out, self.run, self.phase == "backward", kwargs)
+            self._transient([(nbytes, "workspace") for nbytes in booked])
         return out
 
     def __enter__(self) -> "_RankLog":
