@@ -13,6 +13,7 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from profiler import workflow
+from profiler.distributed import STRATEGIES
 from profiler.dtypes import MODEL_DTYPES
 from profiler.errors import ModelsizeError
 from profiler.step import LOSSES
@@ -139,6 +140,8 @@ def _name(source) -> str:
 
 def _summary(args: argparse.Namespace) -> int:
     source = _source(args)
+    if args.world_size is not None:
+        return _distributed(args, source, measure=False)
     device_kind = args.device_kind or ("cuda" if args.device not in (None, "cpu") else "cpu")
     result = workflow.summary(source, batch=args.batch, dtype=args.dtype, loss=args.loss,
                               device_kind=device_kind, optimizers=args.optimizers,
@@ -193,13 +196,21 @@ def _profile(args: argparse.Namespace) -> int:
     source = _source(args)
     if not args.no_save:
         check_writable(args.results_dir)
-    isolate_from = _isolated(args)
-    try:
-        result = workflow.profile(source, **_measure_options(args), depth=args.depth, isolate_from=isolate_from,
-                                  progress=_progress)
-    except DoesNotFit as error:
-        print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
-        return EXIT_DOES_NOT_FIT
+    if args.world_size is not None:
+        if args.device == "cuda":
+            raise ModelsizeError("distributed runs are measured on CPU ranks (gloo) here", field="device",
+                                 expected="cpu with --world-size", received="cuda")
+        from profiler.distributed.launch import check_world
+        check_world(args.world_size)
+        result = workflow.distributed(source, _reference(args), **_distributed_options(args), measure=True)
+    else:
+        isolate_from = _isolated(args)
+        try:
+            result = workflow.profile(source, **_measure_options(args), depth=args.depth,
+                                      isolate_from=isolate_from, progress=_progress)
+        except DoesNotFit as error:
+            print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
+            return EXIT_DOES_NOT_FIT
     unsaved = None
     if not args.no_save:
         try:
@@ -238,9 +249,29 @@ def _fit(args: argparse.Namespace) -> int:
     return EXIT_PREDICTION_FAILED if result.get("verification", {}).get("held") is False else 0
 
 
+def _distributed(args: argparse.Namespace, source: Any, *, measure: bool) -> int:
+    """``summary --world-size N``: every rank's predicted peak (no process group needed)."""
+    result = workflow.distributed(source, _reference(args), **_distributed_options(args), measure=measure)
+    _emit(result, args)
+    return 0
+
+
+def _distributed_options(args: argparse.Namespace) -> dict[str, Any]:
+    from profiler.distributed.strategies import Strategy
+    strategy = Strategy(args.strategy, fsdp_wrap=args.fsdp_wrap or (),
+                        reshard_after_forward=not args.no_reshard_after_forward,
+                        bucket_cap_mb=args.bucket_cap_mb, gradient_as_bucket_view=args.gradient_as_bucket_view)
+    return {"world": args.world_size, "strategy": strategy, "batch": args.batch, "dtype": args.dtype,
+            "loss": args.loss, "optimizers": args.optimizers, "amp": _amp_dtype(args, "cpu"),
+            "threads": args.threads or 1}
+
+
 def _emit(result: dict[str, Any], args: argparse.Namespace) -> None:
     if args.format == "json":
         print(json.dumps(result, indent=2))
+    elif "distributed" in result:
+        from profiler.report.distributed_tables import render_distributed
+        print(render_distributed(result, markdown=args.format == "markdown"), end="")
     else:
         print(render(result, markdown=args.format == "markdown", explain=args.explain,
                      depth=getattr(args, "depth", None)), end="")
@@ -404,6 +435,23 @@ def _parser() -> argparse.ArgumentParser:
                          help="measure even when the predicted peak is more than the device has free "
                               "(by default such a run is 'does not fit', exit status 3, nothing built)")
 
+    def distributed(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--world-size", type=_positive, default=None, metavar="N",
+                         help="train data-parallel over N ranks: every rank's steady training-step peak, "
+                              "predicted on a fake process group (profile: also measured on N local gloo ranks)")
+        sub.add_argument("--strategy", choices=STRATEGIES, default="ddp",
+                         help="with --world-size: DistributedDataParallel, FSDP2's fully_shard, or ZeRO-1 "
+                              "(ZeroRedundancyOptimizer over DDP) (default ddp)")
+        sub.add_argument("--fsdp-wrap", type=_layer_list, default=(), metavar="CLASSES",
+                         help="fsdp: module classes each wrapped by fully_shard, comma-separated "
+                              "(default: every module that holds parameters itself)")
+        sub.add_argument("--no-reshard-after-forward", action="store_true",
+                         help="fsdp: keep the unsharded parameters from forward to backward")
+        sub.add_argument("--bucket-cap-mb", type=float, default=25.0,
+                         help="ddp, zero1: DDP's gradient bucket size in MiB (default 25)")
+        sub.add_argument("--gradient-as-bucket-view", action="store_true",
+                         help="ddp, zero1: gradients are views into DDP's buckets")
+
     summary = commands.add_parser(
         "summary", help="predict without building the model",
         description="Predict without building the model. SPEC may also be package.module:factory, a "
@@ -411,6 +459,7 @@ def _parser() -> argparse.ArgumentParser:
                     "no arguments under the meta device, so no weights are allocated; give the input with "
                     "--input-shape. Only name code you trust.")
     common(summary)
+    distributed(summary)
     summary.add_argument("--device-kind", choices=("cpu", "cuda"), default=None,
                          help="predict memory for this kind of device (optimizer kernels differ; default: cpu, "
                               "cuda with --device NAME)")
@@ -428,6 +477,7 @@ def _parser() -> argparse.ArgumentParser:
     profile = commands.add_parser("profile", help="predict, measure, compare and save a result")
     common(profile, spec_optional=True)
     measuring(profile)
+    distributed(profile)
     profile.add_argument("--results-dir", default="results/runs", help="where result JSON files go")
     profile.add_argument("--no-save", action="store_true", help="do not write a result file")
     profile.set_defaults(run=_profile)

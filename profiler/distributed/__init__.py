@@ -5,3 +5,6 @@ every rank runs; ``predict`` replays rank r of N on fake tensors with a fake pro
 the memory engine; ``collectives`` books what a backend allocates inside a collective; ``launch``
 measures N local gloo ranks with the runner's allocator-event method.
 """
+
+#: the strategies, named as on the command line (what each does: ``strategies``)
+STRATEGIES = ("ddp", "fsdp", "zero1")

@@ -90,13 +90,19 @@ def build(job: Job, module: torch.nn.Module, mesh: Any, fake: bool
 
 
 def train_step(job: Job, model: torch.nn.Module, opt: torch.optim.Optimizer,
-               x: list[torch.Tensor], y: list[torch.Tensor]) -> None:
-    """The runner's training step. Mixed precision: autocast around forward and loss, except under
-    FSDP, whose policy casts the parameters itself."""
+               x: list[torch.Tensor], y: list[torch.Tensor],
+               mark: Callable[[str], None] = lambda phase: None) -> None:
+    """The runner's training step; ``mark`` names each phase as it starts. Mixed precision:
+    autocast around forward and loss, except under FSDP, whose policy casts the parameters itself."""
     region = contextlib.nullcontext() if job.strategy.name == "fsdp" else autocast(job.amp)
+    mark("zero_grad")
     opt.zero_grad(set_to_none=True)
+    mark("forward")
     with region:
         out = outputs(model(*x))
+        mark(f"loss ({job.loss})")
         loss = total_loss(step_loss(job.loss), out, y)
+    mark("backward")
     loss.backward()
+    mark("optimizer step")
     opt.step()

@@ -157,8 +157,7 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
                         log.mark([local(p.grad) for p in model.parameters()], "gradients")
                         log.mark(list(_state(opt)), "optimizer_state")
                         before = log.cut()
-                    log.set_phase("step")
-                    train_step(job, model, opt, x, y)
+                    train_step(job, model, opt, x, y, log.set_phase)
             measured = log.cut()
             peak: Peak = log.peak([before, measured], start=len(before))
             start = log.peak([before], start=len(before)).bytes

@@ -24,10 +24,9 @@ from typing import Any
 
 import torch
 
+from profiler.distributed import STRATEGIES
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.errors import ModelsizeError
-
-STRATEGIES = ("ddp", "fsdp", "zero1")
 
 
 @dataclass(frozen=True)
