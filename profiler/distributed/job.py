@@ -42,10 +42,12 @@ class Job:
     output_shapes: tuple[tuple[int, ...], ...] = field(default=())   # filled by with_outputs
 
     def with_outputs(self) -> "Job":
-        """The job with the model's output shapes (a meta-device pass), which size the targets."""
+        """The job with the model's output shapes (a pass on fake tensors), which size the targets."""
         from dataclasses import replace
-        with torch.device("meta"):
-            module = self.factory().to(getattr(torch, self.dtype))
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        fake = FakeTensorMode()
+        module = fake_model(self, fake)
+        with fake:
             x = [torch.empty(s, dtype=torch.int64 if k == "int64" else getattr(torch, self.dtype))
                  for s, k in zip(self.shapes(), self.input_dtypes)]
             with torch.no_grad():
@@ -61,6 +63,18 @@ def make_model(job: Job) -> torch.nn.Module:
     torch.manual_seed(job.seed)
     module = job.factory()
     return module if job.dtype == "float32" else module.to(getattr(torch, job.dtype))
+
+
+def fake_model(job: Job, fake_mode: Any) -> torch.nn.Module:
+    """The job's module with fake CPU tensors of ``fake_mode``: built on the meta device, then
+    twinned as the single-device engine twins it (a fake module cannot be cast in place)."""
+    from profiler.engine.torch_module import _all_meta, _to_fake, _to_meta, _twin
+    dtype = getattr(torch, job.dtype)
+    with torch.device("meta"):
+        module = job.factory()
+    meta = module if _all_meta(module, dtype) else _twin(module, _to_meta(dtype))
+    with fake_mode:
+        return _twin(meta, _to_fake)
 
 
 def make_data(job: Job, rank: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -75,12 +75,20 @@ def measure_all(jobs: list[Job], *, timeout_s: float = 300.0) -> list[list[RankM
         for process in ranks:
             process.start()
         gathered: dict[int, Any] = {}
+        deadline = time.monotonic() + timeout_s
         try:
-            for _ in ranks:
-                rank, answer = results.get(timeout=timeout_s)
+            while len(gathered) < world:
+                try:
+                    rank, answer = results.get(timeout=1.0)
+                except queue.Empty:
+                    dead = [r for r, p in enumerate(ranks) if p.exitcode is not None and r not in gathered]
+                    if dead:
+                        raise RuntimeError(f"rank {dead[0]} ended without an answer "
+                                           f"(exit code {ranks[dead[0]].exitcode})") from None
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the ranks did not answer within {timeout_s:.0f} s") from None
+                    continue
                 gathered[rank] = answer
-        except queue.Empty:
-            raise RuntimeError(f"the ranks did not answer within {timeout_s:.0f} s") from None
         finally:
             for process in ranks:
                 process.join(timeout=10)

@@ -29,7 +29,7 @@ import torch
 
 from profiler.distributed.collectives import buffers, wrapped_kernels
 from profiler.engine.kernels.aten_cpu import kernel_workspace
-from profiler.distributed.job import STEPS, Job, build, make_model, train_step
+from profiler.distributed.job import STEPS, Job, build, fake_model, train_step
 from profiler.engine.memory_model import Peak
 from profiler.engine.module_memory import StorageLog, make_target
 from profiler.rules.registry import Context
@@ -133,8 +133,8 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
     from torch._subclasses.fake_tensor import FakeTensorMode
     with _fake_group(rank, job.world) as mesh, _unverified(), _shards_compared_by_storage():
         fake = FakeTensorMode()
+        module = fake_model(job, fake)
         with fake:
-            module = make_model(job)
             x = [torch.empty(s, dtype=torch.int64 if k == "int64" else getattr(torch, job.dtype))
                  for s, k in zip(job.shapes(), job.input_dtypes)]
             out_dtype = torch.float32 if job.amp else getattr(torch, job.dtype)

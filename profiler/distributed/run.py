@@ -28,16 +28,8 @@ class Reference:
         arguments = dict(self.arguments)
         source = resolve(arguments.pop("model"), **arguments)
         if isinstance(source, ModuleSource):
-            return source.build() if not _faking() else source.factory()
-        return build(source)
-
-
-def _faking() -> bool:
-    """Whether a fake tensor mode is active (the prediction builds the model under one)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-    return any(isinstance(m, FakeTensorMode) for m in _get_current_dispatch_mode_stack()) or \
-        torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+            return source.factory() if torch.get_default_device().type == "meta" else source.build()
+        return build(source, device=str(torch.get_default_device()))
 
 
 def job_for(source: Any, reference: dict[str, Any], *, world: int, strategy: Strategy, batch: int,
