@@ -10,9 +10,9 @@ from profiler.engine.predict import Prediction, predict
 from profiler.frontends.spec import Model, ModelSpec, layer, load, loads
 
 __all__ = ["Model", "ModelSpec", "ModelsizeError", "Prediction", "ShapeError", "SpecError",
-           "UnsupportedLayerError", "fit", "layer", "load", "loads", "measure", "predict", "profile", "summary"]
+           "UnsupportedLayerError", "distributed", "fit", "layer", "load", "loads", "measure", "predict", "profile", "summary"]
 
-_API = ("summary", "measure", "profile", "fit")
+_API = ("summary", "measure", "profile", "fit", "distributed")
 
 
 def __getattr__(name: str):

@@ -82,3 +82,38 @@ def test_fake_group_shards_are_fsdp2s(world: int) -> None:
 def test_world_size_beyond_this_machine_is_refused() -> None:
     with pytest.raises(Exception, match="world size"):
         launch.measure(_job("ddp", "sgd", launch.max_local_ranks() + 1))
+
+
+def test_summary_predicts_every_rank_from_the_command_line(capsys) -> None:
+    """``summary --world-size 8 --strategy fsdp``: eight ranks, their shards adding up to the
+    model's parameters, the peak rank named."""
+    import json
+    from profiler.cli import main
+    assert main(["summary", "dense-514", "--batch", "4", "--format", "json"]) == 0
+    params = json.loads(capsys.readouterr().out)["totals"]["params"]
+    assert main(["summary", "dense-514", "--batch", "4", "--world-size", "8", "--strategy", "fsdp",
+                 "--optimizers", "adam", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ranks = result["predicted_ranks"]["adam"]
+    assert [r["rank"] for r in ranks] == list(range(8))
+    assert sum(r["local_param_numel"] for r in ranks) == params
+    peak = result["peak_rank"]["adam"]
+    assert ranks[peak]["peak_bytes"] == max(r["peak_bytes"] for r in ranks)
+
+
+def test_profile_measures_the_ranks_from_the_command_line(capsys) -> None:
+    import json
+    from profiler.cli import main
+    assert main(["profile", "digits", "--batch", "4", "--world-size", "2", "--strategy", "zero1",
+                 "--optimizers", "adam", "--no-save", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    predicted = [r["peak_bytes"] for r in result["predicted_ranks"]["adam"]]
+    assert predicted == [r["peak_bytes"] for r in result["measured_ranks"]["adam"]]
+    assert result["relative_error_ranks"]["adam"] == [0.0, 0.0]
+
+
+def test_profile_refuses_more_ranks_than_cpus(capsys) -> None:
+    from profiler.cli import main
+    assert main(["profile", "digits", "--world-size", str(launch.max_local_ranks() + 1), "--no-save"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "world-size" in err
