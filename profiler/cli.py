@@ -232,6 +232,8 @@ def _fit(args: argparse.Namespace) -> int:
     source = _source(args)
     budget = fit.make_budget(memory=args.memory, device=args.device, target=args.target, reserve=args.reserve,
                              margin=args.margin)
+    if args.world_size is not None:
+        return _distributed_fit(args, source, budget)
     target = budget.target
     answer = fit.solve(source, budget, mode="inference" if args.inference else args.train, dtype=args.dtype,
                        loss=args.loss, amp=_amp_dtype(args, target), threads=args.threads)
@@ -261,9 +263,29 @@ def _distributed_options(args: argparse.Namespace) -> dict[str, Any]:
     strategy = Strategy(args.strategy, fsdp_wrap=args.fsdp_wrap or (),
                         reshard_after_forward=not args.no_reshard_after_forward,
                         bucket_cap_mb=args.bucket_cap_mb, gradient_as_bucket_view=args.gradient_as_bucket_view)
-    return {"world": args.world_size, "strategy": strategy, "batch": args.batch, "dtype": args.dtype,
-            "loss": args.loss, "optimizers": args.optimizers, "amp": _amp_dtype(args, "cpu"),
+    return {"world": args.world_size, "strategy": strategy, "batch": getattr(args, "batch", 1), "dtype": args.dtype,
+            "loss": args.loss, "optimizers": getattr(args, "optimizers", ()), "amp": _amp_dtype(args, "cpu"),
             "threads": args.threads or 1}
+
+
+def _distributed_fit(args: argparse.Namespace, source: Any, budget: Any) -> int:
+    """``fit --world-size N``: the largest per-rank batch every rank fits (``distributed.fit``)."""
+    from profiler.distributed.fit import solve
+    from profiler.distributed.run import job_for
+    from profiler.report.distributed_tables import render_distributed_fit
+    if args.inference:
+        raise ModelsizeError("a distributed fit is for training", field="inference",
+                             expected="--train OPTIMIZER with --world-size")
+    options = _distributed_options(args)
+    job = job_for(source, _reference(args), world=options["world"], strategy=options["strategy"], batch=2,
+                  optimizer=args.train, loss=args.loss, dtype=args.dtype, amp=options["amp"],
+                  threads=options["threads"])
+    result = {"model": _name(source), **solve(job, budget)}
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_distributed_fit(result, markdown=args.format == "markdown"), end="")
+    return 0 if result["batch_per_rank"] else EXIT_DOES_NOT_FIT
 
 
 def _emit(result: dict[str, Any], args: argparse.Namespace) -> None:
@@ -513,6 +535,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="build the model and measure the peak at the batch and the next one (cpu budgets on "
                           "the CPU, cuda budgets on the GPU), each in a child process")
     fit.add_argument("--in-process", action="store_true", help="--verify measures in this process")
+    distributed(fit)
     fit.set_defaults(run=_fit)
     calibrate = commands.add_parser(
         "calibrate", help="measure this machine's time model again (about 10 s; cached for later predictions)")

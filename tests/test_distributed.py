@@ -117,3 +117,19 @@ def test_profile_refuses_more_ranks_than_cpus(capsys) -> None:
     assert main(["profile", "digits", "--world-size", str(launch.max_local_ranks() + 1), "--no-save"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "world-size" in err
+
+
+def test_fit_per_rank_batch_holds_on_real_ranks() -> None:
+    """``fit --world-size 2 --strategy fsdp`` on a CPU budget: at the answer every measured rank
+    is within the budget, at the next batch some rank is over it."""
+    from dataclasses import replace
+    from profiler.distributed.fit import _at_batch, solve
+    from profiler.planning.fit import make_budget
+    job = _job("fsdp", "adam")
+    answer = solve(job, make_budget(memory="200KiB", device=None, target="cpu", reserve=None, margin=None))
+    b = answer["batch_per_rank"]
+    assert b > 1 and answer["replays"] >= 4
+    at, over = launch.measure_all([replace(_at_batch(job, b), device_kind="cpu"),
+                                   replace(_at_batch(job, b + 1), device_kind="cpu")])
+    assert max(m.peak_bytes for m in at) == answer["peak"]["bytes"] <= answer["usable_bytes"]
+    assert max(m.peak_bytes for m in over) == answer["next"]["bytes"] > answer["usable_bytes"]

@@ -39,6 +39,7 @@ class Job:
     amp: str | None = None
     seed: int = 0
     threads: int = 1                              # intra-op threads of each rank
+    device_kind: str = "cpu"                      # "cuda": predicted for CUDA ranks (see predict)
     output_shapes: tuple[tuple[int, ...], ...] = field(default=())   # filled by with_outputs
 
     def with_outputs(self) -> "Job":

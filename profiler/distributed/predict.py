@@ -18,6 +18,10 @@ The peak is the second step's, everything alive counted, as the measured ranks r
 chunks of ``ceil(d / N)``, the last ranks getting less or nothing) have the same peak: one rank of
 each group is replayed. Data-parallel ranks are alike; ZeRO-1's partitions are the library's, so
 every rank is replayed there.
+
+``job.device_kind == "cuda"`` predicts CUDA ranks from the same replay, as far as it carries over
+(as the single-device engine does): optimizers on their foreach path, no CPU kernel workspace, and
+no backend buffers (NCCL's live outside PyTorch's caching allocator); the planner rounds blocks.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from profiler.distributed.collectives import buffers, wrapped_kernels
 from profiler.engine.kernels.aten_cpu import kernel_workspace
 from profiler.distributed.job import STEPS, Job, build, fake_model, train_step
 from profiler.engine.memory_model import Peak
-from profiler.engine.module_memory import StorageLog, make_target
+from profiler.engine.module_memory import StorageLog, Timeline, make_target
 from profiler.rules.registry import Context
 
 
@@ -45,6 +49,7 @@ class RankPrediction:
     param_bytes: int                         # this rank's parameter storages (shards, padded as stored)
     local_param_numel: int                   # elements of this rank's parameters, padding excluded
     shard_numel: dict[str, int] = field(default_factory=dict)   # parameter -> local elements (FSDP)
+    timeline: Timeline | None = None         # the steady step's allocations and frees (not saved)
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "peak_bytes": self.peak_bytes, "at": self.at,
@@ -56,8 +61,9 @@ class RankPrediction:
 class _RankLog(StorageLog):
     """The engine's storage log, with DTensor dispatch let through and storage resizes seen."""
 
-    def __init__(self, names: dict[int, str], run: Context):
+    def __init__(self, names: dict[int, str], run: Context | None, backend: str = "gloo"):
         super().__init__(names, run)
+        self.backend = backend
         self._propagating = False
         self._wrapped = wrapped_kernels()
 
@@ -84,10 +90,10 @@ class _RankLog(StorageLog):
         if self._propagating:   # DTensor's sharding propagation: shapes only, nothing allocated
             return func(*args, **(kwargs or {}))
         out = super().__torch_dispatch__(func, types, args, kwargs)
-        for group in buffers(func, args):
+        for group in buffers(func, args, self.backend):
             self._transient([(nbytes, "workspace") for nbytes in group])
         inner = self._wrapped.get(func)
-        if inner is not None:
+        if inner is not None and self.run is not None:   # CPU kernels' workspace (none booked for CUDA)
             booked = kernel_workspace(inner, args, out, self.run, self.phase == "backward", kwargs)
             self._transient([(nbytes, "workspace") for nbytes in booked])
         return out
@@ -140,8 +146,9 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
             out_dtype = torch.float32 if job.amp else getattr(torch, job.dtype)
             y = [make_target(job.loss, s, out_dtype) for s in job.output_shapes]
         names = {id(m): n for n, m in module.named_modules()}
-        run = Context(device_kind="cpu", amp=job.amp, threads=job.threads)
-        log = _RankLog(names, run)
+        cuda = job.device_kind == "cuda"
+        run = None if cuda else Context(device_kind="cpu", amp=job.amp, threads=job.threads)
+        log = _RankLog(names, run, backend="nccl" if cuda else "gloo")
         previous = torch.get_num_threads()
         torch.set_num_threads(job.threads)
         try:
@@ -150,6 +157,9 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
             with fake, log:
                 log.set_phase("start")
                 model, opt = build(job, module, mesh, fake=True)
+                if cuda:   # CUDA optimizers take their foreach (multi-tensor) path
+                    for group in getattr(opt, "optim", opt).param_groups:
+                        group["foreach"] = True
                 params = [local(p) for p in model.parameters()]
                 log.mark(params, "parameters")
                 for step in range(STEPS):
@@ -160,6 +170,7 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
                     train_step(job, model, opt, x, y, log.set_phase)
             measured = log.cut()
             peak: Peak = log.peak([before, measured], start=len(before))
+            timeline = log.timeline([before, measured], start=len(before))
             start = log.peak([before], start=len(before)).bytes
             shards = _shard_numel(model)
             param_bytes = sum({id(p.untyped_storage()): p.untyped_storage().nbytes() for p in params}.values())
@@ -167,7 +178,8 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
         finally:
             log.close()
             torch.set_num_threads(previous)
-    return RankPrediction(rank, peak.bytes, peak.at, dict(peak.breakdown), start, param_bytes, numel, shards)
+    return RankPrediction(rank, peak.bytes, peak.at, dict(peak.breakdown), start, param_bytes, numel, shards,
+                          timeline)
 
 
 def _state(opt: torch.optim.Optimizer) -> Iterator[torch.Tensor]:

@@ -42,3 +42,23 @@ def render_distributed(result: dict[str, Any], *, markdown: bool = False) -> str
         parts.append((f"### {heading}" if markdown else heading) + "\n"
                      + layout(["category", "bytes"], alive, right=[False, True]))
     return "\n\n".join(parts) + "\n"
+
+
+def render_distributed_fit(result: dict[str, Any], *, markdown: bool = False) -> str:
+    """The per-rank batch a distributed fit found, its peak and what is alive then."""
+    layout: Callable = grid.markdown if markdown else grid.text
+    strategy = result["strategy"]
+    budget = result["budget"]
+    label = OPTIMIZER_LABELS.get(result["optimizer"], result["optimizer"])
+    card = (budget.get("accelerator") or {}).get("name") if isinstance(budget.get("accelerator"), dict) else None
+    where = f"{result['world_size']} × {card or units.nbytes(budget['memory_bytes'])}"
+    title = f"{result['model']}: {strategy['name']} over {where}, {label}"
+    lines = [f"## {title}" if markdown else title,
+             f"Largest batch per rank: {result['batch_per_rank']} (global {result['global_batch']}); "
+             f"limiting rank {result['limiting_rank']}",
+             f"Peak per rank at it: {units.nbytes(result['peak']['bytes'])} of {units.nbytes(result['usable_bytes'])} "
+             f"usable ({result['peak']['at']}); at the next batch {units.nbytes(result['next']['bytes'])}",
+             f"Method: {result['method']} ({result['replays']} replays)"]
+    alive = [[c, units.nbytes(n)] for c, n in result["peak"]["breakdown"].items() if n]
+    return "\n".join(lines) + "\n\nAlive at the peak (tensor bytes)\n" + layout(["category", "bytes"], alive,
+                                                                             right=[False, True]) + "\n"
