@@ -24,10 +24,25 @@ _EXACT = [_job(s, o, bucket_cap_mb=0.01) for s in ("ddp", "zero1") for o in ("sg
 _FSDP = [_job("fsdp", o, reshard_after_forward=r) for o in ("sgd", "adam") for r in (True, False)]
 
 
+_BUDGET = "200KiB"
+
+
 @pytest.fixture(scope="module")
-def measured() -> list[list[launch.RankMeasurement]]:
-    """One launch of 2 gloo ranks runs every job in turn (the ranks start once)."""
-    return launch.measure_all(_EXACT + _FSDP)
+def fitted() -> dict:
+    """``fit --world-size 2 --strategy fsdp`` (Adam) on a CPU budget."""
+    from profiler.distributed.fit import solve
+    from profiler.planning.fit import make_budget
+    return solve(_job("fsdp", "adam"), make_budget(memory=_BUDGET, device=None, target="cpu", reserve=None,
+                                                   margin=None))
+
+
+@pytest.fixture(scope="module")
+def measured(fitted) -> list[list[launch.RankMeasurement]]:
+    """One launch of 2 gloo ranks runs every job in turn (the ranks start once): the exact cases,
+    then the fit's answer and the next batch."""
+    from profiler.distributed.fit import _at_batch
+    b = fitted["batch_per_rank"]
+    return launch.measure_all(_EXACT + _FSDP + [_at_batch(_job("fsdp", "adam"), n) for n in (b, b + 1)])
 
 
 @pytest.mark.parametrize("index", range(len(_EXACT)))
@@ -119,17 +134,11 @@ def test_profile_refuses_more_ranks_than_cpus(capsys) -> None:
     assert err.count("\n") == 1 and "world-size" in err
 
 
-def test_fit_per_rank_batch_holds_on_real_ranks() -> None:
-    """``fit --world-size 2 --strategy fsdp`` on a CPU budget: at the answer every measured rank
-    is within the budget, at the next batch some rank is over it."""
-    from dataclasses import replace
-    from profiler.distributed.fit import _at_batch, solve
-    from profiler.planning.fit import make_budget
-    job = _job("fsdp", "adam")
-    answer = solve(job, make_budget(memory="200KiB", device=None, target="cpu", reserve=None, margin=None))
-    b = answer["batch_per_rank"]
-    assert b > 1 and answer["replays"] >= 4
-    at, over = launch.measure_all([replace(_at_batch(job, b), device_kind="cpu"),
-                                   replace(_at_batch(job, b + 1), device_kind="cpu")])
-    assert max(m.peak_bytes for m in at) == answer["peak"]["bytes"] <= answer["usable_bytes"]
-    assert max(m.peak_bytes for m in over) == answer["next"]["bytes"] > answer["usable_bytes"]
+def test_fit_per_rank_batch_holds_on_real_ranks(fitted, measured) -> None:
+    """At the fit's answer every measured rank is within the budget and its peak is the predicted
+    one; at the next batch some rank is over it."""
+    b = fitted["batch_per_rank"]
+    assert b > 1 and fitted["replays"] >= 4
+    at, over = measured[-2:]
+    assert max(m.peak_bytes for m in at) == fitted["peak"]["bytes"] <= fitted["usable_bytes"]
+    assert max(m.peak_bytes for m in over) == fitted["next"]["bytes"] > fitted["usable_bytes"]
