@@ -14,6 +14,9 @@ WORLD = 2
 BATCH = 2   # per rank
 STRATEGIES = (("ddp", {}), ("fsdp", {"reshard_after_forward": True}),
               ("fsdp", {"reshard_after_forward": False}), ("zero1", {}))
+#: FSDP2's wrapping per model: per module, per block, or (absent) the root only
+WRAP = {"spec zoo mlp": ("Linear",), "torchvision resnet18": ("BasicBlock",), "timm vit (test_vit)": ("Block",),
+        "transformers gpt2 (sdpa)": ("GPT2Block",), "transformers llama (sdpa)": ("LlamaDecoderLayer",)}
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -43,16 +46,18 @@ def models() -> list[tuple[str, Any, dict[str, Any]]]:
     return out
 
 
-def jobs_for(reference: Any, inputs: dict[str, Any]) -> list[Any]:
+def jobs_for(name: str, reference: Any, inputs: dict[str, Any]) -> list[Any]:
     from profiler.distributed.run import job_for
     from profiler.distributed.strategies import Strategy
     from profiler.frontends.source import resolve
     source = resolve(reference, **{k: v for k, v in inputs.items() if v is not None})
     args = {"model": reference, **inputs}
     jobs = []
-    for name, options in STRATEGIES:
+    for kind, options in STRATEGIES:
         for optimizer in OPTIMIZERS:
-            job = job_for(source, args, world=WORLD, strategy=Strategy(name, **options), batch=BATCH,
+            if kind == "fsdp":
+                options = {**options, "fsdp_wrap": WRAP.get(name, ())}
+            job = job_for(source, args, world=WORLD, strategy=Strategy(kind, **options), batch=BATCH,
                           optimizer=optimizer)
             if not isinstance(reference, str):   # a zoo factory travels as itself
                 from dataclasses import replace
@@ -64,7 +69,7 @@ def jobs_for(reference: Any, inputs: dict[str, Any]) -> list[Any]:
 def run(name: str, reference: Any, inputs: dict[str, Any]) -> list[dict[str, Any]]:
     """Every strategy and optimizer of one model: one row per (case, rank)."""
     from profiler.distributed import launch, predict
-    jobs = jobs_for(reference, inputs)
+    jobs = jobs_for(name, reference, inputs)
     measured = launch.measure_all(jobs)
     rows = []
     for job, ranks in zip(jobs, measured):
@@ -97,8 +102,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[str, Any]) -> str:
     from profiler.report import grid, units
-    headers = ["Model", "strategy", "optimizer", "rank", "shard", "predicted peak", "measured peak", "error"]
-    cells = [[r["model"], label(r["strategy"]), r["optimizer"], str(r["rank"]), units.nbytes(r["param_bytes"]),
+    headers = ["Model", "strategy", "FSDP2 wraps", "optimizer", "rank", "shard", "predicted peak", "measured peak",
+               "error"]
+    cells = [[r["model"], label(r["strategy"]), ", ".join(r["strategy"].get("fsdp_wrap", [])) or "-", r["optimizer"],
+              str(r["rank"]), units.nbytes(r["param_bytes"]),
               units.nbytes(r["predicted"]), units.nbytes(r["measured"]), units.percent(r["error"])]
              for r in rows]
     lines = [f"- {group}: {s['figures']} per-rank peaks, {s['exact']} exact; median |error| "
@@ -107,7 +114,8 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
     return ("# Scale-out memory: per-rank training-step peaks on 2 gloo ranks (CPU, float32)\n\n"
             f"Each rank's steady (second) training step, batch {BATCH} per rank: predicted in one process on "
             "fake tensors with a fake process group (rank r of 2), measured on 2 real gloo ranks "
-            "(torch.multiprocessing, the CPU allocator's events). "
+            "(torch.multiprocessing, the CPU allocator's events). FSDP2 wraps the classes named (then the "
+            "root), or the root only. "
             f"{summary['models']} models; one run each.\n\n" + "\n".join(lines) + "\n\n"
-            + grid.markdown(headers, cells, right=[False, False, False, True, True, True, True, True])
+            + grid.markdown(headers, cells, right=[False, False, False, False, True, True, True, True, True])
             + f"\n\nMachine: {machine.get('cpu', '')}, torch {machine.get('torch', '')}.\n")

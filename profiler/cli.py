@@ -465,8 +465,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="with --world-size: DistributedDataParallel, FSDP2's fully_shard, or ZeRO-1 "
                               "(ZeroRedundancyOptimizer over DDP) (default ddp)")
         sub.add_argument("--fsdp-wrap", type=_layer_list, default=(), metavar="CLASSES",
-                         help="fsdp: module classes each wrapped by fully_shard, comma-separated "
-                              "(default: every module that holds parameters itself)")
+                         help="fsdp: module classes each wrapped by fully_shard, comma-separated, e.g. "
+                              "Linear (per module) or LlamaDecoderLayer (per block); the root is wrapped last "
+                              "(default: the root only)")
         sub.add_argument("--no-reshard-after-forward", action="store_true",
                          help="fsdp: keep the unsharded parameters from forward to backward")
         sub.add_argument("--bucket-cap-mb", type=float, default=25.0,

@@ -21,7 +21,8 @@ def _job(strategy: str, optimizer: str, world: int = 2, **options: object) -> Jo
 
 
 _EXACT = [_job(s, o, bucket_cap_mb=0.01) for s in ("ddp", "zero1") for o in ("sgd", "adam")]
-_FSDP = [_job("fsdp", o, reshard_after_forward=r) for o in ("sgd", "adam") for r in (True, False)]
+_FSDP = [_job("fsdp", o, reshard_after_forward=r, fsdp_wrap=("Linear",)) for o in ("sgd", "adam")
+         for r in (True, False)]
 
 
 _BUDGET = "200KiB"
@@ -32,7 +33,7 @@ def fitted() -> dict:
     """``fit --world-size 2 --strategy fsdp`` (Adam) on a CPU budget."""
     from profiler.distributed.fit import solve
     from profiler.planning.fit import make_budget
-    return solve(_job("fsdp", "adam"), make_budget(memory=_BUDGET, device=None, target="cpu", reserve=None,
+    return solve(_job("fsdp", "adam", fsdp_wrap=("Linear",)), make_budget(memory=_BUDGET, device=None, target="cpu", reserve=None,
                                                    margin=None))
 
 
@@ -42,7 +43,8 @@ def measured(fitted) -> list[list[launch.RankMeasurement]]:
     then the fit's answer and the next batch."""
     from profiler.distributed.fit import _at_batch
     b = fitted["batch_per_rank"]
-    return launch.measure_all(_EXACT + _FSDP + [_at_batch(_job("fsdp", "adam"), n) for n in (b, b + 1)])
+    return launch.measure_all(_EXACT + _FSDP + [_at_batch(_job("fsdp", "adam", fsdp_wrap=("Linear",)), n)
+                                                for n in (b, b + 1)])
 
 
 @pytest.mark.parametrize("index", range(len(_EXACT)))
@@ -76,7 +78,7 @@ def test_fsdp_peaks_predicted_equal_measured(measured, index: int) -> None:
 def test_fake_group_shards_are_fsdp2s(world: int) -> None:
     """Rank r holds torch.chunk's share of every parameter's rows, stored padded to
     ceil(rows / N) rows; the ranks' shares add up to the model."""
-    job = _job("fsdp", "sgd", world)
+    job = _job("fsdp", "sgd", world, fsdp_wrap=("Linear",))
     ranks = predict.predict(job)
     model = _mlp()
     total = sum(p.numel() for p in model.parameters())

@@ -10,8 +10,11 @@ same library code paths.
     runs in the measured run. Its memory is the built-in one's (both reduce the bucket in place);
     it waits for each bucket before backward goes on, so the measured order is fixed.
 ``fsdp``
-    FSDP2's ``fully_shard`` on every module whose class name is in ``fsdp_wrap`` (default: every
-    module that holds parameters itself), then on the root; ``reshard_after_forward``; with mixed
+    FSDP2's ``fully_shard`` on every module whose class name is in ``fsdp_wrap`` (per-module or
+    per-block wrapping: ``("Linear",)``, ``("LlamaDecoderLayer",)``), then on the root; without
+    ``fsdp_wrap``, on the root only (one group: right for any model, where wrapping every module
+    that holds parameters breaks tied weights in two groups and modules whose parent reads their
+    weights directly, as ``nn.MultiheadAttention`` reads ``out_proj.weight``); ``reshard_after_forward``; with mixed
     precision (``amp``), a ``MixedPrecisionPolicy(param_dtype=amp)`` instead of autocast.
 ``zero1``
     ``ddp`` for the gradients, and ``ZeroRedundancyOptimizer`` over the chosen optimizer: each rank
@@ -33,7 +36,7 @@ from profiler.errors import ModelsizeError
 class Strategy:
     """A strategy and its options (see the module docstring)."""
     name: str
-    fsdp_wrap: tuple[str, ...] = ()        # class names wrapped by fully_shard; () = every module with own params
+    fsdp_wrap: tuple[str, ...] = ()        # class names wrapped by fully_shard; () = the root only
     reshard_after_forward: bool = True
     bucket_cap_mb: float = 25.0
     gradient_as_bucket_view: bool = False
@@ -124,9 +127,7 @@ def fsdp(module: torch.nn.Module, mesh: Any, strategy: Strategy, amp: str | None
 
 
 def _wrapped(module: torch.nn.Module, classes: tuple[str, ...]) -> bool:
-    if classes:
-        return type(module).__name__ in classes
-    return any(True for _ in module.parameters(recurse=False))
+    return type(module).__name__ in classes
 
 
 def zero1(model: torch.nn.Module, optimizer: str) -> torch.optim.Optimizer:
