@@ -101,7 +101,7 @@ def distributed(model: Any = None, input_shape: Any = None, *, world_size: int, 
                 seq_len: int | None = None, dtype: str = "float32", loss: str = "cross_entropy",
                 optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, amp: str | None = None, threads: int = 1,
                 fsdp_wrap: Sequence[str] = (), reshard_after_forward: bool = True, bucket_cap_mb: float = 25.0,
-                gradient_as_bucket_view: bool = False, measure: bool = False,
+                gradient_as_bucket_view: bool = False, checkpoint: Sequence[str] = (), measure: bool = False,
                 name: str | None = None) -> dict[str, Any]:
     """Every rank's steady training-step peak when ``model`` is trained over ``world_size`` ranks
     with ``strategy`` ("ddp", "fsdp", "zero1"), ``batch`` samples per rank, predicted on a fake
@@ -116,4 +116,5 @@ def distributed(model: Any = None, input_shape: Any = None, *, world_size: int, 
     chosen = Strategy(strategy, fsdp_wrap=tuple(fsdp_wrap), reshard_after_forward=reshard_after_forward,
                       bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=gradient_as_bucket_view)
     return workflow.distributed(source, reference, world=world_size, strategy=chosen, batch=batch, dtype=dtype,
-                                loss=loss, optimizers=tuple(optimizers), amp=amp, threads=threads, measure=measure)
+                                loss=loss, optimizers=tuple(optimizers), amp=amp, threads=threads,
+                                checkpoint=tuple(checkpoint), measure=measure)

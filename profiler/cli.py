@@ -263,9 +263,13 @@ def _distributed_options(args: argparse.Namespace) -> dict[str, Any]:
     strategy = Strategy(args.strategy, fsdp_wrap=args.fsdp_wrap or (),
                         reshard_after_forward=not args.no_reshard_after_forward,
                         bucket_cap_mb=args.bucket_cap_mb, gradient_as_bucket_view=args.gradient_as_bucket_view)
+    checkpoint = getattr(args, "checkpoint", ())
+    if checkpoint is True:
+        raise ModelsizeError("with --world-size, --checkpoint names module classes", field="checkpoint",
+                             expected="class names, e.g. LlamaDecoderLayer", received="every layer")
     return {"world": args.world_size, "strategy": strategy, "batch": getattr(args, "batch", 1), "dtype": args.dtype,
             "loss": args.loss, "optimizers": getattr(args, "optimizers", ()), "amp": _amp_dtype(args, "cpu"),
-            "threads": args.threads or 1}
+            "threads": args.threads or 1, "checkpoint": tuple(checkpoint)}
 
 
 def _distributed_fit(args: argparse.Namespace, source: Any, budget: Any) -> int:
@@ -279,7 +283,7 @@ def _distributed_fit(args: argparse.Namespace, source: Any, budget: Any) -> int:
     options = _distributed_options(args)
     job = job_for(source, _reference(args), world=options["world"], strategy=options["strategy"], batch=2,
                   optimizer=args.train, loss=args.loss, dtype=args.dtype, amp=options["amp"],
-                  threads=options["threads"])
+                  threads=options["threads"], checkpoint=options["checkpoint"])
     result = {"model": _name(source), **solve(job, budget)}
     if args.format == "json":
         print(json.dumps(result, indent=2))
@@ -435,7 +439,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint", nargs="?", const=True, default=(), type=_layer_list,
                          metavar="LAYERS",
                          help="activation checkpointing (torch.utils.checkpoint, non-reentrant) of every "
-                              "layer, or of the comma-separated layers or nested models named")
+                              "layer, or of the comma-separated layers or nested models named (with "
+                              "--world-size: of the module classes named)")
         sub.add_argument("--input-grad", action="store_true",
                          help="training also computes the gradient of each floating input "
                               "(x.requires_grad_(): saliency maps, adversarial examples)")

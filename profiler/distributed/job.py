@@ -40,6 +40,7 @@ class Job:
     seed: int = 0
     threads: int = 1                              # intra-op threads of each rank
     device_kind: str = "cpu"                      # "cuda": predicted for CUDA ranks (see predict)
+    checkpoint: tuple[str, ...] = ()              # module classes run under activation checkpointing
     output_shapes: tuple[tuple[int, ...], ...] = field(default=())   # filled by with_outputs
 
     def with_outputs(self) -> "Job":
@@ -98,10 +99,25 @@ def build(job: Job, module: torch.nn.Module, mesh: Any, fake: bool
     starts from the same state in every run."""
     import gc
     import torch.distributed as dist
+    checkpointed(module, job.checkpoint)
     made = parallelize(module, job.strategy, job.optimizer, mesh, amp=job.amp, fake=fake)
     dist.barrier(group=mesh.get_group())
     gc.collect()
     return made
+
+
+def checkpointed(module: torch.nn.Module, classes: tuple[str, ...]) -> None:
+    """Run every module of ``classes`` under activation checkpointing (``torch.utils.checkpoint``,
+    non-reentrant, as the single-device runner's ``--checkpoint``), before the strategy wraps it."""
+    from functools import partial
+    for sub in module.modules():
+        if type(sub).__name__ in classes:
+            sub.forward = partial(_checkpoint, sub.forward)   # type: ignore[method-assign]
+
+
+def _checkpoint(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    from torch.utils.checkpoint import checkpoint
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def train_step(job: Job, model: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -34,7 +34,7 @@ class Reference:
 
 def job_for(source: Any, reference: dict[str, Any], *, world: int, strategy: Strategy, batch: int,
             optimizer: str, loss: str = "cross_entropy", dtype: str = "float32", amp: str | None = None,
-            threads: int = 1) -> Job:
+            threads: int = 1, checkpoint: tuple[str, ...] = ()) -> Job:
     """The job every rank runs for ``source`` (resolved from ``reference``)."""
     from profiler.workflow import token_range
     if isinstance(source, ModuleSource):
@@ -45,7 +45,8 @@ def job_for(source: Any, reference: dict[str, Any], *, world: int, strategy: Str
         highs = tuple(token_range(source, i.name) for i in source.inputs)
     factory = Reference(tuple(sorted(reference.items())))
     return Job(factory, tuple(shapes), tuple(kinds), tuple(highs), batch, strategy, world,
-               optimizer=optimizer, loss=loss, dtype=dtype, amp=amp, threads=threads).with_outputs()
+               optimizer=optimizer, loss=loss, dtype=dtype, amp=amp, threads=threads,
+               checkpoint=tuple(checkpoint)).with_outputs()
 
 
 def run(jobs: Sequence[Job], *, name: str, measure: bool) -> dict[str, Any]:
@@ -56,6 +57,7 @@ def run(jobs: Sequence[Job], *, name: str, measure: bool) -> dict[str, Any]:
         "distributed": {"world_size": first.world, "strategy": first.strategy.as_dict(),
                         "batch_per_rank": first.batch, "dtype": first.dtype, "amp": first.amp,
                         "loss": first.loss, "threads_per_rank": first.threads,
+                        "checkpoint": list(first.checkpoint),
                         "optimizers": [j.optimizer for j in jobs]},
         "predicted_ranks": {}, "peak_rank": {},
     }
