@@ -47,9 +47,10 @@ class Job:
         """The job with the model's output shapes (a pass on fake tensors), which size the targets."""
         from dataclasses import replace
         from torch._subclasses.fake_tensor import FakeTensorMode
+        from profiler.engine.value_reads import answered_as_real
         fake = FakeTensorMode()
         module = fake_model(self, fake)
-        with fake:
+        with fake, answered_as_real():
             x = [torch.empty(s, dtype=torch.int64 if k == "int64" else getattr(torch, self.dtype))
                  for s, k in zip(self.shapes(), self.input_dtypes)]
             with torch.no_grad():

@@ -4,11 +4,13 @@ Rank ``r`` of ``N`` runs for real on fake tensors: a fake process group (backend
 ``FakeProcessGroup``: every collective returns at once, nothing is sent) at rank ``r`` and size
 ``N``, the strategy wrapped by :func:`profiler.distributed.strategies.parallelize`, and the job's
 two training steps, under the memory engine's :class:`~profiler.engine.module_memory.StorageLog`
-(every storage an operator makes and frees, kernels' workspace booked per call). Two things the
-single-device log does not see are added here:
+(every storage an operator makes and frees, kernels' workspace booked per call). What the
+single-device log does not meet there is added here:
 
 - DTensor operations (FSDP2's sharded parameters, their gradients and optimizer state): the log
   lets DTensor's own dispatch run first and logs the local operators it runs.
+- Library code that reads tensor values (transformers' masks) answers as the real run does
+  (:mod:`profiler.engine.value_reads`), as in the single-device engine.
 - Storages resized in place (``UntypedStorage.resize_``: FSDP2 frees an unsharded parameter by
   resizing its storage to 0 and allocates it again before the next all-gather), which no operator
   reports.
@@ -35,6 +37,7 @@ from profiler.distributed.collectives import buffers, wrapped_kernels
 from profiler.engine.kernels.aten_cpu import kernel_workspace
 from profiler.distributed.job import STEPS, Job, build, fake_model, train_step
 from profiler.engine.memory_model import Peak
+from profiler.engine.value_reads import answered_as_real
 from profiler.engine.module_memory import StorageLog, Timeline, make_target
 from profiler.rules.registry import Context
 
@@ -137,7 +140,7 @@ def local(tensor: torch.Tensor | None) -> torch.Tensor | None:
 def predict_rank(job: Job, rank: int) -> RankPrediction:
     """Rank ``rank``'s steady training step at the job's world size (see the module docstring)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    with _fake_group(rank, job.world) as mesh, _unverified(), _shards_compared_by_storage():
+    with _fake_group(rank, job.world) as mesh, _unverified(), _shards_compared_by_storage(), answered_as_real():
         fake = FakeTensorMode()
         module = fake_model(job, fake)
         with fake:
