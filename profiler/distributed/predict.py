@@ -14,6 +14,12 @@ single-device log does not meet there is added here:
 - Storages resized in place (``UntypedStorage.resize_``: FSDP2 frees an unsharded parameter by
   resizing its storage to 0 and allocates it again before the next all-gather), which no operator
   reports.
+- DTensor's sharding propagation, which runs each operator once more on fake tensors to learn its
+  output's shape, is not logged (in a real run those are fake too).
+- What a backend allocates inside a collective (:mod:`profiler.distributed.collectives`), and the
+  workspace of kernels run inside a custom operator (FSDP2's ``fsdp.chunk_cat``).
+- FSDP2's check whether a shard is still its padded storage compares storages, not data pointers
+  (a fake storage's is 0): see :func:`_shards_compared_by_storage`.
 
 The peak is the second step's, everything alive counted, as the measured ranks report it
 (:mod:`profiler.distributed.launch`). Ranks whose shards have the same sizes (FSDP2 shards dim 0 in
