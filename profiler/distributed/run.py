@@ -3,7 +3,7 @@ training-step peak predicted (fake process group) and, for ``profile``, measured
 ranks, as one result dict (the saved JSON; ``report.distributed_tables`` renders it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -60,6 +60,9 @@ def run(jobs: Sequence[Job], *, name: str, measure: bool) -> dict[str, Any]:
                         "checkpoint": list(first.checkpoint),
                         "optimizers": [j.optimizer for j in jobs]},
         "predicted_ranks": {}, "peak_rank": {},
+        # what a saved result's file name is made of (report.results.file_name)
+        "options": {"device": f"{first.strategy.name}-{first.world}-ranks"}, "dtype": first.dtype,
+        "batch": first.batch,
     }
     for job in jobs:
         ranks = predict(job)
