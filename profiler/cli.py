@@ -253,7 +253,8 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _distributed(args: argparse.Namespace, source: Any, *, measure: bool) -> int:
     """``summary --world-size N``: every rank's predicted peak (no process group needed)."""
-    result = workflow.distributed(source, _reference(args), **_distributed_options(args), measure=measure)
+    result = workflow.distributed(source, _reference(args), **_distributed_options(args), measure=measure,
+                                  device_kind=_device_kind(args))
     _emit(result, args)
     return 0
 
@@ -270,6 +271,12 @@ def _distributed_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"world": args.world_size, "strategy": strategy, "batch": getattr(args, "batch", 1), "dtype": args.dtype,
             "loss": args.loss, "optimizers": getattr(args, "optimizers", ()), "amp": _amp_dtype(args, "cpu"),
             "threads": args.threads or 1, "checkpoint": tuple(checkpoint)}
+
+
+def _device_kind(args: argparse.Namespace) -> str:
+    """summary's --device-kind (or cuda with --device NAME), cpu otherwise."""
+    return getattr(args, "device_kind", None) or ("cuda" if getattr(args, "device", None) not in (None, "cpu")
+                                                  else "cpu")
 
 
 def _distributed_fit(args: argparse.Namespace, source: Any, budget: Any) -> int:

@@ -34,7 +34,7 @@ class Reference:
 
 def job_for(source: Any, reference: dict[str, Any], *, world: int, strategy: Strategy, batch: int,
             optimizer: str, loss: str = "cross_entropy", dtype: str = "float32", amp: str | None = None,
-            threads: int = 1, checkpoint: tuple[str, ...] = ()) -> Job:
+            threads: int = 1, checkpoint: tuple[str, ...] = (), device_kind: str = "cpu") -> Job:
     """The job every rank runs for ``source`` (resolved from ``reference``)."""
     from profiler.workflow import token_range
     if isinstance(source, ModuleSource):
@@ -46,7 +46,7 @@ def job_for(source: Any, reference: dict[str, Any], *, world: int, strategy: Str
     factory = Reference(tuple(sorted(reference.items())))
     return Job(factory, tuple(shapes), tuple(kinds), tuple(highs), batch, strategy, world,
                optimizer=optimizer, loss=loss, dtype=dtype, amp=amp, threads=threads,
-               checkpoint=tuple(checkpoint)).with_outputs()
+               checkpoint=tuple(checkpoint), device_kind=device_kind).with_outputs()
 
 
 def run(jobs: Sequence[Job], *, name: str, measure: bool) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def run(jobs: Sequence[Job], *, name: str, measure: bool) -> dict[str, Any]:
         "distributed": {"world_size": first.world, "strategy": first.strategy.as_dict(),
                         "batch_per_rank": first.batch, "dtype": first.dtype, "amp": first.amp,
                         "loss": first.loss, "threads_per_rank": first.threads,
-                        "checkpoint": list(first.checkpoint),
+                        "checkpoint": list(first.checkpoint), "device_kind": first.device_kind,
                         "optimizers": [j.optimizer for j in jobs]},
         "predicted_ranks": {}, "peak_rank": {},
         # what a saved result's file name is made of (report.results.file_name)

@@ -16,7 +16,8 @@ def render_distributed(result: dict[str, Any], *, markdown: bool = False) -> str
     options = ", ".join(f"{k}={v}" for k, v in strategy.items() if k != "name")
     title = (f"{result['model']}: {strategy['name']} over {setup['world_size']} ranks"
              f"{' (' + options + ')' if options else ''}, batch {setup['batch_per_rank']} per rank, "
-             f"{setup['dtype']}{', autocast ' + setup['amp'] if setup.get('amp') else ''}")
+             f"{setup['dtype']}{', autocast ' + setup['amp'] if setup.get('amp') else ''}"
+             f"{', CUDA ranks (tensor bytes, unrounded)' if setup.get('device_kind') == 'cuda' else ''}")
     parts = [f"## {title}" if markdown else title]
     measured = result.get("measured_ranks", {})
     for optimizer, ranks in result["predicted_ranks"].items():
