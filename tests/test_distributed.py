@@ -150,3 +150,15 @@ def test_fit_per_rank_batch_holds_on_real_ranks(fitted, measured) -> None:
     at, over = measured[-2:]
     assert max(m.peak_bytes for m in at) == fitted["peak"]["bytes"] <= fitted["usable_bytes"]
     assert max(m.peak_bytes for m in over) == fitted["next"]["bytes"] > fitted["usable_bytes"]
+
+
+def test_zero1_ranks_grouped_by_their_partition() -> None:
+    """At world size 64 the 6 parameters of the MLP land on 6 ranks (ZeroRedundancyOptimizer's
+    partition); the other 58 hold none and are replayed once for all."""
+    job = _job("zero1", "adam", 64)
+    groups = predict.rank_groups(job)
+    assert sorted(len(g) for g in groups) == [1] * 6 + [58]
+    ranks = predict.predict(job)
+    empty = next(g for g in groups if len(g) == 58)
+    assert len({ranks[r].peak_bytes for r in empty}) == 1
+    assert ranks[empty[0]].peak_bytes < max(r.peak_bytes for r in ranks)

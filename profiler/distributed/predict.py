@@ -24,8 +24,8 @@ single-device log does not meet there is added here:
 The peak is the second step's, everything alive counted, as the measured ranks report it
 (:mod:`profiler.distributed.launch`). Ranks whose shards have the same sizes (FSDP2 shards dim 0 in
 chunks of ``ceil(d / N)``, the last ranks getting less or nothing) have the same peak: one rank of
-each group is replayed. Data-parallel ranks are alike; ZeRO-1's partitions are the library's, so
-every rank is replayed there.
+each group is replayed. Data-parallel ranks are alike; ZeRO-1's ranks are grouped by the sizes in
+the partition ``ZeroRedundancyOptimizer`` itself makes (on meta parameters).
 
 ``job.device_kind == "cuda"`` predicts CUDA ranks from the same replay, as far as it carries over
 (as the single-device engine does): optimizers on their foreach path, no CPU kernel workspace, and
@@ -213,19 +213,32 @@ def chunk_sizes(d: int, world: int) -> list[int]:
 
 
 def rank_groups(job: Job) -> list[list[int]]:
-    """Ranks with the same shard sizes, which have the same peak (see the module docstring)."""
-    if job.strategy.name == "zero1":
-        return [[r] for r in range(job.world)]
+    """Ranks with the same shards, which have the same peak (see the module docstring)."""
     if job.strategy.name == "ddp":
         return [list(range(job.world))]
     with torch.device("meta"):
         module = job.factory()
-    dims = [p.shape[0] if p.dim() else 1 for p in module.parameters()]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    per_param = [chunk_sizes(d, job.world) for d in dims]
-    for r in range(job.world):
-        groups.setdefault(tuple(sizes[r] for sizes in per_param), []).append(r)
+    if job.strategy.name == "zero1":
+        per_rank = _zero1_partitions(module, job.world)
+    else:
+        dims = [p.shape[0] if p.dim() else 1 for p in module.parameters()]
+        sizes = [chunk_sizes(d, job.world) for d in dims]
+        per_rank = [tuple(s[r] for s in sizes) for r in range(job.world)]
+    groups: dict[Any, list[int]] = {}
+    for r, signature in enumerate(per_rank):
+        groups.setdefault(signature, []).append(r)
     return list(groups.values())
+
+
+def _zero1_partitions(module: torch.nn.Module, world: int) -> list[tuple[tuple[int, str], ...]]:
+    """Each rank's ZeRO-1 partition as the sizes and dtypes of its parameters, from
+    ``ZeroRedundancyOptimizer``'s own partitioning (meta parameters, a fake process group)."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    with _fake_group(0, world):
+        zero = ZeroRedundancyOptimizer(list(module.parameters()), optimizer_class=torch.optim.SGD, lr=0.01)
+        parts = zero._partition_parameters()
+        return [tuple(sorted((p.numel(), str(p.dtype)) for group in groups for p in group["params"]))
+                for groups in parts]
 
 
 def predict(job: Job) -> list[RankPrediction]:
