@@ -3,7 +3,8 @@
 ``profiler.summary / measure / profile / fit / sweep`` take any model: a torch module or factory, a
 ``"package.module:factory"``, a spec, Keras JSON or Hugging Face config path, or a built-in name
 (:mod:`profiler.api`); ``profiler.sweep`` profiles over batches and dtypes, ``profiler.compare``
-reads result files side by side and ``profiler.html_report`` draws results as one HTML page. They
+reads result files side by side, ``profiler.html_report`` draws results as one HTML page and
+``profiler.distributed`` predicts (and measures) each rank under DDP, FSDP2 or ZeRO-1. They
 import torch on first use; predicting a spec with :func:`predict` does not.
 """
 from profiler.errors import ModelsizeError, ShapeError, SpecError, UnsupportedLayerError
@@ -11,10 +12,10 @@ from profiler.engine.predict import Prediction, predict
 from profiler.frontends.spec import Model, ModelSpec, layer, load, loads
 
 __all__ = ["Model", "ModelSpec", "ModelsizeError", "Prediction", "ShapeError", "SpecError",
-           "UnsupportedLayerError", "compare", "fit", "html_report", "layer", "load", "loads", "measure", "predict",
-           "profile", "summary", "sweep"]
+           "UnsupportedLayerError", "compare", "distributed", "fit", "html_report", "layer", "load", "loads",
+           "measure", "predict", "profile", "summary", "sweep"]
 
-_API = ("summary", "measure", "profile", "fit", "sweep", "compare", "html_report")
+_API = ("summary", "measure", "profile", "fit", "sweep", "compare", "html_report", "distributed")
 
 
 def __getattr__(name: str):

@@ -1,5 +1,6 @@
-"""The Python API: ``profiler.summary / measure / profile / fit`` for any model, and
-``profiler.html_report`` of their results.
+"""The Python API: ``profiler.summary / measure / profile / fit / distributed`` for any model,
+``profiler.sweep`` over batches and dtypes, ``profiler.compare`` and ``profiler.html_report`` of
+their results.
 
 ``model`` is a torch module (never moved or changed: predicted on a meta twin, measured on a deep
 copy), a factory of no arguments (called under the meta device to predict, for real to measure),
@@ -148,3 +149,27 @@ def html_report(results: Sequence[dict[str, Any] | str | Any], *, title: str | N
     sources = [str(r) if isinstance(r, (str, os.PathLike)) else f"result {i + 1}" for i, r in enumerate(results)]
     budget_bytes = None if budget is None else parse_size(str(budget), field="budget")
     return render_report(loaded, title=title, budget_bytes=budget_bytes, fit_batch=fit_batch, sources=sources)
+
+
+def distributed(model: Any = None, input_shape: Any = None, *, world_size: int, strategy: str = "ddp",
+                batch: int = 1, input_dtype: Any = None, int_high: Any = None, hf_task: str | None = None,
+                seq_len: int | None = None, dtype: str = "float32", loss: str = "cross_entropy",
+                optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, amp: str | None = None, threads: int = 1,
+                fsdp_wrap: Sequence[str] = (), reshard_after_forward: bool = True, bucket_cap_mb: float = 25.0,
+                gradient_as_bucket_view: bool = False, checkpoint: Sequence[str] = (), measure: bool = False,
+                name: str | None = None) -> dict[str, Any]:
+    """Every rank's steady training-step peak when ``model`` is trained over ``world_size`` ranks
+    with ``strategy`` ("ddp", "fsdp", "zero1"), ``batch`` samples per rank, predicted on a fake
+    process group; ``measure``: also measured on ``world_size`` local gloo ranks (each rank
+    rebuilds the model from its reference, so it must pickle: a path, a name,
+    ``"package.module:factory"``, a module-level function or a module)."""
+    from profiler.distributed.strategies import Strategy
+
+    source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, name)
+    reference = {"model": model, "input_shape": input_shape, "input_dtype": input_dtype, "int_high": int_high,
+                 "hf_task": hf_task, "seq_len": seq_len, "name": name}
+    chosen = Strategy(strategy, fsdp_wrap=tuple(fsdp_wrap), reshard_after_forward=reshard_after_forward,
+                      bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=gradient_as_bucket_view)
+    return workflow.distributed(source, reference, world=world_size, strategy=chosen, batch=batch, dtype=dtype,
+                                loss=loss, optimizers=tuple(optimizers), amp=amp, threads=threads,
+                                checkpoint=tuple(checkpoint), measure=measure)

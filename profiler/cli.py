@@ -14,6 +14,7 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from profiler import workflow
+from profiler.distributed import STRATEGIES
 from profiler.dtypes import MODEL_DTYPES
 from profiler.errors import ModelsizeError
 from profiler.step import LOSSES
@@ -143,6 +144,8 @@ def _name(source) -> str:
 
 def _summary(args: argparse.Namespace) -> int:
     source = _source(args)
+    if args.world_size is not None:
+        return _distributed(args, source, measure=False)
     device_kind = args.device_kind or ("cuda" if args.device not in (None, "cpu") else "cpu")
     result = workflow.summary(source, batch=args.batch, dtype=args.dtype, loss=args.loss,
                               device_kind=device_kind, optimizers=args.optimizers,
@@ -198,13 +201,21 @@ def _profile(args: argparse.Namespace) -> int:
     source = _source(args)
     if not args.no_save:
         check_writable(args.results_dir)
-    isolate_from = _isolated(args)
-    try:
-        result = workflow.profile(source, **_measure_options(args), depth=args.depth, isolate_from=isolate_from,
-                                  progress=_progress)
-    except DoesNotFit as error:
-        print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
-        return EXIT_DOES_NOT_FIT
+    if args.world_size is not None:
+        if args.device == "cuda":
+            raise ModelsizeError("distributed runs are measured on CPU ranks (gloo) here", field="device",
+                                 expected="cpu with --world-size", received="cuda")
+        from profiler.distributed.launch import check_world
+        check_world(args.world_size)
+        result = workflow.distributed(source, _reference(args), **_distributed_options(args), measure=True)
+    else:
+        isolate_from = _isolated(args)
+        try:
+            result = workflow.profile(source, **_measure_options(args), depth=args.depth,
+                                      isolate_from=isolate_from, progress=_progress)
+        except DoesNotFit as error:
+            print(f"modelsize: {_name(source)} at batch {args.batch} does not fit: {error}", file=sys.stderr)
+            return EXIT_DOES_NOT_FIT
     unsaved = None
     if not args.no_save:
         try:
@@ -361,6 +372,8 @@ def _fit(args: argparse.Namespace) -> int:
     source = _source(args)
     budget = fit.make_budget(memory=args.memory, device=args.device, target=args.target, reserve=args.reserve,
                              margin=args.margin)
+    if args.world_size is not None:
+        return _distributed_fit(args, source, budget)
     target = budget.target
     answer = fit.solve(source, budget, mode="inference" if args.inference else args.train, dtype=args.dtype,
                        loss=args.loss, amp=_amp_dtype(args, target), threads=args.threads)
@@ -378,9 +391,60 @@ def _fit(args: argparse.Namespace) -> int:
     return EXIT_PREDICTION_FAILED if result.get("verification", {}).get("held") is False else 0
 
 
+def _distributed(args: argparse.Namespace, source: Any, *, measure: bool) -> int:
+    """``summary --world-size N``: every rank's predicted peak (no process group needed)."""
+    result = workflow.distributed(source, _reference(args), **_distributed_options(args), measure=measure,
+                                  device_kind=_device_kind(args))
+    _emit(result, args)
+    return 0
+
+
+def _distributed_options(args: argparse.Namespace) -> dict[str, Any]:
+    from profiler.distributed.strategies import Strategy
+    strategy = Strategy(args.strategy, fsdp_wrap=args.fsdp_wrap or (),
+                        reshard_after_forward=not args.no_reshard_after_forward,
+                        bucket_cap_mb=args.bucket_cap_mb, gradient_as_bucket_view=args.gradient_as_bucket_view)
+    checkpoint = getattr(args, "checkpoint", ())
+    if checkpoint is True:
+        raise ModelsizeError("with --world-size, --checkpoint names module classes", field="checkpoint",
+                             expected="class names, e.g. LlamaDecoderLayer", received="every layer")
+    return {"world": args.world_size, "strategy": strategy, "batch": getattr(args, "batch", 1), "dtype": args.dtype,
+            "loss": args.loss, "optimizers": getattr(args, "optimizers", ()), "amp": _amp_dtype(args, "cpu"),
+            "threads": args.threads or 1, "checkpoint": tuple(checkpoint)}
+
+
+def _device_kind(args: argparse.Namespace) -> str:
+    """summary's --device-kind (or cuda with --device NAME), cpu otherwise."""
+    return getattr(args, "device_kind", None) or ("cuda" if getattr(args, "device", None) not in (None, "cpu")
+                                                  else "cpu")
+
+
+def _distributed_fit(args: argparse.Namespace, source: Any, budget: Any) -> int:
+    """``fit --world-size N``: the largest per-rank batch every rank fits (``distributed.fit``)."""
+    from profiler.distributed.fit import solve
+    from profiler.distributed.run import job_for
+    from profiler.report.distributed_tables import render_distributed_fit
+    if args.inference:
+        raise ModelsizeError("a distributed fit is for training", field="inference",
+                             expected="--train OPTIMIZER with --world-size")
+    options = _distributed_options(args)
+    job = job_for(source, _reference(args), world=options["world"], strategy=options["strategy"], batch=2,
+                  optimizer=args.train, loss=args.loss, dtype=args.dtype, amp=options["amp"],
+                  threads=options["threads"], checkpoint=options["checkpoint"])
+    result = {"model": _name(source), **solve(job, budget)}
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_distributed_fit(result, markdown=args.format == "markdown"), end="")
+    return 0 if result["batch_per_rank"] else EXIT_DOES_NOT_FIT
+
+
 def _emit(result: dict[str, Any], args: argparse.Namespace) -> None:
     if args.format == "json":
         print(json.dumps(result, indent=2))
+    elif "distributed" in result:
+        from profiler.report.distributed_tables import render_distributed
+        print(render_distributed(result, markdown=args.format == "markdown"), end="")
     else:
         print(render(result, markdown=args.format == "markdown", explain=args.explain,
                      depth=getattr(args, "depth", None)), end="")
@@ -551,7 +615,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint", nargs="?", const=True, default=(), type=_layer_list,
                          metavar="LAYERS",
                          help="activation checkpointing (torch.utils.checkpoint, non-reentrant) of every "
-                              "layer, or of the comma-separated layers or nested models named")
+                              "layer, or of the comma-separated layers or nested models named (with "
+                              "--world-size: of the module classes named)")
         sub.add_argument("--input-grad", action="store_true",
                          help="training also computes the gradient of each floating input "
                               "(x.requires_grad_(): saliency maps, adversarial examples)")
@@ -573,6 +638,24 @@ def _parser() -> argparse.ArgumentParser:
                          help="measure even when the predicted peak is more than the device has free "
                               "(by default such a run is 'does not fit', exit status 3, nothing built)")
 
+    def distributed(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--world-size", type=_positive, default=None, metavar="N",
+                         help="train data-parallel over N ranks: every rank's steady training-step peak, "
+                              "predicted on a fake process group (profile: also measured on N local gloo ranks)")
+        sub.add_argument("--strategy", choices=STRATEGIES, default="ddp",
+                         help="with --world-size: DistributedDataParallel, FSDP2's fully_shard, or ZeRO-1 "
+                              "(ZeroRedundancyOptimizer over DDP) (default ddp)")
+        sub.add_argument("--fsdp-wrap", type=_layer_list, default=(), metavar="CLASSES",
+                         help="fsdp: module classes each wrapped by fully_shard, comma-separated, e.g. "
+                              "Linear (per module) or LlamaDecoderLayer (per block); the root is wrapped last "
+                              "(default: the root only)")
+        sub.add_argument("--no-reshard-after-forward", action="store_true",
+                         help="fsdp: keep the unsharded parameters from forward to backward")
+        sub.add_argument("--bucket-cap-mb", type=float, default=25.0,
+                         help="ddp, zero1: DDP's gradient bucket size in MiB (default 25)")
+        sub.add_argument("--gradient-as-bucket-view", action="store_true",
+                         help="ddp, zero1: gradients are views into DDP's buckets")
+
     summary = commands.add_parser(
         "summary", help="predict without building the model",
         description="Predict without building the model. SPEC may also be package.module:factory, a "
@@ -580,6 +663,7 @@ def _parser() -> argparse.ArgumentParser:
                     "no arguments under the meta device, so no weights are allocated; give the input with "
                     "--input-shape. Only name code you trust.")
     common(summary)
+    distributed(summary)
     summary.add_argument("--device-kind", choices=("cpu", "cuda"), default=None,
                          help="predict memory for this kind of device (optimizer kernels differ; default: cpu, "
                               "cuda with --device NAME)")
@@ -597,6 +681,7 @@ def _parser() -> argparse.ArgumentParser:
     profile = commands.add_parser("profile", help="predict, measure, compare and save a result")
     common(profile, spec_optional=True, formats=("text", "markdown", "json", "html"))
     measuring(profile)
+    distributed(profile)
     profile.add_argument("--results-dir", default="results/runs", help="where result JSON files go")
     profile.add_argument("--no-save", action="store_true", help="do not write a result file")
     profile.add_argument("-o", "--output", metavar="FILE", default=None,
@@ -679,6 +764,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="build the model and measure the peak at the batch and the next one (cpu budgets on "
                           "the CPU, cuda budgets on the GPU), each in a child process")
     fit.add_argument("--in-process", action="store_true", help="--verify measures in this process")
+    distributed(fit)
     fit.set_defaults(run=_fit)
     calibrate = commands.add_parser(
         "calibrate", help="measure this machine's time model again (about 10 s; cached for later predictions)")

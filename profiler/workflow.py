@@ -198,6 +198,24 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
     return measured, options
 
 
+def distributed(source: Source, reference: dict[str, Any], *, world: int, strategy: Any, batch: int,
+                dtype: str = "float32", loss: str = "cross_entropy",
+                optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None, threads: int = 1,
+                checkpoint: tuple[str, ...] = (), device_kind: str = "cpu",
+                measure: bool = False) -> dict[str, Any]:
+    """Every rank's steady training-step peak at world size ``world`` under ``strategy``
+    (a :class:`profiler.distributed.strategies.Strategy`), predicted; with ``measure``, also
+    measured on ``world`` local gloo ranks. ``reference``: what ``source`` was resolved from (each
+    measured rank resolves it again). Ranks run ``threads`` intra-op threads each (default 1);
+    ``checkpoint``: module classes run under activation checkpointing; ``device_kind`` "cuda":
+    predicted for CUDA ranks (no CPU workspace, no gloo buffers, foreach optimizers), not measured."""
+    from profiler.distributed.run import job_for, run
+    jobs = [job_for(source, reference, world=world, strategy=strategy, batch=batch, optimizer=o, loss=loss,
+                    dtype=dtype, amp=amp, threads=threads, checkpoint=checkpoint, device_kind=device_kind)
+            for o in optimizers]
+    return run(jobs, name=getattr(source, "name", "the model"), measure=measure)
+
+
 def peak_of(predicted: dict[str, int]) -> int:
     """The highest predicted peak of a run (inference and every training step asked for)."""
     return max(v for k, v in predicted.items() if "peak_bytes" in k)

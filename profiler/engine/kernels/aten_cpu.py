@@ -227,6 +227,23 @@ def _gemm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> 
                             alpha=a.dim() == 3 and kwargs.get("alpha", 1) != 1, bmm=a.dim() == 3)
 
 
+@_workspace(aten._chunk_cat.default, aten._chunk_cat.out)
+def _chunk_cat(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+    """Each input whose size along ``dim`` is not a multiple of ``num_chunks`` is first padded to
+    one, a copy (ATen's ``_pad_chunk``); the copies live until the result is made. Measured: FSDP2's
+    reduce-scatter input on 2 gloo ranks, a (65, 64) float32 gradient and its (65,) bias: 16,896 B
+    and 264 B, the (66, 64) and (66,) copies; nothing for the evenly split (64, 32) layer."""
+    tensors, dim, chunks = args[0], args[1], args[2]
+    booked = []
+    for t in tensors:
+        axis = dim % t.dim() if t.dim() else 0
+        size = t.shape[axis] if t.dim() else 1
+        if size % chunks:
+            padded = -(-size // chunks) * chunks
+            booked.append(t.numel() // max(size, 1) * padded * t.element_size())
+    return booked
+
+
 @_workspace(aten.mse_loss.default)
 def _mse_loss(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """mse_loss(input, target, reduction): the CPU kernel squares (input − target) into an

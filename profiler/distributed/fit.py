@@ -1,0 +1,78 @@
+"""The largest per-rank batch whose predicted peak fits each rank's memory, for a strategy at world
+size N, solved as the module fit solves it (``planning.module_fit``): the steady step of the
+highest rank group replayed at two batch sizes, every allocation and free read as
+``a × batch + c``, the batch solved over those lines, and proven by replays at ``b`` and ``b + 1``.
+
+Every rank group (ranks with the same shards) is solved and the smallest answer kept: it is the
+batch every rank can take. The budget is the planner's (``planning.fit.Budget``: CPU bytes, or a
+card's memory less the CUDA context, a fragmentation margin and cuBLAS workspaces, blocks rounded
+as the caching allocator rounds them); collective buffers are counted as the prediction books
+them (gloo's on a CPU target; none on CUDA, NCCL's being outside the allocator).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from profiler.distributed.job import Job
+from profiler.distributed.predict import RankPrediction, predict_rank, rank_groups
+from profiler.planning.fit import Budget, largest_fitting, modelled_bytes
+from profiler.planning.module_fit import PROBES, LinearTimeline
+
+
+def solve(job: Job, budget: Budget, *, max_batch: int = 2 ** 20) -> dict[str, Any]:
+    """The answer as a dict: per-rank batch, the peak at it and at the next batch, what is alive
+    at the peak, and how it was found."""
+    job = replace(job, device_kind=budget.target)
+    mode = job.optimizer
+    usable = budget.usable_bytes
+    answers = []
+    replays = 0
+    for group in rank_groups(job):
+        rank = group[0]
+        cache: dict[int, RankPrediction] = {}
+
+        def exact(batch: int) -> RankPrediction:
+            nonlocal replays
+            if batch not in cache:
+                cache[batch] = predict_rank(_at_batch(job, batch), rank)
+                replays += 1
+            return cache[batch]
+
+        def figure(p: RankPrediction) -> int:
+            return modelled_bytes([p.timeline], budget, mode)
+
+        (b1, b2) = PROBES
+        lines = LinearTimeline.fit(b1, exact(b1).timeline, b2, exact(b2).timeline)
+        method = f"every allocation as a × batch + c from replays at batches {b1} and {b2}"
+        if lines is None:
+            batch = largest_fitting(lambda b: figure(exact(b)), usable, max_batch)
+            method = "bisection over full replays (the replays at two batches were not the same events)"
+        else:
+            batch = largest_fitting(lambda b: modelled_bytes([lines.at(b)], budget, mode), usable, max_batch)
+            held = (batch == 0 or figure(exact(batch)) <= usable) and figure(exact(batch + 1)) > usable
+            if held:
+                method += f"; confirmed by replays at {batch} and {batch + 1}"
+            else:
+                batch = largest_fitting(lambda b: figure(exact(b)), usable, max_batch)
+                method += "; not confirmed by replays, then bisection over full replays"
+        answers.append((batch, rank, group, method, exact(max(batch, 1)), exact(batch + 1)))
+    batch, rank, group, method, at, at_next = min(answers, key=lambda a: (a[0], a[1]))
+    return {"world_size": job.world, "strategy": job.strategy.as_dict(), "optimizer": mode,
+            "dtype": job.dtype, "loss": job.loss, "batch_per_rank": batch, "global_batch": batch * job.world,
+            "limiting_rank": rank, "ranks_alike": group, "budget": budget.as_dict(),
+            "usable_bytes": usable, "peak": _figures(at, budget, mode), "next": _figures(at_next, budget, mode),
+            "method": method, "replays": replays}
+
+
+def _figures(p: RankPrediction, budget: Budget, mode: str) -> dict[str, Any]:
+    return {"bytes": modelled_bytes([p.timeline], budget, mode), "tensor_bytes": p.peak_bytes, "at": p.at,
+            "breakdown": dict(p.breakdown), "shard_bytes": p.param_bytes}
+
+
+def _at_batch(job: Job, batch: int) -> Job:
+    """The job at another per-rank batch; outputs whose first axis is the batch follow it (the
+    others are traced again)."""
+    if job.output_shapes and all(s and s[0] == job.batch for s in job.output_shapes):
+        return replace(job, batch=batch, output_shapes=tuple((batch, *s[1:]) for s in job.output_shapes))
+    return replace(job, batch=batch).with_outputs()

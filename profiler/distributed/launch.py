@@ -1,0 +1,206 @@
+"""Each rank's training-step peak, measured on a real process group of N local processes.
+
+``torch.multiprocessing`` spawns N ranks (gloo on the CPU; fresh interpreters: autograd's threads
+do not survive a fork) that meet through a file store in a fresh temporary directory, so several
+launches can run at once. One launch can run several jobs of the same world size in turn (each
+rank measures them one after the other), which pays the ranks' start-up once. Each rank measures its own peak
+with the single-device runner's method (:mod:`profiler.measuring.memory_trace`): the bytes of the
+storages alive before the first step (the rank's parameters or shards, buffers, inputs, targets,
+DDP's gradient buckets), then the CPU allocator's events of both steps, recorded by the PyTorch
+profiler and replayed in time order; the peak is the highest live total while the second (steady)
+step runs, everything alive counted. Allocations that gloo's worker threads make inside a
+collective are recorded too (the profiler's state travels with the work).
+
+The profile starts after the strategy is built, not before: the start-up collectives' buffers
+(DDP's broadcast of the parameters, its shape check) are held by gloo's work objects, which a
+worker thread may drop after the work ran, outside the profiler's reach, so their frees would
+sometimes go unrecorded (measured: 144 B or 28,132 B left over on one rank in about one run in
+three).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import time
+import tempfile
+import traceback
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from profiler.distributed.job import STEPS, Job, build, make_data, make_model, train_step
+from profiler.errors import ModelsizeError
+
+_STEP = "modelsize.distributed.step"
+
+
+@dataclass(frozen=True)
+class RankMeasurement:
+    rank: int
+    peak_bytes: int          # highest live total during the steady step
+    start_bytes: int         # alive when it starts
+    param_bytes: int         # the rank's parameter storages (FSDP2: its padded shards)
+    events: int              # allocator events replayed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "peak_bytes": self.peak_bytes, "start_bytes": self.start_bytes,
+                "param_bytes": self.param_bytes, "events": self.events}
+
+
+def max_local_ranks() -> int:
+    """How many ranks this machine runs at once: one per CPU this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def measure(job: Job, *, timeout_s: float = 300.0) -> list[RankMeasurement]:
+    """Launch ``job.world`` local ranks (gloo) and gather each rank's measurement, in rank order."""
+    return measure_all([job], timeout_s=timeout_s)[0]
+
+
+def measure_all(jobs: list[Job], *, timeout_s: float = 300.0) -> list[list[RankMeasurement]]:
+    """Several jobs of one world size in one launch: each job's ranks' measurements, in order."""
+    world = jobs[0].world
+    if any(job.world != world for job in jobs):
+        raise ValueError("one launch runs jobs of one world size")
+    check_world(world)
+    import torch.multiprocessing as mp
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    with tempfile.TemporaryDirectory(prefix="modelsize-gloo-") as folder:
+        store = os.path.join(folder, "store")
+        ranks = [context.Process(target=_rank_main, args=(jobs, r, world, store, results), daemon=True)
+                 for r in range(world)]
+        for process in ranks:
+            process.start()
+        gathered: dict[int, Any] = {}
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(gathered) < world:
+                try:
+                    rank, answer = results.get(timeout=1.0)
+                except queue.Empty:
+                    dead = [r for r, p in enumerate(ranks) if p.exitcode is not None and r not in gathered]
+                    if dead:
+                        raise RuntimeError(f"rank {dead[0]} ended without an answer "
+                                           f"(exit code {ranks[dead[0]].exitcode})") from None
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the ranks did not answer within {timeout_s:.0f} s") from None
+                    continue
+                gathered[rank] = answer
+        finally:
+            for process in ranks:
+                process.join(timeout=10)
+                if process.is_alive():
+                    process.kill()
+    failed = {r: a for r, a in gathered.items() if isinstance(a, str)}
+    if failed:
+        rank, text = min(failed.items())
+        raise RuntimeError(f"rank {rank} failed:\n{text}")
+    return [[gathered[r][j] for r in range(world)] for j in range(len(jobs))]
+
+
+def check_world(world: int) -> None:
+    """One line when this machine cannot run ``world`` local ranks."""
+    if not isinstance(world, int) or world < 1 or world > max_local_ranks():
+        raise ModelsizeError("world size larger than this machine can run", field="world-size",
+                             expected=f"1 to {max_local_ranks()} local ranks (one per CPU)",
+                             received=str(world))
+
+
+def _rank_main(jobs: list[Job], rank: int, world: int, store: str, results: Any) -> None:
+    import torch.distributed as dist
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        try:
+            results.put((rank, [_measure_rank(job, rank) for job in jobs]))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:   # the parent reports it; a rank must not hang the others' gather
+        results.put((rank, traceback.format_exc()))
+
+
+def _measure_rank(job: Job, rank: int) -> RankMeasurement:
+    import gc
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.profiler import record_function
+    from profiler.distributed.predict import local
+    from profiler.measuring.memory_trace import MEMORY_EVENT, _raw_events, profiled
+    from profiler.measuring.runner import storage_bytes
+    torch.set_num_threads(job.threads)
+    mesh = init_device_mesh("cpu", (job.world,))
+    module = make_model(job)
+    x, y = make_data(job, rank)
+    model, opt = build(job, module, mesh, fake=False)
+    del module
+    param_bytes = storage_bytes([local(p) for p in model.parameters()])
+    start = storage_bytes([*(local(p) for p in model.parameters()), *model.buffers(), *x, *y])
+    start += bucket_bytes(model)
+
+    def steps() -> None:
+        for step in range(STEPS):
+            with record_function(f"{_STEP} {step}"):
+                train_step(job, model, opt, x, y)
+
+    gc.disable()   # only reference counting frees, as in the runner's measured calls
+    try:
+        with _workers_let_go():
+            prof = profiled(steps)
+    finally:
+        gc.enable()
+    dist.barrier()
+    events = _raw_events(prof)
+    last = next(e for e in events if e.name() == f"{_STEP} {STEPS - 1}")
+    memory = sorted((e for e in events if e.name() == MEMORY_EVENT
+                     and e.device_type() == torch.autograd.DeviceType.CPU), key=lambda e: e.start_ns())
+    current = start
+    before = None
+    peak = 0
+    for event in memory:
+        if event.start_ns() > last.end_ns():
+            break
+        if before is None and event.start_ns() >= last.start_ns():
+            before = peak = current
+        current += event.nbytes()
+        if before is not None:
+            peak = max(peak, current)
+    if before is None:
+        before = peak = current
+    return RankMeasurement(rank, peak, before, param_bytes, len(memory))
+
+
+def bucket_bytes(model: torch.nn.Module) -> int:
+    """Bytes of DDP's gradient buckets (none for other strategies): the reducer's own tensors,
+    which no parameter or gradient refers to before the first backward."""
+    reducer = getattr(model, "reducer", None)
+    if reducer is None:
+        return 0
+    return sum(b.buffer().untyped_storage().nbytes() for b in reducer._get_zeros_like_grad_buckets())
+
+
+@contextlib.contextmanager
+def _workers_let_go(seconds: float = 0.002) -> Iterator[None]:
+    """Each ``Work.wait()`` returns a moment late, so that gloo's worker thread has dropped its
+    reference to the work before the caller drops the last one.
+
+    A work holds its collective's tensors (FSDP2's all-gather output, gloo's copy of a
+    reduce-scatter input); whichever thread drops the work last frees them. The caller's free is
+    recorded; the worker's is not (the profiler's state is the worker's only while the work runs),
+    and which one comes last is a race: without the pause a 2-rank FSDP2 step's peak was measured
+    8-34 KiB apart from run to run. The pause only delays the caller; it allocates nothing.
+    """
+    from torch._C._distributed_c10d import Work
+    wait = Work.wait
+
+    def late_wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+        done = wait(self, *args, **kwargs)
+        time.sleep(seconds)
+        return done
+
+    Work.wait = late_wait   # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Work.wait = wait   # type: ignore[method-assign]

@@ -1,0 +1,164 @@
+"""Scale-out memory against real torch.distributed runs (2 gloo ranks) and FSDP2's own sharding."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from profiler.distributed import launch, predict
+from profiler.distributed.job import Job
+from profiler.distributed.strategies import Strategy
+
+
+def _mlp() -> torch.nn.Module:
+    """Uneven on purpose: 65 rows split over 2 ranks are 33 and 32 (FSDP2 pads rank 1)."""
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 65),
+                               torch.nn.ReLU(), torch.nn.Linear(65, 10))
+
+
+def _job(strategy: str, optimizer: str, world: int = 2, *, amp: str | None = None, dtype: str = "float32",
+         checkpoint: tuple[str, ...] = (), **options: object) -> Job:
+    return Job(_mlp, ((32,),), ("float",), (None,), 8, Strategy(strategy, **options), world, optimizer=optimizer,
+               amp=amp, dtype=dtype, checkpoint=checkpoint).with_outputs()
+
+
+#: DDP and ZeRO-1 (SGD, Adam); then mixed precision, a bfloat16 model and activation checkpointing
+_EXACT = [_job(s, o, bucket_cap_mb=0.01) for s in ("ddp", "zero1") for o in ("sgd", "adam")]
+_EXACT += [_job("fsdp", "adam", fsdp_wrap=("Linear",), amp="bfloat16"),   # MixedPrecisionPolicy
+           _job("zero1", "adam", amp="bfloat16"),                        # autocast
+           _job("ddp", "adam", dtype="bfloat16"),
+           _job("fsdp", "adam", fsdp_wrap=("Linear",), checkpoint=("Linear",))]
+_FSDP = [_job("fsdp", o, reshard_after_forward=r, fsdp_wrap=("Linear",)) for o in ("sgd", "adam")
+         for r in (True, False)]
+
+
+_BUDGET = "200KiB"
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict:
+    """``fit --world-size 2 --strategy fsdp`` (Adam) on a CPU budget."""
+    from profiler.distributed.fit import solve
+    from profiler.planning.fit import make_budget
+    return solve(_job("fsdp", "adam", fsdp_wrap=("Linear",)), make_budget(memory=_BUDGET, device=None, target="cpu", reserve=None,
+                                                   margin=None))
+
+
+@pytest.fixture(scope="module")
+def measured(fitted) -> list[list[launch.RankMeasurement]]:
+    """One launch of 2 gloo ranks runs every job in turn (the ranks start once): the exact cases,
+    then the fit's answer and the next batch."""
+    from profiler.distributed.fit import _at_batch
+    b = fitted["batch_per_rank"]
+    return launch.measure_all(_EXACT + _FSDP + [_at_batch(_job("fsdp", "adam", fsdp_wrap=("Linear",)), n)
+                                                for n in (b, b + 1)])
+
+
+@pytest.mark.parametrize("index", range(len(_EXACT)))
+def test_peaks_predicted_equal_measured(measured, index: int) -> None:
+    job = _EXACT[index]
+    predicted = predict.predict(job)
+    got = measured[index]
+    assert [p.start_bytes for p in predicted] == [m.start_bytes for m in got]
+    assert [p.peak_bytes for p in predicted] == [m.peak_bytes for m in got]
+
+
+def test_zero1_partitions_the_adam_state(measured) -> None:
+    """Each rank keeps the state of its own partition: the ranks' steady starts differ."""
+    got = measured[3]   # _EXACT[3]: zero1, adam
+    assert got[0].start_bytes != got[1].start_bytes
+
+
+@pytest.mark.parametrize("index", range(len(_FSDP)))
+def test_fsdp_peaks_predicted_equal_measured(measured, index: int) -> None:
+    """Per rank: the padded shards, what is alive when the steady step starts, and its peak
+    (all-gather and reduce-scatter buffers, gloo's copies, unsharded parameters and gradients)."""
+    job = _FSDP[index]
+    predicted = predict.predict(job)
+    got = measured[len(_EXACT) + index]
+    assert [p.param_bytes for p in predicted] == [m.param_bytes for m in got]
+    assert [p.start_bytes for p in predicted] == [m.start_bytes for m in got]
+    assert [p.peak_bytes for p in predicted] == [m.peak_bytes for m in got]
+
+
+@pytest.mark.parametrize("world", [2, 8, 64])
+def test_fake_group_shards_are_fsdp2s(world: int) -> None:
+    """Rank r holds torch.chunk's share of every parameter's rows, stored padded to
+    ceil(rows / N) rows; the ranks' shares add up to the model."""
+    job = _job("fsdp", "sgd", world, fsdp_wrap=("Linear",))
+    ranks = predict.predict(job)
+    model = _mlp()
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(r.local_param_numel for r in ranks) == total
+    for name, p in model.named_parameters():
+        rows = p.shape[0]
+        rest = p.numel() // rows
+        sizes = list(torch.arange(rows).chunk(world))
+        expected = [len(c) * rest for c in sizes] + [0] * (world - len(sizes))
+        assert [r.shard_numel[name] for r in ranks] == expected
+    padded = sum(-(-p.shape[0] // world) * (p.numel() // p.shape[0]) * p.element_size()
+                 for p in model.parameters())
+    assert {r.param_bytes for r in ranks} == {padded}
+    peak = max(ranks, key=lambda r: r.peak_bytes)
+    assert peak.peak_bytes >= peak.start_bytes > padded
+
+
+def test_world_size_beyond_this_machine_is_refused() -> None:
+    with pytest.raises(Exception, match="world size"):
+        launch.measure(_job("ddp", "sgd", launch.max_local_ranks() + 1))
+
+
+def test_summary_predicts_every_rank_from_the_command_line(capsys) -> None:
+    """``summary --world-size 8 --strategy fsdp``: eight ranks, their shards adding up to the
+    model's parameters, the peak rank named."""
+    import json
+    from profiler.cli import main
+    assert main(["summary", "dense-514", "--batch", "4", "--format", "json"]) == 0
+    params = json.loads(capsys.readouterr().out)["totals"]["params"]
+    assert main(["summary", "dense-514", "--batch", "4", "--world-size", "8", "--strategy", "fsdp",
+                 "--optimizers", "adam", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ranks = result["predicted_ranks"]["adam"]
+    assert [r["rank"] for r in ranks] == list(range(8))
+    assert sum(r["local_param_numel"] for r in ranks) == params
+    peak = result["peak_rank"]["adam"]
+    assert ranks[peak]["peak_bytes"] == max(r["peak_bytes"] for r in ranks)
+
+
+def test_profile_measures_the_ranks_from_the_command_line(capsys) -> None:
+    import json
+    from profiler.cli import main
+    assert main(["profile", "digits", "--batch", "4", "--world-size", "2", "--strategy", "zero1",
+                 "--optimizers", "adam", "--no-save", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    predicted = [r["peak_bytes"] for r in result["predicted_ranks"]["adam"]]
+    assert predicted == [r["peak_bytes"] for r in result["measured_ranks"]["adam"]]
+    assert result["relative_error_ranks"]["adam"] == [0.0, 0.0]
+
+
+def test_profile_refuses_more_ranks_than_cpus(capsys) -> None:
+    from profiler.cli import main
+    assert main(["profile", "digits", "--world-size", str(launch.max_local_ranks() + 1), "--no-save"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "world-size" in err
+
+
+def test_fit_per_rank_batch_holds_on_real_ranks(fitted, measured) -> None:
+    """At the fit's answer every measured rank is within the budget and its peak is the predicted
+    one; at the next batch some rank is over it."""
+    b = fitted["batch_per_rank"]
+    assert b > 1 and fitted["replays"] >= 4
+    at, over = measured[-2:]
+    assert max(m.peak_bytes for m in at) == fitted["peak"]["bytes"] <= fitted["usable_bytes"]
+    assert max(m.peak_bytes for m in over) == fitted["next"]["bytes"] > fitted["usable_bytes"]
+
+
+def test_zero1_ranks_grouped_by_their_partition() -> None:
+    """At world size 64 the 6 parameters of the MLP land on 6 ranks (ZeroRedundancyOptimizer's
+    partition); the other 58 hold none and are replayed once for all."""
+    job = _job("zero1", "adam", 64)
+    groups = predict.rank_groups(job)
+    assert sorted(len(g) for g in groups) == [1] * 6 + [58]
+    ranks = predict.predict(job)
+    empty = next(g for g in groups if len(g) == 58)
+    assert len({ranks[r].peak_bytes for r in empty}) == 1
+    assert ranks[empty[0]].peak_bytes < max(r.peak_bytes for r in ranks)
