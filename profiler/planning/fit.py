@@ -1,8 +1,11 @@
 """Capacity planning: the largest batch whose *predicted* peak fits a memory budget.
 
-Solve, don't probe. :func:`solve` never touches a device: it searches over :func:`~profiler.engine.predict.predict`
-(milliseconds a call, integer arithmetic), exponentially then by bisection, for the largest batch
-``b`` with ``peak(b) <= budget`` — so ``peak(b + 1) > budget`` — and reports ``b``, its peak, the
+Solve, don't probe. :func:`solve` never touches a device: it reads every allocation of the
+predicted step as a line ``a × batch + c`` (from :func:`~profiler.engine.predict.traced_steps` at
+two batches; :class:`~profiler.planning.module_fit.LinearTimeline`), solves over those lines for
+the largest batch ``b`` with ``peak(b) <= budget`` and proves it with predictions at ``b`` and
+``b + 1`` — so ``peak(b + 1) > budget`` (when they disagree: guesses from a line and bisection over
+:func:`~profiler.engine.predict.predict`) — and reports ``b``, its peak, the
 headroom left and the peak at ``b + 1``. :func:`verify` is the separate, optional check: it builds
 the model and measures it at ``b`` and ``b + 1``.
 

@@ -1,4 +1,5 @@
-"""Capacity planning for torch modules: solved from two traces, then proven by two more.
+"""Capacity planning for torch modules (and the lines specs are solved over): solved from two
+traces, then proven by two more.
 
 A fake-tensor replay of a large model takes seconds, so the planner does not bisect over full
 replays. It replays the step at two batch sizes (:data:`PROBES`), where the kernels make the
