@@ -1,14 +1,17 @@
-"""How `profile` scales with depth (issue 10: a 10,000-layer Dense spec's `profile` within 5 min
-and 2 GB of peak RSS; "the cost of summary, profile and fit grows about linearly with the number
-of layers").
+"""How summary, fit and profile scale with depth (issue 10: a 10,000-layer Dense spec's `summary`
+within 10 s, its `fit` within 20 s, its `profile` within 5 min and 2 GB of peak RSS; "the cost of
+summary, profile and fit grows about linearly with the number of layers").
 
-Each depth's Dense spec (64 units, relu) is profiled by the CLI in a child process, in-process
-(``--in-process``: the measuring child of a default run does the same work, and its peak RSS would
-not be seen by ``os.wait4``), with the default batch, optimizers and repeats. The child's wall time,
-CPU time (user + system: less sensitive than wall time to a shared machine) and peak RSS go to
-``benchmark.extra_info`` and ``results/profile_scaling.md``, with CPU seconds per 1,000 layers:
-flat when the cost is linear. Depths: ``MODELSIZE_SCALING_DEPTHS`` (comma-separated; default
-500,1000,2000). Nothing fails on a missed target.
+Each depth's Dense spec (64 units, relu) goes through each command of :data:`COMMANDS` once, by
+the CLI in a child process: ``summary``; ``fit --device h100-80gb --train adam`` (the batch solved,
+then its time on the card); ``fit --memory 8GiB --train adam``; ``profile --in-process`` (the
+measuring child of a default run does the same work, and its peak RSS would not be seen by
+``os.wait4``) with the default batch, optimizers and repeats. The child's wall time, CPU time (user
++ system: less sensitive than wall time to a shared machine) and peak RSS go to
+``benchmark.extra_info`` and ``results/profile_scaling.md``, with the load average at the end.
+Depths: ``MODELSIZE_SCALING_DEPTHS`` (comma-separated; default 500,1000,2000); commands:
+``MODELSIZE_SCALING_COMMANDS`` (comma-separated names of :data:`COMMANDS`; default all). Nothing
+fails on a missed target.
 """
 from __future__ import annotations
 
@@ -20,7 +23,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_10K_S, TARGET_10K_RSS = 300.0, 2 * 2 ** 30
+#: name -> (arguments after the spec, issue 10's targets at 10,000 layers: seconds, bytes of RSS)
+COMMANDS = {
+    "summary": (["summary"], 10.0, None),
+    "fit h100": (["fit", "--device", "h100-80gb", "--train", "adam"], 20.0, None),
+    "fit 8GiB": (["fit", "--memory", "8GiB", "--train", "adam"], 20.0, None),
+    "profile": (["profile", "--in-process", "--no-save"], 300.0, 2 * 2 ** 30),
+}
 LAUNCHER = ("import os, sys\n"
             "pid = os.fork()\n"
             "if pid == 0:\n"
@@ -36,10 +45,10 @@ def dense_spec(path: Path, depth: int) -> Path:
     return path
 
 
-def _profile(spec: Path) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, peak RSS bytes) of one `modelsize profile --in-process`."""
+def _run(spec: Path, command: list[str]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS bytes) of one `modelsize <command> spec ...`."""
     start = time.perf_counter()
-    child = subprocess.run([sys.executable, "-c", LAUNCHER, "profile", str(spec), "--in-process", "--no-save"],
+    child = subprocess.run([sys.executable, "-c", LAUNCHER, command[0], str(spec), *command[1:]],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - start
@@ -50,25 +59,32 @@ def _profile(spec: Path) -> tuple[float, float, int]:
 
 def test_profile_scaling(benchmark, tmp_path):
     depths = [int(d) for d in os.environ.get("MODELSIZE_SCALING_DEPTHS", "500,1000,2000").split(",")]
-    found: dict[int, tuple[float, float, int]] = {}
+    names = os.environ.get("MODELSIZE_SCALING_COMMANDS", ",".join(COMMANDS)).split(",")
+    found: dict[tuple[int, str], tuple[float, float, int]] = {}
 
     def run() -> None:
         for depth in depths:
-            found[depth] = _profile(dense_spec(tmp_path / f"dense-{depth}.json", depth))
+            spec = dense_spec(tmp_path / f"dense-{depth}.json", depth)
+            for name in names:
+                found[depth, name] = _run(spec, COMMANDS[name][0])
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     rows = []
-    for depth, (wall, cpu, rss) in found.items():
-        benchmark.extra_info[f"dense-{depth}"] = {"wall_s": wall, "cpu_s": cpu, "max_rss_bytes": rss}
-        rows.append(f"| {depth:,} | {wall:.1f} s | {cpu:.1f} s | {1000 * cpu / depth:.1f} s | {rss / 2 ** 20:,.0f} MiB |")
+    for (depth, name), (wall, cpu, rss) in found.items():
+        benchmark.extra_info[f"dense-{depth} {name}"] = {"wall_s": wall, "cpu_s": cpu, "max_rss_bytes": rss}
+        rows.append(f"| {depth:,} | `{name}` | {wall:.1f} s | {cpu:.1f} s | {1000 * cpu / depth:.2f} s "
+                    f"| {rss / 2 ** 20:,.0f} MiB |")
+    targets = "; ".join(f"`{name}` ≤ {seconds:g} s" + (f" and ≤ {rss / 2 ** 30:g} GiB" if rss else "")
+                        for name, (_, seconds, rss) in COMMANDS.items())
     import torch
     table = "\n".join([
-        "# `profile` of deep Dense specs", "",
-        "One run per depth of `modelsize profile dense-N.json --in-process --no-save` (64 units, relu; batch 32, "
-        "SGD and Adam, 20 timed passes) as a child process. Written by `benchmarks/test_profile_scaling.py`. "
-        f"Issue 10's target for 10,000 layers: ≤ {TARGET_10K_S:g} s, ≤ {TARGET_10K_RSS / 2 ** 30:g} GiB.", "",
-        "| Layers | Wall time | CPU time | CPU per 1,000 layers | Peak RSS |", "|---:|---:|---:|---:|---:|", *rows, "",
+        "# `summary`, `fit` and `profile` of deep Dense specs", "",
+        "One run per depth and command of `modelsize <command> dense-N.json` (64 units, relu; profile: "
+        "`--in-process --no-save`, batch 32, SGD and Adam, 20 timed passes) as a child process. Written by "
+        f"`benchmarks/test_profile_scaling.py`. Issue 10's targets at 10,000 layers: {targets}.", "",
+        "| Layers | Command | Wall time | CPU time | CPU per 1,000 layers | Peak RSS |",
+        "|---:|---|---:|---:|---:|---:|", *rows, "",
         f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, torch {torch.__version__}, "
         f"Python {sys.version.split()[0]}.", ""])
     (ROOT / "results" / "profile_scaling.md").write_text(table, encoding="utf-8")
-    assert len(found) == len(depths)
+    assert len(found) == len(depths) * len(names)

@@ -89,6 +89,10 @@ def time_model(device: str, threads: int | None = None,
 def time_at(source: Source, answer: Any, device: str, *, threads: int | None = None) -> dict[str, Any]:
     """The predicted time of ``fit``'s answer (``planning.fit.Fit``) on ``device``, at its batch."""
     optimizers = () if answer.mode == "inference" else (answer.mode,)
+    if isinstance(source, ModelSpec):   # solved: valid, and its memory is known (a 10,000-layer spec: 3 s)
+        return spec_time(source, time_model(device, threads), batch=answer.batch, dtype=answer.dtype,
+                         loss=answer.loss, device_kind=answer.budget.target, optimizers=optimizers, amp=answer.amp,
+                         checkpoint=(), threads=threads, input_grad=False)
     timed = summary(source, batch=answer.batch, dtype=answer.dtype, loss=answer.loss, device_kind=answer.budget.target,
                     optimizers=optimizers, amp=answer.amp, threads=threads, time_on=device)
     return timed["predicted_time"]

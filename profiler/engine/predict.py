@@ -17,7 +17,7 @@ from profiler.dtypes import check_model_dtype, itemsize
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
 from profiler.errors import ModelsizeError, ShapeError, SpecError
 from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
-from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, inference_peak, inference_timeline,
+from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, Timeline, inference_peak, inference_timeline,
                                           kept_for_backward, training_peak, training_timeline, value_dtypes)
 from profiler.rules.catalog import rule_for
 from profiler.rules.recurrent import STATES
@@ -242,37 +242,10 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     graph); each ``x.grad`` is set to None with the parameters' gradients before a step.
     ``timelines``: also keep each peak's timeline, compact (``Prediction.timelines``).
     """
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
-        raise SpecError("must be a positive integer", field="batch", received=repr(batch))
-    check_model_dtype(dtype)
-    if loss not in LOSSES:
-        raise SpecError("unknown loss", field="loss", expected=" or ".join(LOSSES), received=repr(loss))
-    for name in optimizers:
-        optimizer_model(name)
-    _check_amp(spec, amp, dtype)
-    chosen = checkpoint_layers(spec, checkpoint)
-    traced = trace(spec)
-    act = itemsize(dtype)
-    threads = threads or default_threads()
-    plan = _Plan(batch=batch, dtype=dtype, device_kind=device_kind, amp=amp, threads=threads)
-    values = {i.name: i.name for i in spec.inputs}
-    plan.add(spec, traced, values, depth=1, checkpoint=chosen)
-    outputs = tuple(values[_ref_key(ref)] for ref in spec.outputs)
-    out_shapes = [plan.shapes[v] for v in outputs]
-    inputs = {i.name: batch * prod(i.shape) * (itemsize("int64") if i.dtype == "int64" else act)
-              for i in spec.inputs}
-    if loss == "cross_entropy":   # integer class per position: every axis but the last
-        target_bytes = sum(batch * prod(shape[:-1]) * itemsize("int64") for shape in out_shapes)
-    else:
-        target_bytes = sum(batch * prod(shape) * act for shape in out_shapes)
-    gemm_scratch = None
-    if device_kind == "cpu":
-        gemm_scratch = partial(onednn_bf16_gemm_scratch, threads=threads)
-    setting = Setting(batch=batch, dtype=dtype, inputs=inputs, outputs=outputs, target_bytes=target_bytes,
-                      buffer_bytes=plan.buffer_bytes, loss=loss, foreach=device_kind == "cuda",
-                      footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
-                      input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs},
-                      input_grad=input_grad)
+    plan, setting, chosen = _prepare(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                                     optimizers=optimizers, footprint=footprint, amp=amp, checkpoint=checkpoint,
+                                     threads=threads, input_grad=input_grad)
+    threads, inputs, target_bytes = plan.threads, setting.inputs, setting.target_bytes
     if os.environ.get("MODELSIZE_ENGINE") == "module" or states_need_engine(spec, chosen):
         from profiler.engine import spec_memory as sm
         mem = sm.replay(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, optimizers=optimizers,
@@ -321,6 +294,60 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
         input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
         checkpoint=tuple(sorted(chosen)), input_grad=input_grad,
         timelines={key: run.compact() for key, run in runs.items()} if timelines else {})
+
+
+def traced_steps(spec: ModelSpec, mode: str, *, batch: int, dtype: str = "float32", loss: str = "cross_entropy",
+                 device_kind: str = "cpu", amp: str | None = None,
+                 threads: int | None = None) -> tuple[list[LayerRow], list[Timeline]]:
+    """The rows, and the replays a mode's peak is the largest of (inference, or a training step's
+    steady and first step), traced and unrounded: ``planning.fit`` reads each event as a line in
+    the batch."""
+    optimizers = () if mode == "inference" else (mode,)
+    plan, setting, _ = _prepare(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                                optimizers=optimizers, footprint=None, amp=amp, checkpoint=(), threads=threads,
+                                input_grad=False)
+    if mode == "inference":
+        return plan.rows, [inference_timeline(plan.ops, setting, trace=True)]
+    return plan.rows, [training_timeline(plan.ops, setting, mode, first_step=first, trace=True)
+                       for first in (False, True)]
+
+
+def _prepare(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str, optimizers: tuple[str, ...],
+             footprint: Callable[[int], int] | None, amp: str | None, checkpoint: bool | Iterable[str],
+             threads: int | None, input_grad: bool) -> tuple["_Plan", Setting, frozenset[str]]:
+    """The options checked, and the ops and setting the memory model replays."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise SpecError("must be a positive integer", field="batch", received=repr(batch))
+    check_model_dtype(dtype)
+    if loss not in LOSSES:
+        raise SpecError("unknown loss", field="loss", expected=" or ".join(LOSSES), received=repr(loss))
+    for name in optimizers:
+        optimizer_model(name)
+    _check_amp(spec, amp, dtype)
+    chosen = checkpoint_layers(spec, checkpoint)
+    traced = trace(spec)
+    act = itemsize(dtype)
+    threads = threads or default_threads()
+    plan = _Plan(batch=batch, dtype=dtype, device_kind=device_kind, amp=amp, threads=threads)
+    values = {i.name: i.name for i in spec.inputs}
+    plan.add(spec, traced, values, depth=1, checkpoint=chosen)
+    outputs = tuple(values[_ref_key(ref)] for ref in spec.outputs)
+    out_shapes = [plan.shapes[v] for v in outputs]
+    inputs = {i.name: batch * prod(i.shape) * (itemsize("int64") if i.dtype == "int64" else act)
+              for i in spec.inputs}
+    if loss == "cross_entropy":   # integer class per position: every axis but the last
+        target_bytes = sum(batch * prod(shape[:-1]) * itemsize("int64") for shape in out_shapes)
+    else:
+        target_bytes = sum(batch * prod(shape) * act for shape in out_shapes)
+    gemm_scratch = None
+    if device_kind == "cpu":
+        gemm_scratch = partial(onednn_bf16_gemm_scratch, threads=threads)
+    setting = Setting(batch=batch, dtype=dtype, inputs=inputs, outputs=outputs, target_bytes=target_bytes,
+                      buffer_bytes=plan.buffer_bytes, loss=loss, foreach=device_kind == "cuda",
+                      footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
+                      input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs},
+                      input_grad=input_grad)
+    return plan, setting, chosen
 
 
 #: How layers run under ``torch.autocast`` (torch 2.13's op lists, the same on CPU and CUDA for
