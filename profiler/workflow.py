@@ -297,14 +297,24 @@ def timed_device(target: Any) -> str | None:
 
 def what_if(result: dict[str, Any], device: str) -> dict[str, Any] | None:
     """What a saved result's run would take on a catalogued ``device`` (peaks and time, predicted),
-    for ``compare``'s what-if columns. Only a spec's result carries its model as data; a torch
-    model's names code to import, which comparing files never runs: None."""
-    if "spec" not in result:
-        return None
-    from profiler.frontends.spec import from_dict
+    for ``compare``'s what-if columns. A spec's result carries its model as data; a torch model's
+    names its factory ("package.module:factory", imported again: its code runs, as in every
+    command given that name) and its inputs. None for a model that cannot be rebuilt from the
+    file (a module passed from Python, a Hugging Face config)."""
+    from profiler.frontends.source import FACTORY
     opts = result["options"]
-    return summary(from_dict(result["spec"], source=result.get("_file", "<result>")), batch=opts["batch"],
-                   dtype=opts["dtype"], loss=opts.get("loss", "cross_entropy"), device_kind="cuda",
-                   optimizers=tuple(opts["optimizers"]), amp=opts.get("amp"),
-                   checkpoint=tuple(opts.get("checkpoint") or ()), input_grad=bool(opts.get("input_grad")),
-                   time_on=device)
+    described = result.get("model_source") or {}
+    if "spec" in result:
+        from profiler.frontends.spec import from_dict
+        source: Source = from_dict(result["spec"], source=result.get("_file", "<result>"))
+        extra: dict[str, Any] = {"checkpoint": tuple(opts.get("checkpoint") or ()),
+                                 "input_grad": bool(opts.get("input_grad"))}
+    elif FACTORY.match(str(described.get("name", ""))) and described.get("input_shapes"):
+        source = resolve(described["name"], input_shape=described["input_shapes"],
+                         input_dtype=described.get("input_dtypes"), int_high=described.get("int_high"))
+        extra = {}
+    else:
+        return None
+    return summary(source, batch=opts["batch"], dtype=opts["dtype"], loss=opts.get("loss", "cross_entropy"),
+                   device_kind="cuda", optimizers=tuple(opts["optimizers"]), amp=opts.get("amp"),
+                   time_on=device, **extra)

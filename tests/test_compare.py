@@ -155,3 +155,27 @@ def test_what_if_columns_are_the_catalogued_cards_predictions(files, real, tmp_p
     err = capsys.readouterr().err
     assert refused.value.code == cli.EXIT_BAD_INPUT and "unknown accelerator" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_torch_models_what_if_imports_its_factory_again(files, tmp_path, monkeypatch, capsys):
+    """A torch model's result names its factory and inputs: the what-if column rebuilds it from
+    there (its module imported from the current directory, as every command does)."""
+    (tmp_path / "tinynet.py").write_text("import torch.nn as nn\n\ndef net():\n"
+                                         "    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch_result = json.loads(files["a", "float32"].read_text())
+    torch_result["model"] = "tinynet:net"
+    torch_result["model_source"] = {"name": "tinynet:net", "kind": "torch", "input_shapes": [[4]],
+                                    "input_dtypes": ["float"], "int_high": [None]}
+    del torch_result["spec"]
+    (tmp_path / "torch.json").write_text(json.dumps(torch_result))
+    code, out, err = _run(capsys, tmp_path / "torch.json", "--device", "h100-80gb", "--format", "json")
+    assert code == 0, err
+    cell = json.loads(out)["rows"][0]["cells"][1]
+    expected = workflow.summary(workflow.resolve("tinynet:net", input_shape=[[4]]), batch=2, dtype="float32",
+                                device_kind="cuda", optimizers=tuple(torch_result["options"]["optimizers"]),
+                                time_on="h100-80gb")
+    assert expected["totals"]["params"] == 4 * 8 + 8 + 8 * 3 + 3 == cell["params"]
+    assert cell["runs"]["train_sgd"]["peak_predicted"] == expected["predicted"]["train_peak_bytes_sgd"]
+    assert cell["runs"]["forward"]["ms"] == expected["predicted_time"]["forward_ms"]

@@ -151,8 +151,8 @@ def compare(results: Sequence[dict[str, Any]], *, baseline: int = 1, devices: Se
         out_rows.append(row)
     notes = [f"{replaced} result(s) of a cell already filled: the newest kept"] if replaced else []
     if unpredicted:
-        notes.append(f"{unpredicted} what-if cell(s) left empty: only a spec's result carries its model as data "
-                     f"(a torch model's names code, which compare does not import)")
+        notes.append(f"{unpredicted} what-if cell(s) left empty: no run of that row in that dtype, or a model "
+                     f"the file cannot rebuild (a module passed from Python, a Hugging Face config)")
     return {"baseline": baseline, "columns": [{"number": i + 1, **c} for i, c in enumerate(columns)],
             "rows": out_rows, "notes": notes}
 
