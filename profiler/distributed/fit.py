@@ -16,7 +16,7 @@ from typing import Any
 
 from profiler.distributed.job import Job
 from profiler.distributed.predict import RankPrediction, predict_rank, rank_groups
-from profiler.planning.fit import Budget, largest_fitting, modelled_bytes
+from profiler.planning.fit import Budget, largest_fitting, modelled_bytes, replayed_bytes
 from profiler.planning.module_fit import PROBES, LinearTimeline
 
 
@@ -40,16 +40,17 @@ def solve(job: Job, budget: Budget, *, max_batch: int = 2 ** 20) -> dict[str, An
             return cache[batch]
 
         def figure(p: RankPrediction) -> int:
-            return modelled_bytes([p.timeline], budget, mode)
+            return replayed_bytes([p.timeline], budget, mode)
 
         (b1, b2) = PROBES
-        lines = LinearTimeline.fit(b1, exact(b1).timeline, b2, exact(b2).timeline)
+        t1, t2 = exact(b1).timeline, exact(b2).timeline
+        lines = LinearTimeline.fit(b1, t1.events, b2, t2.events, t1.start) if t1.start == t2.start else None
         method = f"every allocation as a × batch + c from replays at batches {b1} and {b2}"
         if lines is None:
             batch = largest_fitting(lambda b: figure(exact(b)), usable, max_batch)
             method = "bisection over full replays (the replays at two batches were not the same events)"
         else:
-            batch = largest_fitting(lambda b: modelled_bytes([lines.at(b)], budget, mode), usable, max_batch)
+            batch = largest_fitting(lambda b: modelled_bytes([lines], b, budget, mode), usable, max_batch)
             held = (batch == 0 or figure(exact(batch)) <= usable) and figure(exact(batch + 1)) > usable
             if held:
                 method += f"; confirmed by replays at {batch} and {batch + 1}"
@@ -66,7 +67,7 @@ def solve(job: Job, budget: Budget, *, max_batch: int = 2 ** 20) -> dict[str, An
 
 
 def _figures(p: RankPrediction, budget: Budget, mode: str) -> dict[str, Any]:
-    return {"bytes": modelled_bytes([p.timeline], budget, mode), "tensor_bytes": p.peak_bytes, "at": p.at,
+    return {"bytes": replayed_bytes([p.timeline], budget, mode), "tensor_bytes": p.peak_bytes, "at": p.at,
             "breakdown": dict(p.breakdown), "shard_bytes": p.param_bytes}
 
 

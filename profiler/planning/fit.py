@@ -275,6 +275,13 @@ def module_evaluation(prediction: "MemoryPrediction", batch: int, budget: Budget
     return Evaluation(batch, reserved, allocated, reserved, at, {**worst.breakdown, **extra_reserved})
 
 
+def replayed_bytes(timelines: Sequence[Any], budget: Budget, mode: str) -> int:
+    """The compared figure from whole replayed timelines (each with ``peak(footprint)``)."""
+    if budget.target == "cpu":
+        return max(t.peak() for t in timelines)
+    return max(t.peak(segment_bytes) for t in timelines) + sum(_cuda_extras(budget, mode)[1].values())
+
+
 def modelled_bytes(lines: Sequence[LinearTimeline], batch: int, budget: Budget, mode: str, extra: int = 0) -> int:
     """The compared figure at ``batch`` from the lines of a mode's timelines (``extra``: what a
     spec's figure adds besides, its per-tensor rounding on CUDA)."""
