@@ -1,7 +1,9 @@
 """A kernel whose workspace is not modelled is named in the prediction's warnings, with the
-bytes at stake, instead of silently counting nothing (issue 9): oneDNN's bfloat16 LSTM."""
+bytes at stake, instead of silently counting nothing (issue 9): oneDNN's bfloat16 LSTM, and its
+grouped convolutions outside the widths measured exact."""
 import re
 
+import pytest
 import torch
 
 import profiler
@@ -21,6 +23,31 @@ def test_a_bfloat16_lstm_is_flagged_and_the_gap_is_within_what_it_says():
     for key, predicted in result["predicted"].items():
         missing = result["measured"][key] - predicted
         assert missing <= at_stake, (key, missing, at_stake)
+
+
+def _grouped(channels, groups):
+    return lambda: torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 3, padding=1, groups=groups),
+                                       torch.nn.ReLU())
+
+
+@modelled_isa
+@pytest.mark.parametrize("dtype, channels, groups", [("bfloat16", 96, 4), ("float32", 8, 4)])
+def test_an_uncovered_grouped_convolution_is_flagged_and_the_gap_is_within_what_it_says(dtype, channels, groups):
+    """bfloat16 at 24 channels per group (the sweep's worst miss) and float32 at 2 per group."""
+    result = profiler.profile(_grouped(channels, groups), (channels, 8, 8), batch=2, dtype=dtype, warmup=0,
+                              repeats=1)
+    flagged = [w for w in result["warnings"] if w.startswith("NOT MODELLED") and "grouped convolution" in w]
+    assert len(flagged) == 2   # the forward and the backward call
+    at_stake = max(int(re.search(r"up to about ([\d,]+) B", w).group(1).replace(",", "")) for w in flagged)
+    missing = [result["measured"][k] - p for k, p in result["predicted"].items() if k.endswith("peak_bytes")
+               or "_peak_bytes_" in k]
+    assert max(missing) > 0 or dtype == "float32"   # bfloat16: really under-predicted, hence the flag
+    assert max(missing) <= at_stake
+
+
+def test_a_float32_grouped_convolution_of_8_channels_per_group_is_not_flagged():
+    result = profiler.summary(_grouped(64, 2), (64, 8, 8), batch=2)
+    assert not [w for w in result["warnings"] if w.startswith("NOT MODELLED")]
 
 
 def test_a_float32_lstm_is_modelled_and_not_flagged():
