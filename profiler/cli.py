@@ -280,6 +280,8 @@ def _sweep(args: argparse.Namespace) -> int:
                 kept.append(str(event.path))
     except (KeyboardInterrupt, ModelsizeError) as stopped:
         bar.close()
+        if isinstance(stopped, ModelsizeError) and not running and not kept:
+            raise   # refused before any cell ran: the usual one line
         new = len(kept) - bar.skipped
         what = "interrupted: the cell" if isinstance(stopped, KeyboardInterrupt) else f"error: {stopped}: the cell"
         print(f"modelsize: {what} at batch {running.get('batch', '?')}, {running.get('dtype', '?')} was stopped; "

@@ -75,6 +75,7 @@ def run(source: workflow.Source, *, model: Any, batches: Sequence[int], dtypes: 
     options["device"] = get_device(options.get("device")).name
     grid = cells(model, batches, dtypes, options)
     done = saved_cells(results_dir) if resume else {}
+    check_grid([c for c in grid if _key(c) not in done], source, options)
     for index, cell in enumerate(grid):
         if _key(cell) in done:
             yield Event(index, len(grid), cell, "skipped", done[_key(cell)])
@@ -92,6 +93,21 @@ def run(source: workflow.Source, *, model: Any, batches: Sequence[int], dtypes: 
         result["sweep_cell"] = cell
         yield Event(index, len(grid), cell, "measured", save(result, results_dir), measured_peak(result),
                     result=result)
+
+
+def check_grid(todo: Sequence[dict[str, Any]], source: workflow.Source, options: dict[str, Any]) -> None:
+    """Each dtype of the cells to run predicted once, at its smallest batch, before anything is
+    measured: an option the model refuses (``--amp`` with a bfloat16 cell, a layer mixed precision
+    does not model) ends the sweep in one line now, not after the cells before it ran."""
+    smallest: dict[str, int] = {}
+    for cell in todo:
+        smallest[cell["dtype"]] = min(smallest.get(cell["dtype"], cell["batch"]), cell["batch"])
+    device_kind = "cuda" if str(options.get("device", "cpu")).startswith("cuda") else "cpu"
+    for dtype, batch in smallest.items():
+        workflow.summary(source, batch=batch, dtype=dtype, loss=options.get("loss", "cross_entropy"),
+                         device_kind=device_kind, optimizers=tuple(options.get("optimizers", ())),
+                         amp=options.get("amp"), checkpoint=options.get("checkpoint") or (),
+                         input_grad=bool(options.get("input_grad")), threads=options.get("threads"))
 
 
 def measured_peak(result: dict[str, Any]) -> int | None:

@@ -114,3 +114,15 @@ def test_the_api_sweeps_in_a_child_and_compares(tmp_path):
     (row,) = profiler.compare([runs])["rows"]
     assert row["cells"][0]["file"] == cell["file"]
     assert row["cells"][0]["runs"]["forward"]["ms"] == saved["measured"]["time"]["forward"]["median_ms"]
+
+
+def test_a_grid_the_model_refuses_ends_before_any_cell_is_measured(tmp_path, monkeypatch, capsys):
+    """Autocast keeps float32 master weights: a bfloat16 cell with --amp is refused by the
+    prediction of the grid, before the float32 cells are measured."""
+    profiled = []
+    monkeypatch.setattr(workflow, "profile", lambda source, **options: profiled.append(options["batch"]))
+    code = cli.main([*GRID[:4], "--dtype", "float32,bfloat16", "--amp", *GRID[4:], "--in-process",
+                     "--results-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_BAD_INPUT and profiled == [] and not _saved(tmp_path / "runs")
+    assert len(err) == 1 and "amp" in err[0] and "float32" in err[0]
