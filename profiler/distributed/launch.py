@@ -25,7 +25,7 @@ import queue
 import time
 import tempfile
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -43,10 +43,11 @@ class RankMeasurement:
     start_bytes: int         # alive when it starts
     param_bytes: int         # the rank's parameter storages (FSDP2: its padded shards)
     events: int              # allocator events replayed
+    breakdown: dict[str, int] = field(default_factory=dict)   # category -> bytes alive at the peak
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "peak_bytes": self.peak_bytes, "start_bytes": self.start_bytes,
-                "param_bytes": self.param_bytes, "events": self.events}
+                "param_bytes": self.param_bytes, "events": self.events, "breakdown": dict(self.breakdown)}
 
 
 def max_local_ranks() -> int:
@@ -127,7 +128,8 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.profiler import record_function
     from profiler.distributed.predict import local
-    from profiler.measuring.memory_trace import MEMORY_EVENT, _raw_events, profiled
+    from profiler.measuring.memory_trace import MEMORY_EVENT, _event_tree, _raw_events, profiled
+    from profiler.measuring.peak_breakdown import Annotator, Known, analyse, storages
     from profiler.measuring.runner import storage_bytes
     torch.set_num_threads(job.threads)
     mesh = init_device_mesh("cpu", (job.world,))
@@ -138,11 +140,15 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     param_bytes = storage_bytes([local(p) for p in model.parameters()])
     start = storage_bytes([*(local(p) for p in model.parameters()), *model.buffers(), *x, *y])
     start += bucket_bytes(model)
+    before_run = storages(_alive(model, opt, x, y))
 
     def steps() -> None:
-        for step in range(STEPS):
-            with record_function(f"{_STEP} {step}"):
-                train_step(job, model, opt, x, y)
+        with Annotator(model) as notes:
+            def mark(phase: str) -> None:   # the runner's phases: the loss is computed in forward's
+                notes.mark("forward" if phase.startswith("loss") else phase)
+            for step in range(STEPS):
+                with record_function(f"{_STEP} {step}"):
+                    train_step(job, model, opt, x, y, mark)
 
     gc.disable()   # only reference counting frees, as in the runner's measured calls
     try:
@@ -168,7 +174,25 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
             peak = max(peak, current)
     if before is None:
         before = peak = current
-    return RankMeasurement(rank, peak, before, param_bytes, len(memory))
+    weights = storages(("parameters", t) for t in (*(local(p) for p in model.parameters()), *model.buffers()))
+    known = Known(before=before_run, after=storages(_alive(model, opt, x, y)), weights=frozenset(weights))
+    split = analyse(_event_tree(prof), device=torch.device("cpu"), known=known, baseline_bytes=start,
+                    peak_bytes=peak, within=(last.start_ns(), last.end_ns()))
+    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories)
+
+
+def _alive(model: torch.nn.Module, opt: torch.optim.Optimizer, x: list[torch.Tensor],
+           y: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """The rank's storages by category (the runner's ``_alive``, with local shards and DDP's
+    gradient buckets, which are gradients)."""
+    from profiler.distributed.predict import _state, local
+    alive = [("parameters", local(t)) for t in (*model.parameters(), *model.buffers())]
+    alive += [("gradients", local(p.grad)) for p in model.parameters() if p.grad is not None]
+    reducer = getattr(model, "reducer", None)
+    if reducer is not None:
+        alive += [("gradients", b.buffer()) for b in reducer._get_zeros_like_grad_buckets()]
+    alive += [("optimizer_state", t) for t in _state(opt)]
+    return alive + [("inputs", t) for t in (*x, *y)]
 
 
 def bucket_bytes(model: torch.nn.Module) -> int:

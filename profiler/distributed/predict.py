@@ -177,6 +177,8 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
                         log.mark(list(_state(opt)), "optimizer_state")
                         before = log.cut()
                     train_step(job, model, opt, x, y, log.set_phase)
+            # this step's gradients, named after the fact as the measurement names them
+            log.mark([local(p.grad) for p in model.parameters()], "gradients")
             measured = log.cut()
             peak: Peak = log.peak([before, measured], start=len(before))
             timeline = log.timeline([before, measured], start=len(before))

@@ -201,15 +201,18 @@ class _Spans(Generic[T]):
 
 
 def analyse(tree: list[Any], *, device: torch.device, known: Known, baseline_bytes: int,
-            peak_bytes: int, block: Callable[[int], int] = lambda n: n) -> Breakdown:
+            peak_bytes: int, block: Callable[[int], int] = lambda n: n,
+            within: tuple[int, int] | None = None) -> Breakdown:
     """The breakdown at the peak of one profiled run (its event tree, the device's events).
 
     ``baseline_bytes`` and ``peak_bytes`` are the device's reading of the run (everything alive
     counted); ``block`` is what the allocator sets aside for a storage of n bytes (CUDA rounds).
+    ``within``: the peak is the highest point between these times (ns; the level when the span
+    starts counts), as the distributed ranks take their steady step's peak from a two-step profile.
     """
     events, ops, phases, modules = _read(tree, device)
     _pair(events)
-    peak_at, replayed = _peak(events)
+    peak_at, replayed = _peak(events, within)
     left = {c: 0 for c in CATEGORIES}
     for category, nbytes in known.before.values():
         left[category] += block(nbytes)
@@ -332,13 +335,20 @@ def _pair(events: list[_Event]) -> None:
                 allocated.ended = event.time
 
 
-def _peak(events: list[_Event]) -> tuple[int, int]:
+def _peak(events: list[_Event], within: tuple[int, int] | None = None) -> tuple[int, int]:
     """(index of the event that first reaches the highest point, bytes above the start there);
-    (-1, 0) when it never rises, as :func:`~profiler.measuring.memory_trace.allocator_peak` counts."""
-    current = peak = 0
+    (-1, 0) when it never rises, as :func:`~profiler.measuring.memory_trace.allocator_peak` counts.
+    ``within`` (start, end): only that span's points, the level at its start included."""
+    start, end = within if within is not None else (events[0].time if events else 0, None)
+    current = 0
+    peak: int | None = None if within is not None else 0
     at = -1
     for i, event in enumerate(events):
+        if end is not None and event.time > end:
+            break
+        if peak is None and event.time >= start:
+            peak, at = current, i - 1
         current += event.nbytes
-        if current > peak:
+        if peak is not None and current > peak:
             peak, at = current, i
-    return at, peak
+    return (at, peak) if peak is not None else (len(events) - 1, current)

@@ -38,10 +38,18 @@ def render_distributed(result: dict[str, Any], *, markdown: bool = False) -> str
         heading = f"Training step ({label}), steady state, per rank; peak rank {peak}"
         parts.append((f"### {heading}" if markdown else heading) + "\n" + layout(headers, rows, right=[True] * len(headers)))
         top = ranks[peak]
-        alive = [[category, units.nbytes(n)] for category, n in top["breakdown"].items() if n]
         heading = f"Alive at rank {peak}'s predicted peak ({top['at']})"
+        if got:
+            both = result["breakdown_comparison_ranks"][optimizer][peak]
+            alive = [[c, units.nbytes(v["predicted"]), units.nbytes(v["measured"]), units.percent(v["relative_error"])]
+                     for c, v in both.items() if v["predicted"] or v["measured"]]
+            headers = ["category", "predicted", "measured", "error"]
+            heading += " and measured peak"
+        else:
+            alive = [[category, units.nbytes(n)] for category, n in top["breakdown"].items() if n]
+            headers = ["category", "bytes"]
         parts.append((f"### {heading}" if markdown else heading) + "\n"
-                     + layout(["category", "bytes"], alive, right=[False, True]))
+                     + layout(headers, alive, right=[False] + [True] * (len(headers) - 1)))
     return "\n\n".join(parts) + "\n"
 
 
