@@ -26,6 +26,9 @@ more closely, and the same events both fix the moment and name the bytes:
      tracker) sees. Composite operators such as ``linear`` or ``cross_entropy_loss`` are looked
      into, their parts being operators; autograd's nodes and the optimizer's step are ranges, not
      operators;
+   - ``workspace`` too when a collective (a ``c10d::`` operator) allocated it: the backend's
+     copies, which its work object may hold past the call, until ``wait`` (what
+     ``distributed/collectives.py`` predicts);
    - ``gradients`` / ``optimizer_state`` when it is still alive after the run at the address of a
      ``.grad`` / of a tensor in ``optimizer.state`` (what it becomes: backward writes a
      parameter's gradient before the step ends); ``parameters`` / ``inputs`` likewise;
@@ -166,6 +169,7 @@ class _Event:
 class _Op:
     end: int
     copies: int | None   # ``_to_copy``: storage address of the tensor copied (with record_shapes)
+    name: str = ""     # the operator (collectives are c10d::…)
 
 
 class _Spans(Generic[T]):
@@ -244,6 +248,8 @@ def _category(event: _Event, ops: _Spans[_Op], phases: _Spans[str], modules: _Sp
     op = ops.at(event.time)
     if op is not None and event.ended is not None and event.ended <= op.end:
         return "workspace", None
+    if op is not None and op.name.startswith("c10d::"):
+        return "workspace", None   # a backend's own buffer in a collective, held by its work past the call
     if event.ended is None and event.ptr in known.after:
         return known.after[event.ptr][0], None
     if op is not None and op.copies is not None and op.copies in known.weights:
@@ -278,7 +284,7 @@ def _read(tree: list[Any], device: torch.device
             modules.setdefault(node.start_tid, []).append(
                 (node.start_time_ns, node.end_time_ns, name[len(MODULE):]))
         elif not inside and kind.name == "TorchOp" and fields.scope == _OPERATOR and _operator(name) == "operator":
-            ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields))))
+            ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields), name)))
             inside = True
         stack.extend((child, inside) for child in reversed(node.children))
     events.sort(key=lambda e: (e.time, e.order))
