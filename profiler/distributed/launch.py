@@ -128,7 +128,7 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.profiler import record_function
     from profiler.distributed.predict import local
-    from profiler.measuring.memory_trace import MEMORY_EVENT, _event_tree, _raw_events, profiled
+    from profiler.measuring.memory_trace import MEMORY_EVENT, _event_tree, _raw_events, capture, profiled
     from profiler.measuring.peak_breakdown import Annotator, Known, analyse, storages
     from profiler.measuring.runner import storage_bytes
     torch.set_num_threads(job.threads)
@@ -153,7 +153,8 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     gc.disable()   # only reference counting frees, as in the runner's measured calls
     try:
         with _workers_let_go():
-            prof = profiled(steps)
+            with capture(record_shapes=job.amp is not None):   # operators' inputs: autocast's weight casts
+                prof = profiled(steps)
     finally:
         gc.enable()
     dist.barrier()
