@@ -9,7 +9,9 @@ storages alive before the first step (the rank's parameters or shards, buffers, 
 DDP's gradient buckets), then the CPU allocator's events of both steps, recorded by the PyTorch
 profiler and replayed in time order; the peak is the highest live total while the second (steady)
 step runs, everything alive counted. Allocations that gloo's worker threads make inside a
-collective are recorded too (the profiler's state travels with the work).
+collective are recorded too (the profiler's state travels with the work). The same profile, its
+phases and module calls annotated, names what is alive at that peak by category
+(:mod:`profiler.measuring.peak_breakdown`, as the runner does on one device).
 
 The profile starts after the strategy is built, not before: the start-up collectives' buffers
 (DDP's broadcast of the parameters, its shape check) are held by gloo's work objects, which a
@@ -138,9 +140,8 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     model, opt = build(job, module, mesh, fake=False)
     del module
     param_bytes = storage_bytes([local(p) for p in model.parameters()])
-    start = storage_bytes([*(local(p) for p in model.parameters()), *model.buffers(), *x, *y])
-    start += bucket_bytes(model)
     before_run = storages(_alive(model, opt, x, y))
+    start = sum(nbytes for _, nbytes in before_run.values())
 
     def steps() -> None:
         with Annotator(model) as notes:
@@ -185,7 +186,8 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
 def _alive(model: torch.nn.Module, opt: torch.optim.Optimizer, x: list[torch.Tensor],
            y: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
     """The rank's storages by category (the runner's ``_alive``, with local shards and DDP's
-    gradient buckets, which are gradients)."""
+    gradient buckets, which are gradients: the reducer's own tensors, which no parameter or
+    gradient refers to before the first backward; listed by size, the ones given are copies)."""
     from profiler.distributed.predict import _state, local
     alive = [("parameters", local(t)) for t in (*model.parameters(), *model.buffers())]
     alive += [("gradients", local(p.grad)) for p in model.parameters() if p.grad is not None]
@@ -194,15 +196,6 @@ def _alive(model: torch.nn.Module, opt: torch.optim.Optimizer, x: list[torch.Ten
         alive += [("gradients", b.buffer()) for b in reducer._get_zeros_like_grad_buckets()]
     alive += [("optimizer_state", t) for t in _state(opt)]
     return alive + [("inputs", t) for t in (*x, *y)]
-
-
-def bucket_bytes(model: torch.nn.Module) -> int:
-    """Bytes of DDP's gradient buckets (none for other strategies): the reducer's own tensors,
-    which no parameter or gradient refers to before the first backward."""
-    reducer = getattr(model, "reducer", None)
-    if reducer is None:
-        return 0
-    return sum(b.buffer().untyped_storage().nbytes() for b in reducer._get_zeros_like_grad_buckets())
 
 
 @contextlib.contextmanager
