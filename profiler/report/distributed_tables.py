@@ -1,6 +1,6 @@
 """A distributed result (``profiler.distributed.run``) as text or Markdown: per rank, the steady
 training step's predicted peak, the measured one when there is one, and what was alive at the
-peak rank's peak."""
+peak rank's peak (predicted and measured, by category)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -39,8 +39,9 @@ def render_distributed(result: dict[str, Any], *, markdown: bool = False) -> str
         parts.append((f"### {heading}" if markdown else heading) + "\n" + layout(headers, rows, right=[True] * len(headers)))
         top = ranks[peak]
         heading = f"Alive at rank {peak}'s predicted peak ({top['at']})"
-        if got:
-            both = result["breakdown_comparison_ranks"][optimizer][peak]
+        compared = result.get("breakdown_comparison_ranks", {}).get(optimizer)   # none in older results
+        if compared:
+            both = compared[peak]
             alive = [[c, units.nbytes(v["predicted"]), units.nbytes(v["measured"]), units.percent(v["relative_error"])]
                      for c, v in both.items() if v["predicted"] or v["measured"]]
             headers = ["category", "predicted", "measured", "error"]
