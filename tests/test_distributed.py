@@ -62,6 +62,17 @@ def test_peaks_predicted_equal_measured(measured, index: int) -> None:
     assert [p.peak_bytes for p in predicted] == [m.peak_bytes for m in got]
 
 
+@pytest.mark.parametrize("index", range(len(_EXACT + _FSDP)))
+def test_measured_breakdown_is_the_predicted_one(measured, index: int) -> None:
+    """Each rank's bytes alive at its measured peak by category (the runner's peak_breakdown, run
+    in the rank): they sum to the measured peak and every category is the predicted one (DDP's
+    buckets are gradients, gloo's copies workspace, autocast's casts weight casts)."""
+    job = (_EXACT + _FSDP)[index]
+    for p, m in zip(predict.predict(job), measured[index]):
+        assert sum(m.breakdown.values()) == m.peak_bytes
+        assert m.breakdown == p.breakdown
+
+
 def test_zero1_partitions_the_adam_state(measured) -> None:
     """Each rank keeps the state of its own partition: the ranks' steady starts differ."""
     got = measured[3]   # _EXACT[3]: zero1, adam
@@ -133,6 +144,8 @@ def test_profile_measures_the_ranks_from_the_command_line(capsys) -> None:
     predicted = [r["peak_bytes"] for r in result["predicted_ranks"]["adam"]]
     assert predicted == [r["peak_bytes"] for r in result["measured_ranks"]["adam"]]
     assert result["relative_error_ranks"]["adam"] == [0.0, 0.0]
+    for rank, both in zip(result["measured_ranks"]["adam"], result["breakdown_comparison_ranks"]["adam"]):
+        assert sum(v["measured"] for v in both.values()) == rank["peak_bytes"]
 
 
 def test_profile_refuses_more_ranks_than_cpus(capsys) -> None:

@@ -9,7 +9,9 @@ storages alive before the first step (the rank's parameters or shards, buffers, 
 DDP's gradient buckets), then the CPU allocator's events of both steps, recorded by the PyTorch
 profiler and replayed in time order; the peak is the highest live total while the second (steady)
 step runs, everything alive counted. Allocations that gloo's worker threads make inside a
-collective are recorded too (the profiler's state travels with the work).
+collective are recorded too (the profiler's state travels with the work). The same profile, its
+phases and module calls annotated, names what is alive at that peak by category
+(:mod:`profiler.measuring.peak_breakdown`, as the runner does on one device).
 
 The profile starts after the strategy is built, not before: the start-up collectives' buffers
 (DDP's broadcast of the parameters, its shape check) are held by gloo's work objects, which a
@@ -25,7 +27,7 @@ import queue
 import time
 import tempfile
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -43,10 +45,11 @@ class RankMeasurement:
     start_bytes: int         # alive when it starts
     param_bytes: int         # the rank's parameter storages (FSDP2: its padded shards)
     events: int              # allocator events replayed
+    breakdown: dict[str, int] = field(default_factory=dict)   # category -> bytes alive at the peak
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "peak_bytes": self.peak_bytes, "start_bytes": self.start_bytes,
-                "param_bytes": self.param_bytes, "events": self.events}
+                "param_bytes": self.param_bytes, "events": self.events, "breakdown": dict(self.breakdown)}
 
 
 def max_local_ranks() -> int:
@@ -127,7 +130,8 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.profiler import record_function
     from profiler.distributed.predict import local
-    from profiler.measuring.memory_trace import MEMORY_EVENT, _raw_events, profiled
+    from profiler.measuring.memory_trace import MEMORY_EVENT, _event_tree, _raw_events, capture, profiled
+    from profiler.measuring.peak_breakdown import Annotator, Known, analyse, storages
     from profiler.measuring.runner import storage_bytes
     torch.set_num_threads(job.threads)
     mesh = init_device_mesh("cpu", (job.world,))
@@ -136,18 +140,22 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     model, opt = build(job, module, mesh, fake=False)
     del module
     param_bytes = storage_bytes([local(p) for p in model.parameters()])
-    start = storage_bytes([*(local(p) for p in model.parameters()), *model.buffers(), *x, *y])
-    start += bucket_bytes(model)
+    before_run = storages(_alive(model, opt, x, y))
+    start = sum(nbytes for _, nbytes in before_run.values())
 
     def steps() -> None:
-        for step in range(STEPS):
-            with record_function(f"{_STEP} {step}"):
-                train_step(job, model, opt, x, y)
+        with Annotator(model) as notes:
+            def mark(phase: str) -> None:   # the runner's phases: the loss is computed in forward's
+                notes.mark("forward" if phase.startswith("loss") else phase)
+            for step in range(STEPS):
+                with record_function(f"{_STEP} {step}"):
+                    train_step(job, model, opt, x, y, mark)
 
     gc.disable()   # only reference counting frees, as in the runner's measured calls
     try:
         with _workers_let_go():
-            prof = profiled(steps)
+            with capture(record_shapes=job.amp is not None):   # operators' inputs: autocast's weight casts
+                prof = profiled(steps)
     finally:
         gc.enable()
     dist.barrier()
@@ -168,16 +176,26 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
             peak = max(peak, current)
     if before is None:
         before = peak = current
-    return RankMeasurement(rank, peak, before, param_bytes, len(memory))
+    weights = storages(("parameters", t) for t in (*(local(p) for p in model.parameters()), *model.buffers()))
+    known = Known(before=before_run, after=storages(_alive(model, opt, x, y)), weights=frozenset(weights))
+    split = analyse(_event_tree(prof), device=torch.device("cpu"), known=known, baseline_bytes=start,
+                    peak_bytes=peak, within=(last.start_ns(), last.end_ns()))
+    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories)
 
 
-def bucket_bytes(model: torch.nn.Module) -> int:
-    """Bytes of DDP's gradient buckets (none for other strategies): the reducer's own tensors,
-    which no parameter or gradient refers to before the first backward."""
+def _alive(model: torch.nn.Module, opt: torch.optim.Optimizer, x: list[torch.Tensor],
+           y: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """The rank's storages by category (the runner's ``_alive``, with local shards and DDP's
+    gradient buckets, which are gradients: the reducer's own tensors, which no parameter or
+    gradient refers to before the first backward; listed by size, the ones given are copies)."""
+    from profiler.distributed.predict import _state, local
+    alive = [("parameters", local(t)) for t in (*model.parameters(), *model.buffers())]
+    alive += [("gradients", local(p.grad)) for p in model.parameters() if p.grad is not None]
     reducer = getattr(model, "reducer", None)
-    if reducer is None:
-        return 0
-    return sum(b.buffer().untyped_storage().nbytes() for b in reducer._get_zeros_like_grad_buckets())
+    if reducer is not None:
+        alive += [("gradients", b.buffer()) for b in reducer._get_zeros_like_grad_buckets()]
+    alive += [("optimizer_state", t) for t in _state(opt)]
+    return alive + [("inputs", t) for t in (*x, *y)]
 
 
 @contextlib.contextmanager

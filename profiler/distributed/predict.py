@@ -128,12 +128,24 @@ class _RankLog(StorageLog):
         torch.UntypedStorage.resize_ = self._original_resize   # type: ignore[method-assign]
         ShardingPropagator._fake_mode_lock = self._original_lock
 
+    def name_start_up(self, category: str) -> None:
+        """Give ``category`` to what the strategy's start-up made and keeps (DDP's gradient
+        buckets, the reducer's own tensors, out of Python's reach)."""
+        for serial in self._nbytes:
+            if self.phase_of[serial] == "start" and serial not in self.category:
+                self.category[serial] = category
+
     def _resized(self, storage: torch.UntypedStorage) -> None:
         serial = self._serial.get(id(storage))
         if serial is None:
             if storage.nbytes():
                 self._add(storage)
         elif self._nbytes[serial] != storage.nbytes():
+            if not self._nbytes[serial]:   # freed by a resize to 0, made again now (FSDP2's
+                self.phase_of[serial] = self.phase   # unsharded parameters): named by when
+                self.module_of.pop(serial, None)     # (a block the allocator hands out anew)
+                if self.phase == "forward" and self._stack:
+                    self.module_of[serial] = self._stack[-1]
             self._resize(serial, storage.nbytes())
 
 
@@ -171,12 +183,16 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
                         group["foreach"] = True
                 params = [local(p) for p in model.parameters()]
                 log.mark(params, "parameters")
+                if getattr(model, "reducer", None) is not None:
+                    log.name_start_up("gradients")
                 for step in range(STEPS):
                     if step == STEPS - 1:
                         log.mark([local(p.grad) for p in model.parameters()], "gradients")
                         log.mark(list(_state(opt)), "optimizer_state")
                         before = log.cut()
                     train_step(job, model, opt, x, y, log.set_phase)
+            # this step's gradients, named after the fact as the measurement names them
+            log.mark([local(p.grad) for p in model.parameters()], "gradients")
             measured = log.cut()
             peak: Peak = log.peak([before, measured], start=len(before))
             timeline = log.timeline([before, measured], start=len(before))

@@ -13,6 +13,7 @@ from profiler.distributed.job import Job
 from profiler.distributed.predict import RankPrediction, predict
 from profiler.distributed.strategies import Strategy
 from profiler.frontends.source import ModuleSource
+from profiler.report.results import breakdown_comparison
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,12 @@ def run(jobs: Sequence[Job], *, name: str, measure: bool) -> dict[str, Any]:
                                     for job, ranks in zip(jobs, measured)}
         result["relative_error_ranks"] = {
             job.optimizer: [_error(p["peak_bytes"], m["peak_bytes"])
+                            for p, m in zip(result["predicted_ranks"][job.optimizer],
+                                            result["measured_ranks"][job.optimizer])]
+            for job in jobs}
+        # per rank, category -> predicted and measured bytes at each one's peak
+        result["breakdown_comparison_ranks"] = {
+            job.optimizer: [breakdown_comparison({"peak": p}, {"peak": m["breakdown"]})["peak"]
                             for p, m in zip(result["predicted_ranks"][job.optimizer],
                                             result["measured_ranks"][job.optimizer])]
             for job in jobs}

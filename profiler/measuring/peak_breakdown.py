@@ -26,6 +26,9 @@ more closely, and the same events both fix the moment and name the bytes:
      tracker) sees. Composite operators such as ``linear`` or ``cross_entropy_loss`` are looked
      into, their parts being operators; autograd's nodes and the optimizer's step are ranges, not
      operators;
+   - ``workspace`` too when a collective (a ``c10d::`` operator) allocated it: the backend's
+     copies, which its work object may hold past the call, until ``wait`` (what
+     ``distributed/collectives.py`` predicts);
    - ``gradients`` / ``optimizer_state`` when it is still alive after the run at the address of a
      ``.grad`` / of a tensor in ``optimizer.state`` (what it becomes: backward writes a
      parameter's gradient before the step ends); ``parameters`` / ``inputs`` likewise;
@@ -166,6 +169,7 @@ class _Event:
 class _Op:
     end: int
     copies: int | None   # ``_to_copy``: storage address of the tensor copied (with record_shapes)
+    name: str = ""     # the operator (collectives are c10d::…)
 
 
 class _Spans(Generic[T]):
@@ -201,15 +205,18 @@ class _Spans(Generic[T]):
 
 
 def analyse(tree: list[Any], *, device: torch.device, known: Known, baseline_bytes: int,
-            peak_bytes: int, block: Callable[[int], int] = lambda n: n) -> Breakdown:
+            peak_bytes: int, block: Callable[[int], int] = lambda n: n,
+            within: tuple[int, int] | None = None) -> Breakdown:
     """The breakdown at the peak of one profiled run (its event tree, the device's events).
 
     ``baseline_bytes`` and ``peak_bytes`` are the device's reading of the run (everything alive
     counted); ``block`` is what the allocator sets aside for a storage of n bytes (CUDA rounds).
+    ``within``: the peak is the highest point between these times (ns; the level when the span
+    starts counts), as the distributed ranks take their steady step's peak from a two-step profile.
     """
     events, ops, phases, modules = _read(tree, device)
     _pair(events)
-    peak_at, replayed = _peak(events)
+    peak_at, replayed = _peak(events, within)
     left = {c: 0 for c in CATEGORIES}
     for category, nbytes in known.before.values():
         left[category] += block(nbytes)
@@ -241,6 +248,8 @@ def _category(event: _Event, ops: _Spans[_Op], phases: _Spans[str], modules: _Sp
     op = ops.at(event.time)
     if op is not None and event.ended is not None and event.ended <= op.end:
         return "workspace", None
+    if op is not None and op.name.startswith("c10d::"):
+        return "workspace", None   # a backend's own buffer in a collective, held by its work past the call
     if event.ended is None and event.ptr in known.after:
         return known.after[event.ptr][0], None
     if op is not None and op.copies is not None and op.copies in known.weights:
@@ -275,7 +284,7 @@ def _read(tree: list[Any], device: torch.device
             modules.setdefault(node.start_tid, []).append(
                 (node.start_time_ns, node.end_time_ns, name[len(MODULE):]))
         elif not inside and kind.name == "TorchOp" and fields.scope == _OPERATOR and _operator(name) == "operator":
-            ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields))))
+            ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields), name)))
             inside = True
         stack.extend((child, inside) for child in reversed(node.children))
     events.sort(key=lambda e: (e.time, e.order))
@@ -332,13 +341,20 @@ def _pair(events: list[_Event]) -> None:
                 allocated.ended = event.time
 
 
-def _peak(events: list[_Event]) -> tuple[int, int]:
+def _peak(events: list[_Event], within: tuple[int, int] | None = None) -> tuple[int, int]:
     """(index of the event that first reaches the highest point, bytes above the start there);
-    (-1, 0) when it never rises, as :func:`~profiler.measuring.memory_trace.allocator_peak` counts."""
-    current = peak = 0
+    (-1, 0) when it never rises, as :func:`~profiler.measuring.memory_trace.allocator_peak` counts.
+    ``within`` (start, end): only that span's points, the level at its start included."""
+    start, end = within if within is not None else (events[0].time if events else 0, None)
+    current = 0
+    peak: int | None = None if within is not None else 0
     at = -1
     for i, event in enumerate(events):
+        if end is not None and event.time > end:
+            break
+        if peak is None and event.time >= start:
+            peak, at = current, i - 1
         current += event.nbytes
-        if current > peak:
+        if peak is not None and current > peak:
             peak, at = current, i
-    return at, peak
+    return (at, peak) if peak is not None else (len(events) - 1, current)

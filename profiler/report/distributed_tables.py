@@ -1,6 +1,6 @@
 """A distributed result (``profiler.distributed.run``) as text or Markdown: per rank, the steady
 training step's predicted peak, the measured one when there is one, and what was alive at the
-peak rank's peak."""
+peak rank's peak (predicted and measured, by category)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -38,10 +38,19 @@ def render_distributed(result: dict[str, Any], *, markdown: bool = False) -> str
         heading = f"Training step ({label}), steady state, per rank; peak rank {peak}"
         parts.append((f"### {heading}" if markdown else heading) + "\n" + layout(headers, rows, right=[True] * len(headers)))
         top = ranks[peak]
-        alive = [[category, units.nbytes(n)] for category, n in top["breakdown"].items() if n]
         heading = f"Alive at rank {peak}'s predicted peak ({top['at']})"
+        compared = result.get("breakdown_comparison_ranks", {}).get(optimizer)   # none in older results
+        if compared:
+            both = compared[peak]
+            alive = [[c, units.nbytes(v["predicted"]), units.nbytes(v["measured"]), units.percent(v["relative_error"])]
+                     for c, v in both.items() if v["predicted"] or v["measured"]]
+            headers = ["category", "predicted", "measured", "error"]
+            heading += " and measured peak"
+        else:
+            alive = [[category, units.nbytes(n)] for category, n in top["breakdown"].items() if n]
+            headers = ["category", "bytes"]
         parts.append((f"### {heading}" if markdown else heading) + "\n"
-                     + layout(["category", "bytes"], alive, right=[False, True]))
+                     + layout(headers, alive, right=[False] + [True] * (len(headers) - 1)))
     return "\n\n".join(parts) + "\n"
 
 
