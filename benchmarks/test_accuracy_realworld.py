@@ -4,13 +4,11 @@ have run, ``results/accuracy_realworld.md/.json``. Nothing here fails on a misse
 table reports it (the exact cases are asserted in tests/test_realworld.py)."""
 import importlib.util
 import json
-import os
-import tempfile
 
 import pytest
 
 from realworld_zoo import ZOO, markdown, run, summarize
-from accuracy import RESULTS
+from accuracy import RESULTS, _atomic
 
 CASES = [(entry, batch) for entry in ZOO for batch in entry.batches
          if all(importlib.util.find_spec(n) for n in entry.needs)]
@@ -30,12 +28,6 @@ def table():
                 json.dumps({"summary": summary, "rows": rows, "machine": machine}, indent=1))
         _atomic(RESULTS / "accuracy_realworld.md", markdown(rows, summary, machine))
 
-
-def _atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @pytest.mark.parametrize("entry,batch", CASES, ids=[f"{e.name} b{b}" for e, b in CASES])

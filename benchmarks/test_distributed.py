@@ -3,12 +3,10 @@ gloo ranks under every strategy and optimizer, one pytest-benchmark round per mo
 run, ``results/distributed.md/.json``. Nothing here fails on a missed figure: the table reports it
 (the exact cases are asserted in tests/test_distributed.py)."""
 import json
-import os
-import tempfile
 
 import pytest
 
-from accuracy import RESULTS
+from accuracy import RESULTS, _atomic
 from distributed import markdown, models, run, summarize
 
 MODELS = models()
@@ -29,12 +27,6 @@ def table():
                                                          indent=1))
         _atomic(RESULTS / "distributed.md", markdown(rows, summary, machine))
 
-
-def _atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @pytest.mark.parametrize("name,reference,inputs", MODELS, ids=[m[0] for m in MODELS])

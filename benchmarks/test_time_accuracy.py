@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from accuracy import RESULTS
-from test_accuracy_realworld import _atomic
+from accuracy import RESULTS, _atomic
 from time_accuracy import BUILT_IN, ZOO, markdown, run_built_in, run_entry, summarize
 
 CASES = [("built-in", name, batch) for name, batch in BUILT_IN] + \

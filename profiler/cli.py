@@ -583,6 +583,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="CPU threads the run uses (kernels' scratch depends on them; default: torch's, "
                               "which honours OMP_NUM_THREADS)")
 
+    def html_output(sub: argparse.ArgumentParser, default: str = "printed") -> None:
+        sub.add_argument("-o", "--output", metavar="FILE", default=None,
+                         help=f"with --format html: write the page here (default: {default})")
+
     def common(sub: argparse.ArgumentParser, *, spec_optional: bool = False, grid: bool = False,
                formats: tuple[str, ...] = ("text", "markdown", "json")) -> None:
         """``grid``: --batch and --dtype take lists (sweep)."""
@@ -686,9 +690,7 @@ def _parser() -> argparse.ArgumentParser:
     distributed(profile)
     profile.add_argument("--results-dir", default="results/runs", help="where result JSON files go")
     profile.add_argument("--no-save", action="store_true", help="do not write a result file")
-    profile.add_argument("-o", "--output", metavar="FILE", default=None,
-                         help="with --format html: write the page here (default: beside the result file, "
-                              "RESULT.html; printed with --no-save)")
+    html_output(profile, "beside the result file, RESULT.html; printed with --no-save")
     profile.set_defaults(run=_profile)
     sweep = commands.add_parser(
         "sweep", help="profile over a grid of batches and dtypes, one result file per cell (resumable)",
@@ -700,8 +702,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--results-dir", default="results/sweeps", help="where the cells' result files go")
     sweep.add_argument("--resume", action="store_true",
                        help="skip the cells whose options a result file in --results-dir already carries")
-    sweep.add_argument("-o", "--output", metavar="FILE", default=None,
-                       help="with --format html: write the page here (default: printed)")
+    html_output(sweep)
     sweep.set_defaults(run=_sweep)
     compare = commands.add_parser(
         "compare", help="result files side by side: models as rows, machines and settings as columns",
@@ -717,8 +718,7 @@ def _parser() -> argparse.ArgumentParser:
                               "(e.g. a100-80gb,h100-80gb); for results of specs")
     compare.add_argument("--format", choices=(*COMPARE_FORMATS, "html"), default="text",
                          help="html: one self-contained page with the runs' charts side by side (see 'report')")
-    compare.add_argument("-o", "--output", metavar="FILE", default=None,
-                         help="with --format html: write the page here (default: printed)")
+    html_output(compare)
     compare.set_defaults(run=_compare)
     report = commands.add_parser(
         "report", help="saved results as one self-contained HTML page (charts as inline SVG, no JavaScript)",
