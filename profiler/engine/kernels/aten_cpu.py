@@ -163,25 +163,29 @@ def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool, k
 
 
 def _uncovered_grouped_conv(args: tuple, run: Context) -> tuple[str, int] | None:
-    """A 2-D grouped (not depthwise) convolution outside what was measured exact
-    (``results/grouped_conv_sweep.md``: float32 with a multiple of 8 channels per group, in and
-    out): oneDNN's grouped kernels reorder and pad other widths, and every bfloat16 one, in ways
-    not modelled. At stake: what the float32 laws book for the call, plus two copies of its
+    """A 2-D grouped convolution outside what was measured exact (``results/grouped_conv_sweep.md``:
+    float32 with a multiple of 8 channels per group, in and out; depthwise in float32, and in
+    bfloat16 up to 3×3): oneDNN's grouped kernels reorder and pad other widths, every bfloat16 one,
+    and a wider bfloat16 depthwise one (ConvNeXt's 7×7), in ways not modelled. At stake: what the float32 laws book for the call, plus two copies of its
     tensors per thread (a bound measured to hold over the sweep's worst calls, not a law)."""
     backward = len(args) > 9   # convolution_backward(grad_output, input, weight, ...): 11 arguments
     x, weight, groups = (args[1], args[2], args[9]) if backward else (args[0], args[1], args[8])
-    if x.dim() != 4 or groups == 1 or groups == x.shape[1] or (args[7] if backward else args[6]):
+    if x.dim() != 4 or groups == 1 or (args[7] if backward else args[6]):
         return None
     per_in, per_out = x.shape[1] // groups, weight.shape[0] // groups
-    if x.dtype == torch.float32 and per_in % 8 == 0 and per_out % 8 == 0:
+    depthwise = groups == x.shape[1]
+    if x.dtype == torch.float32 and (depthwise or (per_in % 8 == 0 and per_out % 8 == 0)):
+        return None
+    if depthwise and max(weight.shape[2:]) <= 3:   # measured exact in bfloat16 (the spec zoo)
         return None
     tensors = sum(t.numel() * t.element_size() for t in (args[0], weight) + ((x,) if backward else ()))
     out_shape = args[0].shape if backward else _conv_out_shape(x, weight, args[3], args[4], args[5])
     booked = _conv(run, x, weight, False, args[4 if backward else 3], args[5 if backward else 4],
                    args[6 if backward else 5], False, groups, out_shape)[1 if backward else 0]
-    what = (f"oneDNN's {dtype_name(x.dtype)} grouped convolution, {per_in}→{per_out} channels per group "
+    kind = f"{'×'.join(map(str, weight.shape[2:]))} depthwise" if depthwise else "grouped"
+    what = (f"oneDNN's {dtype_name(x.dtype)} {kind} convolution, {per_in}→{per_out} channels per group "
             f"(aten.{'convolution_backward' if backward else 'convolution'}): its reorders and scratchpad")
-    return what, sum(booked) + 2 * tensors * run.threads
+    return what, sum(booked) * 4 // x.element_size() + 2 * tensors * run.threads
 
 
 def _conv_out_shape(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int],
