@@ -179,3 +179,19 @@ def test_a_torch_models_what_if_imports_its_factory_again(files, tmp_path, monke
     assert expected["totals"]["params"] == 4 * 8 + 8 + 8 * 3 + 3 == cell["params"]
     assert cell["runs"]["train_sgd"]["peak_predicted"] == expected["predicted"]["train_peak_bytes_sgd"]
     assert cell["runs"]["forward"]["ms"] == expected["predicted_time"]["forward_ms"]
+
+
+def test_hostile_files_are_refused_in_one_line(files, tmp_path, capsys):
+    """Nesting deep enough to exhaust json's recursion, and a key of the wrong type: one line,
+    exit 2, from compare and from report alike (one reader)."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    typed = json.loads(files["a", "float32"].read_text())
+    typed["options"]["batch"] = "32"
+    wrong = tmp_path / "typed.json"
+    wrong.write_text(json.dumps(typed))
+    for path, says in ((deep, "not a result file (JSON nested too deeply)"), (wrong, "key 'options.batch' holds str, expected int")):
+        code, out, err = _run(capsys, path)
+        assert code == cli.EXIT_BAD_INPUT and err.strip().splitlines() == [f"modelsize: error: {path}: {says}"]
+    assert cli.main(["report", str(deep), "-o", str(tmp_path / "page.html")]) == cli.EXIT_BAD_INPUT
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -21,10 +21,11 @@ from profiler.errors import ModelsizeError
 from profiler.report import grid, units
 from profiler.report.time_tables import measured_ms
 
-#: keys (dotted paths) a result file needs to be compared; a "does not fit" file needs no measurement
-REQUIRED = ("model", "options.batch", "options.dtype", "options.device", "options.optimizers",
-            "machine_info.hostname", "machine_info.torch_version")
-MEASURED = ("predicted", "measured")
+#: keys (dotted paths) a result file needs to be compared, with their types; a "does not fit" file
+#: needs no measurement
+REQUIRED = {"model": str, "options.batch": int, "options.dtype": str, "options.device": str,
+            "options.optimizers": list, "machine_info.hostname": str, "machine_info.torch_version": str}
+MEASURED = {"predicted": dict, "measured": dict}
 #: what a row is made of: options of the run that change its figures
 ROW_KEYS = ("model", "batch", "loss", "optimizers", "checkpoint", "input_grad")
 #: what a column is made of
@@ -49,17 +50,13 @@ def result_paths(names: Sequence[str]) -> list[Path]:
 def load_results(names: Sequence[str]) -> list[dict[str, Any]]:
     """The result files named, each checked for the keys :func:`compare` reads: a file without one
     is refused in one line naming it and the key."""
+    from profiler.report.results import read
     loaded = []
     for path in result_paths(names):
-        try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelsizeError(f"cannot read a result file ({getattr(error, 'strerror', None) or error})",
-                                 source=str(path)) from None
-        missing = missing_key(result)
-        if missing:
-            raise ModelsizeError(f"missing key '{missing}' (not a modelsize profile result, or one from a "
-                                 f"version without it)", source=str(path))
+        result = read(path)
+        problem = key_problem(result)
+        if problem:
+            raise ModelsizeError(problem, source=str(path))
         result["_file"] = str(path)
         loaded.append(result)
     if not loaded:
@@ -67,22 +64,25 @@ def load_results(names: Sequence[str]) -> list[dict[str, Any]]:
     return loaded
 
 
-def missing_key(result: Any) -> str | None:
-    """The first key of :data:`REQUIRED` (and :data:`MEASURED`, unless it did not fit) ``result`` lacks."""
-    needed = REQUIRED + (() if isinstance(result, dict) and "does_not_fit" in result else MEASURED)
-    for dotted in needed:
+def key_problem(result: Any) -> str | None:
+    """What is wrong with ``result``'s first key of :data:`REQUIRED` (and :data:`MEASURED`, unless
+    it did not fit) that is missing or of another type; None when nothing is."""
+    needed = {**REQUIRED, **({} if isinstance(result, dict) and "does_not_fit" in result else MEASURED)}
+    for dotted, kind in needed.items():
         value = result
         for part in dotted.split("."):
             if not isinstance(value, dict) or part not in value:
-                return dotted
+                return f"missing key '{dotted}' (not a modelsize profile result, or one from a version without it)"
             value = value[part]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"key '{dotted}' holds {type(value).__name__}, expected {kind.__name__}"
     return None
 
 
 def row_key(result: dict[str, Any]) -> dict[str, Any]:
     opts = result["options"]
-    return {"model": result["model"], "batch": opts["batch"], "loss": opts.get("loss", "cross_entropy"), "optimizers": list(opts["optimizers"]),
-            "checkpoint": list(opts.get("checkpoint") or []), "input_grad": bool(opts.get("input_grad"))}
+    return {"model": result["model"], "batch": opts["batch"], "loss": opts.get("loss", "cross_entropy"),
+            "optimizers": list(opts["optimizers"]), "checkpoint": list(opts.get("checkpoint") or []), "input_grad": bool(opts.get("input_grad"))}
 
 
 def column_key(result: dict[str, Any]) -> dict[str, Any]:

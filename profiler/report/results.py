@@ -106,3 +106,5 @@ def read(path: str | Path) -> dict[str, Any]:
                              source=str(path)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelsizeError(f"not a JSON result file ({error})", source=str(path)) from None
+    except RecursionError:   # hostile nesting: json's decoder recurses per level
+        raise ModelsizeError("not a result file (JSON nested too deeply)", source=str(path)) from None
