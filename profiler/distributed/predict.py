@@ -17,7 +17,8 @@ single-device log does not meet there is added here:
 - DTensor's sharding propagation, which runs each operator once more on fake tensors to learn its
   output's shape, is not logged (in a real run those are fake too).
 - What a backend allocates inside a collective (:mod:`profiler.distributed.collectives`), and the
-  workspace of kernels run inside a custom operator (FSDP2's ``fsdp.chunk_cat``).
+  workspace of kernels run inside a custom operator (FSDP2's ``fsdp.chunk_cat``): the category
+  "communication".
 - FSDP2's check whether a shard is still its padded storage compares storages, not data pointers
   (a fake storage's is 0): see :func:`_shards_compared_by_storage`.
 
@@ -100,11 +101,11 @@ class _RankLog(StorageLog):
             return func(*args, **(kwargs or {}))
         out = super().__torch_dispatch__(func, types, args, kwargs)
         for group in buffers(func, args, self.backend):
-            self._transient([(nbytes, "workspace") for nbytes in group])
+            self._transient([(nbytes, "communication") for nbytes in group])
         inner = self._wrapped.get(func)
         if inner is not None and self.run is not None:   # CPU kernels' workspace (none booked for CUDA)
             booked = kernel_workspace(inner, args, out, self.run, self.phase == "backward", kwargs)
-            self._transient([(nbytes, "workspace") for nbytes in booked])
+            self._transient([(nbytes, "communication") for nbytes in booked])
         return out
 
     def __enter__(self) -> "_RankLog":

@@ -26,9 +26,10 @@ more closely, and the same events both fix the moment and name the bytes:
      tracker) sees. Composite operators such as ``linear`` or ``cross_entropy_loss`` are looked
      into, their parts being operators; autograd's nodes and the optimizer's step are ranges, not
      operators;
-   - ``workspace`` too when a collective (a ``c10d::`` operator) allocated it: the backend's
-     copies, which its work object may hold past the call, until ``wait`` (what
-     ``distributed/collectives.py`` predicts);
+   - ``communication`` instead when the operator is a collective (a ``c10d::`` operator) or
+     FSDP2's ``fsdp::chunk_cat`` (the reduce-scatter input, padded per rank), and whatever a
+     collective allocated, even alive past the call: the backend's copies, which its work object
+     may hold until ``wait`` (what ``distributed/collectives.py`` predicts);
    - ``gradients`` / ``optimizer_state`` when it is still alive after the run at the address of a
      ``.grad`` / of a tensor in ``optimizer.state`` (what it becomes: backward writes a
      parameter's gradient before the step ends); ``parameters`` / ``inputs`` likewise;
@@ -66,6 +67,8 @@ PHASE = "modelsize.phase:"     # profiler range names the Annotator opens
 MODULE = "modelsize.module:"
 T = TypeVar("T")
 _OPERATOR = torch._C._profiler.RecordScope.FUNCTION   # operators (and autograd's, and fast ranges)
+COLLECTIVE = "c10d::"                   # a process group's collectives
+COMMUNICATION_OPS = ("fsdp::chunk_cat",)   # operators whose own buffers are for a collective
 
 
 class Annotator:
@@ -247,9 +250,9 @@ def _category(event: _Event, ops: _Spans[_Op], phases: _Spans[str], modules: _Sp
               known: Known) -> tuple[str, str | None]:
     op = ops.at(event.time)
     if op is not None and event.ended is not None and event.ended <= op.end:
-        return "workspace", None
-    if op is not None and op.name.startswith("c10d::"):
-        return "workspace", None   # a backend's own buffer in a collective, held by its work past the call
+        return ("communication" if _communication(op.name) else "workspace"), None
+    if op is not None and op.name.startswith(COLLECTIVE):
+        return "communication", None   # a backend's own buffer in a collective, held by its work past the call
     if event.ended is None and event.ptr in known.after:
         return known.after[event.ptr][0], None
     if op is not None and op.copies is not None and op.copies in known.weights:
@@ -258,6 +261,10 @@ def _category(event: _Event, ops: _Spans[_Op], phases: _Spans[str], modules: _Sp
     if module is not None or phases.at(event.time) == "forward":
         return "activations", module
     return "temporaries", None
+
+
+def _communication(name: str) -> bool:
+    return name.startswith(COLLECTIVE) or name in COMMUNICATION_OPS
 
 
 def _read(tree: list[Any], device: torch.device
