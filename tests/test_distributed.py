@@ -24,6 +24,24 @@ def _conv() -> torch.nn.Module:
                                torch.nn.Linear(16 * 32 * 32, 10))
 
 
+class _Table(torch.nn.Module):
+    """Adds a table made once, at the first forward, from a 512 KiB scratch (as a rotary cache
+    is): the first step peaks above the steady one at small batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.table is None:
+            self.table = torch.ones(2048, 64).sum(0)
+        return x + self.table
+
+
+def _cached() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), _Table(), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+
 def _job(strategy: str, optimizer: str, world: int = 2, *, amp: str | None = None, dtype: str = "float32",
          checkpoint: tuple[str, ...] = (), **options: object) -> Job:
     return Job(_mlp, ((32,),), ("float",), (None,), 8, Strategy(strategy, **options), world, optimizer=optimizer,
@@ -53,14 +71,25 @@ def fitted() -> dict:
                                                    margin=None))
 
 
+_CACHED = Job(_cached, ((32,),), ("float",), (None,), 8, Strategy("ddp"), 2, optimizer="adam").with_outputs()
+
+
 @pytest.fixture(scope="module")
-def measured(fitted) -> list[list[launch.RankMeasurement]]:
+def first_fitted() -> dict:
+    """``fit --world-size 2 --strategy ddp`` (Adam) of the model whose first step binds."""
+    from profiler.distributed.fit import solve
+    from profiler.planning.fit import make_budget
+    return solve(_CACHED, make_budget(memory="600KiB", device=None, target="cpu", reserve=None, margin=None))
+
+
+@pytest.fixture(scope="module")
+def measured(fitted, first_fitted) -> list[list[launch.RankMeasurement]]:
     """One launch of 2 gloo ranks runs every job in turn (the ranks start once): the exact cases,
-    then the fit's answer and the next batch."""
+    then each fit's answer and the next batch."""
     from profiler.distributed.fit import _at_batch
-    b = fitted["batch_per_rank"]
-    return launch.measure_all(_EXACT + _FSDP + [_at_batch(_job("fsdp", "adam", fsdp_wrap=("Linear",)), n)
-                                                for n in (b, b + 1)])
+    b, c = fitted["batch_per_rank"], first_fitted["batch_per_rank"]
+    return launch.measure_all(_EXACT + _FSDP + [_at_batch(_CACHED, n) for n in (c, c + 1)]
+                              + [_at_batch(_job("fsdp", "adam", fsdp_wrap=("Linear",)), n) for n in (b, b + 1)])
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +114,7 @@ def test_measured_breakdown_is_the_predicted_one(measured, predicted, index: int
     for p, m in zip(predicted[index], measured[index]):
         assert sum(m.breakdown.values()) == m.peak_bytes
         assert m.breakdown == p.breakdown
+        assert p.first.bytes == m.first_peak_bytes   # the first step's peak too (the fit reads it)
 
 
 def test_collectives_buffers_are_communication(measured, predicted) -> None:
@@ -201,3 +231,18 @@ def test_zero1_ranks_grouped_by_their_partition() -> None:
     empty = next(g for g in groups if len(g) == 58)
     assert len({ranks[r].peak_bytes for r in empty}) == 1
     assert ranks[empty[0]].peak_bytes < max(r.peak_bytes for r in ranks)
+
+
+def test_fit_takes_the_first_step_where_it_binds(first_fitted, fitted, measured) -> None:
+    """A table made once at the first forward from a 512 KiB scratch: the first step binds, the
+    answer says so, and on the real ranks the first step's peak is the predicted figure, within
+    the budget at the answer and over it at the next batch (the steady step alone would allow
+    far more). The FSDP2 fit's steady step binds."""
+    b = first_fitted["batch_per_rank"]
+    at, over = measured[len(_EXACT + _FSDP):len(_EXACT + _FSDP) + 2]
+    assert first_fitted["binding_step"] == "first" and fitted["binding_step"] == "steady"
+    assert first_fitted["peak"]["at"].startswith("first step")
+    assert max(m.first_peak_bytes for m in at) == first_fitted["peak"]["bytes"] <= first_fitted["usable_bytes"]
+    assert max(m.first_peak_bytes for m in over) == first_fitted["next"]["bytes"] > first_fitted["usable_bytes"]
+    assert max(m.peak_bytes for m in over) < first_fitted["usable_bytes"]   # the steady step fits there
+    assert b > 1

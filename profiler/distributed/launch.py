@@ -8,9 +8,10 @@ with the single-device runner's method (:mod:`profiler.measuring.memory_trace`):
 storages alive before the first step (the rank's parameters or shards, buffers, inputs, targets,
 DDP's gradient buckets), then the CPU allocator's events of both steps, recorded by the PyTorch
 profiler and replayed in time order; the peak is the highest live total while the second (steady)
-step runs, everything alive counted. Allocations that gloo's worker threads make inside a
-collective are recorded too (the profiler's state travels with the work). The same profile, its
-phases and module calls annotated, names what is alive at that peak by category
+step runs, everything alive counted (the first step's, from the strategy built, is kept too).
+Allocations that gloo's worker threads make inside a collective are recorded too (the
+profiler's state travels with the work). The same profile, its phases and module calls
+annotated, names what is alive at that peak by category
 (:mod:`profiler.measuring.peak_breakdown`, as the runner does on one device).
 
 The profile starts after the strategy is built, not before: the start-up collectives' buffers
@@ -46,10 +47,12 @@ class RankMeasurement:
     param_bytes: int         # the rank's parameter storages (FSDP2: its padded shards)
     events: int              # allocator events replayed
     breakdown: dict[str, int] = field(default_factory=dict)   # category -> bytes alive at the peak
+    first_peak_bytes: int = 0   # highest live total during the first step (from the strategy built)
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "peak_bytes": self.peak_bytes, "start_bytes": self.start_bytes,
-                "param_bytes": self.param_bytes, "events": self.events, "breakdown": dict(self.breakdown)}
+                "param_bytes": self.param_bytes, "events": self.events, "breakdown": dict(self.breakdown),
+                "first_peak_bytes": self.first_peak_bytes}
 
 
 def max_local_ranks() -> int:
@@ -163,7 +166,7 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     last = next(e for e in events if e.name() == f"{_STEP} {STEPS - 1}")
     memory = sorted((e for e in events if e.name() == MEMORY_EVENT
                      and e.device_type() == torch.autograd.DeviceType.CPU), key=lambda e: e.start_ns())
-    current = start
+    current = first_peak = start
     before = None
     peak = 0
     for event in memory:
@@ -174,13 +177,15 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
         current += event.nbytes()
         if before is not None:
             peak = max(peak, current)
+        else:
+            first_peak = max(first_peak, current)
     if before is None:
         before = peak = current
     weights = storages(("parameters", t) for t in (*(local(p) for p in model.parameters()), *model.buffers()))
     known = Known(before=before_run, after=storages(_alive(model, opt, x, y)), weights=frozenset(weights))
     split = analyse(_event_tree(prof), device=torch.device("cpu"), known=known, baseline_bytes=start,
                     peak_bytes=peak, within=(last.start_ns(), last.end_ns()))
-    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories)
+    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories, first_peak)
 
 
 def _alive(model: torch.nn.Module, opt: torch.optim.Optimizer, x: list[torch.Tensor],
