@@ -1,6 +1,8 @@
 """Scale-out memory against real torch.distributed runs (2 gloo ranks) and FSDP2's own sharding."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -172,6 +174,27 @@ def test_fake_group_shards_are_fsdp2s(world: int) -> None:
 def test_world_size_beyond_this_machine_is_refused() -> None:
     with pytest.raises(Exception, match="world size"):
         launch.measure(_job("ddp", "sgd", launch.max_local_ranks() + 1))
+
+
+def test_ranks_take_gloo_on_cpus_and_nccl_on_their_own_gpu() -> None:
+    """The launch's choice per device kind: gloo on the CPU; NCCL on CUDA, rank r on cuda:r (set
+    as its current device); as many CUDA ranks as this machine has GPUs."""
+    assert launch.rank_device("cpu", 1) == ("gloo", torch.device("cpu"))
+    assert launch.rank_device("cuda", 0) == ("nccl", torch.device("cuda", 0))
+    assert launch.rank_device("cuda", 3) == ("nccl", torch.device("cuda", 3))
+    assert launch.max_local_ranks("cuda") == torch.cuda.device_count()
+    with pytest.raises(Exception, match="world size"):
+        launch.measure(replace(_job("ddp", "sgd"), device_kind="cuda", world=torch.cuda.device_count() + 1))
+
+
+def test_profile_on_cuda_ranks_is_refused_without_enough_gpus(capsys) -> None:
+    """``profile --world-size N --device cuda`` goes to NCCL ranks; with fewer GPUs than ranks,
+    one line (exit 2) before anything is built."""
+    from profiler.cli import main
+    gpus = torch.cuda.device_count()
+    assert main(["profile", "digits", "--world-size", str(gpus + 1), "--device", "cuda", "--no-save"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "world-size" in err and "CUDA" in err
 
 
 def test_summary_predicts_every_rank_from_the_command_line(capsys) -> None:

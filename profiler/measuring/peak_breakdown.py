@@ -29,7 +29,9 @@ more closely, and the same events both fix the moment and name the bytes:
    - ``communication`` instead when the operator is a collective (a ``c10d::`` operator) or
      FSDP2's ``fsdp::chunk_cat`` (the reduce-scatter input, padded per rank), and whatever a
      collective allocated, even alive past the call: the backend's copies, which its work object
-     may hold until ``wait`` (what ``distributed/collectives.py`` predicts);
+     may hold until ``wait``, and what its worker thread allocates inside the work's range
+     (``gloo:all_reduce``: the averaging's 0-d number and its cast), as
+     ``distributed/collectives.py`` predicts;
    - ``gradients`` / ``optimizer_state`` when it is still alive after the run at the address of a
      ``.grad`` / of a tensor in ``optimizer.state`` (what it becomes: backward writes a
      parameter's gradient before the step ends); ``parameters`` / ``inputs`` likewise;
@@ -69,6 +71,7 @@ T = TypeVar("T")
 _OPERATOR = torch._C._profiler.RecordScope.FUNCTION   # operators (and autograd's, and fast ranges)
 COLLECTIVE = "c10d::"                   # a process group's collectives
 COMMUNICATION_OPS = ("fsdp::chunk_cat",)   # operators whose own buffers are for a collective
+BACKEND_WORK = ("gloo:", "nccl:")       # the range a backend's worker runs a collective's work in
 
 
 class Annotator:
@@ -166,6 +169,7 @@ class _Event:
     nbytes: int          # > 0 allocation, < 0 free
     thread: int
     ended: int | None = None        # allocations: time of the matching free (None: alive at the end)
+    collective: bool = False        # made inside a backend's work (its worker thread's range)
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,8 @@ def analyse(tree: list[Any], *, device: torch.device, known: Known, baseline_byt
 
 def _category(event: _Event, ops: _Spans[_Op], phases: _Spans[str], modules: _Spans[str],
               known: Known) -> tuple[str, str | None]:
+    if event.collective:
+        return "communication", None   # the backend's worker, inside the collective's work
     op = ops.at(event.time)
     if op is not None and event.ended is not None and event.ended <= op.end:
         return ("communication" if _communication(op.name) else "workspace"), None
@@ -275,16 +281,18 @@ def _read(tree: list[Any], device: torch.device
     ops: list[tuple[int, int, _Op]] = []
     phases: list[tuple[int, int, str]] = []
     modules: dict[int, list[tuple[int, int, str]]] = {}
-    stack = [(node, False) for node in reversed(tree)]   # (node, inside an operator already)
+    # (node, inside an operator already, inside a backend's work)
+    stack = [(node, False, False) for node in reversed(tree)]
     while stack:
-        node, inside = stack.pop()
+        node, inside, work = stack.pop()
         kind, fields = node.typed
         if kind.name == "Allocation":
             if _device(fields.device) == device:
                 events.append(_Event(node.start_time_ns, len(events), fields.ptr, fields.alloc_size,
-                                     node.start_tid))
+                                     node.start_tid, collective=work))
             continue
         name = node.name
+        work = work or name.startswith(BACKEND_WORK)
         if name.startswith(PHASE):
             phases.append((node.start_time_ns, node.end_time_ns, name[len(PHASE):]))
         elif name.startswith(MODULE):
@@ -293,7 +301,7 @@ def _read(tree: list[Any], device: torch.device
         elif not inside and kind.name == "TorchOp" and fields.scope == _OPERATOR and _operator(name) == "operator":
             ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields), name)))
             inside = True
-        stack.extend((child, inside) for child in reversed(node.children))
+        stack.extend((child, inside, work) for child in reversed(node.children))
     events.sort(key=lambda e: (e.time, e.order))
     # module calls nest on one thread; other threads (autograd's device threads) have their own
     spans = [span for thread in sorted(modules) for span in modules[thread]]
