@@ -10,7 +10,9 @@ DDP's gradient buckets), then the CPU allocator's events of both steps, recorded
 profiler and replayed in time order; the peak is the highest live total while the second (steady)
 step runs, everything alive counted (the first step's, from the strategy built, is kept too).
 Allocations that gloo's worker threads make inside a collective are recorded too (the
-profiler's state travels with the work). The same profile, its phases and module calls
+profiler's state travels with the work); a free the profiler missed (a worker thread dropping a
+work's tensors after it ended) is put back before its address is handed out again
+(:func:`profiler.measuring.peak_breakdown.allocations`). The same profile, its phases and module calls
 annotated, names what is alive at that peak by category
 (:mod:`profiler.measuring.peak_breakdown`, as the runner does on one device). On CUDA each step's
 peak is the caching allocator's ``max_memory_allocated`` instead (reset when the step starts), as
@@ -152,8 +154,8 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.profiler import record_function
     from profiler.distributed.predict import local
-    from profiler.measuring.memory_trace import MEMORY_EVENT, _event_tree, _raw_events, capture, profiled
-    from profiler.measuring.peak_breakdown import Annotator, Known, analyse, storages
+    from profiler.measuring.memory_trace import _event_tree, _raw_events, capture, profiled
+    from profiler.measuring.peak_breakdown import Annotator, Known, allocations, analyse, storages
     from profiler.measuring.runner import _cuda_block, storage_bytes
     torch.set_num_threads(job.threads)
     device = rank_device(job.device_kind, rank)[1]
@@ -190,19 +192,18 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     finally:
         gc.enable()
     dist.barrier()
-    events = _raw_events(prof)
-    last = next(e for e in events if e.name() == f"{_STEP} {STEPS - 1}")
-    memory = sorted((e for e in events if e.name() == MEMORY_EVENT
-                     and e.device_type() == torch.autograd.DeviceType.CPU), key=lambda e: e.start_ns())
+    last = next(e for e in _raw_events(prof) if e.name() == f"{_STEP} {STEPS - 1}")
+    tree = _event_tree(prof)
+    memory = allocations(tree, device)   # in time order, frees the profiler missed put back
     current = first_peak = start
     before = None
     peak = 0
     for event in memory:
-        if event.start_ns() > last.end_ns():
+        if event.time > last.end_ns():
             break
-        if before is None and event.start_ns() >= last.start_ns():
+        if before is None and event.time >= last.start_ns():
             before = peak = current
-        current += event.nbytes()
+        current += event.nbytes
         if before is not None:
             peak = max(peak, current)
         else:
@@ -213,7 +214,7 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
         (first_peak, peak), before = cuda.peaks, cuda.starts[-1]
     weights = storages(("parameters", t) for t in (*(local(p) for p in model.parameters()), *model.buffers()))
     known = Known(before=before_run, after=storages(_alive(model, opt, x, y)), weights=frozenset(weights))
-    split = analyse(_event_tree(prof), device=device, known=known, baseline_bytes=start, peak_bytes=peak,
+    split = analyse(tree, device=device, known=known, baseline_bytes=start, peak_bytes=peak,
                     block=(lambda n: n) if cuda is None else _cuda_block, within=(last.start_ns(), last.end_ns()))
     return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories, first_peak)
 

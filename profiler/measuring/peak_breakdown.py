@@ -303,9 +303,35 @@ def _read(tree: list[Any], device: torch.device
             inside = True
         stack.extend((child, inside, work) for child in reversed(node.children))
     events.sort(key=lambda e: (e.time, e.order))
+    events = _unrecorded_frees(events)
     # module calls nest on one thread; other threads (autograd's device threads) have their own
     spans = [span for thread in sorted(modules) for span in modules[thread]]
     return events, _Spans(ops), _Spans(phases), _Spans(spans)
+
+
+def allocations(tree: list[Any], device: torch.device) -> list[_Event]:
+    """The device's allocations and frees in time order, as :func:`analyse` replays them."""
+    return _read(tree, device)[0]
+
+
+def _unrecorded_frees(events: list[_Event]) -> list[_Event]:
+    """``events`` with a free put before each allocation made at an address still allocated: the
+    block there was freed where the profiler did not see it (a collective's buffer dropped by the
+    backend's worker thread after its work ended, outside the profiler's state), at the latest
+    just before its address was handed out again. Measured: 38,400 and 76,800 B left over on the
+    ranks of resnet18 under ZeRO-1 on 2 gloo ranks in one run of the zoo, none in the next."""
+    out: list[_Event] = []
+    open_: dict[int, _Event] = {}
+    for event in events:
+        if event.nbytes > 0:
+            lost = open_.get(event.ptr)
+            if lost is not None:
+                out.append(_Event(event.time, event.order, event.ptr, -lost.nbytes, lost.thread))
+            open_[event.ptr] = event
+        elif event.nbytes < 0:
+            open_.pop(event.ptr, None)
+        out.append(event)
+    return out
 
 
 def _device(value: Any) -> torch.device:
