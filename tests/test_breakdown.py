@@ -86,7 +86,7 @@ def test_inference(digits):
     # parameters, the input, the dense output and the softmax output: no gradients, no state
     assert result["measured"]["breakdown"]["inference"] == {
         "parameters": P, "gradients": 0, "optimizer_state": 0, "inputs": X, "activations": OUT + OUT,
-        "weight_casts": 0, "temporaries": 0, "workspace": 0}
+        "weight_casts": 0, "temporaries": 0, "communication": 0, "workspace": 0}
     assert result["measured"]["layer_activations_at_peak"]["inference"] == {"dense": OUT, "activation": OUT}
 
 
@@ -99,7 +99,7 @@ def test_sgd_step(digits, peak):
     # state. The first step peaks at the same moment (zero_grad freed the old gradients).
     assert result["measured"]["breakdown"][peak] == {
         "parameters": P, "gradients": G, "optimizer_state": 0, "inputs": X + Y, "activations": OUT + LOSS,
-        "weight_casts": 0, "temporaries": SEED + OUT, "workspace": 0}
+        "weight_casts": 0, "temporaries": SEED + OUT, "communication": 0, "workspace": 0}
     assert result["measured"]["layer_activations_at_peak"][peak] == {"activation": OUT, "(outside modules)": LOSS}
 
 
@@ -113,7 +113,7 @@ def test_adam_step(digits, peak):
     # (4 B) is made and freed inside the operator: workspace. out and loss are still alive.
     assert result["measured"]["breakdown"][peak] == {
         "parameters": P, "gradients": G, "optimizer_state": 2 * P + 2 * STEP, "inputs": X + Y,
-        "activations": OUT + LOSS, "weight_casts": 0, "temporaries": 2 * W + 8, "workspace": 4}
+        "activations": OUT + LOSS, "weight_casts": 0, "temporaries": 2 * W + 8, "communication": 0, "workspace": 4}
 
 
 def test_measured_equals_predicted_where_the_prediction_is_exact(digits):
