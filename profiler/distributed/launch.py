@@ -1,19 +1,20 @@
 """Each rank's training-step peak, measured on a real process group of N local processes.
 
 ``torch.multiprocessing`` spawns N ranks (gloo on the CPU, NCCL on CUDA with one GPU per rank:
-:func:`rank_device`; fresh interpreters: autograd's threads do not survive a fork) that meet through a file store in a fresh temporary directory, so several
-launches can run at once. One launch can run several jobs of the same world size in turn (each
-rank measures them one after the other), which pays the ranks' start-up once. Each rank measures its own peak
-with the single-device runner's method (:mod:`profiler.measuring.memory_trace`): the bytes of the
-storages alive before the first step (the rank's parameters or shards, buffers, inputs, targets,
-DDP's gradient buckets), then the CPU allocator's events of both steps, recorded by the PyTorch
-profiler and replayed in time order; the peak is the highest live total while the second (steady)
-step runs, everything alive counted (the first step's, from the strategy built, is kept too).
-Allocations that gloo's worker threads make inside a collective are recorded too (the
-profiler's state travels with the work); a free the profiler missed (a worker thread dropping a
-work's tensors after it ended) is put back before its address is handed out again
-(:func:`profiler.measuring.peak_breakdown.allocations`). The same profile, its phases and module calls
-annotated, names what is alive at that peak by category
+:func:`rank_device`; fresh interpreters: autograd's threads do not survive a fork) that meet
+through a file store in a fresh temporary directory, so several launches can run at once. One
+launch can run several jobs of the same world size in turn (each rank measures them one after the
+other), which pays the ranks' start-up once. Each rank measures its own peak with the single-device
+runner's method (:mod:`profiler.measuring.memory_trace`): the bytes of the storages alive before
+the first step (the rank's parameters or shards, buffers, inputs, targets, DDP's gradient buckets),
+then the CPU allocator's events of both steps, recorded by the PyTorch profiler and replayed in
+time order; the peak is the highest live total while the second (steady) step runs, everything
+alive counted (the first step's, from the strategy built, is kept too). Allocations that gloo's
+worker threads make inside a collective are recorded too (the profiler's state travels with the
+work); a free the profiler missed (a worker thread dropping a work's tensors after it ended) is put
+back before its address is handed out again
+(:func:`profiler.measuring.peak_breakdown.allocations`). The same profile, its phases and module
+calls annotated, names what is alive at that peak by category
 (:mod:`profiler.measuring.peak_breakdown`, as the runner does on one device). On CUDA each step's
 peak is the caching allocator's ``max_memory_allocated`` instead (reset when the step starts), as
 the runner reads it on one GPU; that path has not been run on a GPU here.
@@ -128,7 +129,8 @@ def check_world(world: int, device_kind: str = "cpu") -> None:
     if not isinstance(world, int) or world < 1 or world > most:
         per = "one per CUDA device" if device_kind == "cuda" else "one per CPU"
         raise ModelsizeError("world size larger than this machine can run", field="world-size",
-                             expected=f"1 to {most} local ranks ({per})" if most else "a CUDA device per rank (none here)",
+                             expected=f"1 to {most} local ranks ({per})" if most
+                             else "a CUDA device per rank (none here)",
                              received=str(world))
 
 

@@ -78,7 +78,8 @@ def _call(channels, out_channels, kernel, strides, groups, bias, out_spatial, tr
 
 
 def _channels_first(ctx, call: ConvCall) -> bool:
-    return ctx.data_format == "channels_first" and call.groups == 1 and ctx.compute_dtype(True) in ("float32", "bfloat16")
+    return (ctx.data_format == "channels_first" and call.groups == 1
+            and ctx.compute_dtype(True) in ("float32", "bfloat16"))
 
 
 def operand_copies(call: ConvCall, input_copied: bool, grad_copied: bool) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
