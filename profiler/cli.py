@@ -202,12 +202,10 @@ def _profile(args: argparse.Namespace) -> int:
     if not args.no_save:
         check_writable(args.results_dir)
     if args.world_size is not None:
-        if args.device == "cuda":
-            raise ModelsizeError("distributed runs are measured on CPU ranks (gloo) here", field="device",
-                                 expected="cpu with --world-size", received="cuda")
         from profiler.distributed.launch import check_world
-        check_world(args.world_size)
-        result = workflow.distributed(source, _reference(args), **_distributed_options(args), measure=True)
+        check_world(args.world_size, _device_kind(args))   # gloo ranks on CPUs, NCCL ranks on GPUs
+        result = workflow.distributed(source, _reference(args), **_distributed_options(args), measure=True,
+                                      device_kind=_device_kind(args))
     else:
         isolate_from = _isolated(args)
         try:

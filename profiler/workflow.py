@@ -209,10 +209,11 @@ def distributed(source: Source, reference: dict[str, Any], *, world: int, strate
                 measure: bool = False) -> dict[str, Any]:
     """Every rank's steady training-step peak at world size ``world`` under ``strategy``
     (a :class:`profiler.distributed.strategies.Strategy`), predicted; with ``measure``, also
-    measured on ``world`` local gloo ranks. ``reference``: what ``source`` was resolved from (each
+    measured on ``world`` local ranks (gloo on CPUs; NCCL on GPUs, one each, with ``device_kind``
+    "cuda"). ``reference``: what ``source`` was resolved from (each
     measured rank resolves it again). Ranks run ``threads`` intra-op threads each (default 1);
     ``checkpoint``: module classes run under activation checkpointing; ``device_kind`` "cuda":
-    predicted for CUDA ranks (no CPU workspace, no gloo buffers, foreach optimizers), not measured."""
+    predicted for CUDA ranks (no CPU workspace, no gloo buffers, foreach optimizers)."""
     from profiler.distributed.run import job_for, run
     jobs = [job_for(source, reference, world=world, strategy=strategy, batch=batch, optimizer=o, loss=loss,
                     dtype=dtype, amp=amp, threads=threads, checkpoint=checkpoint, device_kind=device_kind)

@@ -1,6 +1,8 @@
 """Scale-out memory against real torch.distributed runs (2 gloo ranks) and FSDP2's own sharding."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -15,6 +17,33 @@ def _mlp() -> torch.nn.Module:
                                torch.nn.ReLU(), torch.nn.Linear(65, 10))
 
 
+def _conv() -> torch.nn.Module:
+    """A stranger's 3-layer conv net: oneDNN's NCHW weight gradient is made blocked and copied out
+    last, so at the backward peak of the second convolution its 9,280 B of weight and bias
+    gradient are the kernel's buffers (workspace), not gradients yet."""
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(16 * 32 * 32, 10))
+
+
+class _Table(torch.nn.Module):
+    """Adds a table made once, at the first forward, from a 512 KiB scratch (as a rotary cache
+    is): the first step peaks above the steady one at small batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.table is None:
+            self.table = torch.ones(2048, 64).sum(0)
+        return x + self.table
+
+
+def _cached() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), _Table(), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+
 def _job(strategy: str, optimizer: str, world: int = 2, *, amp: str | None = None, dtype: str = "float32",
          checkpoint: tuple[str, ...] = (), **options: object) -> Job:
     return Job(_mlp, ((32,),), ("float",), (None,), 8, Strategy(strategy, **options), world, optimizer=optimizer,
@@ -26,7 +55,8 @@ _EXACT = [_job(s, o, bucket_cap_mb=0.01) for s in ("ddp", "zero1") for o in ("sg
 _EXACT += [_job("fsdp", "adam", fsdp_wrap=("Linear",), amp="bfloat16"),   # MixedPrecisionPolicy
            _job("zero1", "adam", amp="bfloat16"),                        # autocast
            _job("ddp", "adam", dtype="bfloat16"),
-           _job("fsdp", "adam", fsdp_wrap=("Linear",), checkpoint=("Linear",))]
+           _job("fsdp", "adam", fsdp_wrap=("Linear",), checkpoint=("Linear",)),
+           Job(_conv, ((3, 32, 32),), ("float",), (None,), 2, Strategy("ddp"), 2).with_outputs()]
 _FSDP = [_job("fsdp", o, reshard_after_forward=r, fsdp_wrap=("Linear",)) for o in ("sgd", "adam")
          for r in (True, False)]
 
@@ -43,34 +73,63 @@ def fitted() -> dict:
                                                    margin=None))
 
 
+_CACHED = Job(_cached, ((32,),), ("float",), (None,), 8, Strategy("ddp"), 2, optimizer="adam").with_outputs()
+
+
 @pytest.fixture(scope="module")
-def measured(fitted) -> list[list[launch.RankMeasurement]]:
+def first_fitted() -> dict:
+    """``fit --world-size 2 --strategy ddp`` (Adam) of the model whose first step binds."""
+    from profiler.distributed.fit import solve
+    from profiler.planning.fit import make_budget
+    return solve(_CACHED, make_budget(memory="600KiB", device=None, target="cpu", reserve=None, margin=None))
+
+
+@pytest.fixture(scope="module")
+def measured(fitted, first_fitted) -> list[list[launch.RankMeasurement]]:
     """One launch of 2 gloo ranks runs every job in turn (the ranks start once): the exact cases,
-    then the fit's answer and the next batch."""
+    then each fit's answer and the next batch."""
     from profiler.distributed.fit import _at_batch
-    b = fitted["batch_per_rank"]
-    return launch.measure_all(_EXACT + _FSDP + [_at_batch(_job("fsdp", "adam", fsdp_wrap=("Linear",)), n)
-                                                for n in (b, b + 1)])
+    b, c = fitted["batch_per_rank"], first_fitted["batch_per_rank"]
+    return launch.measure_all(_EXACT + _FSDP + [_at_batch(_CACHED, n) for n in (c, c + 1)]
+                              + [_at_batch(_job("fsdp", "adam", fsdp_wrap=("Linear",)), n) for n in (b, b + 1)])
+
+
+@pytest.fixture(scope="module")
+def predicted() -> list[list[predict.RankPrediction]]:
+    """Every rank of the exact and FSDP2 cases, predicted once for the tests that read them."""
+    return [predict.predict(job) for job in _EXACT + _FSDP]
 
 
 @pytest.mark.parametrize("index", range(len(_EXACT)))
-def test_peaks_predicted_equal_measured(measured, index: int) -> None:
-    job = _EXACT[index]
-    predicted = predict.predict(job)
+def test_peaks_predicted_equal_measured(measured, predicted, index: int) -> None:
+    predicted = predicted[index]
     got = measured[index]
     assert [p.start_bytes for p in predicted] == [m.start_bytes for m in got]
     assert [p.peak_bytes for p in predicted] == [m.peak_bytes for m in got]
 
 
 @pytest.mark.parametrize("index", range(len(_EXACT + _FSDP)))
-def test_measured_breakdown_is_the_predicted_one(measured, index: int) -> None:
+def test_measured_breakdown_is_the_predicted_one(measured, predicted, index: int) -> None:
     """Each rank's bytes alive at its measured peak by category (the runner's peak_breakdown, run
     in the rank): they sum to the measured peak and every category is the predicted one (DDP's
-    buckets are gradients, gloo's copies workspace, autocast's casts weight casts)."""
-    job = (_EXACT + _FSDP)[index]
-    for p, m in zip(predict.predict(job), measured[index]):
+    buckets are gradients, gloo's copies communication, autocast's casts weight casts)."""
+    for p, m in zip(predicted[index], measured[index]):
         assert sum(m.breakdown.values()) == m.peak_bytes
         assert m.breakdown == p.breakdown
+        assert p.first.bytes == m.first_peak_bytes   # the first step's peak too (the fit reads it)
+
+
+def test_collectives_buffers_are_communication(measured, predicted) -> None:
+    """Every rank's breakdown has the category, on both sides, for DDP, ZeRO-1 and FSDP2, equal;
+    DDP's and ZeRO-1's collectives run in place (nothing in it), FSDP2's peaks hold gloo's
+    copies or the padding of the reduce-scatter input."""
+    for job, p_ranks, m_ranks in zip(_EXACT + _FSDP, predicted, measured):
+        for p, m in zip(p_ranks, m_ranks):
+            assert p.breakdown["communication"] == m.breakdown["communication"]
+            if job.strategy.name != "fsdp":
+                assert m.breakdown["communication"] == 0
+    fsdp = [m.breakdown["communication"] for ranks in measured[len(_EXACT):len(_EXACT + _FSDP)] for m in ranks]
+    assert max(fsdp) > 0
 
 
 def test_zero1_partitions_the_adam_state(measured) -> None:
@@ -80,11 +139,10 @@ def test_zero1_partitions_the_adam_state(measured) -> None:
 
 
 @pytest.mark.parametrize("index", range(len(_FSDP)))
-def test_fsdp_peaks_predicted_equal_measured(measured, index: int) -> None:
+def test_fsdp_peaks_predicted_equal_measured(measured, predicted, index: int) -> None:
     """Per rank: the padded shards, what is alive when the steady step starts, and its peak
     (all-gather and reduce-scatter buffers, gloo's copies, unsharded parameters and gradients)."""
-    job = _FSDP[index]
-    predicted = predict.predict(job)
+    predicted = predicted[len(_EXACT) + index]
     got = measured[len(_EXACT) + index]
     assert [p.param_bytes for p in predicted] == [m.param_bytes for m in got]
     assert [p.start_bytes for p in predicted] == [m.start_bytes for m in got]
@@ -116,6 +174,27 @@ def test_fake_group_shards_are_fsdp2s(world: int) -> None:
 def test_world_size_beyond_this_machine_is_refused() -> None:
     with pytest.raises(Exception, match="world size"):
         launch.measure(_job("ddp", "sgd", launch.max_local_ranks() + 1))
+
+
+def test_ranks_take_gloo_on_cpus_and_nccl_on_their_own_gpu() -> None:
+    """The launch's choice per device kind: gloo on the CPU; NCCL on CUDA, rank r on cuda:r (set
+    as its current device); as many CUDA ranks as this machine has GPUs."""
+    assert launch.rank_device("cpu", 1) == ("gloo", torch.device("cpu"))
+    assert launch.rank_device("cuda", 0) == ("nccl", torch.device("cuda", 0))
+    assert launch.rank_device("cuda", 3) == ("nccl", torch.device("cuda", 3))
+    assert launch.max_local_ranks("cuda") == torch.cuda.device_count()
+    with pytest.raises(Exception, match="world size"):
+        launch.measure(replace(_job("ddp", "sgd"), device_kind="cuda", world=torch.cuda.device_count() + 1))
+
+
+def test_profile_on_cuda_ranks_is_refused_without_enough_gpus(capsys) -> None:
+    """``profile --world-size N --device cuda`` goes to NCCL ranks; with fewer GPUs than ranks,
+    one line (exit 2) before anything is built."""
+    from profiler.cli import main
+    gpus = torch.cuda.device_count()
+    assert main(["profile", "digits", "--world-size", str(gpus + 1), "--device", "cuda", "--no-save"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "world-size" in err and "CUDA" in err
 
 
 def test_summary_predicts_every_rank_from_the_command_line(capsys) -> None:
@@ -175,3 +254,18 @@ def test_zero1_ranks_grouped_by_their_partition() -> None:
     empty = next(g for g in groups if len(g) == 58)
     assert len({ranks[r].peak_bytes for r in empty}) == 1
     assert ranks[empty[0]].peak_bytes < max(r.peak_bytes for r in ranks)
+
+
+def test_fit_takes_the_first_step_where_it_binds(first_fitted, fitted, measured) -> None:
+    """A table made once at the first forward from a 512 KiB scratch: the first step binds, the
+    answer says so, and on the real ranks the first step's peak is the predicted figure, within
+    the budget at the answer and over it at the next batch (the steady step alone would allow
+    far more). The FSDP2 fit's steady step binds."""
+    b = first_fitted["batch_per_rank"]
+    at, over = measured[len(_EXACT + _FSDP):len(_EXACT + _FSDP) + 2]
+    assert first_fitted["binding_step"] == "first" and fitted["binding_step"] == "steady"
+    assert first_fitted["peak"]["at"].startswith("first step")
+    assert max(m.first_peak_bytes for m in at) == first_fitted["peak"]["bytes"] <= first_fitted["usable_bytes"]
+    assert max(m.first_peak_bytes for m in over) == first_fitted["next"]["bytes"] > first_fitted["usable_bytes"]
+    assert max(m.peak_bytes for m in over) < first_fitted["usable_bytes"]   # the steady step fits there
+    assert b > 1

@@ -106,13 +106,14 @@ def test_linear_peaks_split_by_category(linear_cpu):
     # div's float32 copy of the divisor (4), made and freed inside the operator, workspace.
     split = linear_cpu.breakdown
     assert split["inference"] == {"parameters": PARAMS, "gradients": 0, "optimizer_state": 0, "inputs": X,
-                                  "activations": OUT, "weight_casts": 0, "temporaries": 0, "workspace": 0}
+                                  "activations": OUT, "weight_casts": 0, "temporaries": 0, "communication": 0,
+                                  "workspace": 0}
     assert split["train_sgd"] == split["train_first_step_sgd"] == {
         "parameters": PARAMS, "gradients": PARAMS, "optimizer_state": 0, "inputs": X + Y,
-        "activations": OUT + 4, "weight_casts": 0, "temporaries": 4 + OUT, "workspace": 0}
+        "activations": OUT + 4, "weight_casts": 0, "temporaries": 4 + OUT, "communication": 0, "workspace": 0}
     assert split["train_adam"] == {
         "parameters": PARAMS, "gradients": PARAMS, "optimizer_state": 2 * PARAMS + 8, "inputs": X + Y,
-        "activations": OUT + 4, "weight_casts": 0, "temporaries": 2 * 31_360 + 8, "workspace": 4}
+        "activations": OUT + 4, "weight_casts": 0, "temporaries": 2 * 31_360 + 8, "communication": 0, "workspace": 4}
     assert sum(split["train_adam"].values()) == linear_cpu.train_peak_bytes_adam
     # activations by module: fc's output, and the loss outside any module
     assert linear_cpu.activations_at_peak["inference"] == {"fc": OUT}

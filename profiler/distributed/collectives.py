@@ -14,7 +14,9 @@ collective but not the buffers the backend makes while it runs. gloo's, measured
 - ``all_reduce``, ``broadcast`` of one dense tensor (DDP's buckets, ZeRO-1's parameters): in place,
   nothing allocated.
 
-Each entry gives, per call, the groups of buffers alive together, one group after the other.
+Each entry gives, per call, the groups of buffers alive together, one group after the other. They
+are the category "communication", on both sides (``measuring.peak_breakdown`` names what a
+collective allocates so), as are the padding copies of FSDP2's ``fsdp.chunk_cat``.
 """
 from __future__ import annotations
 
@@ -55,6 +57,6 @@ def buffers(func: Any, args: tuple, backend: str = "gloo") -> list[list[int]]:
 def wrapped_kernels() -> dict[Any, Any]:
     """Custom operators a strategy dispatches whose kernel is one aten operator, which the replay
     does not see (it runs inside the custom operator): FSDP2's ``fsdp.chunk_cat`` (the
-    reduce-scatter input) runs ``aten._chunk_cat.out``, whose padding copies are workspace."""
+    reduce-scatter input) runs ``aten._chunk_cat.out``, whose padding copies are communication."""
     import torch.distributed.fsdp._fully_shard._fsdp_collectives  # noqa: F401  (defines fsdp.chunk_cat)
     return {torch.ops.fsdp.chunk_cat.default: torch.ops.aten._chunk_cat.out}

@@ -80,16 +80,16 @@ def fake_model(job: Job, fake_mode: Any) -> torch.nn.Module:
         return _twin(meta, _to_fake)
 
 
-def make_data(job: Job, rank: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The rank's inputs and targets, as the runner makes them (seeded by the rank)."""
+def make_data(job: Job, rank: int, device: torch.device = torch.device("cpu")
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The rank's inputs and targets on ``device``, as the runner makes them (seeded by the rank)."""
     from profiler.measuring.runner import _make_input, _make_target
     dtype = getattr(torch, job.dtype)
     seed = job.seed + 1000 * rank
-    cpu = torch.device("cpu")
-    x = [_make_input(s, k, h, dtype, cpu, seed + i)
+    x = [_make_input(s, k, h, dtype, device, seed + i)
          for i, (s, k, h) in enumerate(zip(job.shapes(), job.input_dtypes, job.int_high))]
     out_dtype = torch.float32 if job.amp else dtype
-    y = [_make_target(job.loss, s, out_dtype, cpu, seed + i) for i, s in enumerate(job.output_shapes)]
+    y = [_make_target(job.loss, s, out_dtype, device, seed + i) for i, s in enumerate(job.output_shapes)]
     return x, y
 
 

@@ -1,17 +1,23 @@
 """Each rank's training-step peak, measured on a real process group of N local processes.
 
-``torch.multiprocessing`` spawns N ranks (gloo on the CPU; fresh interpreters: autograd's threads
-do not survive a fork) that meet through a file store in a fresh temporary directory, so several
-launches can run at once. One launch can run several jobs of the same world size in turn (each
-rank measures them one after the other), which pays the ranks' start-up once. Each rank measures its own peak
-with the single-device runner's method (:mod:`profiler.measuring.memory_trace`): the bytes of the
-storages alive before the first step (the rank's parameters or shards, buffers, inputs, targets,
-DDP's gradient buckets), then the CPU allocator's events of both steps, recorded by the PyTorch
-profiler and replayed in time order; the peak is the highest live total while the second (steady)
-step runs, everything alive counted. Allocations that gloo's worker threads make inside a
-collective are recorded too (the profiler's state travels with the work). The same profile, its
-phases and module calls annotated, names what is alive at that peak by category
-(:mod:`profiler.measuring.peak_breakdown`, as the runner does on one device).
+``torch.multiprocessing`` spawns N ranks (gloo on the CPU, NCCL on CUDA with one GPU per rank:
+:func:`rank_device`; fresh interpreters: autograd's threads do not survive a fork) that meet
+through a file store in a fresh temporary directory, so several launches can run at once. One
+launch can run several jobs of the same world size in turn (each rank measures them one after the
+other), which pays the ranks' start-up once. Each rank measures its own peak with the single-device
+runner's method (:mod:`profiler.measuring.memory_trace`): the bytes of the storages alive before
+the first step (the rank's parameters or shards, buffers, inputs, targets, DDP's gradient buckets),
+then the CPU allocator's events of both steps, recorded by the PyTorch profiler and replayed in
+time order; the peak is the highest live total while the second (steady) step runs, everything
+alive counted (the first step's, from the strategy built, is kept too). Allocations that gloo's
+worker threads make inside a collective are recorded too (the profiler's state travels with the
+work); a free the profiler missed (a worker thread dropping a work's tensors after it ended) is put
+back before its address is handed out again
+(:func:`profiler.measuring.peak_breakdown.allocations`). The same profile, its phases and module
+calls annotated, names what is alive at that peak by category
+(:mod:`profiler.measuring.peak_breakdown`, as the runner does on one device). On CUDA each step's
+peak is the caching allocator's ``max_memory_allocated`` instead (reset when the step starts), as
+the runner reads it on one GPU; that path has not been run on a GPU here.
 
 The profile starts after the strategy is built, not before: the start-up collectives' buffers
 (DDP's broadcast of the parameters, its shape check) are held by gloo's work objects, which a
@@ -46,15 +52,28 @@ class RankMeasurement:
     param_bytes: int         # the rank's parameter storages (FSDP2: its padded shards)
     events: int              # allocator events replayed
     breakdown: dict[str, int] = field(default_factory=dict)   # category -> bytes alive at the peak
+    first_peak_bytes: int = 0   # highest live total during the first step (from the strategy built)
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "peak_bytes": self.peak_bytes, "start_bytes": self.start_bytes,
-                "param_bytes": self.param_bytes, "events": self.events, "breakdown": dict(self.breakdown)}
+                "param_bytes": self.param_bytes, "events": self.events, "breakdown": dict(self.breakdown),
+                "first_peak_bytes": self.first_peak_bytes}
 
 
-def max_local_ranks() -> int:
-    """How many ranks this machine runs at once: one per CPU this process may use."""
+def max_local_ranks(device_kind: str = "cpu") -> int:
+    """How many ranks this machine runs at once: one per CPU this process may use, or one per
+    CUDA device."""
+    if device_kind == "cuda":
+        return torch.cuda.device_count()
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def rank_device(device_kind: str, rank: int) -> tuple[str, torch.device]:
+    """The backend and the device of local rank ``rank``: gloo on the CPU; NCCL on CUDA, one GPU
+    per rank (``cuda:rank``, set as the rank's current device before the group starts)."""
+    if device_kind == "cuda":
+        return "nccl", torch.device("cuda", rank)
+    return "gloo", torch.device("cpu")
 
 
 def measure(job: Job, *, timeout_s: float = 300.0) -> list[RankMeasurement]:
@@ -64,10 +83,10 @@ def measure(job: Job, *, timeout_s: float = 300.0) -> list[RankMeasurement]:
 
 def measure_all(jobs: list[Job], *, timeout_s: float = 300.0) -> list[list[RankMeasurement]]:
     """Several jobs of one world size in one launch: each job's ranks' measurements, in order."""
-    world = jobs[0].world
-    if any(job.world != world for job in jobs):
-        raise ValueError("one launch runs jobs of one world size")
-    check_world(world)
+    world, kind = jobs[0].world, jobs[0].device_kind
+    if any(job.world != world or job.device_kind != kind for job in jobs):
+        raise ValueError("one launch runs jobs of one world size and one device kind")
+    check_world(world, kind)
     import torch.multiprocessing as mp
     context = mp.get_context("spawn")
     results = context.Queue()
@@ -104,18 +123,25 @@ def measure_all(jobs: list[Job], *, timeout_s: float = 300.0) -> list[list[RankM
     return [[gathered[r][j] for r in range(world)] for j in range(len(jobs))]
 
 
-def check_world(world: int) -> None:
-    """One line when this machine cannot run ``world`` local ranks."""
-    if not isinstance(world, int) or world < 1 or world > max_local_ranks():
+def check_world(world: int, device_kind: str = "cpu") -> None:
+    """One line when this machine cannot run ``world`` local ranks of ``device_kind``."""
+    most = max_local_ranks(device_kind)
+    if not isinstance(world, int) or world < 1 or world > most:
+        per = "one per CUDA device" if device_kind == "cuda" else "one per CPU"
         raise ModelsizeError("world size larger than this machine can run", field="world-size",
-                             expected=f"1 to {max_local_ranks()} local ranks (one per CPU)",
+                             expected=f"1 to {most} local ranks ({per})" if most
+                             else "a CUDA device per rank (none here)",
                              received=str(world))
 
 
 def _rank_main(jobs: list[Job], rank: int, world: int, store: str, results: Any) -> None:
     import torch.distributed as dist
     try:
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        backend, device = rank_device(jobs[0].device_kind, rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world,
+                                **({"device_id": device} if device.type == "cuda" else {}))
         try:
             results.put((rank, [_measure_rank(job, rank) for job in jobs]))
         finally:
@@ -130,26 +156,35 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.profiler import record_function
     from profiler.distributed.predict import local
-    from profiler.measuring.memory_trace import MEMORY_EVENT, _event_tree, _raw_events, capture, profiled
-    from profiler.measuring.peak_breakdown import Annotator, Known, analyse, storages
-    from profiler.measuring.runner import storage_bytes
+    from profiler.measuring.memory_trace import _event_tree, _raw_events, capture, profiled
+    from profiler.measuring.peak_breakdown import Annotator, Known, allocations, analyse, storages
+    from profiler.measuring.runner import _cuda_block, storage_bytes
     torch.set_num_threads(job.threads)
-    mesh = init_device_mesh("cpu", (job.world,))
-    module = make_model(job)
-    x, y = make_data(job, rank)
+    device = rank_device(job.device_kind, rank)[1]
+    mesh = init_device_mesh(device.type, (job.world,))
+    module = make_model(job).to(device)
+    x, y = make_data(job, rank, device)
     model, opt = build(job, module, mesh, fake=False)
     del module
     param_bytes = storage_bytes([local(p) for p in model.parameters()])
     before_run = storages(_alive(model, opt, x, y))
     start = sum(nbytes for _, nbytes in before_run.values())
 
+    cuda = _CudaPeaks(device) if device.type == "cuda" else None
+    if cuda is not None:
+        start = torch.cuda.memory_allocated(device)
+
     def steps() -> None:
         with Annotator(model) as notes:
             def mark(phase: str) -> None:   # the runner's phases: the loss is computed in forward's
                 notes.mark("forward" if phase.startswith("loss") else phase)
             for step in range(STEPS):
+                if cuda is not None:
+                    cuda.start()
                 with record_function(f"{_STEP} {step}"):
                     train_step(job, model, opt, x, y, mark)
+                if cuda is not None:
+                    cuda.stop()
 
     gc.disable()   # only reference counting frees, as in the runner's measured calls
     try:
@@ -159,28 +194,51 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     finally:
         gc.enable()
     dist.barrier()
-    events = _raw_events(prof)
-    last = next(e for e in events if e.name() == f"{_STEP} {STEPS - 1}")
-    memory = sorted((e for e in events if e.name() == MEMORY_EVENT
-                     and e.device_type() == torch.autograd.DeviceType.CPU), key=lambda e: e.start_ns())
-    current = start
+    last = next(e for e in _raw_events(prof) if e.name() == f"{_STEP} {STEPS - 1}")
+    tree = _event_tree(prof)
+    memory = allocations(tree, device)   # in time order, frees the profiler missed put back
+    current = first_peak = start
     before = None
     peak = 0
     for event in memory:
-        if event.start_ns() > last.end_ns():
+        if event.time > last.end_ns():
             break
-        if before is None and event.start_ns() >= last.start_ns():
+        if before is None and event.time >= last.start_ns():
             before = peak = current
-        current += event.nbytes()
+        current += event.nbytes
         if before is not None:
             peak = max(peak, current)
+        else:
+            first_peak = max(first_peak, current)
     if before is None:
         before = peak = current
+    if cuda is not None:   # the caching allocator's own figures, as the runner reads them on CUDA
+        (first_peak, peak), before = cuda.peaks, cuda.starts[-1]
     weights = storages(("parameters", t) for t in (*(local(p) for p in model.parameters()), *model.buffers()))
     known = Known(before=before_run, after=storages(_alive(model, opt, x, y)), weights=frozenset(weights))
-    split = analyse(_event_tree(prof), device=torch.device("cpu"), known=known, baseline_bytes=start,
-                    peak_bytes=peak, within=(last.start_ns(), last.end_ns()))
-    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories)
+    split = analyse(tree, device=device, known=known, baseline_bytes=start, peak_bytes=peak,
+                    block=(lambda n: n) if cuda is None else _cuda_block, within=(last.start_ns(), last.end_ns()))
+    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories, first_peak)
+
+
+class _CudaPeaks:
+    """Each step's peak on a CUDA rank: the caching allocator's statistics reset when the step
+    starts (``memory_allocated`` then) and ``max_memory_allocated`` when it ends, as the runner
+    measures on CUDA."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.starts: list[int] = []
+        self.peaks: list[int] = []
+
+    def start(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.starts.append(torch.cuda.memory_allocated(self.device))
+
+    def stop(self) -> None:
+        torch.cuda.synchronize(self.device)
+        self.peaks.append(torch.cuda.max_memory_allocated(self.device))
 
 
 def _alive(model: torch.nn.Module, opt: torch.optim.Optimizer, x: list[torch.Tensor],

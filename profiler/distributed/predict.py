@@ -17,12 +17,14 @@ single-device log does not meet there is added here:
 - DTensor's sharding propagation, which runs each operator once more on fake tensors to learn its
   output's shape, is not logged (in a real run those are fake too).
 - What a backend allocates inside a collective (:mod:`profiler.distributed.collectives`), and the
-  workspace of kernels run inside a custom operator (FSDP2's ``fsdp.chunk_cat``).
+  workspace of kernels run inside a custom operator (FSDP2's ``fsdp.chunk_cat``): the category
+  "communication".
 - FSDP2's check whether a shard is still its padded storage compares storages, not data pointers
   (a fake storage's is 0): see :func:`_shards_compared_by_storage`.
 
 The peak is the second step's, everything alive counted, as the measured ranks report it
-(:mod:`profiler.distributed.launch`). Ranks whose shards have the same sizes (FSDP2 shards dim 0 in
+(:mod:`profiler.distributed.launch`); the first step's (from the strategy built: no gradients, no
+optimizer state, what the strategy makes once) is kept beside it, for the fit. Ranks whose shards have the same sizes (FSDP2 shards dim 0 in
 chunks of ``ceil(d / N)``, the last ranks getting less or nothing) have the same peak: one rank of
 each group is replayed. Data-parallel ranks are alike; ZeRO-1's ranks are grouped by the sizes in
 the partition ``ZeroRedundancyOptimizer`` itself makes (on meta parameters).
@@ -59,12 +61,16 @@ class RankPrediction:
     local_param_numel: int                   # elements of this rank's parameters, padding excluded
     shard_numel: dict[str, int] = field(default_factory=dict)   # parameter -> local elements (FSDP)
     timeline: Timeline | None = None         # the steady step's allocations and frees (not saved)
+    first: Peak | None = None                # the first step's peak, from the strategy built
+    first_timeline: Timeline | None = None   # its allocations and frees (not saved)
 
     def as_dict(self) -> dict[str, Any]:
+        first = None if self.first is None else {"peak_bytes": self.first.bytes, "at": self.first.at,
+                                                  "breakdown": dict(self.first.breakdown)}
         return {"rank": self.rank, "peak_bytes": self.peak_bytes, "at": self.at,
                 "breakdown": dict(self.breakdown), "start_bytes": self.start_bytes,
                 "param_bytes": self.param_bytes, "local_param_numel": self.local_param_numel,
-                "shard_numel": dict(self.shard_numel)}
+                "shard_numel": dict(self.shard_numel), "first_step": first}
 
 
 class _RankLog(StorageLog):
@@ -100,11 +106,11 @@ class _RankLog(StorageLog):
             return func(*args, **(kwargs or {}))
         out = super().__torch_dispatch__(func, types, args, kwargs)
         for group in buffers(func, args, self.backend):
-            self._transient([(nbytes, "workspace") for nbytes in group])
+            self._transient([(nbytes, "communication") for nbytes in group])
         inner = self._wrapped.get(func)
         if inner is not None and self.run is not None:   # CPU kernels' workspace (none booked for CUDA)
             booked = kernel_workspace(inner, args, out, self.run, self.phase == "backward", kwargs)
-            self._transient([(nbytes, "workspace") for nbytes in booked])
+            self._transient([(nbytes, "communication") for nbytes in booked])
         return out
 
     def __enter__(self) -> "_RankLog":
@@ -185,15 +191,19 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
                 log.mark(params, "parameters")
                 if getattr(model, "reducer", None) is not None:
                     log.name_start_up("gradients")
+                built = log.cut()
                 for step in range(STEPS):
                     if step == STEPS - 1:
                         log.mark([local(p.grad) for p in model.parameters()], "gradients")
                         log.mark(list(_state(opt)), "optimizer_state")
-                        before = log.cut()
+                        first_step = log.cut()
                     train_step(job, model, opt, x, y, log.set_phase)
             # this step's gradients, named after the fact as the measurement names them
             log.mark([local(p.grad) for p in model.parameters()], "gradients")
             measured = log.cut()
+            before = built + first_step
+            first = log.peak([built, first_step], start=len(built))
+            first_timeline = log.timeline([built, first_step], start=len(built))
             peak: Peak = log.peak([before, measured], start=len(before))
             timeline = log.timeline([before, measured], start=len(before))
             start = log.peak([before], start=len(before)).bytes
@@ -204,7 +214,7 @@ def predict_rank(job: Job, rank: int) -> RankPrediction:
             log.close()
             torch.set_num_threads(previous)
     return RankPrediction(rank, peak.bytes, peak.at, dict(peak.breakdown), start, param_bytes, numel, shards,
-                          timeline)
+                          timeline, first, first_timeline)
 
 
 def _state(opt: torch.optim.Optimizer) -> Iterator[torch.Tensor]:

@@ -40,9 +40,11 @@ from profiler.timeline import compact
 
 #: What each byte of a peak is: "temporaries" are tensors an op or the optimizer makes and drops
 #: (the loss's gradients, optimizer scratch), "workspace" is what kernels allocate inside (rules'
-#: scratch, oneDNN scratchpads): the part a tensor-level view cannot see.
+#: scratch, oneDNN scratchpads): the part a tensor-level view cannot see; "communication" is what a
+#: process group's collectives allocate inside (gloo's staging copies, FSDP2's padding copies of
+#: the reduce-scatter input), zero on one device.
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "inputs", "activations", "weight_casts",
-              "temporaries", "workspace")
+              "temporaries", "communication", "workspace")
 from profiler.step import LOSSES  # noqa: F401  (what the spec replay models)
 FLOATING = ("float32", "float16", "bfloat16", "float64")
 REDUCED = ("float16", "bfloat16")

@@ -46,7 +46,7 @@ from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.registry import Context
 from profiler.timeline import compact
-from profiler.engine.kernels.aten_cpu import kernel_of, kernel_workspace, registrar, unmodelled
+from profiler.engine.kernels.aten_cpu import kernel_of, kernel_workspace, registrar, results_made_last, unmodelled
 from profiler.engine.kernels.onednn_rnn import onednn_lstm_workspace_bytes
 from profiler.engine.op_cost import OpCost, op_cost
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
@@ -505,9 +505,18 @@ class StorageLog(TorchDispatchMode):
             if unknown is not None:
                 calls, most = self.unmodelled.get(unknown[0], (0, 0))
                 self.unmodelled[unknown[0]] = (calls + 1, max(most, unknown[1]))
-            booked = kernel_workspace(func, args, out, self.run, self.phase == "backward", kwargs)
-            self._transient([(nbytes, "workspace") for nbytes in booked], dtype)
+            backward = self.phase == "backward"
+            booked = kernel_workspace(func, args, out, self.run, backward, kwargs)
+            later = results_made_last(func, args, out, self.run, backward, kwargs) if booked else ()
+            self._transient([(nbytes, "workspace") for nbytes in booked], dtype, self._results(out, later))
         return out
+
+    def _results(self, out: Any, positions: Sequence[int]) -> list[int]:
+        """Serials of the storages of the call's results at ``positions`` (None ones skipped)."""
+        results = out if isinstance(out, (tuple, list)) else (out,)
+        found = (self._serial.get(id(storage_of(results[i]))) for i in positions
+                 if i < len(results) and isinstance(results[i], torch.Tensor))
+        return [serial for serial in found if serial is not None and self._nbytes.get(serial)]
 
     def _of_parameter(self, tensor: object) -> bool:
         if not isinstance(tensor, torch.Tensor):
@@ -515,15 +524,22 @@ class StorageLog(TorchDispatchMode):
         serial = self._serial.get(id(storage_of(tensor)))
         return serial is not None and self.category.get(serial) == "parameters"
 
-    def _transient(self, sizes: Sequence[tuple[int, str]], dtype: torch.dtype | None = None) -> None:
+    def _transient(self, sizes: Sequence[tuple[int, str]], dtype: torch.dtype | None = None,
+                   later: Sequence[int] = ()) -> None:
         """Storages a kernel allocates together and frees before it returns: (bytes, category),
-        counted in the call's dtype."""
+        counted in the call's dtype. ``later``: serials of results the kernel makes only after
+        them (:func:`results_made_last`): absent meanwhile, their bytes the kernel's own
+        buffers (workspace) then, so the total is the same and each byte named as measured."""
         if not sizes:
             return
         at = self._where()
+        stand_in = sum(self._nbytes[serial] for serial in later)
+        sizes = [*sizes, (stand_in, "workspace")] if stand_in else sizes
         pairs = [self.synthetic(nbytes, category, at, at, dtype) for nbytes, category in sizes]
+        self.events.extend(_Event(serial, -self._nbytes[serial], at) for serial in later)
         self.events.extend(alloc for alloc, _ in pairs)
         self.events.extend(free for _, free in pairs)
+        self.events.extend(_Event(serial, self._nbytes[serial], at) for serial in later)
 
     def _keep_until_backward(self, nbytes: int, result: torch.Tensor, dtype: torch.dtype | None) -> None:
         """A wrapped number the call's autograd node saves: allocated now (an activation of the

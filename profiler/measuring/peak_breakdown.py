@@ -26,9 +26,12 @@ more closely, and the same events both fix the moment and name the bytes:
      tracker) sees. Composite operators such as ``linear`` or ``cross_entropy_loss`` are looked
      into, their parts being operators; autograd's nodes and the optimizer's step are ranges, not
      operators;
-   - ``workspace`` too when a collective (a ``c10d::`` operator) allocated it: the backend's
-     copies, which its work object may hold past the call, until ``wait`` (what
-     ``distributed/collectives.py`` predicts);
+   - ``communication`` instead when the operator is a collective (a ``c10d::`` operator) or
+     FSDP2's ``fsdp::chunk_cat`` (the reduce-scatter input, padded per rank), and whatever a
+     collective allocated, even alive past the call: the backend's copies, which its work object
+     may hold until ``wait``, and what its worker thread allocates inside the work's range
+     (``gloo:all_reduce``: the averaging's 0-d number and its cast), as
+     ``distributed/collectives.py`` predicts;
    - ``gradients`` / ``optimizer_state`` when it is still alive after the run at the address of a
      ``.grad`` / of a tensor in ``optimizer.state`` (what it becomes: backward writes a
      parameter's gradient before the step ends); ``parameters`` / ``inputs`` likewise;
@@ -66,6 +69,9 @@ PHASE = "modelsize.phase:"     # profiler range names the Annotator opens
 MODULE = "modelsize.module:"
 T = TypeVar("T")
 _OPERATOR = torch._C._profiler.RecordScope.FUNCTION   # operators (and autograd's, and fast ranges)
+COLLECTIVE = "c10d::"                   # a process group's collectives
+COMMUNICATION_OPS = ("fsdp::chunk_cat",)   # operators whose own buffers are for a collective
+BACKEND_WORK = ("gloo:", "nccl:")       # the range a backend's worker runs a collective's work in
 
 
 class Annotator:
@@ -163,6 +169,7 @@ class _Event:
     nbytes: int          # > 0 allocation, < 0 free
     thread: int
     ended: int | None = None        # allocations: time of the matching free (None: alive at the end)
+    collective: bool = False        # made inside a backend's work (its worker thread's range)
 
 
 @dataclass(frozen=True)
@@ -245,11 +252,13 @@ def analyse(tree: list[Any], *, device: torch.device, known: Known, baseline_byt
 
 def _category(event: _Event, ops: _Spans[_Op], phases: _Spans[str], modules: _Spans[str],
               known: Known) -> tuple[str, str | None]:
+    if event.collective:
+        return "communication", None   # the backend's worker, inside the collective's work
     op = ops.at(event.time)
     if op is not None and event.ended is not None and event.ended <= op.end:
-        return "workspace", None
-    if op is not None and op.name.startswith("c10d::"):
-        return "workspace", None   # a backend's own buffer in a collective, held by its work past the call
+        return ("communication" if _communication(op.name) else "workspace"), None
+    if op is not None and op.name.startswith(COLLECTIVE):
+        return "communication", None   # a backend's own buffer in a collective, held by its work past the call
     if event.ended is None and event.ptr in known.after:
         return known.after[event.ptr][0], None
     if op is not None and op.copies is not None and op.copies in known.weights:
@@ -260,6 +269,10 @@ def _category(event: _Event, ops: _Spans[_Op], phases: _Spans[str], modules: _Sp
     return "temporaries", None
 
 
+def _communication(name: str) -> bool:
+    return name.startswith(COLLECTIVE) or name in COMMUNICATION_OPS
+
+
 def _read(tree: list[Any], device: torch.device
           ) -> tuple[list[_Event], _Spans[_Op], _Spans[str], _Spans[str]]:
     """The device's allocation events in time order, and the spans of operators (those a dispatch
@@ -268,16 +281,18 @@ def _read(tree: list[Any], device: torch.device
     ops: list[tuple[int, int, _Op]] = []
     phases: list[tuple[int, int, str]] = []
     modules: dict[int, list[tuple[int, int, str]]] = {}
-    stack = [(node, False) for node in reversed(tree)]   # (node, inside an operator already)
+    # (node, inside an operator already, inside a backend's work)
+    stack = [(node, False, False) for node in reversed(tree)]
     while stack:
-        node, inside = stack.pop()
+        node, inside, work = stack.pop()
         kind, fields = node.typed
         if kind.name == "Allocation":
             if _device(fields.device) == device:
                 events.append(_Event(node.start_time_ns, len(events), fields.ptr, fields.alloc_size,
-                                     node.start_tid))
+                                     node.start_tid, collective=work))
             continue
         name = node.name
+        work = work or name.startswith(BACKEND_WORK)
         if name.startswith(PHASE):
             phases.append((node.start_time_ns, node.end_time_ns, name[len(PHASE):]))
         elif name.startswith(MODULE):
@@ -286,11 +301,37 @@ def _read(tree: list[Any], device: torch.device
         elif not inside and kind.name == "TorchOp" and fields.scope == _OPERATOR and _operator(name) == "operator":
             ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields), name)))
             inside = True
-        stack.extend((child, inside) for child in reversed(node.children))
+        stack.extend((child, inside, work) for child in reversed(node.children))
     events.sort(key=lambda e: (e.time, e.order))
+    events = _unrecorded_frees(events)
     # module calls nest on one thread; other threads (autograd's device threads) have their own
     spans = [span for thread in sorted(modules) for span in modules[thread]]
     return events, _Spans(ops), _Spans(phases), _Spans(spans)
+
+
+def allocations(tree: list[Any], device: torch.device) -> list[_Event]:
+    """The device's allocations and frees in time order, as :func:`analyse` replays them."""
+    return _read(tree, device)[0]
+
+
+def _unrecorded_frees(events: list[_Event]) -> list[_Event]:
+    """``events`` with a free put before each allocation made at an address still allocated: the
+    block there was freed where the profiler did not see it (a collective's buffer dropped by the
+    backend's worker thread after its work ended, outside the profiler's state), at the latest
+    just before its address was handed out again. Measured: 38,400 and 76,800 B left over on the
+    ranks of resnet18 under ZeRO-1 on 2 gloo ranks in one run of the zoo, none in the next."""
+    out: list[_Event] = []
+    open_: dict[int, _Event] = {}
+    for event in events:
+        if event.nbytes > 0:
+            lost = open_.get(event.ptr)
+            if lost is not None:
+                out.append(_Event(event.time, event.order, event.ptr, -lost.nbytes, lost.thread))
+            open_[event.ptr] = event
+        elif event.nbytes < 0:
+            open_.pop(event.ptr, None)
+        out.append(event)
+    return out
 
 
 def _device(value: Any) -> torch.device:

@@ -17,7 +17,7 @@ from profiler.report import units
 #: one colour per memory category (engine/memory_model.CATEGORIES), the same in every chart
 CATEGORY_COLOURS = {"parameters": "#4c72b0", "gradients": "#dd8452", "optimizer_state": "#55a868",
                     "inputs": "#8172b3", "activations": "#c44e52", "weight_casts": "#937860",
-                    "temporaries": "#da8bc3", "workspace": "#8c8c8c"}
+                    "temporaries": "#da8bc3", "communication": "#ccb974", "workspace": "#8c8c8c"}
 SERIES_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 PREDICTED, MEASURED = "#1f77b4", "#d62728"
 _UNITS = ((1024 ** 3, "GiB"), (1024 ** 2, "MiB"), (1024, "KiB"), (1, "B"))

@@ -68,6 +68,8 @@ def render_distributed_fit(result: dict[str, Any], *, markdown: bool = False) ->
              f"limiting rank {result['limiting_rank']}",
              f"Peak per rank at it: {units.nbytes(result['peak']['bytes'])} of {units.nbytes(result['usable_bytes'])} "
              f"usable ({result['peak']['at']}); at the next batch {units.nbytes(result['next']['bytes'])}",
+             f"Binding step: the {result['peak']['step']} step ({units.nbytes(result['peak']['steady_bytes'])} "
+             f"steady, {units.nbytes(result['peak']['first_step_bytes'])} first)",
              f"Method: {result['method']} ({result['replays']} replays)"]
     alive = [[c, units.nbytes(n)] for c, n in result["peak"]["breakdown"].items() if n]
     return "\n".join(lines) + "\n\nAlive at the peak (tensor bytes)\n" + layout(["category", "bytes"], alive,

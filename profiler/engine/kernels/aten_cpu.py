@@ -23,7 +23,7 @@ from torch._prims_common import suggest_memory_format
 from profiler.dtypes import dtype_name
 from profiler.engine.kernels import cpu_isa
 from profiler.engine.kernels.conv_call import ConvCall
-from profiler.engine.kernels.cpu_conv import conv_workspace, kernel_name
+from profiler.engine.kernels.cpu_conv import conv_workspace, kernel_name, results_absent
 from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_norm_backward_workspace,
                                               batch_norm_statistics)
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
@@ -67,6 +67,20 @@ def kernel_workspace(func: Any, args: tuple, out: Any, run: Context, backward: b
     return [n for n in booked(args, out, run, backward, kwargs or {}) if n] if booked is not None else []
 
 
+def results_made_last(func: Any, args: tuple, out: Any, run: Context, backward: bool,
+                      kwargs: dict | None = None) -> tuple[int, ...]:
+    """Positions of the call's results that do not exist yet when its workspace is at its worst:
+    the kernel's buffers stand where they will be (a convolution made blocked, copied out at the
+    end). The workspace :func:`kernel_workspace` books is counted beyond them, as it is beyond
+    the others."""
+    if func not in _RESULTS_MADE_LAST:
+        return ()
+    return tuple(_WORKSPACE[func](args, out, run, backward, kwargs or {}, absent=True))
+
+
+_RESULTS_MADE_LAST = frozenset({aten.convolution.default, aten.convolution_backward.default})
+
+
 #: calls whose kernel allocates inside what no function here models: op -> (call -> (what, bytes
 #: uncertain per call) or None). The prediction says so instead of silently counting nothing.
 _UNMODELLED: dict[Any, Callable[[tuple, Context], tuple[str, int] | None]] = {}
@@ -106,9 +120,11 @@ def _channels_last(*tensors: torch.Tensor) -> bool:
 def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, stride: Sequence[int],
           padding: Sequence[int], dilation: Sequence[int], transposed: bool, groups: int,
           out_shape: Sequence[int], input_grad: bool = True,
-          grad_out: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
+          grad_out: torch.Tensor | None = None, absent: bool = False) -> tuple[Sequence[int], Sequence[int]]:
     """(forward, backward) workspace bytes of one convolution, from ``conv_workspace``; an input
-    or output gradient (4-D and 5-D) not laid out in the kernel's memory format is copied to it."""
+    or output gradient (4-D and 5-D) not laid out in the kernel's memory format is copied to it.
+    ``absent``: instead, the results not made yet at the workspace's worst moment
+    (``cpu_conv.results_absent``)."""
     batch = x.shape[0]
     channels_last = _channels_last(x, weight)
     fmt = _CHANNELS_LAST.get(x.dim()) if channels_last else torch.contiguous_format
@@ -117,11 +133,13 @@ def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, strid
         return t is not None and t.dim() in (4, 5) and not t.is_contiguous(memory_format=fmt)
 
     ctx = _op_context(run, x.dtype, batch=batch, data_format="channels_last" if channels_last else "channels_first")
-    forward, backward = conv_workspace(
-        ctx, channels=x.shape[1], out_channels=out_shape[1], kernel=tuple(weight.shape[2:]),
-        strides=tuple(stride), groups=groups, bias=bias, out_spatial=tuple(out_shape[2:]),
-        transposed=transposed, in_spatial=tuple(x.shape[2:]), padding=tuple(padding),
-        dilation=tuple(dilation), input_grad=input_grad, input_copied=copied(x), grad_copied=copied(grad_out))
+    terms = dict(channels=x.shape[1], out_channels=out_shape[1], kernel=tuple(weight.shape[2:]),
+                 strides=tuple(stride), groups=groups, bias=bias, out_spatial=tuple(out_shape[2:]),
+                 transposed=transposed, in_spatial=tuple(x.shape[2:]), padding=tuple(padding),
+                 dilation=tuple(dilation), input_grad=input_grad)
+    if absent:
+        return results_absent(ctx, **terms)
+    forward, backward = conv_workspace(ctx, **terms, input_copied=copied(x), grad_copied=copied(grad_out))
     return _saved_bytes(forward, batch, x.dtype), _saved_bytes(backward, batch, x.dtype)
 
 
@@ -144,22 +162,24 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
 
 
 @_workspace(aten.convolution.default)
-def _convolution(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+def _convolution(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict,
+                 absent: bool = False) -> Sequence[int]:
     """convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
     groups)"""
     x, weight, bias, stride, padding, dilation, transposed, _, groups = args[:9]
     return _conv(run, x, weight, bias is not None, stride, padding, dilation, transposed, groups,
-                 out.shape)[0]
+                 out.shape, absent=absent)[0]
 
 
 @_workspace(aten.convolution_backward.default)
-def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict,
+                          absent: bool = False) -> Sequence[int]:
     """convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation,
     transposed, output_padding, groups, output_mask): ``bias_sizes`` is [0] without a bias, the
     mask says which gradients are made (input, weight, bias)."""
     grad_out, x, weight, _, stride, padding, dilation, transposed, _, groups, mask = args[:11]
     return _conv(run, x, weight, bool(mask[2]), stride, padding, dilation, transposed, groups,
-                 grad_out.shape, input_grad=bool(mask[0]), grad_out=grad_out)[1]
+                 grad_out.shape, input_grad=bool(mask[0]), grad_out=grad_out, absent=absent)[1]
 
 
 def _uncovered_grouped_conv(args: tuple, run: Context) -> tuple[str, int] | None:

@@ -6,7 +6,8 @@ from math import prod
 
 from profiler.engine.kernels.conv_call import ConvCall, kept
 from profiler.engine.kernels.im2col import im2col_workspace
-from profiler.engine.kernels.onednn_conv import channels_first_workspace, onednn_workspace
+from profiler.engine.kernels.onednn_conv import (channels_first_phases, channels_first_workspace, onednn_workspace,
+                                                worst)
 from profiler.rules.registry import Saved
 
 # torch picks the kernel (``ConvParams::use_mkldnn``, aten/src/ATen/native/Convolution.cpp,
@@ -38,19 +39,47 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
     """
     if ctx.device_kind != "cpu":
         return (), ()
-    dilation = dilation or (1,) * len(kernel)
-    if padding is None:
-        padding = _inferred_padding(in_spatial, out_spatial, kernel, strides, dilation, transposed)
-    call = ConvCall(channels, out_channels, tuple(in_spatial), tuple(out_spatial), tuple(kernel), tuple(strides),
-                    tuple(padding), tuple(dilation), groups, bias, transposed)
+    call = _call(channels, out_channels, kernel, strides, groups, bias, out_spatial, transposed, in_spatial,
+                 padding, dilation)
     copy_in, copy_grad = operand_copies(call, input_copied, grad_copied)
     if not runs_onednn(ctx, call):
         forward, backward = im2col_workspace(ctx, call)
-    elif ctx.data_format == "channels_first" and groups == 1 and ctx.compute_dtype(True) in ("float32", "bfloat16"):
+    elif _channels_first(ctx, call):
         forward, backward = channels_first_workspace(ctx, call, input_grad)
     else:
         forward, backward = onednn_workspace(ctx, call, input_grad)
     return copy_in + forward, copy_in + copy_grad + backward
+
+
+def results_absent(ctx, *, channels: int, out_channels: int, kernel: tuple[int, ...], strides: tuple[int, ...],
+                   groups: int, bias: bool, out_spatial: tuple[int, ...], transposed: bool = False,
+                   in_spatial: tuple[int, ...] = (), padding: tuple[int, ...] | None = None,
+                   dilation: tuple[int, ...] | None = None,
+                   input_grad: bool = True) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(forward, backward): the results (by position) that do not exist yet at the worst moment
+    of the workspace :func:`conv_workspace` books, its bytes standing where they will be: oneDNN's
+    one-group NCHW kernels make them blocked and copy them out at the end
+    (``onednn_conv.channels_first_phases``); the other kernels' are counted as made first."""
+    call = _call(channels, out_channels, kernel, strides, groups, bias, out_spatial, transposed, in_spatial,
+                 padding, dilation)
+    if ctx.device_kind != "cpu" or not runs_onednn(ctx, call) or not _channels_first(ctx, call):
+        return (), ()
+    forward, backward = channels_first_phases(ctx, call, input_grad)
+    return worst(forward)[1], worst(backward)[1]
+
+
+def _call(channels, out_channels, kernel, strides, groups, bias, out_spatial, transposed, in_spatial, padding,
+          dilation) -> ConvCall:
+    dilation = dilation or (1,) * len(kernel)
+    if padding is None:
+        padding = _inferred_padding(in_spatial, out_spatial, kernel, strides, dilation, transposed)
+    return ConvCall(channels, out_channels, tuple(in_spatial), tuple(out_spatial), tuple(kernel), tuple(strides),
+                    tuple(padding), tuple(dilation), groups, bias, transposed)
+
+
+def _channels_first(ctx, call: ConvCall) -> bool:
+    return (ctx.data_format == "channels_first" and call.groups == 1
+            and ctx.compute_dtype(True) in ("float32", "bfloat16"))
 
 
 def operand_copies(call: ConvCall, input_copied: bool, grad_copied: bool) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:

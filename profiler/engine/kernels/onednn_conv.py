@@ -198,9 +198,32 @@ FIRST_CONV_WEIGHTS_MAX_CHANNELS = 3
 AVX2_BLOCK = 8
 
 
+#: a phase of a kernel call: bytes alive beyond all the call's results, and which results (by
+#: position: ``convolution`` (output,), ``convolution_backward`` (input, weight, bias)) do not
+#: exist yet then; the blocked buffers stand where they will be (``bytes`` can be negative)
+Phase = tuple[int, tuple[int, ...]]
+
+
+def worst(phases: list[Phase]) -> Phase:
+    """The highest phase, the first of equals (the allocator's peak is the first moment that
+    reaches it); none absent when no phase exceeds the results alone."""
+    nbytes, absent = max(phases, key=lambda p: p[0]) if phases else (0, ())
+    return (nbytes, absent) if nbytes > 0 else (max(nbytes, 0), ())
+
+
 def channels_first_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a one-group oneDNN convolution on NCHW tensors (see above);
     without ``input_grad`` the data phase does not run and no input gradient is alive."""
+    forward, backward = (worst(p)[0] for p in channels_first_phases(ctx, call, input_grad))
+    return (_bytes(forward, "oneDNN blocked copies, weight reorder, scratchpad"),
+            _bytes(backward, "oneDNN blocked copies, weight reorders, gradients and scratchpads"))
+
+
+def channels_first_phases(ctx, call: ConvCall, input_grad: bool = True) -> tuple[list[Phase], list[Phase]]:
+    """(forward, backward) phases of a one-group oneDNN convolution on NCHW tensors: the
+    results are made blocked and copied out at the end, so at the worst moment the result
+    (forward), or the weight and bias gradients (backward's data and weights phases), do not
+    exist yet and their bytes are the kernel's buffers."""
     dtype = ctx.compute_dtype(True)
     threads, act, n = max(ctx.threads, 1), itemsize(dtype), ctx.batch
     conv = _inverted(call) if call.transposed else call
@@ -212,7 +235,7 @@ def channels_first_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tu
     first = ic < 16 and not one_by_one
     pairs = 2 if dtype == "bfloat16" else 1
     blocked = lambda channels, positions: n * up16(channels) * positions * act   # noqa: E731
-    # forward: input and output blocked, the weight reordered
+    # forward: input and output blocked, the weight reordered; then the result copied out
     scratch = _padded_bias(call.out_channels, call.bias, act)
     if one_by_one and conv.strided:
         scratch += booked(threads * up16(ic) * result * act)
@@ -220,26 +243,27 @@ def channels_first_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tu
         scratch += booked(min(threads, n) * up16(oc) * result * 4)
     src = 0 if first else blocked(ic, image)
     wei = act * up16(oc) * (up(ic, pairs) if first else up16(ic)) * taps
-    convolve = max(scratch + src + wei + blocked(oc, result) - y, blocked(oc, result))
+    convolve = [(scratch + src + wei + blocked(oc, result) - y, (0,)), (blocked(oc, result), ())]
     # data phase: the input's gradient from the output's
     if conv.strided:
         data_wei = act * up(ic, _data_block(conv)) * up(oc, pairs) * taps
         # the output's gradient copied to channels-last: nothing to copy when it is 1×1
         gy = y if result > 1 else 0
-        data = max(gy + data_wei + x + data_scratchpad(conv, dtype, threads), 3 * x) - x
+        data = [(gy + data_wei + data_scratchpad(conv, dtype, threads), ()), (2 * x, ())]
     else:
         store = booked(min(threads, n) * up16(ic) * image * 4) if one_by_one and dtype == "bfloat16" else 0
-        data = max(blocked(oc, result) + act * up16(oc) * up16(ic) * taps + blocked(ic, image) + store,
-                   blocked(ic, image) + x) - x
-    # weights phase, beside the input's gradient
+        data = [(blocked(oc, result) + act * up16(oc) * up16(ic) * taps + blocked(ic, image) + store - x, (0,)),
+                (blocked(ic, image), ())]
+    # weights phase, beside the input's gradient; then the gradients copied out
     gy, src, grad, scratch = _blocked_weights(conv, dtype, n, threads)
     weights = gy + src + grad + bias + scratch
     done = grad + 2 * bias + weight
-    # (every phase counted beyond the input's gradient, which the memory model counts itself)
+    # (every phase counted beyond the results, which the memory model counts itself)
     forward, data_in = (data, convolve) if call.transposed else (convolve, data)
-    backward = max(data_in if input_grad else 0, weights, done) - weight - bias
-    return (_bytes(forward, "oneDNN blocked copies, weight reorder, scratchpad"),
-            _bytes(max(backward, 0), "oneDNN blocked copies, weight reorders, gradients and scratchpads"))
+    made = weight + bias
+    backward = [(b - made, (*absent, 1, 2)) for b, absent in data_in] if input_grad else []
+    backward += [(weights - made, (1, 2)), (done - made, ())]
+    return forward, backward
 
 
 def _padded_bias(channels: int, bias: bool, act: int) -> int:
