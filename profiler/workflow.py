@@ -103,7 +103,7 @@ def spec_time(spec: ModelSpec, model: DeviceModel, *, batch: int, dtype: str, lo
               threads: int | None, input_grad: bool) -> dict[str, Any]:
     """A spec's predicted time: its torch module replayed by the engine (the spec path's fast
     replay counts bytes, not operator calls), per spec layer. The replay runs in a forked child
-    (:mod:`profiler.forked`): what it holds, ~190 KiB per layer, never lands in this process."""
+    (:mod:`profiler.forked`), which ends without freeing its ~190 KiB of objects per layer."""
     from profiler import forked
     from profiler.engine import spec_memory
     from profiler.engine.predict import checkpoint_layers

@@ -99,9 +99,9 @@ def test_a_deep_spec_is_fitted_with_the_same_predictions_at_any_depth():
 
 
 def test_a_specs_time_is_replayed_in_a_child_with_the_in_process_figures(monkeypatch):
-    """The engine's replay behind a spec's predicted time runs in a forked child (its ~190 KiB
-    per layer never lands in the caller, see profiler/forked.py): the same dict, to the bit, as
-    the replay run in this process."""
+    """The engine's replay behind a spec's predicted time runs in a forked child (which ends
+    without freeing its objects, see profiler/forked.py): the same dict, to the bit, as the
+    replay run in this process."""
     from profiler import forked, workflow
     spec = _dense(6)
     options = dict(batch=3, dtype="float32", loss="cross_entropy", optimizers=("sgd", "adam"), amp=None,
