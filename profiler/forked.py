@@ -23,8 +23,9 @@ def call(compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``compute()``, computed in a forked child where possible."""
     if not hasattr(os, "fork"):
         return compute()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):   # what is buffered is written once, not once per process
+        if stream is not None:
+            stream.flush()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
