@@ -7,7 +7,9 @@ the CLI in a child process: ``summary``; ``fit --device h100-80gb --train adam``
 then its time on the card); ``fit --memory 8GiB --train adam``; ``profile --in-process`` (the
 measuring child of a default run does the same work, and its peak RSS would not be seen by
 ``os.wait4``) with the default batch, optimizers and repeats. The child's wall time, CPU time (user
-+ system: less sensitive than wall time to a shared machine) and peak RSS go to
++ system: less sensitive than wall time to a shared machine) and peak RSS (``os.wait4`` counts the
+child's own reaped children too: the forked replay behind a spec's predicted time, see
+``profiler/forked.py``, is in both figures, CPU time summed, RSS the largest) go to
 ``benchmark.extra_info`` and ``results/profile_scaling.md``, with the load average at the end.
 Depths: ``MODELSIZE_SCALING_DEPTHS`` (comma-separated; default 500,1000,2000); commands:
 ``MODELSIZE_SCALING_COMMANDS`` (comma-separated names of :data:`COMMANDS`; default all). Nothing

@@ -96,3 +96,56 @@ def test_a_deep_spec_is_fitted_with_the_same_predictions_at_any_depth():
                                             3, [e[:2] for e in steady3.events]).sizes))
     assert events[2] - events[1] == 2 * (events[1] - events[0]) > 0   # a + b × layers
     assert lines[0] == lines[1] == lines[2]
+
+
+def test_a_specs_time_is_replayed_in_a_child_with_the_in_process_figures(monkeypatch):
+    """The engine's replay behind a spec's predicted time runs in a forked child (which ends
+    without freeing its objects, see profiler/forked.py): the same dict, to the bit, as the
+    replay run in this process."""
+    from profiler import forked, workflow
+    spec = _dense(6)
+    options = dict(batch=3, dtype="float32", loss="cross_entropy", optimizers=("sgd", "adam"), amp=None,
+                   checkpoint=(), threads=None, input_grad=False)
+    model = workflow.time_model("h100-80gb")
+    child = workflow.spec_time(spec, model, device_kind="cuda", **options)
+    monkeypatch.setattr(forked, "call", lambda compute: compute())
+    assert child == workflow.spec_time(spec, model, device_kind="cuda", **options)
+    assert child["train_adam_ms"] > child["train_sgd_ms"] > child["forward_ms"] > 0
+
+
+def test_forked_call_runs_in_a_child_and_fails_as_in_process():
+    import os
+    from profiler import forked
+    from profiler.errors import SpecError
+    assert forked.call(lambda: {"pid": os.getpid()})["pid"] != os.getpid()
+    calls = []
+
+    def failing():
+        calls.append(os.getpid())
+        raise SpecError("bad layer", field="units")
+    with pytest.raises(SpecError, match="bad layer"):
+        forked.call(failing)
+    assert calls == [os.getpid()]   # the child's attempt is not in this process's list
+
+
+def test_foreach_updates_of_meta_twins_are_booked_without_running(monkeypatch):
+    """The CUDA path's foreach optimizer steps over meta twins are not run (nothing to compute on
+    meta tensors), and the prediction is the same: peaks, timelines and every priced call."""
+    from profiler.engine import module_memory
+    from profiler.engine.optimizers import CATALOG
+    from profiler.engine.torch_module import _fake_run
+
+    def predicted():
+        torch.manual_seed(0)
+        meta = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to("meta")
+        mode, fake, inputs, names = _fake_run(meta, [(8,)], [torch.float32], 2)
+        return module_memory.predict_memory(fake, inputs, None, loss="cross_entropy", fake_mode=mode, names=names,
+                                            optimizers=tuple(CATALOG), device_kind="cuda", record_costs=True)
+
+    skipped = []
+    void = module_memory._void_on_meta
+    monkeypatch.setattr(module_memory, "_void_on_meta", lambda f, a: void(f, a) and not skipped.append(f))
+    fast = predicted()
+    assert any("_foreach_" in f.__name__ for f in skipped)
+    monkeypatch.setattr(module_memory, "_void_on_meta", lambda f, a: False)
+    assert predicted() == fast
