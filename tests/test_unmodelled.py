@@ -98,6 +98,25 @@ def test_the_fused_encoder_layer_in_low_precision_is_flagged_and_the_gap_is_with
     assert 0 < _missing(result)["inference_peak_bytes"] <= flagged[0]
 
 
+class _SelfAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+@modelled_isa
+@pytest.mark.parametrize("dtype, amp", [("bfloat16", None), ("float32", "bfloat16")])
+def test_fused_self_attention_in_low_precision_is_flagged_and_the_gap_is_within_what_it_says(dtype, amp):
+    result = profiler.profile(_SelfAttention, (32, 64), batch=4, dtype=dtype, amp=amp, warmup=0, repeats=1,
+                              optimizers=("sgd",))
+    flagged = _at_stake(result["warnings"], "MultiheadAttention")
+    assert len(flagged) == 1
+    assert 0 < _missing(result)["inference_peak_bytes"] <= flagged[0]
+
+
 def test_the_fused_encoder_layer_in_float32_is_not_flagged():
     result = profiler.summary(_encoder_layer, (32, 64), batch=1)
     assert not [w for w in result["warnings"] if w.startswith("NOT MODELLED")]

@@ -472,16 +472,18 @@ def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: 
 
 
 def _low_precision_fused_attention(args: tuple, run: Context) -> tuple[str, int] | None:
-    """The fused inference paths (``_transformer_encoder_layer_fwd`` in bfloat16/float16 or under
-    autocast; ``_native_multi_head_attention`` under autocast) run their inner projections in the
-    low dtype, with casts of the weights, in an order not followed here (measured: a 64-wide
-    encoder layer under bfloat16 autocast, 47,232 B over the float32 law at batch 1; in bfloat16
-    55 to 116 KB over nothing booked). At stake: the float32 law's peak in 4-byte elements plus
+    """The fused inference paths (``_transformer_encoder_layer_fwd``, ``_native_multi_head_attention``)
+    in bfloat16/float16 or under autocast (which leaves the CPU fast path on) run their inner
+    projections in the low dtype, with casts of the weights, in an order not followed here
+    (measured, 64 wide, 32 tokens: the encoder layer under bfloat16 autocast 47,232 B over the
+    float32 law at batch 1, in bfloat16 55 to 116 KB over nothing booked; self-attention in
+    bfloat16 22 to 34 KB over ``mha_peak``, under autocast 43 to 116 KB). At stake: the float32
+    law's peak in 4-byte elements plus
     its other tensor arguments (weights) in 4 bytes (a bound that held on the zoo's encoder layer,
     batch 1 and 4)."""
     encoder = len(args) > 13   # _native_multi_head_attention has 13 arguments at most
     x = args[0]
-    if x.dim() != 3 or (x.dtype == torch.float32 and run.amp is None) or (not encoder and run.amp is None):
+    if x.dim() != 3 or (x.dtype == torch.float32 and run.amp is None):
         return None
     b, t, d = x.shape
     heads = args[2] if encoder else args[4]
