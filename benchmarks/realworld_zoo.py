@@ -250,17 +250,31 @@ def verdict(row: dict, key: str) -> str:
     return "flagged" if row["isa_flagged"] or row["at_stake"] >= measured - predicted else "under"
 
 
+def does_not_run(entry: Entry, batch: int, precision: str, error: Exception) -> dict:
+    """The row of a case PyTorch itself cannot run here (oneDNN has no bfloat16 LSTM under
+    ``ONEDNN_MAX_CPU_ISA=AVX2``): nothing to compare, said in the table."""
+    return {"model": entry.name, "family": entry.family, "batch": batch, "precision": precision,
+            "does_not_run": str(error).splitlines()[0]}
+
+
 def summarize_low_precision(rows: list[dict]) -> dict:
     """Per precision and overall: :func:`summarize`'s error statistics plus how many peaks are
-    exact, over, flagged and silently under, and the worst silent under-prediction."""
+    exact, over, flagged and silently under, and the worst silent under-prediction (cases that
+    do not run are counted apart)."""
+    failed = [r for r in rows if "does_not_run" in r]
+    rows = [r for r in rows if "does_not_run" not in r]
     def counts(members: list[dict]) -> dict:
         verdicts = [(verdict(r, k), r[k]["error"]) for r in members for k in PEAKS]
         silent = [-e for v, e in verdicts if v == "under"]
+        # under, and covered only by the flag on the whole ISA (no kernel flag covering the gap)
+        isa_only = [-r[k]["error"] for r in members for k in PEAKS
+                    if r["isa_flagged"] and verdict({**r, "isa_flagged": False}, k) == "under"]
         return {**{v: sum(x == v for x, _ in verdicts) for v in ("exact", "over", "flagged", "under")},
-                "max_silent_under": max(silent, default=0.0)}
+                "max_silent_under": max(silent, default=0.0), "under_flagged_by_isa_only": len(isa_only),
+                "max_under_flagged_by_isa_only": max(isa_only, default=0.0)}
     out = {"verdicts": counts(rows), **{p: counts([r for r in rows if r["precision"] == p])
                                         for p in dict.fromkeys(r["precision"] for r in rows)}}
-    return {**summarize(rows), **out}
+    return {**summarize(rows), **out, "does_not_run": len(failed)}
 
 
 def markdown_low_precision(runs: dict[str, dict]) -> str:
@@ -273,6 +287,8 @@ def markdown_low_precision(runs: dict[str, dict]) -> str:
     sections = []
     for isa, run_ in runs.items():
         rows, summary, machine = run_["rows"], run_["summary"], run_["machine"]
+        failed = [r for r in rows if "does_not_run" in r]
+        rows = [r for r in rows if "does_not_run" not in r]
         headers = ["Model", "precision", "batch"] + [h for key in PEAKS for h in (f"{labels[key]} measured",
                                                                                    "error")] + [
             "NOT MODELLED flag", "at stake"]
@@ -287,13 +303,18 @@ def markdown_low_precision(runs: dict[str, dict]) -> str:
             v = summary[group]
             lines.append(f"- {'all' if group == 'verdicts' else group}: {sum(v[k] for k in _MARK)} peaks: "
                          f"{v['exact']} exact, {v['over']} over, {v['flagged']} under but flagged, "
-                         f"{v['under']} silently under (worst {v['max_silent_under'] * 100:.3f}%).")
+                         f"{v['under']} silently under (worst {v['max_silent_under'] * 100:.3f}%)"
+                         + (f"; {v['under_flagged_by_isa_only']} of the flagged covered by the ISA flag alone "
+                            f"(worst {v['max_under_flagged_by_isa_only'] * 100:.3f}% under)"
+                            if v["under_flagged_by_isa_only"] else "") + ".")
         s = summary["all"]
         lines.append(f"- error: median |error| {s['median_abs_error'] * 100:.3f}%, maximum |error| "
                      f"{s['max_abs_error'] * 100:.3f}%, {s['under_predictions']} under-predictions "
                      f"({s['under_predictions_over_half_pct']} by more than 0.5%).")
         lines.append(f"- Parameter totals equal to `sum(p.numel())`: {summary['params_equal_numel']} of "
                      f"{summary['rows']}.")
+        lines += [f"- Does not run in PyTorch here: {r['model']} ({r['precision']}, batch {r['batch']}): "
+                  f"{r['does_not_run']}" for r in failed]
         sections.append(
             f"## oneDNN ISA {isa}\n\n" + grid.markdown(headers, cells, right=[False, False] + [True] * (len(headers) - 2))
             + "\n\n" + "\n".join(lines) + "\n\n"
