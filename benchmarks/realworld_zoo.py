@@ -4,12 +4,15 @@ transformers (tiny configs, random weights) and PyTorch's own modules.
 Each entry is a factory of no arguments and the inputs of one sample, small enough for a 2-core
 machine; ``benchmarks/test_accuracy_realworld.py`` predicts and measures each at two batch sizes
 (inference, SGD and Adam steps) and writes ``results/accuracy_realworld.md``;
+``benchmarks/test_accuracy_realworld_bf16.py`` does the same for ``LOW_PRECISION`` under each
+oneDNN ISA (``results/accuracy_realworld_bf16.md``);
 ``tests/test_realworld.py`` runs a fast subset. Sizes are chosen for speed, not fidelity: a
 kernel's choices depend on shapes, so the zoo keeps each architecture's own layer kinds
 (depthwise 7×7 convolutions, patch embeddings, windowed attention, fused attention paths).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -138,19 +141,45 @@ PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam"
          "train_first_step_peak_bytes_sgd", "train_first_step_peak_bytes_adam")
 
 
-def run(entry: Entry, batch: int, *, repeats: int = 1) -> dict:
+#: the low-precision subset (``test_accuracy_realworld_bf16.py``): (entry name, precision), where
+#: precision is "autocast" (float32 weights, ``amp="bfloat16"``) or "bfloat16" (the model's dtype)
+LOW_PRECISION: tuple[tuple[str, str], ...] = tuple(
+    [(name, "autocast") for name in (
+        "timm resnet (test_resnet)", "timm efficientnet (test_efficientnet)", "timm convnext (test_convnext)",
+        "timm vit (test_vit)", "timm mixer_s16", "torchvision resnet18", "transformers gpt2 (sdpa)",
+        "transformers llama (sdpa)", "transformers bert (eager)", "torch nn.LSTM (2 layers)",
+        "torch nn.TransformerEncoderLayer", "torch nn.MultiheadAttention")]
+    + [(name, "bfloat16") for name in (
+        "timm resnet (test_resnet)", "timm efficientnet (test_efficientnet)", "timm convnext (test_convnext)",
+        "timm vit (test_vit)", "transformers gpt2 (sdpa)", "torch nn.LSTM (2 layers)")])
+
+#: the flag line a prediction carries for a kernel it cannot book (``MemoryPrediction.warnings``)
+_AT_STAKE = re.compile(r"^NOT MODELLED: .*; up to about ([\d,]+) B per call")
+
+
+def run(entry: Entry, batch: int, *, repeats: int = 1, precision: str = "float32") -> dict:
     """Predict and measure one entry at one batch size: each peak's predicted and measured bytes,
-    and the parameter count beside ``sum(p.numel())`` of the real module."""
+    and the parameter count beside ``sum(p.numel())`` of the real module. ``precision``:
+    "float32", "autocast" (bfloat16) or "bfloat16". The row keeps the prediction's flags: the
+    bytes at stake of each kernel it could not book (one call of each), and whether the whole
+    low-precision prediction is flagged for the CPU's instruction set."""
     import profiler
 
+    amp, dtype = ("bfloat16", "float32") if precision == "autocast" else (None, precision)
     result = profiler.profile(entry.factory, entry.input_shape, batch=batch, input_dtype=entry.input_dtype,
-                              int_high=entry.int_high, warmup=1, repeats=repeats, name=entry.name)
+                              int_high=entry.int_high, warmup=1, repeats=repeats, name=entry.name,
+                              amp=amp, dtype=dtype)
     module = entry.factory()
     counted = {id(p): p.numel() for p in module.parameters()}
     row = {"model": entry.name, "family": entry.family, "batch": batch,
            "params": result["totals"]["params"], "params_numel": sum(counted.values()),
            "forward_ms": result["measured"].get("forward_ms"),
            "predicted_time": result.get("predicted_time"), "time_error": result.get("time_error")}
+    if precision != "float32":
+        stakes = [_AT_STAKE.match(w) for w in result.get("warnings", [])]
+        row.update(precision=precision, at_stake=sum(int(m[1].replace(",", "")) for m in stakes if m),
+                   not_modelled=[w for w in result.get("warnings", []) if w.startswith("NOT MODELLED")],
+                   isa_flagged=any("prediction is NOT MODELLED" in w for w in result.get("warnings", [])))
     for key in PEAKS:
         predicted, measured = result["predicted"][key], result["measured"][key]
         row[key] = {"predicted": predicted, "measured": measured, "error": (predicted - measured) / measured}
@@ -207,3 +236,99 @@ def markdown(rows: list[dict], summary: dict, machine: dict) -> str:
             f"Machine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} logical cores, "
             f"{machine.get('torch_threads')} torch threads, torch {machine.get('torch_version')}, modelsize "
             f"commit {machine.get('git_commit')}.\n")
+
+
+def verdict(row: dict, key: str) -> str:
+    """One low-precision peak: "exact", "over" (predicted above measured), "flagged" (under, but
+    the prediction says NOT MODELLED: for the whole ISA, or with bytes at stake covering the gap)
+    or "under" (silently under-predicted)."""
+    predicted, measured = row[key]["predicted"], row[key]["measured"]
+    if predicted == measured:
+        return "exact"
+    if predicted > measured:
+        return "over"
+    return "flagged" if row["isa_flagged"] or row["at_stake"] >= measured - predicted else "under"
+
+
+def does_not_run(entry: Entry, batch: int, precision: str, error: Exception) -> dict:
+    """The row of a case PyTorch itself cannot run here (oneDNN has no bfloat16 LSTM under
+    ``ONEDNN_MAX_CPU_ISA=AVX2``): nothing to compare, said in the table."""
+    return {"model": entry.name, "family": entry.family, "batch": batch, "precision": precision,
+            "does_not_run": str(error).splitlines()[0]}
+
+
+def summarize_low_precision(rows: list[dict]) -> dict:
+    """Per precision and overall: :func:`summarize`'s error statistics plus how many peaks are
+    exact, over, flagged and silently under, and the worst silent under-prediction (cases that
+    do not run are counted apart)."""
+    failed = [r for r in rows if "does_not_run" in r]
+    rows = [r for r in rows if "does_not_run" not in r]
+    def counts(members: list[dict]) -> dict:
+        verdicts = [(verdict(r, k), r[k]["error"]) for r in members for k in PEAKS]
+        silent = [-e for v, e in verdicts if v == "under"]
+        # under, and covered only by the flag on the whole ISA (no kernel flag covering the gap)
+        isa_only = [-r[k]["error"] for r in members for k in PEAKS
+                    if r["isa_flagged"] and verdict({**r, "isa_flagged": False}, k) == "under"]
+        return {**{v: sum(x == v for x, _ in verdicts) for v in ("exact", "over", "flagged", "under")},
+                "max_silent_under": max(silent, default=0.0), "under_flagged_by_isa_only": len(isa_only),
+                "max_under_flagged_by_isa_only": max(isa_only, default=0.0)}
+    out = {"verdicts": counts(rows), **{p: counts([r for r in rows if r["precision"] == p])
+                                        for p in dict.fromkeys(r["precision"] for r in rows)}}
+    return {**summarize(rows), **out, "does_not_run": len(failed)}
+
+
+def markdown_low_precision(runs: dict[str, dict]) -> str:
+    """``results/accuracy_realworld_bf16.md``: one section per oneDNN ISA the subset ran under."""
+    from profiler.report import grid, units
+
+    labels = {"inference_peak_bytes": "inference", "train_peak_bytes_sgd": "SGD",
+              "train_peak_bytes_adam": "Adam", "train_first_step_peak_bytes_sgd": "first SGD",
+              "train_first_step_peak_bytes_adam": "first Adam"}
+    sections = []
+    for isa, run_ in runs.items():
+        rows, summary, machine = run_["rows"], run_["summary"], run_["machine"]
+        failed = [r for r in rows if "does_not_run" in r]
+        rows = [r for r in rows if "does_not_run" not in r]
+        headers = ["Model", "precision", "batch"] + [h for key in PEAKS for h in (f"{labels[key]} measured",
+                                                                                   "error")] + [
+            "NOT MODELLED flag", "at stake"]
+        cells = [[r["model"], r["precision"], str(r["batch"])]
+                 + [c for key in PEAKS for c in (units.nbytes(r[key]["measured"]),
+                                                 units.percent(r[key]["error"]) + _MARK[verdict(r, key)])]
+                 + ["ISA" if r["isa_flagged"] else ("kernel" if r["not_modelled"] else "no"),
+                    units.nbytes(r["at_stake"]) if r["at_stake"] else "—"]
+                 for r in rows]
+        lines = []
+        for group in ("verdicts", *(p for p in ("autocast", "bfloat16") if p in summary)):
+            v = summary[group]
+            lines.append(f"- {'all' if group == 'verdicts' else group}: {sum(v[k] for k in _MARK)} peaks: "
+                         f"{v['exact']} exact, {v['over']} over, {v['flagged']} under but flagged, "
+                         f"{v['under']} silently under (worst {v['max_silent_under'] * 100:.3f}%)"
+                         + (f"; {v['under_flagged_by_isa_only']} of the flagged covered by the ISA flag alone "
+                            f"(worst {v['max_under_flagged_by_isa_only'] * 100:.3f}% under)"
+                            if v["under_flagged_by_isa_only"] else "") + ".")
+        s = summary["all"]
+        lines.append(f"- error: median |error| {s['median_abs_error'] * 100:.3f}%, maximum |error| "
+                     f"{s['max_abs_error'] * 100:.3f}%, {s['under_predictions']} under-predictions "
+                     f"({s['under_predictions_over_half_pct']} by more than 0.5%).")
+        lines.append(f"- Parameter totals equal to `sum(p.numel())`: {summary['params_equal_numel']} of "
+                     f"{summary['rows']}.")
+        lines += [f"- Does not run in PyTorch here: {r['model']} ({r['precision']}, batch {r['batch']}): "
+                  f"{r['does_not_run']}" for r in failed]
+        sections.append(
+            f"## oneDNN ISA {isa}\n\n" + grid.markdown(headers, cells, right=[False, False] + [True] * (len(headers) - 2))
+            + "\n\n" + "\n".join(lines) + "\n\n"
+            f"Machine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} logical cores, "
+            f"{machine.get('torch_threads')} torch threads, torch {machine.get('torch_version')}, modelsize "
+            f"commit {machine.get('git_commit')}.\n")
+    return ("# Memory prediction accuracy: real-world architectures in bfloat16 (CPU)\n\n"
+            "The low-precision subset of `benchmarks/realworld_zoo.py` (`LOW_PRECISION`): autocast "
+            "(float32 weights, `amp=\"bfloat16\"`) and plain bfloat16 weights, under each oneDNN ISA "
+            "(`ONEDNN_MAX_CPU_ISA`, set before torch starts). Error = (predicted − measured) / measured, one "
+            "measurement per case. Marks: none = exact, `↑` over-predicted, `⚑` under but flagged NOT MODELLED "
+            "(for the whole ISA, or by kernel with bytes at stake covering the gap), `✗` silently under. "
+            "\"at stake\": the bytes the prediction's kernel flags say may be missing (one call of each).\n\n"
+            + "\n".join(sections))
+
+
+_MARK = {"exact": "", "over": " ↑", "flagged": " ⚑", "under": " ✗"}

@@ -127,13 +127,13 @@ def _workspace(func, args) -> tuple[int, int]:
 
 
 def _conv_calls(batch, channels, size, out_channels, kernel, *, stride=1, padding=0, groups=1, bias=True,
-                channels_last=False, grad_channels_last=None, input_grad=True):
+                channels_last=False, grad_channels_last=None, input_grad=True, dtype=torch.float32):
     """Forward and backward calls of one convolution on real tensors."""
-    x = torch.randn(batch, channels, size, size)
+    x = torch.randn(batch, channels, size, size, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    w = torch.randn(out_channels, channels // groups, kernel, kernel)
-    b = torch.randn(out_channels) if bias else None
+    w = torch.randn(out_channels, channels // groups, kernel, kernel, dtype=dtype)
+    b = torch.randn(out_channels, dtype=dtype) if bias else None
     conv = ([stride] * 2, [padding] * 2, [1, 1], False, [0, 0], groups)
     y = aten.convolution.default(x, w, b, *conv)
     g = torch.randn_like(y)
@@ -267,3 +267,63 @@ def test_keras_224_depthwise_5x5(channels, size, stride):
     # EfficientNetB0 at batch 1 (inference, SGD) and 2 (all five)
     _exact(_conv_calls(2, channels, size, channels, 5, stride=stride, padding=2, groups=channels,
                        channels_last=True))
+
+
+# --- bfloat16 (issue 9: the autocast zoo) ------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", (1, 2, 4))
+def test_wide_channels_last_bf16_depthwise_weight_gradient_sums_in_float32_per_group(batch):
+    # 7×7 on 24 channels, bfloat16: oneDNN's jit_bf16 weight gradient, every channel a group of
+    # 16 × 16: its blocked bfloat16 gradient (602,112 B) beside a float32 sum of it (1,204,224 B),
+    # the input and the output's gradient transposed per group, the bias sums and a barrier, whatever
+    # the batch (timm's ConvNeXt in bfloat16 was 3,227,656 B under before, flagged)
+    _, backward = _exact(_conv_calls(batch, 24, 16, 24, 7, padding=3, groups=24, channels_last=True,
+                                     dtype=torch.bfloat16))
+    assert backward == 2_256_472
+
+
+@pytest.mark.parametrize("channels, size, kernel, stride", ((24, 16, 5, 1), (40, 8, 5, 2), (20, 16, 7, 1),
+                                                            (24, 8, 3, 1), (72, 8, 3, 1)))
+def test_channels_last_bf16_depthwise(channels, size, kernel, stride):
+    # 3×3: jit_dw, every working thread (the first too) sums in float32, one channel block a step,
+    # and converts the bias gradient through float32; 5×5, 7×7: jit_bf16 as above
+    _exact(_conv_calls(2, channels, size, channels, kernel, stride=stride, padding=kernel // 2, groups=channels,
+                       channels_last=True, input_grad=stride == 1, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("channels, size, kernel", ((72, 8, 3), (24, 16, 7), (24, 16, 5), (20, 8, 7)))
+def test_nchw_bf16_depthwise(channels, size, kernel, threads):
+    # the float32 kernels' blocked copies and reorders in bfloat16, the bias converted through
+    # float32, jit_dw's float32 sums for every batch-thread, and the 5×5/7×7 GEMM weight gradient
+    # with a float32 accumulator beside its per-thread sums (timm's EfficientNet: under before)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch in (1, 3):
+            _exact(_conv_calls(batch, channels, size, channels, kernel, padding=kernel // 2, groups=channels,
+                               dtype=torch.bfloat16))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("batch, channels, size, filters", ((1, 64, 16, 24), (1, 128, 4, 48), (2, 64, 16, 24),
+                                                            (1, 16, 8, 64), (3, 64, 8, 48)))
+def test_nchw_bf16_1x1_store_buffer_per_thread(batch, channels, size, filters):
+    # oneDNN's bfloat16 1×1 kernel books a float32 store buffer for every thread, of its share of
+    # the output channels (load groups): at batch 1 on 2 threads, 64 → 24 on 16×16 books two
+    # 32-channel buffers (65,536 B), 128 → 48 on 4×4 two 32-channel halves (4,096 B)
+    x = torch.randn(batch, channels, size, size, dtype=torch.bfloat16)
+    w = torch.randn(filters, channels, 1, 1, dtype=torch.bfloat16)
+    b = torch.randn(filters, dtype=torch.bfloat16)
+    _exact([(aten.convolution.default, (x, w, b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1))])
+
+
+def test_timm_convnext_in_bfloat16_exact():
+    timm = pytest.importorskip("timm")
+    result = workflow.profile(resolve(lambda: timm.create_model("test_convnext", num_classes=10),
+                                      input_shape=(3, 32, 32), name="test_convnext"),
+                              batch=1, dtype="bfloat16", warmup=0, repeats=1, optimizers=("sgd",))
+    assert not [w for w in result["warnings"] if w.startswith("NOT MODELLED")]
+    for key in ("inference_peak_bytes", "train_peak_bytes_sgd"):
+        assert result["predicted"][key] == result["measured"][key], key

@@ -184,10 +184,13 @@ def _convolution_backward(args: tuple, out: Any, run: Context, backward: bool, k
 
 def _uncovered_grouped_conv(args: tuple, run: Context) -> tuple[str, int] | None:
     """A 2-D grouped convolution outside what was measured exact (``results/grouped_conv_sweep.md``:
-    float32 with a multiple of 8 channels per group, in and out; depthwise in float32, and in
-    bfloat16 up to 3×3): oneDNN's grouped kernels reorder and pad other widths, every bfloat16 one,
-    and a wider bfloat16 depthwise one (ConvNeXt's 7×7), in ways not modelled. At stake: what the float32 laws book for the call, plus two copies of its
-    tensors per thread (a bound measured to hold over the sweep's worst calls, not a law)."""
+    float32 with a multiple of 8 channels per group, in and out; depthwise in float32 and
+    bfloat16, in either layout, float16 up to 3×3): oneDNN's grouped kernels reorder and pad
+    other widths and every bfloat16 one, in ways not modelled; a strided bfloat16 depthwise
+    convolution's input gradient runs ``brgconv_strided`` on VNNI-paired weights (measured 82,736
+    to 109,744 B under on 24–128 channels, 8×8 and 16×16, batch 2). At stake: what the laws book
+    for the call in 4-byte elements, plus two copies of its tensors per thread (a bound measured
+    to hold over the sweep's worst calls, not a law)."""
     backward = len(args) > 9   # convolution_backward(grad_output, input, weight, ...): 11 arguments
     x, weight, groups = (args[1], args[2], args[9]) if backward else (args[0], args[1], args[8])
     if x.dim() != 4 or groups == 1 or (args[7] if backward else args[6]):
@@ -196,7 +199,10 @@ def _uncovered_grouped_conv(args: tuple, run: Context) -> tuple[str, int] | None
     depthwise = groups == x.shape[1]
     if x.dtype == torch.float32 and (depthwise or (per_in % 8 == 0 and per_out % 8 == 0)):
         return None
-    if depthwise and max(weight.shape[2:]) <= 3:   # measured exact in bfloat16 (the spec zoo)
+    strided_data = backward and max(args[4]) > 1 and args[10][0]   # brgconv_strided's data phase
+    if depthwise and per_out == 1 and x.dtype == torch.bfloat16 and not strided_data:
+        return None   # modelled: jit_dw, jit_bf16 (5×5, 7×7) and NCHW's gemm weight gradients
+    if depthwise and max(weight.shape[2:]) <= 3 and x.dtype != torch.bfloat16:
         return None
     tensors = sum(t.numel() * t.element_size() for t in (args[0], weight) + ((x,) if backward else ()))
     out_shape = args[0].shape if backward else _conv_out_shape(x, weight, args[3], args[4], args[5])
@@ -380,6 +386,21 @@ def _low_precision_lstm(args: tuple, run: Context) -> tuple[str, int] | None:
 _UNMODELLED[aten.mkldnn_rnn_layer.default] = _low_precision_lstm
 
 
+def _low_precision_lstm_backward(args: tuple, run: Context) -> tuple[str, int] | None:
+    """oneDNN's LSTM backward in bfloat16/float16: not measured as a law. At stake: twice the
+    float32 law's bytes (a bound: measured 178,872 to 258,488 B on the zoo's 2-layer LSTM,
+    hidden 64, batch 1 and 4, where the float32 law gives 142,904 to 243,256 B)."""
+    x, mode, hidden = args[0], args[14], args[15]
+    if mode != _LSTM or x.dtype == torch.float32 or x.dim() != 3:
+        return None
+    t, n, i = x.shape
+    return (f"oneDNN's {dtype_name(x.dtype)} LSTM backward (aten.mkldnn_rnn_layer_backward): its workspace",
+            2 * sum(lstm_backward_workspace(t, n, i, hidden)))
+
+
+_UNMODELLED[aten.mkldnn_rnn_layer_backward.default] = _low_precision_lstm_backward
+
+
 @_workspace(aten.mkldnn_rnn_layer_backward.default)
 def _onednn_lstm_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """mkldnn_rnn_layer_backward(input, w_ih, w_hh, b_ih, b_hh, hx, cx, output, hy, cy,
@@ -468,6 +489,39 @@ def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: 
     peak = encoder_layer_peak(x, scores, rows * ffn_weight_1.shape[0] * src.element_size(), 2 * rows * 4,
                               norm_first=bool(norm_first), mask=mask)
     return [peak - _results_bytes(out)]
+
+
+def _low_precision_fused_attention(args: tuple, run: Context) -> tuple[str, int] | None:
+    """The fused inference paths (``_transformer_encoder_layer_fwd``, ``_native_multi_head_attention``)
+    in bfloat16/float16 or under autocast (which leaves the CPU fast path on) run their inner
+    projections in the low dtype, with casts of the weights, in an order not followed here
+    (measured, 64 wide, 32 tokens: the encoder layer under bfloat16 autocast 47,232 B over the
+    float32 law at batch 1, in bfloat16 55 to 116 KB over nothing booked; self-attention in
+    bfloat16 22 to 34 KB over ``mha_peak``, under autocast 43 to 116 KB). At stake: the float32
+    law's peak in 4-byte elements plus
+    its other tensor arguments (weights) in 4 bytes (a bound that held on the zoo's encoder layer,
+    batch 1 and 4)."""
+    encoder = len(args) > 13   # _native_multi_head_attention has 13 arguments at most
+    x = args[0]
+    if x.dim() != 3 or (x.dtype == torch.float32 and run.amp is None):
+        return None
+    b, t, d = x.shape
+    heads = args[2] if encoder else args[4]
+    x32, scores32 = b * t * d * 4, b * heads * t * t * 4
+    if encoder:
+        peak = encoder_layer_peak(x32, scores32, b * t * args[14].shape[0] * 4, 2 * b * t * 4,
+                                  norm_first=bool(args[8]))
+        what = "the fused nn.TransformerEncoderLayer (aten._transformer_encoder_layer_fwd)"
+    else:
+        peak = mha_peak(x32, scores32, b * t * t * 4, need_weights=True, average=True)
+        what = "the fused nn.MultiheadAttention (aten._native_multi_head_attention)"
+    low = run.amp or dtype_name(x.dtype)
+    tensors = sum(a.numel() for a in args[1:] if isinstance(a, torch.Tensor))   # weights, biases, mask
+    return f"{what} in {low}: its inner casts and buffers", peak + 4 * tensors
+
+
+_UNMODELLED[aten._transformer_encoder_layer_fwd.default] = _low_precision_fused_attention
+_UNMODELLED[aten._native_multi_head_attention.default] = _low_precision_fused_attention
 
 
 @_workspace(aten._scaled_dot_product_flash_attention_for_cpu.default)

@@ -12,7 +12,7 @@ from profiler.engine.kernels.onednn import ONEDNN_ENTRY_ALIGNMENT, booked, div_u
 from profiler.engine.kernels.onednn_conv_weights import (bf16_1x1_weights_scratchpad, bf16_weights_scratchpad,
                                                          float32_1x1_weights_scratchpad,
                                                          float32_weights_scratchpad, gemm_weights_scratchpad,
-                                                         reducer, runs_gemm_weights)
+                                                         best_divider, reducer, runs_gemm_weights)
 from profiler.rules.registry import Saved
 
 
@@ -239,8 +239,9 @@ def channels_first_phases(ctx, call: ConvCall, input_grad: bool = True) -> tuple
     scratch = _padded_bias(call.out_channels, call.bias, act)
     if one_by_one and conv.strided:
         scratch += booked(threads * up16(ic) * result * act)
-    if one_by_one and dtype == "bfloat16":   # float32 sums per working thread (one per sample at most)
-        scratch += booked(min(threads, n) * up16(oc) * result * 4)
+    if one_by_one and dtype == "bfloat16":   # float32 sums per thread
+        scratch += bf16_1x1_store_buffer(n, threads, reduce=ic, load=oc, positions=result,
+                                         rows=prod(conv.out_spatial[:-1]))
     src = 0 if first else blocked(ic, image)
     wei = act * up16(oc) * (up(ic, pairs) if first else up16(ic)) * taps
     convolve = [(scratch + src + wei + blocked(oc, result) - y, (0,)), (blocked(oc, result), ())]
@@ -251,7 +252,8 @@ def channels_first_phases(ctx, call: ConvCall, input_grad: bool = True) -> tuple
         gy = y if result > 1 else 0
         data = [(gy + data_wei + data_scratchpad(conv, dtype, threads), ()), (2 * x, ())]
     else:
-        store = booked(min(threads, n) * up16(ic) * image * 4) if one_by_one and dtype == "bfloat16" else 0
+        store = (bf16_1x1_store_buffer(n, threads, reduce=oc, load=ic, positions=image,
+                                       rows=prod(conv.in_spatial[:-1])) if one_by_one and dtype == "bfloat16" else 0)
         data = [(blocked(oc, result) + act * up16(oc) * up16(ic) * taps + blocked(ic, image) + store - x, (0,)),
                 (blocked(ic, image), ())]
     # weights phase, beside the input's gradient; then the gradients copied out
@@ -264,6 +266,58 @@ def channels_first_phases(ctx, call: ConvCall, input_grad: bool = True) -> tuple
     backward = [(b - made, (*absent, 1, 2)) for b, absent in data_in] if input_grad else []
     backward += [(weights - made, (1, 2)), (done - made, ())]
     return forward, backward
+
+
+def bf16_1x1_store_buffer(batch: int, threads: int, *, reduce: int, load: int, positions: int, rows: int) -> int:
+    """The float32 store buffer of oneDNN's bfloat16 1×1 kernel on blocked (NCHW) tensors, forward
+    and data phase (``jit_avx512_core_bf16_1x1_conv_kernel``: ``init_conf``, ``init_scratchpad``):
+    every thread gets the positions (rounded up to the register block ``ur``) × its share of the
+    ``load`` channels, padded to 16; the threads split the channels into ``load_grp_count``
+    groups, chosen by a cost heuristic when there are fewer samples than threads. Measured (2
+    threads, batch 1): 64 → 24 channels on 16×16, 65,536 B (one group: a buffer per thread, not
+    per sample); 128 → 48 on 4×4, 4,096 B (two groups of 32 channels). Not followed: the
+    explicit-broadcast rule for weights larger than half the L2 cache (4 groups at least)."""
+    nthr = threads
+    explicit = (reduce % 16) % 2 == 0 and (8 * batch) // nthr >= 1
+    if explicit:
+        max_regs, min_regs = 9, 6
+        if 128 < load < 256 and 10 < rows < 28:
+            max_regs, min_regs = 6, 5
+    else:
+        max_regs, min_regs = 30, 9
+    span = rows if rows >= 14 else positions      # oneDNN's register block: a divisor of the rows, or positions
+    ur = next((u for u in range(max_regs, min_regs - 1, -1) if span % u == 0), 1)
+    if ur == 1:
+        ur, tail = min(max_regs, positions), positions % max_regs
+        for u in range(max_regs, min_regs - 1, -1):
+            if positions % u > tail or positions % u == 0:
+                ur, tail = u, positions % u
+                if tail == 0:
+                    break
+    nb_bcast, nb_load = div_up(positions, ur), div_up(load, 16)
+    if nthr <= 28 and batch < nthr and nb_load * nb_bcast > nthr:
+        ratio = (load * reduce) / (batch * positions * reduce)
+
+        def job(lb: int, tg: int, mem_k: float) -> float:
+            bb = batch * div_up(nb_bcast, tg)
+            return 0.01 * (bb * ur) * (lb * 16) * reduce + mem_k * (bb * ur + lb * 16) * reduce
+        groups, best = (nthr if ratio > 1 else 1), float("inf")
+        for i in range(nthr):
+            lgc = nthr - i if ratio > 1 else i + 1
+            mem_k = 1.0 if div_up(nthr, lgc) == 1 else 1.3
+            if nthr % lgc < nb_load % lgc:
+                cost = job(div_up(nb_load, lgc), nthr // lgc, mem_k)
+            else:
+                cost = max(job(div_up(nb_load, lgc), div_up(nthr, lgc), mem_k), job(nb_load // lgc, nthr // lgc, mem_k))
+            if cost < best:
+                groups, best = lgc, cost
+    else:
+        least = div_up(nthr, batch * nb_bcast)
+        groups = best_divider(nthr, least, 2 * least, False)
+    if positions <= 49 and batch <= nthr and load > 512 and load // reduce >= 4:
+        groups = max(groups, 2)
+    shared = div_up(nthr, div_up(nthr, groups))
+    return booked(4 * nthr * up(positions, ur) * up16(div_up(load, shared)))
 
 
 def _padded_bias(channels: int, bias: bool, act: int) -> int:
@@ -389,14 +443,18 @@ def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> 
 # kernel is too wide for it (a 5×5 or 7×7 one), the generic grouped kernel (``jit``), which treats
 # every channel as a group of 16 input by 16 output channels (weights ``aBCde16c16b``): its blocked
 # weight gradient is channels × 16 × 16 × kernel floats, whatever the batch (measured: 7×7 on 24
-# channels, 1,204,224 B at batch 1, 2 and 4 and at 1, 2 and 4 threads).
+# channels, 1,204,224 B at batch 1, 2 and 4 and at 1, 2 and 4 threads). In bfloat16 the same
+# kernels in their bf16 kinds (2 threads, batch 1–4): the 3×3 ``jit_dw`` sums in float32 on every
+# working thread (``dw_weights_scratchpad``); 5×5 and 7×7 run ``jit_bf16``, whose blocked gradient
+# is bfloat16 beside a float32 sum and transposed operands per group (``bf16_weights_scratchpad``).
+# A strided bfloat16 depthwise input gradient runs ``brgconv_strided`` (flagged, not modelled).
 def grouped_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a grouped or depthwise oneDNN convolution."""
     channels, out_channels, groups, taps, weight = (call.channels, call.out_channels, call.groups, call.taps,
                                                     call.weight)
     per_group_in, per_group_out = channels // groups, out_channels // groups
     if (ctx.data_format == "channels_first" and per_group_in == per_group_out == 1 and not call.transposed
-            and len(call.kernel) <= 2 and ctx.compute_dtype(True) == "float32"):
+            and len(call.kernel) <= 2):
         return channels_first_depthwise(ctx, call, input_grad)
     if channels_first_grouped_fits(ctx, call):
         return channels_first_grouped(ctx, call, input_grad)
@@ -429,10 +487,13 @@ def grouped_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tup
             one_group = replace(call, channels=per_group_in, out_channels=per_group_out, groups=1)
             forward_scratch = brgemm_forward_scratchpad(threads)
             data_scratch = data_scratchpad(one_group, "float32", threads)
+        bf16 = act == 2
         if depthwise and per_group_out == 1 and dw_weights_kernel_fits(call):
-            scratch = dw_weights_scratchpad(call, ctx.batch, threads)
+            scratch = dw_weights_scratchpad(call, ctx.batch, threads, bf16)
         elif not depthwise or per_group_out == 1:
             blocked, scratch = generic_grouped_weights(groups, per_group_in, per_group_out, taps, call.bias)
+            if bf16:   # ``jit_bf16``: float32 sums, transposed input and output gradient per group
+                scratch = bf16_weights_scratchpad(call, ctx.batch, threads)
     layout: tuple[Saved, ...] = ()
     if ctx.data_format == "channels_first":
         larger = max(call.channels * prod(call.in_spatial), call.out_channels * prod(call.out_spatial))
@@ -489,53 +550,63 @@ def dw_weights_kernel_fits(call: ConvCall) -> bool:
             and (t_pad <= 1 or t_pad % sh == 0) and (b_pad <= 1 or b_pad % sh == 0))
 
 
-def dw_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int:
+def dw_weights_scratchpad(call: ConvCall, batch: int, threads: int, bf16: bool = False) -> int:
     """Scratchpad of oneDNN's channels-last depthwise weight-gradient kernel (its nxc harness):
     every working thread but the first sums into its own float32 weight gradient (channels padded
     to 16) and bias gradient. Threads split channel blocks, batch and output rows
-    (``partition_nthr_nxc``): as many as can work."""
+    (``partition_nthr_nxc``): as many as can work. In bfloat16 (``jit_uni_dw_conv_bwd_weights``
+    with bfloat16 weights) every working thread, the first too, sums in float32, one channel block
+    per step, and a bfloat16 bias gradient is converted through a float32 one (measured: 24
+    channels, 3×3, 8×8, batch 2: 2,976 B where float32 books 1,504 B)."""
     oh = call.out_spatial[-2] if len(call.out_spatial) > 1 else 1
     nb_ch = div_up(call.channels, 16)
-    unroll = min(4, 32 // (2 * call.kernel[-1]))     # channel blocks per step
+    unroll = 1 if bf16 else min(4, 32 // (2 * call.kernel[-1]))     # channel blocks per step
     outer = div_up(nb_ch, min(nb_ch, unroll))
     working = max(g * mb * min(oh, threads // g // mb) for g in range(1, min(outer, threads) + 1)
                   for mb in range(1, min(batch, threads // g) + 1))
-    if working <= 1:
+    sums = working if bf16 else working - 1
+    if sums < 1:
         return 0
-    return booked(4 * (working - 1) * up16(call.channels) * call.taps,
-                  4 * (working - 1) * call.channels if call.bias else 0)
+    return booked(4 * sums * up16(call.channels) * call.taps, 4 * sums * call.channels if call.bias else 0,
+                  4 * call.channels if call.bias and bf16 else 0)
 
 
-# Depthwise convolutions on NCHW tensors (float32; ONEDNN_VERBOSE, allocator events at 1, 2 and 4
-# threads): oneDNN's depthwise kernels (``jit_dw``) run forward and the data phase on copies
+# Depthwise convolutions on NCHW tensors (float32, and bfloat16 at 1 and 2 threads; ONEDNN_VERBOSE,
+# allocator events at 1, 2 and 4 threads): oneDNN's depthwise kernels (``jit_dw``) run forward and the data phase on copies
 # blocked by 16 channels (padded: 72 channels are 80 in the blocked copies), the weight
 # reordered likewise; the weight gradient runs ``jit_dw`` on the blocked input and output's
 # gradient when its kernel takes the convolution (``dw_weights_kernel_fits``), else oneDNN's
 # GEMM convolution on the plain tensors, whose scratchpad is, per thread, a column buffer
 # (kernel × output positions) and 4 floats per weight (measured: 24 channels, 7×7, 16×16,
-# 69,248 / 138,240 / 276,224 B at 1 / 2 / 4 threads, whatever the batch).
+# 69,248 / 138,240 / 276,224 B at 1 / 2 / 4 threads, whatever the batch). bfloat16: the copies in
+# bfloat16, the bias converted through a float32 one, jit_dw's float32 sums on every batch-thread
+# (the first too), the GEMM's columns in bfloat16 beside a float32 accumulator and bias.
 def channels_first_depthwise(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a depthwise convolution on NCHW tensors (see above), in
     bytes beyond the output and the gradients the memory model counts itself."""
-    threads, n, act = max(ctx.threads, 1), ctx.batch, 4
+    threads, n, act = max(ctx.threads, 1), ctx.batch, itemsize(ctx.compute_dtype(True))
+    bf16 = act == 2
     c, taps = call.channels, call.taps
     image, result = prod(call.in_spatial), prod(call.out_spatial)
     src, dst = n * up16(c) * image * act, n * up16(c) * result * act      # blocked copies
     x, y = n * c * image * act, n * c * result * act
     weight, reordered = c * taps * act, up16(c) * taps * act
     bias = c * act if call.bias else 0
-    padded_bias = _padded_bias(c, call.bias, act)
+    # a bfloat16 bias is converted through a float32 one, a float32 one padded to 16
+    padded_bias = (booked(4 * up16(c)) if call.bias else 0) if bf16 else _padded_bias(c, call.bias, act)
     convolve = max(src + reordered + dst + padded_bias, dst + y) - y
     data = max(dst + reordered + src, src + x) - x if input_grad else 0
     if dw_weights_kernel_fits(call):
         nb_ch = div_up(c, 16)
         by_batch = min(max(1, threads // min(nb_ch, threads)), n)   # threads summing apart
-        scratch = booked(4 * (by_batch - 1) * up16(c) * taps,
-                         4 * (by_batch - 1) * up16(c) if call.bias else 0) if by_batch > 1 else 0
+        sums = by_batch if bf16 else by_batch - 1                   # bfloat16: the first sums in float32 too
+        scratch = booked(4 * sums * up16(c) * taps, 4 * (by_batch - 1) * up16(c) if call.bias else 0,
+                         4 * up16(c) if call.bias and bf16 else 0)
         weights = dst + src + reordered + bias + scratch
         done = reordered + 2 * bias + weight
     else:
-        scratch = booked(threads * 4 * taps * result, threads * 16 * c * taps)
+        scratch = booked(threads * act * taps * result, threads * 4 * weight,
+                         4 * weight if bf16 else 0, 4 * c if bf16 and call.bias else 0)
         weights = weight + bias + scratch
         done = 2 * weight + 2 * bias
     backward = max(data, weights, done) - weight - bias   # the gradients are counted by the memory model

@@ -61,9 +61,9 @@ def float32_1x1_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> 
     input positions and the 16-channel blocks by the least memory traffic; every batch-thread
     but the first sums into its own float32 weight gradient (channels padded to 16)."""
     positions = prod(call.in_spatial)
-    block = _best_divider(positions, 7, 16, True)
+    block = best_divider(positions, 7, 16, True)
     if positions % block:
-        block = _best_divider(call.in_spatial[-1], 4, call.in_spatial[-1], False)
+        block = best_divider(call.in_spatial[-1], 4, call.in_spatial[-1], False)
     block = 1 if block > 256 else block
     nb_reduce = div_up(positions, block)
     nb_bcast, nb_load = div_up(call.channels, 16), div_up(call.out_channels, 16)
@@ -136,14 +136,17 @@ def _product(factors: tuple[float, ...], divisors: tuple[int, ...] = ()) -> floa
 def bf16_weights_scratchpad(call: ConvCall, batch: int, threads: int, plain_src: bool = False) -> int:
     """Scratchpad of oneDNN's ``jit_bf16`` weight-gradient kernel
     (``jit_avx512_core_bf16_conv_bwd_weights_kernel_f32``: ``init_conf``, ``balance``,
-    ``init_scratchpad``), nxc layouts, one group.
+    ``init_scratchpad``), nxc layouts.
 
     It splits the work between ``nthr_mb`` threads over batch × rows and ``nthr_oc_b`` ×
     ``nthr_ic_b`` over channel blocks of 16 (fewer than 16 input channels: one block), by
     the least memory traffic; then books the input transposed into rows of ``tr_iw`` (its width
     over the stride plus shared padding, in pairs) per batch-thread and input block, the output's
     gradient transposed likewise, float32 partial weight and bias gradients per batch-thread,
-    and barriers.
+    and barriers. Grouped (a 5×5 or 7×7 depthwise convolution, too wide for ``jit_dw``): each
+    group's channels in blocks of 16 (no "first" block), every buffer once per group; with
+    fewer threads than groups the threads split the groups only (``nthr_mb`` = 1). Measured:
+    depthwise 7×7 on 24 channels, 16×16, 1,656,712 B at batch 1, 2 and 4 (2 threads).
     """
     d = 3 - len(call.in_spatial)
     (i_d, ih, iw), (od, oh, ow) = (1,) * d + call.in_spatial, (1,) * d + call.out_spatial
@@ -151,8 +154,9 @@ def bf16_weights_scratchpad(call: ConvCall, batch: int, threads: int, plain_src:
     sd, sh, sw = (1,) * d + call.strides
     _, ph, pw = (0,) * d + call.pads
     _, dh, dw = (1,) * d + call.dilation
-    ic, oc = call.channels, call.out_channels
-    first = ic < 16
+    groups = call.groups
+    ic, oc = call.channels // groups, call.out_channels // groups
+    first = ic < 16 and groups == 1
     ic_block, oc_block = (ic if first else 16), 16
     nb_ic, nb_oc = div_up(ic, ic_block), div_up(oc, oc_block)
     transpose_src = not (first and (ic == 1 or plain_src))   # a channels-first "first" input is read as it is
@@ -180,14 +184,20 @@ def bf16_weights_scratchpad(call: ConvCall, batch: int, threads: int, plain_src:
         dst_v = _product((dst_coef, div_up(work, mb), div_up(nb_oc, ocb), batch, oc_block, od, oh, tr_ow), (work,))
         return _f32(_f32(src_v + dst_v) + wei_v)
 
-    mb, ocb, icb = _cheapest(cost, threads, work, nb_oc, nb_ic)
-    if threads // 2 < mb < threads:
-        mb = min(work, threads)
-    nthr = mb * ocb * icb
+    if threads < groups:
+        mb = ocb = icb = 1
+        nthr = threads
+    else:
+        per_group = threads // groups
+        mb, ocb, icb = _cheapest(cost, per_group, work, nb_oc, nb_ic)
+        if per_group // 2 < mb < per_group:
+            mb = min(work, per_group)
+        nthr = mb * groups * ocb * icb
     # the transposed input keeps room for its shared padding even when it is not transposed
-    tr_src = ((mb * nb_ic * tr_iw * ic_block * ih * i_d if transpose_src else 0) + tr_pad) * 2
-    tr_ddst = mb * nb_oc * tr_ow * oc_block * oh * od * 2
-    partial = 4 * mb * (nb_oc * oc_block * nb_ic * ic_block * kd * kh * kw + (nb_oc * oc_block if call.bias else 0))
+    tr_src = ((mb * nb_ic * groups * tr_iw * ic_block * ih * i_d if transpose_src else 0) + tr_pad) * 2
+    tr_ddst = mb * nb_oc * groups * tr_ow * oc_block * oh * od * 2
+    partial = 4 * mb * groups * (nb_oc * oc_block * nb_ic * ic_block * kd * kh * kw
+                                 + (nb_oc * oc_block if call.bias else 0))
     barriers = (nthr // ocb if ocb > 1 else 0, nthr // icb if icb > 1 else 0, 1)
     return booked(tr_src, tr_ddst, partial, barriers=barriers)
 
@@ -205,7 +215,7 @@ def _cheapest(cost, threads: int, work: int, nb_oc: int, nb_ic: int) -> tuple[in
     return choice
 
 
-def _best_divider(value: int, low: int, high: int, find_max: bool, step: int = 1) -> int:
+def best_divider(value: int, low: int, high: int, find_max: bool, step: int = 1) -> int:
     """oneDNN's ``best_divider``: the block in [low, high] that pads ``value`` least."""
     high = max(1, min(high, value))
     low = max(1, min(low, high))
@@ -229,9 +239,9 @@ def bf16_1x1_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int
     positions, in pairs), and the bias padded to 16 when it is not.
     """
     positions = prod(call.in_spatial)
-    block = _best_divider(positions, 8, 16, True, 2)
+    block = best_divider(positions, 8, 16, True, 2)
     if positions % block:
-        block = _best_divider(call.in_spatial[-1], 4, call.in_spatial[-1], False, 2)
+        block = best_divider(call.in_spatial[-1], 4, call.in_spatial[-1], False, 2)
     block = up(1 if block > 256 else block, 2)
     nb_reduce = div_up(positions, block)
     nb_bcast, nb_load = div_up(call.channels, 16), div_up(call.out_channels, 16)
@@ -246,8 +256,8 @@ def bf16_1x1_weights_scratchpad(call: ConvCall, batch: int, threads: int) -> int
     if threads // 2 < mb < threads:
         mb = min(batch, threads)
     nthr = mb * ocb * icb
-    load_blocks = _best_divider(nb_load, 16, nb_load, False)
-    bcast_blocks = _best_divider(nb_bcast, 5, nb_bcast, False)
+    load_blocks = best_divider(nb_load, 16, nb_load, False)
+    bcast_blocks = best_divider(nb_bcast, 5, nb_bcast, False)
     rows = up(positions, 2)
     biases = up16(call.out_channels) if call.bias else 0
     partial = 4 * mb * (up16(call.out_channels) * up16(call.channels) + biases)
