@@ -132,6 +132,19 @@ def test_collectives_buffers_are_communication(measured, predicted) -> None:
     assert max(fsdp) > 0
 
 
+def test_fsdp_reduce_scatter_buffers_are_communication(measured, predicted) -> None:
+    """FSDP2's peaks are in the second Linear's post-backward reduce-scatter: its packed input
+    (each parameter's gradient padded to ceil(65 / 2) rows per rank) and gloo's copy of it are
+    both alive, communication on both sides (reshard or not, SGD or Adam)."""
+    second = _mlp()[2]
+    rows = -(-second.out_features // 2) * 2
+    packed = sum(rows * p[0].numel() * p.element_size() for p in second.parameters())
+    for p_ranks, m_ranks in zip(predicted[len(_EXACT):], measured[len(_EXACT):len(_EXACT + _FSDP)]):
+        for p, m in zip(p_ranks, m_ranks):
+            assert p.at == "backward 2 (RegisterPostBackwardFunctionBackward)"
+            assert m.breakdown["communication"] == p.breakdown["communication"] >= 2 * packed
+
+
 def test_zero1_partitions_the_adam_state(measured) -> None:
     """Each rank keeps the state of its own partition: the ranks' steady starts differ."""
     got = measured[3]   # _EXACT[3]: zero1, adam
