@@ -16,7 +16,8 @@ collective but not the buffers the backend makes while it runs. gloo's, measured
 
 Each entry gives, per call, the groups of buffers alive together, one group after the other. They
 are the category "communication", on both sides (``measuring.peak_breakdown`` names what a
-collective allocates so), as are the padding copies of FSDP2's ``fsdp.chunk_cat``.
+collective allocates so), as are the padding copies of FSDP2's ``fsdp.chunk_cat`` and the buffers
+FSDP2 makes for its all-gather and reduce-scatter (:data:`FSDP_COLLECTIVE_CALLS`).
 """
 from __future__ import annotations
 

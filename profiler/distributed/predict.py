@@ -16,9 +16,10 @@ single-device log does not meet there is added here:
   reports.
 - DTensor's sharding propagation, which runs each operator once more on fake tensors to learn its
   output's shape, is not logged (in a real run those are fake too).
-- What a backend allocates inside a collective (:mod:`profiler.distributed.collectives`), and the
-  workspace of kernels run inside a custom operator (FSDP2's ``fsdp.chunk_cat``): the category
-  "communication".
+- What a backend allocates inside a collective (:mod:`profiler.distributed.collectives`), the
+  workspace of kernels run inside a custom operator (FSDP2's ``fsdp.chunk_cat``), and the storages
+  made inside FSDP2's all-gather and reduce-scatter (``foreach_all_gather``, ``foreach_reduce``)
+  unless named gradients later: the category "communication".
 - FSDP2's check whether a shard is still its padded storage compares storages, not data pointers
   (a fake storage's is 0): see :func:`_shards_compared_by_storage`.
 

@@ -31,7 +31,9 @@ more closely, and the same events both fix the moment and name the bytes:
      collective allocated, even alive past the call: the backend's copies, which its work object
      may hold until ``wait``, and what its worker thread allocates inside the work's range
      (``gloo:all_reduce``: the averaging's 0-d number and its cast), as
-     ``distributed/collectives.py`` predicts;
+     ``distributed/collectives.py`` predicts; and, unless it is a gradient by then, what is made
+     inside FSDP2's ``FSDP::all_gather`` and ``FSDP::post_backward_reduce`` ranges (the flat
+     all-gather output, the packed reduce-scatter input and its output);
    - ``gradients`` / ``optimizer_state`` when it is still alive after the run at the address of a
      ``.grad`` / of a tensor in ``optimizer.state`` (what it becomes: backward writes a
      parameter's gradient before the step ends); ``parameters`` / ``inputs`` likewise;
