@@ -53,12 +53,14 @@ class RankMeasurement:
     events: int              # allocator events replayed
     breakdown: dict[str, int] = field(default_factory=dict)   # category -> bytes alive at the peak
     first_peak_bytes: int = 0   # highest live total during the first step (from the strategy built)
-    remeasured: bool = False    # a rank's gloo worker stayed awake past a wait in the first try
+    remeasured: bool = False    # the first try was unsure (a gloo worker awake past a wait, a free unseen)
+    lost_frees: int = 0         # frees the profiler missed, put back before their address was reused
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "peak_bytes": self.peak_bytes, "start_bytes": self.start_bytes,
                 "param_bytes": self.param_bytes, "events": self.events, "breakdown": dict(self.breakdown),
-                "first_peak_bytes": self.first_peak_bytes, "remeasured": self.remeasured}
+                "first_peak_bytes": self.first_peak_bytes, "remeasured": self.remeasured,
+                "lost_frees": self.lost_frees}
 
 
 def max_local_ranks(device_kind: str = "cpu") -> int:
@@ -152,14 +154,17 @@ def _rank_main(jobs: list[Job], rank: int, world: int, store: str, results: Any)
 
 
 def _measure_settled(job: Job, rank: int) -> RankMeasurement:
-    """The job measured on this rank, once more on every rank when a wait of any rank gave up on
-    its gloo workers (:func:`_workers_let_go`: a free may have gone unrecorded); ``remeasured``
-    says so."""
+    """The job measured on this rank, once more on every rank when a rank's try was unsure: a wait
+    gave up on its gloo workers (:func:`_workers_let_go`), or the trace shows a free the profiler
+    missed (an address handed out again while its block was still counted: a buffer gloo's worker
+    freed after a wait inside C++, such as DDP's broadcast of the buffers); ``remeasured`` says so.
+    A missed free whose address is never reused is not seen."""
     import torch.distributed as dist
     from dataclasses import replace
     UNSETTLED.clear()
     measured = _measure_rank(job, rank)
-    flag = torch.tensor([len(UNSETTLED)], dtype=torch.int64, device=rank_device(job.device_kind, rank)[1])
+    unsure = len(UNSETTLED) + measured.lost_frees
+    flag = torch.tensor([unsure], dtype=torch.int64, device=rank_device(job.device_kind, rank)[1])
     dist.all_reduce(flag)
     if not flag.item():
         return measured
@@ -234,7 +239,8 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     known = Known(before=before_run, after=storages(_alive(model, opt, x, y)), weights=frozenset(weights))
     split = analyse(tree, device=device, known=known, baseline_bytes=start, peak_bytes=peak,
                     block=(lambda n: n) if cuda is None else _cuda_block, within=(last.start_ns(), last.end_ns()))
-    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories, first_peak)
+    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories, first_peak,
+                           lost_frees=sum(e.put_back for e in memory))
 
 
 class _CudaPeaks:

@@ -177,6 +177,7 @@ class _Event:
     ended: int | None = None        # allocations: time of the matching free (None: alive at the end)
     collective: bool = False        # made inside a backend's work (its worker thread's range)
     fsdp: bool = False              # made inside FSDP2's all-gather or reduce-scatter range
+    put_back: bool = False          # a free the profiler missed (see _unrecorded_frees)
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,7 @@ def _unrecorded_frees(events: list[_Event]) -> list[_Event]:
         if event.nbytes > 0:
             lost = open_.get(event.ptr)
             if lost is not None:
-                out.append(_Event(event.time, event.order, event.ptr, -lost.nbytes, lost.thread))
+                out.append(_Event(event.time, event.order, event.ptr, -lost.nbytes, lost.thread, put_back=True))
             open_[event.ptr] = event
         elif event.nbytes < 0:
             open_.pop(event.ptr, None)
