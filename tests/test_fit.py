@@ -197,6 +197,18 @@ def test_distributed_fit_prints_the_nccl_reserve(capsys):
     assert f"{budget.usable_bytes:,} B" in out and budget.comm_reserve_bytes == GiB
 
 
+def test_api_fit_takes_the_nccl_reserve_for_ranks():
+    """``api.fit(world_size=2, comm_reserve=...)``: the per-rank answer, solved against the budget
+    less that reserve."""
+    from profiler import api
+    result = api.fit("digits", memory="1700MiB", target="cuda", train="adam", world_size=2, strategy="ddp",
+                     comm_reserve="512MiB")
+    budget = fit.make_budget(memory="1700MiB", target="cuda", world=2, comm_reserve="512MiB")
+    assert (result["world_size"], result["budget"]["comm_reserve_bytes"]) == (2, 512 * MiB)
+    assert result["usable_bytes"] == budget.usable_bytes and result["peak"]["bytes"] <= budget.usable_bytes
+    assert result["next"]["bytes"] > budget.usable_bytes
+
+
 @pytest.mark.parametrize("argv", [
     ["--device", "h100-80gb", "--world-size", "2", "--comm-reserve", "lots"],
     ["--device", "h100-80gb", "--world-size", "2", "--comm-reserve", "-1GiB"],
