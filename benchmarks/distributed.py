@@ -79,7 +79,8 @@ def run(name: str, reference: Any, inputs: dict[str, Any]) -> list[dict[str, Any
                          "rank": p.rank, "predicted": p.peak_bytes, "measured": m.peak_bytes,
                          "error": (p.peak_bytes - m.peak_bytes) / m.peak_bytes,
                          "param_bytes": p.param_bytes, "measured_param_bytes": m.param_bytes,
-                         "predicted_breakdown": dict(p.breakdown), "measured_breakdown": dict(m.breakdown)})
+                         "predicted_breakdown": dict(p.breakdown), "measured_breakdown": dict(m.breakdown),
+                         "remeasured": m.remeasured})
     return rows
 
 
@@ -149,7 +150,8 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
             "root), or the root only. Each rank's peak is also split by category on both sides (the "
             "measured split: the runner's peak_breakdown in each rank); \"categories\" lists the categories "
             "that differ (predicted − measured bytes), \"communication\" what the collectives hold at the "
-            "measured peak (gloo's copies, FSDP2's padding of the reduce-scatter input). "
+            "measured peak (gloo's copies; FSDP2's all-gather output, its packed reduce-scatter input "
+            "and output, the input's padding). "
             f"{summary['models']} models; one run each.\n\n" + "\n".join(lines) + "\n\n"
             + grid.markdown(headers, cells, right=[False, False, False, False, True, True, True, True, True, True,
                                                    False])

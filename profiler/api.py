@@ -80,15 +80,29 @@ def fit(model: Any = None, input_shape: Any = None, *, memory: str | int | None 
         target: str | None = None, reserve: str | None = None, margin: str | None = None,
         input_dtype: Any = None, int_high: Any = None, hf_task: str | None = None, seq_len: int | None = None,
         dtype: str = "float32", loss: str = "cross_entropy", amp: str | None = None,
-        threads: int | None = None, verify: bool = False, name: str | None = None) -> dict[str, Any]:
+        threads: int | None = None, verify: bool = False, name: str | None = None,
+        world_size: int | None = None, strategy: str = "ddp", fsdp_wrap: Sequence[str] = (),
+        reshard_after_forward: bool = True, comm_reserve: str | None = None) -> dict[str, Any]:
     """The largest batch whose predicted peak fits ``memory`` (bytes or "24GiB") or a catalogued
     ``device`` ("h100-80gb", whose predicted step time at the answer comes too); ``verify`` measures it
-    at that batch and the next."""
+    at that batch and the next. ``world_size``: the largest batch per rank training over that many
+    ranks with ``strategy``; on a CUDA target each rank sets ``comm_reserve`` aside for NCCL's
+    buffers (default 1GiB)."""
     from profiler.planning import fit as planning
 
     source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, name)
     budget = planning.make_budget(memory=None if memory is None else str(memory), device=device, target=target,
-                                  reserve=reserve, margin=margin)
+                                  reserve=reserve, margin=margin, comm_reserve=comm_reserve, world=world_size or 1)
+    if world_size is not None:
+        from profiler.distributed.fit import solve
+        from profiler.distributed.run import job_for
+        from profiler.distributed.strategies import Strategy
+        reference = {"model": model, "input_shape": input_shape, "input_dtype": input_dtype, "int_high": int_high,
+                     "hf_task": hf_task, "seq_len": seq_len, "name": name}
+        chosen = Strategy(strategy, fsdp_wrap=tuple(fsdp_wrap), reshard_after_forward=reshard_after_forward)
+        job = job_for(source, reference, world=world_size, strategy=chosen, batch=2, optimizer=train or "adam",
+                      loss=loss, dtype=dtype, amp=amp, threads=threads or 1)
+        return solve(job, budget)
     answer = planning.solve(source, budget, mode="inference" if inference else train, dtype=dtype, loss=loss,
                             amp=amp, threads=threads)
     result = answer.as_dict()

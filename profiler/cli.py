@@ -27,7 +27,7 @@ EXIT_PREDICTION_FAILED = 4      # fit --verify: the measured peak did not stay w
 EXIT_CLOSED_PIPE = 141          # 128 + SIGPIPE, as a shell reports a tool whose reader went away
 #: options whose value may look like an option to argparse ("-5GiB"): joined as "--memory=-5GiB"
 #: so that the size's own check answers (a negative size), not "expected one argument"
-_SIZE_OPTIONS = ("--memory", "--reserve", "--margin")
+_SIZE_OPTIONS = ("--memory", "--reserve", "--margin", "--comm-reserve")
 COMPARE_FORMATS = ("text", "markdown", "csv", "json")
 #: sweep's default batches
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -371,7 +371,7 @@ def _fit(args: argparse.Namespace) -> int:
     from profiler.report.fit_tables import render_fit
     source = _source(args)
     budget = fit.make_budget(memory=args.memory, device=args.device, target=args.target, reserve=args.reserve,
-                             margin=args.margin)
+                             margin=args.margin, comm_reserve=args.comm_reserve, world=args.world_size or 1)
     if args.world_size is not None:
         return _distributed_fit(args, source, budget)
     target = budget.target
@@ -750,7 +750,10 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--reserve", metavar="SIZE", default=None,
                      help="taken off the memory first (default: 512MiB on cuda for the CUDA context, 0 on cpu)")
     fit.add_argument("--margin", metavar="PERCENT", default=None,
-                     help="share of memory − reserve held back for fragmentation (default: 10 on cuda, 0 on cpu)")
+                     help="share of memory − reserves held back for fragmentation (default: 10 on cuda, 0 on cpu)")
+    fit.add_argument("--comm-reserve", metavar="SIZE", default=None,
+                     help="with --world-size on cuda: NCCL's buffers on each rank, outside the allocator and not "
+                          "measured here (default 1GiB, after NVIDIA/nccl issues #1685 and #864)")
     fit.add_argument("--dtype", choices=MODEL_DTYPES, default="float32")
     fit.add_argument("--amp", action="store_true",
                      help="mixed precision: float32 weights, forward and loss under torch.autocast "

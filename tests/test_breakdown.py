@@ -237,3 +237,4 @@ def test_a_free_the_profiler_missed_is_put_back_before_its_address_is_reused():
     fixed = _unrecorded_frees(events)
     assert [(e.ptr, e.nbytes) for e in fixed] == [(0xA, 100), (0xB, 30), (0xA, -100), (0xA, 50), (0xA, -50)]
     assert _peak(fixed) == (1, 130) and _peak(events) == (2, 180)
+    assert [e.put_back for e in fixed] == [False, False, True, False, False]   # a rank re-measures then

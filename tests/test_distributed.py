@@ -132,6 +132,19 @@ def test_collectives_buffers_are_communication(measured, predicted) -> None:
     assert max(fsdp) > 0
 
 
+def test_fsdp_reduce_scatter_buffers_are_communication(measured, predicted) -> None:
+    """FSDP2's peaks are in the second Linear's post-backward reduce-scatter: its packed input
+    (each parameter's gradient padded to ceil(65 / 2) rows per rank) and gloo's copy of it are
+    both alive, communication on both sides (reshard or not, SGD or Adam)."""
+    second = _mlp()[2]
+    rows = -(-second.out_features // 2) * 2
+    packed = sum(rows * p[0].numel() * p.element_size() for p in second.parameters())
+    for p_ranks, m_ranks in zip(predicted[len(_EXACT):], measured[len(_EXACT):len(_EXACT + _FSDP)]):
+        for p, m in zip(p_ranks, m_ranks):
+            assert p.at == "backward 2 (RegisterPostBackwardFunctionBackward)"
+            assert m.breakdown["communication"] == p.breakdown["communication"] >= 2 * packed
+
+
 def test_zero1_partitions_the_adam_state(measured) -> None:
     """Each rank keeps the state of its own partition: the ranks' steady starts differ."""
     got = measured[3]   # _EXACT[3]: zero1, adam
@@ -269,3 +282,52 @@ def test_fit_takes_the_first_step_where_it_binds(first_fitted, fitted, measured)
     assert max(m.first_peak_bytes for m in over) == first_fitted["next"]["bytes"] > first_fitted["usable_bytes"]
     assert max(m.peak_bytes for m in over) < first_fitted["usable_bytes"]   # the steady step fits there
     assert b > 1
+
+
+def _tasks(root, threads: dict[str, tuple[str, str]]) -> str:
+    """A made-up /proc/self/task: thread id -> (name, state)."""
+    for tid, (name, state) in threads.items():
+        (root / tid).mkdir(parents=True)
+        (root / tid / "comm").write_text(name + "\n")
+        (root / tid / "stat").write_text(f"{tid} ({name}) {state} 1 2 3\n")
+    return str(root)
+
+
+def test_a_wait_returns_once_the_gloo_workers_sleep(tmp_path) -> None:
+    """The measured wait's settling, on a made-up thread table: a gloo worker still running (or
+    runnable) keeps it waiting until the limit, then it says so; other threads do not count."""
+    awake = _tasks(tmp_path / "awake", {"11": ("pt_gloo_runloop", "S"), "12": ("pt_gloo_runloop", "R"),
+                                        "13": ("python", "R")})
+    assert sorted(launch.gloo_workers(awake)) == ["11", "12"]
+    assert not launch.gloo_workers_asleep(0.01, tasks=awake)
+    asleep = _tasks(tmp_path / "asleep", {"11": ("pt_gloo_runloop", "S"), "12": ("pt_gloo_runloop", "S"),
+                                          "13": ("python", "R")})
+    assert launch.gloo_workers_asleep(0.01, tasks=asleep)
+
+
+def test_gloo_frees_are_recorded_after_a_settled_wait(tmp_path, monkeypatch) -> None:
+    """On a real (1-rank) gloo group: its worker threads are found by name, and with the settled
+    wait every buffer a reduce-scatter and an all-gather allocate is freed where the profiler sees
+    it (no free left to put back), none of the waits giving up."""
+    import torch.distributed as dist
+    from profiler.measuring.memory_trace import _event_tree, capture, profiled
+    from profiler.measuring import peak_breakdown
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x, out = torch.ones(4096), torch.empty(4096)
+
+        def calls() -> None:
+            for _ in range(50):
+                dist.reduce_scatter_single(out, x)
+                dist.all_gather_single(x, out)
+
+        launch.UNSETTLED.clear()
+        with launch._workers_let_go(), capture():
+            prof = profiled(calls)
+        assert launch.gloo_workers() and not launch.UNSETTLED
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.setattr(peak_breakdown, "_unrecorded_frees", lambda events: events)
+    events = peak_breakdown.allocations(_event_tree(prof), torch.device("cpu"))
+    made = [e for e in events if e.nbytes > 0]
+    assert len(made) >= 100 and sum(e.nbytes for e in events) == 0 and len(events) == 2 * len(made)

@@ -171,6 +171,56 @@ def test_budgets():
         fit.solve(SPECS["digits"], plain, mode="lbfgs")
 
 
+def test_nccl_reserve_comes_off_cuda_ranks_only():
+    """CUDA ranks at world size > 1 set aside NCCL's buffers (1 GiB by default, or --comm-reserve)
+    before the margin; a CPU target and a single CUDA device do not."""
+    from profiler.planning.accelerators import COMM_RESERVE
+    one = fit.make_budget(device="h100-80gb")
+    eight = fit.make_budget(device="h100-80gb", world=8)
+    assert (one.comm_reserve_bytes, eight.comm_reserve_bytes, COMM_RESERVE) == (0, GiB, GiB)
+    assert eight.usable_bytes == 85_017_755_648 - 512 * MiB - GiB - eight.margin_bytes
+    assert eight.margin_bytes == -(-(85_017_755_648 - 512 * MiB - GiB) // 10)
+    assert fit.make_budget(device="h100-80gb", world=8, comm_reserve="3GiB").comm_reserve_bytes == 3 * GiB
+    assert fit.make_budget(device="h100-80gb", world=8, comm_reserve="0").usable_bytes == one.usable_bytes
+    cpu_ranks = fit.make_budget(memory="24GiB", world=8)
+    assert (cpu_ranks.comm_reserve_bytes, cpu_ranks.usable_bytes) == (0, 24 * GiB)
+
+
+def test_distributed_fit_prints_the_nccl_reserve(capsys):
+    """``fit --world-size 2`` on a CUDA target: the budget lines name NCCL's share, and the batch
+    is solved against what is left."""
+    assert main(["fit", "digits", "--train", "adam", "--world-size", "2", "--memory", "1700MiB",
+                 "--target", "cuda"]) == 0
+    out = capsys.readouterr().out
+    budget = fit.make_budget(memory="1700MiB", target="cuda", world=2)
+    assert re.search(r"− NCCL buffers +1\.00 GiB +NCCL buffers \(outside the allocator, not measured here\)", out)
+    assert f"{budget.usable_bytes:,} B" in out and budget.comm_reserve_bytes == GiB
+
+
+def test_api_fit_takes_the_nccl_reserve_for_ranks():
+    """``api.fit(world_size=2, comm_reserve=...)``: the per-rank answer, solved against the budget
+    less that reserve."""
+    from profiler import api
+    result = api.fit("digits", memory="1700MiB", target="cuda", train="adam", world_size=2, strategy="ddp",
+                     comm_reserve="512MiB")
+    budget = fit.make_budget(memory="1700MiB", target="cuda", world=2, comm_reserve="512MiB")
+    assert (result["world_size"], result["budget"]["comm_reserve_bytes"]) == (2, 512 * MiB)
+    assert result["usable_bytes"] == budget.usable_bytes and result["peak"]["bytes"] <= budget.usable_bytes
+    assert result["next"]["bytes"] > budget.usable_bytes
+
+
+@pytest.mark.parametrize("argv", [
+    ["--device", "h100-80gb", "--world-size", "2", "--comm-reserve", "lots"],
+    ["--device", "h100-80gb", "--world-size", "2", "--comm-reserve", "-1GiB"],
+    ["--memory", "1GiB", "--world-size", "2", "--comm-reserve", "1GiB"],   # a CPU target
+    ["--device", "h100-80gb", "--comm-reserve", "1GiB"],                   # one device
+])
+def test_bad_comm_reserve_is_one_line_and_exit_2(capsys, argv):
+    assert main(["fit", "digits", "--train", "adam", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "field 'comm-reserve'" in err
+
+
 def test_cuda_figures_round_blocks_and_count_segments():
     assert [fit.block_bytes(n) for n in (0, 1, 511, 512, 513, 1000)] == [0, 512, 512, 512, 1024, 1024]
     assert fit.segment_bytes(5 * MiB) == 5 * MiB                  # shares a 20 MiB segment

@@ -16,7 +16,8 @@ collective but not the buffers the backend makes while it runs. gloo's, measured
 
 Each entry gives, per call, the groups of buffers alive together, one group after the other. They
 are the category "communication", on both sides (``measuring.peak_breakdown`` names what a
-collective allocates so), as are the padding copies of FSDP2's ``fsdp.chunk_cat``.
+collective allocates so), as are the padding copies of FSDP2's ``fsdp.chunk_cat`` and the buffers
+FSDP2 makes for its all-gather and reduce-scatter (:data:`FSDP_COLLECTIVE_CALLS`).
 """
 from __future__ import annotations
 
@@ -60,3 +61,32 @@ def wrapped_kernels() -> dict[Any, Any]:
     reduce-scatter input) runs ``aten._chunk_cat.out``, whose padding copies are communication."""
     import torch.distributed.fsdp._fully_shard._fsdp_collectives  # noqa: F401  (defines fsdp.chunk_cat)
     return {torch.ops.fsdp.chunk_cat.default: torch.ops.aten._chunk_cat.out}
+
+
+#: FSDP2's functions that run its all-gather and reduce-scatter, inside its profiler ranges
+#: ``measuring.peak_breakdown.FSDP_COLLECTIVE_RANGES`` ("FSDP::all_gather",
+#: "FSDP::post_backward_reduce"): the flat all-gather output (the unsharded parameters are copied
+#: out of it, then it is dropped), the mixed-precision input copy, the packed reduce-scatter input
+#: and its output (which becomes the sharded gradient, named so once it is one).
+FSDP_COLLECTIVE_CALLS = ("foreach_all_gather", "foreach_reduce")
+
+
+def fsdp_collectives_seen(inside: Callable[[], Any]) -> Callable[[], None]:
+    """Run FSDP2's all-gather and reduce-scatter calls inside ``inside()`` (a context manager);
+    returns what undoes it. They are looked up in ``_fsdp_param_group``, where FSDP2 calls them."""
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as group
+    originals = {name: getattr(group, name) for name in FSDP_COLLECTIVE_CALLS}
+
+    def seen(original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with inside():
+                return original(*args, **kwargs)
+        return call
+
+    for name, original in originals.items():
+        setattr(group, name, seen(original))
+
+    def undo() -> None:
+        for name, original in originals.items():
+            setattr(group, name, original)
+    return undo

@@ -9,7 +9,8 @@ Every rank group (ranks with the same shards) is solved and the smallest answer 
 batch every rank can take. The budget is the planner's (``planning.fit.Budget``: CPU bytes, or a
 card's memory less the CUDA context, a fragmentation margin and cuBLAS workspaces, blocks rounded
 as the caching allocator rounds them); collective buffers are counted as the prediction books
-them (gloo's on a CPU target; none on CUDA, NCCL's being outside the allocator).
+them (gloo's on a CPU target; none on CUDA, NCCL's being outside the allocator: the budget sets
+NCCL's share of each rank's card aside instead, ``Budget.comm_reserve_bytes``).
 """
 from __future__ import annotations
 

@@ -53,11 +53,14 @@ class RankMeasurement:
     events: int              # allocator events replayed
     breakdown: dict[str, int] = field(default_factory=dict)   # category -> bytes alive at the peak
     first_peak_bytes: int = 0   # highest live total during the first step (from the strategy built)
+    remeasured: bool = False    # the first try was unsure (a gloo worker awake past a wait, a free unseen)
+    lost_frees: int = 0         # frees the profiler missed, put back before their address was reused
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "peak_bytes": self.peak_bytes, "start_bytes": self.start_bytes,
                 "param_bytes": self.param_bytes, "events": self.events, "breakdown": dict(self.breakdown),
-                "first_peak_bytes": self.first_peak_bytes}
+                "first_peak_bytes": self.first_peak_bytes, "remeasured": self.remeasured,
+                "lost_frees": self.lost_frees}
 
 
 def max_local_ranks(device_kind: str = "cpu") -> int:
@@ -143,11 +146,29 @@ def _rank_main(jobs: list[Job], rank: int, world: int, store: str, results: Any)
         dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world,
                                 **({"device_id": device} if device.type == "cuda" else {}))
         try:
-            results.put((rank, [_measure_rank(job, rank) for job in jobs]))
+            results.put((rank, [_measure_settled(job, rank) for job in jobs]))
         finally:
             dist.destroy_process_group()
     except BaseException:   # the parent reports it; a rank must not hang the others' gather
         results.put((rank, traceback.format_exc()))
+
+
+def _measure_settled(job: Job, rank: int) -> RankMeasurement:
+    """The job measured on this rank, once more on every rank when a rank's try was unsure: a wait
+    gave up on its gloo workers (:func:`_workers_let_go`), or the trace shows a free the profiler
+    missed (an address handed out again while its block was still counted: a buffer gloo's worker
+    freed after a wait inside C++, such as DDP's broadcast of the buffers); ``remeasured`` says so.
+    A missed free whose address is never reused is not seen."""
+    import torch.distributed as dist
+    from dataclasses import replace
+    UNSETTLED.clear()
+    measured = _measure_rank(job, rank)
+    unsure = len(UNSETTLED) + measured.lost_frees
+    flag = torch.tensor([unsure], dtype=torch.int64, device=rank_device(job.device_kind, rank)[1])
+    dist.all_reduce(flag)
+    if not flag.item():
+        return measured
+    return replace(_measure_rank(job, rank), remeasured=True)
 
 
 def _measure_rank(job: Job, rank: int) -> RankMeasurement:
@@ -218,7 +239,8 @@ def _measure_rank(job: Job, rank: int) -> RankMeasurement:
     known = Known(before=before_run, after=storages(_alive(model, opt, x, y)), weights=frozenset(weights))
     split = analyse(tree, device=device, known=known, baseline_bytes=start, peak_bytes=peak,
                     block=(lambda n: n) if cuda is None else _cuda_block, within=(last.start_ns(), last.end_ns()))
-    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories, first_peak)
+    return RankMeasurement(rank, peak, before, param_bytes, len(memory), split.categories, first_peak,
+                           lost_frees=sum(e.put_back for e in memory))
 
 
 class _CudaPeaks:
@@ -257,26 +279,74 @@ def _alive(model: torch.nn.Module, opt: torch.optim.Optimizer, x: list[torch.Ten
 
 
 @contextlib.contextmanager
-def _workers_let_go(seconds: float = 0.002) -> Iterator[None]:
-    """Each ``Work.wait()`` returns a moment late, so that gloo's worker thread has dropped its
-    reference to the work before the caller drops the last one.
+def _workers_let_go(limit_s: float = 5.0) -> Iterator[None]:
+    """Each ``Work.wait()`` returns once gloo's worker threads have let go of the work.
 
     A work holds its collective's tensors (FSDP2's all-gather output, gloo's copy of a
     reduce-scatter input); whichever thread drops the work last frees them. The caller's free is
     recorded; the worker's is not (the profiler's state is the worker's only while the work runs),
-    and which one comes last is a race: without the pause a 2-rank FSDP2 step's peak was measured
-    8-34 KiB apart from run to run. The pause only delays the caller; it allocates nothing.
+    and which one comes last is a race: a pause of 2 ms after ``wait`` lost it under heavy load
+    (resnet18 FSDP2 rank 1 measured 12.8% over). A worker drops the work it ran before it looks at
+    its queue again and sleeps there, so ``wait`` returns once every gloo worker thread of the rank
+    sleeps (:func:`gloo_workers_asleep`); the caller's drop then comes last. Nothing is allocated.
+    ``limit_s``: the longest it waits for them (a worker busy in another work sleeps too, waiting
+    for its peers); past it, ``wait`` returns and the step is marked (:data:`UNSETTLED`).
     """
     from torch._C._distributed_c10d import Work
     wait = Work.wait
 
-    def late_wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def settled_wait(self: Any, *args: Any, **kwargs: Any) -> Any:
         done = wait(self, *args, **kwargs)
-        time.sleep(seconds)
+        if not gloo_workers_asleep(limit_s):
+            UNSETTLED.append(time.monotonic_ns())
         return done
 
-    Work.wait = late_wait   # type: ignore[method-assign]
+    Work.wait = settled_wait   # type: ignore[method-assign]
     try:
         yield
     finally:
         Work.wait = wait   # type: ignore[method-assign]
+
+
+#: waits after which a gloo worker was still awake at the limit (its free may be unrecorded)
+UNSETTLED: list[int] = []
+_GLOO_WORKER = "pt_gloo_runloop"   # the name gloo's worker threads give themselves
+
+
+def gloo_workers_asleep(limit_s: float, *, tasks: str = "/proc/self/task") -> bool:
+    """Whether every gloo worker thread of this process was seen asleep (state S) twice in a row
+    within ``limit_s`` seconds; True where threads cannot be read (no /proc)."""
+    deadline = time.monotonic() + limit_s
+    calm = 0
+    while True:
+        try:
+            states = [_state(tasks, tid) for tid in gloo_workers(tasks)]
+        except OSError:
+            return True
+        calm = calm + 1 if all(state == "S" for state in states) else 0
+        if calm == 2:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.00005)
+
+
+def gloo_workers(tasks: str = "/proc/self/task") -> list[str]:
+    """The thread ids of this process's gloo worker threads."""
+    return [tid for tid in os.listdir(tasks) if _name(tasks, tid) == _GLOO_WORKER]
+
+
+def _name(tasks: str, tid: str) -> str:
+    try:
+        with open(f"{tasks}/{tid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:   # the thread ended meanwhile
+        return ""
+
+
+def _state(tasks: str, tid: str) -> str:
+    try:
+        with open(f"{tasks}/{tid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "S"

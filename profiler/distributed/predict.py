@@ -16,9 +16,10 @@ single-device log does not meet there is added here:
   reports.
 - DTensor's sharding propagation, which runs each operator once more on fake tensors to learn its
   output's shape, is not logged (in a real run those are fake too).
-- What a backend allocates inside a collective (:mod:`profiler.distributed.collectives`), and the
-  workspace of kernels run inside a custom operator (FSDP2's ``fsdp.chunk_cat``): the category
-  "communication".
+- What a backend allocates inside a collective (:mod:`profiler.distributed.collectives`), the
+  workspace of kernels run inside a custom operator (FSDP2's ``fsdp.chunk_cat``), and the storages
+  made inside FSDP2's all-gather and reduce-scatter (``foreach_all_gather``, ``foreach_reduce``)
+  unless named gradients later: the category "communication".
 - FSDP2's check whether a shard is still its padded storage compares storages, not data pointers
   (a fake storage's is 0): see :func:`_shards_compared_by_storage`.
 
@@ -41,7 +42,7 @@ from typing import Any, Iterator
 
 import torch
 
-from profiler.distributed.collectives import buffers, wrapped_kernels
+from profiler.distributed.collectives import buffers, fsdp_collectives_seen, wrapped_kernels
 from profiler.engine.kernels.aten_cpu import kernel_workspace
 from profiler.distributed.job import STEPS, Job, build, fake_model, train_step
 from profiler.engine.memory_model import Peak
@@ -81,6 +82,7 @@ class _RankLog(StorageLog):
         self.backend = backend
         self._propagating = False
         self._wrapped = wrapped_kernels()
+        self._in_fsdp_collective = 0   # depth of FSDP2's all-gather / reduce-scatter calls running
 
     # DTensor's sharding propagation runs each operator once more on fake tensors (under the fake
     # mode it finds active: the replay's) to learn its output's shape; in a real run those are fake
@@ -126,6 +128,7 @@ class _RankLog(StorageLog):
         self._original_lock = ShardingPropagator._fake_mode_lock
         torch.UntypedStorage.resize_ = resize_   # type: ignore[method-assign]
         ShardingPropagator._fake_mode_lock = self._pause()
+        self._unpatch = fsdp_collectives_seen(self._fsdp_collective)
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
@@ -133,6 +136,24 @@ class _RankLog(StorageLog):
         super().__exit__(*exc)
         torch.UntypedStorage.resize_ = self._original_resize   # type: ignore[method-assign]
         ShardingPropagator._fake_mode_lock = self._original_lock
+        self._unpatch()
+
+    @contextlib.contextmanager
+    def _fsdp_collective(self) -> Iterator[None]:
+        self._in_fsdp_collective += 1
+        try:
+            yield
+        finally:
+            self._in_fsdp_collective -= 1
+
+    def _add(self, storage: torch.UntypedStorage | None, dtype: torch.dtype | None = None) -> int | None:
+        """A new storage made inside FSDP2's all-gather or reduce-scatter is communication, as the
+        measured side names what is made in their ranges (unless it is later named a gradient)."""
+        known = storage is None or id(storage) in self._serial
+        serial = super()._add(storage, dtype)
+        if serial is not None and not known and self._in_fsdp_collective:
+            self.category.setdefault(serial, "communication")
+        return serial
 
     def name_start_up(self, category: str) -> None:
         """Give ``category`` to what the strategy's start-up made and keeps (DDP's gradient

@@ -31,7 +31,9 @@ more closely, and the same events both fix the moment and name the bytes:
      collective allocated, even alive past the call: the backend's copies, which its work object
      may hold until ``wait``, and what its worker thread allocates inside the work's range
      (``gloo:all_reduce``: the averaging's 0-d number and its cast), as
-     ``distributed/collectives.py`` predicts;
+     ``distributed/collectives.py`` predicts; and, unless it is a gradient by then, what is made
+     inside FSDP2's ``FSDP::all_gather`` and ``FSDP::post_backward_reduce`` ranges (the flat
+     all-gather output, the packed reduce-scatter input and its output);
    - ``gradients`` / ``optimizer_state`` when it is still alive after the run at the address of a
      ``.grad`` / of a tensor in ``optimizer.state`` (what it becomes: backward writes a
      parameter's gradient before the step ends); ``parameters`` / ``inputs`` likewise;
@@ -72,6 +74,10 @@ _OPERATOR = torch._C._profiler.RecordScope.FUNCTION   # operators (and autograd'
 COLLECTIVE = "c10d::"                   # a process group's collectives
 COMMUNICATION_OPS = ("fsdp::chunk_cat",)   # operators whose own buffers are for a collective
 BACKEND_WORK = ("gloo:", "nccl:")       # the range a backend's worker runs a collective's work in
+#: FSDP2's ranges around its all-gather (``foreach_all_gather``: the flat all-gather output, the
+#: mixed-precision input copy) and its reduce-scatter (``foreach_reduce``: the packed input, the
+#: output), named "FSDP::all_gather (block)" ...: what is made there is for the collective
+FSDP_COLLECTIVE_RANGES = ("FSDP::all_gather", "FSDP::post_backward_reduce")
 
 
 class Annotator:
@@ -170,6 +176,8 @@ class _Event:
     thread: int
     ended: int | None = None        # allocations: time of the matching free (None: alive at the end)
     collective: bool = False        # made inside a backend's work (its worker thread's range)
+    fsdp: bool = False              # made inside FSDP2's all-gather or reduce-scatter range
+    put_back: bool = False          # a free the profiler missed (see _unrecorded_frees)
 
 
 @dataclass(frozen=True)
@@ -263,10 +271,18 @@ def _category(event: _Event, ops: _Spans[_Op], phases: _Spans[str], modules: _Sp
         return known.after[event.ptr][0], None
     if op is not None and op.copies is not None and op.copies in known.weights:
         return "weight_casts", None
+    if event.fsdp:
+        return "communication", None   # FSDP2's all-gather output, reduce-scatter input and output
     module = modules.at(event.time)
     if module is not None or phases.at(event.time) == "forward":
         return "activations", module
     return "temporaries", None
+
+
+def fsdp_collective_range(name: str) -> bool:
+    """Whether a profiler range is FSDP2's all-gather or reduce-scatter (its label, then
+    " (module)" or nothing: not "FSDP::all_gather_copy_out")."""
+    return any(name == r or name.startswith(r + " ") for r in FSDP_COLLECTIVE_RANGES)
 
 
 def _communication(name: str) -> bool:
@@ -281,18 +297,19 @@ def _read(tree: list[Any], device: torch.device
     ops: list[tuple[int, int, _Op]] = []
     phases: list[tuple[int, int, str]] = []
     modules: dict[int, list[tuple[int, int, str]]] = {}
-    # (node, inside an operator already, inside a backend's work)
-    stack = [(node, False, False) for node in reversed(tree)]
+    # (node, inside an operator already, inside a backend's work, inside FSDP2's collective range)
+    stack = [(node, False, False, False) for node in reversed(tree)]
     while stack:
-        node, inside, work = stack.pop()
+        node, inside, work, fsdp = stack.pop()
         kind, fields = node.typed
         if kind.name == "Allocation":
             if _device(fields.device) == device:
                 events.append(_Event(node.start_time_ns, len(events), fields.ptr, fields.alloc_size,
-                                     node.start_tid, collective=work))
+                                     node.start_tid, collective=work, fsdp=fsdp))
             continue
         name = node.name
         work = work or name.startswith(BACKEND_WORK)
+        fsdp = fsdp or fsdp_collective_range(name)
         if name.startswith(PHASE):
             phases.append((node.start_time_ns, node.end_time_ns, name[len(PHASE):]))
         elif name.startswith(MODULE):
@@ -301,7 +318,7 @@ def _read(tree: list[Any], device: torch.device
         elif not inside and kind.name == "TorchOp" and fields.scope == _OPERATOR and _operator(name) == "operator":
             ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields), name)))
             inside = True
-        stack.extend((child, inside, work) for child in reversed(node.children))
+        stack.extend((child, inside, work, fsdp) for child in reversed(node.children))
     events.sort(key=lambda e: (e.time, e.order))
     events = _unrecorded_frees(events)
     # module calls nest on one thread; other threads (autograd's device threads) have their own
@@ -326,7 +343,7 @@ def _unrecorded_frees(events: list[_Event]) -> list[_Event]:
         if event.nbytes > 0:
             lost = open_.get(event.ptr)
             if lost is not None:
-                out.append(_Event(event.time, event.order, event.ptr, -lost.nbytes, lost.thread))
+                out.append(_Event(event.time, event.order, event.ptr, -lost.nbytes, lost.thread, put_back=True))
             open_[event.ptr] = event
         elif event.nbytes < 0:
             open_.pop(event.ptr, None)

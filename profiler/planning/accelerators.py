@@ -33,6 +33,14 @@ GiB = 1 << 30
 #: measurement: override with ``--reserve``.
 CONTEXT_RESERVE = 512 * MiB
 
+#: NCCL's communicator buffers on each rank's card (per-peer channel buffers, proxy and work FIFOs),
+#: allocated by NCCL itself: outside the caching allocator, so no replay or allocator reading sees
+#: them. Published figures, not measured here (no GPU): about 1.06 GB per GPU on 8 × H100 before any
+#: all-to-all, 4.34 GB after one (32 channels per peer pair; NVIDIA/nccl issue #1685), about 1.6 GB
+#: with one communicator (NVIDIA/nccl issue #864). The default, for CUDA ranks at world size > 1:
+#: override with ``--comm-reserve`` (NCCL_BUFFSIZE and the channel count move it).
+COMM_RESERVE = 1 * GiB
+
 
 @dataclass(frozen=True)
 class Accelerator:

@@ -56,7 +56,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from profiler.engine.kernels import cpu_isa
-from profiler.planning.accelerators import CONTEXT_RESERVE, Accelerator, blas_workspace_bytes, lookup
+from profiler.planning.accelerators import COMM_RESERVE, CONTEXT_RESERVE, Accelerator, blas_workspace_bytes, lookup
 from profiler.errors import SpecError
 from profiler.engine.memory_model import Peak
 if TYPE_CHECKING:
@@ -161,26 +161,30 @@ class Budget:
     margin: float = 0.0                    # share of memory − reserve held back (fragmentation)
     accelerator: Accelerator | None = None
     workspace_bytes: int = 0               # one cuBLAS workspace (counted in the peak on CUDA)
+    comm_reserve_bytes: int = 0            # NCCL's buffers on each rank (CUDA, world size > 1)
 
     @property
     def margin_bytes(self) -> int:
-        return math.ceil((self.memory_bytes - self.reserve_bytes) * self.margin)
+        return math.ceil((self.memory_bytes - self.reserve_bytes - self.comm_reserve_bytes) * self.margin)
 
     @property
     def usable_bytes(self) -> int:
         """What the predicted figure must not exceed."""
-        return self.memory_bytes - self.reserve_bytes - self.margin_bytes
+        return self.memory_bytes - self.reserve_bytes - self.comm_reserve_bytes - self.margin_bytes
 
     def as_dict(self) -> dict[str, Any]:
         return {"memory_bytes": self.memory_bytes, "target": self.target, "reserve_bytes": self.reserve_bytes,
+                "comm_reserve_bytes": self.comm_reserve_bytes,
                 "margin_fraction": self.margin, "margin_bytes": self.margin_bytes,
                 "blas_workspace_bytes": self.workspace_bytes, "usable_bytes": self.usable_bytes,
                 "accelerator": self.accelerator.as_dict() if self.accelerator else None}
 
 
 def make_budget(*, memory: str | None = None, device: str | None = None, target: str | None = None,
-                reserve: str | None = None, margin: str | None = None) -> Budget:
-    """The budget from the command line's strings; errors name the field."""
+                reserve: str | None = None, margin: str | None = None, comm_reserve: str | None = None,
+                world: int = 1) -> Budget:
+    """The budget from the command line's strings; errors name the field. ``world`` ranks on a CUDA
+    target each set aside ``comm_reserve`` (default :data:`COMM_RESERVE`) for NCCL's buffers."""
     if (memory is None) == (device is None):
         raise SpecError("give exactly one of --memory SIZE or --device NAME", field="memory")
     accelerator = lookup(device) if device is not None else None
@@ -192,16 +196,23 @@ def make_budget(*, memory: str | None = None, device: str | None = None, target:
     kind = "cuda" if accelerator is not None else (target or "cpu")
     total = accelerator.memory_bytes if accelerator is not None else parse_size(memory, field="memory")
     on_cuda = kind == "cuda"
+    nccl = on_cuda and world > 1
+    if comm_reserve is not None and not nccl:
+        raise SpecError("--comm-reserve is NCCL's share of a CUDA rank's memory", field="comm-reserve",
+                        expected="a CUDA target (--device NAME or --target cuda) and --world-size above 1",
+                        received=repr(comm_reserve))
     budget = Budget(
         memory_bytes=total, target=kind,
         reserve_bytes=parse_size(reserve, field="reserve", allow_zero=True) if reserve is not None
         else (CONTEXT_RESERVE if on_cuda else 0),
         margin=parse_margin(margin) if margin is not None else (DEFAULT_MARGIN if on_cuda else 0.0),
-        accelerator=accelerator, workspace_bytes=blas_workspace_bytes(accelerator) if on_cuda else 0)
+        accelerator=accelerator, workspace_bytes=blas_workspace_bytes(accelerator) if on_cuda else 0,
+        comm_reserve_bytes=(parse_size(comm_reserve, field="comm-reserve", allow_zero=True)
+                            if comm_reserve is not None else COMM_RESERVE) if nccl else 0)
     if budget.usable_bytes <= 0:
         raise SpecError("the reserve and margin leave no memory for the model", field="reserve",
-                        received=f"reserve {budget.reserve_bytes:,} B and margin {budget.margin_bytes:,} B "
-                                 f"of {total:,} B")
+                        received=f"reserve {budget.reserve_bytes:,} B, NCCL {budget.comm_reserve_bytes:,} B and "
+                                 f"margin {budget.margin_bytes:,} B of {total:,} B")
     return budget
 
 

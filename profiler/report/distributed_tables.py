@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from profiler.report import grid, units
+from profiler.report.fit_tables import budget_rows
 from profiler.report.units import OPTIMIZER_LABELS
 
 
@@ -72,5 +73,6 @@ def render_distributed_fit(result: dict[str, Any], *, markdown: bool = False) ->
              f"steady, {units.nbytes(result['peak']['first_step_bytes'])} first)",
              f"Method: {result['method']} ({result['replays']} replays)"]
     alive = [[c, units.nbytes(n)] for c, n in result["peak"]["breakdown"].items() if n]
-    return "\n".join(lines) + "\n\nAlive at the peak (tensor bytes)\n" + layout(["category", "bytes"], alive,
-                                                                             right=[False, True]) + "\n"
+    return "\n".join(lines) + "\n\nBudget per rank\n" + layout(["", "Bytes", ""], budget_rows(result),
+                                                            right=[False, True, False]) \
+        + "\n\nAlive at the peak (tensor bytes)\n" + layout(["category", "bytes"], alive, right=[False, True]) + "\n"

@@ -17,7 +17,7 @@ def render_fit(result: dict[str, Any], *, markdown: bool = False, explain: bool 
     title = (f'Model: "{result["model"]}": largest batch for {mode_label(result["mode"])} '
              f'({result["dtype"]}{", autocast " + result["amp"] if result.get("amp") else ""}, '
              f'loss {result["loss"]}) on {_target(result)}')
-    parts = [f"## {title}" if markdown else title, layout(["", "Bytes", ""], _budget_rows(result),
+    parts = [f"## {title}" if markdown else title, layout(["", "Bytes", ""], budget_rows(result),
                                                              right=[False, True, False])]
     parts.append(_answer(result))
     parts.append(layout(["Batch", "Predicted", "Budget", ""], _peak_rows(result), right=[True, True, True, False]))
@@ -41,19 +41,23 @@ def _target(r: dict) -> str:
     return "CUDA" if r["target"] == "cuda" else "CPU"
 
 
-def _budget_rows(r: dict) -> list[list[str]]:
+def budget_rows(r: dict) -> list[list[str]]:
+    """What comes off the memory before the model's tensors, row by row (``r["budget"]``)."""
     b = r["budget"]
     accelerator = b["accelerator"]
     source = (("nominal: " if accelerator["nominal"] else "") + "catalog") if accelerator else "--memory"
     rows = [["memory", units.nbytes(b["memory_bytes"]), f"{b['memory_bytes']:,} B ({source})"]]
     if b["reserve_bytes"]:
         rows.append(["− reserve", units.nbytes(b["reserve_bytes"]), "CUDA context and handles, outside the allocator"
-                     if r["target"] == "cuda" else "--reserve"])
+                     if b["target"] == "cuda" else "--reserve"])
+    if b.get("comm_reserve_bytes"):
+        rows.append(["− NCCL buffers", units.nbytes(b["comm_reserve_bytes"]),
+                     "NCCL buffers (outside the allocator, not measured here)"])
     if b["margin_bytes"]:
         rows.append(["− fragmentation margin", units.nbytes(b["margin_bytes"]),
-                     f"{b['margin_fraction'] * 100:g}% of memory − reserve"])
+                     f"{b['margin_fraction'] * 100:g}% of memory − reserves"])
     rows.append(["= usable", units.nbytes(b["usable_bytes"]), f"{b['usable_bytes']:,} B"])
-    if r["target"] == "cuda":
+    if b["target"] == "cuda":
         rows.append(["cuBLAS workspace", units.nbytes(b["blas_workspace_bytes"]),
                      "per handle, inside the allocator: counted in the peak"])
     return rows
