@@ -9,6 +9,7 @@ import torch
 from profiler.distributed import launch, predict
 from profiler.distributed.job import Job
 from profiler.distributed.strategies import Strategy
+from isa import OFF as OFF_ISA, require_modelled_isa
 
 
 def _mlp() -> torch.nn.Module:
@@ -100,8 +101,19 @@ def predicted() -> list[list[predict.RankPrediction]]:
     return [predict.predict(job) for job in _EXACT + _FSDP]
 
 
+def _books_isa_workspace(job: Job) -> bool:
+    """Low precision and convolutions book kernel workspace measured on one oneDNN ISA."""
+    return bool(job.amp) or job.dtype != "float32" or job.factory is _conv
+
+
+def _isa_measured(job: Job) -> None:
+    if _books_isa_workspace(job):
+        require_modelled_isa()
+
+
 @pytest.mark.parametrize("index", range(len(_EXACT)))
 def test_peaks_predicted_equal_measured(measured, predicted, index: int) -> None:
+    _isa_measured(_EXACT[index])
     predicted = predicted[index]
     got = measured[index]
     assert [p.start_bytes for p in predicted] == [m.start_bytes for m in got]
@@ -113,6 +125,7 @@ def test_measured_breakdown_is_the_predicted_one(measured, predicted, index: int
     """Each rank's bytes alive at its measured peak by category (the runner's peak_breakdown, run
     in the rank): they sum to the measured peak and every category is the predicted one (DDP's
     buckets are gradients, gloo's copies communication, autocast's casts weight casts)."""
+    _isa_measured((_EXACT + _FSDP)[index])
     for p, m in zip(predicted[index], measured[index]):
         assert sum(m.breakdown.values()) == m.peak_bytes
         assert m.breakdown == p.breakdown
@@ -124,6 +137,8 @@ def test_collectives_buffers_are_communication(measured, predicted) -> None:
     DDP's and ZeRO-1's collectives run in place (nothing in it), FSDP2's peaks hold gloo's
     copies or the padding of the reduce-scatter input."""
     for job, p_ranks, m_ranks in zip(_EXACT + _FSDP, predicted, measured):
+        if OFF_ISA and _books_isa_workspace(job):   # another peak moment off the modelled ISA
+            continue
         for p, m in zip(p_ranks, m_ranks):
             assert p.breakdown["communication"] == m.breakdown["communication"]
             if job.strategy.name != "fsdp":
