@@ -139,7 +139,6 @@ class OpTimes:
     ops: dict[str, float]                  # operator -> ms
     phases: dict[str, float]               # phase -> ms
     runs: int = 1                          # instrumented runs this one is the median of
-    warmup: int = 0                        # instrumented runs before them, not counted
 
     def by_module(self, phase: str) -> dict[str, float]:
         return dict(self.modules.get(phase, {}))
@@ -235,5 +234,4 @@ def time_ops(fn: Callable[[Callable[[str | None], None]], object], device: Devic
     finally:
         if gc_was_enabled:
             gc.enable()
-    return replace(sorted(found, key=lambda t: t.total_ms)[(len(found) - 1) // 2], runs=len(found),
-                   warmup=warmup)
+    return replace(sorted(found, key=lambda t: t.total_ms)[(len(found) - 1) // 2], runs=len(found))

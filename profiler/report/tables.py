@@ -231,9 +231,6 @@ def _layer_times(r: dict, layout: Callable, top: int = 10) -> str:
     asked = time.get("layer_repeats", "?")
     ran = (f"{asked} runs" if not counted or counted == [asked] else
            f"{'/'.join(map(str, counted))} of {asked} runs within the time budget")
-    if any(warm == 0 and (time.get(key) or {}).get("requested") is not None
-           for key, warm in (time.get("layer_warmup") or {}).items()):
-        ran += ", none untimed first where the timed runs were cut"
     note = (f"Layers: {shown}; operators timed one at a time ({ran}, the median "
             f"one), each booked to the innermost module running it (backward: the module whose forward "
             f"made the node). Operator time: " + ("; ".join(covered) or "-") + ".")
