@@ -36,6 +36,7 @@ from profiler.errors import ModelsizeError
 #: timed runs a time budget never cuts below (the median of 5 is still one)
 LEAST_REPEATS = 5
 
+
 @dataclass(frozen=True)
 class Timing:
     """Milliseconds per run over ``repeats`` timed runs that followed ``warmup`` untimed ones."""
@@ -90,7 +91,14 @@ def time_fn(fn: Callable[[], object], device: Device, *, warmup: int = 3, repeat
         if threads is not None:
             torch.set_num_threads(threads)
         used_threads = torch.get_num_threads()
-        warmed = _budgeted(lambda: device.elapsed_ns(fn) / 1e6, warmup, min(1, warmup), budget_s)
+        # warm-ups are timed (each between two synchronisations) only when a budget counts them
+        def warm() -> float:
+            if budget_s is None:
+                fn()
+                return 0.0
+            return device.elapsed_ns(fn) / 1e6
+
+        warmed = _budgeted(warm, warmup, min(1, warmup), budget_s)
         device.synchronize()
         if collect:
             gc.collect()
