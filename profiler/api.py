@@ -48,7 +48,7 @@ def measure(model: Any = None, input_shape: Any = None, *, batch: int = 1, input
             optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, amp: str | None = None, checkpoint: Any = (),
             threads: int | None = None, input_grad: bool = False, device: str | None = None,
             warmup: int = 3, repeats: int = 20, name: str | None = None, force: bool = False,
-            layer_repeats: int | None = None) -> dict[str, Any]:
+            layer_repeats: int | None = None, time_budget_s: float | None = None) -> dict[str, Any]:
     """Build the model and measure it on the device: ``{"model", "options", "measured"}``.
     Raises :class:`~profiler.measuring.devices.DoesNotFit` when it runs out of memory, or, before
     building anything, when the predicted peak is more than the device has free (unless ``force``)."""
@@ -56,7 +56,8 @@ def measure(model: Any = None, input_shape: Any = None, *, batch: int = 1, input
     measured, options = workflow.measure(source, batch=batch, dtype=dtype, loss=loss, device=device,
                                          warmup=warmup, repeats=repeats, threads=threads,
                                          optimizers=tuple(optimizers), amp=amp, checkpoint=checkpoint,
-                                         input_grad=input_grad, force=force, layer_repeats=layer_repeats)
+                                         input_grad=input_grad, force=force, layer_repeats=layer_repeats,
+                                         time_budget_s=time_budget_s)
     return {"model": getattr(source, "name", None), "options": options, "measured": measured}
 
 
@@ -66,13 +67,14 @@ def profile(model: Any = None, input_shape: Any = None, *, batch: int = 1, input
             optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, amp: str | None = None, checkpoint: Any = (),
             threads: int | None = None, input_grad: bool = False, device: str | None = None,
             warmup: int = 3, repeats: int = 20, depth: int | None = None, name: str | None = None,
-            force: bool = False, layer_repeats: int | None = None) -> dict[str, Any]:
+            force: bool = False, layer_repeats: int | None = None,
+            time_budget_s: float | None = None) -> dict[str, Any]:
     """Predict, measure and compare, figure by figure (nothing saved: see ``report.results.save``)."""
     source = _source(model, input_shape, input_dtype, int_high, hf_task, seq_len, name)
     return workflow.profile(source, batch=batch, dtype=dtype, loss=loss, device=device, warmup=warmup,
                             repeats=repeats, threads=threads, optimizers=tuple(optimizers), amp=amp,
                             checkpoint=checkpoint, input_grad=input_grad, depth=depth, force=force,
-                            layer_repeats=layer_repeats)
+                            layer_repeats=layer_repeats, time_budget_s=time_budget_s)
 
 
 def fit(model: Any = None, input_shape: Any = None, *, memory: str | int | None = None,

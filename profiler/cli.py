@@ -33,6 +33,9 @@ COMPARE_FORMATS = ("text", "markdown", "csv", "json")
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: the largest batch modelsize accepts: torch indexes many kernels with 32-bit integers
 MAX_BATCH = 2 ** 31 - 1
+DEFAULT_WARMUP = 3              # untimed runs of each timed function
+DEFAULT_REPEATS = 20            # timed runs of each
+DEFAULT_TIME_BUDGET_S = 10.0    # seconds of runs of each, when no count was given (--time-budget)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -457,9 +460,17 @@ def _measure_options(args: argparse.Namespace) -> dict[str, Any]:
         kind = "cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else "cpu"
     return {"batch": args.batch, "dtype": args.dtype, "loss": args.loss, "device": args.device,
             "optimizers": args.optimizers,
-            "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
+            "warmup": DEFAULT_WARMUP if args.warmup is None else args.warmup,
+            "repeats": DEFAULT_REPEATS if args.repeats is None else args.repeats, "threads": args.threads,
             "amp": _amp_dtype(args, kind or "cpu"), "checkpoint": args.checkpoint,
-            "input_grad": args.input_grad, "force": args.force, "layer_repeats": args.layer_repeats}
+            "input_grad": args.input_grad, "force": args.force, "layer_repeats": args.layer_repeats,
+            "time_budget_s": _time_budget(args)}
+
+
+def _time_budget(args: argparse.Namespace) -> float | None:
+    """--time-budget, unless a count of runs was given: an explicit count is run in full."""
+    explicit = (args.warmup, args.repeats, args.layer_repeats) != (None, None, None)
+    return None if explicit or not args.time_budget else float(args.time_budget)
 
 
 def _amp_dtype(args: argparse.Namespace, device_kind: str) -> str | None:
@@ -492,6 +503,17 @@ def _shape(text: str) -> tuple[int, ...]:
     if not dims or any(d <= 0 for d in dims):
         raise argparse.ArgumentTypeError(f"expected positive sizes, received {text!r}")
     return dims
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds >= 0 (argparse's type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, received {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -628,10 +650,17 @@ def _parser() -> argparse.ArgumentParser:
     def measuring(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--device", choices=("cpu", "cuda"), default=None,
                          help="default: cuda when available, else cpu")
-        sub.add_argument("--warmup", type=int, default=3,
-                         help="untimed runs of the forward pass and of each training step first (default 3)")
-        sub.add_argument("--repeats", type=_positive, default=20,
-                         help="timed runs of the forward pass and of each training step (default 20)")
+        sub.add_argument("--warmup", type=int, default=None,
+                         help=f"untimed runs of the forward pass and of each training step first "
+                              f"(default {DEFAULT_WARMUP}, within --time-budget)")
+        sub.add_argument("--repeats", type=_positive, default=None,
+                         help=f"timed runs of the forward pass and of each training step (default "
+                              f"{DEFAULT_REPEATS}, within --time-budget)")
+        sub.add_argument("--time-budget", type=_seconds, default=DEFAULT_TIME_BUDGET_S, metavar="SECONDS",
+                         help=f"without --warmup, --repeats or --layer-repeats: each timed function's "
+                              f"warm-up, timed and per-operator runs stop once they took this long, a "
+                              f"minimum of each run (default {DEFAULT_TIME_BUDGET_S:g}; 0: no budget); "
+                              f"the output says how many ran. A model whose runs take milliseconds runs them all")
         sub.add_argument("--layer-repeats", type=int, default=None,
                          help="runs with each operator timed, for the time per layer (default: 3, or "
                               "--repeats if fewer; 0: none)")

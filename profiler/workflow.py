@@ -132,12 +132,14 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False,
             validate: bool = True, force: bool = False, predicted_peak: int | None = None,
             isolate_from: dict[str, Any] | None = None,
-            layer_repeats: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+            layer_repeats: int | None = None,
+            time_budget_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the model on the device and measure it: (measured figures, options used).
 
     ``amp``: forward and loss under ``torch.autocast`` to this dtype, float32 weights;
     ``checkpoint``: the layers wrapped in activation checkpointing (True: every layer);
     ``layer_repeats``: instrumented runs for per-module times (default ``min(3, repeats)``; 0: none).
+    ``time_budget_s``: the runs of each timed function stop early past it (``runner.measure``).
     A spec's request is validated first by predicting it (cheap), so what the prediction refuses
     fails with its SpecError rather than inside PyTorch; ``validate=False`` when the caller has
     just predicted it. A torch model is built by its factory (or copied): the original is untouched.
@@ -167,7 +169,7 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             "batch": batch, "dtype": dtype, "loss": loss, "device": target.name, "warmup": warmup,
             "repeats": repeats, "threads": threads, "optimizers": optimizers, "amp": amp,
             "checkpoint": checkpoint, "input_grad": input_grad, "validate": False, "force": True,
-            "layer_repeats": layer_repeats})
+            "layer_repeats": layer_repeats, "time_budget_s": time_budget_s})
     if isinstance(source, ModuleSource):
         _module_only_options(source, checkpoint=checkpoint, input_grad=input_grad)
         bounds = source.bounds()
@@ -176,7 +178,8 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
         shapes = [(batch, *s) for s in source.input_shapes]
         measurement = run(module, input_shape=shapes, input_dtype=list(source.input_dtypes), int_high=list(bounds),
                           dtype=dtype, device=target, loss=loss, optimizers=optimizers, warmup=warmup,
-                          repeats=repeats, threads=threads, amp_dtype=amp, layer_repeats=layer_repeats)
+                          repeats=repeats, threads=threads, amp_dtype=amp, layer_repeats=layer_repeats,
+                          time_budget_s=time_budget_s)
         measured = measurement.as_dict()
         measured["layer_kept_for_backward_bytes"] = dict(measured.get("saved_activation_bytes", {}))
         measured["layer_activations_at_peak"] = dict(measured.get("activations_at_peak", {}))
@@ -193,7 +196,8 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
                           input_dtype=[i.dtype for i in source.inputs],
                           int_high=[token_range(source, i.name) for i in source.inputs], dtype=dtype,
                           device=target, loss=loss, optimizers=optimizers, warmup=warmup, repeats=repeats,
-                          threads=threads, amp_dtype=amp, input_grad=input_grad, layer_repeats=layer_repeats)
+                          threads=threads, amp_dtype=amp, input_grad=input_grad, layer_repeats=layer_repeats,
+                          time_budget_s=time_budget_s)
         measured = measurement.as_dict()
         measured["layer_kept_for_backward_bytes"] = by_layer(measured.get("saved_activation_bytes", {}))
         measured["layer_activations_at_peak"] = {peak: by_layer(modules) for peak, modules
@@ -203,7 +207,7 @@ def measure(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
                "optimizers": list(optimizers), "warmup": warmup, "repeats": repeats,
                "layer_repeats": (measured.get("time") or {}).get("layer_repeats", layer_repeats),
                "threads": measured.get("threads", threads), "amp": amp,
-               "checkpoint": chosen, "input_grad": input_grad}
+               "checkpoint": chosen, "input_grad": input_grad, "time_budget_s": time_budget_s}
     return measured, options
 
 
@@ -256,7 +260,7 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             checkpoint: bool | tuple[str, ...] = (), input_grad: bool = False,
             depth: int | None = None, force: bool = False,
             isolate_from: dict[str, Any] | None = None, layer_repeats: int | None = None,
-            predict_time: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            time_budget_s: float | None = None, predict_time: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Predict, measure and compare: the whole result, ready to save and render.
 
     The prediction comes first: it validates the model and the options (mixed precision on layers
@@ -280,7 +284,8 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
                                 warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
                                 amp=amp, checkpoint=checkpoint, input_grad=input_grad, validate=False,
                                 force=force, predicted_peak=peak_of(result["predicted"]),
-                                isolate_from=isolate_from, layer_repeats=layer_repeats)
+                                isolate_from=isolate_from, layer_repeats=layer_repeats,
+                                time_budget_s=time_budget_s)
     described = {"spec": source.as_dict()} if isinstance(source, ModelSpec) else {"model_source": source.as_dict()}
     result.update(options=options, **described, machine_info=machine_info(), measured=measured,
                   relative_error=relative_errors(result["predicted"], measured),

@@ -163,7 +163,8 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
             device: Device | str | None = None, loss: str = "cross_entropy",
             optimizers: Iterable[str] = ("sgd", "adam"), warmup: int = 3, repeats: int = 20,
             threads: int | None = None, seed: int = 0, amp_dtype: str | None = None,
-            input_grad: bool = False, layer_repeats: int | None = None) -> Measurement:
+            input_grad: bool = False, layer_repeats: int | None = None,
+            time_budget_s: float | None = None) -> Measurement:
     """Measure ``module`` on ``device`` (see the module docstring for the definitions).
 
     ``amp_dtype``: run the forward pass and the loss under ``torch.autocast`` to this dtype
@@ -171,7 +172,10 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
     the floating inputs require gradients in training; each step sets their ``.grad`` to None
     with the parameters' (``zero_grad``), so a step's input gradients are its own.
     ``layer_repeats``: instrumented runs for the per-module and per-operator times (default
-    ``min(3, repeats)``; 0: none).
+    ``min(3, repeats)``; 0: none). ``time_budget_s``: each timed function's warm-up runs, timed
+    runs and instrumented runs stop early once they took that long (at least one warm-up, 5 timed
+    runs and one instrumented run; :func:`~profiler.measuring.timing.time_fn`); the time figures
+    say how many ran and how many were asked for. None: every run asked for.
 
     Raises :class:`~profiler.measuring.devices.DoesNotFit` when a phase runs out of memory; its ``phase``
     names the phase and ``partial`` holds what was measured before.
@@ -193,7 +197,7 @@ def measure(module: torch.nn.Module, *, input_shape: tuple[int, ...], input_dtyp
         if threads is not None:
             torch.set_num_threads(threads)
         return _measure(module, dev, shapes, dtypes, highs, dtype, loss, optimizers,
-                        warmup, repeats, seed, so_far, amp_dtype, input_grad, layer_repeats)
+                        warmup, repeats, seed, so_far, amp_dtype, input_grad, layer_repeats, time_budget_s)
     except DoesNotFit as err:
         err.partial = dict(so_far)
         raise
@@ -207,7 +211,7 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
              dtypes: list[str], highs: list[int | None], dtype: str, loss: str,
              optimizers: tuple[str, ...], warmup: int, repeats: int, seed: int,
              so_far: dict[str, Any], amp_dtype: str | None = None, input_grad: bool = False,
-             layer_repeats: int = 0) -> Measurement:
+             layer_repeats: int = 0, time_budget_s: float | None = None) -> Measurement:
     threads = torch.get_num_threads()
     amp = partial(_autocast, dev.torch_device.type, amp_dtype)
     torch.manual_seed(seed)
@@ -293,7 +297,8 @@ def _measure(module: torch.nn.Module, dev: Device, shapes: list[tuple[int, ...]]
     # Timing, after every memory measurement.
     with oom_guard(dev.name, "timing"):
         timing, times = _time_steps(module, dev, x, y, loss_fn, params, optimizers, amp,
-                                    warmup=warmup, repeats=repeats, layer_repeats=layer_repeats)
+                                    warmup=warmup, repeats=repeats, layer_repeats=layer_repeats,
+                                    budget_s=time_budget_s)
     del y
     module.eval()
 
@@ -330,7 +335,8 @@ def _no_mark(phase: str | None) -> None:
 def _time_steps(module: torch.nn.Module, dev: Device, x: tuple[torch.Tensor, ...],
                 y: tuple[torch.Tensor, ...], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                 params: list[torch.nn.Parameter], optimizers: tuple[str, ...], amp: Callable[[], Any], *,
-                warmup: int, repeats: int, layer_repeats: int) -> tuple[Timing, dict[str, Any]]:
+                warmup: int, repeats: int, layer_repeats: int,
+                budget_s: float | None = None) -> tuple[Timing, dict[str, Any]]:
     """The inference call and each optimizer's training step timed (see the module docstring):
     (the forward pass's timing, ``Measurement.time``)."""
     batch = int(x[0].shape[0])
@@ -351,8 +357,10 @@ def _time_steps(module: torch.nn.Module, dev: Device, x: tuple[torch.Tensor, ...
         if not layer_repeats:
             return
         try:
+            # the warm-up stays under a budget: the first instrumented training run of a deep
+            # model is many times slower than the next (dense-10000: 98 s against ~1 s)
             instrumented[key] = time_ops(fn, dev, names, runs=layer_repeats, warmup=min(warmup, 1),
-                                         collect=False)
+                                         collect=False, budget_s=budget_s)
         except BaseException as err:  # noqa: BLE001 - re-raised unless it is an allocation failure
             if not is_out_of_memory(err):
                 raise
@@ -361,14 +369,14 @@ def _time_steps(module: torch.nn.Module, dev: Device, x: tuple[torch.Tensor, ...
 
     gc.collect()   # once (about 0.2 s with torch loaded); the timed runs keep garbage collection off
     module.eval()
-    timings["forward"] = time_fn(forward, dev, warmup=warmup, repeats=repeats, collect=False)
+    timings["forward"] = time_fn(forward, dev, warmup=warmup, repeats=repeats, collect=False, budget_s=budget_s)
     instrument("forward", forward)
     module.train()
     for name in optimizers:
         opt = _fresh_optimizer(name, params)
         step = partial(_train_step, module, opt, x, y, loss_fn, amp=amp)
         timings[f"train_{name}"] = time_fn(partial(step, _no_mark), dev, warmup=warmup, repeats=repeats,
-                                           collect=False)
+                                           collect=False, budget_s=budget_s)
         instrument(f"train_{name}", step)
         del opt, step
         for p in params:
@@ -378,6 +386,8 @@ def _time_steps(module: torch.nn.Module, dev: Device, x: tuple[torch.Tensor, ...
         times[key] = {"median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms, "min_ms": timing.min_ms,
                       "max_ms": timing.max_ms, "repeats": timing.repeats, "warmup": timing.warmup,
                       "samples_per_s": timing.samples_per_s(batch), "samples_ms": list(timing.samples_ms)}
+        if timing.requested is not None:   # a time budget ran fewer than asked for
+            times[key].update(requested=timing.requested, budget_s=timing.budget_s)
     train = [instrumented[f"train_{name}"] for name in optimizers if f"train_{name}" in instrumented]
     layers = {"forward": instrumented["forward"].by_module("forward") if "forward" in instrumented else {},
               "backward": train[0].by_module("backward") if train else {},
@@ -388,6 +398,7 @@ def _time_steps(module: torch.nn.Module, dev: Device, x: tuple[torch.Tensor, ...
         top_layers={phase: _top_level(by_module) for phase, by_module in layers.items()},
         ops={key: run.ops for key, run in instrumented.items()},
         instrumented_ms={key: run.total_ms for key, run in instrumented.items()},
+        layer_runs={key: run.runs for key, run in instrumented.items()},
         phases_ms={key: run.phases for key, run in instrumented.items() if key != "forward"})
     if skipped:
         times["instrumented_skipped"] = skipped

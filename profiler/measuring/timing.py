@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import gc
 import statistics
+import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -31,6 +32,9 @@ from profiler.engine.module_scope import ModuleScope, backward_module
 from profiler.measuring.devices import Device
 from profiler.measuring.memory_trace import OUTSIDE, ROOT
 from profiler.errors import ModelsizeError
+
+#: timed runs a time budget never cuts below (the median of 5 is still one)
+LEAST_REPEATS = 5
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class Timing:
     warmup: int
     threads: int           # torch.get_num_threads() while timing
     samples_ms: tuple[float, ...]
+    requested: int | None = None   # timed runs asked for, when a time budget ran fewer (see time_fn)
+    budget_s: float | None = None  # the time budget the runs were held to, if any
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -56,11 +62,19 @@ class Timing:
 
 
 def time_fn(fn: Callable[[], object], device: Device, *, warmup: int = 3, repeats: int = 20,
-            threads: int | None = None, collect: bool = True) -> Timing:
+            threads: int | None = None, collect: bool = True, budget_s: float | None = None,
+            least: int = LEAST_REPEATS) -> Timing:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed, one at a time.
 
     ``collect``: a full garbage collection before the timed runs (about 0.2 s with torch loaded;
-    a caller timing several functions in a row collects once itself)."""
+    a caller timing several functions in a row collects once itself).
+
+    ``budget_s``: a model whose run takes seconds (a 10,000-layer training step) would spend
+    minutes on 3 + 20 runs. With a budget, as ``timeit``'s autorange and pytest-benchmark do, the
+    warm-up runs stop after the first once they have taken ``budget_s`` in all, and the timed runs
+    stop after ``least`` once they have; ``repeats`` of the result is the number run and
+    ``requested`` the number asked for (when fewer ran). A model whose runs take milliseconds
+    runs them all. Without a budget (the default) every run asked for is run."""
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ModelsizeError("bad number of warm-up runs", field="warmup",
                              expected="an integer >= 0", received=repr(warmup))
@@ -77,20 +91,39 @@ def time_fn(fn: Callable[[], object], device: Device, *, warmup: int = 3, repeat
         if threads is not None:
             torch.set_num_threads(threads)
         used_threads = torch.get_num_threads()
-        for _ in range(warmup):
-            fn()
+        # warm-ups are timed (each between two synchronisations) only when a budget counts them
+        def warm() -> float:
+            if budget_s is None:
+                fn()
+                return 0.0
+            return device.elapsed_ns(fn) / 1e6
+
+        warmed = _budgeted(warm, warmup, min(1, warmup), budget_s)
         device.synchronize()
         if collect:
             gc.collect()
         gc.disable()
-        samples = [device.elapsed_ns(fn) / 1e6 for _ in range(repeats)]
+        samples = _budgeted(lambda: device.elapsed_ns(fn) / 1e6, repeats, min(least, repeats), budget_s)
     finally:
         if gc_was_enabled:
             gc.enable()
         torch.set_num_threads(previous_threads)
+    cut = len(samples) < repeats or len(warmed) < warmup
     return Timing(median_ms=statistics.median(samples), iqr_ms=interquartile_range(samples),
-                  min_ms=min(samples), max_ms=max(samples), repeats=repeats, warmup=warmup,
-                  threads=used_threads, samples_ms=tuple(samples))
+                  min_ms=min(samples), max_ms=max(samples), repeats=len(samples), warmup=len(warmed),
+                  threads=used_threads, samples_ms=tuple(samples), requested=repeats if cut else None,
+                  budget_s=budget_s if cut else None)
+
+
+def _budgeted(run: Callable[[], float], count: int, least: int, budget_s: float | None) -> list[float]:
+    """Up to ``count`` results of ``run()`` (milliseconds each); with a budget, no more once at
+    least ``least`` have run and they took ``budget_s`` in all."""
+    done: list[float] = []
+    while len(done) < count:
+        done.append(run())
+        if budget_s is not None and len(done) >= least and sum(done) >= budget_s * 1000:
+            break
+    return done
 
 
 def interquartile_range(samples: list[float]) -> float:
@@ -113,6 +146,7 @@ class OpTimes:
     modules: dict[str, dict[str, float]]   # phase -> module ("(root)", "(outside modules)") -> ms
     ops: dict[str, float]                  # operator -> ms
     phases: dict[str, float]               # phase -> ms
+    runs: int = 1                          # instrumented runs this one is the median of
 
     def by_module(self, phase: str) -> dict[str, float]:
         return dict(self.modules.get(phase, {}))
@@ -178,12 +212,15 @@ class OpTimer(TorchDispatchMode):
 
 
 def time_ops(fn: Callable[[Callable[[str | None], None]], object], device: Device,
-             names: dict[int, str], *, runs: int, warmup: int = 1, collect: bool = True) -> OpTimes:
+             names: dict[int, str], *, runs: int, warmup: int = 1, collect: bool = True,
+             budget_s: float | None = None) -> OpTimes:
     """Run ``fn(mark)`` ``warmup`` times and then ``runs`` times under an :class:`OpTimer` and
     return the run whose total is the median (the lower middle one for an even count), so that
     its modules and operators add up to the total reported (``collect``: as :func:`time_fn`'s).
     (The first operator calls under a
-    dispatch mode can be slow: 17 ms for Adam's first ``aten.sqrt`` of a 0.3 ms step, once.)"""
+    dispatch mode can be slow: 17 ms for Adam's first ``aten.sqrt`` of a 0.3 ms step, once.)
+    ``budget_s``: the runs after the first counted one stop once all of them, warm-up included,
+    took that long (wall time); the result's ``runs`` says how many were counted."""
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ModelsizeError("bad number of instrumented runs", field="layer_repeats",
                              expected="an integer >= 1", received=repr(runs))
@@ -194,12 +231,15 @@ def time_ops(fn: Callable[[Callable[[str | None], None]], object], device: Devic
         if collect:
             gc.collect()
         gc.disable()
+        start = time.perf_counter()
         for run in range(warmup + runs):
             with OpTimer(device, names) as timer:
                 fn(timer.mark)
             if run >= warmup:
                 found.append(timer.times())
+                if budget_s is not None and time.perf_counter() - start >= budget_s:
+                    break
     finally:
         if gc_was_enabled:
             gc.enable()
-    return sorted(found, key=lambda t: t.total_ms)[(len(found) - 1) // 2]
+    return replace(sorted(found, key=lambda t: t.total_ms)[(len(found) - 1) // 2], runs=len(found))

@@ -160,9 +160,24 @@ def _time(r: dict, layout: Callable) -> str:
     headers = ["Time", *["Predicted"] * compared, "Measured (median ± IQR/2)", "Samples/s", *["Error"] * compared]
     table = layout(headers, rows, right=[False] + [True] * (len(headers) - 1))
     first, threads = time["forward"], time.get("threads", "?")
-    note = (f"{first['repeats']} timed runs of each after {first['warmup']} untimed, on {time.get('device', '?')} "
+    note = (f"{_runs(time)}, on {time.get('device', '?')} "
             f"with {threads} CPU thread{'' if threads == 1 else 's'}.")
     return f"{table}\n\n{note}"
+
+
+def _runs(time: dict) -> str:
+    """How many runs were timed: "20 timed runs of each after 3 untimed", or each function's when
+    a time budget stopped some early (see ``profiler.measuring.timing.time_fn``)."""
+    keys = ["forward", *(f"train_{o}" for o in _optimizers(time))]
+    first = time["forward"]
+    cut = [key for key in keys if time[key].get("requested") is not None]
+    if not cut:
+        return f"{first['repeats']} timed runs of each after {first['warmup']} untimed"
+    budget = next(time[key]["budget_s"] for key in cut)
+    each = ", ".join(f"{'forward' if key == 'forward' else key.removeprefix('train_') + ' step'} "
+                     f"{time[key]['repeats']} after {time[key]['warmup']}" for key in keys)
+    return (f"timed runs after untimed ones: {each} ({time[cut[0]]['requested']} requested; the runs "
+            f"stop after the first {budget:g} s once a minimum ran, --time-budget)")
 
 
 def _compared(r: dict) -> bool:
@@ -211,7 +226,12 @@ def _layer_times(r: dict, layout: Callable, top: int = 10) -> str:
                 f"{OPTIMIZER_LABELS.get(key.removeprefix('train_'), key)} step"
             covered.append(f"{label} {ms:.3f} ms of {plain:.3f} ms ({ms / plain:.0%})")
     shown = f"the {top} longest of {len(names)}" if len(names) > top else f"all {len(names)}"
-    note = (f"Layers: {shown}; operators timed one at a time ({time.get('layer_repeats', '?')} runs, the median "
+    runs = time.get("layer_runs") or {}
+    counted = sorted(set(runs.values()))
+    asked = time.get("layer_repeats", "?")
+    ran = (f"{asked} runs" if not counted or counted == [asked] else
+           f"{'/'.join(map(str, counted))} of {asked} runs within the time budget")
+    note = (f"Layers: {shown}; operators timed one at a time ({ran}, the median "
             f"one), each booked to the innermost module running it (backward: the module whose forward "
             f"made the node). Operator time: " + ("; ".join(covered) or "-") + ".")
     return f"{table}\n\n{note}"
