@@ -28,7 +28,8 @@ from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_
                                               batch_norm_statistics)
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
 from profiler.engine.kernels.onednn_matmul import matmul_workspace
-from profiler.engine.kernels.onednn_rnn import (lstm_backward_workspace, lstm_forward_workspace,
+from profiler.engine.kernels.onednn_rnn import (bf16_lstm_backward_workspace, bf16_lstm_forward_workspace,
+                                                lstm_backward_workspace, lstm_forward_workspace,
                                                 onednn_lstm_workspace_bytes)
 from profiler.engine.kernels.cpu_attention import (encoder_layer_peak, flash_backward_workspace,
                                                    flash_forward_workspace, mha_peak)
@@ -355,6 +356,12 @@ def _cpu_isa() -> str:
     return "AVX512" if cpu_isa.NAMES.index(isa) >= cpu_isa.NAMES.index("AVX512_CORE") else "AVX2"
 
 
+def bf16_lstm_modelled(x: torch.Tensor) -> bool:
+    """oneDNN's bf16 LSTM is read (``onednn_rnn.bf16_lstm_*``) for AVX512_CORE_BF16's brgemm
+    kernels; under another ISA (reference or AMX kernels) it stays flagged."""
+    return x.dtype == torch.bfloat16 and cpu_isa.onednn_isa() == cpu_isa.MODELLED
+
+
 @_workspace(aten.mkldnn_rnn_layer.default)
 def _onednn_lstm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """mkldnn_rnn_layer(input, w_ih, w_hh, b_ih, b_hh, hx, cx, reverse, batch_sizes, mode,
@@ -362,18 +369,23 @@ def _onednn_lstm(args: tuple, out: Any, run: Context, backward: bool, kwargs: di
     direction, time-major input (T, N, I). The kernel trains (keeps a workspace) when grad mode is
     on, whatever ``train`` says (ATen's ``at::GradMode::is_enabled()``)."""
     x, mode, hidden = args[0], args[9], args[10]
-    if mode != _LSTM or x.dtype != torch.float32 or x.dim() != 3:
+    if mode != _LSTM or x.dim() != 3:
         return []
     t, n, i = x.shape
+    if bf16_lstm_modelled(x):
+        return bf16_lstm_forward_workspace(t, n, i, hidden, training=torch.is_grad_enabled(), threads=run.threads)
+    if x.dtype != torch.float32:
+        return []
     return lstm_forward_workspace(t, n, i, hidden, training=torch.is_grad_enabled(), threads=run.threads,
                                   isa=_cpu_isa())
 
 
 def _low_precision_lstm(args: tuple, run: Context) -> tuple[str, int] | None:
-    """oneDNN's LSTM in bfloat16/float16: its kernels (and workspace) were not measured; the
-    float32 laws' bytes, in the call's own dtype, say how much is at stake."""
+    """oneDNN's LSTM in float16, or in bfloat16 off AVX512_CORE_BF16: its kernels (and
+    workspace) were not measured; the float32 laws' bytes, in the call's own dtype, say how much
+    is at stake."""
     x, mode, hidden = args[0], args[9], args[10]
-    if mode != _LSTM or x.dtype == torch.float32 or x.dim() != 3:
+    if mode != _LSTM or x.dtype == torch.float32 or x.dim() != 3 or bf16_lstm_modelled(x):
         return None
     t, n, i = x.shape
     at_stake = sum(lstm_forward_workspace(t, n, i, hidden, training=torch.is_grad_enabled(), threads=run.threads,
@@ -387,11 +399,12 @@ _UNMODELLED[aten.mkldnn_rnn_layer.default] = _low_precision_lstm
 
 
 def _low_precision_lstm_backward(args: tuple, run: Context) -> tuple[str, int] | None:
-    """oneDNN's LSTM backward in bfloat16/float16: not measured as a law. At stake: twice the
-    float32 law's bytes (a bound: measured 178,872 to 258,488 B on the zoo's 2-layer LSTM,
-    hidden 64, batch 1 and 4, where the float32 law gives 142,904 to 243,256 B)."""
+    """oneDNN's LSTM backward in float16, or in bfloat16 off AVX512_CORE_BF16: not measured as a
+    law. At stake: twice the float32 law's bytes (a bound: measured 178,872 to 258,488 B on the
+    zoo's 2-layer bf16 LSTM, hidden 64, batch 1 and 4, where the float32 law gives 142,904 to
+    243,256 B)."""
     x, mode, hidden = args[0], args[14], args[15]
-    if mode != _LSTM or x.dtype == torch.float32 or x.dim() != 3:
+    if mode != _LSTM or x.dtype == torch.float32 or x.dim() != 3 or bf16_lstm_modelled(x):
         return None
     t, n, i = x.shape
     return (f"oneDNN's {dtype_name(x.dtype)} LSTM backward (aten.mkldnn_rnn_layer_backward): its workspace",
@@ -405,15 +418,23 @@ _UNMODELLED[aten.mkldnn_rnn_layer_backward.default] = _low_precision_lstm_backwa
 def _onednn_lstm_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """mkldnn_rnn_layer_backward(input, w_ih, w_hh, b_ih, b_hh, hx, cx, output, hy, cy,
     grad_output, grad_hy, grad_cy, reverse, mode, hidden_size, ...): an absent gradient is made as
-    zeros, a non-contiguous one copied, and ``cx`` cloned when it shares ``hx``'s storage."""
+    zeros, a non-contiguous one copied, and ``cx`` cloned when it shares ``hx``'s storage. In
+    bfloat16 ATen then converts each of the three to float32 as well (measured: a (9, 3, 10)
+    strided bf16 gradient, absent state gradients: 540 + 60 + 60 B, then 1,080 + 120 + 120 B)."""
     x, hx, cx, grads, mode, hidden = args[0], args[5], args[6], args[10:13], args[14], args[15]
-    if mode != _LSTM or x.dtype != torch.float32 or x.dim() != 3 or all(g is None for g in grads):
+    if mode != _LSTM or x.dim() != 3 or all(g is None for g in grads):
         return []
     t, n, i = x.shape
+    likes = (args[7], hx, cx)
     made = [out_like.numel() * out_like.element_size() if g is None else 0 if g.is_contiguous()
-            else g.numel() * g.element_size() for g, out_like in zip(grads, (args[7], hx, cx))]
+            else g.numel() * g.element_size() for g, out_like in zip(grads, likes)]
     if hx.untyped_storage() is cx.untyped_storage():
         made.append(cx.numel() * cx.element_size())
+    if bf16_lstm_modelled(x):
+        made += [like.numel() * 4 for like in likes]
+        return bf16_lstm_backward_workspace(t, n, i, hidden, threads=run.threads, made=made)
+    if x.dtype != torch.float32:
+        return []
     return lstm_backward_workspace(t, n, i, hidden, made=made)
 
 
