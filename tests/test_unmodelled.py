@@ -99,32 +99,13 @@ def _encoder_layer():
 
 
 @modelled_isa
-@pytest.mark.parametrize("dtype, amp", [("bfloat16", None), ("float32", "bfloat16")])
-def test_the_fused_encoder_layer_in_low_precision_is_flagged_and_the_gap_is_within_what_it_says(dtype, amp):
-    """Its inference fast path in bfloat16, or under bfloat16 autocast (which does not turn the
-    fast path off on the CPU): 55 KB and 60 KB under at batch 1."""
-    result = profiler.profile(_encoder_layer, (32, 64), batch=1, dtype=dtype, amp=amp, warmup=0, repeats=1,
+def test_the_fused_encoder_layer_under_autocast_is_flagged_and_the_gap_is_within_what_it_says():
+    """Its inference fast path under bfloat16 autocast (which does not turn the fast path off on
+    the CPU): 60 KB under at batch 1. (In bfloat16 weights it is modelled:
+    tests/test_low_precision_layers.py.)"""
+    result = profiler.profile(_encoder_layer, (32, 64), batch=1, amp="bfloat16", warmup=0, repeats=1,
                               optimizers=("sgd",))
     flagged = _at_stake(result["warnings"], "TransformerEncoderLayer")
-    assert len(flagged) == 1
-    assert 0 < _missing(result)["inference_peak_bytes"] <= flagged[0]
-
-
-class _SelfAttention(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.attention = torch.nn.MultiheadAttention(64, 4, batch_first=True)
-
-    def forward(self, x):
-        return self.attention(x, x, x, need_weights=False)[0]
-
-
-@modelled_isa
-@pytest.mark.parametrize("dtype, amp", [("bfloat16", None), ("float32", "bfloat16")])
-def test_fused_self_attention_in_low_precision_is_flagged_and_the_gap_is_within_what_it_says(dtype, amp):
-    result = profiler.profile(_SelfAttention, (32, 64), batch=4, dtype=dtype, amp=amp, warmup=0, repeats=1,
-                              optimizers=("sgd",))
-    flagged = _at_stake(result["warnings"], "MultiheadAttention")
     assert len(flagged) == 1
     assert 0 < _missing(result)["inference_peak_bytes"] <= flagged[0]
 
