@@ -155,26 +155,20 @@ def test_bf16_lstm_peaks_equal_the_allocators(mode, batch):
 
 
 class _SelfAttention(torch.nn.Module):
-    """nn.MultiheadAttention as self-attention, its weights returned (averaged) or not, with a
-    key padding mask (the last two positions) or not."""
-    def __init__(self, need_weights: bool = False, padding: bool = False):
+    """nn.MultiheadAttention as self-attention, its weights returned (averaged) or not."""
+    def __init__(self, need_weights: bool = False):
         super().__init__()
         self.attn = torch.nn.MultiheadAttention(64, 4, batch_first=True)
-        self.need_weights, self.padding = need_weights, padding
+        self.need_weights = need_weights
 
     def forward(self, x):
-        mask = None
-        if self.padding:
-            mask = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
-            mask[:, -2:] = True
-        out, weights = self.attn(x, x, x, key_padding_mask=mask, need_weights=self.need_weights)
+        out, weights = self.attn(x, x, x, need_weights=self.need_weights)
         return out if weights is None else out + weights.sum()
 
 
 FUSED = {
     "self-attention": lambda: _SelfAttention(),
     "self-attention, weights": lambda: _SelfAttention(need_weights=True),
-    "self-attention, padding mask": lambda: _SelfAttention(padding=True),
     "encoder layer": lambda: torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True),
     "encoder layer, pre-norm": lambda: torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True,
                                                                         norm_first=True),
