@@ -320,7 +320,8 @@ def markdown_low_precision(runs: dict[str, dict]) -> str:
             + "\n\n" + "\n".join(lines) + "\n\n"
             f"Machine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} logical cores, "
             f"{machine.get('torch_threads')} torch threads, torch {machine.get('torch_version')}, modelsize "
-            f"commit {machine.get('git_commit')}.\n")
+            f"commit {machine.get('git_commit')}."
+            + "".join(f" Re-run since: {note}." for note in run_.get("reruns", [])) + "\n")
     return ("# Memory prediction accuracy: real-world architectures in bfloat16 (CPU)\n\n"
             "The low-precision subset of `benchmarks/realworld_zoo.py` (`LOW_PRECISION`): autocast "
             "(float32 weights, `amp=\"bfloat16\"`) and plain bfloat16 weights, under each oneDNN ISA "

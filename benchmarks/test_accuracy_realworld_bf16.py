@@ -48,3 +48,25 @@ def test_realworld_low_precision_accuracy(benchmark, entry, precision, batch):
     assert row["params"] == row["params_numel"]
     silent = [key for key in PEAKS if verdict(row, key) == "under" and row[key]["error"] < -0.01]
     assert not silent, f"silently under-predicted by more than 1%: {silent}"
+
+
+def rerun(models: list[str], note: str) -> None:
+    """Re-measure only ``models``' rows of this ISA's section after a law changed, splice them in
+    and say so under the table (``note``: which commit, how many runs); a full run of this file
+    replaces the whole section again. ``python benchmarks/test_accuracy_realworld_bf16.py NOTE
+    MODEL...`` from the repository root."""
+    from profiler.engine.kernels import cpu_isa
+    path = RESULTS / "accuracy_realworld_bf16.json"
+    runs = json.loads(path.read_text())["isas"]
+    section = runs[cpu_isa.onednn_isa()]
+    section["rows"] = [run(_BY_NAME[r["model"]], r["batch"], precision=r["precision"])
+                       if r["model"] in models else r for r in section["rows"]]
+    section["summary"] = summarize_low_precision(section["rows"])
+    section["reruns"] = [*section.get("reruns", []), note]
+    _atomic(path, json.dumps({"isas": runs}, indent=1))
+    _atomic(RESULTS / "accuracy_realworld_bf16.md", markdown_low_precision(runs))
+
+
+if __name__ == "__main__":
+    import sys
+    rerun(sys.argv[2:], sys.argv[1])

@@ -192,21 +192,7 @@ def test_lstm_kernel_allocations_match_the_source_laws():
     reach each branch: padded leading dimensions (I = 8, 300; H = 10, 17), one-row weights
     (I or H = 1: no reorder), a merged layer product (N = 1), fused products (I = H)."""
     from profiler.engine.kernels.onednn_rnn import lstm_backward_workspace, lstm_forward_workspace
-    from profiler.measuring.memory_trace import _event_tree, profiled
-
-    def inside(fn, kernel):
-        found = []
-
-        def walk(node, parent):
-            if node.name == "[memory]":
-                if parent == kernel and node.extra_fields.alloc_size > 0:
-                    found.append((node.start_time_ns, node.extra_fields.alloc_size))
-                return
-            for child in node.children:
-                walk(child, node.name)
-        for root in _event_tree(profiled(fn)):
-            walk(root, None)
-        return [n for _, n in sorted(found)]
+    from kernel_events import allocations_inside as inside
 
     threads = torch.get_num_threads()
     from profiler.engine.kernels.aten_cpu import _cpu_isa

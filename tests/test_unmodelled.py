@@ -1,6 +1,7 @@
 """A kernel whose workspace is not modelled is named in the prediction's warnings, with the
-bytes at stake, instead of silently counting nothing (issue 9): oneDNN's bfloat16 LSTM, and its
-grouped convolutions outside the widths measured exact."""
+bytes at stake, instead of silently counting nothing (issue 9): oneDNN's bfloat16 LSTM off the
+ISA its law was read for, grouped convolutions outside the widths measured exact, the strided bf16
+depthwise backward, the fused attention paths in low precision."""
 import re
 
 import pytest
@@ -24,16 +25,27 @@ def _missing(result: dict) -> dict[str, int]:
             or "_peak_bytes_" in k}
 
 
-@modelled_isa   # the bytes at stake are the AVX-512 laws'
-def test_a_bfloat16_lstm_is_flagged_and_the_gap_is_within_what_it_says():
-    """Forward and backward flagged, one call of each at stake (one layer)."""
-    result = profiler.profile(_lstm, (10, 32), batch=4, dtype="bfloat16", warmup=0, repeats=1)
-    forward = _at_stake(result["warnings"], "LSTM (aten.mkldnn_rnn_layer)")
-    backward = _at_stake(result["warnings"], "LSTM backward")
-    assert len(forward) == len(backward) == 1
-    assert max(_missing(result).values()) > 0   # really under-predicted, hence the flags
-    for key, missing in _missing(result).items():
-        assert missing <= forward[0] + backward[0], (key, missing)
+def test_a_bfloat16_lstm_is_flagged_only_off_the_isa_its_law_was_read_for(monkeypatch):
+    """On AVX512_CORE_BF16 oneDNN's bf16 LSTM is modelled (tests/test_low_precision_layers.py
+    holds it exact); capped below it, both calls are flagged with bytes at stake."""
+    from profiler.engine.kernels import cpu_isa
+    from profiler.engine.kernels.aten_cpu import unmodelled
+    from profiler.rules.registry import Context
+    aten = torch.ops.aten
+    x = torch.empty(10, 4, 32, dtype=torch.bfloat16, device="meta")
+    forward = (x, *[None] * 8, 2, 64)               # input ... mode (LSTM), hidden_size
+    backward = (x, *[None] * 13, 2, 64)
+    run = Context(dtype="bfloat16", threads=2)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    capped = [unmodelled(aten.mkldnn_rnn_layer.default, forward, run),
+              unmodelled(aten.mkldnn_rnn_layer_backward.default, backward, run)]
+    assert all(flag is not None and flag[1] > 0 for flag in capped), capped
+    assert "LSTM backward" in capped[1][0]
+    if cpu_isa.cpu_isa() is not None and cpu_isa.NAMES.index(cpu_isa.cpu_isa()) >= cpu_isa.NAMES.index(
+            cpu_isa.MODELLED):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cpu_isa.MODELLED)
+        assert unmodelled(aten.mkldnn_rnn_layer.default, forward, run) is None
+        assert unmodelled(aten.mkldnn_rnn_layer_backward.default, backward, run) is None
 
 
 def _grouped(channels, groups):
@@ -87,34 +99,39 @@ def _encoder_layer():
 
 
 @modelled_isa
-@pytest.mark.parametrize("dtype, amp", [("bfloat16", None), ("float32", "bfloat16")])
-def test_the_fused_encoder_layer_in_low_precision_is_flagged_and_the_gap_is_within_what_it_says(dtype, amp):
-    """Its inference fast path in bfloat16, or under bfloat16 autocast (which does not turn the
-    fast path off on the CPU): 55 KB and 60 KB under at batch 1."""
-    result = profiler.profile(_encoder_layer, (32, 64), batch=1, dtype=dtype, amp=amp, warmup=0, repeats=1,
+def test_the_fused_encoder_layer_under_autocast_is_flagged_and_the_gap_is_within_what_it_says():
+    """Its inference fast path under bfloat16 autocast (which does not turn the fast path off on
+    the CPU): 60 KB under at batch 1. (In bfloat16 weights it is modelled:
+    tests/test_low_precision_layers.py.)"""
+    result = profiler.profile(_encoder_layer, (32, 64), batch=1, amp="bfloat16", warmup=0, repeats=1,
                               optimizers=("sgd",))
     flagged = _at_stake(result["warnings"], "TransformerEncoderLayer")
     assert len(flagged) == 1
     assert 0 < _missing(result)["inference_peak_bytes"] <= flagged[0]
 
 
-class _SelfAttention(torch.nn.Module):
+class _PaddedSelfAttention(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.attention = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+        self.attention = torch.nn.MultiheadAttention(32, 2, batch_first=True)
 
     def forward(self, x):
-        return self.attention(x, x, x, need_weights=False)[0]
+        padding = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+        padding[:, -2:] = True
+        return self.attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
 
 
 @modelled_isa
-@pytest.mark.parametrize("dtype, amp", [("bfloat16", None), ("float32", "bfloat16")])
-def test_fused_self_attention_in_low_precision_is_flagged_and_the_gap_is_within_what_it_says(dtype, amp):
-    result = profiler.profile(_SelfAttention, (32, 64), batch=4, dtype=dtype, amp=amp, warmup=0, repeats=1,
+def test_masked_self_attention_in_bfloat16_stays_flagged_and_the_gap_is_within_what_it_says():
+    """The fused call itself is exact in bfloat16 with a mask, but the module's bfloat16 training
+    (sdpa with the mask) is 28 KB under here: the flag stays and covers it."""
+    result = profiler.profile(_PaddedSelfAttention, (96, 32), batch=1, dtype="bfloat16", warmup=0, repeats=1,
                               optimizers=("sgd",))
     flagged = _at_stake(result["warnings"], "MultiheadAttention")
     assert len(flagged) == 1
-    assert 0 < _missing(result)["inference_peak_bytes"] <= flagged[0]
+    missing = _missing(result)
+    assert missing["inference_peak_bytes"] == 0
+    assert 0 < missing["train_peak_bytes_sgd"] <= flagged[0]
 
 
 def test_the_fused_encoder_layer_in_float32_is_not_flagged():

@@ -46,8 +46,9 @@ from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.registry import Context
 from profiler.timeline import compact
-from profiler.engine.kernels.aten_cpu import kernel_of, kernel_workspace, registrar, results_made_last, unmodelled
-from profiler.engine.kernels.onednn_rnn import onednn_lstm_workspace_bytes
+from profiler.engine.kernels.aten_cpu import (bf16_lstm_modelled, kernel_of, kernel_workspace, registrar,
+                                             results_made_last, unmodelled)
+from profiler.engine.kernels.onednn_rnn import bf16_lstm_workspace_bytes, onednn_lstm_workspace_bytes
 from profiler.engine.op_cost import OpCost, op_cost
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
@@ -70,12 +71,19 @@ _cpu_result = registrar(_CPU_RESULT, "CPU result fix")
 def _onednn_lstm(args: tuple, out: Any) -> Any:
     """In grad mode the kernel keeps a workspace for backward (ATen tests
     ``at::GradMode::is_enabled()``, not the ``train`` argument); the fake kernel returns an empty
-    one. Fixed for float32 LSTMs (``mode`` 2), the case the size was checked on."""
+    one. Fixed for float32 LSTMs (``mode`` 2) and bfloat16 ones on AVX512_CORE_BF16, the cases
+    the size was checked on."""
     x, mode, hidden = args[0], args[9], args[10]
-    if not torch.is_grad_enabled() or mode != 2 or x.dtype != torch.float32 or x.dim() != 3:
+    if not torch.is_grad_enabled() or mode != 2 or x.dim() != 3:
         return out
     t, n, i = x.shape     # time-major whatever ``batch_first`` says: nn.LSTM transposes first
-    workspace = out[3].new_empty((onednn_lstm_workspace_bytes(t, n, i, hidden),))
+    if bf16_lstm_modelled(x):
+        nbytes = bf16_lstm_workspace_bytes(t, n, i, hidden)
+    elif x.dtype == torch.float32:
+        nbytes = onednn_lstm_workspace_bytes(t, n, i, hidden)
+    else:
+        return out
+    workspace = out[3].new_empty((nbytes,))
     return (*out[:3], workspace, *out[4:])
 
 

@@ -27,8 +27,9 @@ from profiler.engine.kernels.cpu_conv import conv_workspace, kernel_name, result
 from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_norm_backward_workspace,
                                               batch_norm_statistics)
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
-from profiler.engine.kernels.onednn_matmul import matmul_workspace
-from profiler.engine.kernels.onednn_rnn import (lstm_backward_workspace, lstm_forward_workspace,
+from profiler.engine.kernels.onednn_matmul import matmul_workspace, onednn_bf16_gemm_scratch
+from profiler.engine.kernels.onednn_rnn import (bf16_lstm_backward_workspace, bf16_lstm_forward_workspace,
+                                                lstm_backward_workspace, lstm_forward_workspace,
                                                 onednn_lstm_workspace_bytes)
 from profiler.engine.kernels.cpu_attention import (encoder_layer_peak, flash_backward_workspace,
                                                    flash_forward_workspace, mha_peak)
@@ -355,6 +356,12 @@ def _cpu_isa() -> str:
     return "AVX512" if cpu_isa.NAMES.index(isa) >= cpu_isa.NAMES.index("AVX512_CORE") else "AVX2"
 
 
+def bf16_lstm_modelled(x: torch.Tensor) -> bool:
+    """oneDNN's bf16 LSTM is read (``onednn_rnn.bf16_lstm_*``) for AVX512_CORE_BF16's brgemm
+    kernels; under another ISA (reference or AMX kernels) it stays flagged."""
+    return x.dtype == torch.bfloat16 and cpu_isa.onednn_isa() == cpu_isa.MODELLED
+
+
 @_workspace(aten.mkldnn_rnn_layer.default)
 def _onednn_lstm(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """mkldnn_rnn_layer(input, w_ih, w_hh, b_ih, b_hh, hx, cx, reverse, batch_sizes, mode,
@@ -362,18 +369,23 @@ def _onednn_lstm(args: tuple, out: Any, run: Context, backward: bool, kwargs: di
     direction, time-major input (T, N, I). The kernel trains (keeps a workspace) when grad mode is
     on, whatever ``train`` says (ATen's ``at::GradMode::is_enabled()``)."""
     x, mode, hidden = args[0], args[9], args[10]
-    if mode != _LSTM or x.dtype != torch.float32 or x.dim() != 3:
+    if mode != _LSTM or x.dim() != 3:
         return []
     t, n, i = x.shape
+    if bf16_lstm_modelled(x):
+        return bf16_lstm_forward_workspace(t, n, i, hidden, training=torch.is_grad_enabled(), threads=run.threads)
+    if x.dtype != torch.float32:
+        return []
     return lstm_forward_workspace(t, n, i, hidden, training=torch.is_grad_enabled(), threads=run.threads,
                                   isa=_cpu_isa())
 
 
 def _low_precision_lstm(args: tuple, run: Context) -> tuple[str, int] | None:
-    """oneDNN's LSTM in bfloat16/float16: its kernels (and workspace) were not measured; the
-    float32 laws' bytes, in the call's own dtype, say how much is at stake."""
+    """oneDNN's LSTM in float16, or in bfloat16 off AVX512_CORE_BF16: its kernels (and
+    workspace) were not measured; the float32 laws' bytes, in the call's own dtype, say how much
+    is at stake."""
     x, mode, hidden = args[0], args[9], args[10]
-    if mode != _LSTM or x.dtype == torch.float32 or x.dim() != 3:
+    if mode != _LSTM or x.dtype == torch.float32 or x.dim() != 3 or bf16_lstm_modelled(x):
         return None
     t, n, i = x.shape
     at_stake = sum(lstm_forward_workspace(t, n, i, hidden, training=torch.is_grad_enabled(), threads=run.threads,
@@ -387,11 +399,12 @@ _UNMODELLED[aten.mkldnn_rnn_layer.default] = _low_precision_lstm
 
 
 def _low_precision_lstm_backward(args: tuple, run: Context) -> tuple[str, int] | None:
-    """oneDNN's LSTM backward in bfloat16/float16: not measured as a law. At stake: twice the
-    float32 law's bytes (a bound: measured 178,872 to 258,488 B on the zoo's 2-layer LSTM,
-    hidden 64, batch 1 and 4, where the float32 law gives 142,904 to 243,256 B)."""
+    """oneDNN's LSTM backward in float16, or in bfloat16 off AVX512_CORE_BF16: not measured as a
+    law. At stake: twice the float32 law's bytes (a bound: measured 178,872 to 258,488 B on the
+    zoo's 2-layer bf16 LSTM, hidden 64, batch 1 and 4, where the float32 law gives 142,904 to
+    243,256 B)."""
     x, mode, hidden = args[0], args[14], args[15]
-    if mode != _LSTM or x.dtype == torch.float32 or x.dim() != 3:
+    if mode != _LSTM or x.dtype == torch.float32 or x.dim() != 3 or bf16_lstm_modelled(x):
         return None
     t, n, i = x.shape
     return (f"oneDNN's {dtype_name(x.dtype)} LSTM backward (aten.mkldnn_rnn_layer_backward): its workspace",
@@ -405,15 +418,23 @@ _UNMODELLED[aten.mkldnn_rnn_layer_backward.default] = _low_precision_lstm_backwa
 def _onednn_lstm_backward(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
     """mkldnn_rnn_layer_backward(input, w_ih, w_hh, b_ih, b_hh, hx, cx, output, hy, cy,
     grad_output, grad_hy, grad_cy, reverse, mode, hidden_size, ...): an absent gradient is made as
-    zeros, a non-contiguous one copied, and ``cx`` cloned when it shares ``hx``'s storage."""
+    zeros, a non-contiguous one copied, and ``cx`` cloned when it shares ``hx``'s storage. In
+    bfloat16 ATen then converts each of the three to float32 as well (measured: a (9, 3, 10)
+    strided bf16 gradient, absent state gradients: 540 + 60 + 60 B, then 1,080 + 120 + 120 B)."""
     x, hx, cx, grads, mode, hidden = args[0], args[5], args[6], args[10:13], args[14], args[15]
-    if mode != _LSTM or x.dtype != torch.float32 or x.dim() != 3 or all(g is None for g in grads):
+    if mode != _LSTM or x.dim() != 3 or all(g is None for g in grads):
         return []
     t, n, i = x.shape
+    likes = (args[7], hx, cx)
     made = [out_like.numel() * out_like.element_size() if g is None else 0 if g.is_contiguous()
-            else g.numel() * g.element_size() for g, out_like in zip(grads, (args[7], hx, cx))]
+            else g.numel() * g.element_size() for g, out_like in zip(grads, likes)]
     if hx.untyped_storage() is cx.untyped_storage():
         made.append(cx.numel() * cx.element_size())
+    if bf16_lstm_modelled(x):
+        made += [like.numel() * 4 for like in likes]
+        return bf16_lstm_backward_workspace(t, n, i, hidden, threads=run.threads, made=made)
+    if x.dtype != torch.float32:
+        return []
     return lstm_backward_workspace(t, n, i, hidden, made=made)
 
 
@@ -469,8 +490,27 @@ def _native_mha(args: tuple, out: Any, run: Context, backward: bool, kwargs: dic
     x, scores, averaged = _self_attention_sizes(q, heads)
     mask = _mask_copy(_argument(args, kwargs, f, "mask"), (q.shape[0], heads, q.shape[1], q.shape[1]))
     peak = mha_peak(x, scores, averaged, need_weights=bool(_argument(args, kwargs, f, "need_weights")),
-                    average=bool(_argument(args, kwargs, f, "average_attn_weights")), mask=mask)
+                    average=bool(_argument(args, kwargs, f, "average_attn_weights")), mask=mask,
+                    gemms=_attention_gemms(q, heads, run))
     return [peak - _results_bytes(out)]
+
+
+def _attention_gemms(x: torch.Tensor, heads: int, run: Context, ffn: int | None = None) -> tuple[int, ...]:
+    """oneDNN's scratchpads for the fused paths' matmuls in bfloat16 (``onednn_bf16_gemm_scratch``):
+    x·W_qkvᵀ, the heads' q·kᵀ and scores·v, the output projection, then (``ffn``: the
+    feed-forward's width) the feed-forward's two; zeros in float32."""
+    if x.dtype != torch.bfloat16:
+        return (0,) * (4 if ffn is None else 6)
+    b, t, d = x.shape
+    rows, threads = b * t, run.threads
+    gemms = (onednn_bf16_gemm_scratch("forward", rows, d, 3 * d, threads=threads),
+             onednn_bf16_gemm_scratch("forward", t, d // heads, t, threads=threads, batch=b * heads, bmm=True),
+             onednn_bf16_gemm_scratch("grad_input", t, t, d // heads, threads=threads, batch=b * heads, bmm=True),
+             onednn_bf16_gemm_scratch("forward", rows, d, d, threads=threads))
+    if ffn is None:
+        return gemms
+    return (*gemms, onednn_bf16_gemm_scratch("forward", rows, d, ffn, threads=threads),
+            onednn_bf16_gemm_scratch("forward", rows, ffn, d, threads=threads))
 
 
 @_workspace(aten._transformer_encoder_layer_fwd.default)
@@ -478,22 +518,25 @@ def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: 
     """_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias,
     proj_weight, proj_bias, use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2,
     norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask, mask_type)
-    (``encoder_layer_peak``); the layer norms keep float32 statistics for float32."""
+    (``encoder_layer_peak``); the layer norms keep their statistics in the input's dtype."""
     f = aten._transformer_encoder_layer_fwd.default
     src, heads, norm_first, ffn_weight_1 = args[0], args[2], args[8], args[14]
-    if src.dim() != 3 or src.dtype != torch.float32:
+    if src.dim() != 3 or src.dtype not in (torch.float32, torch.bfloat16):
         return []
     x, scores, _ = _self_attention_sizes(src, heads)
-    rows = src.shape[0] * src.shape[1]
+    rows, item = src.shape[0] * src.shape[1], src.element_size()
     mask = _mask_copy(_argument(args, kwargs, f, "mask"), (src.shape[0], heads, src.shape[1], src.shape[1]))
-    peak = encoder_layer_peak(x, scores, rows * ffn_weight_1.shape[0] * src.element_size(), 2 * rows * 4,
-                              norm_first=bool(norm_first), mask=mask)
+    peak = encoder_layer_peak(x, scores, rows * ffn_weight_1.shape[0] * item, 2 * rows * item,
+                              norm_first=bool(norm_first), mask=mask,
+                              gemms=_attention_gemms(src, heads, run, ffn=ffn_weight_1.shape[0]))
     return [peak - _results_bytes(out)]
 
 
 def _low_precision_fused_attention(args: tuple, run: Context) -> tuple[str, int] | None:
     """The fused inference paths (``_transformer_encoder_layer_fwd``, ``_native_multi_head_attention``)
-    in bfloat16/float16 or under autocast (which leaves the CPU fast path on) run their inner
+    under autocast (which leaves the CPU fast path on), in float16, or in bfloat16 off
+    AVX512_CORE_BF16, with a mask or across two inputs (bfloat16 self-attention without a mask is
+    modelled there) run their inner
     projections in the low dtype, with casts of the weights, in an order not followed here
     (measured, 64 wide, 32 tokens: the encoder layer under bfloat16 autocast 47,232 B over the
     float32 law at batch 1, in bfloat16 55 to 116 KB over nothing booked; self-attention in
@@ -503,7 +546,7 @@ def _low_precision_fused_attention(args: tuple, run: Context) -> tuple[str, int]
     batch 1 and 4)."""
     encoder = len(args) > 13   # _native_multi_head_attention has 13 arguments at most
     x = args[0]
-    if x.dim() != 3 or (x.dtype == torch.float32 and run.amp is None):
+    if x.dim() != 3 or (x.dtype == torch.float32 and run.amp is None) or _bf16_attention_modelled(args, run, encoder):
         return None
     b, t, d = x.shape
     heads = args[2] if encoder else args[4]
@@ -518,6 +561,17 @@ def _low_precision_fused_attention(args: tuple, run: Context) -> tuple[str, int]
     low = run.amp or dtype_name(x.dtype)
     tensors = sum(a.numel() for a in args[1:] if isinstance(a, torch.Tensor))   # weights, biases, mask
     return f"{what} in {low}: its inner casts and buffers", peak + 4 * tensors
+
+
+def _bf16_attention_modelled(args: tuple, run: Context, encoder: bool) -> bool:
+    """bfloat16 weights (not autocast) on AVX512_CORE_BF16, self-attention without a mask: the
+    float32 laws with oneDNN's matmul scratchpads (``_attention_gemms``), measured exact with and
+    without weights, post- and pre-norm. With a mask the fused call is exact too (key padding,
+    causal, both), but the same module's training in bfloat16 is not (sdpa with the mask: 14 to
+    28 KB under, measured), so the flag stays where it covers that."""
+    mask = args[18 if encoder else 9] if len(args) > (18 if encoder else 9) else None
+    return (args[0].dtype == torch.bfloat16 and run.amp is None and mask is None
+            and (encoder or args[0] is args[1] is args[2]) and cpu_isa.onednn_isa() == cpu_isa.MODELLED)
 
 
 _UNMODELLED[aten._transformer_encoder_layer_fwd.default] = _low_precision_fused_attention

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 
 def mha_peak(x: int, scores: int, averaged: int, *, need_weights: bool, average: bool,
-             mask: int | None = None) -> int:
+             mask: int | None = None, gemms: tuple[int, int, int, int] = (0, 0, 0, 0)) -> int:
     """Bytes alive at the peak inside ``native_multi_head_attention_cpu`` (self-attention), its
     results included. ``mask``: bytes of the boolean copy of the mask the kernel makes (0 when it
-    is boolean already; None: no mask).
+    is boolean already; None: no mask). ``gemms``: the scratchpads oneDNN takes in bfloat16 for
+    the four matmuls (the projection to q, k, v; q·kᵀ; the scores·v; the output projection),
+    each beside what is alive while it runs (none in float32).
 
     1. ``qkv = gemm_nt(query, qkv_weight)`` (3X) and ``_transform_bias_rescale_qkv`` into one
        (3, B, H, T, D/H) buffer (3X) while ``qkv`` lives: 6X; then ``qkv`` goes.
@@ -29,7 +31,8 @@ def mha_peak(x: int, scores: int, averaged: int, *, need_weights: bool, average:
        4X + S + B·T·T.
     """
     kept = scores if need_weights else 0
-    phases = [6 * x, 3 * x + scores, 5 * x + kept]
+    qkv, qk, av, proj = gemms
+    phases = [6 * x, 3 * x + qkv, 3 * x + scores + max(qk, av), 5 * x + kept + proj]
     if mask is not None:
         phases.append(3 * x + 2 * scores + mask)
     if need_weights and average:
@@ -38,10 +41,11 @@ def mha_peak(x: int, scores: int, averaged: int, *, need_weights: bool, average:
 
 
 def encoder_layer_peak(x: int, scores: int, hidden: int, stats: int, *, norm_first: bool,
-                       mask: int | None = None) -> int:
+                       mask: int | None = None, gemms: tuple[int, ...] = (0,) * 6) -> int:
     """Bytes alive at the peak inside ``transformer_encoder_layer_forward``, its result included
     (``mask`` as for ``mha_peak``): ``hidden`` = B·T·F (the feed-forward's), ``stats`` = a layer norm's mean
-    and 1/std (2·B·T, float32 for a float32 input).
+    and 1/std (2·B·T, in the input's dtype). ``gemms``: oneDNN's bfloat16 scratchpads, the four of
+    ``mha_peak`` then the feed-forward's two matmuls, each beside what is alive while it runs.
 
     Post-norm: attention (``mha_peak``, no weights); its result plus the first norm's (2X + stats);
     the first norm's result with the feed-forward's hidden and output (2X + hidden), then the
@@ -49,10 +53,11 @@ def encoder_layer_peak(x: int, scores: int, hidden: int, stats: int, *, norm_fir
     (X + ``mha_peak``); its result and the second norm (2X + stats); the feed-forward on that, the
     residual alive (3X + hidden).
     """
-    attention = mha_peak(x, scores, 0, need_weights=False, average=True, mask=mask)
+    attention = mha_peak(x, scores, 0, need_weights=False, average=True, mask=mask, gemms=gemms[:4])
+    ff1, ff2 = gemms[4:]
     if norm_first:
-        return max(x + stats, x + attention, 2 * x + stats, 3 * x + hidden)
-    return max(attention, 2 * x + stats, 2 * x + hidden, 3 * x + stats)
+        return max(x + stats, x + attention, 2 * x + stats, 2 * x + hidden + ff1, 3 * x + hidden + ff2)
+    return max(attention, 2 * x + stats, x + hidden + ff1, 2 * x + hidden + ff2, 3 * x + stats)
 
 
 # ----------------------------------------------------------------------------------------------
