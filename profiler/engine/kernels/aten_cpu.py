@@ -27,6 +27,7 @@ from profiler.engine.kernels.cpu_conv import conv_workspace, kernel_name, result
 from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_norm_backward_workspace,
                                               batch_norm_statistics)
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
+from profiler.engine.kernels.onednn_conv import bf16_strided_dw_data_modelled
 from profiler.engine.kernels.onednn_matmul import matmul_workspace, onednn_bf16_gemm_scratch
 from profiler.engine.kernels.onednn_rnn import (bf16_lstm_backward_workspace, bf16_lstm_forward_workspace,
                                                 lstm_backward_workspace, lstm_forward_workspace,
@@ -189,7 +190,9 @@ def _uncovered_grouped_conv(args: tuple, run: Context) -> tuple[str, int] | None
     bfloat16, in either layout, float16 up to 3×3): oneDNN's grouped kernels reorder and pad
     other widths and every bfloat16 one, in ways not modelled; a strided bfloat16 depthwise
     convolution's input gradient runs ``brgconv_strided`` on VNNI-paired weights (measured 82,736
-    to 109,744 B under on 24–128 channels, 8×8 and 16×16, batch 2). At stake: what the laws book
+    to 109,744 B under on 24–128 channels, 8×8 and 16×16, batch 2), modelled on NCHW tensors
+    whose sides are multiples of the stride on AVX512_CORE_BF16 only
+    (``onednn_conv.bf16_strided_dw_data_scratchpad``). At stake: what the laws book
     for the call in 4-byte elements, plus two copies of its tensors per thread (a bound measured
     to hold over the sweep's worst calls, not a law)."""
     backward = len(args) > 9   # convolution_backward(grad_output, input, weight, ...): 11 arguments
@@ -201,6 +204,11 @@ def _uncovered_grouped_conv(args: tuple, run: Context) -> tuple[str, int] | None
     if x.dtype == torch.float32 and (depthwise or (per_in % 8 == 0 and per_out % 8 == 0)):
         return None
     strided_data = backward and max(args[4]) > 1 and args[10][0]   # brgconv_strided's data phase
+    if strided_data and x.dtype == torch.bfloat16 and not _channels_last(x, weight):
+        spatial = tuple(x.shape[2:])
+        strided_data = not bf16_strided_dw_data_modelled(ConvCall(
+            x.shape[1], weight.shape[0], spatial, spatial, tuple(weight.shape[2:]), tuple(args[4]),
+            tuple(args[5]), tuple(args[6]), groups, False, False))
     if depthwise and per_out == 1 and x.dtype == torch.bfloat16 and not strided_data:
         return None   # modelled: jit_dw, jit_bf16 (5×5, 7×7) and NCHW's gemm weight gradients
     if depthwise and max(weight.shape[2:]) <= 3 and x.dtype != torch.bfloat16:
