@@ -187,3 +187,60 @@ def test_fused_attention_in_bfloat16_equals_the_allocator(name):
     for key in ("inference_peak_bytes", "train_peak_bytes_sgd", "train_first_step_peak_bytes_sgd"):
         assert result["predicted"][key] == result["measured"][key], key
     assert not [w for w in result["warnings"] if "fused" in w]
+
+
+# ----------------------------------------------------------------------------------------------
+# A tied embedding under autocast: autograd sums the weight's two gradients in place
+
+
+class _TiedLM(torch.nn.Module):
+    """Token embedding whose weight is also the output layer's (GPT-2's, BERT's ``tie_weights``)."""
+    def __init__(self, vocab: int = 1000, dim: int = 32):
+        super().__init__()
+        self.embed, self.mid = torch.nn.Embedding(vocab, dim), torch.nn.Linear(dim, dim)
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mid(self.embed(x))))
+
+
+@pytest.mark.parametrize("mode", ["autocast", "float32"])
+def test_tied_embedding_gradient_sum_equals_the_allocator(mode):
+    """Under autocast the output layer's gradient of the shared weight comes out of the cast's
+    backward contiguous and the embedding's is added into it in place (the engine added out of
+    place before: HF BERT +13.6%, GPT-2 +4.6% at batch 1); in float32 it is ``mm(...).t()`` and
+    the sum is a new tensor for real too. SGD at batch 1, where that sum is the peak."""
+    from profiler.frontends.source import resolve
+    source = resolve(_TiedLM, input_shape=(16,), input_dtype="int64", int_high=1000, name="tied")
+    result = workflow.profile(source, batch=1, loss="cross_entropy", warmup=0, repeats=1, optimizers=("sgd",),
+                              **MODES[mode])
+    for key in ("inference_peak_bytes", "train_peak_bytes_sgd", "train_first_step_peak_bytes_sgd"):
+        assert result["predicted"][key] == result["measured"][key], key
+
+
+# ----------------------------------------------------------------------------------------------
+# The encoder layer's fast path under bfloat16 autocast (``cpu_attention.autocast_encoder_layer_peak``)
+
+AUTOCAST_ENCODERS = {
+    "64 wide, 4 heads": (lambda: torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True), (32, 64), 1),
+    "32 wide, 10 tokens": (lambda: torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), (10, 32), 2),
+    "128 wide, gelu": (lambda: torch.nn.TransformerEncoderLayer(128, 8, 256, batch_first=True, activation="gelu"),
+                       (20, 128), 3),
+}
+
+
+@pytest.mark.parametrize("name", list(AUTOCAST_ENCODERS))
+def test_fused_encoder_layer_under_autocast_equals_the_allocator(name):
+    """Autocast casts the fused kernel's inner calls: the attention's weights (cached to the
+    region's end) and q, k, v apart (three projections and a cat), the feed-forward's weights per
+    call; the result in bfloat16. Every peak to the byte, no flag (the zoo's layer was 23.9% and
+    4.9% under at batch 1 and 4, flagged)."""
+    from profiler.frontends.source import resolve
+    factory, shape, batch = AUTOCAST_ENCODERS[name]
+    source = resolve(factory, input_shape=shape, input_dtype="float", name=name)
+    result = workflow.profile(source, batch=batch, loss="mse", warmup=0, repeats=1, optimizers=("sgd",),
+                              **MODES["autocast"])
+    for key in ("inference_peak_bytes", "train_peak_bytes_sgd", "train_first_step_peak_bytes_sgd"):
+        assert result["predicted"][key] == result["measured"][key], key
+    assert not [w for w in result["warnings"] if w.startswith("NOT MODELLED")]

@@ -307,6 +307,29 @@ def test_nchw_bf16_depthwise(channels, size, kernel, threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("channels, size, kernel, stride, batch", (
+    (128, 8, 3, 2, 1), (192, 4, 3, 2, 4), (16, 32, 3, 2, 3), (128, 16, 5, 2, 1), (40, 12, 3, 3, 2),
+    (24, 16, 7, 2, 2), (64, 8, 3, 2, 8)))
+def test_nchw_bf16_strided_depthwise_input_gradient(channels, size, kernel, stride, batch, threads):
+    # brgconv_strided on channels-last copies: the output's gradient, the weight VNNI-paired (each
+    # channel 16 × 2 × taps), the input's gradient and its scratchpad, per thread the output's
+    # gradient extended by the kernel's reach for every channel (rounded up to 4,096 elements);
+    # then two more input-sized buffers (at batch 8 the larger moment). timm's EfficientNet
+    # (128 on 8×8, 192 on 4×4): 99,120 B and 123,696 B under before, flagged
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _, backward = _exact(_conv_calls(batch, channels, size, channels, kernel, stride=stride,
+                                         padding=kernel // 2, groups=channels, dtype=torch.bfloat16))
+    finally:
+        torch.set_num_threads(before)
+    if (channels, size, batch, threads) == (128, 8, 1, 2):
+        # g' 4,096 + w' 73,728 + dx' 16,384 + scratchpad 16,384 + 2 × (8,216 + 64 × 4 + 2 × 4,096)
+        # beside dx, less the gradients returned (dx 16,384, dw 2,304, db 256)
+        assert backward == 4_096 + 73_728 + 16_384 + 49_712 - 16_384 - 2_304 - 256
+
+
 @pytest.mark.parametrize("batch, channels, size, filters", ((1, 64, 16, 24), (1, 128, 4, 48), (2, 64, 16, 24),
                                                             (1, 16, 8, 64), (3, 64, 8, 48)))
 def test_nchw_bf16_1x1_store_buffer_per_thread(batch, channels, size, filters):

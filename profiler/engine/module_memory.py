@@ -46,8 +46,8 @@ from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.registry import Context
 from profiler.timeline import compact
-from profiler.engine.kernels.aten_cpu import (bf16_lstm_modelled, kernel_of, kernel_workspace, registrar,
-                                             results_made_last, unmodelled)
+from profiler.engine.kernels.aten_cpu import (bf16_lstm_modelled, kernel_autocast_casts, kernel_of, kernel_workspace,
+                                             registrar, results_made_last, unmodelled)
 from profiler.engine.kernels.onednn_rnn import bf16_lstm_workspace_bytes, onednn_lstm_workspace_bytes
 from profiler.engine.op_cost import OpCost, op_cost
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
@@ -122,8 +122,9 @@ def _mse_loss_backward_contiguous(args: tuple, out: Any) -> Any:
 
 
 #: backward nodes whose formula adds nothing (``select_backward``, ``slice_backward``: zeros and
-#: a copy): an ``add`` while one runs is autograd summing two gradients of one tensor
-_GRADIENT_SUM_NODES = frozenset({"SelectBackward0", "SliceBackward0"})
+#: a copy; ``embedding_dense_backward``: zeros and an index_add): an ``add`` while one runs is
+#: autograd summing two gradients of one tensor (an embedding's weight tied to an output layer)
+_GRADIENT_SUM_NODES = frozenset({"SelectBackward0", "SliceBackward0", "EmbeddingBackward0"})
 
 
 def _python_caller() -> tuple[int, int, int] | None:
@@ -186,17 +187,23 @@ def _add_in_place(args: tuple, out: Any) -> Any:
 
 def _gradient_sum_in_place(args: tuple, out: Any) -> Any:
     """Autograd sums two gradients of one tensor (``InputBuffer::accumulate``) in place into the
-    first when it holds the only reference to it and it is a plain dense tensor; for a tensor
+    first when it holds the only reference to it and to its storage (not a view: a view's base
+    shares the storage) and it is a plain dense tensor; for a tensor
     subclass (fake tensors) it adds out of place. Here the first is a gradient the node just made
     (``select_backward``'s zeros): measured, the three ``q, k, v = proj[0], proj[1], proj[2]`` of
     ``nn.MultiheadAttention``'s training path sum into one (3, T, B, D) buffer, 15,360 B at
-    (10, 4, 32), where the fake run made a third."""
+    (10, 4, 32), where the fake run made a third. A tied embedding's weight under autocast: the
+    output layer's gradient (``ToCopyBackward0``'s, contiguous) takes the embedding's in place,
+    256,000 B over the allocator's events before (HF BERT/GPT-2, vocabulary 1,000 × 64, SGD at
+    batch 1); in float32 the first is ``TBackward0``'s view of the product, and the sum is out of
+    place for real too."""
     node = torch._C._current_autograd_node()
     if node is None or node.name() not in _GRADIENT_SUM_NODES or len(args) != 2:
         return out
     old, new = args
     if not (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor)) or old is new \
-            or old.shape != out.shape or old.dtype != out.dtype or not old.is_contiguous():
+            or old.shape != out.shape or old.dtype != out.dtype or not old.is_contiguous() \
+            or old._base is not None:
         return out
     return old.add_(new)
 
@@ -240,6 +247,12 @@ def _batch_norm_no_input_gradient(args: tuple, out: Any) -> Any:
     if args[9][0] or out[0] is None:
         return out
     return (None, *out[1:])
+
+
+#: operators whose inner calls autocast casts (they are on none of its lists, so their own
+#: arguments are not): the result comes out in the autocast dtype, the fake kernel's in the
+#: input's (measured: the fused encoder layer under bfloat16 autocast, post- and pre-norm)
+_AUTOCAST_RESULT = frozenset({aten._transformer_encoder_layer_fwd.default})
 
 
 @_cpu_result(aten._embedding_bag.default, aten._embedding_bag_forward_only.default)
@@ -396,6 +409,7 @@ class StorageLog(TorchDispatchMode):
         self.unmodelled: dict[str, tuple[int, int]] = {}   # what -> (calls, most bytes at stake in one)
         self._unsettled: list[tuple[Any, int]] = []   # (weakref to a result, serial of its kept number)
         self._kept_alive: set[int] = set()
+        self._until_autocast_ends: list[_Event] = []   # frees of casts a fused kernel left in autocast's cache
         self.costs: list[OpCost] = []           # every operator call's work, in order (the time model's input)
         self._record_costs = costs
 
@@ -427,6 +441,8 @@ class StorageLog(TorchDispatchMode):
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
+        self.events.extend(self._until_autocast_ends)   # the region (inside the log's) has ended
+        self._until_autocast_ends.clear()
         super().__exit__(*exc)
         torch.get_rng_state = self._get_rng_state
         self._scope.__exit__(*exc)
@@ -481,6 +497,8 @@ class StorageLog(TorchDispatchMode):
         fix = _CPU_RESULT.get(func)
         if fix is not None and _is_fake(tensors_in(out)[0]):
             out = fix(args, out)
+        if func in _AUTOCAST_RESULT and self.run is not None and self.run.amp and _is_fake(out):
+            out = out.new_empty(out.shape, dtype=getattr(torch, self.run.amp))
         outputs = tensors_in(out)
         if outputs:
             lifted = func in _LIFT
@@ -514,6 +532,11 @@ class StorageLog(TorchDispatchMode):
                 calls, most = self.unmodelled.get(unknown[0], (0, 0))
                 self.unmodelled[unknown[0]] = (calls + 1, max(most, unknown[1]))
             backward = self.phase == "backward"
+            cached = kernel_autocast_casts(func, args, kwargs, self.run)
+            if cached:
+                alloc, free = self.synthetic(cached, "weight_casts", self._where(), "autocast exit", self.run.amp)
+                self.events.append(alloc)
+                self._until_autocast_ends.append(free)
             booked = kernel_workspace(func, args, out, self.run, backward, kwargs)
             later = results_made_last(func, args, out, self.run, backward, kwargs) if booked else ()
             self._transient([(nbytes, "workspace") for nbytes in booked], dtype, self._results(out, later))

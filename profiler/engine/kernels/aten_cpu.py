@@ -27,12 +27,13 @@ from profiler.engine.kernels.cpu_conv import conv_workspace, kernel_name, result
 from profiler.engine.kernels.cpu_norm import (batch_norm_backward_kernel, batch_norm_backward_workspace,
                                               batch_norm_statistics)
 from profiler.engine.kernels.cpu_reduce import SCALAR_OPERAND, mean_upcast
+from profiler.engine.kernels.onednn_conv import bf16_strided_dw_data_modelled
 from profiler.engine.kernels.onednn_matmul import matmul_workspace, onednn_bf16_gemm_scratch
 from profiler.engine.kernels.onednn_rnn import (bf16_lstm_backward_workspace, bf16_lstm_forward_workspace,
                                                 lstm_backward_workspace, lstm_forward_workspace,
                                                 onednn_lstm_workspace_bytes)
-from profiler.engine.kernels.cpu_attention import (encoder_layer_peak, flash_backward_workspace,
-                                                   flash_forward_workspace, mha_peak)
+from profiler.engine.kernels.cpu_attention import (autocast_encoder_layer_peak, encoder_layer_peak,
+                                                   flash_backward_workspace, flash_forward_workspace, mha_peak)
 from profiler.rules.registry import Context, Saved
 
 aten = torch.ops.aten
@@ -189,7 +190,9 @@ def _uncovered_grouped_conv(args: tuple, run: Context) -> tuple[str, int] | None
     bfloat16, in either layout, float16 up to 3×3): oneDNN's grouped kernels reorder and pad
     other widths and every bfloat16 one, in ways not modelled; a strided bfloat16 depthwise
     convolution's input gradient runs ``brgconv_strided`` on VNNI-paired weights (measured 82,736
-    to 109,744 B under on 24–128 channels, 8×8 and 16×16, batch 2). At stake: what the laws book
+    to 109,744 B under on 24–128 channels, 8×8 and 16×16, batch 2), modelled on NCHW tensors
+    whose sides are multiples of the stride on AVX512_CORE_BF16 only
+    (``onednn_conv.bf16_strided_dw_data_scratchpad``). At stake: what the laws book
     for the call in 4-byte elements, plus two copies of its tensors per thread (a bound measured
     to hold over the sweep's worst calls, not a law)."""
     backward = len(args) > 9   # convolution_backward(grad_output, input, weight, ...): 11 arguments
@@ -201,6 +204,11 @@ def _uncovered_grouped_conv(args: tuple, run: Context) -> tuple[str, int] | None
     if x.dtype == torch.float32 and (depthwise or (per_in % 8 == 0 and per_out % 8 == 0)):
         return None
     strided_data = backward and max(args[4]) > 1 and args[10][0]   # brgconv_strided's data phase
+    if strided_data and x.dtype == torch.bfloat16 and not _channels_last(x, weight):
+        spatial = tuple(x.shape[2:])
+        strided_data = not bf16_strided_dw_data_modelled(ConvCall(
+            x.shape[1], weight.shape[0], spatial, spatial, tuple(weight.shape[2:]), tuple(args[4]),
+            tuple(args[5]), tuple(args[6]), groups, False, False))
     if depthwise and per_out == 1 and x.dtype == torch.bfloat16 and not strided_data:
         return None   # modelled: jit_dw, jit_bf16 (5×5, 7×7) and NCHW's gemm weight gradients
     if depthwise and max(weight.shape[2:]) <= 3 and x.dtype != torch.bfloat16:
@@ -495,11 +503,13 @@ def _native_mha(args: tuple, out: Any, run: Context, backward: bool, kwargs: dic
     return [peak - _results_bytes(out)]
 
 
-def _attention_gemms(x: torch.Tensor, heads: int, run: Context, ffn: int | None = None) -> tuple[int, ...]:
+def _attention_gemms(x: torch.Tensor, heads: int, run: Context, ffn: int | None = None,
+                     bf16: bool | None = None) -> tuple[int, ...]:
     """oneDNN's scratchpads for the fused paths' matmuls in bfloat16 (``onednn_bf16_gemm_scratch``):
     x·W_qkvᵀ, the heads' q·kᵀ and scores·v, the output projection, then (``ffn``: the
-    feed-forward's width) the feed-forward's two; zeros in float32."""
-    if x.dtype != torch.bfloat16:
+    feed-forward's width) the feed-forward's two; zeros in float32 (``bf16``: whether they run
+    in bfloat16, by default the input's dtype)."""
+    if not (x.dtype == torch.bfloat16 if bf16 is None else bf16):
         return (0,) * (4 if ffn is None else 6)
     b, t, d = x.shape
     rows, threads = b * t, run.threads
@@ -523,6 +533,8 @@ def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: 
     src, heads, norm_first, ffn_weight_1 = args[0], args[2], args[8], args[14]
     if src.dim() != 3 or src.dtype not in (torch.float32, torch.bfloat16):
         return []
+    if autocast_encoder_modelled(args, kwargs, run):
+        return [autocast_encoder_layer(args, run) - _results_bytes(out) - autocast_cached_casts(args)]
     x, scores, _ = _self_attention_sizes(src, heads)
     rows, item = src.shape[0] * src.shape[1], src.element_size()
     mask = _mask_copy(_argument(args, kwargs, f, "mask"), (src.shape[0], heads, src.shape[1], src.shape[1]))
@@ -530,6 +542,42 @@ def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: 
                               norm_first=bool(norm_first), mask=mask,
                               gemms=_attention_gemms(src, heads, run, ffn=ffn_weight_1.shape[0]))
     return [peak - _results_bytes(out)]
+
+
+def autocast_encoder_modelled(args: tuple, kwargs: dict | None, run: Context) -> bool:
+    """The encoder layer's fast path under bfloat16 autocast as measured exact
+    (``autocast_encoder_layer_peak``): float32 weights and input, post-norm, no mask, on
+    AVX512_CORE_BF16."""
+    mask = _argument(args, kwargs or {}, aten._transformer_encoder_layer_fwd.default, "mask")
+    return (run.amp == "bfloat16" and args[0].dim() == 3 and args[0].dtype == torch.float32 and not args[8]
+            and mask is None and cpu_isa.onednn_isa() == cpu_isa.MODELLED)
+
+
+def kernel_autocast_casts(func: Any, args: tuple, kwargs: dict | None, run: Context) -> int:
+    """Bytes a call leaves in autocast's weight cache beyond its results, alive until the autocast
+    region ends (the engine books them so): the fused encoder layer's inner casts."""
+    if func is aten._transformer_encoder_layer_fwd.default and autocast_encoder_modelled(args, kwargs, run):
+        return autocast_cached_casts(args)
+    return 0
+
+
+def autocast_cached_casts(args: tuple) -> int:
+    """Bytes of the bfloat16 casts the encoder layer's fast path leaves in autocast's weight cache
+    (freed when the autocast region ends): the attention's four projection tensors and the
+    feed-forward's two biases (its weights are cast through their transposes, not cached)."""
+    return 2 * sum(args[i].numel() for i in (3, 4, 5, 6, 15, 17))
+
+
+def autocast_encoder_layer(args: tuple, run: Context) -> int:
+    """Peak inside the encoder layer under bfloat16 autocast (``autocast_encoder_layer_peak``)."""
+    src, heads, ffn_weight_1 = args[0], args[2], args[14]
+    b, t, d = src.shape
+    rows, ffn, threads = b * t, ffn_weight_1.shape[0], run.threads
+    gemms = (onednn_bf16_gemm_scratch("forward", rows, d, d, threads=threads),
+             *_attention_gemms(src, heads, run, ffn=ffn, bf16=True)[1:])
+    return autocast_encoder_layer_peak(2 * rows * d, 2 * b * heads * t * t, 2 * rows * ffn, 2 * rows * 4,
+                                       attention_casts=2 * sum(args[i].numel() for i in (3, 4, 5, 6)),
+                                       ffn_weight=2 * ffn * d, ffn_biases=(2 * ffn, 2 * d), gemms=gemms)
 
 
 def _low_precision_fused_attention(args: tuple, run: Context) -> tuple[str, int] | None:
@@ -547,6 +595,8 @@ def _low_precision_fused_attention(args: tuple, run: Context) -> tuple[str, int]
     encoder = len(args) > 13   # _native_multi_head_attention has 13 arguments at most
     x = args[0]
     if x.dim() != 3 or (x.dtype == torch.float32 and run.amp is None) or _bf16_attention_modelled(args, run, encoder):
+        return None
+    if encoder and autocast_encoder_modelled(args, None, run):
         return None
     b, t, d = x.shape
     heads = args[2] if encoder else args[4]

@@ -60,6 +60,33 @@ def encoder_layer_peak(x: int, scores: int, hidden: int, stats: int, *, norm_fir
     return max(attention, 2 * x + stats, x + hidden + ff1, 2 * x + hidden + ff2, 3 * x + stats)
 
 
+def autocast_encoder_layer_peak(x: int, scores: int, hidden: int, stats: int, *, attention_casts: int,
+                                ffn_weight: int, ffn_biases: tuple[int, int], gemms: tuple[int, ...]) -> int:
+    """Bytes alive at the peak inside ``transformer_encoder_layer_forward`` under bfloat16
+    autocast (post-norm, no mask), its result included: X, S, hidden in bfloat16 (the result too),
+    ``stats`` the layer norms' float32 mean and 1/std. The kernel re-dispatches its inner calls, so
+    autocast casts them: ``_native_multi_head_attention`` gets its weights cast
+    (``attention_casts``: qkv and output projections, weights and biases, kept in autocast's cache
+    to the region's end) and query, key and value cast apart (3X): no longer one tensor, so the
+    projection is three matmuls and a ``cat``. The feed-forward's weights are cast per call (their
+    transposes are not cached; ``ffn_weight`` each), their biases cached (``ffn_biases``).
+    ``gemms``: oneDNN's scratchpads of one projection (rows × D × D), q·kᵀ, scores·v, the output
+    projection and the feed-forward's two.
+
+    In order: the three projections beside the casts (W + 6X + scratch), the ``cat`` and
+    ``_transform_bias_rescale_qkv`` (W + 9X), the heads' matmuls (W + 6X + S), the output
+    projection with the heads made contiguous (W + 8X); the residual added through float32 copies
+    (W + X + 2·2X), the first norm (W + 2X + stats); the feed-forward's first matmul (W + X + its
+    weight, bias, hidden), the second (W + 2X + its weight, both biases, hidden); the second norm
+    (W + 3X + both biases + stats)."""
+    w = attention_casts
+    projection, qk, av, out, ff1, ff2 = gemms
+    b1, b2 = ffn_biases
+    return max(w + 6 * x + projection, w + 9 * x, w + 6 * x + scores + max(qk, av), w + 8 * x + out,
+               w + 5 * x, w + 2 * x + stats, w + x + ffn_weight + b1 + hidden + ff1,
+               w + 2 * x + b1 + hidden + ffn_weight + b2 + ff2, w + 3 * x + b1 + b2 + stats)
+
+
 # ----------------------------------------------------------------------------------------------
 # Scaled dot-product attention's CPU flash kernel (``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp``)
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 from math import prod
 
 from profiler.dtypes import itemsize
+from profiler.engine.kernels import cpu_isa
 from profiler.engine.kernels.conv_call import ConvCall, kept
 from profiler.engine.kernels.onednn import ONEDNN_ENTRY_ALIGNMENT, booked, div_up, up, up16
 from profiler.engine.kernels.onednn_conv_weights import (bf16_1x1_weights_scratchpad, bf16_weights_scratchpad,
@@ -412,11 +413,18 @@ def strided_data_buffer(call: ConvCall) -> int:
     exact on 270 convolutions (2×2/2 to 5×5/3, padding 0–2, 64–256 filters, inputs 7–33 wide,
     2 threads, some at 1 and 4; 1×1/2 with 64–1,024 filters on inputs 8–32 wide): 64 filters on
     a 33-wide 3×3/2 input book 16,384 × 6 more a thread."""
+    extended = 4 * call.out_channels * extended_positions(call)
+    return STRIDED_DATA_BUFFER_STEP * max(div_up(extended, STRIDED_DATA_BUFFER_STEP) - 1, 0)
+
+
+def extended_positions(call: ConvCall) -> int:
+    """The output's positions extended on each side by the kernel's reach beyond the padding,
+    (k − 1 − pad) // stride (oneDNN's ``ohp``, ``owp`` of its strided data phase)."""
     extended = 1
     for size, out, k, s, p in zip(call.in_spatial, call.out_spatial, call.kernel, call.strides, call.pads):
         end = (out - 1) * s + k - size - p
         extended *= out + max(0, k - 1 - p) // s + max(0, k - 1 - end) // s
-    return STRIDED_DATA_BUFFER_STEP * max(div_up(4 * call.out_channels * extended, STRIDED_DATA_BUFFER_STEP) - 1, 0)
+    return extended
 
 
 def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> int:
@@ -596,6 +604,12 @@ def channels_first_depthwise(ctx, call: ConvCall, input_grad: bool = True) -> tu
     padded_bias = (booked(4 * up16(c)) if call.bias else 0) if bf16 else _padded_bias(c, call.bias, act)
     convolve = max(src + reordered + dst + padded_bias, dst + y) - y
     data = max(dst + reordered + src, src + x) - x if input_grad else 0
+    if input_grad and ctx.compute_dtype(True) == "bfloat16" and bf16_strided_dw_data_modelled(call):
+        # brgconv_strided on channels-last copies: the output's gradient, the weight VNNI-paired
+        # (each channel's one output padded to 16, its input to 2), the input's gradient and the
+        # scratchpad; then two input-sized buffers beside it while torch lays the result out
+        data = max(n * c * result * act + c * 32 * taps * act + x + bf16_strided_dw_data_scratchpad(call, threads),
+                   3 * x) - x
     if dw_weights_kernel_fits(call):
         nb_ch = div_up(c, 16)
         by_batch = min(max(1, threads // min(nb_ch, threads)), n)   # threads summing apart
@@ -612,6 +626,36 @@ def channels_first_depthwise(ctx, call: ConvCall, input_grad: bool = True) -> tu
     backward = max(data, weights, done) - weight - bias   # the gradients are counted by the memory model
     return (_bytes(convolve, "oneDNN blocked copies and weight reorder"),
             _bytes(backward, "oneDNN blocked copies, weight reorders, gradients and scratchpads"))
+
+
+# The input gradient of a strided bfloat16 depthwise convolution on NCHW tensors, on
+# AVX512_CORE_BF16, is oneDNN's ``brgconv_strided`` (ONEDNN_VERBOSE), whose scratchpad is
+# (``jit_brgemm_conv_bwd_utils``' ``init_scratchpad``) a fixed part and, per thread, the batch
+# elements and the input-buffer mask (a page each), a float32 accumulator of 16 channels × the
+# input's width over the stride, and the output's gradient copied with the kernel's reach beyond
+# the padding (``ohp × owp`` as ``strided_data_buffer`` extends it) for every channel, in
+# bfloat16, rounded up to 4,096 elements. Measured exact (allocator events, 1 and 2 threads,
+# batch 1 and 2) on 3×3 and 5×5 at stride 2, 16 and 128 channels, inputs 4, 8, 16 and 32 wide.
+# An input not a multiple of the stride (oneDNN's "uneven" width: a transposed copy and an
+# output buffer more) is booked differently and stays flagged.
+BF16_DW_DATA_PER_THREAD = 8_216
+BF16_DW_DATA_ELEMENTS_STEP = 4_096
+
+
+def bf16_strided_dw_data_modelled(call: ConvCall) -> bool:
+    """Whether :func:`bf16_strided_dw_data_scratchpad` covers the call: a 2-D strided depthwise
+    convolution, every input side a multiple of its stride, undilated, on the modelled ISA."""
+    return (call.strided and len(call.kernel) == 2 and not call.dilated and not call.transposed
+            and call.groups == call.channels == call.out_channels
+            and all(size % s == 0 for size, s in zip(call.in_spatial, call.strides))
+            and cpu_isa.onednn_isa() == cpu_isa.MODELLED)
+
+
+def bf16_strided_dw_data_scratchpad(call: ConvCall, threads: int) -> int:
+    """Scratchpad bytes of ``brgconv_strided``'s bfloat16 depthwise input gradient (see above)."""
+    copied = 2 * up(extended_positions(call) * call.channels, BF16_DW_DATA_ELEMENTS_STEP)
+    accumulator = 4 * 16 * div_up(call.in_spatial[-1], call.strides[-1])
+    return STRIDED_DATA_FIXED["bfloat16"] + threads * (BF16_DW_DATA_PER_THREAD + accumulator + copied)
 
 
 # Grouped convolutions on NCHW tensors (float32, 2-D, 8 to 48 channels per group, and multiples of
