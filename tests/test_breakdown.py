@@ -282,3 +282,37 @@ def test_a_step_profiled_in_parts_reads_as_one_profile():
     assert parts_split == whole_split
     assert sum(parts_split.categories.values()) == parts_split.replayed_bytes > whole.peak_bytes > 0
 
+
+
+def test_each_part_lets_go_of_its_profile_with_the_collector_paused(monkeypatch):
+    """A profile object is in a reference cycle and the measured call pauses the garbage
+    collector: each part's results must go as the part ends, or all parts stay in memory."""
+    import gc
+    import weakref
+    import torch
+    from functools import partial
+    from profiler.measuring import memory_trace
+    from profiler.measuring.peak_breakdown import Annotator, gather
+
+    held = []
+
+    class Watched(memory_trace.profile):
+        def __exit__(self, *exc):
+            super().__exit__(*exc)
+            held.append(weakref.ref(self.profiler))
+
+    monkeypatch.setattr(memory_trace, "profile", Watched)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+
+    def annotated() -> None:
+        with Annotator(model) as notes:
+            notes.mark("forward")
+            model(torch.randn(2, 4))
+
+    gc.disable()
+    try:
+        with memory_trace.capture(reduce=partial(gather, device=torch.device("cpu"))) as taken:
+            memory_trace.allocator_peak(annotated)
+        assert len(taken.parts) == 3 and all(ref() is None for ref in held)
+    finally:
+        gc.enable()
