@@ -85,7 +85,7 @@ _PARTS: contextvars.ContextVar["_Parts | None"] = contextvars.ContextVar("models
 
 @contextlib.contextmanager
 def capture(*, record_shapes: bool = False,
-            reduce: Callable[[list[Any]], Any] | None = None) -> Iterator[Capture]:
+            reduce: Callable[[list[Any]], "Part"] | None = None) -> Iterator[Capture]:
     """File the event tree of the :func:`allocator_peak` run inside the block (the last one, if several).
 
     A device whose ``peak`` does not replay the profiler's events (CUDA reads its allocator's

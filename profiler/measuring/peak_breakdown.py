@@ -48,7 +48,9 @@ So each byte of the peak is in one category and they sum to the allocator peak e
 ``workspace`` is the allocator peak minus the tensors alive at that moment. Frees of storages the
 runner did not list as alive (none in its runs; :attr:`Breakdown.unlisted_freed_bytes`) would
 count against ``temporaries``. The cost is one event-tree walk per measured call and two hooks
-and two profiler ranges per module call.
+and two profiler ranges per module call. The runner profiles the call phase by phase
+(``memory_trace.capture(reduce=...)``: a new profiler session at each phase mark) and keeps only
+what :func:`gather` reads of each part; :func:`analyse_parts` reads them as one profile.
 
 On CUDA the replayed events are the caching allocator's blocks; known storages are rounded as its
 blocks are (512 bytes), and whatever the baseline or the headline figure holds beyond the replay
