@@ -365,7 +365,8 @@ def gather(tree: list[Any], device: torch.device) -> Gathered:
             continue
         name = node.name
         work = work or name.startswith(BACKEND_WORK)
-        fsdp = fsdp or fsdp_collective_range(name)
+        # (the prefix test first: this runs on every node of a deep model's trees)
+        fsdp = fsdp or (name.startswith(FSDP_COLLECTIVE_RANGES) and fsdp_collective_range(name))
         if name.startswith(PHASE):
             phases.append((node.start_time_ns, node.end_time_ns, name[len(PHASE):]))
         elif name.startswith(MODULE):
