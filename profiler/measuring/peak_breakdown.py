@@ -73,6 +73,8 @@ PHASE = "modelsize.phase:"     # profiler range names the Annotator opens
 MODULE = "modelsize.module:"
 T = TypeVar("T")
 _OPERATOR = torch._C._profiler.RecordScope.FUNCTION   # operators (and autograd's, and fast ranges)
+_ALLOCATION = torch._C._profiler._EventType.Allocation  # kinds of the event tree's nodes
+_TORCH_OP = torch._C._profiler._EventType.TorchOp
 COLLECTIVE = "c10d::"                   # a process group's collectives
 COMMUNICATION_OPS = ("fsdp::chunk_cat",)   # operators whose own buffers are for a collective
 BACKEND_WORK = ("gloo:", "nccl:")       # the range a backend's worker runs a collective's work in
@@ -354,28 +356,30 @@ def gather(tree: list[Any], device: torch.device) -> Gathered:
     phases: list[tuple[int, int, str]] = []
     modules: dict[int, list[tuple[int, int, str]]] = {}
     # (node, inside an operator already, inside a backend's work, inside FSDP2's collective range)
+    # (this runs on every node of a deep model's trees: cheap tests first)
     stack = [(node, False, False, False) for node in reversed(tree)]
     while stack:
         node, inside, work, fsdp = stack.pop()
         kind, fields = node.typed
-        if kind.name == "Allocation":
+        if kind == _ALLOCATION:
             if _device(fields.device) == device:
                 events.append(_Event(node.start_time_ns, len(events), fields.ptr, fields.alloc_size,
                                      node.start_tid, collective=work, fsdp=fsdp))
             continue
         name = node.name
         work = work or name.startswith(BACKEND_WORK)
-        # (the prefix test first: this runs on every node of a deep model's trees)
         fsdp = fsdp or (name.startswith(FSDP_COLLECTIVE_RANGES) and fsdp_collective_range(name))
         if name.startswith(PHASE):
             phases.append((node.start_time_ns, node.end_time_ns, name[len(PHASE):]))
         elif name.startswith(MODULE):
             modules.setdefault(node.start_tid, []).append(
                 (node.start_time_ns, node.end_time_ns, name[len(MODULE):]))
-        elif not inside and kind.name == "TorchOp" and fields.scope == _OPERATOR and _operator(name) == "operator":
+        elif not inside and kind == _TORCH_OP and fields.scope == _OPERATOR and _operator(name) == "operator":
             ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields), name)))
             inside = True
-        stack.extend((child, inside, work, fsdp) for child in reversed(node.children))
+        children = node.children
+        if children:
+            stack.extend([(child, inside, work, fsdp) for child in reversed(children)])
     events.sort(key=lambda e: (e.time, e.order))
     return Gathered(events, ops, phases, modules)
 
