@@ -13,7 +13,11 @@ child's own reaped children too: the forked replay behind a spec's predicted tim
 ``benchmark.extra_info`` and ``results/profile_scaling.md``, with the load average at the end.
 Depths: ``MODELSIZE_SCALING_DEPTHS`` (comma-separated; default 500,1000,2000); commands:
 ``MODELSIZE_SCALING_COMMANDS`` (comma-separated names of :data:`COMMANDS`; default all). Nothing
-fails on a missed target.
+fails on a missed target. On a machine shared with other work, run it with
+``OMP_WAIT_POLICY=PASSIVE``: with libgomp's default, a thread of torch's team spins while it waits,
+and where the cores are busy that spin multiplies CPU and wall time at random (a 3,000-layer SGD
+step: 0.5-4.8 s of CPU against 0.26-0.29 s passive; ``results/profile_scaling.md``); the line
+under the table says which policy ran.
 """
 from __future__ import annotations
 
@@ -87,6 +91,6 @@ def test_profile_scaling(benchmark, tmp_path):
         "| Layers | Command | Wall time | CPU time | CPU per 1,000 layers | Peak RSS |",
         "|---:|---|---:|---:|---:|---:|", *rows, "",
         f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, torch {torch.__version__}, "
-        f"Python {sys.version.split()[0]}.", ""])
+        f"Python {sys.version.split()[0]}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'not set')}.", ""])
     (ROOT / "results" / "profile_scaling.md").write_text(table, encoding="utf-8")
     assert len(found) == len(depths) * len(names)

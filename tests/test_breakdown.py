@@ -47,17 +47,17 @@ def _profile(spec: str = "digits", **options):
 def digits():
     """The digits profile, with every breakdown the runner computed kept to check its replay."""
     seen = []
-    original = runner.analyse
+    original = runner.analyse_parts
 
     def keep(*args, **kwargs):
         seen.append((kwargs["peak_bytes"], original(*args, **kwargs)))
         return seen[-1][1]
 
-    runner.analyse = keep
+    runner.analyse_parts = keep
     try:
         result = _profile()
     finally:
-        runner.analyse = original
+        runner.analyse_parts = original
     return result, seen
 
 
@@ -238,3 +238,81 @@ def test_a_free_the_profiler_missed_is_put_back_before_its_address_is_reused():
     assert [(e.ptr, e.nbytes) for e in fixed] == [(0xA, 100), (0xB, 30), (0xA, -100), (0xA, 50), (0xA, -50)]
     assert _peak(fixed) == (1, 130) and _peak(events) == (2, 180)
     assert [e.put_back for e in fixed] == [False, False, True, False, False]   # a rank re-measures then
+
+
+def test_a_step_profiled_in_parts_reads_as_one_profile():
+    """The runner profiles a step phase by phase (a deep model's whole-step profile was its peak
+    RSS): the headline replay and the breakdown are those of one profile of the same step. Adam's
+    steady steps allocate alike, so two of them, one profiled whole and one in parts, compare."""
+    import torch
+    from functools import partial
+    from torch import nn
+    from profiler.measuring.memory_trace import allocator_peak, capture
+    from profiler.measuring.peak_breakdown import Annotator, Known, analyse, analyse_parts, gather, storages
+    from profiler.step import loss_fn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).train()
+    x, y = (torch.randn(4, 16),), (torch.randint(0, 8, (4,)),)
+    opt = runner._fresh_optimizer("adam", list(model.parameters()))
+    step = partial(runner._train_step, model, opt, x, y, loss_fn("cross_entropy"))
+    cpu = torch.device("cpu")
+
+    def annotated() -> None:
+        with Annotator(model) as notes:
+            step(notes.mark)
+
+    def measured(reduce):
+        before = storages(runner._alive(model, opt, x, y))
+        with capture(reduce=reduce) as taken, runner._gc_paused():
+            reading = allocator_peak(annotated, sum(n for _, n in before.values()))
+        known = Known(before=before, after=storages(runner._alive(model, opt, x, y)),
+                      weights=frozenset(storages(("parameters", p) for p in model.parameters())))
+        baseline = sum(n for _, n in before.values())
+        figures = dict(known=known, baseline_bytes=baseline, peak_bytes=baseline + reading.peak_bytes)
+        split = analyse(taken.events, device=cpu, **figures) if reduce is None else analyse_parts(taken.parts, **figures)
+        return reading, split, taken
+
+    allocator_peak(annotated)   # the first step: its state and gradients made under the profiler
+    whole, whole_split, _ = measured(None)
+    parts, parts_split, taken = measured(partial(gather, device=cpu))
+    # one part before the first mark, one per phase (optimizer, forward, backward, optimizer), one after
+    assert len(taken.parts) == 6 and not taken.events
+    assert parts == whole and parts.events > 0
+    assert parts_split == whole_split
+    assert sum(parts_split.categories.values()) == parts_split.replayed_bytes > whole.peak_bytes > 0
+
+
+
+def test_each_part_lets_go_of_its_profile_with_the_collector_paused(monkeypatch):
+    """A profile object is in a reference cycle and the measured call pauses the garbage
+    collector: each part's results must go as the part ends, or all parts stay in memory."""
+    import gc
+    import weakref
+    import torch
+    from functools import partial
+    from profiler.measuring import memory_trace
+    from profiler.measuring.peak_breakdown import Annotator, gather
+
+    held = []
+
+    class Watched(memory_trace.profile):
+        def __exit__(self, *exc):
+            super().__exit__(*exc)
+            held.append(weakref.ref(self.profiler))
+
+    monkeypatch.setattr(memory_trace, "profile", Watched)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+
+    def annotated() -> None:
+        with Annotator(model) as notes:
+            notes.mark("forward")
+            model(torch.randn(2, 4))
+
+    gc.disable()
+    try:
+        with memory_trace.capture(reduce=partial(gather, device=torch.device("cpu"))) as taken:
+            memory_trace.allocator_peak(annotated)
+        assert len(taken.parts) == 3 and all(ref() is None for ref in held)
+    finally:
+        gc.enable()

@@ -48,7 +48,9 @@ So each byte of the peak is in one category and they sum to the allocator peak e
 ``workspace`` is the allocator peak minus the tensors alive at that moment. Frees of storages the
 runner did not list as alive (none in its runs; :attr:`Breakdown.unlisted_freed_bytes`) would
 count against ``temporaries``. The cost is one event-tree walk per measured call and two hooks
-and two profiler ranges per module call.
+and two profiler ranges per module call. The runner profiles the call phase by phase
+(``memory_trace.capture(reduce=...)``: a new profiler session at each phase mark) and keeps only
+what :func:`gather` reads of each part; :func:`analyse_parts` reads them as one profile.
 
 On CUDA the replayed events are the caching allocator's blocks; known storages are rounded as its
 blocks are (512 bytes), and whatever the baseline or the headline figure holds beyond the replay
@@ -65,12 +67,14 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 import torch
 
 from profiler.engine.memory_model import CATEGORIES
-from profiler.measuring.memory_trace import OUTSIDE, ROOT
+from profiler.measuring.memory_trace import OUTSIDE, ROOT, cut
 
 PHASE = "modelsize.phase:"     # profiler range names the Annotator opens
 MODULE = "modelsize.module:"
 T = TypeVar("T")
 _OPERATOR = torch._C._profiler.RecordScope.FUNCTION   # operators (and autograd's, and fast ranges)
+_ALLOCATION = torch._C._profiler._EventType.Allocation  # kinds of the event tree's nodes
+_TORCH_OP = torch._C._profiler._EventType.TorchOp
 COLLECTIVE = "c10d::"                   # a process group's collectives
 COMMUNICATION_OPS = ("fsdp::chunk_cat",)   # operators whose own buffers are for a collective
 BACKEND_WORK = ("gloo:", "nccl:")       # the range a backend's worker runs a collective's work in
@@ -106,10 +110,13 @@ class Annotator:
         self.mark(None)
 
     def mark(self, phase: str | None) -> None:
-        """Start the phase (``None``: end the current one); the runner's ``mark``."""
+        """Start the phase (``None``: end the current one); the runner's ``mark``. Between
+        phases, outside every module call, a run profiled in parts starts its next part."""
         if self._phase is not None:
             _close(self._phase)
             self._phase = None
+        if not self._open:
+            cut()
         if phase is not None:
             self._phase = _open(PHASE + phase)
 
@@ -229,7 +236,23 @@ def analyse(tree: list[Any], *, device: torch.device, known: Known, baseline_byt
     ``within``: the peak is the highest point between these times (ns; the level when the span
     starts counts), as the distributed ranks take their steady step's peak from a two-step profile.
     """
-    events, ops, phases, modules = _read(tree, device)
+    return _analyse(_read(tree, device), known=known, baseline_bytes=baseline_bytes,
+                    peak_bytes=peak_bytes, block=block, within=within)
+
+
+def analyse_parts(parts: list["Gathered"], *, known: Known, baseline_bytes: int, peak_bytes: int,
+                  block: Callable[[int], int] = lambda n: n) -> Breakdown:
+    """:func:`analyse` of a run profiled in consecutive parts, each read by :func:`gather`
+    (``memory_trace.capture(reduce=partial(gather, device=...))``): the same breakdown, without
+    the whole run's event tree held at once."""
+    return _analyse(_finish(parts), known=known, baseline_bytes=baseline_bytes,
+                    peak_bytes=peak_bytes, block=block)
+
+
+def _analyse(read: tuple[list[_Event], "_Spans[_Op]", "_Spans[str]", "_Spans[str]"], *, known: Known,
+             baseline_bytes: int, peak_bytes: int, block: Callable[[int], int],
+             within: tuple[int, int] | None = None) -> Breakdown:
+    events, ops, phases, modules = read
     _pair(events)
     peak_at, replayed = _peak(events, within)
     left = {c: 0 for c in CATEGORIES}
@@ -289,41 +312,76 @@ def _communication(name: str) -> bool:
     return name.startswith(COLLECTIVE) or name in COMMUNICATION_OPS
 
 
+@dataclass
+class Gathered:
+    """What the breakdown reads from one profile's event tree: the device's allocation events in
+    time order (same-time events in recorded order), and the spans of operators (those a dispatch
+    mode would see), phases and module calls (by thread)."""
+    events: list[_Event]
+    ops: list[tuple[int, int, _Op]]
+    phases: list[tuple[int, int, str]]
+    modules: dict[int, list[tuple[int, int, str]]]
+
+    def deltas(self) -> list[int]:
+        """The allocator's bytes (> 0 allocated, < 0 freed) in time order: ``memory_trace.Part``'s."""
+        return [e.nbytes for e in self.events]
+
+
 def _read(tree: list[Any], device: torch.device
           ) -> tuple[list[_Event], _Spans[_Op], _Spans[str], _Spans[str]]:
     """The device's allocation events in time order, and the spans of operators (those a dispatch
     mode would see), phases and module calls."""
+    return _finish([gather(tree, device)])
+
+
+def _finish(parts: list[Gathered]) -> tuple[list[_Event], _Spans[_Op], _Spans[str], _Spans[str]]:
+    """:func:`_read` of consecutive parts of one run: one part's events after the other's."""
+    events: list[_Event] = []
+    modules: dict[int, list[tuple[int, int, str]]] = {}
+    for part in parts:
+        events += part.events
+        for thread, spans in part.modules.items():
+            modules.setdefault(thread, []).extend(spans)
+    events = _unrecorded_frees(events)
+    # module calls nest on one thread; other threads (autograd's device threads) have their own
+    spans = [span for thread in sorted(modules) for span in modules[thread]]
+    return (events, _Spans(op for part in parts for op in part.ops),
+            _Spans(phase for part in parts for phase in part.phases), _Spans(spans))
+
+
+def gather(tree: list[Any], device: torch.device) -> Gathered:
+    """Walk one profile's event tree for what :func:`analyse` reads of ``device``."""
     events: list[_Event] = []
     ops: list[tuple[int, int, _Op]] = []
     phases: list[tuple[int, int, str]] = []
     modules: dict[int, list[tuple[int, int, str]]] = {}
     # (node, inside an operator already, inside a backend's work, inside FSDP2's collective range)
+    # (this runs on every node of a deep model's trees: cheap tests first)
     stack = [(node, False, False, False) for node in reversed(tree)]
     while stack:
         node, inside, work, fsdp = stack.pop()
         kind, fields = node.typed
-        if kind.name == "Allocation":
+        if kind == _ALLOCATION:
             if _device(fields.device) == device:
                 events.append(_Event(node.start_time_ns, len(events), fields.ptr, fields.alloc_size,
                                      node.start_tid, collective=work, fsdp=fsdp))
             continue
         name = node.name
         work = work or name.startswith(BACKEND_WORK)
-        fsdp = fsdp or fsdp_collective_range(name)
+        fsdp = fsdp or (name.startswith(FSDP_COLLECTIVE_RANGES) and fsdp_collective_range(name))
         if name.startswith(PHASE):
             phases.append((node.start_time_ns, node.end_time_ns, name[len(PHASE):]))
         elif name.startswith(MODULE):
             modules.setdefault(node.start_tid, []).append(
                 (node.start_time_ns, node.end_time_ns, name[len(MODULE):]))
-        elif not inside and kind.name == "TorchOp" and fields.scope == _OPERATOR and _operator(name) == "operator":
+        elif not inside and kind == _TORCH_OP and fields.scope == _OPERATOR and _operator(name) == "operator":
             ops.append((node.start_time_ns, node.end_time_ns, _Op(node.end_time_ns, _copied(name, fields), name)))
             inside = True
-        stack.extend((child, inside, work, fsdp) for child in reversed(node.children))
+        children = node.children
+        if children:
+            stack.extend([(child, inside, work, fsdp) for child in reversed(children)])
     events.sort(key=lambda e: (e.time, e.order))
-    events = _unrecorded_frees(events)
-    # module calls nest on one thread; other threads (autograd's device threads) have their own
-    spans = [span for thread in sorted(modules) for span in modules[thread]]
-    return events, _Spans(ops), _Spans(phases), _Spans(spans)
+    return Gathered(events, ops, phases, modules)
 
 
 def allocations(tree: list[Any], device: torch.device) -> list[_Event]:
