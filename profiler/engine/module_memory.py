@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _pop_mode_temporarily
 
 from profiler import forked
 from profiler.dtypes import dtype_name
@@ -411,6 +411,13 @@ class StorageLog(TorchDispatchMode):
                 serial = self._add(tensor.untyped_storage(), tensor.dtype)
                 if serial is not None:
                     self.category.setdefault(serial, category)
+
+    def seed_into(self, piece: list[_Event], tensors: Iterable[torch.Tensor | None], category: str) -> None:
+        """Seed ``tensors`` into ``piece``, cut already: as if they had existed before it was cut."""
+        since = len(self.events)
+        self.seed(tensors, category)
+        piece.extend(self.events[since:])
+        del self.events[since:]
 
     def mark(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
         """Give live storages a category (gradients and optimizer state, once they exist)."""
@@ -832,6 +839,7 @@ class MemoryPrediction:
     # the operator calls of each run, for the time model: "inference"; "training" (forward, loss and
     # backward, the same for every optimizer); "step_<optimizer>" (its update)
     costs: dict[str, list[OpCost]] = field(default_factory=dict)
+    beside: Any = None   # what ``predict_memory``'s ``beside`` returned
 
     def warnings(self) -> list[str]:
         """One line per kernel whose workspace the replay could not book."""
@@ -843,7 +851,8 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                    targets: Sequence[torch.Tensor] | None, *, loss: str, fake_mode: Any,
                    names: dict[int, str], optimizers: Sequence[str] = ("sgd", "adam"),
                    amp: str | None = None, threads: int | None = None,
-                   device_kind: str = "cpu", input_grad: bool = False, record_costs: bool = False) -> MemoryPrediction:
+                   device_kind: str = "cpu", input_grad: bool = False, record_costs: bool = False,
+                   beside: Callable[[], Any] | None = None) -> MemoryPrediction:
     """Replay inference and training steps of ``model`` (fake tensors, see the module docstring).
 
     ``model``, ``inputs`` and ``targets`` (see :func:`make_target`, one per output) live in
@@ -870,7 +879,14 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     under ``torch.autocast`` to that dtype; the region's cache of weight casts dies when it exits.
     ``threads`` (default: torch's) size kernels' workspace, booked per call (see
     :func:`kernel_workspace`). ``targets`` None: made from the inference pass's outputs
-    (:func:`make_target`; float32 ``mse`` targets under mixed precision).
+    (:func:`make_target`; float32 ``mse`` targets under mixed precision); training makes them from
+    its own forward pass's outputs, as if made before it, and runs again with the inference ones
+    where they differ (a module whose outputs change with ``train()``).
+
+    ``beside``: a pass computed with inference, before it, whose result (plain data) is returned
+    as ``beside`` (the summary's shape and MAC trace). With two CPUs, on fake tensors, inference
+    and ``beside`` run in a forked child while this process replays training
+    (:func:`profiler.forked.beside`); where training fails, their errors come first, as in process.
 
     ``record_costs``: also log every call's work (``costs``, the time model's input: see
     :mod:`profiler.engine.step_time`).
@@ -892,22 +908,33 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     train = bool(optimizers and params)
 
     def replay_inference() -> dict[str, Any]:
-        return _replay_inference(model, inputs, tensors, names, run, fake_mode, amp, record_costs)
+        done = {"beside": beside()} if beside is not None else {}   # first: its errors came first
+        return {**done, **_replay_inference(model, inputs, tensors, names, run, fake_mode, amp, record_costs)}
 
-    # training needs nothing from inference once its targets are given: on fake tensors (no kernel
-    # runs) inference is replayed on the second CPU meanwhile (7B decoder: 0.26 s of 1.25 s)
-    fork = train and targets is not None and all(_is_fake(t) for t in [*inputs, *tensors])
+    # training needs nothing from inference (it makes the targets from its own forward pass when
+    # none are given): on fake tensors (no kernel runs) inference is replayed on a second CPU
+    # meanwhile (7B decoder: 0.26 s of 1.25 s, the summary's trace 0.2 s more)
+    fork = train and all(_is_fake(t) for t in [*inputs, *tensors])
     with forked.beside(replay_inference, fork=fork) as inferred:
-        if targets is None:
-            made = inferred()["outputs"] if optimizers else []
-            if isinstance(made, str):   # the module returned no tensor
-                raise TypeError(made)
-            with fake_mode:
+        trained = None
+        if train:
+            try:
+                trained, used = _replay_training(model, inputs, targets, params, tensors, names, run, fake_mode,
+                                                 loss, optimizers, amp, on_cpu, input_grad, record_costs)
+            except Exception:
+                inferred()   # the inference replay's error (or beside's), where there is one, comes first
+                raise
+        sent = inferred()
+        if targets is None and optimizers:
+            if isinstance(sent["outputs"], str):   # the module returned no tensor
+                raise TypeError(sent["outputs"])
+            with fake_mode:   # what targets are (see make_target): those of the inference outputs
                 targets = [make_target(loss, shape, torch.float32 if amp else getattr(torch, dtype))
-                           for shape, dtype in made]
-        trained = _replay_training(model, inputs, targets, params, tensors, names, run, fake_mode, loss,
-                                   optimizers, amp, on_cpu, input_grad, record_costs) if train else None
-        inference = _inference_from_json(inferred())
+                           for shape, dtype in sent["outputs"]]
+            if trained is not None and [(t.shape, t.dtype) for t in used] != [(t.shape, t.dtype) for t in targets]:
+                trained, _ = _replay_training(model, inputs, targets, params, tensors, names, run, fake_mode,
+                                              loss, optimizers, amp, on_cpu, input_grad, record_costs)
+    inference = _inference_from_json(sent)
     if trained is None:
         return inference
     unknown = dict(inference.unmodelled)
@@ -916,7 +943,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         unknown[what] = (before[0] + calls, max(before[1], most))
     return MemoryPrediction(inference.inference, trained.training, trained.first_step, trained.saved_bytes,
                             {**inference.timelines, **trained.timelines}, inference.output_dtypes, unknown,
-                            {**inference.costs, **trained.costs})
+                            {**inference.costs, **trained.costs}, inference.beside)
 
 
 def _replay_inference(model: torch.nn.Module, inputs: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor],
@@ -960,7 +987,8 @@ def _inference_from_json(sent: dict[str, Any]) -> MemoryPrediction:
         {"inference": Timeline(tuple((block, nbytes) for block, nbytes in events), start)},
         {name: getattr(torch, d) for name, d in sent["output_dtypes"].items()},
         {what: (calls, most) for what, (calls, most) in sent["unmodelled"].items()},
-        {"inference": [OpCost(*c) for c in sent["costs"]]} if sent["costs"] is not None else {})
+        {"inference": [OpCost(*c) for c in sent["costs"]]} if sent["costs"] is not None else {},
+        sent.get("beside"))
 
 
 @dataclass(frozen=True)
@@ -974,11 +1002,12 @@ class _Trained:
     costs: dict[str, list[OpCost]]
 
 
-def _replay_training(model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+def _replay_training(model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor] | None,
                      params: list[torch.nn.Parameter], tensors: Sequence[torch.Tensor], names: dict[int, str],
                      run: Context | None, fake_mode: Any, loss: str, optimizers: Sequence[str], amp: str | None,
-                     on_cpu: bool, input_grad: bool, record: bool) -> _Trained:
-    """One forward and backward pass, then each optimizer's first step (see :func:`predict_memory`)."""
+                     on_cpu: bool, input_grad: bool, record: bool) -> tuple[_Trained, Sequence[torch.Tensor]]:
+    """One forward and backward pass, then each optimizer's first step (see :func:`predict_memory`),
+    and the targets (``targets``, or made from the forward pass's outputs)."""
     training: dict[str, Peak] = {}
     first_step: dict[str, Peak] = {}
     timelines: dict[str, Timeline] = {}
@@ -995,7 +1024,7 @@ def _replay_training(model: torch.nn.Module, inputs: Sequence[torch.Tensor], tar
     try:
         log.seed(tensors, "parameters")
         log.seed(inputs, "inputs")
-        log.seed(targets, "inputs")
+        log.seed(targets or (), "inputs")
         start = log.cut()
         with fake_mode, log:
             with autocast(amp):
@@ -1003,6 +1032,10 @@ def _replay_training(model: torch.nn.Module, inputs: Sequence[torch.Tensor], tar
                 # the step keeps the output's tensors, as the runner does (a ModelOutput's cache
                 # or other non-tensor parts are dropped with it)
                 alive.append(out := outputs(model(*inputs)))
+                if targets is None:   # made from this pass's outputs, as if before it (data)
+                    with _pop_mode_temporarily():
+                        targets = [make_target(loss, o.shape, torch.float32 if amp else o.dtype) for o in out]
+                    log.seed_into(start, targets, "inputs")
                 log.set_phase(f"loss ({loss_fn.__name__})")
                 alive.append(loss_value := total_loss(loss_fn, out, targets))
             saved = log.saved_by_module()
@@ -1046,7 +1079,7 @@ def _replay_training(model: torch.nn.Module, inputs: Sequence[torch.Tensor], tar
         for x in differentiated:
             x.grad = None
             x.requires_grad_(False)
-    return _Trained(training, first_step, saved, timelines, dict(log.unmodelled), costs)
+    return _Trained(training, first_step, saved, timelines, dict(log.unmodelled), costs), targets
 
 
 def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parameter], *,
