@@ -104,6 +104,9 @@ def _child(compute: Callable[[], dict[str, Any]], read: int, write: int) -> None
     try:
         os.close(read)
         sent = json.dumps(compute()).encode()
+        for stream in (sys.stdout, sys.stderr):   # what the pass printed, as it would in the caller
+            if stream is not None:
+                stream.flush()
         with os.fdopen(write, "wb") as pipe:
             pipe.write(sent)
         status = 0
