@@ -128,6 +128,72 @@ def test_forked_call_runs_in_a_child_and_fails_as_in_process():
     assert calls == [os.getpid()]   # the child's attempt is not in this process's list
 
 
+def test_forked_beside_runs_while_the_caller_works_and_fails_as_in_process(monkeypatch):
+    """``beside`` forks where there are two CPUs; without (or with ``fork=False``) it computes at
+    once in the caller; a failed child is computed again in the caller, which raises its error."""
+    import os
+    from profiler import forked
+    from profiler.errors import SpecError
+    monkeypatch.setattr(forked, "_cpus", lambda: 2)
+    with forked.beside(lambda: {"pid": os.getpid()}) as child:
+        assert child()["pid"] != os.getpid()
+    for one_cpu in (dict(), dict(fork=False)):
+        monkeypatch.setattr(forked, "_cpus", lambda: 1 if not one_cpu else 2)
+        with forked.beside(lambda: {"pid": os.getpid()}, **one_cpu) as here:
+            assert here()["pid"] == os.getpid()
+    monkeypatch.setattr(forked, "_cpus", lambda: 2)
+    calls = []
+
+    def failing():
+        calls.append(os.getpid())
+        raise SpecError("bad layer", field="units")
+    with pytest.raises(SpecError, match="bad layer"), forked.beside(failing) as child:
+        child()
+    assert calls == [os.getpid()]   # the child's attempt is not in this process's list
+
+
+@pytest.mark.parametrize("name", ["llama_tiny", "resnet_tiny", "multihead_attention"])
+def test_inference_replayed_beside_training_gives_the_in_process_summary(monkeypatch, name):
+    """With two CPUs a module's inference is replayed in a forked child while this process
+    replays training: every figure, timeline and priced call is the in-process one's."""
+    import torch_models
+    from profiler import forked, workflow
+    from profiler.engine.torch_module import summary
+    factory, shape, dtype = torch_models.CASES[name]
+    model = workflow.time_model("h100-80gb")
+    forks = []
+    fork = forked._fork
+    monkeypatch.setattr(forked, "_fork", lambda *a, **k: forks.append(1) or fork(*a, **k))
+    monkeypatch.setattr(forked, "_cpus", lambda: 2)
+    beside = summary(factory, shape, batch=2, input_dtype=dtype, timelines=True, time_model=model)
+    assert forks == [1]
+    monkeypatch.setattr(forked, "_cpus", lambda: 1)
+    assert summary(factory, shape, batch=2, input_dtype=dtype, timelines=True, time_model=model) == beside
+    assert forks == [1]
+
+
+def test_in_place_updates_of_meta_twins_are_booked_without_running(monkeypatch):
+    """The CPU path's single-tensor optimizer updates of meta twins (``lerp_``, ``addcdiv_``, ...)
+    are not run, and the prediction is the same: peaks, timelines and every priced call."""
+    from profiler.engine import module_memory
+    from profiler.engine.optimizers import CATALOG
+    from profiler.engine.torch_module import _fake_run
+
+    def predicted():
+        meta = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to("meta")
+        mode, fake, inputs, names = _fake_run(meta, [(8,)], [torch.float32], 2)
+        return module_memory.predict_memory(fake, inputs, None, loss="cross_entropy", fake_mode=mode, names=names,
+                                            optimizers=tuple(CATALOG), record_costs=True)
+
+    skipped = []
+    in_place = module_memory._in_place_on_meta
+    monkeypatch.setattr(module_memory, "_in_place_on_meta", lambda f, a: in_place(f, a) and not skipped.append(f))
+    fast = predicted()
+    assert {torch.ops.aten.addcdiv_.default, torch.ops.aten.lerp_.Scalar} <= set(skipped)
+    monkeypatch.setattr(module_memory, "_in_place_on_meta", lambda f, a: False)
+    assert predicted() == fast
+
+
 def test_foreach_updates_of_meta_twins_are_booked_without_running(monkeypatch):
     """The CUDA path's foreach optimizer steps over meta twins are not run (nothing to compute on
     meta tensors), and the prediction is the same: peaks, timelines and every priced call."""

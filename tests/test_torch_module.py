@@ -8,6 +8,7 @@ user's module against a copy of itself taken before (nothing moved, changed or l
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import re
 import resource
 import time
@@ -364,6 +365,71 @@ def test_global_hooks_are_removed_when_the_forward_fails():
     with pytest.raises(ModelsizeError, match="forward pass on the meta device failed"):
         summary(Broken, (3,))
     assert len(torch.nn.modules.module._global_forward_hooks) == count
+
+
+class _AuxHeadInTraining(nn.Module):
+    """Two outputs in training, one in eval (as torchvision's Inception v3 with its aux logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.aux = nn.Linear(6, 4), nn.Linear(6, 9)
+
+    def forward(self, x):
+        return (self.body(x), self.aux(x)) if self.training else self.body(x)
+
+
+@pytest.mark.parametrize("factory", [Z.SdpaBlock, _AuxHeadInTraining])
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_targets_are_the_inference_outputs_whichever_pass_makes_them(monkeypatch, factory, cpus):
+    """Without targets, training makes them from its own forward pass (so that it need not wait
+    for inference, replayed beside it); they are the inference outputs' targets, as the runner's,
+    also where training returns more: the prediction is the one given those targets."""
+    from profiler import forked
+    from profiler.engine import module_memory
+    from profiler.engine.torch_module import _fake_run
+    monkeypatch.setattr(forked, "_cpus", lambda: cpus)
+    replays = []
+    replay = module_memory._replay_training
+    monkeypatch.setattr(module_memory, "_replay_training", lambda *a: replays.append(1) or replay(*a))
+
+    def predicted(given: bool):
+        with torch.device("meta"):
+            meta = factory()
+        mode, fake, inputs, names = _fake_run(meta, [(6, 6) if factory is _AuxHeadInTraining else (6, 16)],
+                                              [torch.float32], 2)
+        with mode:
+            targets = [module_memory.make_target("cross_entropy", o.shape, o.dtype)
+                       for o in outputs(fake.eval()(*inputs))] if given else None
+        return predict_memory(fake, inputs, targets, loss="cross_entropy", fake_mode=mode, names=names,
+                              record_costs=True)
+
+    def figures(prediction):   # targets made later get later serials: each timeline by its bytes
+        rounded = {k: t.peak(lambda n: -(-n // 512) * 512) for k, t in prediction.timelines.items()}
+        return replace(prediction, timelines={k: t.compact() for k, t in prediction.timelines.items()}), rounded
+
+    made = predicted(given=False)
+    assert len(replays) == (2 if factory is _AuxHeadInTraining else 1)   # made again from inference's
+    assert figures(made) == figures(predicted(given=True))
+
+
+def test_a_failing_forward_names_the_meta_pass_while_training_replays_beside(monkeypatch):
+    """With a child replaying inference and the trace, the trace's error still comes first."""
+    from profiler import forked
+    monkeypatch.setattr(forked, "_cpus", lambda: 2)
+
+    class Broken(nn.Linear):
+        def forward(self, x):
+            raise RuntimeError("no")
+
+    with pytest.raises(ModelsizeError, match="forward pass on the meta device failed: RuntimeError: no"):
+        summary(lambda: Broken(3, 3), (3,))
+
+    class Text(nn.Linear):
+        def forward(self, x):
+            return "text"
+
+    with pytest.raises(ModelsizeError, match="no loss can be computed"):
+        summary(lambda: Text(3, 3), (3,))
 
 
 # ----------------------------------------------------------------------------------------------

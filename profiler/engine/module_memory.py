@@ -32,13 +32,14 @@ import contextlib
 import os
 import sys
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _pop_mode_temporarily
 
+from profiler import forked
 from profiler.dtypes import dtype_name
 from profiler.engine.memory_model import CATEGORIES, Peak
 from profiler.engine.module_scope import OUTSIDE, ROOT, ModuleScope, backward_module
@@ -389,6 +390,13 @@ class StorageLog(TorchDispatchMode):
     A parameter's cast (``_to_copy``: autocast's weight cache) is a weight cast, not an activation.
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No: torch then leaves ``__torch_dispatch__`` unwrapped by ``torch._disable_dynamo``
+        (which keeps torch.compile out of it, at a few µs a call; nothing here is compiled, and
+        the 7B decoder's training replay makes ~24,000 calls)."""
+        return False
+
     def __init__(self, names: dict[int, str], run: Context | None = None, costs: bool = False):
         super().__init__()
         self.names = names
@@ -420,6 +428,13 @@ class StorageLog(TorchDispatchMode):
                 serial = self._add(tensor.untyped_storage(), tensor.dtype)
                 if serial is not None:
                     self.category.setdefault(serial, category)
+
+    def seed_into(self, piece: list[_Event], tensors: Iterable[torch.Tensor | None], category: str) -> None:
+        """Seed ``tensors`` into ``piece``, cut already: as if they had existed before it was cut."""
+        since = len(self.events)
+        self.seed(tensors, category)
+        piece.extend(self.events[since:])
+        del self.events[since:]
 
     def mark(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
         """Give live storages a category (gradients and optimizer state, once they exist)."""
@@ -493,7 +508,12 @@ class StorageLog(TorchDispatchMode):
             return func(*args, **(kwargs or {}))
         if self.phase == "backward" and func in _IN_PLACE_IN_BACKWARD:
             func = _in_place_in_backward(func)
-        out = None if _void_on_meta(func, args) else func(*args, **(kwargs or {}))
+        if _void_on_meta(func, args):
+            out = None
+        elif _in_place_on_meta(func, args):
+            out = args[0]
+        else:
+            out = func(*args, **(kwargs or {}))
         fix = _CPU_RESULT.get(func)
         if fix is not None and _is_fake(tensors_in(out)[0]):
             out = fix(args, out)
@@ -701,24 +721,34 @@ class StorageLog(TorchDispatchMode):
         the first candidate (labelled "start"). A free or resize of a storage whose allocation is
         not among the pieces belongs to another timeline and is skipped.
         """
-        by_category = dict.fromkeys(CATEGORIES, 0)
-        by_dtype: dict[str, int] = {}
+        events = [e for piece in pieces for e in piece]
         current = 0
+        best, at = -1, -1
+        for i, event in self._played(events):
+            current += event.nbytes
+            if i + 1 >= start and current > best:
+                best, at = current, i
+        if at < 0:
+            return Peak(-1, "start", {})
+        by_category = dict.fromkeys(CATEGORIES, 0)   # what was alive then, played again up to it
+        by_dtype: dict[str, int] = {}
+        for _, event in self._played(events[:at + 1]):
+            by_category[self.category_of(event.serial)] += event.nbytes
+            dtype = self.dtype_of.get(event.serial, "uint8")
+            by_dtype[dtype] = by_dtype.get(dtype, 0) + event.nbytes
+        return Peak(best, events[at].at if at >= start else "start", by_category,
+                    {d: n for d, n in by_dtype.items() if n})
+
+    @staticmethod
+    def _played(events: Sequence[_Event]) -> Iterator[tuple[int, _Event]]:
+        """(position, event) of the events of storages allocated among ``events``."""
         live: set[int] = set()
-        best = Peak(-1, "start", {})
-        for i, event in enumerate(e for piece in pieces for e in piece):
+        for i, event in enumerate(events):
             if event.new:
                 live.add(event.serial)
             elif event.serial not in live:
                 continue
-            by_category[self.category_of(event.serial)] += event.nbytes
-            dtype = self.dtype_of.get(event.serial, "uint8")
-            by_dtype[dtype] = by_dtype.get(dtype, 0) + event.nbytes
-            current += event.nbytes
-            if i + 1 >= start and current > best.bytes:
-                best = Peak(current, event.at if i >= start else "start", dict(by_category),
-                            {d: n for d, n in by_dtype.items() if n})
-        return best
+            yield i, event
 
     def saved_by_module(self) -> dict[str, int]:
         """Module -> bytes its forward created that are alive now (call when backward starts)."""
@@ -754,6 +784,26 @@ def _void_on_meta(func: Any, args: tuple) -> bool:
         return False
     found = tensors_in(args)
     return bool(found) and all(t.is_meta for t in found)
+
+
+def _in_place_on_meta(func: Any, args: tuple) -> bool:
+    """An elementwise operator updating its first argument in place, on meta tensors only (the
+    single-tensor optimizers' updates of the meta twins: ``lerp_``, ``mul_``, ``addcmul_``,
+    ``addcdiv_``, ``add_``). It returns that argument, whose shape and strides an elementwise
+    update keeps, and allocates nothing: the log books it without running its meta kernel (5 of
+    Adam's 9 calls per parameter; the step over the 7B decoder's 291 twins, 0.19 s before)."""
+    in_place = _IN_PLACE_POINTWISE.get(func)
+    if in_place is None:
+        first = func._schema.arguments[0].alias_info if func._schema.arguments else None
+        in_place = _IN_PLACE_POINTWISE[func] = (torch.Tag.pointwise in func.tags and first is not None
+                                                and first.is_write and len(func._schema.returns) == 1)
+    if not in_place:
+        return False
+    found = tensors_in(args)
+    return all(t.is_meta for t in found)
+
+
+_IN_PLACE_POINTWISE: dict[Any, bool] = {}   # operator -> whether it is one (read from its schema once)
 
 
 def _is_fake(tensor: torch.Tensor) -> bool:
@@ -815,6 +865,7 @@ class MemoryPrediction:
     # the operator calls of each run, for the time model: "inference"; "training" (forward, loss and
     # backward, the same for every optimizer); "step_<optimizer>" (its update)
     costs: dict[str, list[OpCost]] = field(default_factory=dict)
+    beside: Any = None   # what ``predict_memory``'s ``beside`` returned
 
     def warnings(self) -> list[str]:
         """One line per kernel whose workspace the replay could not book."""
@@ -826,7 +877,8 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                    targets: Sequence[torch.Tensor] | None, *, loss: str, fake_mode: Any,
                    names: dict[int, str], optimizers: Sequence[str] = ("sgd", "adam"),
                    amp: str | None = None, threads: int | None = None,
-                   device_kind: str = "cpu", input_grad: bool = False, record_costs: bool = False) -> MemoryPrediction:
+                   device_kind: str = "cpu", input_grad: bool = False, record_costs: bool = False,
+                   beside: Callable[[], Any] | None = None) -> MemoryPrediction:
     """Replay inference and training steps of ``model`` (fake tensors, see the module docstring).
 
     ``model``, ``inputs`` and ``targets`` (see :func:`make_target`, one per output) live in
@@ -853,7 +905,14 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     under ``torch.autocast`` to that dtype; the region's cache of weight casts dies when it exits.
     ``threads`` (default: torch's) size kernels' workspace, booked per call (see
     :func:`kernel_workspace`). ``targets`` None: made from the inference pass's outputs
-    (:func:`make_target`; float32 ``mse`` targets under mixed precision).
+    (:func:`make_target`; float32 ``mse`` targets under mixed precision); training makes them from
+    its own forward pass's outputs, as if made before it, and runs again with the inference ones
+    where they differ (a module whose outputs change with ``train()``).
+
+    ``beside``: a pass computed with inference, before it, whose result (plain data) is returned
+    as ``beside`` (the summary's shape and MAC trace). With two CPUs, on fake tensors, inference
+    and ``beside`` run in a forked child while this process replays training
+    (:func:`profiler.forked.beside`); where training fails, their errors come first, as in process.
 
     ``record_costs``: also log every call's work (``costs``, the time model's input: see
     :mod:`profiler.engine.step_time`).
@@ -871,9 +930,55 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     tensors = [*model.parameters(), *model.buffers()]
     on_cpu = device_kind == "cpu"
     run = Context(device_kind="cpu", amp=amp, threads=threads or torch.get_num_threads()) if on_cpu else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    train = bool(optimizers and params)
 
+    def replay_inference() -> dict[str, Any]:
+        done = {"beside": beside()} if beside is not None else {}   # first: its errors came first
+        return {**done, **_replay_inference(model, inputs, tensors, names, run, fake_mode, amp, record_costs)}
+
+    # training needs nothing from inference (it makes the targets from its own forward pass when
+    # none are given): on fake tensors (no kernel runs) inference is replayed on a second CPU
+    # meanwhile (7B decoder: 0.26 s of 1.25 s, the summary's trace 0.2 s more)
+    fork = train and all(_is_fake(t) for t in [*inputs, *tensors])
+    with forked.beside(replay_inference, fork=fork) as inferred:
+        trained = None
+        if train:
+            try:
+                trained, used = _replay_training(model, inputs, targets, params, tensors, names, run, fake_mode,
+                                                 loss, optimizers, amp, on_cpu, input_grad, record_costs)
+            except Exception:
+                inferred()   # the inference replay's error (or beside's), where there is one, comes first
+                raise
+        sent = inferred()
+        if targets is None and optimizers:
+            if isinstance(sent["outputs"], str):   # the module returned no tensor
+                raise TypeError(sent["outputs"])
+            with fake_mode:   # what targets are (see make_target): those of the inference outputs
+                targets = [make_target(loss, shape, torch.float32 if amp else getattr(torch, dtype))
+                           for shape, dtype in sent["outputs"]]
+            if trained is not None and [(t.shape, t.dtype) for t in used] != [(t.shape, t.dtype) for t in targets]:
+                trained, _ = _replay_training(model, inputs, targets, params, tensors, names, run, fake_mode,
+                                              loss, optimizers, amp, on_cpu, input_grad, record_costs)
+    inference = _inference_from_json(sent)
+    if trained is None:
+        return inference
+    unknown = dict(inference.unmodelled)
+    for what, (calls, most) in trained.unmodelled.items():
+        before = unknown.get(what, (0, 0))
+        unknown[what] = (before[0] + calls, max(before[1], most))
+    return MemoryPrediction(inference.inference, trained.training, trained.first_step, trained.saved_bytes,
+                            {**inference.timelines, **trained.timelines}, inference.output_dtypes, unknown,
+                            {**inference.costs, **trained.costs}, inference.beside)
+
+
+def _replay_inference(model: torch.nn.Module, inputs: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor],
+                      names: dict[int, str], run: Context | None, fake_mode: Any, amp: str | None,
+                      record: bool) -> dict[str, Any]:
+    """Inference replayed, as plain data (:func:`_inference_from_json` reads it), so that a forked
+    child can send it: its peak, timeline, modules' output dtypes, unmodelled calls, costs, and the
+    outputs' shapes and dtypes (the training targets' when none are given)."""
     model.eval()
-    record = record_costs
     log = StorageLog(names, run, costs=record)
     try:
         log.seed(tensors, "parameters")
@@ -882,26 +987,57 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         with fake_mode, log, torch.no_grad(), autocast(amp):
             log.set_phase("forward")
             out = model(*inputs)
-        if targets is None:
-            with fake_mode:
-                targets = [make_target(loss, o.shape, torch.float32 if amp else o.dtype)
-                           for o in outputs(out)] if optimizers else []
+        try:
+            made = [[list(o.shape), dtype_name(o.dtype)] for o in outputs(out)]
+        except TypeError as err:   # no loss on this output: raised if training needs targets
+            made = str(err)
         del out
         piece = log.cut()
-        inference = log.peak([start, piece], start=len(start))
-        timelines = {"inference": log.timeline([start, piece], start=len(start))}
-        output_dtypes = dict(log.output_dtype)
-        costs = {"inference": [replace(c, phase="inference") for c in log.costs]} if record else {}
+        timeline = log.timeline([start, piece], start=len(start))
+        return {"peak": log.peak([start, piece], start=len(start)).as_dict(),
+                "timeline": [timeline.events, timeline.start],
+                "output_dtypes": {name: dtype_name(d) for name, d in log.output_dtype.items()},
+                "unmodelled": dict(log.unmodelled),
+                "costs": [astuple(replace(c, phase="inference")) for c in log.costs] if record else None,
+                "outputs": made}
     finally:
         log.close()
 
+
+def _inference_from_json(sent: dict[str, Any]) -> MemoryPrediction:
+    """What :func:`_replay_inference` sent (tuples come back from JSON as lists), with no training."""
+    peak = sent["peak"]
+    events, start = sent["timeline"]
+    return MemoryPrediction(
+        Peak(peak["bytes"], peak["at"], peak["breakdown"], peak.get("by_dtype", {})), {}, {}, {},
+        {"inference": Timeline(tuple((block, nbytes) for block, nbytes in events), start)},
+        {name: getattr(torch, d) for name, d in sent["output_dtypes"].items()},
+        {what: (calls, most) for what, (calls, most) in sent["unmodelled"].items()},
+        {"inference": [OpCost(*c) for c in sent["costs"]]} if sent["costs"] is not None else {},
+        sent.get("beside"))
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """What :func:`_replay_training` found (the training part of a :class:`MemoryPrediction`)."""
+    training: dict[str, Peak]
+    first_step: dict[str, Peak]
+    saved_bytes: dict[str, int]
+    timelines: dict[str, Timeline]
+    unmodelled: dict[str, tuple[int, int]]
+    costs: dict[str, list[OpCost]]
+
+
+def _replay_training(model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor] | None,
+                     params: list[torch.nn.Parameter], tensors: Sequence[torch.Tensor], names: dict[int, str],
+                     run: Context | None, fake_mode: Any, loss: str, optimizers: Sequence[str], amp: str | None,
+                     on_cpu: bool, input_grad: bool, record: bool) -> tuple[_Trained, Sequence[torch.Tensor]]:
+    """One forward and backward pass, then each optimizer's first step (see :func:`predict_memory`),
+    and the targets (``targets``, or made from the forward pass's outputs)."""
     training: dict[str, Peak] = {}
     first_step: dict[str, Peak] = {}
-    params = [p for p in model.parameters() if p.requires_grad]
-    inference_log = log
-    if not optimizers or not params:
-        return MemoryPrediction(inference, training, first_step, {}, timelines, output_dtypes,
-                                dict(inference_log.unmodelled), costs)
+    timelines: dict[str, Timeline] = {}
+    costs: dict[str, list[OpCost]] = {}
     model.train()
     loss_fn = step_loss(loss)
     for p in params:
@@ -914,7 +1050,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     try:
         log.seed(tensors, "parameters")
         log.seed(inputs, "inputs")
-        log.seed(targets, "inputs")
+        log.seed(targets or (), "inputs")
         start = log.cut()
         with fake_mode, log:
             with autocast(amp):
@@ -922,6 +1058,10 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                 # the step keeps the output's tensors, as the runner does (a ModelOutput's cache
                 # or other non-tensor parts are dropped with it)
                 alive.append(out := outputs(model(*inputs)))
+                if targets is None:   # made from this pass's outputs, as if before it (data)
+                    with _pop_mode_temporarily():
+                        targets = [make_target(loss, o.shape, torch.float32 if amp else o.dtype) for o in out]
+                    log.seed_into(start, targets, "inputs")
                 log.set_phase(f"loss ({loss_fn.__name__})")
                 alive.append(loss_value := total_loss(loss_fn, out, targets))
             saved = log.saved_by_module()
@@ -965,11 +1105,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         for x in differentiated:
             x.grad = None
             x.requires_grad_(False)
-    unknown = dict(inference_log.unmodelled)
-    for what, (calls, most) in log.unmodelled.items():
-        before = unknown.get(what, (0, 0))
-        unknown[what] = (before[0] + calls, max(before[1], most))
-    return MemoryPrediction(inference, training, first_step, saved, timelines, output_dtypes, unknown, costs)
+    return _Trained(training, first_step, saved, timelines, dict(log.unmodelled), costs), targets
 
 
 def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parameter], *,

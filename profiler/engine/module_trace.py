@@ -40,6 +40,15 @@ class Trace:
     flops: int                         # all operators: what FlopCounterMode reports
     output: Any                        # the model's output (meta tensors)
 
+    @classmethod
+    def from_json(cls, sent: dict[str, Any]) -> "Trace":
+        """A trace sent as plain data (``modules``: each module's fields in order, ``flops``), without its output."""
+        def shape(value: list[int] | None) -> tuple[int, ...] | None:
+            return None if value is None else tuple(value)
+        return cls({name: ModuleCalls(calls, shape(given), shape(made), nbytes, flops)
+                    for name, (calls, given, made, nbytes, flops) in sent["modules"].items()},
+                   sent["flops"], None)
+
 
 class _AttributedFlops(FlopCounterMode):
     """FlopCounterMode that also credits each operator's FLOPs to the innermost module running."""

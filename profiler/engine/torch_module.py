@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 import gc
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from math import prod
 from typing import Any, Callable, Iterable, Sequence, Union
 
@@ -90,31 +90,40 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     names = {id(m): n for n, m in meta.named_modules()}
     tree = _tree(meta)
     fake_mode, fake, fake_inputs, fake_names = _fake_run(meta, shapes, in_dtypes, batch)
-    if amp is None:
-        meta_inputs = [torch.empty((batch, *s), dtype=d, device="meta")
-                       for s, d in zip(shapes, in_dtypes)]
-        traced = _run(lambda: trace(meta, meta_inputs, names), "the forward pass on the meta device", name)
-    else:   # autocast acts on CPU tensors only: the outputs' dtypes need the fake CPU ones
-        def autocast_trace() -> Trace:
-            with fake_mode, autocast(amp):
-                return trace(fake, fake_inputs, fake_names)
-        traced = _run(autocast_trace, "the forward pass under autocast on fake tensors", name)
-    try:
-        outs = outputs(traced.output)
-    except TypeError as err:
-        if optimizers:
-            raise ModelsizeError(f"no loss can be computed: {err}", field="optimizers",
-                                 expected="a module returning a tensor (or a tuple, list or dict of "
-                                          "tensors), or optimizers=() for no training step") from None
-        outs = []
-    with fake_mode:   # mse targets are data, float32 under mixed precision (as the runner's)
-        targets = [make_target(loss, o.shape, target_dtype if amp else o.dtype) for o in outs] \
-            if optimizers else []
-    memory = _run(lambda: predict_memory(fake, fake_inputs, targets, loss=loss, fake_mode=fake_mode,
+
+    def traced_json() -> dict[str, Any]:
+        """Shapes and MACs (:mod:`profiler.engine.module_trace`), as plain data: it may run in the
+        child that replays inference (see :func:`predict_memory`)."""
+        if amp is None:
+            meta_inputs = [torch.empty((batch, *s), dtype=d, device="meta")
+                           for s, d in zip(shapes, in_dtypes)]
+            traced = _run(lambda: trace(meta, meta_inputs, names), "the forward pass on the meta device", name)
+        else:   # autocast acts on CPU tensors only: the outputs' dtypes need the fake CPU ones
+            def autocast_trace() -> Trace:
+                with fake_mode, autocast(amp):
+                    return trace(fake, fake_inputs, fake_names)
+            traced = _run(autocast_trace, "the forward pass under autocast on fake tensors", name)
+        try:
+            outs = [[list(o.shape), dtype_name(o.dtype)] for o in outputs(traced.output)]
+        except TypeError as err:
+            if optimizers:
+                raise ModelsizeError(f"no loss can be computed: {err}", field="optimizers",
+                                     expected="a module returning a tensor (or a tuple, list or dict of "
+                                              "tensors), or optimizers=() for no training step") from None
+            outs = []
+        return {"modules": {n: astuple(calls) for n, calls in traced.modules.items()},
+                "flops": traced.flops, "outputs": outs}
+
+    memory = _run(lambda: predict_memory(fake, fake_inputs, None, loss=loss, fake_mode=fake_mode,
                                          names=fake_names, optimizers=optimizers, amp=amp,
                                          threads=threads, device_kind=device_kind,
-                                         record_costs=time_model is not None),
+                                         record_costs=time_model is not None, beside=traced_json),
                   f"replaying inference and training on fake tensors at batch {batch}", name)
+    traced = Trace.from_json(memory.beside)
+    outs = [(tuple(shape), getattr(torch, d)) for shape, d in memory.beside["outputs"]]
+    with fake_mode:   # mse targets are data, float32 under mixed precision (as the runner's)
+        targets = [make_target(loss, shape, target_dtype if amp else d) for shape, d in outs] \
+            if optimizers else []
 
     rows = _rows(tree, traced, memory.saved_bytes, depth, batch)
     totals = _totals(tree, traced, batch, shapes, in_dtypes, targets)
@@ -135,7 +144,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
         "device_kind": device_kind, "amp": amp, "depth": depth,
         "input_shape": [[None, *s] for s in shapes] if len(shapes) > 1 else [None, *shapes[0]],
         "input_dtype": [dtype_name(d) for d in in_dtypes],
-        "output_shape": [_batchless(tuple(o.shape), batch) for o in outs],
+        "output_shape": [_batchless(shape, batch) for shape, _ in outs],
         "layers": rows, "totals": totals, "predicted": predicted, "peaks": peaks,
         "warnings": memory.warnings(),
         **({"timelines": {key: run.compact() for key, run in memory.timelines.items()}} if timelines else {}),
