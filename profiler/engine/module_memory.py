@@ -32,7 +32,7 @@ import contextlib
 import os
 import sys
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -389,8 +389,12 @@ class StorageLog(TorchDispatchMode):
     A parameter's cast (``_to_copy``: autocast's weight cache) is a weight cast, not an activation.
     """
 
-    def __init__(self, names: dict[int, str], run: Context | None = None, costs: bool = False):
+    def __init__(self, names: dict[int, str], run: Context | None = None, costs: bool = False,
+                 cost_phase: str | None = None):
+        """``costs``: log every call's work; ``cost_phase``: the phase it is booked in (default: the
+        log's, :func:`_cost_phase`)."""
         super().__init__()
+        self._cost_phase = cost_phase
         self.names = names
         self.run = run
         self.events: list[_Event] = []
@@ -515,7 +519,8 @@ class StorageLog(TorchDispatchMode):
                 elif self._nbytes[serial] != storage.nbytes():   # resized in place (out=)
                     self._resize(serial, storage.nbytes())
         if self._record_costs:
-            cost = op_cost(func, args, kwargs, out, phase=_cost_phase(self.phase), module=self._module(),
+            cost = op_cost(func, args, kwargs, out, phase=self._cost_phase or _cost_phase(self.phase),
+                           module=self._module(),
                            kernel=kernel_of(func, args, self.run) if self.run is not None else "")
             if cost is not None:
                 self.costs.append(cost)
@@ -874,7 +879,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
 
     model.eval()
     record = record_costs
-    log = StorageLog(names, run, costs=record)
+    log = StorageLog(names, run, costs=record, cost_phase="inference")
     try:
         log.seed(tensors, "parameters")
         log.seed(inputs, "inputs")
@@ -891,7 +896,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         inference = log.peak([start, piece], start=len(start))
         timelines = {"inference": log.timeline([start, piece], start=len(start))}
         output_dtypes = dict(log.output_dtype)
-        costs = {"inference": [replace(c, phase="inference") for c in log.costs]} if record else {}
+        costs = {"inference": list(log.costs)} if record else {}
     finally:
         log.close()
 
