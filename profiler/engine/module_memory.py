@@ -940,6 +940,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
         forward_backward = log.cut()
         if record:
             costs["training"] = list(log.costs)
+            log._record_costs = False   # the first step's calls are not priced (the steady one's are, below)
         for name in optimizers:
             init, step, created, opt = _optimizer_step(log, name, params, foreach=not on_cpu)
             alive.append(opt)
