@@ -69,7 +69,25 @@ def test_nothing_fits():
     answer = fit.solve(SPECS["conv-224"], cpu(10 ** 6), mode="sgd")
     assert answer.batch == 0 and answer.at_batch is None and answer.headroom_bytes is None
     assert answer.at_next.batch == 1 and answer.at_next.bytes > 10 ** 6
-    assert answer.predict_calls == 1
+    assert answer.predict_calls == 3   # the lines' two traces guess 0; the prediction at batch 1 proves it
+
+
+@pytest.mark.parametrize("engine", ["", "module"])
+@pytest.mark.parametrize("name", ["dense-514", "bn-conv"])
+def test_one_replay_gives_both_cuda_figures(name, engine, monkeypatch):
+    """``predict(also=...)``: each peak's bytes under a second footprint, from the same replay,
+    equal that footprint's own prediction (the spec replay, and the engine's)."""
+    monkeypatch.setenv("MODELSIZE_ENGINE", engine)
+    for optimizers, keys in (((), ["inference"]), (("adam",), ["train_adam", "train_first_step_adam"])):
+        options = {"batch": 5, "device_kind": "cuda", "optimizers": optimizers, "peaks_only": True}
+        both = predict(SPECS[name], footprint=fit.segment_bytes, also=fit.block_bytes, **options)
+        alone = predict(SPECS[name], footprint=fit.block_bytes, **options)
+        peaks = {"inference": alone.inference, **{f"train_{o}": p for o, p in alone.training.items()},
+                 **{f"train_first_step_{o}": p for o, p in alone.first_step.items()}}
+        assert {key: both.also_peaks[key] for key in keys} == {key: peaks[key].bytes for key in keys}
+        reserved = predict(SPECS[name], footprint=fit.segment_bytes, **options)
+        assert (both.inference, both.training, both.first_step) == (reserved.inference, reserved.training,
+                                                                     reserved.first_step)
 
 
 def test_nothing_fits_from_the_cli_is_exit_3(capsys):

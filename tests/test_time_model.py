@@ -71,6 +71,21 @@ def test_a_convolution_counts_its_multiply_adds():
     assert cost.flops == 2 * (2 * 4 * 8 * 8) * (3 * 3 * 3)
 
 
+def test_flops_are_torch_flop_counters_read_without_its_pytree_wrapper():
+    """op_cost calls the registry's formulas of shapes directly (their wrapper maps tensors to
+    shapes with torch's pytree, which op_cost has done): the counts stay FlopCounterMode's."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x, w = torch.randn(2, 3, 8, 8, requires_grad=True), torch.randn(4, 3, 3, 3, requires_grad=True)
+    calls = [(aten.bmm.default, torch.randn(3, 4, 5), torch.randn(3, 5, 6)),
+             (aten.baddbmm.default, torch.randn(3, 4, 6), torch.randn(3, 4, 5), torch.randn(3, 5, 6)),
+             (aten.convolution_backward.default, torch.randn(2, 4, 8, 8), x, w, None, [1, 1], [1, 1], [1, 1],
+              False, [0, 0], 1, [True, True, False])]
+    for func, *args in calls:
+        with FlopCounterMode(display=False) as counter:
+            func(*args)
+        assert _cost(func, *args).flops == counter.get_total_flops() > 0, func
+
+
 def test_curve_interpolates_on_log_axes_and_extrapolates_throughput():
     curve = Curve.of([(100, 1.0), (10_000, 100.0)])
     assert curve(1_000) == pytest.approx(10.0)       # a straight line on log-log axes

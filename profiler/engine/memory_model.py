@@ -137,9 +137,15 @@ class Timeline:
     sequence the CPU allocator's profiler events give for a real run, to compare them one by one.
     """
 
-    def __init__(self, footprint: Callable[[int], int] | None = None, *, trace: bool = False) -> None:
-        """``footprint``: what the allocator sets aside for a request (CUDA rounds up; CPU: exact)."""
+    def __init__(self, footprint: Callable[[int], int] | None = None, *, trace: bool = False,
+                 also: Callable[[int], int] | None = None) -> None:
+        """``footprint``: what the allocator sets aside for a request (CUDA rounds up; CPU: exact).
+        ``also``: a second footprint, of which only the peak's bytes are kept (``also_peak``), so
+        that one replay gives both (``planning.fit``: CUDA's allocated and reserved figures)."""
         self.footprint = footprint
+        self.also = also
+        self.also_live: dict[str, int] = {}
+        self.also_current = self.also_peak = 0
         self.live: dict[str, tuple[str, int, str]] = {}
         self.by_category = {c: 0 for c in CATEGORIES}
         self.by_dtype: dict[str, int] = {}
@@ -151,6 +157,10 @@ class Timeline:
     def alloc(self, key: str, nbytes: int, category: str, dtype: str) -> None:
         if key in self.live:
             raise KeyError(f"{key} is allocated twice")
+        if self.also is not None:
+            self.also_live[key] = also = self.also(nbytes)
+            self.also_current += also
+            self.also_peak = max(self.also_peak, self.also_current)
         if self.footprint is not None:
             nbytes = self.footprint(nbytes)
         self.live[key] = (category, nbytes, dtype)
@@ -165,6 +175,8 @@ class Timeline:
 
     def free(self, key: str) -> None:
         category, nbytes, dtype = self.live.pop(key)
+        if self.also is not None:
+            self.also_current -= self.also_live.pop(key)
         self.by_category[category] -= nbytes
         self.by_dtype[dtype] -= nbytes
         self.current -= nbytes
@@ -197,6 +209,7 @@ class Setting:
     loss: str = "cross_entropy"
     foreach: bool = False      # CUDA optimizers use multi-tensor (foreach) kernels; CPU ones do not
     footprint: Callable[[int], int] | None = None   # allocator rounding of each request
+    also: Callable[[int], int] | None = None        # a second rounding, its peak's bytes alone (Timeline)
     input_dtypes: dict[str, str] = field(default_factory=dict)  # model input -> dtype (default: dtype)
     input_grad: bool = False   # floating model inputs require gradients (their .grad outlives backward)
     amp: str | None = None     # autocast's low-precision dtype, or None without mixed precision
@@ -221,7 +234,7 @@ def inference_peak(ops: Iterable[Op], s: Setting) -> Peak:
 def inference_timeline(ops: Iterable[Op], s: Setting, *, trace: bool = False) -> Timeline:
     """The replay behind :func:`inference_peak` (with ``trace``, every event in order)."""
     ops = list(ops)
-    t = Timeline(s.footprint, trace=trace)
+    t = Timeline(s.footprint, trace=trace, also=s.also)
     t.alloc("params", _trainable_bytes(ops) + s.buffer_bytes, "parameters", s.dtype)
     forward = _Forward(t, ops, s, training=False)
     forward.run()
@@ -240,7 +253,7 @@ def training_timeline(ops: Iterable[Op], s: Setting, optimizer: str, *, first_st
     ops = list(ops)
     trainable = _trainable_bytes(ops)
     tensors = [n for op in ops if not op.shared_call for n in op.param_tensors]
-    t = Timeline(s.footprint, trace=trace)
+    t = Timeline(s.footprint, trace=trace, also=s.also)
     t.alloc("params", trainable + s.buffer_bytes, "parameters", s.dtype)
     target_dtype = "int64" if s.loss == "cross_entropy" else s.dtype
     t.alloc("target", s.target_bytes, "inputs", target_dtype)

@@ -32,7 +32,7 @@ import contextlib
 import os
 import sys
 import weakref
-from dataclasses import astuple, dataclass, field, replace
+from dataclasses import astuple, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -397,8 +397,12 @@ class StorageLog(TorchDispatchMode):
         the 7B decoder's training replay makes ~24,000 calls)."""
         return False
 
-    def __init__(self, names: dict[int, str], run: Context | None = None, costs: bool = False):
+    def __init__(self, names: dict[int, str], run: Context | None = None, costs: bool = False,
+                 cost_phase: str | None = None):
+        """``costs``: log every call's work; ``cost_phase``: the phase it is booked in (default: the
+        log's, :func:`_cost_phase`)."""
         super().__init__()
+        self._cost_phase = cost_phase
         self.names = names
         self.run = run
         self.events: list[_Event] = []
@@ -535,7 +539,8 @@ class StorageLog(TorchDispatchMode):
                 elif self._nbytes[serial] != storage.nbytes():   # resized in place (out=)
                     self._resize(serial, storage.nbytes())
         if self._record_costs:
-            cost = op_cost(func, args, kwargs, out, phase=_cost_phase(self.phase), module=self._module(),
+            cost = op_cost(func, args, kwargs, out, phase=self._cost_phase or _cost_phase(self.phase),
+                           module=self._module(),
                            kernel=kernel_of(func, args, self.run) if self.run is not None else "")
             if cost is not None:
                 self.costs.append(cost)
@@ -979,7 +984,7 @@ def _replay_inference(model: torch.nn.Module, inputs: Sequence[torch.Tensor], te
     child can send it: its peak, timeline, modules' output dtypes, unmodelled calls, costs, and the
     outputs' shapes and dtypes (the training targets' when none are given)."""
     model.eval()
-    log = StorageLog(names, run, costs=record)
+    log = StorageLog(names, run, costs=record, cost_phase="inference")
     try:
         log.seed(tensors, "parameters")
         log.seed(inputs, "inputs")
@@ -998,7 +1003,7 @@ def _replay_inference(model: torch.nn.Module, inputs: Sequence[torch.Tensor], te
                 "timeline": [timeline.events, timeline.start],
                 "output_dtypes": {name: dtype_name(d) for name, d in log.output_dtype.items()},
                 "unmodelled": dict(log.unmodelled),
-                "costs": [astuple(replace(c, phase="inference")) for c in log.costs] if record else None,
+                "costs": [astuple(c) for c in log.costs] if record else None,
                 "outputs": made}
     finally:
         log.close()
@@ -1075,6 +1080,7 @@ def _replay_training(model: torch.nn.Module, inputs: Sequence[torch.Tensor], tar
         forward_backward = log.cut()
         if record:
             costs["training"] = list(log.costs)
+            log._record_costs = False   # the first step's calls are not priced (the steady one's are, below)
         for name in optimizers:
             init, step, created, opt = _optimizer_step(log, name, params, foreach=not on_cpu)
             alive.append(opt)

@@ -17,8 +17,8 @@ from profiler.dtypes import check_model_dtype, itemsize
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS, get as optimizer_model
 from profiler.errors import ModelsizeError, ShapeError, SpecError
 from profiler.engine.kernels.onednn_matmul import onednn_bf16_gemm_scratch
-from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, Timeline, inference_peak, inference_timeline,
-                                          kept_for_backward, training_peak, training_timeline, value_dtypes)
+from profiler.engine.memory_model import (LOSSES, Op, Peak, Setting, Timeline, inference_timeline,
+                                          kept_for_backward, training_timeline, value_dtypes)
 from profiler.rules.catalog import rule_for
 from profiler.rules.recurrent import STATES
 from profiler.rules.registry import Memory, Params, Rule, Shape
@@ -158,6 +158,7 @@ class Prediction:
     checkpoint: tuple[str, ...] = ()  # layers whose calls are checkpointed
     input_grad: bool = False          # training computes the floating inputs' gradients too
     timelines: dict[str, dict] = field(default_factory=dict)  # peak -> compact timeline (profiler.timeline)
+    also_peaks: dict[str, int] = field(default_factory=dict)  # peak -> its bytes under predict's ``also``
 
     @property
     def top(self) -> tuple[LayerRow, ...]:
@@ -224,7 +225,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
             device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS,
             footprint: Callable[[int], int] | None = None, amp: str | None = None,
             checkpoint: bool | Iterable[str] = (), threads: int | None = None,
-            input_grad: bool = False, peaks_only: bool = False, timelines: bool = False) -> Prediction:
+            input_grad: bool = False, peaks_only: bool = False, timelines: bool = False,
+            also: Callable[[int], int] | None = None) -> Prediction:
     """Everything modelsize can say about ``spec`` without building it.
 
     ``peaks_only``: what a search over batch sizes reads, no more: the training steps' peaks (and
@@ -241,10 +243,12 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
     floating input (``x.requires_grad_()``: saliency, adversarial examples, a model inside a larger
     graph); each ``x.grad`` is set to None with the parameters' gradients before a step.
     ``timelines``: also keep each peak's timeline, compact (``Prediction.timelines``).
+    ``also``: a second footprint, each peak's bytes under it from the same replay
+    (``Prediction.also_peaks``, keyed as ``timelines``).
     """
     plan, setting, chosen = _prepare(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                                      optimizers=optimizers, footprint=footprint, amp=amp, checkpoint=checkpoint,
-                                     threads=threads, input_grad=input_grad)
+                                     threads=threads, input_grad=input_grad, also=also)
     threads, inputs, target_bytes = plan.threads, setting.inputs, setting.target_bytes
     if os.environ.get("MODELSIZE_ENGINE") == "module" or states_need_engine(spec, chosen):
         from profiler.engine import spec_memory as sm
@@ -267,15 +271,21 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
                         for o, p in mem.first_step.items()},
             input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
             checkpoint=tuple(sorted(chosen)), input_grad=input_grad,
-            timelines={key: run.compact() for key, run in mem.timelines.items()} if timelines else {})
+            timelines={key: run.compact() for key, run in mem.timelines.items()} if timelines else {},
+            also_peaks={key: run.peak(also) for key, run in mem.timelines.items()} if also else {})
     if peaks_only:
+        runs = {**({} if optimizers else {"inference": inference_timeline(plan.ops, setting)}),
+                **{f"train_{o}": training_timeline(plan.ops, setting, o) for o in optimizers},
+                **{f"train_first_step_{o}": training_timeline(plan.ops, setting, o, first_step=True)
+                   for o in optimizers}}
         return Prediction(
             spec=spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, rows=tuple(plan.rows),
-            inference=Peak(0, "not predicted", {}) if optimizers else inference_peak(plan.ops, setting),
-            training={o: training_peak(plan.ops, setting, o) for o in optimizers},
-            first_step={o: training_peak(plan.ops, setting, o, first_step=True) for o in optimizers},
+            inference=Peak(0, "not predicted", {}) if optimizers else runs["inference"].peak,
+            training={o: runs[f"train_{o}"].peak for o in optimizers},
+            first_step={o: runs[f"train_first_step_{o}"].peak for o in optimizers},
             input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
-            checkpoint=tuple(sorted(chosen)), input_grad=input_grad)
+            checkpoint=tuple(sorted(chosen)), input_grad=input_grad,
+            also_peaks={key: run.also_peak for key, run in runs.items()} if also else {})
     kept = _by_prefix(kept_for_backward(plan.ops, setting))
     rows = [replace(row, kept_bytes=kept.get(row.name, 0)) for row in plan.rows]
     if amp is not None:   # each output in the dtype autocast leaves it in
@@ -293,7 +303,8 @@ def predict(spec: ModelSpec, *, batch: int = 1, dtype: str = "float32", loss: st
         first_step={o: runs[f"train_first_step_{o}"].peak for o in optimizers},
         input_bytes=sum(inputs.values()), target_bytes=target_bytes, amp=amp,
         checkpoint=tuple(sorted(chosen)), input_grad=input_grad,
-        timelines={key: run.compact() for key, run in runs.items()} if timelines else {})
+        timelines={key: run.compact() for key, run in runs.items()} if timelines else {},
+        also_peaks={key: run.also_peak for key, run in runs.items()} if also else {})
 
 
 def traced_steps(spec: ModelSpec, mode: str, *, batch: int, dtype: str = "float32", loss: str = "cross_entropy",
@@ -314,7 +325,8 @@ def traced_steps(spec: ModelSpec, mode: str, *, batch: int, dtype: str = "float3
 
 def _prepare(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str, optimizers: tuple[str, ...],
              footprint: Callable[[int], int] | None, amp: str | None, checkpoint: bool | Iterable[str],
-             threads: int | None, input_grad: bool) -> tuple["_Plan", Setting, frozenset[str]]:
+             threads: int | None, input_grad: bool,
+             also: Callable[[int], int] | None = None) -> tuple["_Plan", Setting, frozenset[str]]:
     """The options checked, and the ops and setting the memory model replays."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise SpecError("must be a positive integer", field="batch", received=repr(batch))
@@ -344,7 +356,7 @@ def _prepare(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind:
         gemm_scratch = partial(onednn_bf16_gemm_scratch, threads=threads)
     setting = Setting(batch=batch, dtype=dtype, inputs=inputs, outputs=outputs, target_bytes=target_bytes,
                       buffer_bytes=plan.buffer_bytes, loss=loss, foreach=device_kind == "cuda",
-                      footprint=footprint, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
+                      footprint=footprint, also=also, amp=amp, device_kind=device_kind, gemm_scratch=gemm_scratch,
                       input_dtypes={i.name: "int64" if i.dtype == "int64" else dtype for i in spec.inputs},
                       input_grad=input_grad)
     return plan, setting, chosen

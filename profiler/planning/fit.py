@@ -61,7 +61,7 @@ from profiler.errors import SpecError
 from profiler.engine.memory_model import Peak
 if TYPE_CHECKING:
     from profiler.engine.module_memory import MemoryPrediction
-from profiler.planning.module_fit import PROBES, REFITS, LinearTimeline
+from profiler.planning.module_fit import PROBES, REFITS, LinearTimeline, keys
 from profiler.engine.optimizers import CATALOG as OPTIMIZER_CATALOG
 from profiler.engine.predict import LayerRow, Prediction, predict, traced_steps
 from profiler.frontends.source import ModuleSource
@@ -240,12 +240,11 @@ def evaluate(spec: ModelSpec, batch: int, budget: Budget, *, mode: str, dtype: s
     if budget.target == "cpu":
         peak = _mode_peak(predict(spec, **options), mode)
         return Evaluation(batch, peak.bytes, peak.bytes, None, peak.at, dict(peak.breakdown))
-    prediction = predict(spec, footprint=block_bytes, **options)
-    reserved = _mode_peak(predict(spec, footprint=segment_bytes, **options), mode)
-    allocated = _mode_peak(prediction, mode)
+    prediction = predict(spec, footprint=segment_bytes, also=block_bytes, **options)   # one replay, both figures
+    reserved = _mode_peak(prediction, mode)
     extra, extra_reserved = _cuda_extras(budget, mode)
     extra["per_tensor_rounding"] = BLOCK * _tensor_blocks(prediction.rows)
-    allocated_bytes = allocated.bytes + sum(extra.values())
+    allocated_bytes = max(prediction.also_peaks[key] for key in keys(mode)) + sum(extra.values())
     extra.update(extra_reserved)
     reserved_bytes = reserved.bytes + sum(extra.values())
     return Evaluation(batch, reserved_bytes, allocated_bytes, reserved_bytes, reserved.at,
@@ -272,7 +271,6 @@ def module_evaluation(prediction: "MemoryPrediction", batch: int, budget: Budget
     """The figure compared with ``budget`` from one full replay of a torch module: its exact peak
     on a CPU target; on CUDA, each block of the replayed timeline rounded as the caching allocator
     rounds it (every tensor is its own block here, so no per-tensor allowance is needed)."""
-    from profiler.planning.module_fit import keys
     peaks = ([prediction.inference] if mode == "inference"
              else [prediction.training[mode], prediction.first_step[mode]])
     worst = max(peaks, key=lambda p: p.bytes)
@@ -408,15 +406,14 @@ def _solve_spec(spec: ModelSpec, budget: Budget, *, mode: str, dtype: str, loss:
         return lambda b: modelled_bytes(lines, b, budget, mode, extra)
 
     method = "predictions: guesses from a line, proven by neighbours, then bisection"
-    notes: list[str] = []
-    if at(1).bytes > budget.usable_bytes:
-        batch = 0
+    # a batch b >= 1 proven (b fits, b + 1 does not) needs no prediction at batch 1: 1 fits too
+    batch, found, notes = _solve_by_lines(at, read, seen, budget.usable_bytes, max_batch, "predictions")
+    if batch:
+        method = found
+    elif at(1).bytes > budget.usable_bytes:
+        batch, notes = 0, []
     else:
-        batch, found, notes = _solve_by_lines(at, read, seen, budget.usable_bytes, max_batch, "predictions")
-        if batch is None:
-            batch = guided_largest_fitting(lambda b: at(b).bytes, budget.usable_bytes, max_batch)
-        else:
-            method = found
+        batch = guided_largest_fitting(lambda b: at(b).bytes, budget.usable_bytes, max_batch)
     result = Fit(spec.name, mode, dtype, loss, budget, batch, at(batch) if batch else None, at(batch + 1),
                  batch == max_batch, max_batch, len(seen) + traced, amp, method, tuple(notes))
     _check_monotone(seen)
@@ -448,7 +445,7 @@ def _solve_by_lines(exact: Callable[[int], Evaluation], read: Callable[[tuple[in
         notes.append(f"lines read at batches {pair[0]} and {pair[1]} gave batch {guess}, which {what} did not "
                      "confirm (the kernels allocate differently at that batch size)")
         pair = (guess, guess + 1) if fits_guess else (max(guess - 1, 1), guess)
-        if pair[0] == pair[1]:
+        if pair[0] == pair[1] or pair[0] < 1:
             break
     return None, "", notes
 
