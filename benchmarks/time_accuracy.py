@@ -46,17 +46,53 @@ def _predicted(result: dict[str, Any], run: str) -> float | None:
     return result.get("predicted_time", {}).get(key)
 
 
-def top_layers(layers: dict[str, dict[str, float]], n: int = 3) -> list[str]:
-    """The ``n`` modules with the most time, forward and backward together."""
+#: the phases whose per-module times rank the layers: the training step's forward and backward,
+#: on both sides (the measured "forward" is the inference call's, "train_forward" the step's)
+LAYER_PHASES = {"predicted": ("forward", "backward"), "measured": ("train_forward", "backward")}
+#: predicted times this close count as one (sums of the same calls in another order)
+TIE = 1e-9
+
+
+def layer_times(layers: dict[str, dict[str, float]], phases: tuple[str, ...],
+                rename: Any = None) -> dict[str, float]:
+    """Milliseconds per module over ``phases``, names passed through ``rename`` (a spec's built
+    modules as its layers, as its prediction names them)."""
     total: dict[str, float] = {}
-    for phase in ("forward", "backward"):
+    for phase in phases:
         for name, ms in layers.get(phase, {}).items():
+            name = rename(name) if rename else name
             if name:
                 total[name] = total.get(name, 0.0) + ms
-    return [name for name, _ in sorted(total.items(), key=lambda kv: -kv[1])[:n]]
+    return total
 
 
-def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: dict[str, float]) -> dict[str, Any]:
+def top_layers(times: dict[str, float], n: int = 3) -> list[str]:
+    """The ``n`` modules with the most time."""
+    return [name for name, _ in sorted(times.items(), key=lambda kv: -kv[1])[:n]]
+
+
+def same_top(predicted: dict[str, float], measured: dict[str, float], n: int = 3) -> bool:
+    """Whether the measured top ``n`` are the predicted top ``n``. Where the prediction ties (the
+    same layer repeated: six identical transformer blocks), it does not say which of the tied
+    layers is ahead, so the measured ones may be any of them: the measured top ``n`` must all be
+    predicted at least the ``n``-th largest predicted time, and every layer predicted above it
+    must be among them.
+
+    >>> same_top({"a": 3.0, "b": 2.0, "c": 2.0}, {"a": 9.0, "c": 5.0}, n=2)
+    True
+    >>> same_top({"a": 3.0, "b": 2.0, "c": 1.0}, {"a": 9.0, "c": 5.0}, n=2)
+    False
+    """
+    top = top_layers(measured, n)
+    if len(predicted) < len(top):
+        return False
+    nth = sorted(predicted.values(), reverse=True)[len(top) - 1]
+    above = {name for name, ms in predicted.items() if ms > nth * (1 + TIE)}
+    return all(predicted.get(name, -1.0) >= nth * (1 - TIE) for name in top) and above <= set(top)
+
+
+def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: dict[str, float],
+        rename: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {"model": label, "family": family, "batch": batch,
                            "threads": result["measured"].get("threads")}
     for run in RUNS:
@@ -66,10 +102,10 @@ def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: d
                     "roofline_error": (roofline[run] - measured) / measured if run in roofline and measured else None}
     measured_layers = result["measured"].get("time", {}).get("layers")
     if measured_layers:
-        predicted_top = top_layers(result["predicted_time"]["layers"])
-        measured_top = top_layers(measured_layers)
-        out["top3"] = {"predicted": predicted_top, "measured": measured_top,
-                       "same": set(predicted_top) == set(measured_top)}
+        predicted_times = layer_times(result["predicted_time"]["layers"], LAYER_PHASES["predicted"])
+        measured_times = layer_times(measured_layers, LAYER_PHASES["measured"], rename)
+        out["top3"] = {"predicted": top_layers(predicted_times), "measured": top_layers(measured_times),
+                       "same": same_top(predicted_times, measured_times)}
     return out
 
 
@@ -81,7 +117,7 @@ def run_built_in(name: str, batch: int) -> dict[str, Any]:
     memory = spec_memory.replay(spec, batch=batch, dtype="float32", loss="cross_entropy", device_kind="cpu",
                                 optimizers=("sgd", "adam"), amp=None, checkpoint=(), threads=None, input_grad=False, record_costs=True)
     model = workflow.time_model("cpu")
-    return row(name, "built-in", batch, result, roofline_ms(memory.costs, model))
+    return row(name, "built-in", batch, result, roofline_ms(memory.costs, model), rename=spec_memory.layer_of)
 
 
 def run_entry(entry: Entry, batch: int) -> dict[str, Any]:
