@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -123,6 +124,46 @@ def test_predicted_time_sums_the_calls_of_each_run_and_counts_samples_per_second
     assert timed["train_adam_ms"] > timed["train_sgd_ms"]          # Adam's update does more
     assert set(timed["layers"]["forward"]) >= {"0", "1"}            # per module
     assert set(timed["layers"]["backward"]) >= {"0"}
+
+
+def test_a_call_python_issued_costs_its_phase_s_python_figure_more():
+    x = torch.randn(1000)
+    issued = _cost(aten.add.Tensor, x, x)
+    from_cpp = op_cost(aten.add.Tensor, (x, x), {}, x + x, phase="forward", module="m", python=False)
+    model = replace(_toy_model(per_op=1e-6), per_python_s={"forward": 3e-6})
+    # x + x reads 4,000 bytes once and writes 4,000, on the toy memory curve; 1 µs per call, and
+    # 3 µs more for Python's
+    assert model.op_seconds(issued) - model.op_seconds(from_cpp) == pytest.approx(3e-6, rel=1e-12)
+    assert model.op_seconds(from_cpp) == pytest.approx(Curve.of([(1, 1e-6), (1e9, 1e-1)])(8_000) + 1e-6)
+
+
+def _python_flags(make, x):
+    """Which calls Python issued, in order, in the engine's replay (fake tensors) and in a real
+    run timed by the calibration's call log."""
+    from profiler.engine import torch_module
+    from profiler.rules.registry import Context
+    memory = torch_module.memory(make, list(x.shape[1:]), batch=x.shape[0], optimizers=(), record_costs=True)
+    predicted = [(c.op, c.python) for c in memory.costs["inference"] if c.kind != "view"]
+    log = calibrate._CallLog(Context(device_kind="cpu", data_format="channels_first", threads=1))
+    module = make().eval()
+    with torch.no_grad(), log:
+        module(x)
+    measured = [(c.op, c.python) for c, _ in log.calls if c.kind != "view"]
+    return predicted, measured
+
+
+def test_a_recurrent_layer_s_operators_are_issued_from_cpp_and_a_linear_s_from_python():
+    torch.manual_seed(0)
+    predicted, measured = _python_flags(lambda: torch.nn.GRU(4, 4), torch.randn(2, 5, 4))
+    assert predicted == measured
+    # nn.GRU's Python makes the initial state (zeros), then _VF.gru runs 5 steps' gates from C++
+    assert predicted[0] == ("aten.zeros.default", True) and len(predicted) == 30
+    assert sum(p for _, p in predicted) == 1
+    predicted, measured = _python_flags(
+        lambda: torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4)),
+        torch.randn(2, 4))
+    assert predicted == measured == [("aten.addmm.default", False), ("aten.relu.default", True),
+                                     ("aten.addmm.default", False)]   # each linear's first call is its t()
 
 
 def test_the_steady_update_has_no_state_making_calls():

@@ -50,6 +50,7 @@ from profiler.engine.kernels.aten_cpu import (bf16_lstm_modelled, kernel_of, ker
                                              results_made_last, unmodelled)
 from profiler.engine.kernels.onednn_rnn import bf16_lstm_workspace_bytes, onednn_lstm_workspace_bytes
 from profiler.engine.op_cost import OpCost, op_cost
+from profiler.engine.python_calls import PythonCalls
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
 
@@ -398,6 +399,7 @@ class StorageLog(TorchDispatchMode):
         self._kept_alive: set[int] = set()
         self.costs: list[OpCost] = []           # every operator call's work, in order (the time model's input)
         self._record_costs = costs
+        self._python = PythonCalls() if costs else None   # which calls Python issued (the time model's)
 
     # -- what exists, and what is what --------------------------------------------------------
     def seed(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
@@ -424,10 +426,14 @@ class StorageLog(TorchDispatchMode):
     def __enter__(self) -> "StorageLog":
         self._scope.__enter__()
         self._get_rng_state, torch.get_rng_state = torch.get_rng_state, self._logged_rng_state
+        if self._python is not None:
+            self._python.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
+        if self._python is not None:
+            self._python.__exit__(*exc)
         torch.get_rng_state = self._get_rng_state
         self._scope.__exit__(*exc)
 
@@ -469,6 +475,16 @@ class StorageLog(TorchDispatchMode):
 
     # -- storages ------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if self._python is None:
+            return self._dispatch(func, args, kwargs, True)
+        python = self._python.began()
+        self._python.enter_handler()
+        try:
+            return self._dispatch(func, args, kwargs, python)
+        finally:
+            self._python.leave_handler()
+
+    def _dispatch(self, func, args, kwargs, python):  # type: ignore[no-untyped-def]
         if self._unsettled:
             self._settle()
         if func in _QUERIES:   # no tensor out, no kernel: nothing below would log a thing
@@ -498,7 +514,7 @@ class StorageLog(TorchDispatchMode):
                     self._resize(serial, storage.nbytes())
         if self._record_costs:
             cost = op_cost(func, args, kwargs, out, phase=_cost_phase(self.phase), module=self._module(),
-                           kernel=kernel_of(func, args, self.run) if self.run is not None else "")
+                           kernel=kernel_of(func, args, self.run) if self.run is not None else "", python=python)
             if cost is not None:
                 self.costs.append(cost)
         results = outputs or tensors_in(args)

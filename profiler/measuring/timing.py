@@ -29,6 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.engine.module_scope import ModuleScope, backward_module
+from profiler.engine.python_calls import PythonCalls
 from profiler.measuring.devices import Device
 from profiler.measuring.memory_trace import OUTSIDE, ROOT
 from profiler.errors import ModelsizeError
@@ -163,12 +164,16 @@ class OpTimer(TorchDispatchMode):
     """
 
     def __init__(self, device: Device, names: dict[int, str],
-                 on_call: Callable[[Any, tuple, dict, Any, float], None] | None = None):
+                 on_call: Callable[[Any, tuple, dict, Any, float], None] | None = None,
+                 python: PythonCalls | None = None):
         """``on_call(func, args, kwargs, out, ns)``: also told of each call as it returns (the
-        time model's calibration prices each one, :mod:`profiler.measuring.calibrate`)."""
+        time model's calibration prices each one, :mod:`profiler.measuring.calibrate`);
+        ``python``: then says in ``began`` whether Python issued the call."""
         super().__init__()
         self._device = device
         self._on_call = on_call
+        self._python = python
+        self.began = True
         self._scope = ModuleScope(names)
         self.phase: str | None = None
         #: each call as it ran: (phase, module, operator, nanoseconds)
@@ -187,6 +192,16 @@ class OpTimer(TorchDispatchMode):
         self._scope.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if self._python is None:
+            return self._timed(func, args, kwargs)
+        self.began = self._python.began()
+        self._python.enter_handler()
+        try:
+            return self._timed(func, args, kwargs)
+        finally:
+            self._python.leave_handler()
+
+    def _timed(self, func, args, kwargs):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         result: list[Any] = []
         ns = self._device.elapsed_ns(lambda: result.append(func(*args, **kwargs)))
