@@ -166,6 +166,37 @@ def test_a_recurrent_layer_s_operators_are_issued_from_cpp_and_a_linear_s_from_p
                                      ("aten.addmm.default", False)]   # each linear's first call is its t()
 
 
+def test_a_training_step_s_calls_are_flagged_as_a_real_one_s():
+    """Forward, loss, backward (autograd's calls from C++, but the first two, after Python's
+    ``backward()``) and SGD's update (a Python loop, one call per parameter)."""
+    from profiler.engine import torch_module
+    from profiler.rules.registry import Context
+    torch.manual_seed(0)
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))  # noqa: E731
+    memory = torch_module.memory(make, [4], batch=2, optimizers=("sgd",), record_costs=True)
+    predicted = [(c.phase, c.op, c.python) for c in memory.costs["training"] + memory.costs["step_sgd"]
+                 if c.kind != "view"]
+    log = calibrate._CallLog(Context(device_kind="cpu", data_format="channels_first", threads=1))
+    module = make()
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    x, y = torch.randn(2, 4), torch.zeros(2, dtype=torch.long)
+    for _ in range(2):   # the second step is the steady one
+        log.calls.clear()
+        opt.zero_grad(set_to_none=True)
+        with log:
+            log.phase = "forward"
+            out = module(x)
+            log.phase = "loss"
+            loss = torch.nn.functional.cross_entropy(out, y)
+            log.phase = "backward"
+            loss.backward()
+            log.phase = "optimizer"
+            opt.step()
+    assert predicted == [(c.phase, c.op, c.python) for c, _ in log.calls if c.kind != "view"]
+    assert [p for phase, _, p in predicted if phase == "optimizer"] == [True] * 4
+    assert sum(p for phase, _, p in predicted if phase == "backward") == 2
+
+
 def test_the_steady_update_has_no_state_making_calls():
     from profiler.engine import torch_module
     memory = torch_module.memory(lambda: torch.nn.Linear(8, 4), [8], batch=2, optimizers=("adam",), record_costs=True)

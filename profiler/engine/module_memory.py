@@ -476,7 +476,7 @@ class StorageLog(TorchDispatchMode):
     # -- storages ------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if self._python is None:
-            return self._dispatch(func, args, kwargs, True)
+            return self._dispatch(func, args, kwargs)
         python = self._python.began()
         self._python.enter_handler()
         try:
@@ -484,7 +484,8 @@ class StorageLog(TorchDispatchMode):
         finally:
             self._python.leave_handler()
 
-    def _dispatch(self, func, args, kwargs, python):  # type: ignore[no-untyped-def]
+    def _dispatch(self, func, args, kwargs, python=(True, 0)):  # type: ignore[no-untyped-def]
+        """``python``: (whether Python issued this call, the mark to book it with)."""
         if self._unsettled:
             self._settle()
         if func in _QUERIES:   # no tensor out, no kernel: nothing below would log a thing
@@ -514,9 +515,11 @@ class StorageLog(TorchDispatchMode):
                     self._resize(serial, storage.nbytes())
         if self._record_costs:
             cost = op_cost(func, args, kwargs, out, phase=_cost_phase(self.phase), module=self._module(),
-                           kernel=kernel_of(func, args, self.run) if self.run is not None else "", python=python)
+                           kernel=kernel_of(func, args, self.run) if self.run is not None else "", python=python[0])
             if cost is not None:
                 self.costs.append(cost)
+                if self._python is not None:
+                    self._python.book(python[1])
         results = outputs or tensors_in(args)
         dtype = results[0].dtype if results else None   # what a kernel's own buffers are counted in
         wrapped = wrapped_numbers(func, args)

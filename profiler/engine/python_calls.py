@@ -27,20 +27,20 @@ import torch
 _TORCH = os.path.dirname(torch.__file__)
 _HERE = os.path.dirname(os.path.dirname(__file__))
 #: Python that is not the model's: torch's own between C++ and a dispatch mode's handler (rule
-#: look-ups, the compiler's guards, the fake tensors' dispatch), weak-reference finalizers, and the
-#: engine's and the timer's bookkeeping (a storage's finalizer, the global module hooks); what
-#: these call does not count either
+#: look-ups, the compiler's guards, the fake tensors' dispatch), weak-reference finalizers (the
+#: engine's storage log), the global module hooks and the timer; what these call does not count
+#: either
 _MACHINERY = tuple(os.path.join(_TORCH, part) for part in (
     "_library", "_dynamo", "_compile.py", "compiler", "_ops.py", "utils/_python_dispatch.py", "_subclasses",
     "_decomp", "_refs", "_prims", "_meta_registrations.py", "fx", "_guards.py", "_logging", "utils/_pytree.py",
     "_higher_order_ops", "_functorch")) + (weakref.__file__, "<frozen") + tuple(
-    os.path.join(_HERE, part) for part in ("engine/python_calls.py", "engine/module_memory.py",
-                                           "engine/module_scope.py", "measuring/timing.py", "measuring/devices.py"))
+    os.path.join(_HERE, part) for part in ("engine/python_calls.py", "engine/module_scope.py",
+                                           "measuring/timing.py", "measuring/devices.py"))
 
 
 class PythonCalls:
     """While active, counts the model's Python events; :meth:`began` says whether Python ran since
-    the previous operator call. A dispatch handler's own frames (``__torch_dispatch__`` and what
+    the previous operator call booked. A dispatch handler's own frames (``__torch_dispatch__`` and what
     it calls between :meth:`enter_handler` and :meth:`leave_handler`) do not count."""
 
     def __init__(self) -> None:
@@ -48,6 +48,7 @@ class PythonCalls:
         self._seen = -1
         self._depth = 0          # dispatch handlers running
         self._previous: Any = None
+        self._active = False
         self._inside = 0         # machinery frames running
         self._machinery: dict[Any, bool] = {}   # code object -> whether it is machinery
 
@@ -66,19 +67,31 @@ class PythonCalls:
 
     def __enter__(self) -> "PythonCalls":
         self._previous = sys.getprofile()
+        self._active = True
         sys.setprofile(self._event)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._active = False
         sys.setprofile(self._previous)
 
-    def began(self) -> bool:
-        """Whether Python ran since the previous operator call (this one's call is asked)."""
-        began, self._seen = self._count != self._seen, self._count
-        return began
+    def began(self) -> tuple[bool, int]:
+        """(whether Python ran since the last call booked, the mark to :meth:`book` this call with)."""
+        return self._count != self._seen, self._count
+
+    def book(self, mark: int) -> None:
+        """The call asked about with ``mark`` is booked; a call not booked (a query of a tensor's
+        size, which a fake tensor makes and a real one does not) leaves Python's run to the next."""
+        self._seen = mark
 
     def enter_handler(self) -> None:
+        """A dispatch handler starts: the profile function is off until it ends (the fake tensors'
+        Python would make the engine's replay four times slower, every event a call)."""
+        if not self._depth:
+            sys.setprofile(None)
         self._depth += 1
 
     def leave_handler(self) -> None:
         self._depth -= 1
+        if not self._depth and self._active:
+            sys.setprofile(self._event)

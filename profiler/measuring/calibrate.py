@@ -230,6 +230,7 @@ class _CallLog:
                        python=self.timer.began)
         if cost is not None:
             self.calls.append((cost, ns / 1e9))
+            self.python.book(self.timer.python_mark)
 
     def __enter__(self) -> "_CallLog":
         self.python.__enter__()

@@ -173,7 +173,7 @@ class OpTimer(TorchDispatchMode):
         self._device = device
         self._on_call = on_call
         self._python = python
-        self.began = True
+        self.began, self.python_mark = True, 0   # the call being timed: see PythonCalls.began
         self._scope = ModuleScope(names)
         self.phase: str | None = None
         #: each call as it ran: (phase, module, operator, nanoseconds)
@@ -194,7 +194,7 @@ class OpTimer(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if self._python is None:
             return self._timed(func, args, kwargs)
-        self.began = self._python.began()
+        self.began, self.python_mark = self._python.began()
         self._python.enter_handler()
         try:
             return self._timed(func, args, kwargs)
