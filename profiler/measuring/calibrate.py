@@ -14,7 +14,8 @@ Two kinds of measurement, each at the thread count the runs will use:
   the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
   matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
-  operator call and more per call that Python issued (:mod:`profiler.engine.python_calls`).
+  operator call, beyond what a call Python issues costs more than one C++ issues
+  (:mod:`profiler.engine.python_calls`), which a micro-benchmark measures.
 
 The result, a :class:`~profiler.engine.step_time.DeviceModel`, is cached as JSON under
 ``$MODELSIZE_CACHE_DIR`` (default ``~/.cache/modelsize``), written atomically, and used only for the
@@ -28,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -417,50 +417,40 @@ def _isotonic(points: Sequence[tuple[float, float]]) -> Curve:
     return Curve(tuple(math.exp(w / n) for w, _, n in blocks), tuple(math.exp(s / n) for _, s, n in blocks))
 
 
-def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel) -> tuple[dict[str, float], dict[str, float]]:
+def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: float) -> dict[str, float]:
     """Seconds per operator call in each phase that the un-instrumented runs take beyond their
-    calls' predicted times, and more per call that Python issued: Python, module calls and
-    autograd's bookkeeping, less what timing each call inside a dispatch mode added (its Python
-    between calls evicts the caches: small calls run slower timed one by one, so a figure may be
-    negative). Per phase, the least-squares fit of each run's excess over its calls' predicted
-    times as ``a × calls + b × calls Python issued`` (:func:`_two_rates`), over the calibration
-    runs: the recurrent model's hundreds of operators per Python call and the others' one or two
-    tell ``a`` from ``b``. Backward's calls are autograd's, from C++ (the one Python issued is
-    ``backward()`` itself): one figure per call there."""
+    calls' predicted times (Python, module calls and autograd's bookkeeping), less what timing each
+    call inside a dispatch mode added (its Python between calls evicts the caches: small calls run
+    slower timed one by one, so the figure may be negative), the calls Python issued counted at
+    ``python_s`` more (:func:`_python_issue_seconds`). The median run's, per call: one noisy run
+    does not move it."""
     per_op: dict[str, float] = {}
-    per_python: dict[str, float] = {}
     for phase in ("inference", "forward", "backward", "optimizer"):
         members = (phase, "loss") if phase == "forward" else (phase,)
-        rows = []   # (calls, Python-issued calls, excess seconds)
+        rates = []
         for run in runs:
             calls = [cost for cost, _ in run["calls"] if cost.phase in members]
             if calls and run["plain"][phase] > 0:
-                rows.append((len(calls), sum(c.python for c in calls),
-                             run["plain"][phase] - sum(model.op_seconds(c) for c in calls)))
-        if phase == "backward":
-            rows = [(n, 0, excess) for n, _, excess in rows]
-        per_op[phase], per_python[phase] = _two_rates(rows)
-    per_op["loss"], per_python["loss"] = per_op["forward"], per_python["forward"]
-    return per_op, per_python
+                issued = sum(cost.python for cost in calls)
+                rates.append((run["plain"][phase] - sum(model.op_seconds(c) for c in calls) - python_s * issued)
+                             / len(calls))
+        rates.sort()
+        per_op[phase] = rates[len(rates) // 2] if rates else 0.0
+    per_op["loss"] = per_op["forward"]
+    return per_op
 
 
-def _two_rates(rows: list[tuple[int, int, float]]) -> tuple[float, float]:
-    """``(a, b)`` with each run's excess per call ``≈ a + b × (the share of its calls Python
-    issued)``, rows ``(calls, Python-issued calls, excess)``: the Theil–Sen line (the median of the
-    slopes between runs whose shares differ by 5 points or more, then the median intercept), so that
-    a run slowed by the machine's other work moves neither. ``b`` is never negative; without two
-    such runs it is 0 and ``a`` the median excess per call.
+def _python_issue_seconds(tensors: int = 200) -> float:
+    """What a call Python issues costs more than the same call issued from C++: a tiny in-place
+    add on each of ``tensors`` tensors from a Python loop, against ``torch._foreach_add_`` on them
+    (whose CPU kernel issues the same adds one by one from C++), per add; never negative."""
+    xs = [torch.zeros(4) for _ in range(tensors)]
 
-    >>> [round(x, 9) for x in _two_rates([(10, 10, 30.0), (100, 1, 102.0), (20, 5, 30.0), (10, 10, 9e9)])]
-    [1.0, 2.0]
-    """
-    if not rows:
-        return 0.0, 0.0
-    points = [(p / n, excess / n) for n, p, excess in rows]
-    slopes = sorted((r1 - r0) / (f1 - f0) for i, (f0, r0) in enumerate(points)
-                    for f1, r1 in points[i + 1:] if abs(f1 - f0) >= 0.05)
-    b = max(statistics.median(slopes), 0.0) if slopes else 0.0
-    return statistics.median(r - b * f for f, r in points), b
+    def from_python() -> None:
+        for x in xs:
+            x.add_(1.0)
+    return max(_seconds(from_python, inner=tensors) - _seconds(lambda: torch._foreach_add_(xs, 1.0), inner=tensors),
+               0.0)
 
 
 def calibrate(threads: int | None = None, progress: Callable[[str], None] | None = None) -> DeviceModel:
@@ -512,7 +502,10 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         fitted = DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
                              bandwidth=largest[0].bytes / largest[1], op_bandwidth=streams, threads=used)
         say("Python and autograd per call")
-        per_op, per_python = _fit_overheads(runs, fitted)
+        with torch.no_grad():
+            python_s = _python_issue_seconds()
+        per_op = _fit_overheads(runs, fitted, python_s)
+        per_python = {phase: python_s for phase in per_op}
     finally:
         torch.set_num_threads(previous)
         if gc_was_enabled:
