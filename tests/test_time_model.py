@@ -143,12 +143,12 @@ def _python_flags(make, x):
     from profiler.engine import torch_module
     from profiler.rules.registry import Context
     memory = torch_module.memory(make, list(x.shape[1:]), batch=x.shape[0], optimizers=(), record_costs=True)
-    predicted = [(c.op, c.python) for c in memory.costs["inference"] if c.kind != "view"]
+    predicted = [(c.op, c.python, c.modules) for c in memory.costs["inference"] if c.kind != "view"]
     log = calibrate._CallLog(Context(device_kind="cpu", data_format="channels_first", threads=1))
     module = make().eval()
     with torch.no_grad(), log:
         module(x)
-    measured = [(c.op, c.python) for c, _ in log.calls if c.kind != "view"]
+    measured = [(c.op, c.python, c.modules) for c, _ in log.calls if c.kind != "view"]
     return predicted, measured
 
 
@@ -157,13 +157,14 @@ def test_a_recurrent_layer_s_operators_are_issued_from_cpp_and_a_linear_s_from_p
     predicted, measured = _python_flags(lambda: torch.nn.GRU(4, 4), torch.randn(2, 5, 4))
     assert predicted == measured
     # nn.GRU's Python makes the initial state (zeros), then _VF.gru runs 5 steps' gates from C++
-    assert predicted[0] == ("aten.zeros.default", True) and len(predicted) == 30
-    assert sum(p for _, p in predicted) == 1
+    assert predicted[0] == ("aten.zeros.default", True, 1) and len(predicted) == 30
+    assert sum(p for _, p, _ in predicted) == 1
     predicted, measured = _python_flags(
         lambda: torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4)),
         torch.randn(2, 4))
-    assert predicted == measured == [("aten.addmm.default", False), ("aten.relu.default", True),
-                                     ("aten.addmm.default", False)]   # each linear's first call is its t()
+    # each linear's first call is its t(), a view; the Sequential's call is booked with the first
+    assert predicted == measured == [("aten.addmm.default", False, 0), ("aten.relu.default", True, 1),
+                                     ("aten.addmm.default", False, 0)]
 
 
 def test_a_training_step_s_calls_are_flagged_as_a_real_one_s():
@@ -174,7 +175,7 @@ def test_a_training_step_s_calls_are_flagged_as_a_real_one_s():
     torch.manual_seed(0)
     make = lambda: torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))  # noqa: E731
     memory = torch_module.memory(make, [4], batch=2, optimizers=("sgd",), record_costs=True)
-    predicted = [(c.phase, c.op, c.python) for c in memory.costs["training"] + memory.costs["step_sgd"]
+    predicted = [(c.phase, c.op, c.python, c.modules) for c in memory.costs["training"] + memory.costs["step_sgd"]
                  if c.kind != "view"]
     log = calibrate._CallLog(Context(device_kind="cpu", data_format="channels_first", threads=1))
     module = make()
@@ -192,9 +193,11 @@ def test_a_training_step_s_calls_are_flagged_as_a_real_one_s():
             loss.backward()
             log.phase = "optimizer"
             opt.step()
-    assert predicted == [(c.phase, c.op, c.python) for c, _ in log.calls if c.kind != "view"]
-    assert [p for phase, _, p in predicted if phase == "optimizer"] == [True] * 4
-    assert sum(p for phase, _, p in predicted if phase == "backward") == 2
+    assert predicted == [(c.phase, c.op, c.python, c.modules) for c, _ in log.calls if c.kind != "view"]
+    assert [p for phase, _, p, _ in predicted if phase == "optimizer"] == [True] * 4
+    assert sum(p for phase, _, p, _ in predicted if phase == "backward") == 2
+    # the Sequential and its three layers, each booked with the next call (views included)
+    assert sum(c.modules for c in memory.costs["training"] if c.phase == "forward") == 4
 
 
 def test_the_steady_update_has_no_state_making_calls():

@@ -400,6 +400,7 @@ class StorageLog(TorchDispatchMode):
         self.costs: list[OpCost] = []           # every operator call's work, in order (the time model's input)
         self._record_costs = costs
         self._python = PythonCalls() if costs else None   # which calls Python issued (the time model's)
+        self._modules_booked = 0                # module calls begun before the last call booked
 
     # -- what exists, and what is what --------------------------------------------------------
     def seed(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
@@ -515,9 +516,11 @@ class StorageLog(TorchDispatchMode):
                     self._resize(serial, storage.nbytes())
         if self._record_costs:
             cost = op_cost(func, args, kwargs, out, phase=_cost_phase(self.phase), module=self._module(),
-                           kernel=kernel_of(func, args, self.run) if self.run is not None else "", python=python[0])
+                           kernel=kernel_of(func, args, self.run) if self.run is not None else "", python=python[0],
+                           modules=self._scope.calls - self._modules_booked)
             if cost is not None:
                 self.costs.append(cost)
+                self._modules_booked = self._scope.calls
                 if self._python is not None:
                     self._python.book(python[1])
         results = outputs or tensors_in(args)

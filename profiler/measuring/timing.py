@@ -179,6 +179,11 @@ class OpTimer(TorchDispatchMode):
         #: each call as it ran: (phase, module, operator, nanoseconds)
         self.calls: list[tuple[str, str, str, float]] = []
 
+    @property
+    def module_calls(self) -> int:
+        """Module calls begun while active."""
+        return self._scope.calls
+
     def mark(self, phase: str | None) -> None:
         self.phase = phase
 
