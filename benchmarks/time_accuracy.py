@@ -200,7 +200,8 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
     lines = ["# Time: predicted on this machine against measured", "",
              "Each case: `profile` (3 warm-up + 10 timed runs, median), the prediction from the calibrated "
              "device model (`modelsize calibrate`), and RuntimeEstimator's roofline (max(FLOPs/π, bytes/β) per "
-             "call, π and β this machine's calibrated peak and bandwidth) over the same calls. Written by "
+             "call, π and β this machine's calibrated peak and bandwidth) over the same calls; per layer, each "
+             "operator call's median over 3 instrumented runs, booked to its module. Written by "
              "`benchmarks/test_time_accuracy.py`.", "",
              "| Run | Cases | Median abs error | Max abs error | Roofline median abs error | Better than roofline |",
              "|:---|---:|---:|---:|---:|---:|"]
