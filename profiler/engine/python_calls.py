@@ -1,10 +1,11 @@
 """Which operator calls Python issued: the first aten call after Python ran.
 
 A call from Python into torch (``torch.relu(x)``, ``x + y``, ``F.linear``, ``torch._VF.gru``)
-costs its argument parsing and dispatch, several microseconds on a CPU; the aten operators it runs
-from C++ (``gru``'s 300 small ones, ``linear``'s ``t`` and ``addmm``, every node of backward) cost
-far less each. The time model prices the two apart (:mod:`profiler.engine.step_time`), so the
-operator log says which calls followed Python running.
+costs its argument parsing on top of the dispatch that the aten operators it runs from C++
+(``gru``'s 300 small ones, ``linear``'s ``t`` and ``addmm``, every node of backward) also pay:
+0.4 µs more per call on the 2-core EPYC this was written on (``calibrate._python_issue_seconds``).
+The time model prices the two apart (:mod:`profiler.engine.step_time`), so the operator log says
+which calls followed Python running.
 
 Python running is seen by ``sys.setprofile``'s events (a function called or returning, a C
 function called or returning) between two operator calls: C++ issuing one operator after another
@@ -40,8 +41,8 @@ _MACHINERY = tuple(os.path.join(_TORCH, part) for part in (
 
 class PythonCalls:
     """While active, counts the model's Python events; :meth:`began` says whether Python ran since
-    the previous operator call booked. A dispatch handler's own frames (``__torch_dispatch__`` and what
-    it calls between :meth:`enter_handler` and :meth:`leave_handler`) do not count."""
+    the previous operator call booked. A dispatch handler's own frames (``__torch_dispatch__`` and
+    what it calls between :meth:`enter_handler` and :meth:`leave_handler`) do not count."""
 
     def __init__(self) -> None:
         self._count = 0
