@@ -13,7 +13,10 @@ applied to the same trace instead.
 """
 from __future__ import annotations
 
+import json
+import os
 import statistics
+from pathlib import Path
 from typing import Any
 
 from realworld_zoo import ZOO, Entry
@@ -46,31 +49,98 @@ def _predicted(result: dict[str, Any], run: str) -> float | None:
     return result.get("predicted_time", {}).get(key)
 
 
-def top_layers(layers: dict[str, dict[str, float]], n: int = 3) -> list[str]:
-    """The ``n`` modules with the most time, forward and backward together."""
+#: the phases whose per-module times rank the layers: the training step's forward and backward,
+#: on both sides (the measured "forward" is the inference call's, "train_forward" the step's)
+LAYER_PHASES = {"predicted": ("forward", "backward"), "measured": ("train_forward", "backward")}
+#: predicted times this close count as one (sums of the same calls in another order)
+TIE = 1e-9
+
+
+def layer_times(layers: dict[str, dict[str, float]], phases: tuple[str, ...],
+                rename: Any = None) -> dict[str, float]:
+    """Milliseconds per module over ``phases``, names passed through ``rename`` (a spec's built
+    modules as its layers, as its prediction names them)."""
     total: dict[str, float] = {}
-    for phase in ("forward", "backward"):
+    for phase in phases:
         for name, ms in layers.get(phase, {}).items():
+            name = rename(name) if rename else name
             if name:
                 total[name] = total.get(name, 0.0) + ms
-    return [name for name, _ in sorted(total.items(), key=lambda kv: -kv[1])[:n]]
+    return total
 
 
-def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: dict[str, float]) -> dict[str, Any]:
+def top_layers(times: dict[str, float], n: int = 3) -> list[str]:
+    """The ``n`` modules with the most time."""
+    return [name for name, _ in sorted(times.items(), key=lambda kv: -kv[1])[:n]]
+
+
+def same_top(predicted: dict[str, float], measured: dict[str, float], n: int = 3) -> bool:
+    """Whether the measured top ``n`` are the predicted top ``n``. Where the prediction ties (the
+    same layer repeated: six identical transformer blocks), it does not say which of the tied
+    layers is ahead, so the measured ones may be any of them: the measured top ``n`` must all be
+    predicted at least the ``n``-th largest predicted time, and every layer predicted above it
+    must be among them.
+
+    >>> same_top({"a": 3.0, "b": 2.0, "c": 2.0}, {"a": 9.0, "c": 5.0}, n=2)
+    True
+    >>> same_top({"a": 3.0, "b": 2.0, "c": 1.0}, {"a": 9.0, "c": 5.0}, n=2)
+    False
+    """
+    top = top_layers(measured, n)
+    if len(predicted) < len(top):
+        return False
+    nth = sorted(predicted.values(), reverse=True)[len(top) - 1]
+    above = {name for name, ms in predicted.items() if ms > nth * (1 + TIE)}
+    return all(predicted.get(name, -1.0) >= nth * (1 - TIE) for name in top) and above <= set(top)
+
+
+#: an earlier device model (a calibration cache file) to price the same calls with, beside the
+#: current one: a comparison of the two on the same measurements
+BASELINE = "MODELSIZE_TIME_BASELINE"
+
+
+def baseline_model() -> Any:
+    """The device model named by ``$MODELSIZE_TIME_BASELINE`` (a calibration cache file), or None."""
+    path = os.environ.get(BASELINE)
+    if not path:
+        return None
+    from profiler.engine.step_time import DeviceModel
+    return DeviceModel.from_dict(json.loads(Path(path).read_text(encoding="utf-8"))["model"])
+
+
+def _error(predicted: float | None, measured: float | None) -> float | None:
+    return (predicted - measured) / measured if predicted and measured else None
+
+
+def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: dict[str, float],
+        rename: Any = None, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One case: each run's predicted, measured and roofline time and errors, the top three layers;
+    ``baseline``: the same calls priced by :func:`baseline_model` (layers named as predicted)."""
     out: dict[str, Any] = {"model": label, "family": family, "batch": batch,
                            "threads": result["measured"].get("threads")}
     for run in RUNS:
         predicted, measured = _predicted(result, run), _measured(result, run)
         out[run] = {"predicted_ms": predicted, "measured_ms": measured, "roofline_ms": roofline.get(run),
-                    "error": (predicted - measured) / measured if predicted and measured else None,
-                    "roofline_error": (roofline[run] - measured) / measured if run in roofline and measured else None}
+                    "error": _error(predicted, measured), "roofline_error": _error(roofline.get(run), measured)}
+        if baseline is not None:
+            out[run]["baseline_ms"] = _predicted({"predicted_time": baseline}, run)
+            out[run]["baseline_error"] = _error(out[run]["baseline_ms"], measured)
     measured_layers = result["measured"].get("time", {}).get("layers")
     if measured_layers:
-        predicted_top = top_layers(result["predicted_time"]["layers"])
-        measured_top = top_layers(measured_layers)
-        out["top3"] = {"predicted": predicted_top, "measured": measured_top,
-                       "same": set(predicted_top) == set(measured_top)}
+        predicted_times = layer_times(result["predicted_time"]["layers"], LAYER_PHASES["predicted"])
+        measured_times = layer_times(measured_layers, LAYER_PHASES["measured"], rename)
+        out["top3"] = {"predicted": top_layers(predicted_times), "measured": top_layers(measured_times),
+                       "same": same_top(predicted_times, measured_times)}
+        if baseline is not None:
+            out["top3"]["baseline_same"] = same_top(
+                layer_times(baseline["layers"], LAYER_PHASES["predicted"], rename), measured_times)
     return out
+
+
+def _baseline(costs: dict[str, list[Any]], batch: int) -> dict[str, Any] | None:
+    from profiler.engine.step_time import predict_times
+    model = baseline_model()
+    return None if model is None else predict_times(model, costs, batch)
 
 
 def run_built_in(name: str, batch: int) -> dict[str, Any]:
@@ -81,7 +151,8 @@ def run_built_in(name: str, batch: int) -> dict[str, Any]:
     memory = spec_memory.replay(spec, batch=batch, dtype="float32", loss="cross_entropy", device_kind="cpu",
                                 optimizers=("sgd", "adam"), amp=None, checkpoint=(), threads=None, input_grad=False, record_costs=True)
     model = workflow.time_model("cpu")
-    return row(name, "built-in", batch, result, roofline_ms(memory.costs, model))
+    return row(name, "built-in", batch, result, roofline_ms(memory.costs, model), rename=spec_memory.layer_of,
+               baseline=_baseline(memory.costs, batch))
 
 
 def run_entry(entry: Entry, batch: int) -> dict[str, Any]:
@@ -93,7 +164,8 @@ def run_entry(entry: Entry, batch: int) -> dict[str, Any]:
     memory = torch_module.memory(entry.factory, entry.input_shape, batch=batch,
                                  input_dtype=entry.input_dtype or "float", record_costs=True)
     model = workflow.time_model("cpu")
-    return row(entry.name, entry.family, batch, result, roofline_ms(memory.costs, model))
+    return row(entry.name, entry.family, batch, result, roofline_ms(memory.costs, model),
+               baseline=_baseline(memory.costs, batch))
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,8 +179,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     "better_than_roofline": sum(abs(r[run]["error"]) < abs(r[run]["roofline_error"])
                                                 for r in rows if r[run]["error"] is not None
                                                 and r[run]["roofline_error"] is not None)}
+        base = [abs(r[run]["baseline_error"]) for r in rows if r[run].get("baseline_error") is not None]
+        if base:
+            out[run]["baseline_median_abs_error"] = statistics.median(base)
     with_layers = [r for r in rows if "top3" in r]
     out["top3_same"] = {"models": len(with_layers), "same": sum(r["top3"]["same"] for r in with_layers)}
+    if any("baseline_same" in r["top3"] for r in with_layers):
+        out["top3_same"]["baseline_same"] = sum(r["top3"].get("baseline_same", False) for r in with_layers)
+    baseline = os.environ.get(BASELINE)
+    if baseline:
+        out["baseline"] = baseline
     return out
 
 
@@ -120,7 +200,8 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
     lines = ["# Time: predicted on this machine against measured", "",
              "Each case: `profile` (3 warm-up + 10 timed runs, median), the prediction from the calibrated "
              "device model (`modelsize calibrate`), and RuntimeEstimator's roofline (max(FLOPs/π, bytes/β) per "
-             "call, π and β this machine's calibrated peak and bandwidth) over the same calls. Written by "
+             "call, π and β this machine's calibrated peak and bandwidth) over the same calls; per layer, each "
+             "operator call's median over 3 instrumented runs, booked to its module. Written by "
              "`benchmarks/test_time_accuracy.py`.", "",
              "| Run | Cases | Median abs error | Max abs error | Roofline median abs error | Better than roofline |",
              "|:---|---:|---:|---:|---:|---:|"]
@@ -128,8 +209,15 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
         s = summary[run]
         lines.append(f"| {run} | {s['cases']} | {_pct(s['median_abs_error'])} | {_pct(s['max_abs_error'])} | "
                      f"{_pct(s['roofline_median_abs_error'])} | {s['better_than_roofline']}/{s['cases']} |")
+    if summary.get("baseline"):
+        lines += ["", f"The same calls priced by the device model in `{summary['baseline']}` (the same "
+                      "measurements): median abs error " + ", ".join(
+                          f"{run} {_pct(summary[run].get('baseline_median_abs_error'))}" for run in RUNS)
+                  + f"; top three layers the same in {summary['top3_same'].get('baseline_same', '-')} cases."]
     top = summary["top3_same"]
-    lines += ["", f"Top three layers by predicted time = top three measured: {top['same']} of {top['models']} cases.",
+    lines += ["", f"Top three layers by predicted time = top three measured: {top['same']} of {top['models']} cases "
+                  "(both from the training step's forward and backward; where the prediction ties identical "
+                  "layers, the measured may be any of them).",
               "", "| Model | Batch | Forward pred / meas (err; roofline err) | SGD step | Adam step | Top-3 layers same |",
               "|:---|---:|---:|---:|---:|:---|"]
     for r in rows:

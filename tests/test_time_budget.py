@@ -83,11 +83,11 @@ def test_the_measurement_and_its_report_say_how_many_ran():
     assert time["layer_repeats"] == 3 and time["layer_runs"] == {"forward": 1, "train_sgd": 1}
     assert _runs(time) == ("timed runs after untimed ones: forward 5 after 1, sgd step 5 after 1 "
                            "(20 requested; the runs stop after the first 0 s once a minimum ran, --time-budget)")
-    assert "1 of 3 runs within the time budget, the median one" in _layer_times({"measured": {"time": time}}, _plain)
+    assert "1 of 3 runs within the time budget, each call's median" in _layer_times({"measured": {"time": time}}, _plain)
     full = measure(model, input_shape=(4, 8), optimizers=("sgd",), warmup=3, repeats=20).time
     assert "requested" not in full["forward"] and full["layer_runs"] == {"forward": 3, "train_sgd": 3}
     assert _runs(full) == "20 timed runs of each after 3 untimed"
-    assert "(3 runs, the median one)" in _layer_times({"measured": {"time": full}}, _plain)
+    assert "(3 runs, each call's median)" in _layer_times({"measured": {"time": full}}, _plain)
 
 
 def _plain(headers, rows, right):  # type: ignore[no-untyped-def]

@@ -186,3 +186,43 @@ def test_the_report_shows_each_step_and_a_prediction_when_there_is_one(resnet):
     assert row.endswith("+50.00%")
     row = next(line for line in text.splitlines() if line.startswith("conv1 "))
     assert row.split()[5] == "-50.00%"    # conv1, predicted, ms, measured, ms, error
+
+
+class _ScriptedClock:
+    """A CPU device whose calls take the times scripted, in order: one slow call in a run."""
+
+    def __init__(self, ms: list[float]):
+        from profiler.measuring.devices import CpuDevice
+        self._cpu, self._ms = CpuDevice(), iter(ms)
+
+    def synchronize(self) -> None:
+        self._cpu.synchronize()
+
+    def elapsed_ns(self, fn) -> float:  # type: ignore[no-untyped-def]
+        fn()
+        return next(self._ms) * 1e6
+
+
+def test_a_slow_call_moves_its_own_median_not_its_layer():
+    """Three runs of two identical layers; one call slowed by 100 ms in the first counted run (in
+    layer "0") and one in the second (in layer "1"): the median run would be a slowed one and make
+    its layer the slowest; each call's median keeps both at their calls' 1 ms."""
+    from profiler.measuring.timing import time_ops
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    x = torch.randn(2, 4)
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def run(mark):  # type: ignore[no-untyped-def]
+        mark("forward")
+        with torch.no_grad():
+            model(x)
+
+    per_layer = time_ops(run, _ScriptedClock([1.0] * 1000), names, runs=1, warmup=0).modules["forward"]
+    calls = int(sum(per_layer.values()))   # every call 1 ms: the number of calls per run
+    assert per_layer["0"] == per_layer["1"] == calls / 2
+    first, second, third = [1.0] * calls, [1.0] * calls, [1.0] * calls
+    first[0] = 101.0       # layer "0"'s first call
+    second[-1] = 101.0     # layer "1"'s last call
+    timed = time_ops(run, _ScriptedClock([1.0] * calls + first + second + third), names, runs=3, warmup=1)
+    assert timed.modules["forward"] == {"0": calls / 2, "1": calls / 2}
+    assert timed.total_ms == calls and timed.runs == 3

@@ -51,6 +51,7 @@ from profiler.engine.kernels.aten_cpu import (bf16_lstm_modelled, kernel_autocas
                                              registrar, results_made_last, unmodelled)
 from profiler.engine.kernels.onednn_rnn import bf16_lstm_workspace_bytes, onednn_lstm_workspace_bytes
 from profiler.engine.op_cost import OpCost, op_cost
+from profiler.engine.python_calls import PythonCalls
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
 
@@ -424,6 +425,8 @@ class StorageLog(TorchDispatchMode):
         self._until_autocast_ends: list[_Event] = []   # frees of casts a fused kernel left in autocast's cache
         self.costs: list[OpCost] = []           # every operator call's work, in order (the time model's input)
         self._record_costs = costs
+        self._python = PythonCalls() if costs else None   # which calls Python issued (the time model's)
+        self._modules_booked = 0                # module calls begun before the last call booked
 
     # -- what exists, and what is what --------------------------------------------------------
     def seed(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
@@ -457,12 +460,16 @@ class StorageLog(TorchDispatchMode):
     def __enter__(self) -> "StorageLog":
         self._scope.__enter__()
         self._get_rng_state, torch.get_rng_state = torch.get_rng_state, self._logged_rng_state
+        if self._python is not None:
+            self._python.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
         self.events.extend(self._until_autocast_ends)   # the region (inside the log's) has ended
         self._until_autocast_ends.clear()
         super().__exit__(*exc)
+        if self._python is not None:
+            self._python.__exit__(*exc)
         torch.get_rng_state = self._get_rng_state
         self._scope.__exit__(*exc)
 
@@ -504,6 +511,17 @@ class StorageLog(TorchDispatchMode):
 
     # -- storages ------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if self._python is None:
+            return self._dispatch(func, args, kwargs)
+        python = self._python.began()
+        self._python.enter_handler()
+        try:
+            return self._dispatch(func, args, kwargs, python)
+        finally:
+            self._python.leave_handler()
+
+    def _dispatch(self, func, args, kwargs, python=(True, 0)):  # type: ignore[no-untyped-def]
+        """``python``: (whether Python issued this call, the mark to book it with)."""
         if self._unsettled:
             self._settle()
         if func in _QUERIES:   # no tensor out, no kernel: nothing below would log a thing
@@ -539,11 +557,14 @@ class StorageLog(TorchDispatchMode):
                 elif self._nbytes[serial] != storage.nbytes():   # resized in place (out=)
                     self._resize(serial, storage.nbytes())
         if self._record_costs:
-            cost = op_cost(func, args, kwargs, out, phase=self._cost_phase or _cost_phase(self.phase),
-                           module=self._module(),
-                           kernel=kernel_of(func, args, self.run) if self.run is not None else "")
+            cost = op_cost(func, args, kwargs, out, phase=self._cost_phase or _cost_phase(self.phase), module=self._module(),
+                           kernel=kernel_of(func, args, self.run) if self.run is not None else "", python=python[0],
+                           modules=self._scope.calls - self._modules_booked)
             if cost is not None:
                 self.costs.append(cost)
+                self._modules_booked = self._scope.calls
+                if self._python is not None:
+                    self._python.book(python[1])
         results = outputs or tensors_in(args)
         dtype = results[0].dtype if results else None   # what a kernel's own buffers are counted in
         wrapped = wrapped_numbers(func, args)

@@ -44,6 +44,7 @@ class ModuleScope:
         self.stack: list[str] = []
         self._starts: list[int] = []        # autograd's next sequence number when each call began
         self._on_leave = on_leave
+        self.calls = 0                       # module calls begun (the time model prices each)
         self._hooks: list[Any] = []
 
     def __enter__(self) -> "ModuleScope":
@@ -64,6 +65,7 @@ class ModuleScope:
         return self.stack[-1] if self.stack else None
 
     def _enter(self, module: torch.nn.Module, args: object) -> None:
+        self.calls += 1
         parent = self.stack[-1] if self.stack else ""
         self.stack.append(self.names.get(id(module), parent))
         self._starts.append(_next_sequence_nr())

@@ -49,6 +49,8 @@ class OpCost:
     flops: int
     bytes_read: int
     bytes_written: int
+    python: bool = True   # the first call after the model's Python ran (:mod:`profiler.engine.python_calls`)
+    modules: int = 0      # module calls begun since the previous call (a dropout in eval has no call of its own)
 
     @property
     def bytes(self) -> int:
@@ -194,10 +196,11 @@ def kind_of(func: Any) -> str:
 
 
 def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str, module: str,
-            kernel: str = "") -> OpCost | None:
+            kernel: str = "", python: bool = True, modules: int = 0) -> OpCost | None:
     """The work of one call, ``out`` its result (fake tensors are fine: only metadata is read);
     None for what is no operator call in a real run (``prim.device``, which only a tensor subclass
-    dispatches, and the profiler's markers)."""
+    dispatches, and the profiler's markers). ``python``: whether Python issued it (see
+    :mod:`profiler.engine.python_calls`); ``modules``: module calls begun since the previous call."""
     known = _OPERATORS.get(func)
     if known is None:
         known = _OPERATORS[func] = (func.namespace not in ("prim", "profiler"), str(func), kind_of(func),
@@ -210,7 +213,7 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
     floating = [t for t in (*inputs, *results) if t.is_floating_point()]
     dtype = str(floating[0].dtype).removeprefix("torch.") if floating else ""
     if kind == "view":
-        return OpCost(name, kind, phase, module, dtype, kernel, 0, 0, 0)
+        return OpCost(name, kind, phase, module, dtype, kernel, 0, 0, 0, python, modules)
     flops = 0
     if formula is not None:
         try:
@@ -221,7 +224,7 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
     written = _moved(results)
     if mutable and not results:
         written = read
-    return OpCost(name, kind, phase, module, dtype, kernel, flops, read, written)
+    return OpCost(name, kind, phase, module, dtype, kernel, flops, read, written, python, modules)
 
 
 #: operator -> (priced, name, kind, FLOP formula, mutable): what :func:`op_cost` reads of an

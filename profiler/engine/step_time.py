@@ -10,7 +10,9 @@ call:
   or bytes moved for memory-bound calls), read off a curve of micro-benchmarks by interpolation on
   log–log axes (small calls are slower per FLOP than large ones); no call is faster than what its
   bytes take at the machine's measured bandwidth. Around the operators, what Python and autograd
-  cost per call in each phase, fitted on calibration models.
+  cost per call in each phase, fitted on calibration models, and (measured by micro-benchmarks)
+  more per call that Python issued than per call that C++ did
+  (:mod:`profiler.engine.python_calls`) and per module call.
 - **roofline** (a catalog accelerator you don't have): the larger of FLOPs at the card's
   datasheet peak for the dtype and bytes at its memory bandwidth, and no call shorter than a
   kernel launch: a roofline prediction, until measured on that card.
@@ -77,13 +79,20 @@ class DeviceModel:
     peak_flops: dict[str, float] = field(default_factory=dict)   # dtype -> FLOP/s (roofline)
     launch_s: float = 0.0                        # a call's shortest time (roofline: a kernel launch)
     per_op_s: dict[str, float] = field(default_factory=dict)      # phase -> Python/autograd per call
+    #: phase -> more per call that Python issued (its argument parsing, the module's Python around
+    #: it) than per call from C++ (a recurrent layer's 300 small operators, backward's nodes)
+    per_python_s: dict[str, float] = field(default_factory=dict)
+    module_s: float = 0.0                        # a module call (``nn.Module.__call__``), from Python
     threads: int | None = None
     source: str = ""                             # where the figures come from
     timer_inflation_s: float = 0.0               # taken off each timed call while calibrating
 
     def op_seconds(self, op: OpCost) -> float:
-        """One call's time, ``per_op_s`` of its phase included (never below a view's)."""
-        extra = self.per_op_s.get(op.phase, 0.0)
+        """One call's time, ``per_op_s`` of its phase included, ``per_python_s`` when Python
+        issued it and ``module_s`` per module call begun since the previous call (never below a
+        view's)."""
+        extra = self.per_op_s.get(op.phase, 0.0) + (self.per_python_s.get(op.phase, 0.0) if op.python else 0.0) \
+            + self.module_s * op.modules
         if op.kind == "view":
             return max(self.view_s + extra, self.view_s)
         memory_bound = op.bytes / self.bandwidth if self.bandwidth else 0.0

@@ -14,7 +14,9 @@ Two kinds of measurement, each at the thread count the runs will use:
   the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
   matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
-  operator call and per module call.
+  operator call, beyond what a call Python issues costs more than one C++ issues
+  (:mod:`profiler.engine.python_calls`) and what a module call costs, which micro-benchmarks
+  measure.
 
 The result, a :class:`~profiler.engine.step_time.DeviceModel`, is cached as JSON under
 ``$MODELSIZE_CACHE_DIR`` (default ``~/.cache/modelsize``), written atomically, and used only for the
@@ -40,7 +42,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 4
+VERSION = 6
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -216,23 +218,31 @@ class _CallLog:
     def __init__(self, run: Any) -> None:
         from profiler.measuring.devices import get_device
         from profiler.measuring.timing import OpTimer
+        from profiler.engine.python_calls import PythonCalls
         self.run = run
         self.phase = "forward"
         self.calls: list[tuple[OpCost, float]] = []
-        self.timer = OpTimer(get_device("cpu"), {}, on_call=self._book)
+        self.python = PythonCalls()
+        self.timer = OpTimer(get_device("cpu"), {}, on_call=self._book, python=self.python)
+        self._modules_booked = 0
 
     def _book(self, func: Any, args: tuple, kwargs: dict, out: Any, ns: float) -> None:
         from profiler.engine.kernels.aten_cpu import kernel_of
-        cost = op_cost(func, args, kwargs, out, phase=self.phase, module="", kernel=kernel_of(func, args, self.run))
+        cost = op_cost(func, args, kwargs, out, phase=self.phase, module="", kernel=kernel_of(func, args, self.run),
+                       python=self.timer.began, modules=self.timer.module_calls - self._modules_booked)
         if cost is not None:
             self.calls.append((cost, ns / 1e9))
+            self.python.book(self.timer.python_mark)
+            self._modules_booked = self.timer.module_calls
 
     def __enter__(self) -> "_CallLog":
+        self.python.__enter__()
         self.timer.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.timer.__exit__(*exc)
+        self.python.__exit__(*exc)
 
 
 class _ConvNet(nn.Module):
@@ -410,12 +420,14 @@ def _isotonic(points: Sequence[tuple[float, float]]) -> Curve:
     return Curve(tuple(math.exp(w / n) for w, _, n in blocks), tuple(math.exp(s / n) for _, s, n in blocks))
 
 
-def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel) -> dict[str, float]:
+def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: float,
+                   module_s: float) -> dict[str, float]:
     """Seconds per operator call in each phase that the un-instrumented runs take beyond their
-    calls' predicted times: Python, module calls and autograd's bookkeeping, less what timing each
-    call inside a dispatch mode added (its Python between calls evicts the caches: small calls run
-    slower timed one by one, so the figure may be negative). The median run's, per call: one noisy
-    run does not move it."""
+    calls' predicted times (Python and autograd's bookkeeping), less what timing each call inside
+    a dispatch mode added (its Python between calls evicts the caches: small calls run slower timed
+    one by one, so the figure may be negative), the calls Python issued counted at ``python_s``
+    more (:func:`_python_issue_seconds`) and each module call at ``module_s``
+    (:func:`_module_call_seconds`). The median run's, per call: one noisy run does not move it."""
     per_op: dict[str, float] = {}
     for phase in ("inference", "forward", "backward", "optimizer"):
         members = (phase, "loss") if phase == "forward" else (phase,)
@@ -423,11 +435,36 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel) -> dict[str, 
         for run in runs:
             calls = [cost for cost, _ in run["calls"] if cost.phase in members]
             if calls and run["plain"][phase] > 0:
-                rates.append((run["plain"][phase] - sum(model.op_seconds(c) for c in calls)) / len(calls))
+                issued = sum(cost.python for cost in calls)
+                modules = sum(cost.modules for cost in calls)
+                rates.append((run["plain"][phase] - sum(model.op_seconds(c) for c in calls) - python_s * issued
+                              - module_s * modules) / len(calls))
         rates.sort()
         per_op[phase] = rates[len(rates) // 2] if rates else 0.0
     per_op["loss"] = per_op["forward"]
     return per_op
+
+
+def _module_call_seconds(calls: int = 500) -> float:
+    """What calling a module costs (``nn.Module.__call__``, its hooks' checks, its ``forward``):
+    an ``nn.Identity`` called from a loop, less the loop's own call of a function that returns
+    its argument, per call; never negative."""
+    module, x = nn.Identity(), torch.zeros(1)
+    return max(_seconds(_loop(lambda: module(x), calls), inner=calls)
+               - _seconds(_loop(lambda: x, calls), inner=calls), 0.0)
+
+
+def _python_issue_seconds(tensors: int = 200) -> float:
+    """What a call Python issues costs more than the same call issued from C++: a tiny in-place
+    add on each of ``tensors`` tensors from a Python loop, against ``torch._foreach_add_`` on them
+    (whose CPU kernel issues the same adds one by one from C++), per add; never negative."""
+    xs = [torch.zeros(4) for _ in range(tensors)]
+
+    def from_python() -> None:
+        for x in xs:
+            x.add_(1.0)
+    return max(_seconds(from_python, inner=tensors) - _seconds(lambda: torch._foreach_add_(xs, 1.0), inner=tensors),
+               0.0)
 
 
 def calibrate(threads: int | None = None, progress: Callable[[str], None] | None = None) -> DeviceModel:
@@ -479,13 +516,17 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         fitted = DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
                              bandwidth=largest[0].bytes / largest[1], op_bandwidth=streams, threads=used)
         say("Python and autograd per call")
-        per_op = _fit_overheads(runs, fitted)
+        with torch.no_grad():
+            python_s, module_s = _python_issue_seconds(), _module_call_seconds()
+        per_op = _fit_overheads(runs, fitted, python_s, module_s)
+        per_python = {phase: python_s for phase in per_op}
     finally:
         torch.set_num_threads(previous)
         if gc_was_enabled:
             gc.enable()
     return DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
-                       bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, threads=used, timer_inflation_s=inflation,
+                       bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, per_python_s=per_python, module_s=module_s,
+                       threads=used, timer_inflation_s=inflation,
                        source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
                               f"torch {torch.__version__}" + (f" ({busy})" if busy else ""))
 

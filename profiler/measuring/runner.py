@@ -54,8 +54,8 @@ untimed and then ``repeats`` times timed (:func:`profiler.measuring.timing.time_
 ``perf_counter``, CUDA events after a synchronisation); the median, interquartile range, extremes
 and samples per second at the median. Then ``layer_repeats`` instrumented runs of each
 (:func:`~profiler.measuring.timing.time_ops`: every operator timed alone and booked to its
-module, no per-module hooks); the run with the median operator total gives the per-module and
-per-operator milliseconds, which add up to that total (``instrumented_ms``; a plain run also spends
+module, no per-module hooks); each operator call's median over the runs gives the per-module and
+per-operator milliseconds, which add up to their total (``instrumented_ms``; a plain run also spends
 time between operators, so compare it with the median). Per-module forward times are the
 inference call's; backward ones (and ``train_forward``) the first optimizer's step's.
 One instrumented run comes first untimed when ``warmup`` is not 0; ``layer_repeats=0`` skips

@@ -29,6 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.engine.module_scope import ModuleScope, backward_module
+from profiler.engine.python_calls import PythonCalls
 from profiler.measuring.devices import Device
 from profiler.measuring.memory_trace import OUTSIDE, ROOT
 from profiler.errors import ModelsizeError
@@ -163,16 +164,25 @@ class OpTimer(TorchDispatchMode):
     """
 
     def __init__(self, device: Device, names: dict[int, str],
-                 on_call: Callable[[Any, tuple, dict, Any, float], None] | None = None):
+                 on_call: Callable[[Any, tuple, dict, Any, float], None] | None = None,
+                 python: PythonCalls | None = None):
         """``on_call(func, args, kwargs, out, ns)``: also told of each call as it returns (the
-        time model's calibration prices each one, :mod:`profiler.measuring.calibrate`)."""
+        time model's calibration prices each one, :mod:`profiler.measuring.calibrate`);
+        ``python``: then says in ``began`` whether Python issued the call."""
         super().__init__()
         self._device = device
         self._on_call = on_call
+        self._python = python
+        self.began, self.python_mark = True, 0   # the call being timed: see PythonCalls.began
         self._scope = ModuleScope(names)
         self.phase: str | None = None
-        self._modules: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self._ops: dict[str, float] = defaultdict(float)
+        #: each call as it ran: (phase, module, operator, nanoseconds)
+        self.calls: list[tuple[str, str, str, float]] = []
+
+    @property
+    def module_calls(self) -> int:
+        """Module calls begun while active."""
+        return self._scope.calls
 
     def mark(self, phase: str | None) -> None:
         self.phase = phase
@@ -187,11 +197,20 @@ class OpTimer(TorchDispatchMode):
         self._scope.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if self._python is None:
+            return self._timed(func, args, kwargs)
+        self.began, self.python_mark = self._python.began()
+        self._python.enter_handler()
+        try:
+            return self._timed(func, args, kwargs)
+        finally:
+            self._python.leave_handler()
+
+    def _timed(self, func, args, kwargs):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         result: list[Any] = []
         ns = self._device.elapsed_ns(lambda: result.append(func(*args, **kwargs)))
-        self._modules[self.phase or "(no phase)"][self._module()] += ns
-        self._ops[str(getattr(func, "overloadpacket", func))] += ns
+        self.calls.append((self.phase or "(no phase)", self._module(), str(getattr(func, "overloadpacket", func)), ns))
         if self._on_call is not None:
             self._on_call(func, args, kwargs, result[0], ns)
         return result[0]
@@ -205,18 +224,41 @@ class OpTimer(TorchDispatchMode):
         return name or ROOT
 
     def times(self) -> OpTimes:
-        modules = {phase: {m: ns / 1e6 for m, ns in by.items()} for phase, by in self._modules.items()}
-        phases = {phase: sum(by.values()) for phase, by in modules.items()}
-        return OpTimes(total_ms=sum(self._ops.values()) / 1e6, modules=modules,
-                       ops={op: ns / 1e6 for op, ns in self._ops.items()}, phases=phases)
+        return _op_times(self.calls)
+
+
+def _op_times(calls: list[tuple[str, str, str, float]]) -> OpTimes:
+    """Calls (phase, module, operator, ns) summed by phase and module and by operator."""
+    modules: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    ops: dict[str, float] = defaultdict(float)
+    for phase, module, op, ns in calls:
+        modules[phase][module] += ns / 1e6
+        ops[op] += ns / 1e6
+    out = {phase: dict(by) for phase, by in modules.items()}
+    return OpTimes(total_ms=sum(ops.values()), modules=out, ops=dict(ops),
+                   phases={phase: sum(by.values()) for phase, by in out.items()})
+
+
+def _per_call_median(runs: list[list[tuple[str, str, str, float]]]) -> list[tuple[str, str, str, float]] | None:
+    """Each call's median time over ``runs`` when every run made the same calls in the same order
+    (None otherwise). A call slowed by the machine's other work (a descheduled thread costs a
+    time slice, 100 times a small operator) then moves its own median, not a module's whole time:
+    with the median run instead, one such call decides which of several identical layers is the
+    slowest."""
+    first = runs[0]
+    if any(len(run) != len(first) or any(a[:3] != b[:3] for a, b in zip(run, first)) for run in runs[1:]):
+        return None
+    return [(*call[:3], statistics.median(run[i][3] for run in runs)) for i, call in enumerate(first)]
 
 
 def time_ops(fn: Callable[[Callable[[str | None], None]], object], device: Device,
              names: dict[int, str], *, runs: int, warmup: int = 1, collect: bool = True,
              budget_s: float | None = None) -> OpTimes:
-    """Run ``fn(mark)`` ``warmup`` times and then ``runs`` times under an :class:`OpTimer` and
-    return the run whose total is the median (the lower middle one for an even count), so that
-    its modules and operators add up to the total reported (``collect``: as :func:`time_fn`'s).
+    """Run ``fn(mark)`` ``warmup`` times and then ``runs`` times under an :class:`OpTimer`: each
+    operator call's median time over the runs (:func:`_per_call_median`), summed by module and by
+    operator, so that both add up to the total reported; when the runs made different calls, the
+    run whose total is the median (the lower middle one for an even count). (``collect``: as
+    :func:`time_fn`'s.)
     (The first operator calls under a
     dispatch mode can be slow: 17 ms for Adam's first ``aten.sqrt`` of a 0.3 ms step, once.)
     ``budget_s``: the runs after the first counted one stop once all of them, warm-up included,
@@ -225,7 +267,7 @@ def time_ops(fn: Callable[[Callable[[str | None], None]], object], device: Devic
         raise ModelsizeError("bad number of instrumented runs", field="layer_repeats",
                              expected="an integer >= 1", received=repr(runs))
     gc_was_enabled = gc.isenabled()
-    found: list[OpTimes] = []
+    found: list[list[tuple[str, str, str, float]]] = []
     try:
         device.synchronize()
         if collect:
@@ -236,10 +278,14 @@ def time_ops(fn: Callable[[Callable[[str | None], None]], object], device: Devic
             with OpTimer(device, names) as timer:
                 fn(timer.mark)
             if run >= warmup:
-                found.append(timer.times())
+                found.append(timer.calls)
                 if budget_s is not None and time.perf_counter() - start >= budget_s:
                     break
     finally:
         if gc_was_enabled:
             gc.enable()
-    return replace(sorted(found, key=lambda t: t.total_ms)[(len(found) - 1) // 2], runs=len(found))
+    median = _per_call_median(found)
+    if median is not None:
+        return replace(_op_times(median), runs=len(found))
+    totals = [_op_times(calls) for calls in found]
+    return replace(sorted(totals, key=lambda t: t.total_ms)[(len(found) - 1) // 2], runs=len(found))

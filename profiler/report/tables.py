@@ -231,8 +231,7 @@ def _layer_times(r: dict, layout: Callable, top: int = 10) -> str:
     asked = time.get("layer_repeats", "?")
     ran = (f"{asked} runs" if not counted or counted == [asked] else
            f"{'/'.join(map(str, counted))} of {asked} runs within the time budget")
-    note = (f"Layers: {shown}; operators timed one at a time ({ran}, the median "
-            f"one), each booked to the innermost module running it (backward: the module whose forward "
+    note = (f"Layers: {shown}; operators timed one at a time ({ran}, each call's median), each booked to the innermost module running it (backward: the module whose forward "
             f"made the node). Operator time: " + ("; ".join(covered) or "-") + ".")
     return f"{table}\n\n{note}"
 
