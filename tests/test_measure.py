@@ -253,7 +253,7 @@ def test_tracker_finds_the_tensors_tree_flatten_finds():
     """The tracker's own walk of an operator's arguments and results (cheaper than pytree's):
     the same tensors, in the same order, through tuples, lists, dicts and torch's result tuples."""
     from torch.utils._pytree import tree_flatten
-    from profiler.measuring.memory_trace import _tensors
+    from profiler.engine.op_cost import tensors_in_tree as _tensors
     a, b, c, d = (torch.ones(i + 1) for i in range(4))
     tree = ((a, [1.5, b, None], {"weight": c, "n": 2}), torch.max(torch.stack([d, d]), dim=0), "x")
     expected = [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]

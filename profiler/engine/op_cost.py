@@ -67,10 +67,12 @@ class OpCost:
         return self.op.rsplit(".", 1)[0]
 
 
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    """The tensors in nested lists, tuples and dicts. Iterative, holding nothing after it returns:
-    a recursive closure (or torch's pytree) makes a reference cycle that keeps the tensors alive
-    until the garbage collector runs, which the memory log would see as memory still held."""
+def tensors_in_tree(tree: Any) -> list[torch.Tensor]:
+    """The tensors in nested lists, tuples and dicts, in ``tree_flatten``'s order. Iterative, holding
+    nothing after it returns: a recursive closure (or torch's pytree) makes a reference cycle that
+    keeps the tensors alive until the garbage collector runs, which the memory log would see as
+    memory still held; and pytree's generic walk was ~30 % of the allocator tracker's Python time
+    on a deep model."""
     found: list[torch.Tensor] = []
     stack = [tree]
     while stack:
@@ -86,7 +88,7 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
 
 def _shapes(tree: Any) -> Any:
     """``tree`` with each tensor as its shape: what the FLOP formulas read, passed without tensors
-    (their wrapper would flatten tensors with torch's pytree, a reference cycle: see :func:`_tensors`)."""
+    (their wrapper would flatten tensors with torch's pytree, a reference cycle: see :func:`tensors_in_tree`)."""
     if isinstance(tree, torch.Tensor):
         return tree.shape
     if isinstance(tree, (list, tuple)):
@@ -209,7 +211,7 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
     if not priced:
         return None
     kwargs = kwargs or {}
-    inputs, results = _tensors((args, kwargs)), _tensors(out)
+    inputs, results = tensors_in_tree((args, kwargs)), tensors_in_tree(out)
     floating = [t for t in (*inputs, *results) if t.is_floating_point()]
     dtype = str(floating[0].dtype).removeprefix("torch.") if floating else ""
     if kind == "view":

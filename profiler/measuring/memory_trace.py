@@ -39,6 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.engine.module_scope import OUTSIDE, ROOT   # the labels of per-module figures
+from profiler.engine.op_cost import tensors_in_tree
 from profiler.timeline import compact
 
 MEMORY_EVENT = "[memory]"           # name the profiler gives allocation and free events
@@ -419,8 +420,8 @@ class TensorTracker(TorchDispatchMode):
     # -- storages ----------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
-        inputs = {id(s) for s in map(_storage, _tensors((args, kwargs))) if s is not None}
-        for tensor in _tensors(out):
+        inputs = {id(s) for s in map(_storage, tensors_in_tree((args, kwargs))) if s is not None}
+        for tensor in tensors_in_tree(out):
             storage = _storage(tensor)
             if storage is None or id(storage) in inputs:
                 continue
@@ -455,23 +456,6 @@ class TensorTracker(TorchDispatchMode):
         if self.current_bytes > self.peak_bytes:
             self.peak_bytes = self.current_bytes
             self.peak_phase = self.phase
-
-
-def _tensors(tree: object) -> list[torch.Tensor]:
-    """The tensors in an operator's arguments or results (nested tuples, lists, dicts), in
-    ``tree_flatten``'s order: the tracker's per-operator cost (pytree's generic walk was ~30 %
-    of its Python time on a deep model)."""
-    found: list[torch.Tensor] = []
-    stack = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            found.append(item)
-        elif isinstance(item, (tuple, list)):
-            stack.extend(reversed(item))
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-    return found
 
 
 def _storage(tensor: torch.Tensor) -> torch.UntypedStorage | None:
