@@ -42,7 +42,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 6
+VERSION = 7
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -315,20 +315,19 @@ _MODELS: tuple[tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], tup
 )
 
 
-def _fastest(fn: Callable[[], object], repeats: int = 5) -> float:
+def _once(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
     fn()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return time.perf_counter() - start
 
 
 def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, run: Any,
-               repeats: int = 3) -> dict[str, Any]:
+               rounds: int = 5) -> dict[str, Any]:
     """One calibration model at one batch: the fastest time of each operator call per phase, the
-    whole phases' times un-instrumented, and how many modules a forward pass calls."""
+    whole phases' fastest times un-instrumented, and how many modules a forward pass calls. Each
+    round runs the instrumented step and then each phase plain, so that both sides of the
+    overheads' fit (:func:`_fit_overheads`) see the machine in the same state (a burst of other
+    work slows one round, not one side)."""
     from profiler.engine.optimizers import CATALOG
     torch.manual_seed(0)
     model = make()
@@ -364,23 +363,29 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
             timer.phase = "optimizer"
             opt.step()
 
+    model.eval()
+    infer()
+    model.train()
     forward_backward()
     opt.step()
     best: list[tuple[OpCost, float]] | None = None
-    for _ in range(repeats):
+    fastest = {"inference": math.inf, "forward": math.inf, "forward_backward": math.inf, "optimizer": math.inf}
+    for _ in range(rounds):
         timer = _CallLog(run)
         instrumented(timer)
-        if best is None or len(best) != len(timer.calls):
-            best = timer.calls if best is None else best
-            continue
-        best = [(cost, min(a, b)) for (cost, a), (_, b) in zip(best, timer.calls)]
-    model.eval()
-    plain = {"inference": _fastest(infer)}
-    model.train()
-    forward = _fastest(loss)
-    plain["forward"] = forward
-    plain["backward"] = max(_fastest(forward_backward) - forward, 0.0)
-    plain["optimizer"] = _fastest(opt.step)
+        if best is None:
+            best = timer.calls
+        elif len(best) == len(timer.calls):
+            best = [(cost, min(a, b)) for (cost, a), (_, b) in zip(best, timer.calls)]
+        model.eval()
+        fastest["inference"] = min(fastest["inference"], _once(infer))
+        model.train()
+        fastest["forward"] = min(fastest["forward"], _once(loss))
+        fastest["forward_backward"] = min(fastest["forward_backward"], _once(forward_backward))
+        fastest["optimizer"] = min(fastest["optimizer"], _once(opt.step))
+    plain = {"inference": fastest["inference"], "forward": fastest["forward"],
+             "backward": max(fastest["forward_backward"] - fastest["forward"], 0.0),
+             "optimizer": fastest["optimizer"]}
     return {"calls": best or [], "plain": plain, "modules": modules}
 
 
@@ -427,22 +432,42 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: flo
     a dispatch mode added (its Python between calls evicts the caches: small calls run slower timed
     one by one, so the figure may be negative), the calls Python issued counted at ``python_s``
     more (:func:`_python_issue_seconds`) and each module call at ``module_s``
-    (:func:`_module_call_seconds`). The median run's, per call: one noisy run does not move it."""
+    (:func:`_module_call_seconds`). Each run's figure per call, their median weighted by the
+    run's calls: a run of few large calls (a convolution's backward, where one disturbed kernel
+    moves the figure by hundreds of microseconds a call) counts for its few calls."""
     per_op: dict[str, float] = {}
     for phase in ("inference", "forward", "backward", "optimizer"):
         members = (phase, "loss") if phase == "forward" else (phase,)
-        rates = []
+        rates: list[tuple[float, int]] = []
         for run in runs:
             calls = [cost for cost, _ in run["calls"] if cost.phase in members]
             if calls and run["plain"][phase] > 0:
                 issued = sum(cost.python for cost in calls)
                 modules = sum(cost.modules for cost in calls)
-                rates.append((run["plain"][phase] - sum(model.op_seconds(c) for c in calls) - python_s * issued
-                              - module_s * modules) / len(calls))
-        rates.sort()
-        per_op[phase] = rates[len(rates) // 2] if rates else 0.0
+                rates.append(((run["plain"][phase] - sum(model.op_seconds(c) for c in calls) - python_s * issued
+                               - module_s * modules) / len(calls), len(calls)))
+        per_op[phase] = weighted_median(rates)
     per_op["loss"] = per_op["forward"]
     return per_op
+
+
+def weighted_median(values: Sequence[tuple[float, float]]) -> float:
+    """The value below and above which at most half the weight lies (the lower one on a tie); 0
+    for none.
+
+    >>> weighted_median([(-2.0, 10), (300.0, 1), (-1.0, 10), (5.0, 1)])
+    -1.0
+    >>> weighted_median([(1.0, 1), (2.0, 1), (3.0, 1)])
+    2.0
+    """
+    ordered = sorted(values)
+    total = sum(weight for _, weight in ordered)
+    seen = 0.0
+    for value, weight in ordered:
+        seen += weight
+        if seen >= total / 2:
+            return value
+    return 0.0
 
 
 def _module_call_seconds(calls: int = 500) -> float:
