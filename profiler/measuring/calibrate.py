@@ -432,23 +432,49 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: flo
     a dispatch mode added (its Python between calls evicts the caches: small calls run slower timed
     one by one, so the figure may be negative), the calls Python issued counted at ``python_s``
     more (:func:`_python_issue_seconds`) and each module call at ``module_s``
-    (:func:`_module_call_seconds`). Each run's figure per call, their median weighted by the
-    run's calls: a run of few large calls (a convolution's backward, where one disturbed kernel
-    moves the figure by hundreds of microseconds a call) counts for its few calls."""
+    (:func:`_module_call_seconds`). Each run's figure is the one with which
+    :meth:`~profiler.engine.step_time.DeviceModel.op_seconds` — its floor at a view's time
+    included — sums the run's calls to its plain time (:func:`shift_to_total`); the phase's, their
+    median weighted by each run's call count: a run of few large calls (a convolution's backward,
+    where one disturbed kernel moves the figure by hundreds of microseconds a call) counts for its
+    few calls."""
     per_op: dict[str, float] = {}
     for phase in ("inference", "forward", "backward", "optimizer"):
         members = (phase, "loss") if phase == "forward" else (phase,)
-        rates: list[tuple[float, int]] = []
+        rates: list[tuple[float, float]] = []
         for run in runs:
             calls = [cost for cost, _ in run["calls"] if cost.phase in members]
             if calls and run["plain"][phase] > 0:
-                issued = sum(cost.python for cost in calls)
-                modules = sum(cost.modules for cost in calls)
-                rates.append(((run["plain"][phase] - sum(model.op_seconds(c) for c in calls) - python_s * issued
-                               - module_s * modules) / len(calls), len(calls)))
+                issue = sum(python_s * cost.python + module_s * cost.modules for cost in calls)
+                rates.append((shift_to_total([model.base_seconds(c) for c in calls], model.view_s,
+                                             run["plain"][phase] - issue), len(calls)))
         per_op[phase] = weighted_median(rates)
     per_op["loss"] = per_op["forward"]
     return per_op
+
+
+def shift_to_total(values: Sequence[float], floor: float, total: float) -> float:
+    """The ``r`` with ``sum(max(v + r, floor) for v in values) == total`` (the sum grows with ``r``
+    wherever a value is above the floor); when ``total`` is at most every value at the floor, the
+    ``r`` at which the largest value reaches it.
+
+    >>> shift_to_total([1.0, 2.0, 6.0], 0.5, 12.0)   # every value shifted by 1: 2 + 3 + 7
+    1.0
+    >>> shift_to_total([1.0, 2.0, 6.0], 0.5, 7.0)    # 0.5 + 1.25 + 5.25: the smallest at the floor
+    -0.75
+    >>> shift_to_total([1.0, 2.0, 6.0], 0.5, 1.0)    # below 3 floors: 6 reaches the floor
+    -5.5
+    """
+    ordered = sorted(values, reverse=True)
+    if not ordered or total <= floor * len(ordered):
+        return floor - ordered[0] if ordered else 0.0
+    above = 0.0
+    for k, value in enumerate(ordered, start=1):
+        above += value   # the k largest above the floor, the rest at it
+        shift = (total - above - floor * (len(ordered) - k)) / k
+        if k == len(ordered) or ordered[k] + shift <= floor:
+            return shift
+    return 0.0
 
 
 def weighted_median(values: Sequence[tuple[float, float]]) -> float:
