@@ -9,12 +9,13 @@ Two kinds of measurement, each at the thread count the runs will use:
 - **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
   depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
-  A dispatch mode times every aten operator call (the fastest of three runs, so the machine's other
-  work does not count) and prices its work with the same :func:`~profiler.engine.op_cost.op_cost`
+  A dispatch mode times every aten operator call (the fastest of five rounds, each round the
+  instrumented step and then each phase plain, so the machine's other work does not count and
+  moves both sides alike) and prices its work with the same :func:`~profiler.engine.op_cost.op_cost`
   the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
   matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
-  operator call, beyond what a call Python issues costs more than one C++ issues
+  operator call (the model's own sum, its floors included, solved for each run), beyond what a call Python issues costs more than one C++ issues
   (:mod:`profiler.engine.python_calls`) and what a module call costs, which micro-benchmarks
   measure.
 
