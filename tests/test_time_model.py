@@ -152,6 +152,29 @@ def test_a_call_python_issued_costs_its_phase_s_python_figure_more():
     assert model.op_seconds(from_cpp) == pytest.approx(Curve.of([(1, 1e-6), (1e9, 1e-1)])(8_000) + 1e-6)
 
 
+def test_a_view_python_issued_pays_the_measured_issue_costs_even_under_a_negative_per_call_figure():
+    x = torch.randn(4, 4)
+    view = op_cost(aten.view.default, (x, [16]), {}, x.view(16), phase="forward", module="m", python=True, modules=2)
+    model = replace(_toy_model(per_op=-5e-6), per_python_s={"forward": 3e-6}, module_s=2e-6)
+    # the fitted -5 µs stops at the view's 0.1 µs; Python's 3 µs and two module calls' 2 µs each are added
+    assert model.op_seconds(view) == pytest.approx(1e-7 + 3e-6 + 2 * 2e-6, rel=1e-12)
+
+
+def test_the_fitted_per_call_figure_sums_a_calibration_run_to_its_plain_time():
+    x = torch.randn(1000)
+    calls = [_cost(aten.add.Tensor, x, x), op_cost(aten.view.default, (x, [10, 100]), {}, x.view(10, 100),
+                                                   phase="forward", module="m", python=True, modules=1)]
+    model = replace(_toy_model(), per_op_s={})
+    for plain in (50e-6, 0.5e-6):   # one above the calls' own time, one below it (the view at its floor)
+        run = {"calls": [(c, 0.0) for c in calls],
+               "plain": {"inference": 0.0, "forward": plain, "backward": 0.0, "optimizer": 0.0}}
+        per_op = calibrate._fit_overheads([run], model, python_s=1e-7, module_s=2e-7)
+        fitted = replace(model, per_op_s=per_op, per_python_s={"forward": 1e-7}, module_s=2e-7)
+        predicted = sum(fitted.op_seconds(c) for c in calls)
+        # both calls issued from Python (0.1 µs each), the view after one module call (0.2 µs)
+        assert predicted == pytest.approx(max(plain, 1e-7 + 2 * 1e-7 + 2e-7 + 1e-7), rel=1e-9)
+
+
 def _python_flags(make, x):
     """Which calls Python issued, in order, in the engine's replay (fake tensors) and in a real
     run timed by the calibration's call log."""

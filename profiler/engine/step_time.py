@@ -88,22 +88,29 @@ class DeviceModel:
     timer_inflation_s: float = 0.0               # taken off each timed call while calibrating
 
     def op_seconds(self, op: OpCost) -> float:
-        """One call's time, ``per_op_s`` of its phase included, ``per_python_s`` when Python
-        issued it and ``module_s`` per module call begun since the previous call (never below a
-        view's)."""
-        extra = self.per_op_s.get(op.phase, 0.0) + (self.per_python_s.get(op.phase, 0.0) if op.python else 0.0) \
-            + self.module_s * op.modules
+        """One call's time: its own (:meth:`base_seconds`) with ``per_op_s`` of its phase, never
+        below a view's, and then what issuing it cost: ``per_python_s`` when Python issued it and
+        ``module_s`` per module call begun since the previous call. Those two are measured
+        micro-benchmarks (a view issued from Python pays them as any call does); only the fitted
+        ``per_op_s``, which may be negative, stops at a view's time."""
+        issue = (self.per_python_s.get(op.phase, 0.0) if op.python else 0.0) + self.module_s * op.modules
+        return max(self.base_seconds(op) + self.per_op_s.get(op.phase, 0.0), self.view_s) + issue
+
+    def base_seconds(self, op: OpCost) -> float:
+        """The call itself, before what its phase and issuing it add: a view's time; on a roofline,
+        the larger of FLOPs at peak, bytes at bandwidth and a launch; measured, its kernel's curve,
+        but no faster than its bytes at the machine's or its operator family's bandwidth."""
         if op.kind == "view":
-            return max(self.view_s + extra, self.view_s)
+            return self.view_s
         memory_bound = op.bytes / self.bandwidth if self.bandwidth else 0.0
         if self.method == "roofline":
             peak = self.peak_flops.get(op.dtype) or self.peak_flops.get("float32", 0.0)
             compute = op.flops / peak if peak else 0.0
-            return max(compute, memory_bound, self.launch_s) + extra
+            return max(compute, memory_bound, self.launch_s)
         stream = next((self.op_bandwidth[key] for key in curve_keys(op) if key in self.op_bandwidth), None)
         if stream:
             memory_bound = max(memory_bound, op.bytes / stream)
-        return max(max(self._kernel_seconds(op), memory_bound) + extra, self.view_s)
+        return max(self._kernel_seconds(op), memory_bound)
 
     def _kernel_seconds(self, op: OpCost) -> float:
         """The call itself, from its operator's own curve (kernel family and dtype where measured):

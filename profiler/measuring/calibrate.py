@@ -9,12 +9,13 @@ Two kinds of measurement, each at the thread count the runs will use:
 - **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
   depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
-  A dispatch mode times every aten operator call (the fastest of three runs, so the machine's other
-  work does not count) and prices its work with the same :func:`~profiler.engine.op_cost.op_cost`
+  A dispatch mode times every aten operator call (the fastest of five rounds, each round the
+  instrumented step and then each phase plain, so the machine's other work does not count and
+  moves both sides alike) and prices its work with the same :func:`~profiler.engine.op_cost.op_cost`
   the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
   matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
-  operator call, beyond what a call Python issues costs more than one C++ issues
+  operator call (the model's own sum, its floors included, solved for each run), beyond what a call Python issues costs more than one C++ issues
   (:mod:`profiler.engine.python_calls`) and what a module call costs, which micro-benchmarks
   measure.
 
@@ -42,7 +43,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 6
+VERSION = 7
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -315,20 +316,20 @@ _MODELS: tuple[tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], tup
 )
 
 
-def _fastest(fn: Callable[[], object], repeats: int = 5) -> float:
+def _once(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
     fn()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return time.perf_counter() - start
 
 
 def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, run: Any,
-               repeats: int = 3) -> dict[str, Any]:
+               rounds: int = 5) -> dict[str, Any]:
     """One calibration model at one batch: the fastest time of each operator call per phase, the
-    whole phases' times un-instrumented, and how many modules a forward pass calls."""
+    whole phases' fastest times un-instrumented, and how many modules a forward pass calls. Each
+    round runs the instrumented step and then each phase plain, so that both sides of the
+    overheads' fit (:func:`_fit_overheads`) see the machine in the same state (a burst of other
+    work slows one round, not one side); each phase twice back to back, as a measurement's
+    repeats run (the first after the instrumented step's Python has evicted the caches)."""
     from profiler.engine.optimizers import CATALOG
     torch.manual_seed(0)
     model = make()
@@ -364,23 +365,28 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
             timer.phase = "optimizer"
             opt.step()
 
+    model.eval()
+    infer()
+    model.train()
     forward_backward()
     opt.step()
     best: list[tuple[OpCost, float]] | None = None
-    for _ in range(repeats):
+    fastest = {"inference": math.inf, "forward": math.inf, "forward_backward": math.inf, "optimizer": math.inf}
+    for _ in range(rounds):
         timer = _CallLog(run)
         instrumented(timer)
-        if best is None or len(best) != len(timer.calls):
-            best = timer.calls if best is None else best
-            continue
-        best = [(cost, min(a, b)) for (cost, a), (_, b) in zip(best, timer.calls)]
-    model.eval()
-    plain = {"inference": _fastest(infer)}
-    model.train()
-    forward = _fastest(loss)
-    plain["forward"] = forward
-    plain["backward"] = max(_fastest(forward_backward) - forward, 0.0)
-    plain["optimizer"] = _fastest(opt.step)
+        if best is None:
+            best = timer.calls
+        elif len(best) == len(timer.calls):
+            best = [(cost, min(a, b)) for (cost, a), (_, b) in zip(best, timer.calls)]
+        for phase, fn, mode in ((("inference", infer, False), ("forward", loss, True),
+                                 ("forward_backward", forward_backward, True), ("optimizer", opt.step, True))):
+            model.train(mode)
+            for _ in range(2):   # back to back, as a measurement's repeats run: the second warm
+                fastest[phase] = min(fastest[phase], _once(fn))
+    plain = {"inference": fastest["inference"], "forward": fastest["forward"],
+             "backward": max(fastest["forward_backward"] - fastest["forward"], 0.0),
+             "optimizer": fastest["optimizer"]}
     return {"calls": best or [], "plain": plain, "modules": modules}
 
 
@@ -427,22 +433,68 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: flo
     a dispatch mode added (its Python between calls evicts the caches: small calls run slower timed
     one by one, so the figure may be negative), the calls Python issued counted at ``python_s``
     more (:func:`_python_issue_seconds`) and each module call at ``module_s``
-    (:func:`_module_call_seconds`). The median run's, per call: one noisy run does not move it."""
+    (:func:`_module_call_seconds`). Each run's figure is the one with which
+    :meth:`~profiler.engine.step_time.DeviceModel.op_seconds` — its floor at a view's time
+    included — sums the run's calls to its plain time (:func:`shift_to_total`); the phase's, their
+    median weighted by each run's call count: a run of few large calls (a convolution's backward,
+    where one disturbed kernel moves the figure by hundreds of microseconds a call) counts for its
+    few calls."""
     per_op: dict[str, float] = {}
     for phase in ("inference", "forward", "backward", "optimizer"):
         members = (phase, "loss") if phase == "forward" else (phase,)
-        rates = []
+        rates: list[tuple[float, float]] = []
         for run in runs:
             calls = [cost for cost, _ in run["calls"] if cost.phase in members]
             if calls and run["plain"][phase] > 0:
-                issued = sum(cost.python for cost in calls)
-                modules = sum(cost.modules for cost in calls)
-                rates.append((run["plain"][phase] - sum(model.op_seconds(c) for c in calls) - python_s * issued
-                              - module_s * modules) / len(calls))
-        rates.sort()
-        per_op[phase] = rates[len(rates) // 2] if rates else 0.0
+                issue = sum(python_s * cost.python + module_s * cost.modules for cost in calls)
+                rates.append((shift_to_total([model.base_seconds(c) for c in calls], model.view_s,
+                                             run["plain"][phase] - issue), len(calls)))
+        per_op[phase] = weighted_median(rates)
     per_op["loss"] = per_op["forward"]
     return per_op
+
+
+def shift_to_total(values: Sequence[float], floor: float, total: float) -> float:
+    """The ``r`` with ``sum(max(v + r, floor) for v in values) == total`` (the sum grows with ``r``
+    wherever a value is above the floor); when ``total`` is at most every value at the floor, the
+    ``r`` at which the largest value reaches it.
+
+    >>> shift_to_total([1.0, 2.0, 6.0], 0.5, 12.0)   # every value shifted by 1: 2 + 3 + 7
+    1.0
+    >>> shift_to_total([1.0, 2.0, 6.0], 0.5, 7.0)    # 0.5 + 1.25 + 5.25: the smallest at the floor
+    -0.75
+    >>> shift_to_total([1.0, 2.0, 6.0], 0.5, 1.0)    # below 3 floors: 6 reaches the floor
+    -5.5
+    """
+    ordered = sorted(values, reverse=True)
+    if not ordered or total <= floor * len(ordered):
+        return floor - ordered[0] if ordered else 0.0
+    above = 0.0
+    for k, value in enumerate(ordered, start=1):
+        above += value   # the k largest above the floor, the rest at it
+        shift = (total - above - floor * (len(ordered) - k)) / k
+        if k == len(ordered) or ordered[k] + shift <= floor:
+            return shift
+    return 0.0
+
+
+def weighted_median(values: Sequence[tuple[float, float]]) -> float:
+    """The value below and above which at most half the weight lies (the lower one on a tie); 0
+    for none.
+
+    >>> weighted_median([(-2.0, 10), (300.0, 1), (-1.0, 10), (5.0, 1)])
+    -1.0
+    >>> weighted_median([(1.0, 1), (2.0, 1), (3.0, 1)])
+    2.0
+    """
+    ordered = sorted(values)
+    total = sum(weight for _, weight in ordered)
+    seen = 0.0
+    for value, weight in ordered:
+        seen += weight
+        if seen >= total / 2:
+            return value
+    return 0.0
 
 
 def _module_call_seconds(calls: int = 500) -> float:
