@@ -109,10 +109,10 @@ def spec_time(spec: ModelSpec, model: DeviceModel, *, batch: int, dtype: str, lo
     from profiler.engine.predict import checkpoint_layers
 
     def timed() -> dict[str, Any]:
-        memory = spec_memory.replay(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
-                                    optimizers=optimizers, amp=amp, checkpoint=checkpoint_layers(spec, checkpoint),
-                                    threads=threads, input_grad=input_grad, record_costs=True)
-        found = predict_times(model, memory.costs, batch)
+        costs = spec_memory.costs(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                                  optimizers=optimizers, amp=amp, checkpoint=checkpoint_layers(spec, checkpoint),
+                                  threads=threads, input_grad=input_grad)
+        found = predict_times(model, costs, batch)
         found["layers"] = {phase: _summed_by(spec_memory.layer_of, per_module)
                            for phase, per_module in found["layers"].items()}
         return found
