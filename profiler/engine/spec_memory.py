@@ -32,13 +32,13 @@ def replay(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: s
 
 
 def costs(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str, optimizers: Iterable[str],
-          amp: str | None, checkpoint: Iterable[str], threads: int | None, input_grad: bool
-          ) -> dict[str, list[OpCost]]:
+          amp: str | None, checkpoint: Iterable[str], threads: int | None, input_grad: bool,
+          updates: dict[str, list[OpCost]] | None = None) -> dict[str, list[OpCost]]:
     """The operator calls of :func:`replay` (``MemoryPrediction.costs``), the time model's input:
     a spec with long runs of identical layers replayed with them cut short
-    (:mod:`profiler.engine.layer_runs`: the same calls), else replayed whole."""
+    (:mod:`profiler.engine.layer_runs`: the same calls), else replayed whole. ``updates``: the
+    optimizers' updates, priced already by :func:`update_costs` (they do not depend on the batch)."""
     from profiler.engine.layer_runs import shorten
-    from profiler.engine.module_memory import update_costs
     from profiler.frontends.build import build
 
     options = dict(batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, optimizers=tuple(optimizers),
@@ -49,12 +49,33 @@ def costs(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: st
         found = replay(short.spec, **options, record_costs=True, module=module).costs
         whole = {key: short.expand(found[key]) for key in ("inference", "training") if key in found}
         if all(calls is not None for calls in whole.values()):
-            params = short.parameters(module)
-            for name in options["optimizers"]:
-                whole[f"step_{name}"] = update_costs(params, name, device_kind=device_kind, amp=amp,
-                                                     threads=threads)
+            if "training" in whole:
+                whole.update(updates if updates is not None else
+                             _updates(short, module, tuple(optimizers), device_kind, amp, threads))
             return whole   # type: ignore[return-value]
     return replay(spec, **options, record_costs=True).costs
+
+
+def update_costs(spec: ModelSpec, *, dtype: str, device_kind: str, optimizers: Iterable[str], amp: str | None,
+                 threads: int | None) -> dict[str, list[OpCost]] | None:
+    """The calls of the optimizers' steady updates of a spec that :func:`costs` cuts short, by
+    "step_<optimizer>" (None for a spec it replays whole): what :func:`costs` takes as ``updates``."""
+    from profiler.engine.layer_runs import shorten
+    from profiler.frontends.build import build
+
+    short = shorten(spec)
+    if short is None:
+        return None
+    return _updates(short, build(short.spec, dtype=dtype, device="meta"), tuple(optimizers), device_kind, amp, threads)
+
+
+def _updates(short: Any, module: Any, optimizers: tuple[str, ...], device_kind: str, amp: str | None,
+             threads: int | None) -> dict[str, list[OpCost]]:
+    from profiler.engine.module_memory import update_costs
+
+    params = short.parameters(module)
+    return {f"step_{name}": update_costs(params, name, device_kind=device_kind, amp=amp, threads=threads)
+            for name in optimizers}
 
 
 def layer_of(module: str) -> str:
