@@ -12,7 +12,7 @@ from profiler.engine.kernels import cpu_isa
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS
 from profiler.engine.predict import predict
 from profiler.engine.step_time import DeviceModel, predict_times
-from profiler.errors import SpecError
+from profiler.errors import ModelsizeError, SpecError
 from profiler.frontends.source import ModuleSource, resolve
 from profiler.frontends.spec import ModelSpec
 from profiler.report.results import breakdown_comparison, relative_errors
@@ -95,12 +95,18 @@ def fit(source: Source, budget: Any, *, device: str | None, mode: str, dtype: st
     import contextlib
 
     from profiler import forked
+    from profiler.engine.layer_runs import shorten
     from profiler.planning.fit import solve
 
     optimizers = () if mode == "inference" else (mode,)
-    early = bool(device and optimizers and isinstance(source, ModelSpec) and budget.target == "cuda")
-    updates = forked.beside(lambda: _update_costs(source, dtype, budget.target, optimizers, amp, threads)) \
-        if early else contextlib.nullcontext(lambda: None)
+    short = None
+    if device and optimizers and isinstance(source, ModelSpec) and budget.target == "cuda":
+        try:
+            short = shorten(source)
+        except ModelsizeError:   # the solve says what is wrong with the spec, as without this
+            short = None
+    updates = forked.beside(lambda: _update_costs(short, dtype, budget.target, optimizers, amp, threads)) \
+        if short is not None else contextlib.nullcontext(lambda: None)
     with updates as priced:
         answer = solve(source, budget, mode=mode, dtype=dtype, loss=loss, amp=amp, threads=threads)
         result = answer.as_dict()
@@ -109,15 +115,15 @@ def fit(source: Source, budget: Any, *, device: str | None, mode: str, dtype: st
     return answer, result
 
 
-def _update_costs(spec: ModelSpec, dtype: str, device_kind: str, optimizers: tuple[str, ...], amp: str | None,
-                  threads: int | None) -> dict[str, Any] | None:
+def _update_costs(short: Any, dtype: str, device_kind: str, optimizers: tuple[str, ...], amp: str | None,
+                  threads: int | None) -> dict[str, Any]:
     """:func:`spec_memory.update_costs` as plain data (what a forked child sends)."""
     from dataclasses import astuple
 
     from profiler.engine import spec_memory
-    found = spec_memory.update_costs(spec, dtype=dtype, device_kind=device_kind, optimizers=optimizers, amp=amp,
+    found = spec_memory.update_costs(short, dtype=dtype, device_kind=device_kind, optimizers=optimizers, amp=amp,
                                      threads=threads)
-    return None if found is None else {key: [astuple(c) for c in calls] for key, calls in found.items()}
+    return {key: [astuple(c) for c in calls] for key, calls in found.items()}
 
 
 def _op_costs(sent: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from profiler.engine.memory_model import Peak
 from profiler.frontends.spec import ModelSpec
 
 if TYPE_CHECKING:
+    from profiler.engine.layer_runs import Shortened
     from profiler.engine.op_cost import OpCost
 
 
@@ -56,20 +57,15 @@ def costs(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: st
     return replay(spec, **options, record_costs=True).costs
 
 
-def update_costs(spec: ModelSpec, *, dtype: str, device_kind: str, optimizers: Iterable[str], amp: str | None,
-                 threads: int | None) -> dict[str, list[OpCost]] | None:
-    """The calls of the optimizers' steady updates of a spec that :func:`costs` cuts short, by
-    "step_<optimizer>" (None for a spec it replays whole): what :func:`costs` takes as ``updates``."""
-    from profiler.engine.layer_runs import shorten
+def update_costs(short: Shortened, *, dtype: str, device_kind: str, optimizers: Iterable[str], amp: str | None,
+                 threads: int | None) -> dict[str, list[OpCost]]:
+    """The calls of the optimizers' steady updates of the spec ``short`` was cut from (``shorten``'s),
+    by "step_<optimizer>": what :func:`costs` takes as ``updates``."""
     from profiler.frontends.build import build
-
-    short = shorten(spec)
-    if short is None:
-        return None
     return _updates(short, build(short.spec, dtype=dtype, device="meta"), tuple(optimizers), device_kind, amp, threads)
 
 
-def _updates(short: Any, module: Any, optimizers: tuple[str, ...], device_kind: str, amp: str | None,
+def _updates(short: Shortened, module: Any, optimizers: tuple[str, ...], device_kind: str, amp: str | None,
              threads: int | None) -> dict[str, list[OpCost]]:
     from profiler.engine.module_memory import update_costs
 
