@@ -6,11 +6,13 @@ arguments and input and output shapes) every layer past the first few makes the 
 next, under its own module name: its input, and in backward its output's gradient, is made by a
 layer like itself. So the replay runs the spec with each long run cut to :data:`KEEP` layers (its
 first two, two copies of its middle, its last two) and writes the calls of the layers cut out as
-the second copy's, renamed (:meth:`Shortened.expand`). That stands only where the two copies made
-the same calls, renamed, in every phase (the second then makes what the first made of the same
-input, so do all after it): checked, and where it fails the caller replays the whole spec. The
-expanded list is the whole replay's list, call for call and in order, so the times summed from it
-are the same to the bit.
+the second copy's, renamed (:meth:`Shortened.expand`). That is taken only where the two copies
+made the same calls, renamed, in every phase, and where they do not the caller replays the whole
+spec. The check is on the calls (shapes, strides, dtypes as their bytes, FLOPs, which module, whether
+Python issued them), not a proof that every later layer's input is the same as the copies': tests
+hold the expanded list equal to the whole replay's for Dense, activation, Conv2D, LSTM and
+LayerNormalization runs (tests/test_layer_runs.py). Where it is, call for call and in order, the
+times summed from it are the same to the bit.
 
 The optimizers' updates are not cut: a foreach call's bytes are its whole parameter list's, and
 Adam reads each parameter's step count; they step the twins of every layer's parameters
