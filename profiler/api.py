@@ -105,11 +105,8 @@ def fit(model: Any = None, input_shape: Any = None, *, memory: str | int | None 
         job = job_for(source, reference, world=world_size, strategy=chosen, batch=2, optimizer=train or "adam",
                       loss=loss, dtype=dtype, amp=amp, threads=threads or 1)
         return solve(job, budget)
-    answer = planning.solve(source, budget, mode="inference" if inference else train, dtype=dtype, loss=loss,
-                            amp=amp, threads=threads)
-    result = answer.as_dict()
-    if device and answer.batch:   # the time of a step at the answer, on that card
-        result["predicted_time"] = workflow.time_at(source, answer, device, threads=threads)
+    answer, result = workflow.fit(source, budget, device=device, mode="inference" if inference else train,
+                                  dtype=dtype, loss=loss, amp=amp, threads=threads)
     if verify:
         result["verification"] = planning.verify(source, answer).as_dict()
     return result

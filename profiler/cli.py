@@ -380,12 +380,9 @@ def _fit(args: argparse.Namespace) -> int:
                              margin=args.margin, comm_reserve=args.comm_reserve, world=args.world_size or 1)
     if args.world_size is not None:
         return _distributed_fit(args, source, budget)
-    target = budget.target
-    answer = fit.solve(source, budget, mode="inference" if args.inference else args.train, dtype=args.dtype,
-                       loss=args.loss, amp=_amp_dtype(args, target), threads=args.threads)
-    result = answer.as_dict()
-    if args.device and answer.batch:   # the time of a step at the answer, on that card
-        result["predicted_time"] = workflow.time_at(source, answer, args.device, threads=args.threads)
+    answer, result = workflow.fit(source, budget, device=args.device, mode="inference" if args.inference else args.train,
+                                  dtype=args.dtype, loss=args.loss, amp=_amp_dtype(args, budget.target),
+                                  threads=args.threads)
     if args.verify:
         result["verification"] = fit.verify(source, answer, isolate_from=_isolated(args)).as_dict()
     if args.format == "json":

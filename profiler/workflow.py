@@ -12,7 +12,7 @@ from profiler.engine.kernels import cpu_isa
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS
 from profiler.engine.predict import predict
 from profiler.engine.step_time import DeviceModel, predict_times
-from profiler.errors import SpecError
+from profiler.errors import ModelsizeError, SpecError
 from profiler.frontends.source import ModuleSource, resolve
 from profiler.frontends.spec import ModelSpec
 from profiler.report.results import breakdown_comparison, relative_errors
@@ -86,13 +86,60 @@ def time_model(device: str, threads: int | None = None,
     return roofline_model(lookup(device))
 
 
-def time_at(source: Source, answer: Any, device: str, *, threads: int | None = None) -> dict[str, Any]:
-    """The predicted time of ``fit``'s answer (``planning.fit.Fit``) on ``device``, at its batch."""
+def fit(source: Source, budget: Any, *, device: str | None, mode: str, dtype: str, loss: str, amp: str | None,
+        threads: int | None) -> tuple[Any, dict[str, Any]]:
+    """``fit``: the answer (``planning.fit.Fit``) and its result dict, with the predicted time on
+    ``device`` (a catalogued card) at the answer's batch. A spec's optimizer update, which the time
+    replay prices over every parameter whatever the batch, is priced in a child beside the solve
+    (:func:`profiler.forked.beside`: on two CPUs the wall time of the two, not their CPU time)."""
+    import contextlib
+
+    from profiler import forked
+    from profiler.engine.layer_runs import shorten
+    from profiler.planning.fit import solve
+
+    optimizers = () if mode == "inference" else (mode,)
+    short = None
+    if device and optimizers and isinstance(source, ModelSpec) and budget.target == "cuda":
+        try:
+            short = shorten(source)
+        except ModelsizeError:   # the solve says what is wrong with the spec, as without this
+            short = None
+    updates = forked.beside(lambda: _update_costs(short, dtype, budget.target, optimizers, amp, threads)) \
+        if short is not None else contextlib.nullcontext(lambda: None)
+    with updates as priced:
+        answer = solve(source, budget, mode=mode, dtype=dtype, loss=loss, amp=amp, threads=threads)
+        result = answer.as_dict()
+        if device and answer.batch:
+            result["predicted_time"] = time_at(source, answer, device, threads=threads, updates=_op_costs(priced()))
+    return answer, result
+
+
+def _update_costs(short: Any, dtype: str, device_kind: str, optimizers: tuple[str, ...], amp: str | None,
+                  threads: int | None) -> dict[str, Any]:
+    """:func:`spec_memory.update_costs` as plain data (what a forked child sends)."""
+    from dataclasses import astuple
+
+    from profiler.engine import spec_memory
+    found = spec_memory.update_costs(short, dtype=dtype, device_kind=device_kind, optimizers=optimizers, amp=amp,
+                                     threads=threads)
+    return {key: [astuple(c) for c in calls] for key, calls in found.items()}
+
+
+def _op_costs(sent: dict[str, Any] | None) -> dict[str, Any] | None:
+    from profiler.engine.op_cost import OpCost
+    return None if sent is None else {key: [OpCost(*c) for c in calls] for key, calls in sent.items()}
+
+
+def time_at(source: Source, answer: Any, device: str, *, threads: int | None = None,
+            updates: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The predicted time of ``fit``'s answer (``planning.fit.Fit``) on ``device``, at its batch
+    (``updates``: see :func:`spec_time`)."""
     optimizers = () if answer.mode == "inference" else (answer.mode,)
     if isinstance(source, ModelSpec):   # solved: valid, and its memory is known (a 10,000-layer spec: 3 s)
         return spec_time(source, time_model(device, threads), batch=answer.batch, dtype=answer.dtype,
                          loss=answer.loss, device_kind=answer.budget.target, optimizers=optimizers, amp=answer.amp,
-                         checkpoint=(), threads=threads, input_grad=False)
+                         checkpoint=(), threads=threads, input_grad=False, updates=updates)
     timed = summary(source, batch=answer.batch, dtype=answer.dtype, loss=answer.loss, device_kind=answer.budget.target,
                     optimizers=optimizers, amp=answer.amp, threads=threads, time_on=device)
     return timed["predicted_time"]
@@ -100,19 +147,20 @@ def time_at(source: Source, answer: Any, device: str, *, threads: int | None = N
 
 def spec_time(spec: ModelSpec, model: DeviceModel, *, batch: int, dtype: str, loss: str, device_kind: str,
               optimizers: tuple[str, ...], amp: str | None, checkpoint: bool | tuple[str, ...],
-              threads: int | None, input_grad: bool) -> dict[str, Any]:
+              threads: int | None, input_grad: bool, updates: dict[str, Any] | None = None) -> dict[str, Any]:
     """A spec's predicted time: its torch module replayed by the engine (the spec path's fast
     replay counts bytes, not operator calls), per spec layer. The replay runs in a forked child
-    (:mod:`profiler.forked`), which ends without freeing its ~190 KiB of objects per layer."""
+    (:mod:`profiler.forked`), which ends without freeing its ~190 KiB of objects per layer.
+    ``updates``: the optimizers' updates priced already (``spec_memory.update_costs``)."""
     from profiler import forked
     from profiler.engine import spec_memory
     from profiler.engine.predict import checkpoint_layers
 
     def timed() -> dict[str, Any]:
-        memory = spec_memory.replay(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
-                                    optimizers=optimizers, amp=amp, checkpoint=checkpoint_layers(spec, checkpoint),
-                                    threads=threads, input_grad=input_grad, record_costs=True)
-        found = predict_times(model, memory.costs, batch)
+        costs = spec_memory.costs(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
+                                  optimizers=optimizers, amp=amp, checkpoint=checkpoint_layers(spec, checkpoint),
+                                  threads=threads, input_grad=input_grad, updates=updates)
+        found = predict_times(model, costs, batch)
         found["layers"] = {phase: _summed_by(spec_memory.layer_of, per_module)
                            for phase, per_module in found["layers"].items()}
         return found

@@ -955,7 +955,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     """
     tensors = [*model.parameters(), *model.buffers()]
     on_cpu = device_kind == "cpu"
-    run = Context(device_kind="cpu", amp=amp, threads=threads or torch.get_num_threads()) if on_cpu else None
+    run = _kernel_context(device_kind, amp, threads)
     params = [p for p in model.parameters() if p.requires_grad]
     train = bool(optimizers and params)
 
@@ -1156,6 +1156,27 @@ def _optimizer_step(log: StorageLog, name: str, params: Sequence[torch.nn.Parame
     state = list(_state_tensors(opt))
     log.mark(state, "optimizer_state")
     return init, log.cut(), log.serials(state) - {e.serial for e in init}, opt
+
+
+def update_costs(params: Sequence[torch.nn.Parameter], name: str, *, device_kind: str, amp: str | None,
+                 threads: int | None) -> list[OpCost]:
+    """The operator calls of optimizer ``name``'s steady-state update of ``params`` (their gradients
+    as the parameters, or as set), as :func:`predict_memory` logs them: its first step (which makes
+    the state) as there, then the second logged."""
+    run = _kernel_context(device_kind, amp, threads)
+    log = StorageLog({}, run)
+    try:
+        *_, opt = _optimizer_step(log, name, params, foreach=device_kind != "cpu")
+        return _steady_update_costs({}, run, opt)
+    finally:
+        log.close()
+
+
+def _kernel_context(device_kind: str, amp: str | None, threads: int | None) -> Context | None:
+    """What the CPU kernels' workspace depends on (none booked on CUDA)."""
+    if device_kind != "cpu":
+        return None
+    return Context(device_kind="cpu", amp=amp, threads=threads or torch.get_num_threads())
 
 
 def _steady_update_costs(names: dict[int, str], run: Context | None, opt: torch.optim.Optimizer) -> list[OpCost]:
