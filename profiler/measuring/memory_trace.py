@@ -296,9 +296,9 @@ def _cuts_between_calls(split: Callable[[], None]) -> Iterator[None]:
 
     def hook(frame: FrameType, event: str, arg: object) -> None:
         nonlocal count
-        if event == "c_call":
+        if event == "c_call" and frame.f_code.co_filename.startswith(OPTIMIZER_CODE):
             count += 1
-            if count >= every and frame.f_code.co_filename.startswith(OPTIMIZER_CODE):
+            if count >= every:
                 count = 0
                 split()
 
