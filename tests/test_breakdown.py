@@ -240,42 +240,57 @@ def test_a_free_the_profiler_missed_is_put_back_before_its_address_is_reused():
     assert [e.put_back for e in fixed] == [False, False, True, False, False]   # a rank re-measures then
 
 
-def test_a_step_profiled_in_parts_reads_as_one_profile():
-    """The runner profiles a step phase by phase (a deep model's whole-step profile was its peak
-    RSS): the headline replay and the breakdown are those of one profile of the same step. Adam's
-    steady steps allocate alike, so two of them, one profiled whole and one in parts, compare."""
+def _small_adam():
+    """A small model in training mode, a fresh Adam optimizer and the runner's training step."""
     import torch
     from functools import partial
     from torch import nn
-    from profiler.measuring.memory_trace import allocator_peak, capture
-    from profiler.measuring.peak_breakdown import Annotator, Known, analyse, analyse_parts, gather, storages
     from profiler.step import loss_fn
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).train()
     x, y = (torch.randn(4, 16),), (torch.randint(0, 8, (4,)),)
     opt = runner._fresh_optimizer("adam", list(model.parameters()))
-    step = partial(runner._train_step, model, opt, x, y, loss_fn("cross_entropy"))
-    cpu = torch.device("cpu")
+    return model, opt, x, y, partial(runner._train_step, model, opt, x, y, loss_fn("cross_entropy"))
+
+
+def _annotated_in_parts(model, opt, x, y, step, reduce):
+    """One annotated call of ``step`` profiled whole (``reduce`` None) or in parts: its reading, its
+    breakdown and the capture."""
+    import torch
+    from profiler.measuring.memory_trace import allocator_peak, capture
+    from profiler.measuring.peak_breakdown import Annotator, Known, analyse, analyse_parts, storages
 
     def annotated() -> None:
         with Annotator(model) as notes:
             step(notes.mark)
 
-    def measured(reduce):
-        before = storages(runner._alive(model, opt, x, y))
-        with capture(reduce=reduce) as taken, runner._gc_paused():
-            reading = allocator_peak(annotated, sum(n for _, n in before.values()))
-        known = Known(before=before, after=storages(runner._alive(model, opt, x, y)),
-                      weights=frozenset(storages(("parameters", p) for p in model.parameters())))
-        baseline = sum(n for _, n in before.values())
-        figures = dict(known=known, baseline_bytes=baseline, peak_bytes=baseline + reading.peak_bytes)
-        split = analyse(taken.events, device=cpu, **figures) if reduce is None else analyse_parts(taken.parts, **figures)
-        return reading, split, taken
+    before = storages(runner._alive(model, opt, x, y))
+    baseline = sum(n for _, n in before.values())
+    with capture(reduce=reduce) as taken, runner._gc_paused():
+        reading = allocator_peak(annotated, baseline)
+    known = Known(before=before, after=storages(runner._alive(model, opt, x, y)),
+                  weights=frozenset(storages(("parameters", p) for p in model.parameters())))
+    figures = dict(known=known, baseline_bytes=baseline, peak_bytes=baseline + reading.peak_bytes)
+    split = (analyse(taken.events, device=torch.device("cpu"), **figures) if reduce is None
+             else analyse_parts(taken.parts, **figures))
+    return reading, split, taken
 
-    allocator_peak(annotated)   # the first step: its state and gradients made under the profiler
-    whole, whole_split, _ = measured(None)
-    parts, parts_split, taken = measured(partial(gather, device=cpu))
+
+def test_a_step_profiled_in_parts_reads_as_one_profile():
+    """The runner profiles a step phase by phase (a deep model's whole-step profile was its peak
+    RSS): the headline replay and the breakdown are those of one profile of the same step. Adam's
+    steady steps allocate alike, so two of them, one profiled whole and one in parts, compare."""
+    import torch
+    from functools import partial
+    from profiler.measuring.memory_trace import allocator_peak
+    from profiler.measuring.peak_breakdown import Annotator, gather
+
+    model, opt, x, y, step = _small_adam()
+    with Annotator(model) as notes:   # the first step: its state and gradients made under the profiler
+        allocator_peak(partial(step, notes.mark))
+    whole, whole_split, _ = _annotated_in_parts(model, opt, x, y, step, None)
+    parts, parts_split, taken = _annotated_in_parts(model, opt, x, y, step, partial(gather, device=torch.device("cpu")))
     # one part before the first mark, one per phase (optimizer, forward, backward, optimizer), one after
     assert len(taken.parts) == 6 and not taken.events
     assert parts == whole and parts.events > 0
@@ -283,10 +298,104 @@ def test_a_step_profiled_in_parts_reads_as_one_profile():
     assert sum(parts_split.categories.values()) == parts_split.replayed_bytes > whole.peak_bytes > 0
 
 
+@pytest.mark.parametrize("first", [True, False], ids=["first step", "steady step"])
+def test_the_optimizer_phase_split_between_its_calls_reads_as_one_part(monkeypatch, first):
+    """A deep model's first Adam step is too large a part even phase by phase (~124 profiler events
+    per Dense layer in its optimizer's phase): that phase is split between calls of torch.optim's
+    code (``memory_trace.PartMarks``), here before every one. The same step of the same model
+    (made afresh, same seed) split only at the phase marks reads the same: peak, events, timeline
+    and breakdown."""
+    import torch
+    from functools import partial
+    from profiler.measuring import memory_trace
+    from profiler.measuring.peak_breakdown import Annotator, gather
+
+    def measured(calls_per_part):
+        model, opt, x, y, step = _small_adam()
+        if not first:
+            with Annotator(model) as notes:
+                memory_trace.allocator_peak(partial(step, notes.mark))
+        monkeypatch.setattr(memory_trace, "CALLS_PER_PART", calls_per_part)
+        return _annotated_in_parts(model, opt, x, y, step, partial(gather, device=torch.device("cpu")))
+
+    at_marks, at_marks_split, at_marks_taken = measured(10 ** 9)
+    split, split_split, split_taken = measured(1)
+    assert len(at_marks_taken.parts) == 6
+    # Adam's step over 4 parameter tensors makes tens of calls into C from torch.optim's code
+    assert len(split_taken.parts) > 6 + 20
+    assert split == at_marks and split.events > 0
+    assert split_split == at_marks_split
+    assert sum(split_split.categories.values()) == split_split.replayed_bytes
+
+
+def test_the_tracked_runs_allocator_events_are_recorded_in_parts(monkeypatch):
+    """The tracked runs record the allocator's events alone (~2 KiB each while the profiler holds
+    them: 620,000 in Adam's first step of 10,000 Dense layers): in parts too, at the phase marks
+    and between torch.optim's calls. Two steady Adam steps allocate alike: one tracked whole, one
+    in parts (a part before every such call), read the same, the tracker's figures included."""
+    from profiler.measuring import memory_trace
+    from profiler.measuring.devices import get_device
+
+    model, opt, x, y, step = _small_adam()
+    cpu = get_device("cpu")
+    sessions = []
+    stop = memory_trace._stop_session
+
+    def counted():
+        sessions.append(1)
+        return stop()
+
+    monkeypatch.setattr(memory_trace, "_stop_session", counted)
+    tracked = {}
+    for calls_per_part in (None, 10 ** 9, 1):   # the first step; then at the marks only; then split
+        monkeypatch.setattr(memory_trace, "CALLS_PER_PART", calls_per_part or 10 ** 9)
+        sessions.clear()
+        reading, tracker = runner._tracked_run(cpu, model, step, runner._tensors(runner._alive(model, opt, x, y)))
+        tracked[calls_per_part] = (reading, tracker.peak_bytes, tracker.created, tracker.retained, len(sessions))
+    at_marks, split = tracked[10 ** 9], tracked[1]
+    assert at_marks[-1] == 5 and split[-1] > 5 + 20   # a part before each of the step's 4 marks, one after
+    assert split[:-1] == at_marks[:-1] and split[0].peak_bytes > 0
+
+
+def test_no_part_ends_inside_a_phase_under_a_python_profiler_or_after_an_error(monkeypatch):
+    """Parts end inside the optimizer's phase through Python's profile hook: not where another
+    one (a Python profiler's) is set, which is left as it was; and an error inside the phase
+    leaves no hook behind."""
+    import sys
+    import torch
+    from functools import partial
+    from profiler.measuring import memory_trace
+    from profiler.measuring.peak_breakdown import Annotator, gather
+
+    model, opt, x, y, step = _small_adam()
+    monkeypatch.setattr(memory_trace, "CALLS_PER_PART", 1)
+
+    def other(frame, event, arg):
+        return None
+
+    sys.setprofile(other)
+    try:
+        _, _, taken = _annotated_in_parts(model, opt, x, y, step, partial(gather, device=torch.device("cpu")))
+        assert sys.getprofile() is other
+    finally:
+        sys.setprofile(None)
+    assert len(taken.parts) == 6
+
+    def failing() -> None:
+        with Annotator(model) as notes:
+            notes.mark("optimizer")
+            assert sys.getprofile() is not None
+            raise RuntimeError("inside the optimizer's phase")
+
+    with memory_trace.capture(reduce=partial(gather, device=torch.device("cpu"))):
+        with pytest.raises(RuntimeError, match="optimizer's phase"):
+            memory_trace.allocator_peak(failing)
+    assert sys.getprofile() is None
+
 
 def test_each_part_lets_go_of_its_profile_with_the_collector_paused(monkeypatch):
-    """A profile object is in a reference cycle and the measured call pauses the garbage
-    collector: each part's results must go as the part ends, or all parts stay in memory."""
+    """The measured call pauses the garbage collector: each part's profiler results must go as
+    the part ends (nothing may hold them in a reference cycle), or all parts stay in memory."""
     import gc
     import weakref
     import torch
@@ -295,13 +404,14 @@ def test_each_part_lets_go_of_its_profile_with_the_collector_paused(monkeypatch)
     from profiler.measuring.peak_breakdown import Annotator, gather
 
     held = []
+    stop = memory_trace._stop_session
 
-    class Watched(memory_trace.profile):
-        def __exit__(self, *exc):
-            super().__exit__(*exc)
-            held.append(weakref.ref(self.profiler))
+    def watched():
+        results = stop()
+        held.append(weakref.ref(results))
+        return results
 
-    monkeypatch.setattr(memory_trace, "profile", Watched)
+    monkeypatch.setattr(memory_trace, "_stop_session", watched)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
 
     def annotated() -> None:
@@ -313,6 +423,8 @@ def test_each_part_lets_go_of_its_profile_with_the_collector_paused(monkeypatch)
     try:
         with memory_trace.capture(reduce=partial(gather, device=torch.device("cpu"))) as taken:
             memory_trace.allocator_peak(annotated)
-        assert len(taken.parts) == 3 and all(ref() is None for ref in held)
+        assert len(taken.parts) == len(held) == 3 and all(ref() is None for ref in held)
+        memory_trace.allocator_peak(annotated)   # the allocator's events alone: parts too
+        assert len(held) == 6 and all(ref() is None for ref in held)
     finally:
         gc.enable()

@@ -31,6 +31,7 @@ import sys
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import torch
@@ -117,18 +118,15 @@ def allocator_peak(fn: Callable[[], object], baseline_bytes: int = 0) -> Allocat
     ``baseline_bytes``: what was alive before, where the compact ``timeline`` starts.
     """
     taken = _CAPTURE.get()
-    if taken is not None and taken.reduce is not None:   # profiled in parts: each part's own events
+    if taken is None:   # nobody reads the operators: the allocator's events alone, in parts
+        taken = Capture(reduce=_memory_deltas)
+        _Parts(taken, scopes=_NO_EAGER_SCOPE, read="events").run(fn)
+        deltas = [delta for part in taken.parts for delta in part.deltas()]
+    elif taken.reduce is not None:   # profiled in parts: each part's own events
         profiled(fn)
         deltas = [delta for part in taken.parts for delta in part.deltas()]
     else:
-        if taken is None:   # nobody reads the operators: record the allocator's events only
-            raw = _memory_events_of(fn)
-        else:
-            raw = _raw_events(profiled(fn))
-        events = [e for e in raw if e.name() == MEMORY_EVENT and e.device_type() == DeviceType.CPU]
-        del raw
-        events.sort(key=lambda e: e.start_ns())   # stable: same-time events keep recorded order
-        deltas = [event.nbytes() for event in events]
+        deltas = _memory_deltas(_raw_events(profiled(fn))).deltas()
     current = peak = 0
     for delta in deltas:
         current += delta
@@ -144,7 +142,7 @@ def profiled(fn: Callable[[], object]) -> profile | None:
     """
     taken = _CAPTURE.get()
     if taken is not None and taken.reduce is not None:
-        _Parts(taken).run(fn)
+        _Parts(taken, scopes=_OPERATOR_SCOPE, read="experimental_event_tree").run(fn)
         return None
     shapes = taken is not None and taken.record_shapes
     with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
@@ -160,17 +158,31 @@ class _Parts:
     """One run profiled as consecutive profiler sessions, each reduced as soon as it ends.
 
     Why: a whole training step's profile of a deep model is large (a 10,000-layer Dense step:
-    ~1.5 million events, ~2.3 KiB each while the profiler holds them and the tree is read); a part
-    holds one phase's. Nothing is lost between parts: a session stops and the next starts in the
-    caller's thread with no operator between them, and the CPU allocator keeps the sizes of blocks
-    allocated under any session, so a free in a later part is reported. Parts are consecutive in
-    time, so their allocator events, each part's in time order, follow each other as one
-    session's would.
+    ~1.5 million events, ~2.1 KiB each while the profiler holds them and they are read; ~2 KiB
+    per event of the allocator's alone); a part holds one phase's, or less
+    (:class:`PartMarks`). Nothing is lost between parts: a session stops and the next starts in
+    the caller's thread with no operator between them, and the CPU allocator keeps the sizes of
+    blocks allocated under any session, so a free in a later part is reported. Parts are
+    consecutive in time, so their allocator events, each part's in time order, follow each other
+    as one session's would.
+
+    The sessions record the operators and ranges of ``scopes`` only, and ``read`` names what is
+    reduced of each (``kineto_results.<read>()``). A part must not end inside an operator or range
+    it records: one that ends after its session would write into that session's freed events (a
+    crash). The breakdown's parts record the operators' scope alone: what the breakdown reads of a
+    run in parts (operators, the Annotator's ranges) is in it, and the user's ranges
+    (``record_function``: the optimizer's step and zero_grad are in one, and a part may end inside
+    them) are not; nor are autograd's node ranges (~5 of backward's 44 events per Dense layer;
+    its part at 2,000 layers: +84 -> +74 MB while post-processed). The distributed ranks, which
+    read user ranges (FSDP's, a backend's work), profile their run whole. The allocator's events
+    alone record no scope an eager operator has.
     """
 
-    def __init__(self, taken: Capture):
+    def __init__(self, taken: Capture, *, scopes: set[Any], read: str):
         self._taken = taken
-        self._session: profile | None = None
+        self._scopes = scopes
+        self._read = read
+        self._on = False
 
     def run(self, fn: Callable[[], object]) -> None:
         self._taken.parts = []
@@ -191,21 +203,35 @@ class _Parts:
         self._start()
 
     def _start(self) -> None:
-        self._session = profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                                record_shapes=self._taken.record_shapes)
-        self._session.__enter__()
+        _start_session(record_shapes=self._taken.record_shapes, scopes=self._scopes)
+        self._on = True
 
     def _stop(self) -> None:
-        session, self._session = self._session, None
-        if session is None:
+        if not self._on:
             return
-        session.__exit__(None, None, None)
+        self._on = False
+        read = _kineto(_stop_session(), self._read)   # the session's results go with this frame
         assert self._taken.reduce is not None
-        self._taken.parts.append(self._taken.reduce(_event_tree(session)))
-        # A profile object is in a reference cycle (its actions are its bound methods): freed only
-        # by the garbage collector, which the measured call pauses. Its results go now.
-        session.profiler = None
+        self._taken.parts.append(self._taken.reduce(read))
+        del read
         _trim()
+
+
+@dataclass(frozen=True)
+class _Deltas:
+    """A part of a run whose allocator events alone were recorded (:class:`Part`)."""
+    values: list[int]
+
+    def deltas(self) -> list[int]:
+        return self.values
+
+
+def _memory_deltas(events: list[Any]) -> _Deltas:
+    """The CPU allocator's bytes in ``events`` (a session's ``events()``), in time order (stable:
+    same-time events keep their recorded order)."""
+    memory = [e for e in events if e.name() == MEMORY_EVENT and e.device_type() == DeviceType.CPU]
+    memory.sort(key=lambda e: e.start_ns())
+    return _Deltas([e.nbytes() for e in memory])
 
 
 def _trim() -> None:
@@ -226,36 +252,94 @@ def cut() -> None:
         parts.cut()
 
 
-def _memory_events_of(fn: Callable[[], object]) -> list[Any]:
-    """Run ``fn`` once with the profiler recording the allocator's events and no operator.
+#: calls into C made by torch.optim's code between two parts inside the optimizer's phase
+#: (:class:`PartMarks`): in Adam's update such a part holds ~22,000 allocations and frees and their
+#: operators, +60-80 MB while the profiler post-processes it (measured, whatever the depth)
+CALLS_PER_PART = 10_000
+SPLIT_PHASE = "optimizer"
+OPTIMIZER_CODE = os.path.dirname(torch.optim.__file__) + os.sep
 
-    The same allocations and frees, in the same order, as a full profile records (the operators'
-    records are host-side bookkeeping, not c10 allocations), at a fraction of its time and memory:
-    a 1,000-layer training step records ~15 events per layer instead of ~150. The profiler
-    records operators through callbacks filtered by scope; they are registered here for a scope no
-    eager operator has (the lite interpreter's). Private entry points: when they are not where
-    this expects them, the full profile is taken instead.
+
+class PartMarks:
+    """Where a run profiled in parts ends a part: at each phase mark, and inside the optimizer's
+    phase every :data:`CALLS_PER_PART` calls of a C function (an operator's binding among them)
+    made by torch.optim's code. Outside a run in parts, nothing.
+
+    Why inside: the optimizer's phase of a deep model's first Adam step is the largest (~124
+    profiler events per Dense layer against 18 in forward and 44 in backward; ~1.24 million at
+    10,000 layers, ~2.6 GB while post-processed), and no hook runs inside ``optimizer.step()``.
+    Python's profile hook (``sys.setprofile``, this thread) sees each such call before it runs;
+    torch.optim's code runs outside every operator and module call. Nothing a tensor allocates
+    changes. Not while another profile hook is set (a Python profiler's).
+
+    ``split`` ends a part inside the phase (the Annotator closes its phase's range around it).
     """
+
+    def __init__(self, split: Callable[[], None] | None = None):
+        self._split = split or cut
+        self._inside = contextlib.ExitStack()
+
+    def mark(self, phase: str | None, *, cut_here: bool = True) -> None:
+        """A phase starts (``None``: the last one ended); ``cut_here``: outside every module
+        call, where a part may end (the caller closed what it had open)."""
+        self._inside.close()
+        if cut_here:
+            cut()
+        if cut_here and phase == SPLIT_PHASE and _PARTS.get() is not None and sys.getprofile() is None:
+            self._inside.enter_context(_cuts_between_calls(self._split))
+
+    def close(self) -> None:
+        self._inside.close()
+
+
+@contextlib.contextmanager
+def _cuts_between_calls(split: Callable[[], None]) -> Iterator[None]:
+    count, every = 0, CALLS_PER_PART
+
+    def hook(frame: FrameType, event: str, arg: object) -> None:
+        nonlocal count
+        if event == "c_call" and frame.f_code.co_filename.startswith(OPTIMIZER_CODE):
+            count += 1
+            if count >= every:
+                count = 0
+                split()
+
+    sys.setprofile(hook)
     try:
-        from torch._C._profiler import (ProfilerConfig, ProfilerState, RecordScope,
-                                        _ExperimentalConfig)
-        from torch.autograd import _disable_profiler, _enable_profiler, _prepare_profiler
-        config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False,
+        yield
+    finally:
+        sys.setprofile(None)
+
+
+def _start_session(*, record_shapes: bool, scopes: set[Any]) -> None:
+    """Start a CPU profiler session with memory events, recording only operators and ranges of
+    ``scopes``: what ``torch.profiler.profile`` does (private entry points), with its scopes."""
+    try:
+        from torch._C._profiler import ProfilerConfig, ProfilerState, _ExperimentalConfig
+        from torch.autograd import _enable_profiler, _prepare_profiler
+        config = ProfilerConfig(ProfilerState.KINETO, record_shapes, True, False, False, False,
                                 _ExperimentalConfig(), "")
-    except (ImportError, AttributeError, TypeError):   # another torch version's layout
-        return _raw_events(profiled(fn))
+    except (ImportError, AttributeError, TypeError) as err:   # another torch version's layout
+        raise RuntimeError(f"torch {torch.__version__}: the profiler's entry points are not where "
+                           "profiler.measuring.memory_trace expects them") from err
     activities = {ProfilerActivity.CPU}
-    with _native_stderr_silenced():
-        _prepare_profiler(config, activities)
-        _enable_profiler(config, activities, {RecordScope.LITE_INTERPRETER})
-        try:
-            fn()
-        finally:
-            result = _disable_profiler()
-    try:
-        return list(result.events())
-    except AttributeError as err:
-        raise RuntimeError(f"torch {torch.__version__}: the profiler's results have no events()") from err
+    _prepare_profiler(config, activities)
+    _enable_profiler(config, activities, scopes)
+
+
+def _stop_session() -> Any:
+    """End the session :func:`_start_session` started: its results (``_kineto`` reads them)."""
+    from torch.autograd import _disable_profiler
+    return _disable_profiler()
+
+
+#: what runs in parts record (see :class:`_Parts`): the breakdown's (operators, the Annotator's
+#: ranges), and the allocator's events
+#: alone (callbacks registered for a scope no eager operator has, the lite interpreter's: the same
+#: allocations and frees in the same order, ~56 events per Dense layer in Adam's first step
+#: instead of ~190)
+_OPERATOR_SCOPE = {torch._C._profiler.RecordScope.FUNCTION}
+_NO_EAGER_SCOPE = {torch._C._profiler.RecordScope.LITE_INTERPRETER}
 
 
 @contextlib.contextmanager
@@ -279,23 +363,24 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-def _kineto(prof: profile, method: str) -> list[Any]:
-    """``prof.profiler.kineto_results.<method>()`` as a list: a private layout, checked once here."""
+def _kineto(results: Any, method: str) -> list[Any]:
+    """``results.<method>()`` as a list, ``results`` a session's (``prof.profiler.kineto_results``):
+    a private layout, checked once here."""
     try:
-        return list(getattr(prof.profiler.kineto_results, method)())
+        return list(getattr(results, method)())
     except AttributeError as err:   # the private layout moved in another torch version
         raise RuntimeError(f"torch {torch.__version__}: the profiler's results are not where "
-                           f"profiler.measuring.memory_trace expects them (prof.profiler.kineto_results.{method})"
+                           f"profiler.measuring.memory_trace expects them (kineto_results.{method})"
                            ) from err
 
 
 def _raw_events(prof: profile) -> list[Any]:
-    return _kineto(prof, "events")
+    return _kineto(getattr(prof.profiler, "kineto_results", None), "events")
 
 
 def _event_tree(prof: profile) -> list[Any]:
     """The roots of the profile's event tree (operators, ranges, allocations, nested by thread)."""
-    return _kineto(prof, "experimental_event_tree")
+    return _kineto(getattr(prof.profiler, "kineto_results", None), "experimental_event_tree")
 
 
 @dataclass
@@ -332,6 +417,11 @@ class TensorTracker(TorchDispatchMode):
     def __init__(self, root: torch.nn.Module | None = None, alive: Iterable[torch.Tensor] = (),
                  phase: str | None = "forward"):
         super().__init__()
+        # A dispatch mode's first __torch_dispatch__ imports torch._dynamo (torch wraps it with
+        # _disable_dynamo): not inside the tracked call, where the import's caught exceptions would
+        # hold the frames of the module calls running, and their tensors, in reference cycles
+        # until the next collection (paused there). torch.profiler.profile imports it too.
+        import torch._dynamo  # noqa: F401
         self._names: dict[int, str] = {}
         if root is not None:
             self._names = {id(m): (name or ROOT) for name, m in root.named_modules()}

@@ -48,9 +48,10 @@ So each byte of the peak is in one category and they sum to the allocator peak e
 ``workspace`` is the allocator peak minus the tensors alive at that moment. Frees of storages the
 runner did not list as alive (none in its runs; :attr:`Breakdown.unlisted_freed_bytes`) would
 count against ``temporaries``. The cost is one event-tree walk per measured call and two hooks
-and two profiler ranges per module call. The runner profiles the call phase by phase
-(``memory_trace.capture(reduce=...)``: a new profiler session at each phase mark) and keeps only
-what :func:`gather` reads of each part; :func:`analyse_parts` reads them as one profile.
+and two profiler ranges per module call. The runner profiles the call in parts
+(``memory_trace.capture(reduce=...)``: a new profiler session at each phase mark, and inside the
+optimizer's phase every ``memory_trace.CALLS_PER_PART`` calls of torch.optim's code) and keeps
+only what :func:`gather` reads of each part; :func:`analyse_parts` reads them as one profile.
 
 On CUDA the replayed events are the caching allocator's blocks; known storages are rounded as its
 blocks are (512 bytes), and whatever the baseline or the headline figure holds beyond the replay
@@ -67,7 +68,7 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 import torch
 
 from profiler.engine.memory_model import CATEGORIES
-from profiler.measuring.memory_trace import OUTSIDE, ROOT, cut
+from profiler.measuring.memory_trace import OUTSIDE, ROOT, PartMarks, cut
 
 PHASE = "modelsize.phase:"     # profiler range names the Annotator opens
 MODULE = "modelsize.module:"
@@ -94,7 +95,9 @@ class Annotator:
         self._names = {id(m): (name or ROOT) for name, m in root.named_modules()}
         self._open: list[tuple[torch.nn.Module, Any]] = []   # module calls, innermost last
         self._phase: Any = None
+        self._phase_name = ""
         self._hooks: list[Any] = []
+        self._parts = PartMarks(self._split)
 
     def __enter__(self) -> "Annotator":
         self._hooks = [torch.nn.modules.module.register_module_forward_pre_hook(self._enter),
@@ -110,15 +113,22 @@ class Annotator:
         self.mark(None)
 
     def mark(self, phase: str | None) -> None:
-        """Start the phase (``None``: end the current one); the runner's ``mark``. Between
-        phases, outside every module call, a run profiled in parts starts its next part."""
+        """Start the phase (``None``: end the current one); the runner's ``mark``. Where a run
+        profiled in parts ends its parts: at the mark, outside every module call, and inside the
+        optimizer's phase (``memory_trace.PartMarks``)."""
         if self._phase is not None:
             _close(self._phase)
             self._phase = None
-        if not self._open:
-            cut()
+        self._parts.mark(phase, cut_here=not self._open)
         if phase is not None:
-            self._phase = _open(PHASE + phase)
+            self._phase_name = PHASE + phase
+            self._phase = _open(self._phase_name)
+
+    def _split(self) -> None:
+        """End the part inside the phase: its range closed before and opened again after."""
+        _close(self._phase)
+        cut()
+        self._phase = _open(self._phase_name)
 
     def _enter(self, module: torch.nn.Module, args: object) -> None:
         name = self._names.get(id(module)) or f"({type(module).__name__})"

@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from profiler.measuring.devices import (Device, DoesNotFit, PeakReading, get_device, is_out_of_memory,
                                        oom_guard)
 from profiler.errors import ModelsizeError
-from profiler.measuring.memory_trace import TensorTracker, capture, profiled
+from profiler.measuring.memory_trace import PartMarks, TensorTracker, capture, profiled
 from profiler.measuring.peak_breakdown import Annotator, Breakdown, Known, analyse_parts, gather, storages
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.measuring.memory_trace import OUTSIDE, ROOT
@@ -526,10 +526,18 @@ def _tracked_run(dev: Device, module: torch.nn.Module,
     """
     tracker = TensorTracker(module, alive, phase=None)
     del alive
+    parts = PartMarks()   # the allocator's events are recorded in parts too (~2 KiB per event)
+
+    def mark(phase: str | None) -> None:
+        tracker.set_phase(phase)
+        parts.mark(phase)
 
     def tracked() -> None:
-        with tracker:
-            fn(tracker.set_phase)
+        try:
+            with tracker:
+                fn(mark)
+        finally:
+            parts.close()
 
     try:
         with _gc_paused():
