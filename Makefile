@@ -24,8 +24,13 @@ setup-test: setup
 profile: setup
 	$(BIN)/modelsize profile $(ARGS)
 
+# The suite on two pytest-xdist workers, one per core of the 2-CPU machine it is sized for; a test
+# file's tests stay on one worker (--dist loadfile), so its module fixtures are measured once.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: setup-test
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 bench: setup-test
 	$(BIN)/python -m pytest benchmarks -q $(ARGS)

@@ -33,13 +33,22 @@ def _measuring_children(root: psutil.Process) -> list[psutil.Process]:
 
 
 def _kill_the_first_measurement(root: psutil.Process, sig: int, stop: threading.Event) -> None:
+    """Signal the first measuring children that are still alive half a second after they were
+    seen; one gone by then (a short-lived one, or a starved thread on a loaded machine) is passed
+    over and the search goes on, so the signal reaches a running measurement."""
     while not stop.is_set():
         children = _measuring_children(root)
         if children:
             time.sleep(0.5)   # mid-measurement
+            delivered = False
             for child in children:
-                child.send_signal(sig)
-            return
+                try:
+                    child.send_signal(sig)
+                    delivered = True
+                except psutil.NoSuchProcess:
+                    continue
+            if delivered:
+                return
         time.sleep(0.05)
 
 
