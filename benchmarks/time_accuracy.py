@@ -239,7 +239,9 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
         same = "-" if "top3" not in r else ("yes" if r["top3"]["same"] else "no")
         lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) + f" | {same} |")
     lines += ["", f"Machine: {machine.get('cpu_model')}, {machine.get('cpu_logical_cores')} CPUs, "
-                  f"{machine.get('torch_threads')} threads, torch {machine.get('torch_version')}."]
+                  f"{machine.get('torch_threads')} threads, torch {machine.get('torch_version')}, "
+                  f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp default)')} (PASSIVE "
+                  "wakes the threads for every parallel region: small models' steps measured 2-5 x slower)."]
     return "\n".join(lines) + "\n"
 
 
