@@ -343,3 +343,15 @@ def test_a_calibration_on_a_busy_machine_says_so(monkeypatch):
     assert "load average 64.0" in calibrate._busy()
     monkeypatch.setattr(calibrate.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert calibrate._busy() == ""
+
+
+def test_the_top_layers_table_keeps_the_models_order_among_equal_times():
+    """A deep stack of identical layers predicts equal times: the table lists the first of them,
+    in the model's order, not the order of a set (which changed from run to run)."""
+    from profiler.report.time_tables import _top_layers
+    names = [f"dense_{i}/0" for i in range(40)]
+    forward = {name: 0.005 for name in names}
+    backward = {name: 0.015 for name in names}
+    backward["dense_30/0"] = 0.02
+    layers = _top_layers({"layers": {"forward": forward, "backward": backward}})
+    assert [name for name, _, _ in layers] == ["dense_30/0", "dense_0/0", "dense_1/0", "dense_2/0", "dense_3/0"]
