@@ -11,6 +11,7 @@ from typing import Any, Callable
 from profiler.engine.kernels import cpu_isa
 from profiler.engine.optimizers import DEFAULT as DEFAULT_OPTIMIZERS
 from profiler.engine.predict import predict
+from profiler.engine.spec_memory import FIND
 from profiler.engine.step_time import DeviceModel, predict_times
 from profiler.errors import ModelsizeError, SpecError
 from profiler.frontends.source import ModuleSource, resolve
@@ -99,19 +100,20 @@ def fit(source: Source, budget: Any, *, device: str | None, mode: str, dtype: st
     from profiler.planning.fit import solve
 
     optimizers = () if mode == "inference" else (mode,)
-    short = None
+    short: Any = FIND   # the spec cut (layer_runs.shorten), once: the time replay takes it too
     if device and optimizers and isinstance(source, ModelSpec) and budget.target == "cuda":
         try:
             short = shorten(source)
         except ModelsizeError:   # the solve says what is wrong with the spec, as without this
-            short = None
+            short = FIND
     updates = forked.beside(lambda: _update_costs(short, dtype, budget.target, optimizers, amp, threads)) \
-        if short is not None else contextlib.nullcontext(lambda: None)
+        if short not in (None, FIND) else contextlib.nullcontext(lambda: None)
     with updates as priced:
         answer = solve(source, budget, mode=mode, dtype=dtype, loss=loss, amp=amp, threads=threads)
         result = answer.as_dict()
         if device and answer.batch:
-            result["predicted_time"] = time_at(source, answer, device, threads=threads, updates=_op_costs(priced()))
+            result["predicted_time"] = time_at(source, answer, device, threads=threads, updates=_op_costs(priced()),
+                                               short=short)
     return answer, result
 
 
@@ -132,14 +134,14 @@ def _op_costs(sent: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def time_at(source: Source, answer: Any, device: str, *, threads: int | None = None,
-            updates: dict[str, Any] | None = None) -> dict[str, Any]:
+            updates: dict[str, Any] | None = None, short: Any = FIND) -> dict[str, Any]:
     """The predicted time of ``fit``'s answer (``planning.fit.Fit``) on ``device``, at its batch
-    (``updates``: see :func:`spec_time`)."""
+    (``updates``, ``short``: see :func:`spec_time`)."""
     optimizers = () if answer.mode == "inference" else (answer.mode,)
     if isinstance(source, ModelSpec):   # solved: valid, and its memory is known (a 10,000-layer spec: 3 s)
         return spec_time(source, time_model(device, threads), batch=answer.batch, dtype=answer.dtype,
                          loss=answer.loss, device_kind=answer.budget.target, optimizers=optimizers, amp=answer.amp,
-                         checkpoint=(), threads=threads, input_grad=False, updates=updates)
+                         checkpoint=(), threads=threads, input_grad=False, updates=updates, short=short)
     timed = summary(source, batch=answer.batch, dtype=answer.dtype, loss=answer.loss, device_kind=answer.budget.target,
                     optimizers=optimizers, amp=answer.amp, threads=threads, time_on=device)
     return timed["predicted_time"]
@@ -147,11 +149,13 @@ def time_at(source: Source, answer: Any, device: str, *, threads: int | None = N
 
 def spec_time(spec: ModelSpec, model: DeviceModel, *, batch: int, dtype: str, loss: str, device_kind: str,
               optimizers: tuple[str, ...], amp: str | None, checkpoint: bool | tuple[str, ...],
-              threads: int | None, input_grad: bool, updates: dict[str, Any] | None = None) -> dict[str, Any]:
+              threads: int | None, input_grad: bool, updates: dict[str, Any] | None = None,
+              short: Any = FIND) -> dict[str, Any]:
     """A spec's predicted time: its torch module replayed by the engine (the spec path's fast
     replay counts bytes, not operator calls), per spec layer. The replay runs in a forked child
     (:mod:`profiler.forked`), which ends without freeing its ~190 KiB of objects per layer.
-    ``updates``: the optimizers' updates priced already (``spec_memory.update_costs``)."""
+    ``updates``: the optimizers' updates priced already (``spec_memory.update_costs``); ``short``:
+    the spec cut already (``spec_memory.costs``)."""
     from profiler import forked
     from profiler.engine import spec_memory
     from profiler.engine.predict import checkpoint_layers
@@ -159,7 +163,7 @@ def spec_time(spec: ModelSpec, model: DeviceModel, *, batch: int, dtype: str, lo
     def timed() -> dict[str, Any]:
         costs = spec_memory.costs(spec, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
                                   optimizers=optimizers, amp=amp, checkpoint=checkpoint_layers(spec, checkpoint),
-                                  threads=threads, input_grad=input_grad, updates=updates)
+                                  threads=threads, input_grad=input_grad, updates=updates, short=short)
         found = predict_times(model, costs, batch)
         found["layers"] = {phase: _summed_by(spec_memory.layer_of, per_module)
                            for phase, per_module in found["layers"].items()}

@@ -32,19 +32,25 @@ def replay(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: s
                           input_grad=input_grad, record_costs=record_costs)
 
 
+#: :func:`costs`'s ``short`` when the caller has not cut the spec (a 10,000-layer spec's cut: ~1 s)
+FIND = object()
+
+
 def costs(spec: ModelSpec, *, batch: int, dtype: str, loss: str, device_kind: str, optimizers: Iterable[str],
           amp: str | None, checkpoint: Iterable[str], threads: int | None, input_grad: bool,
-          updates: dict[str, list[OpCost]] | None = None) -> dict[str, list[OpCost]]:
+          updates: dict[str, list[OpCost]] | None = None, short: Any = FIND) -> dict[str, list[OpCost]]:
     """The operator calls of :func:`replay` (``MemoryPrediction.costs``), the time model's input:
     a spec with long runs of identical layers replayed with them cut short
     (:mod:`profiler.engine.layer_runs`: the same calls), else replayed whole. ``updates``: the
-    optimizers' updates, priced already by :func:`update_costs` (they do not depend on the batch)."""
+    optimizers' updates, priced already by :func:`update_costs` (they do not depend on the batch);
+    ``short``: ``layer_runs.shorten(spec, checkpoint)`` where the caller has it (:data:`FIND`: found here)."""
     from profiler.engine.layer_runs import shorten
     from profiler.frontends.build import build
 
     options = dict(batch=batch, dtype=dtype, loss=loss, device_kind=device_kind, optimizers=tuple(optimizers),
                    amp=amp, checkpoint=tuple(checkpoint), threads=threads, input_grad=input_grad)
-    short = shorten(spec, frozenset(checkpoint))
+    if short is FIND:
+        short = shorten(spec, frozenset(checkpoint))
     if short is not None:
         module = build(short.spec, dtype=dtype, device="meta")
         found = replay(short.spec, **options, record_costs=True, module=module).costs
