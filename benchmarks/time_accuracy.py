@@ -134,11 +134,65 @@ def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: d
     if measured_layers:
         predicted_times = layer_times(result["predicted_time"]["layers"], LAYER_PHASES["predicted"])
         measured_times = layer_times(measured_layers, LAYER_PHASES["measured"], rename)
-        out["top3"] = {"predicted": top_layers(predicted_times), "measured": top_layers(measured_times),
-                       "same": same_top(predicted_times, measured_times)}
+        out["layer_ms"] = {"predicted": predicted_times, "measured": measured_times}
         if baseline is not None:
-            out["top3"]["baseline_same"] = same_top(
-                layer_times(baseline["layers"], LAYER_PHASES["predicted"], rename), measured_times)
+            out["layer_ms"]["baseline"] = layer_times(baseline["layers"], LAYER_PHASES["predicted"], rename)
+        out["top3"] = _top3(out["layer_ms"])
+    return out
+
+
+def _top3(layer_ms: dict[str, dict[str, float]]) -> dict[str, Any]:
+    predicted, measured = layer_ms["predicted"], layer_ms["measured"]
+    out = {"predicted": top_layers(predicted), "measured": top_layers(measured), "same": same_top(predicted, measured)}
+    if "baseline" in layer_ms:
+        out["baseline_same"] = same_top(layer_ms["baseline"], measured)
+    return out
+
+
+def run_case(kind: str, name: str, batch: int) -> dict[str, Any]:
+    """One case, by name (a built-in spec, or a zoo entry's name), in this process."""
+    if kind == "built-in":
+        return run_built_in(name, batch)
+    return run_entry(next(entry for entry in ZOO if entry.name == name), batch)
+
+
+def run_isolated(kind: str, name: str, batch: int) -> dict[str, Any]:
+    """:func:`run_case` in a process of its own, as ``modelsize profile`` measures in a child: a
+    process that measured one model after another ran them slower and slower (a Hugging Face
+    BERT's forward pass read 1.56 ms as the 37th case of one process, 0.52-0.63 ms in a fresh one,
+    same machine, minutes apart)."""
+    import subprocess
+    import sys
+    code = ("import json, sys; from time_accuracy import run_case; "
+            "print(json.dumps(run_case(sys.argv[1], sys.argv[2], int(sys.argv[3]))))")
+    done = subprocess.run([sys.executable, "-c", code, kind, name, str(batch)], cwd=Path(__file__).parent,
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def merge(passes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case's rows from several passes as one: each run's measured time the median over the
+    passes (with their spread, (max - min) / median), errors against it; each layer's measured
+    time its median; the prediction (the same every pass) from the last."""
+    out = dict(passes[-1])
+    out["passes"] = len(passes)
+    for run in RUNS:
+        measured = [p[run]["measured_ms"] for p in passes if p[run]["measured_ms"]]
+        median = statistics.median(measured) if measured else None
+        f = dict(out[run])
+        f.update(measured_ms=median, measured_passes_ms=measured,
+                 spread=(max(measured) - min(measured)) / median if median else None,
+                 error=_error(f["predicted_ms"], median), roofline_error=_error(f["roofline_ms"], median))
+        if "baseline_ms" in f:
+            f["baseline_error"] = _error(f["baseline_ms"], median)
+        out[run] = f
+    layers = [p["layer_ms"] for p in passes if "layer_ms" in p]
+    if layers:
+        names = set().union(*(layer["measured"] for layer in layers))
+        merged = dict(layers[-1])
+        merged["measured"] = {n: statistics.median(layer["measured"].get(n, 0.0) for layer in layers) for n in names}
+        out["layer_ms"] = merged
+        out["top3"] = _top3(merged)
     return out
 
 
@@ -196,6 +250,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     baseline = os.environ.get(BASELINE)
     if baseline:
         out["baseline"] = baseline
+    spreads = [r[run]["spread"] for r in rows for run in RUNS if r[run].get("spread") is not None]
+    if spreads:
+        out["passes"] = max(r.get("passes", 1) for r in rows)
+        out["median_spread"] = statistics.median(spreads)
     return out
 
 
@@ -205,11 +263,13 @@ def _pct(x: float | None) -> str:
 
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[str, Any]) -> str:
     lines = ["# Time: predicted on this machine against measured", "",
-             "Each case: `profile` (3 warm-up + 10 timed runs, median), the prediction from the calibrated "
-             "device model (`modelsize calibrate`), and RuntimeEstimator's roofline (max(FLOPs/π, bytes/β) per "
-             "call, π and β this machine's calibrated peak and bandwidth) over the same calls; per layer, each "
-             f"operator call's median over {LAYER_REPEATS} instrumented runs, booked to its module. Written by "
-             "`benchmarks/test_time_accuracy.py`.", "",
+             "Each case: `profile` (3 warm-up + 10 timed runs, median) in a process of its own, "
+             f"{summary.get('passes', 1)} passes over all cases one after another, the measured time the median "
+             "of the passes' (the spread column: (max - min) / median over them); the prediction from the "
+             "calibrated device model (`modelsize calibrate`), and RuntimeEstimator's roofline (max(FLOPs/π, "
+             "bytes/β) per call, π and β this machine's calibrated peak and bandwidth) over the same calls; per "
+             f"layer, each operator call's median over {LAYER_REPEATS} instrumented runs, booked to its module, "
+             "and each layer's median over the passes. Written by `benchmarks/test_time_accuracy.py`.", "",
              "| Run | Cases | Median abs error | Max abs error | Roofline median abs error | Better than roofline |",
              "|:---|---:|---:|---:|---:|---:|"]
     for run in RUNS:
@@ -221,6 +281,9 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
                       "measurements): median abs error " + ", ".join(
                           f"{run} {_pct(summary[run].get('baseline_median_abs_error'))}" for run in RUNS)
                   + f"; top three layers the same in {summary['top3_same'].get('baseline_same', '-')} cases."]
+    if summary.get("median_spread") is not None:
+        lines += ["", f"Measurement spread over the passes, median over cases and runs: "
+                      f"{summary['median_spread'] * 100:.1f}% ((max - min) / median)."]
     top = summary["top3_same"]
     lines += ["", f"Top three layers by predicted time = top three measured: {top['same']} of {top['models']} cases "
                   "(both from the training step's forward and backward; where the prediction ties identical "
@@ -234,7 +297,8 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
             if f["measured_ms"] is None or f["predicted_ms"] is None:
                 cells.append("-")
             else:
-                cells.append(f"{f['predicted_ms']:.2f} / {f['measured_ms']:.2f} ms ({_pct(f['error'])}; "
+                spread = "" if f.get("spread") is None else f" ±{f['spread'] * 50:.0f}%"
+                cells.append(f"{f['predicted_ms']:.2f} / {f['measured_ms']:.2f} ms{spread} ({_pct(f['error'])}; "
                              f"{_pct(f['roofline_error'])})")
         same = "-" if "top3" not in r else ("yes" if r["top3"]["same"] else "no")
         lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) + f" | {same} |")
@@ -245,4 +309,5 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["BUILT_IN", "ZOO", "markdown", "run_built_in", "run_entry", "summarize"]
+__all__ = ["BUILT_IN", "ZOO", "markdown", "merge", "run_built_in", "run_case", "run_entry", "run_isolated",
+           "summarize"]

@@ -355,3 +355,44 @@ def test_the_top_layers_table_keeps_the_models_order_among_equal_times():
     backward["dense_30/0"] = 0.02
     layers = _top_layers({"layers": {"forward": forward, "backward": backward}})
     assert [name for name, _, _ in layers] == ["dense_30/0", "dense_0/0", "dense_1/0", "dense_2/0", "dense_3/0"]
+
+
+def test_a_call_bound_by_its_bytes_is_priced_by_them_not_by_the_flop_curve():
+    """A skinny multiply (4 × 2048 by 2048 × 2048: 34 MFLOPs on a 16 MB weight) and a square one
+    of the same FLOPs (256 × 256 × 256) share a factor-of-two bin of work: the curve is the
+    square one's (of two, the faster), and the skinny one is priced through its bytes."""
+    skinny = _cost(aten.mm.default, torch.randn(4, 2048), torch.randn(2048, 2048))
+    square = _cost(aten.mm.default, torch.randn(256, 256), torch.randn(256, 256))
+    assert skinny.flops == square.flops == 2 * 256 ** 3
+    timed = [(skinny, 1.3e-3), (square, 160e-6)]
+    streams = calibrate._streams(timed)
+    assert streams["aten.mm/float32"] == pytest.approx(skinny.bytes / 1.3e-3)
+    curve = calibrate._kind_curves(timed)["matmul/float32"]
+    assert curve.seconds == pytest.approx((160e-6,))
+    model = DeviceModel(name="cpu", method="measured", curves={"matmul/float32": curve},
+                        op_curves={"aten.mm/float32": curve}, op_bandwidth=streams, bandwidth=1e12)
+    assert model.base_seconds(square) == pytest.approx(160e-6)
+    assert model.base_seconds(skinny) == pytest.approx(1.3e-3)
+
+
+def test_a_bin_of_two_calls_takes_the_faster():
+    curve = calibrate._isotonic([(1100.0, 5e-6), (1200.0, 9e-6)])   # one bin: 1024 to 2048
+    assert curve.seconds == pytest.approx((5e-6,)) and curve.work == pytest.approx((1100.0,))
+
+
+def test_micro_benchmarks_run_in_interleaved_rounds_each_call_warm(monkeypatch):
+    """Round by round over all calls (a burst of other work slows one round of a call, not all its
+    runs), each call once untimed right before it is timed; the fastest round counts."""
+    from profiler.rules.registry import Context
+    order: list[str] = []
+    x = torch.zeros(4)
+
+    def call(name):
+        def run():
+            order.append(name)
+            x.add_(1.0)
+        return run
+    found = calibrate._timed_calls(Context(device_kind="cpu", data_format="channels_first", threads=1),
+                                   [call("a"), call("b")], rounds=3)
+    assert order == ["a", "a", "b", "b"] * 3
+    assert [cost.op for cost, _ in found] == ["aten.add_.Tensor", "aten.add_.Tensor"]

@@ -2,16 +2,17 @@
 
 Two kinds of measurement, each at the thread count the runs will use:
 
-- **Micro-benchmarks**: matrix multiplies (n × n, n = 8 … 1024) and 3 × 3 convolutions, forward
-  and backward, in float32 and bfloat16 — time against FLOPs, by size class; an out-of-place
-  ``add`` from 16 to 4 M elements — time against bytes, and the bandwidth from the largest.
-  They price an operator the calibration models below never called.
+- **Micro-benchmarks**: matrix multiplies (n × n, n = 8 … 1024, and skinny ones) and
+  convolutions of each kernel family down to its floor (a 1 × 1 map), forward and backward, in
+  float32 and bfloat16 — time against FLOPs, by size class; an out-of-place ``add`` from 16 to
+  4 M elements — time against bytes, and the bandwidth from the largest. Each the fastest of five
+  interleaved rounds, warm. They price an operator the calibration models below never called.
 - **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
   depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
   A dispatch mode times every aten operator call (the fastest of five rounds, each round the
   instrumented step and then each phase plain, so the machine's other work does not count and
-  moves both sides alike) and prices its work with the same :func:`~profiler.engine.op_cost.op_cost`
+  moves both sides alike; the plain phases' median, the statistic a measurement reports) and prices its work with the same :func:`~profiler.engine.op_cost.op_cost`
   the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
   matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
@@ -31,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +45,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 7
+VERSION = 8
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -138,22 +140,25 @@ def _loop(fn: Callable[[], object], inner: int) -> Callable[[], None]:
     return run
 
 
-def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], repeats: int = 5) -> list[tuple[OpCost, float]]:
-    """Each call's operators, priced and timed (the fastest of ``repeats`` runs)."""
-    found: list[tuple[OpCost, float]] = []
-    for call in calls:
-        call()
-        best: list[tuple[OpCost, float]] | None = None
-        for _ in range(repeats):
+def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 5) -> list[tuple[OpCost, float]]:
+    """Each call's operators, priced and timed: the fastest of ``rounds`` rounds, each round every
+    call in turn, run once untimed and then timed (warm: a 16-element add timed right after a
+    convolution read 8.6 µs, warm 1.1 µs). Interleaved, not each call's runs back to back: a
+    burst of the machine's other work (milliseconds) then slows one round of a call, not all of
+    its runs."""
+    best: list[list[tuple[OpCost, float]] | None] = [None] * len(calls)
+    for _ in range(rounds):
+        for i, call in enumerate(calls):
+            call()
             timer = _CallLog(run)
             with timer:
                 call()
-            if best is None or len(best) != len(timer.calls):
-                best = timer.calls
+            found = best[i]
+            if found is None or len(found) != len(timer.calls):
+                best[i] = timer.calls
             else:
-                best = [(cost, min(a, b)) for (cost, a), (_, b) in zip(best, timer.calls)]
-        found.extend(best or [])
-    return found
+                best[i] = [(cost, min(a, b)) for (cost, a), (_, b) in zip(found, timer.calls)]
+    return [call for found in best for call in found or []]
 
 
 def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
@@ -173,7 +178,13 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             (1, 64, 32, 1, 1), (1, 256, 16, 1, 1), (2, 32, 16, 3, 1), (2, 64, 32, 3, 1), (4, 64, 56, 3, 1),
             (8, 128, 28, 3, 1), (4, 256, 14, 1, 1), (4, 64, 32, 3, 8), (8, 128, 16, 3, 16),
             (4, 64, 32, 3, 64), (8, 128, 16, 5, 128), (1, 32, 32, 3, 32),
-            (1, 512, 2, 3, 1), (1, 256, 4, 3, 1), (4, 512, 2, 3, 1)):   # small maps, large weights
+            (1, 512, 2, 3, 1), (1, 256, 4, 3, 1), (4, 512, 2, 3, 1),   # small maps, large weights
+            # tiny calls, each kernel family's floor (a mobile network's 1 × 1 squeeze-excite
+            # convolutions on 1 × 1 maps): oneDNN's is tens of microseconds on two threads, ten
+            # times torch's im2col kernel's, so no family's floor is read off another's curve
+            (2, 8, 1, 1, 1), (4, 16, 1, 1, 1), (4, 72, 1, 1, 1), (2, 16, 4, 1, 1), (4, 24, 4, 1, 1),
+            (4, 64, 8, 1, 1), (2, 8, 4, 3, 1), (4, 16, 8, 3, 1), (1, 16, 1, 1, 1), (1, 8, 4, 1, 1),
+            (2, 16, 4, 3, 16), (4, 72, 4, 5, 72), (4, 144, 2, 5, 144), (1, 16, 4, 3, 16)):
         x = torch.randn(batch, channels, size, size).to(dtype)
         w = torch.randn(channels, channels // groups, kernel, kernel).to(dtype)
         grad = torch.randn(batch, channels, size, size).to(dtype)
@@ -322,10 +333,17 @@ def _once(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+#: what a calibration model's plain phase times are summed to: the median of its runs, the figure
+#: a measurement reports (:mod:`profiler.measuring.timing`), not the fastest. The operators' own
+#: times stay the fastest of their rounds (a call's slow rounds are the machine's other work); what
+#: a whole run typically loses beyond that is then in the per-call figure fitted on top of them
+PLAIN_STATISTIC: Callable[[Sequence[float]], float] = statistics.median
+
+
 def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, run: Any,
                rounds: int = 5) -> dict[str, Any]:
     """One calibration model at one batch: the fastest time of each operator call per phase, the
-    whole phases' fastest times un-instrumented, and how many modules a forward pass calls. Each
+    whole phases' times un-instrumented (:data:`PLAIN_STATISTIC`), and how many modules a forward pass calls. Each
     round runs the instrumented step and then each phase plain, so that both sides of the
     overheads' fit (:func:`_fit_overheads`) see the machine in the same state (a burst of other
     work slows one round, not one side); each phase twice back to back, as a measurement's
@@ -371,7 +389,7 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
     forward_backward()
     opt.step()
     best: list[tuple[OpCost, float]] | None = None
-    fastest = {"inference": math.inf, "forward": math.inf, "forward_backward": math.inf, "optimizer": math.inf}
+    samples: dict[str, list[float]] = {"inference": [], "forward": [], "forward_backward": [], "optimizer": []}
     for _ in range(rounds):
         timer = _CallLog(run)
         instrumented(timer)
@@ -383,10 +401,11 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
                                  ("forward_backward", forward_backward, True), ("optimizer", opt.step, True))):
             model.train(mode)
             for _ in range(2):   # back to back, as a measurement's repeats run: the second warm
-                fastest[phase] = min(fastest[phase], _once(fn))
-    plain = {"inference": fastest["inference"], "forward": fastest["forward"],
-             "backward": max(fastest["forward_backward"] - fastest["forward"], 0.0),
-             "optimizer": fastest["optimizer"]}
+                samples[phase].append(_once(fn))
+    typical = {phase: PLAIN_STATISTIC(found) for phase, found in samples.items()}
+    plain = {"inference": typical["inference"], "forward": typical["forward"],
+             "backward": max(typical["forward_backward"] - typical["forward"], 0.0),
+             "optimizer": typical["optimizer"]}
     return {"calls": best or [], "plain": plain, "modules": modules}
 
 
@@ -408,8 +427,19 @@ def _kind_curves(calls: list[tuple[OpCost, float]]) -> dict[str, Curve]:
     return {key: _isotonic(found) for key, found in points.items()}
 
 
+def _streams(calls: list[tuple[OpCost, float]]) -> dict[str, float]:
+    """The fastest each matrix multiply or convolution family moved its bytes (by curve key): no
+    call of it is predicted faster (:meth:`~profiler.engine.step_time.DeviceModel.base_seconds`)."""
+    streams: dict[str, float] = {}
+    for cost, seconds in calls:
+        if cost.kind in ("matmul", "conv") and seconds > 0:
+            key = curve_key(cost)
+            streams[key] = max(streams.get(key, 0.0), cost.bytes / seconds)
+    return streams
+
+
 def _isotonic(points: Sequence[tuple[float, float]]) -> Curve:
-    """A curve through noisy (work, seconds) points: medians of factor-of-two bins of work, made
+    """A curve through noisy (work, seconds) points: (lower) medians of factor-of-two bins of work, made
     non-decreasing by pooling adjacent violators (a bigger call is never predicted faster)."""
     bins: dict[int, list[tuple[float, float]]] = {}
     for work, seconds in points:
@@ -417,7 +447,10 @@ def _isotonic(points: Sequence[tuple[float, float]]) -> Curve:
     blocks: list[list[float]] = []   # [log work sum, log seconds sum, count]
     for key in sorted(bins):
         members = sorted(bins[key], key=lambda p: p[1])
-        work, seconds = members[len(members) // 2]
+        # of two, the faster: a call bound by its bytes says nothing of the FLOP rate (a 4 × 2048
+        # by 2048 × 2048 multiply, 1.3 ms on its 16 MB weight, shares a bin with a 256 × 256 × 256
+        # one of the same FLOPs, 0.16 ms); its bytes price it through its family's stream
+        work, seconds = members[(len(members) - 1) // 2]
         blocks.append([math.log(max(work, 1.0)), math.log(max(seconds, 1e-9)), 1.0])
         while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
             last = blocks.pop()
@@ -544,7 +577,6 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             view_s = _view_seconds()
             inflation = _timer_inflation(run)
         micro = _deflated(micro, inflation)
-        curves = _kind_curves(micro)
         runs = []
         for make, inputs, batches in _MODELS:
             for batch in batches:
@@ -553,16 +585,14 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
                     measured = _run_model(make, inputs(batch), optimizer, run)
                     measured["calls"] = _deflated(measured["calls"], inflation)
                     runs.append(measured)
+        timed = [*micro, *(call for measured in runs for call in measured["calls"])]
+        streams = _streams(timed)
+        curves = _kind_curves(micro)
         points: dict[str, list[tuple[float, float]]] = {}
-        for cost, seconds in [*micro, *(call for measured in runs for call in measured["calls"])]:
+        for cost, seconds in timed:
             if cost.kind != "view":
                 points.setdefault(curve_key(cost), []).append((cost.work, seconds))
         op_curves = {key: _isotonic(found) for key, found in points.items()}
-        streams: dict[str, float] = {}   # the fastest each operator moved its bytes: a call is never faster
-        for cost, seconds in [*micro, *(call for measured in runs for call in measured["calls"])]:
-            if cost.kind in ("matmul", "conv") and seconds > 0:
-                key = curve_key(cost)
-                streams[key] = max(streams.get(key, 0.0), cost.bytes / seconds)
         largest = max((c for c in micro if c[0].packet == "aten.add" and c[0].dtype == "float32"),
                       key=lambda c: c[0].bytes)
         fitted = DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
