@@ -396,3 +396,20 @@ def test_micro_benchmarks_run_in_interleaved_rounds_each_call_warm(monkeypatch):
                                    [call("a"), call("b")], rounds=3)
     assert order == ["a", "a", "b", "b"] * 3
     assert [cost.op for cost, _ in found] == ["aten.add_.Tensor", "aten.add_.Tensor"]
+
+
+def test_a_batch_norm_in_training_has_its_own_curve_apart_from_one_reading_running_statistics():
+    """Training computes the batch's statistics (measured 2.7 × the time of an inference batch norm
+    on regnetx_002's calls): the two are two kernel families, two curves."""
+    from profiler.engine.kernels.aten_cpu import kernel_of
+    from profiler.engine.step_time import curve_key
+    from profiler.rules.registry import Context
+    run = Context(device_kind="cpu", data_format="channels_first", threads=1)
+    x, w, b, mean, var = torch.randn(4, 8, 5, 5), torch.ones(8), torch.zeros(8), torch.zeros(8), torch.ones(8)
+    keys = []
+    for training in (True, False):
+        args = (x, w, b, mean, var, training, 0.1, 1e-5)
+        cost = op_cost(aten.native_batch_norm.default, args, {}, aten.native_batch_norm.default(*args),
+                       phase="forward", module="m", kernel=kernel_of(aten.native_batch_norm.default, args, run))
+        keys.append(curve_key(cost))
+    assert keys == ["aten.native_batch_norm/training/float32", "aten.native_batch_norm/float32"]

@@ -45,7 +45,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 8
+VERSION = 9
 _DTYPES = ("float32", "bfloat16")
 
 
