@@ -12,8 +12,8 @@ Two kinds of measurement, each at the thread count the runs will use:
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
   A dispatch mode times every aten operator call (the fastest of five rounds, each round the
   instrumented step and then each phase plain, so the machine's other work does not count and
-  moves both sides alike; the plain phases' median, the statistic a measurement reports) and prices its work with the same :func:`~profiler.engine.op_cost.op_cost`
-  the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
+  moves both sides alike; the plain phases' median, the statistic a measurement reports) and
+  prices its work with the same :func:`~profiler.engine.op_cost.op_cost` the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
   matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
   operator call (the model's own sum, its floors included, solved for each run), beyond what a call Python issues costs more than one C++ issues
@@ -343,8 +343,8 @@ PLAIN_STATISTIC: Callable[[Sequence[float]], float] = statistics.median
 def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, run: Any,
                rounds: int = 5) -> dict[str, Any]:
     """One calibration model at one batch: the fastest time of each operator call per phase, the
-    whole phases' times un-instrumented (:data:`PLAIN_STATISTIC`), and how many modules a forward pass calls. Each
-    round runs the instrumented step and then each phase plain, so that both sides of the
+    whole phases' times un-instrumented (:data:`PLAIN_STATISTIC`), and how many modules a forward
+    pass calls. Each round runs the instrumented step and then each phase plain, so that both sides of the
     overheads' fit (:func:`_fit_overheads`) see the machine in the same state (a burst of other
     work slows one round, not one side); each phase twice back to back, as a measurement's
     repeats run (the first after the instrumented step's Python has evicted the caches)."""
@@ -439,8 +439,8 @@ def _streams(calls: list[tuple[OpCost, float]]) -> dict[str, float]:
 
 
 def _isotonic(points: Sequence[tuple[float, float]]) -> Curve:
-    """A curve through noisy (work, seconds) points: (lower) medians of factor-of-two bins of work, made
-    non-decreasing by pooling adjacent violators (a bigger call is never predicted faster)."""
+    """A curve through noisy (work, seconds) points: lower medians of factor-of-two bins of work,
+    made non-decreasing by pooling adjacent violators (a bigger call is never predicted faster)."""
     bins: dict[int, list[tuple[float, float]]] = {}
     for work, seconds in points:
         bins.setdefault(int(math.floor(math.log2(max(work, 1.0)))), []).append((work, seconds))
