@@ -159,7 +159,7 @@ def run_case(kind: str, name: str, batch: int) -> dict[str, Any]:
 def run_isolated(kind: str, name: str, batch: int) -> dict[str, Any]:
     """:func:`run_case` in a process of its own, as ``modelsize profile`` measures in a child: a
     process that measured one model after another ran them slower and slower (a Hugging Face
-    BERT's forward pass read 1.56 ms as the 37th case of one process, 0.52-0.63 ms in a fresh one,
+    BERT's forward pass read 1.56 ms as the 37th case of one process, 0.57-0.63 ms in fresh ones,
     same machine, minutes apart)."""
     import subprocess
     import sys
@@ -265,7 +265,7 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
     lines = ["# Time: predicted on this machine against measured", "",
              "Each case: `profile` (3 warm-up + 10 timed runs, median) in a process of its own, "
              f"{summary.get('passes', 1)} passes over all cases one after another, the measured time the median "
-             "of the passes' (the spread column: (max - min) / median over them); the prediction from the "
+             "of the passes' medians (± in a cell: half their spread, (max - min) / median); the prediction from the "
              "calibrated device model (`modelsize calibrate`), and RuntimeEstimator's roofline (max(FLOPs/π, "
              "bytes/β) per call, π and β this machine's calibrated peak and bandwidth) over the same calls; per "
              f"layer, each operator call's median over {LAYER_REPEATS} instrumented runs, booked to its module, "
