@@ -130,7 +130,7 @@ def _update_costs(short: Any, dtype: str, device_kind: str, optimizers: tuple[st
 
 def _op_costs(sent: dict[str, Any] | None) -> dict[str, Any] | None:
     from profiler.engine.op_cost import OpCost
-    return None if sent is None else {key: [OpCost(*c) for c in calls] for key, calls in sent.items()}
+    return None if sent is None else {key: [OpCost.from_row(c) for c in calls] for key, calls in sent.items()}
 
 
 def time_at(source: Source, answer: Any, device: str, *, threads: int | None = None,

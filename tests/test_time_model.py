@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from profiler.engine.op_cost import op_cost
+from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, predict_times, run_time
 from profiler.measuring import calibrate
 from profiler.planning.accelerators import CATALOG, roofline_model
@@ -131,11 +131,10 @@ def test_predicted_time_sums_the_calls_of_each_run_and_counts_samples_per_second
     timed = predict_times(model, memory.costs, batch=2)
     inference = run_time(model, memory.costs["inference"])
     assert timed["forward_ms"] == pytest.approx(inference.seconds * 1e3)
-    training = run_time(model, memory.costs["training"]).seconds
-    for name in ("sgd", "adam"):
-        update = run_time(model, memory.costs[f"step_{name}"]).seconds
-        assert timed[f"train_{name}_ms"] == pytest.approx((training + update) * 1e3)
-        assert timed[f"train_{name}_samples_per_s"] == pytest.approx(2 / (training + update))
+    for name in ("sgd", "adam"):   # a step: the training calls and the update, one loop
+        step = run_time(model, [*memory.costs["training"], *memory.costs[f"step_{name}"]]).seconds
+        assert timed[f"train_{name}_ms"] == pytest.approx(step * 1e3)
+        assert timed[f"train_{name}_samples_per_s"] == pytest.approx(2 / step)
     assert timed["train_adam_ms"] > timed["train_sgd_ms"]          # Adam's update does more
     assert set(timed["layers"]["forward"]) >= {"0", "1"}            # per module
     assert set(timed["layers"]["backward"]) >= {"0"}
@@ -413,3 +412,92 @@ def test_a_batch_norm_in_training_has_its_own_curve_apart_from_one_reading_runni
                        phase="forward", module="m", kernel=kernel_of(aten.native_batch_norm.default, args, run))
         keys.append(curve_key(cost))
     assert keys == ["aten.native_batch_norm/training/float32", "aten.native_batch_norm/float32"]
+
+
+# -- reads of tensors last touched far back ------------------------------------------------------
+
+def _touching(reads, writes=(), nbytes=None):
+    """A memory-bound call with these (storage, bytes) touches."""
+    total = sum(n for _, n in (*reads, *writes)) if nbytes is None else nbytes
+    return OpCost("aten.add.Tensor", "memory", "forward", "m", "float32", "", 0, total, 0,
+                  reads=tuple(reads), writes=tuple(writes))
+
+
+def test_a_call_records_the_storages_it_reads_and_writes_but_they_are_not_its_identity():
+    """Two copies of a layer make the same calls on other storages (:mod:`profiler.engine.layer_runs`
+    compares calls); an in-place call writes what it reads; a forked child's rows come back whole."""
+    from dataclasses import astuple
+    x, y = torch.randn(1000), torch.randn(10)
+    cost = _cost(aten.add.Tensor, x, x)                      # one tensor passed twice: read once
+    assert cost.reads == ((id(x.untyped_storage()), 4000),) and len(cost.writes) == 1
+    in_place = _cost(aten.mul_.Scalar, y, 2.0)
+    assert in_place.reads == in_place.writes == ((id(y.untyped_storage()), 40),)
+    assert replace(cost, reads=((1, 4000),), writes=()) == cost
+    assert OpCost.from_row(json.loads(json.dumps(astuple(cost)))).reads == cost.reads
+
+
+def test_a_read_s_distance_is_the_distinct_bytes_touched_since_a_loop_ago_or_just_now():
+    """Storage 1 (a weight) is read at the loop's start; 2 is written and read twice, then 3: since
+    1's last touch, 2 and 3 were touched (counted once each); 2's second read follows its first."""
+    from profiler.engine.reuse import read_distances
+    loop = [_touching([(1, 1000)], [(2, 100)]), _touching([(2, 100)]), _touching([(2, 100)], [(3, 10)])]
+    assert read_distances(loop) == [((1000, 110.0),), ((100, 0.0),), ((100, 0.0),)]
+
+
+def test_a_module_s_weight_is_read_from_a_loop_ago_and_its_activation_just_after_it_was_made():
+    """An MLP's inference: the first layer's weight was last read a whole pass ago (the second
+    layer's weight, 256 KiB, and the activations came since); the ReLU reads what the first layer
+    wrote a call before; the update reads the parameters the forward pass read, not its twins'."""
+    from profiler.engine import torch_module
+    from profiler.engine.reuse import read_distances
+    memory = torch_module.memory(lambda: torch.nn.Sequential(torch.nn.Linear(256, 512, bias=False), torch.nn.ReLU(),
+                                                             torch.nn.Linear(512, 128, bias=False)),
+                                 [256], batch=4, optimizers=("sgd",), record_costs=True)
+    calls = [c for c in memory.costs["inference"] if c.reads]
+    assert [c.packet for c in calls] == ["aten.mm", "aten.relu", "aten.mm"]
+    distances = read_distances(calls)
+    weight_bytes = dict(distances[0])[512 * 256 * 4]
+    assert 512 * 128 * 4 < weight_bytes < 512 * 128 * 4 + 4 * (512 + 512 + 128) * 4 + 1
+    assert distances[1] == ((4 * 512 * 4, 0.0),)
+    forward_weights = {key for c in memory.costs["training"] if c.packet == "aten.mm" and c.phase == "forward"
+                       for key, nbytes in c.reads if nbytes in (512 * 256 * 4, 512 * 128 * 4)}
+    updated = {key for c in memory.costs["step_sgd"] for key, _ in c.writes}
+    assert len(forward_weights) == 2 and updated == forward_weights
+
+
+def test_a_read_from_far_back_costs_what_its_distance_costs_more_than_the_call_s_own():
+    """A 1 MB read last touched 300 MB back costs the far rate per byte, 30 MB back half of it
+    (linear between the measured 10 and 50 MB); a call moving 400 MB was measured that cold
+    already; a read a loop never touched before is as far as the farthest."""
+    model = replace(_toy_model(per_op=0.0), cold_read=((1e6, 0.0), (1e7, 0.0), (5e7, 4e-11)))
+    small, huge = _touching([(1, 10**6)]), _touching([(1, 10**6)], nbytes=4 * 10**8)
+    assert model.cold_seconds(small, [(10**6, 3e8)]) == pytest.approx(10**6 * 4e-11)
+    assert model.cold_seconds(small, [(10**6, 3e7)]) == pytest.approx(10**6 * 2e-11)
+    assert model.cold_seconds(small, [(10**6, 5e6)]) == 0.0
+    assert model.cold_seconds(huge, [(10**6, 3e8)]) == 0.0
+    assert model.cold_seconds(small, [(10**6, math.inf)]) == pytest.approx(10**6 * 4e-11)
+    assert DeviceModel.from_dict(json.loads(json.dumps(model.as_dict()))) == model
+
+
+def test_a_network_whose_weights_outgrow_the_cache_is_predicted_slower_by_its_cold_reads():
+    """Three 4 MB layers and a 4 KB one: with the cold rate from 6 MB back, each large weight (8 MB
+    of other weights since its last read) costs its bytes at that rate in the forward pass (each
+    call's own 4 MB was measured warm); the small reads from as far add a little (20 KB of biases,
+    input and last weight); without a cold rate, nothing."""
+    from profiler.engine import torch_module
+    layers = [torch.nn.Linear(1024, 1024) for _ in range(3)] + [torch.nn.Linear(1024, 1)]
+    memory = torch_module.memory(lambda: torch.nn.Sequential(*layers), [1024], batch=1, optimizers=("sgd",),
+                                 record_costs=True)
+    warm = _toy_model(per_op=0.0)
+    cold = replace(warm, cold_read=((5e6, 0.0), (6e6, 1e-10)))
+    slower = predict_times(cold, memory.costs, 1)["forward_ms"] - predict_times(warm, memory.costs, 1)["forward_ms"]
+    assert slower == pytest.approx(3 * 1024 * 1024 * 4 * 1e-10 * 1e3, rel=0.01)
+    assert predict_times(cold, memory.costs, 1)["train_sgd_ms"] > predict_times(warm, memory.costs, 1)["train_sgd_ms"]
+
+
+def test_the_cold_read_benchmark_gives_a_rising_cost_with_distance():
+    points = calibrate._cold_reads(rounds=2, counts=(1, 2, 4, 12))
+    distances, costs = [d for d, _ in points], [c for _, c in points]
+    assert distances == sorted(distances) and distances[-1] > 40e6
+    assert costs == sorted(costs) and costs[0] == 0.0
+    assert all(c < 1e-9 for c in costs)   # never slower than 1 GB/s

@@ -32,7 +32,7 @@ import contextlib
 import os
 import sys
 import weakref
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -1039,7 +1039,7 @@ def _inference_from_json(sent: dict[str, Any]) -> MemoryPrediction:
         {"inference": Timeline(tuple((block, nbytes) for block, nbytes in events), start)},
         {name: getattr(torch, d) for name, d in sent["output_dtypes"].items()},
         {what: (calls, most) for what, (calls, most) in sent["unmodelled"].items()},
-        {"inference": [OpCost(*c) for c in sent["costs"]]} if sent["costs"] is not None else {},
+        {"inference": [OpCost.from_row(c) for c in sent["costs"]]} if sent["costs"] is not None else {},
         sent.get("beside"))
 
 
@@ -1123,7 +1123,7 @@ def _replay_training(model: torch.nn.Module, inputs: Sequence[torch.Tensor], tar
         # every peak is read: a second step may now free what the log would have counted
         for name, opt in zip(optimizers, [o for o in alive if isinstance(o, torch.optim.Optimizer)]):
             if record:
-                costs[f"step_{name}"] = _steady_update_costs(names, run, opt)
+                costs[f"step_{name}"] = _as_stepped(_steady_update_costs(names, run, opt), params, opt)
     finally:
         log.close()
         alive.clear()
@@ -1190,6 +1190,23 @@ def _steady_update_costs(names: dict[int, str], run: Context | None, opt: torch.
     finally:
         log.close()
     return log.costs
+
+
+def _as_stepped(costs: list[OpCost], params: Sequence[torch.nn.Parameter],
+                opt: torch.optim.Optimizer) -> list[OpCost]:
+    """The update's calls touching the parameters and gradients the training step touched: the
+    optimizer stepped their meta twins (:func:`_meta_twins`), other storages, which the time
+    model would take for tensors the step never touched (:mod:`profiler.engine.reuse`)."""
+    twins = [t for group in opt.param_groups for t in group["params"]]
+    real: dict[int, int] = {}
+    for twin, p in zip(twins, params):
+        for a, b in ((twin, p), (twin.grad, p.grad)):
+            if a is not None and b is not None:
+                real[id(a.untyped_storage())] = id(b.untyped_storage())
+    if not real:
+        return costs
+    return [replace(c, reads=tuple((real.get(k, k), n) for k, n in c.reads),
+                                writes=tuple((real.get(k, k), n) for k, n in c.writes)) for c in costs]
 
 
 def autocast(amp: str | None) -> contextlib.AbstractContextManager:

@@ -9,9 +9,9 @@ moves nothing; an allocation (``empty``) writes nothing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
@@ -51,6 +51,17 @@ class OpCost:
     bytes_written: int
     python: bool = True   # the first call after the model's Python ran (:mod:`profiler.engine.python_calls`)
     modules: int = 0      # module calls begun since the previous call (a dropout in eval has no call of its own)
+    #: (storage, bytes) of each tensor it reads and writes, the storage an identity within one
+    #: log: how long ago its inputs were last touched (:mod:`profiler.engine.reuse`). Not part of
+    #: a call's identity: two copies of a layer make the same calls on other storages
+    reads: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+    writes: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> "OpCost":
+        """A call from ``dataclasses.astuple`` (what a forked child sends), its touches as tuples."""
+        *head, reads, writes = row
+        return cls(*head, tuple(tuple(t) for t in reads), tuple(tuple(t) for t in writes))
 
     @property
     def bytes(self) -> int:
@@ -106,18 +117,20 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return distinct * t.element_size()
 
 
-def _moved(tensors: list[torch.Tensor]) -> int:
+def _touched(tensors: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    """(storage, bytes) of each distinct view in ``tensors``: a tensor passed twice is moved once."""
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
-    total = 0
+    found = []
     for t in tensors:
         try:
-            key = (id(t.untyped_storage()), t.storage_offset(), tuple(t.shape))
+            storage = id(t.untyped_storage())
+            key = (storage, t.storage_offset(), tuple(t.shape))
         except (RuntimeError, NotImplementedError):   # sparse, or no storage
             continue
         if key not in seen:
             seen.add(key)
-            total += tensor_bytes(t)
-    return total
+            found.append((storage, tensor_bytes(t)))
+    return tuple(found)
 
 
 def _rnn_layer_flops(args: tuple, kwargs: dict, out: Any) -> int:
@@ -222,11 +235,10 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
             flops = int(formula(args, kwargs, out))
         except Exception:   # a formula that does not take this overload's arguments: work by bytes
             flops = 0
-    read = _moved(inputs)
-    written = _moved(results)
-    if mutable and not results:
-        written = read
-    return OpCost(name, kind, phase, module, dtype, kernel, flops, read, written, python, modules)
+    reads = _touched(inputs)
+    writes = _touched(results) if results or not mutable else reads
+    return OpCost(name, kind, phase, module, dtype, kernel, flops, sum(b for _, b in reads), sum(b for _, b in writes),
+                  python, modules, reads, writes)
 
 
 #: operator -> (priced, name, kind, FLOP formula, mutable): what :func:`op_cost` reads of an

@@ -12,7 +12,9 @@ call:
   bytes take at the machine's measured bandwidth. Around the operators, what Python and autograd
   cost per call in each phase, fitted on calibration models, and (measured by micro-benchmarks)
   more per call that Python issued than per call that C++ did
-  (:mod:`profiler.engine.python_calls`) and per module call.
+  (:mod:`profiler.engine.python_calls`) and per module call. The curves were measured on warm
+  tensors; a read of a tensor last touched far back in the loop (:mod:`profiler.engine.reuse`)
+  adds what a cold read measured more per byte at that distance.
 - **roofline** (a catalog accelerator you don't have): the larger of FLOPs at the card's
   datasheet peak for the dtype and bytes at its memory bandwidth, and no call shorter than a
   kernel launch: a roofline prediction, until measured on that card.
@@ -86,6 +88,9 @@ class DeviceModel:
     threads: int | None = None
     source: str = ""                             # where the figures come from
     timer_inflation_s: float = 0.0               # taken off each timed call while calibrating
+    #: (reuse distance in bytes, seconds per byte more than a warm read), ascending: a read's cost
+    #: when its tensor was last touched that far back (:mod:`profiler.engine.reuse`); flat beyond
+    cold_read: tuple[tuple[float, float], ...] = ()
 
     def op_seconds(self, op: OpCost) -> float:
         """One call's time: its own (:meth:`base_seconds`) with ``per_op_s`` of its phase, never
@@ -111,6 +116,28 @@ class DeviceModel:
         if stream:
             memory_bound = max(memory_bound, op.bytes / stream)
         return max(self._kernel_seconds(op), memory_bound)
+
+    def cold_seconds(self, op: OpCost, reads: Sequence[tuple[int, float]]) -> float:
+        """What reading ``op``'s inputs ((bytes, reuse distance) each) from farther than the
+        caches costs beyond its curves: those were measured on a call repeated at once, whose reads
+        were that far back as its own bytes, so only what a read's distance costs more than that
+        is added."""
+        if not self.cold_read or not reads:
+            return 0.0
+        warm = self.cold_per_byte(op.bytes)
+        return sum(nbytes * max(self.cold_per_byte(distance) - warm, 0.0) for nbytes, distance in reads)
+
+    def cold_per_byte(self, distance: float) -> float:
+        """Seconds per byte a read at ``distance`` costs more than a warm one: linear between the
+        measured distances, flat beyond them."""
+        points = self.cold_read
+        if distance <= points[0][0]:
+            return points[0][1]
+        if distance >= points[-1][0]:
+            return points[-1][1]
+        i = bisect.bisect_right([d for d, _ in points], distance)
+        (d0, s0), (d1, s1) = points[i - 1], points[i]
+        return s0 + (s1 - s0) * (distance - d0) / (d1 - d0)
 
     def _kernel_seconds(self, op: OpCost) -> float:
         """The call itself, from its operator's own curve (kernel family and dtype where measured):
@@ -145,6 +172,7 @@ class DeviceModel:
         data = dict(data)
         for name in ("curves", "op_curves"):
             data[name] = {k: Curve(tuple(c["work"]), tuple(c["seconds"])) for k, c in data.get(name, {}).items()}
+        data["cold_read"] = tuple((float(d), float(s)) for d, s in data.get("cold_read", ()))
         return cls(**data)
 
 
@@ -172,12 +200,15 @@ class RunTime:
 
 
 def run_time(model: DeviceModel, costs: Sequence[OpCost]) -> RunTime:
-    """The predicted time of the calls ``costs``."""
+    """The predicted time of the calls ``costs``, run as a loop (their reads' distances:
+    :mod:`profiler.engine.reuse`)."""
+    from profiler.engine.reuse import read_distances
     phases: dict[str, float] = {}
     modules: dict[str, dict[str, float]] = {}
     ops: dict[str, float] = {}
-    for op in costs:
-        seconds = model.op_seconds(op)
+    distances = read_distances(costs) if model.cold_read else [()] * len(costs)
+    for op, reads in zip(costs, distances):
+        seconds = model.op_seconds(op) + model.cold_seconds(op, reads)
         phases[op.phase] = phases.get(op.phase, 0.0) + seconds
         ops[op.op] = ops.get(op.op, 0.0) + seconds
         if op.phase in ("inference", "forward", "backward"):
@@ -198,29 +229,24 @@ def predict_times(model: DeviceModel, costs: dict[str, list[OpCost]], batch: int
         out["forward_samples_per_s"] = _rate(batch, inference.seconds)
         layers["inference"] = {m: s * 1e3 for m, s in inference.modules.get("inference", {}).items()}
     if "training" in costs:
-        training = run_time(model, costs["training"])
+        # each step a loop of its own: the update's reads (and the next forward's) are as far
+        # back as that optimizer's traffic makes them; the layers are the first optimizer's step's
+        steps = [key for key in costs if key.startswith("step_")]
+        training = None
+        for key in steps or [None]:
+            step = run_time(model, [*costs["training"], *(costs[key] if key else ())])
+            training = training or step
+            if key:
+                name = key.removeprefix("step_")
+                out[f"train_{name}_ms"] = step.seconds * 1e3
+                out[f"train_{name}_samples_per_s"] = _rate(batch, step.seconds)
+                out[f"train_{name}_phases_ms"] = {p: s * 1e3 for p, s in step.phases.items()}
+        assert training is not None
         layers["forward"] = {m: s * 1e3 for m, s in training.modules.get("forward", {}).items()}
         layers["backward"] = {m: s * 1e3 for m, s in training.modules.get("backward", {}).items()}
-        for key in costs:
-            if key.startswith("step_"):
-                name = key.removeprefix("step_")
-                update = run_time(model, costs[key])
-                seconds = training.seconds + update.seconds
-                out[f"train_{name}_ms"] = seconds * 1e3
-                out[f"train_{name}_samples_per_s"] = _rate(batch, seconds)
-                out[f"train_{name}_phases_ms"] = {p: s * 1e3 for p, s in
-                                                  _merge(training.phases, update.phases).items()}
     out["layers"] = layers
     return out
 
 
 def _rate(batch: int, seconds: float) -> float | None:
     return batch / seconds if seconds > 0 else None
-
-
-def _merge(*parts: dict[str, float]) -> dict[str, float]:
-    merged: dict[str, float] = {}
-    for part in parts:
-        for key, value in part.items():
-            merged[key] = merged.get(key, 0.0) + value
-    return merged

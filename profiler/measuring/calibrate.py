@@ -7,6 +7,9 @@ Two kinds of measurement, each at the thread count the runs will use:
   float32 and bfloat16 — time against FLOPs, by size class; an out-of-place ``add`` from 16 to
   4 M elements — time against bytes, and the bandwidth from the largest. Each the fastest of five
   interleaved rounds, warm. They price an operator the calibration models below never called.
+  And what a read costs more when the tensor was last touched far back: a multiply cycled over
+  1 to 24 weights of 4 MB, the time over the warm one's per byte against the reuse distance
+  (:mod:`profiler.engine.reuse`).
 - **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
   depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
@@ -45,7 +48,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 9
+VERSION = 10
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -196,6 +199,45 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))
     return calls
+
+
+def _cold_reads(inner: int = 2048, cols: int = 512, rows: int = 1, rounds: int = 5,
+                counts: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24)) -> tuple[tuple[float, float], ...]:
+    """(reuse distance, seconds per byte a read costs more than a warm one), ascending and
+    non-decreasing: a ``rows`` × ``inner`` by ``inner`` × ``cols`` float32 multiply (a layer's 4 MB
+    weight applied to one sample: bound by reading it) cycled over k weights, each read after the
+    k - 1 others (its distance: their bytes, with the row and a product). In each of ``rounds``
+    rounds, every k in turn: one cycle brings its weights in, then cycles of at least 8 calls are
+    timed; a k's time per call is its rounds' median.
+
+    Far back, a read costs its bytes at the farthest k's rate (the memory's), on top of the warm
+    time: the kernels of real layers do not hide it (torchvision resnet18's last 3 × 3
+    convolutions on 1 × 1 maps, 9.4 MB weights: 622 µs warm, 1,100 µs in the network, 410 µs the
+    weight at 23 GB/s; timm mixer's 4.2 MB channel MLPs: 190 µs warm, 340-380 in the network),
+    though this multiply's own kernel hides part of it. Nearer, that cost times the fraction of
+    the farthest k's extra time that k's measured."""
+    x = torch.randn(rows, inner)
+    weights = [torch.randn(inner, cols) for _ in range(max(counts))]
+    weight_bytes = inner * cols * 4
+    near = (rows * inner + rows * cols) * 4
+    per_call: dict[int, list[float]] = {k: [] for k in counts}
+    for _ in range(rounds):
+        for k in counts:
+            cycles = -(-8 // k)
+            for w in weights[:k]:
+                torch.mm(x, w)
+            start = time.perf_counter()
+            for _ in range(cycles):
+                for w in weights[:k]:
+                    torch.mm(x, w)
+            per_call[k].append((time.perf_counter() - start) / (cycles * k))
+    times = [statistics.median(per_call[k]) for k in counts]
+    cold, extra = times[-1] / weight_bytes, max(times[-1] - times[0], 1e-9)
+    points, most = [], 0.0
+    for k, seconds in zip(counts, times):
+        most = min(max(most, (seconds - times[0]) / extra), 1.0)
+        points.append(((k - 1) * weight_bytes + near, most * cold))
+    return tuple(points)
 
 
 def _timer_inflation(run: Any) -> float:
@@ -576,6 +618,8 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
                 micro += _timed_calls(run, _micro_benchmarks(getattr(torch, dtype)))
             view_s = _view_seconds()
             inflation = _timer_inflation(run)
+            say("reads of tensors last touched far back")
+            cold_read = _cold_reads()
         micro = _deflated(micro, inflation)
         runs = []
         for make, inputs, batches in _MODELS:
@@ -608,7 +652,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             gc.enable()
     return DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
                        bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, per_python_s=per_python, module_s=module_s,
-                       threads=used, timer_inflation_s=inflation,
+                       threads=used, timer_inflation_s=inflation, cold_read=cold_read,
                        source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
                               f"torch {torch.__version__}" + (f" ({busy})" if busy else ""))
 
