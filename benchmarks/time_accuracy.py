@@ -144,6 +144,8 @@ def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: d
 def _top3(layer_ms: dict[str, dict[str, float]]) -> dict[str, Any]:
     predicted, measured = layer_ms["predicted"], layer_ms["measured"]
     out = {"predicted": top_layers(predicted), "measured": top_layers(measured), "same": same_top(predicted, measured)}
+    if "measured_low" in layer_ms:
+        out["within_spread"] = top_within_spread(predicted, layer_ms["measured_low"], layer_ms["measured_high"])
     if "baseline" in layer_ms:
         out["baseline_same"] = same_top(layer_ms["baseline"], measured)
     return out
@@ -171,29 +173,57 @@ def run_isolated(kind: str, name: str, batch: int) -> dict[str, Any]:
 
 
 def merge(passes: list[dict[str, Any]]) -> dict[str, Any]:
-    """One case's rows from several passes as one: each run's measured time the median over the
-    passes (with their spread, (max - min) / median), errors against it; each layer's measured
-    time its median; the prediction (the same every pass) from the last."""
+    """One case's rows from several passes as one. Each pass was priced by the calibration taken
+    at its start and measured after it: each run's figure is the median of the passes' predictions
+    against the median of their measurements (with the measurements' spread, (max - min) /
+    median), and each pass's own error is kept (what one calibration gives); each layer's predicted
+    and measured time is its median, with its lowest and highest measurement."""
     out = dict(passes[-1])
     out["passes"] = len(passes)
     for run in RUNS:
         measured = [p[run]["measured_ms"] for p in passes if p[run]["measured_ms"]]
+        predicted = [p[run]["predicted_ms"] for p in passes if p[run]["predicted_ms"]]
         median = statistics.median(measured) if measured else None
         f = dict(out[run])
         f.update(measured_ms=median, measured_passes_ms=measured,
-                 spread=(max(measured) - min(measured)) / median if median else None,
-                 error=_error(f["predicted_ms"], median), roofline_error=_error(f["roofline_ms"], median))
+                 predicted_ms=statistics.median(predicted) if predicted else None, predicted_passes_ms=predicted,
+                 pass_errors=[p[run]["error"] for p in passes],
+                 spread=(max(measured) - min(measured)) / median if median else None)
+        f.update(error=_error(f["predicted_ms"], median), roofline_error=_error(f["roofline_ms"], median))
         if "baseline_ms" in f:
             f["baseline_error"] = _error(f["baseline_ms"], median)
         out[run] = f
     layers = [p["layer_ms"] for p in passes if "layer_ms" in p]
     if layers:
-        names = set().union(*(layer["measured"] for layer in layers))
         merged = dict(layers[-1])
-        merged["measured"] = {n: statistics.median(layer["measured"].get(n, 0.0) for layer in layers) for n in names}
+        for side in ("predicted", "measured"):
+            names = set().union(*(layer[side] for layer in layers))
+            merged[side] = {n: statistics.median(layer[side].get(n, 0.0) for layer in layers) for n in names}
+        names = set(merged["measured"])
+        merged["measured_low"] = {n: min(layer["measured"].get(n, 0.0) for layer in layers) for n in names}
+        merged["measured_high"] = {n: max(layer["measured"].get(n, 0.0) for layer in layers) for n in names}
         out["layer_ms"] = merged
         out["top3"] = _top3(merged)
     return out
+
+
+def top_within_spread(predicted: dict[str, float], low: dict[str, float], high: dict[str, float],
+                      n: int = 3) -> bool:
+    """Whether each of the predicted top ``n`` could be among the measured top ``n``: fewer than
+    ``n`` layers measured above it in every pass (their lowest measurement above its highest).
+    Weaker than :func:`same_top`, which compares medians: where layers measure within each other's
+    spread, the passes do not say which is ahead.
+
+    >>> top_within_spread({"a": 3.0, "b": 2.0}, {"a": 5.0, "b": 4.0, "c": 6.0}, {"a": 7.0, "b": 4.5, "c": 6.5}, n=2)
+    False
+    >>> top_within_spread({"a": 3.0, "b": 2.0}, {"a": 5.0, "b": 4.0, "c": 6.0}, {"a": 7.0, "b": 6.1, "c": 6.5}, n=2)
+    True
+    """
+    for name in top_layers(predicted, n):
+        above = sum(1 for other, lowest in low.items() if other != name and lowest > high.get(name, 0.0))
+        if above >= n:
+            return False
+    return True
 
 
 def _baseline(costs: dict[str, list[Any]], batch: int) -> dict[str, Any] | None:
@@ -240,11 +270,19 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     "better_than_roofline": sum(abs(r[run]["error"]) < abs(r[run]["roofline_error"])
                                                 for r in rows if r[run]["error"] is not None
                                                 and r[run]["roofline_error"] is not None)}
+        passes = max((len(r[run].get("pass_errors", [])) for r in rows), default=0)
+        if passes > 1:   # each pass priced by its own calibration: what one calibration gives
+            out[run]["pass_median_abs_errors"] = [
+                statistics.median(abs(r[run]["pass_errors"][i]) for r in rows
+                                  if len(r[run]["pass_errors"]) > i and r[run]["pass_errors"][i] is not None)
+                for i in range(passes)]
         base = [abs(r[run]["baseline_error"]) for r in rows if r[run].get("baseline_error") is not None]
         if base:
             out[run]["baseline_median_abs_error"] = statistics.median(base)
     with_layers = [r for r in rows if "top3" in r]
     out["top3_same"] = {"models": len(with_layers), "same": sum(r["top3"]["same"] for r in with_layers)}
+    if any("within_spread" in r["top3"] for r in with_layers):
+        out["top3_same"]["within_spread"] = sum(r["top3"].get("within_spread", False) for r in with_layers)
     if any("baseline_same" in r["top3"] for r in with_layers):
         out["top3_same"]["baseline_same"] = sum(r["top3"].get("baseline_same", False) for r in with_layers)
     baseline = os.environ.get(BASELINE)
@@ -266,7 +304,8 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
              "Each case: `profile` (3 warm-up + 10 timed runs, median) in a process of its own, "
              f"{summary.get('passes', 1)} passes over all cases one after another, the measured time the median "
              "of the passes' medians (± in a cell: half their spread, (max - min) / median); the prediction from the "
-             "calibrated device model (`modelsize calibrate`), and RuntimeEstimator's roofline (max(FLOPs/π, "
+             "device model calibrated (`modelsize calibrate`) at the start of each pass, the median of the passes' "
+             "predictions, and RuntimeEstimator's roofline (max(FLOPs/π, "
              "bytes/β) per call, π and β this machine's calibrated peak and bandwidth) over the same calls; per "
              f"layer, each operator call's median over {LAYER_REPEATS} instrumented runs, booked to its module, "
              "and each layer's median over the passes. Written by `benchmarks/test_time_accuracy.py`.", "",
@@ -281,13 +320,20 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
                       "measurements): median abs error " + ", ".join(
                           f"{run} {_pct(summary[run].get('baseline_median_abs_error'))}" for run in RUNS)
                   + f"; top three layers the same in {summary['top3_same'].get('baseline_same', '-')} cases."]
+    if any(summary[run].get("pass_median_abs_errors") for run in RUNS):
+        lines += ["", "Each pass against its own calibration alone (what one calibration gives), median abs error "
+                      "per pass: " + "; ".join(f"{run} " + " / ".join(_pct(e) for e in summary[run]["pass_median_abs_errors"])
+                                               for run in RUNS if summary[run].get("pass_median_abs_errors")) + "."]
     if summary.get("median_spread") is not None:
         lines += ["", f"Measurement spread over the passes, median over cases and runs: "
                       f"{summary['median_spread'] * 100:.1f}% ((max - min) / median)."]
     top = summary["top3_same"]
     lines += ["", f"Top three layers by predicted time = top three measured: {top['same']} of {top['models']} cases "
                   "(both from the training step's forward and backward; where the prediction ties identical "
-                  "layers, the measured may be any of them).",
+                  "layers, the measured may be any of them)" + (
+                      f"; each predicted top-three layer measured below fewer than three others in every pass (the "
+                      f"passes do not order layers within their spread): {top['within_spread']} of {top['models']}"
+                      if "within_spread" in top else "") + ".",
               "", "| Model | Batch | Forward pred / meas (err; roofline err) | SGD step | Adam step | Top-3 layers same |",
               "|:---|---:|---:|---:|---:|:---|"]
     for r in rows:
