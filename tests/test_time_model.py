@@ -501,3 +501,19 @@ def test_the_cold_read_benchmark_gives_a_rising_cost_with_distance():
     assert distances == sorted(distances) and distances[-1] > 40e6
     assert costs == sorted(costs) and costs[0] == 0.0
     assert all(c < 1e-9 for c in costs)   # never slower than 1 GB/s
+
+
+def test_above_its_largest_call_a_memory_bound_operator_follows_the_memory_curve_and_a_matmul_its_throughput():
+    """A calibration model's largest ``cat`` is a few kilobytes: a 0.5 MB one is priced along the
+    memory curve from it (a cache-resident copy costs about as much as a small one), not at its
+    throughput (2.7 GB/s: timm densenet121's cats 6 x their time); a matrix multiply above its
+    largest runs at that call's FLOP rate."""
+    memory = Curve.of([(1e3, 1e-6), (1e6, 4e-6)])
+    model = DeviceModel(name="cpu", method="measured", curves={"memory": memory},
+                        op_curves={"aten.cat/float32": Curve.of([(1e3, 1e-6), (4e3, 2e-6)]),
+                                   "aten.mm/float32": Curve.of([(1e6, 1e-5), (1e7, 5e-5)])})
+    cat = _touching([(1, 250_000)], [(2, 250_000)])
+    cat = replace(cat, op="aten.cat.default")
+    assert model.base_seconds(cat) == pytest.approx(2e-6 * memory(5e5) / memory(4e3))
+    mm = OpCost("aten.mm.default", "matmul", "forward", "m", "float32", "", 4 * 10**7, 1000, 1000)
+    assert model.base_seconds(mm) == pytest.approx(5e-5 * 4)
