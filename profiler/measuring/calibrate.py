@@ -48,7 +48,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 10
+VERSION = 11
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -187,7 +187,9 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             # times torch's im2col kernel's, so no family's floor is read off another's curve
             (2, 8, 1, 1, 1), (4, 16, 1, 1, 1), (4, 72, 1, 1, 1), (2, 16, 4, 1, 1), (4, 24, 4, 1, 1),
             (4, 64, 8, 1, 1), (2, 8, 4, 3, 1), (4, 16, 8, 3, 1), (1, 16, 1, 1, 1), (1, 8, 4, 1, 1),
-            (2, 16, 4, 3, 16), (4, 72, 4, 5, 72), (4, 144, 2, 5, 144), (1, 16, 4, 3, 16)):
+            (2, 16, 4, 3, 16), (4, 72, 4, 5, 72), (4, 144, 2, 5, 144), (1, 16, 4, 3, 16),
+            # batch 1, 1 × 1: torch's kernel multiplies the input as it lies (no unfolding)
+            (1, 32, 16, 1, 1), (1, 96, 8, 1, 1), (1, 48, 28, 1, 1), (1, 576, 4, 1, 1), (1, 128, 4, 1, 1)):
         x = torch.randn(batch, channels, size, size).to(dtype)
         w = torch.randn(channels, channels // groups, kernel, kernel).to(dtype)
         grad = torch.randn(batch, channels, size, size).to(dtype)
