@@ -48,7 +48,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 11
+VERSION = 12
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -165,8 +165,8 @@ def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 
 
 
 def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
-    """Matrix multiplies, convolutions (forward and backward, both kernel families) and
-    element-wise adds across sizes, in ``dtype``."""
+    """Matrix multiplies, convolutions (forward and backward, both kernel families),
+    element-wise adds and 2 × 2 poolings (contiguous and channels-last) across sizes, in ``dtype``."""
     calls: list[Callable[[], object]] = []
     for n in (8, 32, 128, 256, 512, 1024):
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -200,6 +200,16 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
     for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))
+    pool, pool_backward = torch.ops.aten.max_pool2d_with_indices, torch.ops.aten.max_pool2d_with_indices_backward
+    for shape in ((1, 16, 16, 16), (1, 64, 32, 32), (8, 16, 32, 32), (4, 64, 56, 56)):   # both layouts
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(shape).to(dtype).contiguous(memory_format=layout)
+            out, indices = pool(x, [2, 2], [2, 2])
+            grad = torch.randn_like(out)
+            calls.append(lambda x=x: pool(x, [2, 2], [2, 2]))
+            calls.append(lambda x=x, grad=grad, indices=indices: pool_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                                               False, indices))
+            calls.append(lambda x=x: torch.ops.aten.avg_pool2d(x, [2, 2], [2, 2]))
     return calls
 
 
