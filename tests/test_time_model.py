@@ -539,3 +539,12 @@ def test_a_pooling_on_a_channels_last_tensor_is_its_own_kernel_family():
     three = (x[:1], w3, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
     assert (kernel_of(aten.convolution.default, one, run), kernel_of(aten.convolution.default, three, run)) == \
         ("im2col_1x1", "im2col")
+
+
+def test_a_timed_call_c_plus_plus_issued_sheds_python_s_issuing_too():
+    """The timer calls every operator from Python; a call C++ issued never paid that in a real run."""
+    issued = _cost(aten.add.Tensor, torch.randn(4), torch.randn(4))
+    from_cpp = replace(issued, python=False)
+    assert calibrate._deflated([(issued, 5e-6), (from_cpp, 5e-6)], 1e-6, 0.5e-6) == \
+        [(issued, pytest.approx(4e-6)), (from_cpp, pytest.approx(3.5e-6))]
+    assert calibrate._deflated([(from_cpp, 1e-6)], 1e-6, 0.5e-6)[0][1] == pytest.approx(1e-7)   # a tenth at least
