@@ -153,7 +153,7 @@ class DeviceModel:
             return kind(op.work) if kind is not None else 0.0
         if kind is None or own.work[0] <= op.work <= own.work[-1] or (op.work > own.work[-1] and op.kind != "memory"):
             return own(op.work)
-        end = 0 if op.work < own.work[0] else -1
+        end = 0 if op.work < own.work[0] else -1   # from its smallest call down, or its largest up
         return own.seconds[end] * kind(op.work) / kind(own.work[end])
 
     def _kind_curve(self, op: OpCost) -> Curve | None:

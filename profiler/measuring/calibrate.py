@@ -5,8 +5,8 @@ Two kinds of measurement, each at the thread count the runs will use:
 - **Micro-benchmarks**: matrix multiplies (n × n, n = 8 … 1024, and skinny ones) and
   convolutions of each kernel family down to its floor (a 1 × 1 map), forward and backward, in
   float32 and bfloat16 — time against FLOPs, by size class; an out-of-place ``add`` from 16 to
-  4 M elements — time against bytes, and the bandwidth from the largest. Each the fastest of five
-  interleaved rounds, warm. They price an operator the calibration models below never called.
+  4 M elements — time against bytes, and the bandwidth from the largest; 2 × 2 poolings in both
+  memory layouts. Each the fastest of five interleaved rounds, warm. They price an operator the calibration models below never called.
   And what a read costs more when the tensor was last touched far back: a multiply cycled over
   1 to 24 weights of 4 MB, the time over the warm one's per byte against the reuse distance
   (:mod:`profiler.engine.reuse`).

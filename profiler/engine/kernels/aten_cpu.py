@@ -156,9 +156,10 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
     """Which CPU kernel family runs a call, where that sets its speed (convolutions: oneDNN,
     depthwise or im2col, and im2col on a 1 × 1 kernel without stride or padding, which multiplies
     the input as it lies, unfolding nothing: torchvision mobilenet_v3_small's pointwise ones at
-    batch 1 ran in 11-15 µs where 3 × 3 ones of their FLOPs took 34; a batch norm in training, which computes the batch's statistics, 2.7 ×
-    the time of one reading its running statistics on regnetx_002's calls; a pooling on a
-    channels-last tensor, see :data:`_POOLS`); "" for the others."""
+    batch 1 ran in 11-15 µs where 3 × 3 ones of their FLOPs took 34; a batch norm in training,
+    which computes the batch's statistics, 2.7 × the time of one reading its running statistics on
+    regnetx_002's calls; a pooling on a channels-last tensor, see :data:`_POOLS`); "" for the
+    others."""
     if func is aten.native_batch_norm.default:
         return "training" if args[5] else ""
     if func in _POOLS:
