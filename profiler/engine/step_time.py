@@ -235,17 +235,15 @@ def predict_times(model: DeviceModel, costs: dict[str, list[OpCost]], batch: int
     if "training" in costs:
         # each step a loop of its own: the update's reads (and the next forward's) are as far
         # back as that optimizer's traffic makes them; the layers are the first optimizer's step's
-        steps = [key for key in costs if key.startswith("step_")]
-        training = None
-        for key in steps or [None]:
-            step = run_time(model, [*costs["training"], *(costs[key] if key else ())])
-            training = training or step
+        steps = {key: run_time(model, [*costs["training"], *(costs[key] if key else ())])
+                 for key in [key for key in costs if key.startswith("step_")] or [""]}
+        for key, step in steps.items():
             if key:
                 name = key.removeprefix("step_")
                 out[f"train_{name}_ms"] = step.seconds * 1e3
                 out[f"train_{name}_samples_per_s"] = _rate(batch, step.seconds)
                 out[f"train_{name}_phases_ms"] = {p: s * 1e3 for p, s in step.phases.items()}
-        assert training is not None
+        training = next(iter(steps.values()))
         layers["forward"] = {m: s * 1e3 for m, s in training.modules.get("forward", {}).items()}
         layers["backward"] = {m: s * 1e3 for m, s in training.modules.get("backward", {}).items()}
     out["layers"] = layers
