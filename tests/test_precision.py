@@ -115,6 +115,7 @@ def test_low_precision_predicted_equals_measured_on_cpu(name, batch, dtype):
     _exact(result)
 
 
+@modelled_isa   # a CPU with AVX512-FP16 (Xeon with AMX) runs float16 matmuls in oneDNN, with its scratchpad
 def test_amp_float16_on_cpu():
     result = workflow.profile(workflow.resolve_spec(MLP), batch=2, dtype="float32", loss="cross_entropy",
                               device="cpu", warmup=0, repeats=1, threads=None, amp="float16",
