@@ -495,6 +495,32 @@ def test_a_network_whose_weights_outgrow_the_cache_is_predicted_slower_by_its_co
     assert predict_times(cold, memory.costs, 1)["train_sgd_ms"] > predict_times(warm, memory.costs, 1)["train_sgd_ms"]
 
 
+def test_a_buffer_too_large_for_the_heap_costs_its_bytes_at_the_fresh_rate_each_time_it_is_made():
+    """A 16-to-8192 linear layer and its ReLU at batch 2048: each result is 2048 × 8192 × 4 B =
+    64 MiB, over a 32 MiB threshold, so each costs 64 MiB at the fresh rate in inference (the 128 KiB
+    input nothing); the replay records what each call allocated; under the threshold, nothing."""
+    from profiler.engine import torch_module
+    memory = torch_module.memory(lambda: torch.nn.Sequential(torch.nn.Linear(16, 8192), torch.nn.ReLU()), [16],
+                                 batch=2048, optimizers=("sgd",), record_costs=True)
+    made = {c.packet: c.allocated for c in memory.costs["inference"] if c.allocated}
+    assert made["aten.addmm"] == made["aten.relu"] == (2048 * 8192 * 4,)
+    plain = _toy_model(per_op=0.0)
+    fresh = replace(plain, fresh_from=32 * 2**20, fresh_byte_s=1e-10)
+    slower = predict_times(fresh, memory.costs, 2048)["forward_ms"] - predict_times(plain, memory.costs, 2048)["forward_ms"]
+    assert slower == pytest.approx(2 * 2048 * 8192 * 4 * 1e-10 * 1e3)
+    assert predict_times(fresh, memory.costs, 2048)["train_sgd_ms"] > predict_times(plain, memory.costs, 2048)["train_sgd_ms"]
+    high = replace(fresh, fresh_from=2**27)
+    assert predict_times(high, memory.costs, 2048)["forward_ms"] == pytest.approx(
+        predict_times(plain, memory.costs, 2048)["forward_ms"])
+    assert DeviceModel.from_dict(json.loads(json.dumps(fresh.as_dict()))) == fresh
+
+
+def test_the_fresh_memory_benchmark_finds_a_mapped_buffer_slower_than_a_reused_one():
+    """glibc maps a 64 MiB buffer fresh at each allocation: its page faults cost, on any Linux."""
+    per_byte = calibrate._fresh_memory(rounds=3)
+    assert 0.0 < per_byte < 1e-8   # slower than 100 GB/s of faults, faster than 100 MB/s
+
+
 def test_the_cold_read_benchmark_gives_a_rising_cost_with_distance():
     points = calibrate._cold_reads(rounds=2, counts=(1, 2, 4, 12))
     distances, costs = [d for d, _ in points], [c for _, c in points]
@@ -539,6 +565,26 @@ def test_a_pooling_on_a_channels_last_tensor_is_its_own_kernel_family():
     three = (x[:1], w3, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
     assert (kernel_of(aten.convolution.default, one, run), kernel_of(aten.convolution.default, three, run)) == \
         ("im2col_1x1", "im2col")
+
+
+def test_a_softmax_over_rows_shorter_than_a_vector_is_its_own_kernel_family():
+    """The CPU softmax vectorises along each row: a row shorter than one vector runs scalar code
+    (rows of 10: 9.3 ms for 4 MiB, rows of 16: 0.69 ms, AVX-512). Only along the last axis, forward
+    and backward, softmax and log-softmax; the calibration times that family in both dtypes."""
+    from profiler.engine.kernels.aten_cpu import _vector_floats, kernel_of
+    from profiler.rules.registry import Context
+    run = Context(device_kind="cpu", data_format="channels_first", threads=1)
+    lanes = _vector_floats()
+    short, long = torch.randn(4, 3, lanes - 1), torch.randn(4, 3, lanes)
+    assert kernel_of(aten._softmax.default, (short, -1, False), run) == "short_rows"
+    assert kernel_of(aten._log_softmax.default, (short, 2, False), run) == "short_rows"
+    assert kernel_of(aten._softmax.default, (long, -1, False), run) == ""
+    assert kernel_of(aten._softmax.default, (short, 1, False), run) == ""
+    assert kernel_of(aten._softmax_backward_data.default, (short, short, -1, torch.float32), run) == "short_rows"
+    assert kernel_of(aten._log_softmax_backward_data.default, (long, long, 2, torch.float32), run) == ""
+    timed = {cost.kernel and f"{cost.packet}/{cost.kernel}/{cost.dtype}" for cost, _ in
+             calibrate._timed_calls(run, calibrate._micro_benchmarks(torch.bfloat16), rounds=1)}
+    assert {"aten._softmax/short_rows/bfloat16", "aten._log_softmax_backward_data/short_rows/bfloat16"} <= timed
 
 
 def test_a_timed_call_c_plus_plus_issued_sheds_python_s_issuing_too():

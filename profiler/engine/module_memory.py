@@ -542,6 +542,7 @@ class StorageLog(TorchDispatchMode):
         if func in _AUTOCAST_RESULT and self.run is not None and self.run.amp and _is_fake(out):
             out = out.new_empty(out.shape, dtype=getattr(torch, self.run.amp))
         outputs = tensors_in(out)
+        allocated: list[int] = []
         if outputs:
             lifted = func in _LIFT
             inputs = set() if lifted else {id(storage_of(t)) for t in tensors_in((args, kwargs))}
@@ -552,14 +553,17 @@ class StorageLog(TorchDispatchMode):
                 serial = self._serial.get(id(storage))
                 if serial is None:
                     serial = self._add(storage, tensor.dtype)
+                    allocated.append(storage.nbytes())
                     if func is aten._to_copy.default and self._of_parameter(args[0]):
                         self.category[serial] = "weight_casts"
                 elif self._nbytes[serial] != storage.nbytes():   # resized in place (out=)
                     self._resize(serial, storage.nbytes())
+        backward = self.phase == "backward"
+        booked = kernel_workspace(func, args, out, self.run, backward, kwargs) if self.run is not None else []
         if self._record_costs:
             cost = op_cost(func, args, kwargs, out, phase=self._cost_phase or _cost_phase(self.phase), module=self._module(),
                            kernel=kernel_of(func, args, self.run) if self.run is not None else "", python=python[0],
-                           modules=self._scope.calls - self._modules_booked)
+                           modules=self._scope.calls - self._modules_booked, allocated=(*allocated, *booked))
             if cost is not None:
                 self.costs.append(cost)
                 self._modules_booked = self._scope.calls
@@ -577,13 +581,11 @@ class StorageLog(TorchDispatchMode):
             if unknown is not None:
                 calls, most = self.unmodelled.get(unknown[0], (0, 0))
                 self.unmodelled[unknown[0]] = (calls + 1, max(most, unknown[1]))
-            backward = self.phase == "backward"
             cached = kernel_autocast_casts(func, args, kwargs, self.run)
             if cached:
                 alloc, free = self.synthetic(cached, "weight_casts", self._where(), "autocast exit", self.run.amp)
                 self.events.append(alloc)
                 self._until_autocast_ends.append(free)
-            booked = kernel_workspace(func, args, out, self.run, backward, kwargs)
             later = results_made_last(func, args, out, self.run, backward, kwargs) if booked else ()
             self._transient([(nbytes, "workspace") for nbytes in booked], dtype, self._results(out, later))
         return out

@@ -56,12 +56,16 @@ class OpCost:
     #: a call's identity: two copies of a layer make the same calls on other storages
     reads: tuple[tuple[int, int], ...] = field(default=(), compare=False)
     writes: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+    #: bytes of each buffer it allocated (a new result's storage, its kernel's workspace): a large
+    #: one is memory new from the system, each page faulted in as the call first writes it
+    #: (:meth:`~profiler.engine.step_time.DeviceModel.fresh_seconds`)
+    allocated: tuple[int, ...] = field(default=(), compare=False)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "OpCost":
         """A call from ``dataclasses.astuple`` (what a forked child sends), its touches as tuples."""
-        *head, reads, writes = row
-        return cls(*head, tuple(tuple(t) for t in reads), tuple(tuple(t) for t in writes))
+        *head, reads, writes, allocated = row
+        return cls(*head, tuple(tuple(t) for t in reads), tuple(tuple(t) for t in writes), tuple(allocated))
 
     @property
     def bytes(self) -> int:
@@ -211,11 +215,13 @@ def kind_of(func: Any) -> str:
 
 
 def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str, module: str,
-            kernel: str = "", python: bool = True, modules: int = 0) -> OpCost | None:
+            kernel: str = "", python: bool = True, modules: int = 0,
+            allocated: tuple[int, ...] = ()) -> OpCost | None:
     """The work of one call, ``out`` its result (fake tensors are fine: only metadata is read);
     None for what is no operator call in a real run (``prim.device``, which only a tensor subclass
     dispatches, and the profiler's markers). ``python``: whether Python issued it (see
-    :mod:`profiler.engine.python_calls`); ``modules``: module calls begun since the previous call."""
+    :mod:`profiler.engine.python_calls`); ``modules``: module calls begun since the previous call;
+    ``allocated``: the bytes of the buffers it allocated (the memory engine's)."""
     known = _OPERATORS.get(func)
     if known is None:
         known = _OPERATORS[func] = (func.namespace not in ("prim", "profiler"), str(func), kind_of(func),
@@ -228,7 +234,7 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
     floating = [t for t in (*inputs, *results) if t.is_floating_point()]
     dtype = str(floating[0].dtype).removeprefix("torch.") if floating else ""
     if kind == "view":
-        return OpCost(name, kind, phase, module, dtype, kernel, 0, 0, 0, python, modules)
+        return OpCost(name, kind, phase, module, dtype, kernel, 0, 0, 0, python, modules, allocated=allocated)
     flops = 0
     if formula is not None:
         try:
@@ -238,7 +244,7 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
     reads = _touched(inputs)
     writes = _touched(results) if results or not mutable else reads
     return OpCost(name, kind, phase, module, dtype, kernel, flops, sum(b for _, b in reads), sum(b for _, b in writes),
-                  python, modules, reads, writes)
+                  python, modules, reads, writes, allocated)
 
 
 #: operator -> (priced, name, kind, FLOP formula, mutable): what :func:`op_cost` reads of an

@@ -14,7 +14,8 @@ call:
   more per call that Python issued than per call that C++ did
   (:mod:`profiler.engine.python_calls`) and per module call. The curves were measured on warm
   tensors; a read of a tensor last touched far back in the loop (:mod:`profiler.engine.reuse`)
-  adds what a cold read measured more per byte at that distance.
+  adds what a cold read measured more per byte at that distance, and a buffer large enough to be
+  mapped fresh from the system at each allocation adds its page faults, measured per byte.
 - **roofline** (a catalog accelerator you don't have): the larger of FLOPs at the card's
   datasheet peak for the dtype and bytes at its memory bandwidth, and no call shorter than a
   kernel launch: a roofline prediction, until measured on that card.
@@ -91,6 +92,11 @@ class DeviceModel:
     #: (reuse distance in bytes, seconds per byte more than a warm read), ascending: a read's cost
     #: when its tensor was last touched that far back (:mod:`profiler.engine.reuse`); flat beyond
     cold_read: tuple[tuple[float, float], ...] = ()
+    #: a buffer of at least ``fresh_from`` bytes is new memory from the system at each allocation
+    #: (glibc maps it and unmaps it when freed), its pages faulted in as they are first written:
+    #: ``fresh_byte_s`` seconds per byte more than writing memory already mapped
+    fresh_from: int = 0
+    fresh_byte_s: float = 0.0
 
     def op_seconds(self, op: OpCost) -> float:
         """One call's time: its own (:meth:`base_seconds`) with ``per_op_s`` of its phase, never
@@ -126,6 +132,12 @@ class DeviceModel:
             return 0.0
         warm = self.cold_per_byte(op.bytes)
         return sum(nbytes * max(self.cold_per_byte(distance) - warm, 0.0) for nbytes, distance in reads)
+
+    def fresh_seconds(self, op: OpCost) -> float:
+        """What mapping in the buffers ``op`` allocated costs (those at least ``fresh_from``)."""
+        if not self.fresh_byte_s:
+            return 0.0
+        return self.fresh_byte_s * sum(n for n in op.allocated if n >= self.fresh_from)
 
     def cold_per_byte(self, distance: float) -> float:
         """Seconds per byte a read at ``distance`` costs more than a warm one: linear between the
@@ -212,7 +224,7 @@ def run_time(model: DeviceModel, costs: Sequence[OpCost]) -> RunTime:
     ops: dict[str, float] = {}
     distances = read_distances(costs) if model.cold_read else [()] * len(costs)
     for op, reads in zip(costs, distances):
-        seconds = model.op_seconds(op) + model.cold_seconds(op, reads)
+        seconds = model.op_seconds(op) + model.cold_seconds(op, reads) + model.fresh_seconds(op)
         phases[op.phase] = phases.get(op.phase, 0.0) + seconds
         ops[op.op] = ops.get(op.op, 0.0) + seconds
         if op.phase in ("inference", "forward", "backward"):

@@ -9,7 +9,8 @@ Two kinds of measurement, each at the thread count the runs will use:
   memory layouts. Each the fastest of five interleaved rounds, warm. They price an operator the calibration models below never called.
   And what a read costs more when the tensor was last touched far back: a multiply cycled over
   1 to 24 weights of 4 MB, the time over the warm one's per byte against the reuse distance
-  (:mod:`profiler.engine.reuse`).
+  (:mod:`profiler.engine.reuse`). And what a buffer too large for glibc's heap costs to map fresh
+  at each allocation, per byte.
 - **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
   depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
@@ -48,7 +49,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 13
+VERSION = 14
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -166,7 +167,8 @@ def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 
 
 def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
     """Matrix multiplies, convolutions (forward and backward, both kernel families),
-    element-wise adds and 2 × 2 poolings (contiguous and channels-last) across sizes, in ``dtype``."""
+    element-wise adds, softmaxes over short rows and 2 × 2 poolings (contiguous and channels-last)
+    across sizes, in ``dtype``."""
     calls: list[Callable[[], object]] = []
     for n in (8, 32, 128, 256, 512, 1024):
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -200,6 +202,14 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
     for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))
+    aten = torch.ops.aten
+    for rows in (64, 4096, 65_536):   # softmax over rows shorter than a vector (a class axis of 10)
+        x = torch.randn(rows, 10).to(dtype)
+        for forward, backward in ((aten._softmax, aten._softmax_backward_data),
+                                  (aten._log_softmax, aten._log_softmax_backward_data)):
+            out = forward(x, -1, False)
+            calls.append(lambda x=x, forward=forward: forward(x, -1, False))
+            calls.append(lambda out=out, backward=backward: backward(out, out, -1, out.dtype))
     pool, pool_backward = torch.ops.aten.max_pool2d_with_indices, torch.ops.aten.max_pool2d_with_indices_backward
     for shape in ((1, 16, 16, 16), (1, 64, 32, 32), (8, 16, 32, 32), (4, 64, 56, 56)):   # both layouts
         for layout in (torch.contiguous_format, torch.channels_last):
@@ -250,6 +260,30 @@ def _cold_reads(inner: int = 2048, cols: int = 512, rows: int = 1, rounds: int =
         most = min(max(most, (seconds - times[0]) / extra), 1.0)
         points.append(((k - 1) * weight_bytes + near, most * cold))
     return tuple(points)
+
+
+#: the largest buffer glibc's malloc serves from its heap once its threshold has adapted
+#: (``DEFAULT_MMAP_THRESHOLD_MAX``, 4 Mi × ``sizeof(long)`` on 64-bit: mallopt(3)): a larger one is
+#: mapped from the system at each allocation and unmapped when freed
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def _fresh_memory(nbytes: int = 64 * 2**20, rounds: int = 5) -> float:
+    """Seconds per byte a buffer mapped fresh costs more than one reused: a ``neg`` of ``nbytes``
+    into a new result (mapped, its pages faulted in as written, unmapped when dropped) against the
+    same into a kept one, interleaved, the rounds' medians; never negative. A 48 MB result took
+    12.3 ms fresh and 4.6 ms reused (Intel Xeon, 2 threads): conv-224's largest activations."""
+    x = torch.ones(nbytes // 4)
+    kept = torch.empty_like(x)
+    fresh, reused = [], []
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        torch.neg(x)
+        fresh.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        torch.neg(x, out=kept)
+        reused.append(time.perf_counter() - start)
+    return max(statistics.median(fresh[1:]) - statistics.median(reused[1:]), 0.0) / nbytes
 
 
 def _timer_inflation(run: Any) -> float:
@@ -637,8 +671,9 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             view_s = _view_seconds()
             inflation = _timer_inflation(run)
             python_s, module_s = _python_issue_seconds(), _module_call_seconds()
-            say("reads of tensors last touched far back")
+            say("reads of tensors last touched far back, and memory mapped fresh")
             cold_read = _cold_reads()
+            fresh_byte_s = _fresh_memory()
         micro = _deflated(micro, inflation, python_s)
         runs = []
         for make, inputs, batches in _MODELS:
@@ -670,6 +705,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
     return DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
                        bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, per_python_s=per_python, module_s=module_s,
                        threads=used, timer_inflation_s=inflation, cold_read=cold_read,
+                       fresh_from=GLIBC_MMAP_THRESHOLD_MAX, fresh_byte_s=fresh_byte_s,
                        source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
                               f"torch {torch.__version__}" + (f" ({busy})" if busy else ""))
 

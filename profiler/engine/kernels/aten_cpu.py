@@ -152,16 +152,33 @@ _POOLS = {aten.max_pool2d_with_indices.default, aten.max_pool2d_with_indices_bac
           aten.avg_pool2d.default, aten.avg_pool2d_backward.default}
 
 
+#: softmax along the last axis, whose CPU kernel vectorises along each row: a row shorter than
+#: one vector runs scalar code, 9.3 ms for a 4 MiB float32 softmax of rows of 10 against 0.69 ms
+#: for rows of 16 (Intel Xeon, AVX-512, 2 threads); conv-224's classifier is such a softmax
+_SOFTMAX = {aten._softmax.default: 1, aten._log_softmax.default: 1,
+            aten._softmax_backward_data.default: 2, aten._log_softmax_backward_data.default: 2}
+
+
+def _vector_floats() -> int:
+    """float32 lanes of one vector of the ATen kernels this CPU runs (its CPU capability)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return 16 if capability.startswith("AVX512") else 8 if capability.startswith("AVX2") else 4
+
+
 def kernel_of(func: Any, args: tuple, run: Context) -> str:
     """Which CPU kernel family runs a call, where that sets its speed (convolutions: oneDNN,
     depthwise or im2col, and im2col on a 1 × 1 kernel without stride or padding, which multiplies
     the input as it lies, unfolding nothing: torchvision mobilenet_v3_small's pointwise ones at
     batch 1 ran in 11-15 µs where 3 × 3 ones of their FLOPs took 34; a batch norm in training,
     which computes the batch's statistics, 2.7 × the time of one reading its running statistics on
-    regnetx_002's calls; a pooling on a channels-last tensor, see :data:`_POOLS`); "" for the
-    others."""
+    regnetx_002's calls; a pooling on a channels-last tensor, see :data:`_POOLS`; a softmax over
+    rows shorter than a vector, see :data:`_SOFTMAX`); "" for the others."""
     if func is aten.native_batch_norm.default:
         return "training" if args[5] else ""
+    if func in _SOFTMAX:
+        x, dim = args[0], args[_SOFTMAX[func]]
+        last = x.dim() > 0 and dim % x.dim() == x.dim() - 1
+        return "short_rows" if last and x.shape[-1] < _vector_floats() else ""
     if func in _POOLS:
         x = args[1] if "backward" in func.name() else args[0]
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
