@@ -176,6 +176,13 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
     for rows, inner, cols in ((4, 2048, 2048), (1, 4096, 1024), (16, 1024, 4096)):   # skinny: weight-bound
         a, b = torch.randn(rows, inner).to(dtype), torch.randn(inner, cols).to(dtype)
         calls.append(lambda a=a, b=b: torch.mm(a, b))
+    # small linear layers (a recurrent cell's step, a narrow attention's projections), warm: in the
+    # calibration models such a call is often the first after others and slower timed that way
+    # (a GRU's 16 × 32 by 32 × 192 input projection: 42 µs there, 6 µs repeated from Python)
+    for rows, inner, cols in ((1, 32, 96), (1, 64, 192), (8, 64, 192), (16, 32, 192), (32, 64, 256), (64, 128, 512)):
+        a, b, bias = (torch.randn(rows, inner).to(dtype), torch.randn(cols, inner).to(dtype).t(),
+                      torch.randn(cols).to(dtype))
+        calls.append(lambda a=a, b=b, bias=bias: torch.addmm(bias, a, b))
     # (batch, channels, side, kernel, groups): each kernel family across sizes (batch 1 float32
     # runs torch's im2col kernels, larger batches oneDNN; groups = channels is depthwise)
     for batch, channels, size, kernel, groups in (
