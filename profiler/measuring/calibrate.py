@@ -167,8 +167,8 @@ def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 
 
 def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
     """Matrix multiplies, convolutions (forward and backward, both kernel families),
-    element-wise adds, softmaxes over short rows and 2 × 2 poolings (contiguous and channels-last)
-    across sizes, in ``dtype``."""
+    element-wise adds, batch variances, dropout masks, softmaxes over short rows and 2 × 2
+    poolings (contiguous and channels-last) across sizes, in ``dtype``."""
     calls: list[Callable[[], object]] = []
     for n in (8, 32, 128, 256, 512, 1024):
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -210,6 +210,13 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))
     aten = torch.ops.aten
+    # operators far slower per byte than an add, which no calibration model calls: a batch's
+    # variance and mean (a Keras-style batch norm in training: 373 µs for 0.5 MiB, an add of it
+    # 12 µs) and dropout's random mask
+    for shape in ((2, 8, 8, 8), (8, 16, 32, 32), (4, 64, 28, 28)):
+        x = torch.randn(shape).to(dtype)
+        calls.append(lambda x=x: torch.var_mean(x, dim=(0, 2, 3), correction=0))
+        calls.append(lambda x=x: x.bernoulli_(0.9))
     for rows in (64, 4096, 65_536):   # softmax over rows shorter than a vector (a class axis of 10)
         x = torch.randn(rows, 10).to(dtype)
         for forward, backward in ((aten._softmax, aten._softmax_backward_data),
