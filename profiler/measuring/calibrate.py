@@ -2,11 +2,13 @@
 
 Two kinds of measurement, each at the thread count the runs will use:
 
-- **Micro-benchmarks**: matrix multiplies (n × n, n = 8 … 1024, and skinny ones) and
-  convolutions of each kernel family down to its floor (a 1 × 1 map), forward and backward, in
-  float32 and bfloat16 — time against FLOPs, by size class; an out-of-place ``add`` from 16 to
-  4 M elements — time against bytes, and the bandwidth from the largest; 2 × 2 poolings in both
-  memory layouts. Each the fastest of five interleaved rounds, warm. They price an operator the calibration models below never called.
+- **Micro-benchmarks**: matrix multiplies (n × n, n = 8 … 1024, skinny ones and small linear
+  layers) and convolutions of each kernel family down to its floor (a 1 × 1 map), forward and
+  backward, in float32 and bfloat16 — time against FLOPs, by size class; an out-of-place ``add``
+  from 16 to 4 M elements — time against bytes, and the bandwidth from the largest; 2 × 2
+  poolings in both memory layouts; operators far slower per byte than an add (a batch's
+  ``var_mean``, dropout's ``bernoulli_``, a softmax over rows shorter than a vector). Each the
+  fastest of five interleaved rounds, warm. They price an operator the calibration models below never called.
   And what a read costs more when the tensor was last touched far back: a multiply cycled over
   1 to 24 weights of 4 MB, the time over the warm one's per byte against the reuse distance
   (:mod:`profiler.engine.reuse`). And what a buffer too large for glibc's heap costs to map fresh
@@ -285,8 +287,9 @@ GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
 def _fresh_memory(nbytes: int = 64 * 2**20, rounds: int = 5) -> float:
     """Seconds per byte a buffer mapped fresh costs more than one reused: a ``neg`` of ``nbytes``
     into a new result (mapped, its pages faulted in as written, unmapped when dropped) against the
-    same into a kept one, interleaved, the rounds' medians; never negative. A 48 MB result took
-    12.3 ms fresh and 4.6 ms reused (Intel Xeon, 2 threads): conv-224's largest activations."""
+    same into a kept one, interleaved, the rounds' medians; never negative. A 48 MiB ReLU took
+    12.3 ms into a new result and 4.6 ms into a kept one (Intel Xeon, 2 threads): the size of
+    conv-224's largest activations at batch 2."""
     x = torch.ones(nbytes // 4)
     kept = torch.empty_like(x)
     fresh, reused = [], []
