@@ -11,11 +11,15 @@ from profiler.engine.kernels import cpu_isa
 
 RUNNING = cpu_isa.onednn_isa()
 OFF = RUNNING != cpu_isa.MODELLED
+#: float32's workspace holds on more ISAs than low precision's (``cpu_isa.FLOAT32_EXACT``)
+FLOAT32_OFF = RUNNING not in cpu_isa.FLOAT32_EXACT
 REASON = (f"expects kernel workspace measured on oneDNN's {cpu_isa.MODELLED}; this process runs "
           f"{RUNNING} (ONEDNN_MAX_CPU_ISA or the CPU): predictions carry a warning there instead")
 
 #: for a whole test (or a whole file: ``pytestmark = modelled_isa``)
 modelled_isa = pytest.mark.skipif(OFF, reason=REASON)
+#: for a whole test that runs float32 only
+float32_isa = pytest.mark.skipif(FLOAT32_OFF, reason=REASON)
 
 
 def require_modelled_isa() -> None:
@@ -24,11 +28,19 @@ def require_modelled_isa() -> None:
         pytest.skip(REASON)
 
 
+def require_float32_isa() -> None:
+    """Skip the running float32 case where float32's workspace is not known exact."""
+    if FLOAT32_OFF:
+        pytest.skip(REASON)
+
+
 def require_modelled_isa_for(spec=None, *, dtype: str = "float32", amp: str | None = None) -> None:
     """Skip when the case books ISA-measured workspace: low precision, or a spec with convolutions."""
     convolutions = spec is not None and any("Conv" in node.layer.type for node in _all_nodes(spec))
-    if amp or dtype != "float32" or convolutions:
+    if amp or dtype != "float32":
         require_modelled_isa()
+    elif convolutions:
+        require_float32_isa()
 
 
 def _all_nodes(spec):

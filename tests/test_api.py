@@ -6,7 +6,7 @@ from torch import nn
 
 import profiler
 from profiler.frontends.spec import loads
-from isa import modelled_isa
+from isa import float32_isa
 
 
 def small_cnn() -> nn.Module:
@@ -22,7 +22,7 @@ def test_summary_of_a_module_counts_parameters_and_buffers_apart():
     assert result["output_shape"] == [[None, 10]]
 
 
-@modelled_isa   # convolutions' workspace
+@float32_isa   # convolutions' workspace
 def test_profile_of_a_factory_is_exact_on_the_cpu():
     result = profiler.profile(small_cnn, (3, 8, 8), batch=2, warmup=0, repeats=1, optimizers=("sgd",))
     for key in ("inference_peak_bytes", "train_peak_bytes_sgd", "train_first_step_peak_bytes_sgd"):
@@ -40,7 +40,7 @@ def test_measure_leaves_a_given_module_as_it_was():
     assert model.training and all(p.grad is None for p in model.parameters())
 
 
-@modelled_isa
+@float32_isa
 def test_fit_of_a_factory_is_solved_and_verified():
     answer = profiler.fit(small_cnn, (3, 8, 8), memory="2MiB", train="sgd", verify=True)
     assert answer["batch"] >= 1 and answer["verification"]["held"] is True

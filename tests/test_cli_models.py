@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from profiler.cli import main
-from isa import require_modelled_isa
+from isa import require_float32_isa
 
 BATCH = 2
 QUICK = ["--batch", str(BATCH), "--repeats", "1", "--warmup", "0", "--format", "json"]
@@ -234,7 +234,7 @@ def test_measure(models, capsys, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_profile(models, capsys, kind):
     if kind == "cnn":   # convolutions' workspace
-        require_modelled_isa()
+        require_float32_isa()
     code, out, err = run(capsys, ["profile", *models.argv(kind), *QUICK, "--optimizers", "sgd", "--no-save"])
     assert code == 0, err
     assert "saved_to" not in out
@@ -269,7 +269,7 @@ def test_fit(models, capsys, kind):
 @pytest.mark.parametrize("kind,memory", [("spec", "1MiB"), ("cnn", "4MiB"), ("gpt2", "16MiB")])
 def test_fit_verify_holds(models, capsys, kind, memory):
     if kind == "cnn":
-        require_modelled_isa()
+        require_float32_isa()
     """The solved batch fits the budget when measured, and the next one does not (CPU, exact bytes).
 
     Smaller budgets than 64MiB keep the two measurements at the solved batch quick."""

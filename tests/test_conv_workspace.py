@@ -19,9 +19,9 @@ from profiler.engine.kernels.cpu_conv import conv_workspace
 from profiler.engine.kernels.onednn_conv_weights import bf16_weights_scratchpad, float32_weights_scratchpad
 from profiler.rules.modules import ChannelsLast
 from profiler.frontends.spec import Model, layer as L
-from isa import modelled_isa
+from isa import float32_isa, modelled_isa, require_modelled_isa
 
-pytestmark = modelled_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16
+pytestmark = float32_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16 (float32: and AMX)
 
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam")
 PRECISIONS = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"),
@@ -50,10 +50,12 @@ def conv224_amp():
                             warmup=0, repeats=1, threads=None, amp="bfloat16", optimizers=("sgd",))
 
 
+@modelled_isa
 def test_seed_conv_model_amp_inference_exact(conv224_amp):
     assert conv224_amp["predicted"]["inference_peak_bytes"] == conv224_amp["measured"]["inference_peak_bytes"]
 
 
+@modelled_isa
 def test_seed_conv_model_amp_training_exact(conv224_amp):
     # the third convolution's bfloat16 weight gradient books ~37.4 MB (bf16_weights_scratchpad)
     assert conv224_amp["predicted"]["train_peak_bytes_sgd"] == conv224_amp["measured"]["train_peak_bytes_sgd"]
@@ -65,6 +67,8 @@ ZOO = [pytest.param(model, batch, precision, id=f"{model}-b{batch}-{precision}")
 
 @pytest.mark.parametrize("model, batch, precision", ZOO)
 def test_zoo_convolution_models_exact(model, batch, precision):
+    if precision != "float32":
+        require_modelled_isa()
     _assert_exact(_profile(f"benchmarks/zoo/{model}.yaml", batch, precision), f"{model} batch {batch} {precision}")
 
 
@@ -104,6 +108,8 @@ def _strided_data_phase(name: str, batch: int, precision: str) -> bool:
 
 @pytest.mark.parametrize("name, batch, precision", LAYER_CASES)
 def test_single_convolution_exact(name, batch, precision):
+    if precision != "float32":
+        require_modelled_isa()
     result = _profile(name, batch, precision)
     if not _strided_data_phase(name, batch, precision):
         _assert_exact(result, f"{name} batch {batch} {precision}")
@@ -151,6 +157,7 @@ def test_im2col_at_batch_one_by_hand():
         gc.enable()
 
 
+@modelled_isa
 def test_bf16_weight_gradient_scratchpad_by_hand():
     """oneDNN's jit_bf16 weight gradient, 32 → 32 channels, 3×3 unpadded on one 16×16 image, 2
     threads. The input is transposed into rows of tr_iw = 16 + 2 (shared padding) bfloat16;
@@ -224,6 +231,8 @@ NCHW = {
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", NCHW)
 def test_channels_first_convolution_workspace_exact(name, dtype):
+    if dtype != "float32":
+        require_modelled_isa()
     """Batch 3 (oneDNN in float32 too), every weight-gradient kernel of the channels-first path."""
     factory, shape = NCHW[name]
     (fwd, fwd_pred), (bwd, bwd_pred) = _nchw_workspace(factory(), shape, 3, dtype)

@@ -16,9 +16,9 @@ import torch
 from test_realworld_conv import PEAKS, _conv_calls, _exact, _workspace
 from profiler import workflow
 from profiler.frontends.source import resolve
-from isa import modelled_isa
+from isa import float32_isa, modelled_isa
 
-pytestmark = modelled_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16
+pytestmark = float32_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16 (float32: and AMX)
 
 aten = torch.ops.aten
 
@@ -58,6 +58,7 @@ def test_gemm_weight_gradient_by_hand():
 
 
 @pytest.mark.parametrize("channels, channels_last", ((3, False), (3, True), (32, False), (32, True)))
+@modelled_isa
 def test_bfloat16_weight_gradient(channels, channels_last):
     # 3 input channels: jit_bf16's "first convolution" takes 16 wide; 32: the GEMM convolution
     # (a float32 accumulator and bias besides the sums, bfloat16 columns)

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from realworld_zoo import PEAKS, ZOO, run  # noqa: E402
-from isa import require_modelled_isa  # noqa: E402
+from isa import require_float32_isa  # noqa: E402
 
 #: (entry, batch sizes), kept to a few seconds each. nn.GRU at batch 4: ATen's ``linear`` of its
 #: transposed input adds the bias in place on the CPU, out of place on fake tensors (the engine's
@@ -31,7 +31,7 @@ def test_predicted_equals_measured(entry, batch):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed (the test extra installs it)")
     if entry.family in ("timm", "torchvision"):   # convolutions (a ViT's patch embedding too)
-        require_modelled_isa()
+        require_float32_isa()
     row = run(entry, batch)
     assert row["params"] == row["params_numel"]
     assert {k: row[k]["predicted"] for k in PEAKS} == {k: row[k]["measured"] for k in PEAKS}

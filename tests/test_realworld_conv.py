@@ -20,9 +20,9 @@ from profiler.frontends.source import resolve
 from profiler.frontends.spec import Model, layer as L
 from profiler.measuring.memory_trace import MEMORY_EVENT, _raw_events, profiled
 from profiler.rules.registry import Context
-from isa import modelled_isa
+from isa import float32_isa, modelled_isa
 
-pytestmark = modelled_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16
+pytestmark = float32_isa   # kernel workspace measured on oneDNN's AVX512_CORE_BF16 (float32: and AMX)
 
 aten = torch.ops.aten
 PEAKS = ("inference_peak_bytes", "train_peak_bytes_sgd", "train_peak_bytes_adam",
@@ -272,6 +272,7 @@ def test_keras_224_depthwise_5x5(channels, size, stride):
 # --- bfloat16 (issue 9: the autocast zoo) ------------------------------------------------------------
 
 @pytest.mark.parametrize("batch", (1, 2, 4))
+@modelled_isa
 def test_wide_channels_last_bf16_depthwise_weight_gradient_sums_in_float32_per_group(batch):
     # 7×7 on 24 channels, bfloat16: oneDNN's jit_bf16 weight gradient, every channel a group of
     # 16 × 16: its blocked bfloat16 gradient (602,112 B) beside a float32 sum of it (1,204,224 B),
@@ -284,6 +285,7 @@ def test_wide_channels_last_bf16_depthwise_weight_gradient_sums_in_float32_per_g
 
 @pytest.mark.parametrize("channels, size, kernel, stride", ((24, 16, 5, 1), (40, 8, 5, 2), (20, 16, 7, 1),
                                                             (24, 8, 3, 1), (72, 8, 3, 1)))
+@modelled_isa
 def test_channels_last_bf16_depthwise(channels, size, kernel, stride):
     # 3×3: jit_dw, every working thread (the first too) sums in float32, one channel block a step,
     # and converts the bias gradient through float32; 5×5, 7×7: jit_bf16 as above
@@ -293,6 +295,7 @@ def test_channels_last_bf16_depthwise(channels, size, kernel, stride):
 
 @pytest.mark.parametrize("threads", (1, 2))
 @pytest.mark.parametrize("channels, size, kernel", ((72, 8, 3), (24, 16, 7), (24, 16, 5), (20, 8, 7)))
+@modelled_isa
 def test_nchw_bf16_depthwise(channels, size, kernel, threads):
     # the float32 kernels' blocked copies and reorders in bfloat16, the bias converted through
     # float32, jit_dw's float32 sums for every batch-thread, and the 5×5/7×7 GEMM weight gradient
@@ -311,6 +314,7 @@ def test_nchw_bf16_depthwise(channels, size, kernel, threads):
 @pytest.mark.parametrize("channels, size, kernel, stride, batch", (
     (128, 8, 3, 2, 1), (192, 4, 3, 2, 4), (16, 32, 3, 2, 3), (128, 16, 5, 2, 1), (40, 12, 3, 3, 2),
     (24, 16, 7, 2, 2), (64, 8, 3, 2, 8)))
+@modelled_isa
 def test_nchw_bf16_strided_depthwise_input_gradient(channels, size, kernel, stride, batch, threads):
     # brgconv_strided on channels-last copies: the output's gradient, the weight VNNI-paired (each
     # channel 16 × 2 × taps), the input's gradient and its scratchpad, per thread the output's
@@ -332,6 +336,7 @@ def test_nchw_bf16_strided_depthwise_input_gradient(channels, size, kernel, stri
 
 @pytest.mark.parametrize("batch, channels, size, filters", ((1, 64, 16, 24), (1, 128, 4, 48), (2, 64, 16, 24),
                                                             (1, 16, 8, 64), (3, 64, 8, 48)))
+@modelled_isa
 def test_nchw_bf16_1x1_store_buffer_per_thread(batch, channels, size, filters):
     # oneDNN's bfloat16 1×1 kernel books a float32 store buffer for every thread, of its share of
     # the output channels (load groups): at batch 1 on 2 threads, 64 → 24 on 16×16 books two
@@ -342,6 +347,7 @@ def test_nchw_bf16_1x1_store_buffer_per_thread(batch, channels, size, filters):
     _exact([(aten.convolution.default, (x, w, b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1))])
 
 
+@modelled_isa
 def test_timm_convnext_in_bfloat16_exact():
     timm = pytest.importorskip("timm")
     result = workflow.profile(resolve(lambda: timm.create_model("test_convnext", num_classes=10),
