@@ -799,7 +799,7 @@ def _parser() -> argparse.ArgumentParser:
     distributed(fit)
     fit.set_defaults(run=_fit)
     calibrate = commands.add_parser(
-        "calibrate", help="measure this machine's time model again (about 10 s; cached for later predictions)")
+        "calibrate", help="measure this machine's time model again (10-20 s; cached for later predictions)")
     calibrate.add_argument("--threads", type=_positive, default=None,
                            help="CPU threads to calibrate for (default: torch's, which honours OMP_NUM_THREADS)")
     calibrate.set_defaults(run=_calibrate)
