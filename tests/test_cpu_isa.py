@@ -40,6 +40,7 @@ def test_flags_only_off_the_modelled_isa():
     assert cpu_isa.warnings(dtype="float32", amp=None, device_kind="cpu", environ={}, flags=AMX) == []
     amx_low = cpu_isa.warnings(dtype="bfloat16", amp=None, device_kind="cpu", environ={}, flags=AMX)
     assert len(amx_low) == 1 and "NOT MODELLED" in amx_low[0] and "AVX512_CORE_AMX" in amx_low[0]
+    assert "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16" in amx_low[0] and "ONEDNN_MAX_CPU_ISA" not in low[0]
 
 
 @pytest.mark.skipif(cpu_isa.cpu_isa() is None or cpu_isa.NAMES.index(cpu_isa.cpu_isa() or "SSE41") < 2,
