@@ -2,8 +2,10 @@
 
 Under another ISA (another CPU, or ``ONEDNN_MAX_CPU_ISA=AVX2`` / ``AVX512_CORE``) those kernels
 are other kernels: such tests skip with the reason, and the prediction itself carries the
-warning (``profiler.engine.kernels.cpu_isa``, tested in tests/test_cpu_isa.py). Everything else
-in the suite runs, and passes, under either cap.
+warning (``profiler.engine.kernels.cpu_isa``, tested in tests/test_cpu_isa.py). float32's
+workspace holds on ``cpu_isa.FLOAT32_EXACT`` too (AMX): its cases skip only elsewhere
+(``float32_isa``, :func:`require_float32_isa`). Everything else in the suite runs, and passes,
+under either cap.
 """
 import pytest
 
