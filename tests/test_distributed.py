@@ -9,7 +9,7 @@ import torch
 from profiler.distributed import launch, predict
 from profiler.distributed.job import Job
 from profiler.distributed.strategies import Strategy
-from isa import FLOAT32_OFF, OFF, REASON
+from isa import REASON, workspace_off
 
 
 def _mlp() -> torch.nn.Module:
@@ -102,11 +102,7 @@ def predicted() -> list[list[predict.RankPrediction]]:
 
 
 def _isa_off(job: Job) -> bool:
-    """Whether the job books kernel workspace not known exact on this ISA: low precision's off the
-    modelled ISA, convolutions' in float32 off ``cpu_isa.FLOAT32_EXACT``."""
-    if job.amp or job.dtype != "float32":
-        return OFF
-    return job.factory is _conv and FLOAT32_OFF
+    return workspace_off(dtype=job.dtype, amp=job.amp, convolutions=job.factory is _conv)
 
 
 def _isa_measured(job: Job) -> None:

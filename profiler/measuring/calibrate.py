@@ -171,6 +171,7 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
     """Matrix multiplies, convolutions (forward and backward, both kernel families),
     element-wise adds, batch variances, dropout masks, softmaxes over short rows and 2 × 2
     poolings (contiguous and channels-last) across sizes, in ``dtype``."""
+    aten = torch.ops.aten
     calls: list[Callable[[], object]] = []
     for n in (8, 32, 128, 256, 512, 1024):
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -206,12 +207,11 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
         grad = torch.randn(batch, channels, size, size).to(dtype)
         pad = kernel // 2
         calls.append(lambda x=x, w=w, pad=pad, groups=groups: torch.conv2d(x, w, padding=pad, groups=groups))
-        calls.append(lambda x=x, w=w, grad=grad, pad=pad, groups=groups: torch.ops.aten.convolution_backward(
+        calls.append(lambda x=x, w=w, grad=grad, pad=pad, groups=groups: aten.convolution_backward(
             grad, x, w, [0], [1, 1], [pad, pad], [1, 1], False, [0, 0], groups, [True, True, False]))
     for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))
-    aten = torch.ops.aten
     # operators far slower per byte than an add, which no calibration model calls: a batch's
     # variance and mean (a Keras-style batch norm in training: 373 µs for 0.5 MiB, an add of it
     # 12 µs) and dropout's random mask
@@ -226,7 +226,7 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             out = forward(x, -1, False)
             calls.append(lambda x=x, forward=forward: forward(x, -1, False))
             calls.append(lambda out=out, backward=backward: backward(out, out, -1, out.dtype))
-    pool, pool_backward = torch.ops.aten.max_pool2d_with_indices, torch.ops.aten.max_pool2d_with_indices_backward
+    pool, pool_backward = aten.max_pool2d_with_indices, aten.max_pool2d_with_indices_backward
     for shape in ((1, 16, 16, 16), (1, 64, 32, 32), (8, 16, 32, 32), (4, 64, 56, 56)):   # both layouts
         for layout in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(shape).to(dtype).contiguous(memory_format=layout)
@@ -235,7 +235,7 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             calls.append(lambda x=x: pool(x, [2, 2], [2, 2]))
             calls.append(lambda x=x, grad=grad, indices=indices: pool_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1],
                                                                                False, indices))
-            calls.append(lambda x=x: torch.ops.aten.avg_pool2d(x, [2, 2], [2, 2]))
+            calls.append(lambda x=x: aten.avg_pool2d(x, [2, 2], [2, 2]))
     return calls
 
 
