@@ -567,6 +567,28 @@ def test_a_pooling_on_a_channels_last_tensor_is_its_own_kernel_family():
         ("im2col_1x1", "im2col")
 
 
+def test_a_strided_convolution_is_its_own_kernel_family_beside_each():
+    """Per FLOP a convolution of stride 2 runs 1.5-4 x slower than one of stride 1 (fewer outputs
+    per input read; backward scatters its gradient), so it is priced by a curve of its own, forward
+    and backward, in each family; the calibration times them."""
+    from profiler.engine.kernels.aten_cpu import kernel_of
+    from profiler.rules.registry import Context
+    run = Context(device_kind="cpu", data_format="channels_first", threads=2)
+    x, w = torch.randn(4, 8, 8, 8), torch.randn(8, 8, 3, 3)
+    forward = lambda stride, groups=1, x=x: kernel_of(
+        aten.convolution.default, (x, w[:, :8 // groups], None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], groups), run)
+    assert (forward(1), forward(2)) == ("onednn", "onednn_strided")
+    assert (forward(1, 8), forward(2, 8)) == ("depthwise", "depthwise_strided")
+    assert forward(2, x=x[:1]) == "im2col_strided"
+    grad = torch.randn(4, 8, 4, 4)
+    backward = (grad, x, w, [0], [2, 2], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False])
+    assert kernel_of(aten.convolution_backward.default, backward, run) == "onednn_strided"
+    timed = {cost.kernel and f"{cost.packet}/{cost.kernel}/{cost.dtype}" for cost, _ in
+             calibrate._timed_calls(run, calibrate._micro_benchmarks(torch.float32), rounds=1)}
+    assert {f"aten.{op}/{family}_strided/float32" for op in ("convolution", "convolution_backward")
+            for family in ("onednn", "im2col", "depthwise", "grouped")} <= timed
+
+
 def test_a_softmax_over_rows_shorter_than_a_vector_is_its_own_kernel_family():
     """The CPU softmax vectorises along each row: a row shorter than one vector runs scalar code
     (rows of 10: 9.3 ms for 4 MiB, rows of 16: 0.69 ms, AVX-512). Only along the last axis, forward

@@ -51,7 +51,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 14
+VERSION = 15
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -209,6 +209,24 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
         calls.append(lambda x=x, w=w, pad=pad, groups=groups: torch.conv2d(x, w, padding=pad, groups=groups))
         calls.append(lambda x=x, w=w, grad=grad, pad=pad, groups=groups: aten.convolution_backward(
             grad, x, w, [0], [1, 1], [pad, pad], [1, 1], False, [0, 0], groups, [True, True, False]))
+    # (batch, in channels, out channels, side, kernel, groups) at stride 2: each kernel family's
+    # strided convolutions, a family of their own (a network's downsampling: stems, each stage's
+    # first convolution, its 1 × 1 shortcut)
+    for batch, channels, out, size, kernel, groups in (
+            (2, 16, 32, 16, 3, 1), (4, 32, 64, 16, 3, 1), (4, 64, 128, 16, 3, 1), (8, 128, 256, 8, 3, 1),
+            (4, 192, 96, 4, 3, 1), (4, 64, 128, 32, 1, 1), (4, 128, 256, 8, 1, 1), (1, 3, 32, 64, 7, 1),
+            (4, 3, 32, 64, 3, 1),
+            (1, 16, 32, 32, 3, 1), (1, 64, 128, 16, 3, 1), (1, 128, 256, 8, 3, 1), (1, 64, 128, 16, 1, 1),
+            (1, 3, 16, 64, 3, 1),
+            (1, 16, 16, 32, 3, 16), (4, 64, 64, 16, 3, 64), (4, 96, 96, 16, 5, 96), (1, 72, 72, 16, 5, 72),
+            (4, 32, 32, 8, 3, 32), (4, 64, 64, 16, 3, 8), (1, 48, 48, 16, 3, 6)):
+        x = torch.randn(batch, channels, size, size).to(dtype)
+        w = torch.randn(out, channels // groups, kernel, kernel).to(dtype)
+        pad = kernel // 2
+        grad = torch.conv2d(x, w, stride=2, padding=pad, groups=groups)
+        calls.append(lambda x=x, w=w, pad=pad, groups=groups: torch.conv2d(x, w, stride=2, padding=pad, groups=groups))
+        calls.append(lambda x=x, w=w, grad=grad, pad=pad, groups=groups: aten.convolution_backward(
+            grad, x, w, [0], [2, 2], [pad, pad], [1, 1], False, [0, 0], groups, [True, True, False]))
     for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))

@@ -172,7 +172,11 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
     batch 1 ran in 11-15 µs where 3 × 3 ones of their FLOPs took 34; a batch norm in training,
     which computes the batch's statistics, 2.7 × the time of one reading its running statistics on
     regnetx_002's calls; a pooling on a channels-last tensor, see :data:`_POOLS`; a softmax over
-    rows shorter than a vector, see :data:`_SOFTMAX`); "" for the others."""
+    rows shorter than a vector, see :data:`_SOFTMAX`; a strided convolution, a family of its own
+    beside each: fewer outputs per input read, and backward scatters its gradient, so per FLOP it is
+    1.5-4 × slower than one of stride 1 of the same shapes: 8 × 128 × 8 × 8 by 256 3 × 3 filters on
+    oneDNN, forward 261 GFLOP/s at stride 1 and 178 at stride 2, backward 169 and 72); "" for the
+    others."""
     if func is aten.native_batch_norm.default:
         return "training" if args[5] else ""
     if func in _SOFTMAX:
@@ -197,7 +201,9 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
                     False, bool(transposed))
     name = kernel_name(_op_context(run, x.dtype, batch=x.shape[0]), call)
     pointwise = all(k == 1 for k in call.kernel) and not (call.strided or call.dilated or any(padding))
-    return "im2col_1x1" if name == "im2col" and pointwise else name
+    if name == "im2col" and pointwise:
+        return "im2col_1x1"
+    return f"{name}_strided" if call.strided and not call.transposed else name
 
 
 @_workspace(aten.convolution.default)
