@@ -82,7 +82,6 @@ class DeviceModel:
     peak_flops: dict[str, float] = field(default_factory=dict)   # dtype -> FLOP/s (roofline)
     launch_s: float = 0.0                        # a call's shortest time (roofline: a kernel launch)
     per_op_s: dict[str, float] = field(default_factory=dict)      # phase -> Python/autograd per call
-    kernel_factor: dict[str, float] = field(default_factory=dict)
     #: phase -> more per call that Python issued (its argument parsing, the module's Python around
     #: it) than per call from C++ (a recurrent layer's 300 small operators, backward's nodes)
     per_python_s: dict[str, float] = field(default_factory=dict)
@@ -106,10 +105,7 @@ class DeviceModel:
         micro-benchmarks (a view issued from Python pays them as any call does); only the fitted
         ``per_op_s``, which may be negative, stops at a view's time."""
         issue = (self.per_python_s.get(op.phase, 0.0) if op.python else 0.0) + self.module_s * op.modules
-        base = self.base_seconds(op)
-        if op.kind != "view":
-            base *= self.kernel_factor.get(op.phase, 1.0)
-        return max(base + self.per_op_s.get(op.phase, 0.0), self.view_s) + issue
+        return max(self.base_seconds(op) + self.per_op_s.get(op.phase, 0.0), self.view_s) + issue
 
     def base_seconds(self, op: OpCost) -> float:
         """The call itself, before what its phase and issuing it add: a view's time; on a roofline,

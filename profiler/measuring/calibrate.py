@@ -4,8 +4,8 @@ Two kinds of measurement, each at the thread count the runs will use:
 
 - **Micro-benchmarks**: matrix multiplies (n × n, n = 8 … 1024, skinny ones and small linear
   layers) and convolutions of each kernel family down to its floor (a 1 × 1 map), and each
-  family's strided ones (stride 2), forward and backward, in float32 and bfloat16 — time against FLOPs, by size class; an out-of-place ``add``
-  from 16 to 4 M elements — time against bytes, and the bandwidth from the largest; 2 × 2
+  family's strided ones (stride 2), forward and backward, in float32 and bfloat16 — time against
+  FLOPs, by size class; an out-of-place ``add`` from 16 to 4 M elements — time against bytes, and the bandwidth from the largest; 2 × 2
   poolings in both memory layouts; operators far slower per byte than an add (a batch's
   ``var_mean``, dropout's ``bernoulli_``, a softmax over rows shorter than a vector). Each the
   fastest of five interleaved rounds, warm. They price an operator the calibration models below never called.
