@@ -202,13 +202,7 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             (2, 16, 4, 3, 16), (4, 72, 4, 5, 72), (4, 144, 2, 5, 144), (1, 16, 4, 3, 16),
             # batch 1, 1 × 1: torch's kernel multiplies the input as it lies (no unfolding)
             (1, 32, 16, 1, 1), (1, 96, 8, 1, 1), (1, 48, 28, 1, 1), (1, 576, 4, 1, 1), (1, 128, 4, 1, 1)):
-        x = torch.randn(batch, channels, size, size).to(dtype)
-        w = torch.randn(channels, channels // groups, kernel, kernel).to(dtype)
-        grad = torch.randn(batch, channels, size, size).to(dtype)
-        pad = kernel // 2
-        calls.append(lambda x=x, w=w, pad=pad, groups=groups: torch.conv2d(x, w, padding=pad, groups=groups))
-        calls.append(lambda x=x, w=w, grad=grad, pad=pad, groups=groups: aten.convolution_backward(
-            grad, x, w, [0], [1, 1], [pad, pad], [1, 1], False, [0, 0], groups, [True, True, False]))
+        calls += _convolution(dtype, batch, channels, channels, size, kernel, groups, stride=1)
     # (batch, in channels, out channels, side, kernel, groups) at stride 2: each kernel family's
     # strided convolutions, a family of their own (a network's downsampling: stems, each stage's
     # first convolution, its 1 × 1 shortcut)
@@ -220,13 +214,7 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             (1, 3, 16, 64, 3, 1),
             (1, 16, 16, 32, 3, 16), (4, 64, 64, 16, 3, 64), (4, 96, 96, 16, 5, 96), (1, 72, 72, 16, 5, 72),
             (4, 32, 32, 8, 3, 32), (4, 64, 64, 16, 3, 8), (1, 48, 48, 16, 3, 6)):
-        x = torch.randn(batch, channels, size, size).to(dtype)
-        w = torch.randn(out, channels // groups, kernel, kernel).to(dtype)
-        pad = kernel // 2
-        grad = torch.conv2d(x, w, stride=2, padding=pad, groups=groups)
-        calls.append(lambda x=x, w=w, pad=pad, groups=groups: torch.conv2d(x, w, stride=2, padding=pad, groups=groups))
-        calls.append(lambda x=x, w=w, grad=grad, pad=pad, groups=groups: aten.convolution_backward(
-            grad, x, w, [0], [2, 2], [pad, pad], [1, 1], False, [0, 0], groups, [True, True, False]))
+        calls += _convolution(dtype, batch, channels, out, size, kernel, groups, stride=2)
     for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))
@@ -255,6 +243,20 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
                                                                                False, indices))
             calls.append(lambda x=x: aten.avg_pool2d(x, [2, 2], [2, 2]))
     return calls
+
+
+def _convolution(dtype: torch.dtype, batch: int, channels: int, out: int, size: int, kernel: int, groups: int,
+                 *, stride: int) -> list[Callable[[], object]]:
+    """A square convolution (padding ``kernel // 2``) forward, and its backward for input and
+    weight, as the calibration times them."""
+    aten = torch.ops.aten
+    x = torch.randn(batch, channels, size, size).to(dtype)
+    w = torch.randn(out, channels // groups, kernel, kernel).to(dtype)
+    pad = kernel // 2
+    grad = torch.randn(torch.conv2d(x, w, stride=stride, padding=pad, groups=groups).shape).to(dtype)
+    return [lambda: torch.conv2d(x, w, stride=stride, padding=pad, groups=groups),
+            lambda: aten.convolution_backward(grad, x, w, [0], [stride, stride], [pad, pad], [1, 1], False, [0, 0],
+                                              groups, [True, True, False])]
 
 
 def _cold_reads(inner: int = 2048, cols: int = 512, rows: int = 1, rounds: int = 5,
