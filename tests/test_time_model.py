@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -616,3 +619,32 @@ def test_a_timed_call_c_plus_plus_issued_sheds_python_s_issuing_too():
     assert calibrate._deflated([(issued, 5e-6), (from_cpp, 5e-6)], 1e-6, 0.5e-6) == \
         [(issued, pytest.approx(4e-6)), (from_cpp, pytest.approx(3.5e-6))]
     assert calibrate._deflated([(from_cpp, 1e-6)], 1e-6, 0.5e-6)[0][1] == pytest.approx(1e-7)   # a tenth at least
+
+
+_HEAP_PROBE = """
+import resource, sys, torch
+from profiler.measuring import calibrate
+if sys.argv[1] == "steady":
+    calibrate._steady_heap()
+faults = []
+for _ in range(4):   # three 10 MiB results alive together, then freed together, as a step's are
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    held = [torch.ones(10 * 2**18) for _ in range(3)]
+    del held
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(faults[-1])
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc thresholds")
+def test_the_calibration_s_heap_keeps_its_pages_where_a_fresh_process_s_gives_them_back():
+    """In a fresh process glibc's thresholds follow the largest buffer freed (10 MiB: heap buffers
+    from then on, the heap trimmed once 20 MiB is free at its top), so three 10 MiB results made
+    and freed together are new pages at every round (at least one buffer's worth: the trim keeps
+    its pad); after ``_steady_heap`` they are not."""
+    def last_round_faults(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True,
+                              check=True)
+        return int(done.stdout.split()[-1])
+    assert last_round_faults("fresh") >= 10 * 2**20 // 4096
+    assert last_round_faults("steady") < 50

@@ -12,7 +12,8 @@ Two kinds of measurement, each at the thread count the runs will use:
   And what a read costs more when the tensor was last touched far back: a multiply cycled over
   1 to 24 weights of 4 MB, the time over the warm one's per byte against the reuse distance
   (:mod:`profiler.engine.reuse`). And what a buffer too large for glibc's heap costs to map fresh
-  at each allocation, per byte.
+  at each allocation, per byte. Everything else runs on a heap that keeps its pages
+  (:func:`_steady_heap`), as a measured model's steady runs mostly do.
 - **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
   depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
@@ -302,6 +303,23 @@ def _cold_reads(inner: int = 2048, cols: int = 512, rows: int = 1, rounds: int =
 #: (``DEFAULT_MMAP_THRESHOLD_MAX``, 4 Mi × ``sizeof(long)`` on 64-bit: mallopt(3)): a larger one is
 #: mapped from the system at each allocation and unmapped when freed
 GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def _steady_heap() -> None:
+    """Set glibc's malloc as a process that has run a while has it: a buffer just under
+    :data:`GLIBC_MMAP_THRESHOLD_MAX`, mapped and freed, raises its mmap threshold to that size and
+    its trim threshold to twice it, so from then on every smaller buffer comes from the heap, whose
+    pages stay mapped. Without it, whether a micro-benchmark's larger result (the 16 MiB add's, a
+    convolution's) was new pages faulted in at each call depended on what the process had freed
+    before: the largest add moved 10.9 and 26.3 GB/s in two fresh processes minutes apart, and
+    calibrations in session 13 read 8.8-28.5 GB/s; 25.9 and 26.2 with this (Intel Xeon, 2
+    threads). The runner's steady steps mostly fault no page either (22 zoo cases counted with
+    ``ru_minflt``: no inference or SGD step faulted in its median run; 6 Adam steps faulted 4,800
+    to 18,300 pages), so the curves are priced fault-free; a buffer of 32 MiB or more, mapped at
+    each allocation whatever the thresholds, is priced by :func:`_fresh_memory`. This changes the calibrating
+    process only: measurements run in children of the forkserver (:mod:`profiler.measuring.isolated`).
+    """
+    torch.empty(GLIBC_MMAP_THRESHOLD_MAX - 2 * 4096, dtype=torch.uint8)
 
 
 def _fresh_memory(nbytes: int = 64 * 2**20, rounds: int = 5) -> float:
@@ -699,6 +717,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         used = torch.get_num_threads()
         gc.collect()
         gc.disable()
+        _steady_heap()
         run = Context(device_kind="cpu", data_format="channels_first", threads=used)
         micro: list[tuple[OpCost, float]] = []
         with torch.no_grad():
