@@ -52,7 +52,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 15
+VERSION = 16
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -311,14 +311,13 @@ def _steady_heap() -> None:
     its trim threshold to twice it, so from then on every smaller buffer comes from the heap, whose
     pages stay mapped. Without it, whether a micro-benchmark's larger result (the 16 MiB add's, a
     convolution's) was new pages faulted in at each call depended on what the process had freed
-    before: the largest add moved 10.9 and 26.3 GB/s in two fresh processes minutes apart, and
-    calibrations in session 13 read 8.8-28.5 GB/s; 25.9 and 26.2 with this (Intel Xeon, 2
-    threads). The runner's steady steps mostly fault no page either (22 zoo cases counted with
-    ``ru_minflt``: no inference or SGD step faulted in its median run; 6 Adam steps faulted 4,800
-    to 18,300 pages), so the curves are priced fault-free; a buffer of 32 MiB or more, mapped at
-    each allocation whatever the thresholds, is priced by :func:`_fresh_memory`. This changes the calibrating
-    process only: measurements run in children of the forkserver (:mod:`profiler.measuring.isolated`).
-    """
+    before: the largest add moved 10.9 and 26.3 GB/s in two fresh processes minutes apart
+    (session 13's calibrations 8.8-28.5 GB/s); 26.9, 27.6 and 27.3 GB/s in three with this (Intel
+    Xeon, 2 threads). The curves are then fault-free, as the runner's steady steps mostly are (22
+    zoo cases counted with ``ru_minflt``: no inference or SGD step faulted in its median run, 6 Adam
+    steps did, 4,825 to 18,337 pages); a buffer of 32 MiB or more, mapped at each allocation
+    whatever the thresholds, is priced by :func:`_fresh_memory`. This changes the calibrating
+    process only: measurements run in children of the forkserver (:mod:`profiler.measuring.isolated`)."""
     torch.empty(GLIBC_MMAP_THRESHOLD_MAX - 2 * 4096, dtype=torch.uint8)
 
 
