@@ -239,6 +239,41 @@ def test_fake_tensors_make_the_masks_a_real_run_makes(tmp_path, monkeypatch):
     assert {n: getattr(masking_utils, n) for n in before} == before
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama-sdpa"])
+def test_the_replay_logs_the_calls_a_real_decoder_forward_pass_makes(tmp_path, family):
+    """transformers checks whether the position ids pack several sequences: a real pass computes the
+    check's operators and reads its answer; the replay makes the same calls but the read (a
+    ``_local_scalar_dense``, which a fake tensor cannot answer), so the time model prices them."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from profiler.engine import torch_module
+
+    class Calls(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func.namespace == "aten":
+                self.seen[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    source = source_of(tmp_path, family)
+    model, x = source.factory().eval(), real_input(source)
+    calls = Calls()
+    with torch.no_grad(), calls:
+        model(x)
+    shape, dtype, _ = FAMILIES[family][3]
+    replayed = torch_module.memory(source.factory, shape, batch=BATCH, input_dtype=dtype,
+                                   record_costs=True).costs["inference"]
+    logged = Counter(c.op for c in replayed)
+    assert calls.seen - logged == Counter({"aten._local_scalar_dense.default": 1})
+    assert not logged - calls.seen
+    assert logged["aten.cumsum.default"] == 1   # the packed-sequence check's
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors
 

@@ -17,9 +17,19 @@ import contextlib
 import sys
 from typing import Any, Callable, Iterator
 
+from torch._subclasses.fake_tensor import FakeTensor
+
 
 def _not_packed(original: Callable[..., Any]) -> Callable[..., Any]:
     def find_packed_sequence_indices(position_ids: Any) -> None:
+        """None, after the calls a real run makes to find it (on fake tensors: the time model
+        prices them): transformers' own, which on a fake tensor stop short of the check, then
+        the check's (``(mask[:, -1] == 0).all()``, transformers 5) but for the read of its
+        answer. A real GPT-2 forward pass ran 12 more operator calls than the replay without them."""
+        if isinstance(position_ids, FakeTensor):
+            mask = original(position_ids)
+            if isinstance(mask, FakeTensor) and mask.dim() == 2:
+                (mask[:, -1] == 0).all()
         return None
     return find_packed_sequence_indices
 
