@@ -274,6 +274,22 @@ def test_the_replay_logs_the_calls_a_real_decoder_forward_pass_makes(tmp_path, f
     assert logged["aten.cumsum.default"] == 1   # the packed-sequence check's
 
 
+def test_a_packed_sequence_check_that_reads_a_fake_value_answers_unpacked():
+    """A transformers whose check reads its answer even on a fake tensor raises there: the stand-in
+    then answers None (nothing packed), as it does for the real inputs the tool makes."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+    from profiler.engine.value_reads import _not_packed
+
+    def reads(position_ids: torch.Tensor) -> torch.Tensor:
+        raise DataDependentOutputException(torch.ops.aten._local_scalar_dense.default)
+
+    with FakeTensorMode():
+        position_ids = torch.empty(2, 8, dtype=torch.int64)
+        assert _not_packed(reads)(position_ids) is None
+        assert _not_packed(lambda ids: ids.cumsum(-1))(position_ids) is None
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors
 

@@ -24,10 +24,15 @@ def _not_packed(original: Callable[..., Any]) -> Callable[..., Any]:
     def find_packed_sequence_indices(position_ids: Any) -> None:
         """None, after the calls a real run makes to find it (on fake tensors: the time model
         prices them): transformers' own, which on a fake tensor stop short of the check, then
-        the check's (``(mask[:, -1] == 0).all()``, transformers 5) but for the read of its
-        answer. A real GPT-2 forward pass ran 12 more operator calls than the replay without them."""
+        the check's (``(mask[:, -1] == 0).all()``, transformers 5.25) but for the read of its
+        answer. A real GPT-2 forward pass ran 12 more operator calls than the replay without them.
+        A transformers whose function reads the answer on a fake tensor too (which raises) has
+        made its calls by then."""
         if isinstance(position_ids, FakeTensor):
-            mask = original(position_ids)
+            try:
+                mask = original(position_ids)
+            except Exception:   # noqa: BLE001 - the read of a value a fake tensor does not have
+                return None
             if isinstance(mask, FakeTensor) and mask.dim() == 2:
                 (mask[:, -1] == 0).all()
         return None
