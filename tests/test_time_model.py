@@ -590,6 +590,34 @@ def test_a_strided_convolution_is_its_own_kernel_family_beside_each():
              calibrate._timed_calls(run, calibrate._micro_benchmarks(torch.float32), rounds=1)}
     assert {f"aten.{op}/{family}_strided/float32" for op in ("convolution", "convolution_backward")
             for family in ("onednn", "im2col", "depthwise", "grouped")} <= timed
+    assert "aten.convolution_backward/onednn_wide/float32" in timed   # the family below, timed too
+
+
+def test_a_wide_layer_s_weight_gradient_on_a_small_map_is_its_own_kernel_family():
+    """oneDNN's weight gradient summed over fewer positions (batch × map) than a quarter of the
+    weights a filter has runs far below the FLOP rate (densenet121's last transition: 1024 -> 512 1 × 1 on
+    4 × 4 at batch 4), so that backward has a curve of its own; the forward pass, the input's
+    gradient alone and a long reduction keep oneDNN's."""
+    from profiler.engine.kernels.aten_cpu import kernel_of
+    from profiler.rules.registry import Context
+    run = Context(device_kind="cpu", data_format="channels_first", threads=2)
+
+    def family(batch: int, channels: int, out: int, side: int, kernel: int, weight_grad: bool = True,
+               backward: bool = True) -> str:
+        x, w = torch.randn(batch, channels, side, side), torch.randn(out, channels, kernel, kernel)
+        pad = [kernel // 2] * 2
+        if not backward:
+            return kernel_of(aten.convolution.default, (x, w, None, [1, 1], pad, [1, 1], False, [0, 0], 1), run)
+        grad = torch.randn(batch, out, side, side)
+        return kernel_of(aten.convolution_backward.default, (grad, x, w, [0], [1, 1], pad, [1, 1], False, [0, 0], 1,
+                                                             [True, weight_grad, False]), run)
+    assert family(4, 1024, 512, 4, 1) == "onednn_wide"      # 64 positions, 1,024 weights a filter
+    assert family(4, 512, 512, 2, 3) == "onednn_wide"       # 16 against 4,608
+    assert family(4, 64, 64, 32, 3) == "onednn"             # 4,096 against 576
+    assert family(4, 128, 32, 16, 3) == "onednn"            # 1,024 against 1,152: not a quarter
+    assert family(4, 1024, 512, 4, 1, weight_grad=False) == "onednn"
+    assert family(4, 1024, 512, 4, 1, backward=False) == "onednn"
+    assert family(1, 512, 512, 2, 3) == "im2col"            # batch 1: torch's own kernel
 
 
 def test_a_softmax_over_rows_shorter_than_a_vector_is_its_own_kernel_family():

@@ -52,7 +52,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 16
+VERSION = 17
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -216,6 +216,13 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             (1, 16, 16, 32, 3, 16), (4, 64, 64, 16, 3, 64), (4, 96, 96, 16, 5, 96), (1, 72, 72, 16, 5, 72),
             (4, 32, 32, 8, 3, 32), (4, 64, 64, 16, 3, 8), (1, 48, 48, 16, 3, 6)):
         calls += _convolution(dtype, batch, channels, out, size, kernel, groups, stride=2)
+    # (batch, in channels, out channels, side, kernel) of wide layers on small maps, whose weight
+    # gradient sums over fewer positions than a filter has weights: oneDNN's backward of them is a
+    # family of its own, far below its FLOP rate (a densenet's last transition, a resnet's last
+    # stage on a small input)
+    for batch, channels, out, size, kernel in ((4, 1024, 512, 4, 1), (4, 512, 512, 4, 1), (8, 512, 256, 2, 1),
+                                               (4, 256, 256, 4, 3), (4, 512, 512, 4, 3), (2, 64, 64, 4, 3)):
+        calls += _convolution(dtype, batch, channels, out, size, kernel, 1, stride=1)
     for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))

@@ -175,8 +175,9 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
     rows shorter than a vector, see :data:`_SOFTMAX`; a strided convolution, a family of its own
     beside each: fewer outputs per input read, and backward scatters its gradient, so per FLOP it is
     1.5-4 × slower than one of stride 1 of the same shapes: 8 × 128 × 8 × 8 by 256 3 × 3 filters on
-    oneDNN, forward 261 GFLOP/s at stride 1 and 178 at stride 2, backward 169 and 72); "" for the
-    others."""
+    oneDNN, forward 261 GFLOP/s at stride 1 and 178 at stride 2, backward 169 and 72; a oneDNN
+    backward whose weight gradient sums over few positions, see :func:`_short_reduction`); "" for
+    the others."""
     if func is aten.native_batch_norm.default:
         return "training" if args[5] else ""
     if func in _SOFTMAX:
@@ -203,7 +204,22 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
     pointwise = all(k == 1 for k in call.kernel) and not (call.strided or call.dilated or any(padding))
     if name == "im2col" and pointwise:
         return "im2col_1x1"
-    return f"{name}_strided" if call.strided and not call.transposed else name
+    if call.strided and not call.transposed:
+        return f"{name}_strided"
+    if func is aten.convolution_backward.default and name == "onednn" and args[10][1] and _short_reduction(x, weight):
+        return "onednn_wide"
+    return name
+
+
+def _short_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a weight gradient sums over fewer positions (batch × map) than a quarter of the
+    weights a filter has: a wide layer on a small map, whose gradient oneDNN computes far below its
+    FLOP rate (densenet121's last transition, 1024 -> 512 1 × 1 on 4 × 4 at batch 4: 1.53 ms for
+    its weight gradient where 512 -> 512 takes 0.34 ms; its whole backward 2.1 ms timed alone
+    where the FLOP curve said 0.9). A family of its own, ``onednn_wide``; the quarter keeps
+    densenet's 3 × 3 growth layers (1,024 positions, 1,152 weights a filter), which run at the FLOP
+    rate, out of it."""
+    return 4 * x.shape[0] * prod(x.shape[2:]) < prod(weight.shape[1:])
 
 
 @_workspace(aten.convolution.default)
