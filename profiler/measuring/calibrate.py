@@ -4,7 +4,8 @@ Two kinds of measurement, each at the thread count the runs will use:
 
 - **Micro-benchmarks**: matrix multiplies (n × n, n = 8 … 1024, skinny ones and small linear
   layers) and convolutions of each kernel family down to its floor (a 1 × 1 map), and each
-  family's strided ones (stride 2), forward and backward, in float32 and bfloat16 — time against
+  family's strided ones (stride 2), and wide layers on small maps (oneDNN's backward of them a
+  family of its own), forward and backward, in float32 and bfloat16 — time against
   FLOPs, by size class; an out-of-place ``add`` from 16 to 4 M elements — time against bytes, and the bandwidth from the largest; 2 × 2
   poolings in both memory layouts; operators far slower per byte than an add (a batch's
   ``var_mean``, dropout's ``bernoulli_``, a softmax over rows shorter than a vector). Each the
@@ -217,8 +218,8 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             (4, 32, 32, 8, 3, 32), (4, 64, 64, 16, 3, 8), (1, 48, 48, 16, 3, 6)):
         calls += _convolution(dtype, batch, channels, out, size, kernel, groups, stride=2)
     # (batch, in channels, out channels, side, kernel) of wide layers on small maps, whose weight
-    # gradient sums over fewer positions than a filter has weights: oneDNN's backward of them is a
-    # family of its own, far below its FLOP rate (a densenet's last transition, a resnet's last
+    # gradient sums over fewer positions than a quarter of a filter's weights: oneDNN's backward of
+    # them is a family of its own (``aten_cpu._short_reduction``), far below its FLOP rate (a densenet's last transition, a resnet's last
     # stage on a small input)
     for batch, channels, out, size, kernel in ((4, 1024, 512, 4, 1), (4, 512, 512, 4, 1), (8, 512, 256, 2, 1),
                                                (4, 256, 256, 4, 3), (4, 512, 512, 4, 3), (2, 64, 64, 4, 3)):
