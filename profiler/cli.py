@@ -165,6 +165,7 @@ def _progress(message: str) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from profiler.engine.host_calls import WATCHED
     from profiler.measuring.calibrate import cache_path, cpu_model_for, machine_key
     import torch
     threads = args.threads or torch.get_num_threads()
@@ -180,6 +181,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     print("  more per call Python issued: " + ", ".join(f"{phase} {seconds * 1e6:+.2f} µs"
                                                          for phase, seconds in model.per_python_s.items())
           + f"; a module call {model.module_s * 1e6:.2f} µs")
+    print("  a host call the model's Python makes (" + ", ".join(f"{module}.{name}" for module, name in WATCHED)
+          + f"): {model.host_call_s * 1e6:.1f} µs")
     print(f"  operators with their own curve: {len(model.op_curves)}")
     print(f"Saved: {cache_path(machine_key(threads))}")
     return 0

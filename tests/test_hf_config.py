@@ -274,6 +274,27 @@ def test_the_replay_logs_the_calls_a_real_decoder_forward_pass_makes(tmp_path, f
     assert logged["aten.cumsum.default"] == 1   # the packed-sequence check's
 
 
+@pytest.mark.parametrize("family,asked", [("gpt2", 2), ("llama-sdpa", 1)])
+def test_the_replay_counts_the_host_calls_a_real_decoder_forward_pass_makes(tmp_path, family, asked):
+    """transformers asks ``torch.cuda.is_current_stream_capturing()`` through ``is_tracing`` (twice
+    a GPT-2 forward pass: its padding warning and its packed-sequence check; once a Llama one), a
+    call that costs tens of microseconds on a CUDA build without a driver: the replay books as many
+    as the real pass makes, on the root module's operators."""
+    from profiler.engine import torch_module
+    from profiler.engine.host_calls import HostCalls
+
+    source = source_of(tmp_path, family)
+    model, x = source.factory().eval(), real_input(source)
+    with torch.no_grad(), HostCalls() as real:
+        model(x)
+    shape, dtype, _ = FAMILIES[family][3]
+    costs = torch_module.memory(source.factory, shape, batch=BATCH, input_dtype=dtype, record_costs=True).costs
+    booked = [c for c in costs["inference"] if c.host_calls]
+    assert real.count == asked == sum(c.host_calls for c in booked)
+    assert sum(c.host_calls for c in costs["training"]) == asked   # the training step's forward asks too
+    assert all(c.module.count(".") == 0 for c in booked)   # the model's own Python, before its layers
+
+
 def test_a_packed_sequence_check_that_reads_a_fake_value_answers_unpacked():
     """A transformers whose check reads its answer even on a fake tensor raises there: the stand-in
     then answers None (nothing packed), as it does for the real inputs the tool makes."""

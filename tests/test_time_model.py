@@ -7,7 +7,7 @@ import math
 import platform
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import astuple, replace
 
 import pytest
 import torch
@@ -318,6 +318,48 @@ def test_a_real_calibration_gives_sane_curves(tmp_path, monkeypatch):
     assert all(math.isfinite(v) for v in model.per_op_s.values())
     # a call Python issues costs more than one C++ issues, by under 100 µs (about 0.4 µs here)
     assert set(model.per_python_s) == set(model.per_op_s) and all(0 <= v < 1e-4 for v in model.per_python_s.values())
+    assert 0 < model.host_call_s < 1e-3   # 1-2 µs with a driver or a CPU build, 40-80 µs without a driver
+
+
+def test_a_host_call_is_priced_on_the_call_after_it():
+    """Two host calls booked on an operator call add two of the calibration's figure; none, none."""
+    model = replace(_toy_model(1e-6), host_call_s=50e-6)
+    x = torch.randn(8)
+    plain = _cost(aten.neg.default, x)
+    asked = op_cost(aten.neg.default, (x,), {}, torch.neg(x), phase="forward", module="m", host_calls=2)
+    assert asked.host_calls == 2 and plain.host_calls == 0
+    assert model.op_seconds(asked) - model.op_seconds(plain) == pytest.approx(2 * 50e-6)
+    assert OpCost.from_row(astuple(asked)) == asked   # as a forked child sends it
+
+
+class _AsksTheDriver(torch.nn.Module):
+    """Asks ``torch.cuda.is_current_stream_capturing()`` as transformers' ``is_tracing`` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(x)
+        try:
+            torch.cuda.is_current_stream_capturing()
+        except Exception:   # noqa: BLE001 - a CUDA build without a driver raises
+            pass
+        return self.second(torch.relu(x))
+
+
+def test_the_replay_books_a_host_call_on_the_next_operator_and_restores_the_function():
+    from profiler.engine import torch_module
+    from profiler.engine.host_calls import HostCalls
+    original = torch.cuda.is_current_stream_capturing
+    costs = torch_module.memory(_AsksTheDriver, (4,), batch=2, record_costs=True).costs
+    assert torch.cuda.is_current_stream_capturing is original
+    booked = [(c.op, c.module, c.host_calls) for c in costs["inference"] if c.host_calls]
+    assert booked == [("aten.relu.default", "(root)", 1)]
+    with pytest.raises(ZeroDivisionError), HostCalls() as counting:
+        _AsksTheDriver()(torch.randn(2, 4))
+        1 / 0
+    assert counting.count == 1 and torch.cuda.is_current_stream_capturing is original
 
 
 # -- in every profile ------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from profiler.engine.kernels.aten_cpu import (bf16_lstm_modelled, kernel_autocas
                                              registrar, results_made_last, unmodelled)
 from profiler.engine.kernels.onednn_rnn import bf16_lstm_workspace_bytes, onednn_lstm_workspace_bytes
 from profiler.engine.op_cost import OpCost, op_cost
+from profiler.engine.host_calls import HostCalls
 from profiler.engine.python_calls import PythonCalls
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
@@ -427,6 +428,8 @@ class StorageLog(TorchDispatchMode):
         self._record_costs = costs
         self._python = PythonCalls() if costs else None   # which calls Python issued (the time model's)
         self._modules_booked = 0                # module calls begun before the last call booked
+        self._host = HostCalls() if costs else None   # host calls the model's Python makes (the time model's)
+        self._host_booked = 0
 
     # -- what exists, and what is what --------------------------------------------------------
     def seed(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
@@ -462,12 +465,16 @@ class StorageLog(TorchDispatchMode):
         self._get_rng_state, torch.get_rng_state = torch.get_rng_state, self._logged_rng_state
         if self._python is not None:
             self._python.__enter__()
+        if self._host is not None:
+            self._host.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
         self.events.extend(self._until_autocast_ends)   # the region (inside the log's) has ended
         self._until_autocast_ends.clear()
         super().__exit__(*exc)
+        if self._host is not None:
+            self._host.__exit__(*exc)
         if self._python is not None:
             self._python.__exit__(*exc)
         torch.get_rng_state = self._get_rng_state
@@ -563,10 +570,14 @@ class StorageLog(TorchDispatchMode):
         if self._record_costs:
             cost = op_cost(func, args, kwargs, out, phase=self._cost_phase or _cost_phase(self.phase), module=self._module(),
                            kernel=kernel_of(func, args, self.run) if self.run is not None else "", python=python[0],
-                           modules=self._scope.calls - self._modules_booked, allocated=(*allocated, *booked))
+                           modules=self._scope.calls - self._modules_booked,
+                           host_calls=self._host.count - self._host_booked if self._host is not None else 0,
+                           allocated=(*allocated, *booked))
             if cost is not None:
                 self.costs.append(cost)
                 self._modules_booked = self._scope.calls
+                if self._host is not None:
+                    self._host_booked = self._host.count
                 if self._python is not None:
                     self._python.book(python[1])
         results = outputs or tensors_in(args)

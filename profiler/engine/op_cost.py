@@ -51,6 +51,7 @@ class OpCost:
     bytes_written: int
     python: bool = True   # the first call after the model's Python ran (:mod:`profiler.engine.python_calls`)
     modules: int = 0      # module calls begun since the previous call (a dropout in eval has no call of its own)
+    host_calls: int = 0   # host calls made since the previous call (:mod:`profiler.engine.host_calls`)
     #: (storage, bytes) of each tensor it reads and writes, the storage an identity within one
     #: log: how long ago its inputs were last touched (:mod:`profiler.engine.reuse`). Not part of
     #: a call's identity: two copies of a layer make the same calls on other storages
@@ -215,13 +216,13 @@ def kind_of(func: Any) -> str:
 
 
 def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str, module: str,
-            kernel: str = "", python: bool = True, modules: int = 0,
+            kernel: str = "", python: bool = True, modules: int = 0, host_calls: int = 0,
             allocated: tuple[int, ...] = ()) -> OpCost | None:
     """The work of one call, ``out`` its result (fake tensors are fine: only metadata is read);
     None for what is no operator call in a real run (``prim.device``, which only a tensor subclass
     dispatches, and the profiler's markers). ``python``: whether Python issued it (see
     :mod:`profiler.engine.python_calls`); ``modules``: module calls begun since the previous call;
-    ``allocated``: the bytes of the buffers it allocated (the memory engine's)."""
+    ``host_calls``: host calls made since then (:mod:`profiler.engine.host_calls`); ``allocated``: the bytes of the buffers it allocated (the memory engine's)."""
     known = _OPERATORS.get(func)
     if known is None:
         known = _OPERATORS[func] = (func.namespace not in ("prim", "profiler"), str(func), kind_of(func),
@@ -234,7 +235,8 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
     floating = [t for t in (*inputs, *results) if t.is_floating_point()]
     dtype = str(floating[0].dtype).removeprefix("torch.") if floating else ""
     if kind == "view":
-        return OpCost(name, kind, phase, module, dtype, kernel, 0, 0, 0, python, modules, allocated=allocated)
+        return OpCost(name, kind, phase, module, dtype, kernel, 0, 0, 0, python, modules, host_calls,
+                      allocated=allocated)
     flops = 0
     if formula is not None:
         try:
@@ -244,7 +246,7 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
     reads = _touched(inputs)
     writes = _touched(results) if results or not mutable else reads
     return OpCost(name, kind, phase, module, dtype, kernel, flops, sum(b for _, b in reads), sum(b for _, b in writes),
-                  python, modules, reads, writes, allocated)
+                  python, modules, host_calls, reads, writes, allocated)
 
 
 #: operator -> (priced, name, kind, FLOP formula, mutable): what :func:`op_cost` reads of an

@@ -35,7 +35,7 @@ _MACHINERY = tuple(os.path.join(_TORCH, part) for part in (
     "_library", "_dynamo", "_compile.py", "compiler", "_ops.py", "utils/_python_dispatch.py", "_subclasses",
     "_decomp", "_refs", "_prims", "_meta_registrations.py", "fx", "_guards.py", "_logging", "utils/_pytree.py",
     "_higher_order_ops", "_functorch")) + (weakref.__file__, "<frozen") + tuple(
-    os.path.join(_HERE, part) for part in ("engine/python_calls.py", "engine/module_scope.py",
+    os.path.join(_HERE, part) for part in ("engine/python_calls.py", "engine/module_scope.py", "engine/host_calls.py",
                                            "measuring/timing.py", "measuring/devices.py"))
 
 

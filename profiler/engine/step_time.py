@@ -12,7 +12,8 @@ call:
   bytes take at the machine's measured bandwidth. Around the operators, what Python and autograd
   cost per call in each phase, fitted on calibration models, and (measured by micro-benchmarks)
   more per call that Python issued than per call that C++ did
-  (:mod:`profiler.engine.python_calls`) and per module call. The curves were measured on warm
+  (:mod:`profiler.engine.python_calls`), per module call and per host call the model's Python
+  makes outside any operator (:mod:`profiler.engine.host_calls`). The curves were measured on warm
   tensors; a read of a tensor last touched far back in the loop (:mod:`profiler.engine.reuse`)
   adds what a cold read measured more per byte at that distance, and a buffer large enough to be
   mapped fresh from the system at each allocation adds its page faults, measured per byte.
@@ -86,6 +87,9 @@ class DeviceModel:
     #: it) than per call from C++ (a recurrent layer's 300 small operators, backward's nodes)
     per_python_s: dict[str, float] = field(default_factory=dict)
     module_s: float = 0.0                        # a module call (``nn.Module.__call__``), from Python
+    #: a host call the model's Python makes (:mod:`profiler.engine.host_calls`): measured on this
+    #: machine; 0 on a roofline (a card's driver answers it at once)
+    host_call_s: float = 0.0
     threads: int | None = None
     source: str = ""                             # where the figures come from
     timer_inflation_s: float = 0.0               # taken off each timed call while calibrating
@@ -100,11 +104,13 @@ class DeviceModel:
 
     def op_seconds(self, op: OpCost) -> float:
         """One call's time: its own (:meth:`base_seconds`) with ``per_op_s`` of its phase, never
-        below a view's, and then what issuing it cost: ``per_python_s`` when Python issued it and
-        ``module_s`` per module call begun since the previous call. Those two are measured
-        micro-benchmarks (a view issued from Python pays them as any call does); only the fitted
+        below a view's, and then what issuing it cost: ``per_python_s`` when Python issued it,
+        ``module_s`` per module call begun since the previous call and ``host_call_s`` per host call
+        made since. Those are measured micro-benchmarks (a view issued from Python pays them as any
+        call does); only the fitted
         ``per_op_s``, which may be negative, stops at a view's time."""
-        issue = (self.per_python_s.get(op.phase, 0.0) if op.python else 0.0) + self.module_s * op.modules
+        issue = (self.per_python_s.get(op.phase, 0.0) if op.python else 0.0) + self.module_s * op.modules \
+            + self.host_call_s * op.host_calls
         return max(self.base_seconds(op) + self.per_op_s.get(op.phase, 0.0), self.view_s) + issue
 
     def base_seconds(self, op: OpCost) -> float:

@@ -53,7 +53,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 17
+VERSION = 18
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -695,6 +695,20 @@ def _module_call_seconds(calls: int = 500) -> float:
                - _seconds(_loop(lambda: x, calls), inner=calls), 0.0)
 
 
+def _host_call_seconds(rounds: int = 21, sweep_bytes: int = 16 * 2**20) -> float:
+    """What a host call costs as a model's Python makes it (:mod:`profiler.engine.host_calls`):
+    after a write over ``sweep_bytes`` (a forward pass's other calls leave the caches cold), the
+    median of ``rounds``. In a loop a CUDA build without a driver answers in 12 µs; after the
+    sweep it read 36-65 µs, and a Hugging Face decoder's forward pass lost 45-125 µs a call."""
+    from profiler.engine.host_calls import WATCHED, call_watched
+    sweep = torch.zeros(sweep_bytes // 4)
+    samples = []
+    for _ in range(rounds):
+        sweep.add_(1.0)
+        samples.append(_once(call_watched))
+    return statistics.median(samples) / len(WATCHED)
+
+
 def _python_issue_seconds(tensors: int = 200) -> float:
     """What a call Python issues costs more than the same call issued from C++: a tiny in-place
     add on each of ``tensors`` tensors from a Python loop, against ``torch._foreach_add_`` on them
@@ -734,6 +748,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             view_s = _view_seconds()
             inflation = _timer_inflation(run)
             python_s, module_s = _python_issue_seconds(), _module_call_seconds()
+            host_call_s = _host_call_seconds()
             say("reads of tensors last touched far back, and memory mapped fresh")
             cold_read = _cold_reads()
             fresh_byte_s = _fresh_memory()
@@ -766,7 +781,8 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         if gc_was_enabled:
             gc.enable()
     return DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
-                       bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, per_python_s=per_python, module_s=module_s,
+                       bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, per_python_s=per_python,
+                       module_s=module_s, host_call_s=host_call_s,
                        threads=used, timer_inflation_s=inflation, cold_read=cold_read,
                        fresh_from=GLIBC_MMAP_THRESHOLD_MAX, fresh_byte_s=fresh_byte_s,
                        source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
