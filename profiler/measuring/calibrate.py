@@ -13,7 +13,8 @@ Two kinds of measurement, each at the thread count the runs will use:
   And what a read costs more when the tensor was last touched far back: a multiply cycled over
   1 to 24 weights of 4 MB, the time over the warm one's per byte against the reuse distance
   (:mod:`profiler.engine.reuse`). And what a buffer too large for glibc's heap costs to map fresh
-  at each allocation, per byte. Everything else runs on a heap that keeps its pages
+  at each allocation, per byte; and a host call a model's Python makes outside any operator
+  (:mod:`profiler.engine.host_calls`), after a cache sweep. Everything else runs on a heap that keeps its pages
   (:func:`_steady_heap`), as a measured model's steady runs mostly do.
 - **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
   depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
