@@ -47,11 +47,11 @@ from profiler.step import loss_fn as step_loss, outputs, total_loss
 from profiler.engine.optimizers import CATALOG as OPTIMIZERS
 from profiler.rules.registry import Context
 from profiler.timeline import compact
+from profiler.engine.host_calls import HostCalls
 from profiler.engine.kernels.aten_cpu import (bf16_lstm_modelled, kernel_autocast_casts, kernel_of, kernel_workspace,
                                              registrar, results_made_last, unmodelled)
 from profiler.engine.kernels.onednn_rnn import bf16_lstm_workspace_bytes, onednn_lstm_workspace_bytes
 from profiler.engine.op_cost import OpCost, op_cost
-from profiler.engine.host_calls import HostCalls
 from profiler.engine.python_calls import PythonCalls
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten

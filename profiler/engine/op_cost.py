@@ -222,7 +222,8 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
     None for what is no operator call in a real run (``prim.device``, which only a tensor subclass
     dispatches, and the profiler's markers). ``python``: whether Python issued it (see
     :mod:`profiler.engine.python_calls`); ``modules``: module calls begun since the previous call;
-    ``host_calls``: host calls made since then (:mod:`profiler.engine.host_calls`); ``allocated``: the bytes of the buffers it allocated (the memory engine's)."""
+    ``host_calls``: host calls made since then (:mod:`profiler.engine.host_calls`); ``allocated``:
+    the bytes of the buffers it allocated (the memory engine's)."""
     known = _OPERATORS.get(func)
     if known is None:
         known = _OPERATORS[func] = (func.namespace not in ("prim", "profiler"), str(func), kind_of(func),

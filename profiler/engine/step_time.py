@@ -107,8 +107,7 @@ class DeviceModel:
         below a view's, and then what issuing it cost: ``per_python_s`` when Python issued it,
         ``module_s`` per module call begun since the previous call and ``host_call_s`` per host call
         made since. Those are measured micro-benchmarks (a view issued from Python pays them as any
-        call does); only the fitted
-        ``per_op_s``, which may be negative, stops at a view's time."""
+        call does); only the fitted ``per_op_s``, which may be negative, stops at a view's time."""
         issue = (self.per_python_s.get(op.phase, 0.0) if op.python else 0.0) + self.module_s * op.modules \
             + self.host_call_s * op.host_calls
         return max(self.base_seconds(op) + self.per_op_s.get(op.phase, 0.0), self.view_s) + issue
