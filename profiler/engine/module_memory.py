@@ -284,14 +284,22 @@ _NUMBER_TYPES = frozenset(kind for kind, _ in _WRAPPED)
 _SCALAR_OVERLOADS = {"add", "sub", "mul", "div", "rsub", "remainder"}
 
 
-def wrapped_numbers(func: Any, args: tuple) -> list[tuple[int, str]]:
+def made_as(phase: str) -> str:
+    """What a tensor made in ``phase`` is, unless it becomes something else (a gradient, the
+    optimizer's state): an activation in the forward pass and the loss, else a temporary; the
+    measurement's rule (:mod:`profiler.measuring.peak_breakdown`)."""
+    return "activations" if phase == "forward" or phase.startswith("loss") else "temporaries"
+
+
+def wrapped_numbers(func: Any, args: tuple, given: str = "temporaries") -> list[tuple[int, str]]:
     """Bytes of the Python numbers a call takes where its schema wants a Tensor (or that its
     ``.Scalar`` overload wraps: ``_SCALAR_OVERLOADS``).
 
     Each is wrapped in a 0-d CPU tensor before the call (a double for a float), and TensorIterator
     casts that to the call's dtype: both are alive while the call runs and freed when it returns.
-    Returned as (bytes, category): the wrapped number is a tensor the call is given (a temporary),
-    its cast is made inside the kernel (workspace).
+    Returned as (bytes, category): the wrapped number is a tensor made for the call, before it
+    starts (``given``: what a tensor made then is, :func:`made_as`), its cast is made inside the
+    kernel (workspace).
     (Adam's ``exp_avg_sq.sqrt() / bias_correction2_sqrt``: 8 + 4 bytes in float32, the bytes the
     optimizer catalog's ``scalar_bytes`` and its cast stand for.)
     """
@@ -311,7 +319,7 @@ def wrapped_numbers(func: Any, args: tuple) -> list[tuple[int, str]]:
         wrapped = next((dtype for kind, dtype in _WRAPPED if type(value) is kind), None)
         if wrapped is None:
             continue
-        booked.append((wrapped.itemsize, "temporaries"))
+        booked.append((wrapped.itemsize, given))
         if tensors and tensors[0].dtype != wrapped:
             booked.append((tensors[0].dtype.itemsize, "workspace"))
     return booked
@@ -582,7 +590,7 @@ class StorageLog(TorchDispatchMode):
                     self._python.book(python[1])
         results = outputs or tensors_in(args)
         dtype = results[0].dtype if results else None   # what a kernel's own buffers are counted in
-        wrapped = wrapped_numbers(func, args)
+        wrapped = wrapped_numbers(func, args, made_as(self.phase))
         if wrapped and func in _SAVES_OTHER and torch.is_grad_enabled() and getattr(args[0], "requires_grad", False):
             self._keep_until_backward(wrapped[0][0], outputs[0] if outputs else args[0], dtype)
             wrapped = wrapped[1:]
@@ -635,8 +643,7 @@ class StorageLog(TorchDispatchMode):
         """A wrapped number the call's autograd node saves: allocated now (an activation of the
         module running), freed when backward has run the node, or when the node dies unrun. The
         node exists once the call has returned: it is found at the next call (:meth:`_settle`)."""
-        category = "activations" if self.phase == "forward" or self.phase.startswith("loss") else "temporaries"
-        alloc, _ = self.synthetic(nbytes, category, self._where(), dtype=torch.float64)
+        alloc, _ = self.synthetic(nbytes, made_as(self.phase), self._where(), dtype=torch.float64)
         self.phase_of[alloc.serial] = self.phase
         if self.phase == "forward" and self._stack:
             self.module_of[alloc.serial] = self._stack[-1]
@@ -699,8 +706,7 @@ class StorageLog(TorchDispatchMode):
     def category_of(self, serial: int) -> str:
         if serial in self.category:
             return self.category[serial]
-        phase = self.phase_of[serial]
-        return "activations" if phase == "forward" or phase.startswith("loss") else "temporaries"
+        return made_as(self.phase_of[serial])
 
     def cut(self) -> list[_Event]:
         """The events since the last cut: a piece of the log to replay with :meth:`peak`."""
