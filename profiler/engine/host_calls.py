@@ -2,11 +2,12 @@
 
 A CUDA build of torch on a machine without a usable driver answers
 ``torch.cuda.is_current_stream_capturing()`` by asking the driver again at every call, and raises:
-12 µs a call in a loop, 36-65 µs after a cache sweep, and 45-125 µs a call in a Hugging Face
-decoder's forward pass on the 2-core Xeon (transformers asks it through ``is_tracing``, twice a
-GPT-2 or Llama forward pass: removing the two calls made that pass 0.09-0.25 ms, 7-18 %, faster).
-Such a torch is what ``pip install torch`` gives a machine without a GPU. On a CPU-only build or
-with a driver the call answers at once, and the calibration then reads its microsecond.
+12 µs a call in a loop, a median of 60-66 µs after a cache sweep, 45-124 µs a call in a Hugging
+Face decoder's forward pass on the 2-core Xeon. transformers asks it through ``is_tracing``, twice
+a GPT-2 forward pass and once a Llama one: removing the two made a GPT-2 pass at batch 1 0.09-0.25
+ms (7-18 %) faster. Such a torch is what ``pip install torch`` gives a machine without a GPU. On
+a CPU-only build or with a driver the call answers at once, and the calibration then reads its
+microsecond.
 
 The engine's replay runs the model's own Python, so it makes these calls too: :class:`HostCalls`
 counts them, the operator log books the count on the next operator call

@@ -700,7 +700,7 @@ def _host_call_seconds(rounds: int = 21, sweep_bytes: int = 16 * 2**20) -> float
     """What a host call costs as a model's Python makes it (:mod:`profiler.engine.host_calls`):
     after a write over ``sweep_bytes`` (a forward pass's other calls leave the caches cold), the
     median of ``rounds``. In a loop a CUDA build without a driver answers in 12 µs; after the
-    sweep it read 36-65 µs, and a Hugging Face decoder's forward pass lost 45-125 µs a call."""
+    sweep a median of 60-66 µs, and a Hugging Face decoder's forward pass lost 45-124 µs a call."""
     from profiler.engine.host_calls import WATCHED, call_watched
     sweep = torch.zeros(sweep_bytes // 4)
     samples = []
