@@ -6,7 +6,8 @@ from math import prod
 
 from profiler.engine.kernels.conv_call import ConvCall, kept
 from profiler.engine.kernels.im2col import im2col_workspace
-from profiler.engine.kernels.onednn_conv import (channels_first_phases, channels_first_workspace, onednn_workspace,
+from profiler.engine.kernels.onednn_conv import (channels_first_depthwise_fits, channels_first_depthwise_phases,
+                                                 channels_first_phases, channels_first_workspace, onednn_workspace,
                                                 worst)
 from profiler.rules.registry import Saved
 
@@ -58,13 +59,19 @@ def results_absent(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
                    input_grad: bool = True) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(forward, backward): the results (by position) that do not exist yet at the worst moment
     of the workspace :func:`conv_workspace` books, its bytes standing where they will be: oneDNN's
-    one-group NCHW kernels make them blocked and copy them out at the end
-    (``onednn_conv.channels_first_phases``); the other kernels' are counted as made first."""
+    one-group and depthwise NCHW kernels make them blocked and copy them out at the end
+    (``onednn_conv.channels_first_phases``, ``channels_first_depthwise_phases``); the other
+    kernels' are counted as made first."""
     call = _call(channels, out_channels, kernel, strides, groups, bias, out_spatial, transposed, in_spatial,
                  padding, dilation)
-    if ctx.device_kind != "cpu" or not runs_onednn(ctx, call) or not _channels_first(ctx, call):
+    if ctx.device_kind != "cpu" or not runs_onednn(ctx, call):
         return (), ()
-    forward, backward = channels_first_phases(ctx, call, input_grad)
+    if _channels_first(ctx, call):
+        forward, backward = channels_first_phases(ctx, call, input_grad)
+    elif channels_first_depthwise_fits(ctx, call):
+        forward, backward = channels_first_depthwise_phases(ctx, call, input_grad)
+    else:
+        return (), ()
     return worst(forward)[1], worst(backward)[1]
 
 

@@ -461,8 +461,7 @@ def grouped_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tup
     channels, out_channels, groups, taps, weight = (call.channels, call.out_channels, call.groups, call.taps,
                                                     call.weight)
     per_group_in, per_group_out = channels // groups, out_channels // groups
-    if (ctx.data_format == "channels_first" and per_group_in == per_group_out == 1 and not call.transposed
-            and len(call.kernel) <= 2):
+    if channels_first_depthwise_fits(ctx, call):
         return channels_first_depthwise(ctx, call, input_grad)
     if channels_first_grouped_fits(ctx, call):
         return channels_first_grouped(ctx, call, input_grad)
@@ -589,9 +588,28 @@ def dw_weights_scratchpad(call: ConvCall, batch: int, threads: int, bf16: bool =
 # 69,248 / 138,240 / 276,224 B at 1 / 2 / 4 threads, whatever the batch). bfloat16: the copies in
 # bfloat16, the bias converted through a float32 one, jit_dw's float32 sums on every batch-thread
 # (the first too), the GEMM's columns in bfloat16 beside a float32 accumulator and bias.
+def channels_first_depthwise_fits(ctx, call: ConvCall) -> bool:
+    """Whether a grouped call runs oneDNN's depthwise kernels on NCHW tensors (see above)."""
+    return (ctx.data_format == "channels_first" and call.channels == call.groups == call.out_channels
+            and not call.transposed and len(call.kernel) <= 2)
+
+
 def channels_first_depthwise(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a depthwise convolution on NCHW tensors (see above), in
     bytes beyond the output and the gradients the memory model counts itself."""
+    forward, backward = (worst(p)[0] for p in channels_first_depthwise_phases(ctx, call, input_grad))
+    return (_bytes(forward, "oneDNN blocked copies and weight reorder"),
+            _bytes(backward, "oneDNN blocked copies, weight reorders, gradients and scratchpads"))
+
+
+def channels_first_depthwise_phases(ctx, call: ConvCall, input_grad: bool = True) -> tuple[list[Phase], list[Phase]]:
+    """(forward, backward) phases of a depthwise convolution on NCHW tensors, each beyond the
+    results with those not made yet: forward convolves blocked copies and lays the output out last
+    (a MobileNetV3's 40-channel 3 × 3 stride-2 layer at batch 1: 49,152 + 1,728 + 12,288 B alive,
+    then the 10,240 B output made, measured); backward's data phase makes the input's gradient
+    last, and the weights phase (jit_dw's or the GEMM's) the weight and bias gradients: at the
+    SGD step's peak of a MobileNetV3 (timm's at 50 % width, batch 1) its 144-channel 5 × 5 layer's
+    14,400 B weight gradient was not there yet, its bytes the kernel's."""
     threads, n, act = max(ctx.threads, 1), ctx.batch, itemsize(ctx.compute_dtype(True))
     bf16 = act == 2
     c, taps = call.channels, call.taps
@@ -600,32 +618,31 @@ def channels_first_depthwise(ctx, call: ConvCall, input_grad: bool = True) -> tu
     x, y = n * c * image * act, n * c * result * act
     weight, reordered = c * taps * act, up16(c) * taps * act
     bias = c * act if call.bias else 0
+    made = weight + bias   # the gradients, which the memory model counts itself
     # a bfloat16 bias is converted through a float32 one, a float32 one padded to 16
     padded_bias = (booked(4 * up16(c)) if call.bias else 0) if bf16 else _padded_bias(c, call.bias, act)
-    convolve = max(src + reordered + dst + padded_bias, dst + y) - y
-    data = max(dst + reordered + src, src + x) - x if input_grad else 0
+    forward = [(src + reordered + dst + padded_bias - y, (0,)), (dst, ())]
+    backward: list[Phase] = []
     if input_grad and ctx.compute_dtype(True) == "bfloat16" and bf16_strided_dw_data_modelled(call):
         # brgconv_strided on channels-last copies: the output's gradient, the weight VNNI-paired
         # (each channel's one output padded to 16, its input to 2), the input's gradient and the
         # scratchpad; then two input-sized buffers beside it while torch lays the result out
-        data = max(n * c * result * act + c * 32 * taps * act + x + bf16_strided_dw_data_scratchpad(call, threads),
-                   3 * x) - x
+        backward += [(n * c * result * act + c * 32 * taps * act + bf16_strided_dw_data_scratchpad(call, threads)
+                      - made, ()), (2 * x - made, ())]
+    elif input_grad:
+        backward += [(dst + reordered + src - x - made, (0, 1, 2)), (src - made, (1, 2))]
     if dw_weights_kernel_fits(call):
         nb_ch = div_up(c, 16)
         by_batch = min(max(1, threads // min(nb_ch, threads)), n)   # threads summing apart
         sums = by_batch if bf16 else by_batch - 1                   # bfloat16: the first sums in float32 too
         scratch = booked(4 * sums * up16(c) * taps, 4 * (by_batch - 1) * up16(c) if call.bias else 0,
                          4 * up16(c) if call.bias and bf16 else 0)
-        weights = dst + src + reordered + bias + scratch
-        done = reordered + 2 * bias + weight
+        backward += [(dst + src + reordered + bias + scratch - made, (1, 2)), (reordered + bias, ())]
     else:
         scratch = booked(threads * act * taps * result, threads * 4 * weight,
                          4 * weight if bf16 else 0, 4 * c if bf16 and call.bias else 0)
-        weights = weight + bias + scratch
-        done = 2 * weight + 2 * bias
-    backward = max(data, weights, done) - weight - bias   # the gradients are counted by the memory model
-    return (_bytes(convolve, "oneDNN blocked copies and weight reorder"),
-            _bytes(backward, "oneDNN blocked copies, weight reorders, gradients and scratchpads"))
+        backward += [(scratch, (1, 2)), (made, ())]
+    return forward, backward
 
 
 # The input gradient of a strided bfloat16 depthwise convolution on NCHW tensors, on
