@@ -33,7 +33,8 @@ from profiler.engine.kernels.onednn_rnn import (bf16_lstm_backward_workspace, bf
                                                 lstm_backward_workspace, lstm_forward_workspace,
                                                 onednn_lstm_workspace_bytes)
 from profiler.engine.kernels.cpu_attention import (autocast_encoder_layer_peak, encoder_layer_peak,
-                                                   flash_backward_workspace, flash_forward_workspace, mha_peak)
+                                                   encoder_layer_result_last, flash_backward_workspace,
+                                                   flash_forward_workspace, mha_peak)
 from profiler.rules.registry import Context, Saved
 
 aten = torch.ops.aten
@@ -80,7 +81,8 @@ def results_made_last(func: Any, args: tuple, out: Any, run: Context, backward: 
     return tuple(_WORKSPACE[func](args, out, run, backward, kwargs or {}, absent=True))
 
 
-_RESULTS_MADE_LAST = frozenset({aten.convolution.default, aten.convolution_backward.default})
+_RESULTS_MADE_LAST = frozenset({aten.convolution.default, aten.convolution_backward.default,
+                                aten._transformer_encoder_layer_fwd.default})
 
 
 #: calls whose kernel allocates inside what no function here models: op -> (call -> (what, bytes
@@ -583,24 +585,31 @@ def _attention_gemms(x: torch.Tensor, heads: int, run: Context, ffn: int | None 
 
 
 @_workspace(aten._transformer_encoder_layer_fwd.default)
-def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict) -> list[int]:
+def _encoder_layer(args: tuple, out: Any, run: Context, backward: bool, kwargs: dict,
+                   absent: bool = False) -> list[int]:
     """_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias,
     proj_weight, proj_bias, use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2,
     norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask, mask_type)
-    (``encoder_layer_peak``); the layer norms keep their statistics in the input's dtype."""
+    (``encoder_layer_peak``); the layer norms keep their statistics in the input's dtype.
+    ``absent``: instead, the result's position when it is not made yet at that peak
+    (``encoder_layer_result_last``)."""
     f = aten._transformer_encoder_layer_fwd.default
     src, heads, norm_first, ffn_weight_1 = args[0], args[2], args[8], args[14]
     if src.dim() != 3 or src.dtype not in (torch.float32, torch.bfloat16):
         return []
     if autocast_encoder_modelled(args, kwargs, run):
+        if absent:   # measured exact with its result counted as made
+            return []
         return [autocast_encoder_layer(args, run) - _results_bytes(out) - autocast_cached_casts(args)]
     x, scores, _ = _self_attention_sizes(src, heads)
     rows, item = src.shape[0] * src.shape[1], src.element_size()
     mask = _mask_copy(_argument(args, kwargs, f, "mask"), (src.shape[0], heads, src.shape[1], src.shape[1]))
-    peak = encoder_layer_peak(x, scores, rows * ffn_weight_1.shape[0] * item, 2 * rows * item,
-                              norm_first=bool(norm_first), mask=mask,
-                              gemms=_attention_gemms(src, heads, run, ffn=ffn_weight_1.shape[0]))
-    return [peak - _results_bytes(out)]
+    sizes = (x, scores, rows * ffn_weight_1.shape[0] * item, 2 * rows * item)
+    terms = dict(norm_first=bool(norm_first), mask=mask,
+                 gemms=_attention_gemms(src, heads, run, ffn=ffn_weight_1.shape[0]))
+    if absent:
+        return [0] if encoder_layer_result_last(*sizes, **terms) else []
+    return [encoder_layer_peak(*sizes, **terms) - _results_bytes(out)]
 
 
 def autocast_encoder_modelled(args: tuple, kwargs: dict | None, run: Context) -> bool:
