@@ -291,7 +291,7 @@ def made_as(phase: str) -> str:
     return "activations" if phase == "forward" or phase.startswith("loss") else "temporaries"
 
 
-def wrapped_numbers(func: Any, args: tuple, given: str = "temporaries") -> list[tuple[int, str]]:
+def wrapped_numbers(func: Any, args: tuple, given: str) -> list[tuple[int, str]]:
     """Bytes of the Python numbers a call takes where its schema wants a Tensor (or that its
     ``.Scalar`` overload wraps: ``_SCALAR_OVERLOADS``).
 

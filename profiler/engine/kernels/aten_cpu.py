@@ -498,7 +498,7 @@ def _onednn_lstm_backward(args: tuple, out: Any, run: Context, backward: bool, k
     if mode != _LSTM or x.dim() != 3 or all(g is None for g in grads):
         return []
     if absent:
-        return [4] if x.dtype == torch.float32 and not bf16_lstm_modelled(x) else []
+        return [4] if x.dtype == torch.float32 else []
     t, n, i = x.shape
     likes = (args[7], hx, cx)
     made = [out_like.numel() * out_like.element_size() if g is None else 0 if g.is_contiguous()
