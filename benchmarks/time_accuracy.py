@@ -64,12 +64,14 @@ TIE = 1e-9
 def layer_times(layers: dict[str, dict[str, float]], phases: tuple[str, ...],
                 rename: Any = None) -> dict[str, float]:
     """Milliseconds per module over ``phases``, names passed through ``rename`` (a spec's built
-    modules as its layers, as its prediction names them)."""
+    modules as its layers, as its prediction names them); the host calls' time is no layer's (no
+    operator timed one by one measures it)."""
+    from profiler.engine.step_time import HOST_CALLS
     total: dict[str, float] = {}
     for phase in phases:
         for name, ms in layers.get(phase, {}).items():
-            name = rename(name) if rename else name
-            if name:
+            name = rename(name) if rename and name != HOST_CALLS else name
+            if name and name != HOST_CALLS:
                 total[name] = total.get(name, 0.0) + ms
     return total
 

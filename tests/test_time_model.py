@@ -332,6 +332,21 @@ def test_a_host_call_is_priced_on_the_call_after_it():
     assert OpCost.from_row(astuple(asked)) == asked   # as a forked child sends it
 
 
+def test_the_host_calls_time_is_in_the_run_but_not_in_the_module_whose_python_made_them():
+    """A layer's predicted time is compared with its operators timed one by one, which never see
+    a host call: its time is in the run's total and the phase's, under its own entry."""
+    from profiler.engine.step_time import HOST_CALLS
+    model = replace(_toy_model(1e-6), host_call_s=50e-6)
+    x = torch.randn(8)
+    first = op_cost(aten.neg.default, (x,), {}, torch.neg(x), phase="forward", module="root")
+    asked = replace(first, host_calls=2)
+    quiet, loud = run_time(model, [first, first]), run_time(model, [first, asked])
+    assert loud.seconds - quiet.seconds == pytest.approx(2 * 50e-6)
+    assert loud.phases["forward"] == pytest.approx(loud.seconds)
+    assert loud.modules["forward"]["root"] == pytest.approx(quiet.modules["forward"]["root"])
+    assert loud.modules["forward"][HOST_CALLS] == pytest.approx(2 * 50e-6) and HOST_CALLS not in quiet.modules["forward"]
+
+
 class _AsksTheDriver(torch.nn.Module):
     """Asks ``torch.cuda.is_current_stream_capturing()`` as transformers' ``is_tracing`` does."""
 
@@ -633,6 +648,45 @@ def test_a_strided_convolution_is_its_own_kernel_family_beside_each():
     assert {f"aten.{op}/{family}_strided/float32" for op in ("convolution", "convolution_backward")
             for family in ("onednn", "im2col", "depthwise", "grouped")} <= timed
     assert "aten.convolution_backward/onednn_wide/float32" in timed   # the family below, timed too
+
+
+def test_a_channels_last_convolution_is_its_own_kernel_family_priced_by_its_contiguous_one_until_timed():
+    """A convolution on channels-last tensors runs another loop nest of its family (timm convnext's
+    depthwise convolutions after its permutes): a family of its own in each kernel, forward and
+    backward, which the calibration times; a model without its curve prices it by the contiguous
+    family's."""
+    from profiler.engine.kernels.aten_cpu import kernel_of
+    from profiler.engine.step_time import curve_keys
+    from profiler.rules.registry import Context
+    run = Context(device_kind="cpu", data_format="channels_first", threads=2)
+    last = lambda t: t.contiguous(memory_format=torch.channels_last)
+    x, dw, w = torch.randn(1, 24, 16, 16), torch.randn(24, 1, 7, 7), torch.randn(32, 24, 2, 2)
+    depthwise = lambda x, dw: kernel_of(aten.convolution.default, (x, dw, None, [1, 1], [3, 3], [1, 1], False, [0, 0], 24), run)
+    assert (depthwise(x, dw), depthwise(last(x), dw)) == ("depthwise", "depthwise_cl")
+    down = lambda x, w=w: kernel_of(aten.convolution.default, (x, w, None, [2, 2], [0, 0], [1, 1], False, [0, 0], 1), run)
+    assert (down(x), down(last(x)), down(x, last(w))) == ("im2col_strided", "im2col_strided_cl", "im2col_strided_cl")
+    grad = torch.randn(1, 32, 8, 8)
+    backward = (last(grad), last(x), w, [0], [2, 2], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
+    assert kernel_of(aten.convolution_backward.default, backward, run) == "im2col_strided_cl"
+    assert kernel_of(aten.convolution.default, (torch.randn(1, 64, 1, 1), torch.randn(8, 64, 1, 1), None, [1, 1],
+                                                [0, 0], [1, 1], False, [0, 0], 1), run) == "im2col_1x1"   # no layout
+
+    call = OpCost("aten.convolution.default", "conv", "forward", "m", "float32", "depthwise_cl", 10**6, 1000, 1000)
+    assert curve_keys(call) == ("aten.convolution/depthwise_cl/float32", "aten.convolution/depthwise_cl",
+                                "aten.convolution/depthwise/float32", "aten.convolution/depthwise",
+                                "aten.convolution/float32", "aten.convolution")
+    contiguous = Curve((1e5, 1e7), (1e-4, 1e-3))
+    model = DeviceModel(name="cpu", method="measured", op_curves={"aten.convolution/depthwise/float32": contiguous})
+    assert model.base_seconds(call) == pytest.approx(contiguous(1e6))
+    own = Curve((1e5, 1e7), (4e-5, 4e-4))
+    timed = replace(model, op_curves={**model.op_curves, "aten.convolution/depthwise_cl/float32": own})
+    assert timed.base_seconds(call) == pytest.approx(own(1e6))
+
+    families = {cost.kernel and f"{cost.packet}/{cost.kernel}" for cost, _ in
+                calibrate._timed_calls(run, calibrate._micro_benchmarks(torch.float32), rounds=1)}
+    assert {f"aten.{op}/{family}_cl" for op in ("convolution", "convolution_backward")
+            for family in ("depthwise", "depthwise_strided", "onednn", "onednn_strided", "im2col", "im2col_1x1",
+                           "im2col_strided")} <= families
 
 
 def test_a_wide_layer_s_weight_gradient_on_a_small_map_is_its_own_kernel_family():

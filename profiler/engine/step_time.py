@@ -197,6 +197,16 @@ class DeviceModel:
         return cls(**data)
 
 
+#: the per-module entry of the host calls' time (:mod:`profiler.engine.host_calls`): spent in the
+#: model's Python between operators, which no operator timed one by one measures, so it is not
+#: booked to the module whose Python made them
+HOST_CALLS = "(host calls)"
+
+#: the suffix of a kernel family's channels-last variant ("depthwise_cl"): its own curve where the
+#: calibration timed one, else its contiguous family's
+CHANNELS_LAST = "_cl"
+
+
 def curve_key(op: OpCost) -> str:
     """The most specific name of an operator's own curve: operator, kernel family, dtype."""
     return curve_keys(op)[0]
@@ -204,10 +214,15 @@ def curve_key(op: OpCost) -> str:
 
 def curve_keys(op: OpCost) -> tuple[str, ...]:
     """An operator's curve names, most specific first: "aten.convolution/onednn/float32",
-    "aten.convolution/onednn", "aten.convolution/float32", "aten.convolution"."""
+    "aten.convolution/onednn", "aten.convolution/float32", "aten.convolution"; a channels-last
+    family's ("onednn_cl") followed by its contiguous family's."""
     packet = op.packet
     kernel = f"{packet}/{op.kernel}" if op.kernel else packet
-    return (f"{kernel}/{op.dtype}", kernel, f"{packet}/{op.dtype}", packet)
+    own = (f"{kernel}/{op.dtype}", kernel)
+    if op.kernel.endswith(CHANNELS_LAST):
+        contiguous = kernel.removesuffix(CHANNELS_LAST)
+        own += (f"{contiguous}/{op.dtype}", contiguous)
+    return (*own, f"{packet}/{op.dtype}", packet)
 
 
 @dataclass(frozen=True)
@@ -215,7 +230,7 @@ class RunTime:
     """Predicted seconds of one run (inference or a training step): total, per phase, per module."""
     seconds: float
     phases: dict[str, float]
-    modules: dict[str, dict[str, float]]   # phase ("forward", "backward") -> module -> seconds
+    modules: dict[str, dict[str, float]]   # phase ("forward", "backward") -> module (and HOST_CALLS) -> seconds
     ops: dict[str, float]                  # aten operator -> seconds
     calls: int
 
@@ -234,7 +249,10 @@ def run_time(model: DeviceModel, costs: Sequence[OpCost]) -> RunTime:
         ops[op.op] = ops.get(op.op, 0.0) + seconds
         if op.phase in ("inference", "forward", "backward"):
             per = modules.setdefault(op.phase, {})
-            per[op.module] = per.get(op.module, 0.0) + seconds
+            host = model.host_call_s * op.host_calls
+            per[op.module] = per.get(op.module, 0.0) + seconds - host
+            if host:
+                per[HOST_CALLS] = per.get(HOST_CALLS, 0.0) + host
     return RunTime(sum(phases.values()), phases, modules, ops, len(costs))
 
 

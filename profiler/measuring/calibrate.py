@@ -9,7 +9,7 @@ Two kinds of measurement, each at the thread count the runs will use:
   FLOPs, by size class; an out-of-place ``add`` from 16 to 4 M elements — time against bytes, and the bandwidth from the largest; 2 × 2
   poolings in both memory layouts; operators far slower per byte than an add (a batch's
   ``var_mean``, dropout's ``bernoulli_``, a softmax over rows shorter than a vector). Each the
-  fastest of five interleaved rounds, warm. They price an operator the calibration models below never called.
+  median of five interleaved rounds, warm (:func:`typical_calls`). They price an operator the calibration models below never called.
   And what a read costs more when the tensor was last touched far back: a multiply cycled over
   1 to 24 weights of 4 MB, the time over the warm one's per byte against the reuse distance
   (:mod:`profiler.engine.reuse`). And what a buffer too large for glibc's heap costs to map fresh
@@ -19,9 +19,9 @@ Two kinds of measurement, each at the thread count the runs will use:
 - **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
   depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
-  A dispatch mode times every aten operator call (the fastest of five rounds, each round the
-  instrumented step and then each phase plain, so the machine's other work does not count and
-  moves both sides alike; the plain phases' median, the statistic a measurement reports) and
+  A dispatch mode times every aten operator call (the median of five rounds, each round the
+  instrumented step and then each phase plain, so the machine's other work moves both sides
+  alike; the plain phases' median too, the statistic a measurement reports) and
   prices its work with the same :func:`~profiler.engine.op_cost.op_cost` the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
   matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
@@ -51,10 +51,10 @@ import torch
 from torch import nn
 
 from profiler.engine.op_cost import OpCost, op_cost
-from profiler.engine.step_time import Curve, DeviceModel, curve_key
+from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 18
+VERSION = 19
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -150,24 +150,45 @@ def _loop(fn: Callable[[], object], inner: int) -> Callable[[], None]:
 
 
 def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 5) -> list[tuple[OpCost, float]]:
-    """Each call's operators, priced and timed: the fastest of ``rounds`` rounds, each round every
-    call in turn, run once untimed and then timed (warm: a 16-element add timed right after a
-    convolution read 8.6 µs, warm 1.1 µs). Interleaved, not each call's runs back to back: a
-    burst of the machine's other work (milliseconds) then slows one round of a call, not all of
-    its runs."""
-    best: list[list[tuple[OpCost, float]] | None] = [None] * len(calls)
+    """Each call's operators, priced and timed: :func:`typical_calls` of ``rounds`` rounds, each
+    round every call in turn, run once untimed and then timed (warm: a 16-element add timed right
+    after a convolution read 8.6 µs, warm 1.1 µs). Interleaved, not each call's runs back to
+    back: a burst of the machine's other work (milliseconds) then slows one round of a call, not
+    all of its runs."""
+    found: list[list[list[tuple[OpCost, float]]]] = [[] for _ in calls]
     for _ in range(rounds):
         for i, call in enumerate(calls):
             call()
             timer = _CallLog(run)
             with timer:
                 call()
-            found = best[i]
-            if found is None or len(found) != len(timer.calls):
-                best[i] = timer.calls
-            else:
-                best[i] = [(cost, min(a, b)) for (cost, a), (_, b) in zip(found, timer.calls)]
-    return [call for found in best for call in found or []]
+            _add_round(found[i], timer.calls)
+    return [call for rounds_of_call in found for call in typical_calls(rounds_of_call)]
+
+
+def _add_round(found: list[list[tuple[OpCost, float]]], calls: list[tuple[OpCost, float]]) -> None:
+    """A round's calls kept beside the earlier rounds' (a round that made other calls, a first
+    call's lazy set-up, starts them again)."""
+    if found and len(found[0]) != len(calls):
+        found.clear()
+    found.append(calls)
+
+
+def typical_calls(rounds: Sequence[Sequence[tuple[OpCost, float]]]) -> list[tuple[OpCost, float]]:
+    """Each call of several rounds of the same calls at its median time over them: the statistic a
+    measurement reports (:mod:`profiler.measuring.timing`), so a call's curves price what it
+    typically takes on this machine, its neighbours' work included, not its fastest run. In four
+    pairs of calibrations taken one after the other, the fastest priced the real-world zoo's
+    forward passes 7-14 points lower (median signed error against the same measurements), each
+    time further from them.
+
+    >>> call = OpCost("aten.neg.default", "memory", "forward", "", "float32", "", 0, 4, 4)
+    >>> typical_calls([[(call, 3.0)], [(call, 1.0)], [(call, 2.0)]])[0][1]
+    2.0
+    """
+    if not rounds:
+        return []
+    return [(cost, statistics.median(found[k][1] for found in rounds)) for k, (cost, _) in enumerate(rounds[0])]
 
 
 def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
@@ -225,6 +246,17 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
     for batch, channels, out, size, kernel in ((4, 1024, 512, 4, 1), (4, 512, 512, 4, 1), (8, 512, 256, 2, 1),
                                                (4, 256, 256, 4, 3), (4, 512, 512, 4, 3), (2, 64, 64, 4, 3)):
         calls += _convolution(dtype, batch, channels, out, size, kernel, 1, stride=1)
+    # (batch, in channels, out channels, side, kernel, groups, stride) on channels-last tensors,
+    # whose loop nests are families of their own (:data:`~profiler.engine.step_time.CHANNELS_LAST`):
+    # depthwise ones (a ConvNeXt's 7 × 7 after its permutes, a mobile network's), oneDNN's and torch's
+    # im2col ones, strided and not
+    for batch, channels, out, size, kernel, groups, stride in (
+            (1, 24, 24, 16, 7, 24, 1), (1, 64, 64, 2, 7, 64, 1), (4, 48, 48, 8, 7, 48, 1), (4, 64, 64, 32, 3, 64, 1),
+            (1, 16, 16, 32, 3, 16, 2), (4, 64, 64, 16, 3, 64, 2),
+            (2, 32, 32, 16, 3, 1, 1), (4, 64, 64, 32, 3, 1, 1), (4, 256, 256, 8, 1, 1, 1), (4, 32, 64, 16, 3, 1, 2),
+            (1, 32, 32, 16, 3, 1, 1), (1, 8, 8, 8, 3, 1, 1), (1, 32, 32, 16, 1, 1, 1), (1, 96, 96, 8, 1, 1, 1),
+            (1, 24, 32, 16, 2, 1, 2), (1, 48, 64, 4, 2, 1, 2), (1, 16, 32, 32, 3, 1, 2)):
+        calls += _convolution(dtype, batch, channels, out, size, kernel, groups, stride=stride, channels_last=True)
     for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         calls.append(lambda a=a, b=b: torch.add(a, b))
@@ -256,14 +288,16 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
 
 
 def _convolution(dtype: torch.dtype, batch: int, channels: int, out: int, size: int, kernel: int, groups: int,
-                 *, stride: int) -> list[Callable[[], object]]:
-    """A square convolution (padding ``kernel // 2``) forward, and its backward for input and
-    weight, as the calibration times them."""
+                 *, stride: int, channels_last: bool = False) -> list[Callable[[], object]]:
+    """A square convolution (padding ``kernel // 2``, none for an even kernel: a patchify stem or
+    downsampling) forward, and its backward for input and weight, as the calibration times them;
+    ``channels_last``: its tensors in that memory format."""
     aten = torch.ops.aten
-    x = torch.randn(batch, channels, size, size).to(dtype)
-    w = torch.randn(out, channels // groups, kernel, kernel).to(dtype)
-    pad = kernel // 2
-    grad = torch.randn(torch.conv2d(x, w, stride=stride, padding=pad, groups=groups).shape).to(dtype)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, channels, size, size).to(dtype).contiguous(memory_format=layout)
+    w = torch.randn(out, channels // groups, kernel, kernel).to(dtype).contiguous(memory_format=layout)
+    pad = kernel // 2 if kernel % 2 else 0
+    grad = torch.conv2d(x, w, stride=stride, padding=pad, groups=groups).normal_()
     return [lambda: torch.conv2d(x, w, stride=stride, padding=pad, groups=groups),
             lambda: aten.convolution_backward(grad, x, w, [0], [stride, stride], [pad, pad], [1, 1], False, [0, 0],
                                               groups, [True, True, False])]
@@ -485,15 +519,15 @@ def _once(fn: Callable[[], object]) -> float:
 
 
 #: what a calibration model's plain phase times are summed to: the median of its runs, the figure
-#: a measurement reports (:mod:`profiler.measuring.timing`), not the fastest. The operators' own
-#: times stay the fastest of their rounds (a call's slow rounds are the machine's other work); what
-#: a whole run typically loses beyond that is then in the per-call figure fitted on top of them
+#: a measurement reports (:mod:`profiler.measuring.timing`), not the fastest, as the operators' own
+#: (:func:`typical_calls`); what a whole run loses beyond its operators is in the per-call figure
+#: fitted on top of them
 PLAIN_STATISTIC: Callable[[Sequence[float]], float] = statistics.median
 
 
 def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, run: Any,
                rounds: int = 5) -> dict[str, Any]:
-    """One calibration model at one batch: the fastest time of each operator call per phase, the
+    """One calibration model at one batch: the median time of each operator call per phase, the
     whole phases' times un-instrumented (:data:`PLAIN_STATISTIC`), and how many modules a forward
     pass calls. Each round runs the instrumented step and then each phase plain, so that both sides of the
     overheads' fit (:func:`_fit_overheads`) see the machine in the same state (a burst of other
@@ -539,15 +573,12 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
     model.train()
     forward_backward()
     opt.step()
-    best: list[tuple[OpCost, float]] | None = None
+    timed: list[list[tuple[OpCost, float]]] = []
     samples: dict[str, list[float]] = {"inference": [], "forward": [], "forward_backward": [], "optimizer": []}
     for _ in range(rounds):
         timer = _CallLog(run)
         instrumented(timer)
-        if best is None:
-            best = timer.calls
-        elif len(best) == len(timer.calls):
-            best = [(cost, min(a, b)) for (cost, a), (_, b) in zip(best, timer.calls)]
+        _add_round(timed, timer.calls)
         for phase, fn, mode in ((("inference", infer, False), ("forward", loss, True),
                                  ("forward_backward", forward_backward, True), ("optimizer", opt.step, True))):
             model.train(mode)
@@ -557,7 +588,7 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
     plain = {"inference": typical["inference"], "forward": typical["forward"],
              "backward": max(typical["forward_backward"] - typical["forward"], 0.0),
              "optimizer": typical["optimizer"]}
-    return {"calls": best or [], "plain": plain, "modules": modules}
+    return {"calls": typical_calls(timed), "plain": plain, "modules": modules}
 
 
 def _deflated(calls: list[tuple[OpCost, float]], inflation: float, python_s: float) -> list[tuple[OpCost, float]]:
@@ -573,10 +604,11 @@ def _deflated(calls: list[tuple[OpCost, float]], inflation: float, python_s: flo
 
 def _kind_curves(calls: list[tuple[OpCost, float]]) -> dict[str, Curve]:
     """Curves by kind and dtype ("matmul/float32", "conv/bfloat16", "conv_backward/float32") and
-    "memory" (float32 adds): what an operator without a curve of its own is priced by."""
+    "memory" (float32 adds): what an operator without a curve of its own is priced by (of
+    contiguous tensors: a channels-last family without a curve is priced as its contiguous one)."""
     points: dict[str, list[tuple[float, float]]] = {}
     for cost, seconds in calls:
-        if cost.kind in ("matmul", "conv"):
+        if cost.kind in ("matmul", "conv") and not cost.kernel.endswith(CHANNELS_LAST):
             kind = "conv_backward" if cost.kind == "conv" and "backward" in cost.op else cost.kind
             points.setdefault(f"{kind}/{cost.dtype}", []).append((cost.work, seconds))
         elif cost.packet == "aten.add" and cost.dtype == "float32":

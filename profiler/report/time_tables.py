@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from profiler.engine.step_time import HOST_CALLS
 from profiler.report import units
 
 #: layers listed by predicted time
@@ -67,6 +68,6 @@ def _top_layers(predicted: dict[str, Any]) -> list[tuple[str, float | None, floa
     layers = predicted.get("layers", {})
     forward = layers.get("forward") or layers.get("inference") or {}
     backward = layers.get("backward", {})
-    names = [n for n in dict.fromkeys([*forward, *backward]) if n]   # the model's order: ties keep it
+    names = [n for n in dict.fromkeys([*forward, *backward]) if n and n != HOST_CALLS]   # the model's order: ties keep it
     names.sort(key=lambda n: -(forward.get(n, 0.0) + backward.get(n, 0.0)))
     return [(n, forward.get(n), backward.get(n)) for n in names[:TOP_LAYERS]]

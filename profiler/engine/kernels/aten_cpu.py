@@ -35,6 +35,7 @@ from profiler.engine.kernels.onednn_rnn import (bf16_lstm_backward_workspace, bf
 from profiler.engine.kernels.cpu_attention import (autocast_encoder_layer_peak, encoder_layer_peak,
                                                    encoder_layer_result_last, flash_backward_workspace,
                                                    flash_forward_workspace, mha_peak)
+from profiler.engine.step_time import CHANNELS_LAST
 from profiler.rules.registry import Context, Saved
 
 aten = torch.ops.aten
@@ -205,12 +206,15 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
     name = kernel_name(_op_context(run, x.dtype, batch=x.shape[0]), call)
     pointwise = all(k == 1 for k in call.kernel) and not (call.strided or call.dilated or any(padding))
     if name == "im2col" and pointwise:
-        return "im2col_1x1"
-    if call.strided and not call.transposed:
-        return f"{name}_strided"
-    if func is aten.convolution_backward.default and name == "onednn" and args[10][1] and _short_reduction(x, weight):
-        return "onednn_wide"
-    return name
+        name = "im2col_1x1"
+    elif call.strided and not call.transposed:
+        name = f"{name}_strided"
+    elif func is aten.convolution_backward.default and name == "onednn" and args[10][1] and _short_reduction(x, weight):
+        name = "onednn_wide"
+    # channels-last tensors run another loop nest of the family, at another speed: a 7 x 7 depthwise
+    # convolution of timm convnext's (1 x 24 x 16 x 16, channels-last after its blocks' permutes)
+    # took 47 us, 76 on a contiguous tensor; 1 x 64 x 2 x 2, 41 and 72 (2 threads, tight loops)
+    return f"{name}{CHANNELS_LAST}" if _channels_last(x, weight) else name
 
 
 def _short_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
