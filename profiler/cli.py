@@ -180,7 +180,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                                                            for phase, seconds in model.per_op_s.items()))
     print("  more per call Python issued: " + ", ".join(f"{phase} {seconds * 1e6:+.2f} µs"
                                                          for phase, seconds in model.per_python_s.items())
-          + f"; a module call {model.module_s * 1e6:.2f} µs")
+          + f"; a module call {model.module_s * 1e6:.2f} µs; an optimizer step {model.optimizer_step_s * 1e6:.1f} µs")
     print("  a host call the model's Python makes (" + ", ".join(f"{module}.{name}" for module, name in WATCHED)
           + f"): {model.host_call_s * 1e6:.1f} µs")
     print(f"  operators with their own curve: {len(model.op_curves)}")

@@ -332,6 +332,28 @@ def test_a_host_call_is_priced_on_the_call_after_it():
     assert OpCost.from_row(astuple(asked)) == asked   # as a forked child sends it
 
 
+def test_an_optimizer_step_s_own_time_is_fitted_once_per_step_beside_its_per_call_figure():
+    """Hand-counted: two calibration models, each stepping with SGD (2 and 4 calls) and Adam (20
+    and 40), 1 µs a call predicted, 0.5 µs more a call Python issued; the plain updates took
+    what 60 µs a step and 3 µs a call more than that make, so the fit reads them back; a run with
+    an update adds its step's time once, a forward pass none."""
+    model = replace(_toy_model(), curves={"memory": Curve.of([(1, 1e-6), (1e9, 1e-6)])})
+    x = torch.randn(4)
+    call = op_cost(aten.add_.Tensor, (x, x), {}, x, phase="optimizer", module="")
+
+    def run(pair: str, calls: int) -> dict:
+        plain = 60e-6 + calls * (1e-6 + 0.5e-6 + 3e-6)
+        return {"pair": pair, "calls": [(call, 0.0)] * calls, "plain": {"optimizer": plain}}
+    runs = [run("a", 2), run("a", 20), run("b", 4), run("b", 40), run("c", 7)]   # c: no Adam run, unpaired
+    per_call, per_step = calibrate._fit_optimizer_steps(runs, model, python_s=0.5e-6)
+    assert (per_call, per_step) == (pytest.approx(3e-6), pytest.approx(60e-6))
+    stepped = replace(model, per_op_s={"optimizer": per_call}, optimizer_step_s=per_step)
+    forward = op_cost(aten.neg.default, (x,), {}, torch.neg(x), phase="forward", module="m")
+    with_update = run_time(stepped, [forward, call, call])
+    assert with_update.phases["optimizer"] == pytest.approx(60e-6 + 2 * (1e-6 + 3e-6))
+    assert run_time(stepped, [forward]).seconds == pytest.approx(run_time(model, [forward]).seconds)
+
+
 def test_the_host_calls_time_is_in_the_run_but_not_in_the_module_whose_python_made_them():
     """A layer's predicted time is compared with its operators timed one by one, which never see
     a host call: its time is in the run's total and the phase's, under its own entry."""

@@ -13,7 +13,7 @@ call:
   cost per call in each phase, fitted on calibration models, and (measured by micro-benchmarks)
   more per call that Python issued than per call that C++ did
   (:mod:`profiler.engine.python_calls`), per module call and per host call the model's Python
-  makes outside any operator (:mod:`profiler.engine.host_calls`). The curves were measured on warm
+  makes outside any operator (:mod:`profiler.engine.host_calls`), and per optimizer step. The curves were measured on warm
   tensors; a read of a tensor last touched far back in the loop (:mod:`profiler.engine.reuse`)
   adds what a cold read measured more per byte at that distance, and a buffer large enough to be
   mapped fresh from the system at each allocation adds its page faults, measured per byte.
@@ -87,6 +87,9 @@ class DeviceModel:
     #: it) than per call from C++ (a recurrent layer's 300 small operators, backward's nodes)
     per_python_s: dict[str, float] = field(default_factory=dict)
     module_s: float = 0.0                        # a module call (``nn.Module.__call__``), from Python
+    #: an optimizer step's own time beyond its calls (``Optimizer.step``'s wrappers, its Python
+    #: before the first update), once per step: fitted with the update's per-call figure
+    optimizer_step_s: float = 0.0
     #: a host call the model's Python makes (:mod:`profiler.engine.host_calls`): measured on this
     #: machine; 0 on a roofline (a card's driver answers it at once)
     host_call_s: float = 0.0
@@ -237,7 +240,7 @@ class RunTime:
 
 def run_time(model: DeviceModel, costs: Sequence[OpCost]) -> RunTime:
     """The predicted time of the calls ``costs``, run as a loop (their reads' distances:
-    :mod:`profiler.engine.reuse`)."""
+    :mod:`profiler.engine.reuse`); an optimizer's update among them adds its step's own time."""
     from profiler.engine.reuse import read_distances
     phases: dict[str, float] = {}
     modules: dict[str, dict[str, float]] = {}
@@ -253,6 +256,8 @@ def run_time(model: DeviceModel, costs: Sequence[OpCost]) -> RunTime:
             per[op.module] = per.get(op.module, 0.0) + seconds - host
             if host:
                 per[HOST_CALLS] = per.get(HOST_CALLS, 0.0) + host
+    if "optimizer" in phases:
+        phases["optimizer"] += model.optimizer_step_s
     return RunTime(sum(phases.values()), phases, modules, ops, len(costs))
 
 
