@@ -177,10 +177,10 @@ def _add_round(found: list[list[tuple[OpCost, float]]], calls: list[tuple[OpCost
 def typical_calls(rounds: Sequence[Sequence[tuple[OpCost, float]]]) -> list[tuple[OpCost, float]]:
     """Each call of several rounds of the same calls at its median time over them: the statistic a
     measurement reports (:mod:`profiler.measuring.timing`), so a call's curves price what it
-    typically takes on this machine, its neighbours' work included, not its fastest run. In four
-    pairs of calibrations taken one after the other, the fastest priced the real-world zoo's
-    forward passes 7-14 points lower (median signed error against the same measurements), each
-    time further from them.
+    typically takes on this machine, its neighbours' work included, not its fastest run. Three
+    pairs of calibrations taken one after the other, each scored against the measurements of the
+    real-world zoo next to it (four comparisons): the fastest priced the forward passes 7-14
+    points lower (median signed error), each time further from them.
 
     >>> call = OpCost("aten.neg.default", "memory", "forward", "", "float32", "", 0, 4, 4)
     >>> typical_calls([[(call, 3.0)], [(call, 1.0)], [(call, 2.0)]])[0][1]
