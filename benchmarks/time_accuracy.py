@@ -72,8 +72,10 @@ def layer_times(layers: dict[str, dict[str, float]], phases: tuple[str, ...],
     total: dict[str, float] = {}
     for phase in phases:
         for name, ms in layers.get(phase, {}).items():
-            name = rename(name) if rename and name != HOST_CALLS else name
-            if name and name != HOST_CALLS:
+            if name == HOST_CALLS:
+                continue
+            name = rename(name) if rename else name
+            if name:
                 total[name] = total.get(name, 0.0) + ms
     return total
 
