@@ -178,6 +178,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"  memory bandwidth: {model.bandwidth / 1e9:,.1f} GB/s; a view: {model.view_s * 1e6:.2f} µs")
     print("  beyond the operators, per call: " + ", ".join(f"{phase} {seconds * 1e6:+.2f} µs"
                                                            for phase, seconds in model.per_op_s.items()))
+    if model.per_cpp_s:
+        print("  the same, for a call C++ issued: " + ", ".join(f"{phase} {seconds * 1e6:+.2f} µs"
+                                                              for phase, seconds in model.per_cpp_s.items()))
     print("  more per call Python issued: " + ", ".join(f"{phase} {seconds * 1e6:+.2f} µs"
                                                          for phase, seconds in model.per_python_s.items())
           + f"; a module call {model.module_s * 1e6:.2f} µs; an optimizer step {model.optimizer_step_s * 1e6:.1f} µs")

@@ -170,11 +170,36 @@ def test_the_fitted_per_call_figure_sums_a_calibration_run_to_its_plain_time():
     for plain in (50e-6, 0.5e-6):   # one above the calls' own time, one below it (the view at its floor)
         run = {"calls": [(c, 0.0) for c in calls],
                "plain": {"inference": 0.0, "forward": plain, "backward": 0.0, "optimizer": 0.0}}
-        per_op = calibrate._fit_overheads([run], model, python_s=1e-7, module_s=2e-7)
-        fitted = replace(model, per_op_s=per_op, per_python_s={"forward": 1e-7}, module_s=2e-7)
+        per_op, per_cpp = calibrate._fit_overheads([run], model, python_s=1e-7, module_s=2e-7)
+        fitted = replace(model, per_op_s=per_op, per_cpp_s=per_cpp, per_python_s={"forward": 1e-7}, module_s=2e-7)
         predicted = sum(fitted.op_seconds(c) for c in calls)
         # both calls issued from Python (0.1 µs each), the view after one module call (0.2 µs)
         assert predicted == pytest.approx(max(plain, 1e-7 + 2 * 1e-7 + 2e-7 + 1e-7), rel=1e-9)
+
+
+def test_calls_cpp_issued_get_a_per_call_figure_of_their_own_that_sums_each_run_to_its_plain_time():
+    # two runs of the same call (b seconds on the toy's memory curve), mixed differently: one issued
+    # by Python and three by C++ in 4 b, three and one in 8 b. By hand, with a the figure of a call
+    # Python issued and c of one C++ issued: (b + a) + 3 (b + c) = 4 b and 3 (b + a) + (b + c) = 8 b,
+    # so a = 1.5 b and c = -0.5 b
+    x = torch.randn(1)
+    one = op_cost(aten.add.Tensor, (x, x), {}, x + x, phase="forward", module="m", python=True)
+    model = replace(_toy_model(), per_op_s={})
+    b = model.base_seconds(one)
+
+    def run(python: int, cpp: int, plain: float) -> dict:
+        calls = [replace(one, python=True)] * python + [replace(one, python=False)] * cpp
+        return {"calls": [(c, 0.0) for c in calls],
+                "plain": {"inference": 0.0, "forward": plain, "backward": 0.0, "optimizer": 0.0}}
+    runs = [run(1, 3, 4 * b), run(3, 1, 8 * b)]
+    per_op, per_cpp = calibrate._fit_overheads(runs, model, python_s=0.0, module_s=0.0)
+    assert per_op["forward"] == pytest.approx(1.5 * b, rel=1e-6)
+    assert per_cpp["forward"] == pytest.approx(-0.5 * b, rel=1e-6)
+    fitted = replace(model, per_op_s=per_op, per_cpp_s=per_cpp)
+    for r in runs:
+        assert sum(fitted.op_seconds(call) for call, _ in r["calls"]) == pytest.approx(r["plain"]["forward"], rel=1e-6)
+    # a model fitted before the split (no per_cpp_s) prices both kinds alike
+    assert replace(fitted, per_cpp_s={}).op_seconds(replace(one, python=False)) == pytest.approx(2.5 * b)
 
 
 def _python_flags(make, x):

@@ -83,6 +83,9 @@ class DeviceModel:
     peak_flops: dict[str, float] = field(default_factory=dict)   # dtype -> FLOP/s (roofline)
     launch_s: float = 0.0                        # a call's shortest time (roofline: a kernel launch)
     per_op_s: dict[str, float] = field(default_factory=dict)      # phase -> Python/autograd per call
+    #: phase -> the same for a call C++ issued, in its place where fitted (timed one by one, a chain
+    #: of small calls C++ issues loses more than calls Python issued: fitted apart)
+    per_cpp_s: dict[str, float] = field(default_factory=dict)
     #: phase -> more per call that Python issued (its argument parsing, the module's Python around
     #: it) than per call from C++ (a recurrent layer's 300 small operators, backward's nodes)
     per_python_s: dict[str, float] = field(default_factory=dict)
@@ -106,14 +109,18 @@ class DeviceModel:
     fresh_byte_s: float = 0.0
 
     def op_seconds(self, op: OpCost) -> float:
-        """One call's time: its own (:meth:`base_seconds`) with ``per_op_s`` of its phase, never
+        """One call's time: its own (:meth:`base_seconds`) with ``per_op_s`` of its phase
+        (``per_cpp_s`` for a call C++ issued, where fitted), never
         below a view's, and then what issuing it cost: ``per_python_s`` when Python issued it,
         ``module_s`` per module call begun since the previous call and ``host_call_s`` per host call
         made since. Those are measured micro-benchmarks (a view issued from Python pays them as any
-        call does); only the fitted ``per_op_s``, which may be negative, stops at a view's time."""
+        call does); only the fitted figures, which may be negative, stop at a view's time."""
         issue = (self.per_python_s.get(op.phase, 0.0) if op.python else 0.0) + self.module_s * op.modules \
             + self.host_call_s * op.host_calls
-        return max(self.base_seconds(op) + self.per_op_s.get(op.phase, 0.0), self.view_s) + issue
+        fitted = self.per_op_s.get(op.phase, 0.0)
+        if not op.python:
+            fitted = self.per_cpp_s.get(op.phase, fitted)
+        return max(self.base_seconds(op) + fitted, self.view_s) + issue
 
     def base_seconds(self, op: OpCost) -> float:
         """The call itself, before what its phase and issuing it add: a view's time; on a roofline,

@@ -54,7 +54,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 20
+VERSION = 21
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -532,7 +532,11 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
     pass calls. Each round runs the instrumented step and then each phase plain, so that both sides of the
     overheads' fit (:func:`_fit_overheads`) see the machine in the same state (a burst of other
     work slows one round, not one side); each phase twice back to back, as a measurement's
-    repeats run (the first after the instrumented step's Python has evicted the caches)."""
+    repeats run. A measurement's inference passes follow one another after its warm-up, so the
+    inference pass runs once more first, not kept: the first after the instrumented step's Python
+    has evicted the caches took 1.2-2.4 x a warm one on the 8 calibration models, and kept, it
+    priced every model's small calls high. A training step's phases follow each other's traffic,
+    as here (the first forward after the inference passes, the first backward after a forward)."""
     from profiler.engine.optimizers import CATALOG
     torch.manual_seed(0)
     model = make()
@@ -582,7 +586,9 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
         for phase, fn, mode in ((("inference", infer, False), ("forward", loss, True),
                                  ("forward_backward", forward_backward, True), ("optimizer", opt.step, True))):
             model.train(mode)
-            for _ in range(2):   # back to back, as a measurement's repeats run: the second warm
+            if phase == "inference":
+                _once(fn)   # the first after the instrumented step's Python runs cold: not kept
+            for _ in range(2):   # back to back, as a measurement's repeats run
                 samples[phase].append(_once(fn))
     typical = {phase: PLAIN_STATISTIC(found) for phase, found in samples.items()}
     plain = {"inference": typical["inference"], "forward": typical["forward"],
@@ -649,32 +655,53 @@ def _isotonic(points: Sequence[tuple[float, float]]) -> Curve:
 
 
 def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: float,
-                   module_s: float) -> dict[str, float]:
-    """Seconds per operator call in each phase of the pass (the optimizers' updates:
-    :func:`_fit_optimizer_steps`) that the un-instrumented runs take beyond their
-    calls' predicted times (Python and autograd's bookkeeping), less what timing each call inside
-    a dispatch mode added (its Python between calls evicts the caches: small calls run slower timed
-    one by one, so the figure may be negative), the calls Python issued counted at ``python_s``
-    more (:func:`_python_issue_seconds`) and each module call at ``module_s``
-    (:func:`_module_call_seconds`). Each run's figure is the one with which
+                   module_s: float) -> tuple[dict[str, float], dict[str, float]]:
+    """(per call Python issued, per call C++ issued): seconds per operator call in each phase of
+    the pass (the optimizers' updates: :func:`_fit_optimizer_steps`) that the un-instrumented runs
+    take beyond their calls' predicted times (Python and autograd's bookkeeping), less what timing
+    each call inside a dispatch mode added (its Python between calls evicts the caches: small calls
+    run slower timed one by one, so a figure may be negative), the calls Python issued counted at
+    ``python_s`` more (:func:`_python_issue_seconds`) and each module call at ``module_s``
+    (:func:`_module_call_seconds`). The two kinds of call are fitted apart: timed one by one, a
+    chain of small calls that C++ issues (a recurrent layer's 300, a linear's ``addmm`` after its
+    ``t``) loses far more than one Python issued, which ran after Python anyway (the recurrent
+    calibration model's plain forward took 6.5 µs a call less than its calls timed, a transformer
+    block's 2 µs more). Each figure is fitted with the other held, in turn until they settle: a
+    run's figure is the one with which
     :meth:`~profiler.engine.step_time.DeviceModel.op_seconds` — its floor at a view's time
     included — sums the run's calls to its plain time (:func:`shift_to_total`); the phase's, their
-    median weighted by each run's call count: a run of few large calls (a convolution's backward,
-    where one disturbed kernel moves the figure by hundreds of microseconds a call) counts for its
-    few calls."""
+    median weighted by each run's calls of that kind: a run of few large calls (a convolution's
+    backward, where one disturbed kernel moves the figure by hundreds of microseconds a call)
+    counts for its few calls."""
     per_op: dict[str, float] = {}
+    per_cpp: dict[str, float] = {}
     for phase in ("inference", "forward", "backward"):
         members = (phase, "loss") if phase == "forward" else (phase,)
-        rates: list[tuple[float, float]] = []
+        fits = []
         for run in runs:
             calls = [cost for cost, _ in run["calls"] if cost.phase in members]
             if calls and run["plain"][phase] > 0:
                 issue = sum(python_s * cost.python + module_s * cost.modules for cost in calls)
-                rates.append((shift_to_total([model.base_seconds(c) for c in calls], model.view_s,
-                                             run["plain"][phase] - issue), len(calls)))
-        per_op[phase] = weighted_median(rates)
-    per_op["loss"] = per_op["forward"]
-    return per_op
+                fits.append(([model.base_seconds(c) for c in calls if c.python],
+                             [model.base_seconds(c) for c in calls if not c.python], run["plain"][phase] - issue))
+        shifts = {True: 0.0, False: 0.0}
+        if phase == "backward":   # autograd's engine issues every node: Python only the first
+            fits = [([], [*python_calls, *cpp_calls], total) for python_calls, cpp_calls, total in fits]
+        for _ in range(100):
+            before = dict(shifts)
+            for python in (True, False):
+                held = shifts[not python]
+                rates = [(shift_to_total(own, model.view_s,
+                                         total - sum(max(v + held, model.view_s) for v in other)), len(own))
+                         for python_calls, cpp_calls, total in fits
+                         for own, other in [(python_calls, cpp_calls) if python else (cpp_calls, python_calls)]
+                         if own]
+                shifts[python] = weighted_median(rates)
+            if all(abs(shifts[k] - before[k]) < 1e-13 for k in shifts):
+                break
+        per_op[phase], per_cpp[phase] = shifts[True] if phase != "backward" else shifts[False], shifts[False]
+    per_op["loss"], per_cpp["loss"] = per_op["forward"], per_cpp["forward"]
+    return per_op, per_cpp
 
 
 def _fit_optimizer_steps(runs: list[dict[str, Any]], model: DeviceModel, python_s: float) -> tuple[float, float]:
@@ -835,7 +862,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         fitted = DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
                              bandwidth=largest[0].bytes / largest[1], op_bandwidth=streams, threads=used)
         say("Python and autograd per call")
-        per_op = _fit_overheads(runs, fitted, python_s, module_s)
+        per_op, per_cpp = _fit_overheads(runs, fitted, python_s, module_s)
         per_op["optimizer"], step_s = _fit_optimizer_steps(runs, fitted, python_s)
         per_python = {phase: python_s for phase in per_op}
     finally:
@@ -843,7 +870,8 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         if gc_was_enabled:
             gc.enable()
     return DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
-                       bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, per_python_s=per_python,
+                       bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, per_cpp_s=per_cpp,
+                       per_python_s=per_python,
                        module_s=module_s, host_call_s=host_call_s, optimizer_step_s=step_s,
                        threads=used, timer_inflation_s=inflation, cold_read=cold_read,
                        fresh_from=GLIBC_MMAP_THRESHOLD_MAX, fresh_byte_s=fresh_byte_s,
