@@ -25,7 +25,8 @@ Two kinds of measurement, each at the thread count the runs will use:
   prices its work with the same :func:`~profiler.engine.op_cost.op_cost` the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
   matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
-  operator call (the model's own sum, its floors included, solved for each run), beyond what a call Python issues costs more than one C++ issues
+  operator call, apart for calls Python issued and calls C++ issued (the model's own sum, its
+  floors included, missing the runs by the least: :func:`least_misses`), beyond what a call Python issues costs more than one C++ issues
   (:mod:`profiler.engine.python_calls`) and what a module call costs, which micro-benchmarks
   measure.
 
@@ -664,15 +665,15 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: flo
     ``python_s`` more (:func:`_python_issue_seconds`) and each module call at ``module_s``
     (:func:`_module_call_seconds`). The two kinds of call are fitted apart: timed one by one, a
     chain of small calls that C++ issues (a recurrent layer's 300, a linear's ``addmm`` after its
-    ``t``) loses far more than one Python issued, which ran after Python anyway (the recurrent
-    calibration model's plain forward took 6.5 µs a call less than its calls timed, a transformer
-    block's 2 µs more). Each figure is fitted with the other held, in turn until they settle: a
-    run's figure is the one with which
-    :meth:`~profiler.engine.step_time.DeviceModel.op_seconds` — its floor at a view's time
-    included — sums the run's calls to its plain time (:func:`shift_to_total`); the phase's, their
-    median weighted by each run's calls of that kind: a run of few large calls (a convolution's
-    backward, where one disturbed kernel moves the figure by hundreds of microseconds a call)
-    counts for its few calls."""
+    ``t``) loses far more than one Python issued, which ran after Python anyway (in inference, the
+    calibration models' C++-issued calls took 4.6-7.4 µs a call less than timed, the Python-issued
+    about their time). The pair is the one whose predicted runs — as
+    :meth:`~profiler.engine.step_time.DeviceModel.op_seconds` sums them, floors at a view's time
+    included — miss the runs' plain times by the fewest seconds in all (:func:`least_misses`):
+    with one figure, that is the median of the runs' own figures weighted by their calls, so a run
+    of few large calls (a convolution's backward, where one disturbed kernel moves the figure by
+    hundreds of microseconds a call) counts for its few calls. Backward has one figure: autograd's
+    engine issues every node, Python only the first."""
     per_op: dict[str, float] = {}
     per_cpp: dict[str, float] = {}
     for phase in ("inference", "forward", "backward"):
@@ -682,26 +683,70 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: flo
             calls = [cost for cost, _ in run["calls"] if cost.phase in members]
             if calls and run["plain"][phase] > 0:
                 issue = sum(python_s * cost.python + module_s * cost.modules for cost in calls)
-                fits.append(([model.base_seconds(c) for c in calls if c.python],
-                             [model.base_seconds(c) for c in calls if not c.python], run["plain"][phase] - issue))
-        shifts = {True: 0.0, False: 0.0}
-        if phase == "backward":   # autograd's engine issues every node: Python only the first
-            fits = [([], [*python_calls, *cpp_calls], total) for python_calls, cpp_calls, total in fits]
-        for _ in range(100):
-            before = dict(shifts)
-            for python in (True, False):
-                held = shifts[not python]
-                rates = [(shift_to_total(own, model.view_s,
-                                         total - sum(max(v + held, model.view_s) for v in other)), len(own))
-                         for python_calls, cpp_calls, total in fits
-                         for own, other in [(python_calls, cpp_calls) if python else (cpp_calls, python_calls)]
-                         if own]
-                shifts[python] = weighted_median(rates)
-            if all(abs(shifts[k] - before[k]) < 1e-13 for k in shifts):
-                break
-        per_op[phase], per_cpp[phase] = shifts[True] if phase != "backward" else shifts[False], shifts[False]
+                split = phase != "backward"
+                fits.append(([model.base_seconds(c) for c in calls if c.python and split],
+                             [model.base_seconds(c) for c in calls if not (c.python and split)],
+                             run["plain"][phase] - issue))
+        python, cpp = least_misses(fits, model.view_s)
+        per_op[phase], per_cpp[phase] = (python, cpp) if phase != "backward" else (cpp, cpp)
     per_op["loss"], per_cpp["loss"] = per_op["forward"], per_cpp["forward"]
     return per_op, per_cpp
+
+
+#: the per-call figures :func:`least_misses` tries, seconds: 0.05 µs apart, ±30 µs
+_FIGURES = [k * 5e-8 for k in range(-600, 601)]
+
+
+def least_misses(fits: Sequence[tuple[Sequence[float], Sequence[float], float]],
+                 floor: float) -> tuple[float, float]:
+    """The (a, c) for which the runs ``fits`` ((calls of one kind, calls of the other, plain
+    seconds) each) summed as ``max(call + a, floor)`` over the first kind and ``max(call + c,
+    floor)`` over the second miss their plain seconds by the least in all: searched 0.05 µs apart,
+    then settled exactly where two runs pin it (each figure in turn the weighted median of the
+    runs' own, the other held). A kind no run has keeps the other's figure.
+
+    Calls of 1 µs, one of the first kind and three of the second in 4 µs, three and one in 8 µs:
+    1 + a + 3 (1 + c) = 4 and 3 (1 + a) + 1 + c = 8 give a = 1.5 µs, c = -0.5 µs.
+
+    >>> [round(x * 1e6, 9) for x in least_misses([([1e-6], [1e-6] * 3, 4e-6), ([1e-6] * 3, [1e-6], 8e-6)], 1e-7)]
+    [1.5, -0.5]
+    """
+    import numpy as np
+    figures = np.array(_FIGURES)
+    misses = np.zeros((len(figures), len(figures)))
+    for first, second, total in fits:
+        misses += np.abs(_floored_sums(first, figures, floor)[:, None]
+                         + _floored_sums(second, figures, floor)[None, :] - total)
+    i, j = np.unravel_index(int(np.argmin(misses)), misses.shape)
+    shifts = {0: float(figures[i]), 1: float(figures[j])}
+    for _ in range(100):
+        before = dict(shifts)
+        for kind in (0, 1):
+            rates = []
+            for run in fits:
+                own, other, total = run[kind], run[1 - kind], run[2]
+                if own:
+                    held = sum(max(v + shifts[1 - kind], floor) for v in other)
+                    rates.append((shift_to_total(own, floor, total - held), len(own)))
+            if rates:
+                shifts[kind] = weighted_median(rates)
+        if all(abs(shifts[k] - before[k]) < 1e-13 for k in shifts):
+            break
+    has = [any(run[kind] for run in fits) for kind in (0, 1)]
+    if has[0] != has[1]:
+        shifts[0 if has[1] else 1] = shifts[1 if has[1] else 0]
+    return shifts[0], shifts[1]
+
+
+def _floored_sums(values: Sequence[float], shifts: Any, floor: float) -> Any:
+    """``sum(max(v + s, floor) for v in values)`` for each ``s`` of the array ``shifts``."""
+    import numpy as np
+    ordered = np.sort(np.asarray(values, dtype=float))
+    if not len(ordered):
+        return np.zeros(len(shifts))
+    above = np.concatenate([[0.0], np.cumsum(ordered[::-1])])   # the k largest's sum
+    count = len(ordered) - np.searchsorted(ordered, floor - shifts, side="right")   # above the floor
+    return above[count] + count * shifts + (len(ordered) - count) * floor
 
 
 def _fit_optimizer_steps(runs: list[dict[str, Any]], model: DeviceModel, python_s: float) -> tuple[float, float]:
