@@ -126,8 +126,8 @@ def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, strid
           padding: Sequence[int], dilation: Sequence[int], transposed: bool, groups: int,
           out_shape: Sequence[int], input_grad: bool = True,
           grad_out: torch.Tensor | None = None, absent: bool = False) -> tuple[Sequence[int], Sequence[int]]:
-    """(forward, backward) workspace bytes of one convolution, from ``conv_workspace``; an input
-    or output gradient (4-D and 5-D) not laid out in the kernel's memory format is copied to it.
+    """(forward, backward) workspace bytes of one convolution, from ``conv_workspace``; an input,
+    output gradient or weight (4-D and 5-D) not laid out in the kernel's memory format is copied to it.
     ``absent``: instead, the results not made yet at the workspace's worst moment
     (``cpu_conv.results_absent``)."""
     batch = x.shape[0]
@@ -144,7 +144,8 @@ def _conv(run: Context, x: torch.Tensor, weight: torch.Tensor, bias: bool, strid
                  dilation=tuple(dilation), input_grad=input_grad)
     if absent:
         return results_absent(ctx, **terms)
-    forward, backward = conv_workspace(ctx, **terms, input_copied=copied(x), grad_copied=copied(grad_out))
+    forward, backward = conv_workspace(ctx, **terms, input_copied=copied(x), grad_copied=copied(grad_out),
+                                       weight_copied=copied(weight) if channels_last else None)
     return _saved_bytes(forward, batch, x.dtype), _saved_bytes(backward, batch, x.dtype)
 
 

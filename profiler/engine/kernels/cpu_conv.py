@@ -26,8 +26,8 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
                    groups: int, bias: bool, out_spatial: tuple[int, ...], transposed: bool = False,
                    in_spatial: tuple[int, ...] = (), padding: tuple[int, ...] | None = None,
                    dilation: tuple[int, ...] | None = None, input_grad: bool = True,
-                   input_copied: bool = False,
-                   grad_copied: bool = False) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+                   input_copied: bool = False, grad_copied: bool = False,
+                   weight_copied: bool | None = None) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward scratch, backward scratch) of one convolution on the CPU, as torch runs it.
 
     Shapes are torch's (per sample); ``padding`` is torch's symmetric padding, inferred from the
@@ -37,6 +37,9 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
     two apart (torch's own im2col kernels are counted with it). ``input_copied``,
     ``grad_copied``: the input (forward and backward) or the output's gradient (backward) is not
     laid out in the kernel's memory format, and torch copies it (``operand_copies``).
+    ``weight_copied``: whether a channels-last oneDNN kernel copies the weight to channels-last
+    first (``weight.contiguous(memory_format)``); unknown (``None``), as an NCHW weight is: copied
+    unless 1 × 1 or of one input channel, where NCHW is channels-last too.
     """
     if ctx.device_kind != "cpu":
         return (), ()
@@ -48,7 +51,7 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
     elif _channels_first(ctx, call):
         forward, backward = channels_first_workspace(ctx, call, input_grad)
     else:
-        forward, backward = onednn_workspace(ctx, call, input_grad)
+        forward, backward = onednn_workspace(ctx, call, input_grad, weight_copied)
     return copy_in + forward, copy_in + copy_grad + backward
 
 

@@ -126,18 +126,32 @@ def forward_padded_filters(conv: ConvCall, dtype: str) -> int:
     return up(filters, 32)
 
 
-def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+def weight_clone(call: ConvCall, per_group_in: int, weight_copied: bool | None) -> int:
+    """Elements of the weight's channels-last copy a channels-last oneDNN convolution makes
+    (``weight.contiguous(memory_format)``, alive for the whole call): none when the weight is laid
+    out so already (``weight_copied`` False: a model moved with ``.to(memory_format=
+    torch.channels_last)``, torchvision resnet18's 9 MiB 512 × 512 × 3 × 3 weights); unknown
+    (``None``), as an NCHW weight, which is channels-last too when 1 × 1 or of one input channel
+    per group. A transposed convolution's weight is judged by its shape."""
+    if weight_copied is None or call.transposed:
+        weight_copied = call.taps > 1 and per_group_in > 1
+    return call.weight if weight_copied else 0
+
+
+def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True,
+                     weight_copied: bool | None = None) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """(forward, backward) scratch of a oneDNN convolution, in bytes (see above); without
-    ``input_grad`` torch asks for no input gradient and the data phase does not run."""
+    ``input_grad`` torch asks for no input gradient and the data phase does not run;
+    ``weight_copied``: :func:`weight_clone`."""
     dtype = ctx.compute_dtype(True)
     if call.groups > 1 or dtype not in ("float32", "bfloat16"):
-        return grouped_workspace(ctx, call, input_grad)
+        return grouped_workspace(ctx, call, input_grad, weight_copied)
     threads, act = max(ctx.threads, 1), itemsize(dtype)
     wants_input = input_grad
     conv = _inverted(call) if call.transposed else call
     channels, out_channels, taps = conv.channels, conv.out_channels, conv.taps
     pairs = 2 if dtype == "bfloat16" else 1           # VNNI: bfloat16 channels in pairs
-    clone = conv.weight if taps > 1 and channels > 1 else 0
+    clone = weight_clone(conv, channels, None if call.transposed else weight_copied)
     forward_reorder = forward_padded_filters(conv, dtype) * up(channels, pairs) * taps
     data_reorder = up(channels, _data_block(conv)) * up(out_channels, pairs) * taps
     first = channels < 16 and taps > 1
@@ -456,8 +470,10 @@ def weights_scratchpad(call: ConvCall, dtype: str, batch: int, threads: int) -> 
 # working thread (``dw_weights_scratchpad``); 5×5 and 7×7 run ``jit_bf16``, whose blocked gradient
 # is bfloat16 beside a float32 sum and transposed operands per group (``bf16_weights_scratchpad``).
 # A strided bfloat16 depthwise input gradient runs ``brgconv_strided`` (flagged, not modelled).
-def grouped_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
-    """(forward, backward) scratch of a grouped or depthwise oneDNN convolution."""
+def grouped_workspace(ctx, call: ConvCall, input_grad: bool = True,
+                      weight_copied: bool | None = None) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+    """(forward, backward) scratch of a grouped or depthwise oneDNN convolution (``weight_copied``:
+    :func:`weight_clone`)."""
     channels, out_channels, groups, taps, weight = (call.channels, call.out_channels, call.groups, call.taps,
                                                     call.weight)
     per_group_in, per_group_out = channels // groups, out_channels // groups
@@ -469,7 +485,7 @@ def grouped_workspace(ctx, call: ConvCall, input_grad: bool = True) -> tuple[tup
         channels, out_channels = out_channels, channels
         per_group_in, per_group_out = per_group_out, per_group_in
     depthwise = per_group_in == 1
-    clone = 0 if taps == 1 or per_group_in == 1 else weight
+    clone = weight_clone(call, per_group_in, weight_copied)
     if depthwise and per_group_out == 1:
         reorder = up16(channels) * taps
     elif depthwise:
