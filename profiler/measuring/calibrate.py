@@ -678,17 +678,16 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: flo
     per_cpp: dict[str, float] = {}
     for phase in ("inference", "forward", "backward"):
         members = (phase, "loss") if phase == "forward" else (phase,)
+        split = phase != "backward"   # backward: every call of the second kind, one figure for both
         fits = []
         for run in runs:
             calls = [cost for cost, _ in run["calls"] if cost.phase in members]
             if calls and run["plain"][phase] > 0:
                 issue = sum(python_s * cost.python + module_s * cost.modules for cost in calls)
-                split = phase != "backward"
                 fits.append(([model.base_seconds(c) for c in calls if c.python and split],
                              [model.base_seconds(c) for c in calls if not (c.python and split)],
                              run["plain"][phase] - issue))
-        python, cpp = least_misses(fits, model.view_s)
-        per_op[phase], per_cpp[phase] = (python, cpp) if phase != "backward" else (cpp, cpp)
+        per_op[phase], per_cpp[phase] = least_misses(fits, model.view_s)
     per_op["loss"], per_cpp["loss"] = per_op["forward"], per_cpp["forward"]
     return per_op, per_cpp
 
@@ -703,7 +702,7 @@ def least_misses(fits: Sequence[tuple[Sequence[float], Sequence[float], float]],
     seconds) each) summed as ``max(call + a, floor)`` over the first kind and ``max(call + c,
     floor)`` over the second miss their plain seconds by the least in all: searched 0.05 µs apart,
     then settled exactly where two runs pin it (each figure in turn the weighted median of the
-    runs' own, the other held). A kind no run has keeps the other's figure.
+    runs' own, the other held). A kind no run has keeps the other's figure; no runs, 0.
 
     Calls of 1 µs, one of the first kind and three of the second in 4 µs, three and one in 8 µs:
     1 + a + 3 (1 + c) = 4 and 3 (1 + a) + 1 + c = 8 give a = 1.5 µs, c = -0.5 µs.
@@ -712,6 +711,8 @@ def least_misses(fits: Sequence[tuple[Sequence[float], Sequence[float], float]],
     [1.5, -0.5]
     """
     import numpy as np
+    if not fits:
+        return 0.0, 0.0
     figures = np.array(_FIGURES)
     misses = np.zeros((len(figures), len(figures)))
     for first, second, total in fits:

@@ -151,7 +151,7 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True,
     conv = _inverted(call) if call.transposed else call
     channels, out_channels, taps = conv.channels, conv.out_channels, conv.taps
     pairs = 2 if dtype == "bfloat16" else 1           # VNNI: bfloat16 channels in pairs
-    clone = weight_clone(conv, channels, None if call.transposed else weight_copied)
+    clone = weight_clone(call, channels, weight_copied)   # a transposed one's weight: the same elements
     forward_reorder = forward_padded_filters(conv, dtype) * up(channels, pairs) * taps
     data_reorder = up(channels, _data_block(conv)) * up(out_channels, pairs) * taps
     first = channels < 16 and taps > 1
