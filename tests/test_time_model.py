@@ -487,8 +487,9 @@ def test_a_bin_of_two_calls_takes_the_faster():
 
 
 def test_micro_benchmarks_run_in_interleaved_rounds_each_call_warm(monkeypatch):
-    """Round by round over all calls (a burst of other work slows one round of a call, not all its
-    runs), each call once untimed right before it is timed; the fastest round counts."""
+    """Each call priced in a run of its own (after one untimed), then round by round over all calls
+    (a burst of other work slows one round of a call, not all its runs), each call once untimed
+    right before it is timed."""
     from profiler.rules.registry import Context
     order: list[str] = []
     x = torch.zeros(4)
@@ -500,7 +501,7 @@ def test_micro_benchmarks_run_in_interleaved_rounds_each_call_warm(monkeypatch):
         return run
     found = calibrate._timed_calls(Context(device_kind="cpu", data_format="channels_first", threads=1),
                                    [call("a"), call("b")], rounds=3)
-    assert order == ["a", "a", "b", "b"] * 3
+    assert order == ["a", "a", "b", "b"] * 4
     assert [cost.op for cost, _ in found] == ["aten.add_.Tensor", "aten.add_.Tensor"]
 
 
@@ -519,6 +520,61 @@ def test_a_batch_norm_in_training_has_its_own_curve_apart_from_one_reading_runni
                        phase="forward", module="m", kernel=kernel_of(aten.native_batch_norm.default, args, run))
         keys.append(curve_key(cost))
     assert keys == ["aten.native_batch_norm/training/float32", "aten.native_batch_norm/float32"]
+
+
+def test_the_call_log_prices_after_the_run_what_pricing_during_it_would():
+    """The calibration's call log keeps each call's tensors as metadata and prices them after the
+    run: the same costs as pricing the live tensors, a tensor read twice moved once and an in-place
+    write the storage it read; the timed runs' calls are matched to them by operator, and a run
+    that made other calls is left out."""
+    from profiler.engine.kernels.aten_cpu import kernel_of
+    from profiler.rules.registry import Context
+    run = Context(device_kind="cpu", data_format="channels_first", threads=1)
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    steps = [(aten.mul.Tensor, (x, x)), (aten.add_.Tensor, (x, 1.0)),
+             (aten.convolution.default, (x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)),
+             (aten.cat.default, ([x, x], 1))]
+    live = []
+    for func, args in steps:
+        out = func(*args)
+        live.append(op_cost(func, args, {}, out, phase="forward", module="", kernel=kernel_of(func, args, run)))
+    log = calibrate._CallLog(run)
+    with log:
+        for func, args in steps:
+            func(*args)
+    priced = [cost for cost, _ in log.calls]
+    assert [replace(cost, python=True) for cost in priced] == live   # (OpOverload calls: no Python of the model's)
+    assert priced[0].bytes_read == x.numel() * 4 and priced[1].bytes_written == x.numel() * 4
+    timer = calibrate._bare_timer()
+    with timer:
+        for func, args in steps:
+            func(*args)
+    assert [cost for cost, _ in calibrate._with_times(priced, timer)] == priced
+    assert calibrate._with_times(priced[1:], timer) == []
+
+
+def test_onednn_s_lstm_layer_trains_whenever_grad_mode_is_on_and_has_its_own_curve_then():
+    """oneDNN's LSTM layer keeps its gates for backward whenever grad mode is on (whatever its
+    ``train`` argument says): a kernel family of its own, in the engine's replay as in the
+    calibration's call log of a real run."""
+    from profiler.engine import torch_module
+    from profiler.engine.step_time import curve_key
+    from profiler.rules.registry import Context
+    torch.manual_seed(0)
+    make = lambda: torch.nn.LSTM(4, 8, batch_first=True)  # noqa: E731
+    memory = torch_module.memory(make, [5, 4], batch=2, optimizers=("sgd",), record_costs=True)
+    replay = {phase: [curve_key(c) for c in memory.costs[phase] if c.packet == "aten.mkldnn_rnn_layer"]
+              for phase in ("inference", "training")}
+    assert replay == {"inference": ["aten.mkldnn_rnn_layer/float32"],
+                      "training": ["aten.mkldnn_rnn_layer/training/float32"]}
+    module, x = make(), torch.randn(2, 5, 4)
+    logged = {}
+    for grad in (False, True):
+        log = calibrate._CallLog(Context(device_kind="cpu", data_format="channels_first", threads=1))
+        with torch.set_grad_enabled(grad), log:
+            module(x)
+        logged[grad] = [curve_key(c) for c, _ in log.calls if c.packet == "aten.mkldnn_rnn_layer"]
+    assert logged == {False: replay["inference"], True: replay["training"]}
 
 
 # -- reads of tensors last touched far back ------------------------------------------------------

@@ -8,7 +8,8 @@ Two kinds of measurement, each at the thread count the runs will use:
   family of its own), forward and backward, in float32 and bfloat16 — time against
   FLOPs, by size class; an out-of-place ``add`` from 16 to 4 M elements — time against bytes, and the bandwidth from the largest; 2 × 2
   poolings in both memory layouts; operators far slower per byte than an add (a batch's
-  ``var_mean``, dropout's ``bernoulli_``, a softmax over rows shorter than a vector). Each the
+  ``var_mean``, dropout's ``bernoulli_``, a softmax over rows shorter than a vector) and LSTM
+  layers. Each the
   median of five interleaved rounds, warm (:func:`typical_calls`). They price an operator the calibration models below never called.
   And what a read costs more when the tensor was last touched far back: a multiply cycled over
   1 to 24 weights of 4 MB, the time over the warm one's per byte against the reuse distance
@@ -21,8 +22,9 @@ Two kinds of measurement, each at the thread count the runs will use:
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
   A dispatch mode times every aten operator call (the median of five rounds, each round the
   instrumented step and then each phase plain, so the machine's other work moves both sides
-  alike; the plain phases' median too, the statistic a measurement reports) and
-  prices its work with the same :func:`~profiler.engine.op_cost.op_cost` the prediction uses: each operator gets its own curve of time against work (bytes, or FLOPs for
+  alike; the plain phases' median too, the statistic a measurement reports); a run of its own,
+  not timed, prices each call's work with the same :func:`~profiler.engine.op_cost.op_cost` the
+  prediction uses (:class:`_CallLog`): each operator gets its own curve of time against work (bytes, or FLOPs for
   matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
   operator call, apart for calls Python issued and calls C++ issued (the model's own sum, its
@@ -46,7 +48,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -55,7 +57,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 21
+VERSION = 22
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -151,25 +153,60 @@ def _loop(fn: Callable[[], object], inner: int) -> Callable[[], None]:
 
 
 def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 5) -> list[tuple[OpCost, float]]:
-    """Each call's operators, priced and timed: :func:`typical_calls` of ``rounds`` rounds, each
-    round every call in turn, run once untimed and then timed (warm: a 16-element add timed right
-    after a convolution read 8.6 µs, warm 1.1 µs). Interleaved, not each call's runs back to
-    back: a burst of the machine's other work (milliseconds) then slows one round of a call, not
-    all of its runs."""
+    """Each call's operators, priced (:func:`_priced`) and timed: :func:`typical_calls` of
+    ``rounds`` rounds, each round every call in turn, run once untimed and then timed (warm: a
+    16-element add timed right after a convolution read 8.6 µs, warm 1.1 µs). Interleaved, not each
+    call's runs back to back: a burst of the machine's other work (milliseconds) then slows one
+    round of a call, not all of its runs."""
+    def within(log: Any, call: Callable[[], object]) -> None:
+        with log:
+            call()
+
+    priced = []
+    for call in calls:
+        call()
+        priced.append(_priced(run, lambda log, call=call: within(log, call)))
     found: list[list[list[tuple[OpCost, float]]]] = [[] for _ in calls]
     for _ in range(rounds):
         for i, call in enumerate(calls):
             call()
-            timer = _CallLog(run)
+            timer = _bare_timer()
             with timer:
                 call()
-            _add_round(found[i], timer.calls)
+            _add_round(found[i], _with_times(priced[i], timer))
     return [call for rounds_of_call in found for call in typical_calls(rounds_of_call)]
 
 
+def _priced(run: Any, instrumented: Callable[[Any], object]) -> list[OpCost]:
+    """The operator calls ``instrumented(log)`` makes, priced: a run of its own, whose times are
+    not kept (see :class:`_CallLog`)."""
+    log = _CallLog(run)
+    instrumented(log)
+    return [cost for cost, _ in log.calls]
+
+
+def _bare_timer() -> Any:
+    """The timer of the timed runs: each operator call timed and nothing else done between them
+    (which calls Python issued, and each call's work, come from a run priced apart)."""
+    from profiler.measuring.devices import get_device
+    from profiler.measuring.timing import OpTimer
+    return OpTimer(get_device("cpu"), {})
+
+
+def _with_times(priced: list[OpCost], timer: Any) -> list[tuple[OpCost, float]]:
+    """Each priced call with its time in ``timer``'s run of the same calls; none if that run made
+    other calls (a first call's lazy set-up)."""
+    names = [(op, ns) for _, _, op, ns in timer.calls if not op.startswith(("prim.", "profiler."))]
+    if len(names) != len(priced) or any(cost.packet != op for cost, (op, _) in zip(priced, names)):
+        return []
+    return [(cost, ns / 1e9) for cost, (_, ns) in zip(priced, names)]
+
+
 def _add_round(found: list[list[tuple[OpCost, float]]], calls: list[tuple[OpCost, float]]) -> None:
-    """A round's calls kept beside the earlier rounds' (a round that made other calls, a first
-    call's lazy set-up, starts them again)."""
+    """A round's calls kept beside the earlier rounds' (a round that made other calls than its
+    priced run, :func:`_with_times`, is left out; one of another length starts them again)."""
+    if not calls:
+        return
     if found and len(found[0]) != len(calls):
         found.clear()
     found.append(calls)
@@ -194,8 +231,8 @@ def typical_calls(rounds: Sequence[Sequence[tuple[OpCost, float]]]) -> list[tupl
 
 def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
     """Matrix multiplies, convolutions (forward and backward, both kernel families),
-    element-wise adds, batch variances, dropout masks, softmaxes over short rows and 2 × 2
-    poolings (contiguous and channels-last) across sizes, in ``dtype``."""
+    element-wise adds, batch variances, dropout masks, softmaxes over short rows, LSTM layers and
+    2 × 2 poolings (contiguous and channels-last) across sizes, in ``dtype``."""
     aten = torch.ops.aten
     calls: list[Callable[[], object]] = []
     for n in (8, 32, 128, 256, 512, 1024):
@@ -275,6 +312,10 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             out = forward(x, -1, False)
             calls.append(lambda x=x, forward=forward: forward(x, -1, False))
             calls.append(lambda out=out, backward=backward: backward(out, out, -1, out.dtype))
+    if dtype == torch.float32:   # oneDNN's LSTM layer in inference, across sizes (float32: not every CPU runs a bfloat16 one)
+        for batch, steps, features, hidden in ((1, 16, 32, 64), (8, 16, 32, 64), (2, 24, 48, 96), (4, 12, 128, 128)):
+            lstm, x = nn.LSTM(features, hidden, batch_first=True), torch.randn(batch, steps, features)
+            calls.append(lambda lstm=lstm, x=x: lstm(x))
     pool, pool_backward = aten.max_pool2d_with_indices, aten.max_pool2d_with_indices_backward
     for shape in ((1, 16, 16, 16), (1, 64, 32, 32), (8, 16, 32, 32), (4, 64, 56, 56)):   # both layouts
         for layout in (torch.contiguous_format, torch.channels_last):
@@ -384,19 +425,18 @@ def _fresh_memory(nbytes: int = 64 * 2**20, rounds: int = 5) -> float:
     return max(statistics.median(fresh[1:]) - statistics.median(reused[1:]), 0.0) / nbytes
 
 
-def _timer_inflation(run: Any) -> float:
+def _timer_inflation() -> float:
     """Seconds the timer adds to a call it times (the call from inside a dispatch mode is slower
     than the same call from Python): a tiny in-place add timed both ways, the difference."""
     x = torch.zeros(1)
     plain = _seconds(_loop(lambda: x.add_(1.0), 200), inner=200)
-    timer = _CallLog(run)
     best = float("inf")
     for _ in range(5):
-        timer.calls.clear()
+        timer = _bare_timer()
         with timer:
             for _ in range(200):
                 x.add_(1.0)
-        best = min(best, sum(seconds for _, seconds in timer.calls) / 200)
+        best = min(best, sum(ns for *_, ns in timer.calls) / 1e9 / 200)
     return max(best - plain, 0.0) if best < float("inf") else 0.0
 
 
@@ -410,8 +450,13 @@ def _view_seconds() -> float:
 
 
 class _CallLog:
-    """Each aten call of a run, priced (:func:`~profiler.engine.op_cost.op_cost`) and timed by the
-    runner's :class:`~profiler.measuring.timing.OpTimer`."""
+    """Each aten call of a run, priced (:func:`~profiler.engine.op_cost.op_cost`) once the run is
+    over, from a snapshot of its tensors' metadata (:class:`_Shadow`), and which calls Python
+    issued. The calibration prices a run apart from the runs it times (:func:`_bare_timer`):
+    pricing is Python (37 µs an ``addmm``, 184 µs a convolution), and so is watching Python's
+    events; either, between two timed calls, leaves the second's caches cold. The calibration
+    transformer's inference at batch 1, 51 calls: 668 µs timed and priced as they ran, 658 µs
+    priced afterwards, 547 µs timed alone; its plain run 447 µs."""
 
     def __init__(self, run: Any) -> None:
         from profiler.measuring.devices import get_device
@@ -419,19 +464,35 @@ class _CallLog:
         from profiler.engine.python_calls import PythonCalls
         self.run = run
         self.phase = "forward"
-        self.calls: list[tuple[OpCost, float]] = []
+        self._priced: list[tuple[OpCost, float]] = []
+        #: (operator, shadowed args, kwargs and result, ns, phase, Python issued, module calls, grad mode)
+        self._pending: list[tuple[Any, Any, Any, Any, float, str, bool, int, bool]] = []
         self.python = PythonCalls()
         self.timer = OpTimer(get_device("cpu"), {}, on_call=self._book, python=self.python)
         self._modules_booked = 0
 
     def _book(self, func: Any, args: tuple, kwargs: dict, out: Any, ns: float) -> None:
+        if func.namespace in ("prim", "profiler"):   # no call in a real run: op_cost prices none
+            return
+        self._pending.append((func, _shadow(args), _shadow(kwargs), _shadow(out), ns, self.phase, self.timer.began,
+                              self.timer.module_calls - self._modules_booked, torch.is_grad_enabled()))
+        self.python.book(self.timer.python_mark)
+        self._modules_booked = self.timer.module_calls
+
+    @property
+    def calls(self) -> list[tuple[OpCost, float]]:
+        """(priced call, seconds) of each call timed so far."""
         from profiler.engine.kernels.aten_cpu import kernel_of
-        cost = op_cost(func, args, kwargs, out, phase=self.phase, module="", kernel=kernel_of(func, args, self.run),
-                       python=self.timer.began, modules=self.timer.module_calls - self._modules_booked)
-        if cost is not None:
-            self.calls.append((cost, ns / 1e9))
-            self.python.book(self.timer.python_mark)
-            self._modules_booked = self.timer.module_calls
+        for func, args, kwargs, out, ns, phase, python, modules, grad in self._pending:
+            storages: dict[int, Any] = {}
+            args, kwargs, out = (_unshadow(tree, storages) for tree in (args, kwargs, out))
+            with torch.set_grad_enabled(grad):   # a kernel family may depend on it (oneDNN's LSTM)
+                cost = op_cost(func, args, kwargs, out, phase=phase, module="", kernel=kernel_of(func, args, self.run),
+                               python=python, modules=modules)
+            if cost is not None:
+                self._priced.append((cost, ns / 1e9))
+        self._pending.clear()
+        return self._priced
 
     def __enter__(self) -> "_CallLog":
         self.python.__enter__()
@@ -441,6 +502,46 @@ class _CallLog:
     def __exit__(self, *exc: object) -> None:
         self.timer.__exit__(*exc)
         self.python.__exit__(*exc)
+
+
+class _Shadow(NamedTuple):
+    """What pricing reads of a tensor, kept past the call without keeping its memory: its storage
+    by address (a tensor read twice, or written in place, is one storage)."""
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    offset: int
+    storage: int
+    nbytes: int
+
+
+def _shadow(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        try:
+            storage = tree.untyped_storage()
+            key, nbytes = storage.data_ptr() or id(storage), storage.nbytes()
+        except (RuntimeError, NotImplementedError):   # sparse, or no storage
+            key, nbytes = id(tree), tree.numel() * tree.element_size()
+        return _Shadow(tuple(tree.shape), tree.stride(), tree.dtype, tree.storage_offset(), key, nbytes)
+    if type(tree) in (list, tuple):
+        return type(tree)(_shadow(x) for x in tree)
+    if isinstance(tree, dict):
+        return {k: _shadow(v) for k, v in tree.items()}
+    return tree
+
+
+def _unshadow(tree: Any, storages: dict[int, Any]) -> Any:
+    """``tree`` with each shadow a meta tensor of its metadata, shadows of one storage sharing one."""
+    if isinstance(tree, _Shadow):
+        if tree.storage not in storages:
+            storages[tree.storage] = torch.empty(tree.nbytes, dtype=torch.uint8, device="meta").untyped_storage()
+        return torch.empty(0, dtype=tree.dtype, device="meta").set_(storages[tree.storage], tree.offset, tree.shape,
+                                                                     tree.stride)
+    if type(tree) in (list, tuple):
+        return type(tree)(_unshadow(x, storages) for x in tree)
+    if isinstance(tree, dict):
+        return {k: _unshadow(v, storages) for k, v in tree.items()}
+    return tree
 
 
 class _ConvNet(nn.Module):
@@ -558,8 +659,9 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
         opt.zero_grad(set_to_none=True)
         loss().backward()
 
-    def instrumented(timer: _CallLog) -> None:
+    def instrumented(timer: Any) -> None:
         model.eval()
+        infer()   # warm, as the plain inference passes below are
         timer.phase = "inference"
         with timer:
             infer()
@@ -578,12 +680,13 @@ def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, r
     model.train()
     forward_backward()
     opt.step()
+    priced = _priced(run, instrumented)
     timed: list[list[tuple[OpCost, float]]] = []
     samples: dict[str, list[float]] = {"inference": [], "forward": [], "forward_backward": [], "optimizer": []}
     for _ in range(rounds):
-        timer = _CallLog(run)
+        timer = _bare_timer()
         instrumented(timer)
-        _add_round(timed, timer.calls)
+        _add_round(timed, _with_times(priced, timer))
         for phase, fn, mode in ((("inference", infer, False), ("forward", loss, True),
                                  ("forward_backward", forward_backward, True), ("optimizer", opt.step, True))):
             model.train(mode)
@@ -879,7 +982,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
                 say(f"matrix multiplies, convolutions and element-wise calls, {dtype}")
                 micro += _timed_calls(run, _micro_benchmarks(getattr(torch, dtype)))
             view_s = _view_seconds()
-            inflation = _timer_inflation(run)
+            inflation = _timer_inflation()
             python_s, module_s = _python_issue_seconds(), _module_call_seconds()
             host_call_s = _host_call_seconds()
             say("reads of tensors last touched far back, and memory mapped fresh")
