@@ -312,7 +312,8 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             out = forward(x, -1, False)
             calls.append(lambda x=x, forward=forward: forward(x, -1, False))
             calls.append(lambda out=out, backward=backward: backward(out, out, -1, out.dtype))
-    if dtype == torch.float32:   # oneDNN's LSTM layer in inference, across sizes (float32: not every CPU runs a bfloat16 one)
+    # oneDNN's LSTM layer in inference, across sizes (float32: not every CPU runs a bfloat16 one)
+    if dtype == torch.float32:
         for batch, steps, features, hidden in ((1, 16, 32, 64), (8, 16, 32, 64), (2, 24, 48, 96), (4, 12, 128, 128)):
             lstm, x = nn.LSTM(features, hidden, batch_first=True), torch.randn(batch, steps, features)
             calls.append(lambda lstm=lstm, x=x: lstm(x))
@@ -515,33 +516,39 @@ class _Shadow(NamedTuple):
     nbytes: int
 
 
+def _map_leaves(tree: Any, fn: Callable[[Any], Any]) -> Any:
+    """``tree`` (nested lists, tuples and dicts, as an operator's arguments are) with ``fn`` of each leaf."""
+    if type(tree) in (list, tuple):
+        return type(tree)(_map_leaves(x, fn) for x in tree)
+    if isinstance(tree, dict):
+        return {k: _map_leaves(v, fn) for k, v in tree.items()}
+    return fn(tree)
+
+
 def _shadow(tree: Any) -> Any:
-    if isinstance(tree, torch.Tensor):
+    """``tree`` with each tensor as its :class:`_Shadow`."""
+    def one(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
         try:
-            storage = tree.untyped_storage()
+            storage = leaf.untyped_storage()
             key, nbytes = storage.data_ptr() or id(storage), storage.nbytes()
         except (RuntimeError, NotImplementedError):   # sparse, or no storage
-            key, nbytes = id(tree), tree.numel() * tree.element_size()
-        return _Shadow(tuple(tree.shape), tree.stride(), tree.dtype, tree.storage_offset(), key, nbytes)
-    if type(tree) in (list, tuple):
-        return type(tree)(_shadow(x) for x in tree)
-    if isinstance(tree, dict):
-        return {k: _shadow(v) for k, v in tree.items()}
-    return tree
+            key, nbytes = id(leaf), leaf.numel() * leaf.element_size()
+        return _Shadow(tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.storage_offset(), key, nbytes)
+    return _map_leaves(tree, one)
 
 
 def _unshadow(tree: Any, storages: dict[int, Any]) -> Any:
     """``tree`` with each shadow a meta tensor of its metadata, shadows of one storage sharing one."""
-    if isinstance(tree, _Shadow):
-        if tree.storage not in storages:
-            storages[tree.storage] = torch.empty(tree.nbytes, dtype=torch.uint8, device="meta").untyped_storage()
-        return torch.empty(0, dtype=tree.dtype, device="meta").set_(storages[tree.storage], tree.offset, tree.shape,
-                                                                     tree.stride)
-    if type(tree) in (list, tuple):
-        return type(tree)(_unshadow(x, storages) for x in tree)
-    if isinstance(tree, dict):
-        return {k: _unshadow(v, storages) for k, v in tree.items()}
-    return tree
+    def one(leaf: Any) -> Any:
+        if not isinstance(leaf, _Shadow):
+            return leaf
+        if leaf.storage not in storages:
+            storages[leaf.storage] = torch.empty(leaf.nbytes, dtype=torch.uint8, device="meta").untyped_storage()
+        return torch.empty(0, dtype=leaf.dtype, device="meta").set_(storages[leaf.storage], leaf.offset, leaf.shape,
+                                                                     leaf.stride)
+    return _map_leaves(tree, one)
 
 
 class _ConvNet(nn.Module):
