@@ -338,8 +338,11 @@ def test_a_real_calibration_gives_sane_curves(tmp_path, monkeypatch):
     gflops = model.curves["matmul/float32"].work[-1] / model.curves["matmul/float32"].seconds[-1] / 1e9
     assert 0.5 < gflops < 10_000
     assert model.bandwidth > 1e8
-    for key in ("aten.native_batch_norm/float32", "aten.addmm/float32", "aten.convolution_backward/onednn/float32"):
+    for key in ("aten.native_batch_norm/float32", "aten.addmm/float32", "aten.convolution_backward/onednn/float32",
+                "aten.addmm/thin/float32", "aten.mm/thin/float32", "aten.mm/outer/float32"):
         assert key in model.op_curves
+    # the thin model adds only its thin and outer calls: its layer norms are not on their curves
+    assert not any(key.startswith(("aten.addmm/outer", "aten.mm/thin/bfloat16")) for key in model.op_curves)
     assert all(math.isfinite(v) for v in model.per_op_s.values())
     # a call Python issues costs more than one C++ issues, by under 100 µs (about 0.4 µs here)
     assert set(model.per_python_s) == set(model.per_op_s) and all(0 <= v < 1e-4 for v in model.per_python_s.values())
@@ -520,6 +523,38 @@ def test_a_batch_norm_in_training_has_its_own_curve_apart_from_one_reading_runni
                        phase="forward", module="m", kernel=kernel_of(aten.native_batch_norm.default, args, run))
         keys.append(curve_key(cost))
     assert keys == ["aten.native_batch_norm/training/float32", "aten.native_batch_norm/float32"]
+
+
+def test_a_matrix_multiply_with_a_thin_side_and_a_large_rest_is_a_family_of_its_own():
+    """Hand-picked shapes: a 4 MiB weight applied to 16 rows is thin, its weight gradient summed
+    over the 16 rows is an outer product; 4 rows, a small weight, few columns or bfloat16 are
+    neither; the engine's replay of a linear layer on 16 rows names its three calls as a real
+    run's call log does."""
+    from profiler.engine import torch_module
+    from profiler.engine.kernels.aten_cpu import LARGE, kernel_of, matmul_family
+    from profiler.rules.registry import Context
+    m = lambda rows, inner, cols, dtype=torch.float32: (torch.empty(rows, inner, dtype=dtype),  # noqa: E731
+                                                        torch.empty(inner, cols, dtype=dtype))
+    assert matmul_family(*m(16, 512, 2048)) == "thin" == matmul_family(*m(32, 2048, 512))
+    assert matmul_family(*m(2048, 16, 512)) == "outer" == matmul_family(*m(512, 4, 512))
+    assert 512 * 512 == LARGE and matmul_family(*m(8, 512, 512)) == "thin"
+    for shape in ((4, 512, 2048), (7, 512, 2048), (33, 512, 2048), (16, 256, 512), (2048, 256, 16),
+                  (64, 48, 64), (512, 33, 512)):
+        assert matmul_family(*m(*shape)) == "", shape
+    assert matmul_family(*m(16, 512, 2048, torch.bfloat16)) == ""
+    run = Context(device_kind="cpu", data_format="channels_first", threads=1)
+    a, b, bias = torch.randn(16, 512), torch.randn(512, 2048), torch.randn(2048)
+    assert kernel_of(aten.addmm.default, (bias, a, b), run) == "thin" == kernel_of(aten.mm.default, (a, b), run)
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.Linear(1024, 512))  # noqa: E731
+    memory = torch_module.memory(make, [16, 512], batch=1, optimizers=("sgd",), record_costs=True)
+    replay = [(c.packet, c.kernel) for c in memory.costs["training"] if c.packet in ("aten.addmm", "aten.mm")]
+    assert sorted(replay) == sorted([("aten.addmm", "thin")] * 2 + [("aten.mm", "thin")] + [("aten.mm", "outer")] * 2)
+    torch.manual_seed(0)
+    module, x = make(), torch.randn(1, 16, 512)
+    log = calibrate._CallLog(run)
+    with log:
+        module(x).sum().backward()
+    assert [(c.packet, c.kernel) for c, _ in log.calls if c.packet in ("aten.addmm", "aten.mm")] == replay
 
 
 def test_the_call_log_prices_after_the_run_what_pricing_during_it_would():

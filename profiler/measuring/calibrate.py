@@ -57,7 +57,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 22
+VERSION = 23
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -612,12 +612,41 @@ def _mlp() -> nn.Module:
                          nn.LayerNorm(256), nn.Linear(256, 10))
 
 
+class _ThinBlock(nn.Module):
+    def __init__(self, width: int = 512) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm(x))
+
+
+def _thin_mlp() -> nn.Module:
+    """Residual MLP blocks with 2.25 and 4 MiB weights applied to 16 rows a sample: thin matrix
+    multiplies (``aten_cpu.matmul_family``: a mixer's channel MLP at batch 1, a late
+    vision-transformer stage's few tokens), forward and backward, as a network of them runs them
+    (two such layers alone ran their backward's 1.7 x faster than four blocks did: 183 µs a call
+    against 308, and timm mixer_s16's took 270-407)."""
+    return nn.Sequential(_ThinBlock(384), _ThinBlock(384), nn.Linear(384, 512), _ThinBlock(512), _ThinBlock(512),
+                         nn.Linear(512, 10))
+
+
 #: (factory, one sample's input maker, batch sizes)
 _MODELS: tuple[tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], tuple[int, ...]], ...] = (
     (_ConvNet, lambda b: torch.randn(b, 3, 32, 32), (1, 8)),
     (_Transformer, lambda b: torch.randint(0, 500, (b, 32)), (1, 8)),
     (_mlp, lambda b: torch.randn(b, 256), (4, 64)),
     (_Recurrent, lambda b: torch.randn(b, 16, 32), (1, 8)),
+)
+#: models that time one kernel family's calls in a network's context (the family, factory, input
+#: maker, batch sizes): only those calls are kept, and the runs are not fitted for the per-call
+#: figures (a few long calls, whose runs' spread is their kernels', not Python's: with the thin
+#: model in the fit, the training forward's figure rose from 4.8-9.4 to 9.3-11.8 µs a call over
+#: three calibrations each)
+_KERNEL_MODELS: tuple[tuple[tuple[str, ...], Callable[[], nn.Module], Callable[[int], torch.Tensor],
+                            tuple[int, ...]], ...] = (
+    (("thin", "outer"), _thin_mlp, lambda b: torch.randn(b, 16, 384), (1, 2)),
 )
 
 
@@ -996,16 +1025,20 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             cold_read = _cold_reads()
             fresh_byte_s = _fresh_memory()
         micro = _deflated(micro, inflation, python_s)
-        runs = []
-        for make, inputs, batches in _MODELS:
+        runs, family_calls = [], []
+        models = [((), *model) for model in _MODELS] + list(_KERNEL_MODELS)
+        for families, make, inputs, batches in models:
             for batch in batches:
                 say(f"calibration model {getattr(make, '__name__', make).strip('_')} at batch {batch}")
-                for optimizer in ("sgd", "adam"):
+                for optimizer in ("sgd", "adam") if not families else ("sgd",):
                     measured = _run_model(make, inputs(batch), optimizer, run)
                     measured["calls"] = _deflated(measured["calls"], inflation, python_s)
                     measured["pair"] = (make, batch)
-                    runs.append(measured)
-        timed = [*micro, *(call for measured in runs for call in measured["calls"])]
+                    if families:
+                        family_calls += [call for call in measured["calls"] if call[0].kernel in families]
+                    else:
+                        runs.append(measured)
+        timed = [*micro, *(call for measured in runs for call in measured["calls"]), *family_calls]
         streams = _streams(timed)
         curves = _kind_curves(micro)
         points: dict[str, list[tuple[float, float]]] = {}

@@ -183,7 +183,10 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
     backward whose weight gradient sums over few positions, see :func:`_short_reduction`; a oneDNN
     recurrent layer that trains, which also writes its gates for backward, whenever grad mode is on
     (see :func:`_onednn_lstm`): torch's LSTM(32, 64) over 16 steps took 164 µs a call in
-    inference and 180 training at batch 1, 241 and 290 at batch 8); "" for the others."""
+    inference and 180 training at batch 1, 241 and 290 at batch 8); a float32 matrix multiply
+    with a thin side and a large rest, see :func:`matmul_family`; "" for the others."""
+    if func in _MATMULS:
+        return matmul_family(*args[_MATMULS[func]:_MATMULS[func] + 2])
     if func is aten.native_batch_norm.default:
         return "training" if args[5] else ""
     if func is aten.mkldnn_rnn_layer.default:
@@ -220,6 +223,38 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
     # convolution of timm convnext's (1 x 24 x 16 x 16, channels-last after its blocks' permutes)
     # took 47 us, 76 on a contiguous tensor; 1 x 64 x 2 x 2, 41 and 72 (2 threads, tight loops)
     return f"{name}{CHANNELS_LAST}" if _channels_last(x, weight) else name
+
+
+#: the matrix multiplies whose shapes set their kernel family: (operator, index of the first factor)
+_MATMULS = {aten.mm.default: 0, aten.addmm.default: 1}
+#: a thin side of a matrix multiply (rows of a few tokens; backward's weight gradient summed over
+#: them), and the fewest elements of the large operand or result that make it a family of its own:
+#: see :func:`matmul_family`
+THIN_SIDE = (8, 32)
+LARGE = 2 ** 18
+
+
+def matmul_family(a: torch.Tensor, b: torch.Tensor) -> str:
+    """The kernel family of a float32 ``a @ b`` (rows × inner by inner × columns) with a thin side
+    and a large rest, which MKL runs far below the FLOP rate of a squarer multiply of the same
+    FLOPs: "thin", 8 to 32 rows against a large other operand (a layer's weight applied to a few
+    tokens, and its input gradient), about as slow as that operand streams through MKL's
+    small-row path: timm mixer_s16's 16 × 512 by 512 × 2048 channel MLP at batch 1
+    took 477 µs in the network (299 µs repeated alone) where squarer calls of its FLOPs priced
+    216, swin_tiny's last stage at batch 4 (16 rows, 768 × 3072) 656-1,096 µs against 352-500;
+    "outer", an inner side of at most 32 into a large result (the weight gradient summed over
+    those rows, a token-mixing layer on many channels), bound by writing it: 270-340 µs for
+    mixer's 4 MiB weight gradients against 152 priced (Intel Xeon, 2 threads); "" for the others
+    (fewer than 8 rows stream the operand as a matrix-vector product does, at the family's
+    bandwidth; few columns of a large first operand, mixer's token MLP on 2,048 channels at batch
+    4, run another path: 137 µs in the network, 180 priced as thin rows, 90 as neither). Their curves come from a calibration model of such layers
+    (:mod:`profiler.measuring.calibrate`)."""
+    if a.dim() != 2 or b.dim() != 2 or a.dtype != torch.float32:
+        return ""
+    rows, inner, cols = a.shape[0], a.shape[1], b.shape[1]
+    if THIN_SIDE[0] <= rows <= THIN_SIDE[1] and inner * cols >= LARGE:
+        return "thin"
+    return "outer" if inner <= THIN_SIDE[1] and rows * cols >= LARGE else ""
 
 
 def _short_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
