@@ -663,78 +663,99 @@ def _once(fn: Callable[[], object]) -> float:
 PLAIN_STATISTIC: Callable[[Sequence[float]], float] = statistics.median
 
 
-def _run_model(make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, run: Any,
-               rounds: int = 5) -> dict[str, Any]:
-    """One calibration model at one batch: the median time of each operator call per phase, the
-    whole phases' times un-instrumented (:data:`PLAIN_STATISTIC`), and how many modules a forward
-    pass calls. Each round runs the instrumented step and then each phase plain, so that both sides of the
-    overheads' fit (:func:`_fit_overheads`) see the machine in the same state (a burst of other
-    work slows one round, not one side); each phase twice back to back, as a measurement's
-    repeats run. A measurement's inference passes follow one another after its warm-up, so the
-    inference pass runs once more first, not kept: the first after the instrumented step's Python
-    has evicted the caches took 1.2-2.4 x a warm one on the 8 calibration models, and kept, it
-    priced every model's small calls high. A training step's phases follow each other's traffic,
-    as here (the first forward after the inference passes, the first backward after a forward)."""
-    from profiler.engine.optimizers import CATALOG
-    torch.manual_seed(0)
-    model = make()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = CATALOG[optimizer].make(params)
-    modules = sum(1 for _ in model.modules())
+class _ModelRuns:
+    """One calibration model at one batch and optimizer, measured a round at a time
+    (:func:`_run_models` interleaves the models' rounds): the median time of each operator call
+    per phase, the whole phases' times un-instrumented (:data:`PLAIN_STATISTIC`), and how many
+    modules a forward pass calls. Each round runs one plain training step untimed (the model's
+    own traffic back in the caches after the other models' rounds), the instrumented step and
+    then each phase plain, so that both sides of the overheads' fit (:func:`_fit_overheads`) see
+    the machine in the same state; each phase twice back to back, as a measurement's repeats run.
+    A measurement's inference passes follow one another after its warm-up, so the inference pass
+    runs once more first, not kept: the first after the instrumented step's Python has evicted
+    the caches took 1.2-2.4 x a warm one on the 8 calibration models, and kept, it priced every
+    model's small calls high. A training step's phases follow each other's traffic, as here (the
+    first forward after the inference passes, the first backward after a forward)."""
 
-    def loss() -> torch.Tensor:
-        out = model(x)
+    def __init__(self, make: Callable[[], nn.Module], x: torch.Tensor, optimizer: str, run: Any) -> None:
+        from profiler.engine.optimizers import CATALOG
+        torch.manual_seed(0)
+        self.model, self.x = make(), x
+        self.opt = CATALOG[optimizer].make([p for p in self.model.parameters() if p.requires_grad])
+        self.modules = sum(1 for _ in self.model.modules())
+        self.model.eval()
+        self._infer()
+        self.model.train()
+        self._step()
+        self.priced = _priced(run, self._instrumented)
+        self.timed: list[list[tuple[OpCost, float]]] = []
+        self.samples: dict[str, list[float]] = {"inference": [], "forward": [], "forward_backward": [], "optimizer": []}
+
+    def _loss(self) -> torch.Tensor:
+        out = self.model(self.x)
         return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]),
                                            torch.zeros(out.shape[:-1].numel(), dtype=torch.long))
 
-    def infer() -> None:
+    def _infer(self) -> None:
         with torch.no_grad():
-            model(x)
+            self.model(self.x)
 
-    def forward_backward() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss().backward()
+    def _forward_backward(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self._loss().backward()
 
-    def instrumented(timer: Any) -> None:
-        model.eval()
-        infer()   # warm, as the plain inference passes below are
+    def _step(self) -> None:
+        self._forward_backward()
+        self.opt.step()
+
+    def _instrumented(self, timer: Any) -> None:
+        self.model.eval()
+        self._infer()   # warm, as the plain inference passes below are
         timer.phase = "inference"
         with timer:
-            infer()
-        model.train()
-        opt.zero_grad(set_to_none=True)
+            self._infer()
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
         with timer:
             timer.phase = "forward"
-            value = loss()
+            value = self._loss()
             timer.phase = "backward"
             value.backward()
             timer.phase = "optimizer"
-            opt.step()
+            self.opt.step()
 
-    model.eval()
-    infer()
-    model.train()
-    forward_backward()
-    opt.step()
-    priced = _priced(run, instrumented)
-    timed: list[list[tuple[OpCost, float]]] = []
-    samples: dict[str, list[float]] = {"inference": [], "forward": [], "forward_backward": [], "optimizer": []}
-    for _ in range(rounds):
+    def round(self) -> None:
+        self.model.train()
+        self._step()
         timer = _bare_timer()
-        instrumented(timer)
-        _add_round(timed, _with_times(priced, timer))
-        for phase, fn, mode in ((("inference", infer, False), ("forward", loss, True),
-                                 ("forward_backward", forward_backward, True), ("optimizer", opt.step, True))):
-            model.train(mode)
+        self._instrumented(timer)
+        _add_round(self.timed, _with_times(self.priced, timer))
+        for phase, fn, mode in ((("inference", self._infer, False), ("forward", self._loss, True),
+                                 ("forward_backward", self._forward_backward, True), ("optimizer", self.opt.step, True))):
+            self.model.train(mode)
             if phase == "inference":
                 _once(fn)   # the first after the instrumented step's Python runs cold: not kept
             for _ in range(2):   # back to back, as a measurement's repeats run
-                samples[phase].append(_once(fn))
-    typical = {phase: PLAIN_STATISTIC(found) for phase, found in samples.items()}
-    plain = {"inference": typical["inference"], "forward": typical["forward"],
-             "backward": max(typical["forward_backward"] - typical["forward"], 0.0),
-             "optimizer": typical["optimizer"]}
-    return {"calls": typical_calls(timed), "plain": plain, "modules": modules}
+                self.samples[phase].append(_once(fn))
+
+    def result(self) -> dict[str, Any]:
+        typical = {phase: PLAIN_STATISTIC(found) for phase, found in self.samples.items()}
+        plain = {"inference": typical["inference"], "forward": typical["forward"],
+                 "backward": max(typical["forward_backward"] - typical["forward"], 0.0),
+                 "optimizer": typical["optimizer"]}
+        return {"calls": typical_calls(self.timed), "plain": plain, "modules": self.modules}
+
+
+def _run_models(models: Sequence[_ModelRuns], rounds: int = 5) -> list[dict[str, Any]]:
+    """Each model's rounds interleaved with the others' (round 1 of every model, then round 2, ...):
+    a burst of the machine's other work (this 2-core machine's neighbours slowed a whole second of
+    runs 1.3-2 x: one model's five back-to-back rounds, and with them its per-call figure) then
+    slows one round of several models, which their medians leave out, instead of all the rounds
+    of one, whose own figure it moves; :meth:`_ModelRuns.result` of each."""
+    for _ in range(rounds):
+        for model in models:
+            model.round()
+    return [model.result() for model in models]
 
 
 def _deflated(calls: list[tuple[OpCost, float]], inflation: float, python_s: float) -> list[tuple[OpCost, float]]:
@@ -1025,19 +1046,21 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             cold_read = _cold_reads()
             fresh_byte_s = _fresh_memory()
         micro = _deflated(micro, inflation, python_s)
+        say("calibration models, their rounds interleaved")
+        specs = [(families, make, batch, optimizer)
+                 for families, make, inputs, batches in [((), *model) for model in _MODELS] + list(_KERNEL_MODELS)
+                 for batch in batches for optimizer in (("sgd", "adam") if not families else ("sgd",))]
+        inputs = {make: make_input for _, make, make_input, _ in [((), *model) for model in _MODELS] + list(_KERNEL_MODELS)}
+        found = _run_models([_ModelRuns(make, inputs[make](batch), optimizer, run)
+                             for _, make, batch, optimizer in specs])
         runs, family_calls = [], []
-        models = [((), *model) for model in _MODELS] + list(_KERNEL_MODELS)
-        for families, make, inputs, batches in models:
-            for batch in batches:
-                say(f"calibration model {getattr(make, '__name__', make).strip('_')} at batch {batch}")
-                for optimizer in ("sgd", "adam") if not families else ("sgd",):
-                    measured = _run_model(make, inputs(batch), optimizer, run)
-                    measured["calls"] = _deflated(measured["calls"], inflation, python_s)
-                    measured["pair"] = (make, batch)
-                    if families:
-                        family_calls += [call for call in measured["calls"] if call[0].kernel in families]
-                    else:
-                        runs.append(measured)
+        for (families, make, batch, _), measured in zip(specs, found):
+            measured["calls"] = _deflated(measured["calls"], inflation, python_s)
+            measured["pair"] = (make, batch)
+            if families:
+                family_calls += [call for call in measured["calls"] if call[0].kernel in families]
+            else:
+                runs.append(measured)
         timed = [*micro, *(call for measured in runs for call in measured["calls"]), *family_calls]
         streams = _streams(timed)
         curves = _kind_curves(micro)
