@@ -264,6 +264,16 @@ def test_forward_pads_filters_to_brgemm_blocks(filters, size, kernel):
     _exact(_conv_calls(2, 32, size, filters, kernel, padding=kernel // 2, channels_last=True))
 
 
+@pytest.mark.parametrize("batch, size, filters", ((2, 2, 320), (2, 2, 688), (2, 8, 688), (2, 8, 640), (4, 16, 416),
+                                                  (1, 32, 512), (2, 4, 1280)))
+def test_a_1x1_forward_pads_filters_to_the_block_onednn_s_estimate_picks(batch, size, filters):
+    # the block depends on the batch, the map, the threads and the caches, not only on the filters
+    # (Intel Xeon with AMX, 48 KiB L1d and 2 MiB L2 a core, 2 threads: 320 → 336 and 688 → 720
+    # on 2×2 maps, 688 → 720 and 640 → 640 on 8×8, 416 → 432 on 16×16 at batch 4, 512 → 528 on
+    # 32×32 at batch 1; the rule before, 32-filter blocks, booked 320, 704, 704, 640, 416, 512)
+    _exact(_conv_calls(batch, 64, size, filters, 1, channels_last=True)[:1])
+
+
 def test_kernel_as_wide_as_its_stride_leaving_one_column_books_strided_buffers():
     # ConvNeXt's last downsampling on a 2×2 input: 61,488 B of scratchpad, not brgemm's 12,336 B
     forward, _ = _exact(_conv_calls(2, 48, 2, 64, 2, stride=2, channels_last=True))

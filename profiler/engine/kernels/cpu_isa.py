@@ -96,6 +96,31 @@ def warnings(*, dtype: str, amp: str | None, device_kind: str,
             f"(a small CNN's inference measured 22% over under AVX2)."]
 
 
+@lru_cache(maxsize=None)
+def per_core_cache(level: int, root: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """Bytes of the level-``level`` data (or unified) cache over the CPUs that share it, as oneDNN
+    sizes its blocks by them (``platform::get_per_core_cache_size``); read from sysfs, None where
+    it does not say."""
+    try:
+        for index in sorted(os.listdir(root)):
+            folder = os.path.join(root, index)
+
+            def read(name: str) -> str:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    return f.read().strip()
+            if not index.startswith("index") or read("type") not in ("Data", "Unified") or int(read("level")) != level:
+                continue
+            size = read("size")
+            scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(size[-1:], 1)
+            sharing = sum(int(b) - int(a) + 1 if "-" in part else 1
+                          for part in read("shared_cpu_list").split(",") if part
+                          for a, _, b in [part.partition("-")])
+            return int(size.rstrip("KMG")) * scale // max(sharing, 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 @lru_cache(maxsize=1)
 def _cpu_flags() -> frozenset[str]:
     try:

@@ -10,6 +10,7 @@ from profiler.dtypes import itemsize
 from profiler.engine.kernels import cpu_isa
 from profiler.engine.kernels.conv_call import ConvCall, kept
 from profiler.engine.kernels.onednn import ONEDNN_ENTRY_ALIGNMENT, booked, div_up, up, up16
+from profiler.engine.kernels.onednn_brgemm_1x1 import filter_block
 from profiler.engine.kernels.onednn_conv_weights import (bf16_1x1_weights_scratchpad, bf16_weights_scratchpad,
                                                          float32_1x1_weights_scratchpad,
                                                          float32_weights_scratchpad, gemm_weights_scratchpad,
@@ -44,10 +45,11 @@ from profiler.rules.registry import Saved
 # A transposed convolution runs these the other way round: its forward pass is the data phase
 # of the convolution it inverts, its input gradient that convolution's forward pass.
 #
-# Limits: bfloat16 forward reorders pad the filters to 16; float32 1×1 ones on small problems
-# take 48-filter blocks where 32 pads less (batch × positions 32: 320 → 336, 640 → 672, 1,280 →
-# 1,296 filters; booked 320, 640, 1,280: under, e.g. 81,920 B in timm's convnext_atto at 64×64,
-# batch 2, inference); bfloat16 strided data
+# Limits: bfloat16 forward reorders pad the filters to 16; float32 1×1 ones of stride 1 follow
+# oneDNN's own estimate of its best block (``onednn_brgemm_1x1``) on an AVX-512 CPU whose caches
+# sysfs gives, elsewhere the rule measured on the EPYC (32-filter blocks, or 48 on a multiple of
+# 48: under where small problems take 48, e.g. 81,920 B in timm's convnext_atto at 64×64, batch
+# 2, inference); bfloat16 strided data
 # phases are estimates (``data_scratchpad``; float32's are exact, ``strided_data_buffer``); float32
 # and bfloat16 grouped kernels beside depthwise and one-group ones (``grouped_workspace``) were
 # measured at 2 threads; a depthwise 3×3 padded by more than 1 runs a weight-gradient kernel in
@@ -107,23 +109,41 @@ BF16_DATA_ROWS_CHANNELS = 64
 #: on a large input, more than 81 positions per stride step (``fast_check_oc_block``'s "big
 #: spatial"); 1×1 kernels take 48 from 48 filters up
 BRGEMM_BIG_SPATIAL = 81
+#: the ISAs whose float32 1×1 forward runs ``brgconv_1x1:avx512_core`` (AMX's float32 too, without
+#: a bf32 math mode)
+AVX512 = frozenset(cpu_isa.NAMES[cpu_isa.NAMES.index("AVX512_CORE"):])
 BRGEMM_BLOCK48_MAX = 384
 
 
-def forward_padded_filters(conv: ConvCall, dtype: str) -> int:
+def forward_padded_filters(conv: ConvCall, dtype: str, batch: int | None = None, threads: int = 1) -> int:
     """Filters of a float32 brgemm forward weight as oneDNN pads them to its block (measured on
     792 convolutions 2×2/2 to 7×7/2, 16 and 64 input channels, 20–520 filters, inputs 4–19
     wide: 40 filters pad to 64, or to 48 on a large input; and on 1×1 ones, 20–520 filters,
-    strides 1 and 2: 40 → 64, 48 → 48, 80 → 96, 520 → 528). bfloat16: padded to 16."""
+    strides 1 and 2: 40 → 64, 48 → 48, 80 → 96, 520 → 528). A 1×1 one of stride 1 at ``batch``
+    on an AVX-512 CPU whose caches sysfs gives: the block oneDNN's own estimate picks
+    (:mod:`~profiler.engine.kernels.onednn_brgemm_1x1`). bfloat16: padded to 16."""
     filters, padded = conv.out_channels, up16(conv.out_channels)
     if dtype != "float32" or filters <= 16:
         return padded
     if conv.taps == 1:
+        block = _brgemm_1x1_block(conv, batch, threads)
+        if block:
+            return up(filters, block)
         return padded if padded % 48 == 0 and filters >= 48 else up(filters, 32)
     big = prod(conv.in_spatial) > BRGEMM_BIG_SPATIAL * prod(conv.strides)
     if padded % 48 == 0 and padded <= BRGEMM_BLOCK48_MAX and big:
         return padded
     return up(filters, 32)
+
+
+def _brgemm_1x1_block(conv: ConvCall, batch: int | None, threads: int) -> int | None:
+    """oneDNN's block of filters for a float32 1×1 convolution of stride 1 without padding where
+    its estimate can be followed (a batch, an AVX-512 CPU, its per-core L1 and L2); else None."""
+    isa, l1, l2 = cpu_isa.onednn_isa(), cpu_isa.per_core_cache(1), cpu_isa.per_core_cache(2)
+    if (batch is None or conv.transposed or any(s != 1 for s in conv.strides) or any(conv.pads)
+            or isa not in AVX512 or not l1 or not l2):
+        return None
+    return filter_block(batch, conv.channels, conv.out_channels, prod(conv.out_spatial), threads, l1, l2)
 
 
 def weight_clone(call: ConvCall, per_group_in: int, weight_copied: bool | None) -> int:
@@ -152,7 +172,8 @@ def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True,
     channels, out_channels, taps = conv.channels, conv.out_channels, conv.taps
     pairs = 2 if dtype == "bfloat16" else 1           # VNNI: bfloat16 channels in pairs
     clone = weight_clone(call, channels, weight_copied)   # a transposed one's weight: the same elements
-    forward_reorder = forward_padded_filters(conv, dtype) * up(channels, pairs) * taps
+    forward_reorder = forward_padded_filters(conv, dtype, None if call.transposed else ctx.batch,
+                                             threads) * up(channels, pairs) * taps
     data_reorder = up(channels, _data_block(conv)) * up(out_channels, pairs) * taps
     first = channels < 16 and taps > 1
     blocked = up16(out_channels) * (channels if first else up16(channels)) * taps
