@@ -49,3 +49,15 @@ def kept(tensors) -> tuple[Saved, ...]:
     """Drop empty entries."""
     tensors = (tensors,) if isinstance(tensors, Saved) else tensors
     return tuple(t for t in tensors if t.elements)
+
+
+def weight_clone(call: ConvCall, per_group_in: int, weight_copied: bool | None) -> int:
+    """Elements of the weight's channels-last copy a channels-last convolution makes, oneDNN's or
+    torch's own im2col kernel's (``weight.contiguous(memory_format)``, alive for the whole call):
+    none when the weight is laid out so already (``weight_copied`` False: a model moved with ``.to(memory_format=
+    torch.channels_last)``, torchvision resnet18's 9 MiB 512 × 512 × 3 × 3 weights); unknown
+    (``None``), as an NCHW weight, which is channels-last too when 1 × 1 or of one input channel
+    per group. A transposed convolution's weight is judged by its shape."""
+    if weight_copied is None or call.transposed:
+        weight_copied = call.taps > 1 and per_group_in > 1
+    return call.weight if weight_copied else 0

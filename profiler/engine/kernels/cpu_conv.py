@@ -37,7 +37,7 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
     two apart (torch's own im2col kernels are counted with it). ``input_copied``,
     ``grad_copied``: the input (forward and backward) or the output's gradient (backward) is not
     laid out in the kernel's memory format, and torch copies it (``operand_copies``).
-    ``weight_copied``: whether a channels-last oneDNN kernel copies the weight to channels-last
+    ``weight_copied``: whether a channels-last kernel copies the weight to channels-last
     first (``weight.contiguous(memory_format)``); unknown (``None``), as an NCHW weight is: copied
     unless 1 × 1 or of one input channel, where NCHW is channels-last too.
     """
@@ -47,7 +47,7 @@ def conv_workspace(ctx, *, channels: int, out_channels: int, kernel: tuple[int, 
                  padding, dilation)
     copy_in, copy_grad = operand_copies(call, input_copied, grad_copied)
     if not runs_onednn(ctx, call):
-        forward, backward = im2col_workspace(ctx, call)
+        forward, backward = im2col_workspace(ctx, call, weight_copied)
     elif _channels_first(ctx, call):
         forward, backward = channels_first_workspace(ctx, call, input_grad)
     else:

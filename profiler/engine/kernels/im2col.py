@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from math import prod
 
-from profiler.engine.kernels.conv_call import ConvCall, kept
+from profiler.engine.kernels.conv_call import ConvCall, kept, weight_clone
 from profiler.rules.registry import Saved
 
 
-def im2col_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
+def im2col_workspace(ctx, call: ConvCall,
+                     weight_copied: bool | None = None) -> tuple[tuple[Saved, ...], tuple[Saved, ...]]:
     """torch's own kernels unfold the input into columns (im2col) and run one GEMM per sample.
 
     ``slow_conv2d`` (and its dilated and transposed kinds) on a channels-last input: the weight
-    copied to channels-last (unless 1×1), the columns — input channels × kernel × output positions
+    copied to channels-last (unless 1×1, or already so: ``weight_copied``, :func:`weight_clone`;
+    timm convnext_atto moved to channels-last, batch 1: its 2×2/2 downsampling layers' 51,200 to
+    819,200 B weight copies were booked, none made), the columns — input channels × kernel × output positions
     per sample (a transposed one: output channels × kernel × input positions) — beside the output.
     Backward: the weight copy again and one columns buffer, made after the input's and the
     weight's gradients (the dilated kernel also sums the bias gradient into a temporary).
@@ -37,7 +40,7 @@ def im2col_workspace(ctx, call: ConvCall) -> tuple[tuple[Saved, ...], tuple[Save
                         what="channels-first input and columns, then the result's channels-last copy")
         backward = (Saved("new", elements=result + image, what="channels-first output gradient and input"), cols)
         return (forward,), kept(backward)
-    clone = call.weight if channels_last and call.taps > 1 and call.per_group_in > 1 else 0
+    clone = weight_clone(call, call.per_group_in, weight_copied) if channels_last else 0
     weight_copy = Saved("new", elements=clone, per_sample=False, what="weight in channels-last")
     bias_sum = call.out_channels if call.dilated and call.bias else 0
     backward = (weight_copy, cols, Saved("new", elements=bias_sum, per_sample=False, what="bias gradient's sum"))

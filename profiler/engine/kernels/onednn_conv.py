@@ -8,7 +8,7 @@ from math import prod
 
 from profiler.dtypes import itemsize
 from profiler.engine.kernels import cpu_isa
-from profiler.engine.kernels.conv_call import ConvCall, kept
+from profiler.engine.kernels.conv_call import ConvCall, kept, weight_clone
 from profiler.engine.kernels.onednn import ONEDNN_ENTRY_ALIGNMENT, booked, div_up, up, up16
 from profiler.engine.kernels.onednn_brgemm_1x1 import filter_block
 from profiler.engine.kernels.onednn_conv_weights import (bf16_1x1_weights_scratchpad, bf16_weights_scratchpad,
@@ -144,18 +144,6 @@ def _brgemm_1x1_block(conv: ConvCall, batch: int | None, threads: int) -> int | 
             or isa not in AVX512 or not l1 or not l2):
         return None
     return filter_block(batch, conv.channels, conv.out_channels, prod(conv.out_spatial), threads, l1, l2)
-
-
-def weight_clone(call: ConvCall, per_group_in: int, weight_copied: bool | None) -> int:
-    """Elements of the weight's channels-last copy a channels-last oneDNN convolution makes
-    (``weight.contiguous(memory_format)``, alive for the whole call): none when the weight is laid
-    out so already (``weight_copied`` False: a model moved with ``.to(memory_format=
-    torch.channels_last)``, torchvision resnet18's 9 MiB 512 × 512 × 3 × 3 weights); unknown
-    (``None``), as an NCHW weight, which is channels-last too when 1 × 1 or of one input channel
-    per group. A transposed convolution's weight is judged by its shape."""
-    if weight_copied is None or call.transposed:
-        weight_copied = call.taps > 1 and per_group_in > 1
-    return call.weight if weight_copied else 0
 
 
 def onednn_workspace(ctx, call: ConvCall, input_grad: bool = True,
