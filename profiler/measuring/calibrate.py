@@ -57,7 +57,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 23
+VERSION = 24
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -293,7 +293,11 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             (1, 16, 16, 32, 3, 16, 2), (4, 64, 64, 16, 3, 64, 2),
             (2, 32, 32, 16, 3, 1, 1), (4, 64, 64, 32, 3, 1, 1), (4, 256, 256, 8, 1, 1, 1), (4, 32, 64, 16, 3, 1, 2),
             (1, 32, 32, 16, 3, 1, 1), (1, 8, 8, 8, 3, 1, 1), (1, 32, 32, 16, 1, 1, 1), (1, 96, 96, 8, 1, 1, 1),
-            (1, 24, 32, 16, 2, 1, 2), (1, 48, 64, 4, 2, 1, 2), (1, 16, 32, 32, 3, 1, 2)):
+            (1, 24, 32, 16, 2, 1, 2), (1, 48, 64, 4, 2, 1, 2), (1, 16, 32, 32, 3, 1, 2),
+            # batch 1, 1 × 1, wide (a ConvNeXt's MLP as convolutions, timm convnext_atto's: with only
+            # the narrow two above, its 160 → 640 on 4 × 4 was priced 224 µs at their bandwidth
+            # and took 62-89; its forward pass +74 %)
+            (1, 64, 256, 16, 1, 1, 1), (1, 160, 640, 4, 1, 1, 1), (1, 640, 160, 4, 1, 1, 1), (1, 320, 1280, 2, 1, 1, 1)):
         calls += _convolution(dtype, batch, channels, out, size, kernel, groups, stride=stride, channels_last=True)
     for n in (16, 4096, 65_536, 1_048_576, 4_194_304):
         a, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
