@@ -1051,14 +1051,12 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             fresh_byte_s = _fresh_memory()
         micro = _deflated(micro, inflation, python_s)
         say("calibration models, their rounds interleaved")
-        specs = [(families, make, batch, optimizer)
+        specs = [(families, make, inputs(batch), batch, optimizer)
                  for families, make, inputs, batches in [((), *model) for model in _MODELS] + list(_KERNEL_MODELS)
-                 for batch in batches for optimizer in (("sgd", "adam") if not families else ("sgd",))]
-        inputs = {make: make_input for _, make, make_input, _ in [((), *model) for model in _MODELS] + list(_KERNEL_MODELS)}
-        found = _run_models([_ModelRuns(make, inputs[make](batch), optimizer, run)
-                             for _, make, batch, optimizer in specs])
+                 for batch in batches for optimizer in (("sgd",) if families else ("sgd", "adam"))]
+        found = _run_models([_ModelRuns(make, x, optimizer, run) for _, make, x, _, optimizer in specs])
         runs, family_calls = [], []
-        for (families, make, batch, _), measured in zip(specs, found):
+        for (families, make, _, batch, _), measured in zip(specs, found):
             measured["calls"] = _deflated(measured["calls"], inflation, python_s)
             measured["pair"] = (make, batch)
             if families:

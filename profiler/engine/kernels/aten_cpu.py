@@ -247,8 +247,8 @@ def matmul_family(a: torch.Tensor, b: torch.Tensor) -> str:
     mixer's 4 MiB weight gradients against 152 priced (Intel Xeon, 2 threads); "" for the others
     (fewer than 8 rows stream the operand as a matrix-vector product does, at the family's
     bandwidth; few columns of a large first operand, mixer's token MLP on 2,048 channels at batch
-    4, run another path: 137 µs in the network, 180 priced as thin rows, 90 as neither). Their curves come from a calibration model of such layers
-    (:mod:`profiler.measuring.calibrate`)."""
+    4, run another path: 137 µs in the network, 180 priced as thin rows, 90 as neither). Their
+    curves come from a calibration network of such layers (:mod:`profiler.measuring.calibrate`)."""
     if a.dim() != 2 or b.dim() != 2 or a.dtype != torch.float32:
         return ""
     rows, inner, cols = a.shape[0], a.shape[1], b.shape[1]

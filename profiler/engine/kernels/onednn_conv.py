@@ -109,10 +109,10 @@ BF16_DATA_ROWS_CHANNELS = 64
 #: on a large input, more than 81 positions per stride step (``fast_check_oc_block``'s "big
 #: spatial"); 1×1 kernels take 48 from 48 filters up
 BRGEMM_BIG_SPATIAL = 81
+BRGEMM_BLOCK48_MAX = 384
 #: the ISAs whose float32 1×1 forward runs ``brgconv_1x1:avx512_core`` (AMX's float32 too, without
 #: a bf32 math mode)
 AVX512 = frozenset(cpu_isa.NAMES[cpu_isa.NAMES.index("AVX512_CORE"):])
-BRGEMM_BLOCK48_MAX = 384
 
 
 def forward_padded_filters(conv: ConvCall, dtype: str, batch: int | None = None, threads: int = 1) -> int:
