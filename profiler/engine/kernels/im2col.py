@@ -14,8 +14,9 @@ def im2col_workspace(ctx, call: ConvCall,
     ``slow_conv2d`` (and its dilated and transposed kinds) on a channels-last input: the weight
     copied to channels-last (unless 1×1, or already so: ``weight_copied``, :func:`weight_clone`;
     timm convnext_atto moved to channels-last, batch 1: its 2×2/2 downsampling layers' 51,200 to
-    819,200 B weight copies were booked, none made), the columns — input channels × kernel × output positions
-    per sample (a transposed one: output channels × kernel × input positions) — beside the output.
+    819,200 B weight copies were booked, none made), the columns — input channels × kernel ×
+    output positions per sample (a transposed one: output channels × kernel × input positions) —
+    beside the output.
     Backward: the weight copy again and one columns buffer, made after the input's and the
     weight's gradients (the dilated kernel also sums the bias gradient into a temporary).
     ``slow_conv3d`` and ``slow_conv_transpose3d`` have no channels-last kernel: they copy the
