@@ -484,6 +484,44 @@ def test_a_call_bound_by_its_bytes_is_priced_by_them_not_by_the_flop_curve():
     assert model.base_seconds(skinny) == pytest.approx(1.3e-3)
 
 
+def test_a_pool_of_calls_that_broke_the_order_is_flat_across_their_sizes():
+    """Two calls whose larger took less time are pooled at one time, which holds from the smaller's
+    work to the larger's: a call between them, or the smaller itself, costs that time (a fixed
+    cost), not less (pooled at their mean work, the smaller sat below the pool's point)."""
+    curve = calibrate._isotonic([(1000.0, 9e-6), (5000.0, 4e-6), (80000.0, 20e-6)])
+    pooled = math.sqrt(9e-6 * 4e-6)
+    assert curve.work == (1000.0, 5000.0, 80000.0)
+    assert curve.seconds == pytest.approx((pooled, pooled, 20e-6))
+    assert curve(1000.0) == curve(3000.0) == pytest.approx(pooled)
+    assert pooled < curve(20000.0) < 20e-6
+
+
+def test_a_wide_convolution_on_a_small_map_is_priced_by_its_bytes_not_its_flops():
+    """oneDNN's convolutions over few positions for their filters (``onednn_wide``) stream and
+    reorder the weight: their curves are of bytes, the operator's FLOP curves never price them, and
+    they are left out of the kind's FLOP curve."""
+    from profiler.engine.kernels.aten_cpu import kernel_of
+    from profiler.engine.step_time import curve_keys
+    from profiler.rules.registry import Context
+    run = Context(device_kind="cpu", data_format="channels_first", threads=2)
+    x, w = torch.randn(4, 288, 1, 1), torch.randn(1024, 288, 1, 1)
+    args = (x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+    kernel = kernel_of(aten.convolution.default, args, run)
+    assert kernel == "onednn_wide"
+    wide = op_cost(aten.convolution.default, args, {}, torch.conv2d(x, w), phase="forward", module="head",
+                   kernel=kernel)
+    assert wide.flops == 2 * 4 * 288 * 1024
+    assert wide.bytes_bound and wide.work == wide.bytes == 4 * (4 * 288 + 1024 * 288 + 4 * 1024)
+    assert curve_keys(wide) == ("aten.convolution/onednn_wide/float32", "aten.convolution/onednn_wide")
+    square = replace(wide, kernel="onednn")
+    assert not square.bytes_bound and square.work == square.flops
+    assert calibrate._kind_curves([(square, 1e-4), (wide, 3e-4)])["conv/float32"].seconds == pytest.approx((1e-4,))
+    model = DeviceModel(name="cpu", method="measured", op_curves={
+        "aten.convolution/onednn_wide/float32": Curve((wide.bytes / 2, wide.bytes * 2), (1e-4, 4e-4)),
+        "aten.convolution/float32": Curve((1.0, 1e12), (1e-6, 1e-6))})
+    assert model.base_seconds(wide) == pytest.approx(2e-4)
+
+
 def test_a_bin_of_two_calls_takes_the_faster():
     curve = calibrate._isotonic([(1100.0, 5e-6), (1200.0, 9e-6)])   # one bin: 1024 to 2048
     assert curve.seconds == pytest.approx((5e-6,)) and curve.work == pytest.approx((1100.0,))
@@ -830,8 +868,9 @@ def test_a_channels_last_convolution_is_its_own_kernel_family_priced_by_its_cont
 def test_a_wide_layer_s_weight_gradient_on_a_small_map_is_its_own_kernel_family():
     """oneDNN's weight gradient summed over fewer positions (batch × map) than a quarter of the
     weights a filter has runs far below the FLOP rate (densenet121's last transition: 1024 -> 512 1 × 1 on
-    4 × 4 at batch 4), so that backward has a curve of its own; the forward pass, the input's
-    gradient alone and a long reduction keep oneDNN's."""
+    4 × 4 at batch 4), so that backward has a curve of its own, and so has its forward pass (a
+    matrix-vector product streaming the weight); the input's gradient alone and a long reduction
+    keep oneDNN's."""
     from profiler.engine.kernels.aten_cpu import kernel_of
     from profiler.rules.registry import Context
     run = Context(device_kind="cpu", data_format="channels_first", threads=2)
@@ -850,7 +889,8 @@ def test_a_wide_layer_s_weight_gradient_on_a_small_map_is_its_own_kernel_family(
     assert family(4, 64, 64, 32, 3) == "onednn"             # 4,096 against 576
     assert family(4, 128, 32, 16, 3) == "onednn"            # 1,024 against 1,152: not a quarter
     assert family(4, 1024, 512, 4, 1, weight_grad=False) == "onednn"
-    assert family(4, 1024, 512, 4, 1, backward=False) == "onednn"
+    assert family(4, 1024, 512, 4, 1, backward=False) == "onednn_wide"   # its forward streams the weight
+    assert family(4, 64, 64, 32, 3, backward=False) == "onednn"
     assert family(1, 512, 512, 2, 3) == "im2col"            # batch 1: torch's own kernel
 
 

@@ -35,6 +35,12 @@ NO_DATA = {aten.empty, aten.empty_like, aten._unsafe_view, aten.empty_strided, a
            aten.sym_numel, aten.is_same_size, aten._has_compatible_shallow_copy_type}
 
 KINDS = ("matmul", "conv", "attention", "memory", "view")
+#: kernel families whose time grows with the bytes a call moves, not with its FLOPs: oneDNN's
+#: convolutions over few positions for their filters' size (``aten_cpu._short_reduction``), which
+#: reorder and stream the weight: alone, their backward took 2.8-4.2 ns a weight (576 -> 144 on
+#: 1 × 1 maps at batch 4: 236 µs; 288 -> 1024: 1,236 µs; 960 -> 1280: 4,026 µs; Intel Xeon, 2 threads)
+#: while a 64 -> 64 3 × 3 of the FLOPs of the second took a fifth of it
+BYTES_BOUND = ("onednn_wide",)
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,15 @@ class OpCost:
         return self.bytes_read + self.bytes_written
 
     @property
+    def bytes_bound(self) -> bool:
+        """Whether its time grows with its bytes: it has no FLOPs, or its kernel family is
+        :data:`BYTES_BOUND` (in either memory format)."""
+        return not self.flops or self.kernel.removesuffix("_cl") in BYTES_BOUND
+
+    @property
     def work(self) -> int:
-        """What its time grows with: FLOPs where it has them, else the bytes it moves."""
-        return self.flops or self.bytes
+        """What its time grows with: its FLOPs, or the bytes it moves where it is bytes-bound."""
+        return self.bytes if self.bytes_bound else self.flops
 
     @property
     def packet(self) -> str:

@@ -184,7 +184,7 @@ class DeviceModel:
         return own.seconds[end] * kind(op.work) / kind(own.work[end])
 
     def _kind_curve(self, op: OpCost) -> Curve | None:
-        if not (op.kind in ("matmul", "conv", "attention") and op.flops > 0):
+        if op.kind not in ("matmul", "conv", "attention") or op.bytes_bound:
             return self.curves.get("memory")
         kind = f"{op.kind}_backward" if op.kind == "conv" and "backward" in op.op else op.kind
         return next((self.curves[key] for key in (f"{kind}/{op.dtype}", f"{kind}/float32",
@@ -225,14 +225,16 @@ def curve_key(op: OpCost) -> str:
 def curve_keys(op: OpCost) -> tuple[str, ...]:
     """An operator's curve names, most specific first: "aten.convolution/onednn/float32",
     "aten.convolution/onednn", "aten.convolution/float32", "aten.convolution"; a channels-last
-    family's ("onednn_cl") followed by its contiguous family's."""
+    family's ("onednn_cl") followed by its contiguous family's. A bytes-bound family's
+    (:data:`~profiler.engine.op_cost.BYTES_BOUND`) are its own alone: the operator's others are
+    curves of FLOPs."""
     packet = op.packet
     kernel = f"{packet}/{op.kernel}" if op.kernel else packet
     own = (f"{kernel}/{op.dtype}", kernel)
     if op.kernel.endswith(CHANNELS_LAST):
         contiguous = kernel.removesuffix(CHANNELS_LAST)
         own += (f"{contiguous}/{op.dtype}", contiguous)
-    return (*own, f"{packet}/{op.dtype}", packet)
+    return own if op.kernel and op.bytes_bound and op.flops else (*own, f"{packet}/{op.dtype}", packet)
 
 
 @dataclass(frozen=True)

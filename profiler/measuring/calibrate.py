@@ -57,7 +57,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 24
+VERSION = 25
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -277,12 +277,14 @@ def _micro_benchmarks(dtype: torch.dtype) -> list[Callable[[], object]]:
             (1, 16, 16, 32, 3, 16), (4, 64, 64, 16, 3, 64), (4, 96, 96, 16, 5, 96), (1, 72, 72, 16, 5, 72),
             (4, 32, 32, 8, 3, 32), (4, 64, 64, 16, 3, 8), (1, 48, 48, 16, 3, 6)):
         calls += _convolution(dtype, batch, channels, out, size, kernel, groups, stride=2)
-    # (batch, in channels, out channels, side, kernel) of wide layers on small maps, whose weight
-    # gradient sums over fewer positions than a quarter of a filter's weights: oneDNN's backward of
-    # them is a family of its own (``aten_cpu._short_reduction``), far below its FLOP rate (a densenet's last transition, a resnet's last
-    # stage on a small input)
+    # (batch, in channels, out channels, side, kernel) of wide layers on small maps, over fewer
+    # positions than a quarter of a filter's weights: oneDNN runs them, forward and backward, far
+    # below its FLOP rate, a family of their own (``aten_cpu._short_reduction``: a densenet's last
+    # transition, a resnet's last stage on a small input, a mobile network's head and
+    # squeeze-excite convolutions on 1 × 1 maps)
     for batch, channels, out, size, kernel in ((4, 1024, 512, 4, 1), (4, 512, 512, 4, 1), (8, 512, 256, 2, 1),
-                                               (4, 256, 256, 4, 3), (4, 512, 512, 4, 3), (2, 64, 64, 4, 3)):
+                                               (4, 256, 256, 4, 3), (4, 512, 512, 4, 3), (2, 64, 64, 4, 3),
+                                               (4, 288, 1024, 1, 1), (4, 960, 1280, 1, 1), (4, 576, 144, 1, 1)):
         calls += _convolution(dtype, batch, channels, out, size, kernel, 1, stride=1)
     # (batch, in channels, out channels, side, kernel, groups, stride) on channels-last tensors,
     # whose loop nests are families of their own (:data:`~profiler.engine.step_time.CHANNELS_LAST`):
@@ -779,7 +781,7 @@ def _kind_curves(calls: list[tuple[OpCost, float]]) -> dict[str, Curve]:
     contiguous tensors: a channels-last family without a curve is priced as its contiguous one)."""
     points: dict[str, list[tuple[float, float]]] = {}
     for cost, seconds in calls:
-        if cost.kind in ("matmul", "conv") and not cost.kernel.endswith(CHANNELS_LAST):
+        if cost.kind in ("matmul", "conv") and not cost.kernel.endswith(CHANNELS_LAST) and not cost.bytes_bound:
             kind = "conv_backward" if cost.kind == "conv" and "backward" in cost.op else cost.kind
             points.setdefault(f"{kind}/{cost.dtype}", []).append((cost.work, seconds))
         elif cost.packet == "aten.add" and cost.dtype == "float32":
@@ -800,23 +802,36 @@ def _streams(calls: list[tuple[OpCost, float]]) -> dict[str, float]:
 
 def _isotonic(points: Sequence[tuple[float, float]]) -> Curve:
     """A curve through noisy (work, seconds) points: lower medians of factor-of-two bins of work,
-    made non-decreasing by pooling adjacent violators (a bigger call is never predicted faster)."""
+    made non-decreasing by pooling adjacent violators (a bigger call is never predicted faster).
+    A pool is flat from its smallest call's work to its largest's: its calls took the same time
+    whatever their size (a fixed cost), so a call between them, or at the smallest, takes that
+    time. Pooled at their mean work instead, oneDNN's depthwise backward of timm test_convnext's
+    2 × 2 maps (1.6 MFLOP, measured about as slow as its 16 × 16 one) sat below the pool's point
+    and was priced down the kind's curve: 230 µs against 360-540 in the network."""
     bins: dict[int, list[tuple[float, float]]] = {}
     for work, seconds in points:
         bins.setdefault(int(math.floor(math.log2(max(work, 1.0)))), []).append((work, seconds))
-    blocks: list[list[float]] = []   # [log work sum, log seconds sum, count]
+    blocks: list[list[float]] = []   # [log seconds sum, count, smallest work, largest work]
     for key in sorted(bins):
         members = sorted(bins[key], key=lambda p: p[1])
         # of two, the faster: a call bound by its bytes says nothing of the FLOP rate (a 4 × 2048
         # by 2048 × 2048 multiply, 1.3 ms on its 16 MB weight, shares a bin with a 256 × 256 × 256
         # one of the same FLOPs, 0.16 ms); its bytes price it through its family's stream
         work, seconds = members[(len(members) - 1) // 2]
-        blocks.append([math.log(max(work, 1.0)), math.log(max(seconds, 1e-9)), 1.0])
-        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
+        work = max(work, 1.0)
+        blocks.append([math.log(max(seconds, 1e-9)), 1.0, work, work])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
             last = blocks.pop()
-            for i in range(3):
-                blocks[-1][i] += last[i]
-    return Curve(tuple(math.exp(w / n) for w, _, n in blocks), tuple(math.exp(s / n) for _, s, n in blocks))
+            blocks[-1][0] += last[0]
+            blocks[-1][1] += last[1]
+            blocks[-1][3] = last[3]
+    work_points: list[float] = []
+    second_points: list[float] = []
+    for log_seconds, count, smallest, largest in blocks:
+        ends = (smallest,) if smallest == largest else (smallest, largest)
+        work_points += ends
+        second_points += [math.exp(log_seconds / count)] * len(ends)
+    return Curve(tuple(work_points), tuple(second_points))
 
 
 def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: float,

@@ -180,7 +180,8 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
     beside each: fewer outputs per input read, and backward scatters its gradient, so per FLOP it is
     1.5-4 × slower than one of stride 1 of the same shapes: 8 × 128 × 8 × 8 by 256 3 × 3 filters on
     oneDNN, forward 261 GFLOP/s at stride 1 and 178 at stride 2, backward 169 and 72; a oneDNN
-    backward whose weight gradient sums over few positions, see :func:`_short_reduction`; a oneDNN
+    convolution over few positions for its filters' size, forward and the backward that computes
+    the weight gradient, see :func:`_short_reduction`; a oneDNN
     recurrent layer that trains, which also writes its gates for backward, whenever grad mode is on
     (see :func:`_onednn_lstm`): torch's LSTM(32, 64) over 16 steps took 164 µs a call in
     inference and 180 training at batch 1, 241 and 290 at batch 8); a float32 matrix multiply
@@ -217,7 +218,7 @@ def kernel_of(func: Any, args: tuple, run: Context) -> str:
         name = "im2col_1x1"
     elif call.strided and not call.transposed:
         name = f"{name}_strided"
-    elif func is aten.convolution_backward.default and name == "onednn" and args[10][1] and _short_reduction(x, weight):
+    elif name == "onednn" and _short_reduction(x, weight) and (func is aten.convolution.default or args[10][1]):
         name = "onednn_wide"
     # channels-last tensors run another loop nest of the family, at another speed: a 7 x 7 depthwise
     # convolution of timm convnext's (1 x 24 x 16 x 16, channels-last after its blocks' permutes)
@@ -264,7 +265,9 @@ def _short_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
     its weight gradient where 512 -> 512 takes 0.34 ms; its whole backward 2.1 ms timed alone
     where the FLOP curve said 0.9). A family of its own, ``onednn_wide``; the quarter keeps
     densenet's 3 × 3 growth layers (1,024 positions, 1,152 weights a filter), which run at the FLOP
-    rate, out of it."""
+    rate, out of it. Its forward pass is as far below the rate, a matrix-vector product streaming
+    the weight (reordered at each call): timm mobilenetv3_small_050's head, 288 -> 1024 on 1 × 1
+    maps at batch 4, took 389 µs alone where oneDNN's curve said 188; so it is that family too."""
     return 4 * x.shape[0] * prod(x.shape[2:]) < prod(weight.shape[1:])
 
 
