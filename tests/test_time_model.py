@@ -347,6 +347,9 @@ def test_a_real_calibration_gives_sane_curves(tmp_path, monkeypatch):
     # a call Python issues costs more than one C++ issues, by under 100 µs (about 0.4 µs here)
     assert set(model.per_python_s) == set(model.per_op_s) and all(0 <= v < 1e-4 for v in model.per_python_s.values())
     assert 0 < model.host_call_s < 1e-3   # 1-2 µs with a driver or a CPU build, 40-80 µs without a driver
+    # a kernel not run since its caches were flushed: tens of microseconds more (27-40 here)
+    assert {"matmul", "conv", "conv_backward", "memory"} <= set(model.cold_call_s)
+    assert all(0 <= v < 1e-3 for v in model.cold_call_s.values())
 
 
 def test_a_host_call_is_priced_on_the_call_after_it():
@@ -678,6 +681,46 @@ def test_a_read_s_distance_is_the_distinct_bytes_touched_since_a_loop_ago_or_jus
     from profiler.engine.reuse import read_distances
     loop = [_touching([(1, 1000)], [(2, 100)]), _touching([(2, 100)]), _touching([(2, 100)], [(3, 10)])]
     assert read_distances(loop) == [((1000, 110.0),), ((100, 0.0),), ((100, 0.0),)]
+
+
+def test_a_layer_of_its_own_pays_its_kernel_s_cold_cost_and_the_second_of_two_identical_layers_less():
+    """A call's signature (operator, kernel family, dtype, FLOPs, bytes) is touched with no bytes:
+    the distance since it last ran is the bytes touched since. Two identical layers (the same calls
+    on other storages) and one of its own in a loop: the first twin's kernel last ran in the other
+    twin, the layer of its own between; the second twin's just before it; the layer of its own's
+    a whole loop ago. The cold cost follows the cold reads' ramp: all of it as far as their
+    farthest, the same fraction of it nearer."""
+    from profiler.engine.reuse import call_distances
+    twin = lambda storage: OpCost("aten.mm.default", "matmul", "forward", "", "float32", "", 2000, 800, 400,
+                                  reads=((storage, 800),), writes=((storage + 1, 400),))
+    own = OpCost("aten.relu.default", "memory", "forward", "", "float32", "", 0, 400, 400,
+                 reads=((12, 400),), writes=((13, 400),))
+    loop = [twin(10), twin(20), own]
+    since = [d for _, d in call_distances(loop)]
+    assert since == [400.0 + 400.0, 0.0, 2 * (800.0 + 400.0)]
+    model = DeviceModel(name="cpu", method="measured", cold_read=((500.0, 1e-12), (2400.0, 4e-12)),
+                        cold_call_s={"matmul": 40e-6, "memory": 5e-6})
+    near = (1e-12 + 3e-12 * 300 / 1900) / 4e-12
+    assert model.cold_call_seconds(loop[0], since[0]) == pytest.approx(40e-6 * near)
+    assert model.cold_call_seconds(loop[1], since[1]) == pytest.approx(40e-6 / 4)
+    assert model.cold_call_seconds(own, since[2]) == pytest.approx(5e-6)
+    assert model.cold_call_seconds(replace(own, kind="view"), since[2]) == 0.0
+    priced = run_time(model, loop).seconds - run_time(replace(model, cold_call_s={}), loop).seconds
+    assert priced == pytest.approx(40e-6 * (near + 0.25) + 5e-6)
+
+
+def test_the_cold_cost_of_a_kind_is_its_calls_median_first_run_over_their_second_less_their_cold_reads():
+    """A micro-benchmark's first run in a round (all the others ran since its last) against its run
+    right after: the median by kind of what is left once its inputs' reads from memory (the cold
+    reads' farthest rate) are taken off; a kind whose first runs were faster costs nothing more."""
+    mm = lambda nbytes: OpCost("aten.mm.default", "matmul", "forward", "", "float32", "", 10, nbytes, 0,
+                               reads=((1, nbytes),))
+    add = OpCost("aten.add.Tensor", "memory", "forward", "", "float32", "", 0, 100, 100, reads=((2, 100),))
+    conv = OpCost("aten.convolution_backward.default", "conv", "backward", "", "float32", "onednn", 10, 0, 0)
+    cold_read = ((10.0, 0.0), (1e6, 1e-9))   # 1 ns a byte from memory
+    found = calibrate._cold_calls([(mm(1000), 31e-6), (mm(2000), 12e-6), (mm(0), 40e-6), (add, -3e-6),
+                                   (conv, 25e-6)], cold_read)
+    assert found == pytest.approx({"matmul": 30e-6, "memory": 0.0, "conv_backward": 25e-6}, rel=1e-3)
 
 
 def test_a_module_s_weight_is_read_from_a_loop_ago_and_its_activation_just_after_it_was_made():

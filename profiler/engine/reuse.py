@@ -29,9 +29,7 @@ NEVER = math.inf
 
 def read_distances(calls: Sequence[OpCost]) -> list[tuple[tuple[int, float], ...]]:
     """For each call, (bytes, distance) of each storage it reads, in its ``reads`` order (see the
-    module docstring). A Fenwick tree over the touches holds each storage's bytes at its latest
-    touch, so the bytes touched since any touch are a suffix sum: O(log n) a touch (300,000 calls,
-    ~4 s).
+    module docstring).
 
     >>> from profiler.engine.op_cost import OpCost
     >>> def call(reads, writes):
@@ -40,25 +38,51 @@ def read_distances(calls: Sequence[OpCost]) -> list[tuple[tuple[int, float], ...
     >>> read_distances(loop)   # since 1's last touch: 2, 3, 4; since 2's: 3, 4; 3 just written
     [((100, 30.0), (10, 20.0)), ((10, 0.0),)]
     """
-    size = 2 * sum(len(c.reads) + len(c.writes) for c in calls)
+    return [reads for reads, _ in call_distances(calls)]
+
+
+def signature(call: OpCost) -> tuple:
+    """What makes two calls the same kernel call: the operator, its kernel family and dtype, its
+    FLOPs and bytes (the same layer repeated makes the same calls on other storages)."""
+    return (call.op, call.kernel, call.dtype, call.flops, call.bytes_read, call.bytes_written)
+
+
+def call_distances(calls: Sequence[OpCost]) -> list[tuple[tuple[tuple[int, float], ...], float]]:
+    """For each call, its reads' (bytes, distance) (:func:`read_distances`) and the distance
+    since a call of its :func:`signature` last ran: the bytes of the storages touched since (the
+    whole loop for a layer of its own; the layer before's for the second of two identical
+    layers). A Fenwick tree over the touches holds each storage's bytes at its latest touch (a
+    signature is touched with no bytes), so the bytes touched since any touch are a suffix sum:
+    O(log n) a touch (300,000 calls, ~4 s).
+
+    >>> from profiler.engine.op_cost import OpCost
+    >>> def call(op, reads):
+    ...     return OpCost(op, "memory", "forward", "", "float32", "", 0, 0, 0, reads=reads)
+    >>> [d for _, d in call_distances([call("a", ((1, 100),)), call("b", ((2, 10),)), call("a", ((3, 5),))])]
+    [0.0, 105.0, 10.0]
+    """
+    size = 2 * sum(len(c.reads) + len(c.writes) + 1 for c in calls)
     tree = [0] * (size + 1)
-    latest: dict[int, tuple[int, int]] = {}   # storage -> (position of its latest touch, bytes)
+    latest: dict[object, tuple[int, int]] = {}   # storage or signature -> (position of its latest touch, bytes)
     total = position = 0
-    found: list[tuple[tuple[int, float], ...]] = []
+    found: list[tuple[tuple[tuple[int, float], ...], float]] = []
+
+    def since(key: object) -> float:
+        last = latest.get(key)
+        if last is None:
+            return NEVER
+        before, i = 0, last[0]
+        while i > 0:
+            before += tree[i]
+            i -= i & -i
+        return float(total - before)
+
     for loop in range(2):
         for call in calls:
-            distances = []
-            for storage, nbytes in call.reads:
-                last = latest.get(storage)
-                if last is None:
-                    distances.append((nbytes, NEVER))
-                    continue
-                before, i = 0, last[0]
-                while i > 0:
-                    before += tree[i]
-                    i -= i & -i
-                distances.append((nbytes, float(total - before)))
-            for storage, nbytes in (*call.reads, *call.writes):
+            key = signature(call)
+            distances = tuple((nbytes, since(storage)) for storage, nbytes in call.reads)
+            own = since(key)
+            for storage, nbytes in (*call.reads, *call.writes, (key, 0)):
                 last = latest.get(storage)
                 if last is not None:
                     i = last[0]
@@ -74,5 +98,5 @@ def read_distances(calls: Sequence[OpCost]) -> list[tuple[tuple[int, float], ...
                 total += nbytes
                 latest[storage] = (position, nbytes)
             if loop:
-                found.append(tuple(distances))
+                found.append((distances, own))
     return found

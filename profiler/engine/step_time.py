@@ -107,6 +107,11 @@ class DeviceModel:
     #: ``fresh_byte_s`` seconds per byte more than writing memory already mapped
     fresh_from: int = 0
     fresh_byte_s: float = 0.0
+    #: by :func:`cold_kind`: seconds more a call takes when no call of its signature (the same
+    #: kernel call: :func:`~profiler.engine.reuse.signature`) ran since its caches were flushed
+    #: (its kernel's code and state, beyond its data's cold reads), measured on the micro-benchmarks;
+    #: nearer, the same fraction of it as a read's cold cost (``cold_read``) at that distance
+    cold_call_s: dict[str, float] = field(default_factory=dict)
 
     def op_seconds(self, op: OpCost) -> float:
         """One call's time: its own (:meth:`base_seconds`) with ``per_op_s`` of its phase
@@ -148,6 +153,17 @@ class DeviceModel:
         warm = self.cold_per_byte(op.bytes)
         return sum(nbytes * max(self.cold_per_byte(distance) - warm, 0.0) for nbytes, distance in reads)
 
+    def cold_call_seconds(self, op: OpCost, distance: float) -> float:
+        """What ``op`` costs more when a call of its signature last ran ``distance`` bytes back
+        (:func:`~profiler.engine.reuse.call_distances`): the layer of its own in a network, whose
+        kernel ran a whole step before (timm test_convnext's stem and downsampling convolutions,
+        replayed in order: 1.9-3.1 x their time repeated, the second of two identical layers
+        1.1-1.3 x)."""
+        extra = self.cold_call_s.get(cold_kind(op), 0.0)
+        if not extra or not self.cold_read or self.cold_read[-1][1] <= 0:
+            return 0.0
+        return extra * min(self.cold_per_byte(distance) / self.cold_read[-1][1], 1.0)
+
     def fresh_seconds(self, op: OpCost) -> float:
         """What mapping in the buffers ``op`` allocated costs (those at least ``fresh_from``)."""
         if not self.fresh_byte_s:
@@ -186,7 +202,7 @@ class DeviceModel:
     def _kind_curve(self, op: OpCost) -> Curve | None:
         if op.kind not in ("matmul", "conv", "attention") or op.bytes_bound:
             return self.curves.get("memory")
-        kind = f"{op.kind}_backward" if op.kind == "conv" and "backward" in op.op else op.kind
+        kind = cold_kind(op)
         return next((self.curves[key] for key in (f"{kind}/{op.dtype}", f"{kind}/float32",
                                                   f"matmul/{op.dtype}", "matmul/float32")
                      if key in self.curves), None)
@@ -215,6 +231,12 @@ HOST_CALLS = "(host calls)"
 #: the suffix of a kernel family's channels-last variant ("depthwise_cl"): its own curve where the
 #: calibration timed one, else its contiguous family's
 CHANNELS_LAST = "_cl"
+
+
+def cold_kind(op: OpCost) -> str:
+    """The kind of call a kind's curve and cold cost are kept by: its kind ("matmul", "conv",
+    "memory", ...), a convolution's backward apart ("conv_backward")."""
+    return f"{op.kind}_backward" if op.kind == "conv" and "backward" in op.op else op.kind
 
 
 def curve_key(op: OpCost) -> str:
@@ -250,13 +272,14 @@ class RunTime:
 def run_time(model: DeviceModel, costs: Sequence[OpCost]) -> RunTime:
     """The predicted time of the calls ``costs``, run as a loop (their reads' distances:
     :mod:`profiler.engine.reuse`); an optimizer's update among them adds its step's own time."""
-    from profiler.engine.reuse import read_distances
+    from profiler.engine.reuse import call_distances
     phases: dict[str, float] = {}
     modules: dict[str, dict[str, float]] = {}
     ops: dict[str, float] = {}
-    distances = read_distances(costs) if model.cold_read else [()] * len(costs)
-    for op, reads in zip(costs, distances):
-        seconds = model.op_seconds(op) + model.cold_seconds(op, reads) + model.fresh_seconds(op)
+    distances = call_distances(costs) if model.cold_read else [((), 0.0)] * len(costs)
+    for op, (reads, since) in zip(costs, distances):
+        seconds = model.op_seconds(op) + model.cold_seconds(op, reads) + model.cold_call_seconds(op, since) \
+            + model.fresh_seconds(op)
         phases[op.phase] = phases.get(op.phase, 0.0) + seconds
         ops[op.op] = ops.get(op.op, 0.0) + seconds
         if op.phase in ("inference", "forward", "backward"):

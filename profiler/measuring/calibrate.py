@@ -54,10 +54,10 @@ import torch
 from torch import nn
 
 from profiler.engine.op_cost import OpCost, op_cost
-from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, curve_key
+from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, cold_kind, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 25
+VERSION = 26
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -152,12 +152,16 @@ def _loop(fn: Callable[[], object], inner: int) -> Callable[[], None]:
     return run
 
 
-def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 5) -> list[tuple[OpCost, float]]:
+def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 5,
+                 first_runs: list[tuple[OpCost, float]] | None = None) -> list[tuple[OpCost, float]]:
     """Each call's operators, priced (:func:`_priced`) and timed: :func:`typical_calls` of
-    ``rounds`` rounds, each round every call in turn, run once untimed and then timed (warm: a
-    16-element add timed right after a convolution read 8.6 µs, warm 1.1 µs). Interleaved, not each
-    call's runs back to back: a burst of the machine's other work (milliseconds) then slows one
-    round of a call, not all of its runs."""
+    ``rounds`` rounds, each round every call in turn, run once and then again, the second run the
+    call's time (warm: a 16-element add timed right after a convolution read 8.6 µs, warm 1.1 µs).
+    Interleaved, not each call's runs back to back: a burst of the machine's other work
+    (milliseconds) then slows one round of a call, not all of its runs. The first runs, a round of
+    all the others since each call's last (its kernel's caches flushed), are timed too: each
+    operator call's typical first run less its typical second is added to ``first_runs`` where
+    given (:func:`_cold_calls`)."""
     def within(log: Any, call: Callable[[], object]) -> None:
         with log:
             call()
@@ -167,14 +171,40 @@ def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 
         call()
         priced.append(_priced(run, lambda log, call=call: within(log, call)))
     found: list[list[list[tuple[OpCost, float]]]] = [[] for _ in calls]
+    first: list[list[list[tuple[OpCost, float]]]] = [[] for _ in calls]
     for _ in range(rounds):
         for i, call in enumerate(calls):
-            call()
-            timer = _bare_timer()
+            cold, timer = _bare_timer(), _bare_timer()
+            with cold:
+                call()
             with timer:
                 call()
+            _add_round(first[i], _with_times(priced[i], cold))
             _add_round(found[i], _with_times(priced[i], timer))
-    return [call for rounds_of_call in found for call in typical_calls(rounds_of_call)]
+    timed = [typical_calls(rounds_of_call) for rounds_of_call in found]
+    if first_runs is not None:
+        for warm, cold in zip(timed, (typical_calls(rounds_of_call) for rounds_of_call in first)):
+            if len(warm) == len(cold):
+                first_runs += [(cost, once - again) for (cost, again), (_, once) in zip(warm, cold)]
+    return [call for calls_of_one in timed for call in calls_of_one]
+
+
+def _cold_calls(first_runs: Sequence[tuple[OpCost, float]],
+                cold_read: tuple[tuple[float, float], ...]) -> dict[str, float]:
+    """Seconds a call takes more when its kernel has not run since its caches were flushed, by
+    :func:`~profiler.engine.step_time.cold_kind`: the median over the micro-benchmarks' calls of
+    each kind of a call's first run in a round (all the other calls ran since its last) less its
+    run right after (``first_runs``: :func:`_timed_calls`), less what reading its inputs from
+    memory costs (``cold_read``, priced apart); never negative. Its code, its kernel's state and its small tensors' latency, which a
+    network pays on every layer of its own: timm deit_tiny's patch embedding, its one convolution,
+    replayed in order took 327 µs forward against 149 repeated (Intel Xeon, 2 threads)."""
+    reads = DeviceModel(name="cpu", method="measured", cold_read=cold_read)
+    extra: dict[str, list[float]] = {}
+    for cost, more in first_runs:
+        if cost.kind != "view":
+            far = reads.cold_seconds(cost, [(nbytes, math.inf) for _, nbytes in cost.reads])
+            extra.setdefault(cold_kind(cost), []).append(more - far)
+    return {kind: max(statistics.median(found), 0.0) for kind, found in extra.items()}
 
 
 def _priced(run: Any, instrumented: Callable[[Any], object]) -> list[OpCost]:
@@ -782,8 +812,7 @@ def _kind_curves(calls: list[tuple[OpCost, float]]) -> dict[str, Curve]:
     points: dict[str, list[tuple[float, float]]] = {}
     for cost, seconds in calls:
         if cost.kind in ("matmul", "conv") and not cost.kernel.endswith(CHANNELS_LAST) and not cost.bytes_bound:
-            kind = "conv_backward" if cost.kind == "conv" and "backward" in cost.op else cost.kind
-            points.setdefault(f"{kind}/{cost.dtype}", []).append((cost.work, seconds))
+            points.setdefault(f"{cold_kind(cost)}/{cost.dtype}", []).append((cost.work, seconds))
         elif cost.packet == "aten.add" and cost.dtype == "float32":
             points.setdefault("memory", []).append((cost.bytes, seconds))
     return {key: _isotonic(found) for key, found in points.items()}
@@ -1053,10 +1082,11 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         _steady_heap()
         run = Context(device_kind="cpu", data_format="channels_first", threads=used)
         micro: list[tuple[OpCost, float]] = []
+        first_runs: list[tuple[OpCost, float]] = []
         with torch.no_grad():
             for dtype in _DTYPES:
                 say(f"matrix multiplies, convolutions and element-wise calls, {dtype}")
-                micro += _timed_calls(run, _micro_benchmarks(getattr(torch, dtype)))
+                micro += _timed_calls(run, _micro_benchmarks(getattr(torch, dtype)), first_runs=first_runs)
             view_s = _view_seconds()
             inflation = _timer_inflation()
             python_s, module_s = _python_issue_seconds(), _module_call_seconds()
@@ -1064,6 +1094,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             say("reads of tensors last touched far back, and memory mapped fresh")
             cold_read = _cold_reads()
             fresh_byte_s = _fresh_memory()
+        cold_call_s = _cold_calls(first_runs, cold_read)
         micro = _deflated(micro, inflation, python_s)
         say("calibration models, their rounds interleaved")
         specs = [(families, make, inputs(batch), batch, optimizer)
@@ -1102,7 +1133,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
                        bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, per_cpp_s=per_cpp,
                        per_python_s=per_python,
                        module_s=module_s, host_call_s=host_call_s, optimizer_step_s=step_s,
-                       threads=used, timer_inflation_s=inflation, cold_read=cold_read,
+                       threads=used, timer_inflation_s=inflation, cold_read=cold_read, cold_call_s=cold_call_s,
                        fresh_from=GLIBC_MMAP_THRESHOLD_MAX, fresh_byte_s=fresh_byte_s,
                        source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
                               f"torch {torch.__version__}" + (f" ({busy})" if busy else ""))
