@@ -57,7 +57,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, cold_kind, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 26
+VERSION = 27
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -867,7 +867,8 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: flo
                    module_s: float) -> tuple[dict[str, float], dict[str, float]]:
     """(per call Python issued, per call C++ issued): seconds per operator call in each phase of
     the pass (the optimizers' updates: :func:`_fit_optimizer_steps`) that the un-instrumented runs
-    take beyond their calls' predicted times (Python and autograd's bookkeeping), less what timing
+    take beyond their calls' predicted times (:func:`_in_loop`: with their cold reads and cold
+    kernels, as a prediction prices them; Python and autograd's bookkeeping), less what timing
     each call inside a dispatch mode added (its Python between calls evicts the caches: small calls
     run slower timed one by one, so a figure may be negative), the calls Python issued counted at
     ``python_s`` more (:func:`_python_issue_seconds`) and each module call at ``module_s``
@@ -889,15 +890,29 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: flo
         split = phase != "backward"   # backward: every call of the second kind, one figure for both
         fits = []
         for run in runs:
-            calls = [cost for cost, _ in run["calls"] if cost.phase in members]
+            priced = _in_loop(model, [cost for cost, _ in run["calls"]])
+            calls = [(cost, seconds) for cost, seconds in priced if cost.phase in members]
             if calls and run["plain"][phase] > 0:
-                issue = sum(python_s * cost.python + module_s * cost.modules for cost in calls)
-                fits.append(([model.base_seconds(c) for c in calls if c.python and split],
-                             [model.base_seconds(c) for c in calls if not (c.python and split)],
+                issue = sum(python_s * cost.python + module_s * cost.modules for cost, _ in calls)
+                fits.append(([seconds for c, seconds in calls if c.python and split],
+                             [seconds for c, seconds in calls if not (c.python and split)],
                              run["plain"][phase] - issue))
         per_op[phase], per_cpp[phase] = least_misses(fits, model.view_s)
     per_op["loss"], per_cpp["loss"] = per_op["forward"], per_cpp["forward"]
     return per_op, per_cpp
+
+
+def _in_loop(model: DeviceModel, calls: list[OpCost]) -> list[tuple[OpCost, float]]:
+    """Each call of a calibration model's instrumented run with its time as a run of its phase
+    prices it before the per-call figures: its base time, its cold reads and cold kernel in its
+    loop (the inference pass's calls one loop, the training step's another), its fresh pages."""
+    from profiler.engine.reuse import call_distances
+    priced = []
+    for loop in ([c for c in calls if c.phase == "inference"], [c for c in calls if c.phase != "inference"]):
+        for cost, (reads, since) in zip(loop, call_distances(loop)):
+            priced.append((cost, model.base_seconds(cost) + model.cold_seconds(cost, reads)
+                           + model.cold_call_seconds(cost, since) + model.fresh_seconds(cost)))
+    return priced
 
 
 #: the per-call figures :func:`least_misses` tries, seconds: 0.05 µs apart, ±30 µs
@@ -1120,7 +1135,9 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         largest = max((c for c in micro if c[0].packet == "aten.add" and c[0].dtype == "float32"),
                       key=lambda c: c[0].bytes)
         fitted = DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
-                             bandwidth=largest[0].bytes / largest[1], op_bandwidth=streams, threads=used)
+                             bandwidth=largest[0].bytes / largest[1], op_bandwidth=streams, threads=used,
+                             cold_read=cold_read, cold_call_s=cold_call_s, fresh_from=GLIBC_MMAP_THRESHOLD_MAX,
+                             fresh_byte_s=fresh_byte_s)
         say("Python and autograd per call")
         per_op, per_cpp = _fit_overheads(runs, fitted, python_s, module_s)
         per_op["optimizer"], step_s = _fit_optimizer_steps(runs, fitted, python_s)
