@@ -383,6 +383,13 @@ def test_an_optimizer_step_s_own_time_is_fitted_once_per_step_beside_its_per_cal
     with_update = run_time(stepped, [forward, call, call])
     assert with_update.phases["optimizer"] == pytest.approx(60e-6 + 2 * (1e-6 + 3e-6))
     assert run_time(stepped, [forward]).seconds == pytest.approx(run_time(model, [forward]).seconds)
+    # a call's cold kernel (here 2 µs on every call) is priced in the fit as in a prediction: the
+    # per-call figure is what is left beyond it, so the same runs are predicted the same
+    cold = replace(model, cold_read=((0.0, 1e-12), (1.0, 1e-12)), cold_call_s={"memory": 2e-6})
+    per_call, per_step = calibrate._fit_optimizer_steps(runs, cold, python_s=0.5e-6)
+    assert (per_call, per_step) == (pytest.approx(1e-6), pytest.approx(60e-6))
+    stepped = replace(cold, per_op_s={"optimizer": per_call}, optimizer_step_s=per_step)
+    assert run_time(stepped, [forward, call, call]).phases["optimizer"] == pytest.approx(60e-6 + 2 * (1e-6 + 3e-6))
 
 
 def test_the_host_calls_time_is_in_the_run_but_not_in_the_module_whose_python_made_them():

@@ -57,7 +57,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, cold_kind, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 27
+VERSION = 28
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -975,7 +975,10 @@ def _floored_sums(values: Sequence[float], shifts: Any, floor: float) -> Any:
 
 def _fit_optimizer_steps(runs: list[dict[str, Any]], model: DeviceModel, python_s: float) -> tuple[float, float]:
     """(seconds per update call, seconds per step) of the optimizers' updates beyond their calls'
-    predicted times: each calibration model at each batch steps with SGD (a call per parameter) and
+    predicted times (:func:`_in_loop`, cold reads and kernels included, as a prediction prices
+    them: fitted on base times, the figures carried the calibration models' own, which a
+    prediction added again; the benchmark's Adam steps read +14.8 % signed, its SGD steps +4.7):
+    each calibration model at each batch steps with SGD (a call per parameter) and
     Adam (nine or ten), so the two runs' excesses over their calls give both — the call's from
     their difference, the step's what is left of SGD's — and each is the median over the pairs.
     Fitted per call alone, a step's own time was spread over the few calls of the calibration
@@ -984,9 +987,10 @@ def _fit_optimizer_steps(runs: list[dict[str, Any]], model: DeviceModel, python_
     priced 2.9 ms where it took 1.95."""
     excess: dict[Any, dict[int, float]] = {}
     for run in runs:
-        calls = [cost for cost, _ in run["calls"] if cost.phase == "optimizer"]
+        calls = [(cost, seconds) for cost, seconds in _in_loop(model, [cost for cost, _ in run["calls"]])
+                 if cost.phase == "optimizer"]
         if calls and run["plain"]["optimizer"] > 0:
-            left = run["plain"]["optimizer"] - sum(model.base_seconds(c) + python_s * c.python for c in calls)
+            left = run["plain"]["optimizer"] - sum(seconds + python_s * c.python for c, seconds in calls)
             excess.setdefault(run["pair"], {})[len(calls)] = left
     per_call, per_step = [], []
     for found in excess.values():
