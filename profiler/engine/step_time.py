@@ -15,7 +15,8 @@ call:
   (:mod:`profiler.engine.python_calls`), per module call and per host call the model's Python
   makes outside any operator (:mod:`profiler.engine.host_calls`), and per optimizer step. The curves were measured on warm
   tensors; a read of a tensor last touched far back in the loop (:mod:`profiler.engine.reuse`)
-  adds what a cold read measured more per byte at that distance, and a buffer large enough to be
+  adds what a cold read measured more per byte at that distance, a call whose kernel last ran far
+  back (a layer of its own) what its kind measured more run cold, and a buffer large enough to be
   mapped fresh from the system at each allocation adds its page faults, measured per byte.
 - **roofline** (a catalog accelerator you don't have): the larger of FLOPs at the card's
   datasheet peak for the dtype and bytes at its memory bandwidth, and no call shorter than a

@@ -4,19 +4,21 @@ Two kinds of measurement, each at the thread count the runs will use:
 
 - **Micro-benchmarks**: matrix multiplies (n × n, n = 8 … 1024, skinny ones and small linear
   layers) and convolutions of each kernel family down to its floor (a 1 × 1 map), and each
-  family's strided ones (stride 2), and wide layers on small maps (oneDNN's backward of them a
-  family of its own), forward and backward, in float32 and bfloat16 — time against
-  FLOPs, by size class; an out-of-place ``add`` from 16 to 4 M elements — time against bytes, and the bandwidth from the largest; 2 × 2
-  poolings in both memory layouts; operators far slower per byte than an add (a batch's
-  ``var_mean``, dropout's ``bernoulli_``, a softmax over rows shorter than a vector) and LSTM
-  layers. Each the
-  median of five interleaved rounds, warm (:func:`typical_calls`). They price an operator the calibration models below never called.
-  And what a read costs more when the tensor was last touched far back: a multiply cycled over
-  1 to 24 weights of 4 MB, the time over the warm one's per byte against the reuse distance
-  (:mod:`profiler.engine.reuse`). And what a buffer too large for glibc's heap costs to map fresh
-  at each allocation, per byte; and a host call a model's Python makes outside any operator
-  (:mod:`profiler.engine.host_calls`), after a cache sweep. Everything else runs on a heap that keeps its pages
-  (:func:`_steady_heap`), as a measured model's steady runs mostly do.
+  family's strided ones (stride 2), and wide layers on small maps (oneDNN runs them as a family of
+  its own, priced by its bytes), forward and backward, in float32 and bfloat16 — time against
+  FLOPs, by size class; an out-of-place ``add`` from 16 to 4 M elements — time against bytes, and
+  the bandwidth from the largest; 2 × 2 poolings in both memory layouts; operators far slower per
+  byte than an add (a batch's ``var_mean``, dropout's ``bernoulli_``, a softmax over rows shorter
+  than a vector) and LSTM layers. Each the median of five interleaved rounds, warm
+  (:func:`typical_calls`); they price an operator the calibration models below never called. Each
+  call's first run in a round, after all the others, against its run right after: what a kernel
+  not run since its caches were flushed costs more (:func:`_cold_calls`). And what a read costs
+  more when the tensor was last touched far back: a multiply cycled over 1 to 24 weights of 4 MB,
+  the time over the warm one's per byte against the reuse distance (:mod:`profiler.engine.reuse`).
+  And what a buffer too large for glibc's heap costs to map fresh at each allocation, per byte;
+  and a host call a model's Python makes outside any operator (:mod:`profiler.engine.host_calls`),
+  after a cache sweep. Everything else runs on a heap that keeps its pages (:func:`_steady_heap`),
+  as a measured model's steady runs mostly do.
 - **Calibration models**: small networks of PyTorch's own layers (a CNN with batch norm, pooling,
   depthwise and 1 × 1 convolutions; a transformer encoder, eager and fused; an MLP; an LSTM and a
   GRU), each at two batch sizes, run for real for inference and a training step with SGD and Adam.
@@ -195,9 +197,10 @@ def _cold_calls(first_runs: Sequence[tuple[OpCost, float]],
     :func:`~profiler.engine.step_time.cold_kind`: the median over the micro-benchmarks' calls of
     each kind of a call's first run in a round (all the other calls ran since its last) less its
     run right after (``first_runs``: :func:`_timed_calls`), less what reading its inputs from
-    memory costs (``cold_read``, priced apart); never negative. Its code, its kernel's state and its small tensors' latency, which a
-    network pays on every layer of its own: timm deit_tiny's patch embedding, its one convolution,
-    replayed in order took 327 µs forward against 149 repeated (Intel Xeon, 2 threads)."""
+    memory costs (``cold_read``, priced apart); never negative. Its code, its kernel's state and
+    its small tensors' latency, which a network pays on every layer of its own: timm deit_tiny's
+    patch embedding, its one convolution, replayed in order took 327 µs forward against 149
+    repeated (Intel Xeon, 2 threads)."""
     reads = DeviceModel(name="cpu", method="measured", cold_read=cold_read)
     extra: dict[str, list[float]] = {}
     for cost, more in first_runs:
