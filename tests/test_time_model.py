@@ -719,14 +719,16 @@ def test_a_layer_of_its_own_pays_its_kernel_s_cold_cost_and_the_second_of_two_id
 def test_the_cold_cost_of_a_kind_is_its_calls_median_first_run_over_their_second_less_their_cold_reads():
     """A micro-benchmark's first run in a round (all the others ran since its last) against its run
     right after: the median by kind of what is left once its inputs' reads from memory (the cold
-    reads' farthest rate) are taken off; a kind whose first runs were faster costs nothing more."""
+    reads' farthest rate) are taken off; a kind whose first runs were faster costs nothing more; a
+    call moving more than a mebibyte, mostly its data's cold reads, is left out."""
     mm = lambda nbytes: OpCost("aten.mm.default", "matmul", "forward", "", "float32", "", 10, nbytes, 0,
                                reads=((1, nbytes),))
     add = OpCost("aten.add.Tensor", "memory", "forward", "", "float32", "", 0, 100, 100, reads=((2, 100),))
     conv = OpCost("aten.convolution_backward.default", "conv", "backward", "", "float32", "onednn", 10, 0, 0)
     cold_read = ((10.0, 0.0), (1e6, 1e-9))   # 1 ns a byte from memory
+    large = mm(calibrate.COLD_CALL_BYTES + 1)   # mostly its data's cold reads: not counted
     found = calibrate._cold_calls([(mm(1000), 31e-6), (mm(2000), 12e-6), (mm(0), 40e-6), (add, -3e-6),
-                                   (conv, 25e-6)], cold_read)
+                                   (conv, 25e-6), (large, 5e-3)], cold_read)
     assert found == pytest.approx({"matmul": 30e-6, "memory": 0.0, "conv_backward": 25e-6}, rel=1e-3)
 
 

@@ -59,7 +59,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, cold_kind, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 28
+VERSION = 29
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -191,6 +191,13 @@ def _timed_calls(run: Any, calls: Sequence[Callable[[], object]], rounds: int = 
     return [call for calls_of_one in timed for call in calls_of_one]
 
 
+#: the most bytes a micro-benchmark call moves to count in :func:`_cold_calls`: a larger call's
+#: first run is mostly its data's cold reads, whose price (the cold reads' farthest rate) misses by
+#: more than a kernel's cold cost (the matrix multiplies' figure read 27-64 µs over calibrations
+#: with every call counted)
+COLD_CALL_BYTES = 2 ** 20
+
+
 def _cold_calls(first_runs: Sequence[tuple[OpCost, float]],
                 cold_read: tuple[tuple[float, float], ...]) -> dict[str, float]:
     """Seconds a call takes more when its kernel has not run since its caches were flushed, by
@@ -204,7 +211,7 @@ def _cold_calls(first_runs: Sequence[tuple[OpCost, float]],
     reads = DeviceModel(name="cpu", method="measured", cold_read=cold_read)
     extra: dict[str, list[float]] = {}
     for cost, more in first_runs:
-        if cost.kind != "view":
+        if cost.kind != "view" and cost.bytes <= COLD_CALL_BYTES:
             far = reads.cold_seconds(cost, [(nbytes, math.inf) for _, nbytes in cost.reads])
             extra.setdefault(cold_kind(cost), []).append(more - far)
     return {kind: max(statistics.median(found), 0.0) for kind, found in extra.items()}
