@@ -895,12 +895,12 @@ def _fit_overheads(runs: list[dict[str, Any]], model: DeviceModel, python_s: flo
     engine issues every node, Python only the first."""
     per_op: dict[str, float] = {}
     per_cpp: dict[str, float] = {}
+    priced_runs = [(run, _in_loop(model, [cost for cost, _ in run["calls"]])) for run in runs]
     for phase in ("inference", "forward", "backward"):
         members = (phase, "loss") if phase == "forward" else (phase,)
         split = phase != "backward"   # backward: every call of the second kind, one figure for both
         fits = []
-        for run in runs:
-            priced = _in_loop(model, [cost for cost, _ in run["calls"]])
+        for run, priced in priced_runs:
             calls = [(cost, seconds) for cost, seconds in priced if cost.phase in members]
             if calls and run["plain"][phase] > 0:
                 issue = sum(python_s * cost.python + module_s * cost.modules for cost, _ in calls)
