@@ -150,15 +150,12 @@ def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: d
         kinds: dict[str, str] | None = None) -> dict[str, Any]:
     """One case: each run's predicted, measured and roofline time and errors, the top three layers;
     ``baseline``: the same calls priced by :func:`baseline_model` (layers named as predicted)."""
-    drift = result["predicted_time"].get("drift", 1.0)
     out: dict[str, Any] = {"model": label, "family": family, "batch": batch,
-                           "threads": result["measured"].get("threads"), "drift": drift}
+                           "threads": result["measured"].get("threads")}
     for run in RUNS:
         predicted, measured = _predicted(result, run), _measured(result, run)
-        unprobed = predicted / drift if predicted else None
         out[run] = {"predicted_ms": predicted, "measured_ms": measured, "roofline_ms": roofline.get(run),
-                    "error": _error(predicted, measured), "roofline_error": _error(roofline.get(run), measured),
-                    "unprobed_ms": unprobed, "unprobed_error": _error(unprobed, measured)}
+                    "error": _error(predicted, measured), "roofline_error": _error(roofline.get(run), measured)}
         if baseline is not None:
             out[run]["baseline_ms"] = _predicted({"predicted_time": baseline}, run)
             out[run]["baseline_error"] = _error(out[run]["baseline_ms"], measured)
@@ -214,21 +211,16 @@ def merge(passes: list[dict[str, Any]]) -> dict[str, Any]:
     and measured time is its median, with its lowest and highest measurement."""
     out = dict(passes[-1])
     out["passes"] = len(passes)
-    out["drifts"] = [p.get("drift", 1.0) for p in passes]
     for run in RUNS:
         measured = [p[run]["measured_ms"] for p in passes if p[run]["measured_ms"]]
         predicted = [p[run]["predicted_ms"] for p in passes if p[run]["predicted_ms"]]
-        unprobed = [p[run]["unprobed_ms"] for p in passes if p[run].get("unprobed_ms")]
         median = statistics.median(measured) if measured else None
         f = dict(out[run])
         f.update(measured_ms=median, measured_passes_ms=measured,
                  predicted_ms=statistics.median(predicted) if predicted else None, predicted_passes_ms=predicted,
-                 unprobed_ms=statistics.median(unprobed) if unprobed else None,
                  pass_errors=[p[run]["error"] for p in passes],
-                 pass_unprobed_errors=[p[run].get("unprobed_error") for p in passes],
                  spread=(max(measured) - min(measured)) / median if median else None)
-        f.update(error=_error(f["predicted_ms"], median), roofline_error=_error(f["roofline_ms"], median),
-                 unprobed_error=_error(f["unprobed_ms"], median))
+        f.update(error=_error(f["predicted_ms"], median), roofline_error=_error(f["roofline_ms"], median))
         if "baseline_ms" in f:
             f["baseline_error"] = _error(f["baseline_ms"], median)
         out[run] = f
@@ -309,17 +301,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     "better_than_roofline": sum(abs(r[run]["error"]) < abs(r[run]["roofline_error"])
                                                 for r in rows if r[run]["error"] is not None
                                                 and r[run]["roofline_error"] is not None)}
-        unprobed = [abs(r[run]["unprobed_error"]) for r in rows if r[run].get("unprobed_error") is not None]
-        if unprobed:   # the same predictions without the speed probe's scaling
-            out[run]["unprobed_median_abs_error"] = statistics.median(unprobed)
         passes = max((len(r[run].get("pass_errors", [])) for r in rows), default=0)
         if passes > 1:   # each pass priced by its own calibration: what one calibration gives
-            for key, errors in (("pass_median_abs_errors", "pass_errors"),
-                                ("pass_unprobed_median_abs_errors", "pass_unprobed_errors")):
-                found = [[abs(r[run][errors][i]) for r in rows if len(r[run].get(errors) or []) > i
-                          and r[run][errors][i] is not None] for i in range(passes)]
-                if all(found):
-                    out[run][key] = [statistics.median(f) for f in found]
+            out[run]["pass_median_abs_errors"] = [
+                statistics.median(abs(r[run]["pass_errors"][i]) for r in rows
+                                  if len(r[run]["pass_errors"]) > i and r[run]["pass_errors"][i] is not None)
+                for i in range(passes)]
         base = [abs(r[run]["baseline_error"]) for r in rows if r[run].get("baseline_error") is not None]
         if base:
             out[run]["baseline_median_abs_error"] = statistics.median(base)
@@ -369,16 +356,6 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
         lines += ["", "Each pass against its own calibration alone (what one calibration gives), median abs error "
                       "per pass: " + "; ".join(f"{run} " + " / ".join(_pct(e) for e in summary[run]["pass_median_abs_errors"])
                                                for run in RUNS if summary[run].get("pass_median_abs_errors")) + "."]
-    if any(summary[run].get("unprobed_median_abs_error") is not None for run in RUNS):
-        drifts = sorted(d for r in rows for d in r.get("drifts", [r.get("drift", 1.0)]))
-        lines += ["", "The speed probe (`profiler.measuring.speed_probe`) scaled each prediction by how much slower "
-                      f"the machine ran than at its calibration: {drifts[0]:.2f}-{drifts[-1]:.2f} x over the cases and "
-                      f"passes (median {statistics.median(drifts):.2f}). Without that scaling, median abs error "
-                      + ", ".join(f"{run} {_pct(summary[run].get('unprobed_median_abs_error'))}" for run in RUNS)
-                      + ("; per pass " + "; ".join(f"{run} " + " / ".join(
-                          _pct(e) for e in summary[run]["pass_unprobed_median_abs_errors"])
-                          for run in RUNS if summary[run].get("pass_unprobed_median_abs_errors"))
-                         if any(summary[run].get("pass_unprobed_median_abs_errors") for run in RUNS) else "") + "."]
     if summary.get("median_spread") is not None:
         lines += ["", f"Measurement spread over the passes, median over cases and runs: "
                       f"{summary['median_spread'] * 100:.1f}% ((max - min) / median)."]

@@ -321,58 +321,6 @@ def test_a_broken_cache_file_is_recomputed(fake_calibration):
     assert fresh
 
 
-def test_a_cached_calibration_is_scaled_by_how_much_slower_its_speed_probe_runs_now(fake_calibration, monkeypatch):
-    """The calibration times the probe's calls (their median over probes before, amid and after
-    it); reading the cache times them again, and every predicted second is scaled by the median
-    of the calls' ratios, now over then: here each call 1.5 x slower, so 1.5 x each figure."""
-    from profiler.engine import torch_module
-    from profiler.measuring import speed_probe
-    then = (1e-4, 2e-4, 4e-4)
-    monkeypatch.setattr(calibrate, "calibrate", lambda threads=None, progress=None: replace(_toy_model(1e-6), probe_s=then))
-    fresh, measured = calibrate.cpu_model_for(1)
-    assert measured and fresh.drift == 1.0      # just calibrated: as measured
-    monkeypatch.setattr(speed_probe, "probe_seconds", lambda threads=None, rounds=9: tuple(1.5 * t for t in then))
-    cached, measured = calibrate.cpu_model_for(1)
-    assert not measured and cached.drift == pytest.approx(1.5) and cached.probe_s == then
-    memory = torch_module.memory(lambda: torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()), [8],
-                                 batch=2, optimizers=("sgd",), record_costs=True)
-    slow, as_calibrated = predict_times(cached, memory.costs, 2), predict_times(fresh, memory.costs, 2)
-    assert slow["drift"] == pytest.approx(1.5) and as_calibrated["drift"] == 1.0
-    for key in ("forward_ms", "train_sgd_ms"):
-        assert slow[key] == pytest.approx(1.5 * as_calibrated[key])
-    for phase in ("forward", "backward"):
-        assert slow["layers"][phase] == pytest.approx({m: 1.5 * t for m, t in as_calibrated["layers"][phase].items()})
-
-
-def test_the_speed_probe_takes_the_median_of_its_probes_and_a_model_without_figures_is_not_scaled(monkeypatch):
-    """One probe of five caught in a burst (3 x slower) moves nothing; a model cached before the
-    probe existed (no figures) is read as calibrated."""
-    from profiler.measuring import speed_probe
-    then = (1e-4, 2e-4)
-    found = iter([(3e-4, 6e-4), (1.1e-4, 2.2e-4), (1.1e-4, 2.2e-4), (1.2e-4, 2.4e-4), (1.0e-4, 2.0e-4)])
-    monkeypatch.setattr(speed_probe, "probe_seconds", lambda threads=None, rounds=9: next(found))
-    assert speed_probe.drift_now(then) == pytest.approx(1.1)
-    assert speed_probe.drift_now(()) == 1.0
-    assert speed_probe.typical([(1.0, 4.0), (3.0, 2.0), (2.0, 3.0)]) == (2.0, 3.0)
-
-
-def test_the_speed_probe_times_each_of_its_calls_and_restores_the_thread_count():
-    from profiler.measuring import speed_probe
-    threads = torch.get_num_threads()
-    found = speed_probe.probe_seconds(threads=1, rounds=2)
-    assert torch.get_num_threads() == threads
-    assert len(found) == len(speed_probe.probe_calls()) and all(0 < t < 1 for t in found)
-
-
-def test_the_time_report_says_when_the_speed_probe_scaled_the_prediction():
-    from profiler.report.time_tables import render_time
-    from profiler.report.grid import text
-    predicted = {"device": "cpu", "method": "measured", "source": "calibrated", "forward_ms": 1.0, "layers": {}}
-    assert "speed probe" not in render_time({"predicted_time": {**predicted, "drift": 1.0}}, text, False)
-    said = render_time({"predicted_time": {**predicted, "drift": 1.234}}, text, False)
-    assert "1.23 x its calibration's time" in said and "'modelsize calibrate'" in said
-
-
 def test_the_device_model_survives_its_json():
     model = _toy_model(per_op=2e-6)
     assert DeviceModel.from_dict(json.loads(json.dumps(model.as_dict()))) == model
@@ -402,9 +350,6 @@ def test_a_real_calibration_gives_sane_curves(tmp_path, monkeypatch):
     # a kernel not run since its caches were flushed: tens of microseconds more (27-40 here)
     assert {"matmul", "conv", "conv_backward", "memory"} <= set(model.cold_call_s)
     assert all(0 <= v < 1e-3 for v in model.cold_call_s.values())
-    # the speed probe's figures, each call's, from the calibration's own moments
-    from profiler.measuring.speed_probe import probe_calls
-    assert len(model.probe_s) == len(probe_calls()) and all(0 < t < 1 for t in model.probe_s)
 
 
 def test_a_host_call_is_priced_on_the_call_after_it():

@@ -17,9 +17,7 @@ call:
   tensors; a read of a tensor last touched far back in the loop (:mod:`profiler.engine.reuse`)
   adds what a cold read measured more per byte at that distance, a call whose kernel last ran far
   back (a layer of its own) what its kind measured more run cold, and a buffer large enough to be
-  mapped fresh from the system at each allocation adds its page faults, measured per byte. A
-  cached model is scaled by how much slower the machine runs its speed probe than when it was
-  calibrated (``drift``: :mod:`profiler.measuring.speed_probe`).
+  mapped fresh from the system at each allocation adds its page faults, measured per byte.
 - **roofline** (a catalog accelerator you don't have): the larger of FLOPs at the card's
   datasheet peak for the dtype and bytes at its memory bandwidth, and no call shorter than a
   kernel launch: a roofline prediction, until measured on that card.
@@ -115,11 +113,6 @@ class DeviceModel:
     #: (its kernel's code and state, beyond its data's cold reads), measured on the micro-benchmarks;
     #: nearer, the same fraction of it as a read's cold cost (``cold_read``) at that distance
     cold_call_s: dict[str, float] = field(default_factory=dict)
-    #: the speed probe's calls' seconds when calibrated (:mod:`profiler.measuring.speed_probe`)
-    probe_s: tuple[float, ...] = ()
-    #: how many times slower the machine ran than when calibrated, when this model was read: each
-    #: predicted second is scaled by it (1: as calibrated, or a roofline)
-    drift: float = 1.0
 
     def op_seconds(self, op: OpCost) -> float:
         """One call's time: its own (:meth:`base_seconds`) with ``per_op_s`` of its phase
@@ -228,7 +221,6 @@ class DeviceModel:
         for name in ("curves", "op_curves"):
             data[name] = {k: Curve(tuple(c["work"]), tuple(c["seconds"])) for k, c in data.get(name, {}).items()}
         data["cold_read"] = tuple((float(d), float(s)) for d, s in data.get("cold_read", ()))
-        data["probe_s"] = tuple(float(s) for s in data.get("probe_s", ()))
         return cls(**data)
 
 
@@ -287,18 +279,18 @@ def run_time(model: DeviceModel, costs: Sequence[OpCost]) -> RunTime:
     ops: dict[str, float] = {}
     distances = call_distances(costs) if model.cold_read else [((), 0.0)] * len(costs)
     for op, (reads, since) in zip(costs, distances):
-        seconds = (model.op_seconds(op) + model.cold_seconds(op, reads) + model.cold_call_seconds(op, since)
-                   + model.fresh_seconds(op)) * model.drift
+        seconds = model.op_seconds(op) + model.cold_seconds(op, reads) + model.cold_call_seconds(op, since) \
+            + model.fresh_seconds(op)
         phases[op.phase] = phases.get(op.phase, 0.0) + seconds
         ops[op.op] = ops.get(op.op, 0.0) + seconds
         if op.phase in ("inference", "forward", "backward"):
             per = modules.setdefault(op.phase, {})
-            host = model.host_call_s * op.host_calls * model.drift
+            host = model.host_call_s * op.host_calls
             per[op.module] = per.get(op.module, 0.0) + seconds - host
             if host:
                 per[HOST_CALLS] = per.get(HOST_CALLS, 0.0) + host
     if "optimizer" in phases:
-        phases["optimizer"] += model.optimizer_step_s * model.drift
+        phases["optimizer"] += model.optimizer_step_s
     return RunTime(sum(phases.values()), phases, modules, ops, len(costs))
 
 
@@ -306,7 +298,7 @@ def predict_times(model: DeviceModel, costs: dict[str, list[OpCost]], batch: int
     """The ``predicted_time`` of a result: inference and each optimizer's steady training step, in
     milliseconds, with samples/s, per phase and per module (forward and backward)."""
     out: dict[str, Any] = {"device": model.name, "method": model.method, "threads": model.threads,
-                           "source": model.source, "drift": model.drift}
+                           "source": model.source}
     layers: dict[str, dict[str, float]] = {}
     if "inference" in costs:
         inference = run_time(model, costs["inference"])

@@ -37,10 +37,7 @@ Two kinds of measurement, each at the thread count the runs will use:
 The result, a :class:`~profiler.engine.step_time.DeviceModel`, is cached as JSON under
 ``$MODELSIZE_CACHE_DIR`` (default ``~/.cache/modelsize``), written atomically, and used only for the
 same machine, torch version, thread count and oneDNN ISA setting: any other gets its own file, and a
-file whose recorded key differs is recomputed (``modelsize calibrate`` reruns it anyway). The speed
-probe's calls (:mod:`profiler.measuring.speed_probe`), timed before, amid and after the
-calibration, are kept with it: reading the cache times them again and scales the model by how much
-slower the machine runs now.
+file whose recorded key differs is recomputed (``modelsize calibrate`` reruns it anyway).
 """
 from __future__ import annotations
 
@@ -52,7 +49,6 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -61,10 +57,9 @@ from torch import nn
 
 from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, cold_kind, curve_key
-from profiler.measuring.speed_probe import drift_now, probe_seconds, typical
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 30
+VERSION = 29
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -103,7 +98,7 @@ def cpu_model_for(threads: int | None = None, *, recalibrate: bool = False,
     if not recalibrate:
         cached = read_cache(path, key)
         if cached is not None:
-            return replace(cached, drift=drift_now(cached.probe_s, threads)), False
+            return cached, False
     model = calibrate(threads, progress=progress)
     write_cache(path, {"key": key, "model": model.as_dict()})
     return model, True
@@ -1116,13 +1111,11 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
         _steady_heap()
         run = Context(device_kind="cpu", data_format="channels_first", threads=used)
         micro: list[tuple[OpCost, float]] = []
-        probes = [probe_seconds(used) for _ in range(3)]   # the speed probe's figures: before, amid and after
         first_runs: list[tuple[OpCost, float]] = []
         with torch.no_grad():
             for dtype in _DTYPES:
                 say(f"matrix multiplies, convolutions and element-wise calls, {dtype}")
                 micro += _timed_calls(run, _micro_benchmarks(getattr(torch, dtype)), first_runs=first_runs)
-            probes += [probe_seconds(used) for _ in range(3)]
             view_s = _view_seconds()
             inflation = _timer_inflation()
             python_s, module_s = _python_issue_seconds(), _module_call_seconds()
@@ -1137,7 +1130,6 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
                  for families, make, inputs, batches in [((), *model) for model in _MODELS] + list(_KERNEL_MODELS)
                  for batch in batches for optimizer in (("sgd",) if families else ("sgd", "adam"))]
         found = _run_models([_ModelRuns(make, x, optimizer, run) for _, make, x, _, optimizer in specs])
-        probes += [probe_seconds(used) for _ in range(3)]
         runs, family_calls = [], []
         for (families, make, _, batch, _), measured in zip(specs, found):
             measured["calls"] = _deflated(measured["calls"], inflation, python_s)
@@ -1173,7 +1165,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
                        per_python_s=per_python,
                        module_s=module_s, host_call_s=host_call_s, optimizer_step_s=step_s,
                        threads=used, timer_inflation_s=inflation, cold_read=cold_read, cold_call_s=cold_call_s,
-                       fresh_from=GLIBC_MMAP_THRESHOLD_MAX, fresh_byte_s=fresh_byte_s, probe_s=typical(probes),
+                       fresh_from=GLIBC_MMAP_THRESHOLD_MAX, fresh_byte_s=fresh_byte_s,
                        source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
                               f"torch {torch.__version__}" + (f" ({busy})" if busy else ""))
 

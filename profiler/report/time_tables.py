@@ -44,7 +44,7 @@ def render_time(result: dict[str, Any], layout: Callable, markdown: bool) -> str
     if not predicted:
         return ""
     title = f"Time predicted on {predicted.get('device', '?')} ({predicted.get('method', '?')}): " \
-            f"{predicted.get('source', '')}" + _drift(predicted.get("drift"))
+            f"{predicted.get('source', '')}"
     title = ("**" + title + "**") if markdown else title
     if "measured" in result:   # the measured report's time tables show the prediction beside it
         return title
@@ -58,14 +58,6 @@ def render_time(result: dict[str, Any], layout: Callable, markdown: bool) -> str
                             [[name, units.millis(f), units.millis(b)] for name, f, b in layers],
                             right=[False, True, True]))
     return "\n\n".join(parts)
-
-
-def _drift(drift: float | None) -> str:
-    """What the speed probe found (:mod:`profiler.measuring.speed_probe`), where it moved the figures."""
-    if not drift or round(drift, 2) == 1:
-        return ""
-    return (f"; the machine ran {drift:.2f} x its calibration's time when predicted (speed probe), so every "
-            f"figure is scaled by it ('modelsize calibrate' measures it afresh)")
 
 
 def _rate(batch: int, ms: float | None) -> str:
