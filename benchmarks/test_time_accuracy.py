@@ -5,6 +5,9 @@ minutes: a case's passes are minutes apart) and each case's figure is the median
 Each pass starts with a calibration (``modelsize calibrate``) that prices its cases: a calibration
 is the machine's state when it was taken, and two taken 40 minutes apart priced the same
 measurements 14 % and 24-31 % off.
+Each pass's calibration is kept beside the table (``results/time_calibrations/pass<n>.json``): a
+change to the pricing can then be scored offline on the same measurements and the same
+calibrations, without a calibration's own spread in the comparison.
 Nothing here fails on a missed figure: the table reports it (the device model's arithmetic is
 asserted in tests/test_time_model.py). ``MODELSIZE_TIME_PASSES`` sets the passes (default 3)."""
 import importlib.util
@@ -37,6 +40,17 @@ def table():
         _atomic(RESULTS / "time_accuracy.md", markdown(rows, summary, machine))
 
 
+def _keep_calibration(number: int) -> None:
+    """The calibration the pass just took, copied beside the table."""
+    import torch
+
+    from profiler.measuring.calibrate import cache_path, machine_key
+    kept = RESULTS / "time_calibrations"
+    kept.mkdir(parents=True, exist_ok=True)
+    _atomic(kept / f"pass{number + 1}.json",
+            cache_path(machine_key(torch.get_num_threads())).read_text(encoding="utf-8"))
+
+
 @pytest.mark.parametrize("number,kind,model,batch", [(n, *case) for n in range(PASSES) for case in CASES],
                          ids=[f"pass{n + 1}-{m}-b{b}" for n in range(PASSES) for _, m, b in CASES])
 def test_time_prediction(benchmark, number, kind, model, batch):
@@ -48,5 +62,6 @@ def test_time_prediction(benchmark, number, kind, model, batch):
         import sys
         subprocess.run([sys.executable, "-m", "profiler", "calibrate"], check=True, capture_output=True)
         CALIBRATED.add(number)
+        _keep_calibration(number)
     ROWS.setdefault((model, batch), []).append(
         benchmark.pedantic(run_isolated, args=(kind, model, batch), rounds=1, iterations=1))
