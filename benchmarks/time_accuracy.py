@@ -179,7 +179,27 @@ def _top3(layer_ms: dict[str, dict[str, float]], kinds: dict[str, str]) -> dict[
         out["within_spread"] = top_within_spread(predicted, layer_ms["measured_low"], layer_ms["measured_high"])
     if "baseline" in layer_ms:
         out["baseline_same"] = same_top(layer_ms["baseline"], measured)
+    if len(layer_ms.get("measured_passes", ())) > 1:
+        out.update(pass_agreement(layer_ms["predicted_passes"], layer_ms["measured_passes"], kinds))
     return out
+
+
+def pass_agreement(predicted: list[dict[str, float]], measured: list[dict[str, float]],
+                   kinds: dict[str, str], n: int = 3) -> dict[str, float]:
+    """How far the measured top three is itself reproducible, beside the prediction's agreement:
+    ``measured_agree``, the share of ordered pairs of passes in which one pass's measured top three
+    is the other's (:func:`same_top`, each pass's layers standing for a prediction), and
+    ``pass_same``, the share of passes whose own prediction (their own calibration) names their
+    own measured top three (top ``n``). Both compare one pass with one pass: the first is what a prediction
+    that knew each layer's time exactly, as one pass measured it, would score against another.
+
+    >>> pass_agreement([{"a": 3.0, "b": 1.0}] * 2, [{"a": 2.0, "b": 1.0}, {"a": 1.0, "b": 2.0}], {}, n=1)
+    {'measured_agree': 0.0, 'pass_same': 0.5}
+    """
+    pairs = [(i, j) for i in range(len(measured)) for j in range(len(measured)) if i != j]
+    agree = sum(same_top(measured[i], measured[j], n, kinds) for i, j in pairs)
+    own = sum(same_top(p, m, n, kinds) for p, m in zip(predicted, measured))
+    return {"measured_agree": agree / len(pairs), "pass_same": own / len(measured)}
 
 
 def run_case(kind: str, name: str, batch: int) -> dict[str, Any]:
@@ -233,6 +253,8 @@ def merge(passes: list[dict[str, Any]]) -> dict[str, Any]:
         names = set(merged["measured"])
         merged["measured_low"] = {n: min(layer["measured"].get(n, 0.0) for layer in layers) for n in names}
         merged["measured_high"] = {n: max(layer["measured"].get(n, 0.0) for layer in layers) for n in names}
+        merged["predicted_passes"] = [layer["predicted"] for layer in layers]
+        merged["measured_passes"] = [layer["measured"] for layer in layers]
         out["layer_ms"] = merged
         out["top3"] = _top3(merged, out.get("layer_kinds", {}))
     return out
@@ -315,6 +337,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                         "same_names": sum(r["top3"].get("same_names", r["top3"]["same"]) for r in with_layers)}
     if any("within_spread" in r["top3"] for r in with_layers):
         out["top3_same"]["within_spread"] = sum(r["top3"].get("within_spread", False) for r in with_layers)
+    if any("measured_agree" in r["top3"] for r in with_layers):
+        # expected numbers of cases, one pass against one pass: see pass_agreement
+        out["top3_same"]["measured_agree"] = sum(r["top3"].get("measured_agree", 0.0) for r in with_layers)
+        out["top3_same"]["pass_same"] = sum(r["top3"].get("pass_same", 0.0) for r in with_layers)
     if any("baseline_same" in r["top3"] for r in with_layers):
         out["top3_same"]["baseline_same"] = sum(r["top3"].get("baseline_same", False) for r in with_layers)
     baseline = os.environ.get(BASELINE)
@@ -367,7 +393,12 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
                   f"{top.get('same_names', top['same'])} of {top['models']})" + (
                       f"; each predicted top-three layer measured below fewer than three others in every pass (the "
                       f"passes do not order layers within their spread): {top['within_spread']} of {top['models']}"
-                      if "within_spread" in top else "") + ".",
+                      if "within_spread" in top else "") + "." + (
+                      f" One pass against one pass: a pass's measured top three is another pass's in "
+                      f"{top['measured_agree']:.1f} of {top['models']} cases (mean over the ordered pairs of "
+                      f"passes: how far the measured top three reproduces), and a pass's prediction names its own "
+                      f"measured top three in {top['pass_same']:.1f} (mean over passes)"
+                      if "measured_agree" in top else ""),
               "", "| Model | Batch | Forward pred / meas (err; roofline err) | SGD step | Adam step | Top-3 layers same |",
               "|:---|---:|---:|---:|---:|:---|"]
     for r in rows:
