@@ -48,13 +48,16 @@ def summary(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
             device_kind: str = "cpu", optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS, amp: str | None = None,
             checkpoint: bool | tuple[str, ...] = (), threads: int | None = None,
             input_grad: bool = False, depth: int | None = None, time_on: str | None = None,
-            progress: Callable[[str], None] | None = None, timelines: bool = False) -> dict[str, Any]:
+            progress: Callable[[str], None] | None = None, timelines: bool = False,
+            calls_alone: bool = False) -> dict[str, Any]:
     """Predict. ``amp``: mixed precision to this dtype; ``checkpoint``: layers checkpointed (True: all);
     ``input_grad``: training computes the inputs' gradients too; ``threads``: the CPU threads the run
     will use (kernels' scratch depends on them; default: torch's). ``time_on``: also predict the
     time, on "cpu" (this machine, calibrated once: ``progress`` hears about it) or a catalogued
     accelerator ("h100-80gb": a roofline at its datasheet figures). ``timelines``: keep each peak's
-    timeline too, compact (the HTML report draws them)."""
+    timeline too, compact (the HTML report draws them). ``calls_alone``: a torch module's layers'
+    split of the time on this CPU also from each operator call run alone (real tensors, one call
+    at a time: ``profile``, which builds the model anyway)."""
     model = None if time_on is None else time_model(time_on, threads, progress)
     if isinstance(source, ModuleSource):
         from profiler.engine.torch_module import summary as module_summary
@@ -62,7 +65,7 @@ def summary(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
         result = module_summary(source.for_prediction(), list(source.input_shapes), batch=batch, depth=depth,
                                 input_dtype=list(source.input_dtypes), dtype=dtype, loss=loss, name=source.name,
                                 optimizers=optimizers, amp=amp, threads=threads, device_kind=device_kind,
-                                time_model=model, timelines=timelines)
+                                time_model=model, timelines=timelines, calls_alone=calls_alone)
         result["model_source"] = source.as_dict()
     else:
         result = predict(source, batch=batch, dtype=dtype, loss=loss, device_kind=device_kind,
@@ -331,7 +334,7 @@ def profile(source: Source, *, batch: int, dtype: str = "float32", loss: str = "
                      optimizers=optimizers, amp=amp, checkpoint=checkpoint, input_grad=input_grad,
                      threads=threads if threads is not None else torch.get_num_threads(), depth=depth,
                      time_on=timed_device(target) if predict_time else None, progress=progress,
-                     timelines=True)
+                     timelines=True, calls_alone=device_kind == "cpu")
     measured, options = measure(source, batch=batch, dtype=dtype, loss=loss, device=target.name,
                                 warmup=warmup, repeats=repeats, threads=threads, optimizers=optimizers,
                                 amp=amp, checkpoint=checkpoint, input_grad=input_grad, validate=False,

@@ -53,6 +53,9 @@ from profiler.engine.kernels.aten_cpu import (bf16_lstm_modelled, kernel_autocas
 from profiler.engine.kernels.onednn_rnn import bf16_lstm_workspace_bytes, onednn_lstm_workspace_bytes
 from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.python_calls import PythonCalls
+#: ``record_costs`` that also keeps each call's recipe (:mod:`profiler.engine.op_recipe`), so that
+#: its signature can be timed alone (:mod:`profiler.measuring.calls_alone`)
+KEEP_CALLS = "calls"
 _LIFT = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift.default}
 aten = torch.ops.aten
 
@@ -407,7 +410,7 @@ class StorageLog(TorchDispatchMode):
         the 7B decoder's training replay makes ~24,000 calls)."""
         return False
 
-    def __init__(self, names: dict[int, str], run: Context | None = None, costs: bool = False,
+    def __init__(self, names: dict[int, str], run: Context | None = None, costs: bool | str = False,
                  cost_phase: str | None = None):
         """``costs``: log every call's work; ``cost_phase``: the phase it is booked in (default: the
         log's, :func:`_cost_phase`)."""
@@ -580,7 +583,7 @@ class StorageLog(TorchDispatchMode):
                            kernel=kernel_of(func, args, self.run) if self.run is not None else "", python=python[0],
                            modules=self._scope.calls - self._modules_booked,
                            host_calls=self._host.count - self._host_booked if self._host is not None else 0,
-                           allocated=(*allocated, *booked))
+                           allocated=(*allocated, *booked), keep_call=self._record_costs == KEEP_CALLS)
             if cost is not None:
                 self.costs.append(cost)
                 self._modules_booked = self._scope.calls
@@ -922,7 +925,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
                    targets: Sequence[torch.Tensor] | None, *, loss: str, fake_mode: Any,
                    names: dict[int, str], optimizers: Sequence[str] = ("sgd", "adam"),
                    amp: str | None = None, threads: int | None = None,
-                   device_kind: str = "cpu", input_grad: bool = False, record_costs: bool = False,
+                   device_kind: str = "cpu", input_grad: bool = False, record_costs: bool | str = False,
                    beside: Callable[[], Any] | None = None) -> MemoryPrediction:
     """Replay inference and training steps of ``model`` (fake tensors, see the module docstring).
 
@@ -960,7 +963,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     (:func:`profiler.forked.beside`); where training fails, their errors come first, as in process.
 
     ``record_costs``: also log every call's work (``costs``, the time model's input: see
-    :mod:`profiler.engine.step_time`).
+    :mod:`profiler.engine.step_time`); :data:`KEEP_CALLS`: with each call's recipe.
 
     ``input_grad``: the floating inputs require gradients in training, as the runner's
     ``input_grad``: backward makes each ``x.grad`` (a temporary, as the runner names it), kept
@@ -1019,7 +1022,7 @@ def predict_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
 
 def _replay_inference(model: torch.nn.Module, inputs: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor],
                       names: dict[int, str], run: Context | None, fake_mode: Any, amp: str | None,
-                      record: bool) -> dict[str, Any]:
+                      record: bool | str) -> dict[str, Any]:
     """Inference replayed, as plain data (:func:`_inference_from_json` reads it), so that a forked
     child can send it: its peak, timeline, modules' output dtypes, unmodelled calls, costs, and the
     outputs' shapes and dtypes (the training targets' when none are given)."""
@@ -1076,7 +1079,7 @@ class _Trained:
 def _replay_training(model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor] | None,
                      params: list[torch.nn.Parameter], tensors: Sequence[torch.Tensor], names: dict[int, str],
                      run: Context | None, fake_mode: Any, loss: str, optimizers: Sequence[str], amp: str | None,
-                     on_cpu: bool, input_grad: bool, record: bool) -> tuple[_Trained, Sequence[torch.Tensor]]:
+                     on_cpu: bool, input_grad: bool, record: bool | str) -> tuple[_Trained, Sequence[torch.Tensor]]:
     """One forward and backward pass, then each optimizer's first step (see :func:`predict_memory`),
     and the targets (``targets``, or made from the forward pass's outputs)."""
     training: dict[str, Peak] = {}

@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
+from profiler.engine.op_recipe import recipe
+
 aten = torch.ops.aten
 
 #: operator packets whose time is a matrix multiply's (FLOPs-bound when large)
@@ -67,12 +69,15 @@ class OpCost:
     #: one is memory new from the system, each page faulted in as the call first writes it
     #: (:meth:`~profiler.engine.step_time.DeviceModel.fresh_seconds`)
     allocated: tuple[int, ...] = field(default=(), compare=False)
+    #: the call as plain data, to run it again alone (:mod:`profiler.engine.op_recipe`), where the
+    #: replay was asked to keep it; None otherwise
+    call: Any = field(default=None, compare=False)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "OpCost":
         """A call from ``dataclasses.astuple`` (what a forked child sends), its touches as tuples."""
-        *head, reads, writes, allocated = row
-        return cls(*head, tuple(tuple(t) for t in reads), tuple(tuple(t) for t in writes), tuple(allocated))
+        *head, reads, writes, allocated, call = row
+        return cls(*head, tuple(tuple(t) for t in reads), tuple(tuple(t) for t in writes), tuple(allocated), call)
 
     @property
     def bytes(self) -> int:
@@ -229,13 +234,14 @@ def kind_of(func: Any) -> str:
 
 def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str, module: str,
             kernel: str = "", python: bool = True, modules: int = 0, host_calls: int = 0,
-            allocated: tuple[int, ...] = ()) -> OpCost | None:
+            allocated: tuple[int, ...] = (), keep_call: bool = False) -> OpCost | None:
     """The work of one call, ``out`` its result (fake tensors are fine: only metadata is read);
     None for what is no operator call in a real run (``prim.device``, which only a tensor subclass
     dispatches, and the profiler's markers). ``python``: whether Python issued it (see
     :mod:`profiler.engine.python_calls`); ``modules``: module calls begun since the previous call;
     ``host_calls``: host calls made since then (:mod:`profiler.engine.host_calls`); ``allocated``:
-    the bytes of the buffers it allocated (the memory engine's)."""
+    the bytes of the buffers it allocated (the memory engine's); ``keep_call``: with its recipe
+    (:func:`profiler.engine.op_recipe.recipe`), views excepted."""
     known = _OPERATORS.get(func)
     if known is None:
         known = _OPERATORS[func] = (func.namespace not in ("prim", "profiler"), str(func), kind_of(func),
@@ -259,7 +265,7 @@ def op_cost(func: Any, args: tuple, kwargs: dict | None, out: Any, *, phase: str
     reads = _touched(inputs)
     writes = _touched(results) if results or not mutable else reads
     return OpCost(name, kind, phase, module, dtype, kernel, flops, sum(b for _, b in reads), sum(b for _, b in writes),
-                  python, modules, host_calls, reads, writes, allocated)
+                  python, modules, host_calls, reads, writes, allocated, recipe(args, kwargs) if keep_call else None)
 
 
 #: operator -> (priced, name, kind, FLOP formula, mutable): what :func:`op_cost` reads of an

@@ -47,7 +47,7 @@ from torch import nn
 from profiler.dtypes import ITEMSIZE, MODEL_DTYPES, dtype_name
 from profiler.errors import ModelsizeError
 from profiler.step import LOSSES
-from profiler.engine.module_memory import (OPTIMIZERS, MemoryPrediction, autocast, make_target, outputs,
+from profiler.engine.module_memory import (KEEP_CALLS, OPTIMIZERS, MemoryPrediction, autocast, make_target, outputs,
                                            predict_memory)
 from profiler.engine.module_scope import ROOT   # the name rows give the root module
 from profiler.engine.module_trace import Trace, trace
@@ -65,7 +65,8 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
             dtype: str = "float32", loss: str = "cross_entropy", name: str | None = None,
             optimizers: Sequence[str] = ("sgd", "adam"), amp: str | None = None,
             threads: int | None = None, device_kind: str = "cpu",
-            time_model: DeviceModel | None = None, timelines: bool = False) -> dict[str, Any]:
+            time_model: DeviceModel | None = None, timelines: bool = False,
+            calls_alone: bool = False) -> dict[str, Any]:
     """Everything modelsize can say about a torch module, as a result dict (see the module doc).
 
     ``model`` is a module (left untouched), a factory of no arguments (called under the meta
@@ -80,12 +81,16 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     stay float32. ``time_model``: also predict the time of inference and of each training step on
     that device (``predicted_time``, see :func:`profiler.engine.step_time.predict_times`).
     ``timelines``: also each peak's timeline, compact (``timelines``, see :mod:`profiler.timeline`).
+    ``calls_alone``: with a measured ``time_model`` (this CPU), each distinct operator call is also
+    run alone on real tensors (:mod:`profiler.measuring.calls_alone`: allocates, one call at a
+    time), and the layers' split of the predicted time takes it in.
     """
     shapes = _input_shapes(input_shape)
     in_dtypes = _input_dtypes(input_dtype, len(shapes), dtype)
     _check(batch, depth, dtype, loss, optimizers, amp)
     target_dtype = getattr(torch, dtype)
 
+    timed_alone = calls_alone and time_model is not None and time_model.method == "measured"
     meta, name = _meta_model(model, target_dtype, name)
     names = {id(m): n for n, m in meta.named_modules()}
     tree = _tree(meta)
@@ -117,7 +122,8 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     memory = _run(lambda: predict_memory(fake, fake_inputs, None, loss=loss, fake_mode=fake_mode,
                                          names=fake_names, optimizers=optimizers, amp=amp,
                                          threads=threads, device_kind=device_kind,
-                                         record_costs=time_model is not None, beside=traced_json),
+                                         record_costs=(KEEP_CALLS if timed_alone else True) if time_model else False,
+                                         beside=traced_json),
                   f"replaying inference and training on fake tensors at batch {batch}", name)
     traced = Trace.from_json(memory.beside)
     outs = [(tuple(shape), getattr(torch, d)) for shape, d in memory.beside["outputs"]]
@@ -136,8 +142,12 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     for opt, peak in memory.first_step.items():
         predicted[f"train_first_step_peak_bytes_{opt}"] = peak.bytes
         peaks[f"train_first_step_{opt}"] = peak.as_dict()
+    alone = None
+    if timed_alone:
+        from profiler.measuring.calls_alone import time_alone
+        alone = time_alone((c for calls in memory.costs.values() for c in calls), threads=time_model.threads)
     timed = {} if time_model is None else \
-        {"predicted_time": predict_times(time_model, memory.costs, batch)}
+        {"predicted_time": predict_times(time_model, memory.costs, batch, alone)}
     return {
         **timed,
         "model": name, "source": "torch", "batch": batch, "dtype": dtype, "loss": loss,
