@@ -147,9 +147,11 @@ def _error(predicted: float | None, measured: float | None) -> float | None:
 
 def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: dict[str, float],
         rename: Any = None, baseline: dict[str, Any] | None = None,
-        kinds: dict[str, str] | None = None) -> dict[str, Any]:
+        kinds: dict[str, str] | None = None, prices: dict[str, Any] | None = None) -> dict[str, Any]:
     """One case: each run's predicted, measured and roofline time and errors, the top three layers;
-    ``baseline``: the same calls priced by :func:`baseline_model` (layers named as predicted)."""
+    ``baseline``: the same calls priced by :func:`baseline_model` (layers named as predicted);
+    ``prices``: the prediction's layers split by the device model's prices alone, without the
+    calls timed alone (:mod:`profiler.measuring.calls_alone`), to compare on the same measurements."""
     out: dict[str, Any] = {"model": label, "family": family, "batch": batch,
                            "threads": result["measured"].get("threads")}
     for run in RUNS:
@@ -166,6 +168,8 @@ def row(label: str, family: str, batch: int, result: dict[str, Any], roofline: d
         out["layer_ms"] = {"predicted": predicted_times, "measured": measured_times}
         if baseline is not None:
             out["layer_ms"]["baseline"] = layer_times(baseline["layers"], LAYER_PHASES["predicted"], rename)
+        if prices is not None:
+            out["layer_ms"]["prices"] = layer_times(prices["layers"], LAYER_PHASES["predicted"], rename)
         out["layer_kinds"] = kinds or {}
         out["top3"] = _top3(out["layer_ms"], out["layer_kinds"])
     return out
@@ -179,6 +183,8 @@ def _top3(layer_ms: dict[str, dict[str, float]], kinds: dict[str, str]) -> dict[
         out["within_spread"] = top_within_spread(predicted, layer_ms["measured_low"], layer_ms["measured_high"])
     if "baseline" in layer_ms:
         out["baseline_same"] = same_top(layer_ms["baseline"], measured)
+    if "prices" in layer_ms:
+        out["prices_same"] = same_top(layer_ms["prices"], measured, kinds=kinds)
     if len(layer_ms.get("measured_passes", ())) > 1:
         out.update(pass_agreement(layer_ms["predicted_passes"], layer_ms["measured_passes"], kinds))
     return out
@@ -247,7 +253,9 @@ def merge(passes: list[dict[str, Any]]) -> dict[str, Any]:
     layers = [p["layer_ms"] for p in passes if "layer_ms" in p]
     if layers:
         merged = dict(layers[-1])
-        for side in ("predicted", "measured"):
+        for side in ("predicted", "measured", "prices"):
+            if not all(side in layer for layer in layers):
+                continue
             names = set().union(*(layer[side] for layer in layers))
             merged[side] = {n: statistics.median(layer[side].get(n, 0.0) for layer in layers) for n in names}
         names = set(merged["measured"])
@@ -288,6 +296,7 @@ def _baseline(costs: dict[str, list[Any]], batch: int) -> dict[str, Any] | None:
 def run_built_in(name: str, batch: int) -> dict[str, Any]:
     from profiler import workflow
     from profiler.engine import spec_memory
+    from profiler.engine.step_time import predict_times
     spec = workflow.resolve_spec(name)
     result = workflow.profile(spec, batch=batch, device="cpu", warmup=3, repeats=10,
                               layer_repeats=LAYER_REPEATS)
@@ -295,13 +304,15 @@ def run_built_in(name: str, batch: int) -> dict[str, Any]:
                                 optimizers=("sgd", "adam"), amp=None, checkpoint=(), threads=None, input_grad=False, record_costs=True)
     model = workflow.time_model("cpu")
     return row(name, "built-in", batch, result, roofline_ms(memory.costs, model), rename=spec_memory.layer_of,
-               baseline=_baseline(memory.costs, batch), kinds=layer_kinds(memory.costs, spec_memory.layer_of))
+               baseline=_baseline(memory.costs, batch), kinds=layer_kinds(memory.costs, spec_memory.layer_of),
+               prices=predict_times(model, memory.costs, batch))
 
 
 def run_entry(entry: Entry, batch: int) -> dict[str, Any]:
     import profiler
     from profiler import workflow
     from profiler.engine import torch_module
+    from profiler.engine.step_time import predict_times
     result = profiler.profile(entry.factory, entry.input_shape, batch=batch, input_dtype=entry.input_dtype,
                               int_high=entry.int_high, warmup=3, repeats=10, name=entry.name,
                               layer_repeats=LAYER_REPEATS)
@@ -309,7 +320,8 @@ def run_entry(entry: Entry, batch: int) -> dict[str, Any]:
                                  input_dtype=entry.input_dtype or "float", record_costs=True)
     model = workflow.time_model("cpu")
     return row(entry.name, entry.family, batch, result, roofline_ms(memory.costs, model),
-               baseline=_baseline(memory.costs, batch), kinds=layer_kinds(memory.costs))
+               baseline=_baseline(memory.costs, batch), kinds=layer_kinds(memory.costs),
+               prices=predict_times(model, memory.costs, batch))
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -341,6 +353,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # expected numbers of cases, one pass against one pass: see pass_agreement
         out["top3_same"]["measured_agree"] = sum(r["top3"].get("measured_agree", 0.0) for r in with_layers)
         out["top3_same"]["pass_same"] = sum(r["top3"].get("pass_same", 0.0) for r in with_layers)
+    if any("prices_same" in r["top3"] for r in with_layers):
+        out["top3_same"]["prices_same"] = sum(r["top3"].get("prices_same", False) for r in with_layers)
     if any("baseline_same" in r["top3"] for r in with_layers):
         out["top3_same"]["baseline_same"] = sum(r["top3"].get("baseline_same", False) for r in with_layers)
     baseline = os.environ.get(BASELINE)
@@ -398,7 +412,10 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], machine: dict[
                       f"{top['measured_agree']:.1f} of {top['models']} cases (mean over the ordered pairs of "
                       f"passes: how far the measured top three reproduces), and a pass's prediction names its own "
                       f"measured top three in {top['pass_same']:.1f} (mean over passes)"
-                      if "measured_agree" in top else ""),
+                      if "measured_agree" in top else "") + (
+                      f". Split by the device model's prices alone, without each call timed alone (the same "
+                      f"calibrations and measurements): {top['prices_same']} of {top['models']}"
+                      if "prices_same" in top else ""),
               "", "| Model | Batch | Forward pred / meas (err; roofline err) | SGD step | Adam step | Top-3 layers same |",
               "|:---|---:|---:|---:|---:|:---|"]
     for r in rows:
