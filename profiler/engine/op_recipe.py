@@ -83,12 +83,13 @@ def operator(name: str) -> Any:
 def _decode(value: Any, device: str) -> Any:
     if isinstance(value, dict):
         (kind, found), = value.items()
-        if kind == _TENSOR:
+        if kind == _TENSOR:   # values on a compact storage, then its view (an expanded one too)
             shape, stride, dtype = found
-            made = torch.empty_strided(shape, stride, dtype=getattr(torch, dtype), device=device)
-            if made.is_floating_point():
-                return made.normal_()
-            return made.zero_()
+            kind_of = getattr(torch, dtype)
+            storage = torch.zeros(_extent(shape, stride), dtype=kind_of, device=device)
+            if storage.is_floating_point():
+                storage.normal_()
+            return storage.as_strided(shape, stride)
         if kind == _DTYPE:
             return getattr(torch, found)
         if kind == _DEVICE:
@@ -111,6 +112,11 @@ def arguments(call: dict[str, Any], device: str = "cpu") -> tuple[list[Any], dic
     return _decode(call["args"], device), {k: _decode(v, device) for k, v in call["kwargs"].items()}
 
 
+def _extent(shape: list[int], stride: list[int]) -> int:
+    """Elements of the storage a view of ``shape`` and ``stride`` spans."""
+    return 1 + sum((size - 1) * step for size, step in zip(shape, stride)) if all(shape) else 0
+
+
 def nbytes(call: dict[str, Any]) -> int:
     """Bytes of the tensors a recipe makes."""
     total = 0
@@ -121,6 +127,5 @@ def nbytes(call: dict[str, Any]) -> int:
             stack.extend(value)
         elif isinstance(value, dict) and _TENSOR in value:
             shape, stride, dtype = value[_TENSOR]
-            extent = 1 + sum((s - 1) * st for s, st in zip(shape, stride)) if all(shape) else 0
-            total += extent * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+            total += _extent(shape, stride) * torch.empty((), dtype=getattr(torch, dtype)).element_size()
     return total

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -310,30 +311,36 @@ def _by_module(calls: Iterable[tuple[OpCost, float]]) -> dict[str, float]:
 def _split_by_calls_alone(calls: list[tuple[OpCost, float]], alone: dict[str, float]) -> dict[str, float]:
     """A phase's seconds split among its modules by each call's price plus its signature's time
     alone, scaled back to the phase's seconds: the curves price calls of one work alike whatever
-    their shape, a call alone tells its shape's own cost (a view's is none). Where a call that is
-    no view was not timed alone, the phase is split by the prices alone. Scored on the
-    time benchmark's stored measurements (two timings alone of the zoo's 48 cases, against
-    session 21's three-pass medians), the top three layers were the measured in 37-38 cases
-    against 30 by the prices alone (and 33-34 by the times alone).
+    their shape, a call alone tells its shape's own cost (a view's is none). A call that is no
+    view and was not timed alone is counted at its price times the phase's median ratio of time
+    alone to price; a phase with none timed is split by the prices. Scored on the time
+    benchmark's stored measurements (two timings alone of the zoo's 48 cases, against session
+    21's and session 22's three-pass medians), the top three layers were the measured in 35-38
+    cases against 30-31 by the prices alone (and 33-34 by the times alone).
 
     >>> from profiler.engine.op_cost import OpCost
-    >>> def call(module, op, flops):
-    ...     return OpCost(op, "matmul", "forward", module, "float32", "", flops, 0, 0, call={"args": [flops]})
-    >>> a, b = call("a", "aten.mm.default", 1), call("b", "aten.mm.default", 2)
+    >>> def call(module, flops):
+    ...     return OpCost("aten.mm.default", "matmul", "forward", module, "float32", "", flops, 0, 0,
+    ...                   call={"args": [flops]})
+    >>> a, b, c = call("a", 1), call("b", 2), call("c", 3)
     >>> from profiler.engine.op_recipe import key
     >>> _split_by_calls_alone([(a, 1.0), (b, 1.0)], {key(a): 0.0, key(b): 2.0})
     {'a': 0.5, 'b': 1.5}
+    >>> _split_by_calls_alone([(a, 1.0), (b, 1.0), (c, 2.0)], {key(a): 1.0, key(b): 1.0})   # c: 2 x 1
+    {'a': 1.0, 'b': 1.0, 'c': 2.0}
     """
     from profiler.engine.op_recipe import key
-    extra = []
-    for op, _ in calls:
-        found = alone.get(key(op) or "") if op.kind != "view" else 0.0
-        if found is None:
-            return _by_module(calls)
-        extra.append(found)
-    total, blended = sum(s for _, s in calls), sum(s for _, s in calls) + sum(extra)
+    extra: list[float | None] = [0.0 if op.kind == "view" else alone.get(key(op) or "") for op, _ in calls]
+    ratios = [more / seconds for (op, seconds), more in zip(calls, extra)
+              if op.kind != "view" and more is not None and seconds > 0]
+    if not ratios:
+        return _by_module(calls)
+    typical = statistics.median(ratios)
+    filled = [seconds * typical if more is None else more for (_, seconds), more in zip(calls, extra)]
+    total = sum(seconds for _, seconds in calls)
+    blended = total + sum(filled)
     scale = total / blended if blended > 0 else 1.0
-    return _by_module((op, (seconds + more) * scale) for (op, seconds), more in zip(calls, extra))
+    return _by_module((op, (seconds + more) * scale) for (op, seconds), more in zip(calls, filled))
 
 
 def predict_times(model: DeviceModel, costs: dict[str, list[OpCost]], batch: int,
