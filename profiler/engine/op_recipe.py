@@ -85,8 +85,7 @@ def _decode(value: Any, device: str) -> Any:
         (kind, found), = value.items()
         if kind == _TENSOR:   # values on a compact storage, then its view (an expanded one too)
             shape, stride, dtype = found
-            kind_of = getattr(torch, dtype)
-            storage = torch.zeros(_extent(shape, stride), dtype=kind_of, device=device)
+            storage = torch.zeros(_extent(shape, stride), dtype=getattr(torch, dtype), device=device)
             if storage.is_floating_point():
                 storage.normal_()
             return storage.as_strided(shape, stride)

@@ -313,10 +313,10 @@ def _split_by_calls_alone(calls: list[tuple[OpCost, float]], alone: dict[str, fl
     alone, scaled back to the phase's seconds: the curves price calls of one work alike whatever
     their shape, a call alone tells its shape's own cost (a view's is none). A call that is no
     view and was not timed alone is counted at its price times the phase's median ratio of time
-    alone to price; a phase with none timed is split by the prices. Scored on the time
-    benchmark's stored measurements (two timings alone of the zoo's 48 cases, against session
-    21's and session 22's three-pass medians), the top three layers were the measured in 35-38
-    cases against 30-31 by the prices alone (and 33-34 by the times alone).
+    alone to price; a phase with none timed is split by the prices. In the time benchmark (52
+    cases, three passes, the same measurements and calibrations), the top three layers were the
+    measured in 39 cases, against 34 split by the prices alone; offline, the times alone split
+    them as the measured in 33-34 of its 48 zoo cases, fewer than both together (35-38).
 
     >>> from profiler.engine.op_cost import OpCost
     >>> def call(module, flops):
