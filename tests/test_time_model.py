@@ -455,6 +455,8 @@ def test_profile_predicts_the_time_it_measures_and_says_how_far_off(tmp_path, mo
         assert error == pytest.approx((timed["forward_ms"] - result["measured"]["forward_ms"])
                                       / result["measured"]["forward_ms"])
         assert f"Time predicted on {timed['device']} (measured)" in render(result)
+        # a torch module's layers are split also by its calls timed alone; a spec's by the prices
+        assert ("calls timed alone" in render(result)) == ("model_source" in result)
 
 
 def test_a_calibration_on_a_busy_machine_says_so(monkeypatch):

@@ -126,5 +126,5 @@ def nbytes(call: dict[str, Any]) -> int:
             stack.extend(value)
         elif isinstance(value, dict) and _TENSOR in value:
             shape, stride, dtype = value[_TENSOR]
-            total += _extent(shape, stride) * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+            total += _extent(shape, stride) * getattr(torch, dtype).itemsize
     return total

@@ -122,7 +122,7 @@ def summary(model: nn.Module | Callable[[], nn.Module] | str, input_shape: Input
     memory = _run(lambda: predict_memory(fake, fake_inputs, None, loss=loss, fake_mode=fake_mode,
                                          names=fake_names, optimizers=optimizers, amp=amp,
                                          threads=threads, device_kind=device_kind,
-                                         record_costs=(KEEP_CALLS if timed_alone else True) if time_model else False,
+                                         record_costs=KEEP_CALLS if timed_alone else time_model is not None,
                                          beside=traced_json),
                   f"replaying inference and training on fake tensors at batch {batch}", name)
     traced = Trace.from_json(memory.beside)

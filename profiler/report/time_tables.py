@@ -45,6 +45,9 @@ def render_time(result: dict[str, Any], layout: Callable, markdown: bool) -> str
         return ""
     title = f"Time predicted on {predicted.get('device', '?')} ({predicted.get('method', '?')}): " \
             f"{predicted.get('source', '')}"
+    split = predicted.get("layer_split")
+    if split:   # see profiler.measuring.calls_alone
+        title += f"; layers' shares also from {split['signatures_timed_alone']:,} distinct calls timed alone"
     title = ("**" + title + "**") if markdown else title
     if "measured" in result:   # the measured report's time tables show the prediction beside it
         return title
