@@ -29,8 +29,9 @@ RUNS = ("forward", "train_sgd", "train_adam")
 #: instrumented runs whose per-call medians rank the measured layers: a call slowed by the
 #: machine's other work (a lost time slice is milliseconds, 10x a small layer) in 2 of 3 runs
 #: moved a 3-run median, and with it the measured top three (two measurements of the same models
-#: under load agreed on their top three in 22 of 52 cases); a 7-run median needs 4 such runs
-LAYER_REPEATS = 7
+#: under load agreed on their top three in 22 of 52 cases); a 7-run median needs 4 such runs.
+#: 7 runs: one pass's measured top three was another's in 42.7-44.7 of 52 (session 22); 15 since
+LAYER_REPEATS = 15
 
 
 def roofline_ms(costs: dict[str, list[Any]], model: Any) -> dict[str, float]:

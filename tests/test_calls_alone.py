@@ -89,6 +89,28 @@ def test_each_distinct_signature_of_the_passes_is_timed_once_and_the_optimizer_s
     assert time_alone(calls, max_call_bytes=0) == {}               # over the cap: not timed
 
 
+def test_signatures_are_timed_in_interleaved_rounds_within_groups_of_held_bytes(monkeypatch):
+    from profiler.measuring import calls_alone
+    a = op_cost(aten.mm.default, (torch.randn(2, 3), torch.randn(3, 4)), {}, torch.randn(2, 4),
+                phase="forward", module="a", keep_call=True)
+    b = op_cost(aten.mm.default, (torch.randn(2, 5), torch.randn(5, 4)), {}, torch.randn(2, 4),
+                phase="forward", module="b", keep_call=True)
+    order = []
+
+    def spy(name):
+        mm = operator(name)
+        return lambda x, y: order.append(x.shape[1]) or mm(x, y)
+    monkeypatch.setattr(calls_alone, "operator", spy)
+    seconds = time_alone([a, b], rounds=2)
+    assert set(seconds) == {key(a), key(b)}
+    turn = [3] * (1 + calls_alone.PER_ROUND) + [5] * (1 + calls_alone.PER_ROUND)
+    assert order == [3, 5] + turn * 2               # made and run once, then each round every one in turn
+    order.clear()
+    monkeypatch.setattr(calls_alone, "GROUP_BYTES", 1)   # each signature its own group, its rounds its own
+    assert set(time_alone([a, b], rounds=2)) == {key(a), key(b)}
+    assert order == [3] + [3] * (1 + calls_alone.PER_ROUND) * 2 + [5] + [5] * (1 + calls_alone.PER_ROUND) * 2
+
+
 def test_a_call_that_will_not_run_again_is_left_out():
     good = op_cost(aten.mm.default, (torch.randn(2, 3), torch.randn(3, 4)), {}, torch.randn(2, 4),
                    phase="forward", module="m", keep_call=True)
