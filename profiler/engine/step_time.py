@@ -309,14 +309,16 @@ def _by_module(calls: Iterable[tuple[OpCost, float]]) -> dict[str, float]:
 
 
 def _split_by_calls_alone(calls: list[tuple[OpCost, float]], alone: dict[str, float]) -> dict[str, float]:
-    """A phase's seconds split among its modules by each call's price plus its signature's time
-    alone, scaled back to the phase's seconds: the curves price calls of one work alike whatever
-    their shape, a call alone tells its shape's own cost (a view's is none). A call that is no
-    view and was not timed alone is counted at its price times the phase's median ratio of time
-    alone to price; a phase with none timed is split by the prices. In the time benchmark (52
-    cases, three passes, the same measurements and calibrations), the top three layers were the
-    measured in 39 cases, against 34 split by the prices alone; offline, the times alone split
-    them as the measured in 33-34 of its 48 zoo cases, fewer than both together (35-38).
+    """A phase's seconds split among its modules half by the calls' prices and half by their
+    signatures' times alone, each split of the phase's seconds on its own: the curves price calls
+    of one work alike whatever their shape, a call alone tells its shape's own cost (a view's is
+    none). Alone, calls run warm, far faster than in the network (44 % below the plain runs over
+    the zoo), so the times alone are scaled to the phase's seconds before the two are averaged
+    (session 22 added them unscaled, a third of the weight: offline, on two benchmark runs'
+    measurements and two timings each, the top three layers were the measured in 35, 38, 39 and 37
+    of 52 cases averaged, 35, 38, 36 and 35 added, 35, 35, 28 and 28 by the prices alone). A call
+    that is no view and was not timed alone counts at its price times the phase's median ratio of
+    time alone to price; a phase with none timed is split by the prices.
 
     >>> from profiler.engine.op_cost import OpCost
     >>> def call(module, flops):
@@ -324,10 +326,12 @@ def _split_by_calls_alone(calls: list[tuple[OpCost, float]], alone: dict[str, fl
     ...                   call={"args": [flops]})
     >>> a, b, c = call("a", 1), call("b", 2), call("c", 3)
     >>> from profiler.engine.op_recipe import key
-    >>> _split_by_calls_alone([(a, 1.0), (b, 1.0)], {key(a): 0.0, key(b): 2.0})
+    >>> _split_by_calls_alone([(a, 1.0), (b, 1.0)], {key(a): 0.0, key(b): 0.2})
     {'a': 0.5, 'b': 1.5}
-    >>> _split_by_calls_alone([(a, 1.0), (b, 1.0), (c, 2.0)], {key(a): 1.0, key(b): 1.0})   # c: 2 x 1
+    >>> _split_by_calls_alone([(a, 1.0), (b, 1.0), (c, 2.0)], {key(a): 0.5, key(b): 0.5})   # c: 2 x 0.5
     {'a': 1.0, 'b': 1.0, 'c': 2.0}
+    >>> _split_by_calls_alone([(a, 1.0), (b, 3.0)], {key(a): 0.0, key(b): 0.0})   # nothing timed: the prices
+    {'a': 1.0, 'b': 3.0}
     """
     from profiler.engine.op_recipe import key
     extra: list[float | None] = [0.0 if op.kind == "view" else alone.get(key(op) or "") for op, _ in calls]
@@ -337,10 +341,11 @@ def _split_by_calls_alone(calls: list[tuple[OpCost, float]], alone: dict[str, fl
         return _by_module(calls)
     typical = statistics.median(ratios)
     filled = [seconds * typical if more is None else more for (_, seconds), more in zip(calls, extra)]
-    total = sum(seconds for _, seconds in calls)
-    blended = total + sum(filled)
-    scale = total / blended if blended > 0 else 1.0
-    return _by_module((op, (seconds + more) * scale) for (op, seconds), more in zip(calls, filled))
+    total, timed = sum(seconds for _, seconds in calls), sum(filled)
+    if timed <= 0:
+        return _by_module(calls)
+    scale = total / timed
+    return _by_module((op, (seconds + more * scale) / 2) for (op, seconds), more in zip(calls, filled))
 
 
 def predict_times(model: DeviceModel, costs: dict[str, list[OpCost]], batch: int,
