@@ -16,10 +16,10 @@ signature's time is the median of all its rounds' runs. Timed back to back inste
 and five runs, as PyTorch's ``RuntimeEstimator`` benchmarks an operator), a burst of the machine's
 other work slowed every run of the signatures it fell on: two such timings of the 52
 time-benchmark cases, one after the other, differed by 10 % for the median signature (34 % at the
-upper quartile; each case's own median ratio taken out), and the layers' split they gave named
-the measured top three in 30 and 32 of the 52, against 35 by the prices alone; two interleaved
-timings differed by 3.6 % (9.5 %) and named it in 35 and 38 (session 23, offline, against the
-measurements stored by session 22's last benchmark run).
+upper quartile; each case's own median ratio taken out), and the layers' split they gave (session
+22's, price plus time alone) named the measured top three in 30 and 32 of the 52, against 35 by
+the prices alone; two interleaved timings differed by 3.6 % (9.5 %) and named it in 35 and 38
+(session 23, offline, against the measurements stored by session 22's last benchmark run).
 
 It allocates the calls' tensors for real, a group of signatures at a time (:data:`GROUP_BYTES`),
 so it is used where the model is about to be measured anyway (``profile``), within a byte cap per
