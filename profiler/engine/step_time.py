@@ -315,8 +315,9 @@ def _split_by_calls_alone(calls: list[tuple[OpCost, float]], alone: dict[str, fl
     none). Alone, calls run warm, far faster than in the network (44 % below the plain runs over
     the zoo), so the times alone are scaled to the phase's seconds before the two are averaged
     (session 22 added them unscaled, a third of the weight: offline, on two benchmark runs'
-    measurements and two timings each, the top three layers were the measured in 35, 38, 39 and 37
-    of 52 cases averaged, 35, 38, 36 and 35 added, 35, 35, 28 and 28 by the prices alone). A call
+    measurements, an Intel Xeon's and an AMD EPYC's, and two timings each on the EPYC, the top
+    three layers were the measured in 35, 38, 39 and 37 of 52 cases averaged, 35, 38, 36 and 35
+    added, 35, 35, 28 and 28 by the prices alone). A call
     that is no view and was not timed alone counts at its price times the phase's median ratio of
     time alone to price; a phase with none timed is split by the prices.
 

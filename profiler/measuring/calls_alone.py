@@ -19,7 +19,8 @@ time-benchmark cases, one after the other, differed by 10 % for the median signa
 upper quartile; each case's own median ratio taken out), and the layers' split they gave (session
 22's, price plus time alone) named the measured top three in 30 and 32 of the 52, against 35 by
 the prices alone; two interleaved timings differed by 3.6 % (9.5 %) and named it in 35 and 38
-(session 23, offline, against the measurements stored by session 22's last benchmark run).
+(session 23, offline: timed on an AMD EPYC, scored against the measurements and calibrations
+stored by session 22's last benchmark run, an Intel Xeon's).
 
 It allocates the calls' tensors for real, a group of signatures at a time (:data:`GROUP_BYTES`),
 so it is used where the model is about to be measured anyway (``profile``), within a byte cap per
