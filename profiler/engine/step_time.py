@@ -317,9 +317,9 @@ def _split_by_calls_alone(calls: list[tuple[OpCost, float]], alone: dict[str, fl
     (session 22 added them unscaled, a third of the weight: offline, on two benchmark runs'
     measurements, an Intel Xeon's and an AMD EPYC's, and two timings each on the EPYC, the top
     three layers were the measured in 35, 38, 39 and 37 of 52 cases averaged, 35, 38, 36 and 35
-    added, 35, 35, 28 and 28 by the prices alone). A call
-    that is no view and was not timed alone counts at its price times the phase's median ratio of
-    time alone to price; a phase with none timed is split by the prices.
+    added, 35, 35, 28 and 28 by the prices alone). A call that is no view and was not timed alone
+    counts at its price times the phase's median ratio of time alone to price; a phase with none
+    timed is split by the prices.
 
     >>> from profiler.engine.op_cost import OpCost
     >>> def call(module, flops):
