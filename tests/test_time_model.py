@@ -758,30 +758,41 @@ def test_a_module_s_weight_is_read_from_a_loop_ago_and_its_activation_just_after
 def test_a_read_from_far_back_costs_what_its_distance_costs_more_than_the_call_s_own():
     """A 1 MB read last touched 300 MB back costs the far rate per byte, 30 MB back half of it
     (linear between the measured 10 and 50 MB); a call moving 400 MB was measured that cold
-    already; a read a loop never touched before is as far as the farthest."""
-    model = replace(_toy_model(per_op=0.0), cold_read=((1e6, 0.0), (1e7, 0.0), (5e7, 4e-11)))
+    already; a read a loop never touched before is as far as the farthest. The call's own time
+    overlaps its reads: one taking 10 µs of its own adds 30 of the 40, one taking 100 none."""
+    model = replace(_toy_model(per_op=0.0), curves={}, cold_read=((1e6, 0.0), (1e7, 0.0), (5e7, 4e-11)))
     small, huge = _touching([(1, 10**6)]), _touching([(1, 10**6)], nbytes=4 * 10**8)
+    assert model.base_seconds(small) == 0.0
     assert model.cold_seconds(small, [(10**6, 3e8)]) == pytest.approx(10**6 * 4e-11)
     assert model.cold_seconds(small, [(10**6, 3e7)]) == pytest.approx(10**6 * 2e-11)
     assert model.cold_seconds(small, [(10**6, 5e6)]) == 0.0
     assert model.cold_seconds(huge, [(10**6, 3e8)]) == 0.0
     assert model.cold_seconds(small, [(10**6, math.inf)]) == pytest.approx(10**6 * 4e-11)
+    for own, more in ((1e-5, 3e-5), (1e-4, 0.0)):
+        busy = replace(model, curves={"memory": Curve.of([(1, own), (1e9, own)])})
+        assert busy.base_seconds(small) == pytest.approx(own)
+        assert busy.cold_seconds(small, [(10**6, 3e8)]) == pytest.approx(more)
     assert DeviceModel.from_dict(json.loads(json.dumps(model.as_dict()))) == model
 
 
 def test_a_network_whose_weights_outgrow_the_cache_is_predicted_slower_by_its_cold_reads():
     """Three 4 MB layers and a 4 KB one: with the cold rate from 6 MB back, each large weight (8 MB
-    of other weights since its last read) costs its bytes at that rate in the forward pass (each
-    call's own 4 MB was measured warm); the small reads from as far add a little (20 KB of biases,
-    input and last weight); without a cold rate, nothing."""
+    of other weights since its last read) costs its bytes at that rate in the forward pass, less
+    the call's own time, which the read overlaps (each call's own 4 MB was measured warm); the
+    small reads from as far add a little (20 KB of biases, input and last weight); without a cold
+    rate, nothing."""
     from profiler.engine import torch_module
     layers = [torch.nn.Linear(1024, 1024) for _ in range(3)] + [torch.nn.Linear(1024, 1)]
     memory = torch_module.memory(lambda: torch.nn.Sequential(*layers), [1024], batch=1, optimizers=("sgd",),
                                  record_costs=True)
-    warm = _toy_model(per_op=0.0)
+    warm = replace(_toy_model(per_op=0.0), curves={"memory": Curve.of([(1, 1e-9), (1e9, 1e-3)]),
+                                                   "matmul/float32": Curve.of([(1, 1e-9), (1e12, 1e-3)])})
     cold = replace(warm, cold_read=((5e6, 0.0), (6e6, 1e-10)))
+    large = [c for c in memory.costs["inference"] if c.kind == "matmul" and c.flops == 2 * 1024 * 1024]
+    own = sum(warm.base_seconds(c) for c in large)
+    assert len(large) == 3 and 0 < own < 3 * 1024 * 1024 * 4 * 1e-10 / 10
     slower = predict_times(cold, memory.costs, 1)["forward_ms"] - predict_times(warm, memory.costs, 1)["forward_ms"]
-    assert slower == pytest.approx(3 * 1024 * 1024 * 4 * 1e-10 * 1e3, rel=0.01)
+    assert slower == pytest.approx((3 * 1024 * 1024 * 4 * 1e-10 - own) * 1e3, rel=0.01)
     assert predict_times(cold, memory.costs, 1)["train_sgd_ms"] > predict_times(warm, memory.costs, 1)["train_sgd_ms"]
 
 

@@ -14,10 +14,11 @@ call:
   more per call that Python issued than per call that C++ did
   (:mod:`profiler.engine.python_calls`), per module call and per host call the model's Python
   makes outside any operator (:mod:`profiler.engine.host_calls`), and per optimizer step. The curves were measured on warm
-  tensors; a read of a tensor last touched far back in the loop (:mod:`profiler.engine.reuse`)
-  adds what a cold read measured more per byte at that distance, a call whose kernel last ran far
-  back (a layer of its own) what its kind measured more run cold, and a buffer large enough to be
-  mapped fresh from the system at each allocation adds its page faults, measured per byte.
+  tensors; reads of tensors last touched far back in the loop (:mod:`profiler.engine.reuse`)
+  take what a cold read measured per byte at that distance, overlapping the call's own time; a
+  call whose kernel last ran far back (a layer of its own) adds what its kind measured more run
+  cold, and a buffer large enough to be mapped fresh from the system at each allocation adds its
+  page faults, measured per byte.
 - **roofline** (a catalog accelerator you don't have): the larger of FLOPs at the card's
   datasheet peak for the dtype and bytes at its memory bandwidth, and no call shorter than a
   kernel launch: a roofline prediction, until measured on that card.
@@ -147,13 +148,22 @@ class DeviceModel:
 
     def cold_seconds(self, op: OpCost, reads: Sequence[tuple[int, float]]) -> float:
         """What reading ``op``'s inputs ((bytes, reuse distance) each) from farther than the
-        caches costs beyond its curves: those were measured on a call repeated at once, whose reads
-        were that far back as its own bytes, so only what a read's distance costs more than that
-        is added."""
+        caches costs beyond its own time (:meth:`base_seconds`): its reads at what each distance
+        costs more than its own bytes' (its curves were measured on a call repeated at once, whose
+        reads were that far back), less the call's own time, which the reads overlap. The cold
+        rate is a read-bound call's whole time per byte with its weight that far back
+        (``calibrate._cold_reads``), so a call takes the longer of its own time and its cold
+        bytes at that rate: added to it, the calibration's own cold multiply would be priced its
+        warm time over (91 + 408 µs against 408 measured on an AMD EPYC), and timm mixer_s16's
+        channel MLPs at batch 1, 0.46-0.51 ms a forward call in a network of their own, 0.36 ms
+        more than that (0.55 ms cycled over 24 weights of their size); over the time benchmark's
+        stored runs, forward passes +12.6 % signed (median) against +6.7 taking the longer, on an
+        Intel Xeon +0.1 against -0.2."""
         if not self.cold_read or not reads:
             return 0.0
         warm = self.cold_per_byte(op.bytes)
-        return sum(nbytes * max(self.cold_per_byte(distance) - warm, 0.0) for nbytes, distance in reads)
+        reading = sum(nbytes * max(self.cold_per_byte(distance) - warm, 0.0) for nbytes, distance in reads)
+        return max(reading - self.base_seconds(op), 0.0) if reading else 0.0
 
     def cold_call_seconds(self, op: OpCost, distance: float) -> float:
         """What ``op`` costs more when a call of its signature last ran ``distance`` bytes back

@@ -401,12 +401,14 @@ def _cold_reads(inner: int = 2048, cols: int = 512, rows: int = 1, rounds: int =
     rounds, every k in turn: one cycle brings its weights in, then cycles of at least 8 calls are
     timed; a k's time per call is its rounds' median.
 
-    Far back, a read costs its bytes at the farthest k's rate (the memory's), on top of the warm
-    time: the kernels of real layers do not hide it (torchvision resnet18's last 3 × 3
-    convolutions on 1 × 1 maps, 9.4 MB weights: 622 µs warm, 1,100 µs in the network, 410 µs the
-    weight at 23 GB/s; timm mixer's 4.2 MB channel MLPs: 190 µs warm, 340-380 in the network),
-    though this multiply's own kernel hides part of it. Nearer, that cost times the fraction of
-    the farthest k's extra time that k's measured."""
+    Far back, a read costs its bytes at the farthest k's rate per byte (this read-bound call's
+    whole time, the memory's), which the call's own time overlaps
+    (:meth:`~profiler.engine.step_time.DeviceModel.cold_seconds`: a call takes the longer of the
+    two; on an Intel Xeon, torchvision resnet18's last 3 × 3 convolutions on 1 × 1 maps, 9.4 MB
+    weights, took 1,100 µs in the network against 622 warm and 410 for the weight at 23 GB/s,
+    nearer the sum; on an AMD EPYC, a 16-row multiply by a 4 MB weight took 545 µs cycled over
+    24 weights against 338 warm and 408 for the 1-row one: the longer, with some more).
+    Nearer, that rate times the fraction of the farthest k's extra time that k's measured."""
     x = torch.randn(rows, inner)
     weights = [torch.randn(inner, cols) for _ in range(max(counts))]
     weight_bytes = inner * cols * 4
