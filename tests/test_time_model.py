@@ -759,7 +759,8 @@ def test_a_read_from_far_back_costs_what_its_distance_costs_more_than_the_call_s
     """A 1 MB read last touched 300 MB back costs the far rate per byte, 30 MB back half of it
     (linear between the measured 10 and 50 MB); a call moving 400 MB was measured that cold
     already; a read a loop never touched before is as far as the farthest. The call's own time
-    overlaps its reads: one taking 10 µs of its own adds 30 of the 40, one taking 100 none."""
+    overlaps its reads but for the exposed share of the shorter: with none exposed, a call taking
+    10 µs of its own adds 30 of the 40, one taking 100 none; with half, 35 and 20; with all, 40."""
     model = replace(_toy_model(per_op=0.0), curves={}, cold_read=((1e6, 0.0), (1e7, 0.0), (5e7, 4e-11)))
     small, huge = _touching([(1, 10**6)]), _touching([(1, 10**6)], nbytes=4 * 10**8)
     assert model.base_seconds(small) == 0.0
@@ -768,8 +769,9 @@ def test_a_read_from_far_back_costs_what_its_distance_costs_more_than_the_call_s
     assert model.cold_seconds(small, [(10**6, 5e6)]) == 0.0
     assert model.cold_seconds(huge, [(10**6, 3e8)]) == 0.0
     assert model.cold_seconds(small, [(10**6, math.inf)]) == pytest.approx(10**6 * 4e-11)
-    for own, more in ((1e-5, 3e-5), (1e-4, 0.0)):
-        busy = replace(model, curves={"memory": Curve.of([(1, own), (1e9, own)])})
+    for exposed, own, more in ((0.0, 1e-5, 3e-5), (0.0, 1e-4, 0.0), (0.5, 1e-5, 3.5e-5), (0.5, 1e-4, 2e-5),
+                               (1.0, 1e-5, 4e-5), (1.0, 1e-4, 4e-5)):
+        busy = replace(model, curves={"memory": Curve.of([(1, own), (1e9, own)])}, cold_exposed=exposed)
         assert busy.base_seconds(small) == pytest.approx(own)
         assert busy.cold_seconds(small, [(10**6, 3e8)]) == pytest.approx(more)
     assert DeviceModel.from_dict(json.loads(json.dumps(model.as_dict()))) == model
@@ -777,22 +779,23 @@ def test_a_read_from_far_back_costs_what_its_distance_costs_more_than_the_call_s
 
 def test_a_network_whose_weights_outgrow_the_cache_is_predicted_slower_by_its_cold_reads():
     """Three 4 MB layers and a 4 KB one: with the cold rate from 6 MB back, each large weight (8 MB
-    of other weights since its last read) costs its bytes at that rate in the forward pass, less
-    the call's own time, which the read overlaps (each call's own 4 MB was measured warm); the
-    small reads from as far add a little (20 KB of biases, input and last weight); without a cold
-    rate, nothing."""
+    of other weights since its last read) costs its bytes at that rate in the forward pass (each
+    call's own 4 MB was measured warm), less the call's own time where the reads overlap it whole,
+    nothing less where none of it does; the small reads from as far add a little (20 KB of
+    biases, input and last weight); without a cold rate, nothing."""
     from profiler.engine import torch_module
     layers = [torch.nn.Linear(1024, 1024) for _ in range(3)] + [torch.nn.Linear(1024, 1)]
     memory = torch_module.memory(lambda: torch.nn.Sequential(*layers), [1024], batch=1, optimizers=("sgd",),
                                  record_costs=True)
     warm = replace(_toy_model(per_op=0.0), curves={"memory": Curve.of([(1, 1e-9), (1e9, 1e-3)]),
                                                    "matmul/float32": Curve.of([(1, 1e-9), (1e12, 1e-3)])})
-    cold = replace(warm, cold_read=((5e6, 0.0), (6e6, 1e-10)))
     large = [c for c in memory.costs["inference"] if c.kind == "matmul" and c.flops == 2 * 1024 * 1024]
     own = sum(warm.base_seconds(c) for c in large)
     assert len(large) == 3 and 0 < own < 3 * 1024 * 1024 * 4 * 1e-10 / 10
-    slower = predict_times(cold, memory.costs, 1)["forward_ms"] - predict_times(warm, memory.costs, 1)["forward_ms"]
-    assert slower == pytest.approx((3 * 1024 * 1024 * 4 * 1e-10 - own) * 1e3, rel=0.01)
+    for exposed, hidden in ((0.0, own), (1.0, 0.0)):
+        cold = replace(warm, cold_read=((5e6, 0.0), (6e6, 1e-10)), cold_exposed=exposed)
+        slower = predict_times(cold, memory.costs, 1)["forward_ms"] - predict_times(warm, memory.costs, 1)["forward_ms"]
+        assert slower == pytest.approx((3 * 1024 * 1024 * 4 * 1e-10 - hidden) * 1e3, rel=0.01)
     assert predict_times(cold, memory.costs, 1)["train_sgd_ms"] > predict_times(warm, memory.costs, 1)["train_sgd_ms"]
 
 
@@ -822,12 +825,13 @@ def test_the_fresh_memory_benchmark_finds_a_mapped_buffer_slower_than_a_reused_o
     assert 0.0 < per_byte < 1e-8   # slower than 100 GB/s of faults, faster than 100 MB/s
 
 
-def test_the_cold_read_benchmark_gives_a_rising_cost_with_distance():
-    points = calibrate._cold_reads(rounds=2, counts=(1, 2, 4, 12))
+def test_the_cold_read_benchmark_gives_a_rising_cost_with_distance_and_the_share_a_call_s_time_hides():
+    points, exposed = calibrate._cold_reads(rounds=2, counts=(1, 2, 4, 12))
     distances, costs = [d for d, _ in points], [c for _, c in points]
     assert distances == sorted(distances) and distances[-1] > 40e6
     assert costs == sorted(costs) and costs[0] == 0.0
     assert all(c < 1e-9 for c in costs)   # never slower than 1 GB/s
+    assert 0.0 <= exposed <= 1.0
 
 
 def test_above_its_largest_call_a_memory_bound_operator_follows_the_memory_curve_and_a_matmul_its_throughput():

@@ -13,9 +13,10 @@ call:
   cost per call in each phase, fitted on calibration models, and (measured by micro-benchmarks)
   more per call that Python issued than per call that C++ did
   (:mod:`profiler.engine.python_calls`), per module call and per host call the model's Python
-  makes outside any operator (:mod:`profiler.engine.host_calls`), and per optimizer step. The curves were measured on warm
-  tensors; reads of tensors last touched far back in the loop (:mod:`profiler.engine.reuse`)
-  take what a cold read measured per byte at that distance, overlapping the call's own time; a
+  makes outside any operator (:mod:`profiler.engine.host_calls`), and per optimizer step. The
+  curves were measured on warm tensors; reads of tensors last touched far back in the loop
+  (:mod:`profiler.engine.reuse`) take what a cold read measured per byte at that distance, the
+  call's own time hiding the share of them measured on a multiply with arithmetic of its own; a
   call whose kernel last ran far back (a layer of its own) adds what its kind measured more run
   cold, and a buffer large enough to be mapped fresh from the system at each allocation adds its
   page faults, measured per byte.
@@ -105,6 +106,10 @@ class DeviceModel:
     #: (reuse distance in bytes, seconds per byte more than a warm read), ascending: a read's cost
     #: when its tensor was last touched that far back (:mod:`profiler.engine.reuse`); flat beyond
     cold_read: tuple[tuple[float, float], ...] = ()
+    #: the share of the shorter of a call's own time and its cold reads' time that adds to the
+    #: longer (:meth:`cold_seconds`): 0 when the call's arithmetic hides its reads whole, 1 when
+    #: nothing overlaps (the default: calibrations before session 24 added them whole)
+    cold_exposed: float = 1.0
     #: a buffer of at least ``fresh_from`` bytes is new memory from the system at each allocation
     #: (glibc maps it and unmaps it when freed), its pages faulted in as they are first written:
     #: ``fresh_byte_s`` seconds per byte more than writing memory already mapped
@@ -150,20 +155,21 @@ class DeviceModel:
         """What reading ``op``'s inputs ((bytes, reuse distance) each) from farther than the
         caches costs beyond its own time (:meth:`base_seconds`): its reads at what each distance
         costs more than its own bytes' (its curves were measured on a call repeated at once, whose
-        reads were that far back), less the call's own time, which the reads overlap. The cold
-        rate is a read-bound call's whole time per byte with its weight that far back
-        (``calibrate._cold_reads``), so a call takes the longer of its own time and its cold
-        bytes at that rate: added to it, the calibration's own cold multiply would be priced its
-        warm time over (91 + 408 µs against 408 measured on an AMD EPYC), and timm mixer_s16's
-        channel MLPs at batch 1, 0.46-0.51 ms a forward call in a network of their own, 0.36 ms
-        more than that (0.55 ms cycled over 24 weights of their size); over the time benchmark's
-        stored runs, forward passes +12.6 % signed (median) against +6.7 taking the longer, on an
-        Intel Xeon +0.1 against -0.2."""
+        reads were that far back), of which the call's own time hides part. The cold rate is a
+        read-bound call's whole time per byte, so the call takes the longer of its own time and
+        its reads' plus ``cold_exposed`` of the shorter, as measured on a 16-row multiply
+        (``calibrate._cold_reads``). Added whole, the calibration's own cold 1-row multiply
+        would be priced its warm time over (91 + 408 µs against 408 measured on an AMD EPYC), and
+        timm mixer_s16's channel MLPs at batch 1 were priced 0.87 ms a forward call (0.51 from
+        their curve, 0.36 of cold reads) where one takes 0.55 ms cycled over 24 weights of its
+        size; its forward pass 17.5 ms against 12.5 measured."""
         if not self.cold_read or not reads:
             return 0.0
         warm = self.cold_per_byte(op.bytes)
         reading = sum(nbytes * max(self.cold_per_byte(distance) - warm, 0.0) for nbytes, distance in reads)
-        return max(reading - self.base_seconds(op), 0.0) if reading else 0.0
+        if not reading:
+            return 0.0
+        return reading - (1.0 - self.cold_exposed) * min(self.base_seconds(op), reading)
 
     def cold_call_seconds(self, op: OpCost, distance: float) -> float:
         """What ``op`` costs more when a call of its signature last ran ``distance`` bytes back

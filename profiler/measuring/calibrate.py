@@ -14,7 +14,8 @@ Two kinds of measurement, each at the thread count the runs will use:
   call's first run in a round, after all the others, against its run right after: what a kernel
   not run since its caches were flushed costs more (:func:`_cold_calls`). And what a read costs
   more when the tensor was last touched far back: a multiply cycled over 1 to 24 weights of 4 MB,
-  the time over the warm one's per byte against the reuse distance (:mod:`profiler.engine.reuse`).
+  the time over the warm one's per byte against the reuse distance (:mod:`profiler.engine.reuse`),
+  and how much of it a call's own arithmetic hides (the same weights on 16 rows, warm and cold).
   And what a buffer too large for glibc's heap costs to map fresh at each allocation, per byte;
   and a host call a model's Python makes outside any operator (:mod:`profiler.engine.host_calls`),
   after a cache sweep. Everything else runs on a heap that keeps its pages (:func:`_steady_heap`),
@@ -59,7 +60,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, cold_kind, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 29
+VERSION = 30
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -392,27 +393,48 @@ def _convolution(dtype: torch.dtype, batch: int, channels: int, out: int, size: 
                                               groups, [True, True, False])]
 
 
-def _cold_reads(inner: int = 2048, cols: int = 512, rows: int = 1, rounds: int = 5,
-                counts: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24)) -> tuple[tuple[float, float], ...]:
+def _cold_reads(inner: int = 2048, cols: int = 512, rounds: int = 5,
+                counts: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24)
+                ) -> tuple[tuple[tuple[float, float], ...], float]:
     """(reuse distance, seconds per byte a read costs more than a warm one), ascending and
-    non-decreasing: a ``rows`` × ``inner`` by ``inner`` × ``cols`` float32 multiply (a layer's 4 MB
-    weight applied to one sample: bound by reading it) cycled over k weights, each read after the
-    k - 1 others (its distance: their bytes, with the row and a product). In each of ``rounds``
-    rounds, every k in turn: one cycle brings its weights in, then cycles of at least 8 calls are
-    timed; a k's time per call is its rounds' median.
+    non-decreasing, and the share of a call's own time its cold reads do not hide. A 1 ×
+    ``inner`` by ``inner`` × ``cols`` float32 multiply (a layer's 4 MB weight applied to one
+    sample: bound by reading it) is cycled over k weights, each read after the k - 1 others (its
+    distance: their bytes, with the row and a product): in each of ``rounds`` rounds, every k in
+    turn, one cycle brings its weights in, then cycles of at least 8 calls are timed; a k's time per
+    call is its rounds' median.
 
-    Far back, a read costs its bytes at the farthest k's rate per byte (this read-bound call's
-    whole time, the memory's), which the call's own time overlaps
-    (:meth:`~profiler.engine.step_time.DeviceModel.cold_seconds`: a call takes the longer of the
-    two; on an Intel Xeon, torchvision resnet18's last 3 × 3 convolutions on 1 × 1 maps, 9.4 MB
-    weights, took 1,100 µs in the network against 622 warm and 410 for the weight at 23 GB/s,
-    nearer the sum; on an AMD EPYC, a 16-row multiply by a 4 MB weight took 545 µs cycled over
-    24 weights against 338 warm and 408 for the 1-row one: the longer, with some more).
-    Nearer, that rate times the fraction of the farthest k's extra time that k's measured."""
-    x = torch.randn(rows, inner)
+    Far back, a read costs its bytes at the farthest k's rate per byte: this read-bound call's
+    whole time, the memory's. Nearer, that rate times the fraction of the farthest k's extra time
+    that k's measured. A call with arithmetic of its own overlaps part of its reads with it: the
+    same weights applied to 16 rows, warm (k = 1) and cold (the farthest k), take the longer of their
+    warm time and the 1-row call's cold time plus a share of the shorter, which is kept
+    (:meth:`~profiler.engine.step_time.DeviceModel.cold_seconds`; clipped to 0-1). On an AMD
+    EPYC, the 16-row multiply took 545 µs cycled over 24 weights, 338 warm, and the 1-row one 408
+    cycled: a share of 0.4 (91 + 408 µs added whole, against 408 measured, for the 1-row call). On
+    an Intel Xeon, torchvision resnet18's last 3 × 3 convolutions on 1 × 1 maps, 9.4 MB weights,
+    took 1,100 µs in the network against 622 warm and 410 for the weight at 23 GB/s: nearer the
+    sum."""
     weights = [torch.randn(inner, cols) for _ in range(max(counts))]
     weight_bytes = inner * cols * 4
-    near = (rows * inner + rows * cols) * 4
+    one, many = torch.randn(1, inner), torch.randn(16, inner)
+    times = _cycled_seconds(one, weights, counts, rounds)
+    cold, extra = times[-1] / weight_bytes, max(times[-1] - times[0], 1e-9)
+    points, most = [], 0.0
+    for k, seconds in zip(counts, times):
+        most = min(max(most, (seconds - times[0]) / extra), 1.0)
+        points.append(((k - 1) * weight_bytes + (inner + cols) * 4, most * cold))
+    warm_many, cold_many = _cycled_seconds(many, weights, (1, counts[-1]), rounds)
+    shorter = min(warm_many, times[-1])
+    exposed = (cold_many - max(warm_many, times[-1])) / shorter if shorter > 0 else 1.0
+    return tuple(points), min(max(exposed, 0.0), 1.0)
+
+
+def _cycled_seconds(x: torch.Tensor, weights: Sequence[torch.Tensor], counts: Sequence[int],
+                    rounds: int) -> list[float]:
+    """Seconds per call of ``x`` multiplied by each of the first k ``weights`` in turn, for each k
+    of ``counts``: rounds interleaved over the ks, each a cycle to bring its weights in, then cycles
+    of at least 8 calls timed; each k's median over the rounds."""
     per_call: dict[int, list[float]] = {k: [] for k in counts}
     for _ in range(rounds):
         for k in counts:
@@ -424,13 +446,7 @@ def _cold_reads(inner: int = 2048, cols: int = 512, rows: int = 1, rounds: int =
                 for w in weights[:k]:
                     torch.mm(x, w)
             per_call[k].append((time.perf_counter() - start) / (cycles * k))
-    times = [statistics.median(per_call[k]) for k in counts]
-    cold, extra = times[-1] / weight_bytes, max(times[-1] - times[0], 1e-9)
-    points, most = [], 0.0
-    for k, seconds in zip(counts, times):
-        most = min(max(most, (seconds - times[0]) / extra), 1.0)
-        points.append(((k - 1) * weight_bytes + near, most * cold))
-    return tuple(points)
+    return [statistics.median(per_call[k]) for k in counts]
 
 
 #: the largest buffer glibc's malloc serves from its heap once its threshold has adapted
@@ -1123,7 +1139,7 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
             python_s, module_s = _python_issue_seconds(), _module_call_seconds()
             host_call_s = _host_call_seconds()
             say("reads of tensors last touched far back, and memory mapped fresh")
-            cold_read = _cold_reads()
+            cold_read, cold_exposed = _cold_reads()
             fresh_byte_s = _fresh_memory()
         cold_call_s = _cold_calls(first_runs, cold_read)
         micro = _deflated(micro, inflation, python_s)
@@ -1152,7 +1168,8 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
                       key=lambda c: c[0].bytes)
         fitted = DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
                              bandwidth=largest[0].bytes / largest[1], op_bandwidth=streams, threads=used,
-                             cold_read=cold_read, cold_call_s=cold_call_s, fresh_from=GLIBC_MMAP_THRESHOLD_MAX,
+                             cold_read=cold_read, cold_exposed=cold_exposed, cold_call_s=cold_call_s,
+                             fresh_from=GLIBC_MMAP_THRESHOLD_MAX,
                              fresh_byte_s=fresh_byte_s)
         say("Python and autograd per call")
         per_op, per_cpp = _fit_overheads(runs, fitted, python_s, module_s)
@@ -1166,7 +1183,8 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
                        bandwidth=fitted.bandwidth, op_bandwidth=streams, per_op_s=per_op, per_cpp_s=per_cpp,
                        per_python_s=per_python,
                        module_s=module_s, host_call_s=host_call_s, optimizer_step_s=step_s,
-                       threads=used, timer_inflation_s=inflation, cold_read=cold_read, cold_call_s=cold_call_s,
+                       threads=used, timer_inflation_s=inflation, cold_read=cold_read, cold_exposed=cold_exposed,
+                       cold_call_s=cold_call_s,
                        fresh_from=GLIBC_MMAP_THRESHOLD_MAX, fresh_byte_s=fresh_byte_s,
                        source=f"calibrated on {cpu_model()}, {used} thread{'s' * (used != 1)}, "
                               f"torch {torch.__version__}" + (f" ({busy})" if busy else ""))
