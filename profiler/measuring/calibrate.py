@@ -410,8 +410,8 @@ def _cold_reads(inner: int = 2048, cols: int = 512, rounds: int = 5,
     same weights applied to 16 rows, warm (k = 1) and cold (the farthest k), take the longer of their
     warm time and the 1-row call's cold time plus a share of the shorter, which is kept
     (:meth:`~profiler.engine.step_time.DeviceModel.cold_seconds`; clipped to 0-1). On an AMD
-    EPYC, the 16-row multiply took 545 µs cycled over 24 weights, 338 warm, and the 1-row one 408
-    cycled: a share of 0.4 (91 + 408 µs added whole, against 408 measured, for the 1-row call). On
+    EPYC, standalone, the 16-row multiply took 545 µs cycled over 24 weights, 338 warm, and the
+    1-row one 408 cycled, 91 warm: a share of 0.4 (three calibrations there read 0.50-0.67). On
     an Intel Xeon, torchvision resnet18's last 3 × 3 convolutions on 1 × 1 maps, 9.4 MB weights,
     took 1,100 µs in the network against 622 warm and 410 for the weight at 23 GB/s: nearer the
     sum."""
