@@ -158,9 +158,8 @@ class DeviceModel:
         reads were that far back), of which the call's own time hides part. The cold rate is a
         read-bound call's whole time per byte, so the call takes the longer of its own time and
         its reads' plus ``cold_exposed`` of the shorter, as measured on a 16-row multiply
-        (``calibrate._cold_reads``). Added whole, the calibration's own cold 1-row multiply
-        would be priced its warm time over (91 + 408 µs against 408 measured on an AMD EPYC), and
-        timm mixer_s16's channel MLPs at batch 1 were priced 0.87 ms a forward call (0.51 from
+        (``calibrate._cold_reads``, with the figures that set it). Added whole, timm
+        mixer_s16's channel MLPs at batch 1 were priced 0.87 ms a forward call (0.51 from
         their curve, 0.36 of cold reads) where one takes 0.55 ms cycled over 24 weights of its
         size; its forward pass 17.5 ms against 12.5 measured."""
         if not self.cold_read or not reads:
