@@ -539,21 +539,6 @@ def test_a_bin_of_two_calls_takes_the_faster():
     assert curve.seconds == pytest.approx((5e-6,)) and curve.work == pytest.approx((1100.0,))
 
 
-def test_a_calibration_models_call_prices_only_sizes_no_micro_benchmark_timed():
-    """An operator curve takes the micro-benchmarks' points and the calibration models' calls only
-    of sizes outside what the micro-benchmarks of that curve spanned; an operator no
-    micro-benchmark ran keeps all its network points; views get none."""
-    def call(op, flops, kind="matmul"):
-        return OpCost(op, kind, "forward", "", "float32", "", flops, 64, 64)
-    micro = [(call("aten.mm.default", 1000), 1e-6), (call("aten.mm.default", 8000), 4e-6)]
-    network = [(call("aten.mm.default", 4000), 9e-6), (call("aten.mm.default", 8000), 12e-6),
-               (call("aten.mm.default", 64000), 20e-6), (call("aten.mm.default", 500), 3e-6),
-               (call("aten.bmm.default", 4000), 5e-6), (call("aten.view.default", 0, "view"), 1e-6)]
-    assert calibrate._op_points(micro, network) == {
-        "aten.mm/float32": [(1000, 1e-6), (8000, 4e-6), (64000, 20e-6), (500, 3e-6)],
-        "aten.bmm/float32": [(4000, 5e-6)]}
-
-
 def test_micro_benchmarks_run_in_interleaved_rounds_each_call_warm(monkeypatch):
     """Each call priced in a run of its own (after one untimed), then round by round over all calls
     (a burst of other work slows one round of a call, not all its runs), each call once untimed

@@ -28,8 +28,7 @@ Two kinds of measurement, each at the thread count the runs will use:
   alike; the plain phases' median too, the statistic a measurement reports); a run of its own,
   not timed, prices each call's work with the same :func:`~profiler.engine.op_cost.op_cost` the
   prediction uses (:class:`_CallLog`): each operator gets its own curve of time against work (bytes, or FLOPs for
-  matrix multiplies and convolutions, by kernel family), from the micro-benchmarks where they timed
-  its size, the calibration models' calls elsewhere (:func:`_op_points`). What the runs take beyond their operator
+  matrix multiplies and convolutions, by kernel family). What the runs take beyond their operator
   calls — Python, module calls, autograd's bookkeeping — is fitted per phase as seconds per
   operator call, apart for calls Python issued and calls C++ issued (the model's own sum, its
   floors included, missing the runs by the least: :func:`least_misses`), beyond what a call Python issues costs more than one C++ issues
@@ -61,7 +60,7 @@ from profiler.engine.op_cost import OpCost, op_cost
 from profiler.engine.step_time import CHANNELS_LAST, Curve, DeviceModel, cold_kind, curve_key
 
 #: bump when what is measured changes: older cache files are then recomputed
-VERSION = 31
+VERSION = 30
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -834,33 +833,6 @@ def _deflated(calls: list[tuple[OpCost, float]], inflation: float, python_s: flo
             for cost, seconds in calls]
 
 
-def _op_points(kept: list[tuple[OpCost, float]], network: list[tuple[OpCost, float]]
-               ) -> dict[str, list[tuple[float, float]]]:
-    """Each operator curve's (work, seconds) points, by :func:`~profiler.engine.step_time.curve_key`:
-    every call of ``kept`` (the micro-benchmarks, and the kernel families timed only in a network),
-    and the calibration models' calls (``network``) of sizes no micro-benchmark of their curve
-    timed. Where micro-benchmarks timed a size, they alone price it: a network's call, timed one by
-    one after other calls, took what those calls left in the caches and the thread pool (torch's
-    MultiheadAttention's 32 × 64 by 64 × 64 ``addmm`` read 14-23 µs in the calibration transformer,
-    8 µs as a micro-benchmark, 6 µs in a loop). With them, four calibrations taken back to back
-    priced the time benchmark's forward passes 34 % apart (max - min over median, median over the
-    cases), its training steps 23-24 %; without, 10-10.5 %. Views have no curve."""
-    spans: dict[str, tuple[float, float]] = {}
-    for cost, _ in kept:
-        low, high = spans.get(curve_key(cost), (math.inf, -math.inf))
-        spans[curve_key(cost)] = (min(low, cost.work), max(high, cost.work))
-
-    def unmeasured(cost: OpCost) -> bool:
-        low, high = spans.get(curve_key(cost), (math.inf, -math.inf))
-        return not low <= cost.work <= high
-
-    points: dict[str, list[tuple[float, float]]] = {}
-    for cost, seconds in [*kept, *(call for call in network if unmeasured(call[0]))]:
-        if cost.kind != "view":
-            points.setdefault(curve_key(cost), []).append((cost.work, seconds))
-    return points
-
-
 def _kind_curves(calls: list[tuple[OpCost, float]]) -> dict[str, Curve]:
     """Curves by kind and dtype ("matmul/float32", "conv/bfloat16", "conv_backward/float32") and
     "memory" (float32 adds): what an operator without a curve of its own is priced by (of
@@ -1184,10 +1156,14 @@ def calibrate(threads: int | None = None, progress: Callable[[str], None] | None
                 family_calls += [call for call in measured["calls"] if call[0].kernel in families]
             else:
                 runs.append(measured)
-        network = [call for measured in runs for call in measured["calls"]]
-        streams = _streams([*micro, *network, *family_calls])
+        timed = [*micro, *(call for measured in runs for call in measured["calls"]), *family_calls]
+        streams = _streams(timed)
         curves = _kind_curves(micro)
-        op_curves = {key: _isotonic(found) for key, found in _op_points([*micro, *family_calls], network).items()}
+        points: dict[str, list[tuple[float, float]]] = {}
+        for cost, seconds in timed:
+            if cost.kind != "view":
+                points.setdefault(curve_key(cost), []).append((cost.work, seconds))
+        op_curves = {key: _isotonic(found) for key, found in points.items()}
         largest = max((c for c in micro if c[0].packet == "aten.add" and c[0].dtype == "float32"),
                       key=lambda c: c[0].bytes)
         fitted = DeviceModel(name="cpu", method="measured", curves=curves, op_curves=op_curves, view_s=view_s,
